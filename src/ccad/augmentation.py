@@ -1,0 +1,144 @@
+"""Training-time augmentation presets, applied to training batches only.
+
+Images arrive as float32 batches (B, H, W, 3) in [0, 1]. The transforms are
+Keras preprocessing layers run inside the ``tf.data`` pipeline; brightness is
+multiplicative (as Keras's ``ImageDataGenerator(brightness_range=...)``), which
+Keras's additive ``RandomBrightness`` is not, so it is a two-line op here.
+
+Presets:
+
+``paper``
+    The paper's Table 4 exactly: horizontal and vertical flips, rotation up to
+    90 degrees, zoom [0.5, 1.0] (up to 2x magnification, height and width
+    drawn independently, as ``ImageDataGenerator(zoom_range=[0.5, 1.0])``),
+    width shift +-20 px, height shift +-50%, brightness x[0.5, 1.0], fill
+    ``nearest``, then featurewise centering (minus the training-set mean) and
+    samplewise centering (minus each image's mean). As with the paper's
+    ``ImageDataGenerator``, centering is part of the training generator only.
+``cxr`` (default)
+    What a radiologist would accept: no flips (the heart's side is anatomy),
+    rotation +-5 degrees, zoom +-10%, shifts +-5%, brightness x[0.9, 1.1],
+    contrast +-10%.
+``none``
+    Nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AugmentationSpec:
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    rotation_degrees: float = 0.0
+    zoom: tuple[float, float] | None = None  # Keras RandomZoom factor range; negative zooms in
+    width_shift_px: float | None = None
+    width_shift: float = 0.0  # fraction of width
+    height_shift: float = 0.0  # fraction of height
+    brightness: tuple[float, float] | None = None  # multiplicative range
+    contrast: float = 0.0
+    fill_mode: str = "nearest"
+    featurewise_center: bool = False
+    samplewise_center: bool = False
+
+
+PRESETS: dict[str, AugmentationSpec] = {
+    "paper": AugmentationSpec(
+        horizontal_flip=True,
+        vertical_flip=True,
+        rotation_degrees=90.0,
+        zoom=(-0.5, 0.0),
+        width_shift_px=20.0,
+        height_shift=0.5,
+        brightness=(0.5, 1.0),
+        featurewise_center=True,
+        samplewise_center=True,
+    ),
+    "cxr": AugmentationSpec(
+        rotation_degrees=5.0,
+        zoom=(-0.1, 0.1),
+        width_shift=0.05,
+        height_shift=0.05,
+        brightness=(0.9, 1.1),
+        contrast=0.1,
+    ),
+    "none": AugmentationSpec(),
+}
+
+
+def get_spec(name: str) -> AugmentationSpec:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown augmentation {name!r} (choose from {', '.join(PRESETS)})") from None
+
+
+class Augmenter:
+    """Callable on a batch tensor (B, H, W, 3) in [0, 1]; returns an augmented batch.
+
+    Args:
+        name: preset name.
+        image_size: input size in pixels (for the pixel-valued width shift).
+        seed: seed of the random transforms.
+        dataset_mean: training-set mean pixel, needed by featurewise centering.
+    """
+
+    def __init__(self, name: str, image_size: int, seed: int = 0, dataset_mean: float | None = None):
+        import keras
+
+        self.name = name
+        self.spec = spec = get_spec(name)
+        if spec.featurewise_center and dataset_mean is None:
+            raise ConfigError(f"augmentation {name!r} needs the training-set mean (featurewise centering)")
+        self.dataset_mean = dataset_mean
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        L = keras.layers
+        layers = []
+        flip = {(True, True): "horizontal_and_vertical", (True, False): "horizontal", (False, True): "vertical"}
+        if spec.horizontal_flip or spec.vertical_flip:
+            layers.append(L.RandomFlip(flip[(spec.horizontal_flip, spec.vertical_flip)], seed=seed))
+        if spec.rotation_degrees:
+            layers.append(L.RandomRotation(spec.rotation_degrees / 360.0, fill_mode=spec.fill_mode, seed=seed + 1))
+        if spec.zoom:
+            layers.append(L.RandomZoom(spec.zoom, spec.zoom, fill_mode=spec.fill_mode, seed=seed + 2))
+        width = spec.width_shift_px / image_size if spec.width_shift_px else spec.width_shift
+        if width or spec.height_shift:
+            layers.append(L.RandomTranslation(spec.height_shift, width, fill_mode=spec.fill_mode, seed=seed + 3))
+        if spec.contrast:
+            layers.append(L.RandomContrast(spec.contrast, value_range=(0.0, 1.0), seed=seed + 4))
+        self.layers = layers
+
+    @property
+    def is_identity(self) -> bool:
+        return self.spec == AugmentationSpec()
+
+    def __call__(self, images):
+        import tensorflow as tf
+
+        x = images
+        for layer in self.layers:
+            x = layer(x, training=True)
+        spec = self.spec
+        if spec.brightness:
+            lo, hi = spec.brightness
+            factor = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], lo, hi, seed=None)
+            x = x * factor
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        if spec.samplewise_center:
+            x = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        if spec.featurewise_center:
+            x = x - self.dataset_mean
+        return x
+
+
+def augment_numpy(augmenter: Augmenter, images: np.ndarray) -> np.ndarray:
+    """Augment a (B, H, W, 3) numpy batch eagerly (for previews and tests)."""
+    import tensorflow as tf
+
+    return np.asarray(augmenter(tf.convert_to_tensor(images, tf.float32)))

@@ -1,0 +1,207 @@
+"""The ``ccad`` command line: argument parsing over the Python API, nothing more.
+
+Every :class:`ccad.errors.CcadError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import CcadError
+
+EXIT_USAGE = 2
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, help="class folders, train/+test/ folders, or a manifest CSV")
+    p.add_argument("--classes", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+                   help="classes to use, in order (e.g. covid,normal); default: all found")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                   help="keep manifest rows where COLUMN equals VALUE (repeatable)")
+    p.add_argument("--positive", default="covid", help="class that sensitivity/specificity/ROC refer to")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and list them, instead of stopping")
+
+
+def _train_parser(sub) -> None:
+    from .training import OPTIMIZERS, PRESETS
+
+    p = sub.add_parser("train", help="train a classifier and evaluate it on the test split")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--preset", choices=list(PRESETS), default="default",
+                   help="paper-a / paper-b / paper-b-10ep reproduce the paper's cases; default: our recipe")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--augmentation", choices=["cxr", "paper", "none"])
+    p.add_argument("--feature-views", type=int,
+                   help="augmented views per image whose backbone features are cached (0: stream every epoch)")
+    p.add_argument("--weights", help="imagenet, none, or a MobileNetV2 no-top .h5 weights file")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--class-weight", choices=["balanced"])
+    p.add_argument("--fine-tune-epochs", type=int)
+    p.add_argument("--fine-tune-from", help="first MobileNetV2 layer to unfreeze (default block_13_expand)")
+    p.add_argument("--fine-tune-lr", type=float)
+    p.add_argument("--save-h5", action="store_true", help="also write the paper's model.h5")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccad", description="COVID-19 chest X-ray screening aid (not a diagnosis)")
+    parser.add_argument("--version", action="version", version=f"ccad {__import__('ccad').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+
+    p = sub.add_parser("evaluate", help="score a trained model on labelled data")
+    p.add_argument("--model", required=True, help="run folder or model file")
+    _add_data_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=["test", "val", "all"], help="default: test when the data has splits, else all")
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (when the data has none) and bootstrap")
+
+    p = sub.add_parser("predict", help="classify image files or folders")
+    p.add_argument("--model", required=True, help="run folder or model file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+
+    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, offline")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n-per-class", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=10)
+
+    p = sub.add_parser("synth", help="write a synthetic chest-X-ray-like data set")
+    p.add_argument("out")
+    p.add_argument("--n-per-class", type=int, default=40)
+    p.add_argument("--classes", default="covid,normal", help="from covid, normal, pneumonia")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layout", choices=["folders", "paper"], default="folders")
+
+    p = sub.add_parser("augment-preview", help="save a grid of augmented training samples")
+    _add_data_args(p)
+    p.add_argument("--augmentation", choices=["cxr", "paper", "none"], default="cxr")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--images", type=int, default=4)
+    p.add_argument("--variants", type=int, default=5)
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def cmd_train(args) -> None:
+    from .training import make_config, train
+
+    config = make_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                         lr=args.lr, dropout=args.dropout, input_size=args.input_size, augmentation=args.augmentation,
+                         feature_views=args.feature_views, weights=args.weights, seed=args.seed,
+                         class_weight=args.class_weight, fine_tune_epochs=args.fine_tune_epochs,
+                         fine_tune_from=args.fine_tune_from, fine_tune_lr=args.fine_tune_lr)
+    result = train(args.data, args.out, config, args.classes, args.where, args.positive, args.skip_bad, args.save_h5)
+    _print_summary(result.metrics, Path(args.out))
+
+
+def cmd_evaluate(args) -> None:
+    from .data import assign_splits, discover
+    from .evaluation import evaluate
+    from .inference import load_classifier
+
+    classifier = load_classifier(args.model)
+    classes = args.classes or classifier.classes
+    dataset = discover(args.data, classes, args.where, args.positive)
+    if dataset.classes != classifier.classes:
+        dataset.classes = classifier.classes  # score in the model's class order
+    has_splits = any(s.split for s in dataset.samples)
+    split = args.split or ("test" if has_splits else "all")
+    if split != "all":
+        dataset = assign_splits(dataset, seed=args.seed)
+    metrics = evaluate(classifier.model, dataset, args.out, split=split, meta=classifier.meta, skip_bad=args.skip_bad)
+    _print_summary(metrics, Path(args.out))
+
+
+def cmd_predict(args) -> None:
+    from .inference import expand_inputs, load_classifier
+
+    classifier = load_classifier(args.model)
+    results = classifier.predict_files(expand_inputs(args.inputs))
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return
+    columns = ["file", "predicted_class"] + [f"p_{c}" for c in classifier.classes] + ["error"]
+    rows = [[r["file"], r.get("predicted_class", "")]
+            + [f"{r['probabilities'][c]:.4f}" if "probabilities" in r else "" for c in classifier.classes]
+            + [r.get("error", "")] for r in results]
+    if args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return
+    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
+    for row in [columns] + rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    print("\nScreening aid, not a diagnosis.", file=sys.stderr)
+
+
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    result = run_demo(args.out, n_per_class=args.n_per_class, epochs=args.epochs)
+    _print_summary(result.metrics, result.run_dir)
+
+
+def cmd_synth(args) -> None:
+    from .synthetic import generate
+
+    try:
+        out = generate(args.out, args.n_per_class, args.classes.split(","), args.size, args.seed, args.layout)
+    except ValueError as e:
+        raise CcadError(str(e)) from e
+    print(f"wrote synthetic data set to {out} (manifest: {out / 'manifest.csv'})")
+
+
+def cmd_augment_preview(args) -> None:
+    from .preview import augment_preview
+
+    path = augment_preview(args.data, args.out, args.augmentation, args.images, args.variants, args.input_size,
+                           args.seed, classes=args.classes, where=args.where)
+    print(f"wrote {path}")
+
+
+def _print_summary(metrics, folder: Path) -> None:
+    if metrics:
+        parts = []
+        for name in ("accuracy", "sensitivity", "specificity", "auc"):
+            entry = metrics[name]
+            if entry["value"] is not None:
+                ci = entry["ci95"]
+                parts.append(f"{name} {entry['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        print(f"{metrics['split']} split, n={metrics['n']}: " + ", ".join(parts))
+        print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+            "synth": cmd_synth, "augment-preview": cmd_augment_preview}
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except CcadError as e:
+        print(f"ccad: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("ccad: interrupted; nothing half-written was left behind", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""Finding labelled images and splitting them by patient.
+
+Three layouts are understood (``--data``):
+
+(a) a folder with one subfolder per class: ``D/covid/*.png, D/normal/*.png``;
+(b) the paper's layout: ``D/train/<class>/*`` and ``D/test/<class>/*``;
+(c) a manifest CSV with columns ``path,label`` and optional ``split``
+    (``train``/``val``/``test``) and ``group`` (patient id); paths are relative
+    to the CSV's folder.
+
+Every layout becomes a :class:`Dataset`: a list of :class:`Sample` rows plus
+the ordered class names. :func:`assign_splits` gives every sample a split,
+never putting one patient group in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataError, ImageReadError
+from .images import IMAGE_SUFFIXES, load_grayscale_input
+
+SPLITS = ("train", "val", "test")
+IGNORED_FILES = {"thumbs.db", "desktop.ini", "manifest.csv", "readme.md", "readme.txt"}
+TEST_FRACTION = 0.20
+VAL_FRACTION = 0.16
+PAPER_VAL_FRACTION = 0.20
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+    group: str
+    split: str | None = None
+
+
+@dataclass
+class Dataset:
+    samples: list[Sample]
+    classes: list[str]
+    positive_class: str | None
+    layout: str
+    source: str
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def subset(self, split: str) -> list[Sample]:
+        return [s for s in self.samples if s.split == split]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} with an ``all`` split."""
+        table: dict[str, dict[str, int]] = {}
+        for s in self.samples:
+            for key in (s.split or "unsplit", "all"):
+                table.setdefault(key, {c: 0 for c in self.classes})[s.label] += 1
+        return table
+
+    def fingerprint(self) -> str:
+        """sha256 of the sorted (path, label, split) list: identifies the data a model saw."""
+        h = hashlib.sha256()
+        for s in sorted(self.samples, key=lambda s: str(s.path)):
+            h.update(f"{s.path}\t{s.label}\t{s.split}\n".encode())
+        return h.hexdigest()
+
+
+def discover(
+    data: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    where: Sequence[str] = (),
+    positive_class: str | None = "covid",
+) -> Dataset:
+    """Find the labelled images under ``data`` (a folder or a manifest CSV).
+
+    Args:
+        data: folder (layouts a, b) or CSV file (layout c).
+        classes: classes to keep, in output order; default: all found, sorted.
+        where: ``COLUMN=VALUE`` filters on manifest rows.
+        positive_class: the class binary sensitivity/specificity/ROC refer to.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder")
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise DataError(f"{data}: --data must be a folder or a manifest .csv file")
+        samples, layout = _read_manifest(data, where), "manifest"
+    else:
+        if where:
+            raise DataError("--where filters manifest rows; it needs a manifest CSV as --data")
+        if _is_paper_layout(data):
+            samples, layout = _scan_paper_layout(data), "train-test-folders"
+        else:
+            samples, layout = _scan_class_folders(data, split=None), "class-folders"
+    found = sorted({s.label for s in samples})
+    if classes:
+        classes = list(classes)
+        unknown = [c for c in classes if c not in found]
+        if unknown:
+            raise DataError(f"{data}: class {unknown[0]!r} not found (found: {', '.join(found) or 'none'})")
+        samples = [s for s in samples if s.label in classes]
+    else:
+        classes = found
+    if len(classes) < 2:
+        raise DataError(f"{data}: needs at least two classes, found {len(classes)} ({', '.join(classes) or 'none'})")
+    if positive_class is not None and positive_class not in classes:
+        if positive_class == "covid" and len(classes) == 2:
+            positive_class = None  # default not applicable: metrics use classes[1]
+        else:
+            raise DataError(f"--positive {positive_class!r} is not one of the classes ({', '.join(classes)})")
+    return Dataset(samples, classes, positive_class or classes[-1], layout, str(data))
+
+
+def _is_paper_layout(root: Path) -> bool:
+    return (root / "train").is_dir() and (root / "test").is_dir()
+
+
+def _scan_paper_layout(root: Path) -> list[Sample]:
+    samples = _scan_class_folders(root / "train", split="train") + _scan_class_folders(root / "test", split="test")
+    train_classes = {s.label for s in samples if s.split == "train"}
+    test_classes = {s.label for s in samples if s.split == "test"}
+    if train_classes != test_classes:
+        raise DataError(
+            f"{root}: train/ and test/ have different class folders "
+            f"({', '.join(sorted(train_classes))} vs {', '.join(sorted(test_classes))})"
+        )
+    return samples
+
+
+def _scan_class_folders(root: Path, split: str | None) -> list[Sample]:
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{root}: no class subfolders (expected {root}/<class>/<image files>)")
+    samples = []
+    for class_dir in class_dirs:
+        files = sorted(_candidate_files(class_dir))
+        if not files:
+            raise DataError(f"{class_dir}: class folder is empty")
+        # Folders carry no patient ids: each file is its own group.
+        samples += [Sample(f, class_dir.name, f"{class_dir.name}/{f.relative_to(class_dir)}", split) for f in files]
+    return samples
+
+
+def _candidate_files(folder: Path) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and name.lower() not in IGNORED_FILES:
+                yield Path(dirpath) / name
+
+
+def _read_manifest(csv_path: Path, where: Sequence[str]) -> list[Sample]:
+    filters = [_parse_where(w) for w in where]
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        for needed in ("path", "label") + tuple(col for col, _ in filters):
+            if needed not in columns:
+                raise DataError(f"{csv_path}: missing column {needed!r} (columns: {', '.join(columns)})")
+        rows = [r for r in reader if all(r[col] == value for col, value in filters)]
+    if not rows:
+        raise DataError(f"{csv_path}: no rows" + (f" match {' and '.join(where)}" if where else ""))
+    samples = []
+    for line, row in enumerate(rows, start=2):
+        split = (row.get("split") or "").strip().lower() or None
+        if split is not None and split not in SPLITS:
+            raise DataError(f"{csv_path}: row {line}: split {split!r} is not one of train, val, test")
+        path = (csv_path.parent / row["path"]).resolve()
+        group = (row.get("group") or "").strip() or row["path"]
+        samples.append(Sample(path, row["label"].strip(), group, split))
+    return samples
+
+
+def _parse_where(expression: str) -> tuple[str, str]:
+    column, sep, value = expression.partition("=")
+    if not sep or not column:
+        raise DataError(f"--where {expression!r}: expected COLUMN=VALUE")
+    return column.strip(), value.strip()
+
+
+def assign_splits(dataset: Dataset, seed: int = 0) -> Dataset:
+    """Give every sample a split, keeping each patient group within one split.
+
+    - No split given: stratified by class, grouped by patient, test 20%,
+      validation 16%, training the rest.
+    - The paper's ``train/``+``test/`` layout (or a manifest with only train and
+      test): validation is 20% of ``train`` (the paper's ``validation_split=0.2``).
+    - A manifest with train, val and test: used as given.
+    """
+    samples = dataset.samples
+    given = {s.split for s in samples}
+    if None in given and given != {None}:
+        raise DataError(f"{dataset.source}: some rows have a split and some do not")
+    if given == {None}:
+        test_idx = _grouped_holdout(samples, range(len(samples)), TEST_FRACTION, seed)
+        rest = [i for i in range(len(samples)) if i not in test_idx]
+        val_idx = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - TEST_FRACTION), seed + 1)
+        splits = ["test" if i in test_idx else "val" if i in val_idx else "train" for i in range(len(samples))]
+    elif "val" not in given:
+        train = [i for i, s in enumerate(samples) if s.split == "train"]
+        val_idx = _grouped_holdout(samples, train, PAPER_VAL_FRACTION, seed)
+        splits = ["val" if i in val_idx else s.split for i, s in enumerate(samples)]
+    else:
+        splits = [s.split for s in samples]
+    new_samples = [replace(s, split=split) for s, split in zip(samples, splits)]
+    _check_groups_disjoint(new_samples, dataset.source)
+    for split in ("train", "val"):
+        labels = {s.label for s in new_samples if s.split == split}
+        if len(labels) < 2:
+            raise DataError(f"{dataset.source}: the {split} split has {len(labels)} class(es); every split needs them all")
+    return replace(dataset, samples=new_samples)
+
+
+def _grouped_holdout(samples: Sequence[Sample], indices: Iterable[int], fraction: float, seed: int) -> set[int]:
+    """Indices of a stratified, group-disjoint holdout of about ``fraction`` of ``indices``."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    indices = list(indices)
+    n_splits = max(2, round(1 / fraction))
+    groups = [samples[i].group for i in indices]
+    if len(set(groups)) < n_splits:
+        raise DataError(
+            f"too few images or patient groups to split ({len(set(groups))} groups for a "
+            f"{fraction:.0%} holdout); add images or give a split column"
+        )
+    labels = [samples[i].label for i in indices]
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, holdout = next(splitter.split(np.zeros(len(indices)), labels, groups))
+    return {indices[j] for j in holdout}
+
+
+def _check_groups_disjoint(samples: Sequence[Sample], source: str) -> None:
+    seen: dict[str, str] = {}
+    for s in samples:
+        if seen.setdefault(s.group, s.split) != s.split:
+            raise DataError(f"{source}: patient group {s.group!r} is in both {seen[s.group]} and {s.split}")
+
+
+def write_split(dataset: Dataset, path: str | os.PathLike) -> None:
+    """Write the split actually used as ``path,label,group,split`` (CSV)."""
+    import io
+
+    from ._files import write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "label", "group", "split"])
+    for s in dataset.samples:
+        writer.writerow([s.path, s.label, s.group, s.split])
+    write_text(path, buffer.getvalue())
+
+
+def load_images(
+    samples: Sequence[Sample], size: int, skip_bad: bool = False, workers: int | None = None
+) -> tuple[np.ndarray, list[Sample], list[tuple[str, str]]]:
+    """Decode and resize ``samples`` on several threads.
+
+    Returns (images (N, size, size) float32 in [0, 1], the samples kept, the
+    files skipped with their error). Without ``skip_bad`` the first unreadable
+    file raises :class:`ImageReadError`.
+    """
+    def load(sample: Sample):
+        try:
+            return load_grayscale_input(sample.path, size), None
+        except ImageReadError as e:
+            if not skip_bad:
+                raise
+            return None, str(e)
+
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(load, samples))
+    kept = [s for s, (img, _) in zip(samples, results) if img is not None]
+    bad = [(str(s.path), err) for s, (img, err) in zip(samples, results) if img is None]
+    images = np.stack([img for img, _ in results if img is not None]) if kept else np.zeros((0, size, size), np.float32)
+    return images, kept, bad
+
+
+def label_indices(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[s.label] for s in samples], dtype=np.int64)

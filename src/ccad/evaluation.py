@@ -1,0 +1,203 @@
+"""Metrics with 95% confidence intervals, and the ``evaluate`` step.
+
+Binary metrics refer to the positive class (default ``covid``): sensitivity
+(recall), specificity, precision, F1, ROC AUC. With more than two classes the
+positive class is scored one-vs-rest, and per-class one-vs-rest metrics and
+macro F1 are added. Intervals are percentile bootstrap intervals (1,000
+resamples, seeded) that resample whole patient groups when groups are known,
+so images of one patient move together. A metric that a set cannot define
+(specificity with no negatives, AUC with one class) is ``null`` with a note.
+
+scikit-learn has no grouped bootstrap, and SciPy's ``bootstrap`` resamples
+observations, not groups, so the resampling loop is written here (~20 lines).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
+N_BOOTSTRAP = 1000
+CAVEAT = (
+    "ccad is a screening aid for research, not a diagnosis. These numbers come only from the data named "
+    "above; images from other hospitals or scanners can score far worse."
+)
+
+
+def _safe_div(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
+
+
+def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
+    """Point estimates for boolean truth/prediction arrays (True = positive class) and positive scores."""
+    tp = int(np.sum(y_true & y_pred))
+    tn = int(np.sum(~y_true & ~y_pred))
+    fp = int(np.sum(~y_true & y_pred))
+    fn = int(np.sum(y_true & ~y_pred))
+    sensitivity = _safe_div(tp, tp + fn)
+    precision = _safe_div(tp, tp + fp)
+    f1 = _safe_div(2 * tp, 2 * tp + fp + fn) if (tp + fn) else None
+    return {
+        "accuracy": _safe_div(tp + tn, len(y_true)),
+        "sensitivity": sensitivity,
+        "specificity": _safe_div(tn, tn + fp),
+        "precision": precision,
+        "f1": f1,
+        "auc": _auc(y_true, score),
+    }
+
+
+def _auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if y_true.all() or not y_true.any():
+        return None
+    return float(roc_auc_score(y_true, score))
+
+
+def bootstrap_intervals(
+    statistic: Callable[[np.ndarray], dict[str, float | None]],
+    n: int,
+    groups: Sequence[str] | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, list[float] | None]:
+    """95% percentile intervals of each value ``statistic(indices)`` returns.
+
+    Resamples whole groups with replacement (each image its own group when
+    ``groups`` is None). Resamples where a value is undefined are left out.
+    """
+    groups = np.asarray(groups if groups is not None else np.arange(n))
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        picked = rng.integers(0, len(unique), len(unique))
+        indices = np.concatenate([members[g] for g in picked])
+        for name, value in statistic(indices).items():
+            if value is not None:
+                draws.setdefault(name, []).append(value)
+    out: dict[str, list[float] | None] = {}
+    for name, values in draws.items():
+        enough = len(values) >= n_resamples // 2
+        out[name] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if enough else None
+    return out
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    positive_class: str,
+    groups: Sequence[str] | None = None,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All metrics of one evaluation, as written to ``metrics.json``.
+
+    Args:
+        y_true: true class indices, shape (N,).
+        probabilities: predicted probabilities, shape (N, k), columns in ``classes`` order.
+        classes: class names.
+        positive_class: the class binary metrics refer to.
+        groups: patient group of each image (for the grouped bootstrap).
+    """
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    y_true = np.asarray(y_true)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    k = len(classes)
+    pos = list(classes).index(positive_class)
+    y_pred = probabilities.argmax(axis=1)
+
+    def statistic(idx: np.ndarray) -> dict[str, float | None]:
+        return binary_metrics(y_true[idx] == pos, y_pred[idx] == pos, probabilities[idx, pos]) | (
+            {"accuracy": float(np.mean(y_true[idx] == y_pred[idx]))} if k > 2 else {}
+        )
+
+    point = statistic(np.arange(len(y_true)))
+    intervals = bootstrap_intervals(statistic, len(y_true), groups, n_resamples, seed)
+    metrics: dict[str, Any] = {
+        "n": int(len(y_true)),
+        "classes": list(classes),
+        "positive_class": positive_class,
+        "counts": {c: int(np.sum(y_true == i)) for i, c in enumerate(classes)},
+    }
+    for name in BINARY_METRICS:
+        metrics[name] = {"value": point[name], "ci95": intervals.get(name) if point[name] is not None else None}
+    metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist()
+    metrics["notes"] = _undefined_notes(point, positive_class)
+    if k > 2:
+        metrics["macro_f1"] = float(f1_score(y_true, y_pred, labels=list(range(k)), average="macro", zero_division=0))
+        metrics["per_class"] = {
+            c: binary_metrics(y_true == i, y_pred == i, probabilities[:, i]) for i, c in enumerate(classes)
+        }
+    metrics["bootstrap"] = {"resamples": n_resamples, "unit": "patient group" if groups is not None else "image",
+                            "seed": seed, "method": "percentile"}
+    return metrics
+
+
+def _undefined_notes(point: dict[str, float | None], positive_class: str) -> list[str]:
+    notes = []
+    if point["specificity"] is None:
+        notes.append(f"no negative (non-{positive_class}) images: specificity is undefined")
+    if point["sensitivity"] is None:
+        notes.append(f"no {positive_class} images: sensitivity is undefined")
+    if point["auc"] is None:
+        notes.append("AUC needs images of both the positive class and the others")
+    return notes
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Softmax outputs of a Keras classifier for (N, H, W) grayscale images in [0, 1]."""
+    from .training import image_batches
+
+    if len(images) == 0:
+        return np.zeros((0, model.output_shape[-1]), np.float32)
+    return model.predict(image_batches(images, None, batch_size, model.output_shape[-1]), verbose=0)
+
+
+def evaluate(
+    model,
+    dataset,
+    out: str | os.PathLike,
+    split: str = "test",
+    meta: dict[str, Any] | None = None,
+    history: list[dict[str, float]] | None = None,
+    skip_bad: bool = False,
+) -> dict[str, Any]:
+    """Score ``model`` on one split of ``dataset``; write metrics.json, figures/ and report.html to ``out``.
+
+    ``split`` is ``test``, ``val`` or ``all``. Returns the metrics dict.
+    """
+    from ._files import write_json
+    from .data import label_indices, load_images
+    from .errors import DataError
+    from .reporting import write_figures, write_report
+
+    out = Path(out)
+    samples = dataset.samples if split == "all" else dataset.subset(split)
+    if not samples:
+        raise DataError(f"{dataset.source}: no images in the {split} split")
+    size = int(model.input_shape[1])
+    images, kept, bad = load_images(samples, size, skip_bad)
+    if not kept:
+        raise DataError(f"{dataset.source}: none of the {split} images could be read")
+    y_true = label_indices(kept, dataset.classes)
+    probabilities = predict_probabilities(model, images)
+    known_groups = dataset.layout == "manifest"
+    metrics = compute_metrics(y_true, probabilities, dataset.classes, dataset.positive_class,
+                              [s.group for s in kept] if known_groups else None)
+    metrics["split"] = split
+    metrics["data"] = dataset.source
+    metrics["skipped_files"] = [{"path": p, "error": e} for p, e in bad]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", metrics)
+    figures = write_figures(out / "figures", metrics, y_true, probabilities, images, kept, dataset.classes, history)
+    write_report(out / "report.html", metrics, figures, dataset, meta or {}, split)
+    return metrics

@@ -1,0 +1,140 @@
+"""Reading chest X-ray files and turning them into model input.
+
+One preprocessing definition serves training, evaluation and prediction:
+:func:`load_model_input` reads a file (PNG 8/16 bit, JPEG, BMP, TIFF or DICOM),
+makes it grayscale, resizes it to ``size x size`` and returns float32 pixels in
+[0, 1] (the paper's ``rescale=1/255`` for 8-bit images), repeated to 3 channels.
+
+Pixel range: 8-bit images are divided by 255. Images with more than 8 bits
+(16-bit PNG/TIFF, DICOM) are windowed to their own minimum..maximum after the
+DICOM modality and VOI LUTs, because 12-bit data stored in 16 bits would
+otherwise come out nearly black.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageReadError
+
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+
+#: Largest image accepted, in pixels (a 10,000 x 10,000 scan). Bigger files are
+#: refused before they are decoded whole (decompression bombs).
+MAX_PIXELS = 100_000_000
+
+
+def is_dicom(path: str | os.PathLike) -> bool:
+    """True for a ``.dcm``/``.dicom`` name or a file with the DICOM preamble ``DICM``."""
+    path = Path(path)
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_grayscale(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as a float32 grayscale array in [0, 1], shape (H, W).
+
+    Raises:
+        ImageReadError: the file is missing, not an image, corrupt, truncated or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    if is_dicom(path):
+        return _read_dicom(path)
+    return _read_raster(path)
+
+
+def _read_raster(path: Path) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_PIXELS:
+                    raise ImageReadError(
+                        f"{path}: image is {width}x{height} pixels, over the limit of {MAX_PIXELS:,}"
+                    )
+                im.load()
+                return _pil_to_gray(im)
+    except ImageReadError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"{path}: not a readable image ({type(e).__name__})") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from e
+
+
+def _pil_to_gray(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return _window_to_unit(np.asarray(im, dtype=np.float32))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA").convert("RGB")  # drop alpha
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+
+
+def _window_to_unit(pixels: np.ndarray) -> np.ndarray:
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if hi <= lo:
+        return np.zeros(pixels.shape, dtype=np.float32)
+    return ((pixels - lo) / (hi - lo)).astype(np.float32)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if rows * cols > MAX_PIXELS:
+            raise ImageReadError(f"{path}: DICOM image is {cols}x{rows} pixels, over the limit of {MAX_PIXELS:,}")
+        pixels = ds.pixel_array
+    except ImageReadError:
+        raise
+    except Exception as e:  # pydicom raises many types for truncated or odd files
+        raise ImageReadError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
+    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+        pixels = pixels[0]  # multi-frame: first frame
+    if pixels.ndim == 3:  # colour DICOM (rare for CXR)
+        pixels = pixels.mean(axis=-1)
+    pixels = apply_modality_lut(pixels, ds)
+    pixels = apply_voi_lut(pixels, ds)
+    gray = _window_to_unit(np.asarray(pixels, dtype=np.float32))
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        gray = 1.0 - gray  # MONOCHROME1: high values are dark
+    return gray
+
+
+def resize(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize (H, W) float [0, 1] to (size, size) with antialiased bilinear interpolation."""
+    image = Image.fromarray(gray.astype(np.float32), mode="F")
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).clip(0.0, 1.0)
+
+
+def load_grayscale_input(path: str | os.PathLike, size: int) -> np.ndarray:
+    """(size, size) float32 in [0, 1]: the single-channel form stored for training."""
+    return resize(read_grayscale(path), size)
+
+
+def to_model_input(gray: np.ndarray) -> np.ndarray:
+    """Repeat a (..., H, W) grayscale array into (..., H, W, 3) channels."""
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def load_model_input(path: str | os.PathLike, size: int) -> np.ndarray:
+    """The model's input for one file: (size, size, 3) float32 in [0, 1]."""
+    return to_model_input(load_grayscale_input(path, size))

@@ -1,0 +1,177 @@
+"""The paper's classifier: frozen MobileNetV2 + global average pooling + Dropout + Dense softmax.
+
+Input: (size, size, 3) float32 in [0, 1] (see :mod:`ccad.images`). A
+parameter-free ``Rescaling`` layer maps it to MobileNetV2's [-1, 1], so the
+saved model is self-contained. At 224x224x3 with 2 classes the model has
+2,260,546 parameters of which 2,562 (the Dense layer) are trainable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import ConfigError, ModelError
+
+BACKBONE_LAYER = "mobilenetv2_1.00_{size}"
+FEATURES_LAYER = "pooled_features"
+DROPOUT_LAYER = "dropout"
+CLASSIFIER_LAYER = "classifier"
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+DEFAULT_FINE_TUNE_FROM = "block_13_expand"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras looks for downloaded weights: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def imagenet_weights_file(size: int) -> Path:
+    """The cached no-top ImageNet weights file Keras loads for this input size."""
+    weight_size = size if size in IMAGENET_SIZES else 224
+    return keras_cache_dir() / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{weight_size}_no_top.h5"
+
+
+def imagenet_weights_available(size: int = 224) -> bool:
+    return imagenet_weights_file(size).is_file()
+
+
+def build_classifier(
+    num_classes: int,
+    input_size: int = 224,
+    dropout: float = 0.3,
+    weights: str = "imagenet",
+):
+    """Build the paper's model.
+
+    Args:
+        num_classes: number of output classes (softmax).
+        input_size: square input side in pixels (the paper: 224; also 128).
+        dropout: dropout rate before the Dense layer (the paper: 0.3, 0.4, 0.5).
+        weights: ``"imagenet"``, ``"none"`` (random init) or a path to a
+            no-top MobileNetV2 ``.h5`` weights file.
+
+    Returns:
+        An uncompiled ``keras.Model`` whose backbone is frozen.
+
+    Raises:
+        ModelError: ImageNet weights cannot be had offline, or a weights file is missing.
+    """
+    import keras
+
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    if input_size < 32:
+        raise ConfigError(f"input size must be at least 32 pixels, got {input_size}")
+    backbone_weights = _resolve_weights(weights, input_size)
+
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+    backbone = _mobilenet_v2(input_size, backbone_weights)
+    backbone.trainable = False
+    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
+    x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=CLASSIFIER_LAYER)(x)
+    return keras.Model(inputs, outputs, name="ccad_mobilenet_v2")
+
+
+def _resolve_weights(weights: str, input_size: int) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        if not imagenet_weights_available(input_size):
+            _try_download_imagenet(input_size)
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
+    return str(weights)
+
+
+def _try_download_imagenet(input_size: int) -> None:
+    import keras
+
+    try:
+        keras.applications.MobileNetV2(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
+    except Exception as e:
+        raise ModelError(
+            f"ImageNet weights for MobileNetV2 are not in the Keras cache ({imagenet_weights_file(input_size)}) "
+            "and could not be downloaded: go online once, or set KERAS_HOME to a folder holding them "
+            "(e.g. KERAS_HOME=../shared/keras-home), or use --weights none"
+        ) from e
+
+
+def _mobilenet_v2(input_size: int, weights: str | None):
+    import keras
+
+    try:
+        return keras.applications.MobileNetV2(
+            input_shape=(input_size, input_size, 3), alpha=1.0, include_top=False, weights=weights
+        )
+    except (ValueError, OSError) as e:
+        raise ModelError(f"cannot build MobileNetV2 with weights {weights!r}: {e}") from e
+
+
+def backbone_of(model):
+    """The MobileNetV2 sub-model inside a classifier built by :func:`build_classifier`."""
+    for layer in model.layers:
+        if layer.name.startswith("mobilenetv2"):
+            return layer
+    raise ModelError(f"model {model.name!r} has no MobileNetV2 backbone")
+
+
+def feature_extractor(model):
+    """A model from the image input to the pooled 1280-d features."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name="features")
+
+
+def head_of(model, feature_dim: int):
+    """The trainable head (Dropout + Dense) as a model on pooled features; shares weights with ``model``."""
+    import keras
+
+    features = keras.Input((feature_dim,), name="features")
+    x = model.get_layer(DROPOUT_LAYER)(features)
+    return keras.Model(features, model.get_layer(CLASSIFIER_LAYER)(x), name="head")
+
+
+def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
+    """Make backbone layers from ``from_layer`` on trainable (BatchNorm stays frozen).
+
+    Returns the number of trainable parameters afterwards.
+    """
+    import keras
+
+    backbone = backbone_of(model)
+    from_layer = from_layer or DEFAULT_FINE_TUNE_FROM
+    names = [layer.name for layer in backbone.layers]
+    if from_layer not in names:
+        raise ConfigError(f"--fine-tune-from {from_layer!r} is not a MobileNetV2 layer (e.g. block_13_expand, Conv_1)")
+    start = names.index(from_layer)
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(int(w.numpy().size) for w in model.trainable_weights)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    return int(model.count_params()), trainable
+
+
+def load_keras_model(path: str | os.PathLike):
+    """Load a ``.keras`` (or ``.h5``) model written by ccad, with a clear error if it cannot be."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise ModelError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from e

@@ -1,0 +1,176 @@
+"""Figures (matplotlib, Agg) and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._files import atomic_path, write_text
+
+GRID_IMAGES = 16
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _pyplot().close(fig)
+    return path
+
+
+def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
+    plt = _pyplot()
+    epochs = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("accuracy", "loss")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "validation")):
+            ax.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", ms=3, label=label)
+        phases = [row.get("phase") for row in history]
+        if "fine-tune" in phases:
+            ax.axvline(phases.index("fine-tune") + 0.5, color="grey", ls="--", lw=1, label="fine-tuning starts")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path) -> Path:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(classes)).plot(ax=ax, cmap="Blues", colorbar=False)
+    ax.set_title("Confusion matrix (rows: true)")
+    return _save(fig, path)
+
+
+def plot_roc(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], positive_class: str,
+             auc: dict[str, Any], path: Path) -> Path | None:
+    from sklearn.metrics import roc_curve
+
+    pos = list(classes).index(positive_class)
+    truth = y_true == pos
+    if truth.all() or not truth.any():
+        return None
+    plt = _pyplot()
+    fpr, tpr, _ = roc_curve(truth, probabilities[:, pos])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ci = auc.get("ci95")
+    label = f"AUC = {auc['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+    ax.plot(fpr, tpr, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"ROC: {positive_class} vs rest")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
+def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray,
+                         classes: Sequence[str], path: Path, n: int = GRID_IMAGES, seed: int = 0) -> Path:
+    """A grid of images titled true/predicted, green when right, red when wrong (the paper's figure)."""
+    plt = _pyplot()
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+    cols = 4
+    rows = int(np.ceil(len(picked) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), picked):
+        predicted = int(probabilities[i].argmax())
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        ok = predicted == y_true[i]
+        ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[predicted]} ({probabilities[i, predicted]:.2f})",
+                     color="green" if ok else "red", fontsize=8)
+    return _save(fig, path)
+
+
+def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, probabilities: np.ndarray,
+                  images: np.ndarray, samples, classes: Sequence[str], history=None) -> dict[str, Path]:
+    figures = {}
+    if history:
+        figures["Training curves"] = plot_training_curves(history, folder / "training_curves.png")
+    figures["Confusion matrix"] = plot_confusion_matrix(metrics["confusion_matrix"], classes,
+                                                        folder / "confusion_matrix.png")
+    roc = plot_roc(y_true, probabilities, classes, metrics["positive_class"], metrics["auc"], folder / "roc_curve.png")
+    if roc:
+        figures["ROC curve"] = roc
+    figures["Predictions"] = plot_prediction_grid(images, y_true, probabilities, classes, folder / "predictions.png")
+    return figures
+
+
+def _format_metric(entry: dict[str, Any]) -> tuple[str, str]:
+    if entry["value"] is None:
+        return "undefined", ""
+    ci = entry.get("ci95")
+    return f"{entry['value']:.3f}", (f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else "n/a")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], dataset, meta: dict[str, Any],
+                 split: str) -> Path:
+    """A single HTML file with the data, configuration, metrics (95% CIs), figures and caveat."""
+    from .evaluation import BINARY_METRICS, CAVEAT
+
+    counts = dataset.counts()
+    data_rows = [[s] + [counts[s].get(c, 0) for c in dataset.classes] for s in ("train", "val", "test", "all")
+                 if s in counts]
+    metric_rows = [[name, *_format_metric(metrics[name])] for name in BINARY_METRICS]
+    if "macro_f1" in metrics:
+        metric_rows.append(["macro F1", f"{metrics['macro_f1']:.3f}", ""])
+    images = "".join(
+        f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,"
+        f"{base64.b64encode(Path(p).read_bytes()).decode()}'><figcaption>{html.escape(title)}</figcaption></figure>"
+        for title, p in figures.items()
+    )
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
+    config = json.dumps({k: v for k, v in meta.items() if k not in ("data",)}, indent=2, default=str)
+    text = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ccad evaluation report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 1rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; margin: .5rem 0; }} td, th {{ border: 1px solid #ccc; padding: .25rem .6rem; }}
+.caveat {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .6rem 1rem; }}
+figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 100%; }} pre {{ background: #f6f6f6; padding: .5rem; overflow: auto; }}
+</style></head><body>
+<h1>ccad evaluation report</h1>
+<p class="caveat"><strong>Not a diagnosis.</strong> {html.escape(CAVEAT)}</p>
+<h2>Data</h2>
+<p>Scored on: <code>{html.escape(str(metrics.get('data', dataset.source)))}</code>, split <strong>{html.escape(split)}</strong>,
+n = {metrics['n']} images ({', '.join(f'{c}: {n}' for c, n in metrics['counts'].items())}).
+Positive class: <strong>{html.escape(metrics['positive_class'])}</strong>.</p>
+{_table(['split'] + list(dataset.classes), data_rows)}
+<h2>Metrics</h2>
+<p>95% confidence intervals: percentile bootstrap, {metrics['bootstrap']['resamples']} resamples by
+{html.escape(metrics['bootstrap']['unit'])}.</p>
+{_table(['metric', 'value', '95% CI'], metric_rows)}
+<p>Confusion matrix (rows true, columns predicted; order {html.escape(', '.join(dataset.classes))}):
+{html.escape(str(metrics['confusion_matrix']))}</p>
+<ul>{notes}</ul>
+<h2>Figures</h2>
+{images}
+<h2>Configuration</h2>
+<pre>{html.escape(config)}</pre>
+</body></html>
+"""
+    write_text(path, text)
+    return path

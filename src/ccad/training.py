@@ -1,0 +1,345 @@
+"""Training a classifier: presets, the two training loops, and the run folder.
+
+Two loops train the same model:
+
+- *streaming* (the paper's way, all ``paper-*`` presets): every epoch, every
+  training image is augmented afresh and passed through the frozen backbone.
+- *cached views* (the default recipe): the frozen backbone runs once on the
+  original image and on ``feature_views`` augmented copies of it; the head
+  (Dropout + Dense, the only trainable layers) is then trained on those pooled
+  features for ``epochs`` passes. Same model, same loss; the backbone, which is
+  >99% of the compute and does not change, is not re-run every epoch.
+
+Fine-tuning (``fine_tune_epochs > 0``) always streams, since the backbone changes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from ._files import atomic_path, write_json, write_text
+from .augmentation import Augmenter, get_spec
+from .data import Dataset, assign_splits, discover, label_indices, load_images, write_split
+from .errors import ConfigError, DataError
+
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. ``preset`` names where the defaults came from."""
+
+    preset: str = "default"
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    dropout: float = 0.3
+    input_size: int = 224
+    augmentation: str = "cxr"
+    feature_views: int = 4
+    weights: str = "imagenet"
+    seed: int = 0
+    class_weight: str | None = None
+    fine_tune_epochs: int = 0
+    fine_tune_from: str | None = None
+    fine_tune_lr: float = 1e-5
+
+    def validate(self) -> "TrainConfig":
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.lr > 0 and self.fine_tune_lr > 0, "learning rates must be positive"),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.feature_views >= 0, f"--feature-views must be 0 or more, got {self.feature_views}"),
+            (self.fine_tune_epochs >= 0, f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}"),
+            (self.class_weight in (None, "balanced"), f"--class-weight must be 'balanced', got {self.class_weight!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        get_spec(self.augmentation)
+        return self
+
+
+#: The paper's three experimental cases, as its Evaluation Results section trained
+#: them (Adam 1e-3, batch 30, 10 epochs, 224 px, Table 4 augmentation). Its Methods
+#: section names RMSprop 1e-4 and batch 32: ``--optimizer rmsprop --lr 1e-4 --batch-size 32``.
+_PAPER = dict(epochs=10, batch_size=30, optimizer="adam", lr=1e-3, input_size=224, augmentation="paper", feature_views=0)
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper-a": dict(_PAPER, dropout=0.3),
+    "paper-b": dict(_PAPER, dropout=0.4),
+    "paper-b-10ep": dict(_PAPER, dropout=0.5),
+}
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """A :class:`TrainConfig` from a preset plus overrides (``None`` values are ignored)."""
+    preset = preset or "default"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    values = dict(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(preset=preset, **values).validate()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: Any
+    dataset: Dataset
+    config: TrainConfig
+    history: list[dict[str, float]]
+    metrics: dict[str, Any] | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def train(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainConfig | None = None,
+    classes: Sequence[str] | None = None,
+    where: Sequence[str] = (),
+    positive_class: str | None = "covid",
+    skip_bad: bool = False,
+    save_h5: bool = False,
+    evaluate_test: bool = True,
+    verbose: int | None = None,
+) -> TrainResult:
+    """Train on ``data`` and write the run folder ``out``.
+
+    ``out`` receives ``split.csv``, ``history.csv``, ``config.json``,
+    ``model.keras`` (atomically; ``model.h5`` too with ``save_h5``) and, unless
+    ``evaluate_test`` is false, the test-split evaluation (``metrics.json``,
+    ``figures/``, ``report.html``) exactly as :func:`ccad.evaluation.evaluate` writes it.
+    """
+    import keras
+
+    config = (config or TrainConfig()).validate()
+    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    run_dir = Path(out)
+    dataset = assign_splits(discover(data, classes, where, positive_class), seed=config.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_split(dataset, run_dir / "split.csv")
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    arrays = {}
+    for split in ("train", "val"):
+        images, kept, bad = load_images(dataset.subset(split), config.input_size, skip_bad)
+        arrays[split] = (images, label_indices(kept, dataset.classes))
+        dataset.bad_files.extend(bad)
+    _check_trainable(arrays, dataset)
+    timings["load_s"] = time.perf_counter() - start
+
+    keras.utils.set_random_seed(config.seed)
+    from .model import build_classifier
+
+    model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights)
+    start = time.perf_counter()
+    fit = _fit_cached_views if config.feature_views > 0 else _fit_streaming
+    history = fit(model, arrays, dataset.classes, config, verbose)
+    if config.fine_tune_epochs:
+        history += _fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history))
+    timings["train_s"] = time.perf_counter() - start
+    timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
+
+    _save_run(run_dir, model, dataset, config, history, timings, save_h5)
+    metrics = None
+    if evaluate_test and dataset.subset("test"):
+        from .evaluation import evaluate
+
+        metrics = evaluate(model, dataset, run_dir, split="test", meta=run_metadata(dataset, config),
+                           history=history, skip_bad=skip_bad)
+    return TrainResult(run_dir, model, dataset, config, history, metrics, timings)
+
+
+def _check_trainable(arrays: dict, dataset: Dataset) -> None:
+    for split, (images, labels) in arrays.items():
+        present = set(labels.tolist())
+        if len(images) == 0 or len(present) < len(dataset.classes):
+            missing = [c for i, c in enumerate(dataset.classes) if i not in present]
+            raise DataError(f"{dataset.source}: the {split} split has no readable images of {', '.join(missing)}")
+
+
+def _optimizer(name: str, lr: float):
+    import keras
+
+    return {"adam": keras.optimizers.Adam, "rmsprop": keras.optimizers.RMSprop, "sgd": keras.optimizers.SGD}[name](
+        learning_rate=lr
+    )
+
+
+def _class_weights(labels: np.ndarray, num_classes: int, mode: str | None) -> dict[int, float] | None:
+    if mode != "balanced":
+        return None
+    from sklearn.utils.class_weight import compute_class_weight
+
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _best_weights_callback(epochs: int):
+    import keras
+
+    # patience=epochs: never stops early, but restores the epoch with the lowest validation loss.
+    return keras.callbacks.EarlyStopping(monitor="val_loss", patience=epochs, restore_best_weights=True, verbose=0)
+
+
+def image_batches(images: np.ndarray, labels: np.ndarray | None, batch_size: int, num_classes: int,
+                  augmenter: Augmenter | None = None, shuffle_seed: int | None = None):
+    """A ``tf.data`` pipeline of (B, H, W, 3) batches from (N, H, W) grayscale images in [0, 1]."""
+    import tensorflow as tf
+
+    x = tf.data.Dataset.from_tensor_slices(images)
+    if labels is not None:
+        x = tf.data.Dataset.zip((x, tf.data.Dataset.from_tensor_slices(np.eye(num_classes, dtype="float32")[labels])))
+    else:
+        x = x.map(lambda im: (im, 0.0))
+    if shuffle_seed is not None:
+        x = x.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
+
+    def prepare(im, label):
+        im = tf.repeat(im[..., None], 3, axis=-1)
+        return (augmenter(im) if augmenter is not None else im), label
+
+    x = x.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    if labels is None:
+        x = x.map(lambda im, _: im)
+    return x.prefetch(tf.data.AUTOTUNE)
+
+
+def _augmenter(config: TrainConfig, train_images: np.ndarray, seed_offset: int = 0) -> Augmenter | None:
+    spec = get_spec(config.augmentation)
+    mean = float(train_images.mean()) if spec.featurewise_center else None
+    augmenter = Augmenter(config.augmentation, config.input_size, config.seed + seed_offset, mean)
+    return None if augmenter.is_identity else augmenter
+
+
+def _fit_streaming(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int = 0,
+                   epochs: int | None = None, lr: float | None = None) -> list[dict[str, float]]:
+    (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
+    k = len(classes)
+    epochs = epochs or config.epochs
+    model.compile(optimizer=_optimizer(config.optimizer, lr or config.lr), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    train_ds = image_batches(x_train, y_train, config.batch_size, k, _augmenter(config, x_train), config.seed)
+    val_ds = image_batches(x_val, y_val, config.batch_size, k)
+    result = model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
+                       class_weight=_class_weights(y_train, k, config.class_weight),
+                       callbacks=[_best_weights_callback(epochs)], verbose=verbose)
+    return _history_rows(result.history, phase="fine-tune" if first_epoch else "frozen")
+
+
+def _fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int) -> list[dict[str, float]]:
+    from .model import feature_extractor, head_of
+
+    (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
+    k = len(classes)
+    extractor = feature_extractor(model)
+    features, labels = [], []
+    for view in range(config.feature_views + 1):
+        augmenter = _augmenter(config, x_train, seed_offset=view) if view else None
+        batches = image_batches(x_train, None, 64, k, augmenter)
+        features.append(extractor.predict(batches, verbose=0))
+        labels.append(y_train)
+    f_train, y_all = np.concatenate(features), np.concatenate(labels)
+    f_val = extractor.predict(image_batches(x_val, None, 64, k), verbose=0)
+    eye = np.eye(k, dtype="float32")
+
+    head = head_of(model, f_train.shape[1])
+    head.compile(optimizer=_optimizer(config.optimizer, config.lr), loss="categorical_crossentropy",
+                 metrics=["accuracy"])
+    result = head.fit(f_train, eye[y_all], batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
+                      validation_data=(f_val, eye[y_val]),
+                      class_weight=_class_weights(y_train, k, config.class_weight),
+                      callbacks=[_best_weights_callback(config.epochs)], verbose=verbose)
+    return _history_rows(result.history, phase="frozen")
+
+
+def _fine_tune(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int):
+    from .model import unfreeze_for_fine_tuning
+
+    unfreeze_for_fine_tuning(model, config.fine_tune_from)
+    return _fit_streaming(model, arrays, classes, config, verbose, first_epoch=first_epoch,
+                          epochs=config.fine_tune_epochs, lr=config.fine_tune_lr)
+
+
+def _history_rows(history: dict[str, list[float]], phase: str) -> list[dict[str, float]]:
+    n = len(history["loss"])
+    keys = ("accuracy", "loss", "val_accuracy", "val_loss")
+    return [dict({k: float(history[k][i]) for k in keys if k in history}, phase=phase) for i in range(n)]
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "ccad": __version__}
+    for name in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "scikit-learn", "pillow", "pydicom"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return versions
+
+
+def run_metadata(dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
+    """What a loader needs to use the model, plus what it was trained on."""
+    return {
+        "ccad_version": __version__,
+        "classes": dataset.classes,
+        "positive_class": dataset.positive_class,
+        "input_size": config.input_size,
+        "preprocessing": "grayscale, bilinear resize to input_size, [0,1] (8-bit /255; deeper: min-max), 3 channels",
+        "data": {"source": dataset.source, "layout": dataset.layout, "counts": dataset.counts(),
+                 "sha256": dataset.fingerprint(), "bad_files_skipped": len(dataset.bad_files)},
+    }
+
+
+def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, history, timings, save_h5: bool) -> None:
+    from .model import count_parameters
+
+    with atomic_path(run_dir / "model.keras") as tmp:
+        model.save(tmp)
+    if save_h5:
+        with atomic_path(run_dir / "model.h5") as tmp:
+            model.save(tmp)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["epoch", "phase", "accuracy", "loss", "val_accuracy", "val_loss"])
+    writer.writeheader()
+    for epoch, row in enumerate(history, start=1):
+        writer.writerow(dict(row, epoch=epoch))
+    write_text(run_dir / "history.csv", buffer.getvalue())
+    if dataset.bad_files:
+        write_text(run_dir / "bad_files.csv", "path,error\n" + "".join(
+            f"\"{p}\",\"{e.replace(chr(34), chr(39))}\"\n" for p, e in dataset.bad_files))
+    total, trainable = count_parameters(model)
+    best = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf))
+    write_json(run_dir / "config.json", dict(
+        run_metadata(dataset, config),
+        config=asdict(config),
+        parameters={"total": total, "trainable": trainable},
+        best_epoch=best + 1,
+        timings=timings,
+        versions=library_versions(),
+    ))
+
+
+def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
+    return replace(config, **changes).validate()
