@@ -108,20 +108,11 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .data import assign_splits, discover
-    from .evaluation import evaluate
-    from .inference import load_classifier
+    from .evaluation import evaluate_classifier
 
-    classifier = load_classifier(args.model)
-    classes = args.classes or classifier.classes
-    dataset = discover(args.data, classes, args.where, args.positive)
-    if dataset.classes != classifier.classes:
-        dataset.classes = classifier.classes  # score in the model's class order
-    has_splits = any(s.split for s in dataset.samples)
-    split = args.split or ("test" if has_splits else "all")
-    if split != "all":
-        dataset = assign_splits(dataset, seed=args.seed)
-    metrics = evaluate(classifier.model, dataset, args.out, split=split, meta=classifier.meta, skip_bad=args.skip_bad)
+    metrics = evaluate_classifier(args.model, args.data, args.out, split=args.split, classes=args.classes,
+                                  where=args.where, positive_class=args.positive, skip_bad=args.skip_bad,
+                                  seed=args.seed)
     _print_summary(metrics, Path(args.out))
 
 

@@ -76,6 +76,7 @@ def discover(
     classes: Sequence[str] | None = None,
     where: Sequence[str] = (),
     positive_class: str | None = "covid",
+    model_classes: Sequence[str] | None = None,
 ) -> Dataset:
     """Find the labelled images under ``data`` (a folder or a manifest CSV).
 
@@ -84,6 +85,9 @@ def discover(
         classes: classes to keep, in output order; default: all found, sorted.
         where: ``COLUMN=VALUE`` filters on manifest rows.
         positive_class: the class binary sensitivity/specificity/ROC refer to.
+        model_classes: for scoring a trained model: its classes, in its output
+            order. Then a set may hold only some of them (one class is fine), and
+            a label the model does not know is an error.
     """
     data = Path(data)
     if not data.exists():
@@ -100,6 +104,8 @@ def discover(
         else:
             samples, layout = _scan_class_folders(data, split=None), "class-folders"
     found = sorted({s.label for s in samples})
+    if model_classes is not None:
+        return _for_model(data, samples, found, classes, list(model_classes), positive_class, layout)
     if classes:
         classes = list(classes)
         unknown = [c for c in classes if c not in found]
@@ -116,6 +122,39 @@ def discover(
         else:
             raise DataError(f"--positive {positive_class!r} is not one of the classes ({', '.join(classes)})")
     return Dataset(samples, classes, positive_class or classes[-1], layout, str(data))
+
+
+def _for_model(data, samples, found, classes, model_classes, positive_class, layout) -> Dataset:
+    keep = list(classes or model_classes)
+    for c in keep:
+        if c not in model_classes:
+            raise DataError(f"--classes {c!r} is not a class of the model ({', '.join(model_classes)})")
+    if classes:
+        samples = [s for s in samples if s.label in keep]
+    strays = sorted({s.label for s in samples} - set(model_classes))
+    if strays:
+        raise DataError(f"{data}: label {strays[0]!r} is not a class of the model ({', '.join(model_classes)}); "
+                        "pick rows with --classes or --where")
+    if not samples:
+        raise DataError(f"{data}: no images of the model's classes ({', '.join(model_classes)}) (found: {', '.join(found)})")
+    if positive_class not in model_classes:
+        positive_class = model_classes[-1] if positive_class == "covid" else None
+        if positive_class is None:
+            raise DataError(f"--positive is not one of the model's classes ({', '.join(model_classes)})")
+    return Dataset(samples, model_classes, positive_class, layout, str(data))
+
+
+def apply_split_file(dataset: Dataset, split_csv: str | os.PathLike) -> Dataset | None:
+    """The dataset with the splits recorded in a run's ``split.csv``, if it lists every sample; else None."""
+    split_csv = Path(split_csv)
+    if not split_csv.is_file():
+        return None
+    with open(split_csv, newline="", encoding="utf-8") as f:
+        recorded = {str(Path(r["path"]).resolve()): r["split"] for r in csv.DictReader(f)}
+    splits = [recorded.get(str(s.path.resolve())) for s in dataset.samples]
+    if None in splits:
+        return None
+    return replace(dataset, samples=[replace(s, split=sp) for s, sp in zip(dataset.samples, splits)])
 
 
 def _is_paper_layout(root: Path) -> bool:

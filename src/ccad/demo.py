@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .model import imagenet_weights_available
+import sys
+
+from .errors import ModelError
+from .model import imagenet_weights_available, _try_download_imagenet
 from .synthetic import generate
 from .training import TrainResult, make_config, train
 
@@ -21,6 +24,14 @@ def run_demo(out: str | os.PathLike, n_per_class: int = 60, epochs: int = 10, se
     """
     out = Path(out)
     data = generate(out / "data", n_per_class=n_per_class, classes=("covid", "normal"), seed=seed)
-    weights = "imagenet" if imagenet_weights_available(224) else "none"
+    weights = "imagenet"
+    if not imagenet_weights_available(224):
+        try:
+            _try_download_imagenet(224)
+        except ModelError as e:
+            print(f"ccad demo: {e}\nccad demo: going on with --weights none: the pipeline runs end to end, "
+                  "but a randomly initialised frozen backbone learns nothing (expect chance-level scores).",
+                  file=sys.stderr)
+            weights = "none"
     config = make_config(epochs=epochs, weights=weights, seed=seed)
     return train(data / "manifest.csv", out / "run", config, classes=["covid", "normal"], verbose=verbose)

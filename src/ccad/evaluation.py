@@ -201,3 +201,37 @@ def evaluate(
     figures = write_figures(out / "figures", metrics, y_true, probabilities, images, kept, dataset.classes, history)
     write_report(out / "report.html", metrics, figures, dataset, meta or {}, split)
     return metrics
+
+
+def evaluate_classifier(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    split: str | None = None,
+    classes: Sequence[str] | None = None,
+    where: Sequence[str] = (),
+    positive_class: str | None = "covid",
+    skip_bad: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``ccad evaluate``: score a run folder or model file on labelled data.
+
+    The split: the run's own ``split.csv`` when it covers every image (so
+    ``evaluate`` on the training data scores exactly the run's test split), else
+    the data's split column or folders, else a fresh grouped split (``seed``).
+    ``split=None`` means ``test`` when the data has splits, else ``all``.
+    """
+    from .data import apply_split_file, assign_splits, discover
+    from .inference import load_classifier
+
+    classifier = load_classifier(model)
+    dataset = discover(data, classes, where, positive_class, model_classes=classifier.classes)
+    run_dir = Path(model) if Path(model).is_dir() else Path(model).parent
+    recorded = apply_split_file(dataset, run_dir / "split.csv")
+    has_splits = recorded is not None or any(s.split for s in dataset.samples)
+    split = split or ("test" if has_splits else "all")
+    if recorded is not None:
+        dataset = recorded
+    elif split != "all":
+        dataset = assign_splits(dataset, seed=seed)
+    return evaluate(classifier.model, dataset, out, split=split, meta=classifier.meta, skip_bad=skip_bad)

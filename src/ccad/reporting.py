@@ -157,7 +157,8 @@ figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 100%; }} pr
 <h2>Data</h2>
 <p>Scored on: <code>{html.escape(str(metrics.get('data', dataset.source)))}</code>, split <strong>{html.escape(split)}</strong>,
 n = {metrics['n']} images ({', '.join(f'{c}: {n}' for c, n in metrics['counts'].items())}).
-Positive class: <strong>{html.escape(metrics['positive_class'])}</strong>.</p>
+Positive class: <strong>{html.escape(metrics['positive_class'])}</strong>.
+Backbone weights: <strong>{html.escape(str(meta.get('weights', 'unknown')))}</strong>.</p>
 {_table(['split'] + list(dataset.classes), data_rows)}
 <h2>Metrics</h2>
 <p>95% confidence intervals: percentile bootstrap, {metrics['bootstrap']['resamples']} resamples by

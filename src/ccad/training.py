@@ -306,6 +306,8 @@ def run_metadata(dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
         "classes": dataset.classes,
         "positive_class": dataset.positive_class,
         "input_size": config.input_size,
+        "backbone": "MobileNetV2 (alpha 1.0)",
+        "weights": config.weights,
         "preprocessing": "grayscale, bilinear resize to input_size, [0,1] (8-bit /255; deeper: min-max), 3 channels",
         "data": {"source": dataset.source, "layout": dataset.layout, "counts": dataset.counts(),
                  "sha256": dataset.fingerprint(), "bad_files_skipped": len(dataset.bad_files)},

@@ -1,0 +1,132 @@
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from ccad import images
+from ccad.errors import ImageReadError
+
+GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, columns 0..252
+
+
+def save(tmp_path, name, array, mode=None):
+    path = tmp_path / name
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+def test_8bit_png_is_divided_by_255(tmp_path):
+    gray = images.read_grayscale(save(tmp_path, "a.png", GRADIENT))
+    assert gray.dtype == np.float32 and gray.shape == (64, 64)
+    np.testing.assert_allclose(gray[0, :3], [0, 4 / 255, 8 / 255], atol=1e-6)
+
+
+def test_16bit_png_is_windowed_to_its_range(tmp_path):
+    deep = (GRADIENT.astype(np.uint16) * 16 + 100).astype(np.uint16)  # 12-bit data in 16 bits
+    path = tmp_path / "deep.png"
+    Image.fromarray(deep).save(path)
+    assert Image.open(path).mode.startswith("I")
+    gray = images.read_grayscale(path)
+    assert gray.min() == 0.0 and gray.max() == 1.0
+    np.testing.assert_allclose(gray[0, 1], 4 / 252, atol=1e-5)
+
+
+def test_rgba_and_rgb_become_gray(tmp_path):
+    rgba = np.dstack([GRADIENT, GRADIENT, GRADIENT, np.full_like(GRADIENT, 255)])
+    gray = images.read_grayscale(save(tmp_path, "rgba.png", rgba, "RGBA"))
+    np.testing.assert_allclose(gray[0, 1], 4 / 255, atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".bmp", ".tif"])
+def test_other_raster_formats(tmp_path, suffix):
+    gray = images.read_grayscale(save(tmp_path, f"x{suffix}", GRADIENT))
+    assert gray.shape == (64, 64)
+    assert abs(float(gray[:, -1].mean()) - 252 / 255) < 0.03
+
+
+def make_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Test^Patient"
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_dicom_monochrome2_and_monochrome1_are_mirror_images(tmp_path):
+    pixels = (GRADIENT.astype(np.uint16) * 16)
+    mono2 = images.read_grayscale(make_dicom(tmp_path / "m2.dcm", pixels))
+    mono1 = images.read_grayscale(make_dicom(tmp_path / "m1.dcm", pixels, "MONOCHROME1"))
+    assert mono2[0, 0] == 0.0 and mono2[0, -1] == 1.0  # dark left, bright right
+    np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
+
+
+def test_dicom_voi_window_is_applied(tmp_path):
+    pixels = GRADIENT.astype(np.uint16) * 16  # 0..4032
+    # a narrow window around the middle saturates both ends
+    gray = images.read_grayscale(make_dicom(tmp_path / "w.dcm", pixels, slope=1.0, intercept=0.0, window=(2000, 400)))
+    assert (gray[0, :20] == 0).all() and (gray[0, -20:] == 1).all()
+
+
+def test_dicom_without_suffix_is_recognised(tmp_path):
+    path = make_dicom(tmp_path / "noext", GRADIENT.astype(np.uint16))
+    assert images.is_dicom(path)
+    assert images.read_grayscale(path).shape == (64, 64)
+
+
+def test_truncated_dicom_is_a_clear_error(tmp_path):
+    path = make_dicom(tmp_path / "t.dcm", GRADIENT.astype(np.uint16))
+    path.write_bytes(path.read_bytes()[:-3000])
+    with pytest.raises(ImageReadError, match="t.dcm"):
+        images.read_grayscale(path)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"this is not an image", "not a readable image"),
+    (b"", "not a readable image"),
+])
+def test_non_image_files_are_clear_errors(tmp_path, content, match):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match=match):
+        images.read_grayscale(path)
+
+
+def test_truncated_png_is_a_clear_error(tmp_path):
+    path = save(tmp_path, "full.png", np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8))
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ImageReadError, match="cut.png"):
+        images.read_grayscale(cut)
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    path = save(tmp_path, "big.png", np.zeros((300, 300), np.uint8))
+    monkeypatch.setattr(images, "MAX_PIXELS", 300 * 299)
+    with pytest.raises(ImageReadError, match="over the limit"):
+        images.read_grayscale(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ImageReadError, match="no such file"):
+        images.read_grayscale(tmp_path / "nope.png")
+
+
+def test_model_input_shape_range_and_channels(tmp_path):
+    x = images.load_model_input(save(tmp_path, "a.png", GRADIENT), 32)
+    assert x.shape == (32, 32, 3) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])
