@@ -39,16 +39,9 @@ def test_cxr_changes_images_mildly_and_stays_in_range():
     assert abs(float(y.mean()) - float(x.mean())) < 0.1
 
 
-def test_paper_centering_makes_each_image_mean_minus_dataset_mean():
-    x = batch()
-    y = augment_numpy(Augmenter("paper", 64, seed=2, dataset_mean=0.5), x)
-    per_image = y.mean(axis=(1, 2, 3))
-    np.testing.assert_allclose(per_image, -0.5, atol=1e-4)
-
-
-def test_paper_preset_needs_the_dataset_mean():
-    with pytest.raises(ConfigError, match="training-set mean"):
-        Augmenter("paper", 64)
+def test_paper_preset_transforms_stay_in_range():
+    y = augment_numpy(Augmenter("paper", 64, seed=2), batch())
+    assert y.min() >= 0 and y.max() <= 1
 
 
 def test_unknown_preset():

@@ -55,3 +55,13 @@ def test_bad_settings(kwargs, match):
     args = dict(num_classes=2, input_size=96, dropout=0.3, weights="none") | kwargs
     with pytest.raises(ConfigError, match=match):
         build_classifier(**args)
+
+
+def test_paper_centering_layers_subtract_image_and_dataset_means():
+    import numpy as np
+
+    model = build_classifier(2, 64, weights="none", featurewise_mean=0.25, samplewise_center=True)
+    assert count_parameters(model)[1] == 2562
+    centred = keras.Model(model.input, model.get_layer("featurewise_center").output)
+    x = np.random.default_rng(0).random((3, 64, 64, 3)).astype("float32")
+    np.testing.assert_allclose(centred.predict(x, verbose=0).mean(axis=(1, 2, 3)), -0.25, atol=1e-5)

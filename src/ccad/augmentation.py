@@ -1,6 +1,6 @@
 """Training-time augmentation presets, applied to training batches only.
 
-Images arrive as float32 batches (B, H, W, 3) in [0, 1]. The transforms are
+Images arrive as float32 batches (B, H, W, C) in [0, 1] (C = 1 in training). The transforms are
 Keras preprocessing layers run inside the ``tf.data`` pipeline; brightness is
 multiplicative (as Keras's ``ImageDataGenerator(brightness_range=...)``), which
 Keras's additive ``RandomBrightness`` is not, so it is a two-line op here.
@@ -12,9 +12,12 @@ Presets:
     90 degrees, zoom [0.5, 1.0] (up to 2x magnification, height and width
     drawn independently, as ``ImageDataGenerator(zoom_range=[0.5, 1.0])``),
     width shift +-20 px, height shift +-50%, brightness x[0.5, 1.0], fill
-    ``nearest``, then featurewise centering (minus the training-set mean) and
-    samplewise centering (minus each image's mean). As with the paper's
-    ``ImageDataGenerator``, centering is part of the training generator only.
+    ``nearest``; featurewise centering (minus the training-set mean) and
+    samplewise centering (minus each image's mean). Centering is a
+    normalization, not a random transform: like ``ImageDataGenerator``, which
+    standardizes every batch it yields (the paper's validation split included),
+    it is applied to every image, as parameter-free layers at the model's input
+    (:func:`ccad.model.build_classifier`), not here.
 ``cxr`` (default)
     What a radiologist would accept: no flips (the heart's side is anatomy),
     rotation +-5 degrees, zoom +-10%, shifts +-5%, brightness x[0.9, 1.1],
@@ -80,24 +83,19 @@ def get_spec(name: str) -> AugmentationSpec:
 
 
 class Augmenter:
-    """Callable on a batch tensor (B, H, W, 3) in [0, 1]; returns an augmented batch.
+    """Callable on a batch tensor (B, H, W, C) in [0, 1]; returns an augmented batch.
 
     Args:
         name: preset name.
         image_size: input size in pixels (for the pixel-valued width shift).
         seed: seed of the random transforms.
-        dataset_mean: training-set mean pixel, needed by featurewise centering.
     """
 
-    def __init__(self, name: str, image_size: int, seed: int = 0, dataset_mean: float | None = None):
+    def __init__(self, name: str, image_size: int, seed: int = 0):
         import keras
 
         self.name = name
         self.spec = spec = get_spec(name)
-        if spec.featurewise_center and dataset_mean is None:
-            raise ConfigError(f"augmentation {name!r} needs the training-set mean (featurewise centering)")
-        self.dataset_mean = dataset_mean
-        self.seed_generator = keras.random.SeedGenerator(seed)
         L = keras.layers
         layers = []
         flip = {(True, True): "horizontal_and_vertical", (True, False): "horizontal", (False, True): "vertical"}
@@ -116,7 +114,7 @@ class Augmenter:
 
     @property
     def is_identity(self) -> bool:
-        return self.spec == AugmentationSpec()
+        return not self.layers and not self.spec.brightness
 
     def __call__(self, images):
         import tensorflow as tf
@@ -129,12 +127,7 @@ class Augmenter:
             lo, hi = spec.brightness
             factor = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], lo, hi, seed=None)
             x = x * factor
-        x = tf.clip_by_value(x, 0.0, 1.0)
-        if spec.samplewise_center:
-            x = x - tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        if spec.featurewise_center:
-            x = x - self.dataset_mean
-        return x
+        return tf.clip_by_value(x, 0.0, 1.0)
 
 
 def augment_numpy(augmenter: Augmenter, images: np.ndarray) -> np.ndarray:

@@ -42,6 +42,8 @@ def build_classifier(
     input_size: int = 224,
     dropout: float = 0.3,
     weights: str = "imagenet",
+    featurewise_mean: float | None = None,
+    samplewise_center: bool = False,
 ):
     """Build the paper's model.
 
@@ -51,6 +53,14 @@ def build_classifier(
         dropout: dropout rate before the Dense layer (the paper: 0.3, 0.4, 0.5).
         weights: ``"imagenet"``, ``"none"`` (random init) or a path to a
             no-top MobileNetV2 ``.h5`` weights file.
+        featurewise_mean: subtract this training-set mean pixel (the paper's
+            ``featurewise_center``), as a parameter-free layer.
+        samplewise_center: subtract each image's own mean (the paper's
+            ``samplewise_center``), as parameter-free layers.
+
+    Centering lives in the model, so training, evaluation and prediction all
+    see it, as with a Keras ``ImageDataGenerator`` that standardizes every
+    batch it yields.
 
     Returns:
         An uncompiled ``keras.Model`` whose backbone is frozen.
@@ -68,8 +78,13 @@ def build_classifier(
         raise ConfigError(f"input size must be at least 32 pixels, got {input_size}")
     backbone_weights = _resolve_weights(weights, input_size)
 
-    inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(inputs)
+    inputs = x = keras.Input((input_size, input_size, 3), name="image")
+    if samplewise_center:
+        image_mean = keras.layers.GlobalAveragePooling2D(keepdims=True, name="image_mean")(x)
+        x = keras.layers.Subtract(name="samplewise_center")([x, image_mean])
+    if featurewise_mean is not None:
+        x = keras.layers.Rescaling(1.0, offset=-float(featurewise_mean), name="featurewise_center")(x)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
     backbone = _mobilenet_v2(input_size, backbone_weights)
     backbone.trainable = False
     x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning

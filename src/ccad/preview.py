@@ -14,10 +14,10 @@ def augment_preview(data: str | os.PathLike, out: str | os.PathLike, augmentatio
                     where: Sequence[str] = ()) -> Path:
     """Save a PNG grid: one row per image, the original then ``variants`` augmented copies.
 
-    Augmented pixels are shown as the model gets them; centred presets (``paper``)
-    are shifted back to [0, 1] for display only.
+    Pixels are shown as the augmentation yields them, in [0, 1]; the ``paper``
+    preset's centering happens afterwards, inside the model.
     """
-    from .augmentation import Augmenter, augment_numpy, get_spec
+    from .augmentation import Augmenter, augment_numpy
     from .data import discover, load_images
     from .reporting import _pyplot, _save
     from .images import to_model_input
@@ -26,8 +26,7 @@ def augment_preview(data: str | os.PathLike, out: str | os.PathLike, augmentatio
     rng = np.random.default_rng(seed)
     picked = [dataset.samples[i] for i in rng.choice(len(dataset.samples), min(images, len(dataset.samples)), replace=False)]
     gray, kept, _ = load_images(picked, input_size)
-    spec = get_spec(augmentation)
-    augmenter = Augmenter(augmentation, input_size, seed, float(gray.mean()) if spec.featurewise_center else None)
+    augmenter = Augmenter(augmentation, input_size, seed)
     batch = to_model_input(gray)
     plt = _pyplot()
     fig, axes = plt.subplots(len(kept), variants + 1, figsize=(2 * (variants + 1), 2.1 * len(kept)), squeeze=False)
@@ -37,8 +36,7 @@ def augment_preview(data: str | os.PathLike, out: str | os.PathLike, augmentatio
     for col in range(1, variants + 1):
         augmented = augment_numpy(augmenter, batch)[..., 0]
         for row in range(len(kept)):
-            shown = augmented[row] - augmented[row].min() if spec.samplewise_center or spec.featurewise_center else augmented[row]
-            axes[row, col].imshow(shown, cmap="gray", vmin=0, vmax=1)
+            axes[row, col].imshow(augmented[row], cmap="gray", vmin=0, vmax=1)
             axes[row, col].set_title(f"{augmentation} #{col}", fontsize=8)
     for ax in axes.ravel():
         ax.axis("off")

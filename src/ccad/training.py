@@ -151,7 +151,10 @@ def train(
     keras.utils.set_random_seed(config.seed)
     from .model import build_classifier
 
-    model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights)
+    spec = get_spec(config.augmentation)
+    model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights,
+                             featurewise_mean=float(arrays["train"][0].mean()) if spec.featurewise_center else None,
+                             samplewise_center=spec.samplewise_center)
     start = time.perf_counter()
     fit = _fit_cached_views if config.feature_views > 0 else _fit_streaming
     history = fit(model, arrays, dataset.classes, config, verbose)
@@ -204,7 +207,10 @@ def _best_weights_callback(epochs: int):
 
 def image_batches(images: np.ndarray, labels: np.ndarray | None, batch_size: int, num_classes: int,
                   augmenter: Augmenter | None = None, shuffle_seed: int | None = None):
-    """A ``tf.data`` pipeline of (B, H, W, 3) batches from (N, H, W) grayscale images in [0, 1]."""
+    """A ``tf.data`` pipeline of (B, H, W, 3) batches from (N, H, W) grayscale images in [0, 1].
+
+    Augmentation runs on the single gray channel, which is then repeated to 3.
+    """
     import tensorflow as tf
 
     x = tf.data.Dataset.from_tensor_slices(images)
@@ -216,8 +222,10 @@ def image_batches(images: np.ndarray, labels: np.ndarray | None, batch_size: int
         x = x.shuffle(len(images), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def prepare(im, label):
-        im = tf.repeat(im[..., None], 3, axis=-1)
-        return (augmenter(im) if augmenter is not None else im), label
+        im = im[..., None]
+        if augmenter is not None:
+            im = augmenter(im)  # on one channel: a third of the pixel work
+        return tf.repeat(im, 3, axis=-1), label
 
     x = x.batch(batch_size).map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
     if labels is None:
@@ -225,10 +233,8 @@ def image_batches(images: np.ndarray, labels: np.ndarray | None, batch_size: int
     return x.prefetch(tf.data.AUTOTUNE)
 
 
-def _augmenter(config: TrainConfig, train_images: np.ndarray, seed_offset: int = 0) -> Augmenter | None:
-    spec = get_spec(config.augmentation)
-    mean = float(train_images.mean()) if spec.featurewise_center else None
-    augmenter = Augmenter(config.augmentation, config.input_size, config.seed + seed_offset, mean)
+def _augmenter(config: TrainConfig, seed_offset: int = 0) -> Augmenter | None:
+    augmenter = Augmenter(config.augmentation, config.input_size, config.seed + seed_offset)
     return None if augmenter.is_identity else augmenter
 
 
@@ -239,7 +245,7 @@ def _fit_streaming(model, arrays, classes, config: TrainConfig, verbose: int, fi
     epochs = epochs or config.epochs
     model.compile(optimizer=_optimizer(config.optimizer, lr or config.lr), loss="categorical_crossentropy",
                   metrics=["accuracy"])
-    train_ds = image_batches(x_train, y_train, config.batch_size, k, _augmenter(config, x_train), config.seed)
+    train_ds = image_batches(x_train, y_train, config.batch_size, k, _augmenter(config), config.seed)
     val_ds = image_batches(x_val, y_val, config.batch_size, k)
     result = model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
                        class_weight=_class_weights(y_train, k, config.class_weight),
@@ -253,13 +259,12 @@ def _fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int)
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
     k = len(classes)
     extractor = feature_extractor(model)
-    features, labels = [], []
-    for view in range(config.feature_views + 1):
-        augmenter = _augmenter(config, x_train, seed_offset=view) if view else None
-        batches = image_batches(x_train, None, 64, k, augmenter)
-        features.append(extractor.predict(batches, verbose=0))
-        labels.append(y_train)
-    f_train, y_all = np.concatenate(features), np.concatenate(labels)
+    # One pipeline over the original images and every augmented view: one predict call, traced once.
+    views = image_batches(x_train, None, 64, k)
+    for view in range(1, config.feature_views + 1):
+        views = views.concatenate(image_batches(x_train, None, 64, k, _augmenter(config, seed_offset=view)))
+    f_train = extractor.predict(views, verbose=0)
+    y_all = np.tile(y_train, config.feature_views + 1)
     f_val = extractor.predict(image_batches(x_val, None, 64, k), verbose=0)
     eye = np.eye(k, dtype="float32")
 
