@@ -1,0 +1,98 @@
+"""Real chest X-rays and the real ImageNet weights from ../shared (skipped without it)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import SHARED, needs_shared
+
+pytestmark = [needs_shared, pytest.mark.shared]
+MANIFEST = SHARED / "data" / "covid-cxr" / "manifest.csv"
+DATASET_A = ["--data", str(MANIFEST), "--where", "paper_dataset_a=1", "--classes", "covid,normal"]
+
+
+def test_imagenet_weights_really_loaded():
+    import keras
+    from PIL import Image
+
+    model = keras.applications.MobileNetV2(weights="imagenet")
+    # ImageNet class indices (decode_predictions would download its label file): 285 Egyptian cat, 652 military uniform
+    for name, index in (("cat.png", 285), ("grace_hopper.png", 652)):
+        image = Image.open(SHARED / "data" / "imagenet-sanity" / name).convert("RGB").resize((224, 224))
+        x = keras.applications.mobilenet_v2.preprocess_input(np.asarray(image, np.float32)[None])
+        probabilities = model.predict(x, verbose=0)[0]
+        assert probabilities.argmax() == index and probabilities[index] > 0.4, (name, probabilities.argmax())
+
+
+def test_manifest_split_is_used_and_groups_stay_apart():
+    from ccad.data import assign_splits, discover
+
+    ds = assign_splits(discover(MANIFEST, ["covid", "normal"], ["paper_dataset_a=1"]))
+    assert len(ds.samples) == 309
+    assert {s.label for s in ds.samples} == {"covid", "normal"}
+    assert sum(s.label == "covid" for s in ds.samples) == 102
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    from ccad.cli import main
+
+    out = tmp_path_factory.mktemp("default") / "run"
+    assert main(["train", *DATASET_A, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_default_recipe_on_dataset_a_reaches_the_bar(default_run):
+    metrics = json.loads((default_run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["n"] >= 50
+    assert metrics["accuracy"]["value"] >= 0.90, metrics["accuracy"]
+    assert metrics["auc"]["value"] >= 0.95, metrics["auc"]
+    assert metrics["bootstrap"]["unit"] == "patient group"
+
+
+@pytest.mark.slow
+def test_cross_source_set_is_scored_by_sensitivity(default_run, tmp_path):
+    """The second, independent COVID source: one class, so sensitivity with its interval, and no AUC."""
+    from ccad.cli import main
+
+    rdb = SHARED / "data" / "covid-cxr-rdb" / "manifest.csv"
+    out = tmp_path / "rdb"
+    assert main(["evaluate", "--model", str(default_run), "--data", str(rdb), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 1000 and metrics["counts"]["covid"] == 1000
+    lo, hi = metrics["sensitivity"]["ci95"]
+    assert lo <= metrics["sensitivity"]["value"] <= hi
+    assert metrics["auc"]["value"] is None
+
+
+@pytest.mark.slow
+def test_paper_a_preset_runs_end_to_end(tmp_path):
+    from ccad.cli import main
+
+    out = tmp_path / "paper-a"
+    assert main(["train", *DATASET_A, "--out", str(out), "--preset", "paper-a", "--save-h5"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["augmentation"] == "paper" and config["config"]["dropout"] == 0.3
+    assert config["config"]["batch_size"] == 30 and config["config"]["optimizer"] == "adam"
+    assert config["parameters"] == {"total": 2_260_546, "trainable": 2_562}
+    for name in ("model.keras", "model.h5", "history.csv", "split.csv", "metrics.json", "report.html",
+                 "figures/training_curves.png", "figures/confusion_matrix.png", "figures/roc_curve.png",
+                 "figures/predictions.png"):
+        assert (out / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_synthetic_model_learns_with_imagenet_features(synth_folders, tmp_path):
+    """A model that learns: on synthetic X-rays the default recipe separates opacities from clear lungs."""
+    from ccad.cli import main
+    from ccad.synthetic import generate
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(out),
+                 "--input-size", "128", "--epochs", "15"]) == 0
+    fresh = generate(tmp_path / "fresh", n_per_class=30, size=128, seed=99)
+    assert main(["evaluate", "--model", str(out), "--data", str(fresh), "--out", str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n"] == 60 and metrics["auc"]["value"] >= 0.85, metrics["auc"]
