@@ -153,10 +153,11 @@ def _undefined_notes(point: dict[str, float | None], positive_class: str) -> lis
     return notes
 
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict_probabilities(model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Softmax outputs of a Keras classifier for (N, H, W) grayscale images in [0, 1]."""
-    from .training import image_batches
+    from .training import INFERENCE_BATCH, image_batches
 
+    batch_size = batch_size or INFERENCE_BATCH
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), np.float32)
     return model.predict(image_batches(images, None, batch_size, model.output_shape[-1]), verbose=0)
