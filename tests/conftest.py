@@ -17,18 +17,6 @@ needs_shared = pytest.mark.skipif(
 )
 
 
-def imagenet_available() -> bool:
-    from ccad.model import imagenet_weights_available
-
-    return imagenet_weights_available(128) and imagenet_weights_available(224)
-
-
-needs_imagenet = pytest.mark.skipif(
-    not (SHARED / "keras-home").is_dir() and not (Path.home() / ".keras" / "models").is_dir(),
-    reason="ImageNet MobileNetV2 weights are not in the Keras cache (set KERAS_HOME)",
-)
-
-
 @pytest.fixture(scope="session")
 def synth_folders(tmp_path_factory):
     """covid/normal class folders, 24 images a class, 128 px."""

@@ -188,3 +188,25 @@ def test_training_and_inference_preprocessing_are_identical(synth_folders):
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "ccad", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ccad ")
+
+
+def test_fine_tuning_continues_the_history(synth_folders, tmp_path):
+    out = tmp_path / "ft"
+    assert main(["train", "--data", str(synth_folders), "--out", str(out), *FAST, "--fine-tune-epochs", "1",
+                 "--fine-tune-from", "block_16_expand", "--optimizer", "rmsprop", "--class-weight", "balanced"]) == 0
+    with open(out / "history.csv") as f:
+        phases = [row["phase"] for row in csv.DictReader(f)]
+    assert phases == ["frozen", "frozen", "fine-tune"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["parameters"]["trainable"] > 2562 and config["config"]["optimizer"] == "rmsprop"
+
+
+def test_weights_from_a_file(tmp_path, synth_folders):
+    from ccad.model import backbone_of, build_classifier
+
+    donor = build_classifier(2, 64, weights="none")
+    path = tmp_path / "backbone.weights.h5"
+    backbone_of(donor).save_weights(path)
+    model = build_classifier(2, 64, weights=str(path))
+    for a, b in zip(backbone_of(donor).get_weights(), backbone_of(model).get_weights()):
+        np.testing.assert_array_equal(a, b)

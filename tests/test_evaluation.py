@@ -74,3 +74,11 @@ def test_binary_metrics_with_no_predicted_positive():
     truth = np.array([True, False])
     m = binary_metrics(truth, np.array([False, False]), np.array([0.4, 0.1]))
     assert m["precision"] is None and m["sensitivity"] == 0.0
+
+
+def test_balanced_class_weights():
+    from ccad.training import _class_weights
+
+    weights = _class_weights(np.array([0, 1, 1, 1]), 2, "balanced")
+    assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
+    assert _class_weights(np.array([0, 1]), 2, None) is None

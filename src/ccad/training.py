@@ -254,7 +254,7 @@ def _fit_streaming(model, arrays, classes, config: TrainConfig, verbose: int, fi
     val_ds = image_batches(x_val, y_val, config.batch_size, k)
     result = model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
                        class_weight=_class_weights(y_train, k, config.class_weight),
-                       callbacks=[_best_weights_callback(epochs)], verbose=verbose)
+                       callbacks=[_best_weights_callback(epochs)], verbose=verbose, shuffle=False)
     return _history_rows(result.history, phase="fine-tune" if first_epoch else "frozen")
 
 
