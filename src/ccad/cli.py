@@ -67,9 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the split (when the data has none) and bootstrap")
 
     p = sub.add_parser("predict", help="classify image files or folders")
-    p.add_argument("--model", required=True, help="run folder or model file")
+    p.add_argument("--model", required=True, help="model bundle (ONNX Runtime), run folder or model file")
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--out", help="write a CSV here, a row per image as it is scored (bundles)")
+    p.add_argument("--resume", action="store_true", help="with --out: skip files already in the CSV")
+    p.add_argument("--heatmap", metavar="OUTDIR", help="write each image with its heatmap overlaid (bundles)")
+    p.add_argument("--int8", action="store_true", help="use the bundle's INT8 model")
+
+    p = sub.add_parser("export", help="export a run to a model bundle (ONNX, optional INT8 and TFLite)")
+    p.add_argument("--model", required=True, help="run folder or model file")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--int8", action="store_true", help="also a static INT8 ONNX model")
+    p.add_argument("--calibration-data", help="images for INT8 calibration (default: the run's training split)")
+    p.add_argument("--tflite", action="store_true", help="also TFLite float and int8 models")
+    p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, offline")
     p.add_argument("--out", required=True)
@@ -117,17 +129,30 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .inference import expand_inputs, load_classifier
+    from .inference import expand_inputs, load_classifier, predict_to_csv, result_row, save_overlay
 
-    classifier = load_classifier(args.model)
-    results = classifier.predict_files(expand_inputs(args.inputs))
+    classifier = load_classifier(args.model, variant="int8" if args.int8 else "float")
+    streaming = hasattr(classifier, "predict_stream")
+    if (args.out or args.heatmap) and not streaming:
+        raise CcadError("--out and --heatmap need a model bundle: make one with ccad export")
+    if args.resume and not args.out:
+        raise CcadError("--resume needs --out")
+    if args.out:
+        counts = predict_to_csv(classifier, args.inputs, args.out, args.resume, args.heatmap)
+        print(f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} already done: "
+              f"{args.out} (screening aid, not a diagnosis)")
+        return
+    results = classifier.predict_files(expand_inputs(args.inputs), **({"with_heatmaps": True} if args.heatmap else {}))
+    if args.heatmap:
+        for r in results:
+            if "heatmap" in r:
+                save_overlay(r, Path(args.heatmap))
+                del r["heatmap"], r["image"]
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return
     columns = ["file", "predicted_class"] + [f"p_{c}" for c in classifier.classes] + ["error"]
-    rows = [[r["file"], r.get("predicted_class", "")]
-            + [f"{r['probabilities'][c]:.4f}" if "probabilities" in r else "" for c in classifier.classes]
-            + [r.get("error", "")] for r in results]
+    rows = [result_row(r, classifier.classes) for r in results]
     if args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
@@ -137,6 +162,13 @@ def cmd_predict(args) -> None:
     for row in [columns] + rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
     print("\nScreening aid, not a diagnosis.", file=sys.stderr)
+
+
+def cmd_export(args) -> None:
+    from .export import export_bundle
+
+    out = export_bundle(args.model, args.out, args.int8, args.calibration_data, args.tflite, overwrite=args.overwrite)
+    print(f"wrote model bundle {out}")
 
 
 def cmd_demo(args) -> None:
@@ -176,7 +208,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

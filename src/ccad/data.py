@@ -138,9 +138,10 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
     if not samples:
         raise DataError(f"{data}: no images of the model's classes ({', '.join(model_classes)}) (found: {', '.join(found)})")
     if positive_class not in model_classes:
-        positive_class = model_classes[-1] if positive_class == "covid" else None
-        if positive_class is None:
-            raise DataError(f"--positive is not one of the model's classes ({', '.join(model_classes)})")
+        if positive_class not in (None, "covid"):
+            raise DataError(f"--positive {positive_class!r} is not one of the model's classes "
+                            f"({', '.join(model_classes)})")
+        positive_class = model_classes[-1]
     return Dataset(samples, model_classes, positive_class, layout, str(data))
 
 

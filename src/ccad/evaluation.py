@@ -163,6 +163,13 @@ def predict_probabilities(model, images: np.ndarray, batch_size: int | None = No
     return model.predict(image_batches(images, None, batch_size, model.output_shape[-1]), verbose=0)
 
 
+def _scorer(model):
+    """(images -> probabilities, input size) for a Keras model, a Classifier or an ONNX Predictor."""
+    if hasattr(model, "predict_images"):
+        return model.predict_images, int(model.input_size)
+    return (lambda images: predict_probabilities(model, images)), int(model.input_shape[1])
+
+
 def evaluate(
     model,
     dataset,
@@ -172,7 +179,8 @@ def evaluate(
     history: list[dict[str, float]] | None = None,
     skip_bad: bool = False,
 ) -> dict[str, Any]:
-    """Score ``model`` on one split of ``dataset``; write metrics.json, figures/ and report.html to ``out``.
+    """Score ``model`` (Keras model, Classifier or ONNX Predictor) on one split of ``dataset``;
+    write metrics.json, figures/ and report.html to ``out``.
 
     ``split`` is ``test``, ``val`` or ``all``. Returns the metrics dict.
     """
@@ -185,12 +193,12 @@ def evaluate(
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if not samples:
         raise DataError(f"{dataset.source}: no images in the {split} split")
-    size = int(model.input_shape[1])
+    predict, size = _scorer(model)
     images, kept, bad = load_images(samples, size, skip_bad)
     if not kept:
         raise DataError(f"{dataset.source}: none of the {split} images could be read")
     y_true = label_indices(kept, dataset.classes)
-    probabilities = predict_probabilities(model, images)
+    probabilities = predict(images)
     known_groups = dataset.layout == "manifest"
     metrics = compute_metrics(y_true, probabilities, dataset.classes, dataset.positive_class,
                               [s.group for s in kept] if known_groups else None)
@@ -235,4 +243,4 @@ def evaluate_classifier(
         dataset = recorded
     elif split != "all":
         dataset = assign_splits(dataset, seed=seed)
-    return evaluate(classifier.model, dataset, out, split=split, meta=classifier.meta, skip_bad=skip_bad)
+    return evaluate(classifier, dataset, out, split=split, meta=classifier.meta, skip_bad=skip_bad)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -55,7 +56,16 @@ class Classifier:
         return results
 
 
-def load_classifier(run_or_model: str | os.PathLike, classes: Sequence[str] | None = None) -> Classifier:
+def load_classifier(model: str | os.PathLike, classes: Sequence[str] | None = None, variant: str = "float"):
+    """A bundle's :class:`ccad.predictor.Predictor` (no TensorFlow), else a Keras :class:`Classifier`."""
+    from .predictor import Predictor, is_bundle
+
+    if is_bundle(model):
+        return Predictor(model, variant=variant)
+    return load_keras_classifier(model, classes)
+
+
+def load_keras_classifier(run_or_model: str | os.PathLike, classes: Sequence[str] | None = None) -> Classifier:
     """Load a trained classifier from a run folder or a ``.keras``/``.h5`` file."""
     from .model import load_keras_model
 
@@ -70,6 +80,9 @@ def load_classifier(run_or_model: str | os.PathLike, classes: Sequence[str] | No
         raise ModelError(f"{path}: no such model file or run folder")
     meta_file = model_file.parent / "config.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    metrics_file = model_file.parent / "metrics.json"
+    if metrics_file.is_file():
+        meta["_metrics"] = json.loads(metrics_file.read_text())
     model = load_keras_model(model_file)
     names = list(classes or meta.get("classes") or [])
     if not names:
@@ -80,18 +93,90 @@ def load_classifier(run_or_model: str | os.PathLike, classes: Sequence[str] | No
     return Classifier(model, names, positive, int(model.input_shape[1]), meta)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files given directly, plus the image files found (recursively) in given folders, sorted."""
-    paths: list[Path] = []
+def iter_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
+    """Files given directly, then the image files under given folders (walked lazily, sorted per folder)."""
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = False
+            for dirpath, dirnames, filenames in os.walk(item):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                        found = True
+                        yield Path(dirpath) / name
             if not found:
                 raise ImageReadError(f"{item}: folder holds no image files")
-            paths += found
         elif item.exists():
-            paths.append(item)
+            yield item
         else:
             raise ImageReadError(f"{item}: no such file or folder")
-    return paths
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    return list(iter_inputs(inputs))
+
+
+RESULT_COLUMNS = ("file", "predicted_class")
+
+
+def result_row(result: dict[str, Any], classes: Sequence[str]) -> list[str]:
+    probabilities = result.get("probabilities")
+    return ([result["file"], result.get("predicted_class", "")]
+            + [f"{probabilities[c]:.6f}" if probabilities else "" for c in classes] + [result.get("error", "")])
+
+
+def predict_to_csv(predictor, inputs: Iterable[str | os.PathLike], out_csv: str | os.PathLike, resume: bool = False,
+                   heatmap_dir: str | os.PathLike | None = None, progress: bool = True) -> dict[str, int]:
+    """Stream predictions into ``out_csv``, a row per file as soon as it is scored.
+
+    With ``resume`` the files already in ``out_csv`` are skipped and new rows are
+    appended; otherwise an existing ``out_csv`` is an error. Unreadable files get
+    a row with their error; the run goes on. Returns counts.
+    """
+    import csv
+
+    from tqdm import tqdm
+
+    out_csv = Path(out_csv)
+    done: set[str] = set()
+    if out_csv.exists():
+        if not resume:
+            raise ModelError(f"{out_csv}: already exists (use --resume to continue it, or another --out)")
+        with open(out_csv, newline="", encoding="utf-8") as f:
+            done = {row["file"] for row in csv.DictReader(f)}
+    paths = (str(p) for p in iter_inputs(inputs) if str(p) not in done)
+    counts = {"scored": 0, "errors": 0, "skipped_done": len(done)}
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    heat_dir = Path(heatmap_dir) if heatmap_dir else None
+    if heat_dir:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    new_file = not out_csv.exists() or out_csv.stat().st_size == 0
+    with open(out_csv, "a", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if new_file:
+            writer.writerow([*RESULT_COLUMNS, *(f"p_{c}" for c in predictor.classes), "error"])
+        bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
+        for result in predictor.predict_stream(paths, with_heatmaps=heat_dir is not None):
+            writer.writerow(result_row(result, predictor.classes))
+            counts["errors" if "error" in result else "scored"] += 1
+            if heat_dir and "heatmap" in result:
+                save_overlay(result, heat_dir)
+            if (counts["scored"] + counts["errors"]) % 64 == 0:
+                f.flush()
+            bar.update()
+        bar.close()
+    return counts
+
+
+def save_overlay(result: dict[str, Any], folder: Path) -> Path:
+    from PIL import Image
+
+    from ._files import atomic_path
+    from .predictor import overlay
+
+    name = Path(result["file"]).stem + f".{result['predicted_class']}.heatmap.png"
+    target = folder / name
+    with atomic_path(target) as tmp:
+        Image.fromarray(overlay(result["image"], result["heatmap"])).save(tmp, format="PNG")
+    return target

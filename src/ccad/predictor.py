@@ -1,0 +1,152 @@
+"""Prediction on ONNX Runtime alone: no TensorFlow is imported here or by anything this imports.
+
+    >>> from ccad.predictor import Predictor
+    >>> p = Predictor("bundle/")                    # doctest: +SKIP
+    >>> p.predict_files(["xray.png"])               # doctest: +SKIP
+
+:meth:`Predictor.predict_stream` handles folders of any size: files are listed
+lazily, decoded on several threads with a bounded number in flight, scored in
+batches, and each result is handed on (``ccad predict`` writes it to the CSV at
+once, so ``--resume`` can skip what is done).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import ImageReadError, ModelError
+from .images import load_model_input
+
+BUNDLE_CARD = "ccad-model.json"
+VARIANTS = {"float": "float", "int8": "int8"}
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    return (Path(path) / BUNDLE_CARD).is_file()
+
+
+class Predictor:
+    """A model bundle on ONNX Runtime.
+
+    Args:
+        bundle: the bundle folder (``ccad export``).
+        variant: ``"float"`` (``model.onnx``) or ``"int8"`` (``model.int8.onnx``).
+        threads: ONNX Runtime intra-op threads (the paper's target: a small CPU).
+    """
+
+    def __init__(self, bundle: str | os.PathLike, variant: str = "float", threads: int = 2):
+        import onnxruntime as ort
+
+        self.bundle = Path(bundle)
+        if not is_bundle(self.bundle):
+            raise ModelError(f"{self.bundle}: not a ccad model bundle (no {BUNDLE_CARD}; make one with ccad export)")
+        self.card: dict[str, Any] = json.loads((self.bundle / BUNDLE_CARD).read_text())
+        models = self.card["models"]
+        if variant not in models:
+            raise ModelError(f"{self.bundle}: no {variant} model in this bundle (has: {', '.join(models)})")
+        path = self.bundle / models[variant]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.cam_weights = np.load(self.bundle / self.card["heatmap"]["weights"])
+        self.classes: list[str] = self.card["classes"]
+        self.positive_class: str = self.card["positive_class"]
+        self.input_size: int = int(self.card["input_size"])
+        self.variant = variant
+        self.meta = self.card
+
+    # -- arrays -------------------------------------------------------------------------------
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N, k), feature maps (N, h, w, 1280)) for a (N, H, W, 3) float32 batch in [0, 1]."""
+        probabilities, features = self.session.run(self.output_names, {self.input_name: batch.astype(np.float32)})
+        return probabilities, features
+
+    def predict_images(self, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Probabilities for (N, H, W) grayscale or (N, H, W, 3) images in [0, 1] at the input size."""
+        if images.ndim == 3:
+            images = np.repeat(images[..., None], 3, axis=-1)
+        out = [self.run(images[i:i + batch_size])[0] for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def heatmap(self, feature_map: np.ndarray, class_index: int) -> np.ndarray:
+        """Class activation map for one image, (input_size, input_size) in [0, 1].
+
+        For global average pooling followed by a dense layer, the class score is
+        the spatial mean of ``feature_map @ w_c``, so this map is exact (Zhou et al. 2016).
+        """
+        cam = np.maximum(feature_map @ self.cam_weights[:, class_index], 0.0)
+        return upsample_map(cam, self.input_size)
+
+    # -- files --------------------------------------------------------------------------------
+    def predict_files(self, paths: Sequence[str | os.PathLike], with_heatmaps: bool = False) -> list[dict[str, Any]]:
+        """One result per file (``file``, ``predicted_class``, ``probabilities``; or ``error``)."""
+        return list(self.predict_stream(paths, with_heatmaps=with_heatmaps))
+
+    def predict_stream(self, paths: Iterable[str | os.PathLike], batch_size: int = 16, workers: int = 4,
+                       with_heatmaps: bool = False) -> Iterator[dict[str, Any]]:
+        """Results in input order, with at most ``4 * batch_size`` images decoded and waiting."""
+        with ThreadPoolExecutor(workers) as pool:
+            pending: list = []
+            for path in paths:
+                pending.append((str(path), pool.submit(self._load, path)))
+                if len(pending) >= 4 * batch_size:
+                    yield from self._score(pending[:batch_size], with_heatmaps)
+                    pending = pending[batch_size:]
+            while pending:
+                yield from self._score(pending[:batch_size], with_heatmaps)
+                pending = pending[batch_size:]
+
+    def _load(self, path) -> np.ndarray | str:
+        try:
+            return load_model_input(path, self.input_size)
+        except ImageReadError as e:
+            return str(e)
+
+    def _score(self, chunk, with_heatmaps: bool) -> Iterator[dict[str, Any]]:
+        loaded = [(path, future.result()) for path, future in chunk]
+        good = [(path, image) for path, image in loaded if isinstance(image, np.ndarray)]
+        scored = {}
+        if good:
+            probabilities, features = self.run(np.stack([image for _, image in good]))
+            for (path, image), p, f in zip(good, probabilities, features):
+                result = {"file": path, "predicted_class": self.classes[int(p.argmax())],
+                          "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
+                if with_heatmaps:
+                    result["heatmap"] = self.heatmap(f, int(p.argmax()))
+                    result["image"] = image[..., 0]
+                scored[path] = result
+        for path, image in loaded:
+            yield scored.get(path) or {"file": path, "error": image}
+
+
+def upsample_map(cam: np.ndarray, size: int) -> np.ndarray:
+    """Scale a (h, w) map to [0, 1] by its maximum and resize it bilinearly to (size, size)."""
+    from PIL import Image
+
+    cam = cam.astype(np.float32)
+    if cam.max() > 0:
+        cam = cam / cam.max()
+    image = Image.fromarray(cam, mode="F").resize((size, size), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(image), 0.0, 1.0)
+
+
+def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
+    """RGB uint8 image: the X-ray with the heatmap blended in (matplotlib's 'jet' colours)."""
+    from matplotlib import colormaps
+
+    colours = colormaps["jet"](heat)[..., :3]
+    base = np.repeat(gray[..., None], 3, axis=-1)
+    alpha = opacity * heat[..., None]
+    return (np.clip(base * (1 - alpha) + colours * alpha, 0, 1) * 255).round().astype(np.uint8)

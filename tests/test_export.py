@@ -1,0 +1,136 @@
+"""Model bundles and prediction on ONNX Runtime (synthetic data; no ../shared needed)."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ccad.cli import main
+
+SIZE = "64"
+
+
+@pytest.fixture(scope="module")
+def run_and_bundle(synth_folders, tmp_path_factory):
+    from ccad.model import imagenet_weights_available
+
+    from ccad.synthetic import generate
+
+    root = tmp_path_factory.mktemp("bundle")
+    calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)
+    weights = "imagenet" if imagenet_weights_available(224) else "none"
+    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(root / "run"),
+                 "--weights", weights, "--input-size", SIZE, "--epochs", "3", "--feature-views", "1"]) == 0
+    assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",
+                 "--calibration-data", str(calibration)]) == 0
+    return root / "run", root / "bundle"
+
+
+def test_bundle_files_and_model_card(run_and_bundle):
+    from ccad.export import sha256
+
+    run, bundle = run_and_bundle
+    card = json.loads((bundle / "ccad-model.json").read_text())
+    assert card["classes"] == ["covid", "normal"] and card["positive_class"] == "covid"
+    assert card["input_size"] == 64 and card["models"] == {"float": "model.onnx", "int8": "model.int8.onnx"}
+    assert card["evaluation"]["auc"].keys() == {"value", "ci95"} and card["training_data"]["sha256"]
+    assert card["calibration_images"] >= 100 and "onnxruntime" in card["versions"]
+    assert "not a diagnosis" in card["intended_use"].lower()
+    for name, digest in card["sha256"].items():
+        assert sha256(bundle / name) == digest
+    assert set(card["sha256"]) == {p.name for p in bundle.iterdir()} - {"ccad-model.json"}
+
+
+def test_onnx_agrees_with_keras(run_and_bundle, synth_folders):
+    from ccad.data import discover, load_images
+    from ccad.inference import load_keras_classifier
+    from ccad.predictor import Predictor
+
+    run, bundle = run_and_bundle
+    images, _, _ = load_images(discover(synth_folders).samples[:16], 64)
+    keras_p = load_keras_classifier(run).predict_images(images)
+    onnx_p = Predictor(bundle).predict_images(images)
+    np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
+
+
+def test_export_refuses_to_overwrite_and_needs_calibration_images(run_and_bundle, tmp_path, capsys):
+    run, bundle = run_and_bundle
+    assert main(["export", "--model", str(run), "--out", str(bundle)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "b"), "--int8"]) == 2
+    assert "at least 100" in capsys.readouterr().err  # the run's own training split is too small
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+NO_TENSORFLOW = textwrap.dedent("""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx"):
+                raise ImportError(f"{name} is blocked in this test")
+    sys.meta_path.insert(0, Block())
+    from ccad.cli import main
+    code = main(sys.argv[1:])
+    assert not any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
+    sys.exit(code)
+""")
+
+
+def run_without_tensorflow(args):
+    return subprocess.run([sys.executable, "-c", NO_TENSORFLOW, *args], capture_output=True, text=True)
+
+
+def test_predict_streams_csv_and_heatmaps_without_tensorflow(run_and_bundle, synth_folders, tmp_path):
+    _, bundle = run_and_bundle
+    out, heat = tmp_path / "pred.csv", tmp_path / "heat"
+    (tmp_path / "in").mkdir()
+    bad = tmp_path / "in" / "broken.png"
+    bad.write_bytes(b"not an image")
+    done = run_without_tensorflow(["predict", "--model", str(bundle), str(synth_folders / "covid"), str(bad),
+                                   "--out", str(out), "--heatmap", str(heat)])
+    assert done.returncode == 0, done.stderr
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    n = len(list((synth_folders / "covid").glob("*.png")))
+    assert len(rows) == n + 1
+    assert rows[-1]["file"].endswith("broken.png") and "not a readable image" in rows[-1]["error"]
+    assert all(r["predicted_class"] in ("covid", "normal") for r in rows[:-1])
+    assert len(list(heat.glob("*.heatmap.png"))) == n
+
+
+def test_resume_does_no_work_twice(run_and_bundle, synth_folders, tmp_path):
+    _, bundle = run_and_bundle
+    out = tmp_path / "p.csv"
+    args = ["predict", "--model", str(bundle), str(synth_folders / "normal"), "--out", str(out)]
+    assert main(args) == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-5]) + "\n")  # as if stopped 5 files before the end
+    assert main(args + ["--resume"]) == 0
+    files = [r["file"] for r in csv.DictReader(open(out))]
+    assert len(files) == len(set(files)) == len(lines) - 1
+    assert main(args) == 2  # without --resume an existing CSV is not overwritten
+
+
+def test_int8_predicts_and_evaluate_accepts_a_bundle(run_and_bundle, synth_folders, tmp_path, capsys):
+    run, bundle = run_and_bundle
+    assert main(["predict", "--model", str(bundle), "--int8", str(synth_folders / "covid"), "--format", "json"]) == 0
+    assert all("probabilities" in r for r in json.loads(capsys.readouterr().out))
+    assert main(["evaluate", "--model", str(bundle), "--data", str(synth_folders / "manifest.csv"),
+                 "--out", str(tmp_path / "e"), "--split", "all"]) == 0
+    assert main(["evaluate", "--model", str(run), "--data", str(synth_folders / "manifest.csv"),
+                 "--out", str(tmp_path / "k"), "--split", "all"]) == 0
+    a = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "k" / "metrics.json").read_text())
+    assert a["confusion_matrix"] == b["confusion_matrix"]
+    assert a["auc"]["value"] == pytest.approx(b["auc"]["value"], abs=1e-3)
+
+
+def test_not_a_bundle_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "ccad-model.json").write_text(json.dumps({"models": {"float": "model.onnx"}}))
+    (tmp_path / "model.onnx").write_bytes(b"garbage")
+    assert main(["predict", "--model", str(tmp_path), "x.png"]) == 2
+    assert "ccad: error:" in capsys.readouterr().err
