@@ -96,3 +96,92 @@ def test_synthetic_model_learns_with_imagenet_features(synth_folders, tmp_path):
     assert main(["evaluate", "--model", str(out), "--data", str(fresh), "--out", str(tmp_path / "e")]) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["n"] == 60 and metrics["auc"]["value"] >= 0.85, metrics["auc"]
+
+
+@pytest.fixture(scope="module")
+def real_bundle(default_run, tmp_path_factory):
+    from ccad.cli import main
+
+    out = tmp_path_factory.mktemp("bundle") / "bundle"
+    assert main(["export", "--model", str(default_run), "--out", str(out), "--int8", "--tflite"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared_test_split():
+    """The fixed test split of covid-cxr, covid vs normal (held out from Dataset A's training rows too)."""
+    from ccad.data import discover, label_indices, load_images
+
+    ds = discover(MANIFEST, ["covid", "normal"])
+    test = [s for s in ds.samples if s.split == "test"]
+    images, kept, _ = load_images(test, 224)
+    return images, label_indices(kept, ds.classes)
+
+
+def _tflite_probabilities(path, images):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=2)
+    inp = interpreter.get_input_details()[0]
+    out = []
+    for i in range(0, len(images), 16):
+        batch = np.repeat(images[i:i + 16, ..., None], 3, axis=-1).astype(np.float32)
+        interpreter.resize_tensor_input(inp["index"], batch.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], batch)
+        interpreter.invoke()
+        outputs = [interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()]
+        out.append(next(o for o in outputs if o.ndim == 2))
+    return np.concatenate(out)
+
+
+@pytest.mark.slow
+def test_exported_models_agree_with_keras(default_run, real_bundle, shared_test_split):
+    from sklearn.metrics import roc_auc_score
+
+    from ccad.inference import load_keras_classifier
+    from ccad.predictor import Predictor
+
+    images, y = shared_test_split
+    keras_p = load_keras_classifier(default_run).predict_images(images)
+    float_p = Predictor(real_bundle).predict_images(images)
+    int8_p = Predictor(real_bundle, "int8").predict_images(images)
+    np.testing.assert_allclose(float_p, keras_p, atol=1e-4)
+    auc = lambda p: roc_auc_score(y == 0, p[:, 0])  # noqa: E731
+    assert auc(int8_p) >= auc(float_p) - 0.005
+    assert np.mean(int8_p.argmax(1) == float_p.argmax(1)) >= 0.98
+    np.testing.assert_allclose(_tflite_probabilities(real_bundle / "model.tflite", images), keras_p, atol=1e-3)
+    tflite_int8 = _tflite_probabilities(real_bundle / "model.int8.tflite", images)
+    assert np.mean(tflite_int8.argmax(1) == keras_p.argmax(1)) >= 0.98
+    assert (real_bundle / "model.int8.onnx").stat().st_size < 3 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_onnx_heatmaps_match_keras_grad_cam(default_run, real_bundle, shared_test_split):
+    import keras
+    import tensorflow as tf
+
+    from ccad.model import CLASSIFIER_LAYER, FEATURES_LAYER
+    from ccad.predictor import Predictor, upsample_map
+
+    images, _ = shared_test_split
+    model = keras.models.load_model(default_run / "model.keras")
+    to_features = keras.Model(model.input, model.get_layer(FEATURES_LAYER).input)
+    kernel, bias = model.get_layer(CLASSIFIER_LAYER).get_weights()
+    predictor = Predictor(real_bundle)
+    correlations = []
+    for image in images[:8]:
+        x = tf.constant(np.repeat(image[None, ..., None], 3, axis=-1))
+        with tf.GradientTape() as tape:
+            fmap = to_features(x)
+            tape.watch(fmap)
+            logits = tf.reduce_mean(fmap, axis=(1, 2)) @ kernel + bias
+            c = int(tf.argmax(logits[0]))
+            score = logits[0, c]
+        grads = tape.gradient(score, fmap)[0].numpy()
+        weights = grads.mean(axis=(0, 1))  # Grad-CAM: channel weights = mean gradient
+        grad_cam = upsample_map(np.maximum(fmap[0].numpy() @ weights, 0), 224)
+        _, onnx_fmap = predictor.run(np.repeat(image[None, ..., None], 3, axis=-1))
+        cam = predictor.heatmap(onnx_fmap[0], c)
+        correlations.append(np.corrcoef(cam.ravel(), grad_cam.ravel())[0, 1])
+    assert min(correlations) >= 0.9, correlations
