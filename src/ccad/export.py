@@ -19,7 +19,9 @@ place at the end: a crash leaves no half-written bundle.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -79,7 +81,8 @@ def export_bundle(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         files = {"float": "model.onnx"}
-        dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints every captured tensor
+            dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
         kernel = classifier.model.get_layer(CLASSIFIER_LAYER).get_weights()[0]
         np.save(work / "cam_weights.npy", kernel.astype(np.float32))
         calibration = None
@@ -170,7 +173,8 @@ def convert_tflite(dual, path: Path, calibration: np.ndarray | None) -> None:
     if calibration is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
-    path.write_bytes(converter.convert())
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured tensor
+        path.write_bytes(converter.convert())
 
 
 def sha256(path: Path) -> str:
