@@ -108,7 +108,7 @@ def test_resume_does_no_work_twice(run_and_bundle, synth_folders, tmp_path):
     args = ["predict", "--model", str(bundle), str(synth_folders / "normal"), "--out", str(out)]
     assert main(args) == 0
     lines = out.read_text().splitlines()
-    out.write_text("\n".join(lines[:-5]) + "\n")  # as if stopped 5 files before the end
+    out.write_text("\n".join(lines[:-5]) + "\n" + lines[-5][:12])  # killed mid-row, 5 files before the end
     assert main(args + ["--resume"]) == 0
     files = [r["file"] for r in csv.DictReader(open(out))]
     assert len(files) == len(set(files)) == len(lines) - 1
@@ -134,3 +134,15 @@ def test_not_a_bundle_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "model.onnx").write_bytes(b"garbage")
     assert main(["predict", "--model", str(tmp_path), "x.png"]) == 2
     assert "ccad: error:" in capsys.readouterr().err
+
+
+def test_a_changed_model_file_is_refused(run_and_bundle, tmp_path, capsys):
+    import shutil
+
+    _, bundle = run_and_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    with open(copy / "model.int8.onnx", "ab") as f:
+        f.write(b"\0")
+    assert main(["predict", "--model", str(copy), "--int8", "x.png"]) == 2
+    assert "sha256 differs" in capsys.readouterr().err

@@ -143,6 +143,7 @@ def predict_to_csv(predictor, inputs: Iterable[str | os.PathLike], out_csv: str 
     if out_csv.exists():
         if not resume:
             raise ModelError(f"{out_csv}: already exists (use --resume to continue it, or another --out)")
+        _drop_partial_last_line(out_csv)
         with open(out_csv, newline="", encoding="utf-8") as f:
             done = {row["file"] for row in csv.DictReader(f)}
     paths = (str(p) for p in iter_inputs(inputs) if str(p) not in done)
@@ -167,6 +168,14 @@ def predict_to_csv(predictor, inputs: Iterable[str | os.PathLike], out_csv: str 
             bar.update()
         bar.close()
     return counts
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A run killed mid-write can leave half a row: cut the file back to its last complete line."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def save_overlay(result: dict[str, Any], folder: Path) -> Path:

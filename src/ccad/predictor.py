@@ -53,6 +53,7 @@ class Predictor:
         if variant not in models:
             raise ModelError(f"{self.bundle}: no {variant} model in this bundle (has: {', '.join(models)})")
         path = self.bundle / models[variant]
+        _check_sha256(path, self.card.get("sha256", {}).get(path.name))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -131,6 +132,22 @@ class Predictor:
                 scored[path] = result
         for path, image in loaded:
             yield scored.get(path) or {"file": path, "error": image}
+
+
+def _check_sha256(path: Path, expected: str | None) -> None:
+    """Refuse a model file that is missing or differs from the one the model card describes."""
+    import hashlib
+
+    if not path.is_file():
+        raise ModelError(f"{path}: missing from the bundle")
+    if expected is None:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise ModelError(f"{path}: sha256 differs from the model card; the file changed after export")
 
 
 def upsample_map(cam: np.ndarray, size: int) -> np.ndarray:
