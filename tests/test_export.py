@@ -11,25 +11,6 @@ import pytest
 
 from ccad.cli import main
 
-SIZE = "64"
-
-
-@pytest.fixture(scope="module")
-def run_and_bundle(synth_folders, tmp_path_factory):
-    from ccad.model import imagenet_weights_available
-
-    from ccad.synthetic import generate
-
-    root = tmp_path_factory.mktemp("bundle")
-    calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)
-    weights = "imagenet" if imagenet_weights_available(224) else "none"
-    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(root / "run"),
-                 "--weights", weights, "--input-size", SIZE, "--epochs", "3", "--feature-views", "1"]) == 0
-    assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",
-                 "--calibration-data", str(calibration)]) == 0
-    return root / "run", root / "bundle"
-
-
 def test_bundle_files_and_model_card(run_and_bundle):
     from ccad.export import sha256
 

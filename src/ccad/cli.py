@@ -83,6 +83,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflite", action="store_true", help="also TFLite float and int8 models")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("serve", help="the web tool and REST API for a model bundle (ONNX Runtime)")
+    p.add_argument("--model", required=True, help="model bundle folder (ccad export)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("CCAD_API_KEY"), help="require this key (also CCAD_API_KEY)")
+    p.add_argument("--int8", action="store_true", help="serve the bundle's INT8 model")
+    p.add_argument("--max-upload-mb", type=float, default=20)
+    p.add_argument("--workers", type=int, default=2, help="inference threads")
+    p.add_argument("--queue", type=int, default=8, help="requests allowed to wait before 503")
+    p.add_argument("--keep-uploads", metavar="DIR", help="store uploads here (by sha256); default: never on disk")
+
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, offline")
     p.add_argument("--out", required=True)
     p.add_argument("--n-per-class", type=int, default=60)
@@ -171,6 +182,15 @@ def cmd_export(args) -> None:
     print(f"wrote model bundle {out}")
 
 
+def cmd_serve(args) -> None:
+    from .serving import ServeSettings, serve
+
+    settings = ServeSettings(Path(args.model), api_key=args.api_key or None, variant="int8" if args.int8 else "float",
+                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
+                             queue=args.queue, keep_uploads=Path(args.keep_uploads) if args.keep_uploads else None)
+    serve(settings, args.host, args.port)
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -208,7 +228,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

@@ -13,6 +13,7 @@ otherwise come out nearly black.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -31,6 +32,10 @@ IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
 MAX_PIXELS = 100_000_000
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image over the pixel limit, refused before it is decoded whole."""
+
+
 def is_dicom(path: str | os.PathLike) -> bool:
     """True for a ``.dcm``/``.dicom`` name or a file with the DICOM preamble ``DICM``."""
     path = Path(path)
@@ -44,38 +49,50 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return False
 
 
-def read_grayscale(path: str | os.PathLike) -> np.ndarray:
+def read_grayscale(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as a float32 grayscale array in [0, 1], shape (H, W).
 
     Raises:
-        ImageReadError: the file is missing, not an image, corrupt, truncated or too large.
+        ImageReadError: the file is missing, not an image, corrupt or truncated.
+        ImageTooLargeError: over ``max_pixels`` (default :data:`MAX_PIXELS`).
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     if is_dicom(path):
-        return _read_dicom(path)
-    return _read_raster(path)
+        return _read_dicom(path, str(path), max_pixels or MAX_PIXELS)
+    return _read_raster(path, str(path), max_pixels or MAX_PIXELS)
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def read_grayscale_bytes(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
+    """:func:`read_grayscale` for an in-memory file (an upload); ``name`` is used in messages only."""
+    if not data:
+        raise ImageReadError(f"{name}: empty file")
+    dicom = Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
+    reader = _read_dicom if dicom else _read_raster
+    return reader(io.BytesIO(data), name, max_pixels or MAX_PIXELS)
+
+
+def _read_raster(source, name: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 width, height = im.size
-                if width * height > MAX_PIXELS:
-                    raise ImageReadError(
-                        f"{path}: image is {width}x{height} pixels, over the limit of {MAX_PIXELS:,}"
+                if width * height > max_pixels:
+                    raise ImageTooLargeError(
+                        f"{name}: image is {width}x{height} pixels, over the limit of {max_pixels:,}"
                     )
                 im.load()
                 return _pil_to_gray(im)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"{path}: not a readable image ({type(e).__name__})") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"{name}: image is over Pillow's decompression-bomb limit") from e
+    except UnidentifiedImageError as e:
+        raise ImageReadError(f"{name}: not a readable image ({type(e).__name__})") from e
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{path}: corrupt or truncated image ({e})") from e
+        raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
 
 
 def _pil_to_gray(im: Image.Image) -> np.ndarray:
@@ -93,20 +110,20 @@ def _window_to_unit(pixels: np.ndarray) -> np.ndarray:
     return ((pixels - lo) / (hi - lo)).astype(np.float32)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if rows * cols > MAX_PIXELS:
-            raise ImageReadError(f"{path}: DICOM image is {cols}x{rows} pixels, over the limit of {MAX_PIXELS:,}")
+        if rows * cols > max_pixels:
+            raise ImageTooLargeError(f"{name}: DICOM image is {cols}x{rows} pixels, over the limit of {max_pixels:,}")
         pixels = ds.pixel_array
     except ImageReadError:
         raise
     except Exception as e:  # pydicom raises many types for truncated or odd files
-        raise ImageReadError(f"{path}: not a readable DICOM image ({type(e).__name__}: {e})") from e
+        raise ImageReadError(f"{name}: not a readable DICOM image ({type(e).__name__})") from e
     if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
         pixels = pixels[0]  # multi-frame: first frame
     if pixels.ndim == 3:  # colour DICOM (rare for CXR)

@@ -1,0 +1,104 @@
+// ccad page: upload files to /api/v1/predict and show the results. No external scripts.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { key: sessionStorage.getItem("ccad-key") || "" };
+
+function headers() {
+  return state.key ? { "X-API-Key": state.key } : {};
+}
+
+async function loadModelCard() {
+  const response = await fetch("/api/v1/model", { headers: headers() });
+  if (response.status === 401) {
+    $("key-row").hidden = false;
+    $("model-card").textContent = "Enter the API key to see the model card.";
+    return;
+  }
+  const card = await response.json();
+  const metrics = card.evaluation || {};
+  const rows = ["accuracy", "sensitivity", "specificity", "auc"].filter((m) => metrics[m] && metrics[m].value !== null)
+    .map((m) => {
+      const ci = metrics[m].ci95 ? `${metrics[m].ci95[0].toFixed(3)} – ${metrics[m].ci95[1].toFixed(3)}` : "n/a";
+      return `<tr><td>${m}</td><td>${metrics[m].value.toFixed(3)}</td><td>${ci}</td></tr>`;
+    }).join("");
+  const data = card.training_data || {};
+  const el = $("model-card");
+  el.innerHTML = "";
+  const p = document.createElement("p");
+  p.textContent = `Classes: ${card.classes.join(", ")} (positive: ${card.positive_class}). Backbone: ${card.backbone}, ` +
+    `weights: ${card.weights}. Trained on: ${data.source || "unknown"}.`;
+  el.appendChild(p);
+  if (rows) {
+    const t = document.createElement("div");
+    t.innerHTML = `<p>Evaluated on ${metrics.n} images (${metrics.split} split of ${metrics.data}):</p>` +
+      `<table><thead><tr><th>metric</th><th>value</th><th>95% CI</th></tr></thead><tbody>${rows}</tbody></table>`;
+    el.appendChild(t);
+  }
+  const c = document.createElement("p");
+  c.className = "caveat";
+  c.textContent = card.caveat;
+  el.appendChild(c);
+}
+
+function showResult(result) {
+  const node = $("result-template").content.firstElementChild.cloneNode(true);
+  node.querySelector(".name").textContent = result.name;
+  const xray = node.querySelector(".xray");
+  const heat = node.querySelector(".heat");
+  xray.src = "data:image/png;base64," + result.image;
+  xray.alt = `Chest X-ray ${result.name} as the model saw it`;
+  heat.src = "data:image/png;base64," + result.heatmap;
+  heat.alt = `Heatmap of the regions that drove the ${result.predicted_class} score`;
+  heat.style.opacity = 0.55;
+  node.querySelector(".toggle").addEventListener("change", (e) => { heat.hidden = !e.target.checked; });
+  node.querySelector(".opacity").addEventListener("input", (e) => { heat.style.opacity = e.target.value / 100; });
+  node.querySelector(".verdict").textContent = `Model output: ${result.predicted_class}`;
+  const bars = node.querySelector(".bars");
+  for (const [name, p] of Object.entries(result.probabilities)) {
+    const row = document.createElement("div");
+    row.className = "bar";
+    row.innerHTML = `<span></span><span class="track" role="meter" aria-valuemin="0" aria-valuemax="100"><span class="fill"></span></span><span></span>`;
+    row.children[0].textContent = name;
+    row.children[1].setAttribute("aria-valuenow", Math.round(p * 100));
+    row.children[1].setAttribute("aria-label", `probability of ${name}`);
+    row.children[1].firstChild.style.width = `${(p * 100).toFixed(1)}%`;
+    row.children[2].textContent = `${(p * 100).toFixed(1)}%`;
+    bars.appendChild(row);
+  }
+  $("results").prepend(node);
+}
+
+async function analyse(files) {
+  $("error").textContent = "";
+  if (!files.length) { $("error").textContent = "Choose at least one file."; return; }
+  if ($("key-row").hidden === false) { state.key = $("api-key").value; sessionStorage.setItem("ccad-key", state.key); }
+  const form = new FormData();
+  for (const f of files) form.append("files", f, f.name);
+  form.append("heatmap", "true");
+  $("submit").disabled = true;
+  $("status").textContent = `Analysing ${files.length} file(s)…`;
+  try {
+    const response = await fetch("/api/v1/predict", { method: "POST", body: form, headers: headers() });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      if (response.status === 401) $("key-row").hidden = false;
+      const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
+      throw new Error(`Upload failed (${response.status}): ${detail}`);
+    }
+    body.results.forEach(showResult);
+    $("status").textContent = `Done: ${body.results.length} result(s). ${body.note}`;
+    if (!$("key-row").hidden) loadModelCard();
+  } catch (err) {
+    $("error").textContent = err.message;
+    $("status").textContent = "";
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+$("upload-form").addEventListener("submit", (e) => { e.preventDefault(); analyse([...$("files").files]); });
+const drop = $("drop");
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+drop.addEventListener("drop", (e) => { e.preventDefault(); analyse([...e.dataTransfer.files]); });
+loadModelCard();

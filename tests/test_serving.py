@@ -1,0 +1,179 @@
+"""The web service: every route, every bad input, auth, back-pressure, and a fuzz test."""
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from ccad.serving import ServeSettings, create_app
+
+
+def png_bytes(size=(96, 96), mode="L", seed=0):
+    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0]), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundle(run_and_bundle):
+    return run_and_bundle[1]
+
+
+@pytest.fixture(scope="module")
+def client(bundle):
+    with TestClient(create_app(ServeSettings(bundle))) as c:
+        yield c
+
+
+def post(client, *files, heatmap=False, **kw):
+    return client.post("/api/v1/predict", files=[("files", f) for f in files],
+                       data={"heatmap": str(heatmap).lower()}, **kw)
+
+
+def test_health_model_docs_and_page(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    card = client.get("/api/v1/model").json()
+    assert card["classes"] == ["covid", "normal"] and "not a diagnosis" in card["caveat"]
+    assert "sha256" not in card
+    assert "/api/v1/predict" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "not a diagnosis" in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # every asset is local: no CDN
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+
+
+def test_predict_png_with_and_without_heatmap(client):
+    r = post(client, ("a.png", png_bytes(), "image/png"), ("b.png", png_bytes(seed=1), "image/png"))
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["name"] for x in results] == ["a.png", "b.png"]
+    assert abs(sum(results[0]["probabilities"].values()) - 1) < 1e-5 and "heatmap" not in results[0]
+    r = post(client, ("a.png", png_bytes(), "image/png"), heatmap=True)
+    result = r.json()["results"][0]
+    heat = Image.open(io.BytesIO(__import__("base64").b64decode(result["heatmap"])))
+    assert heat.mode == "RGBA" and heat.size == (64, 64)
+
+
+def test_predict_matches_the_predictor(client, bundle, tmp_path):
+    from ccad.predictor import Predictor
+
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes(seed=3))
+    expected = Predictor(bundle).predict_files([path])[0]["probabilities"]
+    got = post(client, ("x.png", path.read_bytes(), "image/png")).json()["results"][0]["probabilities"]
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
+def test_dicom_works_and_patient_fields_are_not_echoed(client, tmp_path):
+    from test_images import GRADIENT, make_dicom
+
+    data = make_dicom(tmp_path / "x.dcm", GRADIENT.astype(np.uint16) * 16).read_bytes()
+    assert b"Test^Patient" in data
+    r = post(client, ("x.dcm", data, "application/dicom"), heatmap=True)
+    assert r.status_code == 200 and b"Test^Patient" not in r.content and b"Patient" not in r.content
+
+
+@pytest.mark.parametrize("name,content,ctype,status,message", [
+    ("a.png", b"not an image", "image/png", 400, "not a readable image"),
+    ("a.png", png_bytes()[:200], "image/png", 400, "a.png"),
+    ("a.png", b"", "image/png", 400, "empty file"),
+    ("a.txt", b"hello", "text/plain", 415, "not an image"),
+])
+def test_bad_files(client, name, content, ctype, status, message):
+    r = post(client, (name, content, ctype))
+    assert r.status_code == status and message in r.json()["detail"]
+
+
+def test_truncated_dicom_is_400(client, tmp_path):
+    from test_images import GRADIENT, make_dicom
+
+    data = make_dicom(tmp_path / "t.dcm", GRADIENT.astype(np.uint16)).read_bytes()[:-3000]
+    r = post(client, ("t.dcm", data, "application/dicom"))
+    assert r.status_code == 400 and "DICOM" in r.json()["detail"]
+
+
+def test_wrong_request_content_type_is_415(client):
+    r = client.post("/api/v1/predict", json={"files": "x"})
+    assert r.status_code == 415
+    r = client.post("/api/v1/predict", content=b"raw", headers={"content-type": "image/png"})
+    assert r.status_code == 415
+
+
+def test_no_files_is_4xx_not_5xx(client):
+    r = client.post("/api/v1/predict", data={"heatmap": "true"}, files={"other": ("x", b"1")})
+    assert 400 <= r.status_code < 500
+
+
+def test_upload_and_pixel_limits_are_413(bundle):
+    settings = ServeSettings(bundle, max_upload_bytes=50_000, max_pixels=500 * 500)
+    with TestClient(create_app(settings)) as c:
+        big = png_bytes((400, 400))  # noise PNG: ~160 kB, over 50 kB
+        r = post(c, ("big.png", big, "image/png"))
+        assert r.status_code == 413 and "upload limit" in r.json()["detail"]
+        buffer = io.BytesIO()
+        Image.new("L", (2000, 2000)).save(buffer, format="PNG")  # small file, 4 MP: a bomb for this limit
+        r = post(c, ("bomb.png", buffer.getvalue(), "image/png"))
+        assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+
+
+def test_api_key(bundle):
+    with TestClient(create_app(ServeSettings(bundle, api_key="s3cret"))) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/api/v1/model").status_code == 401
+        assert post(c, ("a.png", png_bytes(), "image/png")).status_code == 401
+        assert c.get("/api/v1/model", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.get("/api/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/api/v1/model", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert post(c, ("a.png", png_bytes(), "image/png"), headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_full_pool_answers_503_with_retry_after(bundle, monkeypatch):
+    import ccad.serving as serving
+
+    release = threading.Event()
+    original = serving._score
+
+    def slow(*args):
+        release.wait(10)
+        return original(*args)
+
+    monkeypatch.setattr(serving, "_score", slow)
+    with TestClient(create_app(ServeSettings(bundle, workers=1, queue=0))) as c:
+        first = threading.Thread(target=lambda: post(c, ("a.png", png_bytes(), "image/png")))
+        first.start()
+        time.sleep(0.5)
+        r = post(c, ("b.png", png_bytes(), "image/png"))
+        release.set()
+        first.join()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_uploads_stay_off_disk_unless_kept(bundle, tmp_path):
+    kept = tmp_path / "kept"
+    with TestClient(create_app(ServeSettings(bundle, keep_uploads=kept))) as c:
+        data = png_bytes()
+        assert post(c, ("patient-name.png", data, "image/png")).status_code == 200
+    files = list(kept.iterdir())
+    assert len(files) == 1 and "patient" not in files[0].name and files[0].read_bytes() == data
+
+
+# --- fuzz: whatever a client sends, no 5xx ---------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(st.binary(max_size=2048), st.just(png_bytes()[:300]), st.just(b"\x89PNG\r\n\x1a\n")),
+       name=st.text(min_size=0, max_size=30),
+       ctype=st.sampled_from(["image/png", "image/jpeg", "application/dicom", "application/octet-stream",
+                              "text/plain", ""]),
+       heatmap=st.sampled_from(["true", "false", "maybe", ""]))
+def test_fuzz_predict_never_5xx(client, content, name, ctype, heatmap):
+    r = client.post("/api/v1/predict", files=[("files", (name or "f", content, ctype))], data={"heatmap": heatmap})
+    assert r.status_code < 500, (r.status_code, r.text)
