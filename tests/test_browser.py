@@ -1,0 +1,83 @@
+"""A real browser against a real server: Debian's chromium driven by Playwright, on 127.0.0.1."""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def server(run_and_bundle):
+    import uvicorn
+
+    from ccad.serving import ServeSettings, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(create_app(ServeSettings(run_and_bundle[1])), host="127.0.0.1", port=port,
+                            log_level="warning")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if uv.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    uv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+def test_upload_shows_result_heatmap_and_model_card(server, browser, synth_folders, tmp_path):
+    page = browser.new_page(viewport={"width": 390, "height": 900})  # phone-sized
+    page.goto(server)
+    page.wait_for_selector("#model-card table")
+    assert "not a diagnosis" in page.inner_text("body").lower()
+    image = sorted((synth_folders / "covid").glob("*.png"))[0]
+    page.set_input_files("#files", str(image))
+    page.focus("#submit")
+    page.keyboard.press("Enter")  # by keyboard
+    page.wait_for_selector(".result .verdict")
+    assert page.inner_text(".result .name") == image.name
+    assert page.inner_text(".result .verdict").startswith("Model output: ")
+    assert page.get_attribute(".result .heat", "src").startswith("data:image/png;base64,")
+    assert page.eval_on_selector(".result .heat", "img => img.naturalWidth") > 0
+    assert len(page.query_selector_all(".result .bar")) == 2
+    page.uncheck(".result .toggle")
+    assert page.eval_on_selector(".result .heat", "img => img.hidden")
+    page.check(".result .toggle")
+    shot = tmp_path / "ccad-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    page.close()
+
+
+def test_a_failed_upload_says_why_in_the_page(server, browser, tmp_path):
+    page = browser.new_page()
+    page.goto(server)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"this is not an image")
+    page.set_input_files("#files", str(bad))
+    page.click("#submit")
+    page.wait_for_function("document.getElementById('error').textContent.length > 0")
+    assert "400" in page.inner_text("#error") and "not a readable image" in page.inner_text("#error")
+    page.close()
