@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="serve the bundle's INT8 model")
     p.add_argument("--max-upload-mb", type=float, default=20)
     p.add_argument("--workers", type=int, default=2, help="inference threads")
-    p.add_argument("--queue", type=int, default=8, help="requests allowed to wait before 503")
+    p.add_argument("--queue", type=int, default=32, help="requests allowed to wait before 503")
     p.add_argument("--keep-uploads", metavar="DIR", help="store uploads here (by sha256); default: never on disk")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, offline")

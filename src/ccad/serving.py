@@ -55,7 +55,7 @@ class ServeSettings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
     workers: int = 2
-    queue: int = 8
+    queue: int = 32
     timeout_s: float = 30.0
     keep_uploads: Path | None = None
 

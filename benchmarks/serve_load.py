@@ -1,0 +1,125 @@
+"""Bounded load on loopback against ``ccad serve``: throughput, latency, errors, server peak memory.
+
+Starts ``python -m ccad serve`` on 127.0.0.1 (a free port), sends ``--requests``
+POST /api/v1/predict requests (one chest X-ray PNG each) from ``--clients``
+concurrent clients, once without and once with heatmaps, then stops the server.
+Only 127.0.0.1 is ever contacted; the loops are bounded in count and time.
+
+    KERAS_HOME=../shared/keras-home python benchmarks/serve_load.py [--bundle B] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
+DEADLINE_S = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_bundle(work: Path) -> Path:
+    from ccad.export import export_bundle
+    from ccad.training import make_config, train
+
+    run = train(MANIFEST, work / "run", make_config(), classes=["covid", "normal"], where=["paper_dataset_a=1"],
+                verbose=0).run_dir
+    return export_bundle(run, work / "bundle")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(url: str, images: list[bytes], requests: int, clients: int, heatmap: bool) -> dict:
+    import httpx
+
+    def one(i: int) -> tuple[int, float]:
+        client = clients_by_thread.setdefault(threading_id(), httpx.Client(timeout=60))
+        start = time.perf_counter()
+        r = client.post(f"{url}/api/v1/predict", files={"files": (f"{i}.png", images[i % len(images)], "image/png")},
+                        data={"heatmap": str(heatmap).lower()})
+        return r.status_code, time.perf_counter() - start
+
+    import threading
+
+    threading_id = threading.get_ident
+    clients_by_thread: dict = {}
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(requests)))
+    wall = time.perf_counter() - start
+    for c in clients_by_thread.values():
+        c.close()
+    codes = [c for c, _ in results]
+    latencies = np.array([t for _, t in results]) * 1000
+    return {"requests": requests, "clients": clients, "heatmap": heatmap, "wall_s": wall,
+            "requests_per_s": requests / wall, "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)), "errors": sum(c != 200 for c in codes),
+            "status_counts": {str(k): codes.count(k) for k in sorted(set(codes))}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", help="model bundle (default: train and export the default recipe)")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    os.environ.setdefault("KERAS_HOME", str(ROOT.parent / "shared" / "keras-home"))
+    if not MANIFEST.is_file():
+        sys.exit(f"benchmark needs {MANIFEST} (../shared beside the checkout)")
+    work = Path(tempfile.mkdtemp(prefix="ccad-serve-bench-"))
+    bundle = Path(args.bundle) if args.bundle else make_bundle(work)
+    from ccad.data import discover
+
+    files = [s.path for s in discover(MANIFEST, ["covid", "normal"]).samples if s.split == "test"][:64]
+    images = [f.read_bytes() for f in files]
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        for _ in range(100):
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        idle = vm_hwm_mb(server.pid)
+        runs = [load(url, images, args.requests, args.clients, heatmap) for heatmap in (False, True)]
+        report = {"benchmark": "serve_load", "cpu_count": os.cpu_count(), "server": "ccad serve (2 workers, float)",
+                  "image": "covid-cxr test PNGs (320 px, ~100 kB)", "runs": runs,
+                  "server_peak_rss_mb": vm_hwm_mb(server.pid), "server_rss_after_start_mb": idle}
+    finally:
+        server.terminate()
+        server.wait(30)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
