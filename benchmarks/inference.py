@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
@@ -151,10 +152,7 @@ def main() -> None:
         "file_sizes_bytes": sizes,
         "ccad_predict_process": peak_rss_of_predict(bundle, folder, work / "pred.csv"),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

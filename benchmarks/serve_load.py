@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _report import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
@@ -115,10 +116,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

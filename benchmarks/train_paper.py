@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
 SELECT = dict(classes=["covid", "normal"], where=["paper_dataset_a=1"])
@@ -119,10 +121,7 @@ def main() -> None:
         r["speedup_vs_baseline"] = r["train_images_per_s"] / base
     report = {"benchmark": "train_paper", "data": "covid-cxr Dataset A (paper_dataset_a=1), covid vs normal",
               "cpu_count": os.cpu_count(), "results": results}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
