@@ -11,7 +11,6 @@ Only 127.0.0.1 is ever contacted; the loops are bounded in count and time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
