@@ -24,7 +24,7 @@ def trained_run(synth_folders, tmp_path_factory):
 def test_train_writes_every_output(trained_run):
     for name in ("model.keras", "model.h5", "config.json", "history.csv", "split.csv", "metrics.json", "report.html"):
         assert (trained_run / name).is_file(), name
-    for fig in ("training_curves", "confusion_matrix", "roc_curve", "predictions"):
+    for fig in ("training_curves", "confusion_matrix", "roc_curve", "reliability", "predictions"):
         assert (trained_run / "figures" / f"{fig}.png").stat().st_size > 1000
     config = json.loads((trained_run / "config.json").read_text())
     assert config["classes"] == ["covid", "normal"] and config["config"]["weights"] == "none"
@@ -37,7 +37,7 @@ def test_train_writes_every_output(trained_run):
     with open(trained_run / "history.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
     report = (trained_run / "report.html").read_text()
-    assert "not a diagnosis" in report.lower() and report.count("data:image/png;base64,") == 4
+    assert "not a diagnosis" in report.lower() and report.count("data:image/png;base64,") == 5
     assert "95% CI" in report
 
 

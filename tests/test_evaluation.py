@@ -82,3 +82,29 @@ def test_balanced_class_weights():
     weights = _class_weights(np.array([0, 1, 1, 1]), 2, "balanced")
     assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
     assert _class_weights(np.array([0, 1]), 2, None) is None
+
+
+def test_ece_brier_and_operating_points_by_hand():
+    from ccad.evaluation import calibration_metrics, expected_calibration_error
+
+    truth = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0], bool)
+    p = np.array([0.95, 0.85, 0.85, 0.15, 0.15, 0.15, 0.05, 0.05, 0.05, 0.05])
+    # bins: [0.9,1]: {0.95} rate 1 -> |1-0.95|=0.05 x 0.1; [0.8,0.9): {0.85,0.85} rate .5 -> 0.35 x 0.2;
+    # [0.1,0.2): {0.15 x3} rate 1/3 -> |1/3-0.15| x 0.3; [0,0.1): {0.05 x4} rate 0 -> 0.05 x 0.4
+    expected = 0.1 * 0.05 + 0.2 * 0.35 + 0.3 * (1 / 3 - 0.15) + 0.4 * 0.05
+    assert expected_calibration_error(truth, p) == pytest.approx(expected)
+    m = calibration_metrics(truth, p)
+    assert m["brier"] == pytest.approx(np.mean((p - truth) ** 2))
+    # 7 negatives: 90% specificity allows 0 false positives (1/7 > 0.1) -> only 0.95 is called: 1/3 sensitivity
+    assert m["sensitivity_at_90_specificity"] == pytest.approx(1 / 3)
+    assert m["sensitivity_at_95_specificity"] == pytest.approx(1 / 3)
+
+
+def test_calibration_metrics_come_with_intervals():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.8 * (y == 0) + rng.normal(0.1, 0.15, 200), 0, 1)
+    m = compute_metrics(y, np.stack([p, 1 - p], 1), CLASSES, "covid", n_resamples=200)
+    for name in ("ece", "brier", "sensitivity_at_90_specificity", "sensitivity_at_95_specificity"):
+        lo, hi = m[name]["ci95"]
+        assert lo <= m[name]["value"] <= hi

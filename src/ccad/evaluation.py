@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 BINARY_METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
+CALIBRATION_METRICS = ("ece", "brier", "sensitivity_at_90_specificity", "sensitivity_at_95_specificity")
+ECE_BINS = 10
 N_BOOTSTRAP = 1000
 CAVEAT = (
     "ccad is a screening aid for research, not a diagnosis. These numbers come only from the data named "
@@ -49,6 +51,39 @@ def binary_metrics(y_true: np.ndarray, y_pred: np.ndarray, score: np.ndarray) ->
         "f1": f1,
         "auc": _auc(y_true, score),
     }
+
+
+def expected_calibration_error(y_true: np.ndarray, probability: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE of a binary probability: sum over equal-width bins of |observed rate - mean probability| x bin share.
+
+    scikit-learn has the reliability curve (``calibration_curve``) but no ECE, so this is the
+    standard 10-bin version written out.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = index == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(y_true[in_bin].mean() - probability[in_bin].mean())
+    return float(total)
+
+
+def calibration_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[str, float | None]:
+    """ECE, Brier score, and sensitivity at 90% / 95% specificity (None where a class is missing)."""
+    from sklearn.metrics import roc_curve
+
+    out: dict[str, float | None] = {
+        "ece": expected_calibration_error(y_true, probability),
+        "brier": float(np.mean((probability - y_true) ** 2)),
+        "sensitivity_at_90_specificity": None, "sensitivity_at_95_specificity": None,
+    }
+    if y_true.all() or not y_true.any():
+        return out
+    fpr, tpr, _ = roc_curve(y_true, probability)
+    for spec, key in ((0.90, "sensitivity_at_90_specificity"), (0.95, "sensitivity_at_95_specificity")):
+        out[key] = float(tpr[fpr <= 1 - spec + 1e-12].max())
+    return out
 
 
 def _auc(y_true: np.ndarray, score: np.ndarray) -> float | None:
@@ -116,7 +151,8 @@ def compute_metrics(
     y_pred = probabilities.argmax(axis=1)
 
     def statistic(idx: np.ndarray) -> dict[str, float | None]:
-        return binary_metrics(y_true[idx] == pos, y_pred[idx] == pos, probabilities[idx, pos]) | (
+        truth, score = y_true[idx] == pos, probabilities[idx, pos]
+        return binary_metrics(truth, y_pred[idx] == pos, score) | calibration_metrics(truth, score) | (
             {"accuracy": float(np.mean(y_true[idx] == y_pred[idx]))} if k > 2 else {}
         )
 
@@ -128,8 +164,9 @@ def compute_metrics(
         "positive_class": positive_class,
         "counts": {c: int(np.sum(y_true == i)) for i, c in enumerate(classes)},
     }
-    for name in BINARY_METRICS:
+    for name in BINARY_METRICS + CALIBRATION_METRICS:
         metrics[name] = {"value": point[name], "ci95": intervals.get(name) if point[name] is not None else None}
+    metrics["calibration_bins"] = ECE_BINS
     metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist()
     metrics["notes"] = _undefined_notes(point, positive_class)
     if k > 2:

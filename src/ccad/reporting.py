@@ -78,6 +78,21 @@ def plot_roc(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[st
     return _save(fig, path)
 
 
+def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], positive_class: str,
+                     ece: dict[str, Any], path: Path) -> Path:
+    """Reliability diagram of the positive-class probability (scikit-learn's CalibrationDisplay)."""
+    from sklearn.calibration import CalibrationDisplay
+
+    plt = _pyplot()
+    pos = list(classes).index(positive_class)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    CalibrationDisplay.from_predictions(y_true == pos, probabilities[:, pos], n_bins=10, ax=ax,
+                                        name=f"ECE = {ece['value']:.3f}")
+    ax.set(title=f"Reliability: P({positive_class})", xlabel="mean predicted probability",
+           ylabel="observed fraction positive")
+    return _save(fig, path)
+
+
 def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray,
                          classes: Sequence[str], path: Path, n: int = GRID_IMAGES, seed: int = 0) -> Path:
     """A grid of images titled true/predicted, green when right, red when wrong (the paper's figure)."""
@@ -108,6 +123,8 @@ def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, pro
     roc = plot_roc(y_true, probabilities, classes, metrics["positive_class"], metrics["auc"], folder / "roc_curve.png")
     if roc:
         figures["ROC curve"] = roc
+    figures["Reliability diagram"] = plot_reliability(y_true, probabilities, classes, metrics["positive_class"],
+                                                      metrics["ece"], folder / "reliability.png")
     figures["Predictions"] = plot_prediction_grid(images, y_true, probabilities, classes, folder / "predictions.png")
     return figures
 
@@ -128,12 +145,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], dataset, meta: dict[str, Any],
                  split: str) -> Path:
     """A single HTML file with the data, configuration, metrics (95% CIs), figures and caveat."""
-    from .evaluation import BINARY_METRICS, CAVEAT
+    from .evaluation import BINARY_METRICS, CALIBRATION_METRICS, CAVEAT
 
     counts = dataset.counts()
     data_rows = [[s] + [counts[s].get(c, 0) for c in dataset.classes] for s in ("train", "val", "test", "all")
                  if s in counts]
-    metric_rows = [[name, *_format_metric(metrics[name])] for name in BINARY_METRICS]
+    metric_rows = [[name.replace("_", " "), *_format_metric(metrics[name])]
+                   for name in BINARY_METRICS + CALIBRATION_METRICS if name in metrics]
     if "macro_f1" in metrics:
         metric_rows.append(["macro F1", f"{metrics['macro_f1']:.3f}", ""])
     images = "".join(
