@@ -12,7 +12,7 @@ import pytest
 from ccad.cli import main
 
 def test_bundle_files_and_model_card(run_and_bundle):
-    from ccad.export import sha256
+    from ccad._files import sha256
 
     run, bundle = run_and_bundle
     card = json.loads((bundle / "ccad-model.json").read_text())

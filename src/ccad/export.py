@@ -20,7 +20,6 @@ place at the end: a crash leaves no half-written bundle.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -31,10 +30,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._files import write_json
-from .errors import ConfigError, DataError, ModelError
-
-BUNDLE_CARD = "ccad-model.json"
+from ._files import sha256, write_json
+from .errors import ConfigError, DataError
+from .predictor import BUNDLE_CARD
 MIN_CALIBRATION_IMAGES = 100
 CALIBRATION_IMAGES = 200
 PREPROCESSING = {
@@ -177,14 +175,6 @@ def convert_tflite(dual, path: Path, calibration: np.ndarray | None) -> None:
         path.write_bytes(converter.convert())
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_card(classifier, files: dict[str, str], folder: Path, calibration: np.ndarray | None) -> dict[str, Any]:
     from .training import library_versions
 
@@ -195,14 +185,7 @@ def model_card(classifier, files: dict[str, str], folder: Path, calibration: np.
     if metrics:
         metrics.update(n=run_metrics.get("n"), split=run_metrics.get("split"), data=run_metrics.get("data"),
                        confusion_matrix=run_metrics.get("confusion_matrix"))
-    versions = library_versions()
-    for name in ("onnx", "onnxruntime", "tf2onnx", "ai-edge-litert"):
-        try:
-            import importlib.metadata as md
-
-            versions[name] = md.version(name)
-        except Exception:
-            pass
+    versions = library_versions(extra=("onnx", "onnxruntime", "tf2onnx", "ai-edge-litert"))
     all_files = sorted(p.name for p in folder.iterdir() if p.is_file())
     return {
         "format": "ccad-bundle/1",

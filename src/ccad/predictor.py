@@ -23,6 +23,7 @@ import numpy as np
 from .errors import ImageReadError, ModelError
 from .images import load_model_input
 
+#: The model card's file name: its presence makes a folder a bundle.
 BUNDLE_CARD = "ccad-model.json"
 #: Images per ONNX Runtime call. On 2 cores batch 1-4 is as fast per image as 16-32, and ONNX
 #: Runtime's activation arena grows with the batch (peak RSS at batch 4: ~130 MB; at 16: ~270 MB).
@@ -136,17 +137,11 @@ class Predictor:
 
 def _check_sha256(path: Path, expected: str | None) -> None:
     """Refuse a model file that is missing or differs from the one the model card describes."""
-    import hashlib
+    from ._files import sha256
 
     if not path.is_file():
         raise ModelError(f"{path}: missing from the bundle")
-    if expected is None:
-        return
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected:
+    if expected is not None and sha256(path) != expected:
         raise ModelError(f"{path}: sha256 differs from the model card; the file changed after export")
 
 

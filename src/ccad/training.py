@@ -299,11 +299,12 @@ def _history_rows(history: dict[str, list[float]], phase: str) -> list[dict[str,
     return [dict({k: float(history[k][i]) for k in keys if k in history}, phase=phase) for i in range(n)]
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    """Python, ccad and the installed versions of the libraries a model depends on (plus ``extra``)."""
     import importlib.metadata as md
 
     versions = {"python": platform.python_version(), "ccad": __version__}
-    for name in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "scikit-learn", "pillow", "pydicom"):
+    for name in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "scikit-learn", "pillow", "pydicom", *extra):
         try:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
