@@ -104,8 +104,9 @@ def discover(
         else:
             samples, layout = _scan_class_folders(data, split=None), "class-folders"
     found = sorted({s.label for s in samples})
+    described = f"{data} (where {' and '.join(where)})" if where else str(data)
     if model_classes is not None:
-        return _for_model(data, samples, found, classes, list(model_classes), positive_class, layout)
+        return _for_model(described, samples, found, classes, list(model_classes), positive_class, layout)
     if classes:
         classes = list(classes)
         unknown = [c for c in classes if c not in found]
@@ -121,7 +122,7 @@ def discover(
             positive_class = None  # default not applicable: metrics use classes[1]
         else:
             raise DataError(f"--positive {positive_class!r} is not one of the classes ({', '.join(classes)})")
-    return Dataset(samples, classes, positive_class or classes[-1], layout, str(data))
+    return Dataset(samples, classes, positive_class or classes[-1], layout, described)
 
 
 def _for_model(data, samples, found, classes, model_classes, positive_class, layout) -> Dataset:

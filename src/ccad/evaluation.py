@@ -26,7 +26,7 @@ ECE_BINS = 10
 N_BOOTSTRAP = 1000
 CAVEAT = (
     "ccad is a screening aid for research, not a diagnosis. These numbers come only from the data named "
-    "above; images from other hospitals or scanners can score far worse."
+    "in this report; images from other hospitals or scanners can score far worse."
 )
 
 
