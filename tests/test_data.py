@@ -1,6 +1,5 @@
 import shutil
 
-import numpy as np
 import pytest
 
 from ccad.data import assign_splits, discover, load_images

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import DataError, ImageReadError
-from .images import IMAGE_SUFFIXES, load_grayscale_input
+from .images import load_grayscale_input
 
 SPLITS = ("train", "val", "test")
 IGNORED_FILES = {"thumbs.db", "desktop.ini", "manifest.csv", "readme.md", "readme.txt"}
@@ -146,13 +146,18 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
     return Dataset(samples, model_classes, positive_class, layout, str(data))
 
 
+def read_split_file(split_csv: str | os.PathLike) -> list[Sample]:
+    """The samples of a run's ``split.csv`` (as :func:`write_split` wrote them)."""
+    with open(split_csv, newline="", encoding="utf-8") as f:
+        return [Sample(Path(r["path"]), r["label"], r["group"], r["split"]) for r in csv.DictReader(f)]
+
+
 def apply_split_file(dataset: Dataset, split_csv: str | os.PathLike) -> Dataset | None:
     """The dataset with the splits recorded in a run's ``split.csv``, if it lists every sample; else None."""
     split_csv = Path(split_csv)
     if not split_csv.is_file():
         return None
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        recorded = {str(Path(r["path"]).resolve()): r["split"] for r in csv.DictReader(f)}
+    recorded = {str(s.path.resolve()): s.split for s in read_split_file(split_csv)}
     splits = [recorded.get(str(s.path.resolve())) for s in dataset.samples]
     if None in splits:
         return None

@@ -8,7 +8,7 @@ from pathlib import Path
 import sys
 
 from .errors import ModelError
-from .model import imagenet_weights_available, _try_download_imagenet
+from .model import imagenet_weights_available, download_imagenet_weights
 from .synthetic import generate
 from .training import TrainResult, make_config, train
 
@@ -27,7 +27,7 @@ def run_demo(out: str | os.PathLike, n_per_class: int = 60, epochs: int = 10, se
     weights = "imagenet"
     if not imagenet_weights_available(224):
         try:
-            _try_download_imagenet(224)
+            download_imagenet_weights(224)
         except ModelError as e:
             print(f"ccad demo: {e}\nccad demo: going on with --weights none: the pipeline runs end to end, "
                   "but a randomly initialised frozen backbone learns nothing (expect chance-level scores).",

@@ -268,12 +268,11 @@ def evaluate_classifier(
     ``split=None`` means ``test`` when the data has splits, else ``all``.
     """
     from .data import apply_split_file, assign_splits, discover
-    from .inference import load_classifier
+    from .inference import load_classifier, run_folder
 
     classifier = load_classifier(model)
     dataset = discover(data, classes, where, positive_class, model_classes=classifier.classes)
-    run_dir = Path(model) if Path(model).is_dir() else Path(model).parent
-    recorded = apply_split_file(dataset, run_dir / "split.csv")
+    recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
     has_splits = recorded is not None or any(s.split for s in dataset.samples)
     split = split or ("test" if has_splits else "all")
     if recorded is not None:

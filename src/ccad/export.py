@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from ._files import sha256, write_json
 from .errors import ConfigError, DataError
+from .images import to_model_input
 from .predictor import BUNDLE_CARD
 MIN_CALIBRATION_IMAGES = 100
 CALIBRATION_IMAGES = 200
@@ -107,20 +107,17 @@ def export_bundle(
 
 def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     """Up to ``limit`` training images (N, H, W, 3): from ``data``, else from the run's own training split."""
-    from .data import Sample, discover, load_images
+    from .data import discover, load_images, read_split_file
+    from .inference import run_folder
 
     if data is not None:
         samples = discover(data, positive_class=None, model_classes=classifier.classes).samples
         source = str(data)
     else:
-        split_csv = (Path(run) if Path(run).is_dir() else Path(run).parent) / "split.csv"
+        split_csv = run_folder(run) / "split.csv"
         if not split_csv.is_file():
             raise DataError(f"{run}: no split.csv to take calibration images from; pass --calibration-data")
-        import csv
-
-        with open(split_csv, newline="", encoding="utf-8") as f:
-            samples = [Sample(Path(r["path"]), r["label"], r["group"], r["split"]) for r in csv.DictReader(f)
-                       if r["split"] == "train"]
+        samples = [s for s in read_split_file(split_csv) if s.split == "train"]
         source = f"{split_csv} (train rows)"
     rng = np.random.default_rng(0)
     picked = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
@@ -128,7 +125,7 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     if len(kept) < min(MIN_CALIBRATION_IMAGES, limit):
         raise DataError(f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
                         f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)")
-    return np.repeat(images[..., None], 3, axis=-1)
+    return to_model_input(images)
 
 
 def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:

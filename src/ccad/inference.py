@@ -1,8 +1,9 @@
 """Applying a trained model to image files.
 
-:func:`load_classifier` accepts a run folder (``RUN/model.keras`` +
-``RUN/config.json``) or a model file (its classes come from a ``config.json``
-beside it, or from ``classes=``).
+:func:`load_classifier` accepts a model bundle (``ccad export``; runs on ONNX
+Runtime, no TensorFlow), a run folder (``RUN/model.keras`` + ``RUN/config.json``)
+or a Keras model file (its classes come from a ``config.json`` beside it, or
+from ``classes=``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Classifier:
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per file: ``file``, ``predicted_class``, ``probabilities`` (or ``error``)."""
         from .data import Sample, load_images
+        from .predictor import describe
 
         results: list[dict[str, Any]] = []
         for start in range(0, len(paths), batch_size):
@@ -48,12 +50,16 @@ class Classifier:
             for s in chunk:
                 key = str(s.path)
                 if key in by_path:
-                    p = by_path[key]
-                    results.append({"file": key, "predicted_class": self.classes[int(p.argmax())],
-                                    "probabilities": {c: float(v) for c, v in zip(self.classes, p)}})
+                    results.append({"file": key, **describe(by_path[key], self.classes)})
                 else:
                     results.append({"file": key, "error": errors[key]})
         return results
+
+
+def run_folder(run_or_model: str | os.PathLike) -> Path:
+    """The run folder of a run folder or of a model file inside one."""
+    path = Path(run_or_model)
+    return path if path.is_dir() else path.parent
 
 
 def load_classifier(model: str | os.PathLike, classes: Sequence[str] | None = None, variant: str = "float"):

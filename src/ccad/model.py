@@ -99,14 +99,14 @@ def _resolve_weights(weights: str, input_size: int) -> str | None:
         return None
     if weights == "imagenet":
         if not imagenet_weights_available(input_size):
-            _try_download_imagenet(input_size)
+            download_imagenet_weights(input_size)
         return "imagenet"
     if not Path(weights).is_file():
         raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
     return str(weights)
 
 
-def _try_download_imagenet(input_size: int) -> None:
+def download_imagenet_weights(input_size: int) -> None:
     import keras
 
     try:

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from .errors import ImageReadError, ModelError
-from .images import load_model_input
+from .images import load_model_input, to_model_input
 
 #: The model card's file name: its presence makes a folder a bundle.
 BUNDLE_CARD = "ccad-model.json"
@@ -80,7 +80,7 @@ class Predictor:
     def predict_images(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Probabilities for (N, H, W) grayscale or (N, H, W, 3) images in [0, 1] at the input size."""
         if images.ndim == 3:
-            images = np.repeat(images[..., None], 3, axis=-1)
+            images = to_model_input(images)
         out = [self.run(images[i:i + batch_size])[0] for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
@@ -125,14 +125,19 @@ class Predictor:
         if good:
             probabilities, features = self.run(np.stack([image for _, image in good]))
             for (path, image), p, f in zip(good, probabilities, features):
-                result = {"file": path, "predicted_class": self.classes[int(p.argmax())],
-                          "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
+                result = {"file": path, **describe(p, self.classes)}
                 if with_heatmaps:
                     result["heatmap"] = self.heatmap(f, int(p.argmax()))
                     result["image"] = image[..., 0]
                 scored[path] = result
         for path, image in loaded:
             yield scored.get(path) or {"file": path, "error": image}
+
+
+def describe(probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+    """``predicted_class`` and ``probabilities`` (by class name) for one image's softmax output."""
+    return {"predicted_class": classes[int(probabilities.argmax())],
+            "probabilities": {c: float(v) for c, v in zip(classes, probabilities)}}
 
 
 def _check_sha256(path: Path, expected: str | None) -> None:
@@ -161,6 +166,6 @@ def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.nda
     from matplotlib import colormaps
 
     colours = colormaps["jet"](heat)[..., :3]
-    base = np.repeat(gray[..., None], 3, axis=-1)
+    base = to_model_input(gray)
     alpha = opacity * heat[..., None]
     return (np.clip(base * (1 - alpha) + colours * alpha, 0, 1) * 255).round().astype(np.uint8)

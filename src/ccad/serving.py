@@ -39,6 +39,7 @@ from starlette.formparsers import MultiPartParser
 
 from .errors import ImageReadError
 from .images import ImageTooLargeError, read_grayscale_bytes, resize, to_model_input
+from .predictor import describe
 
 STATIC = Path(__file__).parent / "web"
 API_PREFIX = "/api/v1"
@@ -212,8 +213,7 @@ def _score(predictor, uploads: list[tuple[str, bytes]], with_heatmap: bool, sett
     results = []
     for (name, _), gray, p, fmap in zip(uploads, grays, probabilities, features):
         k = int(p.argmax())
-        result = {"name": name, "predicted_class": predictor.classes[k],
-                  "probabilities": {c: float(v) for c, v in zip(predictor.classes, p)}}
+        result = {"name": name, **describe(p, predictor.classes)}
         if with_heatmap:
             result["image"] = _png_base64((gray * 255).round().astype(np.uint8))
             result["heatmap"] = _png_base64(heatmap_rgba(predictor.heatmap(fmap, k)))

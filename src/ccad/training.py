@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -355,6 +355,3 @@ def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, histo
         versions=library_versions(),
     ))
 
-
-def replace_config(config: TrainConfig, **changes: Any) -> TrainConfig:
-    return replace(config, **changes).validate()
