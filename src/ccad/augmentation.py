@@ -22,6 +22,11 @@ Presets:
     What a radiologist would accept: no flips (the heart's side is anatomy),
     rotation +-5 degrees, zoom +-10%, shifts +-5%, brightness x[0.9, 1.1],
     contrast +-10%.
+``robust``
+    ``cxr`` plus transforms that destroy acquisition cues (how a hospital's scanner,
+    processing and export make its images look, which a model can learn instead of
+    the lungs): gamma x^g with g in [0.6, 1.6], down- and up-sampling to 35-100% of
+    the side, Gaussian noise (sd up to 0.02), JPEG re-compression at quality 30-95.
 ``none``
     Nothing.
 """
@@ -46,6 +51,10 @@ class AugmentationSpec:
     height_shift: float = 0.0  # fraction of height
     brightness: tuple[float, float] | None = None  # multiplicative range
     contrast: float = 0.0
+    gamma: tuple[float, float] | None = None  # x ** g, g log-uniform in the range
+    resample_scale: tuple[float, float] | None = None  # down- then up-sampling, fraction of the side
+    noise_std: float = 0.0  # Gaussian noise, sd drawn in [0, noise_std] per image
+    jpeg_quality: tuple[int, int] | None = None  # JPEG re-compression quality range
     fill_mode: str = "nearest"
     featurewise_center: bool = False
     samplewise_center: bool = False
@@ -73,6 +82,10 @@ PRESETS: dict[str, AugmentationSpec] = {
     ),
     "none": AugmentationSpec(),
 }
+PRESETS["robust"] = AugmentationSpec(
+    **{**PRESETS["cxr"].__dict__, "gamma": (0.6, 1.6), "resample_scale": (0.35, 1.0), "noise_std": 0.02,
+       "jpeg_quality": (30, 95)}
+)
 
 
 def get_spec(name: str) -> AugmentationSpec:
@@ -95,6 +108,7 @@ class Augmenter:
         import keras
 
         self.name = name
+        self.image_size = image_size
         self.spec = spec = get_spec(name)
         L = keras.layers
         layers = []
@@ -114,7 +128,9 @@ class Augmenter:
 
     @property
     def is_identity(self) -> bool:
-        return not self.layers and not self.spec.brightness
+        spec = self.spec
+        return not self.layers and not (spec.brightness or spec.gamma or spec.resample_scale or spec.noise_std
+                                        or spec.jpeg_quality)
 
     def __call__(self, images):
         import tensorflow as tf
@@ -123,10 +139,23 @@ class Augmenter:
         for layer in self.layers:
             x = layer(x, training=True)
         spec = self.spec
+        per_image = [tf.shape(x)[0], 1, 1, 1]
         if spec.brightness:
             lo, hi = spec.brightness
-            factor = tf.random.uniform([tf.shape(x)[0], 1, 1, 1], lo, hi, seed=None)
-            x = x * factor
+            x = x * tf.random.uniform(per_image, lo, hi)
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        if spec.gamma:
+            lo, hi = np.log(spec.gamma[0]), np.log(spec.gamma[1])
+            x = tf.pow(x + 1e-6, tf.exp(tf.random.uniform(per_image, lo, hi)))
+        if spec.resample_scale:  # one scale per batch: bilinear down, bilinear up
+            side = tf.cast(tf.round(self.image_size * tf.random.uniform([], *spec.resample_scale)), tf.int32)
+            x = tf.image.resize(tf.image.resize(x, [side, side], antialias=True), [self.image_size, self.image_size])
+        if spec.noise_std:
+            x = x + tf.random.normal(tf.shape(x)) * tf.random.uniform(per_image, 0.0, spec.noise_std)
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        if spec.jpeg_quality:
+            lo, hi = spec.jpeg_quality
+            x = tf.map_fn(lambda im: tf.image.random_jpeg_quality(im, lo, hi), x)
         return tf.clip_by_value(x, 0.0, 1.0)
 
 

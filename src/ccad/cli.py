@@ -28,11 +28,37 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _train_parser(sub) -> None:
-    from .training import OPTIMIZERS, PRESETS
-
     p = sub.add_parser("train", help="train a classifier and evaluate it on the test split")
     _add_data_args(p)
     p.add_argument("--out", required=True, help="run folder to write")
+    _add_training_args(p)
+
+
+def _cv_parser(sub) -> None:
+    p = sub.add_parser("cv", help="patient-grouped k-fold cross-validation with ccad train's settings")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="folder for metrics.json, report.html and the fold runs")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--keep-models", action="store_true", help="keep each fold's model.keras")
+    _add_training_args(p)
+
+
+def _audit_parser(sub) -> None:
+    p = sub.add_parser("audit", help="shortcut audit: lung test, heatmap mass in the lungs, source probe")
+    _add_data_args(p)
+    p.add_argument("--model", required=True, help="model bundle, run folder or model file")
+    p.add_argument("--out", required=True, help="folder for audit.json, report.html and figures")
+    p.add_argument("--split", choices=["test", "val", "all"], help="default: the run's test split, else all")
+    p.add_argument("--max-images", type=int, help="audit a random sample of this many images")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    from .augmentation import PRESETS as AUGMENTATIONS
+    from .decision import CALIBRATIONS
+    from .images import PREPROCESSING
+    from .training import OPTIMIZERS, PRESETS
+
     p.add_argument("--preset", choices=list(PRESETS), default="default",
                    help="paper-a / paper-b / paper-b-10ep reproduce the paper's cases; default: our recipe")
     p.add_argument("--epochs", type=int)
@@ -41,7 +67,11 @@ def _train_parser(sub) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
     p.add_argument("--input-size", type=int)
-    p.add_argument("--augmentation", choices=["cxr", "paper", "none"])
+    p.add_argument("--augmentation", choices=list(AUGMENTATIONS))
+    p.add_argument("--preprocess", choices=PREPROCESSING, help="input normalization (see README)")
+    p.add_argument("--threshold", help="decision rule fitted on validation: youden (default), specificity-90, "
+                                       "specificity-95, argmax, or a number")
+    p.add_argument("--calibration", choices=CALIBRATIONS, help="temperature: fit temperature scaling on validation")
     p.add_argument("--feature-views", type=int,
                    help="augmented views per image whose backbone features are cached (0: stream every epoch)")
     p.add_argument("--weights", help="imagenet, none, or a MobileNetV2 no-top .h5 weights file")
@@ -58,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ccad {__import__('ccad').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _cv_parser(sub)
+    _audit_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a trained model on labelled data")
     p.add_argument("--model", required=True, help="run folder or model file")
@@ -109,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("augment-preview", help="save a grid of augmented training samples")
     _add_data_args(p)
-    p.add_argument("--augmentation", choices=["cxr", "paper", "none"], default="cxr")
+    p.add_argument("--augmentation", choices=["cxr", "robust", "paper", "none"], default="cxr")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--variants", type=int, default=5)
@@ -118,16 +150,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_train(args) -> None:
-    from .training import make_config, train
+def _config(args):
+    from .training import make_config
 
-    config = make_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
-                         lr=args.lr, dropout=args.dropout, input_size=args.input_size, augmentation=args.augmentation,
-                         feature_views=args.feature_views, weights=args.weights, seed=args.seed,
-                         class_weight=args.class_weight, fine_tune_epochs=args.fine_tune_epochs,
-                         fine_tune_from=args.fine_tune_from, fine_tune_lr=args.fine_tune_lr)
-    result = train(args.data, args.out, config, args.classes, args.where, args.positive, args.skip_bad, args.save_h5)
+    return make_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
+                       lr=args.lr, dropout=args.dropout, input_size=args.input_size, augmentation=args.augmentation,
+                       feature_views=args.feature_views, weights=args.weights, seed=args.seed,
+                       class_weight=args.class_weight, fine_tune_epochs=args.fine_tune_epochs,
+                       fine_tune_from=args.fine_tune_from, fine_tune_lr=args.fine_tune_lr, preprocess=args.preprocess,
+                       threshold=args.threshold, calibration=args.calibration)
+
+
+def cmd_train(args) -> None:
+    from .training import train
+
+    result = train(args.data, args.out, _config(args), args.classes, args.where, args.positive, args.skip_bad,
+                   args.save_h5)
     _print_summary(result.metrics, Path(args.out))
+
+
+def cmd_cv(args) -> None:
+    from .crossval import cross_validate
+
+    summary = cross_validate(args.data, args.out, _config(args), args.folds, args.classes, args.where, args.positive,
+                             args.skip_bad, seed=args.seed or 0, keep_models=args.keep_models)
+    _print_summary(summary["pooled"], Path(args.out))
+
+
+def cmd_audit(args) -> None:
+    from .audit import audit
+
+    result = audit(args.model, args.data, args.out, args.split, args.classes, args.where, args.positive,
+                   args.max_images, args.seed)
+    for line in result["verdict"]:
+        print(line)
+    print(f"report: {Path(args.out) / 'report.html'}")
 
 
 def cmd_evaluate(args) -> None:
@@ -228,7 +285,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import DataError, ImageReadError
-from .images import load_grayscale_input
+from .images import load_grayscale_input, prepare, read_grayscale
 
 SPLITS = ("train", "val", "test")
 IGNORED_FILES = {"thumbs.db", "desktop.ini", "manifest.csv", "readme.md", "readme.txt"}
@@ -264,6 +264,30 @@ def assign_splits(dataset: Dataset, seed: int = 0) -> Dataset:
     return replace(dataset, samples=new_samples)
 
 
+def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0) -> list[Dataset]:
+    """``folds`` copies of ``dataset``: in copy i, fold i is ``test``, a grouped, stratified 16% of the
+    rest is ``val`` and the remainder ``train``. Folds are stratified by class, and no patient group is
+    in two folds (scikit-learn's ``StratifiedGroupKFold``)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    samples = dataset.samples
+    groups = [s.group for s in samples]
+    if folds < 2:
+        raise DataError(f"--folds must be at least 2, got {folds}")
+    if len(set(groups)) < folds:
+        raise DataError(f"{dataset.source}: {len(set(groups))} patient groups cannot fill {folds} folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = []
+    for i, (rest, test) in enumerate(splitter.split(np.zeros(len(samples)), [s.label for s in samples], groups)):
+        val = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - 1 / folds), seed + 1 + i)
+        test_set = set(test.tolist())
+        splits = ["test" if j in test_set else "val" if j in val else "train" for j in range(len(samples))]
+        fold = replace(dataset, samples=[replace(s, split=sp) for s, sp in zip(samples, splits)], bad_files=[])
+        _check_groups_disjoint(fold.samples, dataset.source)
+        out.append(fold)
+    return out
+
+
 def _grouped_holdout(samples: Sequence[Sample], indices: Iterable[int], fraction: float, seed: int) -> set[int]:
     """Indices of a stratified, group-disjoint holdout of about ``fraction`` of ``indices``."""
     from sklearn.model_selection import StratifiedGroupKFold
@@ -304,9 +328,13 @@ def write_split(dataset: Dataset, path: str | os.PathLike) -> None:
 
 
 def load_images(
-    samples: Sequence[Sample], size: int, skip_bad: bool = False, workers: int | None = None
+    samples: Sequence[Sample], size: int, skip_bad: bool = False, workers: int | None = None,
+    preprocess: str = "none", transform=None,
 ) -> tuple[np.ndarray, list[Sample], list[tuple[str, str]]]:
-    """Decode and resize ``samples`` on several threads.
+    """Decode, ``preprocess`` (:func:`ccad.images.prepare`) and resize ``samples`` on several threads.
+
+    ``transform``, if given, maps each full-resolution grayscale image before
+    preprocessing (the shortcut audit blanks regions with it).
 
     Returns (images (N, size, size) float32 in [0, 1], the samples kept, the
     files skipped with their error). Without ``skip_bad`` the first unreadable
@@ -314,7 +342,9 @@ def load_images(
     """
     def load(sample: Sample):
         try:
-            return load_grayscale_input(sample.path, size), None
+            if transform is None:
+                return load_grayscale_input(sample.path, size, preprocess), None
+            return prepare(transform(read_grayscale(sample.path)), size, preprocess), None
         except ImageReadError as e:
             if not skip_bad:
                 raise

@@ -132,6 +132,7 @@ def compute_metrics(
     groups: Sequence[str] | None = None,
     n_resamples: int = N_BOOTSTRAP,
     seed: int = 0,
+    y_pred: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All metrics of one evaluation, as written to ``metrics.json``.
 
@@ -141,6 +142,8 @@ def compute_metrics(
         classes: class names.
         positive_class: the class binary metrics refer to.
         groups: patient group of each image (for the grouped bootstrap).
+        y_pred: predicted class indices (default: the argmax of ``probabilities``;
+            a :class:`ccad.decision.DecisionRule` gives thresholded ones).
     """
     from sklearn.metrics import confusion_matrix, f1_score
 
@@ -148,7 +151,7 @@ def compute_metrics(
     probabilities = np.asarray(probabilities, dtype=np.float64)
     k = len(classes)
     pos = list(classes).index(positive_class)
-    y_pred = probabilities.argmax(axis=1)
+    y_pred = probabilities.argmax(axis=1) if y_pred is None else np.asarray(y_pred)
 
     def statistic(idx: np.ndarray) -> dict[str, float | None]:
         truth, score = y_true[idx] == pos, probabilities[idx, pos]
@@ -223,28 +226,33 @@ def evaluate(
     """
     from ._files import write_json
     from .data import label_indices, load_images
+    from .decision import DecisionRule
     from .errors import DataError
     from .reporting import write_figures, write_report
 
     out = Path(out)
+    meta = meta if meta is not None else getattr(model, "meta", {})
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if not samples:
         raise DataError(f"{dataset.source}: no images in the {split} split")
     predict, size = _scorer(model)
-    images, kept, bad = load_images(samples, size, skip_bad)
+    images, kept, bad = load_images(samples, size, skip_bad, preprocess=meta.get("preprocess", "none"))
     if not kept:
         raise DataError(f"{dataset.source}: none of the {split} images could be read")
     y_true = label_indices(kept, dataset.classes)
-    probabilities = predict(images)
+    decision = DecisionRule.from_meta(meta, dataset.classes, dataset.positive_class)
+    probabilities = decision.calibrate(predict(images))
     known_groups = dataset.layout == "manifest"
     metrics = compute_metrics(y_true, probabilities, dataset.classes, dataset.positive_class,
-                              [s.group for s in kept] if known_groups else None)
+                              [s.group for s in kept] if known_groups else None, y_pred=decision.predict(probabilities))
+    metrics["decision"] = dict(decision.to_dict(), text=decision.describe())
     metrics["split"] = split
     metrics["data"] = dataset.source
     metrics["skipped_files"] = [{"path": p, "error": e} for p, e in bad]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
-    figures = write_figures(out / "figures", metrics, y_true, probabilities, images, kept, dataset.classes, history)
+    figures = write_figures(out / "figures", metrics, y_true, probabilities, images, kept, dataset.classes, history,
+                            predicted=decision.predict(probabilities))
     write_report(out / "report.html", metrics, figures, dataset, meta or {}, split)
     return metrics
 

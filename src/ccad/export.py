@@ -38,6 +38,7 @@ CALIBRATION_IMAGES = 200
 PREPROCESSING = {
     "read": "grayscale; 8-bit images / 255; deeper images (16-bit, DICOM after modality and VOI LUT) "
             "min-max to [0, 1]; DICOM MONOCHROME1 inverted; alpha dropped",
+    "preprocess": "the `preprocess` field: none, clahe, thorax, thorax-clahe or lungs-clahe (ccad.images.prepare)",
     "resize": "Pillow bilinear (antialiased) to input_size x input_size, aspect ratio not kept",
     "channels": "gray repeated to 3 channels, NHWC float32 in [0, 1]",
     "in_model": "centering (paper presets) and the [0,1] -> [-1,1] MobileNetV2 scaling are inside the model",
@@ -121,7 +122,7 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
         source = f"{split_csv} (train rows)"
     rng = np.random.default_rng(0)
     picked = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
-    images, kept, _ = load_images(picked, classifier.input_size, skip_bad=True)
+    images, kept, _ = load_images(picked, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
     if len(kept) < min(MIN_CALIBRATION_IMAGES, limit):
         raise DataError(f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
                         f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)")
@@ -194,6 +195,8 @@ def model_card(classifier, files: dict[str, str], folder: Path, calibration: np.
                   "dtype": "float32", "range": [0.0, 1.0]},
         "outputs": {"probabilities": 0, "feature_map": 1},
         "preprocessing": PREPROCESSING,
+        "preprocess": classifier.preprocess,
+        "decision": classifier.decision.to_dict(),
         "backbone": meta.get("backbone", "MobileNetV2 (alpha 1.0)"),
         "weights": meta.get("weights"),
         "training_data": meta.get("data"),

@@ -142,9 +142,70 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).clip(0.0, 1.0)
 
 
-def load_grayscale_input(path: str | os.PathLike, size: int) -> np.ndarray:
+#: Input normalizations (``--preprocess``), applied to the full-resolution image before resizing:
+#:
+#: ``none``          resize only (the paper's way);
+#: ``clahe``         contrast-limited adaptive histogram equalization (scikit-image, clip limit 0.01);
+#: ``thorax``        crop to the estimated lung fields plus an 8% margin (:mod:`ccad.lungs`), dropping
+#:                   borders, collimation, most burned-in text and markers;
+#: ``thorax-clahe``  both, equalizing after cropping;
+#: ``lungs-clahe``   ``thorax-clahe`` with everything outside the estimated lung fields set to black.
+PREPROCESSING = ("none", "clahe", "thorax", "thorax-clahe", "lungs-clahe")
+#: Side at which CLAHE and cropping work (larger images are first reduced to this, for speed).
+WORK_SIDE = 512
+
+
+def prepare(gray: np.ndarray, size: int, preprocess: str = "none") -> np.ndarray:
+    """(size, size) float32 model input in [0, 1] from a (H, W) grayscale image, after ``preprocess``."""
+    return prepare_with_region(gray, size, preprocess)[0]
+
+
+def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", region: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`prepare`, plus a boolean ``region`` of ``gray``'s shape carried through the same crop and
+    resize (so it lines up with the model input); ``None`` when no region is given."""
+    def carry(mask, shape, box=None):
+        if mask is None:
+            return None
+        mask = _resize_hw(mask.astype(np.float32), *shape) if mask.shape != shape else mask.astype(np.float32)
+        if box is not None:
+            mask = mask[box[0]:box[1], box[2]:box[3]]
+        return resize(mask, size) >= 0.5
+
+    if preprocess == "none":
+        return resize(gray, size), carry(region, gray.shape)
+    if preprocess not in PREPROCESSING:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown preprocessing {preprocess!r} (choose from {', '.join(PREPROCESSING)})")
+    from .lungs import estimate_lung_fields, skimage
+
+    if max(gray.shape) > WORK_SIDE:
+        scale = WORK_SIDE / max(gray.shape)
+        gray = _resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+    box = None
+    shape = gray.shape
+    if preprocess.startswith(("thorax", "lungs")):
+        fields = estimate_lung_fields(gray)
+        box = fields.box(*gray.shape)
+        if preprocess.startswith("lungs"):
+            gray = np.where(fields.at(*gray.shape), gray, 0.0).astype(np.float32)
+        gray = gray[box[0]:box[1], box[2]:box[3]]
+    if preprocess.endswith("clahe"):
+        gray = skimage.exposure.equalize_adapthist(gray, clip_limit=0.01).astype(np.float32)
+        if preprocess.startswith("lungs"):
+            gray = np.where(gray > 0, gray, 0.0).astype(np.float32)
+    return resize(gray, size), carry(region, shape, box)
+
+
+def _resize_hw(gray: np.ndarray, height: int, width: int) -> np.ndarray:
+    image = Image.fromarray(gray.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def load_grayscale_input(path: str | os.PathLike, size: int, preprocess: str = "none") -> np.ndarray:
     """(size, size) float32 in [0, 1]: the single-channel form stored for training."""
-    return resize(read_grayscale(path), size)
+    return prepare(read_grayscale(path), size, preprocess)
 
 
 def to_model_input(gray: np.ndarray) -> np.ndarray:
@@ -152,6 +213,6 @@ def to_model_input(gray: np.ndarray) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def load_model_input(path: str | os.PathLike, size: int) -> np.ndarray:
+def load_model_input(path: str | os.PathLike, size: int, preprocess: str = "none") -> np.ndarray:
     """The model's input for one file: (size, size, 3) float32 in [0, 1]."""
-    return to_model_input(load_grayscale_input(path, size))
+    return to_model_input(load_grayscale_input(path, size, preprocess))

@@ -29,6 +29,16 @@ class Classifier:
     input_size: int
     meta: dict[str, Any]
 
+    @property
+    def preprocess(self) -> str:
+        return self.meta.get("preprocess", "none")
+
+    @property
+    def decision(self):
+        from .decision import DecisionRule
+
+        return DecisionRule.from_meta(self.meta, self.classes, self.positive_class)
+
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, k) for (N, H, W) grayscale images in [0, 1] at the model's input size."""
         from .evaluation import predict_probabilities
@@ -43,14 +53,14 @@ class Classifier:
         results: list[dict[str, Any]] = []
         for start in range(0, len(paths), batch_size):
             chunk = [Sample(Path(p), "", str(p)) for p in paths[start:start + batch_size]]
-            images, kept, bad = load_images(chunk, self.input_size, skip_bad=True)
+            images, kept, bad = load_images(chunk, self.input_size, skip_bad=True, preprocess=self.preprocess)
             probabilities = self.predict_images(images) if len(kept) else np.zeros((0, len(self.classes)))
             by_path = {str(s.path): p for s, p in zip(kept, probabilities)}
             errors = dict(bad)
             for s in chunk:
                 key = str(s.path)
                 if key in by_path:
-                    results.append({"file": key, **describe(by_path[key], self.classes)})
+                    results.append({"file": key, **describe(by_path[key], self.classes, self.decision)})
                 else:
                     results.append({"file": key, "error": errors[key]})
         return results

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .decision import DecisionRule
 from .errors import ImageReadError, ModelError
 from .images import load_model_input, to_model_input
 
@@ -68,6 +69,8 @@ class Predictor:
         self.classes: list[str] = self.card["classes"]
         self.positive_class: str = self.card["positive_class"]
         self.input_size: int = int(self.card["input_size"])
+        self.preprocess: str = self.card.get("preprocess", "none")
+        self.decision = DecisionRule.from_meta(self.card, self.classes, self.positive_class)
         self.variant = variant
         self.meta = self.card
 
@@ -114,7 +117,7 @@ class Predictor:
 
     def _load(self, path) -> np.ndarray | str:
         try:
-            return load_model_input(path, self.input_size)
+            return load_model_input(path, self.input_size, self.preprocess)
         except ImageReadError as e:
             return str(e)
 
@@ -125,19 +128,25 @@ class Predictor:
         if good:
             probabilities, features = self.run(np.stack([image for _, image in good]))
             for (path, image), p, f in zip(good, probabilities, features):
-                result = {"file": path, **describe(p, self.classes)}
+                result = {"file": path, **describe(p, self.classes, self.decision)}
                 if with_heatmaps:
-                    result["heatmap"] = self.heatmap(f, int(p.argmax()))
+                    result["heatmap"] = self.heatmap(f, self.classes.index(result["predicted_class"]))
                     result["image"] = image[..., 0]
                 scored[path] = result
         for path, image in loaded:
             yield scored.get(path) or {"file": path, "error": image}
 
 
-def describe(probabilities: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """``predicted_class`` and ``probabilities`` (by class name) for one image's softmax output."""
-    return {"predicted_class": classes[int(probabilities.argmax())],
-            "probabilities": {c: float(v) for c, v in zip(classes, probabilities)}}
+def describe(probabilities: np.ndarray, classes: Sequence[str], decision: DecisionRule | None = None
+             ) -> dict[str, Any]:
+    """``predicted_class`` and ``probabilities`` (by class name) for one image's softmax output,
+    after the model's decision rule (temperature, threshold) when given."""
+    if decision is None:
+        return {"predicted_class": classes[int(probabilities.argmax())],
+                "probabilities": {c: float(v) for c, v in zip(classes, probabilities)}}
+    calibrated = decision.calibrate(probabilities[None])
+    return {"predicted_class": classes[int(decision.predict(calibrated)[0])],
+            "probabilities": {c: float(v) for c, v in zip(classes, calibrated[0])}}
 
 
 def _check_sha256(path: Path, expected: str | None) -> None:

@@ -94,7 +94,8 @@ def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, classes: Seq
 
 
 def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray,
-                         classes: Sequence[str], path: Path, n: int = GRID_IMAGES, seed: int = 0) -> Path:
+                         classes: Sequence[str], path: Path, n: int = GRID_IMAGES, seed: int = 0,
+                         predicted: np.ndarray | None = None) -> Path:
     """A grid of images titled true/predicted, green when right, red when wrong (the paper's figure)."""
     plt = _pyplot()
     rng = np.random.default_rng(seed)
@@ -105,16 +106,17 @@ def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: 
     for ax in axes.ravel():
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picked):
-        predicted = int(probabilities[i].argmax())
+        label = int(probabilities[i].argmax()) if predicted is None else int(predicted[i])
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
-        ok = predicted == y_true[i]
-        ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[predicted]} ({probabilities[i, predicted]:.2f})",
+        ok = label == y_true[i]
+        ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[label]} ({probabilities[i, label]:.2f})",
                      color="green" if ok else "red", fontsize=8)
     return _save(fig, path)
 
 
 def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, probabilities: np.ndarray,
-                  images: np.ndarray, samples, classes: Sequence[str], history=None) -> dict[str, Path]:
+                  images: np.ndarray | None, samples, classes: Sequence[str], history=None,
+                  predicted: np.ndarray | None = None) -> dict[str, Path]:
     figures = {}
     if history:
         figures["Training curves"] = plot_training_curves(history, folder / "training_curves.png")
@@ -125,7 +127,9 @@ def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, pro
         figures["ROC curve"] = roc
     figures["Reliability diagram"] = plot_reliability(y_true, probabilities, classes, metrics["positive_class"],
                                                       metrics["ece"], folder / "reliability.png")
-    figures["Predictions"] = plot_prediction_grid(images, y_true, probabilities, classes, folder / "predictions.png")
+    if images is not None:
+        figures["Predictions"] = plot_prediction_grid(images, y_true, probabilities, classes,
+                                                      folder / "predictions.png", predicted=predicted)
     return figures
 
 
@@ -143,7 +147,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], dataset, meta: dict[str, Any],
-                 split: str) -> Path:
+                 split: str, title: str = "ccad evaluation report", extra_html: str = "") -> Path:
     """A single HTML file with the data, configuration, metrics (95% CIs), figures and caveat."""
     from .evaluation import BINARY_METRICS, CALIBRATION_METRICS, CAVEAT
 
@@ -163,14 +167,14 @@ def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], 
     config = json.dumps({k: v for k, v in meta.items() if k not in ("data",)}, indent=2, default=str)
     text = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>ccad evaluation report</title>
+<title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 1rem auto; padding: 0 1rem; color: #222; }}
 table {{ border-collapse: collapse; margin: .5rem 0; }} td, th {{ border: 1px solid #ccc; padding: .25rem .6rem; }}
 .caveat {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .6rem 1rem; }}
 figure {{ display: inline-block; margin: .5rem; }} img {{ max-width: 100%; }} pre {{ background: #f6f6f6; padding: .5rem; overflow: auto; }}
 </style></head><body>
-<h1>ccad evaluation report</h1>
+<h1>{html.escape(title)}</h1>
 <p class="caveat"><strong>Not a diagnosis.</strong> {html.escape(CAVEAT)}</p>
 <h2>Data</h2>
 <p>Scored on: <code>{html.escape(str(metrics.get('data', dataset.source)))}</code>, split <strong>{html.escape(split)}</strong>,
@@ -184,7 +188,9 @@ Backbone weights: <strong>{html.escape(str(meta.get('weights', 'unknown')))}</st
 {_table(['metric', 'value', '95% CI'], metric_rows)}
 <p>Confusion matrix (rows true, columns predicted; order {html.escape(', '.join(dataset.classes))}):
 {html.escape(str(metrics['confusion_matrix']))}</p>
+<p>Decision rule: {html.escape(metrics.get('decision', {}).get('text', 'argmax'))}.</p>
 <ul>{notes}</ul>
+{extra_html}
 <h2>Figures</h2>
 {images}
 <h2>Configuration</h2>

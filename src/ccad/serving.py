@@ -38,7 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from .errors import ImageReadError
-from .images import ImageTooLargeError, read_grayscale_bytes, resize, to_model_input
+from .images import ImageTooLargeError, prepare, read_grayscale_bytes, to_model_input
 from .predictor import describe
 
 STATIC = Path(__file__).parent / "web"
@@ -206,14 +206,15 @@ async def _read_upload(upload, settings: ServeSettings) -> bytes:
 def _score(predictor, uploads: list[tuple[str, bytes]], with_heatmap: bool, settings: ServeSettings) -> list[dict]:
     """Decode, preprocess and run one request's files (in a worker thread)."""
     size = predictor.input_size
-    grays = [resize(read_grayscale_bytes(data, name, settings.max_pixels), size) for name, data in uploads]
+    grays = [prepare(read_grayscale_bytes(data, name, settings.max_pixels), size, predictor.preprocess)
+             for name, data in uploads]
     if settings.keep_uploads:
         _keep(uploads, settings.keep_uploads)
     probabilities, features = predictor.run(to_model_input(np.stack(grays)))
     results = []
     for (name, _), gray, p, fmap in zip(uploads, grays, probabilities, features):
-        k = int(p.argmax())
-        result = {"name": name, **describe(p, predictor.classes)}
+        result = {"name": name, **describe(p, predictor.classes, predictor.decision)}
+        k = predictor.classes.index(result["predicted_class"])
         if with_heatmap:
             result["image"] = _png_base64((gray * 255).round().astype(np.uint8))
             result["heatmap"] = _png_base64(heatmap_rgba(predictor.heatmap(fmap, k)))

@@ -31,6 +31,8 @@ from . import __version__
 from ._files import atomic_path, write_json, write_text
 from .augmentation import Augmenter, get_spec
 from .data import Dataset, assign_splits, discover, label_indices, load_images, write_split
+from .decision import DecisionRule, fit_decision, validate_settings
+from .images import PREPROCESSING
 from .errors import ConfigError, DataError
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -58,6 +60,9 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     fine_tune_from: str | None = None
     fine_tune_lr: float = 1e-5
+    preprocess: str = "none"
+    threshold: str = "youden"
+    calibration: str = "none"
 
     def validate(self) -> "TrainConfig":
         checks = [
@@ -74,13 +79,17 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         get_spec(self.augmentation)
+        if self.preprocess not in PREPROCESSING:
+            raise ConfigError(f"--preprocess must be one of {', '.join(PREPROCESSING)}, got {self.preprocess!r}")
+        validate_settings(self.threshold, self.calibration)
         return self
 
 
 #: The paper's three experimental cases, as its Evaluation Results section trained
 #: them (Adam 1e-3, batch 30, 10 epochs, 224 px, Table 4 augmentation). Its Methods
 #: section names RMSprop 1e-4 and batch 32: ``--optimizer rmsprop --lr 1e-4 --batch-size 32``.
-_PAPER = dict(epochs=10, batch_size=30, optimizer="adam", lr=1e-3, input_size=224, augmentation="paper", feature_views=0)
+_PAPER = dict(epochs=10, batch_size=30, optimizer="adam", lr=1e-3, input_size=224, augmentation="paper", feature_views=0,
+              preprocess="none", threshold="argmax")
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper-a": dict(_PAPER, dropout=0.3),
@@ -110,11 +119,12 @@ class TrainResult:
     config: TrainConfig
     history: list[dict[str, float]]
     metrics: dict[str, Any] | None
+    decision: DecisionRule | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def train(
-    data: str | os.PathLike,
+    data: str | os.PathLike | Dataset,
     out: str | os.PathLike,
     config: TrainConfig | None = None,
     classes: Sequence[str] | None = None,
@@ -125,7 +135,8 @@ def train(
     evaluate_test: bool = True,
     verbose: int | None = None,
 ) -> TrainResult:
-    """Train on ``data`` and write the run folder ``out``.
+    """Train on ``data`` (a folder, a manifest, or a :class:`Dataset` whose samples already
+    have splits) and write the run folder ``out``.
 
     ``out`` receives ``split.csv``, ``history.csv``, ``config.json``,
     ``model.keras`` (atomically; ``model.h5`` too with ``save_h5``) and, unless
@@ -137,7 +148,10 @@ def train(
     config = (config or TrainConfig()).validate()
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
     run_dir = Path(out)
-    dataset = assign_splits(discover(data, classes, where, positive_class), seed=config.seed)
+    if isinstance(data, Dataset):
+        dataset = data if all(s.split for s in data.samples) else assign_splits(data, seed=config.seed)
+    else:
+        dataset = assign_splits(discover(data, classes, where, positive_class), seed=config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_split(dataset, run_dir / "split.csv")
 
@@ -145,7 +159,8 @@ def train(
     start = time.perf_counter()
     arrays = {}
     for split in ("train", "val"):
-        images, kept, bad = load_images(dataset.subset(split), config.input_size, skip_bad)
+        images, kept, bad = load_images(dataset.subset(split), config.input_size, skip_bad,
+                                        preprocess=config.preprocess)
         arrays[split] = (images, label_indices(kept, dataset.classes))
         dataset.bad_files.extend(bad)
     _check_trainable(arrays, dataset)
@@ -165,15 +180,25 @@ def train(
         history += _fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history))
     timings["train_s"] = time.perf_counter() - start
     timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
+    decision = _fit_decision(model, arrays["val"], dataset, config)
 
-    _save_run(run_dir, model, dataset, config, history, timings, save_h5)
+    _save_run(run_dir, model, dataset, config, history, timings, save_h5, decision)
     metrics = None
     if evaluate_test and dataset.subset("test"):
         from .evaluation import evaluate
 
-        metrics = evaluate(model, dataset, run_dir, split="test", meta=run_metadata(dataset, config),
+        metrics = evaluate(model, dataset, run_dir, split="test", meta=run_metadata(dataset, config, decision),
                            history=history, skip_bad=skip_bad)
-    return TrainResult(run_dir, model, dataset, config, history, metrics, timings)
+    return TrainResult(run_dir, model, dataset, config, history, metrics, decision, timings)
+
+
+def _fit_decision(model, val: tuple[np.ndarray, np.ndarray], dataset: Dataset, config: TrainConfig) -> DecisionRule:
+    """Temperature (optional) and threshold, fitted on the validation split only."""
+    from .evaluation import predict_probabilities
+
+    images, labels = val
+    return fit_decision(labels, predict_probabilities(model, images), dataset.classes, dataset.positive_class
+                        or dataset.classes[-1], config.threshold, config.calibration, fitted_on="the validation split")
 
 
 def _check_trainable(arrays: dict, dataset: Dataset) -> None:
@@ -312,7 +337,7 @@ def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return versions
 
 
-def run_metadata(dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
+def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule | None = None) -> dict[str, Any]:
     """What a loader needs to use the model, plus what it was trained on."""
     return {
         "ccad_version": __version__,
@@ -321,13 +346,17 @@ def run_metadata(dataset: Dataset, config: TrainConfig) -> dict[str, Any]:
         "input_size": config.input_size,
         "backbone": "MobileNetV2 (alpha 1.0)",
         "weights": config.weights,
-        "preprocessing": "grayscale, bilinear resize to input_size, [0,1] (8-bit /255; deeper: min-max), 3 channels",
+        "preprocessing": "grayscale, [0,1] (8-bit /255; deeper: min-max), then `preprocess`, bilinear resize "
+                         "to input_size, 3 channels",
+        "preprocess": config.preprocess,
+        "decision": decision.to_dict() if decision else None,
         "data": {"source": dataset.source, "layout": dataset.layout, "counts": dataset.counts(),
                  "sha256": dataset.fingerprint(), "bad_files_skipped": len(dataset.bad_files)},
     }
 
 
-def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, history, timings, save_h5: bool) -> None:
+def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, history, timings, save_h5: bool,
+              decision: DecisionRule | None = None) -> None:
     from .model import count_parameters
 
     with atomic_path(run_dir / "model.keras") as tmp:
@@ -347,7 +376,7 @@ def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, histo
     total, trainable = count_parameters(model)
     best = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf))
     write_json(run_dir / "config.json", dict(
-        run_metadata(dataset, config),
+        run_metadata(dataset, config, decision),
         config=asdict(config),
         parameters={"total": total, "trainable": trainable},
         best_epoch=best + 1,
