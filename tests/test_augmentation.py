@@ -47,4 +47,14 @@ def test_paper_preset_transforms_stay_in_range():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown augmentation"):
         get_spec("wild")
-    assert set(PRESETS) == {"paper", "cxr", "none"}
+    assert set(PRESETS) == {"paper", "cxr", "robust", "none"}
+
+
+def test_robust_preset_changes_acquisition_cues_but_keeps_the_range():
+    rng = np.random.default_rng(0)
+    images = rng.random((6, 64, 64, 1)).astype("float32") * 0.5 + 0.25
+    out = augment_numpy(Augmenter("robust", 64, seed=3), images)
+    assert out.shape == images.shape and out.min() >= 0.0 and out.max() <= 1.0
+    assert not np.allclose(out, images, atol=0.02)
+    # down/up-sampling, JPEG and blur remove high-frequency content: neighbouring pixels differ less
+    assert np.abs(np.diff(out, axis=2)).mean() < np.abs(np.diff(images, axis=2)).mean()

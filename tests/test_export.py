@@ -127,3 +127,24 @@ def test_a_changed_model_file_is_refused(run_and_bundle, tmp_path, capsys):
         f.write(b"\0")
     assert main(["predict", "--model", str(copy), "--int8", "x.png"]) == 2
     assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tmp_path, synth_folders):
+    import json
+    import shutil
+
+    from ccad.predictor import Predictor
+
+    run, bundle = run_and_bundle
+    stored = json.loads((run / "config.json").read_text())["decision"]
+    card = json.loads((bundle / "ccad-model.json").read_text())
+    assert card["decision"] == stored and card["preprocess"] == "none"
+    files = sorted((synth_folders / "normal").glob("*.png"))[:6] + sorted((synth_folders / "covid").glob("*.png"))[:6]
+    # The same bundle with its threshold moved to the extremes: everything becomes covid, then nothing does
+    for threshold, expected in ((1e-9, {"covid"}), (1.01, {"normal"})):
+        copy = tmp_path / f"bundle-{threshold}"
+        shutil.copytree(bundle, copy)
+        card["decision"] = dict(stored, threshold=threshold)
+        (copy / "ccad-model.json").write_text(json.dumps(card))
+        predicted = {r["predicted_class"] for r in Predictor(copy).predict_files(files)}
+        assert predicted == expected

@@ -78,7 +78,7 @@ def estimate_lung_fields(gray: np.ndarray) -> LungFields:
     g = resize(gray, WORK_SIZE)
     smooth = filters.gaussian(exposure.equalize_hist(g), sigma=2)
     core = smooth[WORK_SIZE // 8:-WORK_SIZE // 8, WORK_SIZE // 8:-WORK_SIZE // 8]
-    threshold = filters.threshold_otsu(core) if np.ptp(core) > 0 else np.inf
+    threshold = filters.threshold_otsu(core) if np.ptp(core) > 0 else -np.inf  # flat: nothing dark
     dark = ndimage.binary_opening((smooth < threshold) & PRIOR, morphology.disk(4))
     labels, _ = ndimage.label(dark)
     regions = measure.regionprops(labels)
