@@ -12,6 +12,10 @@ the Dense head) is then scored by 5-fold patient-grouped cross-validation:
 - ``lung_blanked_auc``: the same folds' models on the held-out images with the
   lungs blanked (close to 0.5 = the model needs the lungs);
 - ``lungs_only_auc``: with everything but the lungs blanked;
+- ``shifted_*``: the held-out COVID and normal images as another hospital might
+  store them (:func:`acquisition_shift`: gamma, half resolution, JPEG 40, black
+  border, grain), at the out-of-fold Youden threshold: does a normal image stay
+  normal when only the acquisition changes?
 - ``macro_f1_3class``: out-of-fold macro F1, COVID / normal / pneumonia;
 - ``rdb_sensitivity``: a model fitted on all COVID + normal images, on
   ``covid-cxr-rdb`` (1,000 COVID images of another source) at the threshold
@@ -43,7 +47,7 @@ SIZE = 224
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preprocess", default="none,clahe,thorax-clahe,lungs-clahe")
+    parser.add_argument("--preprocess", default="none,equalize,lowpass,thorax+equalize,thorax+equalize+lowpass,lungs+equalize")
     parser.add_argument("--augmentation", default="cxr,robust")
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--folds", type=int, default=5)
@@ -80,6 +84,9 @@ def main() -> None:
     def others_blanked(gray):
         return blank(gray, ~estimate_lung_fields(gray).at(*gray.shape))
 
+    def another_hospital(gray):
+        return acquisition_shift(gray)
+
     rows = []
     for preprocess in args.preprocess.split(","):
         start = time.perf_counter()
@@ -88,23 +95,43 @@ def main() -> None:
         no_lungs = load_images(bin_samples, SIZE, preprocess=preprocess, transform=lungs_blanked)[0]
         only_lungs = load_images(bin_samples, SIZE, preprocess=preprocess, transform=others_blanked)[0]
         rdb_images = load_images(rdb, SIZE, preprocess=preprocess)[0]
+        shifted = load_images(bin_samples, SIZE, preprocess=preprocess, transform=another_hospital)[0]
         load_s = time.perf_counter() - start
         base = features(images)[0]
         f_no_lungs, f_only_lungs, f_rdb = features(no_lungs)[0], features(only_lungs)[0], features(rdb_images)[0]
+        f_shifted = features(shifted)[0]
         for augmentation in args.augmentation.split(","):
             start = time.perf_counter()
             views = features(images, augmentation, args.views)
             train_feats = np.concatenate([base[None], views])  # (1 + views, N, D)
             row = dict(preprocess=preprocess, augmentation=augmentation, views=args.views,
                        load_s=round(load_s, 1), features_s=round(time.perf_counter() - start, 1))
-            row.update(score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, args.folds))
+            row.update(score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, f_shifted, args.folds))
             rows.append(row)
             print(row, flush=True)
     emit({"benchmark": "recipes", "rows": rows, "folds": args.folds, "input_size": SIZE,
           "data": "covid-cxr (manifest, all splits), covid-cxr-rdb"}, args.out)
 
 
-def score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, folds):
+def acquisition_shift(gray: np.ndarray) -> np.ndarray:
+    """The same patient as another hospital might store it: brighter gamma, half the resolution,
+    JPEG quality 40, a black 6% border, film grain. Deterministic, applied to both classes alike."""
+    import io
+
+    from PIL import Image
+
+    h, w = gray.shape
+    x = np.clip(gray, 0, 1) ** 0.75
+    small = Image.fromarray((x * 255).astype(np.uint8)).resize((max(8, w // 2), max(8, h // 2)), Image.BILINEAR)
+    buffer = io.BytesIO()
+    small.resize((w, h), Image.BILINEAR).save(buffer, format="JPEG", quality=40)
+    x = np.asarray(Image.open(buffer), dtype=np.float32) / 255.0
+    x = x + np.random.default_rng(h * w).normal(0, 0.015, x.shape).astype(np.float32)
+    pad = int(0.06 * max(h, w))
+    return np.pad(np.clip(x, 0, 1), pad).astype(np.float32)
+
+
+def score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, f_shifted, folds):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, roc_auc_score, roc_curve
     from sklearn.model_selection import StratifiedGroupKFold
@@ -120,13 +147,14 @@ def score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, fold
 
     base = train_feats[0]
     yb = (y3[binary] == 0).astype(int)  # COVID = 1
-    oof, oof_none, oof_only = (np.zeros(len(binary)) for _ in range(3))
+    oof, oof_none, oof_only, oof_shift = (np.zeros(len(binary)) for _ in range(4))
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=0)
     for tr, te in splitter.split(binary, yb, groups[binary]):
         model = fit(binary[tr], yb[tr])
         oof[te] = model.predict_proba(base[binary[te]])[:, 1]
         oof_none[te] = model.predict_proba(f_no_lungs[te])[:, 1]
         oof_only[te] = model.predict_proba(f_only_lungs[te])[:, 1]
+        oof_shift[te] = model.predict_proba(f_shifted[te])[:, 1]
     fpr, tpr, thresholds = roc_curve(yb, oof)
     threshold = float(thresholds[np.argmax(tpr - fpr)])
     full = fit(binary, yb)
@@ -139,6 +167,10 @@ def score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, fold
         internal_auc=round(roc_auc_score(yb, oof), 4),
         lung_blanked_auc=round(roc_auc_score(yb, oof_none), 4),
         lungs_only_auc=round(roc_auc_score(yb, oof_only), 4),
+        shifted_auc=round(roc_auc_score(yb, oof_shift), 4),
+        specificity=round(float(np.mean(oof[yb == 0] < threshold)), 4),
+        shifted_specificity=round(float(np.mean(oof_shift[yb == 0] < threshold)), 4),
+        shifted_sensitivity=round(float(np.mean(oof_shift[yb == 1] >= threshold)), 4),
         macro_f1_3class=round(f1_score(y3, pred3, average="macro"), 4),
         youden_threshold=round(threshold, 4),
         rdb_sensitivity=round(float(np.mean(rdb_p >= threshold)), 4),

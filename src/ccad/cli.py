@@ -56,7 +56,6 @@ def _audit_parser(sub) -> None:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     from .augmentation import PRESETS as AUGMENTATIONS
     from .decision import CALIBRATIONS
-    from .images import PREPROCESSING
     from .training import OPTIMIZERS, PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default="default",
@@ -68,7 +67,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float)
     p.add_argument("--input-size", type=int)
     p.add_argument("--augmentation", choices=list(AUGMENTATIONS))
-    p.add_argument("--preprocess", choices=PREPROCESSING, help="input normalization (see README)")
+    p.add_argument("--preprocess", help="input normalization: none, or steps joined with + from thorax|lungs, "
+                                        "clahe, equalize, lowpass (e.g. thorax+equalize)")
     p.add_argument("--threshold", help="decision rule fitted on validation: youden (default), specificity-90, "
                                        "specificity-95, argmax, or a number")
     p.add_argument("--calibration", choices=CALIBRATIONS, help="temperature: fit temperature scaling on validation")

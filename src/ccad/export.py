@@ -38,7 +38,7 @@ CALIBRATION_IMAGES = 200
 PREPROCESSING = {
     "read": "grayscale; 8-bit images / 255; deeper images (16-bit, DICOM after modality and VOI LUT) "
             "min-max to [0, 1]; DICOM MONOCHROME1 inverted; alpha dropped",
-    "preprocess": "the `preprocess` field: none, clahe, thorax, thorax-clahe or lungs-clahe (ccad.images.prepare)",
+    "preprocess": "the `preprocess` field: none, or steps joined with + (thorax, lungs, clahe, equalize, lowpass); ccad.images.prepare",
     "resize": "Pillow bilinear (antialiased) to input_size x input_size, aspect ratio not kept",
     "channels": "gray repeated to 3 channels, NHWC float32 in [0, 1]",
     "in_model": "centering (paper presets) and the [0,1] -> [-1,1] MobileNetV2 scaling are inside the model",

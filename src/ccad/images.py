@@ -142,17 +142,38 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).clip(0.0, 1.0)
 
 
-#: Input normalizations (``--preprocess``), applied to the full-resolution image before resizing:
+#: Input normalization steps (``--preprocess``, joined with ``+``, e.g. ``thorax+equalize``), applied to
+#: the full-resolution image in this order, before the final resize:
 #:
-#: ``none``          resize only (the paper's way);
-#: ``clahe``         contrast-limited adaptive histogram equalization (scikit-image, clip limit 0.01);
-#: ``thorax``        crop to the estimated lung fields plus an 8% margin (:mod:`ccad.lungs`), dropping
-#:                   borders, collimation, most burned-in text and markers;
-#: ``thorax-clahe``  both, equalizing after cropping;
-#: ``lungs-clahe``   ``thorax-clahe`` with everything outside the estimated lung fields set to black.
-PREPROCESSING = ("none", "clahe", "thorax", "thorax-clahe", "lungs-clahe")
-#: Side at which CLAHE and cropping work (larger images are first reduced to this, for speed).
+#: ``thorax``    crop to the estimated lung fields plus an 8% margin (:mod:`ccad.lungs`), dropping borders,
+#:               collimation, most burned-in text and markers;
+#: ``lungs``     ``thorax``, with everything outside the estimated lung fields set to black;
+#: ``clahe``     contrast-limited adaptive histogram equalization (scikit-image, clip limit 0.01);
+#: ``equalize``  global histogram equalization (scikit-image): every image gets the same gray-level
+#:               distribution, whatever the exposure and processing of its scanner;
+#: ``lowpass``   down- then up-sampling by 2 at the input size: removes the fine texture (noise grain,
+#:               JPEG blocks, sharpening) by which scanners differ, keeps opacities.
+#:
+#: ``none`` (the paper's way) is a plain resize.
+PREPROCESSING_STEPS = ("thorax", "lungs", "clahe", "equalize", "lowpass")
+#: Side at which the lung estimate and equalization work (larger images are first reduced to this).
 WORK_SIDE = 512
+
+
+def preprocessing_steps(preprocess: str) -> list[str]:
+    """The steps of a ``--preprocess`` value, validated (``none`` -> [])."""
+    from .errors import ConfigError
+
+    if preprocess in ("", "none"):
+        return []
+    steps = [s.strip() for s in preprocess.split("+")]
+    for step in steps:
+        if step not in PREPROCESSING_STEPS:
+            raise ConfigError(f"unknown preprocessing step {step!r} in {preprocess!r} "
+                              f"(none, or steps joined with +: {', '.join(PREPROCESSING_STEPS)})")
+    if "thorax" in steps and "lungs" in steps:
+        raise ConfigError("--preprocess: use thorax or lungs, not both")
+    return steps
 
 
 def prepare(gray: np.ndarray, size: int, preprocess: str = "none") -> np.ndarray:
@@ -172,30 +193,32 @@ def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", r
             mask = mask[box[0]:box[1], box[2]:box[3]]
         return resize(mask, size) >= 0.5
 
-    if preprocess == "none":
+    steps = preprocessing_steps(preprocess)
+    if not steps:
         return resize(gray, size), carry(region, gray.shape)
-    if preprocess not in PREPROCESSING:
-        from .errors import ConfigError
-
-        raise ConfigError(f"unknown preprocessing {preprocess!r} (choose from {', '.join(PREPROCESSING)})")
     from .lungs import estimate_lung_fields, skimage
 
     if max(gray.shape) > WORK_SIDE:
         scale = WORK_SIDE / max(gray.shape)
         gray = _resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
-    box = None
-    shape = gray.shape
-    if preprocess.startswith(("thorax", "lungs")):
+    box, shape, outside = None, gray.shape, None
+    if "thorax" in steps or "lungs" in steps:
         fields = estimate_lung_fields(gray)
         box = fields.box(*gray.shape)
-        if preprocess.startswith("lungs"):
-            gray = np.where(fields.at(*gray.shape), gray, 0.0).astype(np.float32)
+        if "lungs" in steps:
+            outside = ~fields.at(*gray.shape)[box[0]:box[1], box[2]:box[3]]
         gray = gray[box[0]:box[1], box[2]:box[3]]
-    if preprocess.endswith("clahe"):
+    inside = slice(None) if outside is None else ~outside
+    if "clahe" in steps:
         gray = skimage.exposure.equalize_adapthist(gray, clip_limit=0.01).astype(np.float32)
-        if preprocess.startswith("lungs"):
-            gray = np.where(gray > 0, gray, 0.0).astype(np.float32)
-    return resize(gray, size), carry(region, shape, box)
+    if "equalize" in steps:
+        gray = skimage.exposure.equalize_hist(gray, mask=None if outside is None else inside).astype(np.float32)
+    if outside is not None:
+        gray = np.where(outside, 0.0, gray).astype(np.float32)
+    out = resize(gray, size)
+    if "lowpass" in steps:
+        out = resize(resize(out, max(8, size // 2)), size)
+    return out, carry(region, shape, box)
 
 
 def _resize_hw(gray: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from ._files import atomic_path, write_json, write_text
 from .augmentation import Augmenter, get_spec
 from .data import Dataset, assign_splits, discover, label_indices, load_images, write_split
 from .decision import DecisionRule, fit_decision, validate_settings
-from .images import PREPROCESSING
+from .images import preprocessing_steps
 from .errors import ConfigError, DataError
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -79,8 +79,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         get_spec(self.augmentation)
-        if self.preprocess not in PREPROCESSING:
-            raise ConfigError(f"--preprocess must be one of {', '.join(PREPROCESSING)}, got {self.preprocess!r}")
+        preprocessing_steps(self.preprocess)
         validate_settings(self.threshold, self.calibration)
         return self
 
