@@ -40,6 +40,8 @@ def test_health_model_docs_and_page(client):
     card = client.get("/api/v1/model").json()
     assert card["classes"] == ["covid", "normal"] and "not a diagnosis" in card["caveat"]
     assert "sha256" not in card
+    assert card["decision"]["rule"] == "youden" and 0 < card["decision"]["threshold"] < 1
+    assert card["preprocess"] == "none"
     assert "/api/v1/predict" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")

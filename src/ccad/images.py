@@ -147,7 +147,8 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
 #:
 #: ``thorax``    crop to the estimated lung fields plus an 8% margin (:mod:`ccad.lungs`), dropping borders,
 #:               collimation, most burned-in text and markers;
-#: ``lungs``     ``thorax``, with everything outside the estimated lung fields set to black;
+#: ``lungs``     ``thorax``, with everything outside the estimated lung fields (shrunk by 2% of the side,
+#:               so their borders with ribs, heart and diaphragm are left out too) set to black;
 #: ``clahe``     contrast-limited adaptive histogram equalization (scikit-image, clip limit 0.01);
 #: ``equalize``  global histogram equalization (scikit-image): every image gets the same gray-level
 #:               distribution, whatever the exposure and processing of its scanner;
@@ -206,7 +207,7 @@ def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", r
         fields = estimate_lung_fields(gray)
         box = fields.box(*gray.shape)
         if "lungs" in steps:
-            outside = ~fields.at(*gray.shape)[box[0]:box[1], box[2]:box[3]]
+            outside = ~fields.interior(*gray.shape)[box[0]:box[1], box[2]:box[3]]
         gray = gray[box[0]:box[1], box[2]:box[3]]
     inside = slice(None) if outside is None else ~outside
     if "clahe" in steps:

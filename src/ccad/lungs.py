@@ -33,6 +33,7 @@ from scipy import ndimage
 
 WORK_SIZE = 256
 MIN_SIDE_FRACTION = 0.03
+INTERIOR_MARGIN = 5
 
 
 def _ellipse(cx: float, cy: float, ax: float, ay: float, size: int = WORK_SIZE) -> np.ndarray:
@@ -56,6 +57,12 @@ class LungFields:
         rows = (np.arange(height) * WORK_SIZE // height).clip(0, WORK_SIZE - 1)
         cols = (np.arange(width) * WORK_SIZE // width).clip(0, WORK_SIZE - 1)
         return self.mask[rows][:, cols]
+
+    def interior(self, height: int, width: int, margin_px: int = INTERIOR_MARGIN) -> np.ndarray:
+        """The mask shrunk by ``margin_px`` (at 256 px), resized to ``height x width``: the lungs without
+        their edges (ribs, heart and diaphragm borders that a loose estimate takes in)."""
+        shrunk = ndimage.binary_erosion(self.mask, skimage.morphology.disk(margin_px))
+        return LungFields(shrunk if shrunk.any() else self.mask, self.method).at(height, width)
 
     def box(self, height: int, width: int, margin: float = 0.08) -> tuple[int, int, int, int]:
         """(top, bottom, left, right) of the lung fields in a ``height x width`` image, widened by ``margin``."""

@@ -100,7 +100,7 @@ def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
 def model_card_view(card: dict[str, Any]) -> dict[str, Any]:
     """What the page and ``GET /api/v1/model`` show: no file hashes or internals."""
     keep = ("intended_use", "classes", "positive_class", "input_size", "backbone", "weights", "training_data",
-            "evaluation", "preprocessing", "heatmap", "versions")
+            "evaluation", "preprocessing", "preprocess", "decision", "heatmap", "versions")
     view = {k: card.get(k) for k in keep}
     view["caveat"] = ("Screening aid for research, not a diagnosis. The metrics come only from the data named; "
                       "images from other hospitals or scanners can score far worse.")
