@@ -108,13 +108,17 @@ def real_bundle(default_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def shared_test_split():
-    """The fixed test split of covid-cxr, covid vs normal (held out from Dataset A's training rows too)."""
+def shared_test_split(default_run):
+    """The fixed test split of covid-cxr, covid vs normal (held out from Dataset A's training rows too),
+    preprocessed as the default run's model expects."""
+    import json
+
     from ccad.data import discover, label_indices, load_images
 
     ds = discover(MANIFEST, ["covid", "normal"])
     test = [s for s in ds.samples if s.split == "test"]
-    images, kept, _ = load_images(test, 224)
+    preprocess = json.loads((default_run / "config.json").read_text())["preprocess"]
+    images, kept, _ = load_images(test, 224, preprocess=preprocess)
     return images, label_indices(kept, ds.classes)
 
 

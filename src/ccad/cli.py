@@ -43,6 +43,21 @@ def _cv_parser(sub) -> None:
     _add_training_args(p)
 
 
+def _severity_parser(sub) -> None:
+    p = sub.add_parser("severity", help="radiographic severity scores of COVID cases (regression head)")
+    actions = p.add_subparsers(dest="severity_command", required=True)
+    t = actions.add_parser("train", help="fit and cross-validate a severity head on a bundle's features")
+    t.add_argument("--model", required=True, help="model bundle (ccad export) whose backbone features are used")
+    t.add_argument("--data", required=True, help="manifest CSV with geographic_extent and opacity columns")
+    t.add_argument("--out", required=True, help="folder for severity.json, metrics.json, report.html")
+    t.add_argument("--folds", type=int, default=5)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--attach", action="store_true", help="add the severity head to the bundle")
+    a = actions.add_parser("attach", help="add a trained severity head to a bundle")
+    a.add_argument("--model", required=True, help="model bundle")
+    a.add_argument("--severity", required=True, help="severity.json (or the folder holding it)")
+
+
 def _audit_parser(sub) -> None:
     p = sub.add_parser("audit", help="shortcut audit: lung test, heatmap mass in the lungs, source probe")
     _add_data_args(p)
@@ -90,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _cv_parser(sub)
     _audit_parser(sub)
+    _severity_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a trained model on labelled data")
     p.add_argument("--model", required=True, help="run folder or model file")
@@ -177,6 +193,22 @@ def cmd_cv(args) -> None:
     _print_summary(summary["pooled"], Path(args.out))
 
 
+def cmd_severity(args) -> None:
+    from .severity import SEVERITY_FILE, attach_severity, train_severity
+
+    if args.severity_command == "attach":
+        path = Path(args.severity)
+        attach_severity(args.model, path / SEVERITY_FILE if path.is_dir() else path)
+        print(f"attached {path} to {args.model}")
+        return
+    result = train_severity(args.model, args.data, args.out, args.folds, args.seed, args.attach)
+    for name, m in result["scores"].items():
+        mae, r = m["mae"], m["pearson_r"]
+        print(f"{name}: MAE {mae['value']:.2f} [{mae['ci95'][0]:.2f}, {mae['ci95'][1]:.2f}], "
+              f"Pearson r {r['value']:.2f} (predicting the mean: MAE {m['mae_predicting_mean']['value']:.2f})")
+    print(f"report: {Path(args.out) / 'report.html'}" + (f"; attached to {args.model}" if args.attach else ""))
+
+
 def cmd_audit(args) -> None:
     from .audit import audit
 
@@ -197,7 +229,8 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from .inference import expand_inputs, load_classifier, predict_to_csv, result_row, save_overlay
+    from .inference import (expand_inputs, load_classifier, predict_to_csv, result_columns, result_row, save_overlay,
+                            severity_scores_of)
 
     classifier = load_classifier(args.model, variant="int8" if args.int8 else "float")
     streaming = hasattr(classifier, "predict_stream")
@@ -219,8 +252,9 @@ def cmd_predict(args) -> None:
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return
-    columns = ["file", "predicted_class"] + [f"p_{c}" for c in classifier.classes] + ["error"]
-    rows = [result_row(r, classifier.classes) for r in results]
+    scores = severity_scores_of(classifier)
+    columns = result_columns(classifier.classes, scores)
+    rows = [result_row(r, classifier.classes, scores) for r in results]
     if args.format == "csv":
         writer = csv.writer(sys.stdout)
         writer.writerow(columns)
@@ -285,7 +319,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

@@ -136,10 +136,29 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 RESULT_COLUMNS = ("file", "predicted_class")
 
 
-def result_row(result: dict[str, Any], classes: Sequence[str]) -> list[str]:
+def result_columns(classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
+    """CSV header: file, predicted class, a probability per class, severity columns if any, error."""
+    severity = [f"{s}{suffix}" for s in severity_scores for suffix in ("", "_low", "_high")]
+    return [*RESULT_COLUMNS, *(f"p_{c}" for c in classes), *severity, *(["severity_band"] if severity else []), "error"]
+
+
+def result_row(result: dict[str, Any], classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
     probabilities = result.get("probabilities")
-    return ([result["file"], result.get("predicted_class", "")]
-            + [f"{probabilities[c]:.6f}" if probabilities else "" for c in classes] + [result.get("error", "")])
+    row = ([result["file"], result.get("predicted_class", "")]
+           + [f"{probabilities[c]:.6f}" if probabilities else "" for c in classes])
+    if severity_scores:
+        severity = result.get("severity") or {}
+        for name in severity_scores:
+            entry = severity.get(name)
+            row += [f"{entry['value']:.2f}", f"{entry['interval95'][0]:.2f}", f"{entry['interval95'][1]:.2f}"] \
+                if entry else ["", "", ""]
+        row.append(severity.get("band", ""))
+    return row + [result.get("error", "")]
+
+
+def severity_scores_of(classifier) -> list[str]:
+    severity = getattr(classifier, "severity", None)
+    return list(severity.targets) if severity is not None else []
 
 
 def predict_to_csv(predictor, inputs: Iterable[str | os.PathLike], out_csv: str | os.PathLike, resume: bool = False,
@@ -172,10 +191,10 @@ def predict_to_csv(predictor, inputs: Iterable[str | os.PathLike], out_csv: str 
     with open(out_csv, "a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if new_file:
-            writer.writerow([*RESULT_COLUMNS, *(f"p_{c}" for c in predictor.classes), "error"])
+            writer.writerow(result_columns(predictor.classes, severity_scores_of(predictor)))
         bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
         for result in predictor.predict_stream(paths, with_heatmaps=heat_dir is not None):
-            writer.writerow(result_row(result, predictor.classes))
+            writer.writerow(result_row(result, predictor.classes, severity_scores_of(predictor)))
             counts["errors" if "error" in result else "scored"] += 1
             if heat_dir and "heatmap" in result:
                 save_overlay(result, heat_dir)

@@ -71,6 +71,13 @@ class Predictor:
         self.input_size: int = int(self.card["input_size"])
         self.preprocess: str = self.card.get("preprocess", "none")
         self.decision = DecisionRule.from_meta(self.card, self.classes, self.positive_class)
+        self.severity = None
+        if self.card.get("severity"):
+            from .severity import SeverityHead
+
+            severity_path = self.bundle / self.card["severity"]["file"]
+            _check_sha256(severity_path, self.card.get("sha256", {}).get(severity_path.name))
+            self.severity = SeverityHead(json.loads(severity_path.read_text()))
         self.variant = variant
         self.meta = self.card
 
@@ -86,6 +93,12 @@ class Predictor:
             images = to_model_input(images)
         out = [self.run(images[i:i + batch_size])[0] for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def severity_of(self, result: dict[str, Any], feature_map: np.ndarray) -> dict[str, Any]:
+        """``{"severity": ...}`` for an image classified as the positive class when a severity head is attached."""
+        if self.severity is None or result["predicted_class"] != self.positive_class:
+            return {}
+        return {"severity": self.severity(feature_map.mean(axis=(0, 1)))}
 
     def heatmap(self, feature_map: np.ndarray, class_index: int) -> np.ndarray:
         """Class activation map for one image, (input_size, input_size) in [0, 1].
@@ -129,6 +142,7 @@ class Predictor:
             probabilities, features = self.run(np.stack([image for _, image in good]))
             for (path, image), p, f in zip(good, probabilities, features):
                 result = {"file": path, **describe(p, self.classes, self.decision)}
+                result.update(self.severity_of(result, f))
                 if with_heatmaps:
                     result["heatmap"] = self.heatmap(f, self.classes.index(result["predicted_class"]))
                     result["image"] = image[..., 0]

@@ -214,6 +214,7 @@ def _score(predictor, uploads: list[tuple[str, bytes]], with_heatmap: bool, sett
     results = []
     for (name, _), gray, p, fmap in zip(uploads, grays, probabilities, features):
         result = {"name": name, **describe(p, predictor.classes, predictor.decision)}
+        result.update(predictor.severity_of(result, fmap))
         k = predictor.classes.index(result["predicted_class"])
         if with_heatmap:
             result["image"] = _png_base64((gray * 255).round().astype(np.uint8))

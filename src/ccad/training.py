@@ -60,7 +60,7 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     fine_tune_from: str | None = None
     fine_tune_lr: float = 1e-5
-    preprocess: str = "none"
+    preprocess: str = "lungs+clahe+lowpass"
     threshold: str = "youden"
     calibration: str = "none"
 

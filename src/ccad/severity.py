@@ -1,0 +1,254 @@
+"""Radiographic severity of COVID-19 cases: a regression head on the classifier's own backbone features.
+
+Targets (Cohen et al., Cureus 2020; mean of three blinded raters, manifest columns):
+
+- ``geographic_extent`` 0-8: extent of ground-glass opacity or consolidation,
+  0-4 per lung (0: none, 1: <25%, 2: 25-50%, 3: 50-75%, 4: >75% involvement);
+- ``opacity`` 0-6: degree of opacity, 0-3 per lung (0: none, 1: ground glass,
+  2: consolidation, 3: white-out).
+
+``ccad severity train --model BUNDLE --data MANIFEST --out DIR`` computes, with
+the bundle's ONNX backbone (same preprocessing as its classifier, no
+TensorFlow), the pooled 1280-d features of every image that has both scores,
+and fits one ridge regression per score (scikit-learn ``RidgeCV`` on
+standardized features). It is scored by patient-grouped k-fold cross-validation
+(MAE and Pearson r with grouped-bootstrap 95% intervals, against predicting the
+training folds' mean). The final model, fitted on every scored image, is a
+linear map and is stored as plain weights (``severity.json``), so prediction
+needs numpy only. ``--attach`` adds it to the bundle: ``ccad predict`` and the
+web tool then show, for an image classified COVID, both scores with an
+approximate 95% interval (prediction +- 1.96 x the out-of-fold RMSE, clipped to
+the scale) and a band.
+
+Bands (ccad's own cut-offs on the geographic-extent score, in thirds of its
+0-8 range): mild < 3, moderate 3 to < 6, severe >= 6. They describe how much
+of the lungs looks involved on the X-ray. They are **not** the clinical
+severity levels of the paper's Table 10 (which rest on symptoms, respiratory
+rate, SpO2, imaging and organ failure); an X-ray score is one input to those,
+not the level itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._files import write_json, write_text
+from .errors import DataError, ModelError
+
+SCORES = {"geographic_extent": (0.0, 8.0), "opacity": (0.0, 6.0)}
+BAND_SCORE = "geographic_extent"
+BANDS = ((3.0, "mild"), (6.0, "moderate"), (np.inf, "severe"))
+SEVERITY_FILE = "severity.json"
+BAND_NOTE = ("X-ray involvement band (ccad cut-offs on geographic extent 0-8: mild < 3, moderate 3 to < 6, "
+             "severe >= 6); not a clinical severity level")
+
+
+def band_of(extent: float) -> str:
+    return next(name for limit, name in BANDS if extent < limit)
+
+
+def read_scored_rows(manifest: str | os.PathLike) -> list[dict[str, Any]]:
+    """Manifest rows with both severity scores (others ignored): path (absolute), group, scores."""
+    manifest = Path(manifest)
+    if not manifest.is_file() or manifest.suffix.lower() != ".csv":
+        raise DataError(f"{manifest}: --data must be a manifest CSV with {', '.join(SCORES)} columns")
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("path", *SCORES) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{manifest}: no {', '.join(missing)} column(s)")
+        rows = []
+        for row in reader:
+            try:
+                scores = {k: float(row[k]) for k in SCORES}
+            except (TypeError, ValueError):
+                continue
+            rows.append({"path": manifest.parent / row["path"], "group": row.get("group") or row["path"], **scores})
+    if len(rows) < 10:
+        raise DataError(f"{manifest}: {len(rows)} rows carry both severity scores; at least 10 are needed")
+    return rows
+
+
+def pooled_features(predictor, paths: Sequence[Path], batch: int = 8) -> np.ndarray:
+    """Mean of the bundle's last feature map (= the classifier's pooled features), (N, 1280)."""
+    from .images import load_model_input
+
+    out = []
+    for i in range(0, len(paths), batch):
+        images = np.stack([load_model_input(p, predictor.input_size, predictor.preprocess) for p in paths[i:i + batch]])
+        out.append(predictor.run(images)[1].mean(axis=(1, 2)))
+    return np.concatenate(out)
+
+
+def train_severity(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, folds: int = 5,
+                   seed: int = 0, attach: bool = False) -> dict[str, Any]:
+    """Fit and cross-validate the severity head on a bundle's features; write ``out``; optionally attach it."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from .predictor import Predictor, is_bundle
+
+    if not is_bundle(model):
+        raise ModelError(f"{model}: severity needs a model bundle (ccad export) whose backbone it reuses")
+    predictor = Predictor(model)
+    rows = read_scored_rows(data)
+    features = pooled_features(predictor, [r["path"] for r in rows])
+    groups = np.array([r["group"] for r in rows])
+    folds = min(folds, len(set(groups)))
+
+    def ridge():
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
+
+    out = Path(out)
+    result: dict[str, Any] = {"n": len(rows), "patients": int(len(set(groups))), "folds": folds, "data": str(data),
+                              "bundle": str(model), "preprocess": predictor.preprocess, "scores": {}}
+    head: dict[str, Any] = {"format": "ccad-severity/1", "feature": "mean of the bundle's feature map (pooled)",
+                            "feature_dim": int(features.shape[1]), "band_score": BAND_SCORE,
+                            "bands": {name: limit for limit, name in BANDS if np.isfinite(limit)}, "band_note": BAND_NOTE,
+                            "targets": {}}
+    predictions = {}
+    for name, (lo, hi) in SCORES.items():
+        y = np.array([r[name] for r in rows])
+        oof = np.clip(cross_val_predict(ridge(), features, y, groups=groups, cv=GroupKFold(folds)), lo, hi)
+        baseline = np.zeros_like(y)
+        for train_idx, test_idx in GroupKFold(folds).split(features, y, groups):
+            baseline[test_idx] = y[train_idx].mean()
+        result["scores"][name] = _regression_metrics(y, oof, baseline, groups, seed)
+        predictions[name] = (y, oof)
+        final = ridge().fit(features, y)
+        scaler, regression = final[0], final[1]
+        weights = regression.coef_ / scaler.scale_
+        head["targets"][name] = {
+            "weights": weights.tolist(), "bias": float(regression.intercept_ - np.dot(weights, scaler.mean_)),
+            "range": [lo, hi], "alpha": float(regression.alpha_),
+            "interval_halfwidth": float(1.96 * np.sqrt(np.mean((oof - y) ** 2))),
+            "cv_mae": result["scores"][name]["mae"]["value"],
+        }
+    result["severity_model"] = head
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / SEVERITY_FILE, head)
+    write_json(out / "metrics.json", {k: v for k, v in result.items() if k != "severity_model"})
+    figure = _scatter(out / "figures" / "severity_scatter.png", predictions)
+    _write_report(out / "report.html", result, figure)
+    if attach:
+        attach_severity(model, out / SEVERITY_FILE)
+    return result
+
+
+def _regression_metrics(y: np.ndarray, predicted: np.ndarray, baseline: np.ndarray, groups, seed: int):
+    from .evaluation import bootstrap_intervals
+
+    def statistic(idx):
+        yt, yp = y[idx], predicted[idx]
+        r = float(np.corrcoef(yt, yp)[0, 1]) if np.std(yt) > 0 and np.std(yp) > 0 else None
+        return {"mae": float(np.mean(np.abs(yt - yp))), "pearson_r": r,
+                "mae_predicting_mean": float(np.mean(np.abs(yt - baseline[idx])))}
+
+    point = statistic(np.arange(len(y)))
+    ci = bootstrap_intervals(statistic, len(y), list(groups), seed=seed)
+    return {k: {"value": v, "ci95": ci.get(k)} for k, v in point.items()}
+
+
+def attach_severity(bundle: str | os.PathLike, severity_file: str | os.PathLike) -> None:
+    """Copy ``severity.json`` into ``bundle`` and record it (with its sha256) in the model card."""
+    import json
+
+    from ._files import sha256, write_bytes
+    from .predictor import BUNDLE_CARD
+
+    bundle = Path(bundle)
+    head = json.loads(Path(severity_file).read_text())
+    card = json.loads((bundle / BUNDLE_CARD).read_text())
+    dim = int(np.load(bundle / card["heatmap"]["weights"]).shape[0])
+    if head.get("feature_dim") != dim:
+        raise ModelError(f"{severity_file}: made for {head.get('feature_dim')}-d features, the bundle has {dim}")
+    write_bytes(bundle / SEVERITY_FILE, Path(severity_file).read_bytes())
+    card["severity"] = {"file": SEVERITY_FILE, "scores": list(head["targets"]), "band_note": head["band_note"],
+                        "cv_mae": {k: v["cv_mae"] for k, v in head["targets"].items()}}
+    card.setdefault("sha256", {})[SEVERITY_FILE] = sha256(bundle / SEVERITY_FILE)
+    write_json(bundle / BUNDLE_CARD, card)
+
+
+class SeverityHead:
+    """The stored linear severity model: scores, intervals and band from pooled features (numpy only)."""
+
+    def __init__(self, head: dict[str, Any]):
+        self.targets = {name: (np.asarray(t["weights"], np.float64), float(t["bias"]), t["range"],
+                               float(t["interval_halfwidth"])) for name, t in head["targets"].items()}
+        self.band_score = head.get("band_score", BAND_SCORE)
+
+    def __call__(self, pooled: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, (weights, bias, (lo, hi), half) in self.targets.items():
+            value = float(np.clip(pooled @ weights + bias, lo, hi))
+            out[name] = {"value": round(value, 2), "interval95": [round(max(lo, value - half), 2),
+                                                                  round(min(hi, value + half), 2)]}
+        if self.band_score in out:
+            out["band"] = band_of(out[self.band_score]["value"])
+        out["note"] = BAND_NOTE
+        return out
+
+
+def _scatter(path: Path, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._files import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(predictions), figsize=(4.2 * len(predictions), 4))
+    for ax, (name, (y, p)) in zip(np.atleast_1d(axes), predictions.items()):
+        lo, hi = SCORES[name]
+        ax.scatter(y, p, s=12, alpha=0.7)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlim(lo - 0.3, hi + 0.3)
+        ax.set_ylim(lo - 0.3, hi + 0.3)
+        ax.set_xlabel(f"rated {name} (mean of 3 raters)")
+        ax.set_ylabel("predicted (out of fold)")
+        ax.set_title(name.replace("_", " "))
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _write_report(path: Path, result: dict[str, Any], figure: Path) -> None:
+    import base64
+
+    from .evaluation import CAVEAT
+
+    def fmt(entry):
+        ci = entry["ci95"]
+        value = "undefined" if entry["value"] is None else f"{entry['value']:.2f}"
+        return value + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{fmt(m['mae'])}</td><td>{fmt(m['pearson_r'])}</td>"
+                   f"<td>{fmt(m['mae_predicting_mean'])}</td></tr>" for name, m in result["scores"].items())
+    image = base64.b64encode(figure.read_bytes()).decode()
+    write_text(path, f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>ccad severity model</title>
+<style>body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 1rem auto; padding: 0 1rem; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .25rem .6rem; }}
+.caveat {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: .6rem 1rem; }} img {{ max-width: 100%; }}</style>
+</head><body><h1>ccad severity model</h1>
+<p class="caveat"><strong>Not a diagnosis.</strong> {html.escape(CAVEAT)} {html.escape(BAND_NOTE)}.</p>
+<p>{result['n']} scored COVID images ({result['patients']} patients) from <code>{html.escape(result['data'])}</code>;
+features from bundle <code>{html.escape(result['bundle'])}</code> (preprocessing {html.escape(result['preprocess'])});
+ridge regression per score, {result['folds']}-fold cross-validation grouped by patient; 95% grouped-bootstrap intervals.</p>
+<table><thead><tr><th>score</th><th>MAE</th><th>Pearson r</th><th>MAE predicting the mean</th></tr></thead>
+<tbody>{rows}</tbody></table>
+<p>Reference: Cohen et al. (2020) report MAE 1.14 (extent) and 0.78 (opacity) with a chest-X-ray-pretrained network.</p>
+<figure><img alt="predicted vs rated" src="data:image/png;base64,{image}"><figcaption>Out-of-fold predictions vs
+the raters' mean</figcaption></figure></body></html>
+""")
