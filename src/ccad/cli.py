@@ -43,6 +43,15 @@ def _cv_parser(sub) -> None:
     _add_training_args(p)
 
 
+def _compare_parser(sub) -> None:
+    p = sub.add_parser("compare", help="backbones and heads trained and scored on one split (the paper's Tables 3, 9)")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="folder for comparison.json, comparison.md and the runs")
+    p.add_argument("--backbones", default="mobilenet_v2", help="comma-separated, e.g. mobilenet_v2,vgg16,resnet50")
+    p.add_argument("--heads", default="dense", help="comma-separated from dense, logreg, svm, extra-trees")
+    _add_training_args(p)
+
+
 def _severity_parser(sub) -> None:
     p = sub.add_parser("severity", help="radiographic severity scores of COVID cases (regression head)")
     actions = p.add_subparsers(dest="severity_command", required=True)
@@ -71,6 +80,8 @@ def _audit_parser(sub) -> None:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     from .augmentation import PRESETS as AUGMENTATIONS
     from .decision import CALIBRATIONS
+    from .heads import FEATURE_SELECTIONS, HEADS
+    from .model import BACKBONES
     from .training import OPTIMIZERS, PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default="default",
@@ -80,7 +91,11 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS)
     p.add_argument("--lr", type=float)
     p.add_argument("--dropout", type=float)
-    p.add_argument("--input-size", type=int)
+    p.add_argument("--input-size", type=int, help="default: the backbone's (224; 299 for inception_*, xception)")
+    p.add_argument("--backbone", choices=list(BACKBONES), help="ImageNet backbone (default mobilenet_v2, the paper's)")
+    p.add_argument("--head", choices=list(HEADS), help="classifier on the pooled features (default dense)")
+    p.add_argument("--feature-selection", choices=list(FEATURE_SELECTIONS),
+                   help="woa: Whale Optimization Algorithm feature selection, fitted on the training split")
     p.add_argument("--augmentation", choices=list(AUGMENTATIONS))
     p.add_argument("--preprocess", help="input normalization: none, or steps joined with + from thorax|lungs, "
                                         "clahe, equalize, lowpass (e.g. thorax+equalize)")
@@ -106,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cv_parser(sub)
     _audit_parser(sub)
     _severity_parser(sub)
+    _compare_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a trained model on labelled data")
     p.add_argument("--model", required=True, help="run folder or model file")
@@ -174,7 +190,9 @@ def _config(args):
                        feature_views=args.feature_views, weights=args.weights, seed=args.seed,
                        class_weight=args.class_weight, fine_tune_epochs=args.fine_tune_epochs,
                        fine_tune_from=args.fine_tune_from, fine_tune_lr=args.fine_tune_lr, preprocess=args.preprocess,
-                       threshold=args.threshold, calibration=args.calibration)
+                       threshold=args.threshold, calibration=args.calibration,
+                       backbone=getattr(args, "backbone", None), head=getattr(args, "head", None),
+                       feature_selection=getattr(args, "feature_selection", None))
 
 
 def cmd_train(args) -> None:
@@ -191,6 +209,21 @@ def cmd_cv(args) -> None:
     summary = cross_validate(args.data, args.out, _config(args), args.folds, args.classes, args.where, args.positive,
                              args.skip_bad, seed=args.seed or 0, keep_models=args.keep_models)
     _print_summary(summary["pooled"], Path(args.out))
+
+
+def cmd_compare(args) -> None:
+    from .compare import compare
+
+    config = _config(args)
+    summary = compare(args.data, args.out, _names(args.backbones), _names(args.heads), config, args.classes,
+                      args.where, args.positive, args.skip_bad, feature_selection=config.feature_selection,
+                      input_size=args.input_size)
+    print(Path(args.out, "comparison.md").read_text())
+    print(f"runs and comparison.json in {args.out} (screening aid, not a diagnosis); {len(summary['rows'])} rows")
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def cmd_severity(args) -> None:
@@ -319,7 +352,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

@@ -84,6 +84,9 @@ def export_bundle(
             dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
         kernel = classifier.model.get_layer(CLASSIFIER_LAYER).get_weights()[0]
         np.save(work / "cam_weights.npy", kernel.astype(np.float32))
+        head_file = (classifier.meta.get("head") or {}).get("file")
+        if head_file:  # a non-linear scikit-learn head, run on the pooled features after model.onnx
+            shutil.copyfile(classifier.run_dir / head_file, work / head_file)
         calibration = None
         if int8 or tflite:
             calibration = _calibration_images(run, classifier, calibration_data, calibration_images)
@@ -204,7 +207,9 @@ def model_card(classifier, files: dict[str, str], folder: Path, calibration: np.
         "evaluation": metrics or None,
         "calibration_images": None if calibration is None else int(len(calibration)),
         "models": files,
-        "heatmap": {"method": "CAM (exact for global average pooling + dense)", "weights": "cam_weights.npy"},
+        "heatmap": {"method": "CAM (exact for global average pooling + dense)", "weights": "cam_weights.npy",
+                    "available": not (meta.get("head") or {}).get("file")},
+        "head": {k: v for k, v in (meta.get("head") or {"kind": "dense"}).items() if k != "selected_features"},
         "versions": versions,
         "sha256": {name: sha256(folder / name) for name in all_files},
     }

@@ -28,6 +28,22 @@ class Classifier:
     positive_class: str
     input_size: int
     meta: dict[str, Any]
+    run_dir: Path | None = None
+
+    @property
+    def stored_head(self):
+        """The non-linear scikit-learn head stored beside the model (ONNX), or None."""
+        file = (self.meta.get("head") or {}).get("file")
+        if not file:
+            return None
+        if getattr(self, "_head", None) is None:
+            from .heads import OnnxHead
+
+            path = (self.run_dir or Path(".")) / file
+            if not path.is_file():
+                raise ModelError(f"{path}: the model's {self.meta['head'].get('kind')} head is missing")
+            self._head = OnnxHead(path)
+        return self._head
 
     @property
     def preprocess(self) -> str:
@@ -43,7 +59,14 @@ class Classifier:
         """Probabilities (N, k) for (N, H, W) grayscale images in [0, 1] at the model's input size."""
         from .evaluation import predict_probabilities
 
-        return predict_probabilities(self.model, images)
+        head = self.stored_head
+        if head is None:
+            return predict_probabilities(self.model, images)
+        from .model import feature_extractor
+
+        if getattr(self, "_extractor", None) is None:
+            self._extractor = feature_extractor(self.model)
+        return head(predict_probabilities(self._extractor, images))
 
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per file: ``file``, ``predicted_class``, ``probabilities`` (or ``error``)."""
@@ -106,7 +129,7 @@ def load_keras_classifier(run_or_model: str | os.PathLike, classes: Sequence[str
     if len(names) != model.output_shape[-1]:
         raise ModelError(f"{model_file}: model has {model.output_shape[-1]} outputs but {len(names)} classes were given")
     positive = meta.get("positive_class") or ("covid" if "covid" in names else names[-1])
-    return Classifier(model, names, positive, int(model.input_shape[1]), meta)
+    return Classifier(model, names, positive, int(model.input_shape[1]), meta, run_dir=model_file.parent)
 
 
 def iter_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:

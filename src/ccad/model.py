@@ -1,17 +1,55 @@
-"""The paper's classifier: frozen MobileNetV2 + global average pooling + Dropout + Dense softmax.
+"""The paper's classifier: a frozen ImageNet backbone + global average pooling + Dropout + Dense softmax.
 
 Input: (size, size, 3) float32 in [0, 1] (see :mod:`ccad.images`). A
-parameter-free ``Rescaling`` layer maps it to MobileNetV2's [-1, 1], so the
-saved model is self-contained. At 224x224x3 with 2 classes the model has
-2,260,546 parameters of which 2,562 (the Dense layer) are trainable.
+parameter-free ``Rescaling`` layer maps it to the backbone's own input range,
+so the saved model is self-contained. With MobileNetV2 (the default and the
+paper's) at 224x224x3 and 2 classes the model has 2,260,546 parameters of which
+2,562 (the Dense layer) are trainable.
+
+The other backbones are the Keras applications the paper compares (its Tables 3
+and 9), each with its own default input size and preprocessing: ``tf`` mode
+scales [0, 1] to [-1, 1]; ``caffe`` mode (VGG, ResNet50) to 0-255 minus the
+ImageNet channel means (channel order does not matter: the X-ray's three
+channels are equal).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    application: str  # the keras.applications constructor
+    default_size: int
+    mode: str  # "tf": [-1, 1]; "caffe": 0-255 minus the ImageNet means
+    min_size: int = 32
+
+
+BACKBONES = {b.name: b for b in (
+    Backbone("mobilenet_v2", "MobileNetV2", 224, "tf"),
+    Backbone("mobilenet", "MobileNet", 224, "tf"),
+    Backbone("vgg16", "VGG16", 224, "caffe"),
+    Backbone("vgg19", "VGG19", 224, "caffe"),
+    Backbone("resnet50", "ResNet50", 224, "caffe"),
+    Backbone("inception_v3", "InceptionV3", 299, "tf", 75),
+    Backbone("xception", "Xception", 299, "tf", 71),
+    Backbone("inception_resnet_v2", "InceptionResNetV2", 299, "tf", 75),
+)}
+DEFAULT_BACKBONE = "mobilenet_v2"
+CAFFE_MEANS = (103.939, 116.779, 123.68)
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})") from None
 
 BACKBONE_LAYER = "mobilenetv2_1.00_{size}"
 FEATURES_LAYER = "pooled_features"
@@ -44,8 +82,9 @@ def build_classifier(
     weights: str = "imagenet",
     featurewise_mean: float | None = None,
     samplewise_center: bool = False,
+    backbone: str = DEFAULT_BACKBONE,
 ):
-    """Build the paper's model.
+    """Build the paper's model (or the same head on another ``backbone``).
 
     Args:
         num_classes: number of output classes (softmax).
@@ -74,9 +113,11 @@ def build_classifier(
         raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
-    if input_size < 32:
-        raise ConfigError(f"input size must be at least 32 pixels, got {input_size}")
-    backbone_weights = _resolve_weights(weights, input_size)
+    spec = get_backbone(backbone)
+    if input_size < spec.min_size:
+        raise ConfigError(f"input size must be at least {spec.min_size} pixels for {backbone}, got {input_size}")
+    backbone_weights = (_resolve_weights(weights, input_size) if backbone == DEFAULT_BACKBONE
+                        else _resolve_other_weights(weights, spec))
 
     inputs = x = keras.Input((input_size, input_size, 3), name="image")
     if samplewise_center:
@@ -84,14 +125,17 @@ def build_classifier(
         x = keras.layers.Subtract(name="samplewise_center")([x, image_mean])
     if featurewise_mean is not None:
         x = keras.layers.Rescaling(1.0, offset=-float(featurewise_mean), name="featurewise_center")(x)
-    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
-    backbone = _mobilenet_v2(input_size, backbone_weights)
-    backbone.trainable = False
-    x = backbone(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    if spec.mode == "caffe":
+        x = keras.layers.Rescaling(255.0, offset=[-m for m in CAFFE_MEANS], name="to_caffe_range")(x)
+    else:
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
+    base = _application(spec, input_size, backbone_weights)
+    base.trainable = False
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
     x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
     x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=CLASSIFIER_LAYER)(x)
-    return keras.Model(inputs, outputs, name="ccad_mobilenet_v2")
+    return keras.Model(inputs, outputs, name=f"ccad_{backbone}")
 
 
 def _resolve_weights(weights: str, input_size: int) -> str | None:
@@ -119,23 +163,52 @@ def download_imagenet_weights(input_size: int) -> None:
         ) from e
 
 
-def _mobilenet_v2(input_size: int, weights: str | None):
+def _resolve_other_weights(weights: str, spec: Backbone) -> str | None:
+    """Weights for a backbone other than MobileNetV2: Keras's cache (or a download) for imagenet."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
+    return str(weights)
+
+
+def _application(spec: Backbone, input_size: int, weights: str | None):
     import keras
 
+    constructor = getattr(keras.applications, spec.application)
+    extra = {"alpha": 1.0} if spec.name in ("mobilenet_v2", "mobilenet") else {}
     try:
-        return keras.applications.MobileNetV2(
-            input_shape=(input_size, input_size, 3), alpha=1.0, include_top=False, weights=weights
-        )
-    except (ValueError, OSError) as e:
-        raise ModelError(f"cannot build MobileNetV2 with weights {weights!r}: {e}") from e
+        return constructor(input_shape=(input_size, input_size, 3), include_top=False, weights=weights, **extra)
+    except Exception as e:
+        if weights == "imagenet" and spec.name != DEFAULT_BACKBONE:
+            raise ModelError(f"ImageNet weights for {spec.application} are not in the Keras cache "
+                             f"({keras_cache_dir()}) and could not be downloaded: use --weights none "
+                             "(a random backbone) or go online once") from e
+        raise ModelError(f"cannot build {spec.application} with weights {weights!r}: {e}") from e
+
+
+def imagenet_available_for(backbone: str, input_size: int | None = None) -> bool:
+    """Whether ImageNet weights for ``backbone`` can be had now (cache or download)."""
+    if backbone == DEFAULT_BACKBONE:
+        return imagenet_weights_available(input_size or 224)
+    spec = get_backbone(backbone)
+    try:
+        _application(spec, input_size or spec.default_size, "imagenet")
+        return True
+    except ModelError:
+        return False
 
 
 def backbone_of(model):
-    """The MobileNetV2 sub-model inside a classifier built by :func:`build_classifier`."""
+    """The pretrained sub-model inside a classifier built by :func:`build_classifier`."""
+    import keras
+
     for layer in model.layers:
-        if layer.name.startswith("mobilenetv2"):
+        if isinstance(layer, keras.Model):
             return layer
-    raise ModelError(f"model {model.name!r} has no MobileNetV2 backbone")
+    raise ModelError(f"model {model.name!r} has no backbone sub-model")
 
 
 def feature_extractor(model):
@@ -162,10 +235,13 @@ def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
     import keras
 
     backbone = backbone_of(model)
-    from_layer = from_layer or DEFAULT_FINE_TUNE_FROM
     names = [layer.name for layer in backbone.layers]
+    if from_layer is None and DEFAULT_FINE_TUNE_FROM not in names:
+        from_layer = names[int(len(names) * 0.8)]  # other backbones: the last fifth of the layers
+    from_layer = from_layer or DEFAULT_FINE_TUNE_FROM
     if from_layer not in names:
-        raise ConfigError(f"--fine-tune-from {from_layer!r} is not a MobileNetV2 layer (e.g. block_13_expand, Conv_1)")
+        raise ConfigError(f"--fine-tune-from {from_layer!r} is not a layer of {backbone.name} "
+                          "(MobileNetV2: e.g. block_13_expand, Conv_1)")
     start = names.index(from_layer)
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):

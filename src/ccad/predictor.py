@@ -66,6 +66,13 @@ class Predictor:
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.cam_weights = np.load(self.bundle / self.card["heatmap"]["weights"])
+        self.head = None
+        head_file = (self.card.get("head") or {}).get("file")
+        if head_file:  # a non-linear scikit-learn head on the pooled features (no class activation map)
+            from .heads import OnnxHead
+
+            _check_sha256(self.bundle / head_file, self.card.get("sha256", {}).get(head_file))
+            self.head = OnnxHead(self.bundle / head_file)
         self.classes: list[str] = self.card["classes"]
         self.positive_class: str = self.card["positive_class"]
         self.input_size: int = int(self.card["input_size"])
@@ -85,6 +92,8 @@ class Predictor:
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(probabilities (N, k), feature maps (N, h, w, 1280)) for a (N, H, W, 3) float32 batch in [0, 1]."""
         probabilities, features = self.session.run(self.output_names, {self.input_name: batch.astype(np.float32)})
+        if self.head is not None:
+            probabilities = self.head(features.mean(axis=(1, 2)))
         return probabilities, features
 
     def predict_images(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -106,6 +115,8 @@ class Predictor:
         For global average pooling followed by a dense layer, the class score is
         the spatial mean of ``feature_map @ w_c``, so this map is exact (Zhou et al. 2016).
         """
+        if self.head is not None:
+            return np.zeros((self.input_size, self.input_size), np.float32)  # no CAM for a non-linear head
         cam = np.maximum(feature_map @ self.cam_weights[:, class_index], 0.0)
         return upsample_map(cam, self.input_size)
 

@@ -51,7 +51,7 @@ class TrainConfig:
     optimizer: str = "adam"
     lr: float = 1e-3
     dropout: float = 0.3
-    input_size: int = 224
+    input_size: int = 0  # 0: the backbone's default (224; 299 for the Inception family and Xception)
     augmentation: str = "cxr"
     feature_views: int = 4
     weights: str = "imagenet"
@@ -61,10 +61,18 @@ class TrainConfig:
     fine_tune_from: str | None = None
     fine_tune_lr: float = 1e-5
     preprocess: str = "lungs+clahe+lowpass"
+    backbone: str = "mobilenet_v2"
+    head: str = "dense"
+    feature_selection: str = "none"
     threshold: str = "youden"
     calibration: str = "none"
 
     def validate(self) -> "TrainConfig":
+        from .model import get_backbone
+
+        spec = get_backbone(self.backbone)
+        if not self.input_size:
+            self.input_size = spec.default_size
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
@@ -81,6 +89,11 @@ class TrainConfig:
         get_spec(self.augmentation)
         preprocessing_steps(self.preprocess)
         validate_settings(self.threshold, self.calibration)
+        from .heads import validate as validate_head
+
+        validate_head(self.head, self.feature_selection)
+        if self.head != "dense" and self.fine_tune_epochs:
+            raise ConfigError("--fine-tune-epochs needs the dense head (scikit-learn heads sit on frozen features)")
         return self
 
 
@@ -120,6 +133,11 @@ class TrainResult:
     metrics: dict[str, Any] | None
     decision: DecisionRule | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    head: dict[str, Any] | None = None
+
+    @property
+    def features_kept(self) -> int | None:
+        return self.head.get("features_kept") if self.head else None
 
 
 def train(
@@ -171,33 +189,64 @@ def train(
     spec = get_spec(config.augmentation)
     model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights,
                              featurewise_mean=float(arrays["train"][0].mean()) if spec.featurewise_center else None,
-                             samplewise_center=spec.samplewise_center)
+                             samplewise_center=spec.samplewise_center, backbone=config.backbone)
     start = time.perf_counter()
-    fit = _fit_cached_views if config.feature_views > 0 else _fit_streaming
-    history = fit(model, arrays, dataset.classes, config, verbose)
+    head = None
+    if config.head != "dense":
+        history, head = _fit_sklearn_head(model, arrays, dataset.classes, config)
+        timings["head_fit_s"] = head.pop("fit_s")
+    else:
+        fit = _fit_cached_views if config.feature_views > 0 else _fit_streaming
+        history = fit(model, arrays, dataset.classes, config, verbose)
     if config.fine_tune_epochs:
         history += _fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history))
     timings["train_s"] = time.perf_counter() - start
     timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
-    decision = _fit_decision(model, arrays["val"], dataset, config)
+    scorer = _scorer_with_head(model, head, run_dir)
+    decision = _fit_decision(scorer, arrays["val"], dataset, config)
 
-    _save_run(run_dir, model, dataset, config, history, timings, save_h5, decision)
+    _save_run(run_dir, model, dataset, config, history, timings, save_h5, decision, head)
     metrics = None
     if evaluate_test and dataset.subset("test"):
         from .evaluation import evaluate
 
-        metrics = evaluate(model, dataset, run_dir, split="test", meta=run_metadata(dataset, config, decision),
-                           history=history, skip_bad=skip_bad)
-    return TrainResult(run_dir, model, dataset, config, history, metrics, decision, timings)
+        meta = run_metadata(dataset, config, decision, head)
+        metrics = evaluate(scorer, dataset, run_dir, split="test", meta=meta, skip_bad=skip_bad,
+                           history=history if config.head == "dense" else None)
+    return TrainResult(run_dir, model, dataset, config, history, metrics, decision, timings, head)
 
 
-def _fit_decision(model, val: tuple[np.ndarray, np.ndarray], dataset: Dataset, config: TrainConfig) -> DecisionRule:
+def _fit_decision(scorer, val: tuple[np.ndarray, np.ndarray], dataset: Dataset, config: TrainConfig) -> DecisionRule:
     """Temperature (optional) and threshold, fitted on the validation split only."""
     from .evaluation import predict_probabilities
 
     images, labels = val
-    return fit_decision(labels, predict_probabilities(model, images), dataset.classes, dataset.positive_class
+    probabilities = (scorer.predict_images(images) if hasattr(scorer, "predict_images")
+                     else predict_probabilities(scorer, images))
+    return fit_decision(labels, probabilities, dataset.classes, dataset.positive_class
                         or dataset.classes[-1], config.threshold, config.calibration, fitted_on="the validation split")
+
+
+def _scorer_with_head(model, head: dict[str, Any] | None, run_dir: Path):
+    """The Keras model, or for a stored (non-linear) head a Classifier-like scorer running both parts."""
+    if not head or "onnx" not in head:
+        return model
+    from .inference import Classifier
+
+    with atomic_path(run_dir / head["file"]) as tmp:
+        Path(tmp).write_bytes(head.pop("onnx"))
+    meta = {"head": {"kind": head["kind"], "file": head["file"]}}
+    return Classifier(model, [], "", int(model.input_shape[1]), meta, run_dir=run_dir)
+
+
+def _fit_sklearn_head(model, arrays, classes, config: TrainConfig):
+    from .heads import fit_head
+
+    f_train, y_all, f_val, y_val, f_original = _cached_features(model, arrays, len(classes), config)
+    head = fit_head(model, f_train, y_all, f_val, y_val, len(classes), config.head, config.feature_selection,
+                    config.seed, f_original, arrays["train"][1])
+    head["selected_features"] = np.flatnonzero(head.pop("mask")).tolist()
+    return [{"phase": config.head}], head
 
 
 def _check_trainable(arrays: dict, dataset: Dataset) -> None:
@@ -282,21 +331,30 @@ def _fit_streaming(model, arrays, classes, config: TrainConfig, verbose: int, fi
     return _history_rows(result.history, phase="fine-tune" if first_epoch else "frozen")
 
 
-def _fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int) -> list[dict[str, float]]:
-    from .model import feature_extractor, head_of
+def _cached_features(model, arrays, k: int, config: TrainConfig):
+    """Pooled backbone features: (train originals + augmented views, their labels, val, val labels, originals)."""
+    from .model import feature_extractor
 
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
-    k = len(classes)
     extractor = feature_extractor(model)
     # The original images, then `feature_views` augmented passes over one copy of them (each pass draws
     # fresh random transforms). Without augmentation extra views would be copies, so there are none.
     f_train = extractor.predict(image_batches(x_train, None, INFERENCE_BATCH, k), verbose=0)
     augmenter = _augmenter(config)
-    if augmenter is not None:
+    if augmenter is not None and config.feature_views > 0:
         views = image_batches(x_train, None, INFERENCE_BATCH, k, augmenter, repeat=config.feature_views)
         f_train = np.concatenate([f_train, extractor.predict(views, verbose=0)])
     y_all = np.tile(y_train, len(f_train) // len(y_train))
     f_val = extractor.predict(image_batches(x_val, None, INFERENCE_BATCH, k), verbose=0)
+    return f_train, y_all, f_val, y_val, f_train[:len(y_train)]
+
+
+def _fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int) -> list[dict[str, float]]:
+    from .model import head_of
+
+    k = len(classes)
+    f_train, y_all, f_val, y_val, _ = _cached_features(model, arrays, k, config)
+    y_train = arrays["train"][1]
     eye = np.eye(k, dtype="float32")
 
     head = head_of(model, f_train.shape[1])
@@ -336,26 +394,35 @@ def library_versions(extra: Sequence[str] = ()) -> dict[str, str]:
     return versions
 
 
-def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule | None = None) -> dict[str, Any]:
+def _backbone_name(name: str) -> str:
+    from .model import get_backbone
+
+    application = get_backbone(name).application
+    return f"{application} (alpha 1.0)" if name in ("mobilenet_v2", "mobilenet") else application
+
+
+def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule | None = None,
+                 head: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a loader needs to use the model, plus what it was trained on."""
     return {
         "ccad_version": __version__,
         "classes": dataset.classes,
         "positive_class": dataset.positive_class,
         "input_size": config.input_size,
-        "backbone": "MobileNetV2 (alpha 1.0)",
+        "backbone": _backbone_name(config.backbone),
         "weights": config.weights,
         "preprocessing": "grayscale, [0,1] (8-bit /255; deeper: min-max), then `preprocess`, bilinear resize "
                          "to input_size, 3 channels",
         "preprocess": config.preprocess,
         "decision": decision.to_dict() if decision else None,
+        "head": head or {"kind": "dense"},
         "data": {"source": dataset.source, "layout": dataset.layout, "counts": dataset.counts(),
                  "sha256": dataset.fingerprint(), "bad_files_skipped": len(dataset.bad_files)},
     }
 
 
 def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, history, timings, save_h5: bool,
-              decision: DecisionRule | None = None) -> None:
+              decision: DecisionRule | None = None, head: dict[str, Any] | None = None) -> None:
     from .model import count_parameters
 
     with atomic_path(run_dir / "model.keras") as tmp:
@@ -375,7 +442,7 @@ def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, histo
     total, trainable = count_parameters(model)
     best = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf))
     write_json(run_dir / "config.json", dict(
-        run_metadata(dataset, config, decision),
+        run_metadata(dataset, config, decision, head),
         config=asdict(config),
         parameters={"total": total, "trainable": trainable},
         best_epoch=best + 1,
