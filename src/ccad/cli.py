@@ -43,6 +43,15 @@ def _cv_parser(sub) -> None:
     _add_training_args(p)
 
 
+def _reproduce_parser(sub) -> None:
+    p = sub.add_parser("reproduce-paper", help="the paper's cases (paper-a on Dataset A, paper-b, paper-b-10ep on B)")
+    p.add_argument("--data", required=True, help="manifest CSV with paper_dataset_a / paper_dataset_b columns")
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", help="comma-separated subset of paper-a,paper-b,paper-b-10ep")
+    p.add_argument("--epochs", type=int, help="override the presets' 10 epochs (for a quick look)")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def _compare_parser(sub) -> None:
     p = sub.add_parser("compare", help="backbones and heads trained and scored on one split (the paper's Tables 3, 9)")
     _add_data_args(p)
@@ -122,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(sub)
     _severity_parser(sub)
     _compare_parser(sub)
+    _reproduce_parser(sub)
 
     p = sub.add_parser("evaluate", help="score a trained model on labelled data")
     p.add_argument("--model", required=True, help="run folder or model file")
@@ -220,6 +230,13 @@ def cmd_compare(args) -> None:
                       input_size=args.input_size)
     print(Path(args.out, "comparison.md").read_text())
     print(f"runs and comparison.json in {args.out} (screening aid, not a diagnosis); {len(summary['rows'])} rows")
+
+
+def cmd_reproduce_paper(args) -> None:
+    from .paper import reproduce_paper
+
+    reproduce_paper(args.data, args.out, tuple(_names(args.cases)) if args.cases else None, args.seed, args.epochs)
+    print(Path(args.out, "paper-reproduction.md").read_text())
 
 
 def _names(text: str) -> list[str]:
@@ -352,7 +369,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

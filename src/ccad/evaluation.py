@@ -193,6 +193,22 @@ def _undefined_notes(point: dict[str, float | None], positive_class: str) -> lis
     return notes
 
 
+def write_predictions(path: Path, samples, y_true: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray,
+                      classes: Sequence[str]) -> None:
+    """One row per scored image: path, group, true and predicted class, probabilities."""
+    import csv
+    import io
+
+    from ._files import write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "group", "label", "predicted"] + [f"p_{c}" for c in classes])
+    for s, t, p, k in zip(samples, y_true, probabilities, predicted):
+        writer.writerow([s.path, s.group, classes[t], classes[k]] + [f"{v:.6f}" for v in p])
+    write_text(path, buffer.getvalue())
+
+
 def predict_probabilities(model, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Softmax outputs of a Keras classifier for (N, H, W) grayscale images in [0, 1]."""
     from .training import INFERENCE_BATCH, image_batches
@@ -251,6 +267,8 @@ def evaluate(
     metrics["skipped_files"] = [{"path": p, "error": e} for p, e in bad]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
+    write_predictions(out / "predictions.csv", kept, y_true, probabilities, decision.predict(probabilities),
+                      dataset.classes)
     figures = write_figures(out / "figures", metrics, y_true, probabilities, images, kept, dataset.classes, history,
                             predicted=decision.predict(probabilities))
     write_report(out / "report.html", metrics, figures, dataset, meta or {}, split)
