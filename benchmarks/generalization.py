@@ -31,7 +31,7 @@ from _report import emit  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RECIPES = {
     "default": [],
-    "default, no preprocessing (previous default)": ["--preprocess", "none"],
+    "previous-default": ["--preprocess", "none"],
     "paper-a": ["--preset", "paper-a"],
 }
 
@@ -50,7 +50,7 @@ def value(entry) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated from {', '.join(RECIPES)}")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--skip-three-class", action="store_true")
     parser.add_argument("--out")

@@ -43,7 +43,8 @@ def _weights():
 def test_audit_flags_a_model_that_reads_a_marker_outside_the_lungs(marker_shortcut_data, tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", str(marker_shortcut_data), "--out", str(run), "--weights", _weights(),
-                 "--input-size", "128", "--epochs", "10", "--feature-views", "1", "--augmentation", "none"]) == 0
+                 "--input-size", "128", "--epochs", "10", "--feature-views", "1", "--augmentation", "none",
+                 "--preprocess", "none"]) == 0
     assert main(["audit", "--model", str(run), "--data", str(marker_shortcut_data), "--out", str(tmp_path / "audit"),
                  "--split", "all"]) == 0
     result = json.loads((tmp_path / "audit" / "audit.json").read_text())

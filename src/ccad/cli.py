@@ -120,6 +120,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-tune-from", help="first MobileNetV2 layer to unfreeze (default block_13_expand)")
     p.add_argument("--fine-tune-lr", type=float)
     p.add_argument("--save-h5", action="store_true", help="also write the paper's model.h5")
+    p.add_argument("--distributed", action="store_true",
+                   help="train under tf.distribute.MultiWorkerMirroredStrategy; workers from TF_CONFIG")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="with --out: skip files already in the CSV")
     p.add_argument("--heatmap", metavar="OUTDIR", help="write each image with its heatmap overlaid (bundles)")
     p.add_argument("--int8", action="store_true", help="use the bundle's INT8 model")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: Ray Data tasks decode, a pool of actors scores; --out is a folder of shards")
+    p.add_argument("--address", help="with --engine ray: join this Ray cluster (default: start a local one)")
+    p.add_argument("--workers", type=int, default=2, help="with --engine ray: scoring actors")
+    p.add_argument("--output-format", choices=["csv", "parquet"], default="csv", help="with --engine ray")
 
     p = sub.add_parser("export", help="export a run to a model bundle (ONNX, optional INT8 and TFLite)")
     p.add_argument("--model", required=True, help="run folder or model file")
@@ -202,7 +209,8 @@ def _config(args):
                        fine_tune_from=args.fine_tune_from, fine_tune_lr=args.fine_tune_lr, preprocess=args.preprocess,
                        threshold=args.threshold, calibration=args.calibration,
                        backbone=getattr(args, "backbone", None), head=getattr(args, "head", None),
-                       feature_selection=getattr(args, "feature_selection", None))
+                       feature_selection=getattr(args, "feature_selection", None),
+                       distributed=getattr(args, "distributed", None) or None)
 
 
 def cmd_train(args) -> None:
@@ -282,6 +290,17 @@ def cmd_predict(args) -> None:
     from .inference import (expand_inputs, load_classifier, predict_to_csv, result_columns, result_row, save_overlay,
                             severity_scores_of)
 
+    if args.engine == "ray":
+        from .scale import ray_predict
+
+        if not args.out:
+            raise CcadError("--engine ray needs --out (a folder for the result shards)")
+        summary = ray_predict(args.model, args.inputs, args.out, args.address, args.workers, resume=args.resume,
+                              output_format=args.output_format, variant="int8" if args.int8 else "float")
+        run = summary["this_run"]
+        print(f"{run['processed']} processed, {run['skipped_already_done']} already done, {summary['errors']} "
+              f"unreadable in all: {args.out} (screening aid, not a diagnosis)")
+        return
     classifier = load_classifier(args.model, variant="int8" if args.int8 else "float")
     streaming = hasattr(classifier, "predict_stream")
     if (args.out or args.heatmap) and not streaming:

@@ -64,6 +64,7 @@ class TrainConfig:
     backbone: str = "mobilenet_v2"
     head: str = "dense"
     feature_selection: str = "none"
+    distributed: bool = False
     threshold: str = "youden"
     calibration: str = "none"
 
@@ -92,6 +93,10 @@ class TrainConfig:
         from .heads import validate as validate_head
 
         validate_head(self.head, self.feature_selection)
+        if self.distributed and self.head != "dense":
+            raise ConfigError("--distributed trains the dense head (scikit-learn heads fit on one machine)")
+        if self.distributed:
+            self.feature_views = 0  # multi-worker training streams images every epoch (see ccad.distributed)
         if self.head != "dense" and self.fine_tune_epochs:
             raise ConfigError("--fine-tune-epochs needs the dense head (scikit-learn heads sit on frozen features)")
         return self
@@ -160,11 +165,25 @@ def train(
     ``evaluate_test`` is false, the test-split evaluation (``metrics.json``,
     ``figures/``, ``report.html``) exactly as :func:`ccad.evaluation.evaluate` writes it.
     """
+    import contextlib
+    import tempfile
+
     import keras
 
     config = (config or TrainConfig()).validate()
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
     run_dir = Path(out)
+    strategy, cluster, fit_config = None, None, config
+    if config.distributed:
+        from dataclasses import replace
+
+        from .distributed import multi_worker_strategy
+
+        strategy, cluster = multi_worker_strategy()  # before any other TensorFlow op
+        if not cluster.is_chief:
+            run_dir = Path(tempfile.mkdtemp(prefix="ccad-worker-"))
+            evaluate_test = False
+        fit_config = replace(config, batch_size=config.batch_size * cluster.workers, lr=config.lr * cluster.workers)
     if isinstance(data, Dataset):
         dataset = data if all(s.split for s in data.samples) else assign_splits(data, seed=config.seed)
     else:
@@ -187,20 +206,41 @@ def train(
     from .model import build_classifier
 
     spec = get_spec(config.augmentation)
-    model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights,
-                             featurewise_mean=float(arrays["train"][0].mean()) if spec.featurewise_center else None,
-                             samplewise_center=spec.samplewise_center, backbone=config.backbone)
     start = time.perf_counter()
     head = None
-    if config.head != "dense":
-        history, head = _fit_sklearn_head(model, arrays, dataset.classes, config)
-        timings["head_fit_s"] = head.pop("fit_s")
-    else:
-        fit = _fit_cached_views if config.feature_views > 0 else _fit_streaming
-        history = fit(model, arrays, dataset.classes, config, verbose)
-    if config.fine_tune_epochs:
-        history += _fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history))
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights,
+                                 featurewise_mean=float(arrays["train"][0].mean()) if spec.featurewise_center else None,
+                                 samplewise_center=spec.samplewise_center, backbone=config.backbone)
+        if config.head != "dense":
+            history, head = _fit_sklearn_head(model, arrays, dataset.classes, config)
+            timings["head_fit_s"] = head.pop("fit_s")
+        elif strategy is not None:
+            from .distributed import fit_multi_worker
+
+            history = fit_multi_worker(model, strategy, arrays, dataset.classes, fit_config, run_dir / "checkpoints")
+            if config.fine_tune_epochs:
+                from .model import unfreeze_for_fine_tuning
+
+                unfreeze_for_fine_tuning(model, config.fine_tune_from)
+                history += fit_multi_worker(model, strategy, arrays, dataset.classes, fit_config,
+                                            run_dir / "checkpoints", first_epoch=len(history),
+                                            epochs=config.fine_tune_epochs,
+                                            lr=config.fine_tune_lr * cluster.workers)
+        else:
+            fit = _fit_cached_views if config.feature_views > 0 else _fit_streaming
+            history = fit(model, arrays, dataset.classes, config, verbose)
+        if config.fine_tune_epochs and strategy is None:
+            history += _fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history))
     timings["train_s"] = time.perf_counter() - start
+    if strategy is not None:  # every worker saves (a collective step); continue on a plain copy
+        from .model import load_keras_model
+
+        with atomic_path(run_dir / "model.keras") as tmp:
+            model.save(tmp)
+        model = load_keras_model(run_dir / "model.keras")
+        timings["distributed"] = {"workers": cluster.workers, "task": cluster.task,
+                                  "global_batch_size": fit_config.batch_size, "scaled_lr": fit_config.lr}
     timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
     scorer = _scorer_with_head(model, head, run_dir)
     decision = _fit_decision(scorer, arrays["val"], dataset, config)
@@ -213,6 +253,10 @@ def train(
         meta = run_metadata(dataset, config, decision, head)
         metrics = evaluate(scorer, dataset, run_dir, split="test", meta=meta, skip_bad=skip_bad,
                            history=history if config.head == "dense" else None)
+    if cluster is not None and not cluster.is_chief:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
     return TrainResult(run_dir, model, dataset, config, history, metrics, decision, timings, head)
 
 

@@ -65,6 +65,15 @@ function showResult(result) {
     row.children[2].textContent = `${(p * 100).toFixed(1)}%`;
     bars.appendChild(row);
   }
+  if (result.severity) {
+    const s = result.severity;
+    const extent = s.geographic_extent, opacity = s.opacity;
+    const severity = node.querySelector(".severity");
+    severity.hidden = false;
+    severity.textContent = `X-ray involvement: ${s.band} — geographic extent ${extent.value} (95% interval ` +
+      `${extent.interval95[0]}–${extent.interval95[1]}, scale 0–8), opacity ${opacity.value} ` +
+      `(${opacity.interval95[0]}–${opacity.interval95[1]}, scale 0–6). ${s.note}.`;
+  }
   $("results").prepend(node);
 }
 

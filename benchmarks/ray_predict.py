@@ -1,0 +1,65 @@
+"""Batch screening throughput: ``ccad predict --engine ray`` (1 and 2 scoring actors) vs single-process predict.
+
+The same N synthetic images (256 px PNG) and the same bundle for every engine; the
+baseline (single-process ``predict_to_csv``) runs in the same process first.
+Prints JSON (``--out`` also writes it).
+
+    KERAS_HOME=../shared/keras-home python benchmarks/ray_predict.py --images 2000 --out benchmarks/results-ray_predict.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import emit  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--preprocess", default="none")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+
+    from ccad.cli import main as ccad
+    from ccad.inference import predict_to_csv
+    from ccad.predictor import Predictor
+    from ccad.scale import ray_predict
+    from ccad.synthetic import generate
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = generate(tmp / "images", n_per_class=args.images // 2, size=256, seed=3)
+        images = sorted(str(p) for p in data.rglob("*.png"))[: args.images]
+        (tmp / "list.txt").write_text("\n".join(images))
+        train = generate(tmp / "train", n_per_class=30, size=256, seed=4)
+        assert ccad(["train", "--data", str(train), "--out", str(tmp / "run"), "--input-size", str(args.input_size),
+                     "--epochs", "2", "--feature-views", "1", "--preprocess", args.preprocess]) == 0
+        assert ccad(["export", "--model", str(tmp / "run"), "--out", str(tmp / "bundle")]) == 0
+        start = time.perf_counter()
+        predict_to_csv(Predictor(tmp / "bundle"), images, tmp / "single.csv",
+                       progress=False)
+        single = time.perf_counter() - start
+        rows.append({"engine": "single-process predict (4 decode threads, ONNX Runtime 2 threads)",
+                     "images": len(images), "seconds": round(single, 1), "images_per_s": round(len(images) / single, 1)})
+        for workers in (1, 2):
+            summary = ray_predict(tmp / "bundle", [tmp / "list.txt"], tmp / f"ray{workers}", workers=workers,
+                                  num_cpus=2)
+            run = summary["this_run"]
+            rows.append({"engine": f"ray, {workers} scoring actor(s), local (num_cpus=2)", "images": run["processed"],
+                         "seconds": run["seconds"], "images_per_s": run["images_per_s"],
+                         "vs_single": round(single / run["seconds"], 2)})
+            print(rows[-1], flush=True)
+    emit({"benchmark": "ray_predict", "input_size": args.input_size, "preprocess": args.preprocess, "rows": rows,
+          "machine": "2 CPU cores"}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Archive-scale screening on Ray: ``ccad predict --engine ray``.
+
+A Ray Data pipeline over the image list (folders, files, a manifest CSV with a
+``path`` column, or a text file of paths):
+
+1. ``from_items`` of the paths not yet in the output (``--resume``);
+2. ``map_batches(decode)`` as Ray *tasks*: read, preprocess and resize each file
+   with :func:`ccad.images.load_model_input`, exactly as single-process
+   ``predict`` does; an unreadable file becomes a row with its error;
+3. ``map_batches(Scorer)`` in a pool of Ray *actors*: each loads the bundle once
+   (:class:`ccad.predictor.Predictor`, ONNX Runtime) and scores batches with the
+   same decision rule and severity head as ``predict``;
+4. ``write_csv`` / ``write_parquet``: result shards under ``OUT/``, then
+   ``OUT/summary.json`` (counts by class, errors, time).
+
+Without ``address`` a local Ray starts on this machine; with one, the job joins
+that cluster (``ray://`` client or a head node address). TensorFlow is never imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from ._files import write_json
+from .errors import ConfigError, ModelError
+
+SUMMARY = "summary.json"
+
+
+def list_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
+    """Image paths from folders and files, manifest CSVs (``path`` column, relative to the CSV) and .txt lists."""
+    from .inference import iter_inputs
+
+    paths: list[str] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_file() and item.suffix.lower() == ".csv":
+            with open(item, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                if "path" not in (reader.fieldnames or []):
+                    raise ConfigError(f"{item}: a manifest needs a path column")
+                paths += [str(item.parent / row["path"]) for row in reader]
+        elif item.is_file() and item.suffix.lower() == ".txt":
+            paths += [line.strip() for line in item.read_text().splitlines() if line.strip()]
+        else:
+            paths += [str(p) for p in iter_inputs([item])]
+    return paths
+
+
+def done_files(out: Path) -> set[str]:
+    """Files already in the result shards of ``out`` (CSV or Parquet)."""
+    done: set[str] = set()
+    for shard in sorted(out.glob("*.csv")):
+        with open(shard, newline="", encoding="utf-8") as f:
+            done |= {row["file"] for row in csv.DictReader(f)}
+    parquet = sorted(out.glob("*.parquet"))
+    if parquet:
+        import pyarrow.parquet as pq
+
+        for shard in parquet:
+            done |= set(pq.read_table(shard, columns=["file"]).column("file").to_pylist())
+    return done
+
+
+def decode(batch: dict[str, np.ndarray], size: int, preprocess: str) -> dict[str, np.ndarray]:
+    """Ray task: files -> model inputs (zeros where unreadable) and an error column."""
+    from .errors import ImageReadError
+    from .images import load_model_input
+
+    images, errors = [], []
+    for path in batch["file"]:
+        try:
+            images.append(load_model_input(str(path), size, preprocess))
+            errors.append("")
+        except ImageReadError as e:
+            images.append(np.zeros((size, size, 3), np.float32))
+            errors.append(str(e))
+    return {"file": batch["file"], "image": np.stack(images), "error": np.array(errors, dtype=object)}
+
+
+class Scorer:
+    """Ray actor: loads the bundle once, scores decoded batches like single-process ``predict``."""
+
+    def __init__(self, bundle: str, variant: str = "float", threads: int = 1):
+        from .predictor import Predictor
+
+        self.predictor = Predictor(bundle, variant=variant, threads=threads)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .inference import result_columns, result_row, severity_scores_of
+        from .predictor import describe
+
+        p = self.predictor
+        scores = severity_scores_of(p)
+        good = [i for i, e in enumerate(batch["error"]) if not e]
+        results: dict[int, dict[str, Any]] = {}
+        if good:
+            probabilities, features = p.run(np.asarray(batch["image"])[good])
+            for i, prob, fmap in zip(good, probabilities, features):
+                result = {"file": str(batch["file"][i]), **describe(prob, p.classes, p.decision)}
+                result.update(p.severity_of(result, fmap))
+                results[i] = result
+        rows = [result_row(results.get(i) or {"file": str(f), "error": str(batch["error"][i])}, p.classes, scores)
+                for i, f in enumerate(batch["file"])]
+        columns = result_columns(p.classes, scores)
+        return {name: np.array([row[j] for row in rows], dtype=object) for j, name in enumerate(columns)}
+
+
+def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                address: str | None = None, workers: int = 2, batch_size: int = 16, resume: bool = False,
+                output_format: str = "csv", variant: str = "float", num_cpus: int | None = None) -> dict[str, Any]:
+    """Score ``inputs`` with the bundle ``model`` on Ray; write result shards and a summary to ``out``."""
+    import ray
+
+    from .predictor import Predictor, is_bundle
+
+    if not is_bundle(model):
+        raise ModelError(f"{model}: --engine ray needs a model bundle (ccad export)")
+    if output_format not in ("csv", "parquet"):
+        raise ConfigError(f"--output-format must be csv or parquet, got {output_format!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"{out}: already holds results (use --resume to continue, or another --out)")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(model, variant=variant)  # validates the bundle here, before any cluster work
+    done = done_files(out) if resume else set()
+    todo = [p for p in list_inputs(inputs) if p not in done]
+    start = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 log_to_driver=False, ignore_reinit_error=True)
+    try:
+        if todo:
+            ds = ray.data.from_items([{"file": p} for p in todo])
+            ds = ds.map_batches(decode, batch_size=batch_size, batch_format="numpy",
+                                fn_kwargs={"size": predictor.input_size, "preprocess": predictor.preprocess})
+            ds = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy", concurrency=workers,
+                                fn_constructor_kwargs={"bundle": str(model), "variant": variant})
+            (ds.write_parquet if output_format == "parquet" else ds.write_csv)(str(out))
+    finally:
+        if started_here:
+            ray.shutdown()
+    elapsed = time.perf_counter() - start
+    summary = _summarize(out, predictor.classes, len(done), len(todo), elapsed, workers, address)
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _summarize(out: Path, classes, skipped: int, scored_now: int, elapsed: float, workers: int, address) -> dict:
+    counts = {c: 0 for c in classes}
+    errors = total = 0
+    rows: list[dict[str, Any]] = []
+    for shard in sorted(out.glob("*.csv")):
+        with open(shard, newline="", encoding="utf-8") as f:
+            rows += list(csv.DictReader(f))
+    if not rows and list(out.glob("*.parquet")):
+        import pyarrow.parquet as pq
+
+        for shard in sorted(out.glob("*.parquet")):
+            rows += pq.read_table(shard).to_pylist()
+    for row in rows:
+        total += 1
+        if row.get("error"):
+            errors += 1
+        elif row.get("predicted_class") in counts:
+            counts[row["predicted_class"]] += 1
+    previous = {}
+    if (out / SUMMARY).is_file():
+        previous = json.loads((out / SUMMARY).read_text())
+    return {"files": total, "errors": errors, "predicted": counts, "this_run": {
+        "processed": scored_now, "skipped_already_done": skipped, "seconds": round(elapsed, 2),
+        "images_per_s": round(scored_now / elapsed, 1) if elapsed > 0 and scored_now else None,
+        "workers": workers, "cluster": address or "local"}, "runs": int(previous.get("runs", 0)) + 1,
+        "note": "screening aid, not a diagnosis"}
