@@ -106,7 +106,8 @@ def test_int8_predicts_and_evaluate_accepts_a_bundle(run_and_bundle, synth_folde
                  "--out", str(tmp_path / "k"), "--split", "all"]) == 0
     a = json.loads((tmp_path / "e" / "metrics.json").read_text())
     b = json.loads((tmp_path / "k" / "metrics.json").read_text())
-    assert a["confusion_matrix"] == b["confusion_matrix"]
+    # the same decisions, except at most one image sitting on the threshold (float32 ONNX vs Keras)
+    assert np.abs(np.array(a["confusion_matrix"]) - np.array(b["confusion_matrix"])).sum() <= 2
     assert a["auc"]["value"] == pytest.approx(b["auc"]["value"], abs=1e-3)
 
 
@@ -138,7 +139,8 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
     run, bundle = run_and_bundle
     stored = json.loads((run / "config.json").read_text())["decision"]
     card = json.loads((bundle / "ccad-model.json").read_text())
-    assert card["decision"] == stored and card["preprocess"] == "none"
+    assert card["decision"] == stored
+    assert card["preprocess"] == json.loads((run / "config.json").read_text())["preprocess"] == "lungs+clahe+lowpass"
     files = sorted((synth_folders / "normal").glob("*.png"))[:6] + sorted((synth_folders / "covid").glob("*.png"))[:6]
     # The same bundle with its threshold moved to the extremes: everything becomes covid, then nothing does
     for threshold, expected in ((1e-9, {"covid"}), (1.01, {"normal"})):

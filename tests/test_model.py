@@ -26,7 +26,7 @@ def test_fine_tuning_unfreezes_from_layer_but_keeps_batchnorm_frozen():
     assert bns and not any(l.trainable for l in bns)
     assert not backbone.get_layer("block_15_expand").trainable
     assert backbone.get_layer("block_16_expand").trainable
-    with pytest.raises(ConfigError, match="not a MobileNetV2 layer"):
+    with pytest.raises(ConfigError, match="is not a layer of"):
         unfreeze_for_fine_tuning(model, "no_such_layer")
 
 

@@ -112,14 +112,18 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, rule: str) -> f
         return _number(rule)
     if is_positive.all() or not is_positive.any():
         raise ConfigError(f"--threshold {rule} needs validation images of both the positive class and the others")
-    fpr, tpr, thresholds = roc_curve(is_positive, score)
+    fpr, tpr, thresholds = roc_curve(is_positive, score, drop_intermediate=False)  # every distinct score
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if rule == "youden":
-        return float(thresholds[np.argmax(tpr - fpr)])
-    specificity = 0.90 if rule == "specificity-90" else 0.95
-    allowed = np.flatnonzero(1.0 - fpr >= specificity - 1e-12)
-    return float(thresholds[allowed[-1]])  # lowest threshold that keeps the specificity
+        best = int(np.argmax(tpr - fpr))
+    else:
+        specificity = 0.90 if rule == "specificity-90" else 0.95
+        best = int(np.flatnonzero(1.0 - fpr >= specificity - 1e-12)[-1])  # lowest threshold keeping it
+    # Midway to the next lower validation score: the same validation decisions, with a margin on both sides
+    # (a threshold equal to one image's score flips on float rounding).
+    lower = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] / 2
+    return float((thresholds[best] + lower) / 2)
 
 
 def _number(rule: str) -> float:
