@@ -52,3 +52,14 @@ def run_and_bundle(synth_folders, tmp_path_factory):
     assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",
                  "--calibration-data", str(calibration)]) == 0
     return root / "run", root / "bundle"
+
+
+def write_csv(path, rows):
+    """Write a list of dicts as a CSV (manifests made by tests); returns the path."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

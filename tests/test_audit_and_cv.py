@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from ccad.cli import main
+from conftest import write_csv
 from ccad.model import imagenet_weights_available
 from ccad.synthetic import patient_anatomy, render_patient
 
@@ -28,10 +29,7 @@ def marker_shortcut_data(tmp_path_factory):
             path = f"{label}/{label}-{i:03d}.png"
             Image.fromarray((image * 255).round().astype(np.uint8)).save(root / path)
             rows.append({"path": path, "label": label, "group": f"{label}-{i}", "source": source})
-    with open(root / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "label", "group", "source"])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(root / "manifest.csv", rows)
     return root / "manifest.csv"
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ccad.cli import main
+from conftest import write_csv
 
 
 @pytest.mark.slow
@@ -16,10 +17,7 @@ def test_reproduce_paper_writes_the_cases_side_by_side(synth_folders, tmp_path):
         row["paper_dataset_a"] = "1"
         row["paper_dataset_b"] = "1" if i % 4 else "0"
     manifest = tmp_path / "paper.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(manifest, rows)
     out = tmp_path / "repro"
     assert main(["reproduce-paper", "--data", str(manifest), "--out", str(out), "--epochs", "1",
                  "--cases", "paper-a,paper-b"]) == 0

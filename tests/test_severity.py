@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ccad.cli import main
+from conftest import write_csv
 from ccad.errors import DataError
 from ccad.severity import SeverityHead, band_of, read_scored_rows
 
@@ -30,10 +31,7 @@ def test_rows_without_scores_are_ignored_and_too_few_refused(tmp_path):
     manifest = tmp_path / "m.csv"
     rows = [{"path": f"{i}.png", "label": "covid", "geographic_extent": "" if i % 2 else str(i % 8),
              "opacity": str(i % 6)} for i in range(30)]
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(manifest, rows)
     assert len(read_scored_rows(manifest)) == 15
     with pytest.raises(DataError, match="at least 10"):
         read_scored_rows_from(tmp_path, rows[:12])
@@ -41,10 +39,7 @@ def test_rows_without_scores_are_ignored_and_too_few_refused(tmp_path):
 
 def read_scored_rows_from(folder, rows):
     manifest = folder / "few.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(manifest, rows)
     return read_scored_rows(manifest)
 
 
@@ -66,10 +61,7 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
         rows.append({"path": str(p), "label": "covid", "group": p.stem.rsplit("-", 1)[0],
                      "geographic_extent": f"{extent:.2f}", "opacity": f"{extent * 0.75:.2f}"})
     manifest = tmp_path / "severity.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(manifest, rows)
     out = tmp_path / "sev"
     assert main(["severity", "train", "--model", str(copy), "--data", str(manifest), "--out", str(out),
                  "--folds", "3", "--attach"]) == 0

@@ -189,3 +189,43 @@ def test_onnx_heatmaps_match_keras_grad_cam(default_run, real_bundle, shared_tes
         cam = predictor.heatmap(onnx_fmap[0], c)
         correlations.append(np.corrcoef(cam.ravel(), grad_cam.ravel())[0, 1])
     assert min(correlations) >= 0.9, correlations
+
+
+@pytest.mark.slow
+def test_severity_on_rated_covid_images_beats_predicting_the_mean(real_bundle, tmp_path):
+    import shutil
+
+    from ccad.cli import main
+    from ccad.predictor import Predictor
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(real_bundle, bundle)
+    out = tmp_path / "severity"
+    assert main(["severity", "train", "--model", str(bundle), "--data", str(MANIFEST), "--out", str(out),
+                 "--attach"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 91
+    for name in ("geographic_extent", "opacity"):
+        score = metrics["scores"][name]
+        assert score["mae"]["value"] < score["mae_predicting_mean"]["value"], (name, score)
+        assert score["pearson_r"]["value"] > 0.3, (name, score)
+    covid = sorted((SHARED / "data" / "covid-cxr" / "covid").glob("*.png"))[:8]
+    results = Predictor(bundle).predict_files(covid)
+    flagged = [r for r in results if r["predicted_class"] == "covid"]
+    assert flagged and all(r["severity"]["band"] in {"mild", "moderate", "severe"} for r in flagged)
+
+
+@pytest.mark.slow
+def test_audit_of_the_default_recipe_on_real_images(default_run, tmp_path):
+    from ccad.cli import main
+
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", str(default_run), *DATASET_A, "--out", str(out)]) == 0
+    result = json.loads((out / "audit.json").read_text())
+    lung_test = result["lung_test"]
+    assert result["split"] == "test" and result["n"] >= 50
+    # The default recipe reads the lung fields: showing only them keeps most of the AUC, hiding them loses it
+    assert lung_test["lungs_only"]["auc"] >= 0.8, lung_test
+    assert lung_test["no_lungs"]["auc"] < lung_test["original"]["auc"], lung_test
+    assert result["source_probe"]["confounded_with_label"] is True
+    assert "Verdict" in (out / "report.html").read_text()
