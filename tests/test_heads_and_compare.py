@@ -84,6 +84,7 @@ def test_compare_scores_backbones_and_heads_on_one_split(synth_folders, tmp_path
     out = tmp_path / "cmp"
     assert main(["compare", "--data", str(synth_folders / "manifest.csv"), "--out", str(out),
                  "--backbones", "mobilenet_v2,mobilenet", "--heads", "dense,logreg", "--input-size", "64",
+                 "--feature-selection", "woa",
                  "--epochs", "3", "--feature-views", "1", "--weights", _weights()]) == 0
     summary = json.loads((out / "comparison.json").read_text())
     rows = {(r["backbone"], r["head"]): r for r in summary["rows"]}
@@ -97,5 +98,8 @@ def test_compare_scores_backbones_and_heads_on_one_split(synth_folders, tmp_path
     splits = {json.dumps(sorted(l.strip() for l in open(f"{r['run']}/split.csv"))) for r in summary["rows"]}
     assert len(splits) == 1                                           # one split for every row
     assert all(r["n_test"] == summary["n_test"] > 0 for r in summary["rows"])
+    assert rows[("mobilenet_v2", "logreg")]["feature_selection"] == "woa"          # WOA on the sklearn heads
+    assert rows[("mobilenet_v2", "logreg")]["features_kept"] < 1280
+    assert rows[("mobilenet_v2", "dense")]["feature_selection"] == "none"
     table = (out / "comparison.md").read_text()
     assert "| mobilenet | logreg |" in table and "latency" in table

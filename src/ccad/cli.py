@@ -232,9 +232,9 @@ def cmd_cv(args) -> None:
 def cmd_compare(args) -> None:
     from .compare import compare
 
-    config = _config(args)
-    summary = compare(args.data, args.out, _names(args.backbones), _names(args.heads), config, args.classes,
-                      args.where, args.positive, args.skip_bad, feature_selection=config.feature_selection,
+    selection, args.feature_selection = args.feature_selection or "none", None  # applied per scikit-learn head
+    summary = compare(args.data, args.out, _names(args.backbones), _names(args.heads), _config(args), args.classes,
+                      args.where, args.positive, args.skip_bad, feature_selection=selection,
                       input_size=args.input_size)
     print(Path(args.out, "comparison.md").read_text())
     print(f"runs and comparison.json in {args.out} (screening aid, not a diagnosis); {len(summary['rows'])} rows")
