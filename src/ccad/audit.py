@@ -53,16 +53,11 @@ def audit(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the three checks for ``model`` (bundle, run folder or model file) on ``data``; return the results."""
-    from .data import apply_split_file, discover
-    from .evaluation import bootstrap_intervals
-    from .inference import load_classifier, run_folder
+    from .evaluation import bootstrap_intervals, scoring_set
+    from .inference import load_classifier
 
     classifier = load_classifier(model)
-    dataset = discover(data, classes, where, positive_class, model_classes=classifier.classes)
-    recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
-    if recorded is not None:
-        dataset = recorded
-    split = split or ("test" if any(s.split == "test" for s in dataset.samples) else "all")
+    dataset, split = scoring_set(classifier, model, data, split, classes, where, positive_class, seed)
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if max_images and len(samples) > max_images:
         rng = np.random.default_rng(seed)

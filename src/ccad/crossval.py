@@ -24,7 +24,7 @@ import numpy as np
 
 from ._files import write_json, write_text
 from .data import cross_validation_folds, discover, label_indices, load_images
-from .evaluation import BINARY_METRICS, compute_metrics
+from .evaluation import BINARY_METRICS, compute_metrics, predict_probabilities
 from .training import TrainConfig, train
 
 
@@ -53,8 +53,6 @@ def cross_validate(
     for i, fold in enumerate(cross_validation_folds(dataset, folds, seed), start=1):
         result = train(fold, out / f"fold-{i}", config, skip_bad=skip_bad, evaluate_test=False, verbose=0)
         images, kept, bad = load_images(fold.subset("test"), config.input_size, skip_bad, preprocess=config.preprocess)
-        from .evaluation import predict_probabilities
-
         probabilities = result.decision.calibrate(predict_probabilities(result.model, images))
         predicted = result.decision.predict(probabilities)
         y = label_indices(kept, dataset.classes)

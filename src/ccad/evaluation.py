@@ -293,10 +293,21 @@ def evaluate_classifier(
     the data's split column or folders, else a fresh grouped split (``seed``).
     ``split=None`` means ``test`` when the data has splits, else ``all``.
     """
-    from .data import apply_split_file, assign_splits, discover
-    from .inference import load_classifier, run_folder
+    from .inference import load_classifier
 
     classifier = load_classifier(model)
+    dataset, split = scoring_set(classifier, model, data, split, classes, where, positive_class, seed)
+    return evaluate(classifier, dataset, out, split=split, meta=classifier.meta, skip_bad=skip_bad)
+
+
+def scoring_set(classifier, model, data, split: str | None = None, classes: Sequence[str] | None = None,
+                where: Sequence[str] = (), positive_class: str | None = "covid", seed: int = 0):
+    """(dataset, split) to score ``classifier`` on: the model's run ``split.csv`` when it covers every
+    image, else the data's own splits, else a fresh grouped split (``seed``); ``split=None`` means
+    ``test`` when the data has splits, else ``all``."""
+    from .data import apply_split_file, assign_splits, discover
+    from .inference import run_folder
+
     dataset = discover(data, classes, where, positive_class, model_classes=classifier.classes)
     recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
     has_splits = recorded is not None or any(s.split for s in dataset.samples)
@@ -305,4 +316,4 @@ def evaluate_classifier(
         dataset = recorded
     elif split != "all":
         dataset = assign_splits(dataset, seed=seed)
-    return evaluate(classifier, dataset, out, split=split, meta=classifier.meta, skip_bad=skip_bad)
+    return dataset, split
