@@ -121,3 +121,81 @@ def test_too_few_groups_to_split_is_a_clear_error(tmp_path, synth_folders):
             shutil.copy(p, root / label / p.name)
     with pytest.raises(DataError, match="too few"):
         assign_splits(discover(root))
+
+
+def _two_source_manifests(tmp_path, synth_folders):
+    """The synthetic manifest cut in two 'hospitals', A with both classes and B with a third label."""
+    import csv
+
+    from conftest import write_csv
+
+    rows = list(csv.DictReader(open(synth_folders / "manifest.csv")))
+    root = synth_folders
+    a = [dict(path=str(root / r["path"]), label=r["label"], group=r["group"], source="hospital-a")
+         for r in rows[0::2]]
+    b = [dict(path=str(root / r["path"]), label=("pneumonia" if r["label"] == "normal" else r["label"]),
+              group="b-" + r["group"], source="hospital-b") for r in rows[1::2]]
+    return write_csv(tmp_path / "a.csv", a), write_csv(tmp_path / "b.csv", b)
+
+
+def test_several_data_sources_pool_and_keep_their_source(tmp_path, synth_folders):
+    a, b = _two_source_manifests(tmp_path, synth_folders)
+    pooled = discover([a, b])
+    assert pooled.layout == "manifest" and len(pooled.samples) == 48
+    assert {s.source for s in pooled.samples} == {"hospital-a", "hospital-b"}
+    assert pooled.classes == ["covid", "normal", "pneumonia"]
+    assert " + " in pooled.source
+    # a folder without a source column is named after itself
+    mixed = discover([a, synth_folders])
+    assert {s.source for s in mixed.samples} == {"hospital-a", synth_folders.name}
+    assert mixed.layout == "pooled"
+
+
+def test_relabel_in_one_source_only(tmp_path, synth_folders):
+    a, b = _two_source_manifests(tmp_path, synth_folders)
+    ds = discover([a, b], classes=["covid", "normal"], relabel=["hospital-b:pneumonia=normal"])
+    b_labels = {s.label for s in ds.samples if s.source == "hospital-b"}
+    assert b_labels == {"covid", "normal"}
+    assert "relabel hospital-b:pneumonia=normal" in ds.source
+    everywhere = discover([a, b], relabel=["covid=normal"], classes=["normal", "pneumonia"])
+    assert "covid" not in {s.label for s in everywhere.samples}
+    with pytest.raises(DataError, match="no source 'hospital-z'"):
+        discover([a, b], relabel=["hospital-z:pneumonia=normal"])
+    with pytest.raises(DataError, match=r"expected \[SOURCE:\]OLD=NEW"):
+        discover([a, b], relabel=["pneumonia"])
+
+
+def test_where_applies_to_the_manifests_that_have_the_column(tmp_path, synth_folders):
+    from conftest import write_csv
+
+    a, b = _two_source_manifests(tmp_path, synth_folders)
+    import csv
+
+    rows = list(csv.DictReader(open(a)))
+    tagged = write_csv(tmp_path / "tagged.csv", [dict(r, keep=str(i % 2)) for i, r in enumerate(rows)])
+    ds = discover([tagged, b], where=["keep=1"])
+    assert sum(s.source == "hospital-a" for s in ds.samples) == len(rows) // 2
+    assert sum(s.source == "hospital-b" for s in ds.samples) == 24
+    with pytest.raises(DataError, match="no manifest among --data has that column"):
+        discover([a, b], where=["nothere=1"])
+
+
+def test_leave_one_source_out_folds(tmp_path, synth_folders):
+    from ccad.data import cross_validation_folds
+
+    a, b = _two_source_manifests(tmp_path, synth_folders)
+    ds = discover([a, b], classes=["covid", "normal"], relabel=["hospital-b:pneumonia=normal"])
+    folds = cross_validation_folds(ds, group_by="source")
+    assert len(folds) == 2
+    for fold in folds:
+        test_sources = {s.source for s in fold.subset("test")}
+        trained_on = {s.source for s in fold.samples if s.split in ("train", "val")}
+        assert len(test_sources) == 1 and not test_sources & trained_on
+        assert {s.label for s in fold.subset("train")} == {"covid", "normal"}
+    tested = sorted(str(s.path) + s.source for f in folds for s in f.subset("test"))
+    assert tested == sorted(str(s.path) + s.source for s in ds.samples)  # every image scored exactly once
+    one_class = discover([a, b], classes=["covid", "pneumonia"])  # pneumonia only in hospital-b
+    with pytest.raises(DataError, match="without 'hospital-b' the training data has no pneumonia"):
+        cross_validation_folds(one_class, group_by="source")
+    with pytest.raises(DataError, match="needs two or more sources"):
+        cross_validation_folds(discover(a), group_by="source")

@@ -1,36 +1,123 @@
-"""The lung-field estimate, and the input normalizations built on it."""
+"""The packaged lung segmenter, its QC flags and mask files, and the input normalizations built on it."""
+
+import csv
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from ccad.errors import ConfigError
-from ccad.images import prepare, prepare_with_region
-from ccad.lungs import TEMPLATE, blank, estimate_lung_fields
-from ccad.synthetic import patient_anatomy, render_patient
+from ccad.cli import main
+from ccad.errors import ConfigError, ModelError
+from ccad.images import prepare, prepare_full, prepare_with_region
+from ccad.lungs import (LungSegmenter, blank, default_segmenter, equalize, estimate_lung_fields, postprocess,
+                        quality_flags)
+from ccad.synthetic import lung_mask, patient_anatomy, render_patient
 
 
 @pytest.fixture(scope="module")
-def xray():
+def patient():
     rng = np.random.default_rng(3)
-    return render_patient(rng, "normal", size=256, anatomy=patient_anatomy(rng))
+    anatomy = patient_anatomy(rng)
+    return render_patient(rng, "normal", size=256, anatomy=anatomy), lung_mask(anatomy, 256)
 
 
-def test_estimate_finds_both_lungs_on_a_synthetic_radiograph(xray):
+@pytest.fixture(scope="module")
+def xray(patient):
+    return patient[0]
+
+
+def dice(a, b):
+    return 2 * np.sum(a & b) / (a.sum() + b.sum())
+
+
+def test_segmenter_finds_the_lungs_where_the_generator_put_them(patient):
+    xray, truth = patient
     fields = estimate_lung_fields(xray)
-    assert fields.method == "ii"
-    mask = fields.mask
-    assert 0.10 < mask.mean() < 0.5
-    left, right = mask[:, :128].mean(), mask[:, 128:].mean()
-    assert left > 0.05 and right > 0.05
-    # the lungs are the dark fields: darker inside the estimate than in the rest of the thorax
+    mask = fields.at(*xray.shape)
+    assert mask.shape == truth.shape and mask.dtype == bool
+    assert dice(mask, truth) > 0.75
+    assert fields.qc_flags == ()
+    # the lungs are the dark fields: darker inside the mask than in the rest of the thorax
     assert xray[mask].mean() < xray[~mask].mean()
 
 
-def test_a_blank_image_falls_back_to_the_template():
-    fields = estimate_lung_fields(np.full((300, 200), 0.5, np.float32))
-    assert fields.method == "tt"
-    assert np.array_equal(fields.mask, TEMPLATE)
+def test_segmenter_does_not_depend_on_exposure(patient):
+    xray, _ = patient
+    a, b = estimate_lung_fields(xray ** 1.5), estimate_lung_fields(xray ** 0.7)
+    assert dice(a.mask, b.mask) > 0.97  # the segmenter's input is histogram-equalized
+
+
+@pytest.mark.parametrize("image, flag", [(np.full((300, 200), 0.5, np.float32), "no_lungs"),
+                                         (np.zeros((64, 64), np.float32), "no_lungs")])
+def test_an_image_without_lungs_is_flagged(image, flag):
+    fields = estimate_lung_fields(image)
+    assert flag in fields.qc_flags
     assert fields.at(300, 200).shape == (300, 200)
+    assert fields.box(300, 200) == (0, 300, 0, 200) or fields.mask.any()
+
+
+def test_quality_flags_on_hand_made_masks():
+    both = np.zeros((100, 100), bool)
+    both[20:80, 15:45] = both[20:80, 55:85] = True
+    assert quality_flags(both) == ()
+    one = both.copy()
+    one[:, 50:] = False
+    assert "one_lung" in quality_flags(one)
+    shifted = np.zeros((100, 100), bool)
+    shifted[:25, 10:40] = shifted[:25, 60:90] = True
+    assert "off_centre" in quality_flags(shifted)
+    assert quality_flags(np.zeros((100, 100), bool)) == ("no_lungs",)
+    assert "lung_area_large" in quality_flags(np.ones((100, 100), bool))
+    unsure = np.full((100, 100), 0.5, np.float32)
+    assert "uncertain" in quality_flags(both, unsure)
+
+
+def test_postprocess_keeps_one_region_a_side_and_fills_holes():
+    p = np.zeros((100, 100), np.float32)
+    p[20:80, 10:45] = p[20:80, 55:90] = 0.9
+    p[40:45, 20:25] = 0.1  # a hole
+    p[2:6, 2:6] = 0.9      # a speck
+    p[85:95, 15:35] = 0.9  # a smaller second region on the left
+    mask = postprocess(p)
+    assert mask[42, 22] and not mask[3, 3] and not mask[90, 20]
+    assert mask[50, 20] and mask[50, 70]
+
+
+def test_equalize_is_invariant_to_monotone_changes():
+    x = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    assert np.allclose(equalize(x), equalize(x ** 2.2), atol=1e-6)
+    assert np.all(equalize(np.full((4, 4), 0.3)) == 0)
+
+
+def test_a_missing_or_altered_segmenter_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="no lung segmenter"):
+        LungSegmenter(tmp_path)
+    packaged = default_segmenter().model_dir
+    for name in ("lung-segmenter.onnx", "lung-segmenter.json"):
+        (tmp_path / name).write_bytes((packaged / name).read_bytes())
+    LungSegmenter(tmp_path)  # a faithful copy loads
+    with open(tmp_path / "lung-segmenter.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="sha256 differs"):
+        LungSegmenter(tmp_path)
+
+
+def test_segment_command_writes_masks_the_size_of_each_input(tmp_path, patient):
+    xray, truth = patient
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((xray * 255).astype(np.uint8)).resize((300, 240)).save(folder / "a.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    assert main(["lungs", "segment", str(folder), "--out", str(tmp_path / "masks"), "--overlay"]) == 0
+    mask = np.asarray(Image.open(tmp_path / "masks" / "a.png"))
+    assert mask.shape == (240, 300) and set(np.unique(mask)) <= {0, 255}
+    truth_resized = np.asarray(Image.fromarray(truth).resize((300, 240))) > 0
+    assert dice(mask == 255, truth_resized) > 0.75
+    assert (tmp_path / "masks" / "a.overlay.png").is_file()
+    assert not (tmp_path / "masks" / "broken.png").exists()
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(tmp_path / "masks" / "lung_qc.csv"))}
+    assert rows["a.png"]["mask"] == "a.png" and rows["a.png"]["error"] == ""
+    assert "not a readable image" in rows["broken.png"]["error"]
 
 
 def test_blank_fills_only_the_region():
@@ -62,6 +149,15 @@ def test_region_follows_the_thorax_crop(xray):
 def test_lungs_only_blacks_out_everything_else(xray):
     x, carried = prepare_with_region(xray, 128, "lungs+clahe", estimate_lung_fields(xray).at(*xray.shape))
     assert x[~carried].mean() < 0.05 < x[carried].mean()
+
+
+def test_a_map_on_the_crop_goes_back_to_its_place_on_the_original(xray):
+    prepared = prepare_full(xray, 64, "thorax")
+    top, bottom, left, right = prepared.box
+    assert (bottom - top, right - left) != xray.shape  # it was cropped
+    back = prepared.to_original(np.ones((64, 64), np.float32))
+    assert back.shape == prepared.gray.shape
+    assert back[top:bottom, left:right].min() > 0.99 and back.sum() == pytest.approx((bottom - top) * (right - left))
 
 
 def test_unknown_preprocessing_is_refused(xray):

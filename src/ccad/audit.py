@@ -24,7 +24,6 @@ examples. Writes ``DIR/audit.json``, ``DIR/report.html`` and ``DIR/figures/``.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -51,13 +50,14 @@ def audit(
     positive_class: str | None = "covid",
     max_images: int | None = None,
     seed: int = 0,
+    relabel: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run the three checks for ``model`` (bundle, run folder or model file) on ``data``; return the results."""
     from .evaluation import bootstrap_intervals, scoring_set
     from .inference import load_classifier
 
     classifier = load_classifier(model)
-    dataset, split = scoring_set(classifier, model, data, split, classes, where, positive_class, seed)
+    dataset, split = scoring_set(classifier, model, data, split, classes, where, positive_class, seed, relabel)
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if max_images and len(samples) > max_images:
         rng = np.random.default_rng(seed)
@@ -72,11 +72,11 @@ def audit(
         raise DataError(f"{dataset.source}: none of the {split} images could be read")
     variants = {name: np.stack([v[name] for v in loaded if v is not None]) for name in ("original", "no_lungs", "lungs_only")}
     lung_masks = np.stack([v["mask"] for v in loaded if v is not None])
-    methods = [v["method"] for v in loaded if v is not None]
+    qc = [v["qc"] for v in loaded if v is not None]
 
     positive = classifier.classes.index(classifier.positive_class)
     is_positive = np.array([s.label == classifier.positive_class for s in kept])
-    groups = [s.group for s in kept] if dataset.layout == "manifest" else None
+    groups = [s.group for s in kept] if dataset.layout in ("manifest", "pooled") else None
     scores, cams, pooled = {}, None, None
     for name, images in variants.items():
         probabilities, maps, features = scorer(images, positive)
@@ -111,9 +111,8 @@ def audit(
         "model": str(model), "data": dataset.source, "split": split, "n": len(kept),
         "counts": {c: sum(s.label == c for s in kept) for c in classifier.classes},
         "positive_class": classifier.positive_class, "preprocess": scorer.preprocess,
-        "lung_fields": {"method": "ccad.lungs intensity estimate inside an anatomical prior (no trained model)",
-                        "sides_from_template": int(sum(m.count("t") for m in methods)),
-                        "sides_total": 2 * len(methods)},
+        "lung_fields": {"method": "ccad.lungs: the packaged learned segmenter (U-Net, MobileNetV2 encoder)",
+                        "qc_flagged": int(sum(bool(f) for f in qc)), "images": len(qc)},
         "lung_test": lung_test, "heatmap": heatmap, "source_probe": probe,
         "skipped_files": skipped,
     }
@@ -170,7 +169,7 @@ def _load_variants(samples, size: int, preprocess: str) -> list[dict[str, Any] |
         fields = estimate_lung_fields(gray)
         region = fields.at(*gray.shape)
         original, mask = prepare_with_region(gray, size, preprocess, region)
-        return {"original": original, "mask": mask.astype(np.float32), "method": fields.method,
+        return {"original": original, "mask": mask.astype(np.float32), "qc": fields.qc_flags,
                 "no_lungs": prepare_with_region(blank(gray, region), size, preprocess)[0],
                 "lungs_only": prepare_with_region(blank(gray, ~region), size, preprocess)[0]}
 
@@ -178,23 +177,8 @@ def _load_variants(samples, size: int, preprocess: str) -> list[dict[str, Any] |
         return list(pool.map(load, samples))
 
 
-def _manifest_sources(dataset) -> dict[str, str] | None:
-    """path -> source, from the manifest's ``source`` column (None without one)."""
-    path = Path(dataset.source.split(" (where")[0])
-    if path.suffix.lower() != ".csv" or not path.is_file():
-        return None
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if "source" not in (reader.fieldnames or []):
-            return None
-        return {str((path.parent / row["path"]).resolve()): row["source"] for row in reader}
-
-
 def _source_probe(dataset, samples, features: np.ndarray, seed: int) -> dict[str, Any]:
-    sources = _manifest_sources(dataset)
-    if sources is None:
-        return {"available": False, "note": "the data has no source column: no source probe"}
-    labels = [sources.get(str(Path(s.path).resolve()), "unknown") for s in samples]
+    labels = [s.source or "unknown" for s in samples]
     table: dict[str, dict[str, int]] = {}
     for s, src in zip(samples, labels):
         table.setdefault(src, {}).setdefault(s.label, 0)
@@ -369,8 +353,8 @@ the lung fields cover {result['heatmap']['lung_area_share_mean']:.3f} of the inp
 <h2>3. Source probe</h2>
 <pre>{html.escape(__import__('json').dumps(result['source_probe'], indent=2))}</pre>
 <h2>Lung fields</h2>
-<p>{html.escape(lf['method'])}; {lf['sides_from_template']} of {lf['sides_total']} lung sides fell back to the
-fixed template. See <code>ccad.lungs</code> for the method; judge it on the examples.</p>
+<p>{html.escape(lf['method'])}; {lf['qc_flagged']} of {lf['images']} images had a lung-QC flag.
+See <code>ccad.lungs</code> for the method; judge it on the examples.</p>
 {images}
 </body></html>
 """

@@ -18,11 +18,16 @@ EXIT_USAGE = 2
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--data", required=required, help="class folders, train/+test/ folders, or a manifest CSV")
+    p.add_argument("--data", required=required, action="append",
+                   help="class folders, train/+test/ folders, or a manifest CSV; repeat to pool several sources")
     p.add_argument("--classes", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
                    help="classes to use, in order (e.g. covid,normal); default: all found")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
-                   help="keep manifest rows where COLUMN equals VALUE (repeatable)")
+                   help="keep manifest rows where COLUMN equals VALUE (repeatable; with several --data, "
+                        "applied to each manifest that has the column)")
+    p.add_argument("--relabel", action="append", default=[], metavar="[SOURCE:]OLD=NEW",
+                   help="change a label before --classes picks rows, in one source or all (repeatable), "
+                        "e.g. cohen-covid-chestxray:pneumonia=normal")
     p.add_argument("--positive", default="covid", help="class that sensitivity/specificity/ROC refer to")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and list them, instead of stopping")
 
@@ -39,6 +44,8 @@ def _cv_parser(sub) -> None:
     _add_data_args(p)
     p.add_argument("--out", required=True, help="folder for metrics.json, report.html and the fold runs")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--group-by", choices=["patient", "source"], default="patient",
+                   help="source: leave-one-source-out folds (pool sources with several --data)")
     p.add_argument("--keep-models", action="store_true", help="keep each fold's model.keras")
     _add_training_args(p)
 
@@ -84,6 +91,42 @@ def _audit_parser(sub) -> None:
     p.add_argument("--split", choices=["test", "val", "all"], help="default: the run's test split, else all")
     p.add_argument("--max-images", type=int, help="audit a random sample of this many images")
     p.add_argument("--seed", type=int, default=0)
+
+
+def _lungs_parser(sub) -> None:
+    p = sub.add_parser("lungs", help="the lung segmenter: segment X-rays, or retrain it")
+    actions = p.add_subparsers(dest="lungs_command", required=True)
+    s = actions.add_parser("segment", help="a lung mask PNG per image (255 = lung), with QC flags")
+    s.add_argument("inputs", nargs="+", metavar="FILES_OR_FOLDERS")
+    s.add_argument("--out", required=True, help="folder for <stem>.png masks and lung_qc.csv")
+    s.add_argument("--overlay", action="store_true", help="also write <stem>.overlay.png (outline on the image)")
+    s.add_argument("--model", help="a segmenter folder (default: the one shipped with ccad)")
+    t = actions.add_parser("train", help="train the segmenter on a mask manifest (image, mask, group columns)")
+    t.add_argument("--data", required=True, help="manifest CSV, e.g. ../shared/data/lung-masks/manifest.csv")
+    t.add_argument("--out", required=True, help="folder for lung-segmenter.onnx, its card, scores and overlays")
+    t.add_argument("--size", type=int, default=192)
+    t.add_argument("--epochs", type=int, default=35)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--weights", default="imagenet", help="imagenet (encoder) or none")
+
+
+def cmd_lungs(args) -> None:
+    if args.lungs_command == "segment":
+        from .lungs import segment_files
+
+        counts = segment_files(args.inputs, args.out, args.overlay, args.model,
+                               log=lambda m: print(m, file=sys.stderr))
+        print(f"{counts['segmented']} segmented ({counts['flagged']} with QC flags), {counts['errors']} unreadable: "
+              f"{args.out} (see lung_qc.csv)")
+        return
+    from .lung_training import train_segmenter
+
+    card = train_segmenter(args.data, args.out, args.size, args.epochs, seed=args.seed,
+                           weights=None if args.weights == "none" else args.weights)
+    h = card["held_out"]
+    print(f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
+          f"{h['images']} images of {h['patients']} patients: {args.out}")
+    print("to ship it: copy lung-segmenter.onnx and lung-segmenter.json into src/ccad/models/")
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
@@ -132,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cv_parser(sub)
     _audit_parser(sub)
     _severity_parser(sub)
+    _lungs_parser(sub)
     _compare_parser(sub)
     _reproduce_parser(sub)
 
@@ -217,7 +261,7 @@ def cmd_train(args) -> None:
     from .training import train
 
     result = train(args.data, args.out, _config(args), args.classes, args.where, args.positive, args.skip_bad,
-                   args.save_h5)
+                   args.save_h5, relabel=args.relabel)
     _print_summary(result.metrics, Path(args.out))
 
 
@@ -225,7 +269,8 @@ def cmd_cv(args) -> None:
     from .crossval import cross_validate
 
     summary = cross_validate(args.data, args.out, _config(args), args.folds, args.classes, args.where, args.positive,
-                             args.skip_bad, seed=args.seed or 0, keep_models=args.keep_models)
+                             args.skip_bad, seed=args.seed or 0, keep_models=args.keep_models,
+                             group_by=args.group_by, relabel=args.relabel)
     _print_summary(summary["pooled"], Path(args.out))
 
 
@@ -235,7 +280,7 @@ def cmd_compare(args) -> None:
     selection, args.feature_selection = args.feature_selection or "none", None  # applied per scikit-learn head
     summary = compare(args.data, args.out, _names(args.backbones), _names(args.heads), _config(args), args.classes,
                       args.where, args.positive, args.skip_bad, feature_selection=selection,
-                      input_size=args.input_size)
+                      input_size=args.input_size, relabel=args.relabel)
     print(Path(args.out, "comparison.md").read_text())
     print(f"runs and comparison.json in {args.out} (screening aid, not a diagnosis); {len(summary['rows'])} rows")
 
@@ -271,7 +316,7 @@ def cmd_audit(args) -> None:
     from .audit import audit
 
     result = audit(args.model, args.data, args.out, args.split, args.classes, args.where, args.positive,
-                   args.max_images, args.seed)
+                   args.max_images, args.seed, relabel=args.relabel)
     for line in result["verdict"]:
         print(line)
     print(f"report: {Path(args.out) / 'report.html'}")
@@ -282,13 +327,14 @@ def cmd_evaluate(args) -> None:
 
     metrics = evaluate_classifier(args.model, args.data, args.out, split=args.split, classes=args.classes,
                                   where=args.where, positive_class=args.positive, skip_bad=args.skip_bad,
-                                  seed=args.seed)
+                                  seed=args.seed, relabel=args.relabel)
     _print_summary(metrics, Path(args.out))
 
 
 def cmd_predict(args) -> None:
-    from .inference import (expand_inputs, load_classifier, predict_to_csv, result_columns, result_row, save_overlay,
-                            severity_scores_of)
+    from .inference import (IMAGE_KEYS, expand_inputs, load_classifier, predict_to_csv, result_columns, result_row,
+                            save_overlay, severity_scores_of)
+    from .ood import OUT_OF_DISTRIBUTION_TEXT
 
     if args.engine == "ray":
         from .scale import ray_predict
@@ -317,7 +363,8 @@ def cmd_predict(args) -> None:
         for r in results:
             if "heatmap" in r:
                 save_overlay(r, Path(args.heatmap))
-                del r["heatmap"], r["image"]
+            for key in IMAGE_KEYS:
+                r.pop(key, None)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return
@@ -332,6 +379,10 @@ def cmd_predict(args) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
     for row in [columns] + rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    flagged = sum(r.get("in_distribution") is False for r in results)
+    if flagged:
+        print(f"\n{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}.",
+              file=sys.stderr)
     print("\nScreening aid, not a diagnosis.", file=sys.stderr)
 
 
@@ -388,13 +439,15 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    if isinstance(getattr(args, "data", None), list) and len(args.data) == 1:
+        args.data = args.data[0]  # one --data: a path, as before pooling existed
     try:
         COMMANDS[args.command](args)
     except CcadError as e:

@@ -39,6 +39,7 @@ def compare(
     skip_bad: bool = False,
     feature_selection: str = "none",
     input_size: int | None = None,
+    relabel: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Train and score every backbone x head on one split of ``data``; ``input_size`` None: each backbone's own."""
     from .model import get_backbone, imagenet_available_for
@@ -48,7 +49,7 @@ def compare(
     out = Path(out)
     for name in backbones:
         get_backbone(name)
-    dataset = assign_splits(discover(data, classes, where, positive_class), seed=base.seed)
+    dataset = assign_splits(discover(data, classes, where, positive_class, relabel=relabel), seed=base.seed)
     rows = []
     for backbone in backbones:
         weights, note = base.weights, ""

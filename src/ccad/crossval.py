@@ -39,18 +39,23 @@ def cross_validate(
     skip_bad: bool = False,
     seed: int = 0,
     keep_models: bool = False,
+    group_by: str = "patient",
+    relabel: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run k-fold grouped cross-validation; write ``out`` and return its metrics dict."""
+    """Run k-fold grouped cross-validation (``group_by="source"``: leave one source out); write ``out`` and
+    return its metrics dict."""
     from .reporting import write_figures, write_report
 
     config = (config or TrainConfig()).validate()
     out = Path(out)
-    dataset = discover(data, classes, where, positive_class)
+    dataset = discover(data, classes, where, positive_class, relabel=relabel)
     positive = dataset.positive_class or dataset.classes[-1]
     rows: list[tuple[int, Any, np.ndarray, int]] = []  # (fold, sample, calibrated probabilities, predicted)
     per_fold = []
     start = time.perf_counter()
-    for i, fold in enumerate(cross_validation_folds(dataset, folds, seed), start=1):
+    fold_sets = cross_validation_folds(dataset, folds, seed, group_by)
+    folds = len(fold_sets)
+    for i, fold in enumerate(fold_sets, start=1):
         result = train(fold, out / f"fold-{i}", config, skip_bad=skip_bad, evaluate_test=False, verbose=0)
         images, kept, bad = load_images(fold.subset("test"), config.input_size, skip_bad, preprocess=config.preprocess)
         probabilities = result.decision.calibrate(predict_probabilities(result.model, images))
@@ -58,7 +63,7 @@ def cross_validate(
         y = label_indices(kept, dataset.classes)
         metrics = compute_metrics(y, probabilities, dataset.classes, positive, _groups(dataset, kept),
                                   y_pred=predicted)
-        metrics.update(fold=i, decision=dict(result.decision.to_dict(), text=result.decision.describe()),
+        metrics.update(fold=i, test_sources=sorted({s.source for s in kept}), decision=dict(result.decision.to_dict(), text=result.decision.describe()),
                        skipped_files=[{"path": p, "error": e} for p, e in bad])
         write_json(out / f"fold-{i}" / "metrics.json", metrics)
         per_fold.append(metrics)
@@ -76,7 +81,8 @@ def cross_validate(
                   decision={"text": "each fold's own threshold, chosen on that fold's validation split"})
     summary = {
         "folds": folds, "seed": seed, "data": dataset.source, "classes": dataset.classes, "positive_class": positive,
-        "grouping": "patient group" if dataset.layout == "manifest" else "image (no group column)",
+        "grouping": ("source (leave one source out)" if group_by == "source" else
+                     "patient group" if dataset.layout in ("manifest", "pooled") else "image (no group column)"),
         "config": config.__dict__, "elapsed_s": round(time.perf_counter() - start, 1),
         "pooled": pooled, "per_fold": per_fold,
         "fold_mean_sd": _mean_sd(per_fold),
@@ -92,7 +98,7 @@ def cross_validate(
 
 
 def _groups(dataset, samples) -> list[str] | None:
-    return [s.group for s in samples] if dataset.layout == "manifest" else None
+    return [s.group for s in samples] if dataset.layout in ("manifest", "pooled") else None
 
 
 def _all_as(dataset, split: str):
@@ -127,7 +133,8 @@ def _fold_table(per_fold: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 def _write_oof_csv(path: Path, rows, classes: Sequence[str]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["fold", "path", "group", "label", "predicted"] + [f"p_{c}" for c in classes])
+    writer.writerow(["fold", "path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes])
     for fold, sample, p, k in rows:
-        writer.writerow([fold, sample.path, sample.group, sample.label, classes[k]] + [f"{v:.6f}" for v in p])
+        writer.writerow([fold, sample.path, sample.group, sample.source, sample.label, classes[k]]
+                        + [f"{v:.6f}" for v in p])
     write_text(path, buffer.getvalue())

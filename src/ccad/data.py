@@ -41,6 +41,7 @@ class Sample:
     label: str
     group: str
     split: str | None = None
+    source: str = ""
 
 
 @dataclass
@@ -72,39 +73,48 @@ class Dataset:
 
 
 def discover(
-    data: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
     classes: Sequence[str] | None = None,
     where: Sequence[str] = (),
     positive_class: str | None = "covid",
     model_classes: Sequence[str] | None = None,
+    relabel: Sequence[str] = (),
 ) -> Dataset:
-    """Find the labelled images under ``data`` (a folder or a manifest CSV).
+    """Find the labelled images under ``data`` (a folder or a manifest CSV, or a list of them, pooled).
 
     Args:
-        data: folder (layouts a, b) or CSV file (layout c).
+        data: folder (layouts a, b) or CSV file (layout c), or several of them: their rows are pooled and
+            each keeps its ``source`` (a manifest's ``source`` column, else the folder or manifest's
+            folder name). With several, a ``--where`` filter applies to each manifest that has its column.
         classes: classes to keep, in output order; default: all found, sorted.
         where: ``COLUMN=VALUE`` filters on manifest rows.
         positive_class: the class binary sensitivity/specificity/ROC refer to.
         model_classes: for scoring a trained model: its classes, in its output
             order. Then a set may hold only some of them (one class is fine), and
             a label the model does not know is an error.
+        relabel: ``[SOURCE:]OLD=NEW`` label changes, applied before ``classes`` picks rows (e.g.
+            ``cohen-covid-chestxray:pneumonia=normal`` makes that source's pneumonias negatives).
     """
-    data = Path(data)
-    if not data.exists():
-        raise DataError(f"{data}: no such file or folder")
-    if data.is_file():
-        if data.suffix.lower() != ".csv":
-            raise DataError(f"{data}: --data must be a folder or a manifest .csv file")
-        samples, layout = _read_manifest(data, where), "manifest"
-    else:
-        if where:
-            raise DataError("--where filters manifest rows; it needs a manifest CSV as --data")
-        if _is_paper_layout(data):
-            samples, layout = _scan_paper_layout(data), "train-test-folders"
-        else:
-            samples, layout = _scan_class_folders(data, split=None), "class-folders"
+    items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+    if not items:
+        raise DataError("--data: give at least one folder or manifest")
+    samples, layouts = [], []
+    for item in items:
+        item_samples, layout = _samples_of(Path(item), where, pooled=len(items) > 1)
+        samples += item_samples
+        layouts.append(layout)
+    if len(items) > 1 and where:
+        for column, _ in map(_parse_where, where):
+            if not any(_manifest_has(Path(i), column) for i in items):
+                raise DataError(f"--where {column}: no manifest among --data has that column")
+    samples = _relabel(samples, relabel)
+    layout = layouts[0] if len(set(layouts)) == 1 else "pooled"
     found = sorted({s.label for s in samples})
-    described = f"{data} (where {' and '.join(where)})" if where else str(data)
+    names = " + ".join(str(i) for i in items)
+    described = f"{names} (where {' and '.join(where)})" if where else names
+    if relabel:
+        described += f" (relabel {', '.join(relabel)})"
+    data = names
     if model_classes is not None:
         return _for_model(described, samples, found, classes, list(model_classes), positive_class, layout)
     if classes:
@@ -123,6 +133,56 @@ def discover(
         else:
             raise DataError(f"--positive {positive_class!r} is not one of the classes ({', '.join(classes)})")
     return Dataset(samples, classes, positive_class or classes[-1], layout, described)
+
+
+def _samples_of(data: Path, where: Sequence[str], pooled: bool) -> tuple[list[Sample], str]:
+    if not data.exists():
+        raise DataError(f"{data}: no such file or folder")
+    if data.is_file():
+        if data.suffix.lower() != ".csv":
+            raise DataError(f"{data}: --data must be a folder or a manifest .csv file")
+        if pooled:
+            where = [w for w in where if _manifest_has(data, _parse_where(w)[0])]
+        return _read_manifest(data, where), "manifest"
+    if where and not pooled:
+        raise DataError("--where filters manifest rows; it needs a manifest CSV as --data")
+    if _is_paper_layout(data):
+        samples, layout = _scan_paper_layout(data), "train-test-folders"
+    else:
+        samples, layout = _scan_class_folders(data, split=None), "class-folders"
+    return [replace(s, source=data.name) for s in samples], layout
+
+
+def _manifest_has(path: Path, column: str) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        return column in (next(csv.reader(f), None) or [])
+
+
+def _relabel(samples: list[Sample], rules: Sequence[str]) -> list[Sample]:
+    """Apply ``[SOURCE:]OLD=NEW`` rules (see :func:`discover`)."""
+    parsed = []
+    for rule in rules:
+        scope, _, change = rule.rpartition(":")
+        old, sep, new = change.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise DataError(f"--relabel {rule!r}: expected [SOURCE:]OLD=NEW")
+        parsed.append((scope.strip() or None, old.strip(), new.strip()))
+    if not parsed:
+        return samples
+    sources = {s.source for s in samples}
+    for scope, _, _ in parsed:
+        if scope is not None and scope not in sources:
+            raise DataError(f"--relabel: no source {scope!r} in the data (sources: {', '.join(sorted(sources))})")
+    out = []
+    for s in samples:
+        for scope, old, new in parsed:
+            if s.label == old and scope in (None, s.source):
+                s = replace(s, label=new)
+                break
+        out.append(s)
+    return out
 
 
 def _for_model(data, samples, found, classes, model_classes, positive_class, layout) -> Dataset:
@@ -149,7 +209,8 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
 def read_split_file(split_csv: str | os.PathLike) -> list[Sample]:
     """The samples of a run's ``split.csv`` (as :func:`write_split` wrote them)."""
     with open(split_csv, newline="", encoding="utf-8") as f:
-        return [Sample(Path(r["path"]), r["label"], r["group"], r["split"]) for r in csv.DictReader(f)]
+        return [Sample(Path(r["path"]), r["label"], r["group"], r["split"], r.get("source") or "")
+                for r in csv.DictReader(f)]
 
 
 def apply_split_file(dataset: Dataset, split_csv: str | os.PathLike) -> Dataset | None:
@@ -220,7 +281,8 @@ def _read_manifest(csv_path: Path, where: Sequence[str]) -> list[Sample]:
             raise DataError(f"{csv_path}: row {line}: split {split!r} is not one of train, val, test")
         path = (csv_path.parent / row["path"]).resolve()
         group = (row.get("group") or "").strip() or row["path"]
-        samples.append(Sample(path, row["label"].strip(), group, split))
+        source = (row.get("source") or "").strip() or csv_path.parent.name
+        samples.append(Sample(path, row["label"].strip(), group, split, source))
     return samples
 
 
@@ -264,22 +326,44 @@ def assign_splits(dataset: Dataset, seed: int = 0) -> Dataset:
     return replace(dataset, samples=new_samples)
 
 
-def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0) -> list[Dataset]:
-    """``folds`` copies of ``dataset``: in copy i, fold i is ``test``, a grouped, stratified 16% of the
-    rest is ``val`` and the remainder ``train``. Folds are stratified by class, and no patient group is
-    in two folds (scikit-learn's ``StratifiedGroupKFold``)."""
+def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0, group_by: str = "patient"
+                           ) -> list[Dataset]:
+    """Copies of ``dataset`` for cross-validation; in copy i, fold i is ``test``, a grouped, stratified 16%
+    of the rest is ``val`` and the remainder ``train``.
+
+    ``group_by="patient"``: ``folds`` folds, stratified by class, no patient group in two folds
+    (scikit-learn's ``StratifiedGroupKFold``). ``group_by="source"``: leave one source out, one fold per
+    source (``folds`` is ignored): every image is scored by a model that never saw its source. A fold's
+    test source may hold one class; its training side must hold them all.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     samples = dataset.samples
     groups = [s.group for s in samples]
-    if folds < 2:
-        raise DataError(f"--folds must be at least 2, got {folds}")
-    if len(set(groups)) < folds:
-        raise DataError(f"{dataset.source}: {len(set(groups))} patient groups cannot fill {folds} folds")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    if group_by == "source":
+        sources = sorted({s.source for s in samples})
+        if len(sources) < 2:
+            raise DataError(f"{dataset.source}: leave-one-source-out needs two or more sources, found "
+                            f"{len(sources)} ({', '.join(sources)}); pool manifests with several --data")
+        splits_of = [(np.array([i for i, s in enumerate(samples) if s.source != src]),
+                      np.array([i for i, s in enumerate(samples) if s.source == src])) for src in sources]
+        for src, (rest, _) in zip(sources, splits_of):
+            missing = set(dataset.classes) - {samples[j].label for j in rest}
+            if missing:
+                raise DataError(f"leave-one-source-out: without {src!r} the training data has no "
+                                f"{', '.join(sorted(missing))} images; every fold must train on all classes")
+    elif group_by == "patient":
+        if folds < 2:
+            raise DataError(f"--folds must be at least 2, got {folds}")
+        if len(set(groups)) < folds:
+            raise DataError(f"{dataset.source}: {len(set(groups))} patient groups cannot fill {folds} folds")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        splits_of = list(splitter.split(np.zeros(len(samples)), [s.label for s in samples], groups))
+    else:
+        raise DataError(f"--group-by {group_by!r}: choose patient or source")
     out = []
-    for i, (rest, test) in enumerate(splitter.split(np.zeros(len(samples)), [s.label for s in samples], groups)):
-        val = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - 1 / folds), seed + 1 + i)
+    for i, (rest, test) in enumerate(splits_of):
+        val = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - 1 / max(folds, 2)), seed + 1 + i)
         test_set = set(test.tolist())
         splits = ["test" if j in test_set else "val" if j in val else "train" for j in range(len(samples))]
         fold = replace(dataset, samples=[replace(s, split=sp) for s, sp in zip(samples, splits)], bad_files=[])
@@ -321,9 +405,9 @@ def write_split(dataset: Dataset, path: str | os.PathLike) -> None:
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "label", "group", "split"])
+    writer.writerow(["path", "label", "group", "split", "source"])
     for s in dataset.samples:
-        writer.writerow([s.path, s.label, s.group, s.split])
+        writer.writerow([s.path, s.label, s.group, s.split, s.source])
     write_text(path, buffer.getvalue())
 
 

@@ -194,8 +194,9 @@ def _undefined_notes(point: dict[str, float | None], positive_class: str) -> lis
 
 
 def write_predictions(path: Path, samples, y_true: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray,
-                      classes: Sequence[str]) -> None:
-    """One row per scored image: path, group, true and predicted class, probabilities."""
+                      classes: Sequence[str], in_distribution: np.ndarray | None = None) -> None:
+    """One row per scored image: path, group, source, true and predicted class, probabilities, and
+    ``in_distribution`` by the feature guard (blank when the model has none)."""
     import csv
     import io
 
@@ -203,9 +204,11 @@ def write_predictions(path: Path, samples, y_true: np.ndarray, probabilities: np
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "group", "label", "predicted"] + [f"p_{c}" for c in classes])
-    for s, t, p, k in zip(samples, y_true, probabilities, predicted):
-        writer.writerow([s.path, s.group, classes[t], classes[k]] + [f"{v:.6f}" for v in p])
+    writer.writerow(["path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes]
+                    + ["in_distribution"])
+    flags = [""] * len(samples) if in_distribution is None else [str(bool(v)).lower() for v in in_distribution]
+    for s, t, p, k, flag in zip(samples, y_true, probabilities, predicted, flags):
+        writer.writerow([s.path, s.group, s.source, classes[t], classes[k]] + [f"{v:.6f}" for v in p] + [flag])
     write_text(path, buffer.getvalue())
 
 
@@ -234,11 +237,14 @@ def evaluate(
     meta: dict[str, Any] | None = None,
     history: list[dict[str, float]] | None = None,
     skip_bad: bool = False,
+    ood=None,
 ) -> dict[str, Any]:
     """Score ``model`` (Keras model, Classifier or ONNX Predictor) on one split of ``dataset``;
     write metrics.json, figures/ and report.html to ``out``.
 
-    ``split`` is ``test``, ``val`` or ``all``. Returns the metrics dict.
+    ``split`` is ``test``, ``val`` or ``all``. With an out-of-distribution guard (``ood``, or the model's
+    own) the metrics also hold the share of images it flags, and predictions.csv each image's flag.
+    Returns the metrics dict.
     """
     from ._files import write_json
     from .data import label_indices, load_images
@@ -258,21 +264,49 @@ def evaluate(
     y_true = label_indices(kept, dataset.classes)
     decision = DecisionRule.from_meta(meta, dataset.classes, dataset.positive_class)
     probabilities = decision.calibrate(predict(images))
-    known_groups = dataset.layout == "manifest"
+    known_groups = dataset.layout in ("manifest", "pooled")
     metrics = compute_metrics(y_true, probabilities, dataset.classes, dataset.positive_class,
                               [s.group for s in kept] if known_groups else None, y_pred=decision.predict(probabilities))
     metrics["decision"] = dict(decision.to_dict(), text=decision.describe())
     metrics["split"] = split
     metrics["data"] = dataset.source
     metrics["skipped_files"] = [{"path": p, "error": e} for p, e in bad]
+    guard = ood if ood is not None else getattr(model, "ood", None)
+    in_distribution = None
+    if guard is not None:
+        in_distribution = guard.distance(pooled_features(model, images)) <= guard.cutoff
+        metrics["out_of_distribution"] = ood_rate(~in_distribution, guard)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_predictions(out / "predictions.csv", kept, y_true, probabilities, decision.predict(probabilities),
-                      dataset.classes)
+                      dataset.classes, in_distribution)
     figures = write_figures(out / "figures", metrics, y_true, probabilities, images, kept, dataset.classes, history,
                             predicted=decision.predict(probabilities))
     write_report(out / "report.html", metrics, figures, dataset, meta or {}, split)
     return metrics
+
+
+def pooled_features(model, images: np.ndarray) -> np.ndarray:
+    """(N, d) pooled backbone features of (N, H, W) grayscale images, for a Predictor, Classifier or Keras model."""
+    if hasattr(model, "pooled_features"):
+        return model.pooled_features(images)
+    from .model import feature_extractor
+
+    return predict_probabilities(feature_extractor(model), images)
+
+
+def ood_rate(flagged: np.ndarray, guard) -> dict[str, Any]:
+    """How many images the guard flags, with a Wilson 95% interval on the share."""
+    from scipy.stats import binomtest
+
+    k, n = int(np.sum(flagged)), int(len(flagged))
+    low, high = None, None
+    if n:
+        interval = binomtest(k, n).proportion_ci(method="wilson")
+        low, high = float(interval.low), float(interval.high)
+    return {"flagged": k, "n": n, "rate": k / n if n else None, "ci95": [low, high],
+            "rule": f"feature distance > {guard.cutoff:.3f} (keeps {guard.keep:.0%} of the validation split); "
+                    "lung QC not included"}
 
 
 def evaluate_classifier(
@@ -285,6 +319,7 @@ def evaluate_classifier(
     positive_class: str | None = "covid",
     skip_bad: bool = False,
     seed: int = 0,
+    relabel: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``ccad evaluate``: score a run folder or model file on labelled data.
 
@@ -296,19 +331,20 @@ def evaluate_classifier(
     from .inference import load_classifier
 
     classifier = load_classifier(model)
-    dataset, split = scoring_set(classifier, model, data, split, classes, where, positive_class, seed)
+    dataset, split = scoring_set(classifier, model, data, split, classes, where, positive_class, seed, relabel)
     return evaluate(classifier, dataset, out, split=split, meta=classifier.meta, skip_bad=skip_bad)
 
 
 def scoring_set(classifier, model, data, split: str | None = None, classes: Sequence[str] | None = None,
-                where: Sequence[str] = (), positive_class: str | None = "covid", seed: int = 0):
+                where: Sequence[str] = (), positive_class: str | None = "covid", seed: int = 0,
+                relabel: Sequence[str] = ()):
     """(dataset, split) to score ``classifier`` on: the model's run ``split.csv`` when it covers every
     image, else the data's own splits, else a fresh grouped split (``seed``); ``split=None`` means
     ``test`` when the data has splits, else ``all``."""
     from .data import apply_split_file, assign_splits, discover
     from .inference import run_folder
 
-    dataset = discover(data, classes, where, positive_class, model_classes=classifier.classes)
+    dataset = discover(data, classes, where, positive_class, model_classes=classifier.classes, relabel=relabel)
     recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
     has_splits = recorded is not None or any(s.split for s in dataset.samples)
     split = split or ("test" if has_splits else "all")

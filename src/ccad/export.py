@@ -87,6 +87,9 @@ def export_bundle(
         head_file = (classifier.meta.get("head") or {}).get("file")
         if head_file:  # a non-linear scikit-learn head, run on the pooled features after model.onnx
             shutil.copyfile(classifier.run_dir / head_file, work / head_file)
+        ood = classifier.meta.get("ood")
+        if ood and classifier.run_dir is not None and (classifier.run_dir / ood["file"]).is_file():
+            shutil.copyfile(classifier.run_dir / ood["file"], work / ood["file"])
         calibration = None
         if int8 or tflite:
             calibration = _calibration_images(run, classifier, calibration_data, calibration_images)
@@ -176,6 +179,20 @@ def convert_tflite(dual, path: Path, calibration: np.ndarray | None) -> None:
         path.write_bytes(converter.convert())
 
 
+def lung_segmenter_card() -> dict[str, Any] | None:
+    """What the packaged lung segmenter is (it ships with ccad, not in the bundle)."""
+    from .lungs import PACKAGED_MODEL_DIR, CARD_FILE
+
+    path = PACKAGED_MODEL_DIR / CARD_FILE
+    if not path.is_file():
+        return None
+    import json
+
+    card = json.loads(path.read_text())
+    return {"file": f"ccad/models/{card.get('model')}", "sha256": card.get("sha256"),
+            "input_size": card.get("input_size"), "held_out": card.get("held_out")}
+
+
 def model_card(classifier, files: dict[str, str], folder: Path, calibration: np.ndarray | None) -> dict[str, Any]:
     from .training import library_versions
 
@@ -210,6 +227,8 @@ def model_card(classifier, files: dict[str, str], folder: Path, calibration: np.
         "heatmap": {"method": "CAM (exact for global average pooling + dense)", "weights": "cam_weights.npy",
                     "available": not (meta.get("head") or {}).get("file")},
         "head": {k: v for k, v in (meta.get("head") or {"kind": "dense"}).items() if k != "selected_features"},
+        "ood": meta.get("ood") if meta.get("ood") and (folder / meta["ood"]["file"]).is_file() else None,
+        "lung_segmenter": lung_segmenter_card(),
         "versions": versions,
         "sha256": {name: sha256(folder / name) for name in all_files},
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -182,44 +183,79 @@ def prepare(gray: np.ndarray, size: int, preprocess: str = "none") -> np.ndarray
     return prepare_with_region(gray, size, preprocess)[0]
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A model input and where it came from: ``gray`` is the image at the working resolution (at most
+    :data:`WORK_SIDE`), ``box`` the (top, bottom, left, right) crop of ``gray`` the model saw (the whole
+    image without ``thorax``/``lungs``), ``fields`` the lung fields (None when not asked for)."""
+
+    image: np.ndarray
+    gray: np.ndarray
+    box: tuple[int, int, int, int]
+    fields: object | None = None
+
+    def to_original(self, heat: np.ndarray) -> np.ndarray:
+        """A (size, size) map on the model input, placed back onto ``gray`` (zero outside the crop)."""
+        top, bottom, left, right = self.box
+        out = np.zeros(self.gray.shape, np.float32)
+        out[top:bottom, left:right] = _resize_hw(heat.astype(np.float32), bottom - top, right - left)
+        return out.clip(0.0, 1.0)
+
+
+def prepare_full(gray: np.ndarray, size: int, preprocess: str = "none", lung_fields: bool = False) -> Prepared:
+    """:func:`prepare` keeping the working image, the crop box and (``lung_fields`` or when ``preprocess``
+    needs them) the lung fields of the packaged segmenter."""
+    steps = preprocessing_steps(preprocess)
+    full = gray
+    if max(gray.shape) > WORK_SIDE and (steps or lung_fields):
+        scale = WORK_SIDE / max(gray.shape)
+        gray = _resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+    if not steps:  # the paper's plain resize, from full resolution as in training
+        fields = None
+        if lung_fields:
+            from .lungs import estimate_lung_fields
+
+            fields = estimate_lung_fields(gray)
+        return Prepared(resize(full, size), gray, (0, gray.shape[0], 0, gray.shape[1]), fields)
+    fields = None
+    if lung_fields or "thorax" in steps or "lungs" in steps:
+        from .lungs import estimate_lung_fields
+
+        fields = estimate_lung_fields(gray)
+    box, work, outside = (0, gray.shape[0], 0, gray.shape[1]), gray, None
+    if "thorax" in steps or "lungs" in steps:
+        box = fields.box(*gray.shape)
+        if "lungs" in steps:
+            outside = ~fields.interior(*gray.shape)[box[0]:box[1], box[2]:box[3]]
+        work = gray[box[0]:box[1], box[2]:box[3]]
+    if "clahe" in steps or "equalize" in steps:
+        import skimage.exposure
+
+        if "clahe" in steps:
+            work = skimage.exposure.equalize_adapthist(work, clip_limit=0.01).astype(np.float32)
+        if "equalize" in steps:
+            work = skimage.exposure.equalize_hist(work, mask=None if outside is None else ~outside).astype(np.float32)
+    if outside is not None:
+        work = np.where(outside, 0.0, work).astype(np.float32)
+    out = resize(work, size)
+    if "lowpass" in steps:
+        out = resize(resize(out, max(8, size // 2)), size)
+    return Prepared(out, gray, box, fields)
+
+
 def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", region: np.ndarray | None = None
                         ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`prepare`, plus a boolean ``region`` of ``gray``'s shape carried through the same crop and
     resize (so it lines up with the model input); ``None`` when no region is given."""
-    def carry(mask, shape, box=None):
-        if mask is None:
-            return None
-        mask = _resize_hw(mask.astype(np.float32), *shape) if mask.shape != shape else mask.astype(np.float32)
-        if box is not None:
-            mask = mask[box[0]:box[1], box[2]:box[3]]
-        return resize(mask, size) >= 0.5
-
-    steps = preprocessing_steps(preprocess)
-    if not steps:
-        return resize(gray, size), carry(region, gray.shape)
-    from .lungs import estimate_lung_fields, skimage
-
-    if max(gray.shape) > WORK_SIDE:
-        scale = WORK_SIDE / max(gray.shape)
-        gray = _resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
-    box, shape, outside = None, gray.shape, None
-    if "thorax" in steps or "lungs" in steps:
-        fields = estimate_lung_fields(gray)
-        box = fields.box(*gray.shape)
-        if "lungs" in steps:
-            outside = ~fields.interior(*gray.shape)[box[0]:box[1], box[2]:box[3]]
-        gray = gray[box[0]:box[1], box[2]:box[3]]
-    inside = slice(None) if outside is None else ~outside
-    if "clahe" in steps:
-        gray = skimage.exposure.equalize_adapthist(gray, clip_limit=0.01).astype(np.float32)
-    if "equalize" in steps:
-        gray = skimage.exposure.equalize_hist(gray, mask=None if outside is None else inside).astype(np.float32)
-    if outside is not None:
-        gray = np.where(outside, 0.0, gray).astype(np.float32)
-    out = resize(gray, size)
-    if "lowpass" in steps:
-        out = resize(resize(out, max(8, size // 2)), size)
-    return out, carry(region, shape, box)
+    prepared = prepare_full(gray, size, preprocess)
+    if region is None:
+        return prepared.image, None
+    shape = prepared.gray.shape
+    mask = region.astype(np.float32)
+    if mask.shape != shape:
+        mask = _resize_hw(mask, *shape)
+    top, bottom, left, right = prepared.box
+    return prepared.image, resize(mask[top:bottom, left:right], size) >= 0.5
 
 
 def _resize_hw(gray: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -55,6 +55,27 @@ class Classifier:
 
         return DecisionRule.from_meta(self.meta, self.classes, self.positive_class)
 
+    @property
+    def ood(self):
+        """The out-of-distribution guard stored with the run (None for a run trained before it existed)."""
+        file = (self.meta.get("ood") or {}).get("file")
+        if not file or self.run_dir is None or not (self.run_dir / file).is_file():
+            return None
+        if getattr(self, "_ood", None) is None:
+            from .ood import OodGuard
+
+            self._ood = OodGuard.load(self.run_dir / file)
+        return self._ood
+
+    def pooled_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, d) pooled backbone features for (N, H, W) grayscale images in [0, 1]."""
+        from .evaluation import predict_probabilities
+        from .model import feature_extractor
+
+        if getattr(self, "_extractor", None) is None:
+            self._extractor = feature_extractor(self.model)
+        return predict_probabilities(self._extractor, images)
+
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (N, k) for (N, H, W) grayscale images in [0, 1] at the model's input size."""
         from .evaluation import predict_probabilities
@@ -62,15 +83,12 @@ class Classifier:
         head = self.stored_head
         if head is None:
             return predict_probabilities(self.model, images)
-        from .model import feature_extractor
-
-        if getattr(self, "_extractor", None) is None:
-            self._extractor = feature_extractor(self.model)
-        return head(predict_probabilities(self._extractor, images))
+        return head(self.pooled_features(images))
 
     def predict_files(self, paths: Sequence[str | os.PathLike], batch_size: int = 32) -> list[dict[str, Any]]:
         """One result per file: ``file``, ``predicted_class``, ``probabilities`` (or ``error``)."""
         from .data import Sample, load_images
+        from .ood import screen
         from .predictor import describe
 
         results: list[dict[str, Any]] = []
@@ -78,12 +96,16 @@ class Classifier:
             chunk = [Sample(Path(p), "", str(p)) for p in paths[start:start + batch_size]]
             images, kept, bad = load_images(chunk, self.input_size, skip_bad=True, preprocess=self.preprocess)
             probabilities = self.predict_images(images) if len(kept) else np.zeros((0, len(self.classes)))
-            by_path = {str(s.path): p for s, p in zip(kept, probabilities)}
+            guard = self.ood
+            features = self.pooled_features(images) if guard is not None and len(kept) else [None] * len(kept)
+            by_path = {str(s.path): (p, f) for s, p, f in zip(kept, probabilities, features)}
             errors = dict(bad)
             for s in chunk:
                 key = str(s.path)
                 if key in by_path:
-                    results.append({"file": key, **describe(by_path[key], self.classes, self.decision)})
+                    p, f = by_path[key]
+                    results.append({"file": key, **describe(p, self.classes, self.decision),
+                                    **(screen(guard, f) if guard is not None else {"in_distribution": None})})
                 else:
                     results.append({"file": key, "error": errors[key]})
         return results
@@ -157,18 +179,28 @@ def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 RESULT_COLUMNS = ("file", "predicted_class")
+#: Columns after the probabilities: the out-of-distribution guard and the lung check.
+SCREEN_COLUMNS = ("in_distribution", "ood_distance", "lung_qc")
+#: Array-valued keys of a result (heatmaps and images), dropped from JSON and tables.
+IMAGE_KEYS = ("heatmap", "image", "original", "original_heatmap", "lung_outline")
 
 
 def result_columns(classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
-    """CSV header: file, predicted class, a probability per class, severity columns if any, error."""
+    """CSV header: file, predicted class, a probability per class, in_distribution, ood_distance, lung_qc,
+    severity columns if any, error."""
     severity = [f"{s}{suffix}" for s in severity_scores for suffix in ("", "_low", "_high")]
-    return [*RESULT_COLUMNS, *(f"p_{c}" for c in classes), *severity, *(["severity_band"] if severity else []), "error"]
+    return [*RESULT_COLUMNS, *(f"p_{c}" for c in classes), *SCREEN_COLUMNS, *severity,
+            *(["severity_band"] if severity else []), "error"]
 
 
 def result_row(result: dict[str, Any], classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
     probabilities = result.get("probabilities")
     row = ([result["file"], result.get("predicted_class", "")]
            + [f"{probabilities[c]:.6f}" if probabilities else "" for c in classes])
+    in_distribution = result.get("in_distribution")
+    row += ["" if in_distribution is None else str(in_distribution).lower(),
+            "" if result.get("ood_distance") is None else f"{result['ood_distance']:.3f}",
+            ";".join(result.get("lung_qc") or [])]
     if severity_scores:
         severity = result.get("severity") or {}
         for name in severity_scores:
@@ -244,6 +276,10 @@ def save_overlay(result: dict[str, Any], folder: Path) -> Path:
 
     name = Path(result["file"]).stem + f".{result['predicted_class']}.heatmap.png"
     target = folder / name
+    if "original" in result:  # the X-ray as the reader knows it, lung outline and heatmap mapped back onto it
+        picture = overlay(result["original"], result["original_heatmap"], outline=result.get("lung_outline"))
+    else:
+        picture = overlay(result["image"], result["heatmap"])
     with atomic_path(target) as tmp:
-        Image.fromarray(overlay(result["image"], result["heatmap"])).save(tmp, format="PNG")
+        Image.fromarray(picture).save(tmp, format="PNG")
     return target

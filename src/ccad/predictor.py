@@ -22,7 +22,8 @@ import numpy as np
 
 from .decision import DecisionRule
 from .errors import ImageReadError, ModelError
-from .images import load_model_input, to_model_input
+from .images import Prepared, prepare_full, read_grayscale, to_model_input
+from .ood import OodGuard, screen
 
 #: The model card's file name: its presence makes a folder a bundle.
 BUNDLE_CARD = "ccad-model.json"
@@ -85,6 +86,11 @@ class Predictor:
             severity_path = self.bundle / self.card["severity"]["file"]
             _check_sha256(severity_path, self.card.get("sha256", {}).get(severity_path.name))
             self.severity = SeverityHead(json.loads(severity_path.read_text()))
+        self.ood = None
+        if self.card.get("ood"):
+            ood_path = self.bundle / self.card["ood"]["file"]
+            _check_sha256(ood_path, self.card.get("sha256", {}).get(ood_path.name))
+            self.ood = OodGuard.load(ood_path)
         self.variant = variant
         self.meta = self.card
 
@@ -95,6 +101,13 @@ class Predictor:
         if self.head is not None:
             probabilities = self.head(features.mean(axis=(1, 2)))
         return probabilities, features
+
+    def pooled_features(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+        """(N, 1280) pooled backbone features for (N, H, W) grayscale or (N, H, W, 3) images."""
+        if images.ndim == 3:
+            images = to_model_input(images)
+        out = [self.run(images[i:i + batch_size])[1].mean(axis=(1, 2)) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 1280), np.float32)
 
     def predict_images(self, images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """Probabilities for (N, H, W) grayscale or (N, H, W, 3) images in [0, 1] at the input size."""
@@ -139,27 +152,48 @@ class Predictor:
                 yield from self._score(pending[:batch_size], with_heatmaps)
                 pending = pending[batch_size:]
 
-    def _load(self, path) -> np.ndarray | str:
+    def prepare(self, gray: np.ndarray) -> Prepared:
+        """This model's input for a (H, W) grayscale image, with the lung fields (for QC and the outline)."""
+        return prepare_full(gray, self.input_size, self.preprocess, lung_fields=True)
+
+    def _load(self, path) -> Prepared | str:
         try:
-            return load_model_input(path, self.input_size, self.preprocess)
+            return self.prepare(read_grayscale(path))
         except ImageReadError as e:
             return str(e)
 
+    def score(self, names: Sequence[str], prepared: Sequence[Prepared], with_heatmaps: bool = False,
+              key: str = "file") -> list[dict[str, Any]]:
+        """The one scoring path (``predict``, ``serve``, ``--engine ray``): run the model on prepared images,
+        apply the decision rule, the out-of-distribution guard and lung QC, severity, and heatmaps.
+
+        With ``with_heatmaps`` each result also holds ``image`` (what the model saw), ``heatmap`` (on it),
+        ``original`` (the X-ray at up to 512 px), ``original_heatmap`` (mapped back onto it) and
+        ``lung_outline`` (a boolean mask on ``original``, when the lung fields were found)."""
+        if not prepared:
+            return []
+        probabilities, features = self.run(to_model_input(np.stack([p.image for p in prepared])))
+        results = []
+        for name, prep, p, f in zip(names, prepared, probabilities, features):
+            result = {key: name, **describe(p, self.classes, self.decision)}
+            result.update(screen(self.ood, f.mean(axis=(0, 1)),
+                                 getattr(prep.fields, "qc_flags", ()) if prep.fields is not None else ()))
+            result.update(self.severity_of(result, f))
+            if with_heatmaps:
+                heat = self.heatmap(f, self.classes.index(result["predicted_class"]))
+                result.update(heatmap=heat, image=prep.image, original=prep.gray,
+                              original_heatmap=prep.to_original(heat))
+                if prep.fields is not None:
+                    result["lung_outline"] = prep.fields.at(*prep.gray.shape)
+            results.append(result)
+        return results
+
     def _score(self, chunk, with_heatmaps: bool) -> Iterator[dict[str, Any]]:
         loaded = [(path, future.result()) for path, future in chunk]
-        good = [(path, image) for path, image in loaded if isinstance(image, np.ndarray)]
-        scored = {}
-        if good:
-            probabilities, features = self.run(np.stack([image for _, image in good]))
-            for (path, image), p, f in zip(good, probabilities, features):
-                result = {"file": path, **describe(p, self.classes, self.decision)}
-                result.update(self.severity_of(result, f))
-                if with_heatmaps:
-                    result["heatmap"] = self.heatmap(f, self.classes.index(result["predicted_class"]))
-                    result["image"] = image[..., 0]
-                scored[path] = result
-        for path, image in loaded:
-            yield scored.get(path) or {"file": path, "error": image}
+        good = [(path, prep) for path, prep in loaded if isinstance(prep, Prepared)]
+        scored = {r["file"]: r for r in self.score([p for p, _ in good], [q for _, q in good], with_heatmaps)}
+        for path, prep in loaded:
+            yield scored.get(path) or {"file": path, "error": prep}
 
 
 def describe(probabilities: np.ndarray, classes: Sequence[str], decision: DecisionRule | None = None
@@ -195,11 +229,19 @@ def upsample_map(cam: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(image), 0.0, 1.0)
 
 
-def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45) -> np.ndarray:
-    """RGB uint8 image: the X-ray with the heatmap blended in (matplotlib's 'jet' colours)."""
+def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45, outline: np.ndarray | None = None
+            ) -> np.ndarray:
+    """RGB uint8 image: the X-ray with the heatmap blended in (matplotlib's 'jet' colours) and, when given,
+    the outline of a boolean mask (the lung fields) drawn in white."""
     from matplotlib import colormaps
 
     colours = colormaps["jet"](heat)[..., :3]
     base = to_model_input(gray)
     alpha = opacity * heat[..., None]
-    return (np.clip(base * (1 - alpha) + colours * alpha, 0, 1) * 255).round().astype(np.uint8)
+    picture = np.clip(base * (1 - alpha) + colours * alpha, 0, 1)
+    if outline is not None and outline.any():
+        from scipy import ndimage
+
+        edge = outline & ~ndimage.binary_erosion(outline, iterations=max(1, round(max(outline.shape) / 256)))
+        picture[edge] = 1.0
+    return (picture * 255).round().astype(np.uint8)

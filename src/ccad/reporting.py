@@ -146,6 +146,15 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _ood_html(ood: dict[str, Any] | None) -> str:
+    if not ood:
+        return ""
+    low, high = ood["ci95"]
+    return (f"<p><strong>Out of distribution:</strong> the model's guard flags {ood['flagged']} of {ood['n']} images "
+            f"({ood['rate']:.1%}, 95% CI {low:.1%}-{high:.1%}; {html.escape(ood['rule'])}). A flagged image is "
+            "outside what this model was trained on: do not rely on its result.</p>")
+
+
 def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], dataset, meta: dict[str, Any],
                  split: str, title: str = "ccad evaluation report", extra_html: str = "") -> Path:
     """A single HTML file with the data, configuration, metrics (95% CIs), figures and caveat."""
@@ -189,6 +198,7 @@ Backbone weights: <strong>{html.escape(str(meta.get('weights', 'unknown')))}</st
 <p>Confusion matrix (rows true, columns predicted; order {html.escape(', '.join(dataset.classes))}):
 {html.escape(str(metrics['confusion_matrix']))}</p>
 <p>Decision rule: {html.escape(metrics.get('decision', {}).get('text', 'argmax'))}.</p>
+{_ood_html(metrics.get('out_of_distribution'))}
 <ul>{notes}</ul>
 {extra_html}
 <h2>Figures</h2>

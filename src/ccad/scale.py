@@ -23,6 +23,7 @@ import csv
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -70,19 +71,30 @@ def done_files(out: Path) -> set[str]:
 
 
 def decode(batch: dict[str, np.ndarray], size: int, preprocess: str) -> dict[str, np.ndarray]:
-    """Ray task: files -> model inputs (zeros where unreadable) and an error column."""
+    """Ray task: files -> model inputs (zeros where unreadable), lung-QC flags and an error column."""
     from .errors import ImageReadError
-    from .images import load_model_input
+    from .images import prepare_full, read_grayscale
 
-    images, errors = [], []
+    images, qc, errors = [], [], []
     for path in batch["file"]:
         try:
-            images.append(load_model_input(str(path), size, preprocess))
+            prepared = prepare_full(read_grayscale(str(path)), size, preprocess, lung_fields=True)
+            images.append(prepared.image)
+            qc.append(";".join(prepared.fields.qc_flags))
             errors.append("")
         except ImageReadError as e:
-            images.append(np.zeros((size, size, 3), np.float32))
+            images.append(np.zeros((size, size), np.float32))
+            qc.append("")
             errors.append(str(e))
-    return {"file": batch["file"], "image": np.stack(images), "error": np.array(errors, dtype=object)}
+    return {"file": batch["file"], "image": np.stack(images), "lung_qc": np.array(qc, dtype=object),
+            "error": np.array(errors, dtype=object)}
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """The lung-QC flags found by a decode task (the fields themselves stay there)."""
+
+    qc_flags: tuple[str, ...]
 
 
 class Scorer:
@@ -94,19 +106,15 @@ class Scorer:
         self.predictor = Predictor(bundle, variant=variant, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .images import Prepared
         from .inference import result_columns, result_row, severity_scores_of
-        from .predictor import describe
 
         p = self.predictor
         scores = severity_scores_of(p)
         good = [i for i, e in enumerate(batch["error"]) if not e]
-        results: dict[int, dict[str, Any]] = {}
-        if good:
-            probabilities, features = p.run(np.asarray(batch["image"])[good])
-            for i, prob, fmap in zip(good, probabilities, features):
-                result = {"file": str(batch["file"][i]), **describe(prob, p.classes, p.decision)}
-                result.update(p.severity_of(result, fmap))
-                results[i] = result
+        prepared = [Prepared(np.asarray(batch["image"][i]), np.asarray(batch["image"][i]), (0, 0, 0, 0),
+                             _Checked(tuple(f for f in str(batch["lung_qc"][i]).split(";") if f))) for i in good]
+        results = dict(zip(good, p.score([str(batch["file"][i]) for i in good], prepared)))
         rows = [result_row(results.get(i) or {"file": str(f), "error": str(batch["error"][i])}, p.classes, scores)
                 for i, f in enumerate(batch["file"])]
         columns = result_columns(p.classes, scores)

@@ -38,8 +38,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
 
 from .errors import ImageReadError
-from .images import ImageTooLargeError, prepare, read_grayscale_bytes, to_model_input
-from .predictor import describe
+from .images import ImageTooLargeError, read_grayscale_bytes
 
 STATIC = Path(__file__).parent / "web"
 API_PREFIX = "/api/v1"
@@ -100,7 +99,7 @@ def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
 def model_card_view(card: dict[str, Any]) -> dict[str, Any]:
     """What the page and ``GET /api/v1/model`` show: no file hashes or internals."""
     keep = ("intended_use", "classes", "positive_class", "input_size", "backbone", "weights", "training_data",
-            "evaluation", "preprocessing", "preprocess", "decision", "heatmap", "versions")
+            "evaluation", "preprocessing", "preprocess", "decision", "heatmap", "ood", "lung_segmenter", "versions")
     view = {k: card.get(k) for k in keep}
     view["caveat"] = ("Screening aid for research, not a diagnosis. The metrics come only from the data named; "
                       "images from other hospitals or scanners can score far worse.")
@@ -205,22 +204,29 @@ async def _read_upload(upload, settings: ServeSettings) -> bytes:
 
 def _score(predictor, uploads: list[tuple[str, bytes]], with_heatmap: bool, settings: ServeSettings) -> list[dict]:
     """Decode, preprocess and run one request's files (in a worker thread)."""
-    size = predictor.input_size
-    grays = [prepare(read_grayscale_bytes(data, name, settings.max_pixels), size, predictor.preprocess)
-             for name, data in uploads]
+    prepared = [predictor.prepare(read_grayscale_bytes(data, name, settings.max_pixels)) for name, data in uploads]
     if settings.keep_uploads:
         _keep(uploads, settings.keep_uploads)
-    probabilities, features = predictor.run(to_model_input(np.stack(grays)))
-    results = []
-    for (name, _), gray, p, fmap in zip(uploads, grays, probabilities, features):
-        result = {"name": name, **describe(p, predictor.classes, predictor.decision)}
-        result.update(predictor.severity_of(result, fmap))
-        k = predictor.classes.index(result["predicted_class"])
-        if with_heatmap:
-            result["image"] = _png_base64((gray * 255).round().astype(np.uint8))
-            result["heatmap"] = _png_base64(heatmap_rgba(predictor.heatmap(fmap, k)))
-        results.append(result)
+    results = predictor.score([name for name, _ in uploads], prepared, with_heatmaps=with_heatmap, key="name")
+    for result in results:
+        if with_heatmap:  # the original X-ray first; what the model saw as the second view
+            outline = result.pop("lung_outline", None)
+            result["original"] = _png_base64(_gray_png(result["original"], outline))
+            result["original_heatmap"] = _png_base64(heatmap_rgba(result["original_heatmap"]))
+            result["image"] = _png_base64(_gray_png(result["image"]))
+            result["heatmap"] = _png_base64(heatmap_rgba(result["heatmap"]))
     return results
+
+
+def _gray_png(gray: np.ndarray, outline: np.ndarray | None = None) -> np.ndarray:
+    """uint8 RGB of a [0, 1] image, with the outline of a boolean mask (the lung fields) in cyan."""
+    rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    if outline is not None and outline.any():
+        from scipy import ndimage
+
+        edge = outline & ~ndimage.binary_erosion(outline, iterations=max(1, round(max(outline.shape) / 256)))
+        rgb[edge] = (0, 229, 255)
+    return rgb
 
 
 def _keep(uploads: list[tuple[str, bytes]], folder: Path) -> None:

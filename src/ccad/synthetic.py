@@ -69,6 +69,15 @@ def render_patient(rng: np.random.Generator, label: str, size: int = 256, anatom
     return np.clip(img, 0, 1).astype(np.float32)
 
 
+def lung_mask(anatomy: dict, size: int = 256) -> np.ndarray:
+    """The boolean (size, size) mask of the two lung fields :func:`render_patient` draws for ``anatomy``."""
+    lin = np.linspace(-1, 1, size, dtype=np.float32)
+    xx, yy = np.meshgrid(lin, lin)
+    a = anatomy
+    lungs = sum(_ellipse(xx, yy, side * a["lung_x"], -0.05 + a["dy"], a["lung_w"], a["lung_h"], 0.06) for side in (-1, 1))
+    return lungs >= 0.5
+
+
 def patient_anatomy(rng: np.random.Generator) -> dict:
     return {
         "width": rng.uniform(0.88, 1.0), "dy": rng.uniform(-0.05, 0.05),

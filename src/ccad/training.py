@@ -34,6 +34,7 @@ from .data import Dataset, assign_splits, discover, label_indices, load_images, 
 from .decision import DecisionRule, fit_decision, validate_settings
 from .images import preprocessing_steps
 from .errors import ConfigError, DataError
+from .ood import OOD_FILE
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 #: Batch size of inference-only passes (feature caching, evaluation). MobileNetV2's early activations at
@@ -156,6 +157,7 @@ def train(
     save_h5: bool = False,
     evaluate_test: bool = True,
     verbose: int | None = None,
+    relabel: Sequence[str] = (),
 ) -> TrainResult:
     """Train on ``data`` (a folder, a manifest, or a :class:`Dataset` whose samples already
     have splits) and write the run folder ``out``.
@@ -187,7 +189,7 @@ def train(
     if isinstance(data, Dataset):
         dataset = data if all(s.split for s in data.samples) else assign_splits(data, seed=config.seed)
     else:
-        dataset = assign_splits(discover(data, classes, where, positive_class), seed=config.seed)
+        dataset = assign_splits(discover(data, classes, where, positive_class, relabel=relabel), seed=config.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_split(dataset, run_dir / "split.csv")
 
@@ -244,15 +246,19 @@ def train(
     timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
     scorer = _scorer_with_head(model, head, run_dir)
     decision = _fit_decision(scorer, arrays["val"], dataset, config)
+    start = time.perf_counter()
+    ood = _fit_ood(model, arrays)
+    ood.save(run_dir / OOD_FILE)
+    timings["ood_fit_s"] = time.perf_counter() - start
 
-    _save_run(run_dir, model, dataset, config, history, timings, save_h5, decision, head)
+    _save_run(run_dir, model, dataset, config, history, timings, save_h5, decision, head, ood)
     metrics = None
     if evaluate_test and dataset.subset("test"):
         from .evaluation import evaluate
 
-        meta = run_metadata(dataset, config, decision, head)
+        meta = run_metadata(dataset, config, decision, head, ood)
         metrics = evaluate(scorer, dataset, run_dir, split="test", meta=meta, skip_bad=skip_bad,
-                           history=history if config.head == "dense" else None)
+                           history=history if config.head == "dense" else None, ood=ood)
     if cluster is not None and not cluster.is_chief:
         import shutil
 
@@ -445,8 +451,19 @@ def _backbone_name(name: str) -> str:
     return f"{application} (alpha 1.0)" if name in ("mobilenet_v2", "mobilenet") else application
 
 
+def _fit_ood(model, arrays: dict):
+    """The out-of-distribution guard on the pooled features of the (unaugmented) training and validation images."""
+    from .evaluation import predict_probabilities
+    from .model import feature_extractor
+    from .ood import fit_ood_guard
+
+    extractor = feature_extractor(model)
+    return fit_ood_guard(predict_probabilities(extractor, arrays["train"][0]),
+                         predict_probabilities(extractor, arrays["val"][0]))
+
+
 def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule | None = None,
-                 head: dict[str, Any] | None = None) -> dict[str, Any]:
+                 head: dict[str, Any] | None = None, ood=None) -> dict[str, Any]:
     """What a loader needs to use the model, plus what it was trained on."""
     return {
         "ccad_version": __version__,
@@ -460,13 +477,14 @@ def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule |
         "preprocess": config.preprocess,
         "decision": decision.to_dict() if decision else None,
         "head": head or {"kind": "dense"},
+        "ood": ood.describe() if ood is not None else None,
         "data": {"source": dataset.source, "layout": dataset.layout, "counts": dataset.counts(),
                  "sha256": dataset.fingerprint(), "bad_files_skipped": len(dataset.bad_files)},
     }
 
 
 def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, history, timings, save_h5: bool,
-              decision: DecisionRule | None = None, head: dict[str, Any] | None = None) -> None:
+              decision: DecisionRule | None = None, head: dict[str, Any] | None = None, ood=None) -> None:
     from .model import count_parameters
 
     with atomic_path(run_dir / "model.keras") as tmp:
@@ -486,7 +504,7 @@ def _save_run(run_dir: Path, model, dataset: Dataset, config: TrainConfig, histo
     total, trainable = count_parameters(model)
     best = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf))
     write_json(run_dir / "config.json", dict(
-        run_metadata(dataset, config, decision, head),
+        run_metadata(dataset, config, decision, head, ood),
         config=asdict(config),
         parameters={"total": total, "trainable": trainable},
         best_epoch=best + 1,

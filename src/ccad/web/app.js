@@ -45,12 +45,33 @@ function showResult(result) {
   node.querySelector(".name").textContent = result.name;
   const xray = node.querySelector(".xray");
   const heat = node.querySelector(".heat");
-  xray.src = "data:image/png;base64," + result.image;
-  xray.alt = `Chest X-ray ${result.name} as the model saw it`;
-  heat.src = "data:image/png;base64," + result.heatmap;
+  const views = {
+    original: [result.original || result.image, result.original_heatmap || result.heatmap,
+      `Chest X-ray ${result.name} with the lung outline the model found`],
+    model: [result.image, result.heatmap, `Chest X-ray ${result.name} as the model saw it`],
+  };
+  const show = (which) => {
+    const [image, heatmap, alt] = views[which];
+    xray.src = "data:image/png;base64," + image;
+    xray.alt = alt;
+    heat.src = "data:image/png;base64," + heatmap;
+  };
+  show("original");
   heat.alt = `Heatmap of the regions that drove the ${result.predicted_class} score`;
   heat.style.opacity = 0.55;
   node.querySelector(".toggle").addEventListener("change", (e) => { heat.hidden = !e.target.checked; });
+  node.querySelector(".model-view").addEventListener("change", (e) => show(e.target.checked ? "model" : "original"));
+  if (result.in_distribution === false) {
+    const ood = node.querySelector(".ood");
+    ood.hidden = false;
+    ood.textContent = `Out of distribution: ${result.warning}`;
+    node.classList.add("flagged");
+  }
+  const qc = node.querySelector(".qc");
+  const checks = [];
+  if (result.in_distribution === true) checks.push(`in distribution (feature distance ${result.ood_distance} ≤ ${result.ood_cutoff})`);
+  if (result.lung_qc && result.lung_qc.length) checks.push(`lung check: ${result.lung_qc.join(", ").replaceAll("_", " ")}`);
+  qc.textContent = checks.join("; ");
   node.querySelector(".opacity").addEventListener("input", (e) => { heat.style.opacity = e.target.value / 100; });
   node.querySelector(".verdict").textContent = `Model output: ${result.predicted_class}`;
   const bars = node.querySelector(".bars");
