@@ -81,3 +81,24 @@ def test_a_failed_upload_says_why_in_the_page(server, browser, tmp_path):
     page.wait_for_function("document.getElementById('error').textContent.length > 0")
     assert "400" in page.inner_text("#error") and "not a readable image" in page.inner_text("#error")
     page.close()
+
+
+def test_an_out_of_distribution_image_is_shown_as_such(server, browser, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    page = browser.new_page()
+    page.goto(server)
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((96, 96), 128, np.uint8)).save(flat)
+    page.set_input_files("#files", str(flat))
+    page.click("#submit")
+    page.wait_for_selector(".result .verdict")
+    assert page.is_visible(".result .ood")
+    assert "do not rely on this result" in page.inner_text(".result .ood")
+    first = page.get_attribute(".result .xray", "src")
+    page.check(".result .model-view")  # what the model saw is a toggle; the original is shown first
+    assert page.get_attribute(".result .xray", "src") != first
+    assert "as the model saw it" in page.get_attribute(".result .xray", "alt")
+    page.close()
+

@@ -150,3 +150,61 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
         (copy / "ccad-model.json").write_text(json.dumps(card))
         predicted = {r["predicted_class"] for r in Predictor(copy).predict_files(files)}
         assert predicted == expected
+
+
+def _photo_like(path):
+    """A colourful, textured non-X-ray picture (the photos in ../shared are not available on a user's machine)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:160, 0:160]
+    rgb = np.stack([(np.sin(xx / 3.0) + 1) * 127, (np.cos(yy / 5.0) + 1) * 127, rng.integers(0, 255, (160, 160))], -1)
+    Image.fromarray(rgb.astype(np.uint8)).save(path)
+    return path
+
+
+def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bundle, synth_folders, tmp_path,
+                                                                     capsys):
+    from ccad.predictor import Predictor
+
+    run, bundle = run_and_bundle
+    card = json.loads((bundle / "ccad-model.json").read_text())
+    assert card["ood"]["file"] == "ood.npz" and card["ood"]["cutoff"] > 0
+    assert "keeps 95% of the validation split" in card["ood"]["cutoff_rule"]
+    photo = _photo_like(tmp_path / "photo.png")
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.fromarray(np.full((128, 128), 128, np.uint8)).save(blank)
+    xrays = sorted((synth_folders / "normal").glob("*.png"))[:6]
+    results = Predictor(bundle).predict_files([photo, blank, *xrays])
+    assert results[0]["in_distribution"] is False and "do not rely on this result" in results[0]["warning"]
+    assert results[1]["in_distribution"] is False and "no_lungs" in results[1]["lung_qc"]
+    assert sum(r["in_distribution"] for r in results[2:]) >= 4  # training-like images mostly pass
+    assert main(["predict", "--model", str(bundle), str(photo), "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    (shown,) = json.loads(captured.out)
+    assert shown["in_distribution"] is False and shown["ood_distance"] > shown["ood_cutoff"]
+    assert "flagged out of distribution" in captured.err
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(bundle), str(photo), str(xrays[0]), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert rows[0]["in_distribution"] == "false" and float(rows[0]["ood_distance"]) > card["ood"]["cutoff"]
+    assert rows[1]["in_distribution"] in ("true", "false") and rows[1]["lung_qc"] == ""
+    # the run folder (Keras) applies the same guard
+    from ccad.inference import load_keras_classifier
+
+    (keras_result,) = load_keras_classifier(run).predict_files([photo])
+    assert keras_result["in_distribution"] is False
+
+
+def test_heatmap_file_shows_the_original_image(run_and_bundle, synth_folders, tmp_path):
+    from PIL import Image
+
+    _, bundle = run_and_bundle
+    source = tmp_path / "wide.png"
+    image = Image.open(sorted((synth_folders / "covid").glob("*.png"))[0]).resize((150, 100))
+    image.save(source)
+    assert main(["predict", "--model", str(bundle), str(source), "--heatmap", str(tmp_path / "h")]) == 0
+    (written,) = list((tmp_path / "h").glob("*.heatmap.png"))
+    assert Image.open(written).size == (150, 100)  # the X-ray's own shape, not the model's square crop

@@ -179,3 +179,15 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 def test_fuzz_predict_never_5xx(client, content, name, ctype, heatmap):
     r = client.post("/api/v1/predict", files=[("files", (name or "f", content, ctype))], data={"heatmap": heatmap})
     assert r.status_code < 500, (r.status_code, r.text)
+
+
+def test_out_of_distribution_is_reported_by_the_api(client):
+    flat = io.BytesIO()
+    Image.fromarray(np.full((96, 96), 128, np.uint8)).save(flat, format="PNG")
+    r = post(client, ("flat.png", flat.getvalue(), "image/png"), heatmap=True)
+    (result,) = r.json()["results"]
+    assert result["in_distribution"] is False and "do not rely on this result" in result["warning"]
+    assert "no_lungs" in result["lung_qc"] and result["ood_cutoff"] > 0
+    assert result["original"] and result["original_heatmap"] and result["image"] != ""
+    card = client.get("/api/v1/model").json()
+    assert card["ood"]["cutoff"] > 0 and card["lung_segmenter"]["held_out"]["dice_mean"] > 0.9

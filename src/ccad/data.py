@@ -301,12 +301,22 @@ def assign_splits(dataset: Dataset, seed: int = 0) -> Dataset:
     - The paper's ``train/``+``test/`` layout (or a manifest with only train and
       test): validation is 20% of ``train`` (the paper's ``validation_split=0.2``).
     - A manifest with train, val and test: used as given.
+    - Pooled sources (several ``--data``) where some rows have a split and some do not: the split rows
+      keep theirs; the others are split as in the first case, among themselves.
     """
     samples = dataset.samples
     given = {s.split for s in samples}
     if None in given and given != {None}:
-        raise DataError(f"{dataset.source}: some rows have a split and some do not")
-    if given == {None}:
+        if dataset.layout != "pooled" and len({s.source for s in samples}) < 2:
+            raise DataError(f"{dataset.source}: some rows have a split and some do not")
+        # pooled sources, some split and some not: split the unsplit rows among themselves
+        unsplit = [i for i, s in enumerate(samples) if s.split is None]
+        test_idx = _grouped_holdout(samples, unsplit, TEST_FRACTION, seed)
+        rest = [i for i in unsplit if i not in test_idx]
+        val_idx = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - TEST_FRACTION), seed + 1)
+        splits = [s.split or ("test" if i in test_idx else "val" if i in val_idx else "train")
+                  for i, s in enumerate(samples)]
+    elif given == {None}:
         test_idx = _grouped_holdout(samples, range(len(samples)), TEST_FRACTION, seed)
         rest = [i for i in range(len(samples)) if i not in test_idx]
         val_idx = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - TEST_FRACTION), seed + 1)
