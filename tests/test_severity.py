@@ -50,11 +50,15 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     _, bundle = run_and_bundle
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    # A made-up severity that the images do show: their mean brightness, spread over 0-8
-    from ccad.images import read_grayscale
+    # A made-up severity that the images do show: where each image lies along the main axis of variation
+    # of the pooled features the severity head reads, spread over 0-8
+    from ccad.predictor import Predictor
+    from ccad.severity import pooled_features
 
     covid = sorted((synth_folders / "covid").glob("*.png"))
-    brightness = np.array([read_grayscale(p).mean() for p in covid])
+    features = pooled_features(Predictor(bundle), covid)
+    centred = features - features.mean(axis=0)
+    brightness = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
     scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)
     rows = []
     for p, extent in zip(covid, scaled):

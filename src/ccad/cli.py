@@ -365,6 +365,10 @@ def cmd_predict(args) -> None:
                 save_overlay(r, Path(args.heatmap))
             for key in IMAGE_KEYS:
                 r.pop(key, None)
+    flagged = sum(r.get("in_distribution") is False for r in results)
+    if flagged:
+        print(f"{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}.",
+              file=sys.stderr)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return
@@ -379,10 +383,6 @@ def cmd_predict(args) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
     for row in [columns] + rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    flagged = sum(r.get("in_distribution") is False for r in results)
-    if flagged:
-        print(f"\n{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}.",
-              file=sys.stderr)
     print("\nScreening aid, not a diagnosis.", file=sys.stderr)
 
 
