@@ -5,7 +5,7 @@
   for scale (``classifier_ms``: a 224 px float ONNX MobileNetV2 built here, same session options);
 - ``qc_flag_rate``: share of images with any QC flag, and per flag, on covid-cxr normals (NIH), covid-cxr
   COVID (Cohen), covid-cxr-rdb, cohen-other and the imagenet-sanity photos;
-- ``docs/lung-segmenter/*.png``: overlay grids of NIH normals and rdb COVID images (no mask drawn for
+- ``docs/lung-segmenter/nih-normals.png``: an overlay grid of 12 random NIH normals (no mask was drawn for
   them: judge the outline by eye), written with ``--figures``.
 
     python benchmarks/lungs.py --out benchmarks/results-lungs.json --figures docs/lung-segmenter
@@ -87,9 +87,9 @@ def main() -> None:
         out = Path(args.figures)
         out.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(0)
-        for key, file, heading in (("covid-cxr normal (NIH)", "nih-normals.png", "NIH normals (covid-cxr)"),
-                                   ("covid-cxr-rdb", "rdb-covid.png", "covid-cxr-rdb COVID"),
-                                   ("cohen-other", "cohen-other.png", "cohen-other")):
+        # only the NIH images (released without restriction) go into the docs; the Cohen-collection images
+        # carry their publishers' licences, some without derivatives
+        for key, file, heading in (("covid-cxr normal (NIH)", "nih-normals.png", "NIH normals (covid-cxr)"),):
             paths = sets[key]
             picks = [paths[i] for i in sorted(rng.choice(len(paths), 12, replace=False))]
             overlay_grid(picks, segmenter, out / file, titles=[p.name[:18] for p in picks],
