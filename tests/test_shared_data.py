@@ -232,3 +232,31 @@ def test_audit_of_the_default_recipe_on_real_images(default_run, tmp_path):
     assert lung_test["no_lungs"]["auc"] < lung_test["original"]["auc"], lung_test
     assert result["source_probe"]["confounded_with_label"] is True
     assert "Verdict" in (out / "report.html").read_text()
+
+
+def test_shipped_lung_segmenter_keeps_its_held_out_dice():
+    """The packaged segmenter, re-scored on the held-out patients of the mask set, matches its card."""
+    from ccad.lung_training import grouped_split, read_mask_manifest, score_segmenter
+    from ccad.lungs import default_segmenter
+
+    import tempfile
+
+    rows = read_mask_manifest(SHARED / "data" / "lung-masks" / "manifest.csv")
+    test = [r for r, p in zip(rows, grouped_split([r["group"] for r in rows], 0)) if p == "test"]
+    card = default_segmenter().card
+    with tempfile.TemporaryDirectory() as tmp:
+        scores = score_segmenter(default_segmenter().model_dir, test, tmp)
+    assert scores["images"] == card["held_out"]["images"] == 56
+    assert scores["dice_mean"] == pytest.approx(card["held_out"]["dice_mean"], abs=1e-3)
+    assert scores["dice_mean"] >= 0.93 and scores["dice_p05"] >= 0.85
+
+
+@pytest.mark.slow
+def test_photos_are_out_of_distribution_and_few_test_images_are(default_run):
+    from ccad.inference import load_classifier
+
+    photos = sorted((SHARED / "data" / "imagenet-sanity").glob("*.png"))
+    results = load_classifier(default_run).predict_files(photos)
+    assert [r["in_distribution"] for r in results] == [False, False]
+    flagged = json.loads((default_run / "metrics.json").read_text())["out_of_distribution"]
+    assert flagged["n"] >= 50 and flagged["rate"] <= 0.10, flagged
