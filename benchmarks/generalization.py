@@ -57,12 +57,10 @@ RECIPES = {
     "whole-image+cohen-neg": (True, ["--preprocess", WHOLE, *COHEN_NEGATIVES]),
     "thorax+cohen-neg": (True, ["--preprocess", THORAX, *COHEN_NEGATIVES]),
     "lungs+cohen-neg": (True, ["--preprocess", LUNGS, *COHEN_NEGATIVES]),
-    "thorax+cohen-neg+fine-tune": (False, ["--preprocess", THORAX, *COHEN_NEGATIVES, "--fine-tune-epochs", "5",
-                                           "--feature-views", "0"]),
-    "thorax+cohen-neg, argmax+temperature": (False, ["--preprocess", THORAX, *COHEN_NEGATIVES,
-                                                     "--threshold", "argmax", "--calibration", "temperature"]),
-    "thorax+cohen-neg, specificity-95": (False, ["--preprocess", THORAX, *COHEN_NEGATIVES,
-                                                 "--threshold", "specificity-95"]),
+    "lungs+fine-tune": (False, ["--preprocess", LUNGS, "--fine-tune-epochs", "5", "--feature-views", "0"]),
+    "lungs argmax+temperature": (False, ["--preprocess", LUNGS, "--threshold", "argmax",
+                                          "--calibration", "temperature"]),
+    "lungs specificity-95": (False, ["--preprocess", LUNGS, "--threshold", "specificity-95"]),
 }
 
 
@@ -190,7 +188,7 @@ def loso_row(name: str, extra: list[str], tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated from: " + ", ".join(RECIPES))
-    parser.add_argument("--loso", default="whole-image+cohen-neg,thorax+cohen-neg",
+    parser.add_argument("--loso", default="lungs,whole-image",
                         help="recipes also run leave-one-source-out (comma-separated; empty for none)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out")

@@ -140,7 +140,7 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
     stored = json.loads((run / "config.json").read_text())["decision"]
     card = json.loads((bundle / "ccad-model.json").read_text())
     assert card["decision"] == stored
-    assert card["preprocess"] == json.loads((run / "config.json").read_text())["preprocess"] == "lungs+clahe+lowpass"
+    assert card["preprocess"] == json.loads((run / "config.json").read_text())["preprocess"] == "lungs+equalize+lowpass"
     files = sorted((synth_folders / "normal").glob("*.png"))[:6] + sorted((synth_folders / "covid").glob("*.png"))[:6]
     # The same bundle with its threshold moved to the extremes: everything becomes covid, then nothing does
     for threshold, expected in ((1e-9, {"covid"}), (1.01, {"normal"})):

@@ -41,7 +41,7 @@ def test_health_model_docs_and_page(client):
     assert card["classes"] == ["covid", "normal"] and "not a diagnosis" in card["caveat"]
     assert "sha256" not in card
     assert card["decision"]["rule"] == "youden" and 0 < card["decision"]["threshold"] < 1
-    assert card["preprocess"] == "lungs+clahe+lowpass"
+    assert card["preprocess"] == "lungs+equalize+lowpass"
     assert "/api/v1/predict" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     page = client.get("/")

@@ -61,7 +61,7 @@ class TrainConfig:
     fine_tune_epochs: int = 0
     fine_tune_from: str | None = None
     fine_tune_lr: float = 1e-5
-    preprocess: str = "lungs+clahe+lowpass"
+    preprocess: str = "lungs+equalize+lowpass"
     backbone: str = "mobilenet_v2"
     head: str = "dense"
     feature_selection: str = "none"
