@@ -146,9 +146,9 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
 #: Input normalization steps (``--preprocess``, joined with ``+``, e.g. ``thorax+equalize``), applied to
 #: the full-resolution image in this order, before the final resize:
 #:
-#: ``thorax``    crop to the estimated lung fields plus an 8% margin (:mod:`ccad.lungs`), dropping borders,
-#:               collimation, most burned-in text and markers;
-#: ``lungs``     ``thorax``, with everything outside the estimated lung fields (shrunk by 2% of the side,
+#: ``thorax``    crop to the lung fields of the shipped segmenter plus an 8% margin (:mod:`ccad.lungs`),
+#:               dropping borders, collimation, most burned-in text and markers;
+#: ``lungs``     ``thorax``, with everything outside the lung fields (shrunk by 2% of the side,
 #:               so their borders with ribs, heart and diaphragm are left out too) set to black;
 #: ``clahe``     contrast-limited adaptive histogram equalization (scikit-image, clip limit 0.01);
 #: ``equalize``  global histogram equalization (scikit-image): every image gets the same gray-level
