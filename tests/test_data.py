@@ -199,3 +199,12 @@ def test_leave_one_source_out_folds(tmp_path, synth_folders):
         cross_validation_folds(one_class, group_by="source")
     with pytest.raises(DataError, match="needs two or more sources"):
         cross_validation_folds(discover(a), group_by="source")
+
+
+def test_cv_by_source_on_one_source_is_a_one_line_error(synth_folders, tmp_path, capsys):
+    from ccad.cli import main
+
+    assert main(["cv", "--data", str(synth_folders / "manifest.csv"), "--group-by", "source",
+                 "--out", str(tmp_path / "cv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ccad: error:") and "needs two or more sources" in err and err.count("\n") == 1

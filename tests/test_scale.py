@@ -40,6 +40,9 @@ def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and
         assert rows[file]["predicted_class"] == expected["predicted_class"]
         for c, p in expected["probabilities"].items():
             assert abs(float(rows[file][f"p_{c}"]) - p) < 1e-5
+        assert rows[file]["in_distribution"] == str(expected["in_distribution"]).lower()  # the guard travels too
+        assert abs(float(rows[file]["ood_distance"]) - expected["ood_distance"]) < 1e-2
+        assert rows[file]["lung_qc"] == ";".join(expected["lung_qc"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["files"] == len(images) and summary["errors"] == 1
     assert sum(summary["predicted"].values()) == len(images) - 1
