@@ -47,8 +47,10 @@ def default_run(tmp_path_factory):
 def test_default_recipe_on_dataset_a_reaches_the_bar(default_run):
     metrics = json.loads((default_run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n"] >= 50
-    assert metrics["accuracy"]["value"] >= 0.90, metrics["accuracy"]
-    assert metrics["auc"]["value"] >= 0.95, metrics["auc"]
+    # The lung-only default gives up internal score for not reading the source (0.914 here; the whole-image
+    # recipe scores ~0.99 on this split by reading it): docs/generalization.md
+    assert metrics["accuracy"]["value"] >= 0.80, metrics["accuracy"]
+    assert metrics["auc"]["value"] >= 0.88, metrics["auc"]
     assert metrics["bootstrap"]["unit"] == "patient group"
 
 
