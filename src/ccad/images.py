@@ -233,7 +233,7 @@ def prepare_full(gray: np.ndarray, size: int, preprocess: str = "none", lung_fie
 
         if "clahe" in steps:
             work = skimage.exposure.equalize_adapthist(work, clip_limit=0.01).astype(np.float32)
-        if "equalize" in steps:
+        if "equalize" in steps and (outside is None or not outside.all()):  # no lungs found: nothing to equalize
             work = skimage.exposure.equalize_hist(work, mask=None if outside is None else ~outside).astype(np.float32)
     if outside is not None:
         work = np.where(outside, 0.0, work).astype(np.float32)
