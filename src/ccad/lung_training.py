@@ -50,33 +50,6 @@ DECODER_FILTERS = (96, 64, 48, 32)
 CALIBRATION_IMAGES = 60
 
 
-def quantize_segmenter(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
-    """Static INT8 quantization (QDQ, per-channel) with ONNX Runtime's tools, calibrated on (N, S, S, 1) inputs."""
-    import onnxruntime as ort
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calibration[i:i + 1] for i in range(len(calibration)))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {name: batch}
-
-    prepared = int8_path.with_suffix(".prep.onnx")
-    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-    try:
-        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile)
-    finally:
-        prepared.unlink(missing_ok=True)
-
-
 def read_mask_manifest(manifest: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of a lung-mask manifest (``image``, ``mask``, ``group``), paths made absolute."""
     manifest = Path(manifest)
@@ -260,7 +233,9 @@ def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: i
         with contextlib.redirect_stdout(io.StringIO()):
             model.export(str(work / "float.onnx"), format="onnx", verbose=False)
         calibration = train[:CALIBRATION_IMAGES, ..., :1]
-        quantize_segmenter(work / "float.onnx", work / "lung-segmenter.onnx", calibration)
+        from .export import quantize_onnx  # the classifier's INT8 recipe: QDQ, per-channel, percentile
+
+        quantize_onnx(work / "float.onnx", work / "lung-segmenter.onnx", calibration)
         shutil.move(str(work / "lung-segmenter.onnx"), out / "lung-segmenter.onnx")
         shutil.move(str(work / "float.onnx"), out / "lung-segmenter.float.onnx")
     finally:

@@ -164,7 +164,7 @@ class LungSegmenter:
     """
 
     def __init__(self, model_dir: str | os.PathLike | None = None, threads: int = 1):
-        import onnxruntime as ort
+        from ._onnx import cpu_session
 
         from ._files import sha256
 
@@ -179,13 +179,7 @@ class LungSegmenter:
         expected = self.card.get("sha256", {}).get(MODEL_FILE)
         if expected and sha256(model_path) != expected:
             raise ModelError(f"{model_path}: sha256 differs from its card; the file changed after training")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelError(f"{model_path}: not a loadable ONNX model ({type(e).__name__})") from e
+        self.session = cpu_session(model_path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.size = int(self.card["input_size"])
         self.threshold = float(self.card.get("threshold", 0.5))

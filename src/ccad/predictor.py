@@ -46,7 +46,7 @@ class Predictor:
     """
 
     def __init__(self, bundle: str | os.PathLike, variant: str = "float", threads: int = 2):
-        import onnxruntime as ort
+        from ._onnx import cpu_session
 
         self.bundle = Path(bundle)
         if not is_bundle(self.bundle):
@@ -57,13 +57,7 @@ class Predictor:
             raise ModelError(f"{self.bundle}: no {variant} model in this bundle (has: {', '.join(models)})")
         path = self.bundle / models[variant]
         _check_sha256(path, self.card.get("sha256", {}).get(path.name))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise ModelError(f"{path}: not a loadable ONNX model ({type(e).__name__})") from e
+        self.session = cpu_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.cam_weights = np.load(self.bundle / self.card["heatmap"]["weights"])
