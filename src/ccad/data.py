@@ -114,19 +114,18 @@ def discover(
     described = f"{names} (where {' and '.join(where)})" if where else names
     if relabel:
         described += f" (relabel {', '.join(relabel)})"
-    data = names
     if model_classes is not None:
         return _for_model(described, samples, found, classes, list(model_classes), positive_class, layout)
     if classes:
         classes = list(classes)
         unknown = [c for c in classes if c not in found]
         if unknown:
-            raise DataError(f"{data}: class {unknown[0]!r} not found (found: {', '.join(found) or 'none'})")
+            raise DataError(f"{names}: class {unknown[0]!r} not found (found: {', '.join(found) or 'none'})")
         samples = [s for s in samples if s.label in classes]
     else:
         classes = found
     if len(classes) < 2:
-        raise DataError(f"{data}: needs at least two classes, found {len(classes)} ({', '.join(classes) or 'none'})")
+        raise DataError(f"{names}: needs at least two classes, found {len(classes)} ({', '.join(classes) or 'none'})")
     if positive_class is not None and positive_class not in classes:
         if positive_class == "covid" and len(classes) == 2:
             positive_class = None  # default not applicable: metrics use classes[1]
