@@ -39,6 +39,7 @@ def test_train_writes_every_output(trained_run):
     report = (trained_run / "report.html").read_text()
     assert "not a diagnosis" in report.lower() and report.count("data:image/png;base64,") == 5
     assert "95% CI" in report
+    assert "as stored, lung outline in cyan" in report  # the reader sees the X-ray, not the model's crop
 
 
 def test_split_file_keeps_groups_in_one_split(trained_run):

@@ -95,8 +95,11 @@ def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, classes: Seq
 
 def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray,
                          classes: Sequence[str], path: Path, n: int = GRID_IMAGES, seed: int = 0,
-                         predicted: np.ndarray | None = None) -> Path:
-    """A grid of images titled true/predicted, green when right, red when wrong (the paper's figure)."""
+                         predicted: np.ndarray | None = None, samples=None) -> Path:
+    """A grid of images titled true/predicted, green when right, red when wrong (the paper's figure).
+
+    With ``samples`` (their files), each image is the X-ray as stored, with the lung outline of the shipped
+    segmenter in cyan, rather than the model's input."""
     plt = _pyplot()
     rng = np.random.default_rng(seed)
     picked = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
@@ -107,11 +110,28 @@ def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: 
         ax.axis("off")
     for ax, i in zip(axes.ravel(), picked):
         label = int(probabilities[i].argmax()) if predicted is None else int(predicted[i])
-        ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        original = _original_with_outline(samples[i].path) if samples is not None else None
+        if original is None:
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(original[0], cmap="gray", vmin=0, vmax=1)
+            ax.contour(original[1], levels=[0.5], colors="cyan", linewidths=0.8)
         ok = label == y_true[i]
         ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[label]} ({probabilities[i, label]:.2f})",
                      color="green" if ok else "red", fontsize=8)
     return _save(fig, path)
+
+
+def _original_with_outline(path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the image at up to 512 px, its lung mask) or None when the file cannot be read again."""
+    from .errors import ImageReadError
+    from .images import prepare_full, read_grayscale
+
+    try:
+        prepared = prepare_full(read_grayscale(path), 64, "none", lung_fields=True)
+    except (ImageReadError, OSError):
+        return None
+    return prepared.gray, prepared.fields.at(*prepared.gray.shape).astype(np.float32)
 
 
 def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, probabilities: np.ndarray,
@@ -128,8 +148,9 @@ def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, pro
     figures["Reliability diagram"] = plot_reliability(y_true, probabilities, classes, metrics["positive_class"],
                                                       metrics["ece"], folder / "reliability.png")
     if images is not None:
-        figures["Predictions"] = plot_prediction_grid(images, y_true, probabilities, classes,
-                                                      folder / "predictions.png", predicted=predicted)
+        figures["Predictions (as stored, lung outline in cyan)"] = plot_prediction_grid(
+            images, y_true, probabilities, classes, folder / "predictions.png", predicted=predicted,
+            samples=samples if samples is not None and len(samples) == len(images) else None)
     return figures
 
 
