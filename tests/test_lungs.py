@@ -179,3 +179,35 @@ def test_lowpass_removes_fine_grain(xray):
     noisy = np.clip(xray + rng.normal(0, 0.05, xray.shape), 0, 1).astype(np.float32)
     plain, smoothed = prepare(noisy, 128, "none"), prepare(noisy, 128, "lowpass")
     assert np.abs(np.diff(smoothed, axis=1)).mean() < 0.7 * np.abs(np.diff(plain, axis=1)).mean()
+
+
+@pytest.mark.slow
+def test_lungs_train_writes_a_loadable_segmenter_with_its_card(tmp_path, capsys):
+    """``ccad lungs train`` end to end on synthetic radiographs and the generator's own lung masks."""
+    import json
+
+    from conftest import write_csv
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = []
+    for i in range(30):
+        anatomy = patient_anatomy(rng)
+        image = render_patient(rng, "normal", size=96, anatomy=anatomy)
+        Image.fromarray((image * 255).astype(np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(lung_mask(anatomy, 96).astype(np.uint8) * 255).save(tmp_path / "masks" / f"{i}.png")
+        rows.append({"image": f"images/{i}.png", "mask": f"masks/{i}.png", "group": f"p{i // 2}"})
+    manifest = write_csv(tmp_path / "manifest.csv", rows)
+    out = tmp_path / "seg"
+    assert main(["lungs", "train", "--data", str(manifest), "--out", str(out), "--size", "64", "--epochs", "1",
+                 "--weights", "none"]) == 0
+    assert "held-out Dice" in capsys.readouterr().out
+    card = json.loads((out / "lung-segmenter.json").read_text())
+    assert card["input_size"] == 64 and card["held_out"]["images"] > 0 and "held_out_float" in card
+    assert "static quantization" in card["quantization"]
+    assert card["training_data"]["mask_licence"].startswith("CC BY 4.0")
+    for name in ("lung-segmenter.onnx", "lung-segmenter.float.onnx", "split.csv", "test_scores.csv", "overlays.png"):
+        assert (out / name).is_file(), name
+    fields = LungSegmenter(out)(render_patient(rng, "normal", size=96))
+    assert fields.mask.shape == (64, 64)
