@@ -210,18 +210,13 @@ def prepare_full(gray: np.ndarray, size: int, preprocess: str = "none", lung_fie
     if max(gray.shape) > WORK_SIDE and (steps or lung_fields):
         scale = WORK_SIDE / max(gray.shape)
         gray = _resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
-    if not steps:  # the paper's plain resize, from full resolution as in training
-        fields = None
-        if lung_fields:
-            from .lungs import estimate_lung_fields
-
-            fields = estimate_lung_fields(gray)
-        return Prepared(resize(full, size), gray, (0, gray.shape[0], 0, gray.shape[1]), fields)
     fields = None
     if lung_fields or "thorax" in steps or "lungs" in steps:
         from .lungs import estimate_lung_fields
 
         fields = estimate_lung_fields(gray)
+    if not steps:  # the paper's plain resize, from full resolution as in training
+        return Prepared(resize(full, size), gray, (0, gray.shape[0], 0, gray.shape[1]), fields)
     box, work, outside = (0, gray.shape[0], 0, gray.shape[1]), gray, None
     if "thorax" in steps or "lungs" in steps:
         box = fields.box(*gray.shape)

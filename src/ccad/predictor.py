@@ -170,8 +170,7 @@ class Predictor:
         results = []
         for name, prep, p, f in zip(names, prepared, probabilities, features):
             result = {key: name, **describe(p, self.classes, self.decision)}
-            result.update(screen(self.ood, f.mean(axis=(0, 1)),
-                                 getattr(prep.fields, "qc_flags", ()) if prep.fields is not None else ()))
+            result.update(screen(self.ood, f.mean(axis=(0, 1)), getattr(prep.fields, "qc_flags", ())))
             result.update(self.severity_of(result, f))
             if with_heatmaps:
                 heat = self.heatmap(f, self.classes.index(result["predicted_class"]))
@@ -233,9 +232,15 @@ def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45, outline: 
     base = to_model_input(gray)
     alpha = opacity * heat[..., None]
     picture = np.clip(base * (1 - alpha) + colours * alpha, 0, 1)
-    if outline is not None and outline.any():
-        from scipy import ndimage
-
-        edge = outline & ~ndimage.binary_erosion(outline, iterations=max(1, round(max(outline.shape) / 256)))
-        picture[edge] = 1.0
+    if outline is not None:
+        picture[outline_edge(outline)] = 1.0
     return (picture * 255).round().astype(np.uint8)
+
+
+def outline_edge(mask: np.ndarray) -> np.ndarray:
+    """The border pixels of a boolean mask, about 1 px thick per 256 px of its longer side."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return mask
+    return mask & ~ndimage.binary_erosion(mask, iterations=max(1, round(max(mask.shape) / 256)))

@@ -220,12 +220,11 @@ def _score(predictor, uploads: list[tuple[str, bytes]], with_heatmap: bool, sett
 
 def _gray_png(gray: np.ndarray, outline: np.ndarray | None = None) -> np.ndarray:
     """uint8 RGB of a [0, 1] image, with the outline of a boolean mask (the lung fields) in cyan."""
-    rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-    if outline is not None and outline.any():
-        from scipy import ndimage
+    from .predictor import outline_edge
 
-        edge = outline & ~ndimage.binary_erosion(outline, iterations=max(1, round(max(outline.shape) / 256)))
-        rgb[edge] = (0, 229, 255)
+    rgb = np.repeat((gray * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
+    if outline is not None:
+        rgb[outline_edge(outline)] = (0, 229, 255)
     return rgb
 
 

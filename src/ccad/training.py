@@ -453,13 +453,10 @@ def _backbone_name(name: str) -> str:
 
 def _fit_ood(model, arrays: dict):
     """The out-of-distribution guard on the pooled features of the (unaugmented) training and validation images."""
-    from .evaluation import predict_probabilities
-    from .model import feature_extractor
+    from .evaluation import pooled_features
     from .ood import fit_ood_guard
 
-    extractor = feature_extractor(model)
-    return fit_ood_guard(predict_probabilities(extractor, arrays["train"][0]),
-                         predict_probabilities(extractor, arrays["val"][0]))
+    return fit_ood_guard(pooled_features(model, arrays["train"][0]), pooled_features(model, arrays["val"][0]))
 
 
 def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule | None = None,
