@@ -106,10 +106,12 @@ def shifted_normals(run_dir: Path) -> dict | None:
     """Share of the test split's normals kept normal when stored as another hospital might."""
     from recipes import acquisition_shift
 
-    from ccad.data import load_images, read_split_file
-    from ccad.inference import load_classifier
+    from ccad.preprocessing.pipeline import load_images
 
-    classifier = load_classifier(run_dir)
+    from ccad.data.datasets import read_split_file
+    from ccad.scoring.predictor import load_predictor
+
+    classifier = load_predictor(run_dir)
     normals = [s for s in read_split_file(run_dir / "split.csv")
                if s.split == "test" and s.label == "normal" and s.source == "nih-chestxray8"]
     images, kept, _ = load_images(normals, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess,
@@ -119,9 +121,9 @@ def shifted_normals(run_dir: Path) -> dict | None:
 
 
 def photos_flagged(run_dir: Path) -> dict | None:
-    from ccad.inference import load_classifier
+    from ccad.scoring.predictor import load_predictor
 
-    results = load_classifier(run_dir).predict_files(sorted(PHOTOS.glob("*.png")))
+    results = load_predictor(run_dir).predict_files(sorted(PHOTOS.glob("*.png")))
     return rate(r.get("in_distribution") is False for r in results)
 
 

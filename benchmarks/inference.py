@@ -103,12 +103,13 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from ccad.data import discover
-    from ccad.export import export_bundle
-    from ccad.images import load_model_input
-    from ccad.inference import load_keras_classifier
-    from ccad.predictor import Predictor
-    from ccad.training import make_config, train
+    from ccad.data.datasets import discover
+    from ccad.deploy.export import export_bundle
+    from ccad.preprocessing.pipeline import load_model_input
+    from ccad.scoring.predictor import KerasPredictor
+    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.training.config import make_config
+    from ccad.training.run import train
 
     work = Path(tempfile.mkdtemp(prefix="ccad-bench-"))
     run = Path(args.run) if args.run else train(MANIFEST, work / "run", make_config(), classes=["covid", "normal"],
@@ -118,8 +119,8 @@ def main() -> None:
     singles = [load_model_input(f, 224)[None] for f in files]
     batch = np.concatenate(singles[:BATCH])
 
-    keras_model = load_keras_classifier(run).model
-    float_p, int8_p = Predictor(bundle, threads=THREADS), Predictor(bundle, "int8", threads=THREADS)
+    keras_model = KerasPredictor.load(run).model
+    float_p, int8_p = OnnxPredictor(bundle, threads=THREADS), OnnxPredictor(bundle, "int8", threads=THREADS)
     engines = {
         "keras_predict": lambda x: keras_model.predict(x, verbose=0),
         "keras_call": lambda x: keras_model(x, training=False),  # direct call: no per-call predict() overhead

@@ -42,8 +42,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="images per set (default: all)")
     args = parser.parse_args()
 
-    from ccad.images import read_grayscale
-    from ccad.lungs import LungSegmenter, postprocess, quality_flags
+    from ccad.io.images import read_grayscale
+    from ccad.models.lungs import LungSegmenter, postprocess, quality_flags
 
     segmenter = LungSegmenter(threads=1)
     sets = {
@@ -82,7 +82,7 @@ def main() -> None:
                        "flags": dict(flags), "lung_fraction_median": round(float(np.median(fractions)), 3)}
         print(name, rates[name], flush=True)
     if args.figures:
-        from ccad.lung_training import overlay_grid
+        from ccad.training.lung_segmenter import overlay_grid
 
         out = Path(args.figures)
         out.mkdir(parents=True, exist_ok=True)

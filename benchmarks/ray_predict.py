@@ -28,10 +28,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from ccad.cli import main as ccad
-    from ccad.inference import predict_to_csv
-    from ccad.predictor import Predictor
-    from ccad.scale import ray_predict
-    from ccad.synthetic import generate
+    from ccad.scoring.results import predict_to_csv
+    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.deploy.scale import ray_predict
+    from ccad.data.synthetic import generate
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +44,7 @@ def main() -> None:
                      "--epochs", "2", "--feature-views", "1", "--preprocess", args.preprocess]) == 0
         assert ccad(["export", "--model", str(tmp / "run"), "--out", str(tmp / "bundle")]) == 0
         start = time.perf_counter()
-        predict_to_csv(Predictor(tmp / "bundle"), images, tmp / "single.csv",
+        predict_to_csv(OnnxPredictor(tmp / "bundle"), images, tmp / "single.csv",
                        progress=False)
         single = time.perf_counter() - start
         rows.append({"engine": "single-process predict (4 decode threads, ONNX Runtime 2 threads)",

@@ -54,10 +54,12 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
 
-    from ccad.data import Sample, discover, label_indices, load_images
-    from ccad.lungs import blank, estimate_lung_fields
-    from ccad.model import build_classifier, feature_extractor
-    from ccad.training import image_batches
+    from ccad.data.datasets import Sample, discover, label_indices
+
+    from ccad.preprocessing.pipeline import load_images
+    from ccad.models.lungs import blank, estimate_lung_fields
+    from ccad.models.classifier import build_classifier, feature_extractor
+    from ccad.preprocessing.batches import image_batches
 
     import keras
 
@@ -72,7 +74,7 @@ def main() -> None:
     extractor = feature_extractor(build_classifier(2, SIZE, 0.0))
 
     def features(images, augmentation=None, views=1):
-        from ccad.augmentation import Augmenter
+        from ccad.preprocessing.augmentation import Augmenter
 
         aug = Augmenter(augmentation, SIZE, 0) if augmentation else None
         batches = image_batches(images, None, 16, 2, aug, repeat=views)

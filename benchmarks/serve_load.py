@@ -35,8 +35,9 @@ def free_port() -> int:
 
 
 def make_bundle(work: Path) -> Path:
-    from ccad.export import export_bundle
-    from ccad.training import make_config, train
+    from ccad.deploy.export import export_bundle
+    from ccad.training.config import make_config
+    from ccad.training.run import train
 
     run = train(MANIFEST, work / "run", make_config(), classes=["covid", "normal"], where=["paper_dataset_a=1"],
                 verbose=0).run_dir
@@ -90,7 +91,7 @@ def main() -> None:
         sys.exit(f"benchmark needs {MANIFEST} (../shared beside the checkout)")
     work = Path(tempfile.mkdtemp(prefix="ccad-serve-bench-"))
     bundle = Path(args.bundle) if args.bundle else make_bundle(work)
-    from ccad.data import discover
+    from ccad.data.datasets import discover
 
     files = [s.path for s in discover(MANIFEST, ["covid", "normal"]).samples if s.split == "test"][:64]
     images = [f.read_bytes() for f in files]

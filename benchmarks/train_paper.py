@@ -38,7 +38,8 @@ def peak_mb() -> float:
 
 
 def load_split():
-    from ccad.data import assign_splits, discover, label_indices, load_images
+    from ccad.data.datasets import assign_splits, discover, label_indices
+    from ccad.preprocessing.pipeline import load_images
 
     ds = assign_splits(discover(MANIFEST, **SELECT))
     out = {}
@@ -53,7 +54,7 @@ def case_baseline() -> dict:
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    from ccad.model import build_classifier
+    from ccad.models.classifier import build_classifier
 
     data = load_split()
     keras.utils.set_random_seed(0)
@@ -80,7 +81,8 @@ def case_baseline() -> dict:
 
 
 def case_ccad(preset: str) -> dict:
-    from ccad.training import make_config, train
+    from ccad.training.config import make_config
+    from ccad.training.run import train
 
     with tempfile.TemporaryDirectory() as out:
         result = train(MANIFEST, out, make_config(preset), **SELECT, verbose=0)

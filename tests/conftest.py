@@ -20,14 +20,14 @@ needs_shared = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def synth_folders(tmp_path_factory):
     """covid/normal class folders, 24 images a class, 128 px."""
-    from ccad.synthetic import generate
+    from ccad.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "data", n_per_class=24, size=128, seed=1)
 
 
 @pytest.fixture(scope="session")
 def synth_paper_layout(tmp_path_factory):
-    from ccad.synthetic import generate
+    from ccad.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synth-paper") / "data", n_per_class=30, size=96, seed=2, layout="paper")
 
@@ -40,9 +40,9 @@ def shared_dir():
 @pytest.fixture(scope="session")
 def run_and_bundle(synth_folders, tmp_path_factory):
     from ccad.cli import main
-    from ccad.model import imagenet_weights_available
+    from ccad.models.classifier import imagenet_weights_available
 
-    from ccad.synthetic import generate
+    from ccad.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("bundle")
     calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)

@@ -9,8 +9,8 @@ from PIL import Image
 
 from ccad.cli import main
 from conftest import write_csv
-from ccad.model import imagenet_weights_available
-from ccad.synthetic import patient_anatomy, render_patient
+from ccad.models.classifier import imagenet_weights_available
+from ccad.data.synthetic import patient_anatomy, render_patient
 
 
 @pytest.fixture(scope="module")

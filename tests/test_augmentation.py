@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ccad.augmentation import PRESETS, Augmenter, augment_numpy, get_spec
+from ccad.preprocessing.augmentation import PRESETS, Augmenter, augment_numpy, get_spec
 from ccad.errors import ConfigError
 
 

@@ -53,7 +53,7 @@ def test_split_file_keeps_groups_in_one_split(trained_run):
 def test_saved_model_loads_with_plain_keras(trained_run, synth_folders):
     import keras
 
-    from ccad.images import load_model_input
+    from ccad.preprocessing.pipeline import load_model_input
 
     import ccad  # noqa: F401  (the contract: loadable once ccad is imported)
 
@@ -74,7 +74,7 @@ def test_evaluate_matches_the_training_runs_test_metrics(trained_run, synth_fold
 
 
 def test_evaluate_on_a_single_class_set(trained_run, synth_folders, tmp_path):
-    from ccad.synthetic import generate
+    from ccad.data.synthetic import generate
 
     covid_only = tmp_path / "covid-only.csv"
     paths = sorted((generate(tmp_path / "c", n_per_class=8, classes=("covid",), size=64) / "covid").glob("*.png"))
@@ -88,7 +88,7 @@ def test_evaluate_on_a_single_class_set(trained_run, synth_folders, tmp_path):
 
 
 def test_evaluate_refuses_labels_the_model_does_not_know(trained_run, tmp_path, capsys):
-    from ccad.synthetic import generate
+    from ccad.data.synthetic import generate
 
     data = generate(tmp_path / "three", n_per_class=2, classes=("covid", "normal", "pneumonia"), size=64)
     assert main(["evaluate", "--model", str(trained_run), "--data", str(data), "--out", str(tmp_path / "e")]) == 2
@@ -175,9 +175,10 @@ def test_synth_and_augment_preview(tmp_path):
 
 
 def test_training_and_inference_preprocessing_are_identical(synth_folders):
-    from ccad.data import discover, load_images
-    from ccad.images import load_model_input
-    from ccad.training import image_batches
+    from ccad.data.datasets import discover
+    from ccad.preprocessing.pipeline import load_images
+    from ccad.preprocessing.pipeline import load_model_input
+    from ccad.preprocessing.batches import image_batches
 
     samples = discover(synth_folders).samples[:5]
     gray, kept, _ = load_images(samples, 64)
@@ -203,7 +204,7 @@ def test_fine_tuning_continues_the_history(synth_folders, tmp_path):
 
 
 def test_weights_from_a_file(tmp_path, synth_folders):
-    from ccad.model import backbone_of, build_classifier
+    from ccad.models.classifier import backbone_of, build_classifier
 
     donor = build_classifier(2, 64, weights="none")
     path = tmp_path / "backbone.weights.h5"

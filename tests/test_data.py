@@ -2,7 +2,9 @@ import shutil
 
 import pytest
 
-from ccad.data import assign_splits, discover, load_images
+from ccad.data.datasets import assign_splits, discover
+
+from ccad.preprocessing.pipeline import load_images
 from ccad.errors import DataError, ImageReadError
 
 
@@ -181,7 +183,7 @@ def test_where_applies_to_the_manifests_that_have_the_column(tmp_path, synth_fol
 
 
 def test_leave_one_source_out_folds(tmp_path, synth_folders):
-    from ccad.data import cross_validation_folds
+    from ccad.data.datasets import cross_validation_folds
 
     a, b = _two_source_manifests(tmp_path, synth_folders)
     ds = discover([a, b], classes=["covid", "normal"], relabel=["hospital-b:pneumonia=normal"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ccad.decision import DecisionRule, apply_temperature, choose_threshold, fit_decision, fit_temperature
+from ccad.models.decision import DecisionRule, apply_temperature, choose_threshold, fit_decision, fit_temperature
 from ccad.errors import ConfigError
 
 

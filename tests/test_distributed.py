@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ccad.distributed import cluster_from_env
+from ccad.training.distributed import cluster_from_env
 from ccad.errors import ConfigError
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ccad.evaluation import binary_metrics, bootstrap_intervals, compute_metrics
+from ccad.evaluation.metrics import binary_metrics, bootstrap_intervals, compute_metrics
 
 CLASSES = ["covid", "normal"]
 
@@ -77,7 +77,7 @@ def test_binary_metrics_with_no_predicted_positive():
 
 
 def test_balanced_class_weights():
-    from ccad.training import _class_weights
+    from ccad.training.fit import class_weights as _class_weights
 
     weights = _class_weights(np.array([0, 1, 1, 1]), 2, "balanced")
     assert weights == pytest.approx({0: 2.0, 1: 2 / 3})
@@ -85,7 +85,7 @@ def test_balanced_class_weights():
 
 
 def test_ece_brier_and_operating_points_by_hand():
-    from ccad.evaluation import calibration_metrics, expected_calibration_error
+    from ccad.evaluation.metrics import calibration_metrics, expected_calibration_error
 
     truth = np.array([1, 1, 0, 0, 1, 0, 0, 0, 0, 0], bool)
     p = np.array([0.95, 0.85, 0.85, 0.15, 0.15, 0.15, 0.05, 0.05, 0.05, 0.05])

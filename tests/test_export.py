@@ -12,7 +12,7 @@ import pytest
 from ccad.cli import main
 
 def test_bundle_files_and_model_card(run_and_bundle):
-    from ccad._files import sha256
+    from ccad.io.files import sha256
 
     run, bundle = run_and_bundle
     card = json.loads((bundle / "ccad-model.json").read_text())
@@ -27,14 +27,15 @@ def test_bundle_files_and_model_card(run_and_bundle):
 
 
 def test_onnx_agrees_with_keras(run_and_bundle, synth_folders):
-    from ccad.data import discover, load_images
-    from ccad.inference import load_keras_classifier
-    from ccad.predictor import Predictor
+    from ccad.data.datasets import discover
+    from ccad.preprocessing.pipeline import load_images
+    from ccad.scoring.predictor import KerasPredictor
+    from ccad.scoring.predictor import OnnxPredictor
 
     run, bundle = run_and_bundle
     images, _, _ = load_images(discover(synth_folders).samples[:16], 64)
-    keras_p = load_keras_classifier(run).predict_images(images)
-    onnx_p = Predictor(bundle).predict_images(images)
+    keras_p = KerasPredictor.load(run).predict_images(images)
+    onnx_p = OnnxPredictor(bundle).predict_images(images)
     np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
 
 
@@ -134,7 +135,7 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
     import json
     import shutil
 
-    from ccad.predictor import Predictor
+    from ccad.scoring.predictor import OnnxPredictor
 
     run, bundle = run_and_bundle
     stored = json.loads((run / "config.json").read_text())["decision"]
@@ -148,7 +149,7 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
         shutil.copytree(bundle, copy)
         card["decision"] = dict(stored, threshold=threshold)
         (copy / "ccad-model.json").write_text(json.dumps(card))
-        predicted = {r["predicted_class"] for r in Predictor(copy).predict_files(files)}
+        predicted = {r.predicted_class for r in OnnxPredictor(copy).predict_files(files)}
         assert predicted == expected
 
 
@@ -165,7 +166,7 @@ def _photo_like(path):
 
 def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bundle, synth_folders, tmp_path,
                                                                      capsys):
-    from ccad.predictor import Predictor
+    from ccad.scoring.predictor import OnnxPredictor
 
     run, bundle = run_and_bundle
     card = json.loads((bundle / "ccad-model.json").read_text())
@@ -177,10 +178,10 @@ def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bun
 
     Image.fromarray(np.full((128, 128), 128, np.uint8)).save(blank)
     xrays = sorted((synth_folders / "normal").glob("*.png"))[:6]
-    results = Predictor(bundle).predict_files([photo, blank, *xrays])
-    assert results[0]["in_distribution"] is False and "do not rely on this result" in results[0]["warning"]
-    assert results[1]["in_distribution"] is False and "no_lungs" in results[1]["lung_qc"]
-    assert sum(r["in_distribution"] for r in results[2:]) >= 4  # training-like images mostly pass
+    results = OnnxPredictor(bundle).predict_files([photo, blank, *xrays])
+    assert results[0].in_distribution is False and "do not rely on this result" in results[0].warning
+    assert results[1].in_distribution is False and "no_lungs" in results[1].lung_qc
+    assert sum(r.in_distribution for r in results[2:]) >= 4  # training-like images mostly pass
     assert main(["predict", "--model", str(bundle), str(photo), "--format", "json"]) == 0
     captured = capsys.readouterr()
     (shown,) = json.loads(captured.out)
@@ -192,10 +193,10 @@ def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bun
     assert rows[0]["in_distribution"] == "false" and float(rows[0]["ood_distance"]) > card["ood"]["cutoff"]
     assert rows[1]["in_distribution"] in ("true", "false") and rows[1]["lung_qc"] == ""
     # the run folder (Keras) applies the same guard
-    from ccad.inference import load_keras_classifier
+    from ccad.scoring.predictor import KerasPredictor
 
-    (keras_result,) = load_keras_classifier(run).predict_files([photo])
-    assert keras_result["in_distribution"] is False
+    (keras_result,) = KerasPredictor.load(run).predict_files([photo])
+    assert keras_result.in_distribution is False
 
 
 def test_heatmap_file_shows_the_original_image(run_and_bundle, synth_folders, tmp_path):

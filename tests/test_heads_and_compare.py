@@ -7,7 +7,7 @@ import pytest
 
 from ccad.cli import main
 from ccad.errors import ConfigError
-from ccad.model import imagenet_weights_available
+from ccad.models.classifier import imagenet_weights_available
 
 
 def _weights():
@@ -16,7 +16,7 @@ def _weights():
 
 @pytest.mark.parametrize("head", ["logreg", "svm"])
 def test_linear_heads_become_an_exact_dense_softmax(head):
-    from ccad.heads import _linear_head
+    from ccad.training.heads import _linear_head
 
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1, (120, 20)) + np.r_[np.zeros((60, 20)), np.ones((60, 20)) * 0.4]
@@ -42,7 +42,7 @@ def test_linear_heads_become_an_exact_dense_softmax(head):
 
 
 def test_head_settings_are_checked():
-    from ccad.training import make_config
+    from ccad.training.config import make_config
 
     with pytest.raises(ConfigError, match="--head"):
         make_config(head="forest")
@@ -69,14 +69,14 @@ def test_extra_trees_with_woa_trains_exports_and_predicts_the_same(synth_folders
     assert card["head"]["kind"] == "extra-trees" and "head.onnx" in card["sha256"]
     assert card["heatmap"]["available"] is False
 
-    from ccad.inference import load_classifier
+    from ccad.scoring.predictor import load_predictor
 
     files = sorted((synth_folders / "covid").glob("*.png"))[:5] + sorted((synth_folders / "normal").glob("*.png"))[:5]
-    keras_results = load_classifier(run).predict_files(files)
-    onnx_results = load_classifier(bundle).predict_files(files)
+    keras_results = load_predictor(run).predict_files(files)
+    onnx_results = load_predictor(bundle).predict_files(files)
     for a, b in zip(keras_results, onnx_results):
-        assert a["predicted_class"] == b["predicted_class"]
-        assert abs(a["probabilities"]["covid"] - b["probabilities"]["covid"]) < 1e-4
+        assert a.predicted_class == b.predicted_class
+        assert abs(a.probabilities["covid"] - b.probabilities["covid"]) < 1e-4
 
 
 @pytest.mark.slow

@@ -4,7 +4,8 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from ccad import images
+from ccad.io import images
+from ccad.preprocessing.pipeline import load_model_input
 from ccad.errors import ImageReadError
 
 GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, columns 0..252
@@ -125,7 +126,7 @@ def test_missing_file(tmp_path):
 
 
 def test_model_input_shape_range_and_channels(tmp_path):
-    x = images.load_model_input(save(tmp_path, "a.png", GRADIENT), 32)
+    x = load_model_input(save(tmp_path, "a.png", GRADIENT), 32)
     assert x.shape == (32, 32, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     np.testing.assert_array_equal(x[..., 0], x[..., 2])

@@ -8,10 +8,9 @@ from PIL import Image
 
 from ccad.cli import main
 from ccad.errors import ConfigError, ModelError
-from ccad.images import prepare, prepare_full, prepare_with_region
-from ccad.lungs import (LungSegmenter, blank, default_segmenter, equalize, estimate_lung_fields, postprocess,
-                        quality_flags)
-from ccad.synthetic import lung_mask, patient_anatomy, render_patient
+from ccad.preprocessing.pipeline import prepare, prepare_full, prepare_with_region
+from ccad.models.lungs import LungSegmenter, blank, default_segmenter, equalize, estimate_lung_fields, postprocess, quality_flags
+from ccad.data.synthetic import lung_mask, patient_anatomy, render_patient
 
 
 @pytest.fixture(scope="module")

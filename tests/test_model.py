@@ -2,7 +2,7 @@ import keras
 import pytest
 
 from ccad.errors import ConfigError, ModelError
-from ccad.model import build_classifier, count_parameters, unfreeze_for_fine_tuning
+from ccad.models.classifier import build_classifier, count_parameters, unfreeze_for_fine_tuning
 
 
 def test_paper_parameter_counts_at_224_two_classes():
@@ -31,7 +31,7 @@ def test_fine_tuning_unfreezes_from_layer_but_keeps_batchnorm_frozen():
 
 
 def test_missing_imagenet_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
-    import ccad.model as m
+    import ccad.models.classifier as m
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 

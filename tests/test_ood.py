@@ -5,7 +5,7 @@ import pytest
 from sklearn.covariance import LedoitWolf
 
 from ccad.errors import ModelError
-from ccad.ood import OUT_OF_DISTRIBUTION_TEXT, OodGuard, fit_ood_guard, screen
+from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT, OodGuard, fit_ood_guard, screen
 
 
 @pytest.fixture(scope="module")

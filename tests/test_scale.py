@@ -21,8 +21,8 @@ def _rows(folder):
 @pytest.mark.slow
 def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and_bundle, tmp_path):
     from ccad.cli import main
-    from ccad.predictor import Predictor
-    from ccad.synthetic import generate
+    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.data.synthetic import generate
 
     _, bundle = run_and_bundle
     data = generate(tmp_path / "images", n_per_class=100, size=64, seed=11)
@@ -35,14 +35,14 @@ def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and
     assert set(rows) == {str(p) for p in images}
     assert "not a readable image" in rows[str(bad)]["error"] and rows[str(bad)]["predicted_class"] == ""
 
-    reference = {r["file"]: r for r in Predictor(bundle).predict_files([p for p in images if p != bad])}
+    reference = {r.name: r for r in OnnxPredictor(bundle).predict_files([p for p in images if p != bad])}
     for file, expected in reference.items():
-        assert rows[file]["predicted_class"] == expected["predicted_class"]
-        for c, p in expected["probabilities"].items():
+        assert rows[file]["predicted_class"] == expected.predicted_class
+        for c, p in expected.probabilities.items():
             assert abs(float(rows[file][f"p_{c}"]) - p) < 1e-5
-        assert rows[file]["in_distribution"] == str(expected["in_distribution"]).lower()  # the guard travels too
-        assert abs(float(rows[file]["ood_distance"]) - expected["ood_distance"]) < 1e-2
-        assert rows[file]["lung_qc"] == ";".join(expected["lung_qc"])
+        assert rows[file]["in_distribution"] == str(expected.in_distribution).lower()  # the guard travels too
+        assert abs(float(rows[file]["ood_distance"]) - expected.ood_distance) < 1e-2
+        assert rows[file]["lung_qc"] == ";".join(expected.lung_qc)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["files"] == len(images) and summary["errors"] == 1
     assert sum(summary["predicted"].values()) == len(images) - 1
@@ -67,7 +67,7 @@ def test_ray_engine_needs_a_bundle_and_an_out_folder(run_and_bundle, tmp_path):
 
 
 def test_image_lists_from_manifests_and_text_files(tmp_path):
-    from ccad.scale import list_inputs
+    from ccad.io.inputs import list_inputs
 
     (tmp_path / "m.csv").write_text("path,label\na.png,covid\nsub/b.png,normal\n")
     (tmp_path / "list.txt").write_text("/x/c.png\n\n/y/d.dcm\n")

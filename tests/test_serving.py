@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from ccad.serving import ServeSettings, create_app
+from ccad.deploy.serving import ServeSettings, create_app
 
 
 def png_bytes(size=(96, 96), mode="L", seed=0):
@@ -64,11 +64,11 @@ def test_predict_png_with_and_without_heatmap(client):
 
 
 def test_predict_matches_the_predictor(client, bundle, tmp_path):
-    from ccad.predictor import Predictor
+    from ccad.scoring.predictor import OnnxPredictor
 
     path = tmp_path / "x.png"
     path.write_bytes(png_bytes(seed=3))
-    expected = Predictor(bundle).predict_files([path])[0]["probabilities"]
+    expected = OnnxPredictor(bundle).predict_files([path])[0].probabilities
     got = post(client, ("x.png", path.read_bytes(), "image/png")).json()["results"][0]["probabilities"]
     assert got == pytest.approx(expected, abs=1e-6)
 
@@ -137,7 +137,7 @@ def test_api_key(bundle):
 
 
 def test_full_pool_answers_503_with_retry_after(bundle, monkeypatch):
-    import ccad.serving as serving
+    import ccad.deploy.serving as serving
 
     release = threading.Event()
     original = serving._score

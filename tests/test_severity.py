@@ -9,7 +9,8 @@ import pytest
 from ccad.cli import main
 from conftest import write_csv
 from ccad.errors import DataError
-from ccad.severity import SeverityHead, band_of, read_scored_rows
+from ccad.models.severity import SeverityHead, band_of
+from ccad.training.severity import read_scored_rows
 
 
 def test_bands_follow_the_documented_cut_offs():
@@ -52,11 +53,11 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     shutil.copytree(bundle, copy)
     # A made-up severity that the images do show: where each image lies along the main axis of variation
     # of the pooled features the severity head reads, spread over 0-8
-    from ccad.predictor import Predictor
-    from ccad.severity import pooled_features
+    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.training.severity import pooled_features
 
     covid = sorted((synth_folders / "covid").glob("*.png"))
-    features = pooled_features(Predictor(bundle), covid)
+    features = pooled_features(OnnxPredictor(bundle), covid)
     centred = features - features.mean(axis=0)
     brightness = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
     scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)

@@ -5,21 +5,25 @@ TensorFlow lazily: ``import ccad`` is cheap.
 
     >>> import ccad
     >>> result = ccad.train("data/", "runs/first", ccad.make_config())   # doctest: +SKIP
-    >>> clf = ccad.load_classifier("runs/first")                          # doctest: +SKIP
-    >>> clf.predict_files(["xray.png"])                                   # doctest: +SKIP
+    >>> predictor = ccad.load_predictor("runs/first")                     # doctest: +SKIP
+    >>> predictor.predict_files(["xray.png"])                             # doctest: +SKIP
+
+The package is layered (README, Development): io, data, models, preprocessing, scoring, evaluation,
+training, then studies and deploy, then the CLI; a layer imports only the layers below it.
 """
 
 __version__ = "0.1.0"
 
 _API = {
-    "train": "training", "make_config": "training", "TrainConfig": "training", "PRESETS": "training",
-    "evaluate": "evaluation", "compute_metrics": "evaluation",
-    "load_classifier": "inference", "Classifier": "inference",
-    "build_classifier": "model",
-    "discover": "data", "assign_splits": "data",
-    "read_grayscale": "images", "load_model_input": "images",
-    "generate_synthetic": ("synthetic", "generate"),
-    "run_demo": ("demo", "run_demo"),
+    "train": "training.run", "make_config": "training.config", "TrainConfig": "training.config",
+    "PRESETS": "training.config",
+    "evaluate": "evaluation.evaluate", "evaluate_model": "evaluation.evaluate", "compute_metrics": "evaluation.metrics",
+    "load_predictor": "scoring.predictor", "Predictor": "scoring.predictor", "Prediction": "scoring.score",
+    "build_classifier": "models.classifier", "ModelCard": "models.card",
+    "DataSpec": "data.datasets", "discover": "data.datasets", "assign_splits": "data.datasets",
+    "read_grayscale": "io.images", "load_model_input": "preprocessing.pipeline",
+    "generate_synthetic": ("data.synthetic", "generate"),
+    "run_demo": ("studies.demo", "run_demo"),
     "CcadError": "errors", "DataError": "errors", "ImageReadError": "errors", "ModelError": "errors",
     "ConfigError": "errors",
 }

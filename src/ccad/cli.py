@@ -6,8 +6,6 @@ Every :class:`ccad.errors.CcadError` becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -112,17 +110,16 @@ def _lungs_parser(sub) -> None:
 
 def cmd_lungs(args) -> None:
     if args.lungs_command == "segment":
-        from .lungs import segment_files
+        from .models.lungs import segment_files
 
-        counts = segment_files(args.inputs, args.out, args.overlay, args.model,
-                               log=lambda m: print(m, file=sys.stderr))
+        counts = segment_files(args.inputs, args.out, args.overlay, args.model, log=_stderr)
         print(f"{counts['segmented']} segmented ({counts['flagged']} with QC flags), {counts['errors']} unreadable: "
               f"{args.out} (see lung_qc.csv)")
         return
-    from .lung_training import train_segmenter
+    from .training.lung_segmenter import train_segmenter
 
     card = train_segmenter(args.data, args.out, args.size, args.epochs, seed=args.seed,
-                           weights=None if args.weights == "none" else args.weights)
+                           weights=None if args.weights == "none" else args.weights, log=_stderr)
     h = card["held_out"]
     print(f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
           f"{h['images']} images of {h['patients']} patients: {args.out}")
@@ -130,11 +127,11 @@ def cmd_lungs(args) -> None:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    from .augmentation import PRESETS as AUGMENTATIONS
-    from .decision import CALIBRATIONS
-    from .heads import FEATURE_SELECTIONS, HEADS
-    from .model import BACKBONES
-    from .training import OPTIMIZERS, PRESETS
+    from .models.classifier import BACKBONES
+    from .models.decision import CALIBRATIONS
+    from .models.heads import FEATURE_SELECTIONS, HEADS
+    from .preprocessing.augmentation import PRESETS as AUGMENTATIONS
+    from .training.config import OPTIMIZERS, PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default="default",
                    help="paper-a / paper-b / paper-b-10ep reproduce the paper's cases; default: our recipe")
@@ -243,8 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _spec(args):
+    """The data selection of a command with the data options."""
+    from .data.datasets import DataSpec
+
+    return DataSpec(args.data, args.classes, args.where, args.positive, args.relabel, args.skip_bad)
+
+
 def _config(args):
-    from .training import make_config
+    from .training.config import make_config
 
     return make_config(args.preset, epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer,
                        lr=args.lr, dropout=args.dropout, input_size=args.input_size, augmentation=args.augmentation,
@@ -257,36 +261,37 @@ def _config(args):
                        distributed=getattr(args, "distributed", None) or None)
 
 
-def cmd_train(args) -> None:
-    from .training import train
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
-    result = train(args.data, args.out, _config(args), args.classes, args.where, args.positive, args.skip_bad,
-                   args.save_h5, relabel=args.relabel)
+
+def cmd_train(args) -> None:
+    from .training.run import train
+
+    result = train(_spec(args), args.out, _config(args), args.save_h5)
     _print_summary(result.metrics, Path(args.out))
 
 
 def cmd_cv(args) -> None:
-    from .crossval import cross_validate
+    from .studies.crossval import cross_validate
 
-    summary = cross_validate(args.data, args.out, _config(args), args.folds, args.classes, args.where, args.positive,
-                             args.skip_bad, seed=args.seed or 0, keep_models=args.keep_models,
-                             group_by=args.group_by, relabel=args.relabel)
+    summary = cross_validate(_spec(args), args.out, _config(args), args.folds, seed=args.seed or 0,
+                             keep_models=args.keep_models, group_by=args.group_by)
     _print_summary(summary["pooled"], Path(args.out))
 
 
 def cmd_compare(args) -> None:
-    from .compare import compare
+    from .studies.compare import compare
 
     selection, args.feature_selection = args.feature_selection or "none", None  # applied per scikit-learn head
-    summary = compare(args.data, args.out, _names(args.backbones), _names(args.heads), _config(args), args.classes,
-                      args.where, args.positive, args.skip_bad, feature_selection=selection,
-                      input_size=args.input_size, relabel=args.relabel)
+    summary = compare(_spec(args), args.out, _names(args.backbones), _names(args.heads), _config(args),
+                      feature_selection=selection, input_size=args.input_size)
     print(Path(args.out, "comparison.md").read_text())
     print(f"runs and comparison.json in {args.out} (screening aid, not a diagnosis); {len(summary['rows'])} rows")
 
 
 def cmd_reproduce_paper(args) -> None:
-    from .paper import reproduce_paper
+    from .studies.paper import reproduce_paper
 
     reproduce_paper(args.data, args.out, tuple(_names(args.cases)) if args.cases else None, args.seed, args.epochs)
     print(Path(args.out, "paper-reproduction.md").read_text())
@@ -297,7 +302,9 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_severity(args) -> None:
-    from .severity import SEVERITY_FILE, attach_severity, train_severity
+    from .evaluation.metrics import format_interval
+    from .models.severity import SEVERITY_FILE
+    from .training.severity import attach_severity, train_severity
 
     if args.severity_command == "attach":
         path = Path(args.severity)
@@ -306,95 +313,59 @@ def cmd_severity(args) -> None:
         return
     result = train_severity(args.model, args.data, args.out, args.folds, args.seed, args.attach)
     for name, m in result["scores"].items():
-        mae, r = m["mae"], m["pearson_r"]
-        print(f"{name}: MAE {mae['value']:.2f} [{mae['ci95'][0]:.2f}, {mae['ci95'][1]:.2f}], "
-              f"Pearson r {r['value']:.2f} (predicting the mean: MAE {m['mae_predicting_mean']['value']:.2f})")
+        print(f"{name}: MAE {format_interval(m['mae'], 2)}, Pearson r {format_interval(m['pearson_r'], 2)} "
+              f"(predicting the mean: MAE {format_interval(m['mae_predicting_mean'], 2)})")
     print(f"report: {Path(args.out) / 'report.html'}" + (f"; attached to {args.model}" if args.attach else ""))
 
 
 def cmd_audit(args) -> None:
-    from .audit import audit
+    from .evaluation.audit import audit
 
-    result = audit(args.model, args.data, args.out, args.split, args.classes, args.where, args.positive,
-                   args.max_images, args.seed, relabel=args.relabel)
+    result = audit(args.model, _spec(args), args.out, args.split, args.max_images, args.seed)
     for line in result["verdict"]:
         print(line)
     print(f"report: {Path(args.out) / 'report.html'}")
 
 
 def cmd_evaluate(args) -> None:
-    from .evaluation import evaluate_classifier
+    from .evaluation.evaluate import evaluate_model
 
-    metrics = evaluate_classifier(args.model, args.data, args.out, split=args.split, classes=args.classes,
-                                  where=args.where, positive_class=args.positive, skip_bad=args.skip_bad,
-                                  seed=args.seed, relabel=args.relabel)
+    metrics = evaluate_model(args.model, _spec(args), args.out, split=args.split, seed=args.seed)
     _print_summary(metrics, Path(args.out))
 
 
 def cmd_predict(args) -> None:
-    from .inference import (IMAGE_KEYS, expand_inputs, load_classifier, predict_to_csv, result_columns, result_row,
-                            save_overlay, severity_scores_of)
-    from .ood import OUT_OF_DISTRIBUTION_TEXT
-
+    variant = "int8" if args.int8 else "float"
     if args.engine == "ray":
-        from .scale import ray_predict
+        from .deploy.scale import ray_predict
 
         if not args.out:
             raise CcadError("--engine ray needs --out (a folder for the result shards)")
         summary = ray_predict(args.model, args.inputs, args.out, args.address, args.workers, resume=args.resume,
-                              output_format=args.output_format, variant="int8" if args.int8 else "float")
+                              output_format=args.output_format, variant=variant)
         run = summary["this_run"]
         print(f"{run['processed']} processed, {run['skipped_already_done']} already done, {summary['errors']} "
               f"unreadable in all: {args.out} (screening aid, not a diagnosis)")
         return
-    classifier = load_classifier(args.model, variant="int8" if args.int8 else "float")
-    streaming = hasattr(classifier, "predict_stream")
-    if (args.out or args.heatmap) and not streaming:
-        raise CcadError("--out and --heatmap need a model bundle: make one with ccad export")
-    if args.resume and not args.out:
-        raise CcadError("--resume needs --out")
-    if args.out:
-        counts = predict_to_csv(classifier, args.inputs, args.out, args.resume, args.heatmap)
-        print(f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} already done: "
-              f"{args.out} (screening aid, not a diagnosis)")
-        return
-    results = classifier.predict_files(expand_inputs(args.inputs), **({"with_heatmaps": True} if args.heatmap else {}))
-    if args.heatmap:
-        for r in results:
-            if "heatmap" in r:
-                save_overlay(r, Path(args.heatmap))
-            for key in IMAGE_KEYS:
-                r.pop(key, None)
-    flagged = sum(r.get("in_distribution") is False for r in results)
-    if flagged:
-        print(f"{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}.",
-              file=sys.stderr)
-    if args.format == "json":
-        print(json.dumps(results, indent=2))
-        return
-    scores = severity_scores_of(classifier)
-    columns = result_columns(classifier.classes, scores)
-    rows = [result_row(r, classifier.classes, scores) for r in results]
-    if args.format == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return
-    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
-    for row in [columns] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    print("\nScreening aid, not a diagnosis.", file=sys.stderr)
+    from .scoring.results import predict
+
+    outcome = predict(args.model, args.inputs, args.format, args.out, args.resume, args.heatmap, variant)
+    for note in outcome.notes[:-1] if args.format == "table" else outcome.notes:
+        _stderr(note)
+    print(outcome.text)
+    if args.format == "table" and outcome.notes:
+        _stderr("\n" + outcome.notes[-1])
 
 
 def cmd_export(args) -> None:
-    from .export import export_bundle
+    from .deploy.export import export_bundle
 
     out = export_bundle(args.model, args.out, args.int8, args.calibration_data, args.tflite, overwrite=args.overwrite)
     print(f"wrote model bundle {out}")
 
 
 def cmd_serve(args) -> None:
-    from .serving import ServeSettings, serve
+    from .deploy.serving import ServeSettings, serve
 
     settings = ServeSettings(Path(args.model), api_key=args.api_key or None, variant="int8" if args.int8 else "float",
                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
@@ -403,14 +374,14 @@ def cmd_serve(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .studies.demo import run_demo
 
-    result = run_demo(args.out, n_per_class=args.n_per_class, epochs=args.epochs)
+    result = run_demo(args.out, n_per_class=args.n_per_class, epochs=args.epochs, log=_stderr)
     _print_summary(result.metrics, result.run_dir)
 
 
 def cmd_synth(args) -> None:
-    from .synthetic import generate
+    from .data.synthetic import generate
 
     try:
         out = generate(args.out, args.n_per_class, args.classes.split(","), args.size, args.seed, args.layout)
@@ -420,21 +391,19 @@ def cmd_synth(args) -> None:
 
 
 def cmd_augment_preview(args) -> None:
-    from .preview import augment_preview
+    from .preprocessing.preview import augment_preview
 
-    path = augment_preview(args.data, args.out, args.augmentation, args.images, args.variants, args.input_size,
-                           args.seed, classes=args.classes, where=args.where)
+    path = augment_preview(_spec(args), args.out, args.augmentation, args.images, args.variants, args.input_size,
+                           args.seed)
     print(f"wrote {path}")
 
 
 def _print_summary(metrics, folder: Path) -> None:
+    from .evaluation.metrics import format_interval
+
     if metrics:
-        parts = []
-        for name in ("accuracy", "sensitivity", "specificity", "auc"):
-            entry = metrics[name]
-            if entry["value"] is not None:
-                ci = entry["ci95"]
-                parts.append(f"{name} {entry['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        parts = [f"{name} {format_interval(metrics[name])}" for name in ("accuracy", "sensitivity", "specificity", "auc")
+                 if metrics[name]["value"] is not None]
         print(f"{metrics['split']} split, n={metrics['n']}: " + ", ".join(parts))
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 

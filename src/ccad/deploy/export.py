@@ -1,0 +1,181 @@
+"""``ccad export``: a trained run -> a model bundle that predicts without TensorFlow.
+
+A bundle is a folder:
+
+- ``model.onnx``: float32; outputs the class probabilities and the last
+  convolutional feature map (7x7x1280 at 224 px), from which
+  :mod:`ccad.scoring.heatmaps` computes class activation maps;
+- ``model.int8.onnx`` (``int8=True``): ONNX Runtime static quantization, QDQ
+  format, per-channel int8 weights, percentile-calibrated on at least 100 training images;
+- ``model.tflite`` and ``model.int8.tflite`` (``tflite=True``);
+- ``cam_weights.npy``: the Dense layer's kernel (1280, k) for the heatmaps;
+- ``ccad-model.json``: the model card (:class:`ccad.models.card.ModelCard`): classes, positive class, input size, the
+  exact preprocessing, backbone, training data, evaluation metrics with
+  intervals, library versions, and the sha256 of every file.
+
+The bundle is written into a temporary folder beside ``out`` and renamed into
+place at the end: a crash leaves no half-written bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccad.data.datasets import discover, read_split_file
+from ccad.errors import ConfigError, DataError
+from ccad.io.files import sha256
+from ccad.models.card import ModelCard, library_versions
+from ccad.models.classifier import classifier_kernel, with_feature_map
+from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
+from ccad.models.quantize import quantize_onnx
+from ccad.preprocessing.pipeline import describe as describe_preprocessing
+from ccad.preprocessing.pipeline import load_images, to_model_input
+from ccad.scoring.predictor import KerasPredictor, run_folder
+
+MIN_CALIBRATION_IMAGES = 100
+CALIBRATION_IMAGES = 200
+
+
+def export_model_of(model):
+    """A Keras model with two outputs, probabilities and the backbone's last feature map, called once
+    (the exporters need a called model)."""
+    dual = with_feature_map(model)
+    size = int(model.input_shape[1])
+    dual.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
+    return dual
+
+
+def export_bundle(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    int8: bool = False,
+    calibration_data: str | os.PathLike | None = None,
+    tflite: bool = False,
+    calibration_images: int = CALIBRATION_IMAGES,
+    overwrite: bool = False,
+) -> Path:
+    """Export a run folder (or model file) to a bundle folder ``out``; returns ``out``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
+    classifier = KerasPredictor.load(run)
+    dual = export_model_of(classifier.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files = {"float": "model.onnx"}
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints every captured tensor
+            dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
+        np.save(work / "cam_weights.npy", classifier_kernel(classifier.model))
+        info = classifier.info
+        if info.head_file:  # a non-linear scikit-learn head, run on the pooled features after model.onnx
+            shutil.copyfile(classifier.run_dir / info.head_file, work / info.head_file)
+        if info.ood and (classifier.run_dir / info.ood["file"]).is_file():
+            shutil.copyfile(classifier.run_dir / info.ood["file"], work / info.ood["file"])
+        calibration = None
+        if int8 or tflite:
+            calibration = _calibration_images(run, classifier, calibration_data, calibration_images)
+        if int8:
+            quantize_onnx(work / "model.onnx", work / "model.int8.onnx", calibration)
+            files["int8"] = "model.int8.onnx"
+        if tflite:
+            convert_tflite(dual, work / "model.tflite", None)
+            convert_tflite(dual, work / "model.int8.tflite", calibration)
+            files["tflite"], files["tflite_int8"] = "model.tflite", "model.int8.tflite"
+        model_card(classifier, files, work, calibration).save(work)
+        if out.exists():
+            shutil.rmtree(out)
+        work.chmod(0o755)  # mkdtemp makes it private
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
+    """Up to ``limit`` training images (N, H, W, 3): from ``data``, else from the run's own training split."""
+    if data is not None:
+        samples = discover(data, positive_class=None, model_classes=classifier.classes).samples
+        source = str(data)
+    else:
+        split_csv = run_folder(run) / "split.csv"
+        if not split_csv.is_file():
+            raise DataError(f"{run}: no split.csv to take calibration images from; pass --calibration-data")
+        samples = [s for s in read_split_file(split_csv) if s.split == "train"]
+        source = f"{split_csv} (train rows)"
+    rng = np.random.default_rng(0)
+    picked = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
+    images, kept, _ = load_images(picked, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
+    if len(kept) < min(MIN_CALIBRATION_IMAGES, limit):
+        raise DataError(f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
+                        f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)")
+    return to_model_input(images)
+
+
+def convert_tflite(dual, path: Path, calibration: np.ndarray | None) -> None:
+    """TFLite float32 (``calibration=None``) or int8 (weights and activations; float input and output)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(dual)
+    if calibration is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured tensor
+        path.write_bytes(converter.convert())
+
+
+def lung_segmenter_card() -> dict[str, Any] | None:
+    """What the packaged lung segmenter is (it ships with ccad, not in the bundle)."""
+    path = PACKAGED_MODEL_DIR / CARD_FILE
+    if not path.is_file():
+        return None
+    import json
+
+    card = json.loads(path.read_text())
+    return {"file": f"ccad/models/{card.get('model')}", "sha256": card.get("sha256"),
+            "input_size": card.get("input_size"), "held_out": card.get("held_out")}
+
+
+def model_card(classifier: KerasPredictor, files: dict[str, str], folder: Path,
+               calibration: np.ndarray | None) -> ModelCard:
+    """The bundle's card, from the run's metadata and metrics; every file in ``folder`` gets its sha256."""
+    import json
+
+    info = classifier.info
+    metrics_file = classifier.run_dir / "metrics.json"
+    run_metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    keep = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
+    metrics = {k: run_metrics[k] for k in keep if k in run_metrics}
+    if metrics:
+        metrics.update(n=run_metrics.get("n"), split=run_metrics.get("split"), data=run_metrics.get("data"),
+                       confusion_matrix=run_metrics.get("confusion_matrix"))
+    size = classifier.input_size
+    return ModelCard(
+        classes=classifier.classes, positive_class=classifier.positive_class, input_size=size,
+        input={"name": "image", "shape": ["N", size, size, 3], "dtype": "float32", "range": [0.0, 1.0]},
+        outputs={"probabilities": 0, "feature_map": 1},
+        preprocessing=describe_preprocessing(classifier.preprocess), preprocess=classifier.preprocess,
+        decision=classifier.decision.to_dict(),
+        backbone=info.backbone or "MobileNetV2 (alpha 1.0)", weights=info.weights,
+        training_data=getattr(info, "data", None),
+        training_config=getattr(info, "config", None),
+        evaluation=metrics or None,
+        calibration_images=None if calibration is None else int(len(calibration)),
+        models=files,
+        heatmap={"method": "CAM (exact for global average pooling + dense)", "weights": "cam_weights.npy",
+                 "available": not info.head_file},
+        head={k: v for k, v in (info.head or {"kind": "dense"}).items() if k != "selected_features"},
+        ood=info.ood if info.ood and (folder / info.ood["file"]).is_file() else None,
+        lung_segmenter=lung_segmenter_card(),
+        versions=library_versions(extra=("onnx", "onnxruntime", "tf2onnx", "ai-edge-litert")),
+        sha256={p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file()},
+    )

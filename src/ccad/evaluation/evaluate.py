@@ -1,0 +1,142 @@
+"""``ccad evaluate``: a trained model scored on one split of labelled data, with a report.
+
+Images are scored through :func:`ccad.scoring.score.score_batch`, exactly as ``ccad predict`` scores
+them (decision rule, out-of-distribution guard and lung check included).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ccad.data.datasets import Dataset, DataSpec, Sample, apply_split_file, assign_splits, label_indices
+from ccad.errors import DataError
+from ccad.evaluation.metrics import compute_metrics, ood_rate
+from ccad.evaluation.reports import write_figures, write_report
+from ccad.io.files import write_json, write_text
+from ccad.preprocessing.pipeline import Prepared, prepare_samples
+from ccad.scoring.predictor import Predictor, load_predictor, run_folder
+from ccad.scoring.score import Prediction
+
+SPLIT_CHOICES = ("test", "val", "all")
+
+
+@dataclass
+class ScoredSet:
+    """Labelled images scored by a model: the samples kept, their predictions and inputs, files skipped."""
+
+    samples: list[Sample]
+    predictions: list[Prediction]
+    prepared: list[Prepared]
+    skipped: list[tuple[str, str]]
+    classes: list[str]
+
+    @property
+    def y_true(self) -> np.ndarray:
+        return label_indices(self.samples, self.classes)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N, k) after the decision rule's temperature, columns in ``classes`` order."""
+        return np.array([[p.probabilities[c] for c in self.classes] for p in self.predictions]).reshape(-1, len(self.classes))
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return np.array([self.classes.index(p.predicted_class) for p in self.predictions], dtype=np.int64)
+
+    @property
+    def in_distribution(self) -> np.ndarray:
+        return np.array([p.in_distribution is not False for p in self.predictions])
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.stack([p.image for p in self.prepared])
+
+
+def score_samples(predictor: Predictor, samples: Sequence[Sample], classes: Sequence[str],
+                  skip_bad: bool = False, with_heatmaps: bool = False, heatmap_class: str | None = None) -> ScoredSet:
+    """Read, prepare and score ``samples`` with ``predictor`` (unreadable files raise, or with ``skip_bad``
+    are listed)."""
+    prepared, kept, skipped = prepare_samples(samples, predictor.input_size, predictor.preprocess, skip_bad)
+    predictions = predictor.score([str(s.path) for s in kept], prepared, with_heatmaps, heatmap_class)
+    return ScoredSet(kept, predictions, prepared, skipped, list(classes))
+
+
+def evaluate(predictor: Predictor, dataset: Dataset, out: str | os.PathLike, split: str = "test",
+             history: list[dict[str, float]] | None = None, skip_bad: bool = False) -> dict[str, Any]:
+    """Score ``predictor`` on one split of ``dataset`` (``test``, ``val`` or ``all``); write metrics.json,
+    predictions.csv, figures/ and report.html to ``out``. With an out-of-distribution guard the metrics
+    also hold the share of images it flags. Returns the metrics dict."""
+    out = Path(out)
+    samples = dataset.samples if split == "all" else dataset.subset(split)
+    if not samples:
+        raise DataError(f"{dataset.source}: no images in the {split} split")
+    scored = score_samples(predictor, samples, dataset.classes, skip_bad)
+    if not scored.samples:
+        raise DataError(f"{dataset.source}: none of the {split} images could be read")
+    y_true, probabilities, predicted = scored.y_true, scored.probabilities, scored.predicted
+    known_groups = dataset.layout in ("manifest", "pooled")
+    metrics = compute_metrics(y_true, probabilities, dataset.classes, dataset.positive_class,
+                              [s.group for s in scored.samples] if known_groups else None, y_pred=predicted)
+    decision = predictor.decision
+    metrics["decision"] = dict(decision.to_dict(), text=decision.describe())
+    metrics["split"] = split
+    metrics["data"] = dataset.source
+    metrics["skipped_files"] = [{"path": p, "error": e} for p, e in scored.skipped]
+    in_distribution = None
+    if predictor.ood is not None:
+        in_distribution = scored.in_distribution
+        metrics["out_of_distribution"] = ood_rate(~in_distribution, predictor.ood)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", metrics)
+    write_predictions(out / "predictions.csv", scored.samples, y_true, probabilities, predicted, dataset.classes,
+                      in_distribution)
+    figures = write_figures(out / "figures", metrics, y_true, probabilities, scored.images, dataset.classes, history,
+                            predicted=predicted, originals=scored.prepared)
+    write_report(out / "report.html", metrics, figures, dataset, predictor.info.to_dict(), split)
+    return metrics
+
+
+def write_predictions(path: Path, samples, y_true: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray,
+                      classes: Sequence[str], in_distribution: np.ndarray | None = None) -> None:
+    """One row per scored image: path, group, source, true and predicted class, probabilities, and
+    ``in_distribution`` (blank when the model has no guard)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes]
+                    + ["in_distribution"])
+    flags = [""] * len(samples) if in_distribution is None else [str(bool(v)).lower() for v in in_distribution]
+    for s, t, p, k, flag in zip(samples, y_true, probabilities, predicted, flags):
+        writer.writerow([s.path, s.group, s.source, classes[t], classes[k]] + [f"{v:.6f}" for v in p] + [flag])
+    write_text(path, buffer.getvalue())
+
+
+def scoring_set(predictor: Predictor, model: str | os.PathLike, spec: DataSpec, split: str | None = None,
+                seed: int = 0) -> tuple[Dataset, str]:
+    """(dataset, split) to score ``predictor`` on: the model's run ``split.csv`` when it covers every
+    image, else the data's own splits, else a fresh grouped split (``seed``); ``split=None`` means
+    ``test`` when the data has splits, else ``all``."""
+    dataset = spec.discover(model_classes=predictor.classes)
+    recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
+    has_splits = recorded is not None or any(s.split for s in dataset.samples)
+    split = split or ("test" if has_splits else "all")
+    if recorded is not None:
+        dataset = recorded
+    elif split != "all":
+        dataset = assign_splits(dataset, seed=seed)
+    return dataset, split
+
+
+def evaluate_model(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, split: str | None = None,
+                   seed: int = 0) -> dict[str, Any]:
+    """``ccad evaluate``: score a bundle, run folder or model file on labelled data (see :func:`scoring_set`
+    for the split)."""
+    predictor = load_predictor(model)
+    dataset, split = scoring_set(predictor, model, spec, split, seed)
+    return evaluate(predictor, dataset, out, split=split, skip_bad=spec.skip_bad)

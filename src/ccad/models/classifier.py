@@ -1,0 +1,283 @@
+"""The paper's classifier: a frozen ImageNet backbone + global average pooling + Dropout + Dense softmax.
+
+Input: (size, size, 3) float32 in [0, 1] (see :mod:`ccad.preprocessing.pipeline`). A
+parameter-free ``Rescaling`` layer maps it to the backbone's own input range,
+so the saved model is self-contained. With MobileNetV2 (the default and the
+paper's) at 224x224x3 and 2 classes the model has 2,260,546 parameters of which
+2,562 (the Dense layer) are trainable.
+
+The other backbones are the Keras applications the paper compares (its Tables 3
+and 9), each with its own default input size and preprocessing: ``tf`` mode
+scales [0, 1] to [-1, 1]; ``caffe`` mode (VGG, ResNet50) to 0-255 minus the
+ImageNet channel means (channel order does not matter: the X-ray's three
+channels are equal).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccad.errors import ConfigError, ModelError
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    application: str  # the keras.applications constructor
+    default_size: int
+    mode: str  # "tf": [-1, 1]; "caffe": 0-255 minus the ImageNet means
+    min_size: int = 32
+
+
+BACKBONES = {b.name: b for b in (
+    Backbone("mobilenet_v2", "MobileNetV2", 224, "tf"),
+    Backbone("mobilenet", "MobileNet", 224, "tf"),
+    Backbone("vgg16", "VGG16", 224, "caffe"),
+    Backbone("vgg19", "VGG19", 224, "caffe"),
+    Backbone("resnet50", "ResNet50", 224, "caffe"),
+    Backbone("inception_v3", "InceptionV3", 299, "tf", 75),
+    Backbone("xception", "Xception", 299, "tf", 71),
+    Backbone("inception_resnet_v2", "InceptionResNetV2", 299, "tf", 75),
+)}
+DEFAULT_BACKBONE = "mobilenet_v2"
+CAFFE_MEANS = (103.939, 116.779, 123.68)
+
+
+def get_backbone(name: str) -> Backbone:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})") from None
+
+BACKBONE_LAYER = "mobilenetv2_1.00_{size}"
+FEATURES_LAYER = "pooled_features"
+DROPOUT_LAYER = "dropout"
+CLASSIFIER_LAYER = "classifier"
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+DEFAULT_FINE_TUNE_FROM = "block_13_expand"
+
+
+def keras_cache_dir() -> Path:
+    """Where Keras looks for downloaded weights: ``$KERAS_HOME/models`` or ``~/.keras/models``."""
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return Path(home) / "models"
+
+
+def imagenet_weights_file(size: int) -> Path:
+    """The cached no-top ImageNet weights file Keras loads for this input size."""
+    weight_size = size if size in IMAGENET_SIZES else 224
+    return keras_cache_dir() / f"mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{weight_size}_no_top.h5"
+
+
+def imagenet_weights_available(size: int = 224) -> bool:
+    return imagenet_weights_file(size).is_file()
+
+
+def build_classifier(
+    num_classes: int,
+    input_size: int = 224,
+    dropout: float = 0.3,
+    weights: str = "imagenet",
+    featurewise_mean: float | None = None,
+    samplewise_center: bool = False,
+    backbone: str = DEFAULT_BACKBONE,
+):
+    """Build the paper's model (or the same head on another ``backbone``).
+
+    Args:
+        num_classes: number of output classes (softmax).
+        input_size: square input side in pixels (the paper: 224; also 128).
+        dropout: dropout rate before the Dense layer (the paper: 0.3, 0.4, 0.5).
+        weights: ``"imagenet"``, ``"none"`` (random init) or a path to a
+            no-top MobileNetV2 ``.h5`` weights file.
+        featurewise_mean: subtract this training-set mean pixel (the paper's
+            ``featurewise_center``), as a parameter-free layer.
+        samplewise_center: subtract each image's own mean (the paper's
+            ``samplewise_center``), as parameter-free layers.
+
+    Centering lives in the model, so training, evaluation and prediction all
+    see it, as with a Keras ``ImageDataGenerator`` that standardizes every
+    batch it yields.
+
+    Returns:
+        An uncompiled ``keras.Model`` whose backbone is frozen.
+
+    Raises:
+        ModelError: ImageNet weights cannot be had offline, or a weights file is missing.
+    """
+    import keras
+
+    if num_classes < 2:
+        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
+    if not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {dropout}")
+    spec = get_backbone(backbone)
+    if input_size < spec.min_size:
+        raise ConfigError(f"input size must be at least {spec.min_size} pixels for {backbone}, got {input_size}")
+    backbone_weights = (_resolve_weights(weights, input_size) if backbone == DEFAULT_BACKBONE
+                        else _resolve_other_weights(weights, spec))
+
+    inputs = x = keras.Input((input_size, input_size, 3), name="image")
+    if samplewise_center:
+        image_mean = keras.layers.GlobalAveragePooling2D(keepdims=True, name="image_mean")(x)
+        x = keras.layers.Subtract(name="samplewise_center")([x, image_mean])
+    if featurewise_mean is not None:
+        x = keras.layers.Rescaling(1.0, offset=-float(featurewise_mean), name="featurewise_center")(x)
+    if spec.mode == "caffe":
+        x = keras.layers.Rescaling(255.0, offset=[-m for m in CAFFE_MEANS], name="to_caffe_range")(x)
+    else:
+        x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
+    base = _application(spec, input_size, backbone_weights)
+    base.trainable = False
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
+    x = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(x)
+    x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=CLASSIFIER_LAYER)(x)
+    return keras.Model(inputs, outputs, name=f"ccad_{backbone}")
+
+
+def _resolve_weights(weights: str, input_size: int) -> str | None:
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        if not imagenet_weights_available(input_size):
+            download_imagenet_weights(input_size)
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
+    return str(weights)
+
+
+def download_imagenet_weights(input_size: int) -> None:
+    import keras
+
+    try:
+        keras.applications.MobileNetV2(include_top=False, weights="imagenet", input_shape=(input_size, input_size, 3))
+    except Exception as e:
+        raise ModelError(
+            f"ImageNet weights for MobileNetV2 are not in the Keras cache ({imagenet_weights_file(input_size)}) "
+            "and could not be downloaded: go online once, or set KERAS_HOME to a folder holding them "
+            "(e.g. KERAS_HOME=../shared/keras-home), or use --weights none"
+        ) from e
+
+
+def _resolve_other_weights(weights: str, spec: Backbone) -> str | None:
+    """Weights for a backbone other than MobileNetV2: Keras's cache (or a download) for imagenet."""
+    if weights == "none":
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if not Path(weights).is_file():
+        raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
+    return str(weights)
+
+
+def _application(spec: Backbone, input_size: int, weights: str | None):
+    import keras
+
+    constructor = getattr(keras.applications, spec.application)
+    extra = {"alpha": 1.0} if spec.name in ("mobilenet_v2", "mobilenet") else {}
+    try:
+        return constructor(input_shape=(input_size, input_size, 3), include_top=False, weights=weights, **extra)
+    except Exception as e:
+        if weights == "imagenet" and spec.name != DEFAULT_BACKBONE:
+            raise ModelError(f"ImageNet weights for {spec.application} are not in the Keras cache "
+                             f"({keras_cache_dir()}) and could not be downloaded: use --weights none "
+                             "(a random backbone) or go online once") from e
+        raise ModelError(f"cannot build {spec.application} with weights {weights!r}: {e}") from e
+
+
+def imagenet_available_for(backbone: str, input_size: int | None = None) -> bool:
+    """Whether ImageNet weights for ``backbone`` can be had now (cache or download)."""
+    if backbone == DEFAULT_BACKBONE:
+        return imagenet_weights_available(input_size or 224)
+    spec = get_backbone(backbone)
+    try:
+        _application(spec, input_size or spec.default_size, "imagenet")
+        return True
+    except ModelError:
+        return False
+
+
+def backbone_of(model):
+    """The pretrained sub-model inside a classifier built by :func:`build_classifier`."""
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ModelError(f"model {model.name!r} has no backbone sub-model")
+
+
+def feature_extractor(model):
+    """A model from the image input to the pooled 1280-d features."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name="features")
+
+
+def with_feature_map(model):
+    """A model with two outputs: the class probabilities and the backbone's last feature map (what the
+    bundle exports, and what class activation maps are made from)."""
+    import keras
+
+    return keras.Model(model.input, [model.output, model.get_layer(FEATURES_LAYER).input], name="ccad_export")
+
+
+def classifier_kernel(model):
+    """The Dense layer's kernel (features, classes): the weights of the class activation maps."""
+    import numpy as np
+
+    return np.asarray(model.get_layer(CLASSIFIER_LAYER).get_weights()[0], np.float32)
+
+
+def head_of(model, feature_dim: int):
+    """The trainable head (Dropout + Dense) as a model on pooled features; shares weights with ``model``."""
+    import keras
+
+    features = keras.Input((feature_dim,), name="features")
+    x = model.get_layer(DROPOUT_LAYER)(features)
+    return keras.Model(features, model.get_layer(CLASSIFIER_LAYER)(x), name="head")
+
+
+def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
+    """Make backbone layers from ``from_layer`` on trainable (BatchNorm stays frozen).
+
+    Returns the number of trainable parameters afterwards.
+    """
+    import keras
+
+    backbone = backbone_of(model)
+    names = [layer.name for layer in backbone.layers]
+    if from_layer is None and DEFAULT_FINE_TUNE_FROM not in names:
+        from_layer = names[int(len(names) * 0.8)]  # other backbones: the last fifth of the layers
+    from_layer = from_layer or DEFAULT_FINE_TUNE_FROM
+    if from_layer not in names:
+        raise ConfigError(f"--fine-tune-from {from_layer!r} is not a layer of {backbone.name} "
+                          "(MobileNetV2: e.g. block_13_expand, Conv_1)")
+    start = names.index(from_layer)
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return sum(int(w.numpy().size) for w in model.trainable_weights)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+    return int(model.count_params()), trainable
+
+
+def load_keras_model(path: str | os.PathLike):
+    """Load a ``.keras`` (or ``.h5``) model written by ccad, with a clear error if it cannot be."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise ModelError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from e

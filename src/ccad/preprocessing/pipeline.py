@@ -1,0 +1,280 @@
+"""From a grayscale X-ray to what the model sees: one definition for training, evaluation and prediction.
+
+:func:`prepare_full` takes a (H, W) grayscale image in [0, 1] (:func:`ccad.io.images.read_grayscale`),
+applies the ``preprocess`` steps and resizes it to ``size x size`` (antialiased bilinear, aspect ratio not
+kept). :func:`to_model_input` repeats it to 3 channels; the model itself does the backbone's scaling.
+
+The steps (``--preprocess``, joined with ``+``, e.g. ``lungs+equalize+lowpass``; ``none`` is the paper's
+plain resize) are the table :data:`STEPS`: each a small function with its parameters, which the model card
+records (:func:`describe`). Whatever order they are given in, they run in the table's order: the region
+steps, then the intensity steps (on the image at most :data:`WORK_SIDE` px), then the resize, then the
+output steps.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ccad.data.datasets import Sample
+from ccad.errors import ConfigError, ImageReadError
+from ccad.io.images import read_grayscale, resize, resize_hw
+from ccad.io.pictures import to_rgb
+from ccad.models.lungs import INTERIOR_MARGIN, LungFields, estimate_lung_fields
+
+#: Side at which the lung segmenter and the intensity steps work (larger images are first reduced to this).
+WORK_SIDE = 512
+
+
+@dataclass
+class _Work:
+    """The image as the steps pass it on: ``work`` is the part of ``gray`` (the working-resolution image)
+    inside ``box`` that the model will see; ``outside`` marks pixels of ``work`` to set to black."""
+
+    gray: np.ndarray
+    fields: LungFields | None
+    box: tuple[int, int, int, int]
+    work: np.ndarray
+    outside: np.ndarray | None = None
+    image: np.ndarray | None = None  # the (size, size) result, from the resize on
+
+
+def _crop(w: _Work, margin: float) -> None:
+    w.box = w.fields.box(*w.gray.shape, margin=margin)
+    top, bottom, left, right = w.box
+    w.work = w.gray[top:bottom, left:right]
+
+
+def _thorax(w: _Work, margin: float) -> None:
+    _crop(w, margin)
+
+
+def _lungs(w: _Work, margin: float, interior_margin: float) -> None:
+    _crop(w, margin)
+    top, bottom, left, right = w.box
+    w.outside = ~w.fields.interior(*w.gray.shape, margin=interior_margin)[top:bottom, left:right]
+
+
+def _clahe(w: _Work, clip_limit: float) -> None:
+    import skimage.exposure
+
+    w.work = skimage.exposure.equalize_adapthist(w.work, clip_limit=clip_limit).astype(np.float32)
+
+
+def _equalize(w: _Work, nbins: int) -> None:
+    import skimage.exposure
+
+    if w.outside is not None and w.outside.all():  # no lungs found: nothing to equalize
+        return
+    mask = None if w.outside is None else ~w.outside
+    w.work = skimage.exposure.equalize_hist(w.work, nbins=nbins, mask=mask).astype(np.float32)
+
+
+def _lowpass(w: _Work, factor: int, min_side: int) -> None:
+    size = w.image.shape[0]
+    w.image = resize(resize(w.image, max(min_side, size // factor)), size)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One preprocessing step: ``stage`` (region, intensity or output) says when it runs."""
+
+    name: str
+    stage: str
+    apply: Callable[..., None]
+    params: dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+    needs_lungs: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "stage": self.stage, "params": dict(self.params), "what": self.doc}
+
+
+#: The steps, in the order they run.
+STEPS: dict[str, Step] = {s.name: s for s in (
+    Step("thorax", "region", _thorax, {"margin": 0.08}, needs_lungs=True,
+         doc="crop to the lung fields of the shipped segmenter plus a margin (a fraction of their extent): "
+             "drops borders, collimation, most burned-in text and markers"),
+    Step("lungs", "region", _lungs, {"margin": 0.08, "interior_margin": INTERIOR_MARGIN}, needs_lungs=True,
+         doc="thorax, and everything outside the lung fields (shrunk by interior_margin of the side, so their "
+             "borders with ribs, heart and diaphragm are left out too) set to black"),
+    Step("clahe", "intensity", _clahe, {"clip_limit": 0.01},
+         doc="contrast-limited adaptive histogram equalization (scikit-image)"),
+    Step("equalize", "intensity", _equalize, {"nbins": 256},
+         doc="global histogram equalization (scikit-image; inside the lungs with lungs): every image gets the "
+             "same gray-level distribution, whatever the exposure and processing of its scanner"),
+    Step("lowpass", "output", _lowpass, {"factor": 2, "min_side": 8},
+         doc="down- then up-sampling by factor at the input size: removes the fine texture (noise grain, JPEG "
+             "blocks, sharpening) by which scanners differ, keeps opacities"),
+)}
+#: Step names in run order (for messages and ``--help``).
+PREPROCESSING_STEPS = tuple(STEPS)
+
+
+def preprocessing_steps(preprocess: str) -> list[str]:
+    """The steps of a ``--preprocess`` value, validated, in run order (``none`` -> [])."""
+    if preprocess in ("", "none"):
+        return []
+    steps = [s.strip() for s in preprocess.split("+")]
+    for step in steps:
+        if step not in STEPS:
+            raise ConfigError(f"unknown preprocessing step {step!r} in {preprocess!r} "
+                              f"(none, or steps joined with +: {', '.join(STEPS)})")
+    if "thorax" in steps and "lungs" in steps:
+        raise ConfigError("--preprocess: use thorax or lungs, not both")
+    return [name for name in STEPS if name in steps]
+
+
+def describe(preprocess: str) -> dict[str, Any]:
+    """The exact preprocessing of a model, as its card records it."""
+    return {
+        "read": "grayscale; 8-bit images / 255; deeper images (16-bit, DICOM after modality and VOI LUT) "
+                "min-max to [0, 1]; DICOM MONOCHROME1 inverted; alpha dropped (ccad.io.images.read_grayscale)",
+        "preprocess": preprocess,
+        "steps": [STEPS[name].describe() for name in preprocessing_steps(preprocess)],
+        "work_side": WORK_SIDE,
+        "resize": "Pillow bilinear (antialiased) to input_size x input_size, aspect ratio not kept",
+        "channels": "gray repeated to 3 channels, NHWC float32 in [0, 1]",
+        "in_model": "centering (paper presets) and the backbone's own input scaling are inside the model",
+        "function": "ccad.preprocessing.pipeline.prepare_full",
+    }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model input and where it came from: ``gray`` is the image at the working resolution (at most
+    :data:`WORK_SIDE`), ``box`` the (top, bottom, left, right) crop of ``gray`` the model saw (the whole
+    image without ``thorax``/``lungs``), ``fields`` the lung fields (None when not asked for)."""
+
+    image: np.ndarray
+    gray: np.ndarray
+    box: tuple[int, int, int, int]
+    fields: Any | None = None
+
+    @property
+    def qc_flags(self) -> tuple[str, ...]:
+        """The lung-QC flags of the fields (none when the fields were not computed)."""
+        return tuple(getattr(self.fields, "qc_flags", ()))
+
+    def to_input(self, region: np.ndarray) -> np.ndarray:
+        """A boolean mask of ``gray`` (or of the image it was reduced from) carried through the same crop and
+        resize as the image, so it lines up with the model input."""
+        mask = region.astype(np.float32)
+        if mask.shape != self.gray.shape:
+            mask = resize_hw(mask, *self.gray.shape)
+        top, bottom, left, right = self.box
+        return resize(mask[top:bottom, left:right], self.image.shape[0]) >= 0.5
+
+    def to_original(self, heat: np.ndarray) -> np.ndarray:
+        """A (size, size) map on the model input, placed back onto ``gray`` (zero outside the crop)."""
+        top, bottom, left, right = self.box
+        out = np.zeros(self.gray.shape, np.float32)
+        out[top:bottom, left:right] = resize_hw(heat.astype(np.float32), bottom - top, right - left)
+        return out.clip(0.0, 1.0)
+
+
+def prepare_full(gray: np.ndarray, size: int, preprocess: str = "none", lung_fields: bool = False) -> Prepared:
+    """The model input for a (H, W) grayscale image, keeping the working image, the crop box and (with
+    ``lung_fields``, or when a step needs them) the lung fields of the packaged segmenter."""
+    steps = [STEPS[name] for name in preprocessing_steps(preprocess)]
+    full = gray
+    if max(gray.shape) > WORK_SIDE and (steps or lung_fields):
+        scale = WORK_SIDE / max(gray.shape)
+        gray = resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+    fields = estimate_lung_fields(gray) if lung_fields or any(s.needs_lungs for s in steps) else None
+    whole = (0, gray.shape[0], 0, gray.shape[1])
+    if not steps:  # the paper's plain resize, from full resolution as in training
+        return Prepared(resize(full, size), gray, whole, fields)
+    w = _Work(gray, fields, whole, gray)
+    for step in steps:
+        if step.stage != "output":
+            step.apply(w, **step.params)
+    if w.outside is not None:
+        w.work = np.where(w.outside, 0.0, w.work).astype(np.float32)
+    w.image = resize(w.work, size)
+    for step in steps:
+        if step.stage == "output":
+            step.apply(w, **step.params)
+    return Prepared(w.image, gray, w.box, fields)
+
+
+def prepare(gray: np.ndarray, size: int, preprocess: str = "none") -> np.ndarray:
+    """(size, size) float32 model input in [0, 1] from a (H, W) grayscale image, after ``preprocess``."""
+    return prepare_full(gray, size, preprocess).image
+
+
+def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", region: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`prepare`, plus a boolean ``region`` of ``gray``'s shape carried through the same crop and
+    resize (so it lines up with the model input); ``None`` when no region is given."""
+    prepared = prepare_full(gray, size, preprocess)
+    return prepared.image, None if region is None else prepared.to_input(region)
+
+
+def to_model_input(gray: np.ndarray) -> np.ndarray:
+    """Repeat a (..., H, W) grayscale array into (..., H, W, 3) channels."""
+    return to_rgb(gray)
+
+
+def load_grayscale_input(path: str | os.PathLike, size: int, preprocess: str = "none") -> np.ndarray:
+    """(size, size) float32 in [0, 1]: the single-channel form stored for training."""
+    return prepare(read_grayscale(path), size, preprocess)
+
+
+def load_model_input(path: str | os.PathLike, size: int, preprocess: str = "none") -> np.ndarray:
+    """The model's input for one file: (size, size, 3) float32 in [0, 1]."""
+    return to_model_input(load_grayscale_input(path, size, preprocess))
+
+
+def load_images(
+    samples: Sequence[Sample], size: int, skip_bad: bool = False, workers: int | None = None,
+    preprocess: str = "none", transform=None,
+) -> tuple[np.ndarray, list[Sample], list[tuple[str, str]]]:
+    """Decode, ``preprocess`` and resize ``samples`` on several threads.
+
+    ``transform``, if given, maps each full-resolution grayscale image before preprocessing.
+
+    Returns (images (N, size, size) float32 in [0, 1], the samples kept, the files skipped with their
+    error). Without ``skip_bad`` the first unreadable file raises :class:`ImageReadError`.
+    """
+    def load(sample: Sample):
+        try:
+            gray = read_grayscale(sample.path)
+            return prepare(gray if transform is None else transform(gray), size, preprocess), None
+        except ImageReadError as e:
+            if not skip_bad:
+                raise
+            return None, str(e)
+
+    results = _threaded(load, samples, workers)
+    kept = [s for s, (img, _) in zip(samples, results) if img is not None]
+    bad = [(str(s.path), err) for s, (img, err) in zip(samples, results) if img is None]
+    images = np.stack([img for img, _ in results if img is not None]) if kept else np.zeros((0, size, size), np.float32)
+    return images, kept, bad
+
+
+def prepare_samples(samples: Sequence[Sample], size: int, preprocess: str = "none", skip_bad: bool = False,
+                    workers: int | None = None) -> tuple[list[Prepared], list[Sample], list[tuple[str, str]]]:
+    """:class:`Prepared` inputs, with lung fields, for ``samples`` (as :func:`load_images` returns arrays):
+    (prepared, samples kept, files skipped with their error)."""
+    def load(sample: Sample):
+        try:
+            return prepare_full(read_grayscale(sample.path), size, preprocess, lung_fields=True), None
+        except ImageReadError as e:
+            if not skip_bad:
+                raise
+            return None, str(e)
+
+    results = _threaded(load, samples, workers)
+    kept = [s for s, (p, _) in zip(samples, results) if p is not None]
+    bad = [(str(s.path), err) for s, (p, err) in zip(samples, results) if p is None]
+    return [p for p, _ in results if p is not None], kept, bad
+
+
+def _threaded(function, items, workers: int | None) -> list:
+    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+        return list(pool.map(function, items))

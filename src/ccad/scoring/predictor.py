@@ -1,0 +1,257 @@
+"""One interface to a trained classifier, two ways to run it.
+
+    >>> from ccad.scoring.predictor import load_predictor
+    >>> predictor = load_predictor("bundle/")          # doctest: +SKIP  (or a run folder, or a .keras file)
+    >>> predictor.predict_files(["xray.png"])          # doctest: +SKIP  [Prediction(...)]
+
+:class:`Predictor` holds what a model's card says (classes, preprocessing, decision rule,
+out-of-distribution guard, severity head, class-activation weights) and one abstract method,
+:meth:`Predictor.predict`: a (N, H, W, 3) batch -> (probabilities, last feature map).
+
+- :class:`OnnxPredictor` runs a bundle (``ccad export``) on ONNX Runtime; nothing it imports loads
+  TensorFlow.
+- :class:`KerasPredictor` runs a run folder, a model file or a model in memory (training) on Keras.
+
+Everything after the network (decision rule, guard, lung QC, severity, heatmaps) is
+:func:`ccad.scoring.score.score_batch`, shared by ``predict``, ``serve``, ``--engine ray``, ``evaluate``
+and ``audit``.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ccad.errors import ImageReadError, ModelError
+from ccad.io.images import read_grayscale
+from ccad.io.onnx import cpu_session
+from ccad.models.card import ModelCard, ModelInfo, RunMetadata, is_bundle
+from ccad.models.classifier import classifier_kernel, load_keras_model, with_feature_map
+from ccad.models.heads import OnnxHead
+from ccad.models.ood import OodGuard
+from ccad.models.severity import SeverityHead
+from ccad.preprocessing.pipeline import Prepared, prepare_full, to_model_input
+from ccad.scoring.heatmaps import class_activation_map
+from ccad.scoring.score import Prediction, score_batch
+
+#: Images per ONNX Runtime call. On 2 cores batch 1-4 is as fast per image as 16-32, and ONNX
+#: Runtime's activation arena grows with the batch (peak RSS at batch 4: ~130 MB; at 16: ~270 MB).
+ONNX_BATCH = 4
+#: Images per Keras call (see ccad.preprocessing.batches.INFERENCE_BATCH).
+KERAS_BATCH = 16
+
+
+class Predictor(ABC):
+    """A trained classifier ready to score images.
+
+    Args:
+        info: the model's card (a bundle's :class:`ModelCard` or a run's :class:`RunMetadata`).
+        cam_weights: (features, classes) weights of the class activation maps (None: no heatmaps).
+        head: a stored non-linear head run on the pooled features after the network (extra-trees).
+        ood: the out-of-distribution guard; severity: the severity head (bundles only).
+    """
+
+    batch_size = ONNX_BATCH
+
+    def __init__(self, info: ModelInfo, cam_weights: np.ndarray | None = None, head: OnnxHead | None = None,
+                 ood: OodGuard | None = None, severity: SeverityHead | None = None):
+        self.info = info
+        self.classes: list[str] = list(info.classes)
+        self.positive_class: str = info.positive_class
+        self.input_size: int = int(info.input_size)
+        self.preprocess: str = info.preprocess
+        self.decision = info.decision_rule()
+        self.cam_weights, self.head, self.ood, self.severity = cam_weights, head, ood, severity
+
+    # -- the network ------------------------------------------------------------------------------
+    @abstractmethod
+    def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network's own outputs for a (N, H, W, 3) float32 batch."""
+
+    def predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities (N, k), feature maps (N, h, w, d)) for a (N, H, W, 3) batch in [0, 1]; the
+        probabilities are the model's own (before the decision rule's temperature)."""
+        probabilities, features = self._network(np.asarray(batch, np.float32))
+        probabilities, features = np.asarray(probabilities), np.asarray(features)
+        if self.head is not None:
+            probabilities = self.head(features.mean(axis=(1, 2)))
+        return probabilities, features
+
+    def _batches(self, images: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        if images.ndim == 3:
+            images = to_model_input(images)
+        for i in range(0, len(images), self.batch_size):
+            yield self.predict(images[i:i + self.batch_size])
+
+    def predict_images(self, images: np.ndarray) -> np.ndarray:
+        """The model's probabilities for (N, H, W) grayscale or (N, H, W, 3) prepared images."""
+        out = [p for p, _ in self._batches(images)]
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
+
+    def pooled_features(self, images: np.ndarray) -> np.ndarray:
+        """(N, d) pooled backbone features for (N, H, W) grayscale or (N, H, W, 3) prepared images."""
+        out = [f.mean(axis=(1, 2)) for _, f in self._batches(images)]
+        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.cam_weights.shape[0]) if self.cam_weights is not None else 1280
+
+    def heatmap(self, feature_map: np.ndarray, class_index: int) -> np.ndarray:
+        """The class activation map of one image, (input_size, input_size) in [0, 1]; all zero for a
+        non-linear head, which has none."""
+        if self.head is not None or self.cam_weights is None:
+            return np.zeros((self.input_size, self.input_size), np.float32)
+        return class_activation_map(feature_map, self.cam_weights[:, class_index], self.input_size)
+
+    # -- images and files -------------------------------------------------------------------------
+    def prepare(self, gray: np.ndarray) -> Prepared:
+        """This model's input for a (H, W) grayscale image, with the lung fields (for QC and the outline)."""
+        return prepare_full(gray, self.input_size, self.preprocess, lung_fields=True)
+
+    def score(self, names: Sequence[str], prepared: Sequence[Prepared], with_heatmaps: bool = False,
+              heatmap_class: str | None = None) -> list[Prediction]:
+        """:func:`ccad.scoring.score.score_batch` with this predictor, in batches of its size."""
+        out: list[Prediction] = []
+        for i in range(0, len(prepared), self.batch_size):
+            out += score_batch(self, names[i:i + self.batch_size], prepared[i:i + self.batch_size],
+                               with_heatmaps, heatmap_class)
+        return out
+
+    def predict_files(self, paths: Sequence[str | os.PathLike], with_heatmaps: bool = False) -> list[Prediction]:
+        """One :class:`Prediction` per file (with ``error`` set for an unreadable one)."""
+        return list(self.predict_stream(paths, with_heatmaps=with_heatmaps))
+
+    def predict_stream(self, paths: Iterable[str | os.PathLike], workers: int = 4,
+                       with_heatmaps: bool = False) -> Iterator[Prediction]:
+        """Predictions in input order; files decoded on ``workers`` threads, at most four batches in flight."""
+        with ThreadPoolExecutor(workers) as pool:
+            pending: list = []
+            for path in paths:
+                pending.append((str(path), pool.submit(self._load, path)))
+                if len(pending) >= 4 * self.batch_size:
+                    yield from self._score_loaded(pending[:self.batch_size], with_heatmaps)
+                    pending = pending[self.batch_size:]
+            while pending:
+                yield from self._score_loaded(pending[:self.batch_size], with_heatmaps)
+                pending = pending[self.batch_size:]
+
+    def _load(self, path) -> Prepared | str:
+        try:
+            return self.prepare(read_grayscale(path))
+        except ImageReadError as e:
+            return str(e)
+
+    def _score_loaded(self, chunk, with_heatmaps: bool) -> Iterator[Prediction]:
+        loaded = [(path, future.result()) for path, future in chunk]
+        good = [(path, prep) for path, prep in loaded if isinstance(prep, Prepared)]
+        scored = iter(score_batch(self, [p for p, _ in good], [prep for _, prep in good], with_heatmaps))
+        for path, prep in loaded:
+            yield next(scored) if isinstance(prep, Prepared) else Prediction(path, error=prep)
+
+
+class OnnxPredictor(Predictor):
+    """A model bundle on ONNX Runtime.
+
+    Args:
+        bundle: the bundle folder (``ccad export``).
+        variant: ``"float"`` (``model.onnx``) or ``"int8"`` (``model.int8.onnx``).
+        threads: ONNX Runtime intra-op threads (the paper's target: a small CPU).
+    """
+
+    batch_size = ONNX_BATCH
+
+    def __init__(self, bundle: str | os.PathLike, variant: str = "float", threads: int = 2):
+        self.bundle = Path(bundle)
+        card = ModelCard.load(self.bundle)
+        if variant not in card.models:
+            raise ModelError(f"{self.bundle}: no {variant} model in this bundle (has: {', '.join(card.models)})")
+        self.session = cpu_session(card.checked_file(self.bundle, card.models[variant]), threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        cam_weights = np.load(card.checked_file(self.bundle, card.heatmap["weights"]))
+        head = OnnxHead(card.checked_file(self.bundle, card.head_file)) if card.head_file else None
+        severity = None
+        if card.severity:
+            import json
+
+            severity = SeverityHead(json.loads(card.checked_file(self.bundle, card.severity["file"]).read_text()))
+        ood = OodGuard.load(card.checked_file(self.bundle, card.ood["file"])) if card.ood else None
+        super().__init__(card, cam_weights, head, ood, severity)
+        self.card = card
+        self.variant = variant
+
+    def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, features = self.session.run(self.output_names, {self.input_name: batch})
+        return probabilities, features
+
+
+class KerasPredictor(Predictor):
+    """A Keras classifier (a run folder, a model file, or a model in memory) behind the same interface.
+
+    Args:
+        model: the Keras model (:func:`ccad.models.classifier.build_classifier`).
+        info: its run metadata; ``input_size`` is taken from the model.
+        run_dir: the run folder, where a stored head and guard are found (None: none are loaded).
+        ood: an out-of-distribution guard to use instead of the stored one.
+    """
+
+    batch_size = KERAS_BATCH
+
+    def __init__(self, model, info: RunMetadata, run_dir: str | os.PathLike | None = None,
+                 ood: OodGuard | None = None):
+        self.model, self.run_dir = model, Path(run_dir) if run_dir is not None else None
+        info.input_size = int(model.input_shape[1])
+        head = None
+        if info.head_file:
+            path = (self.run_dir or Path(".")) / info.head_file
+            if not path.is_file():
+                raise ModelError(f"{path}: the model's {info.head.get('kind')} head is missing")
+            head = OnnxHead(path)
+        if ood is None and info.ood and self.run_dir is not None and (self.run_dir / info.ood["file"]).is_file():
+            ood = OodGuard.load(self.run_dir / info.ood["file"])
+        super().__init__(info, classifier_kernel(model), head, ood)
+        self._dual = with_feature_map(model)
+
+    @classmethod
+    def load(cls, run_or_model: str | os.PathLike, classes: Sequence[str] | None = None) -> "KerasPredictor":
+        """From a run folder (``model.keras`` + ``config.json``) or a ``.keras``/``.h5`` file (its classes
+        from a ``config.json`` beside it, or ``classes``)."""
+
+        path = Path(run_or_model)
+        if path.is_dir():
+            model_file = path / "model.keras"
+            if not model_file.is_file():
+                raise ModelError(f"{path}: no model.keras in this folder (is it a ccad run folder?)")
+        elif path.is_file():
+            model_file = path
+        else:
+            raise ModelError(f"{path}: no such model file or run folder")
+        model = load_keras_model(model_file)
+        info = RunMetadata.load(model_file.parent, classes, outputs=int(model.output_shape[-1]))
+        return cls(model, info, model_file.parent)
+
+    def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self._dual.predict_on_batch(batch)
+
+
+def load_predictor(model: str | os.PathLike, classes: Sequence[str] | None = None,
+                   variant: str = "float") -> Predictor:
+    """A bundle's :class:`OnnxPredictor` (no TensorFlow), else a run folder's or model file's
+    :class:`KerasPredictor`."""
+    if is_bundle(model):
+        return OnnxPredictor(model, variant=variant)
+    if variant != "float":
+        raise ModelError(f"{model}: the {variant} model needs a bundle (ccad export --int8)")
+    return KerasPredictor.load(model, classes)
+
+
+def run_folder(run_or_model: str | os.PathLike) -> Path:
+    """The run folder of a run folder or of a model file inside one."""
+    path = Path(run_or_model)
+    return path if path.is_dir() else path.parent

@@ -1,0 +1,8 @@
+"""Layer 7, training: fitting models on labelled data and writing what they need to run.
+
+:mod:`~ccad.training.config` (settings, presets), :mod:`~ccad.training.fit` (the loops),
+:mod:`~ccad.training.distributed` (multi-worker), :mod:`~ccad.training.heads` (scikit-learn heads, WOA),
+:mod:`~ccad.training.run` (``ccad train``: the run folder), :mod:`~ccad.training.severity` (``ccad
+severity``), :mod:`~ccad.training.lung_segmenter` (``ccad lungs train``). May import :mod:`ccad.evaluation`
+and below (a run scores its own test split).
+"""

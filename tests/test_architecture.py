@@ -1,0 +1,83 @@
+"""The package's layers hold: import-linter's contracts pass and no import, function-level ones included,
+closes a cycle between ccad's modules."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_graph():
+    grimp = pytest.importorskip("grimp", reason="import-linter (the dev extra) is not installed")
+    graph = grimp.build_graph("ccad")
+    modules = sorted(m for m in graph.modules if m.startswith("ccad"))
+    return {m: {d for d in graph.find_modules_directly_imported_by(m) if d.startswith("ccad") and d != m}
+            for m in modules}
+
+
+def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Tarjan's algorithm: the groups of modules that import each other in a ring (size > 1)."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in edges:
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_finds_a_ring():
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_between_ccad_modules():
+    edges = _import_graph()
+    assert len(edges) > 40  # the whole package was seen
+    assert strongly_connected(edges) == []
+
+
+def test_layer_contracts_pass():
+    lint = shutil.which("lint-imports") or pytest.skip("lint-imports (import-linter, the dev extra) is not installed")
+    done = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
+    """The contract is real: a copy of the package where io imports scoring fails lint-imports."""
+    lint = shutil.which("lint-imports") or pytest.skip("lint-imports (import-linter, the dev extra) is not installed")
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "src" / "ccad", copy / "ccad", ignore=shutil.ignore_patterns("*.onnx", "__pycache__"))
+    with open(copy / "ccad" / "io" / "files.py", "a") as f:
+        f.write("\n\ndef _bad():\n    from ccad.scoring.predictor import load_predictor  # noqa: F401\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    done = subprocess.run([lint], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(copy), "PATH": str(Path(sys.executable).parent)})
+    assert done.returncode != 0
+    assert "ccad.io.files -> ccad.scoring.predictor" in done.stdout
