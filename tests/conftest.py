@@ -40,9 +40,8 @@ def shared_dir():
 @pytest.fixture(scope="session")
 def run_and_bundle(synth_folders, tmp_path_factory):
     from ccad.cli import main
-    from ccad.models.classifier import imagenet_weights_available
-
     from ccad.data.synthetic import generate
+    from ccad.models.classifier import imagenet_weights_available
 
     root = tmp_path_factory.mktemp("bundle")
     calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)

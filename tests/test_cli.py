@@ -53,9 +53,8 @@ def test_split_file_keeps_groups_in_one_split(trained_run):
 def test_saved_model_loads_with_plain_keras(trained_run, synth_folders):
     import keras
 
-    from ccad.preprocessing.pipeline import load_model_input
-
     import ccad  # noqa: F401  (the contract: loadable once ccad is imported)
+    from ccad.preprocessing.pipeline import load_model_input
 
     model = keras.models.load_model(trained_run / "model.keras")
     x = load_model_input(sorted((synth_folders / "covid").iterdir())[0], 64)[None]
@@ -118,7 +117,7 @@ def test_predict_reports_a_bad_file_and_goes_on(trained_run, synth_folders, tmp_
 
 
 def test_predict_reads_dicom(trained_run, tmp_path, capsys):
-    from test_images import GRADIENT, make_dicom
+    from helpers import GRADIENT, make_dicom
 
     path = make_dicom(tmp_path / "x.dcm", GRADIENT.astype(np.uint16) * 16)
     assert main(["predict", "--model", str(trained_run), str(path), "--format", "json"]) == 0
@@ -176,9 +175,8 @@ def test_synth_and_augment_preview(tmp_path):
 
 def test_training_and_inference_preprocessing_are_identical(synth_folders):
     from ccad.data.datasets import discover
-    from ccad.preprocessing.pipeline import load_images
-    from ccad.preprocessing.pipeline import load_model_input
     from ccad.preprocessing.batches import image_batches
+    from ccad.preprocessing.pipeline import load_images, load_model_input
 
     samples = discover(synth_folders).samples[:5]
     gray, kept, _ = load_images(samples, 64)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, needs_shared
 
 pytestmark = [needs_shared, pytest.mark.shared]
@@ -116,7 +115,6 @@ def shared_test_split(default_run):
     import json
 
     from ccad.data.datasets import discover, label_indices
-
     from ccad.preprocessing.pipeline import load_images
 
     ds = discover(MANIFEST, ["covid", "normal"])
@@ -147,8 +145,7 @@ def _tflite_probabilities(path, images):
 def test_exported_models_agree_with_keras(default_run, real_bundle, shared_test_split):
     from sklearn.metrics import roc_auc_score
 
-    from ccad.scoring.predictor import KerasPredictor
-    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.scoring.predictor import KerasPredictor, OnnxPredictor
 
     images, y = shared_test_split
     keras_p = KerasPredictor.load(default_run).predict_images(images)
@@ -173,8 +170,8 @@ def test_onnx_heatmaps_match_keras_grad_cam(default_run, real_bundle, shared_tes
     import tensorflow as tf
 
     from ccad.models.classifier import CLASSIFIER_LAYER, FEATURES_LAYER
-    from ccad.scoring.predictor import OnnxPredictor
     from ccad.scoring.heatmaps import upsample_map
+    from ccad.scoring.predictor import OnnxPredictor
 
     images, _ = shared_test_split
     model = keras.models.load_model(default_run / "model.keras")
@@ -241,10 +238,10 @@ def test_audit_of_the_default_recipe_on_real_images(default_run, tmp_path):
 
 def test_shipped_lung_segmenter_keeps_its_held_out_dice():
     """The packaged segmenter, re-scored on the held-out patients of the mask set, matches its card."""
-    from ccad.training.lung_segmenter import grouped_split, read_mask_manifest, score_segmenter
-    from ccad.models.lungs import default_segmenter
-
     import tempfile
+
+    from ccad.models.lungs import default_segmenter
+    from ccad.training.lung_segmenter import grouped_split, read_mask_manifest, score_segmenter
 
     rows = read_mask_manifest(SHARED / "data" / "lung-masks" / "manifest.csv")
     test = [r for r, p in zip(rows, grouped_split([r["group"] for r in rows], 0)) if p == "test"]

@@ -13,6 +13,8 @@ training, then studies and deploy, then the CLI; a layer imports only the layers
 """
 
 __version__ = "0.1.0"
+#: The class sensitivity, specificity and ROC refer to unless ``--positive`` (or a model) says otherwise.
+DEFAULT_POSITIVE = "covid"
 
 _API = {
     "train": "training.run", "make_config": "training.config", "TrainConfig": "training.config",

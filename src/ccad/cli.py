@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import DEFAULT_POSITIVE
 from .errors import CcadError
 
 EXIT_USAGE = 2
@@ -26,7 +27,7 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--relabel", action="append", default=[], metavar="[SOURCE:]OLD=NEW",
                    help="change a label before --classes picks rows, in one source or all (repeatable), "
                         "e.g. cohen-covid-chestxray:pneumonia=normal")
-    p.add_argument("--positive", default="covid", help="class that sensitivity/specificity/ROC refer to")
+    p.add_argument("--positive", default=DEFAULT_POSITIVE, help="class that sensitivity/specificity/ROC refer to")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and list them, instead of stopping")
 
 
@@ -109,20 +110,23 @@ def _lungs_parser(sub) -> None:
 
 
 def cmd_lungs(args) -> None:
-    if args.lungs_command == "segment":
-        from .models.lungs import segment_files
+    {"segment": _lungs_segment, "train": _lungs_train}[args.lungs_command](args)
 
-        counts = segment_files(args.inputs, args.out, args.overlay, args.model, log=_stderr)
-        print(f"{counts['segmented']} segmented ({counts['flagged']} with QC flags), {counts['errors']} unreadable: "
-              f"{args.out} (see lung_qc.csv)")
-        return
-    from .training.lung_segmenter import train_segmenter
+
+def _lungs_segment(args) -> None:
+    from .models.lungs import segment_files
+
+    counts = segment_files(args.inputs, args.out, args.overlay, args.model, log=_stderr)
+    print(f"{counts['segmented']} segmented ({counts['flagged']} with QC flags), {counts['errors']} unreadable: "
+          f"{args.out} (see lung_qc.csv)")
+
+
+def _lungs_train(args) -> None:
+    from .training.lung_segmenter import describe_scores, train_segmenter
 
     card = train_segmenter(args.data, args.out, args.size, args.epochs, seed=args.seed,
                            weights=None if args.weights == "none" else args.weights, log=_stderr)
-    h = card["held_out"]
-    print(f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
-          f"{h['images']} images of {h['patients']} patients: {args.out}")
+    print(f"{describe_scores(card)}: {args.out}")
     print("to ship it: copy lung-segmenter.onnx and lung-segmenter.json into src/ccad/models/")
 
 
@@ -302,20 +306,22 @@ def _names(text: str) -> list[str]:
 
 
 def cmd_severity(args) -> None:
-    from .evaluation.metrics import format_interval
-    from .models.severity import SEVERITY_FILE
-    from .training.severity import attach_severity, train_severity
+    {"train": _severity_train, "attach": _severity_attach}[args.severity_command](args)
 
-    if args.severity_command == "attach":
-        path = Path(args.severity)
-        attach_severity(args.model, path / SEVERITY_FILE if path.is_dir() else path)
-        print(f"attached {path} to {args.model}")
-        return
+
+def _severity_train(args) -> None:
+    from .training.severity import describe_scores, train_severity
+
     result = train_severity(args.model, args.data, args.out, args.folds, args.seed, args.attach)
-    for name, m in result["scores"].items():
-        print(f"{name}: MAE {format_interval(m['mae'], 2)}, Pearson r {format_interval(m['pearson_r'], 2)} "
-              f"(predicting the mean: MAE {format_interval(m['mae_predicting_mean'], 2)})")
+    print(describe_scores(result))
     print(f"report: {Path(args.out) / 'report.html'}" + (f"; attached to {args.model}" if args.attach else ""))
+
+
+def _severity_attach(args) -> None:
+    from .training.severity import attach_severity
+
+    attach_severity(args.model, args.severity)
+    print(f"attached {args.severity} to {args.model}")
 
 
 def cmd_audit(args) -> None:
@@ -337,24 +343,18 @@ def cmd_evaluate(args) -> None:
 def cmd_predict(args) -> None:
     variant = "int8" if args.int8 else "float"
     if args.engine == "ray":
-        from .deploy.scale import ray_predict
+        from .deploy.scale import describe_summary, ray_predict
 
-        if not args.out:
-            raise CcadError("--engine ray needs --out (a folder for the result shards)")
         summary = ray_predict(args.model, args.inputs, args.out, args.address, args.workers, resume=args.resume,
                               output_format=args.output_format, variant=variant)
-        run = summary["this_run"]
-        print(f"{run['processed']} processed, {run['skipped_already_done']} already done, {summary['errors']} "
-              f"unreadable in all: {args.out} (screening aid, not a diagnosis)")
+        print(describe_summary(summary, args.out))
         return
     from .scoring.results import predict
 
     outcome = predict(args.model, args.inputs, args.format, args.out, args.resume, args.heatmap, variant)
-    for note in outcome.notes[:-1] if args.format == "table" else outcome.notes:
+    for note in outcome.notes:
         _stderr(note)
     print(outcome.text)
-    if args.format == "table" and outcome.notes:
-        _stderr("\n" + outcome.notes[-1])
 
 
 def cmd_export(args) -> None:
@@ -399,12 +399,10 @@ def cmd_augment_preview(args) -> None:
 
 
 def _print_summary(metrics, folder: Path) -> None:
-    from .evaluation.metrics import format_interval
+    from .evaluation.metrics import summary_line
 
     if metrics:
-        parts = [f"{name} {format_interval(metrics[name])}" for name in ("accuracy", "sensitivity", "specificity", "auc")
-                 if metrics[name]["value"] is not None]
-        print(f"{metrics['split']} split, n={metrics['n']}: " + ", ".join(parts))
+        print(summary_line(metrics))
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 

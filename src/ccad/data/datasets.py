@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ccad import DEFAULT_POSITIVE
 from ccad.errors import DataError
 from ccad.io.files import write_text
 
@@ -79,7 +80,7 @@ class DataSpec:
     data: str | os.PathLike | tuple[str | os.PathLike, ...]
     classes: tuple[str, ...] | None = None
     where: tuple[str, ...] = ()
-    positive_class: str | None = "covid"
+    positive_class: str | None = DEFAULT_POSITIVE
     relabel: tuple[str, ...] = ()
     skip_bad: bool = False
 
@@ -101,7 +102,7 @@ def discover(
     data: str | os.PathLike | Sequence[str | os.PathLike],
     classes: Sequence[str] | None = None,
     where: Sequence[str] = (),
-    positive_class: str | None = "covid",
+    positive_class: str | None = DEFAULT_POSITIVE,
     model_classes: Sequence[str] | None = None,
     relabel: Sequence[str] = (),
 ) -> Dataset:
@@ -152,7 +153,7 @@ def discover(
     if len(classes) < 2:
         raise DataError(f"{names}: needs at least two classes, found {len(classes)} ({', '.join(classes) or 'none'})")
     if positive_class is not None and positive_class not in classes:
-        if positive_class == "covid" and len(classes) == 2:
+        if positive_class == DEFAULT_POSITIVE and len(classes) == 2:
             positive_class = None  # default not applicable: metrics use classes[1]
         else:
             raise DataError(f"--positive {positive_class!r} is not one of the classes ({', '.join(classes)})")

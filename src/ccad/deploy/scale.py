@@ -100,10 +100,18 @@ class Scorer:
         return {name: np.array([row[j] for row in rows], dtype=object) for j, name in enumerate(columns)}
 
 
-def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+def describe_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
+    run = summary["this_run"]
+    return (f"{run['processed']} processed, {run['skipped_already_done']} already done, {summary['errors']} "
+            f"unreadable in all: {out} (screening aid, not a diagnosis)")
+
+
+def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None,
                 address: str | None = None, workers: int = 2, batch_size: int = 16, resume: bool = False,
                 output_format: str = "csv", variant: str = "float", num_cpus: int | None = None) -> dict[str, Any]:
     """Score ``inputs`` with the bundle ``model`` on Ray; write result shards and a summary to ``out``."""
+    if not out:
+        raise ConfigError("--engine ray needs --out (a folder for the result shards)")
     import ray
 
     if not is_bundle(model):

@@ -35,7 +35,7 @@ import numpy as np
 from ccad.data.datasets import DataSpec
 from ccad.errors import DataError, ImageReadError
 from ccad.evaluation.evaluate import scoring_set
-from ccad.evaluation.metrics import bootstrap_intervals
+from ccad.evaluation.metrics import bootstrap_intervals, interval_cells
 from ccad.evaluation.reports import figures_html, html_page
 from ccad.io.files import write_json, write_text
 from ccad.io.images import read_grayscale
@@ -83,28 +83,8 @@ def audit(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, spli
             cams = np.stack([p.pictures.heatmap for p in predictions])
             pooled = np.stack([p.pooled for p in predictions])
 
-    def aucs(idx):
-        from sklearn.metrics import roc_auc_score
-
-        truth = is_positive[idx]
-        if truth.all() or not truth.any():
-            return {k: None for k in scores}
-        return {k: float(roc_auc_score(truth, v[idx])) for k, v in scores.items()}
-
-    both_classes = is_positive.any() and not is_positive.all()
-    point = aucs(np.arange(len(kept)))
-    intervals = bootstrap_intervals(aucs, len(kept), groups, seed=seed) if both_classes else {}
-    lung_test = {k: {"auc": point[k], "ci95": intervals.get(k), "mean_positive_probability": float(scores[k].mean())}
-                 for k in scores}
-
-    inside = (cams * lung_masks).sum(axis=(1, 2))
-    total = cams.sum(axis=(1, 2))
-    share = np.divide(inside, total, out=np.full_like(inside, np.nan), where=total > 0)
-    area = lung_masks.mean(axis=(1, 2))
-    heatmap = {"mass_in_lungs_mean": float(np.nanmean(share)), "lung_area_share_mean": float(area.mean()),
-               "ratio_to_even_spread": float(np.nanmean(share) / area.mean()) if area.mean() > 0 else None,
-               "images_with_empty_map": int(np.sum(total <= 0))}
-
+    lung_test = _lung_test(scores, is_positive, groups, seed)
+    heatmap = _heatmap_mass(cams, lung_masks)
     probe = _source_probe(dataset, kept, pooled, seed)
     result = {
         "model": str(model), "data": dataset.source, "split": split, "n": len(kept),
@@ -124,6 +104,34 @@ def audit(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, spli
 
 
 VARIANTS = ("original", "no_lungs", "lungs_only")
+
+
+def _lung_test(scores: dict[str, np.ndarray], is_positive: np.ndarray, groups, seed: int) -> dict[str, Any]:
+    """AUC of the positive class's score for each variant, with grouped-bootstrap 95% intervals."""
+    from sklearn.metrics import roc_auc_score
+
+    def aucs(idx):
+        truth = is_positive[idx]
+        if truth.all() or not truth.any():
+            return {k: None for k in scores}
+        return {k: float(roc_auc_score(truth, v[idx])) for k, v in scores.items()}
+
+    both_classes = is_positive.any() and not is_positive.all()
+    point = aucs(np.arange(len(is_positive)))
+    intervals = bootstrap_intervals(aucs, len(is_positive), groups, seed=seed) if both_classes else {}
+    return {k: {"auc": point[k], "ci95": intervals.get(k), "mean_positive_probability": float(scores[k].mean())}
+            for k in scores}
+
+
+def _heatmap_mass(cams: np.ndarray, lung_masks: np.ndarray) -> dict[str, Any]:
+    """The share of each map's mass inside the lung fields, against the share of the input they cover."""
+    inside = (cams * lung_masks).sum(axis=(1, 2))
+    total = cams.sum(axis=(1, 2))
+    share = np.divide(inside, total, out=np.full_like(inside, np.nan), where=total > 0)
+    area = lung_masks.mean(axis=(1, 2))
+    return {"mass_in_lungs_mean": float(np.nanmean(share)), "lung_area_share_mean": float(area.mean()),
+            "ratio_to_even_spread": float(np.nanmean(share) / area.mean()) if area.mean() > 0 else None,
+            "images_with_empty_map": int(np.sum(total <= 0))}
 
 
 def _load_variants(samples, size: int, preprocess: str) -> list[dict[str, Any] | None]:
@@ -265,10 +273,7 @@ def _figures(folder: Path, samples, variants, masks, cams, scores, positive_clas
 
 def _write_report(path: Path, result: dict[str, Any], figures: dict[str, Path]) -> None:
     def fmt(entry):
-        if entry["auc"] is None:
-            return "undefined", "n/a"
-        ci = entry["ci95"]
-        return f"{entry['auc']:.3f}", f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else "n/a"
+        return interval_cells({"value": entry["auc"], "ci95": entry["ci95"]})
 
     rows = "".join(f"<tr><td>{name}</td><td>{fmt(result['lung_test'][key])[0]}</td><td>{fmt(result['lung_test'][key])[1]}"
                    f"</td><td>{result['lung_test'][key]['mean_positive_probability']:.3f}</td></tr>"

@@ -206,9 +206,22 @@ def ood_rate(flagged: np.ndarray, guard) -> dict[str, Any]:
 
 
 def format_interval(entry: dict[str, Any], digits: int = 3, undefined: str = "undefined") -> str:
-    """``value [low, high]`` for a ``{"value", "ci95"}`` entry (the value alone when it has no interval)."""
+    """``value [low, high]`` for a ``{"value", "ci95"}`` entry (the value alone when it has no interval):
+    how every command, report and table in ccad writes a number with its 95% interval."""
+    value, interval = interval_cells(entry, digits, undefined)
+    return value if interval in ("", "n/a") else f"{value} [{interval.replace(' - ', ', ')}]"
+
+
+def interval_cells(entry: dict[str, Any], digits: int = 3, undefined: str = "undefined") -> tuple[str, str]:
+    """(``value``, ``low - high``) for a table with the interval in its own column (``n/a`` without one)."""
     if entry.get("value") is None:
-        return undefined
+        return undefined, ""
     ci = entry.get("ci95")
-    text = f"{entry['value']:.{digits}f}"
-    return text + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+    return f"{entry['value']:.{digits}f}", (f"{ci[0]:.{digits}f} - {ci[1]:.{digits}f}" if ci else "n/a")
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """``test split, n=N: accuracy v [lo, hi], ...``: the headline of an evaluation, for a terminal."""
+    parts = [f"{name} {format_interval(metrics[name])}" for name in ("accuracy", "sensitivity", "specificity", "auc")
+             if metrics[name]["value"] is not None]
+    return f"{metrics['split']} split, n={metrics['n']}: " + ", ".join(parts)

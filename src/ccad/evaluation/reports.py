@@ -10,13 +10,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ccad.data.datasets import Sample
 from ccad.errors import ImageReadError
-from ccad.evaluation.metrics import BINARY_METRICS, CALIBRATION_METRICS, CAVEAT
+from ccad.evaluation.metrics import BINARY_METRICS, CALIBRATION_METRICS, CAVEAT, interval_cells
 from ccad.io.files import write_text
 from ccad.io.images import read_grayscale
 from ccad.io.pictures import pyplot as _pyplot
 from ccad.io.pictures import save_figure as _save
-from ccad.preprocessing.pipeline import prepare_full
+from ccad.preprocessing.pipeline import Prepared, prepare_full
 
 GRID_IMAGES = 16
 #: The style every ccad HTML page shares.
@@ -142,12 +143,15 @@ def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: 
 
 
 def _original_with_outline(source) -> tuple[np.ndarray, np.ndarray] | None:
-    """(the image at up to 512 px, its lung mask) from a Prepared input or a file; None when neither works."""
-    prepared = source if hasattr(source, "gray") else None
-    if prepared is None or prepared.fields is None:
+    """(the image at up to 512 px, its lung mask) from a Prepared input, a sample or a file (None when the
+    file cannot be read again)."""
+    if isinstance(source, Prepared):
+        prepared = source if source.fields is not None else prepare_full(source.gray, 64, "none", lung_fields=True)
+    else:
         try:
-            prepared = prepare_full(read_grayscale(getattr(source, "path", source)), 64, "none", lung_fields=True)
-        except (ImageReadError, OSError, TypeError):
+            path = source.path if isinstance(source, Sample) else source
+            prepared = prepare_full(read_grayscale(path), 64, "none", lung_fields=True)
+        except (ImageReadError, OSError):
             return None
     return prepared.gray, prepared.fields.at(*prepared.gray.shape).astype(np.float32)
 
@@ -176,13 +180,6 @@ def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, pro
     return figures
 
 
-def _format_metric(entry: dict[str, Any]) -> tuple[str, str]:
-    if entry["value"] is None:
-        return "undefined", ""
-    ci = entry.get("ci95")
-    return f"{entry['value']:.3f}", (f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else "n/a")
-
-
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -204,7 +201,7 @@ def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], 
     counts = dataset.counts()
     data_rows = [[s] + [counts[s].get(c, 0) for c in dataset.classes] for s in ("train", "val", "test", "all")
                  if s in counts]
-    metric_rows = [[name.replace("_", " "), *_format_metric(metrics[name])]
+    metric_rows = [[name.replace("_", " "), *interval_cells(metrics[name])]
                    for name in BINARY_METRICS + CALIBRATION_METRICS if name in metrics]
     if "macro_f1" in metrics:
         metric_rows.append(["macro F1", f"{metrics['macro_f1']:.3f}", ""])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ccad import __version__
+from ccad import DEFAULT_POSITIVE, __version__
 from ccad.errors import ModelError
 from ccad.io.files import sha256, write_json
 from ccad.models.decision import DecisionRule
@@ -122,7 +122,7 @@ class RunMetadata(ModelInfo):
         if outputs is not None and len(raw["classes"]) != outputs:
             raise ModelError(f"{folder}: the model has {outputs} outputs but {len(raw['classes'])} classes were given")
         names = raw["classes"]
-        raw.setdefault("positive_class", "covid" if "covid" in names else names[-1])
+        raw.setdefault("positive_class", DEFAULT_POSITIVE if DEFAULT_POSITIVE in names else names[-1])
         raw.setdefault("input_size", 0)
         return cls.from_dict(raw, str(path))
 

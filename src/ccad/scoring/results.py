@@ -137,7 +137,7 @@ def _drop_partial_last_line(path: Path) -> None:
 
 @dataclass
 class PredictOutcome:
-    """What ``ccad predict`` prints: ``text`` on stdout, ``notes`` on stderr."""
+    """What ``ccad predict`` prints: ``notes`` on stderr, then ``text`` on stdout."""
 
     text: str
     notes: list[str] = field(default_factory=list)

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ccad.data.datasets import DataSpec, assign_splits
+from ccad.evaluation.metrics import format_interval
 from ccad.io.files import write_json, write_text
 from ccad.models.classifier import count_parameters, get_backbone, imagenet_available_for
 from ccad.training.config import TrainConfig
@@ -89,10 +90,7 @@ def _latency_ms(model, size: int, calls: int = 20) -> float:
 
 def comparison_markdown(summary: dict[str, Any]) -> str:
     def fmt(entry):
-        if entry["value"] is None:
-            return "n/a"
-        ci = entry["ci95"]
-        return f"{entry['value']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+        return format_interval(entry, undefined="n/a")
 
     lines = [f"Data: `{summary['data']}`, test split n = {summary['n_test']}. 95% grouped-bootstrap intervals. "
              f"Latency: {summary['latency']}.", "",

@@ -300,6 +300,13 @@ def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: i
     return card
 
 
+def describe_scores(card: dict[str, Any]) -> str:
+    """The held-out scores of a segmenter card, in one line."""
+    h = card["held_out"]
+    return (f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
+            f"{h['images']} images of {h['patients']} patients")
+
+
 def score_segmenter(model_dir: str | os.PathLike, rows, out: str | os.PathLike) -> dict[str, Any]:
     """Dice/IoU of the ONNX segmenter on ``rows`` at each mask's resolution; writes scores and overlays."""
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from ccad.data.datasets import Sample
 from ccad.errors import DataError, ModelError
-from ccad.evaluation.metrics import bootstrap_intervals
+from ccad.evaluation.metrics import bootstrap_intervals, format_interval
 from ccad.evaluation.reports import figures_html, html_page
 from ccad.io.files import sha256, write_bytes, write_json, write_text
 from ccad.io.pictures import pyplot, save_figure
@@ -147,11 +147,22 @@ def _regression_metrics(y: np.ndarray, predicted: np.ndarray, baseline: np.ndarr
     return {k: {"value": v, "ci95": ci.get(k)} for k, v in point.items()}
 
 
+def describe_scores(result: dict[str, Any]) -> str:
+    """One line per score: MAE and Pearson r with their 95% intervals, against predicting the mean."""
+    return "\n".join(f"{name}: MAE {format_interval(m['mae'], 2)}, Pearson r {format_interval(m['pearson_r'], 2)} "
+                     f"(predicting the mean: MAE {format_interval(m['mae_predicting_mean'], 2)})"
+                     for name, m in result["scores"].items())
+
+
 def attach_severity(bundle: str | os.PathLike, severity_file: str | os.PathLike) -> None:
-    """Copy ``severity.json`` into ``bundle`` and record it (with its sha256) in the model card."""
+    """Copy ``severity.json`` (the file, or the folder ``ccad severity train`` wrote it to) into ``bundle``
+    and record it (with its sha256) in the model card."""
     import json
 
     bundle = Path(bundle)
+    severity_file = Path(severity_file)
+    if severity_file.is_dir():
+        severity_file = severity_file / SEVERITY_FILE
     head = json.loads(Path(severity_file).read_text())
     card = ModelCard.load(bundle)
     dim = int(np.load(bundle / card.heatmap["weights"]).shape[0])
@@ -182,9 +193,7 @@ def _scatter(path: Path, predictions: dict[str, tuple[np.ndarray, np.ndarray]]) 
 
 def _write_report(path: Path, result: dict[str, Any], figure: Path) -> None:
     def fmt(entry):
-        ci = entry["ci95"]
-        value = "undefined" if entry["value"] is None else f"{entry['value']:.2f}"
-        return value + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+        return format_interval(entry, digits=2)
 
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{fmt(m['mae'])}</td><td>{fmt(m['pearson_r'])}</td>"
                    f"<td>{fmt(m['mae_predicting_mean'])}</td></tr>" for name, m in result["scores"].items())

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ccad.preprocessing.augmentation import PRESETS, Augmenter, augment_numpy, get_spec
 from ccad.errors import ConfigError
+from ccad.preprocessing.augmentation import PRESETS, Augmenter, augment_numpy, get_spec
 
 
 def batch(n=8, size=64, seed=0):

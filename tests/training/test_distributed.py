@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from ccad.training.distributed import cluster_from_env
 from ccad.errors import ConfigError
+from ccad.training.distributed import cluster_from_env
 
 
 def _free_ports(n):

@@ -4,9 +4,9 @@ import csv
 import json
 
 import pytest
+from conftest import write_csv
 
 from ccad.cli import main
-from conftest import write_csv
 
 
 @pytest.mark.slow

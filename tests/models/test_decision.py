@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ccad.models.decision import DecisionRule, apply_temperature, choose_threshold, fit_decision, fit_temperature
 from ccad.errors import ConfigError
+from ccad.models.decision import DecisionRule, apply_temperature, choose_threshold, fit_decision, fit_temperature
 
 
 def test_youden_threshold_is_the_best_cut_on_hand_made_scores():

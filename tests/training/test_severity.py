@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_csv
 
 from ccad.cli import main
-from conftest import write_csv
 from ccad.errors import DataError
 from ccad.models.severity import SeverityHead, band_of
 from ccad.training.severity import read_scored_rows

@@ -11,6 +11,7 @@ import pytest
 
 from ccad.cli import main
 
+
 def test_bundle_files_and_model_card(run_and_bundle):
     from ccad.io.files import sha256
 
@@ -29,8 +30,7 @@ def test_bundle_files_and_model_card(run_and_bundle):
 def test_onnx_agrees_with_keras(run_and_bundle, synth_folders):
     from ccad.data.datasets import discover
     from ccad.preprocessing.pipeline import load_images
-    from ccad.scoring.predictor import KerasPredictor
-    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.scoring.predictor import KerasPredictor, OnnxPredictor
 
     run, bundle = run_and_bundle
     images, _, _ = load_images(discover(synth_folders).samples[:16], 64)

@@ -1,14 +1,11 @@
 import numpy as np
 import pytest
+from helpers import GRADIENT, make_dicom
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from ccad.errors import ImageReadError
 from ccad.io import images
 from ccad.preprocessing.pipeline import load_model_input
-from ccad.errors import ImageReadError
-
-GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, columns 0..252
 
 
 def save(tmp_path, name, array, mode=None):
@@ -44,26 +41,6 @@ def test_other_raster_formats(tmp_path, suffix):
     gray = images.read_grayscale(save(tmp_path, f"x{suffix}", GRADIENT))
     assert gray.shape == (64, 64)
     assert abs(float(gray[:, -1].mean()) - 252 / 255) < 0.03
-
-
-def make_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Test^Patient"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def test_dicom_monochrome2_and_monochrome1_are_mirror_images(tmp_path):

@@ -21,8 +21,8 @@ def _rows(folder):
 @pytest.mark.slow
 def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and_bundle, tmp_path):
     from ccad.cli import main
-    from ccad.scoring.predictor import OnnxPredictor
     from ccad.data.synthetic import generate
+    from ccad.scoring.predictor import OnnxPredictor
 
     _, bundle = run_and_bundle
     data = generate(tmp_path / "images", n_per_class=100, size=64, seed=11)

@@ -3,9 +3,8 @@ import shutil
 import pytest
 
 from ccad.data.datasets import assign_splits, discover
-
-from ccad.preprocessing.pipeline import load_images
 from ccad.errors import DataError, ImageReadError
+from ccad.preprocessing.pipeline import load_images
 
 
 def test_class_folders_layout(synth_folders):

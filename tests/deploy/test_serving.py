@@ -74,7 +74,7 @@ def test_predict_matches_the_predictor(client, bundle, tmp_path):
 
 
 def test_dicom_works_and_patient_fields_are_not_echoed(client, tmp_path):
-    from test_images import GRADIENT, make_dicom
+    from helpers import GRADIENT, make_dicom
 
     data = make_dicom(tmp_path / "x.dcm", GRADIENT.astype(np.uint16) * 16).read_bytes()
     assert b"Test^Patient" in data
@@ -94,7 +94,7 @@ def test_bad_files(client, name, content, ctype, status, message):
 
 
 def test_truncated_dicom_is_400(client, tmp_path):
-    from test_images import GRADIENT, make_dicom
+    from helpers import GRADIENT, make_dicom
 
     data = make_dicom(tmp_path / "t.dcm", GRADIENT.astype(np.uint16)).read_bytes()[:-3000]
     r = post(client, ("t.dcm", data, "application/dicom"))
@@ -167,7 +167,9 @@ def test_uploads_stay_off_disk_unless_kept(bundle, tmp_path):
 
 
 # --- fuzz: whatever a client sends, no 5xx ---------------------------------------------------------------------
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given  # noqa: E402
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

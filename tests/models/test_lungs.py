@@ -7,10 +7,18 @@ import pytest
 from PIL import Image
 
 from ccad.cli import main
-from ccad.errors import ConfigError, ModelError
-from ccad.preprocessing.pipeline import prepare, prepare_full, prepare_with_region
-from ccad.models.lungs import LungSegmenter, blank, default_segmenter, equalize, estimate_lung_fields, postprocess, quality_flags
 from ccad.data.synthetic import lung_mask, patient_anatomy, render_patient
+from ccad.errors import ConfigError, ModelError
+from ccad.models.lungs import (
+    LungSegmenter,
+    blank,
+    default_segmenter,
+    equalize,
+    estimate_lung_fields,
+    postprocess,
+    quality_flags,
+)
+from ccad.preprocessing.pipeline import prepare, prepare_full, prepare_with_region
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_csv
 from PIL import Image
 
 from ccad.cli import main
-from conftest import write_csv
-from ccad.models.classifier import imagenet_weights_available
 from ccad.data.synthetic import patient_anatomy, render_patient
+from ccad.models.classifier import imagenet_weights_available
 
 
 @pytest.fixture(scope="module")
