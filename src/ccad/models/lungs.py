@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ccad.errors import ImageReadError, ModelError
 from ccad.io.files import sha256, write_text
@@ -88,6 +87,8 @@ class LungFields:
     def interior(self, height: int, width: int, margin: float = INTERIOR_MARGIN) -> np.ndarray:
         """The mask shrunk by ``margin`` of the side, at ``height x width``: the lungs without their
         borders with ribs, heart and diaphragm."""
+        from scipy import ndimage  # deferred: scipy.ndimage costs ~90 ms to import
+
         radius = max(1, round(margin * self.mask.shape[0]))
         yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
         shrunk = ndimage.binary_erosion(self.mask, xx ** 2 + yy ** 2 <= radius ** 2)
@@ -116,6 +117,8 @@ class LungFields:
 def postprocess(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Lung = ``probability >= threshold``; keep the largest region whose centre lies on each half of the
     image (regions under 0.5% of the image dropped) and fill holes."""
+    from scipy import ndimage
+
     labels, n = ndimage.label(probability >= threshold)
     mask = np.zeros(probability.shape, bool)
     if n == 0:
@@ -133,6 +136,8 @@ def postprocess(probability: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def quality_flags(mask: np.ndarray, probability: np.ndarray | None = None) -> tuple[str, ...]:
     """The QC flags (module docstring) of a post-processed mask."""
+    from scipy import ndimage
+
     area = mask.mean()
     if area < QC_MIN_AREA:
         return ("no_lungs",)
