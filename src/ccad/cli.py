@@ -168,6 +168,13 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="train under tf.distribute.MultiWorkerMirroredStrategy; workers from TF_CONFIG")
 
 
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccad", description="COVID-19 chest X-ray screening aid (not a diagnosis)")
     parser.add_argument("--version", action="version", version=f"ccad {__import__('ccad').__version__}")
@@ -195,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="with --out: skip files already in the CSV")
     p.add_argument("--heatmap", metavar="OUTDIR", help="write each image with its heatmap overlaid (bundles)")
     p.add_argument("--int8", action="store_true", help="use the bundle's INT8 model")
+    p.add_argument("--verify", metavar="PUBLIC_KEY", help="refuse a bundle not signed by this key's owner (PEM)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: Ray Data tasks decode, a pool of actors scores; --out is a folder of shards")
     p.add_argument("--address", help="with --engine ray: join this Ray cluster (default: start a local one)")
@@ -207,18 +215,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="also a static INT8 ONNX model")
     p.add_argument("--calibration-data", help="images for INT8 calibration (default: the run's training split)")
     p.add_argument("--tflite", action="store_true", help="also TFLite float and int8 models")
+    p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the bundle's card with this Ed25519 key (PEM)")
     p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("sign", help="sign a model bundle (Ed25519) so that predict/serve --verify accept it")
+    p.add_argument("--model", required=True, help="model bundle folder")
+    p.add_argument("--key", required=True, help="private key (PEM), e.g. from ccad keys")
+
+    p = sub.add_parser("keys", help="make an Ed25519 key pair for signing bundles")
+    p.add_argument("--out", required=True, help="folder for ccad-signing.key.pem (private) and ccad-signing.pub.pem")
 
     p = sub.add_parser("serve", help="the web tool and REST API for a model bundle (ONNX Runtime)")
     p.add_argument("--model", required=True, help="model bundle folder (ccad export)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--api-key", default=os.environ.get("CCAD_API_KEY"), help="require this key (also CCAD_API_KEY)")
     p.add_argument("--int8", action="store_true", help="serve the bundle's INT8 model")
-    p.add_argument("--max-upload-mb", type=float, default=20)
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest file")
+    p.add_argument("--max-request-mb", type=float, default=40, help="largest request (all its files)")
     p.add_argument("--workers", type=int, default=2, help="inference threads")
     p.add_argument("--queue", type=int, default=32, help="requests allowed to wait before 503")
-    p.add_argument("--keep-uploads", metavar="DIR", help="store uploads here (by sha256); default: never on disk")
+    p.add_argument("--keep-uploads", metavar="DIR",
+                   help="store each upload's decoded pixels here (16-bit PNG, no header, mode 0600); default: never")
+    p.add_argument("--verify", metavar="PUBLIC_KEY", help="refuse a bundle not signed by this key's owner (PEM)")
+    p.add_argument("--docs", action="store_true", help="serve /docs (Swagger UI loads its scripts from a CDN)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="close a connection that has not sent a request's headers within this many seconds")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, offline")
     p.add_argument("--out", required=True)
@@ -346,12 +368,13 @@ def cmd_predict(args) -> None:
         from .deploy.scale import describe_summary, ray_predict
 
         summary = ray_predict(args.model, args.inputs, args.out, args.address, args.workers, resume=args.resume,
-                              output_format=args.output_format, variant=variant)
+                              output_format=args.output_format, variant=variant, verify_key=args.verify)
         print(describe_summary(summary, args.out))
         return
     from .scoring.results import predict
 
-    outcome = predict(args.model, args.inputs, args.format, args.out, args.resume, args.heatmap, variant)
+    outcome = predict(args.model, args.inputs, args.format, args.out, args.resume, args.heatmap, variant,
+                      verify_key=args.verify)
     for note in outcome.notes:
         _stderr(note)
     print(outcome.text)
@@ -360,16 +383,32 @@ def cmd_predict(args) -> None:
 def cmd_export(args) -> None:
     from .deploy.export import export_bundle
 
-    out = export_bundle(args.model, args.out, args.int8, args.calibration_data, args.tflite, overwrite=args.overwrite)
-    print(f"wrote model bundle {out}")
+    out = export_bundle(args.model, args.out, args.int8, args.calibration_data, args.tflite, overwrite=args.overwrite,
+                        sign_key=args.sign)
+    print(f"wrote model bundle {out}" + (" (signed)" if args.sign else ""))
+
+
+def cmd_sign(args) -> None:
+    from .models.signing import sign_bundle
+
+    print(f"wrote {sign_bundle(args.model, args.key)}")
+
+
+def cmd_keys(args) -> None:
+    from .models.signing import make_keys
+
+    private, public = make_keys(args.out)
+    print(f"private key {private} (keep it secret), public key {public} (give it to predict/serve --verify)")
 
 
 def cmd_serve(args) -> None:
     from .deploy.serving import ServeSettings, serve
 
     settings = ServeSettings(Path(args.model), api_key=args.api_key or None, variant="int8" if args.int8 else "float",
-                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), workers=args.workers,
-                             queue=args.queue, keep_uploads=Path(args.keep_uploads) if args.keep_uploads else None)
+                             max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
+                             max_request_bytes=int(args.max_request_mb * 2 ** 20), workers=args.workers,
+                             queue=args.queue, keep_uploads=Path(args.keep_uploads) if args.keep_uploads else None,
+                             docs=args.docs, verify_key=args.verify, header_timeout_s=args.header_timeout)
     serve(settings, args.host, args.port)
 
 
@@ -406,7 +445,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"lungs": cmd_lungs, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 
@@ -419,6 +458,10 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except CcadError as e:
         print(f"ccad: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # a folder that cannot be written, a disk that is full: the system's words, one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ccad: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("ccad: interrupted; nothing half-written was left behind", file=sys.stderr)

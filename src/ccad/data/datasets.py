@@ -290,17 +290,26 @@ def _candidate_files(folder: Path) -> Iterable[Path]:
 
 def _read_manifest(csv_path: Path, where: Sequence[str]) -> list[Sample]:
     filters = [_parse_where(w) for w in where]
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        for needed in ("path", "label") + tuple(col for col, _ in filters):
-            if needed not in columns:
-                raise DataError(f"{csv_path}: missing column {needed!r} (columns: {', '.join(columns)})")
-        rows = [r for r in reader if all(r[col] == value for col, value in filters)]
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            for needed in ("path", "label") + tuple(col for col, _ in filters):
+                if needed not in columns:
+                    raise DataError(f"{csv_path}: missing column {needed!r} (columns: {', '.join(columns)})")
+            rows = [r for r in reader if all(r[col] == value for col, value in filters)]
+    except UnicodeDecodeError:
+        raise DataError(f"{csv_path}: not UTF-8 text (save the manifest as UTF-8)") from None
+    except csv.Error as e:
+        raise DataError(f"{csv_path}: not a readable CSV ({e})") from None
     if not rows:
         raise DataError(f"{csv_path}: no rows" + (f" match {' and '.join(where)}" if where else ""))
     samples = []
     for line, row in enumerate(rows, start=2):
+        if not (row.get("path") or "").strip() or not (row.get("label") or "").strip():
+            raise DataError(f"{csv_path}: row {line}: needs both a path and a label")
+        if "\0" in row["path"]:
+            raise DataError(f"{csv_path}: row {line}: the path contains a NUL byte")
         split = (row.get("split") or "").strip().lower() or None
         if split is not None and split not in SPLITS:
             raise DataError(f"{csv_path}: row {line}: split {split!r} is not one of train, val, test")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -31,11 +32,12 @@ import numpy as np
 
 from ccad.data.datasets import discover, read_split_file
 from ccad.errors import ConfigError, DataError
-from ccad.io.files import sha256
-from ccad.models.card import ModelCard, library_versions
+from ccad.io.files import sha256, write_json
+from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
 from ccad.models.classifier import classifier_kernel, with_feature_map
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
 from ccad.models.quantize import quantize_onnx
+from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images, to_model_input
 from ccad.scoring.predictor import KerasPredictor, run_folder
@@ -61,8 +63,14 @@ def export_bundle(
     tflite: bool = False,
     calibration_images: int = CALIBRATION_IMAGES,
     overwrite: bool = False,
+    sign_key: str | os.PathLike | None = None,
 ) -> Path:
-    """Export a run folder (or model file) to a bundle folder ``out``; returns ``out``."""
+    """Export a run folder (or model file) to a bundle folder ``out``; returns ``out``.
+
+    With ``sign_key`` (an Ed25519 private key, PEM) the card is signed (:mod:`ccad.models.signing`). The
+    run folder records each bundle made from it with the sha256 of its card (``RUN/bundles.json``), so a
+    card edited afterwards can be told from the one exported.
+    """
     out = Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
@@ -91,6 +99,8 @@ def export_bundle(
             convert_tflite(dual, work / "model.int8.tflite", calibration)
             files["tflite"], files["tflite_int8"] = "model.tflite", "model.int8.tflite"
         model_card(classifier, files, work, calibration).save(work)
+        if sign_key is not None:
+            sign_bundle(work, sign_key)
         if out.exists():
             shutil.rmtree(out)
         work.chmod(0o755)  # mkdtemp makes it private
@@ -98,7 +108,24 @@ def export_bundle(
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+    _pin_card(classifier.run_dir, out)
     return out
+
+
+def _pin_card(run_dir: Path, bundle: Path) -> None:
+    """Record in the run folder which bundle was made from it, with its card's sha256."""
+    import datetime
+    import json
+
+    record = run_dir / "bundles.json"
+    try:
+        entries = json.loads(record.read_text()) if record.is_file() else []
+        entries.append({"bundle": str(bundle.resolve()), "card_sha256": sha256(bundle / BUNDLE_CARD),
+                        "signed": (bundle / SIGNATURE_FILE).is_file(),
+                        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        write_json(record, entries)
+    except (OSError, ValueError) as e:  # a read-only run folder: the bundle is made all the same
+        logging.getLogger("ccad").warning("%s: could not record the bundle (%s)", record, e)
 
 
 def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:

@@ -108,7 +108,8 @@ def describe_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
 
 def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None,
                 address: str | None = None, workers: int = 2, batch_size: int = 16, resume: bool = False,
-                output_format: str = "csv", variant: str = "float", num_cpus: int | None = None) -> dict[str, Any]:
+                output_format: str = "csv", variant: str = "float", num_cpus: int | None = None,
+                verify_key: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score ``inputs`` with the bundle ``model`` on Ray; write result shards and a summary to ``out``."""
     if not out:
         raise ConfigError("--engine ray needs --out (a folder for the result shards)")
@@ -122,7 +123,7 @@ def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], o
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: already holds results (use --resume to continue, or another --out)")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = OnnxPredictor(model, variant=variant)  # validates the bundle here, before any cluster work
+    predictor = OnnxPredictor(model, variant=variant, verify_key=verify_key)  # checked before any cluster work
     done = done_files(out) if resume else set()
     todo = [p for p in list_inputs(inputs) if p not in done]
     start = time.perf_counter()

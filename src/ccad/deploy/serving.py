@@ -5,23 +5,41 @@ created at import time, so tests make apps with their own settings.
 
 Routes: ``GET /`` (the page), ``GET /static/*`` (its assets: no CDN),
 ``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``,
-``/openapi.json`` and ``/docs``.
+``/openapi.json``; ``/docs`` only with ``docs=True`` (Swagger UI loads its
+scripts from a CDN).
 
-Safety:
-- an upload over ``max_upload_bytes`` -> 413; an image over ``max_pixels`` -> 413,
-  refused from its header before it is decoded; a non-image, corrupt or empty
-  file -> 400; a request that is not ``multipart/form-data`` or a file part of a
-  non-image content type -> 415;
-- uploads stay in memory (Starlette's spooling threshold is raised above the
-  upload limit) and are written only to ``keep_uploads`` when it is set, named by
-  their sha256; DICOM header fields are never echoed, logged or stored;
-- inference runs in a pool of ``workers`` threads with at most ``queue`` more
-  requests waiting; past that -> 503 with ``Retry-After``; a request that does
-  not finish within ``timeout_s`` -> 503.
+Limits are enforced before work, in this order (:class:`Guard`, an ASGI layer in
+front of the app, then the route):
+
+1. the API key, from the headers, before a byte of the body is read -> 401 with
+   ``WWW-Authenticate``;
+2. the request type (``multipart/form-data``) -> 415;
+3. the body size, counted as it arrives, chunked or not -> 413 past
+   ``max_request_bytes``; the body must arrive within ``body_timeout_s`` -> 408;
+4. admission: at most ``workers + queue`` requests inside, past that -> 503 with
+   ``Retry-After``; and at most ``2 x workers`` bodies being read at a time (the
+   others wait without reading), so uploads in memory stay under
+   ``2 x workers x max_request_bytes``;
+5. per file: at most :data:`MAX_FILES` files, ``max_upload_bytes`` each -> 413; an
+   allowed format by its bytes (PNG, JPEG, TIFF, BMP, DICOM) -> 415 otherwise;
+   ``max_pixels`` each and ``max_request_pixels`` in all, read from the headers
+   before anything is decoded -> 413;
+6. decoding and scoring in a pool of ``workers`` threads; a request that does not
+   finish within ``timeout_s`` -> 503.
+
+Uploads stay in memory (Starlette's spooling threshold is above the request
+limit). With ``keep_uploads`` each image is stored as the pixels it decoded to (a
+16-bit PNG, no DICOM header, so no patient fields), named by the upload's sha256,
+mode 0600. Error bodies never echo what was sent. Every response carries a
+Content-Security-Policy and the usual hardening headers. The HTTP server closes a
+connection that has not sent a request's headers within ``header_timeout_s``
+(slow clients), and it has no global connection cap, so ``/healthz`` answers
+while idle sockets are open.
 """
 
 import asyncio
 import hashlib
+import re
 import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -29,22 +47,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.formparsers import MultiPartParser
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ccad.errors import ImageReadError
-from ccad.io.files import write_bytes
-from ccad.io.images import ImageTooLargeError, read_grayscale_bytes
+from ccad.errors import ConfigError, ImageReadError
+from ccad.io.files import atomic_path
+from ccad.io.images import ImageTooLargeError, image_size, read_grayscale_bytes
 from ccad.io.pictures import gray_rgb, heatmap_rgba, png_base64
 from ccad.scoring.predictor import OnnxPredictor
 
 STATIC = Path(__file__).parent / "web"
 API_PREFIX = "/api/v1"
+PREDICT = f"{API_PREFIX}/predict"
 ALLOWED_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/tiff",
                  "application/dicom", "application/octet-stream", ""}
 MAX_FILES = 16
+#: Headers on every response: the page and its assets come from this server only; nothing frames it.
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
+                                 b"style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+                                 b"form-action 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+TRUE, FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off", ""}
 
 
 @dataclass
@@ -53,15 +86,40 @@ class ServeSettings:
     api_key: str | None = None
     variant: str = "float"
     max_upload_bytes: int = 20 * 1024 * 1024
+    max_request_bytes: int = 40 * 1024 * 1024
     max_pixels: int = 50_000_000
+    max_request_pixels: int = 100_000_000
     workers: int = 2
     queue: int = 32
     timeout_s: float = 30.0
+    body_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
     keep_uploads: Path | None = None
+    docs: bool = False
+    verify_key: Path | None = None
+
+    def check(self) -> "ServeSettings":
+        """Refuse settings that cannot work, at start rather than on the first request."""
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.queue < 0:
+            raise ConfigError(f"--queue must be 0 or more, got {self.queue}")
+        if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
+            raise ConfigError("--max-upload-mb must be positive and at most the request limit")
+        if self.keep_uploads is not None:
+            folder = Path(self.keep_uploads)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_path(folder / ".ccad-write-test") as tmp:
+                    tmp.write_bytes(b"")
+            except OSError as e:
+                raise ConfigError(f"--keep-uploads {folder}: cannot write there ({e.strerror})") from None
+            (folder / ".ccad-write-test").unlink(missing_ok=True)
+        return self
 
 
 class Capacity:
-    """Bounded admission: at most ``workers + queue`` requests inside; the rest are told to retry."""
+    """Bounded admission: at most ``limit`` requests inside; the rest are told to retry."""
 
     def __init__(self, limit: int):
         self._free = limit
@@ -79,74 +137,151 @@ class Capacity:
             self._free += 1
 
 
+class Guard:
+    """ASGI layer in front of the app: security headers on every response; for the API the key, and for
+    ``POST /api/v1/predict`` the content type, admission and the body (read here, counted as it arrives,
+    within its time limit), all before the app sees the request."""
+
+    def __init__(self, app, settings: ServeSettings):
+        self.app, self.settings = app, settings
+        self.capacity = Capacity(settings.workers + settings.queue)
+        self.reading = asyncio.Semaphore(2 * settings.workers)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message = dict(message, headers=[*message.get("headers", []), *SECURITY_HEADERS])
+            await send(message)
+
+        path, headers = scope["path"], dict(scope["headers"])
+        if path.startswith(API_PREFIX) and not _key_ok(headers, self.settings.api_key):
+            return await _answer(send_with_headers, 401, "missing or wrong API key (X-API-Key header or "
+                                 "Authorization: Bearer)", {"WWW-Authenticate": 'Bearer realm="ccad"'})
+        if scope["method"] != "POST" or path != PREDICT:
+            return await self.app(scope, receive, send_with_headers)
+        if not headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
+            return await _answer(send_with_headers, 415, "send the files as multipart/form-data in the field 'files'")
+        limit = self.settings.max_request_bytes
+        too_large = f"request over the limit of {limit / 2 ** 20:g} MB"
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            return await _answer(send_with_headers, 413, too_large)
+        if not self.capacity.try_enter():
+            return await _answer(send_with_headers, 503, "busy: all inference workers are taken; retry shortly",
+                                 {"Retry-After": "1"})
+        try:
+            async with self.reading:
+                try:
+                    body = await asyncio.wait_for(_read_body(receive, limit), self.settings.body_timeout_s)
+                except asyncio.TimeoutError:
+                    return await _answer(send_with_headers, 408, "the request body did not arrive in time")
+            if body is None:
+                return await _answer(send_with_headers, 413, too_large)
+            sent = False
+
+            async def replay():
+                nonlocal sent
+                if sent:
+                    return await receive()  # after the body: wait for the client to go away
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await self.app(scope, replay, send_with_headers)
+        finally:
+            self.capacity.leave()
+
+
+async def _read_body(receive, limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes ``limit`` bytes (chunked or not)."""
+    chunks, seen = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _answer(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    await JSONResponse({"detail": detail}, status, headers=headers)({"type": "http"}, None, send)
+
+
+def _key_ok(headers: dict[bytes, bytes], key: str | None) -> bool:
+    if not key:
+        return True
+    given = headers.get(b"x-api-key", b"")
+    auth = headers.get(b"authorization", b"")
+    if not given and auth.lower().startswith(b"bearer "):
+        given = auth[7:].strip()
+    return secrets.compare_digest(given, key.encode())
+
+
 def model_card_view(card) -> dict[str, Any]:
     """What the page and ``GET /api/v1/model`` show (from a :class:`ccad.models.card.ModelCard`): no file
-    hashes or internals."""
+    hashes or internals, and no server paths (a path is shown by its last part)."""
     card = card.to_dict()
     keep = ("intended_use", "classes", "positive_class", "input_size", "backbone", "weights", "training_data",
             "evaluation", "preprocessing", "preprocess", "decision", "heatmap", "ood", "lung_segmenter", "versions")
-    view = {k: card.get(k) for k in keep}
+    view = _without_paths({k: card.get(k) for k in keep})
     view["caveat"] = ("Screening aid for research, not a diagnosis. The metrics come only from the data named; "
                       "images from other hospitals or scanners can score far worse.")
     return view
 
 
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"()]+)+[\\/]([^\s\\/'\"()]+)")
+
+
+def _without_paths(value):
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    if isinstance(value, str):
+        return _PATH.sub(lambda m: m.group(1), value)
+    return value
+
+
 def create_app(settings: ServeSettings):
     """The FastAPI application for one model bundle."""
+    settings.check()
     # Keep uploads in memory: Starlette spools a part to a temporary file past 1 MB by default.
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_upload_bytes + 1)
-    predictor = OnnxPredictor(settings.bundle, variant=settings.variant, threads=max(1, settings.workers))
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_request_bytes + 1)
+    predictor = OnnxPredictor(settings.bundle, variant=settings.variant, threads=max(1, settings.workers),
+                              verify_key=settings.verify_key)
     card = model_card_view(predictor.card)
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ccad-infer")
-    capacity = Capacity(settings.workers + settings.queue)
 
     app = FastAPI(title="ccad", version=(predictor.card.versions or {}).get("ccad", ""),
-                  description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).")
+                  description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).",
+                  docs_url="/docs" if settings.docs else None, redoc_url=None)
     app.state.settings, app.state.predictor, app.state.pool = settings, predictor, pool
 
-    def require_key(request: Request) -> None:
-        if not settings.api_key:
-            return
-        given = request.headers.get("x-api-key") or ""
-        auth = request.headers.get("authorization") or ""
-        if auth.lower().startswith("bearer "):
-            given = given or auth[7:].strip()
-        if not secrets.compare_digest(given.encode(), settings.api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key (X-API-Key header or Authorization: Bearer)")
-
-    @app.middleware("http")
-    async def reject_early(request: Request, call_next):
-        if request.method == "POST" and request.url.path == f"{API_PREFIX}/predict":
-            content_type = request.headers.get("content-type", "")
-            if not content_type.startswith("multipart/form-data"):
-                return JSONResponse({"detail": "send the files as multipart/form-data in the field 'files'"}, 415)
-            length = request.headers.get("content-length")
-            if length and length.isdigit() and int(length) > settings.max_upload_bytes * MAX_FILES + 65536:
-                return JSONResponse({"detail": "request too large"}, 413)
-        return await call_next(request)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):  # never echo the input back
+        return JSONResponse({"detail": [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]}, 422)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(f"{API_PREFIX}/model", tags=["model"], dependencies=[Depends(require_key)])
+    @app.get(f"{API_PREFIX}/model", tags=["model"])
     def model() -> dict[str, Any]:
         return card
 
-    @app.post(f"{API_PREFIX}/predict", tags=["model"], dependencies=[Depends(require_key)])
-    async def predict(files: list[UploadFile] = File(..., description="PNG, JPEG or DICOM chest X-rays"),
-                      heatmap: bool = Form(False)) -> dict[str, Any]:
-        if not files:
-            raise HTTPException(400, "no files in the field 'files'")
-        if len(files) > MAX_FILES:
-            raise HTTPException(413, f"at most {MAX_FILES} files per request")
-        uploads = [(f.filename or f"file{i}", await _read_upload(f, settings)) for i, f in enumerate(files)]
-        if not capacity.try_enter():
-            raise HTTPException(503, "busy: all inference workers are taken; retry shortly",
-                                headers={"Retry-After": "1"})
+    @app.post(PREDICT, tags=["model"], openapi_extra=_PREDICT_BODY)
+    async def predict(request: Request) -> dict[str, Any]:
+        files, heatmap = await _read_form(request, settings)
         try:
             loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(pool, _score, predictor, uploads, heatmap, settings)
+            job = loop.run_in_executor(pool, _score, predictor, files, heatmap, settings)
             results = await asyncio.wait_for(job, settings.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, "inference timed out; retry shortly", headers={"Retry-After": "5"})
@@ -154,8 +289,6 @@ def create_app(settings: ServeSettings):
             raise HTTPException(413, str(e))
         except ImageReadError as e:
             raise HTTPException(400, str(e))
-        finally:
-            capacity.leave()
         return {"results": results, "model": {"classes": predictor.classes, "positive_class": predictor.positive_class},
                 "note": "Screening aid, not a diagnosis."}
 
@@ -169,28 +302,60 @@ def create_app(settings: ServeSettings):
     def stop_pool() -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
-    return app
+    return Guard(app, settings)
 
 
-async def _read_upload(upload, settings: ServeSettings) -> bytes:
-    name = upload.filename or "upload"
-    content_type = (upload.content_type or "").split(";")[0].strip().lower()
-    if content_type not in ALLOWED_TYPES:
-        raise HTTPException(415, f"{name}: content type {content_type!r} is not an image (PNG, JPEG or DICOM)")
-    data = await upload.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise HTTPException(413, f"{name}: over the upload limit of {settings.max_upload_bytes // (1024 * 1024)} MB")
-    if not data:
-        raise HTTPException(400, f"{name}: empty file")
-    return data
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_FILES,
+                  "description": "PNG, JPEG, TIFF, BMP or DICOM chest X-rays"},
+        "heatmap": {"type": "boolean", "default": False}}}}}}}
+
+
+async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tuple[str, bytes]], bool]:
+    """The uploads and the heatmap flag, with every per-file limit checked before any pixel is decoded."""
+    try:
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES + 8, max_part_size=64 * 1024)
+    except MultiPartException as e:
+        status = 413 if "Too many" in str(e) or "exceeded" in str(e) else 400
+        raise HTTPException(status, f"malformed multipart body ({str(e)[:80]})")
+    uploads = [v for k, v in form.multi_items() if k == "files"]
+    if not uploads:
+        raise HTTPException(400, "no files in the field 'files'")
+    if not all(isinstance(u, UploadFile) for u in uploads):
+        raise HTTPException(400, "the field 'files' must hold files, not text")
+    flag = str(form.get("heatmap", "") or "").strip().lower()
+    if flag not in TRUE | FALSE:
+        raise HTTPException(400, "heatmap must be true or false")
+    files, pixels = [], 0
+    for i, upload in enumerate(uploads):
+        name = (upload.filename or f"file{i}")[:200]
+        content_type = (upload.content_type or "").split(";")[0].strip().lower()
+        if content_type not in ALLOWED_TYPES:
+            raise HTTPException(415, f"{name}: content type {content_type!r} is not an image (PNG, JPEG or DICOM)")
+        data = await upload.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"{name}: over the upload limit of {settings.max_upload_bytes // 2 ** 20} MB")
+        if not data:
+            raise HTTPException(400, f"{name}: empty file")
+        width, height = image_size(data, name)
+        if width * height > settings.max_pixels:
+            raise HTTPException(413, f"{name}: image is {width}x{height} pixels, over the limit of "
+                                     f"{settings.max_pixels:,}")
+        pixels += width * height
+        if pixels > settings.max_request_pixels:
+            raise HTTPException(413, f"the request's images hold over {settings.max_request_pixels:,} pixels in all")
+        files.append((name, data))
+    return files, flag in TRUE
 
 
 def _score(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]], with_heatmap: bool,
            settings: ServeSettings) -> list[dict]:
     """Decode, preprocess and score one request's files (in a worker thread): the JSON of each result."""
-    prepared = [predictor.prepare(read_grayscale_bytes(data, name, settings.max_pixels)) for name, data in uploads]
+    grays = [read_grayscale_bytes(data, name, settings.max_pixels) for name, data in uploads]
+    prepared = [predictor.prepare(gray) for gray in grays]
     if settings.keep_uploads:
-        _keep(uploads, settings.keep_uploads)
+        _keep(uploads, grays, settings.keep_uploads)
     results = []
     for prediction in predictor.score([name for name, _ in uploads], prepared, with_heatmaps=with_heatmap):
         result = prediction.to_dict(key="name")
@@ -204,15 +369,25 @@ def _score(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]], with_heat
     return results
 
 
-def _keep(uploads: list[tuple[str, bytes]], folder: Path) -> None:
-    """Store uploads by content hash only: no client file name, no DICOM field, reaches the disk."""
-    for name, data in uploads:
-        suffix = Path(name).suffix.lower() if Path(name).suffix.lower() in {".png", ".jpg", ".jpeg", ".dcm"} else ""
-        write_bytes(Path(folder) / f"{hashlib.sha256(data).hexdigest()}{suffix}", data)
+def _keep(uploads: list[tuple[str, bytes]], grays: list[np.ndarray], folder: Path) -> None:
+    """Store what each upload decoded to, as a 16-bit PNG of its pixels only (no file name, no DICOM header:
+    no patient field reaches the disk), named by the upload's sha256, readable by the server's user only."""
+    import os
+
+    from PIL import Image
+
+    for (_, data), gray in zip(uploads, grays):
+        target = Path(folder) / f"{hashlib.sha256(data).hexdigest()}.png"
+        with atomic_path(target) as tmp:
+            Image.fromarray((gray * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
+            os.chmod(tmp, 0o600)
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(settings), host=host, port=port, timeout_keep_alive=5, log_level="info",
-                access_log=False, limit_concurrency=64 + settings.workers + settings.queue)
+    from ccad.deploy.http import header_timeout_protocol
+
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info", access_log=False,
+                http=header_timeout_protocol(settings.header_timeout_s))

@@ -124,13 +124,15 @@ def scoring_set(predictor: Predictor, model: str | os.PathLike, spec: DataSpec, 
     ``test`` when the data has splits, else ``all``."""
     dataset = spec.discover(model_classes=predictor.classes)
     recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
-    has_splits = recorded is not None or any(s.split for s in dataset.samples)
-    split = split or ("test" if has_splits else "all")
     if recorded is not None:
-        dataset = recorded
-    elif split != "all":
-        dataset = assign_splits(dataset, seed=seed)
-    return dataset, split
+        return recorded, split or "test"
+    if any(s.split for s in dataset.samples):  # the data's own splits; an all-test set is scored as it is
+        split = split or "test"
+        if split != "all" and not dataset.subset(split):
+            dataset = assign_splits(dataset, seed=seed)
+        return dataset, split
+    split = split or "all"
+    return (dataset if split == "all" else assign_splits(dataset, seed=seed)), split
 
 
 def evaluate_model(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, split: str | None = None,

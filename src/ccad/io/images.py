@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from pathlib import Path
 
@@ -23,10 +24,20 @@ from ccad.errors import ImageReadError
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+#: The raster formats Pillow may decode; every other Pillow plugin (EPS and its Ghostscript, PSD, ...) is
+#: never tried. DICOM is read by pydicom.
+RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+#: File signatures of the allowed formats (DICOM: ``DICM`` after the 128-byte preamble).
+SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
+              b"BM": "BMP"}
+ALLOWED = "PNG, JPEG, TIFF, BMP or DICOM"
 
 #: Largest image accepted, in pixels (a 10,000 x 10,000 scan). Bigger files are
 #: refused before they are decoded whole (decompression bombs).
 MAX_PIXELS = 100_000_000
+#: Smallest side accepted: anything smaller is not a radiograph.
+MIN_SIDE = 16
+DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 class ImageTooLargeError(ImageReadError):
@@ -42,69 +53,142 @@ def is_dicom(path: str | os.PathLike) -> bool:
         with open(path, "rb") as f:
             f.seek(128)
             return f.read(4) == b"DICM"
-    except OSError:
+    except (OSError, ValueError):
         return False
+
+
+def sniff(head: bytes, name: str = "") -> str | None:
+    """The allowed format a file's first bytes (at least 132) say it is: PNG, JPEG, TIFF, BMP, DICOM, or None.
+    A file named ``.dcm``/``.dicom`` without the preamble counts as DICOM (pydicom decides)."""
+    if head[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES:
+        return "DICOM"
+    return next((fmt for magic, fmt in SIGNATURES.items() if head.startswith(magic)), None)
+
+
+def check_readable(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file this process may read; otherwise an :class:`ImageReadError` that says
+    what it is (missing, a folder, a FIFO or device, a symlink loop, permission denied, a NUL in the name)."""
+    import stat
+
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except ValueError:
+        raise ImageReadError(f"{path!r}: the path contains a NUL byte") from None
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot be opened ({e.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise ImageReadError(f"{path}: is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        raise ImageReadError(f"{path}: not a regular file (a FIFO, socket or device)")
+    if not os.access(path, os.R_OK):
+        raise ImageReadError(f"{path}: permission denied")
+    return path
 
 
 def read_grayscale(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as a float32 grayscale array in [0, 1], shape (H, W).
 
     Raises:
-        ImageReadError: the file is missing, not an image, corrupt or truncated.
-        ImageTooLargeError: over ``max_pixels`` (default :data:`MAX_PIXELS`).
+        ImageReadError: the file is missing, unreadable, not an allowed image, corrupt, truncated, blank,
+            or has non-finite pixels.
+        ImageTooLargeError: over ``max_pixels`` (default :data:`MAX_PIXELS`), or a DICOM data set that would
+            inflate past its budget.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    if is_dicom(path):
-        return _read_dicom(path, str(path), max_pixels or MAX_PIXELS)
-    return _read_raster(path, str(path), max_pixels or MAX_PIXELS)
+    path = check_readable(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise ImageReadError(f"{path}: cannot be read ({e.strerror})") from None
+    return _read(head, path, str(path), max_pixels or MAX_PIXELS)
 
 
 def read_grayscale_bytes(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
     """:func:`read_grayscale` for an in-memory file (an upload); ``name`` is used in messages only."""
     if not data:
         raise ImageReadError(f"{name}: empty file")
-    dicom = Path(name).suffix.lower() in DICOM_SUFFIXES or data[128:132] == b"DICM"
-    reader = _read_dicom if dicom else _read_raster
-    return reader(io.BytesIO(data), name, max_pixels or MAX_PIXELS)
+    return _read(data[:132], io.BytesIO(data), name, max_pixels or MAX_PIXELS)
+
+
+def _read(head: bytes, source, name: str, max_pixels: int) -> np.ndarray:
+    kind = sniff(head, name)
+    if kind is None:
+        raise ImageReadError(f"{name}: not a readable image (allowed: {ALLOWED})")
+    return _read_dicom(source, name, max_pixels) if kind == "DICOM" else _read_raster(source, name, max_pixels)
+
+
+def image_size(data: bytes, name: str = "upload") -> tuple[int, int]:
+    """(width, height) from a file's header, without decoding its pixels (0, 0 when it cannot be told)."""
+    try:
+        if sniff(data[:132], name) == "DICOM":
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns"])
+            return int(ds.Columns), int(ds.Rows)
+        with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as im:
+            return im.size
+    except Exception:  # a file that cannot say is decoded (and refused) by read_grayscale_bytes
+        return 0, 0
 
 
 def _read_raster(source, name: str, max_pixels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as im:
+            with Image.open(source, formats=RASTER_FORMATS) as im:
                 width, height = im.size
                 if width * height > max_pixels:
                     raise ImageTooLargeError(
                         f"{name}: image is {width}x{height} pixels, over the limit of {max_pixels:,}"
                     )
                 im.load()
-                return _pil_to_gray(im)
+                return validate_pixels(_pil_to_array(im), name)
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"{name}: image is over Pillow's decompression-bomb limit") from e
     except UnidentifiedImageError as e:
-        raise ImageReadError(f"{name}: not a readable image ({type(e).__name__})") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
+        raise ImageReadError(f"{name}: not a readable image (allowed: {ALLOWED})") from e
+    except PermissionError as e:
+        raise ImageReadError(f"{name}: permission denied") from e
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, KeyError, struct.error, EOFError) as e:
+        raise ImageReadError(f"{name}: corrupt or truncated image ({type(e).__name__})") from e
 
 
-def _pil_to_gray(im: Image.Image) -> np.ndarray:
+def _pil_to_array(im: Image.Image) -> np.ndarray:
+    """8-bit images / 255; deeper ones (16-bit, 32-bit integer or float) as they are, windowed later."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return _window_to_unit(np.asarray(im, dtype=np.float32))
+        return np.asarray(im, dtype=np.float64), True
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA").convert("RGB")  # drop alpha
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, False
 
 
-def _window_to_unit(pixels: np.ndarray) -> np.ndarray:
+def validate_pixels(decoded, name: str) -> np.ndarray:
+    """The one check every decoded image passes (files, uploads, Ray, DICOM): a 2-D array (multi-frame: the
+    first frame; colour: the mean of the channels), at least :data:`MIN_SIDE` px a side, finite, not blank
+    (every pixel equal); deeper-than-8-bit data windowed to its own range. Returns float32 in [0, 1]."""
+    pixels, deep = decoded if isinstance(decoded, tuple) else (decoded, True)
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 4:  # frames, rows, columns, samples
+        pixels = pixels[0]
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3].mean(axis=-1) if pixels.shape[-1] in (3, 4) else pixels[0]
+    if pixels.ndim != 2:
+        raise ImageReadError(f"{name}: not a 2-D image (array of shape {pixels.shape})")
+    if min(pixels.shape) < MIN_SIDE:
+        raise ImageReadError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]} pixels; too small for an X-ray")
+    if not np.isfinite(pixels).all():
+        raise ImageReadError(f"{name}: the image has non-finite pixel values (NaN or infinity)")
     lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
-        return np.zeros(pixels.shape, dtype=np.float32)
-    return ((pixels - lo) / (hi - lo)).astype(np.float32)
+        raise ImageReadError(f"{name}: blank image (every pixel is {lo:g}): not an X-ray")
+    if deep:
+        pixels = (pixels - lo) / (hi - lo)
+    return np.asarray(pixels, dtype=np.float32)
 
 
 def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
@@ -112,25 +196,72 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(source)
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                data = f.read()
+        else:
+            data = source.getvalue()
+        _check_inflated_size(data, name, max_pixels)
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, cols = int(ds.Rows), int(ds.Columns)
-        if rows * cols > max_pixels:
-            raise ImageTooLargeError(f"{name}: DICOM image is {cols}x{rows} pixels, over the limit of {max_pixels:,}")
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+        if rows * cols > max_pixels or rows * cols * frames * samples > 4 * max_pixels:
+            raise ImageTooLargeError(f"{name}: DICOM image is {cols}x{rows} pixels x {frames} frame(s) x {samples} "
+                                     f"sample(s), over the limit of {max_pixels:,} pixels")
         pixels = ds.pixel_array
     except ImageReadError:
         raise
+    except PermissionError as e:
+        raise ImageReadError(f"{name}: permission denied") from e
     except Exception as e:  # pydicom raises many types for truncated or odd files
         raise ImageReadError(f"{name}: not a readable DICOM image ({type(e).__name__})") from e
-    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: first frame
-    if pixels.ndim == 3:  # colour DICOM (rare for CXR)
-        pixels = pixels.mean(axis=-1)
-    pixels = apply_modality_lut(pixels, ds)
-    pixels = apply_voi_lut(pixels, ds)
-    gray = _window_to_unit(np.asarray(pixels, dtype=np.float32))
+    if pixels.ndim >= 3 and samples == 1 and frames > 1:
+        pixels = pixels[0]  # multi-frame: the first frame
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            pixels = apply_modality_lut(pixels, ds)
+            if _valid_window(ds):
+                pixels = apply_voi_lut(pixels, ds)
+    except Exception as e:
+        raise ImageReadError(f"{name}: the DICOM modality or VOI LUT cannot be applied ({type(e).__name__})") from e
+    gray = validate_pixels((np.asarray(pixels, dtype=np.float64), True), name)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
     return gray
+
+
+def _valid_window(ds) -> bool:
+    """False for a VOI window whose width is not positive (it would divide by zero); such a window is
+    ignored, and the image is windowed to its own range as any other."""
+    from pydicom.multival import MultiValue
+
+    width = ds.get("WindowWidth")
+    if width is None:
+        return True
+    try:
+        return all(float(w) > 0 for w in (width if isinstance(width, MultiValue) else [width]))
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
+    """A deflated DICOM data set is inflated here with a bound before pydicom inflates it whole: one that would
+    exceed two bytes a pixel of the limit, plus 1 MiB of header, is refused (a decompression bomb)."""
+    if data[128:132] != b"DICM" or DEFLATED.encode() not in data[132:1024]:
+        return
+    import zlib
+
+    group_length = struct.unpack("<I", data[140:144])[0]  # (0002,0000) UL: the file meta group's length
+    budget = 2 * max_pixels + 2 ** 20
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflated = inflater.decompress(data[144 + group_length:], budget + 1)
+    except zlib.error as e:
+        raise ImageReadError(f"{name}: not a readable DICOM image (bad deflate stream)") from e
+    if len(inflated) > budget:
+        raise ImageTooLargeError(f"{name}: the deflated DICOM data set inflates past {budget:,} bytes "
+                                 "(a decompression bomb?)")
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:

@@ -12,17 +12,28 @@ from ccad.io.images import IMAGE_SUFFIXES
 
 
 def iter_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files given directly, then the image files under given folders (walked lazily, sorted per folder)."""
+    """Files given directly, then the image files under given folders (walked lazily, sorted per folder).
+
+    A subfolder that cannot be listed is yielded itself, so that it gets an error row (permission denied)
+    instead of vanishing from the results."""
     for item in inputs:
         item = Path(item)
+        if "\0" in str(item):
+            raise ImageReadError(f"{str(item)!r}: the path contains a NUL byte")
         if item.is_dir():
-            found = False
-            for dirpath, dirnames, filenames in os.walk(item):
+            found, unlisted = False, []
+            for dirpath, dirnames, filenames in os.walk(item, onerror=unlisted.append):
+                while unlisted:
+                    found = True
+                    yield Path(unlisted.pop(0).filename)
                 dirnames.sort()
                 for name in sorted(filenames):
                     if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                         found = True
                         yield Path(dirpath) / name
+            for error in unlisted:
+                found = True
+                yield Path(error.filename)
             if not found:
                 raise ImageReadError(f"{item}: folder holds no image files")
         elif item.exists():

@@ -175,7 +175,9 @@ class ModelCard(ModelInfo):
         if not path.is_file():
             raise ModelError(f"{path}: missing from the bundle")
         expected = self.sha256.get(path.name)
-        if expected is not None and sha256(path) != expected:
+        if expected is None:
+            raise ModelError(f"{path}: not listed in the model card's sha256; the bundle was changed after export")
+        if sha256(path) != expected:
             raise ModelError(f"{path}: sha256 differs from the model card; the file changed after export")
         return path
 

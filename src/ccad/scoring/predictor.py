@@ -35,6 +35,7 @@ from ccad.models.classifier import classifier_kernel, load_keras_model, with_fea
 from ccad.models.heads import OnnxHead
 from ccad.models.ood import OodGuard
 from ccad.models.severity import SeverityHead
+from ccad.models.signing import verify_bundle
 from ccad.preprocessing.pipeline import Prepared, prepare_full, to_model_input
 from ccad.scoring.heatmaps import class_activation_map
 from ccad.scoring.score import Prediction, score_batch
@@ -162,12 +163,17 @@ class OnnxPredictor(Predictor):
         bundle: the bundle folder (``ccad export``).
         variant: ``"float"`` (``model.onnx``) or ``"int8"`` (``model.int8.onnx``).
         threads: ONNX Runtime intra-op threads (the paper's target: a small CPU).
+        verify_key: a public key (PEM): refuse the bundle unless its card is signed by that key's owner
+            (:mod:`ccad.models.signing`).
     """
 
     batch_size = ONNX_BATCH
 
-    def __init__(self, bundle: str | os.PathLike, variant: str = "float", threads: int = 2):
+    def __init__(self, bundle: str | os.PathLike, variant: str = "float", threads: int = 2,
+                 verify_key: str | os.PathLike | None = None):
         self.bundle = Path(bundle)
+        if verify_key is not None:
+            verify_bundle(self.bundle, verify_key)  # before anything in it is used
         card = ModelCard.load(self.bundle)
         if variant not in card.models:
             raise ModelError(f"{self.bundle}: no {variant} model in this bundle (has: {', '.join(card.models)})")
@@ -240,12 +246,14 @@ class KerasPredictor(Predictor):
         return self._dual.predict_on_batch(batch)
 
 
-def load_predictor(model: str | os.PathLike, classes: Sequence[str] | None = None,
-                   variant: str = "float") -> Predictor:
+def load_predictor(model: str | os.PathLike, classes: Sequence[str] | None = None, variant: str = "float",
+                   verify_key: str | os.PathLike | None = None) -> Predictor:
     """A bundle's :class:`OnnxPredictor` (no TensorFlow), else a run folder's or model file's
-    :class:`KerasPredictor`."""
+    :class:`KerasPredictor`. With ``verify_key`` only a bundle signed by that key is accepted."""
     if is_bundle(model):
-        return OnnxPredictor(model, variant=variant)
+        return OnnxPredictor(model, variant=variant, verify_key=verify_key)
+    if verify_key is not None:
+        raise ModelError(f"{model}: --verify needs a signed model bundle (ccad export --sign)")
     if variant != "float":
         raise ModelError(f"{model}: the {variant} model needs a bundle (ccad export --int8)")
     return KerasPredictor.load(model, classes)

@@ -101,8 +101,8 @@ def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
             raise ModelError(f"{out_csv}: already exists (use --resume to continue it, or another --out)")
         _drop_partial_last_line(out_csv)
         with open(out_csv, newline="", encoding="utf-8") as f:
-            done = {row["file"] for row in csv.DictReader(f)}
-    paths = (str(p) for p in iter_inputs(inputs) if str(p) not in done)
+            done = {_key(row.get("file") or "") for row in csv.DictReader(f)}
+    paths = (str(p) for p in iter_inputs(inputs) if _key(p) not in done)
     counts = {"scored": 0, "errors": 0, "skipped_done": len(done)}
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     heat_dir = Path(heatmap_dir) if heatmap_dir else None
@@ -127,6 +127,11 @@ def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
     return counts
 
 
+def _key(path: str | os.PathLike) -> str:
+    """How ``--resume`` recognises a file: its absolute, resolved path, however it was spelled."""
+    return str(Path(path).resolve())
+
+
 def _drop_partial_last_line(path: Path) -> None:
     """A run killed mid-write can leave half a row: cut the file back to its last complete line."""
     data = path.read_bytes()
@@ -145,7 +150,7 @@ class PredictOutcome:
 
 def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], fmt: str = "table",
             out: str | os.PathLike | None = None, resume: bool = False, heatmap: str | os.PathLike | None = None,
-            variant: str = "float") -> PredictOutcome:
+            variant: str = "float", verify_key: str | os.PathLike | None = None) -> PredictOutcome:
     """``ccad predict`` on one machine: score ``inputs`` with ``model`` (bundle, run folder or model file).
 
     With ``out`` the rows stream into a CSV (``resume`` continues one); otherwise the results are
@@ -153,7 +158,11 @@ def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], fmt: 
     """
     if resume and not out:
         raise ConfigError("--resume needs --out")
-    predictor = load_predictor(model, variant=variant)
+    if heatmap and Path(heatmap).exists() and not Path(heatmap).is_dir():
+        raise ConfigError(f"--heatmap {heatmap}: is a file; give a folder for the heatmap pictures")
+    if out and Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a CSV file name")
+    predictor = load_predictor(model, variant=variant, verify_key=verify_key)
     if out:
         counts = predict_to_csv(predictor, inputs, out, resume, heatmap)
         return PredictOutcome(f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} "

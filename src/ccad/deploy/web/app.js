@@ -16,23 +16,34 @@ async function loadModelCard() {
   }
   const card = await response.json();
   const metrics = card.evaluation || {};
-  const rows = ["accuracy", "sensitivity", "specificity", "auc"].filter((m) => metrics[m] && metrics[m].value !== null)
-    .map((m) => {
-      const ci = metrics[m].ci95 ? `${metrics[m].ci95[0].toFixed(3)} – ${metrics[m].ci95[1].toFixed(3)}` : "n/a";
-      return `<tr><td>${m}</td><td>${metrics[m].value.toFixed(3)}</td><td>${ci}</td></tr>`;
-    }).join("");
+  const names = ["accuracy", "sensitivity", "specificity", "auc"].filter((m) => metrics[m] && metrics[m].value !== null);
   const data = card.training_data || {};
   const el = $("model-card");
-  el.innerHTML = "";
+  el.replaceChildren();
   const p = document.createElement("p");
   p.textContent = `Classes: ${card.classes.join(", ")} (positive: ${card.positive_class}). Backbone: ${card.backbone}, ` +
     `weights: ${card.weights}. Trained on: ${data.source || "unknown"}.`;
   el.appendChild(p);
-  if (rows) {
-    const t = document.createElement("div");
-    t.innerHTML = `<p>Evaluated on ${metrics.n} images (${metrics.split} split of ${metrics.data}):</p>` +
-      `<table><thead><tr><th>metric</th><th>value</th><th>95% CI</th></tr></thead><tbody>${rows}</tbody></table>`;
-    el.appendChild(t);
+  if (names.length) {  // every value goes in with textContent: a crafted card cannot inject markup
+    const intro = document.createElement("p");
+    intro.textContent = `Evaluated on ${metrics.n} images (${metrics.split} split of ${metrics.data}):`;
+    el.appendChild(intro);
+    const table = document.createElement("table");
+    const head = table.createTHead().insertRow();
+    for (const title of ["metric", "value", "95% CI"]) {
+      const th = document.createElement("th");
+      th.textContent = title;
+      head.appendChild(th);
+    }
+    const body = table.createTBody();
+    for (const m of names) {
+      const ci = metrics[m].ci95 ? `${Number(metrics[m].ci95[0]).toFixed(3)} – ${Number(metrics[m].ci95[1]).toFixed(3)}` : "n/a";
+      const row = body.insertRow();
+      for (const text of [m, Number(metrics[m].value).toFixed(3), ci]) {
+        row.insertCell().textContent = text;
+      }
+    }
+    el.appendChild(table);
   }
   const c = document.createElement("p");
   c.className = "caveat";
@@ -78,7 +89,15 @@ function showResult(result) {
   for (const [name, p] of Object.entries(result.probabilities)) {
     const row = document.createElement("div");
     row.className = "bar";
-    row.innerHTML = `<span></span><span class="track" role="meter" aria-valuemin="0" aria-valuemax="100"><span class="fill"></span></span><span></span>`;
+    const track = document.createElement("span");
+    track.className = "track";
+    track.setAttribute("role", "meter");
+    track.setAttribute("aria-valuemin", "0");
+    track.setAttribute("aria-valuemax", "100");
+    const fill = document.createElement("span");
+    fill.className = "fill";
+    track.appendChild(fill);
+    row.append(document.createElement("span"), track, document.createElement("span"));
     row.children[0].textContent = name;
     row.children[1].setAttribute("aria-valuenow", Math.round(p * 100));
     row.children[1].setAttribute("aria-label", `probability of ${name}`);

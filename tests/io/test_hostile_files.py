@@ -1,0 +1,140 @@
+"""Files made to hurt: each gets a one-line ImageReadError (never another exception), before it costs memory."""
+
+import io
+import os
+
+import numpy as np
+import pytest
+from helpers import GRADIENT, make_dicom
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from ccad.errors import ImageReadError
+from ccad.io.images import ImageTooLargeError, read_grayscale, read_grayscale_bytes
+
+
+def _dataset(path, rows, cols, pixels: bytes, syntax, **fields):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = rows, cols, 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    for key, value in fields.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
+    # 12 MB of zero pixels deflate to ~12 KB; header says 100 x 100, so only the bounded inflater can tell
+    path = _dataset(tmp_path / "bomb.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
+    data = path.read_bytes()
+    assert len(data) < 100_000
+    with pytest.raises(ImageTooLargeError, match="inflates past"):
+        read_grayscale_bytes(data, "bomb.dcm", max_pixels=1_000_000)
+
+
+def test_a_small_deflated_dicom_still_reads(tmp_path):
+    pixels = (GRADIENT.astype(np.uint16) * 16).tobytes()
+    path = _dataset(tmp_path / "ok.dcm", 64, 64, pixels, DeflatedExplicitVRLittleEndian)
+    assert read_grayscale(path).shape == (64, 64)
+
+
+def test_non_finite_pixels_are_refused(tmp_path):
+    values = GRADIENT.astype(np.float32)
+    values[3, 3] = np.nan
+    Image.fromarray(values, mode="F").save(tmp_path / "nan.tif")
+    with pytest.raises(ImageReadError, match="non-finite"):
+        read_grayscale(tmp_path / "nan.tif")
+    huge = make_dicom(tmp_path / "slope.dcm", GRADIENT.astype(np.uint16) * 16, slope=1e308)
+    with pytest.raises(ImageReadError, match="non-finite"):
+        read_grayscale(huge)
+
+
+def test_a_window_width_of_zero_is_ignored_not_a_crash(tmp_path):
+    path = make_dicom(tmp_path / "w0.dcm", GRADIENT.astype(np.uint16) * 16, window=(100, 0))
+    gray = read_grayscale(path)
+    assert gray.min() == 0.0 and gray.max() == 1.0
+
+
+def test_multiframe_colour_dicom_gives_the_first_frame(tmp_path):
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    frames[0, :, 16:] = 200
+    frames[1] = 255
+    path = _dataset(tmp_path / "rgb.dcm", 32, 32, frames.tobytes(), ExplicitVRLittleEndian, NumberOfFrames=2,
+                    SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0, BitsAllocated=8,
+                    BitsStored=8, HighBit=7)
+    gray = read_grayscale(path)
+    assert gray.shape == (32, 32) and gray[:, :16].max() == 0.0 and gray[:, 16:].min() == 1.0
+
+
+@pytest.mark.parametrize("content, name", [
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.png"),
+    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.eps"),
+    (b"GIF89a" + bytes(200), "x.gif"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg"),
+])
+def test_formats_outside_the_allow_list_are_never_decoded(tmp_path, content, name):
+    with pytest.raises(ImageReadError, match="allowed: PNG, JPEG, TIFF, BMP or DICOM"):
+        read_grayscale_bytes(content, name)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ImageReadError, match="allowed"):
+        read_grayscale(tmp_path / name)
+
+
+def test_a_png_under_another_name_is_read_by_its_bytes(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(GRADIENT).save(buffer, format="PNG")
+    assert read_grayscale_bytes(buffer.getvalue(), "scan.eps").shape == (64, 64)
+
+
+@pytest.mark.parametrize("array", [np.full((64, 64), 255, np.uint8), np.full((64, 64), 4000, np.uint16)])
+def test_blank_images_are_refused(tmp_path, array):
+    Image.fromarray(array).save(tmp_path / "blank.png")
+    with pytest.raises(ImageReadError, match="blank image"):
+        read_grayscale(tmp_path / "blank.png")
+
+
+def test_what_a_path_is_when_it_is_not_an_image_file(tmp_path):
+    os.mkfifo(tmp_path / "fifo.png")
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_grayscale(tmp_path / "fifo.png")
+    os.symlink(tmp_path / "loop-b.png", tmp_path / "loop-a.png")
+    os.symlink(tmp_path / "loop-a.png", tmp_path / "loop-b.png")
+    with pytest.raises(ImageReadError, match="cannot be opened"):
+        read_grayscale(tmp_path / "loop-a.png")
+    with pytest.raises(ImageReadError, match="is a folder"):
+        read_grayscale(tmp_path)
+    with pytest.raises(ImageReadError, match="NUL byte"):
+        read_grayscale(str(tmp_path / "a\0b.png"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
+def test_an_unreadable_file_says_permission_denied(tmp_path):
+    Image.fromarray(GRADIENT).save(tmp_path / "secret.png")
+    (tmp_path / "secret.png").chmod(0)
+    with pytest.raises(ImageReadError, match="permission denied"):
+        read_grayscale(tmp_path / "secret.png")
+
+
+def test_a_tiny_image_is_not_an_x_ray(tmp_path):
+    Image.fromarray(GRADIENT[:8, :8]).save(tmp_path / "tiny.png")
+    with pytest.raises(ImageReadError, match="too small"):
+        read_grayscale(tmp_path / "tiny.png")
+
+
+def test_deflated_stream_that_is_not_deflate_is_a_read_error(tmp_path):
+    path = _dataset(tmp_path / "ok.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(),
+                    DeflatedExplicitVRLittleEndian)
+    data = bytearray(path.read_bytes())
+    tail = 144 + int.from_bytes(data[140:144], "little")
+    data[tail:tail + 64] = os.urandom(64)
+    with pytest.raises(ImageReadError):
+        read_grayscale_bytes(bytes(data), "broken.dcm")
