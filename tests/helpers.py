@@ -25,3 +25,20 @@ def make_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def make_dataset(path, rows, cols, pixels: bytes, syntax, **fields):
+    """A 16-bit MONOCHROME2 DICOM of ``rows x cols`` in its header with whatever ``pixels`` and transfer syntax."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = rows, cols, 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    for key, value in fields.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels
+    ds.save_as(path, enforce_file_format=True)
+    return path

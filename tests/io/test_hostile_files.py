@@ -5,34 +5,17 @@ import os
 
 import numpy as np
 import pytest
-from helpers import GRADIENT, make_dicom
+from helpers import GRADIENT, make_dataset, make_dicom
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ccad.errors import ImageReadError
 from ccad.io.images import ImageTooLargeError, read_grayscale, read_grayscale_bytes
 
 
-def _dataset(path, rows, cols, pixels: bytes, syntax, **fields):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = rows, cols, 16, 16, 15, 0
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    for key, value in fields.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
     # 12 MB of zero pixels deflate to ~12 KB; header says 100 x 100, so only the bounded inflater can tell
-    path = _dataset(tmp_path / "bomb.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
+    path = make_dataset(tmp_path / "bomb.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
     data = path.read_bytes()
     assert len(data) < 100_000
     with pytest.raises(ImageTooLargeError, match="inflates past"):
@@ -41,7 +24,7 @@ def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
 
 def test_a_small_deflated_dicom_still_reads(tmp_path):
     pixels = (GRADIENT.astype(np.uint16) * 16).tobytes()
-    path = _dataset(tmp_path / "ok.dcm", 64, 64, pixels, DeflatedExplicitVRLittleEndian)
+    path = make_dataset(tmp_path / "ok.dcm", 64, 64, pixels, DeflatedExplicitVRLittleEndian)
     assert read_grayscale(path).shape == (64, 64)
 
 
@@ -68,7 +51,7 @@ def test_multiframe_colour_dicom_gives_the_first_frame(tmp_path):
     frames = np.zeros((2, 32, 32, 3), np.uint8)
     frames[0, :, 16:] = 200
     frames[1] = 255
-    path = _dataset(tmp_path / "rgb.dcm", 32, 32, frames.tobytes(), ExplicitVRLittleEndian, NumberOfFrames=2,
+    path = make_dataset(tmp_path / "rgb.dcm", 32, 32, frames.tobytes(), ExplicitVRLittleEndian, NumberOfFrames=2,
                     SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0, BitsAllocated=8,
                     BitsStored=8, HighBit=7)
     gray = read_grayscale(path)
@@ -131,7 +114,7 @@ def test_a_tiny_image_is_not_an_x_ray(tmp_path):
 
 
 def test_deflated_stream_that_is_not_deflate_is_a_read_error(tmp_path):
-    path = _dataset(tmp_path / "ok.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(),
+    path = make_dataset(tmp_path / "ok.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(),
                     DeflatedExplicitVRLittleEndian)
     data = bytearray(path.read_bytes())
     tail = 144 + int.from_bytes(data[140:144], "little")

@@ -53,6 +53,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ccad.errors import ConfigError, ImageReadError
@@ -316,9 +317,10 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
     """The uploads and the heatmap flag, with every per-file limit checked before any pixel is decoded."""
     try:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES + 8, max_part_size=64 * 1024)
-    except MultiPartException as e:
-        status = 413 if "Too many" in str(e) or "exceeded" in str(e) else 400
-        raise HTTPException(status, f"malformed multipart body ({str(e)[:80]})")
+    except (MultiPartException, StarletteHTTPException) as e:  # Starlette turns the first into the second
+        message = str(getattr(e, "detail", None) or e)[:120]
+        over = "Too many" in message or "exceeded" in message
+        raise HTTPException(413 if over else 400, message if over else f"malformed multipart body ({message})")
     uploads = [v for k, v in form.multi_items() if k == "files"]
     if not uploads:
         raise HTTPException(400, "no files in the field 'files'")
@@ -338,7 +340,10 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
             raise HTTPException(413, f"{name}: over the upload limit of {settings.max_upload_bytes // 2 ** 20} MB")
         if not data:
             raise HTTPException(400, f"{name}: empty file")
-        width, height = image_size(data, name)
+        try:
+            width, height = image_size(data, name, settings.max_pixels)
+        except ImageTooLargeError as e:
+            raise HTTPException(413, str(e))
         if width * height > settings.max_pixels:
             raise HTTPException(413, f"{name}: image is {width}x{height} pixels, over the limit of "
                                      f"{settings.max_pixels:,}")

@@ -120,8 +120,11 @@ def _read(head: bytes, source, name: str, max_pixels: int) -> np.ndarray:
     return _read_dicom(source, name, max_pixels) if kind == "DICOM" else _read_raster(source, name, max_pixels)
 
 
-def image_size(data: bytes, name: str = "upload") -> tuple[int, int]:
-    """(width, height) from a file's header, without decoding its pixels (0, 0 when it cannot be told)."""
+def image_size(data: bytes, name: str = "upload", max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) from a file's header, without decoding its pixels (0, 0 when it cannot be told).
+    A deflated DICOM is checked with the bounded inflater first (:class:`ImageTooLargeError`)."""
+    if sniff(data[:132], name) == "DICOM":
+        _check_inflated_size(data, name, max_pixels or MAX_PIXELS)
     try:
         if sniff(data[:132], name) == "DICOM":
             import pydicom

@@ -1,0 +1,217 @@
+"""Peak memory of ``ccad serve`` under the worst inputs of the hardening issue, for this checkout and another.
+
+    python benchmarks/serve_hostile.py                       # this checkout
+    python benchmarks/serve_hostile.py --src /tmp/old/src    # the same cases against another version's code
+
+Each case runs on a fresh server (2 workers, API key set) on 127.0.0.1; the server's peak resident memory
+(VmHWM from /proc) is read after the case. A small bundle is trained once on synthetic data (random
+backbone: the network's weights do not change its memory). Prints JSON; results-serve_hostile.json keeps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "bench-key"
+
+
+def make_bundle(folder: Path) -> Path:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    data = folder / "data"
+    run = [sys.executable, "-m", "ccad"]
+    subprocess.run(run + ["synth", str(data), "--n-per-class", "24", "--size", "128"], check=True, env=env,
+                   capture_output=True)
+    subprocess.run(run + ["train", "--data", str(data / "manifest.csv"), "--out", str(folder / "run"), "--weights",
+                          "none", "--input-size", "96", "--epochs", "1", "--feature-views", "0"], check=True, env=env,
+                   capture_output=True)
+    subprocess.run(run + ["export", "--model", str(folder / "run"), "--out", str(folder / "bundle")], check=True,
+                   env=env, capture_output=True)
+    return folder / "bundle"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, src: Path, bundle: Path):
+        self.port = free_port()
+        env = dict(os.environ, PYTHONPATH=str(src), TF_CPP_MIN_LOG_LEVEL="3")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port",
+                                      str(self.port), "--api-key", KEY], env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(100).startswith(b"HTTP/1.1 200"):
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("server did not start")
+
+    def peak_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def multipart(files: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    boundary = "ccadbench"
+    parts = []
+    for name, data, ctype in files:
+        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
+                     f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def post(port: int, body: bytes, ctype: str, key: str | None = KEY, timeout: float = 120) -> int:
+    headers = f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+    headers += (f"X-API-Key: {key}\r\n" if key else "") + "Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(headers.encode())
+        try:
+            s.sendall(body)
+        except OSError:
+            pass
+        return _status(s)
+
+
+def _status(s) -> int:
+    try:
+        head = s.recv(64)
+        return int(head.split()[1]) if head.startswith(b"HTTP/") else -1
+    except OSError:
+        return -1
+
+
+def chunked_without_key(port: int, megabytes: int) -> int:
+    """A chunked upload with no key and no Content-Length: one multipart file part of ``megabytes`` MB,
+    streamed in 1 MB chunks."""
+    headers = ("POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+               "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+
+    def chunk(data: bytes) -> bytes:
+        return b"%x\r\n" % len(data) + data + b"\r\n"
+
+    part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+    zeros = chunk(b"\0" * 2 ** 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(headers.encode())
+        try:
+            s.sendall(chunk(part))
+            for _ in range(megabytes):
+                s.sendall(zeros)
+            s.sendall(chunk(b"\r\n--b--\r\n") + b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed before the end
+        return _status(s)
+
+
+def deflate_bomb(inflated_mb: int) -> bytes:
+    """A DICOM whose data set is deflated: 64 x 64 in its header, ``inflated_mb`` MB of zero pixels."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = FileDataset("bomb.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Rows = ds.Columns = 64
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.PixelData = bytes(inflated_mb * 2 ** 20)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def big_png(side: int = 7000) -> bytes:
+    """A ``side`` x ``side`` gray PNG that compresses to a few tens of kB (49 MP at 7000)."""
+    raw = b"".join(b"\0" + bytes(side) for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def normal_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (512, 512), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def run_case(src: Path, bundle: Path, name: str, action) -> dict:
+    server = Server(src, bundle)
+    try:
+        start = time.perf_counter()
+        statuses = action(server.port)
+        return {"case": name, "statuses": statuses, "seconds": round(time.perf_counter() - start, 2),
+                "peak_rss_mb": server.peak_mb()}
+    finally:
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--src", default=str(ROOT / "src"), help="the src/ folder of the ccad to measure")
+    parser.add_argument("--bundle", help="a bundle (default: train a small one)")
+    args = parser.parse_args()
+    src = Path(args.src)
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = Path(args.bundle) if args.bundle else make_bundle(Path(tmp))
+        png = normal_png()
+        bomb = deflate_bomb(400)
+        huge = big_png()
+
+        def two_requests_of_16_big(port):
+            body, ctype = multipart([(f"b{i}.png", huge, "image/png") for i in range(16)])
+            out = []
+            threads = [threading.Thread(target=lambda: out.append(post(port, body, ctype))) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return sorted(out)
+
+        cases = [
+            ("one ordinary 512 px PNG", lambda port: [post(port, *multipart([("x.png", png, "image/png")]))]),
+            ("360 MB chunked upload, no API key", lambda port: [chunked_without_key(port, 360)]),
+            (f"deflated DICOM, {len(bomb) // 1024} KB inflating to 400 MB",
+             lambda port: [post(port, *multipart([("bomb.dcm", bomb, "application/dicom")]))]),
+            (f"two requests of 16 x 49 MP PNGs ({len(huge) // 1024} KB each)", two_requests_of_16_big),
+        ]
+        results = [run_case(src, bundle, name, action) for name, action in cases]
+    print(json.dumps({"src": str(src), "machine": f"{os.cpu_count()} cores", "cases": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

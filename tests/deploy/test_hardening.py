@@ -1,0 +1,338 @@
+"""The service and the CLI probed as an attacker and a careless user would: limits before work, no 5xx, no
+traceback, no patient data kept or echoed; a live ``ccad serve`` on 127.0.0.1 for what needs real sockets."""
+
+import io
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from helpers import GRADIENT, make_dicom
+from PIL import Image
+
+from ccad.cli import main
+from ccad.deploy.serving import MAX_FILES, ServeSettings, create_app
+
+KEY = "s3cret"
+
+
+def png(size=96, seed=0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundle(run_and_bundle):
+    return run_and_bundle[1]
+
+
+@pytest.fixture(scope="module")
+def client(bundle):
+    with TestClient(create_app(ServeSettings(bundle, api_key=KEY))) as c:
+        yield c
+
+
+def post(client, *files, key=KEY, **kw):
+    return client.post("/api/v1/predict", files=[("files", f) for f in files], headers={"X-API-Key": key} if key else {},
+                       **kw)
+
+
+# --- a live server ------------------------------------------------------------------------------------------------
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port, path="/healthz", timeout=5.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        return s.recv(4096)
+
+
+@pytest.fixture(scope="module")
+def live(bundle):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port),
+                             "--api-key", KEY, "--header-timeout", "1", "--max-request-mb", "2", "--max-upload-mb", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(120):
+        try:
+            if _get(port).startswith(b"HTTP/1.1 200"):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("ccad serve did not start: " + proc.stderr.read().decode()[-2000:])
+    yield port, proc
+    proc.terminate()
+    proc.wait(10)
+
+
+def _peak_mb(proc) -> float:
+    line = next(x for x in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_a_chunked_upload_without_a_key_is_refused_before_its_body(live):
+    port, proc = live
+    before = _peak_mb(proc)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        answer = s.recv(4096)  # no body sent at all: the answer cannot depend on reading it
+    assert answer.startswith(b"HTTP/1.1 401") and b"www-authenticate: bearer" in answer.lower()
+    assert _peak_mb(proc) - before < 50
+
+
+def test_a_chunked_body_over_the_limit_is_cut_off(live):
+    port, proc = live
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"%x\r\n" % 2 ** 16 + b"\0" * 2 ** 16 + b"\r\n"
+        try:
+            for _ in range(200):  # 12.5 MB offered against a 2 MB limit; stop when the server answers
+                if select.select([s], [], [], 0)[0]:
+                    break
+                s.sendall(chunk)
+                sent += 2 ** 16
+        except OSError:
+            pass
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent < 6 * 2 ** 20  # cut off near the limit, not after the whole stream
+    assert _peak_mb(proc) < 2000
+
+
+def test_slow_clients_do_not_starve_the_health_check(live):
+    port, proc = live
+    slow = []
+    for _ in range(150):  # more than the old global connection cap (98)
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        slow.append(s)
+    try:
+        assert _get(port).startswith(b"HTTP/1.1 200")  # answered while 150 sockets hang
+        time.sleep(2.5)  # past the 1 s header deadline
+        closed = 0
+        for s in slow:
+            s.settimeout(0.5)
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == len(slow)
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_security_headers_on_every_answer(live):
+    port, _ = live
+    for path in ("/", "/healthz", "/static/app.js", "/nowhere", "/api/v1/model"):
+        head = _get(port, path).split(b"\r\n\r\n")[0].lower()
+        assert b"content-security-policy: default-src 'self'" in head, path
+        assert b"x-content-type-options: nosniff" in head and b"x-frame-options: deny" in head, path
+
+
+# --- in-process: every numbered finding ----------------------------------------------------------------------------
+def test_401_carries_www_authenticate(client):
+    r = client.get("/api/v1/model")
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_deflate_bomb_upload_is_413_without_inflating(client, tmp_path):
+    from helpers import make_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    bomb = make_dataset(tmp_path / "bomb.dcm", 64, 64, bytes(300 * 2 ** 20), DeflatedExplicitVRLittleEndian).read_bytes()
+    assert len(bomb) < 1_000_000
+    r = post(client, ("bomb.dcm", bomb, "application/dicom"))
+    assert r.status_code == 413 and "inflates past" in r.json()["detail"]
+
+
+def test_too_many_files_and_too_many_pixels_are_413(bundle):
+    with TestClient(create_app(ServeSettings(bundle, max_pixels=40_000, max_request_pixels=60_000))) as c:
+        r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(16), "image/png")) for i in range(MAX_FILES + 1)])
+        assert r.status_code == 413
+        r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(150, i), "image/png")) for i in range(3)])
+        assert r.status_code == 413 and "pixels in all" in r.json()["detail"]  # 3 x 22,500 > 60,000
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: _tiff_with_nan(), "non-finite"),
+    (lambda p: make_dicom(p / "s.dcm", GRADIENT.astype(np.uint16) * 16, slope=1e308).read_bytes(), "non-finite"),
+    (lambda p: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "allowed: PNG, JPEG, TIFF, BMP or DICOM"),
+])
+def test_hostile_pixels_are_400_not_500(client, tmp_path, make, match):
+    r = post(client, ("x.bin", make(tmp_path), "application/octet-stream"))
+    assert r.status_code == 400 and match in r.json()["detail"]
+
+
+def _tiff_with_nan() -> bytes:
+    values = GRADIENT.astype(np.float32)
+    values[1, 1] = np.inf
+    buffer = io.BytesIO()
+    Image.fromarray(values, mode="F").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def test_a_dicom_sent_as_a_text_field_is_not_echoed(client, tmp_path):
+    dicom = make_dicom(tmp_path / "x.dcm", GRADIENT.astype(np.uint16) * 16).read_bytes()
+    r = client.post("/api/v1/predict", data={"files": dicom.decode("latin-1")}, headers={"X-API-Key": KEY},
+                    files=[("other", ("x", b"1", "text/plain"))])
+    assert 400 <= r.status_code < 500 and len(r.content) < 500
+    assert b"Test^Patient" not in r.content and b"Patient" not in r.content
+
+
+def test_the_public_card_shows_no_server_paths(client, bundle):
+    card = client.get("/api/v1/model", headers={"X-API-Key": KEY}).json()
+    text = json.dumps(card)
+    assert str(Path(bundle).parent.parent) not in text and "/tmp/" not in text
+    assert card["training_data"]["source"].endswith("manifest.csv")
+
+
+def test_keep_uploads_must_be_writable_at_start(bundle, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    assert main(["serve", "--model", str(bundle), "--keep-uploads", str(tmp_path / "a-file" / "kept")]) == 2
+
+
+def test_serve_refuses_impossible_settings(bundle, capsys):
+    assert main(["serve", "--model", str(bundle), "--workers", "0"]) == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--model", str(bundle), "--port", "70000"])
+    assert stopped.value.code == 2 and "not a TCP port" in capsys.readouterr().err
+
+
+# --- bundles: integrity and authenticity ----------------------------------------------------------------------------
+def test_every_file_must_be_listed_and_unchanged(bundle, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    image.write_bytes(png())
+    copy = tmp_path / "b1"
+    shutil.copytree(bundle, copy)
+    card = json.loads((copy / "ccad-model.json").read_text())
+    del card["sha256"]["model.onnx"]
+    (copy / "ccad-model.json").write_text(json.dumps(card))
+    assert main(["predict", "--model", str(copy), str(image)]) == 2
+    assert "not listed in the model card's sha256" in capsys.readouterr().err
+    copy = tmp_path / "b2"
+    shutil.copytree(bundle, copy)
+    np.save(copy / "cam_weights.npy", np.zeros((1280, 2), np.float32))
+    assert main(["predict", "--model", str(copy), str(image)]) == 2
+    assert "cam_weights.npy: sha256 differs" in capsys.readouterr().err
+
+
+def test_a_signed_bundle_verifies_and_an_edited_one_does_not(bundle, tmp_path, capsys):
+    image = tmp_path / "x.png"
+    image.write_bytes(png())
+    assert main(["keys", "--out", str(tmp_path / "keys")]) == 0
+    private, public = tmp_path / "keys" / "ccad-signing.key.pem", tmp_path / "keys" / "ccad-signing.pub.pem"
+    assert private.stat().st_mode & 0o777 == 0o600
+    signed = tmp_path / "signed"
+    shutil.copytree(bundle, signed)
+    assert main(["predict", "--model", str(signed), str(image), "--verify", str(public)]) == 2
+    assert "not signed" in capsys.readouterr().err
+    assert main(["sign", "--model", str(signed), "--key", str(private)]) == 0
+    assert main(["predict", "--model", str(signed), str(image), "--verify", str(public), "--format", "json"]) == 0
+    capsys.readouterr()
+    card = json.loads((signed / "ccad-model.json").read_text())
+    card["decision"]["threshold"] = 0.01  # a quiet edit that would change decisions
+    (signed / "ccad-model.json").write_text(json.dumps(card, indent=2))
+    assert main(["predict", "--model", str(signed), str(image), "--verify", str(public)]) == 2
+    assert "signature does not match" in capsys.readouterr().err
+    assert main(["keys", "--out", str(tmp_path / "other")]) == 0
+    shutil.copytree(bundle, tmp_path / "resigned")
+    assert main(["sign", "--model", str(tmp_path / "resigned"), "--key", str(tmp_path / "other" / "ccad-signing.key.pem")]) == 0
+    assert main(["predict", "--model", str(tmp_path / "resigned"), str(image), "--verify", str(public)]) == 2
+
+
+def test_export_signs_and_the_run_pins_the_card(run_and_bundle, tmp_path):
+    run, _ = run_and_bundle
+    assert main(["keys", "--out", str(tmp_path / "keys")]) == 0
+    out = tmp_path / "bundle"
+    assert main(["export", "--model", str(run), "--out", str(out), "--sign",
+                 str(tmp_path / "keys" / "ccad-signing.key.pem")]) == 0
+    pinned = json.loads((run / "bundles.json").read_text())[-1]
+    from ccad.io.files import sha256
+
+    assert pinned["bundle"] == str(out.resolve()) and pinned["signed"] is True
+    assert pinned["card_sha256"] == sha256(out / "ccad-model.json")
+
+
+# --- the CLI: one line, exit 2, never a traceback --------------------------------------------------------------------
+def test_cli_failures_are_one_line(bundle, synth_folders, tmp_path, capsys):
+    image = sorted((synth_folders / "covid").glob("*.png"))[0]
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        (["predict", "--model", str(bundle), str(image), "--out", str(tmp_path / "a-file" / "p.csv")], "a-file"),
+        (["predict", "--model", str(bundle), str(image), "--heatmap", str(tmp_path / "a-file")], "is a file"),
+        (["predict", "--model", str(bundle), "a\0b.png"], "NUL byte"),
+    ]
+    for manifest, content, message in [
+        ("only-path.csv", "path,label\nx.png,\n", "needs both a path and a label"),
+        ("latin1.csv", "path,label\ncaf\xe9.png,covid\n".encode("latin-1"), "not UTF-8"),
+        ("utf16.csv", "path,label\nx.png,covid\n".encode("utf-16"), "not UTF-8"),
+    ]:
+        path = tmp_path / manifest
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        cases.append((["evaluate", "--model", str(bundle), "--data", str(path), "--out", str(tmp_path / "ev")], message))
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ccad: error:") and len(err.splitlines()) == 1 and message in err, (args, err)
+
+
+def test_resume_does_not_depend_on_how_a_path_is_spelled(bundle, synth_folders, tmp_path, monkeypatch):
+    import csv
+
+    monkeypatch.chdir(synth_folders.parent)
+    relative = Path(synth_folders.name) / "covid"
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(bundle), str(relative), "--out", str(out)]) == 0
+    first = len(list(csv.DictReader(open(out))))
+    assert main(["predict", "--model", str(bundle), str(relative.resolve()), "--out", str(out), "--resume"]) == 0
+    assert len(list(csv.DictReader(open(out)))) == first  # nothing scored twice
+
+
+def test_evaluate_an_external_set_whose_rows_are_all_test(bundle, synth_folders, tmp_path):
+    import csv
+
+    rows = list(csv.DictReader(open(synth_folders / "manifest.csv")))
+    external = tmp_path / "external.csv"
+    with open(external, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "split"])
+        writer.writeheader()
+        for row in rows[:20]:
+            writer.writerow({"path": str(synth_folders / row["path"]), "label": row["label"], "split": "test"})
+    assert main(["evaluate", "--model", str(bundle), "--data", str(external), "--out", str(tmp_path / "ev")]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n"] == 20 and metrics["split"] == "test"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists every folder whatever its mode")
+def test_an_unreadable_subfolder_gets_an_error_row(bundle, synth_folders, tmp_path):
+    import csv
+
+    folder = tmp_path / "scans"
+    shutil.copytree(synth_folders / "covid", folder / "a")
+    shutil.copytree(synth_folders / "normal", folder / "b")
+    (folder / "b").chmod(0)
+    try:
+        assert main(["predict", "--model", str(bundle), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
+    finally:
+        (folder / "b").chmod(0o755)
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert any(r["file"].endswith("b") and "permission denied" in r["error"] for r in rows)
