@@ -184,6 +184,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--src", default=str(ROOT / "src"), help="the src/ folder of the ccad to measure")
     parser.add_argument("--bundle", help="a bundle (default: train a small one)")
+    parser.add_argument("--save", help="add the results to this JSON file under --label")
+    parser.add_argument("--label", help="e.g. before or after")
     args = parser.parse_args()
     src = Path(args.src)
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,15 +204,30 @@ def main() -> None:
                 t.join()
             return sorted(out)
 
+        def two_requests_of_2_big(port):
+            body, ctype = multipart([(f"b{i}.png", huge, "image/png") for i in range(2)])
+            out = []
+            threads = [threading.Thread(target=lambda: out.append(post(port, body, ctype))) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return sorted(out)
+
         cases = [
             ("one ordinary 512 px PNG", lambda port: [post(port, *multipart([("x.png", png, "image/png")]))]),
             ("360 MB chunked upload, no API key", lambda port: [chunked_without_key(port, 360)]),
             (f"deflated DICOM, {len(bomb) // 1024} KB inflating to 400 MB",
              lambda port: [post(port, *multipart([("bomb.dcm", bomb, "application/dicom")]))]),
             (f"two requests of 16 x 49 MP PNGs ({len(huge) // 1024} KB each)", two_requests_of_16_big),
+            ("two requests of 2 x 49 MP PNGs (the most a request may hold now)", two_requests_of_2_big),
         ]
         results = [run_case(src, bundle, name, action) for name, action in cases]
     print(json.dumps({"src": str(src), "machine": f"{os.cpu_count()} cores", "cases": results}, indent=2))
+    if args.save:
+        saved = json.loads(Path(args.save).read_text()) if Path(args.save).is_file() else {}
+        saved[args.label or str(src)] = results
+        Path(args.save).write_text(json.dumps(saved, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -121,3 +121,37 @@ def test_deflated_stream_that_is_not_deflate_is_a_read_error(tmp_path):
     data[tail:tail + 64] = os.urandom(64)
     with pytest.raises(ImageReadError):
         read_grayscale_bytes(bytes(data), "broken.dcm")
+
+
+def test_a_folder_that_cannot_be_listed_is_yielded_to_get_its_error_row(tmp_path, monkeypatch):
+    """os.walk reports an unlistable subfolder to its onerror; iter_inputs passes it on instead of dropping it."""
+    import ccad.io.images as images
+    import ccad.io.inputs as inputs
+
+    Image.fromarray(GRADIENT).save(tmp_path / "a.png")
+    (tmp_path / "locked").mkdir()
+
+    def walk(top, onerror=None):
+        yield str(tmp_path), ["locked"], ["a.png"]
+        onerror(PermissionError(13, "Permission denied", str(tmp_path / "locked")))
+
+    monkeypatch.setattr(inputs.os, "walk", walk)
+    found = list(inputs.iter_inputs([tmp_path]))
+    assert found == [tmp_path / "a.png", tmp_path / "locked"]
+    monkeypatch.setattr(images.os, "access", lambda path, mode: "locked" not in str(path))
+    with pytest.raises(ImageReadError, match="cannot be listed \\(permission denied\\)"):
+        read_grayscale(found[1])
+
+
+def test_a_newline_in_a_file_name_does_not_break_the_csv(tmp_path, run_and_bundle):
+    import csv
+
+    from ccad.cli import main
+
+    odd = tmp_path / "scan\nnext.png"
+    Image.fromarray(GRADIENT).save(odd)
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(run_and_bundle[1]), str(odd), "--out", str(out)]) == 0
+    assert main(["predict", "--model", str(run_and_bundle[1]), str(odd), "--out", str(out), "--resume"]) == 0
+    rows = list(csv.DictReader(open(out, newline="")))
+    assert [r["file"] for r in rows] == [str(odd)]

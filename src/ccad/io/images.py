@@ -80,6 +80,8 @@ def check_readable(path: str | os.PathLike) -> Path:
     except OSError as e:
         raise ImageReadError(f"{path}: cannot be opened ({e.strerror})") from None
     if stat.S_ISDIR(mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise ImageReadError(f"{path}: a folder that cannot be listed (permission denied)")
         raise ImageReadError(f"{path}: is a folder, not an image file")
     if not stat.S_ISREG(mode):
         raise ImageReadError(f"{path}: not a regular file (a FIFO, socket or device)")
@@ -258,11 +260,17 @@ def _check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
     group_length = struct.unpack("<I", data[140:144])[0]  # (0002,0000) UL: the file meta group's length
     budget = 2 * max_pixels + 2 ** 20
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    tail, total = data[144 + group_length:], 0
     try:
-        inflated = inflater.decompress(data[144 + group_length:], budget + 1)
+        while True:  # inflate 1 MiB at a time, keeping nothing: only the size matters here
+            out = inflater.decompress(tail, 2 ** 20)
+            tail = inflater.unconsumed_tail
+            total += len(out)
+            if total > budget or (not out and not tail):
+                break
     except zlib.error as e:
         raise ImageReadError(f"{name}: not a readable DICOM image (bad deflate stream)") from e
-    if len(inflated) > budget:
+    if total > budget:
         raise ImageTooLargeError(f"{name}: the deflated DICOM data set inflates past {budget:,} bytes "
                                  "(a decompression bomb?)")
 
