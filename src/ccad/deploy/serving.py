@@ -357,10 +357,13 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
 def _score(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]], with_heatmap: bool,
            settings: ServeSettings) -> list[dict]:
     """Decode, preprocess and score one request's files (in a worker thread): the JSON of each result."""
-    grays = [read_grayscale_bytes(data, name, settings.max_pixels) for name, data in uploads]
-    prepared = [predictor.prepare(gray) for gray in grays]
-    if settings.keep_uploads:
-        _keep(uploads, grays, settings.keep_uploads)
+    prepared = []
+    for name, data in uploads:  # one full-size image in memory at a time
+        gray = read_grayscale_bytes(data, name, settings.max_pixels)
+        if settings.keep_uploads:
+            _keep(data, gray, settings.keep_uploads)
+        prepared.append(predictor.prepare(gray))
+        del gray
     results = []
     for prediction in predictor.score([name for name, _ in uploads], prepared, with_heatmaps=with_heatmap):
         result = prediction.to_dict(key="name")
@@ -374,18 +377,17 @@ def _score(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]], with_heat
     return results
 
 
-def _keep(uploads: list[tuple[str, bytes]], grays: list[np.ndarray], folder: Path) -> None:
-    """Store what each upload decoded to, as a 16-bit PNG of its pixels only (no file name, no DICOM header:
+def _keep(data: bytes, gray: np.ndarray, folder: Path) -> None:
+    """Store what an upload decoded to, as a 16-bit PNG of its pixels only (no file name, no DICOM header:
     no patient field reaches the disk), named by the upload's sha256, readable by the server's user only."""
     import os
 
     from PIL import Image
 
-    for (_, data), gray in zip(uploads, grays):
-        target = Path(folder) / f"{hashlib.sha256(data).hexdigest()}.png"
-        with atomic_path(target) as tmp:
-            Image.fromarray((gray * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
-            os.chmod(tmp, 0o600)
+    target = Path(folder) / f"{hashlib.sha256(data).hexdigest()}.png"
+    with atomic_path(target) as tmp:
+        Image.fromarray((gray * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
+        os.chmod(tmp, 0o600)
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

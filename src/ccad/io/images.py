@@ -163,13 +163,16 @@ def _read_raster(source, name: str, max_pixels: int) -> np.ndarray:
         raise ImageReadError(f"{name}: corrupt or truncated image ({type(e).__name__})") from e
 
 
-def _pil_to_array(im: Image.Image) -> np.ndarray:
-    """8-bit images / 255; deeper ones (16-bit, 32-bit integer or float) as they are, windowed later."""
+def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:
+    """(pixels, deep): 8-bit images / 255; deeper ones (16-bit, 32-bit integer or float) as they are, windowed
+    by :func:`validate_pixels`. One float32 copy of the image, worked on in place."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return np.asarray(im, dtype=np.float64), True
+        return np.array(im, dtype=np.float32), True
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA").convert("RGB")  # drop alpha
-    return np.asarray(im.convert("L"), dtype=np.float32) / 255.0, False
+    pixels = np.array(im.convert("L") if im.mode != "L" else im, dtype=np.float32)
+    pixels /= 255.0
+    return pixels, False
 
 
 def validate_pixels(decoded, name: str) -> np.ndarray:
@@ -186,13 +189,16 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
         raise ImageReadError(f"{name}: not a 2-D image (array of shape {pixels.shape})")
     if min(pixels.shape) < MIN_SIDE:
         raise ImageReadError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]} pixels; too small for an X-ray")
-    if not np.isfinite(pixels).all():
-        raise ImageReadError(f"{name}: the image has non-finite pixel values (NaN or infinity)")
+    if deep:
+        pixels = np.array(pixels, dtype=np.float32, copy=not (pixels.dtype == np.float32 and pixels.flags.owndata))
+        if not np.isfinite(pixels).all():  # also a value past float32's range, as a huge rescale slope makes
+            raise ImageReadError(f"{name}: the image has non-finite pixel values (NaN or infinity)")
     lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
         raise ImageReadError(f"{name}: blank image (every pixel is {lo:g}): not an X-ray")
     if deep:
-        pixels = (pixels - lo) / (hi - lo)
+        pixels -= lo
+        pixels /= hi - lo
     return np.asarray(pixels, dtype=np.float32)
 
 
@@ -230,7 +236,8 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
                 pixels = apply_voi_lut(pixels, ds)
     except Exception as e:
         raise ImageReadError(f"{name}: the DICOM modality or VOI LUT cannot be applied ({type(e).__name__})") from e
-    gray = validate_pixels((np.asarray(pixels, dtype=np.float64), True), name)
+    with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused as such
+        gray = validate_pixels((np.asarray(pixels, dtype=np.float32), True), name)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
     return gray
@@ -277,11 +284,11 @@ def _check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
     """Resize (H, W) float [0, 1] to (size, size) with antialiased bilinear interpolation."""
-    image = Image.fromarray(gray.astype(np.float32), mode="F")
+    image = Image.fromarray(gray.astype(np.float32, copy=False), mode="F")
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32).clip(0.0, 1.0)
 
 
 def resize_hw(gray: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize (H, W) float to (height, width) with bilinear interpolation (no clipping)."""
-    image = Image.fromarray(gray.astype(np.float32), mode="F")
+    image = Image.fromarray(gray.astype(np.float32, copy=False), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
