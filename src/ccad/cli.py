@@ -14,6 +14,9 @@ from . import DEFAULT_POSITIVE
 from .errors import CcadError
 
 EXIT_USAGE = 2
+#: Which extra brings a module a command may need (the base install predicts and serves on ONNX Runtime).
+EXTRAS = {"tensorflow": "train", "keras": "train", "tf2onnx": "train", "onnx": "train", "skl2onnx": "train",
+          "ai_edge_litert": "train", "mealpy": "hybrid", "ray": "scale", "pyarrow": "scale"}
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -458,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.command](args)
     except CcadError as e:
         print(f"ccad: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as e:
+        extra = EXTRAS.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"ccad: error: ccad {args.command} needs the {extra} extra ({e.name} is not installed): "
+              f"pip install 'ccad[{extra}]'", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # a folder that cannot be written, a disk that is full: the system's words, one line
         where = f"{e.filename}: " if e.filename else ""

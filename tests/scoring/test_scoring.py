@@ -104,7 +104,8 @@ def test_predictions_in_batches_and_unreadable_files_in_order(tmp_path):
     files = []
     for i, value in enumerate((30, 200, 60, 250, 10, 128)):
         files.append(tmp_path / f"{i}.png")
-        Image.fromarray(np.full((16, 16), value, np.uint8)).save(files[-1])
+        ramp = value + np.tile(np.array([-1, 1] * 8), (16, 1))  # mean = value, not blank
+        Image.fromarray(ramp.astype(np.uint8)).save(files[-1])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     predictor = FixedPredictor(card())
