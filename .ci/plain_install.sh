@@ -10,6 +10,7 @@ python3 -m ccad train --data "$work/data/manifest.csv" --out "$work/run" --weigh
 python3 -m ccad export --model "$work/run" --out "$work/bundle" >/dev/null 2>&1
 python3 -m venv "$work/venv"
 start=$(date +%s)
-"$work/venv/bin/pip" install --quiet --disable-pip-version-check .
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check . >"$work/pip.log" 2>&1 \
+    || { cat "$work/pip.log"; exit 1; }
 echo "plain install: $(( $(date +%s) - start )) s, $(du -sm "$work/venv" | cut -f1) MB"
 "$work/venv/bin/python" .ci/plain_install_check.py "$work/bundle" "$work/data"

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 bundle, data = Path(sys.argv[1]), Path(sys.argv[2])
-ccad = [sys.executable, "-m", "ccad"]
+CCAD = [sys.executable, "-m", "ccad"]
 for module in ("tensorflow", "keras", "mealpy", "ray"):
     assert importlib.util.find_spec(module) is None, f"{module} is in the plain install"
 
@@ -19,20 +19,20 @@ import ccad.scoring.results  # noqa: E402,F401
 
 assert "tensorflow" not in sys.modules and "keras" not in sys.modules
 
-done = subprocess.run(ccad + ["predict", "--model", str(bundle), str(data / "covid"), "--format", "json"],
+done = subprocess.run(CCAD + ["predict", "--model", str(bundle), str(data / "covid"), "--format", "json"],
                       capture_output=True, text=True)
 assert done.returncode == 0, done.stderr
 results = json.loads(done.stdout)
 assert len(results) == 12 and all(r.get("predicted_class") in ("covid", "normal") for r in results), results[:2]
 
-done = subprocess.run(ccad + ["train", "--data", str(data / "manifest.csv"), "--out", str(data.parent / "x")],
+done = subprocess.run(CCAD + ["train", "--data", str(data / "manifest.csv"), "--out", str(data.parent / "x")],
                       capture_output=True, text=True)
 assert done.returncode == 2 and "needs the train extra" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-server = subprocess.Popen(ccad + ["serve", "--model", str(bundle), "--port", str(port)], stdout=subprocess.DEVNULL,
+server = subprocess.Popen(CCAD + ["serve", "--model", str(bundle), "--port", str(port)], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
 try:
     for _ in range(120):
