@@ -195,33 +195,25 @@ def main() -> None:
         bomb = deflate_bomb(400)
         huge = big_png()
 
-        def two_requests_of_16_big(port):
-            body, ctype = multipart([(f"b{i}.png", huge, "image/png") for i in range(16)])
-            out = []
-            threads = [threading.Thread(target=lambda: out.append(post(port, body, ctype))) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return sorted(out)
-
-        def two_requests_of_2_big(port):
-            body, ctype = multipart([(f"b{i}.png", huge, "image/png") for i in range(2)])
-            out = []
-            threads = [threading.Thread(target=lambda: out.append(post(port, body, ctype))) for _ in range(2)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return sorted(out)
+        def two_requests_of_big(count):
+            def action(port):
+                body, ctype = multipart([(f"b{i}.png", huge, "image/png") for i in range(count)])
+                out = []
+                threads = [threading.Thread(target=lambda: out.append(post(port, body, ctype))) for _ in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                return sorted(out)
+            return action
 
         cases = [
             ("one ordinary 512 px PNG", lambda port: [post(port, *multipart([("x.png", png, "image/png")]))]),
             ("360 MB chunked upload, no API key", lambda port: [chunked_without_key(port, 360)]),
             (f"deflated DICOM, {len(bomb) // 1024} KB inflating to 400 MB",
              lambda port: [post(port, *multipart([("bomb.dcm", bomb, "application/dicom")]))]),
-            (f"two requests of 16 x 49 MP PNGs ({len(huge) // 1024} KB each)", two_requests_of_16_big),
-            ("two requests of 2 x 49 MP PNGs (the most a request may hold now)", two_requests_of_2_big),
+            (f"two requests of 16 x 49 MP PNGs ({len(huge) // 1024} KB each)", two_requests_of_big(16)),
+            ("two requests of 2 x 49 MP PNGs (the most a request may hold now)", two_requests_of_big(2)),
         ]
         results = [run_case(src, bundle, name, action) for name, action in cases]
     print(json.dumps({"src": str(src), "machine": f"{os.cpu_count()} cores", "cases": results}, indent=2))

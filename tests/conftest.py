@@ -53,6 +53,12 @@ def run_and_bundle(synth_folders, tmp_path_factory):
     return root / "run", root / "bundle"
 
 
+@pytest.fixture(scope="module")
+def bundle(run_and_bundle):
+    """The synthetic run's exported bundle."""
+    return run_and_bundle[1]
+
+
 def write_csv(path, rows):
     """Write a list of dicts as a CSV (manifests made by tests); returns the path."""
     import csv

@@ -8,23 +8,12 @@ GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, colu
 
 
 def make_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Test^Patient"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    """A 12-bit DX image with a patient name, a modality rescale and optionally a VOI window."""
+    fields = dict(PatientName="Test^Patient", Modality="DX", PhotometricInterpretation=photometric, BitsStored=12,
+                  HighBit=11, RescaleSlope=slope, RescaleIntercept=intercept)
     if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+        fields.update(WindowCenter=window[0], WindowWidth=window[1])
+    return make_dataset(path, *pixels.shape, pixels.astype(np.uint16).tobytes(), ExplicitVRLittleEndian, **fields)
 
 
 def make_dataset(path, rows, cols, pixels: bytes, syntax, **fields):
@@ -42,3 +31,15 @@ def make_dataset(path, rows, cols, pixels: bytes, syntax, **fields):
     ds.PixelData = pixels
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def png_bytes(size=(96, 96), mode="L", seed=0) -> bytes:
+    """A noise PNG (never blank) of ``size``."""
+    import io
+
+    from PIL import Image
+
+    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0]), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import GRADIENT, make_dicom
+from helpers import GRADIENT, make_dicom, png_bytes
 from PIL import Image
 
 from ccad.cli import main
@@ -25,14 +25,7 @@ KEY = "s3cret"
 
 
 def png(size=96, seed=0) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def bundle(run_and_bundle):
-    return run_and_bundle[1]
+    return png_bytes((size, size), seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,10 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers import png_bytes
 from PIL import Image
 
 from ccad.deploy.serving import ServeSettings, create_app
-
-
-def png_bytes(size=(96, 96), mode="L", seed=0):
-    array = np.random.default_rng(seed).integers(0, 255, (size[1], size[0]), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).convert(mode).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def bundle(run_and_bundle):
-    return run_and_bundle[1]
 
 
 @pytest.fixture(scope="module")

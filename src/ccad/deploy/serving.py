@@ -56,6 +56,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from ccad.deploy.http import header_timeout_protocol
 from ccad.errors import ConfigError, ImageReadError
 from ccad.io.files import atomic_path
 from ccad.io.images import ImageTooLargeError, image_size, read_grayscale_bytes
@@ -392,8 +393,6 @@ def _keep(data: bytes, gray: np.ndarray, folder: Path) -> None:
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
-
-    from ccad.deploy.http import header_timeout_protocol
 
     app = create_app(settings)
     uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info", access_log=False,

@@ -241,40 +241,35 @@ def load_images(
     Returns (images (N, size, size) float32 in [0, 1], the samples kept, the files skipped with their
     error). Without ``skip_bad`` the first unreadable file raises :class:`ImageReadError`.
     """
-    def load(sample: Sample):
-        try:
-            gray = read_grayscale(sample.path)
-            return prepare(gray if transform is None else transform(gray), size, preprocess), None
-        except ImageReadError as e:
-            if not skip_bad:
-                raise
-            return None, str(e)
+    def load(sample: Sample) -> np.ndarray:
+        gray = read_grayscale(sample.path)
+        return prepare(gray if transform is None else transform(gray), size, preprocess)
 
-    results = _threaded(load, samples, workers)
-    kept = [s for s, (img, _) in zip(samples, results) if img is not None]
-    bad = [(str(s.path), err) for s, (img, err) in zip(samples, results) if img is None]
-    images = np.stack([img for img, _ in results if img is not None]) if kept else np.zeros((0, size, size), np.float32)
-    return images, kept, bad
+    images, kept, bad = _load_each(load, samples, skip_bad, workers)
+    return (np.stack(images) if kept else np.zeros((0, size, size), np.float32)), kept, bad
 
 
 def prepare_samples(samples: Sequence[Sample], size: int, preprocess: str = "none", skip_bad: bool = False,
                     workers: int | None = None) -> tuple[list[Prepared], list[Sample], list[tuple[str, str]]]:
     """:class:`Prepared` inputs, with lung fields, for ``samples`` (as :func:`load_images` returns arrays):
     (prepared, samples kept, files skipped with their error)."""
-    def load(sample: Sample):
+    return _load_each(lambda s: prepare_full(read_grayscale(s.path), size, preprocess, lung_fields=True), samples,
+                      skip_bad, workers)
+
+
+def _load_each(load, samples: Sequence[Sample], skip_bad: bool, workers: int | None):
+    """(what ``load`` made of each readable sample, the samples kept, (path, error) of the others), on
+    several threads; without ``skip_bad`` the first unreadable file raises."""
+    def attempt(sample: Sample):
         try:
-            return prepare_full(read_grayscale(sample.path), size, preprocess, lung_fields=True), None
+            return load(sample), None
         except ImageReadError as e:
             if not skip_bad:
                 raise
             return None, str(e)
 
-    results = _threaded(load, samples, workers)
-    kept = [s for s, (p, _) in zip(samples, results) if p is not None]
-    bad = [(str(s.path), err) for s, (p, err) in zip(samples, results) if p is None]
-    return [p for p, _ in results if p is not None], kept, bad
-
-
-def _threaded(function, items, workers: int | None) -> list:
     with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
-        return list(pool.map(function, items))
+        results = list(pool.map(attempt, samples))
+    kept = [s for s, (made, _) in zip(samples, results) if made is not None]
+    bad = [(str(s.path), error) for s, (made, error) in zip(samples, results) if made is None]
+    return [made for made, _ in results if made is not None], kept, bad
