@@ -125,10 +125,11 @@ def _read(head: bytes, source, name: str, max_pixels: int) -> np.ndarray:
 def image_size(data: bytes, name: str = "upload", max_pixels: int | None = None) -> tuple[int, int]:
     """(width, height) from a file's header, without decoding its pixels (0, 0 when it cannot be told).
     A deflated DICOM is checked with the bounded inflater first (:class:`ImageTooLargeError`)."""
-    if sniff(data[:132], name) == "DICOM":
+    dicom = sniff(data[:132], name) == "DICOM"
+    if dicom:
         _check_inflated_size(data, name, max_pixels or MAX_PIXELS)
     try:
-        if sniff(data[:132], name) == "DICOM":
+        if dicom:
             import pydicom
 
             ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["Rows", "Columns"])
