@@ -90,13 +90,14 @@ def test_a_chunked_upload_without_a_key_is_refused_before_its_body(live):
 
 def test_a_chunked_body_over_the_limit_is_cut_off(live):
     port, proc = live
+    before = _peak_mb(proc)
     sent = 0
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
         s.sendall(f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
                   "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
         chunk = b"%x\r\n" % 2 ** 16 + b"\0" * 2 ** 16 + b"\r\n"
         try:
-            for _ in range(200):  # 12.5 MB offered against a 2 MB limit; stop when the server answers
+            for _ in range(1024):  # 64 MB offered against a 2 MB limit; stop when the server answers
                 if select.select([s], [], [], 0)[0]:
                     break
                 s.sendall(chunk)
@@ -105,8 +106,9 @@ def test_a_chunked_body_over_the_limit_is_cut_off(live):
             pass
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert sent < 6 * 2 ** 20  # cut off near the limit, not after the whole stream
-    assert _peak_mb(proc) < 2000
+    # cut off near the limit: what was sent past 2 MB is what the loopback socket buffers held (a few MB)
+    assert sent < 16 * 2 ** 20, sent
+    assert _peak_mb(proc) - before < 50  # the server kept at most the 2 MB it read
 
 
 def test_slow_clients_do_not_starve_the_health_check(live):
