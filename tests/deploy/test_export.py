@@ -48,6 +48,27 @@ def test_export_refuses_to_overwrite_and_needs_calibration_images(run_and_bundle
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
 
 
+def test_int8_calibration_data_needs_no_labels_of_the_models_classes(run_and_bundle, tmp_path):
+    """Calibration reads pixels only: a manifest of other labels (or none the model knows) is fine."""
+    import csv
+
+    from ccad.data.synthetic import generate
+
+    run, _ = run_and_bundle
+    data = generate(tmp_path / "other", n_per_class=55, size=64, seed=11, classes=("pneumonia", "normal"))
+    rows = list(csv.DictReader(open(data / "manifest.csv")))
+    with open(tmp_path / "unlabelled.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({"path": str(data / row["path"]), "label": "unknown-" + row["label"]})
+    out = tmp_path / "bundle"
+    assert main(["export", "--model", str(run), "--out", str(out), "--int8",
+                 "--calibration-data", str(tmp_path / "unlabelled.csv")]) == 0
+    card = json.loads((out / "ccad-model.json").read_text())
+    assert card["calibration_images"] == 110 and "int8" in card["models"]
+
+
 NO_TENSORFLOW = textwrap.dedent("""
     import sys
     class Block:

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from ccad.data.datasets import discover, read_split_file
+from ccad.data.datasets import Sample, read_split_file
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256, write_json
+from ccad.io.inputs import list_inputs
 from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
 from ccad.models.classifier import classifier_kernel, with_feature_map
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
@@ -129,9 +130,11 @@ def _pin_card(run_dir: Path, bundle: Path) -> None:
 
 
 def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
-    """Up to ``limit`` training images (N, H, W, 3): from ``data``, else from the run's own training split."""
+    """Up to ``limit`` training images (N, H, W, 3), through the model's own preprocessing: from ``data`` (a
+    folder, a manifest's ``path`` column or a list of paths; labels, if any, are not needed and not read),
+    else from the run's own training split."""
     if data is not None:
-        samples = discover(data, positive_class=None, model_classes=classifier.classes).samples
+        samples = [Sample(Path(p), "", p) for p in list_inputs([data])]
         source = str(data)
     else:
         split_csv = run_folder(run) / "split.csv"
