@@ -35,7 +35,7 @@ from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256, write_json
 from ccad.io.inputs import list_inputs
 from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
-from ccad.models.classifier import classifier_kernel, with_feature_map
+from ccad.models.classifier import classifier_kernel
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
 from ccad.models.quantize import quantize_onnx
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
@@ -47,11 +47,11 @@ MIN_CALIBRATION_IMAGES = 100
 CALIBRATION_IMAGES = 200
 
 
-def export_model_of(model):
-    """A Keras model with two outputs, probabilities and the backbone's last feature map, called once
-    (the exporters need a called model)."""
-    dual = with_feature_map(model)
-    size = int(model.input_shape[1])
+def export_model_of(classifier: KerasPredictor):
+    """The classifier's two-output Keras model (probabilities, last feature map), called once: the exporters
+    need a called model."""
+    dual = classifier.network
+    size = classifier.input_size
     dual.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
     return dual
 
@@ -76,7 +76,7 @@ def export_bundle(
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
     classifier = KerasPredictor.load(run)
-    dual = export_model_of(classifier.model)
+    dual = export_model_of(classifier)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -242,6 +242,11 @@ class KerasPredictor(Predictor):
         info = RunMetadata.load(model_file.parent, classes, outputs=int(model.output_shape[-1]))
         return cls(model, info, model_file.parent)
 
+    @property
+    def network(self):
+        """The Keras model with both outputs (probabilities, last feature map): what a bundle exports."""
+        return self._dual
+
     def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._dual.predict_on_batch(batch)
 
