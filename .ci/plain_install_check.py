@@ -11,7 +11,7 @@ from pathlib import Path
 
 bundle, data = Path(sys.argv[1]), Path(sys.argv[2])
 CCAD = [sys.executable, "-m", "ccad"]
-for module in ("tensorflow", "keras", "mealpy", "ray"):
+for module in ("tensorflow", "keras", "ray"):
     assert importlib.util.find_spec(module) is None, f"{module} is in the plain install"
 
 import ccad.deploy.serving  # noqa: E402,F401

@@ -106,8 +106,7 @@ def main() -> None:
     from ccad.data.datasets import discover
     from ccad.deploy.export import export_bundle
     from ccad.preprocessing.pipeline import load_model_input
-    from ccad.scoring.predictor import KerasPredictor
-    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.scoring.predictor import KerasPredictor, OnnxPredictor
     from ccad.training.config import make_config
     from ccad.training.run import train
 

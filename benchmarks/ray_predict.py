@@ -28,10 +28,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from ccad.cli import main as ccad
-    from ccad.scoring.results import predict_to_csv
-    from ccad.scoring.predictor import OnnxPredictor
-    from ccad.deploy.scale import ray_predict
     from ccad.data.synthetic import generate
+    from ccad.deploy.scale import ray_predict
+    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.scoring.results import predict_to_csv
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,14 +54,13 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
 
-    from ccad.data.datasets import Sample, discover, label_indices
-
-    from ccad.preprocessing.pipeline import load_images
-    from ccad.models.lungs import blank, estimate_lung_fields
-    from ccad.models.classifier import build_classifier, feature_extractor
-    from ccad.preprocessing.batches import image_batches
-
     import keras
+
+    from ccad.data.datasets import Sample, discover, label_indices
+    from ccad.models.classifier import build_classifier, feature_extractor
+    from ccad.models.lungs import blank, estimate_lung_fields
+    from ccad.preprocessing.batches import image_batches
+    from ccad.preprocessing.pipeline import load_images
 
     keras.utils.set_random_seed(0)
     data = discover(SHARED / "covid-cxr" / "manifest.csv", ["covid", "normal", "pneumonia"])

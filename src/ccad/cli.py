@@ -16,7 +16,7 @@ from .errors import CcadError
 EXIT_USAGE = 2
 #: Which extra brings a module a command may need (the base install predicts and serves on ONNX Runtime).
 EXTRAS = {"tensorflow": "train", "keras": "train", "tf2onnx": "train", "onnx": "train", "skl2onnx": "train",
-          "ai_edge_litert": "train", "mealpy": "hybrid", "ray": "scale", "pyarrow": "scale"}
+          "ai_edge_litert": "train", "ray": "scale", "pyarrow": "scale"}
 
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -53,11 +53,13 @@ def _cv_parser(sub) -> None:
 
 
 def _reproduce_parser(sub) -> None:
-    p = sub.add_parser("reproduce-paper", help="the paper's cases (paper-a on Dataset A, paper-b, paper-b-10ep on B)")
+    p = sub.add_parser("reproduce-paper", help="the paper's cases (paper-a on Dataset A; paper-b, paper-b-10ep, "
+                                                "paper-methods on B), its Tables 5-9 beside ours")
     p.add_argument("--data", required=True, help="manifest CSV with paper_dataset_a / paper_dataset_b columns")
     p.add_argument("--out", required=True)
-    p.add_argument("--cases", help="comma-separated subset of paper-a,paper-b,paper-b-10ep")
-    p.add_argument("--epochs", type=int, help="override the presets' 10 epochs (for a quick look)")
+    p.add_argument("--cases", help="comma-separated subset of paper-a,paper-b,paper-b-10ep,paper-methods")
+    p.add_argument("--epochs", type=int, help="override the presets' 10 frozen epochs (for a quick look)")
+    p.add_argument("--fine-tune-epochs", type=int, help="override the 31 fine-tuning epochs (for a quick look)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -112,6 +114,37 @@ def _lungs_parser(sub) -> None:
     t.add_argument("--weights", default="imagenet", help="imagenet (encoder) or none")
 
 
+def _dicom_parser(sub) -> None:
+    p = sub.add_parser("dicom", help="in the PACS workflow: receive X-rays over DICOM, send results back")
+    actions = p.add_subparsers(dest="dicom_command", required=True)
+    s = actions.add_parser("listen", help="a DICOM Storage SCP that scores CR/DX/SC chest X-rays and sends a "
+                                          "structured report and a heatmap capture into the same study")
+    s.add_argument("--model", required=True, help="a model bundle (ccad export)")
+    s.add_argument("--send-to", required=True, metavar="AET@HOST:PORT", help="where results go (C-STORE), "
+                   "e.g. ORTHANC@127.0.0.1:4242")
+    s.add_argument("--ae-title", default="CCAD")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=11112)
+    s.add_argument("--spool", default="ccad-spool", help="folder where received images and unsent results wait")
+    s.add_argument("--int8", action="store_true", help="score with the bundle's INT8 model")
+    s.add_argument("--workers", type=int, default=1, help="scoring threads")
+    s.add_argument("--queue-size", type=int, default=32, help="images waiting to be scored before C-STORE is "
+                   "answered 0xA700 (out of resources)")
+    s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
+
+
+def cmd_dicom(args) -> None:
+    import logging
+
+    from .deploy.pacs.listener import Destination, Listener, ListenerSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    settings = ListenerSettings(Path(args.model), Destination.parse(args.send_to), Path(args.spool), args.ae_title,
+                                args.host, args.port, args.int8, args.workers, args.queue_size, args.retry_max_s)
+    Listener(settings).serve_forever()
+
+
 def cmd_lungs(args) -> None:
     {"segment": _lungs_segment, "train": _lungs_train}[args.lungs_command](args)
 
@@ -141,7 +174,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     from .training.config import OPTIMIZERS, PRESETS
 
     p.add_argument("--preset", choices=list(PRESETS), default="default",
-                   help="paper-a / paper-b / paper-b-10ep reproduce the paper's cases; default: our recipe")
+                   help="paper-a / paper-b / paper-b-10ep / paper-methods: the paper's cases; default: our recipe")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -164,7 +197,8 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--class-weight", choices=["balanced"])
     p.add_argument("--fine-tune-epochs", type=int)
-    p.add_argument("--fine-tune-from", help="first MobileNetV2 layer to unfreeze (default block_13_expand)")
+    p.add_argument("--fine-tune-from", help="first backbone layer to unfreeze, or all (default block_13_expand; "
+                   "the paper-a/paper-b presets: all)")
     p.add_argument("--fine-tune-lr", type=float)
     p.add_argument("--save-h5", action="store_true", help="also write the paper's model.h5")
     p.add_argument("--distributed", action="store_true",
@@ -187,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit_parser(sub)
     _severity_parser(sub)
     _lungs_parser(sub)
+    _dicom_parser(sub)
     _compare_parser(sub)
     _reproduce_parser(sub)
 
@@ -322,7 +357,8 @@ def cmd_compare(args) -> None:
 def cmd_reproduce_paper(args) -> None:
     from .studies.paper import reproduce_paper
 
-    reproduce_paper(args.data, args.out, tuple(_names(args.cases)) if args.cases else None, args.seed, args.epochs)
+    reproduce_paper(args.data, args.out, tuple(_names(args.cases)) if args.cases else None, args.seed, args.epochs,
+                    args.fine_tune_epochs)
     print(Path(args.out, "paper-reproduction.md").read_text())
 
 
@@ -448,7 +484,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"lungs": cmd_lungs, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

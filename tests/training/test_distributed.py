@@ -37,7 +37,7 @@ def test_tf_config_is_read(monkeypatch):
 @pytest.mark.slow
 def test_two_workers_reach_the_loss_of_one_process(synth_folders, tmp_path):
     common = ["--data", str(synth_folders / "manifest.csv"), "--input-size", "64", "--epochs", "3",
-              "--augmentation", "none", "--dropout", "0", "--preset", "paper-a", "--preprocess", "none"]
+              "--augmentation", "none", "--dropout", "0", "--preset", "paper-b-10ep", "--preprocess", "none"]
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = []

@@ -103,3 +103,7 @@ def test_compare_scores_backbones_and_heads_on_one_split(synth_folders, tmp_path
     assert rows[("mobilenet_v2", "dense")]["feature_selection"] == "none"
     table = (out / "comparison.md").read_text()
     assert "| mobilenet | logreg |" in table and "latency" in table
+    # Table 3: the networks as published (1000-class top) count what the paper printed
+    assert rows[("mobilenet_v2", "dense")]["imagenet_original_parameters"] == 3_538_984
+    assert rows[("mobilenet", "dense")]["imagenet_original_parameters"] == 4_253_864
+    assert "| mobilenet_v2 | 3,538,984 | 3,538,984 | 14 | 2,260,546 |" in table

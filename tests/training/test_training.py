@@ -16,7 +16,18 @@ def test_presets_and_overrides():
     assert (paper.preset, paper.epochs, paper.batch_size, paper.dropout, paper.preprocess) == ("paper-a", 3, 30, 0.3, "none")
     assert make_config(dropout=None).dropout == TrainConfig().dropout  # None: not given
     assert make_config().preprocess == TrainConfig.preprocess == "lungs+equalize+lowpass"
-    assert set(PRESETS) >= {"default", "paper-a", "paper-b", "paper-b-10ep"}
+    assert set(PRESETS) >= {"default", "paper-a", "paper-b", "paper-b-10ep", "paper-methods"}
+
+
+def test_paper_presets_are_the_papers_two_phases():
+    for name, dropout in (("paper-a", 0.3), ("paper-b", 0.4)):
+        c = make_config(name)
+        assert (c.epochs, c.optimizer, c.lr, c.batch_size, c.dropout) == (10, "adam", 1e-3, 30, dropout)
+        assert (c.fine_tune_epochs, c.fine_tune_lr, c.fine_tune_from) == (31, 1e-5, "all")
+    assert make_config("paper-b-10ep").fine_tune_epochs == 0 and make_config("paper-b-10ep").dropout == 0.5
+    methods = make_config("paper-methods")
+    assert (methods.optimizer, methods.lr, methods.batch_size, methods.input_size, methods.epochs,
+            methods.fine_tune_epochs) == ("rmsprop", 1e-4, 32, 128, 10, 0)
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -25,6 +36,7 @@ def test_presets_and_overrides():
     ({"epochs": 0}, "--epochs must be at least 1"),
     ({"dropout": 1.0}, "--dropout must be in"),
     ({"head": "svm", "fine_tune_epochs": 2}, "--fine-tune-epochs needs the dense head"),
+    ({"preset": "paper-a", "distributed": True}, "--distributed trains the frozen phase only"),
     ({"preprocess": "blur"}, "unknown preprocessing step"),
 ])
 def test_bad_settings_are_config_errors(kwargs, match):
@@ -54,3 +66,37 @@ def test_train_writes_a_run_its_metadata_and_predictor_describe(synth_folders, t
     for a, b in zip(fresh, same):
         assert a.predicted_class == b.predicted_class
         assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fine_tune_lr", [1e-4, 50.0])  # 50: fine-tuning diverges, the frozen phase's best returns
+def test_paper_preset_runs_both_phases_and_keeps_the_best_epoch_of_either(synth_folders, tmp_path, fine_tune_lr):
+    import csv
+
+    from ccad.models.classifier import backbone_of
+    from ccad.preprocessing.batches import image_batches
+    from ccad.preprocessing.pipeline import load_images
+    from ccad.training.run import train
+
+    config = make_config("paper-a", epochs=2, fine_tune_epochs=2, fine_tune_lr=fine_tune_lr, weights="none",
+                         input_size=64, augmentation="none", batch_size=8)
+    result = train(DataSpec(synth_folders / "manifest.csv", classes=("covid", "normal")), tmp_path / "run", config,
+                   verbose=0, evaluate_test=False)
+    with open(tmp_path / "run" / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert [row["phase"] for row in history] == ["frozen", "frozen", "fine-tune", "fine-tune"]
+    meta = RunMetadata.load(tmp_path / "run")
+    assert meta.config["fine_tune_epochs"] == 2 and meta.config["fine_tune_from"] == "all"
+    backbone = backbone_of(result.model)
+    bn = sum(int(np.prod(w.shape)) for layer in backbone.layers if "BatchNormalization" in type(layer).__name__
+             for w in layer.trainable_weights + layer.non_trainable_weights)
+    assert meta.parameters["trainable"] == meta.parameters["total"] - bn  # the whole backbone but BatchNorm
+    val_losses = [float(row["val_loss"]) for row in history]
+    assert meta.best_epoch == 1 + int(np.argmin(val_losses))
+    images, kept, _ = load_images(result.dataset.subset("val"), 64, preprocess="none")
+    from ccad.data.datasets import label_indices
+
+    labels = label_indices(kept, result.dataset.classes)
+    result.model.compile(loss="categorical_crossentropy")
+    kept_loss = result.model.evaluate(image_batches(images, labels, 8, 2), verbose=0)
+    assert kept_loss == pytest.approx(min(val_losses), rel=1e-4)

@@ -243,7 +243,8 @@ def head_of(model, feature_dim: int):
 
 
 def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
-    """Make backbone layers from ``from_layer`` on trainable (BatchNorm stays frozen).
+    """Make backbone layers from ``from_layer`` on trainable (BatchNorm stays frozen); ``"all"``: every
+    layer of the backbone.
 
     Returns the number of trainable parameters afterwards.
     """
@@ -254,14 +255,29 @@ def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
     if from_layer is None and DEFAULT_FINE_TUNE_FROM not in names:
         from_layer = names[int(len(names) * 0.8)]  # other backbones: the last fifth of the layers
     from_layer = from_layer or DEFAULT_FINE_TUNE_FROM
+    if from_layer == "all":
+        from_layer = names[0]
     if from_layer not in names:
         raise ConfigError(f"--fine-tune-from {from_layer!r} is not a layer of {backbone.name} "
-                          "(MobileNetV2: e.g. block_13_expand, Conv_1)")
+                          "(MobileNetV2: e.g. block_13_expand, Conv_1; or all)")
     start = names.index(from_layer)
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
     return sum(int(w.numpy().size) for w in model.trainable_weights)
+
+
+def imagenet_original_parameters(name: str) -> int:
+    """Parameters of ``name`` as ImageNet published it: 224/299 px with the 1000-class top (the paper's Table 3
+    counts), built with random weights (no download)."""
+    import keras
+
+    spec = get_backbone(name)
+    model = getattr(keras.applications, spec.application)(include_top=True, weights=None)
+    count = int(model.count_params())
+    del model
+    keras.backend.clear_session()
+    return count
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -23,11 +23,19 @@ import numpy as np
 from ccad.data.datasets import DataSpec, assign_splits
 from ccad.evaluation.metrics import format_interval
 from ccad.io.files import write_json, write_text
-from ccad.models.classifier import count_parameters, get_backbone, imagenet_available_for
+from ccad.models.classifier import (
+    count_parameters,
+    get_backbone,
+    imagenet_available_for,
+    imagenet_original_parameters,
+)
 from ccad.training.config import TrainConfig
 from ccad.training.run import train
 
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
+#: The paper's Table 3 as printed: (parameters, disk space in MB) of each network with its 1000-class top.
+PAPER_TABLE3 = {"mobilenet": (4_253_864, 16), "mobilenet_v2": (3_538_984, 14), "vgg16": (138_357_544, 528),
+                "vgg19": (143_667_240, 549), "resnet50": (25_636_712, 98)}
 
 
 def compare(spec: DataSpec, out: str | os.PathLike, backbones: Sequence[str] = ("mobilenet_v2",),
@@ -67,6 +75,9 @@ def _row(result, backbone: str, head: str, weights: str, note: str, run_dir: Pat
     row = {"backbone": backbone, "head": head, "weights": weights, "note": note,
            "feature_selection": result.config.feature_selection, "features_kept": result.features_kept,
            "input_size": result.config.input_size, "parameters": total, "trainable": trainable,
+           "imagenet_original_parameters": imagenet_original_parameters(backbone),
+           "paper_table3": dict(zip(("parameters", "size_mb"), PAPER_TABLE3[backbone])) if backbone in PAPER_TABLE3
+           else None,
            "size_mb": round(size / 2**20, 2), "train_s": round(result.timings.get("train_s", 0.0), 1),
            "fit_s": round(result.timings.get("head_fit_s", result.timings.get("train_s", 0.0)), 2),
            "latency_ms": round(_latency_ms(result.model, result.config.input_size), 1),
@@ -104,4 +115,21 @@ def comparison_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {r['backbone']} | {r['head']} | {weights} | {r['parameters']:,} | {r['trainable']:,} | "
                      f"{r['size_mb']} | " + " | ".join(fmt(r[m]) for m in METRICS)
                      + f" | {selection} | {r['train_s']} | {r['latency_ms']} |")
+    lines += ["", "The paper's Table 3 beside ours. The paper counts each network as published for ImageNet, "
+              "with its 1000-class top; so does our second column (the network built with random weights, no "
+              "download). \"As trained\" is the model here: no top, global average pooling, dropout and a Dense "
+              "softmax; its disk size is that run's model file(s).", "",
+              "| backbone | paper: parameters (1000-class top) | ours: parameters, 1000-class top | paper: disk "
+              "(MB) | ours: parameters as trained | ours: disk (MB) |", "| --- " * 6 + "|"]
+    seen = set()
+    for r in summary["rows"]:
+        if r["backbone"] in seen:
+            continue
+        seen.add(r["backbone"])
+        paper = r.get("paper_table3") or {}
+        lines.append(f"| {r['backbone']} | {paper.get('parameters', 'n/a'):,} | {r['imagenet_original_parameters']:,} | "
+                     f"{paper.get('size_mb', 'n/a')} | {r['parameters']:,} | {r['size_mb']} |"
+                     if paper else
+                     f"| {r['backbone']} | n/a | {r['imagenet_original_parameters']:,} | n/a | {r['parameters']:,} | "
+                     f"{r['size_mb']} |")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ccad.models.classifier import feature_extractor, head_of, unfreeze_for_fine_tuning
@@ -51,17 +53,17 @@ def augmenter_for(config: TrainConfig, seed_offset: int = 0) -> Augmenter | None
 
 
 def fit_streaming(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int = 0,
-                   epochs: int | None = None, lr: float | None = None) -> list[dict[str, float]]:
+                  epochs: int | None = None, lr: float | None = None, callbacks=()) -> list[dict[str, float]]:
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
     k = len(classes)
     epochs = epochs or config.epochs
     model.compile(optimizer=optimizer(config.optimizer, lr or config.lr), loss="categorical_crossentropy",
-                  metrics=["accuracy"])
+                  metrics=["accuracy"], jit_compile=jit_compile())
     train_ds = image_batches(x_train, y_train, config.batch_size, k, augmenter_for(config), config.seed)
     val_ds = image_batches(x_val, y_val, config.batch_size, k)
     result = model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
                        class_weight=class_weights(y_train, k, config.class_weight),
-                       callbacks=[best_weights_callback(epochs)], verbose=verbose, shuffle=False)
+                       callbacks=[best_weights_callback(epochs), *callbacks], verbose=verbose, shuffle=False)
     return history_rows(result.history, phase="fine-tune" if first_epoch else "frozen")
 
 
@@ -98,10 +100,27 @@ def fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int) 
     return history_rows(result.history, phase="frozen")
 
 
-def fine_tune(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int):
+def fine_tune(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int,
+              best_val_loss: float = np.inf, callbacks=()) -> list[dict[str, float]]:
+    """The second phase: backbone layers from ``config.fine_tune_from`` on made trainable (BatchNorm stays
+    in inference mode), ``fine_tune_epochs`` streamed epochs at ``fine_tune_lr``.
+
+    The best-validation epoch is kept across both phases: each phase restores its own best epoch, and when
+    no fine-tuning epoch beats ``best_val_loss`` (the first phase's best), the first phase's weights come
+    back."""
+    before = [(v, v.numpy()) for v in model.weights]
     unfreeze_for_fine_tuning(model, config.fine_tune_from)
-    return fit_streaming(model, arrays, classes, config, verbose, first_epoch=first_epoch,
-                          epochs=config.fine_tune_epochs, lr=config.fine_tune_lr)
+    rows = fit_streaming(model, arrays, classes, config, verbose, first_epoch=first_epoch,
+                         epochs=config.fine_tune_epochs, lr=config.fine_tune_lr, callbacks=callbacks)
+    if min((r.get("val_loss", np.inf) for r in rows), default=np.inf) >= best_val_loss:
+        for variable, value in before:
+            variable.assign(value)
+    return rows
+
+
+def jit_compile() -> bool:
+    """XLA for the streamed loops (``CCAD_JIT_COMPILE=0/1``; see benchmarks/fine_tune.py)."""
+    return os.environ.get("CCAD_JIT_COMPILE", "0") == "1"
 
 
 def history_rows(history: dict[str, list[float]], phase: str) -> list[dict[str, float]]:

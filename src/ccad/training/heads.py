@@ -18,8 +18,8 @@ linear: it is stored beside the model as ONNX (``head.onnx``, converted by
 skl2onnx), run after the backbone by evaluation, ``predict`` and the bundle; it
 has no class activation map.
 
-``--feature-selection woa`` picks features with mealpy's Whale Optimization
-Algorithm (Mirjalili & Lewis 2016): each whale is a vector in [-1, 1]^D, a
+``--feature-selection woa`` picks features with the Whale Optimization
+Algorithm (Mirjalili & Lewis 2016; :mod:`ccad.training.woa`): each whale is a vector in [-1, 1]^D, a
 feature is kept where its entry is > 0; the cost of a subset is the 3-fold
 cross-validated error of a logistic regression on the *training split only*
 plus 0.01 x the share of features kept. WOA is a weak optimizer in 1,280
@@ -38,6 +38,7 @@ import numpy as np
 from ccad.models.classifier import CLASSIFIER_LAYER
 from ccad.models.decision import fit_temperature
 from ccad.models.heads import HEAD_FILE
+from ccad.training.woa import whale_optimization
 
 WOA_EPOCHS, WOA_POPULATION, WOA_SIZE_PENALTY = 20, 16, 0.01
 
@@ -71,7 +72,6 @@ class HeadFit:
 
 def woa_select(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.ndarray:
     """A boolean mask of the features kept by WOA (fitted on these training features only)."""
-    from mealpy import WOA, FloatVar
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.preprocessing import StandardScaler
@@ -87,10 +87,8 @@ def woa_select(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.nd
         accuracy = cross_val_score(LogisticRegression(C=0.1, max_iter=500), x[:, keep], labels, cv=folds).mean()
         return float(1.0 - accuracy + WOA_SIZE_PENALTY * keep.mean())
 
-    problem = {"obj_func": cost, "bounds": FloatVar(lb=[-1.0] * dim, ub=[1.0] * dim), "minmax": "min",
-               "log_to": None}
-    best = WOA.OriginalWOA(epoch=WOA_EPOCHS, pop_size=WOA_POPULATION).solve(problem, seed=seed)
-    mask = np.asarray(best.solution) > 0
+    position, _ = whale_optimization(cost, dim, WOA_EPOCHS, WOA_POPULATION, seed)
+    mask = position > 0
     return mask if mask.any() else np.ones(dim, bool)
 
 

@@ -186,7 +186,9 @@ def _fit(arrays, dataset: Dataset, config: TrainConfig, verbose: int, cluster, r
             fit = fit_cached_views if config.feature_views > 0 else fit_streaming
             history = fit(model, arrays, dataset.classes, config, verbose)
         if config.fine_tune_epochs and strategy is None:
-            history += fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history))
+            best = min((row.get("val_loss", np.inf) for row in history), default=np.inf)
+            history += fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history),
+                                 best_val_loss=best)
     if strategy is not None:  # every worker saves (a collective step); continue on a plain copy
         with atomic_path(run_dir / "model.keras") as tmp:
             model.save(tmp)

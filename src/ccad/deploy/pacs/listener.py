@@ -1,0 +1,364 @@
+"""``ccad dicom listen``: a DICOM Storage SCP (pynetdicom) that scores chest X-rays and sends the results
+back (C-STORE) into the same study.
+
+The path of an image:
+
+1. **Received.** The C-STORE handler decodes the data set (a malformed one is answered 0xC210, "cannot
+   understand"), writes the file to the spool's inbox atomically and answers success at once. When the
+   scoring queue is full it answers 0xA700 ("out of resources") and keeps nothing: the sender keeps the
+   image and may retry.
+2. **Scored** by a bounded pool of worker threads with the bundle's ONNX model, through the same
+   preprocessing, decision rule, out-of-distribution guard and severity head as ``ccad predict``. An
+   image that is not a frontal chest radiograph (:func:`.results.not_scored_reason`), or whose pixels
+   cannot be decoded, is not scored; its report says why.
+3. **Delivered.** The structured report and the heatmap capture are written to the outbox, then sent to
+   ``--send-to`` by one sender thread. A destination that is down or refuses them is retried with
+   exponential backoff (1 s doubling to ``retry_max_s``); each file leaves the spool only once the
+   destination has accepted it. A restarted listener picks up both folders.
+
+Logs name images by a short hash of their SOP Instance UID: no patient or study field is ever logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccad import __version__
+from ccad.deploy.pacs.results import (
+    ACCEPTED_SOP_CLASSES,
+    Algorithm,
+    heatmap_capture,
+    not_scored_reason,
+    structured_report,
+)
+from ccad.deploy.pacs.spool import Spool
+from ccad.errors import ConfigError
+
+log = logging.getLogger("ccad.dicom")
+
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+#: C-STORE statuses after which the destination has the object (success and the warnings).
+STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+@dataclass(frozen=True)
+class Destination:
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        """``AET@HOST:PORT``."""
+        try:
+            ae_title, address = text.split("@", 1)
+            host, port = address.rsplit(":", 1)
+            destination = cls(ae_title, host, int(port))
+        except ValueError:
+            raise ConfigError(f"--send-to must be AET@HOST:PORT, got {text!r}") from None
+        if not 0 < len(ae_title) <= 16 or not 0 < destination.port < 65536:
+            raise ConfigError(f"--send-to {text!r}: the AE title takes 1-16 characters and the port 1-65535")
+        return destination
+
+
+@dataclass
+class ListenerSettings:
+    model: Path
+    send_to: Destination
+    spool: Path = Path("ccad-spool")
+    ae_title: str = "CCAD"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    int8: bool = False
+    workers: int = 1
+    queue_size: int = 32
+    retry_max_s: float = 60.0
+    threads: int = 2
+    max_pixels: int | None = None
+
+    def check(self) -> "ListenerSettings":
+        if not 0 < len(self.ae_title) <= 16:
+            raise ConfigError(f"--ae-title takes 1-16 characters, got {self.ae_title!r}")
+        if self.workers < 1 or self.queue_size < 1 or self.retry_max_s <= 0:
+            raise ConfigError("--workers and --queue-size must be at least 1 and --retry-max-s positive")
+        return self
+
+
+def transfer_syntaxes() -> list[str]:
+    """The transfer syntaxes the listener accepts: those pydicom can decode here (uncompressed, deflate,
+    RLE, and JPEG / JPEG-LS / JPEG 2000 when their plugins are installed)."""
+    from pydicom import uid
+    from pydicom.pixels.decoders.base import get_decoder
+
+    candidates = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
+                  uid.ExplicitVRBigEndian, uid.RLELossless, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit,
+                  uid.JPEGLosslessSV1, uid.JPEGLossless, uid.JPEGLSLossless, uid.JPEGLSNearLossless,
+                  uid.JPEG2000Lossless, uid.JPEG2000]
+    supported = []
+    for syntax in candidates:
+        try:
+            if not syntax.is_compressed or get_decoder(syntax).is_available:
+                supported.append(str(syntax))
+        except NotImplementedError:
+            continue
+    return supported
+
+
+def instance_key(sop_instance_uid: str) -> str:
+    """How logs and spool files name an image: a hash of its UID, which says nothing of the patient."""
+    return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Retry:
+    attempts: int = 0
+    due: float = 0.0
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    refused_busy: int = 0
+    refused_malformed: int = 0
+    scored: int = 0
+    not_scored: int = 0
+    sent: int = 0
+    send_failures: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Listener:
+    """The SCP, its scoring pool and its sender. :meth:`start` returns once it listens; :meth:`stop`
+    ends it (what is in the spool stays there for the next start)."""
+
+    def __init__(self, settings: ListenerSettings, predictor=None):
+        self.settings = settings.check()
+        self.spool = Spool(settings.spool)
+        self.predictor = predictor
+        self.stats = Stats()
+        self._queue: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_size)
+        self._admit = threading.Lock()
+        self._stop = threading.Event()
+        self._wake_sender = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._retries: dict[Path, _Retry] = {}
+        self._server = None
+
+    def start(self) -> "Listener":
+        from pynetdicom import AE, evt
+
+        logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
+        if self.predictor is None:
+            from ccad.scoring.predictor import OnnxPredictor
+
+            self.predictor = OnnxPredictor(self.settings.model, variant="int8" if self.settings.int8 else "float",
+                                           threads=self.settings.threads)
+        card = self.predictor.card
+        self.algorithm = Algorithm("ccad", (card.versions or {}).get("ccad") or __version__,
+                                   card.sha256[card.models[self.predictor.variant]], self.predictor.variant,
+                                   self.predictor.decision.describe())
+        ae = AE(ae_title=self.settings.ae_title)
+        syntaxes = transfer_syntaxes()
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes)
+        ae.maximum_pdu_size = 0
+        self._ae = ae
+        self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
+                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        for i in range(self.settings.workers):
+            self._spawn(self._work, f"ccad-dicom-worker-{i}")
+        self._spawn(self._send_loop, "ccad-dicom-sender")
+        self._spawn(self._resume, "ccad-dicom-resume")
+        log.info("listening as %s on %s:%d; results to %s@%s:%d; model %s (%s); spool %s",
+                 self.settings.ae_title, self.settings.host, self.settings.port, self.settings.send_to.ae_title,
+                 self.settings.send_to.host, self.settings.send_to.port, self.settings.model, self.predictor.variant,
+                 self.settings.spool)
+        return self
+
+    def _spawn(self, target, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake_sender.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    def serve_forever(self) -> None:
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            log.info("stopping: %s", self.stats)
+        finally:
+            self.stop()
+
+    # 1. received ------------------------------------------------------------------------------------
+
+    def _on_store(self, event) -> int:
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            key = instance_key(str(ds.SOPInstanceUID))
+            str(ds.StudyInstanceUID)
+        except Exception as e:  # pynetdicom/pydicom raise many types for a malformed data set
+            self.stats.add("refused_malformed")
+            log.warning("refused a data set that cannot be decoded (%s): status 0xC210", type(e).__name__)
+            return CANNOT_UNDERSTAND
+        with self._admit:
+            if self._queue.full():
+                self.stats.add("refused_busy")
+                log.warning("image %s refused: the scoring queue is full (%d): status 0xA700", key,
+                            self.settings.queue_size)
+                return OUT_OF_RESOURCES
+            try:
+                path = self.spool.receive(key, event.encoded_dataset())
+            except OSError as e:
+                log.error("image %s refused: cannot write the spool (%s): status 0xA700", key, e.strerror)
+                return OUT_OF_RESOURCES
+            self._queue.put_nowait(path)
+        self.stats.add("received")
+        log.info("image %s received", key)
+        return SUCCESS
+
+    def _resume(self) -> None:
+        """Queue what a previous run left in the inbox (waiting for room, as a sender would)."""
+        for path in self.spool.pending_inbox():
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(path, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+        self._wake_sender.set()
+
+    # 2. scored --------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                path = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                if path.exists():
+                    self._process(path)
+            finally:
+                self._queue.task_done()
+
+    def _process(self, path: Path) -> None:
+        import pydicom
+
+        from ccad.errors import CcadError
+        from ccad.io.images import read_grayscale_bytes
+
+        key = path.stem
+        try:
+            data = path.read_bytes()
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            reason = not_scored_reason(ds)
+            prediction = None
+            if reason is None:
+                try:
+                    gray = read_grayscale_bytes(data, "the image", self.settings.max_pixels)
+                    prediction = self.predictor.score([key], [self.predictor.prepare(gray)], with_heatmaps=True)[0]
+                except CcadError as e:
+                    reason = f"not readable: {e}"
+            objects = [structured_report(ds, self.algorithm, prediction, reason)]
+            if prediction is not None:
+                objects.append(heatmap_capture(ds, self.algorithm, prediction))
+            self.spool.put_results(key, objects)
+        except Exception as e:  # a bad image must never stop the listener
+            self.stats.add("not_scored")
+            log.error("image %s: no result (%s: %s); dropped", key, type(e).__name__, str(e)[:200])
+            path.unlink(missing_ok=True)
+            return
+        path.unlink(missing_ok=True)
+        if prediction is None:
+            self.stats.add("not_scored")
+            log.info("image %s not scored: %s", key, reason)
+        else:
+            self.stats.add("scored")
+            log.info("image %s scored: %s (%.3f)%s", key, prediction.predicted_class,
+                     prediction.probabilities[prediction.predicted_class],
+                     "" if prediction.in_distribution is not False else ", out of distribution")
+        self._wake_sender.set()
+
+    # 3. delivered -----------------------------------------------------------------------------------
+
+    def _send_loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            pending = self.spool.pending_outbox()
+            due = [p for p in pending if self._retries.get(p, _Retry()).due <= now]
+            if due:
+                self._send(due)
+                continue
+            waits = [self._retries[p].due - now for p in pending if p in self._retries]
+            self._wake_sender.wait(timeout=min(waits + [1.0]))
+            self._wake_sender.clear()
+
+    def _send(self, paths: list[Path]) -> None:
+        import pydicom
+        from pynetdicom import AE
+
+        destination = self.settings.send_to
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.add_requested_context(COMPREHENSIVE_SR)
+        ae.add_requested_context(SECONDARY_CAPTURE)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        if not assoc.is_established:
+            for path in paths:
+                self._failed(path, "the destination is not reachable")
+            return
+        try:
+            for path in paths:
+                if self._stop.is_set():
+                    break
+                try:
+                    status = assoc.send_c_store(pydicom.dcmread(path))
+                except Exception as e:
+                    self._failed(path, type(e).__name__)
+                    if not assoc.is_established:
+                        break
+                    continue
+                code = int(getattr(status, "Status", -1)) if status else -1
+                if code in STORED:
+                    path.unlink(missing_ok=True)
+                    self._retries.pop(path, None)
+                    self.stats.add("sent")
+                    log.info("result %s delivered", path.stem)
+                else:
+                    self._failed(path, f"status 0x{code:04X}" if code >= 0 else "no response")
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        for path in [p for p in self._retries if not p.exists()]:
+            self._retries.pop(path, None)
+
+    def _failed(self, path: Path, why: str) -> None:
+        retry = self._retries.setdefault(path, _Retry())
+        delay = min(self.settings.retry_max_s, 2.0 ** retry.attempts)
+        retry.attempts += 1
+        retry.due = time.monotonic() + delay
+        self.stats.add("send_failures")
+        log.warning("result %s not delivered (%s); retry %d in %.0f s", path.stem, why, retry.attempts, delay)

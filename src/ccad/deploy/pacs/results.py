@@ -1,0 +1,182 @@
+"""What the listener scores, and the two DICOM objects of a result, built with highdicom.
+
+- :func:`not_scored_reason`: why a received instance is not a frontal chest radiograph ccad can score
+  (None when it is);
+- :func:`structured_report`: a Comprehensive SR following TID 1500 (Measurement Report), the template the
+  IHE AI Results profile uses: the algorithm's identification (name, version, model sha256, decision
+  rule), the probability of each class, the decision, severity scores, the out-of-distribution flag and
+  "not for diagnosis"; or, for an image not scored, the reason;
+- :func:`heatmap_capture`: a Secondary Capture of the X-ray with the class activation map overlaid and a
+  burned-in "NOT FOR DIAGNOSIS - ccad <version>" banner.
+
+Both copy the patient and study of the source image (as DICOM requires: the result belongs to the same
+study) and go into a new series each. Their UIDs are derived from the source instance's UID and the
+model's sha256, so scoring the same image again with the same model gives the same objects, and a PACS
+that receives one twice keeps one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ccad import __version__
+
+CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
+DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
+SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+#: The storage SOP classes the listener accepts.
+ACCEPTED_SOP_CLASSES = (CR_STORAGE, DX_PRESENTATION_STORAGE, SECONDARY_CAPTURE_STORAGE)
+MANUFACTURER = "ccad"
+LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LLO", "RLO"}
+CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "PORT CHEST", "CHEST_LAT", ""}
+BANNER = "NOT FOR DIAGNOSIS - ccad {version}"
+SCHEME = "99CCAD"  # a private coding scheme for ccad's own concepts
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """What identifies the result's producer (IHE AI Results: algorithm identification)."""
+
+    name: str
+    version: str
+    model_sha256: str
+    variant: str
+    decision_rule: str
+
+    def parameters(self) -> list[str]:
+        return [f"model sha256 {self.model_sha256}", f"model variant {self.variant}",
+                f"decision rule: {self.decision_rule}"[:64], "research screening aid, not for diagnosis"]
+
+
+def not_scored_reason(ds) -> str | None:
+    """Why ``ds`` (a received instance) is not scored, in words for the report and the log (never a
+    patient field), or None for a frontal chest radiograph with pixels."""
+    if "PixelData" not in ds:
+        return "no pixel data"
+    if str(ds.get("Manufacturer", "")) == MANUFACTURER and str(ds.get("SeriesNumber", "")) in (
+            str(SR_SERIES_NUMBER), str(SC_SERIES_NUMBER)):
+        return "a ccad result, not an X-ray"
+    sop_class = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    if sop_class not in ACCEPTED_SOP_CLASSES:
+        return f"SOP class {sop_class or 'missing'} is not CR, DX or Secondary Capture"
+    if modality not in ("CR", "DX") and not (sop_class == SECONDARY_CAPTURE_STORAGE and modality in ("OT", "")):
+        return f"modality {modality or 'missing'} is not a radiograph (CR or DX)"
+    part = str(ds.get("BodyPartExamined", "")).upper().strip()
+    if part not in CHEST_PARTS:
+        return f"body part examined is {part}, not chest"
+    view = str(ds.get("ViewPosition", "")).upper().strip()
+    if view in LATERAL_VIEWS:
+        return f"view position {view}: a lateral view (ccad scores frontal PA/AP views)"
+    return None
+
+
+def _uid(source_uid: str, algorithm: Algorithm, what: str) -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid(prefix=None, entropy_srcs=[source_uid, algorithm.model_sha256, algorithm.variant, what])
+
+
+def _code(value: str, meaning: str):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=value, scheme_designator=SCHEME, meaning=meaning[:64])
+
+
+def structured_report(source, algorithm: Algorithm, prediction: Any = None, reason: str | None = None):
+    """The SR of ``prediction`` (a :class:`ccad.scoring.score.Prediction`) for ``source``, or, with
+    ``reason``, of an image that was not scored."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    no_units = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
+    yes, no = CodedConcept("373066001", "SCT", "Yes"), CodedConcept("373067005", "SCT", "No")
+    measurements, evaluations = [], [
+        hd.sr.QualitativeEvaluation(_code("intended-use", "Intended use"),
+                                    _code("not-for-diagnosis", "Research screening aid, not for diagnosis"))]
+    if reason is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(_code("not-scored", "Not scored"),
+                                                       _code("reason", reason)))
+    else:
+        for name, value in prediction.probabilities.items():
+            measurements.append(hd.sr.Measurement(name=_code(f"p-{name}", f"Probability of {name}"),
+                                                  value=float(value), unit=no_units))
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            _code("screening-result", "Screening result"),
+            _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)")))
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            _code("out-of-distribution", "Outside the model's training distribution"),
+            no if prediction.in_distribution is not False else yes))
+        for key, value in (prediction.severity or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                measurements.append(hd.sr.Measurement(name=_code(f"severity-{key}", f"Severity: {key}"),
+                                                      value=float(value), unit=no_units))
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=_uid("device", algorithm, "device"), name=algorithm.name, manufacturer_name=MANUFACTURER,
+        model_name=f"{algorithm.name} {algorithm.version}")
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(source.SOPInstanceUID, algorithm, "tracking"),
+                                                     identifier="ccad COVID-19 screening result"),
+        algorithm_id=hd.sr.AlgorithmIdentification(algorithm.name, algorithm.version, algorithm.parameters()),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
+        measurements=measurements or None, qualitative_evaluations=evaluations)
+    report = hd.sr.MeasurementReport(observation_context=context,
+                                     procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
+                                     imaging_measurements=[group])
+    sr = hd.sr.ComprehensiveSR(evidence=[source], content=report, series_instance_uid=_uid(
+        source.SOPInstanceUID, algorithm, "sr-series"), series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sr"), instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True, series_description="ccad result (not for diagnosis)")
+    return sr
+
+
+def banner_lines(prediction, version: str = __version__) -> list[str]:
+    probability = prediction.probabilities[prediction.predicted_class]
+    ood = "" if prediction.in_distribution is not False else " - OUT OF DISTRIBUTION"
+    return [BANNER.format(version=version), f"ccad: {prediction.predicted_class} ({probability:.2f}){ood}"]
+
+
+def heatmap_capture(source, algorithm: Algorithm, prediction):
+    """A Secondary Capture (RGB) of the X-ray with ``prediction``'s heatmap and lung outline overlaid and
+    the banner burned in."""
+    import highdicom as hd
+
+    from ccad.io.pictures import overlay
+
+    pictures = prediction.pictures
+    rgb = _burn_in(overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline),
+                   banner_lines(prediction, algorithm.version))
+    orientation = source.get("PatientOrientation")
+    orientation = tuple(orientation) if orientation and len(orientation) == 2 else ("L", "F")
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
+        coordinate_system="PATIENT", patient_orientation=orientation,
+        series_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sc-series"), series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sc"), instance_number=1,
+        manufacturer=MANUFACTURER, series_description="ccad heatmap (not for diagnosis)")
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageComments = BANNER.format(version=algorithm.version)
+    return sc
+
+
+def _burn_in(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
+    """``rgb`` with a black band on top holding ``lines`` in white."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    width = rgb.shape[1]
+    size = max(10, width // 36)
+    font = ImageFont.load_default(size=size)
+    band = (size + 6) * len(lines) + 6
+    canvas = Image.new("RGB", (width, rgb.shape[0] + band))
+    canvas.paste(Image.fromarray(rgb), (0, band))
+    draw = ImageDraw.Draw(canvas)
+    for i, line in enumerate(lines):
+        draw.text((6, 6 + i * (size + 6)), line, fill=(255, 255, 0) if i == 0 else (255, 255, 255), font=font)
+    return np.asarray(canvas)

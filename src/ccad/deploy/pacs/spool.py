@@ -1,0 +1,50 @@
+"""The listener's spool: received images wait in ``inbox/`` until scored, results in ``outbox/`` until the
+PACS has them. Every file is written atomically (a crash leaves the old state or the new, never half a
+file) and readable by its owner only; each is removed once it has been handled, so nothing of a patient
+stays on disk longer than it takes to score and deliver. A restarted listener finds what was left and
+carries on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ccad.io.files import atomic_path, write_bytes
+
+
+class Spool:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.inbox, self.outbox = self.root / "inbox", self.root / "outbox"
+        for folder in (self.root, self.inbox, self.outbox):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+
+    def receive(self, key: str, data: bytes) -> Path:
+        """Store a received instance (the bytes of a DICOM file) under ``key``."""
+        path = self.inbox / f"{key}.dcm"
+        write_bytes(path, data)
+        os.chmod(path, 0o600)
+        return path
+
+    def put_results(self, key: str, datasets) -> list[Path]:
+        """Store the result objects of ``key`` (pydicom data sets) for sending, each atomically."""
+        paths = []
+        for i, ds in enumerate(datasets):
+            path = self.outbox / f"{key}-{i}.dcm"
+            with atomic_path(path) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
+                os.chmod(tmp, 0o600)
+            paths.append(path)
+        return paths
+
+    @staticmethod
+    def _pending(folder: Path) -> list[Path]:
+        files = [p for p in folder.glob("*.dcm") if p.is_file()]
+        return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+    def pending_inbox(self) -> list[Path]:
+        return self._pending(self.inbox)
+
+    def pending_outbox(self) -> list[Path]:
+        return self._pending(self.outbox)

@@ -1,0 +1,358 @@
+"""ccad dicom listen against a real PACS (Debian's Orthanc, started on 127.0.0.1 with a temporary
+configuration): images routed by Orthanc come back as an SR and a heatmap capture in the same study."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import PATIENT, make_xray_dicom
+
+from ccad.data.synthetic import render_patient
+from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings, transfer_syntaxes
+from ccad.deploy.pacs.results import SC_SERIES_NUMBER, not_scored_reason
+from ccad.errors import ConfigError
+
+ORTHANC = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
+needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; "
+                                                           ".ci/run installs it)")
+ROUTE_LUA = """
+function OnStoredInstance(instanceId, tags, metadata, origin)
+  local modality = tags['Modality']
+  if (modality == 'CR' or modality == 'DX') and origin['RequestOrigin'] ~= 'Lua' then
+    SendToModality(instanceId, 'ccad')
+  end
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout=120.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Orthanc:
+    """A real Orthanc on 127.0.0.1 with its own storage, routing new CR/DX instances to ccad."""
+
+    def __init__(self, root: Path, listener_port: int):
+        self.root, self.http_port, self.dicom_port = root, free_port(), free_port()
+        (root / "route.lua").write_text(ROUTE_LUA)
+        self.config = root / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "ccad-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+            "DicomServerEnabled": True, "DicomModalities": {"ccad": ["CCAD", "127.0.0.1", listener_port]},
+            "LuaScripts": [str(root / "route.lua")], "Plugins": [], "StableAge": 1, "ConcurrentJobs": 2}))
+        self.process = None
+
+    def start(self):
+        self.log = open(self.root / "orthanc.log", "ab")
+        self.process = subprocess.Popen([ORTHANC, str(self.config)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._up, 60, "Orthanc to start")
+        return self
+
+    def _up(self):
+        try:
+            return self.get("/system")
+        except OSError:
+            return None
+
+    def stop(self):
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+            self.log.close()
+
+    def get(self, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    def study_instances(self, study_uid: str) -> list[pydicom.Dataset]:
+        """Every instance Orthanc holds of a study, read back as DICOM files."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/tools/find", method="POST",
+            data=json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}).encode())
+        with urllib.request.urlopen(request, timeout=10) as r:
+            ids = json.loads(r.read())
+        return [pydicom.dcmread(__import__("io").BytesIO(self.get(f"/instances/{i}/file"))) for i in ids]
+
+
+def c_store(path_or_ds, port: int, ae_title: str, chunked: bool = False) -> int:
+    """C-STORE one object to 127.0.0.1:port; its status (or -1 when the association failed)."""
+    from pynetdicom import AE, _config
+
+    ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, force=True,
+                                                                                     stop_before_pixels=True)
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
+    if not assoc.is_established:
+        return -1
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = chunked
+    try:
+        status = assoc.send_c_store(path_or_ds)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
+        assoc.release()
+    return int(status.Status) if status else -1
+
+
+def xray(tmp_path, name, seed=0, **fields) -> Path:
+    gray = render_patient(np.random.default_rng(seed), "covid", 256)
+    return make_xray_dicom(tmp_path / f"{name}.dcm", gray, **fields)
+
+
+def start_listener(bundle, port, destination_port, spool, log_path) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port", str(port),
+         "--send-to", f"ORTHANC@127.0.0.1:{destination_port}", "--spool", str(spool), "--retry-max-s", "1"],
+        stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: _listening(port) or process.poll() is not None, 60, "the listener to start")
+    assert process.poll() is None, Path(log_path).read_text()
+    return process
+
+
+def _listening(port) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def stop(process):
+    process.terminate()
+    process.wait(30)
+
+
+def report_items(sr) -> dict[str, object]:
+    """{concept code: value} of an SR's content tree: numbers, codes and texts."""
+    items = {}
+
+    def value_of(code):
+        return next((code.get(k) for k in ("CodeValue", "LongCodeValue", "URNCodeValue") if k in code), None)
+
+    def walk(sequence):
+        for item in sequence:
+            code = value_of(item.ConceptNameCodeSequence[0]) if "ConceptNameCodeSequence" in item else None
+            if item.ValueType == "NUM":
+                items[code] = float(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "CODE":
+                concept = item.ConceptCodeSequence[0]
+                items[code] = (value_of(concept), concept.CodeMeaning)
+            elif item.ValueType == "TEXT":
+                items.setdefault(code, []).append(item.TextValue)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(sr.ContentSequence)
+    return items
+
+
+# -- which images are scored (no server needed) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({}, None),
+    ({"ViewPosition": "LL"}, "lateral"),
+    ({"BodyPartExamined": "HAND"}, "not chest"),
+    ({"Modality": "CT"}, "not a radiograph"),
+    ({"PixelData": None}, "no pixel data"),
+    ({"BodyPartExamined": None, "ViewPosition": None}, None),  # not stated: scored
+])
+def test_only_frontal_chest_radiographs_are_scored(tmp_path, fields, reason):
+    ds = pydicom.dcmread(xray(tmp_path, "x", **fields))
+    found = not_scored_reason(ds)
+    assert (found is None) if reason is None else (reason in found)
+
+
+def test_settings_and_transfer_syntaxes():
+    assert Destination.parse("ORTHANC@127.0.0.1:4242") == Destination("ORTHANC", "127.0.0.1", 4242)
+    for bad in ("ORTHANC:4242", "ORTHANC@host", "@h:1", "A" * 17 + "@h:1"):
+        with pytest.raises(ConfigError, match="--send-to"):
+            Destination.parse(bad)
+    syntaxes = transfer_syntaxes()
+    assert "1.2.840.10008.1.2.1" in syntaxes and "1.2.840.10008.1.2" in syntaxes and "1.2.840.10008.1.2.5" in syntaxes
+
+
+# -- the listener on its own: bad input, a full queue ---------------------------------------------------------
+
+
+class GatedPredictor:
+    """The bundle's real predictor, held at a gate before scoring (to fill the queue deterministically)."""
+
+    def __init__(self, predictor):
+        self._predictor, self.gate, self.waiting = predictor, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def score(self, *args, **kwargs):
+        self.waiting.set()
+        self.gate.wait(60)
+        return self._predictor.score(*args, **kwargs)
+
+
+def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listener(bundle, tmp_path, caplog):
+    from pynetdicom import AE
+
+    from ccad.scoring.predictor import OnnxPredictor
+
+    caplog.set_level("INFO", logger="ccad.dicom")
+    predictor = GatedPredictor(OnnxPredictor(bundle))
+    port = free_port()
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
+                                port=port, queue_size=1, retry_max_s=0.5)
+    listener = Listener(settings, predictor).start()
+    try:
+        # truncated in the middle of an element: refused (0xC210), or accepted and then not scored
+        good = xray(tmp_path, "good")
+        data = good.read_bytes()
+        truncated = tmp_path / "truncated.dcm"
+        truncated.write_bytes(data[:600])
+        assert c_store(truncated, port, "CCAD", chunked=True) in (0xC210, 0xC000, 0x0000, -1)
+        # an association aborted by the sender
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1")
+        assoc = ae.associate("127.0.0.1", port, ae_title="CCAD")
+        assert assoc.is_established
+        assoc.abort()
+        # an unsupported transfer syntax is not negotiated
+        ae = AE(ae_title="TESTSCU")
+        ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.1.2.4.100")  # MPEG2
+        assoc = ae.associate("127.0.0.1", port, ae_title="CCAD")
+        assert not assoc.is_established or not assoc.accepted_contexts
+        if assoc.is_established:
+            assoc.release()
+        predictor.gate.clear()
+        wait_for(lambda: listener._queue.qsize() == 0, 30, "the truncated file to be handled")
+        # a full queue: one image held by the worker, one waiting, the third answered "out of resources"
+        predictor.waiting.clear()
+        assert c_store(xray(tmp_path, "a", seed=1), port, "CCAD") == 0x0000
+        wait_for(predictor.waiting.is_set, 30, "the worker to take the first image")
+        assert c_store(xray(tmp_path, "b", seed=2), port, "CCAD") == 0x0000
+        assert c_store(xray(tmp_path, "c", seed=3), port, "CCAD") == 0xA700
+        predictor.gate.set()
+        wait_for(lambda: listener._queue.qsize() == 0, 30, "the queue to drain")
+        # 16-bit MONOCHROME1 is scored like any other
+        mono1 = xray(tmp_path, "mono1", seed=4, photometric="MONOCHROME1")
+        assert c_store(mono1, port, "CCAD") == 0x0000
+        wait_for(lambda: listener.stats.scored >= 3, 60, "three images to be scored")
+        assert listener.stats.refused_busy == 1
+        # nothing delivered (the destination is down): every result waits in the outbox
+        wait_for(lambda: len(list((tmp_path / "spool" / "outbox").glob("*.dcm"))) >= 6, 30, "results in the outbox")
+        assert listener.stats.send_failures >= 1
+    finally:
+        predictor.gate.set()
+        listener.stop()
+    logged = caplog.text
+    assert "scored" in logged and "not delivered" in logged
+    for value in PATIENT.values():
+        assert value not in logged and value.split("^")[0] not in logged
+
+
+# -- end to end with Orthanc -----------------------------------------------------------------------------------
+
+
+@needs_orthanc
+def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, tmp_path):
+    from ccad.scoring.predictor import OnnxPredictor
+
+    listener_port = free_port()
+    (tmp_path / "orthanc").mkdir()
+    orthanc = Orthanc(tmp_path / "orthanc", listener_port).start()
+    log_path = tmp_path / "listener.log"
+    listener = start_listener(bundle, listener_port, orthanc.dicom_port, tmp_path / "spool", log_path)
+    try:
+        study = pydicom.uid.generate_uid()
+        frontal = xray(tmp_path, "frontal", study_uid=study)
+        lateral = xray(tmp_path, "lateral", seed=5, study_uid=study, ViewPosition="LL")
+        hand = xray(tmp_path, "hand", seed=6, study_uid=study, BodyPartExamined="HAND")
+        for path in (frontal, lateral, hand):
+            assert c_store(path, orthanc.dicom_port, "ORTHANC") == 0x0000
+
+        def results():
+            found = [ds for ds in orthanc.study_instances(study) if ds.Modality in ("SR", "OT")]
+            return found if len(found) == 4 else None  # 3 reports + 1 capture
+
+        found = wait_for(results, 120, "the reports and the capture in Orthanc")
+    finally:
+        stop(listener)
+        orthanc.stop()
+    source = pydicom.dcmread(frontal)
+    reports = {ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+               .ReferencedSOPSequence[0].ReferencedSOPInstanceUID: ds for ds in found if ds.Modality == "SR"}
+    captures = [ds for ds in found if ds.Modality == "OT"]
+    assert len(reports) == 3 and len(captures) == 1
+    expected = OnnxPredictor(bundle).predict_files([frontal])[0]
+    report = reports[source.SOPInstanceUID]
+    items = report_items(report)
+    for name, probability in expected.probabilities.items():
+        assert items[f"p-{name}"] == pytest.approx(probability, abs=1e-5)
+    assert items["screening-result"][0] == f"class-{expected.predicted_class}"
+    assert items["out-of-distribution"][0] == ("373067005" if expected.in_distribution else "373066001")
+    assert items["intended-use"][0] == "not-for-diagnosis"
+    # the same patient and study, a new series each, the algorithm identified
+    capture = captures[0]
+    for ds in (report, capture):
+        assert (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID) == (PATIENT["PatientID"],
+                                                                           PATIENT["PatientName"], study)
+        assert ds.SeriesInstanceUID != source.SeriesInstanceUID
+    assert report.SeriesInstanceUID != capture.SeriesInstanceUID and capture.SeriesNumber == SC_SERIES_NUMBER
+    assert "ccad" in items["111001"] and any("model sha256" in t for t in items["111002"])
+    assert capture.BurnedInAnnotation == "YES" and "NOT FOR DIAGNOSIS" in capture.ImageComments
+    assert capture.pixel_array.ndim == 3 and capture.pixel_array.shape[2] == 3
+    # the images not scored say why
+    lateral_items = report_items(reports[pydicom.dcmread(lateral).SOPInstanceUID])
+    assert "lateral" in lateral_items["not-scored"][1]
+    assert "not chest" in report_items(reports[pydicom.dcmread(hand).SOPInstanceUID])["not-scored"][1]
+    logged = log_path.read_text()
+    assert "scored" in logged and "not scored" in logged
+    for value in PATIENT.values():
+        assert value not in logged and value.split("^")[0] not in logged
+
+
+@needs_orthanc
+def test_results_wait_while_the_pacs_is_down_and_arrive_once_after_it_is_up(bundle, tmp_path):
+    listener_port = free_port()
+    (tmp_path / "orthanc").mkdir()
+    orthanc = Orthanc(tmp_path / "orthanc", listener_port)  # not started: the destination is down
+    spool = tmp_path / "spool"
+    listener = start_listener(bundle, listener_port, orthanc.dicom_port, spool, tmp_path / "listener.log")
+    study = pydicom.uid.generate_uid()
+    try:
+        for i in range(2):
+            assert c_store(xray(tmp_path, f"x{i}", seed=i, study_uid=study), listener_port, "CCAD") == 0x0000
+        wait_for(lambda: len(list((spool / "outbox").glob("*.dcm"))) == 4, 120, "4 results waiting")
+        assert not list((spool / "inbox").glob("*.dcm"))
+        stop(listener)  # the listener restarts while results wait
+        listener = start_listener(bundle, listener_port, orthanc.dicom_port, spool, tmp_path / "listener.log")
+        orthanc.start()
+        wait_for(lambda: not list((spool / "outbox").glob("*.dcm")), 120, "the outbox to empty")
+        found = orthanc.study_instances(study)
+    finally:
+        stop(listener)
+        orthanc.stop()
+    assert sorted(ds.Modality for ds in found) == ["OT", "OT", "SR", "SR"]  # none lost, none duplicated
+    assert len({ds.SOPInstanceUID for ds in found}) == 4
