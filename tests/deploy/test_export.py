@@ -118,6 +118,44 @@ def test_resume_does_no_work_twice(run_and_bundle, synth_folders, tmp_path):
     assert main(args) == 2  # without --resume an existing CSV is not overwritten
 
 
+def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_for(run_and_bundle, tmp_path,
+                                                                                 caplog):
+    import shutil
+
+    from ccad.models.quantize import MAX_AUC_DIFFERENCE, MIN_AGREEMENT
+    from ccad.scoring.predictor import OnnxPredictor
+
+    run, bundle = run_and_bundle
+    check = json.loads((bundle / "ccad-model.json").read_text())["int8_check"]
+    assert check["data"].startswith("the run's validation split") and check["n"] > 0
+    # its figures are the float and INT8 models' own, recomputed here on the validation split
+    from ccad.data.datasets import read_split_file
+    from ccad.preprocessing.pipeline import load_images, to_model_input
+
+    val = [s for s in read_split_file(run / "split.csv") if s.split == "val"]
+    images, kept, _ = load_images(val, 64, preprocess="lungs+equalize+lowpass")
+    x = to_model_input(images)
+    f, q = OnnxPredictor(bundle), OnnxPredictor(bundle, variant="int8")
+    rule = f.decision
+    p_f, p_q = rule.calibrate(f.predict(x)[0]), rule.calibrate(q.predict(x)[0])
+    assert check["decision_agreement"] == pytest.approx(np.mean(rule.predict(p_f) == rule.predict(p_q)), abs=1e-4)
+    ok = check["decision_agreement"] >= MIN_AGREEMENT and abs(check.get("auc_difference", 1)) <= MAX_AUC_DIFFERENCE
+    assert check["use"] == ("decisions" if ok else "throughput only")
+    # a bundle whose INT8 model failed its check warns whoever loads it, and the REST API says so
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    card = json.loads((copy / "ccad-model.json").read_text())
+    card["int8_check"] = dict(check, use="throughput only", reason="91.0% of decisions equal the float model's")
+    (copy / "ccad-model.json").write_text(json.dumps(card))
+    caplog.set_level("WARNING", logger="ccad")
+    assert OnnxPredictor(copy, variant="int8").warning.startswith("this bundle's INT8 model is for throughput only")
+    assert "91.0% of decisions" in caplog.text
+    assert OnnxPredictor(copy).warning is None  # the float model is what decisions use
+    card["int8_check"] = dict(check, use="decisions")
+    (copy / "ccad-model.json").write_text(json.dumps(card))
+    assert OnnxPredictor(copy, variant="int8").warning is None
+
+
 def test_int8_predicts_and_evaluate_accepts_a_bundle(run_and_bundle, synth_folders, tmp_path, capsys):
     run, bundle = run_and_bundle
     assert main(["predict", "--model", str(bundle), "--int8", str(synth_folders / "covid"), "--format", "json"]) == 0

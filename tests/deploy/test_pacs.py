@@ -1,123 +1,25 @@
 """ccad dicom listen against a real PACS (Debian's Orthanc, started on 127.0.0.1 with a temporary
 configuration): images routed by Orthanc come back as an SR and a heatmap capture in the same study."""
 
-import json
-import shutil
 import socket
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from helpers import PATIENT, make_xray_dicom
+from orthanc import ORTHANC, Orthanc, c_store, free_port, wait_for
 
 from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings, transfer_syntaxes
 from ccad.deploy.pacs.results import SC_SERIES_NUMBER, not_scored_reason
 from ccad.errors import ConfigError
 
-ORTHANC = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
 needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; "
                                                            ".ci/run installs it)")
-ROUTE_LUA = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  local modality = tags['Modality']
-  if (modality == 'CR' or modality == 'DX') and origin['RequestOrigin'] ~= 'Lua' then
-    SendToModality(instanceId, 'ccad')
-  end
-end
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class Orthanc:
-    """A real Orthanc on 127.0.0.1 with its own storage, routing new CR/DX instances to ccad."""
-
-    def __init__(self, root: Path, listener_port: int):
-        self.root, self.http_port, self.dicom_port = root, free_port(), free_port()
-        (root / "route.lua").write_text(ROUTE_LUA)
-        self.config = root / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "ccad-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
-            "DicomServerEnabled": True, "DicomModalities": {"ccad": ["CCAD", "127.0.0.1", listener_port]},
-            "LuaScripts": [str(root / "route.lua")], "Plugins": [], "StableAge": 1, "ConcurrentJobs": 2}))
-        self.process = None
-
-    def start(self):
-        self.log = open(self.root / "orthanc.log", "ab")
-        self.process = subprocess.Popen([ORTHANC, str(self.config)], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(self._up, 60, "Orthanc to start")
-        return self
-
-    def _up(self):
-        try:
-            return self.get("/system")
-        except OSError:
-            return None
-
-    def stop(self):
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(30)
-            self.process = None
-            self.log.close()
-
-    def get(self, path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
-            body = r.read()
-        return json.loads(body) if body[:1] in (b"{", b"[") else body
-
-    def study_instances(self, study_uid: str) -> list[pydicom.Dataset]:
-        """Every instance Orthanc holds of a study, read back as DICOM files."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/tools/find", method="POST",
-            data=json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}).encode())
-        with urllib.request.urlopen(request, timeout=10) as r:
-            ids = json.loads(r.read())
-        return [pydicom.dcmread(__import__("io").BytesIO(self.get(f"/instances/{i}/file"))) for i in ids]
-
-
-def c_store(path_or_ds, port: int, ae_title: str, chunked: bool = False) -> int:
-    """C-STORE one object to 127.0.0.1:port; its status (or -1 when the association failed)."""
-    from pynetdicom import AE, _config
-
-    ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, force=True,
-                                                                                     stop_before_pixels=True)
-    ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
-    assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
-    if not assoc.is_established:
-        return -1
-    previous = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = chunked
-    try:
-        status = assoc.send_c_store(path_or_ds)
-    finally:
-        _config.STORE_SEND_CHUNKED_DATASET = previous
-        assoc.release()
-    return int(status.Status) if status else -1
 
 
 def xray(tmp_path, name, seed=0, **fields) -> Path:
@@ -280,7 +182,6 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     from ccad.scoring.predictor import OnnxPredictor
 
     listener_port = free_port()
-    (tmp_path / "orthanc").mkdir()
     orthanc = Orthanc(tmp_path / "orthanc", listener_port).start()
     log_path = tmp_path / "listener.log"
     listener = start_listener(bundle, listener_port, orthanc.dicom_port, tmp_path / "spool", log_path)
@@ -336,7 +237,6 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
 @needs_orthanc
 def test_results_wait_while_the_pacs_is_down_and_arrive_once_after_it_is_up(bundle, tmp_path):
     listener_port = free_port()
-    (tmp_path / "orthanc").mkdir()
     orthanc = Orthanc(tmp_path / "orthanc", listener_port)  # not started: the destination is down
     spool = tmp_path / "spool"
     listener = start_listener(bundle, listener_port, orthanc.dicom_port, spool, tmp_path / "listener.log")

@@ -187,3 +187,19 @@ def test_out_of_distribution_is_reported_by_the_api(client):
     assert result["original"] and result["original_heatmap"] and result["image"] != ""
     card = client.get("/api/v1/model").json()
     assert card["ood"]["cutoff"] > 0 and card["lung_segmenter"]["held_out"]["dice_mean"] > 0.9
+
+
+def test_an_int8_model_for_throughput_only_is_flagged_in_every_answer(bundle, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    card = json.loads((copy / "ccad-model.json").read_text())
+    card["int8_check"] = {"use": "throughput only", "reason": "90.0% of decisions equal the float model's"}
+    (copy / "ccad-model.json").write_text(json.dumps(card))
+    with TestClient(create_app(ServeSettings(copy, variant="int8"))) as c:
+        model = post(c, ("a.png", png_bytes(), "image/png")).json()["model"]
+        assert "throughput only" in model["warning"] and "90.0%" in model["warning"]
+    with TestClient(create_app(ServeSettings(copy))) as c:  # the float model: no warning
+        assert "warning" not in post(c, ("a.png", png_bytes(), "image/png")).json()["model"]

@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from ccad.data.datasets import Sample, read_split_file
+from ccad.data.datasets import Sample, label_indices, read_split_file
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256, write_json
 from ccad.io.inputs import list_inputs
 from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
 from ccad.models.classifier import classifier_kernel
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
-from ccad.models.quantize import quantize_onnx
+from ccad.models.quantize import int8_check, quantize_onnx
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images, to_model_input
@@ -89,17 +89,22 @@ def export_bundle(
             shutil.copyfile(classifier.run_dir / info.head_file, work / info.head_file)
         if info.ood and (classifier.run_dir / info.ood["file"]).is_file():
             shutil.copyfile(classifier.run_dir / info.ood["file"], work / info.ood["file"])
-        calibration = None
+        calibration, check = None, None
         if int8 or tflite:
             calibration = _calibration_images(run, classifier, calibration_data, calibration_images)
         if int8:
             quantize_onnx(work / "model.onnx", work / "model.int8.onnx", calibration)
             files["int8"] = "model.int8.onnx"
+            images, labels, where = _held_out_images(run, classifier, calibration)
+            check = int8_check(work / "model.onnx", work / "model.int8.onnx", images, labels, classifier.decision,
+                               classifier.classes, classifier.positive_class, where)
+            if check["use"] != "decisions":
+                logging.getLogger("ccad").warning("INT8 model for throughput only: %s", check["reason"])
         if tflite:
             convert_tflite(dual, work / "model.tflite", None)
             convert_tflite(dual, work / "model.int8.tflite", calibration)
             files["tflite"], files["tflite_int8"] = "model.tflite", "model.int8.tflite"
-        model_card(classifier, files, work, calibration).save(work)
+        model_card(classifier, files, work, calibration, check).save(work)
         if sign_key is not None:
             sign_bundle(work, sign_key)
         if out.exists():
@@ -151,6 +156,20 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     return to_model_input(images)
 
 
+def _held_out_images(run, classifier, calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(images, labels, what they are) to check the INT8 model on: the run's validation split, through the
+    model's preprocessing; without one, the calibration images (unlabelled, and not held out: said so)."""
+    split_csv = run_folder(run) / "split.csv"
+    samples = [s for s in read_split_file(split_csv) if s.split == "val"] if split_csv.is_file() else []
+    samples = [s for s in samples if s.label in classifier.classes]
+    if samples:
+        images, kept, _ = load_images(samples, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
+        if len(kept):
+            return (to_model_input(images), label_indices(kept, classifier.classes),
+                    f"the run's validation split ({len(kept)} images)")
+    return calibration, None, f"the {len(calibration)} calibration images (no held-out split)"
+
+
 def convert_tflite(dual, path: Path, calibration: np.ndarray | None) -> None:
     """TFLite float32 (``calibration=None``) or int8 (weights and activations; float input and output)."""
     import tensorflow as tf
@@ -176,7 +195,7 @@ def lung_segmenter_card() -> dict[str, Any] | None:
 
 
 def model_card(classifier: KerasPredictor, files: dict[str, str], folder: Path,
-               calibration: np.ndarray | None) -> ModelCard:
+               calibration: np.ndarray | None, int8_check: dict[str, Any] | None = None) -> ModelCard:
     """The bundle's card, from the run's metadata and metrics; every file in ``folder`` gets its sha256."""
     import json
 
@@ -200,6 +219,7 @@ def model_card(classifier: KerasPredictor, files: dict[str, str], folder: Path,
         training_config=info.config,
         evaluation=metrics or None,
         calibration_images=None if calibration is None else int(len(calibration)),
+        int8_check=int8_check,
         models=files,
         heatmap={"method": "CAM (exact for global average pooling + dense)", "weights": "cam_weights.npy",
                  "available": not info.head_file},

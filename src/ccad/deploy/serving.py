@@ -291,8 +291,10 @@ def create_app(settings: ServeSettings):
             raise HTTPException(413, str(e))
         except ImageReadError as e:
             raise HTTPException(400, str(e))
-        return {"results": results, "model": {"classes": predictor.classes, "positive_class": predictor.positive_class},
-                "note": "Screening aid, not a diagnosis."}
+        model = {"classes": predictor.classes, "positive_class": predictor.positive_class}
+        if predictor.warning:
+            model["warning"] = predictor.warning
+        return {"results": results, "model": model, "note": "Screening aid, not a diagnosis."}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -144,11 +144,25 @@ class ModelCard(ModelInfo):
     training_config: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
     calibration_images: int | None = None
+    #: How the INT8 model's decisions compare with the float model's on held-out images
+    #: (:func:`ccad.models.quantize.int8_check`); ``use`` is "decisions" or "throughput only".
+    int8_check: dict[str, Any] | None = None
     heatmap: dict[str, Any] = field(default_factory=lambda: {"weights": "cam_weights.npy"})
     severity: dict[str, Any] | None = None
     lung_segmenter: dict[str, Any] | None = None
     versions: dict[str, str] | None = None
     sha256: dict[str, str] = field(default_factory=dict)
+
+    def int8_warning(self) -> str | None:
+        """Why the INT8 model should not be used for decisions, or None when its check allows it."""
+        check = self.int8_check
+        if check is None:
+            return ("this bundle's INT8 model was never compared with its float model (exported before that "
+                    "check existed): use it for throughput, not for decisions")
+        if check.get("use") == "decisions":
+            return None
+        return (f"this bundle's INT8 model is for throughput only: {check.get('reason', 'it failed its check')} "
+                "(drop --int8 for decisions)")
 
     @classmethod
     def load(cls, bundle: str | os.PathLike) -> "ModelCard":

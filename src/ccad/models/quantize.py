@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
+
+#: When the INT8 model may be used for decisions: on held-out images, at least this share of its decisions
+#: equal the float model's, and its AUC is within this of the float model's.
+MIN_AGREEMENT, MAX_AUC_DIFFERENCE = 0.98, 0.005
 
 
 def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
@@ -41,3 +46,45 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
                         calibrate_method=CalibrationMethod.Percentile)
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def int8_check(float_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray | None, decision,
+               classes: Sequence[str], positive_class: str, data: str) -> dict[str, Any]:
+    """Compare the INT8 model with the float model on ``images`` (N, H, W, 3) under the model's decision
+    rule: the share of equal decisions, the AUC of each (when ``labels`` hold both the positive class and
+    another) and the largest probability difference. ``use`` is "decisions" when at least
+    :data:`MIN_AGREEMENT` of the decisions agree and the AUCs differ by at most :data:`MAX_AUC_DIFFERENCE`,
+    else "throughput only" with the reason."""
+    from sklearn.metrics import roc_auc_score
+
+    from ccad.io.onnx import cpu_session
+
+    def probabilities(path: Path) -> np.ndarray:
+        session = cpu_session(path)
+        name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+        return np.concatenate([session.run([output], {name: images[i:i + 16]})[0] for i in range(0, len(images), 16)])
+
+    p_float, p_int8 = decision.calibrate(probabilities(float_path)), decision.calibrate(probabilities(int8_path))
+    agreement = float(np.mean(decision.predict(p_float) == decision.predict(p_int8)))
+    out: dict[str, Any] = {"data": data, "n": int(len(images)), "decision_agreement": round(agreement, 4),
+                           "max_probability_difference": round(float(np.max(np.abs(p_float - p_int8))), 4),
+                           "rule": f"decisions: at least {MIN_AGREEMENT:.0%} of decisions equal and AUC within "
+                                   f"{MAX_AUC_DIFFERENCE} of the float model's"}
+    problems = []
+    if agreement < MIN_AGREEMENT:
+        problems.append(f"{agreement:.1%} of decisions equal the float model's (needs {MIN_AGREEMENT:.0%})")
+    positive = list(classes).index(positive_class)
+    truth = None if labels is None else np.asarray(labels) == positive
+    if truth is not None and 0 < truth.sum() < len(truth):
+        auc_float = float(roc_auc_score(truth, p_float[:, positive]))
+        auc_int8 = float(roc_auc_score(truth, p_int8[:, positive]))
+        out.update(auc_float=round(auc_float, 4), auc_int8=round(auc_int8, 4),
+                   auc_difference=round(auc_int8 - auc_float, 4))
+        if abs(auc_int8 - auc_float) > MAX_AUC_DIFFERENCE:
+            problems.append(f"AUC {auc_int8:.3f} against {auc_float:.3f} (needs within {MAX_AUC_DIFFERENCE})")
+    else:
+        problems.append("no held-out images of both classes to compare AUCs on")
+    out["use"] = "throughput only" if problems else "decisions"
+    if problems:
+        out["reason"] = "; ".join(problems) + f", on {data}"
+    return out

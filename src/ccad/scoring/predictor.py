@@ -191,6 +191,12 @@ class OnnxPredictor(Predictor):
         super().__init__(card, cam_weights, head, ood, severity)
         self.card = card
         self.variant = variant
+        #: Why this model should not be used for decisions (the INT8 model when its check failed), or None.
+        self.warning = card.int8_warning() if variant == "int8" else None
+        if self.warning:
+            import logging
+
+            logging.getLogger("ccad").warning("%s: %s", self.bundle, self.warning)
 
     def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, features = self.session.run(self.output_names, {self.input_name: batch})

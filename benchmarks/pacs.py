@@ -1,0 +1,184 @@
+"""The DICOM listener with a real Orthanc: time from the C-STORE of an image to Orthanc to its SR arriving
+back in Orthanc (routed by Orthanc's Lua script, scored, sent back), and instances per second through the
+listener with 4 concurrent senders; float and INT8. The baseline, in the same run: the same bundle scoring
+the same DICOM files in-process (``OnnxPredictor.predict_files``, as ``ccad predict`` does, heatmaps on,
+since the listener draws one per image).
+
+    python benchmarks/pacs.py --model BUNDLE [--images 30] [--out results.json] [--screenshots docs/pacs-figures]
+
+Without ``--model`` a small bundle is trained on synthetic X-rays first (needs the train extra). Orthanc is
+Debian's ``orthanc``; screenshots need Playwright and chromium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from _report import emit  # noqa: E402
+from helpers import make_xray_dicom  # noqa: E402
+from orthanc import ORTHANC, Orthanc, c_store, free_port, wait_for  # noqa: E402
+
+
+def make_bundle(root: Path) -> Path:
+    from ccad.cli import main
+
+    assert main(["synth", str(root / "data"), "--n-per-class", "40", "--size", "256"]) == 0
+    assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "2",
+                 "--feature-views", "1"]) == 0
+    assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",
+                 "--calibration-data", str(root / "data")]) == 0
+    return root / "bundle"
+
+
+def xrays(root: Path, n: int, study: str | None = None) -> list[Path]:
+    from ccad.data.synthetic import render_patient
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    return [make_xray_dicom(root / f"x{i}.dcm", render_patient(rng, ("covid", "normal")[i % 2], 1024),
+                            study_uid=study) for i in range(n)]
+
+
+def percentile(values, q):
+    return round(float(np.percentile(values, q)) * 1000, 1)
+
+
+def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, senders: int) -> dict:
+    import pydicom
+
+    listener_port = free_port()
+    orthanc = Orthanc(work / f"orthanc-{variant}", listener_port).start()
+    command = [sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port", str(listener_port),
+               "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--spool", str(work / f"spool-{variant}"),
+               "--workers", "2", "--queue-size", "64"] + (["--int8"] if variant == "int8" else [])
+    log = open(work / f"listener-{variant}.log", "wb")
+    listener = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", listener_port)) == 0, 60, "listener")
+        warm = files[0]
+        c_store(warm, orthanc.dicom_port, "ORTHANC")
+        wait_for(lambda: len(orthanc.get("/series")) >= 3, 60, "the warm-up result")
+        # 1. latency, one image at a time: C-STORE to Orthanc -> SR stored in Orthanc
+        latencies = []
+        for path in files[1:]:
+            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+            before = len(orthanc.get("/instances"))
+            start = time.perf_counter()
+            assert c_store(path, orthanc.dicom_port, "ORTHANC") == 0
+            wait_for(lambda: len(orthanc.get("/instances")) >= before + 3, 60, f"the results of {uid}", 0.005)
+            latencies.append(time.perf_counter() - start)
+        # 2. throughput: `senders` threads C-STORE straight to the listener, until Orthanc holds every result
+        study = pydicom.uid.generate_uid()
+        batch = xrays(work / f"batch-{variant}", len(files) * 2, study)
+        before = len(orthanc.get("/instances"))
+        start = time.perf_counter()
+        statuses = []
+
+        def send(chunk):
+            statuses.extend(c_store(p, listener_port, "CCAD") for p in chunk)
+
+        threads = [threading.Thread(target=send, args=(batch[i::senders],)) for i in range(senders)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wait_for(lambda: len(orthanc.get("/instances")) >= before + 2 * len(batch), 300, "every result", 0.05)
+        elapsed = time.perf_counter() - start
+        return {"latency_ms": {"n": len(latencies), "median": percentile(latencies, 50),
+                               "p95": percentile(latencies, 95)},
+                "throughput": {"images": len(batch), "senders": senders, "seconds": round(elapsed, 2),
+                               "images_per_s": round(len(batch) / elapsed, 2),
+                               "refused_busy": sum(s == 0xA700 for s in statuses)}}
+    finally:
+        listener.terminate()
+        listener.wait(30)
+        orthanc.stop()
+
+
+def in_process(bundle: Path, variant: str, files: list[Path]) -> dict:
+    from ccad.scoring.predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(bundle, variant=variant)
+    predictor.predict_files(files[:2], with_heatmaps=True)
+    times = []
+    for path in files:
+        start = time.perf_counter()
+        predictor.predict_files([path], with_heatmaps=True)
+        times.append(time.perf_counter() - start)
+    return {"median_ms": percentile(times, 50), "images_per_s": round(len(times) / sum(times), 2)}
+
+
+def screenshots(bundle: Path, work: Path, out: Path) -> list[str]:
+    """The study in Orthanc Explorer and the capture's preview, for docs/pacs.md."""
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    listener_port = free_port()
+    orthanc = Orthanc(work / "orthanc-shots", listener_port).start()
+    listener = subprocess.Popen([sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port",
+                                 str(listener_port), "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+                                 "--spool", str(work / "spool-shots")], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", listener_port)) == 0, 60, "listener")
+        path = xrays(work / "shots", 1)[0]
+        c_store(path, orthanc.dicom_port, "ORTHANC")
+        wait_for(lambda: len(orthanc.get("/instances")) >= 3, 60, "the results")
+        study = orthanc.get("/studies")[0]
+        capture = next(i for i in orthanc.get("/instances")
+                       if orthanc.get(f"/instances/{i}/simplified-tags").get("Modality") == "OT")
+        (out / "orthanc-capture.png").write_bytes(orthanc.get(f"/instances/{capture}/preview"))
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(f"http://127.0.0.1:{orthanc.http_port}/app/explorer.html#study?uuid={study}")
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(out / "orthanc-study.png"))
+            browser.close()
+        return ["orthanc-study.png", "orthanc-capture.png"]
+    finally:
+        listener.terminate()
+        listener.wait(30)
+        orthanc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--out")
+    parser.add_argument("--screenshots")
+    args = parser.parse_args()
+    if ORTHANC is None:
+        sys.exit("Orthanc is not installed (apt-get install orthanc)")
+    work = Path(tempfile.mkdtemp(prefix="ccad-pacs-bench-"))
+    bundle = Path(args.model) if args.model else make_bundle(work)
+    files = xrays(work / "files", args.images + 1)
+    report = {"benchmark": "pacs", "machine": f"{os.cpu_count()} CPU cores", "bundle": str(bundle),
+              "image": "synthetic DX, 1024 x 1024, 12-bit, explicit VR little endian",
+              "listener": "ccad dicom listen --workers 2 (ONNX Runtime, 2 threads); Orthanc 127.0.0.1, Lua routing",
+              "variants": {}}
+    for variant in ("float", "int8"):
+        report["variants"][variant] = {"in_process_baseline": in_process(bundle, variant, files[1:]),
+                                       **run_variant(bundle, variant, files, work, args.senders)}
+    if args.screenshots:
+        report["screenshots"] = screenshots(bundle, work, Path(args.screenshots))
+    emit(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
