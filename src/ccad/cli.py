@@ -271,8 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="serve the bundle's INT8 model")
     p.add_argument("--max-upload-mb", type=float, default=20, help="largest file")
     p.add_argument("--max-request-mb", type=float, default=40, help="largest request (all its files)")
-    p.add_argument("--workers", type=int, default=2, help="inference threads")
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (and ONNX Runtime threads)")
     p.add_argument("--queue", type=int, default=32, help="requests allowed to wait before 503")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long an image waits for others to be "
+                   "scored with it (micro-batching; 0: no waiting)")
+    p.add_argument("--max-batch", type=int, default=16, help="most images in one model call")
     p.add_argument("--keep-uploads", metavar="DIR",
                    help="store each upload's decoded pixels here (16-bit PNG, no header, mode 0600); default: never")
     p.add_argument("--verify", metavar="PUBLIC_KEY", help="refuse a bundle not signed by this key's owner (PEM)")
@@ -447,7 +450,8 @@ def cmd_serve(args) -> None:
                              max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                              max_request_bytes=int(args.max_request_mb * 2 ** 20), workers=args.workers,
                              queue=args.queue, keep_uploads=Path(args.keep_uploads) if args.keep_uploads else None,
-                             docs=args.docs, verify_key=args.verify, header_timeout_s=args.header_timeout)
+                             docs=args.docs, verify_key=args.verify, header_timeout_s=args.header_timeout,
+                             batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch)
     serve(settings, args.host, args.port)
 
 

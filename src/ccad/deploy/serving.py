@@ -24,8 +24,10 @@ front of the app, then the route):
    allowed format by its bytes (PNG, JPEG, TIFF, BMP, DICOM) -> 415 otherwise;
    ``max_pixels`` each and ``max_request_pixels`` in all, read from the headers
    before anything is decoded -> 413;
-6. decoding and scoring in a pool of ``workers`` threads; a request that does not
-   finish within ``timeout_s`` -> 503.
+6. decoding in a pool of ``workers`` threads, scoring in one micro-batcher
+   (:mod:`ccad.deploy.batching`: the images of concurrent requests in one ONNX Runtime
+   call, after at most ``batch_wait_ms``); a request that does not finish within
+   ``timeout_s`` -> 503.
 
 Uploads stay in memory (Starlette's spooling threshold is above the request
 limit). With ``keep_uploads`` each image is stored as the pixels it decoded to (a
@@ -56,6 +58,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from ccad.deploy.batching import MicroBatcher
 from ccad.deploy.http import header_timeout_protocol
 from ccad.errors import ConfigError, ImageReadError
 from ccad.io.files import atomic_path
@@ -97,6 +100,9 @@ class ServeSettings:
     body_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
     keep_uploads: Path | None = None
+    #: Micro-batching: images of concurrent requests wait up to this long to be scored together.
+    batch_wait_ms: float = 5.0
+    max_batch: int = 16
     docs: bool = False
     verify_key: Path | None = None
 
@@ -106,6 +112,8 @@ class ServeSettings:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.queue < 0:
             raise ConfigError(f"--queue must be 0 or more, got {self.queue}")
+        if self.batch_wait_ms < 0 or self.max_batch < 1:
+            raise ConfigError("--batch-wait-ms must be 0 or more and --max-batch at least 1")
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
             raise ConfigError("--max-upload-mb must be positive and at most the request limit")
         if self.keep_uploads is not None:
@@ -259,12 +267,14 @@ def create_app(settings: ServeSettings):
     predictor = OnnxPredictor(settings.bundle, variant=settings.variant, threads=max(1, settings.workers),
                               verify_key=settings.verify_key)
     card = model_card_view(predictor.card)
-    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ccad-infer")
+    pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ccad-decode")
+    batcher = MicroBatcher(predictor, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
 
     app = FastAPI(title="ccad", version=(predictor.card.versions or {}).get("ccad", ""),
                   description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).",
                   docs_url="/docs" if settings.docs else None, redoc_url=None)
     app.state.settings, app.state.predictor, app.state.pool = settings, predictor, pool
+    app.state.batcher = batcher
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):  # never echo the input back
@@ -282,9 +292,7 @@ def create_app(settings: ServeSettings):
     async def predict(request: Request) -> dict[str, Any]:
         files, heatmap = await _read_form(request, settings)
         try:
-            loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(pool, _score, predictor, files, heatmap, settings)
-            results = await asyncio.wait_for(job, settings.timeout_s)
+            results = await asyncio.wait_for(_predict(files, heatmap), settings.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, "inference timed out; retry shortly", headers={"Retry-After": "5"})
         except ImageTooLargeError as e:
@@ -296,6 +304,17 @@ def create_app(settings: ServeSettings):
             model["warning"] = predictor.warning
         return {"results": results, "model": model, "note": "Screening aid, not a diagnosis."}
 
+    async def _predict(files: list[tuple[str, bytes]], heatmap: bool) -> list[dict]:
+        """Decode in the pool, score in the micro-batcher (with other requests' images), and draw the
+        pictures (if asked) in the pool again."""
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(pool, _prepare, predictor, files, settings)
+        predictions = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(name, p, heatmap))
+                                             for name, p in prepared))
+        if heatmap:
+            return await loop.run_in_executor(pool, _render, predictions)
+        return [prediction.to_dict(key="name") for prediction in predictions]
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -305,6 +324,7 @@ def create_app(settings: ServeSettings):
     @app.on_event("shutdown")
     def stop_pool() -> None:
         pool.shutdown(wait=False, cancel_futures=True)
+        batcher.close()
 
     return Guard(app, settings)
 
@@ -357,21 +377,26 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
     return files, flag in TRUE
 
 
-def _score(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]], with_heatmap: bool,
-           settings: ServeSettings) -> list[dict]:
-    """Decode, preprocess and score one request's files (in a worker thread): the JSON of each result."""
+def _prepare(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]],
+             settings: ServeSettings) -> list[tuple[str, Any]]:
+    """Decode and preprocess one request's files (in a pool thread), one full-size image in memory at a time."""
     prepared = []
-    for name, data in uploads:  # one full-size image in memory at a time
+    for name, data in uploads:
         gray = read_grayscale_bytes(data, name, settings.max_pixels)
         if settings.keep_uploads:
             _keep(data, gray, settings.keep_uploads)
-        prepared.append(predictor.prepare(gray))
+        prepared.append((name, predictor.prepare(gray)))
         del gray
+    return prepared
+
+
+def _render(predictions) -> list[dict]:
+    """The JSON of each result with its pictures as PNGs: the original X-ray first, then what the model saw."""
     results = []
-    for prediction in predictor.score([name for name, _ in uploads], prepared, with_heatmaps=with_heatmap):
+    for prediction in predictions:
         result = prediction.to_dict(key="name")
         pictures = prediction.pictures
-        if pictures is not None:  # the original X-ray first; what the model saw as the second view
+        if pictures is not None:
             result["original"] = png_base64(gray_rgb(pictures.original, pictures.lung_outline))
             result["original_heatmap"] = png_base64(heatmap_rgba(pictures.original_heatmap))
             result["image"] = png_base64(gray_rgb(pictures.image))
