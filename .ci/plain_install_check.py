@@ -25,6 +25,15 @@ assert done.returncode == 0, done.stderr
 results = json.loads(done.stdout)
 assert len(results) == 12 and all(r.get("predicted_class") in ("covid", "normal") for r in results), results[:2]
 
+# the model shipped in the package: predict with no --model
+done = subprocess.run(CCAD + ["predict", str(sorted((data / "normal").glob("*.png"))[0]), "--format", "json"],
+                      capture_output=True, text=True)
+assert done.returncode == 0 and "using the model shipped with ccad" in done.stderr, done.stderr
+assert json.loads(done.stdout)[0]["predicted_class"] in ("covid", "normal"), done.stdout
+import ccad.deploy.pacs.listener  # noqa: E402,F401  (the DICOM listener is part of the plain install)
+
+assert "tensorflow" not in sys.modules
+
 done = subprocess.run(CCAD + ["train", "--data", str(data / "manifest.csv"), "--out", str(data.parent / "x")],
                       capture_output=True, text=True)
 assert done.returncode == 2 and "needs the train extra" in done.stderr and "Traceback" not in done.stderr, done.stderr
@@ -51,4 +60,5 @@ try:
 finally:
     server.terminate()
     server.wait(10)
-print("plain install: predict and serve work without TensorFlow; train names its extra")
+print("plain install: predict (also with the shipped model), serve and the DICOM listener work without TensorFlow; "
+      "train names its extra")

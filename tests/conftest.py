@@ -68,3 +68,18 @@ def write_csv(path, rows):
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_each_module():
+    """Keras keeps every model ever built in its global graph state, and Ray its workers: release both after
+    each test module, so the suite's peak memory is that of its largest module, not the sum of all."""
+    yield
+    import gc
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+    if "keras" in sys.modules:
+        sys.modules["keras"].backend.clear_session(free_memory=True)
+    gc.collect()

@@ -119,7 +119,7 @@ def _dicom_parser(sub) -> None:
     actions = p.add_subparsers(dest="dicom_command", required=True)
     s = actions.add_parser("listen", help="a DICOM Storage SCP that scores CR/DX/SC chest X-rays and sends a "
                                           "structured report and a heatmap capture into the same study")
-    s.add_argument("--model", required=True, help="a model bundle (ccad export)")
+    s.add_argument("--model", help="a model bundle (ccad export; default: the bundle shipped with ccad)")
     s.add_argument("--send-to", required=True, metavar="AET@HOST:PORT", help="where results go (C-STORE), "
                    "e.g. ORTHANC@127.0.0.1:4242")
     s.add_argument("--ae-title", default="CCAD")
@@ -136,6 +136,7 @@ def _dicom_parser(sub) -> None:
 def cmd_dicom(args) -> None:
     import logging
 
+    _model(args)
     from .deploy.pacs.listener import Destination, Listener, ListenerSettings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -233,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the split (when the data has none) and bootstrap")
 
     p = sub.add_parser("predict", help="classify image files or folders")
-    p.add_argument("--model", required=True, help="model bundle (ONNX Runtime), run folder or model file")
+    p.add_argument("--model", help="model bundle (ONNX Runtime), run folder or model file (default: the bundle "
+                   "shipped with ccad; research use)")
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--out", help="write a CSV here, a row per image as it is scored (bundles)")
@@ -254,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-data", help="images for INT8 calibration (default: the run's training split)")
     p.add_argument("--tflite", action="store_true", help="also TFLite float and int8 models")
     p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the bundle's card with this Ed25519 key (PEM)")
+    p.add_argument("--provenance", metavar="JSON_FILE", help="what the card should say of the data's sources, "
+                   "licences and intended use (a JSON object, copied into the card as `provenance`)")
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("sign", help="sign a model bundle (Ed25519) so that predict/serve --verify accept it")
@@ -264,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for ccad-signing.key.pem (private) and ccad-signing.pub.pem")
 
     p = sub.add_parser("serve", help="the web tool and REST API for a model bundle (ONNX Runtime)")
-    p.add_argument("--model", required=True, help="model bundle folder (ccad export)")
+    p.add_argument("--model", help="model bundle folder (ccad export; default: the bundle shipped with ccad)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--api-key", default=os.environ.get("CCAD_API_KEY"), help="require this key (also CCAD_API_KEY)")
@@ -404,7 +408,19 @@ def cmd_evaluate(args) -> None:
     _print_summary(metrics, Path(args.out))
 
 
+def _model(args) -> None:
+    """``--model``, or the bundle shipped with ccad when it is not given (said on stderr)."""
+    if args.model:
+        return
+    from .models.card import default_bundle
+
+    args.model = str(default_bundle())
+    _stderr(f"using the model shipped with ccad ({args.model}; research use, not a diagnosis: its card says "
+            "what it was and was not tested on)")
+
+
 def cmd_predict(args) -> None:
+    _model(args)
     variant = "int8" if args.int8 else "float"
     if args.engine == "ray":
         from .deploy.scale import describe_summary, ray_predict
@@ -425,8 +441,18 @@ def cmd_predict(args) -> None:
 def cmd_export(args) -> None:
     from .deploy.export import export_bundle
 
+    provenance = None
+    if args.provenance:
+        import json
+
+        try:
+            provenance = json.loads(Path(args.provenance).read_text())
+        except ValueError as e:
+            raise CcadError(f"--provenance {args.provenance}: not JSON ({e})") from None
+        if not isinstance(provenance, dict):
+            raise CcadError(f"--provenance {args.provenance}: must be a JSON object")
     out = export_bundle(args.model, args.out, args.int8, args.calibration_data, args.tflite, overwrite=args.overwrite,
-                        sign_key=args.sign)
+                        sign_key=args.sign, provenance=provenance)
     print(f"wrote model bundle {out}" + (" (signed)" if args.sign else ""))
 
 
@@ -444,6 +470,7 @@ def cmd_keys(args) -> None:
 
 
 def cmd_serve(args) -> None:
+    _model(args)
     from .deploy.serving import ServeSettings, serve
 
     settings = ServeSettings(Path(args.model), api_key=args.api_key or None, variant="int8" if args.int8 else "float",

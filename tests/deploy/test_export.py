@@ -268,3 +268,31 @@ def test_heatmap_file_shows_the_original_image(run_and_bundle, synth_folders, tm
     assert main(["predict", "--model", str(bundle), str(source), "--heatmap", str(tmp_path / "h")]) == 0
     (written,) = list((tmp_path / "h").glob("*.heatmap.png"))
     assert Image.open(written).size == (150, 100)  # the X-ray's own shape, not the model's square crop
+
+
+def test_the_shipped_model_predicts_with_no_model_given_and_its_card_says_what_it_is(tmp_path, capsys):
+    from helpers import png_bytes
+
+    from ccad.models.card import DEFAULT_BUNDLE, ModelCard
+
+    card = ModelCard.load(DEFAULT_BUNDLE)
+    assert "research use" in card.provenance["intended_use"] and card.provenance["data"]
+    assert all(entry["licence"] for entry in card.provenance["data"])
+    assert card.evaluation["auc"]["ci95"] and card.ood and card.preprocess == "lungs+equalize+lowpass"
+    path = tmp_path / "x.png"
+    path.write_bytes(png_bytes((256, 256)))
+    assert main(["predict", str(path), "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["predicted_class"] in card.classes and "using the model shipped with ccad" in err
+
+
+def test_provenance_must_be_a_json_object(run_and_bundle, tmp_path, capsys):
+    run, _ = run_and_bundle
+    bad = tmp_path / "p.json"
+    bad.write_text("[1, 2]")
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "b"), "--provenance", str(bad)]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+    good = tmp_path / "q.json"
+    good.write_text(json.dumps({"intended_use": "research use"}))
+    assert main(["export", "--model", str(run), "--out", str(tmp_path / "c"), "--provenance", str(good)]) == 0
+    assert json.loads((tmp_path / "c" / "ccad-model.json").read_text())["provenance"] == {"intended_use": "research use"}

@@ -65,6 +65,7 @@ def export_bundle(
     calibration_images: int = CALIBRATION_IMAGES,
     overwrite: bool = False,
     sign_key: str | os.PathLike | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Export a run folder (or model file) to a bundle folder ``out``; returns ``out``.
 
@@ -104,7 +105,9 @@ def export_bundle(
             convert_tflite(dual, work / "model.tflite", None)
             convert_tflite(dual, work / "model.int8.tflite", calibration)
             files["tflite"], files["tflite_int8"] = "model.tflite", "model.int8.tflite"
-        model_card(classifier, files, work, calibration, check).save(work)
+        card = model_card(classifier, files, work, calibration, check)
+        card.provenance = provenance
+        card.save(work)
         if sign_key is not None:
             sign_bundle(work, sign_key)
         if out.exists():

@@ -35,6 +35,19 @@ LEGACY_PREPROCESS = "none"
 INTENDED_USE = "Research screening aid for COVID-19 on frontal chest X-rays. Not a diagnosis."
 
 
+#: The model bundle shipped inside the package (``ccad predict`` without ``--model``); how it was made is in
+#: docs/default-model.md and in its card.
+DEFAULT_BUNDLE = Path(__file__).parent / "default"
+
+
+def default_bundle() -> Path:
+    """The bundle shipped with ccad; a :class:`ModelError` when this installation has none."""
+    if not is_bundle(DEFAULT_BUNDLE):
+        raise ModelError(f"no --model given and no model is shipped in this installation ({DEFAULT_BUNDLE}): "
+                         "pass --model BUNDLE (ccad export makes one)")
+    return DEFAULT_BUNDLE
+
+
 def is_bundle(path: str | os.PathLike) -> bool:
     return (Path(path) / BUNDLE_CARD).is_file()
 
@@ -147,6 +160,8 @@ class ModelCard(ModelInfo):
     #: How the INT8 model's decisions compare with the float model's on held-out images
     #: (:func:`ccad.models.quantize.int8_check`); ``use`` is "decisions" or "throughput only".
     int8_check: dict[str, Any] | None = None
+    #: What the exporter said of the data's sources, licences and intended use (``ccad export --provenance``).
+    provenance: dict[str, Any] | None = None
     heatmap: dict[str, Any] = field(default_factory=lambda: {"weights": "cam_weights.npy"})
     severity: dict[str, Any] | None = None
     lung_segmenter: dict[str, Any] | None = None

@@ -1,0 +1,88 @@
+"""End to end with the default preprocessing: from a PNG path to a probability, one image at a time, with
+each stage's share; and batch throughput of ``ccad predict`` on the same files.
+
+Stages (medians over ``--images`` files, after 10 warm-up images, 2 threads):
+
+- decode: ``read_grayscale`` (the file to a float image);
+- segment: ``estimate_lung_fields`` on the working copy (the learned lung segmenter on ONNX Runtime and its
+  post-processing);
+- crop/normalize: the rest of ``prepare_full`` (crop to the lungs, blank outside, equalize, low-pass,
+  resize to the input);
+- classify: the classifier's ONNX call on one image;
+- score: the decision rule, the out-of-distribution distance and the lung QC (``score`` minus the call).
+
+"single image" times ``predict_files([path])``, all of it; "batch" times ``predict_stream`` over the files
+(what ``ccad predict --model B FOLDER`` runs), after a warm-up.
+
+    python benchmarks/end_to_end.py --model BUNDLE --data FOLDER_OR_MANIFEST [--images 500] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from _report import emit
+
+
+def main() -> None:
+    from ccad.io.images import read_grayscale, resize_hw
+    from ccad.io.inputs import list_inputs
+    from ccad.models.lungs import estimate_lung_fields
+    from ccad.preprocessing.pipeline import WORK_SIDE, prepare_full, to_model_input
+    from ccad.scoring.predictor import OnnxPredictor
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--variant", default="float")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    files = [str(p) for p in list_inputs([args.data])][:args.images]
+    predictor = OnnxPredictor(args.model, variant=args.variant, threads=2)
+    size, preprocess = predictor.input_size, predictor.preprocess
+    stages = {k: [] for k in ("decode", "segment", "crop_normalize", "classify", "score", "single_image")}
+    for i, path in enumerate(files):
+        t0 = time.perf_counter()
+        gray = read_grayscale(path)
+        t1 = time.perf_counter()
+        prepared = prepare_full(gray, size, preprocess, lung_fields=True)
+        t2 = time.perf_counter()
+        work = gray
+        if max(gray.shape) > WORK_SIDE:
+            scale = WORK_SIDE / max(gray.shape)
+            work = resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+        t3 = time.perf_counter()
+        estimate_lung_fields(work)
+        t4 = time.perf_counter()
+        predictor.predict(to_model_input(prepared.image[None]))
+        t5 = time.perf_counter()
+        predictor.score([path], [prepared])
+        t6 = time.perf_counter()
+        predictor.predict_files([path])
+        t7 = time.perf_counter()
+        if i < 10:
+            continue
+        stages["decode"].append(t1 - t0)
+        stages["segment"].append(t4 - t3)
+        stages["crop_normalize"].append(max((t2 - t1) - (t4 - t3), 0.0))
+        stages["classify"].append(t5 - t4)
+        stages["score"].append(max((t6 - t5) - (t5 - t4), 0.0))
+        stages["single_image"].append(t7 - t6)
+    medians = {k: round(float(np.median(v)) * 1000, 2) for k, v in stages.items()}
+    parts = sum(v for k, v in medians.items() if k != "single_image")
+    list(predictor.predict_stream(files[:20]))
+    start = time.perf_counter()
+    n = sum(1 for _ in predictor.predict_stream(files))
+    batch = n / (time.perf_counter() - start)
+    emit({"benchmark": "end_to_end", "model": args.model, "variant": args.variant, "preprocess": preprocess,
+          "images": len(files), "median_ms": medians,
+          "share_of_stages": {k: round(v / parts, 3) for k, v in medians.items() if k != "single_image"},
+          "single_image_p95_ms": round(float(np.percentile(stages["single_image"], 95)) * 1000, 2),
+          "batch_images_per_s": round(batch, 1)}, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""``ccad serve`` under load from ``wrk`` (Debian's HTTP benchmark, C, with a Lua script for the multipart
+body), server and client pinned to separate cores; against single-process ``ccad predict`` on the same
+images, bundle and core, in the same run.
+
+    KERAS_HOME=../shared/keras-home python benchmarks/serve_wrk.py [--bundle B] [--seconds 20] [--out results.json]
+
+Variants of the server (each a fresh process on core 0, ONNX Runtime on 1 thread, 1 decoding thread):
+
+- ``no-batching``: ``--max-batch 1``, one model call per image (as the server was before micro-batching);
+- ``micro-batching``: the default, images of concurrent requests gathered for up to 5 ms, 16 at most.
+
+The baseline, ``predict``: ``OnnxPredictor.predict_stream`` (what ``ccad predict`` runs) over the same
+PNGs, pinned to core 0 with 1 ONNX Runtime thread. wrk runs on core 1 with 16 connections. Only 127.0.0.1
+is contacted. Without ``--bundle`` the default recipe is trained on Dataset A first (a minute or two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _report import emit
+
+ROOT = Path(__file__).resolve().parents[1]
+MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
+LUA = """
+local files = { %s }
+local bodies, i = {}, 0
+local boundary = "ccadbenchboundary"
+for n, path in ipairs(files) do
+  local f = assert(io.open(path, "rb")); local data = f:read("*all"); f:close()
+  bodies[n] = "--" .. boundary .. "\\r\\nContent-Disposition: form-data; name=\\"files\\"; filename=\\"x.png\\"\\r\\n"
+    .. "Content-Type: image/png\\r\\n\\r\\n" .. data .. "\\r\\n--" .. boundary .. "--\\r\\n"
+end
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "/api/v1/predict",
+    { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }, bodies[i])
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_bundle(work: Path) -> Path:
+    from ccad.data.datasets import DataSpec
+    from ccad.deploy.export import export_bundle
+    from ccad.training.config import make_config
+    from ccad.training.run import train
+
+    spec = DataSpec(MANIFEST, classes=("covid", "normal"), where=("paper_dataset_a=1",))
+    run = train(spec, work / "run", make_config(), verbose=0).run_dir
+    return export_bundle(run, work / "bundle", int8=True)
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def baseline(bundle: Path, files: list[Path], repeat: int) -> dict:
+    """``ccad predict``'s path, in a child pinned to core 0 with one ONNX Runtime thread."""
+    code = ("import sys, time; from ccad.scoring.predictor import OnnxPredictor\n"
+            f"p = OnnxPredictor({str(bundle)!r}, threads=1); files = sys.argv[1:]\n"
+            "list(p.predict_stream(files[:8], workers=1))\n"
+            f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers=1))\n"
+            "print(n / (time.perf_counter() - t))")
+    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code, *map(str, files)], capture_output=True,
+                         text=True, check=True)
+    return {"images_per_s": round(float(out.stdout.strip().splitlines()[-1]), 1)}
+
+
+def parse_wrk(text: str) -> dict:
+    def ms(value: str) -> float:
+        number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+        return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+            "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+            "p50_ms": ms(latency["50"]), "p99_ms": ms(latency["99"]),
+            "errors": (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def serve_and_load(bundle: Path, script: Path, extra: list[str], seconds: int, connections: int) -> dict:
+    port = free_port()
+    server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "ccad", "serve", "--model", str(bundle),
+                               "--port", str(port), "--workers", "1", "--queue", "64", *extra],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d3s", "-s", str(script), url],
+                       capture_output=True, check=True)  # warm-up
+        done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+                               "--timeout", "10s", "-s", str(script), url], capture_output=True, text=True, check=True)
+        return dict(parse_wrk(done.stdout), server_peak_rss_mb=round(vm_hwm_mb(server.pid)))
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle")
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if not MANIFEST.is_file():
+        sys.exit(f"benchmark needs {MANIFEST} (../shared beside the checkout)")
+    work = Path(tempfile.mkdtemp(prefix="ccad-wrk-"))
+    bundle = Path(args.bundle) if args.bundle else make_bundle(work)
+    from ccad.data.datasets import discover
+
+    files = [s.path for s in discover(MANIFEST, ["covid", "normal"]).samples if s.split == "test"][:32]
+    script = work / "post.lua"
+    script.write_text(LUA % ", ".join(f'"{f}"' for f in files))
+    report = {"benchmark": "serve_wrk", "cpu_count": os.cpu_count(), "bundle": str(bundle),
+              "images": f"{len(files)} covid-cxr test PNGs, one per request, no heatmap",
+              "pinning": "server (and the baseline) on core 0, wrk on core 1; ONNX Runtime 1 thread",
+              "connections": args.connections, "seconds": args.seconds,
+              "baseline_predict": baseline(bundle, files, 4)}
+    report["no_batching"] = serve_and_load(bundle, script, ["--max-batch", "1"], args.seconds, args.connections)
+    report["micro_batching"] = serve_and_load(bundle, script, [], args.seconds, args.connections)
+    base = report["baseline_predict"]["images_per_s"]
+    for key in ("no_batching", "micro_batching"):
+        report[key]["vs_predict"] = round(report[key]["requests_per_s"] / base, 2)
+    emit(report, args.out)
+
+
+if __name__ == "__main__":
+    main()
