@@ -14,7 +14,9 @@ from the run's training split):
   left in float;
 - ``entropy``: per-channel, entropy (KL) calibration;
 - ``minmax``: per-channel, MinMax calibration;
-- ``percentile-per-tensor``: one scale per weight tensor.
+- ``percentile-per-tensor``: one scale per weight tensor;
+- ``percentile-300-images``: ccad's export with 300 calibration images instead of 100;
+- ``dynamic``: weights int8 per channel, activations quantized at run time (``quantize_dynamic``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ SETTINGS = {
     "entropy": dict(method="Entropy", per_channel=True, exclude=False),
     "minmax": dict(method="MinMax", per_channel=True, exclude=False),
     "percentile-per-tensor": dict(method="Percentile", per_channel=False, exclude=False),
+    "percentile-300-images": dict(method="Percentile", per_channel=True, exclude=False, images=300),
+    "dynamic": dict(method="dynamic", per_channel=True, exclude=False),
 }
 
 
@@ -104,7 +108,7 @@ def main() -> None:
 
     with contextlib.redirect_stdout(io.StringIO()):
         dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
-    calibration = _calibration_images(args.run, classifier, None, 100)
+    calibration = _calibration_images(args.run, classifier, None, 300)
 
     def prepared(samples):
         images, kept, _ = load_images(samples, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)

@@ -256,3 +256,13 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_after_it_is_up(bund
         orthanc.stop()
     assert sorted(ds.Modality for ds in found) == ["OT", "OT", "SR", "SR"]  # none lost, none duplicated
     assert len({ds.SOPInstanceUID for ds in found}) == 4
+
+
+def test_the_spool_lists_only_finished_files(tmp_path):
+    from ccad.deploy.pacs.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    done = spool.receive("abc", b"x" * 10)
+    (spool.inbox / ".abc.1234.tmp.dcm").write_bytes(b"half")  # an atomic write in progress
+    assert spool.pending_inbox() == [done]
+    assert oct((tmp_path / "spool").stat().st_mode)[-3:] == "700" and oct(done.stat().st_mode)[-3:] == "600"

@@ -69,9 +69,9 @@ PAPER: dict[str, dict[str, Any]] = {
 }
 #: (row label, our metric key, where the paper's value is) for the per-metric tables.
 METRIC_ROWS = {
-    "Table 6": (("precision", "precision", "precision"), ("recall", "sensitivity", "recall"), ("F1", "f1", "f1")),
-    "Table 8": (("AUC", "auc", "auc"),),
-    "Table 9 (proposed network)": (("accuracy", "accuracy", "table9.accuracy"),
+    "Table 6: precision, recall and F1": (("precision", "precision", "precision"), ("recall", "sensitivity", "recall"), ("F1", "f1", "f1")),
+    "Table 8: ROC area": (("AUC", "auc", "auc"),),
+    "Table 9: the proposed network's row": (("accuracy", "accuracy", "table9.accuracy"),
                                    ("sensitivity", "sensitivity", "table9.sensitivity"),
                                    ("specificity", "specificity", "table9.specificity"), ("F1", "f1", "table9.f1")),
 }
@@ -163,7 +163,11 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def reproduction_markdown(summary: dict[str, Any]) -> str:
+def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figures: tuple[str, ...] = ()) -> str:
+    """The report; ``figure_path(case, file name)`` says where each figure is (default: the case's run folder,
+    as ``reproduce-paper`` writes it), and figures named in ``skip_figures`` are left out (docs/ leaves out
+    the prediction grids, which show the data's images)."""
+    figure_path = figure_path or (lambda case, name: f"{case}/figures/{name}")
     cases = summary["cases"]
     override = ""
     if summary.get("epochs_override") or summary.get("fine_tune_epochs_override") is not None:
@@ -178,6 +182,8 @@ def reproduction_markdown(summary: dict[str, Any]) -> str:
              f"{DRAWS:,} random batches of {BATCH} of our test predictions. COVID-19 is the positive class. "
              "These are internal scores on sources where label and hospital coincide: they overstate what any "
              "of these models does on another hospital's X-rays (docs/generalization.md). Not a diagnosis.", "",
+             "\"First batch of 32\" is the first 32 rows of the case's test predictions, which are in the "
+             "split's order (COVID first): like the paper's, one batch, not a random one.", "",
              "## The cases", "",
              "| case | the paper's name | data | dropout | optimizer, lr, batch, input | epochs run (frozen + "
              "fine-tuning at lr) | best validation epoch (phase) | training time (images/s) |",
@@ -239,8 +245,8 @@ def reproduction_markdown(summary: dict[str, Any]) -> str:
               "the ROC curve (6, 10, 15), and test images titled green when right and red when wrong "
               "(7, 11, 16).", ""]
     for r in cases:
-        lines.append(f"**{r['case']}**: " + " ".join(f"![{title}]({r['run']}/figures/{name})"
-                                                     for title, name in FIGURES))
+        lines.append(f"**{r['case']}**: " + " ".join(f"![{title}]({figure_path(r['run'], name)})"
+                                                     for title, name in FIGURES if name not in skip_figures))
         lines.append("")
     return "\n".join(lines)
 

@@ -202,6 +202,10 @@ class Listener:
             thread.join(timeout=30)
 
     def serve_forever(self) -> None:
+        """Run until interrupted or sent SIGTERM (what is in the spool stays for the next start)."""
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         self.start()
         try:
             while not self._stop.wait(1.0):

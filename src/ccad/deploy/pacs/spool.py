@@ -40,7 +40,8 @@ class Spool:
 
     @staticmethod
     def _pending(folder: Path) -> list[Path]:
-        files = [p for p in folder.glob("*.dcm") if p.is_file()]
+        # not the ".name.tmp.dcm" files atomic writes are still filling
+        files = [p for p in folder.glob("*.dcm") if not p.name.startswith(".") and p.is_file()]
         return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
     def pending_inbox(self) -> list[Path]:
