@@ -44,7 +44,7 @@ SETTINGS = {
 
 
 def quantize(float_path: Path, out: Path, calibration: np.ndarray, method: str, per_channel: bool,
-             exclude: bool) -> None:
+             exclude: bool, images: int = 100) -> None:
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -52,9 +52,18 @@ def quantize(float_path: Path, out: Path, calibration: np.ndarray, method: str, 
         CalibrationMethod,
         QuantFormat,
         QuantType,
+        quantize_dynamic,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration = calibration[:images]
+    if method == "dynamic":
+        prepared = out.with_suffix(".prep.onnx")
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
+        prepared.unlink(missing_ok=True)
+        return
 
     name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
