@@ -35,7 +35,7 @@ from orthanc import ORTHANC, Orthanc, c_store, free_port, wait_for  # noqa: E402
 def make_bundle(root: Path) -> Path:
     from ccad.cli import main
 
-    assert main(["synth", str(root / "data"), "--n-per-class", "40", "--size", "256"]) == 0
+    assert main(["synth", str(root / "data"), "--n-per-class", "60", "--size", "256"]) == 0
     assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "2",
                  "--feature-views", "1"]) == 0
     assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",

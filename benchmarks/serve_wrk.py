@@ -71,14 +71,14 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def baseline(bundle: Path, files: list[Path], repeat: int) -> dict:
-    """``ccad predict``'s path, in a child pinned to core 0 with one ONNX Runtime thread."""
+def baseline(bundle: Path, files: list[Path], repeat: int, cores: str, threads: int) -> dict:
+    """``ccad predict``'s path, in a child pinned to ``cores`` with ``threads`` ONNX Runtime and decoding threads."""
     code = ("import sys, time; from ccad.scoring.predictor import OnnxPredictor\n"
-            f"p = OnnxPredictor({str(bundle)!r}, threads=1); files = sys.argv[1:]\n"
-            "list(p.predict_stream(files[:8], workers=1))\n"
-            f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers=1))\n"
+            f"p = OnnxPredictor({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
+            f"list(p.predict_stream(files[:8], workers={threads}))\n"
+            f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers={threads}))\n"
             "print(n / (time.perf_counter() - t))")
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code, *map(str, files)], capture_output=True,
+    out = subprocess.run(["taskset", "-c", cores, sys.executable, "-c", code, *map(str, files)], capture_output=True,
                          text=True, check=True)
     return {"images_per_s": round(float(out.stdout.strip().splitlines()[-1]), 1)}
 
@@ -97,10 +97,11 @@ def parse_wrk(text: str) -> dict:
             "errors": (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)}
 
 
-def serve_and_load(bundle: Path, script: Path, extra: list[str], seconds: int, connections: int) -> dict:
+def serve_and_load(bundle: Path, script: Path, extra: list[str], seconds: int, connections: int,
+                   server_cores: str, client_cores: str, workers: int) -> dict:
     port = free_port()
-    server = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "ccad", "serve", "--model", str(bundle),
-                               "--port", str(port), "--workers", "1", "--queue", "64", *extra],
+    server = subprocess.Popen(["taskset", "-c", server_cores, sys.executable, "-m", "ccad", "serve", "--model",
+                               str(bundle), "--port", str(port), "--workers", str(workers), "--queue", "64", *extra],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(200):
@@ -109,9 +110,9 @@ def serve_and_load(bundle: Path, script: Path, extra: list[str], seconds: int, c
                     break
             time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c4", "-d3s", "-s", str(script), url],
+        subprocess.run(["taskset", "-c", client_cores, "wrk", "-t1", "-c4", "-d3s", "-s", str(script), url],
                        capture_output=True, check=True)  # warm-up
-        done = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+        done = subprocess.run(["taskset", "-c", client_cores, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
                                "--timeout", "10s", "-s", str(script), url], capture_output=True, text=True, check=True)
         return dict(parse_wrk(done.stdout), server_peak_rss_mb=round(vm_hwm_mb(server.pid)))
     finally:
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument("--bundle")
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--server-cores", default="0", help="taskset list for the server and the baseline")
+    parser.add_argument("--client-cores", default="1", help="taskset list for wrk")
+    parser.add_argument("--workers", type=int, default=1, help="the server's --workers (and the baseline's threads)")
     parser.add_argument("--out")
     args = parser.parse_args()
     if not MANIFEST.is_file():
@@ -137,11 +141,13 @@ def main() -> None:
     script.write_text(LUA % ", ".join(f'"{f}"' for f in files))
     report = {"benchmark": "serve_wrk", "cpu_count": os.cpu_count(), "bundle": str(bundle),
               "images": f"{len(files)} covid-cxr test PNGs, one per request, no heatmap",
-              "pinning": "server (and the baseline) on core 0, wrk on core 1; ONNX Runtime 1 thread",
+              "pinning": f"server and baseline on cores {args.server_cores}, wrk on {args.client_cores}; "
+                         f"{args.workers} ONNX Runtime and decoding thread(s)",
               "connections": args.connections, "seconds": args.seconds,
-              "baseline_predict": baseline(bundle, files, 4)}
-    report["no_batching"] = serve_and_load(bundle, script, ["--max-batch", "1"], args.seconds, args.connections)
-    report["micro_batching"] = serve_and_load(bundle, script, [], args.seconds, args.connections)
+              "baseline_predict": baseline(bundle, files, 4, args.server_cores, args.workers)}
+    common = (args.seconds, args.connections, args.server_cores, args.client_cores, args.workers)
+    report["no_batching"] = serve_and_load(bundle, script, ["--max-batch", "1"], *common)
+    report["micro_batching"] = serve_and_load(bundle, script, [], *common)
     base = report["baseline_predict"]["images_per_s"]
     for key in ("no_batching", "micro_batching"):
         report[key]["vs_predict"] = round(report[key]["requests_per_s"] / base, 2)
