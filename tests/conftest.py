@@ -70,10 +70,27 @@ def write_csv(path, rows):
     return path
 
 
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+# TensorFlow's many threads each get a glibc malloc arena (up to 8 per core), and memory freed in one stays
+# mapped there. Two arenas, set before TensorFlow starts its threads, keep freed memory where it can be reused.
+if _libc() is not None and hasattr(_libc(), "mallopt"):
+    _libc().mallopt(-8, 2)  # M_ARENA_MAX
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_memory_after_each_module():
     """Keras keeps every model ever built in its global graph state, and Ray its workers: release both after
-    each test module, so the suite's peak memory is that of its largest module, not the sum of all."""
+    each test module, and hand freed memory back to the system, so the suite's peak memory is that of its
+    largest module, not the sum of all."""
     yield
     import gc
     import sys
@@ -83,3 +100,6 @@ def _release_memory_after_each_module():
     if "keras" in sys.modules:
         sys.modules["keras"].backend.clear_session(free_memory=True)
     gc.collect()
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)

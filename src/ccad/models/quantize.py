@@ -10,6 +10,8 @@ import numpy as np
 #: When the INT8 model may be used for decisions: on held-out images, at least this share of its decisions
 #: equal the float model's, and its AUC is within this of the float model's.
 MIN_AGREEMENT, MAX_AUC_DIFFERENCE = 0.98, 0.005
+#: Calibration images whose activations are held at once (see :func:`quantize_onnx`).
+CALIBRATION_STRIDE = 10
 
 
 def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
@@ -31,8 +33,16 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
     input_name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
+        """One image a call; ``set_range`` lets the calibrator take the images a few at a time."""
+
         def __init__(self):
-            self.batches = iter(calibration[i:i + 1] for i in range(len(calibration)))
+            self.set_range(0, len(calibration))
+
+        def __len__(self):
+            return len(calibration)
+
+        def set_range(self, start_index: int, end_index: int):
+            self.batches = iter(calibration[i:i + 1] for i in range(start_index, min(end_index, len(calibration))))
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -41,9 +51,13 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
     prepared = int8_path.with_suffix(".prep.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
     try:
+        # The calibrator keeps every activation of every image it has not yet folded into its histograms
+        # (~150 MB an image for MobileNetV2 at 224 px: 14.7 GB for 100 images, measured). Strides of at most
+        # CALIBRATION_STRIDE images fold them in as they go.
+        stride = max(d for d in range(1, CALIBRATION_STRIDE + 1) if len(calibration) % d == 0)
         quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile)
+                        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibStridedMinMax": stride})
     finally:
         prepared.unlink(missing_ok=True)
 
