@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _report import emit
+from _report import emit, vm_hwm_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
@@ -35,20 +35,16 @@ def free_port() -> int:
 
 
 def make_bundle(work: Path) -> Path:
+    from ccad.data.datasets import DataSpec
     from ccad.deploy.export import export_bundle
     from ccad.training.config import make_config
     from ccad.training.run import train
 
-    run = train(MANIFEST, work / "run", make_config(), classes=["covid", "normal"], where=["paper_dataset_a=1"],
-                verbose=0).run_dir
+    spec = DataSpec(MANIFEST, classes=("covid", "normal"), where=("paper_dataset_a=1",))
+    run = train(spec, work / "run", make_config(), verbose=0).run_dir
     return export_bundle(run, work / "bundle")
 
 
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def load(url: str, images: list[bytes], requests: int, clients: int, heatmap: bool) -> dict:

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import emit
+from _report import emit, vm_hwm_mb
+from serve_load import free_port, make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"
@@ -45,30 +46,6 @@ request = function()
     { ["Content-Type"] = "multipart/form-data; boundary=" .. boundary }, bodies[i])
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_bundle(work: Path) -> Path:
-    from ccad.data.datasets import DataSpec
-    from ccad.deploy.export import export_bundle
-    from ccad.training.config import make_config
-    from ccad.training.run import train
-
-    spec = DataSpec(MANIFEST, classes=("covid", "normal"), where=("paper_dataset_a=1",))
-    run = train(spec, work / "run", make_config(), verbose=0).run_dir
-    return export_bundle(run, work / "bundle", int8=True)
-
-
-def vm_hwm_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def baseline(bundle: Path, files: list[Path], repeat: int, cores: str, threads: int) -> dict:
