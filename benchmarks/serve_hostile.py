@@ -25,6 +25,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from _report import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
@@ -42,12 +43,6 @@ def make_bundle(folder: Path) -> Path:
     subprocess.run(run + ["export", "--model", str(folder / "run"), "--out", str(folder / "bundle")], check=True,
                    env=env, capture_output=True)
     return folder / "bundle"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import emit, vm_hwm_mb
-from serve_load import free_port, make_bundle
+from _report import emit, free_port, vm_hwm_mb
+from serve_load import make_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT.parent / "shared" / "data" / "covid-cxr" / "manifest.csv"

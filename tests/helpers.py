@@ -45,6 +45,15 @@ def png_bytes(size=(96, 96), mode="L", seed=0) -> bytes:
     return buffer.getvalue()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 #: The patient of every test X-ray sent over DICOM: it must never appear in ccad's logs.
 PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-7431-ZX"}
 

@@ -4,13 +4,13 @@ C-STORE sender (pynetdicom)."""
 import io
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pydicom
+from helpers import free_port  # noqa: F401  (re-exported for the tests and benchmarks/pacs.py)
 
 ORTHANC = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
 ROUTE_LUA = """
@@ -21,12 +21,6 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   end
 end
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition, timeout=120.0, what="condition", interval=0.25):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import GRADIENT, make_dicom, png_bytes
+from helpers import GRADIENT, free_port, make_dicom, png_bytes
 from PIL import Image
 
 from ccad.cli import main
@@ -40,12 +40,6 @@ def post(client, *files, key=KEY, **kw):
 
 
 # --- a live server ------------------------------------------------------------------------------------------------
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(port, path="/healthz", timeout=5.0) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -54,7 +48,7 @@ def _get(port, path="/healthz", timeout=5.0) -> bytes:
 
 @pytest.fixture(scope="module")
 def live(bundle):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port),
                              "--api-key", KEY, "--header-timeout", "1", "--max-request-mb", "2", "--max-upload-mb", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -73,9 +73,8 @@ def test_train_writes_a_run_its_metadata_and_predictor_describe(synth_folders, t
 def test_paper_preset_runs_both_phases_and_keeps_the_best_epoch_of_either(synth_folders, tmp_path, fine_tune_lr):
     import csv
 
-    from ccad.models.classifier import backbone_of
+    from ccad.models.classifier import backbone_of, imagenet_weights_available
     from ccad.preprocessing.batches import image_batches
-    from ccad.models.classifier import imagenet_weights_available
     from ccad.preprocessing.pipeline import load_images
     from ccad.training.run import train
 
