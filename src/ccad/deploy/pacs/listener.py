@@ -12,7 +12,8 @@ The path of an image:
    image that is not a frontal chest radiograph (:func:`.results.not_scored_reason`), or whose pixels
    cannot be decoded, is not scored; its report says why.
 3. **Delivered.** The structured report and the heatmap capture are written to the outbox, then sent to
-   ``--send-to`` by one sender thread. A destination that is down or refuses them is retried with
+   ``--send-to`` by one sender thread, over one association kept open while results keep coming (released
+   after a second with nothing to send, or when the destination closes it). A destination that is down or refuses them is retried with
    exponential backoff (1 s doubling to ``retry_max_s``); each file leaves the spool only once the
    destination has accepted it. A restarted listener picks up both folders.
 
@@ -156,6 +157,7 @@ class Listener:
         self._threads: list[threading.Thread] = []
         self._retries: dict[Path, _Retry] = {}
         self._server = None
+        self._assoc = None  # the sender's association, kept open while results keep coming
 
     def start(self) -> "Listener":
         from pynetdicom import AE, evt
@@ -309,53 +311,69 @@ class Listener:
     # 3. delivered -----------------------------------------------------------------------------------
 
     def _send_loop(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            pending = self.spool.pending_outbox()
-            due = [p for p in pending if self._retries.get(p, _Retry()).due <= now]
-            if due:
-                self._send(due)
-                continue
-            waits = [self._retries[p].due - now for p in pending if p in self._retries]
-            self._wake_sender.wait(timeout=min(waits + [1.0]))
-            self._wake_sender.clear()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                pending = self.spool.pending_outbox()
+                due = [p for p in pending if self._retries.get(p, _Retry()).due <= now]
+                if due:
+                    self._send(due)
+                    continue
+                waits = [self._retries[p].due - now for p in pending if p in self._retries]
+                if not self._wake_sender.wait(timeout=min(waits + [1.0])) and not pending:
+                    self._release()  # a second with nothing to send: let the destination go
+                self._wake_sender.clear()
+        finally:
+            self._release()
 
-    def _send(self, paths: list[Path]) -> None:
-        import pydicom
+    def _association(self):
+        """The open association to the destination, opened when there is none (None when it cannot be)."""
         from pynetdicom import AE
 
+        if self._assoc is not None and self._assoc.is_established:
+            return self._assoc
         destination = self.settings.send_to
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_requested_context(COMPREHENSIVE_SR)
         ae.add_requested_context(SECONDARY_CAPTURE)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        if not assoc.is_established:
+        self._assoc = assoc if assoc.is_established else None
+        return self._assoc
+
+    def _release(self) -> None:
+        if self._assoc is not None and self._assoc.is_established:
+            self._assoc.release()
+        self._assoc = None
+
+    def _send(self, paths: list[Path]) -> None:
+        import pydicom
+
+        assoc = self._association()
+        if assoc is None:
             for path in paths:
                 self._failed(path, "the destination is not reachable")
             return
-        try:
-            for path in paths:
-                if self._stop.is_set():
+        for path in paths:
+            if self._stop.is_set():
+                break
+            try:
+                status = assoc.send_c_store(pydicom.dcmread(path))
+            except Exception as e:
+                self._failed(path, type(e).__name__)
+                if not assoc.is_established:
                     break
-                try:
-                    status = assoc.send_c_store(pydicom.dcmread(path))
-                except Exception as e:
-                    self._failed(path, type(e).__name__)
-                    if not assoc.is_established:
-                        break
-                    continue
-                code = int(getattr(status, "Status", -1)) if status else -1
-                if code in STORED:
-                    path.unlink(missing_ok=True)
-                    self._retries.pop(path, None)
-                    self.stats.add("sent")
-                    log.info("result %s delivered", path.stem)
-                else:
-                    self._failed(path, f"status 0x{code:04X}" if code >= 0 else "no response")
-        finally:
-            if assoc.is_established:
-                assoc.release()
+                continue
+            code = int(getattr(status, "Status", -1)) if status else -1
+            if code in STORED:
+                path.unlink(missing_ok=True)
+                self._retries.pop(path, None)
+                self.stats.add("sent")
+                log.info("result %s delivered", path.stem)
+            else:
+                self._failed(path, f"status 0x{code:04X}" if code >= 0 else "no response")
+                if not assoc.is_established:
+                    break
         for path in [p for p in self._retries if not p.exists()]:
             self._retries.pop(path, None)
 
