@@ -5,7 +5,9 @@ source (covid-cxr-rdb, all COVID).
 
     KERAS_HOME=../shared/keras-home python benchmarks/int8.py --run RUN [--out results.json]
 
-Every image goes through the model's own preprocessing (``load_images`` with the run's ``preprocess``) for
+Quantization is ccad's own (``quantize_onnx``: calibration in strides of 10 images since the memory fix, so
+a rerun differs slightly from the first table in BENCHMARKS.md). Every image goes through the model's own
+preprocessing (``load_images`` with the run's ``preprocess``) for
 calibration and scoring alike. Settings (all QDQ, uint8 activations, int8 weights, 100 calibration images
 from the run's training split):
 
@@ -45,55 +47,26 @@ SETTINGS = {
 
 def quantize(float_path: Path, out: Path, calibration: np.ndarray, method: str, per_channel: bool,
              exclude: bool, images: int = 100) -> None:
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    """ccad's own quantizer (:func:`ccad.models.quantize.quantize_onnx`) with the setting's options, or ONNX
+    Runtime's dynamic quantization."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    calibration = calibration[:images]
-    if method == "dynamic":
-        prepared = out.with_suffix(".prep.onnx")
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
-        prepared.unlink(missing_ok=True)
+    from ccad.models.quantize import quantize_onnx
+
+    if method != "dynamic":
+        quantize_onnx(float_path, out, calibration[:images], method, per_channel, float_ends=exclude)
         return
-
-    name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.batches = iter(calibration[i:i + 1] for i in range(len(calibration)))
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {name: batch}
-
     prepared = out.with_suffix(".prep.onnx")
     quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-    nodes = onnx.load(str(prepared)).graph.node
-    excluded = []
-    if exclude:
-        excluded.append(next(n.name for n in nodes if n.op_type == "Conv"))
-        excluded += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax")]
-    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=excluded)
+    quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=per_channel)
     prepared.unlink(missing_ok=True)
 
 
 def probabilities(path: Path, images: np.ndarray) -> np.ndarray:
-    from ccad.io.onnx import cpu_session
+    from ccad.models.quantize import onnx_probabilities
 
-    session = cpu_session(path, threads=2)
-    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
-    return np.concatenate([session.run([output], {name: images[i:i + 16]})[0] for i in range(0, len(images), 16)])
+    return onnx_probabilities(path, images, threads=2)
 
 
 def main() -> None:

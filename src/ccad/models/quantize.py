@@ -14,12 +14,16 @@ MIN_AGREEMENT, MAX_AUC_DIFFERENCE = 0.98, 0.005
 CALIBRATION_STRIDE = 10
 
 
-def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) -> None:
-    """Static INT8 quantization with ONNX Runtime's tools: QDQ, per-channel int8 weights, uint8 activations.
+def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray, method: str = "Percentile",
+                  per_channel: bool = True, float_ends: bool = False) -> None:
+    """Static INT8 quantization with ONNX Runtime's tools: QDQ, int8 weights, uint8 activations.
 
-    Percentile calibration (99.999th): on the covid-cxr test split it kept 99.2% of the float
-    model's decisions, where MinMax and entropy calibration kept 97.7%.
+    ccad's export: percentile calibration (99.999th), per-channel weights. ``method`` (an ONNX Runtime
+    ``CalibrationMethod`` name), ``per_channel`` and ``float_ends`` (the first convolution and the classifier
+    left in float) are the settings ``benchmarks/int8.py`` compares; none kept 98% of the float model's
+    decisions on the lung-only default (BENCHMARKS.md, "INT8 for decisions").
     """
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -55,11 +59,26 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray) ->
         # (~150 MB an image for MobileNetV2 at 224 px: 14.7 GB for 100 images, measured). Strides of at most
         # CALIBRATION_STRIDE images fold them in as they go.
         stride = max(d for d in range(1, CALIBRATION_STRIDE + 1) if len(calibration) % d == 0)
-        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibStridedMinMax": stride})
+        excluded = []
+        if float_ends:
+            nodes = onnx.load(str(prepared)).graph.node
+            excluded = [next(n.name for n in nodes if n.op_type == "Conv")]
+            excluded += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax")]
+        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=excluded,
+                        extra_options={"CalibStridedMinMax": stride})
     finally:
         prepared.unlink(missing_ok=True)
+
+
+def onnx_probabilities(path: Path, images: np.ndarray, threads: int = 1) -> np.ndarray:
+    """The first output (class probabilities) of an ONNX model for (N, H, W, 3) images, 16 at a time."""
+    from ccad.io.onnx import cpu_session
+
+    session = cpu_session(path, threads)
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return np.concatenate([session.run([output], {name: images[i:i + 16]})[0] for i in range(0, len(images), 16)])
 
 
 def int8_check(float_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray | None, decision,
@@ -71,14 +90,8 @@ def int8_check(float_path: Path, int8_path: Path, images: np.ndarray, labels: np
     else "throughput only" with the reason."""
     from sklearn.metrics import roc_auc_score
 
-    from ccad.io.onnx import cpu_session
-
-    def probabilities(path: Path) -> np.ndarray:
-        session = cpu_session(path)
-        name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
-        return np.concatenate([session.run([output], {name: images[i:i + 16]})[0] for i in range(0, len(images), 16)])
-
-    p_float, p_int8 = decision.calibrate(probabilities(float_path)), decision.calibrate(probabilities(int8_path))
+    p_float = decision.calibrate(onnx_probabilities(float_path, images))
+    p_int8 = decision.calibrate(onnx_probabilities(int8_path, images))
     agreement = float(np.mean(decision.predict(p_float) == decision.predict(p_int8)))
     out: dict[str, Any] = {"data": data, "n": int(len(images)), "decision_agreement": round(agreement, 4),
                            "max_probability_difference": round(float(np.max(np.abs(p_float - p_int8))), 4),
