@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from ccad import DEFAULT_POSITIVE
+from ccad.data.duplicates import near_duplicate_groups
 from ccad.errors import DataError
 from ccad.io.files import write_text
 
@@ -42,6 +43,9 @@ class Sample:
     group: str
     split: str | None = None
     source: str = ""
+    #: False when the data named no patient group (a folder, a manifest without ``group``): the group is
+    #: then the file, joined with its near-duplicates by :func:`discover`.
+    group_given: bool = True
 
 
 @dataclass
@@ -105,6 +109,7 @@ def discover(
     positive_class: str | None = DEFAULT_POSITIVE,
     model_classes: Sequence[str] | None = None,
     relabel: Sequence[str] = (),
+    near_duplicates: bool = True,
 ) -> Dataset:
     """Find the labelled images under ``data`` (a folder or a manifest CSV, or a list of them, pooled).
 
@@ -120,6 +125,9 @@ def discover(
             a label the model does not know is an error.
         relabel: ``[SOURCE:]OLD=NEW`` label changes, applied before ``classes`` picks rows (e.g.
             ``cohen-covid-chestxray:pneumonia=normal`` makes that source's pneumonias negatives).
+        near_duplicates: for training data (no ``model_classes``), images without a patient group that are
+            near-duplicates of each other (:mod:`ccad.data.duplicates`) share one group, so no split or fold
+            holds the same film twice.
     """
     items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not items:
@@ -152,6 +160,8 @@ def discover(
         classes = found
     if len(classes) < 2:
         raise DataError(f"{names}: needs at least two classes, found {len(classes)} ({', '.join(classes) or 'none'})")
+    if near_duplicates:
+        samples = group_near_duplicates(samples)
     if positive_class is not None and positive_class not in classes:
         if positive_class == DEFAULT_POSITIVE and len(classes) == 2:
             positive_class = None  # default not applicable: metrics use classes[1]
@@ -207,6 +217,21 @@ def _relabel(samples: list[Sample], rules: Sequence[str]) -> list[Sample]:
                 s = replace(s, label=new)
                 break
         out.append(s)
+    return out
+
+
+def group_near_duplicates(samples: list[Sample]) -> list[Sample]:
+    """``samples`` with each near-duplicate cluster of the ungrouped ones in the group of its first member.
+    Rows whose split the data gives are clustered only with rows given the same split (that split is the
+    user's to keep)."""
+    out = list(samples)
+    for split in {s.split for s in samples}:
+        ungrouped = [i for i, s in enumerate(samples) if not s.group_given and s.split == split]
+        if len(ungrouped) < 2:
+            continue
+        first = near_duplicate_groups([samples[i].path for i in ungrouped])
+        for i, j in zip(ungrouped, first):
+            out[i] = replace(samples[i], group=samples[ungrouped[j]].group)
     return out
 
 
@@ -276,7 +301,8 @@ def _scan_class_folders(root: Path, split: str | None) -> list[Sample]:
         if not files:
             raise DataError(f"{class_dir}: class folder is empty")
         # Folders carry no patient ids: each file is its own group.
-        samples += [Sample(f, class_dir.name, f"{class_dir.name}/{f.relative_to(class_dir)}", split) for f in files]
+        samples += [Sample(f, class_dir.name, f"{class_dir.name}/{f.relative_to(class_dir)}", split, group_given=False)
+                    for f in files]
     return samples
 
 
@@ -314,9 +340,9 @@ def _read_manifest(csv_path: Path, where: Sequence[str]) -> list[Sample]:
         if split is not None and split not in SPLITS:
             raise DataError(f"{csv_path}: row {line}: split {split!r} is not one of train, val, test")
         path = (csv_path.parent / row["path"]).resolve()
-        group = (row.get("group") or "").strip() or row["path"]
+        group = (row.get("group") or "").strip()
         source = (row.get("source") or "").strip() or csv_path.parent.name
-        samples.append(Sample(path, row["label"].strip(), group, split, source))
+        samples.append(Sample(path, row["label"].strip(), group or row["path"], split, source, bool(group)))
     return samples
 
 

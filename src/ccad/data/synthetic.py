@@ -29,6 +29,10 @@ from ccad.io.files import write_text
 CLASSES = ("covid", "normal", "pneumonia")
 
 
+#: Amplitude of the per-patient soft-tissue pattern.
+TISSUE_CONTRAST = 0.4
+
+
 def _ellipse(xx, yy, cx, cy, ax, ay, softness=0.04):
     """Soft mask in [0, 1]: 1 inside the ellipse, a smooth edge ``softness`` wide."""
     r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
@@ -63,6 +67,8 @@ def render_patient(rng: np.random.Generator, label: str, size: int = 256, anatom
     img += 0.28 * np.exp(-(xx / 0.09) ** 2) * thorax  # mediastinum and spine
     img += 0.30 * _ellipse(xx, yy, 0.12, 0.32 + a["dy"], a["heart_w"], 0.27, 0.08)
     img += 0.35 * (yy > 0.5 + a["dy"] + 0.1 * np.abs(xx)) * thorax  # diaphragm and abdomen
+    if "tissue" in a:
+        img += TISSUE_CONTRAST * (_blob_noise(np.random.default_rng(a["tissue"]), size, 16) - 0.5) * thorax * (1 - lungs)
     img += _opacities(rng, label, xx, yy, a, size) * lungs
     img = np.clip(img * a["gain"], 0, 1) ** a["gamma"]
     img += rng.normal(0, 0.015, img.shape).astype(np.float32)
@@ -84,6 +90,9 @@ def patient_anatomy(rng: np.random.Generator) -> dict:
         "lung_x": rng.uniform(0.36, 0.42), "lung_w": rng.uniform(0.24, 0.30), "lung_h": rng.uniform(0.52, 0.62),
         "rib_gap": rng.uniform(0.13, 0.16), "heart_w": rng.uniform(0.22, 0.30),
         "gain": rng.uniform(0.85, 1.15), "gamma": rng.uniform(0.8, 1.2),
+        # each body's own soft-tissue density pattern, the same in every view of the patient: without it two
+        # patients' films are closer than two real patients' (a perceptual hash would call them one film)
+        "tissue": int(rng.integers(2 ** 31)),
     }
 
 

@@ -40,7 +40,7 @@ from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
 from ccad.models.quantize import int8_check, quantize_onnx
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
-from ccad.preprocessing.pipeline import load_images, to_model_input
+from ccad.preprocessing.pipeline import load_images
 from ccad.scoring.predictor import KerasPredictor, run_folder
 
 MIN_CALIBRATION_IMAGES = 100
@@ -52,7 +52,7 @@ def export_model_of(classifier: KerasPredictor):
     need a called model."""
     dual = classifier.network
     size = classifier.input_size
-    dual.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)
+    dual.predict(np.zeros((1, size, size, 3 * classifier.views), np.float32), verbose=0)
     return dual
 
 
@@ -156,7 +156,7 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     if len(kept) < min(MIN_CALIBRATION_IMAGES, limit):
         raise DataError(f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
                         f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)")
-    return to_model_input(images)
+    return classifier.model_input(images)
 
 
 def _held_out_images(run, classifier, calibration: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -168,7 +168,7 @@ def _held_out_images(run, classifier, calibration: np.ndarray) -> tuple[np.ndarr
     if samples:
         images, kept, _ = load_images(samples, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
         if len(kept):
-            return (to_model_input(images), label_indices(kept, classifier.classes),
+            return (classifier.model_input(images), label_indices(kept, classifier.classes),
                     f"the run's validation split ({len(kept)} images)")
     return calibration, None, f"the {len(calibration)} calibration images (no held-out split)"
 
@@ -213,7 +213,8 @@ def model_card(classifier: KerasPredictor, files: dict[str, str], folder: Path,
     size = classifier.input_size
     return ModelCard(
         classes=classifier.classes, positive_class=classifier.positive_class, input_size=size,
-        input={"name": "image", "shape": ["N", size, size, 3], "dtype": "float32", "range": [0.0, 1.0]},
+        input={"name": "image", "shape": ["N", size, size, 3 * classifier.views], "dtype": "float32",
+               "range": [0.0, 1.0], "views": classifier.views},
         outputs={"probabilities": 0, "feature_map": 1},
         preprocessing=describe_preprocessing(classifier.preprocess), preprocess=classifier.preprocess,
         decision=classifier.decision.to_dict(),

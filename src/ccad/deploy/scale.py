@@ -34,7 +34,7 @@ from ccad.io.files import write_json
 from ccad.io.images import read_grayscale
 from ccad.io.inputs import list_inputs
 from ccad.models.card import is_bundle
-from ccad.preprocessing.pipeline import Prepared, prepare_full
+from ccad.preprocessing.pipeline import Prepared, prepare_full, view_count
 from ccad.scoring.predictor import OnnxPredictor
 from ccad.scoring.results import result_columns, result_row, severity_scores_of
 from ccad.scoring.score import Prediction
@@ -67,7 +67,8 @@ def decode(batch: dict[str, np.ndarray], size: int, preprocess: str) -> dict[str
             qc.append(";".join(prepared.fields.qc_flags))
             errors.append("")
         except ImageReadError as e:
-            images.append(np.zeros((size, size), np.float32))
+            views = view_count(preprocess)
+            images.append(np.zeros((size, size) if views == 1 else (size, size, views), np.float32))
             qc.append("")
             errors.append(str(e))
     return {"file": batch["file"], "image": np.stack(images), "lung_qc": np.array(qc, dtype=object),

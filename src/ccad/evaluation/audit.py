@@ -78,7 +78,7 @@ def audit(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, spli
         predictions = predictor.score(names, [v[name] for v in loaded], with_heatmaps=name == "original",
                                       heatmap_class=predictor.positive_class)
         scores[name] = np.array([p.raw_probabilities[positive] for p in predictions])
-        variants[name] = np.stack([v[name].image for v in loaded])
+        variants[name] = np.stack([v[name].picture for v in loaded])
         if name == "original":
             cams = np.stack([p.pictures.heatmap for p in predictions])
             pooled = np.stack([p.pooled for p in predictions])

@@ -15,6 +15,7 @@ channels are equal).
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,18 +219,99 @@ def feature_extractor(model):
     return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name="features")
 
 
+#: A multi-view model's concatenated feature maps (what its bundle exports as the feature map).
+FEATURE_MAP_LAYER = "feature_maps"
+PROBABILITIES_LAYER = "mean_of_views"
+
+
+@functools.lru_cache(maxsize=None)
+def _select_view_layer():
+    """The Keras layer that takes one view's 3 channels from a multi-view input (registered for loading)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="ccad", name="SelectView")
+    class SelectView(keras.layers.Layer):
+        """Channels ``3 * index`` .. ``3 * index + 2`` of a (N, H, W, 3 x views) input."""
+
+        def __init__(self, index: int, **kwargs):
+            super().__init__(**kwargs)
+            self.index = int(index)
+
+        def call(self, x):
+            return x[..., 3 * self.index:3 * self.index + 3]
+
+        def compute_output_shape(self, input_shape):
+            return (*input_shape[:-1], 3)
+
+        def get_config(self):
+            return {**super().get_config(), "index": self.index}
+
+    return SelectView
+
+
+def combine_views(models: list):
+    """One model from single-view classifiers trained on the views of one X-ray (:func:`build_classifier`,
+    the same frozen backbone): input (N, H, W, 3 x views), view v is channels 3v..3v+2 and goes through the
+    shared backbone and a copy of its own model's head (pooling, dropout, dense); the outputs are the mean of
+    the views' probabilities and the views' feature maps side by side (N, h, w, d x views).
+
+    The backbone is taken from ``models[0]``: the others must hold the same weights (they are frozen)."""
+    import keras
+    import numpy as np
+
+    first = backbone_of(models[0])
+    for other in models[1:]:
+        for a, b in zip(first.weights, backbone_of(other).weights):
+            if a.shape != b.shape or not np.array_equal(a.numpy(), b.numpy()):
+                raise ModelError("combine_views: the models' backbones differ (train each view on the same backbone)")
+    size = int(models[0].input_shape[1])
+    select = _select_view_layer()
+    inputs = keras.Input((size, size, 3 * len(models)), name="image")
+    scaling = [layer for layer in models[0].layers[1:] if isinstance(layer, keras.layers.Rescaling)]
+    probabilities, maps = [], []
+    for v, model in enumerate(models):
+        x = select(v, name=f"view_{v}")(inputs)
+        for layer in scaling:
+            x = layer(x)
+        fmap = first(x, training=False)
+        maps.append(fmap)
+        pooled = keras.layers.GlobalAveragePooling2D(name=f"{FEATURES_LAYER}_{v}")(fmap)
+        dense = model.get_layer(CLASSIFIER_LAYER)
+        dropped = keras.layers.Dropout(model.get_layer(DROPOUT_LAYER).rate, name=f"{DROPOUT_LAYER}_{v}")(pooled)
+        head = keras.layers.Dense(dense.units, activation="softmax", name=f"{CLASSIFIER_LAYER}_{v}")
+        probabilities.append(head(dropped))
+        head.set_weights(dense.get_weights())
+    mean = keras.layers.Average(name=PROBABILITIES_LAYER)(probabilities)
+    feature_map = keras.layers.Concatenate(axis=-1, name=FEATURE_MAP_LAYER)(maps)
+    return keras.Model(inputs, [mean, feature_map], name=f"ccad_{len(models)}_views")
+
+
+def is_multi_view(model) -> bool:
+    """Whether ``model`` was made by :func:`combine_views` (it has both outputs already)."""
+    return any(layer.name == FEATURE_MAP_LAYER for layer in model.layers)
+
+
 def with_feature_map(model):
     """A model with two outputs: the class probabilities and the backbone's last feature map (what the
     bundle exports, and what class activation maps are made from)."""
     import keras
 
+    if is_multi_view(model):
+        return model  # built with both outputs (combine_views)
     return keras.Model(model.input, [model.output, model.get_layer(FEATURES_LAYER).input], name="ccad_export")
 
 
 def classifier_kernel(model):
-    """The Dense layer's kernel (features, classes): the weights of the class activation maps."""
+    """The Dense layer's kernel (features, classes): the weights of the class activation maps. A multi-view
+    model's: the views' kernels stacked and divided by the number of views, so that a class activation map
+    on its concatenated feature map is the mean of the views' maps."""
     import numpy as np
 
+    if is_multi_view(model):
+        heads = sorted((layer for layer in model.layers if layer.name.startswith(CLASSIFIER_LAYER + "_")),
+                       key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
+        kernels = [layer.get_weights()[0] for layer in heads]
+        return (np.concatenate(kernels, axis=0) / len(kernels)).astype(np.float32)
     return np.asarray(model.get_layer(CLASSIFIER_LAYER).get_weights()[0], np.float32)
 
 
@@ -293,6 +375,7 @@ def load_keras_model(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    _select_view_layer()  # multi-view models use it
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as e:

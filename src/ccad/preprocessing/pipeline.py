@@ -9,6 +9,11 @@ plain resize) are the table :data:`STEPS`: each a small function with its parame
 records (:func:`describe`). Whatever order they are given in, they run in the table's order: the region
 steps, then the intensity steps (on the image at most :data:`WORK_SIDE` px), then the resize, then the
 output steps.
+
+A model may look at an X-ray in two (or more) ways at once: ``--preprocess`` values joined with ``|``, e.g.
+``thorax+equalize+lowpass|lungs+equalize+lowpass`` (:func:`preprocessing_views`). The lung fields are found
+once; each view's image is one channel of :attr:`Prepared.image` (``(size, size, views)``), and
+:func:`to_model_input` gives each view its three channels.
 """
 
 from __future__ import annotations
@@ -115,10 +120,41 @@ STEPS: dict[str, Step] = {s.name: s for s in (
 PREPROCESSING_STEPS = tuple(STEPS)
 
 
+#: Joins the views of a multi-view ``--preprocess`` value.
+VIEW_SEPARATOR = "|"
+
+
+def preprocessing_views(preprocess: str) -> list[str]:
+    """The views of a ``--preprocess`` value (one for a plain value), each validated. Views must crop the
+    same region (``thorax`` or ``lungs``, whose crop boxes are the same), so that their heatmaps line up."""
+    views = [v.strip() for v in preprocess.split(VIEW_SEPARATOR)]
+    for view in views:
+        preprocessing_steps(view)
+    if len(views) > 1:
+        if len(set(views)) < len(views):
+            raise ConfigError(f"--preprocess {preprocess!r}: a view is given twice")
+        for view in views:
+            regions = [name for name in preprocessing_steps(view) if STEPS[name].stage == "region"]
+            if not regions:
+                raise ConfigError(f"--preprocess {preprocess!r}: every view of a multi-view model crops to the "
+                                  f"lungs (thorax or lungs); {view!r} does not")
+        if len({STEPS[name].params["margin"] for view in views for name in preprocessing_steps(view)
+                if STEPS[name].stage == "region"}) > 1:
+            raise ConfigError(f"--preprocess {preprocess!r}: the views must crop the same box")
+    return views
+
+
+def view_count(preprocess: str) -> int:
+    """How many views a ``--preprocess`` value has (channels of :attr:`Prepared.image`)."""
+    return len(preprocessing_views(preprocess))
+
+
 def preprocessing_steps(preprocess: str) -> list[str]:
-    """The steps of a ``--preprocess`` value, validated, in run order (``none`` -> [])."""
+    """The steps of a single-view ``--preprocess`` value, validated, in run order (``none`` -> [])."""
     if preprocess in ("", "none"):
         return []
+    if VIEW_SEPARATOR in preprocess:
+        raise ConfigError(f"--preprocess {preprocess!r}: several views here are not supported")
     steps = [s.strip() for s in preprocess.split("+")]
     for step in steps:
         if step not in STEPS:
@@ -131,6 +167,13 @@ def preprocessing_steps(preprocess: str) -> list[str]:
 
 def describe(preprocess: str) -> dict[str, Any]:
     """The exact preprocessing of a model, as its card records it."""
+    views = preprocessing_views(preprocess)
+    if len(views) > 1:
+        return {**describe(views[0]), "preprocess": preprocess, "steps": None,
+                "views": [{"preprocess": v, "steps": [STEPS[name].describe() for name in preprocessing_steps(v)]}
+                          for v in views],
+                "channels": "each view's gray repeated to 3 channels, views one after the other (3 x views "
+                            "channels), NHWC float32 in [0, 1]; the lung fields are found once for all views"}
     return {
         "read": "grayscale; 8-bit images / 255; deeper images (16-bit, DICOM after modality and VOI LUT) "
                 "min-max to [0, 1]; DICOM MONOCHROME1 inverted; alpha dropped (ccad.io.images.read_grayscale)",
@@ -156,6 +199,11 @@ class Prepared:
     fields: Any | None = None
 
     @property
+    def picture(self) -> np.ndarray:
+        """The (size, size) image to show a reader: the first view of a multi-view input."""
+        return self.image if self.image.ndim == 2 else self.image[..., 0]
+
+    @property
     def qc_flags(self) -> tuple[str, ...]:
         """The lung-QC flags of the fields (none when the fields were not computed)."""
         return tuple(getattr(self.fields, "qc_flags", ()))
@@ -179,17 +227,28 @@ class Prepared:
 
 def prepare_full(gray: np.ndarray, size: int, preprocess: str = "none", lung_fields: bool = False) -> Prepared:
     """The model input for a (H, W) grayscale image, keeping the working image, the crop box and (with
-    ``lung_fields``, or when a step needs them) the lung fields of the packaged segmenter."""
-    steps = [STEPS[name] for name in preprocessing_steps(preprocess)]
+    ``lung_fields``, or when a step needs them) the lung fields of the packaged segmenter. A multi-view
+    ``preprocess`` gives a (size, size, views) image, the lung fields found once."""
+    views = preprocessing_views(preprocess)
+    steps_of = [[STEPS[name] for name in preprocessing_steps(view)] for view in views]
     full = gray
-    if max(gray.shape) > WORK_SIDE and (steps or lung_fields):
+    any_steps = any(steps_of)
+    if max(gray.shape) > WORK_SIDE and (any_steps or lung_fields):
         scale = WORK_SIDE / max(gray.shape)
         gray = resize_hw(gray, max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
-    fields = estimate_lung_fields(gray) if lung_fields or any(s.needs_lungs for s in steps) else None
+    needs = lung_fields or any(s.needs_lungs for steps in steps_of for s in steps)
+    fields = estimate_lung_fields(gray) if needs else None
     whole = (0, gray.shape[0], 0, gray.shape[1])
-    if not steps:  # the paper's plain resize, from full resolution as in training
+    if not any_steps:  # the paper's plain resize, from full resolution as in training
         return Prepared(resize(full, size), gray, whole, fields)
-    w = _Work(gray, fields, whole, gray)
+    made = [_apply_steps(steps, gray, fields, size) for steps in steps_of]
+    if len(made) == 1:
+        return Prepared(made[0].image, gray, made[0].box, fields)
+    return Prepared(np.stack([w.image for w in made], axis=-1), gray, made[0].box, fields)
+
+
+def _apply_steps(steps: Sequence[Step], gray: np.ndarray, fields, size: int) -> _Work:
+    w = _Work(gray, fields, (0, gray.shape[0], 0, gray.shape[1]), gray)
     for step in steps:
         if step.stage != "output":
             step.apply(w, **step.params)
@@ -199,7 +258,7 @@ def prepare_full(gray: np.ndarray, size: int, preprocess: str = "none", lung_fie
     for step in steps:
         if step.stage == "output":
             step.apply(w, **step.params)
-    return Prepared(w.image, gray, w.box, fields)
+    return w
 
 
 def prepare(gray: np.ndarray, size: int, preprocess: str = "none") -> np.ndarray:
@@ -215,9 +274,14 @@ def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", r
     return prepared.image, None if region is None else prepared.to_input(region)
 
 
-def to_model_input(gray: np.ndarray) -> np.ndarray:
-    """Repeat a (..., H, W) grayscale array into (..., H, W, 3) channels."""
-    return to_rgb(gray)
+def to_model_input(gray: np.ndarray, views: int = 1) -> np.ndarray:
+    """Repeat a (..., H, W) grayscale array into (..., H, W, 3) channels; with ``views`` > 1, a
+    (..., H, W, views) array into (..., H, W, 3 x views), each view's three channels together."""
+    if views == 1:
+        return to_rgb(gray)
+    if gray.shape[-1] != views:
+        raise ValueError(f"expected {views} views in the last axis, got shape {gray.shape}")
+    return np.repeat(np.asarray(gray, np.float32), 3, axis=-1)
 
 
 def load_grayscale_input(path: str | os.PathLike, size: int, preprocess: str = "none") -> np.ndarray:
@@ -227,7 +291,7 @@ def load_grayscale_input(path: str | os.PathLike, size: int, preprocess: str = "
 
 def load_model_input(path: str | os.PathLike, size: int, preprocess: str = "none") -> np.ndarray:
     """The model's input for one file: (size, size, 3) float32 in [0, 1]."""
-    return to_model_input(load_grayscale_input(path, size, preprocess))
+    return to_model_input(load_grayscale_input(path, size, preprocess), view_count(preprocess))
 
 
 def load_images(
@@ -238,7 +302,8 @@ def load_images(
 
     ``transform``, if given, maps each full-resolution grayscale image before preprocessing.
 
-    Returns (images (N, size, size) float32 in [0, 1], the samples kept, the files skipped with their
+    Returns (images (N, size, size) float32 in [0, 1], or (N, size, size, views) for a multi-view
+    ``preprocess``, the samples kept, the files skipped with their
     error). Without ``skip_bad`` the first unreadable file raises :class:`ImageReadError`.
     """
     def load(sample: Sample) -> np.ndarray:
@@ -246,7 +311,9 @@ def load_images(
         return prepare(gray if transform is None else transform(gray), size, preprocess)
 
     images, kept, bad = _load_each(load, samples, skip_bad, workers)
-    return (np.stack(images) if kept else np.zeros((0, size, size), np.float32)), kept, bad
+    views = view_count(preprocess)
+    empty = np.zeros((0, size, size) if views == 1 else (0, size, size, views), np.float32)
+    return (np.stack(images) if kept else empty), kept, bad
 
 
 def prepare_samples(samples: Sequence[Sample], size: int, preprocess: str = "none", skip_bad: bool = False,

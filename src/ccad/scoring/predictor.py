@@ -36,7 +36,7 @@ from ccad.models.heads import OnnxHead
 from ccad.models.ood import OodGuard
 from ccad.models.severity import SeverityHead
 from ccad.models.signing import verify_bundle
-from ccad.preprocessing.pipeline import Prepared, prepare_full, to_model_input
+from ccad.preprocessing.pipeline import Prepared, prepare_full, to_model_input, view_count
 from ccad.scoring.heatmaps import class_activation_map
 from ccad.scoring.score import Prediction, score_batch
 
@@ -66,6 +66,8 @@ class Predictor(ABC):
         self.positive_class: str = info.positive_class
         self.input_size: int = int(info.input_size)
         self.preprocess: str = info.preprocess
+        #: How many ways the model looks at each X-ray (``--preprocess A|B``): channels of a prepared image.
+        self.views: int = view_count(info.preprocess)
         self.decision = info.decision_rule()
         self.cam_weights, self.head, self.ood, self.severity = cam_weights, head, ood, severity
 
@@ -83,14 +85,21 @@ class Predictor(ABC):
             probabilities = self.head(features.mean(axis=(1, 2)))
         return probabilities, features
 
+    def model_input(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3 x views) network input from (N, H, W) grayscale (one view), (N, H, W, views) prepared
+        views, or an input already in that form."""
+        if images.ndim == 3 or (self.views > 1 and images.shape[-1] == self.views):
+            return to_model_input(images, self.views)
+        return images
+
     def _batches(self, images: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        if images.ndim == 3:
-            images = to_model_input(images)
+        images = self.model_input(images)
         for i in range(0, len(images), self.batch_size):
             yield self.predict(images[i:i + self.batch_size])
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
-        """The model's probabilities for (N, H, W) grayscale or (N, H, W, 3) prepared images."""
+        """The model's probabilities for (N, H, W) grayscale, (N, H, W, views) or (N, H, W, 3 x views)
+        prepared images."""
         out = [p for p, _ in self._batches(images)]
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)), np.float32)
 
@@ -245,7 +254,8 @@ class KerasPredictor(Predictor):
         else:
             raise ModelError(f"{path}: no such model file or run folder")
         model = load_keras_model(model_file)
-        info = RunMetadata.load(model_file.parent, classes, outputs=int(model.output_shape[-1]))
+        shape = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
+        info = RunMetadata.load(model_file.parent, classes, outputs=int(shape[-1]))
         return cls(model, info, model_file.parent)
 
     @property

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ccad.models.ood import screen
-from ccad.preprocessing.pipeline import Prepared, to_model_input
+from ccad.preprocessing.pipeline import Prepared
 
 
 @dataclass
@@ -70,7 +70,7 @@ def score_batch(predictor, names: Sequence[str], prepared: Sequence[Prepared], w
     class)."""
     if not prepared:
         return []
-    probabilities, features = predictor.predict(to_model_input(np.stack([p.image for p in prepared])))
+    probabilities, features = predictor.predict(predictor.model_input(np.stack([p.image for p in prepared])))
     calibrated = predictor.decision.calibrate(probabilities)
     predicted = predictor.decision.predict(calibrated)
     classes = predictor.classes
@@ -87,6 +87,6 @@ def score_batch(predictor, names: Sequence[str], prepared: Sequence[Prepared], w
         if with_heatmaps:
             heat = predictor.heatmap(fmap, classes.index(heatmap_class or result.predicted_class))
             outline = prep.fields.at(*prep.gray.shape) if prep.fields is not None else None
-            result.pictures = Pictures(prep.image, heat, prep.gray, prep.to_original(heat), outline)
+            result.pictures = Pictures(prep.picture, heat, prep.gray, prep.to_original(heat), outline)
         results.append(result)
     return results

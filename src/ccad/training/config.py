@@ -10,7 +10,7 @@ from ccad.models.classifier import get_backbone
 from ccad.models.decision import validate_settings
 from ccad.models.heads import validate as validate_head
 from ccad.preprocessing.augmentation import get_spec
-from ccad.preprocessing.pipeline import preprocessing_steps
+from ccad.preprocessing.pipeline import preprocessing_views
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 
@@ -60,7 +60,16 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         get_spec(self.augmentation)
-        preprocessing_steps(self.preprocess)
+        if len(preprocessing_views(self.preprocess)) > 1:
+            for ok, message in [(self.head == "dense", "a multi-view --preprocess trains the dense head"),
+                                (not self.fine_tune_epochs, "a multi-view --preprocess trains the frozen phase only: "
+                                                            "add --fine-tune-epochs 0"),
+                                (not self.distributed, "--distributed trains a single-view model"),
+                                (get_spec(self.augmentation).featurewise_center is False
+                                 and not get_spec(self.augmentation).samplewise_center,
+                                 "a multi-view --preprocess needs an augmentation without centering (cxr, none)")]:
+                if not ok:
+                    raise ConfigError(message)
         validate_settings(self.threshold, self.calibration)
         validate_head(self.head, self.feature_selection)
         if self.distributed and self.head != "dense":

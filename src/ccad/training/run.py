@@ -35,17 +35,22 @@ from ccad.errors import DataError
 from ccad.evaluation.evaluate import evaluate
 from ccad.io.files import atomic_path, write_text
 from ccad.models.card import RunMetadata, library_versions
-from ccad.models.classifier import build_classifier, count_parameters, get_backbone, load_keras_model
+from ccad.models.classifier import (backbone_of, build_classifier, combine_views, count_parameters, get_backbone,
+                                   load_keras_model)
 from ccad.models.decision import DecisionRule, fit_decision
 from ccad.models.ood import OOD_FILE, OodGuard, fit_ood_guard
 from ccad.preprocessing.augmentation import get_spec
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
-from ccad.preprocessing.pipeline import load_images
+from ccad.preprocessing.pipeline import load_images, preprocessing_views, view_count
 from ccad.scoring.predictor import KerasPredictor
 from ccad.training.config import TrainConfig
 from ccad.training.distributed import cluster_from_env, fit_distributed, multi_worker_strategy
 from ccad.training.fit import fine_tune, fit_cached_views, fit_sklearn_head, fit_streaming
 from ccad.training.heads import HeadFit
+
+
+#: The validation split's probabilities in a run folder (what the decision rule was fitted on).
+VAL_PREDICTIONS = "val_predictions.csv"
 
 
 @dataclass
@@ -107,7 +112,9 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
 
     meta = run_metadata(dataset, config, head=head)
     predictor = KerasPredictor(model, meta, run_dir)
-    decision = fit_decision(arrays["val"][1], predictor.predict_images(arrays["val"][0]), dataset.classes,
+    val_probabilities = predictor.predict_images(arrays["val"][0])
+    write_predictions(run_dir / VAL_PREDICTIONS, arrays["samples"]["val"], val_probabilities, dataset.classes)
+    decision = fit_decision(arrays["val"][1], val_probabilities, dataset.classes,
                             dataset.positive_class or dataset.classes[-1], config.threshold, config.calibration,
                             fitted_on="the validation split")
     start = time.perf_counter()
@@ -129,6 +136,17 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
     return TrainResult(run_dir, model, dataset, config, history, metrics, decision, timings, head, predictor)
 
 
+def write_predictions(path: Path, samples, probabilities: np.ndarray, classes) -> None:
+    """``path,group,source,label,p_<class>...``: the model's own probabilities (before the decision rule) for
+    ``samples``; a run's ``val_predictions.csv`` is what its threshold was fitted on."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "group", "source", "label"] + [f"p_{c}" for c in classes])
+    for sample, p in zip(samples, probabilities):
+        writer.writerow([sample.path, sample.group, sample.source, sample.label] + [f"{v:.6f}" for v in p])
+    write_text(path, buffer.getvalue())
+
+
 def _cluster(config: TrainConfig, run_dir: Path):
     """(cluster, run folder): a multi-worker cluster when ``--distributed`` (the workers other than the
     chief write to a temporary folder that is removed), else (None, ``run_dir``)."""
@@ -148,13 +166,15 @@ def _dataset(spec: DataSpec | Dataset, seed: int) -> Dataset:
 
 def _load_arrays(dataset: Dataset, config: TrainConfig, skip_bad: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{"train": (images, labels), "val": (...)}: every image prepared as the model will see it."""
-    arrays = {}
+    arrays: dict[str, Any] = {"samples": {}}
     for split in ("train", "val"):
         images, kept, bad = load_images(dataset.subset(split), config.input_size, skip_bad,
                                         preprocess=config.preprocess)
         arrays[split] = (images, label_indices(kept, dataset.classes))
+        arrays["samples"][split] = kept
         dataset.bad_files.extend(bad)
-    for split, (images, labels) in arrays.items():
+    for split in ("train", "val"):
+        images, labels = arrays[split]
         present = set(labels.tolist())
         if len(images) == 0 or len(present) < len(dataset.classes):
             missing = [c for i, c in enumerate(dataset.classes) if i not in present]
@@ -182,6 +202,8 @@ def _fit(arrays, dataset: Dataset, config: TrainConfig, verbose: int, cluster, r
         elif strategy is not None:
             history = fit_distributed(model, strategy, cluster, arrays, dataset.classes, config,
                                       run_dir / "checkpoints")
+        elif view_count(config.preprocess) > 1:
+            model, history = _fit_views(model, arrays, dataset, config, verbose)
         else:
             fit = fit_cached_views if config.feature_views > 0 else fit_streaming
             history = fit(model, arrays, dataset.classes, config, verbose)
@@ -194,6 +216,27 @@ def _fit(arrays, dataset: Dataset, config: TrainConfig, verbose: int, cluster, r
             model.save(tmp)
         model = load_keras_model(run_dir / "model.keras")
     return model, history, head
+
+
+def _fit_views(first, arrays, dataset: Dataset, config: TrainConfig, verbose: int):
+    """A multi-view model: each view's head trained as a single-view run of that view would train it (same
+    seed, same loop, the same frozen backbone), then :func:`combine_views`. The history holds each view's
+    epochs in turn (phase ``view N``)."""
+    import keras
+
+    fit = fit_cached_views if config.feature_views > 0 else fit_streaming
+    models, history = [], []
+    for v, view in enumerate(preprocessing_views(config.preprocess)):
+        keras.utils.set_random_seed(config.seed)
+        model = first if v == 0 else build_classifier(len(dataset.classes), config.input_size, config.dropout,
+                                                      "none", backbone=config.backbone)
+        if v:
+            backbone_of(model).set_weights(backbone_of(first).get_weights())
+        single = {split: (arrays[split][0][..., v], arrays[split][1]) for split in ("train", "val")}
+        history += [dict(row, phase=f"view {v + 1}: {view}")
+                    for row in fit(model, single, dataset.classes, replace(config, preprocess=view), verbose)]
+        models.append(model)
+    return combine_views(models), history
 
 
 def _backbone_name(name: str) -> str:
