@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=["test", "val", "all"], help="default: test when the data has splits, else all")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (when the data has none) and bootstrap")
+    p.add_argument("--by", action="append", default=[], metavar="FIELD",
+                   help="also break the results down by FIELD: source, label, a manifest column, or a DICOM "
+                        "attribute (ViewPosition, Modality, Manufacturer, ...); repeatable")
 
     p = sub.add_parser("predict", help="classify image files or folders")
     p.add_argument("--model", help="model bundle (ONNX Runtime), run folder or model file (default: the bundle "
@@ -404,7 +407,11 @@ def cmd_audit(args) -> None:
 def cmd_evaluate(args) -> None:
     from .evaluation.evaluate import evaluate_model
 
-    metrics = evaluate_model(args.model, _spec(args), args.out, split=args.split, seed=args.seed)
+    from .evaluation.subgroups import format_breakdown
+
+    metrics = evaluate_model(args.model, _spec(args), args.out, split=args.split, seed=args.seed, by=args.by)
+    for name, rows in metrics.get("by", {}).items():
+        print("\n".join(format_breakdown(name, rows)))
     _print_summary(metrics, Path(args.out))
 
 

@@ -19,6 +19,7 @@ from ccad.data.datasets import Dataset, DataSpec, Sample, apply_split_file, assi
 from ccad.errors import DataError
 from ccad.evaluation.metrics import compute_metrics, ood_rate
 from ccad.evaluation.reports import write_figures, write_report
+from ccad.evaluation.subgroups import breakdown, breakdown_html, subgroup_values
 from ccad.io.files import write_json, write_text
 from ccad.preprocessing.pipeline import Prepared, prepare_samples
 from ccad.scoring.predictor import Predictor, load_predictor, run_folder
@@ -69,10 +70,13 @@ def score_samples(predictor: Predictor, samples: Sequence[Sample], classes: Sequ
 
 
 def evaluate(predictor: Predictor, dataset: Dataset, out: str | os.PathLike, split: str = "test",
-             history: list[dict[str, float]] | None = None, skip_bad: bool = False) -> dict[str, Any]:
+             history: list[dict[str, float]] | None = None, skip_bad: bool = False, by: Sequence[str] = (),
+             manifests: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Score ``predictor`` on one split of ``dataset`` (``test``, ``val`` or ``all``); write metrics.json,
     predictions.csv, figures/ and report.html to ``out``. With an out-of-distribution guard the metrics
-    also hold the share of images it flags. Returns the metrics dict."""
+    also hold the share of images it flags. ``by`` names fields to break the results down by
+    (:mod:`ccad.evaluation.subgroups`; manifest columns are read from ``manifests``). Returns the metrics
+    dict."""
     out = Path(out)
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if not samples:
@@ -93,13 +97,18 @@ def evaluate(predictor: Predictor, dataset: Dataset, out: str | os.PathLike, spl
     if predictor.ood is not None:
         in_distribution = scored.in_distribution
         metrics["out_of_distribution"] = ood_rate(~in_distribution, predictor.ood)
+    positive_index = dataset.classes.index(dataset.positive_class)
+    if by:
+        metrics["by"] = {name: breakdown(subgroup_values(scored.samples, name, manifests), y_true, predicted,
+                                         probabilities[:, positive_index], positive_index) for name in by}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_predictions(out / "predictions.csv", scored.samples, y_true, probabilities, predicted, dataset.classes,
                       in_distribution)
     figures = write_figures(out / "figures", metrics, y_true, probabilities, scored.images, dataset.classes, history,
                             predicted=predicted, originals=scored.prepared)
-    write_report(out / "report.html", metrics, figures, dataset, predictor.info.to_dict(), split)
+    write_report(out / "report.html", metrics, figures, dataset, predictor.info.to_dict(), split,
+                 extra_html="".join(breakdown_html(name, rows) for name, rows in metrics.get("by", {}).items()))
     return metrics
 
 
@@ -136,9 +145,12 @@ def scoring_set(predictor: Predictor, model: str | os.PathLike, spec: DataSpec, 
 
 
 def evaluate_model(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, split: str | None = None,
-                   seed: int = 0) -> dict[str, Any]:
+                   seed: int = 0, by: Sequence[str] = ()) -> dict[str, Any]:
     """``ccad evaluate``: score a bundle, run folder or model file on labelled data (see :func:`scoring_set`
     for the split)."""
     predictor = load_predictor(model)
     dataset, split = scoring_set(predictor, model, spec, split, seed)
-    return evaluate(predictor, dataset, out, split=split, skip_bad=spec.skip_bad)
+    manifests = [spec.data] if isinstance(spec.data, (str, os.PathLike)) else list(spec.data)
+    for name in by:  # an unknown field is refused before anything is scored
+        subgroup_values([], name, manifests)
+    return evaluate(predictor, dataset, out, split=split, skip_bad=spec.skip_bad, by=by, manifests=manifests)

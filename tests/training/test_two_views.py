@@ -1,0 +1,71 @@
+"""A two-view model end to end: train -> export -> predict on ONNX Runtime, heatmaps, guard and card."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ccad.cli import main
+
+pytestmark = pytest.mark.slow
+VIEWS = "thorax+equalize+lowpass|lungs+equalize+lowpass"
+
+
+@pytest.fixture(scope="module")
+def two_view(synth_folders, tmp_path_factory):
+    from ccad.models.classifier import imagenet_weights_available
+
+    root = tmp_path_factory.mktemp("two-view")
+    weights = "imagenet" if imagenet_weights_available(224) else "none"
+    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(root / "run"), "--weights",
+                 weights, "--input-size", "64", "--epochs", "3", "--feature-views", "1", "--preprocess", VIEWS]) == 0
+    assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle")]) == 0
+    return root / "run", root / "bundle"
+
+
+def test_the_bundle_agrees_with_the_run_and_keeps_heatmaps_and_the_guard(two_view, synth_folders, tmp_path):
+    from ccad.scoring.predictor import load_predictor
+
+    run, bundle = two_view
+    files = sorted((synth_folders / "covid").glob("*.png"))[:6] + sorted((synth_folders / "normal").glob("*.png"))[:6]
+    keras_side = load_predictor(run).predict_files(files, with_heatmaps=True)
+    onnx_side = load_predictor(bundle).predict_files(files, with_heatmaps=True)
+    for k, o in zip(keras_side, onnx_side):
+        assert abs(k.probabilities["covid"] - o.probabilities["covid"]) < 1e-4
+        assert k.predicted_class == o.predicted_class
+        assert o.in_distribution is not None and o.ood_distance is not None
+        assert o.pictures.heatmap.shape == (64, 64) and o.pictures.image.shape == (64, 64)
+    assert any(o.pictures.heatmap.max() > 0 for o in onnx_side)
+    card = json.loads((bundle / "ccad-model.json").read_text())
+    assert card["preprocess"] == VIEWS and card["input"]["views"] == 2 and card["input"]["shape"][-1] == 6
+    assert card["ood"]["dimensions"] == 2560
+    assert [v["preprocess"] for v in card["preprocessing"]["views"]] == VIEWS.split("|")
+
+
+def test_each_view_head_is_trained_as_its_own_run_would_train_it(two_view):
+    """The history holds both views' epochs; the validation split's probabilities are written and are the
+    run's own (the threshold was fitted on them)."""
+    import csv
+
+    run, _ = two_view
+    phases = [row["phase"] for row in csv.DictReader(open(run / "history.csv"))]
+    assert phases == ["view 1: thorax+equalize+lowpass"] * 3 + ["view 2: lungs+equalize+lowpass"] * 3
+    rows = list(csv.DictReader(open(run / "val_predictions.csv")))
+    from ccad.scoring.predictor import load_predictor
+
+    predictor = load_predictor(run)
+    again = predictor.predict_files([r["path"] for r in rows])
+    np.testing.assert_allclose([float(r["p_covid"]) for r in rows], [p.raw_probabilities[0] for p in again],
+                               atol=1e-5)
+
+
+def test_predict_and_evaluate_take_the_two_view_bundle(two_view, synth_folders, tmp_path, capsys):
+    _, bundle = two_view
+    assert main(["predict", "--model", str(bundle), str(synth_folders / "covid"), "--out", str(tmp_path / "p.csv"),
+                 "--heatmap", str(tmp_path / "heat")]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 25
+    assert len(list((tmp_path / "heat").glob("*.png"))) == 24
+    assert main(["evaluate", "--model", str(bundle), "--data", str(synth_folders), "--out", str(tmp_path / "ev"),
+                 "--by", "label"]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["n"] == 48 and {r["value"] for r in metrics["by"]["label"]} == {"covid", "normal"}
