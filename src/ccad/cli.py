@@ -134,13 +134,11 @@ def _dicom_parser(sub) -> None:
 
 
 def cmd_dicom(args) -> None:
-    import logging
-
     _model(args)
+    from .deploy.logs import configure_logging
     from .deploy.pacs.listener import Destination, Listener, ListenerSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    configure_logging()
     settings = ListenerSettings(Path(args.model), Destination.parse(args.send_to), Path(args.spool), args.ae_title,
                                 args.host, args.port, args.int8, args.workers, args.queue_size, args.retry_max_s)
     Listener(settings).serve_forever()
@@ -188,9 +186,10 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="woa: Whale Optimization Algorithm feature selection, fitted on the training split")
     p.add_argument("--augmentation", choices=list(AUGMENTATIONS))
     p.add_argument("--preprocess", help="input normalization: none, or steps joined with + from thorax|lungs, "
-                                        "clahe, equalize, lowpass (e.g. thorax+equalize)")
+                                        "clahe, equalize, lowpass (e.g. thorax+equalize); two views of each "
+                                        "X-ray joined with | (e.g. 'thorax+equalize+lowpass|lungs+equalize+lowpass')")
     p.add_argument("--threshold", help="decision rule fitted on validation: youden (default), specificity-90, "
-                                       "specificity-95, argmax, or a number")
+                                       "specificity-95, sensitivity-85|90|95, argmax, or a number")
     p.add_argument("--calibration", choices=CALIBRATIONS, help="temperature: fit temperature scaling on validation")
     p.add_argument("--feature-views", type=int,
                    help="augmented views per image whose backbone features are cached (0: stream every epoch)")

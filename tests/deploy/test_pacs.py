@@ -133,12 +133,12 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
                                 port=port, queue_size=1, retry_max_s=0.5)
     listener = Listener(settings, predictor).start()
     try:
-        # truncated in the middle of an element: refused (0xC210), or accepted and then not scored
+        # truncated in the middle of an element, before its series UID: refused, never acknowledged
         good = xray(tmp_path, "good")
         data = good.read_bytes()
         truncated = tmp_path / "truncated.dcm"
         truncated.write_bytes(data[:600])
-        assert c_store(truncated, port, "CCAD", chunked=True) in (0xC210, 0xC000, 0x0000, -1)
+        assert c_store(truncated, port, "CCAD", chunked=True) in (0xA900, 0xC210)
         # an association aborted by the sender
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context("1.2.840.10008.5.1.4.1.1.1.1")
@@ -268,3 +268,103 @@ def test_the_spool_lists_only_finished_files(tmp_path):
     (spool.inbox / ".abc.1234.tmp.dcm").write_bytes(b"half")  # an atomic write in progress
     assert spool.pending_inbox() == [done]
     assert oct((tmp_path / "spool").stat().st_mode)[-3:] == "700" and oct(done.stat().st_mode)[-3:] == "600"
+
+
+# -- what modalities really send: minimal, odd, incomplete ----------------------------------------------------
+
+#: A marker in every text attribute of the odd data sets: it must never reach the listener's log.
+MARKER = "ZQXMARK"
+#: Type 2 attributes a minimal CR leaves out (PS3.3 Patient, General Study, General Series, CR Image modules).
+LEFT_OUT = dict(PatientBirthDate=None, PatientSex=None, AccessionNumber=None, StudyID=None, StudyDate=None,
+                StudyTime=None, ReferringPhysicianName=None, Manufacturer=None, PatientOrientation=None,
+                BodyPartExamined=None, ViewPosition=None, SeriesNumber=None, InstanceNumber=None,
+                PresentationIntentType=None, ImageType=None)
+
+
+def odd_datasets(tmp_path, study):
+    """(name, path) of data sets as modalities send them: each must get exactly one report."""
+    cr = "1.2.840.10008.5.1.4.1.1.1"
+    marked = dict(PatientName=f"{MARKER}^Name\nccad.dicom INFO forged", PatientID=f"{MARKER}-ID",
+                  AccessionNumber=f"{MARKER}AC", StudyID=f"{MARKER}S", Manufacturer=f"{MARKER} Medical",
+                  StudyDescription=f"{MARKER} chest", ReferringPhysicianName=f"{MARKER}^Dr")
+    return [
+        ("minimal CR", xray(tmp_path, "minimal", seed=11, study_uid=study, sop_class=cr, **LEFT_OUT)),
+        ("minimal DX", xray(tmp_path, "minimal-dx", seed=12, study_uid=study, **LEFT_OUT)),
+        ("values their VR does not allow", xray(tmp_path, "invalid", seed=13, study_uid=study,
+                                                PatientBirthDate=f"{MARKER}DOB", PatientSex=f"{MARKER}SEX",
+                                                StudyDate="20261399", StudyTime="99", **{
+                                                    k: v for k, v in marked.items() if k != "PatientName"})),
+        ("one-word name, newline in a name", xray(tmp_path, "smith", seed=14, study_uid=study,
+                                                   PatientName=MARKER, **{k: v for k, v in marked.items()
+                                                                          if k != "PatientName"})),
+        ("a forged log line in the name", xray(tmp_path, "forged", seed=15, study_uid=study, **marked)),
+    ]
+
+
+def test_a_data_set_without_a_series_uid_is_refused_not_acknowledged(bundle, tmp_path):
+    port = free_port()
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
+                                port=port, retry_max_s=0.5)
+    listener = Listener(settings).start()
+    try:
+        assert c_store(xray(tmp_path, "no-series", SeriesInstanceUID=None), port, "CCAD") == 0xA900
+        assert c_store(xray(tmp_path, "bad-uid", StudyInstanceUID="1.2.abc"), port, "CCAD") == 0xA900
+    finally:
+        listener.stop()
+    assert listener.stats.received == 0 and listener.stats.refused_incomplete == 2
+    assert not list((tmp_path / "spool" / "inbox").glob("*.dcm"))
+
+
+def test_result_uids_are_derived_so_a_resend_is_the_same_object(bundle, tmp_path):
+    from ccad.deploy.pacs.results import Algorithm, structured_report
+    from ccad.scoring.predictor import OnnxPredictor
+
+    path = xray(tmp_path, "x")
+    ds = pydicom.dcmread(path)
+    prediction = OnnxPredictor(bundle).predict_files([path], with_heatmaps=True)[0]
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule")
+    first, again = structured_report(ds, algorithm, prediction), structured_report(ds, algorithm, prediction)
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    assert first.SOPInstanceUID.startswith("2.25.") and len(first.SOPInstanceUID) <= 64
+    other = structured_report(ds, Algorithm("ccad", "0", "cd" * 32, "float", "rule"), prediction)
+    assert other.SOPInstanceUID != first.SOPInstanceUID  # another model: another object
+
+
+@needs_orthanc
+def test_every_acknowledged_image_ends_as_exactly_one_result_and_no_value_reaches_the_log(bundle, tmp_path):
+    listener_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", listener_port).start()
+    log_path = tmp_path / "listener.log"
+    spool = tmp_path / "spool"
+    listener = start_listener(bundle, listener_port, orthanc.dicom_port, spool, log_path)
+    study = pydicom.uid.generate_uid()
+    sent = odd_datasets(tmp_path, study)
+    try:
+        for name, path in sent:
+            assert c_store(path, listener_port, "CCAD") == 0x0000, name
+
+        def reports():
+            found = [ds for ds in orthanc.study_instances(study) if ds.Modality == "SR"]
+            return found if len(found) >= len(sent) else None
+
+        wait_for(reports, 120, "a report for every image")
+        # a modality that sends again, and a listener restarted in between: still one result each
+        stop(listener)
+        listener = start_listener(bundle, listener_port, orthanc.dicom_port, spool, log_path)
+        for name, path in sent[:2]:
+            assert c_store(path, listener_port, "CCAD") == 0x0000, name
+        wait_for(lambda: not list((spool / "outbox").glob("*.dcm")) and not list((spool / "inbox").glob("*.dcm")),
+                 120, "the spool to empty")
+        found = orthanc.study_instances(study)
+    finally:
+        stop(listener)
+        orthanc.stop()
+    results = [ds for ds in found if ds.Modality in ("SR", "OT")]
+    referenced = [ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+                  .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for ds in results if ds.Modality == "SR"]
+    assert sorted(referenced) == sorted(pydicom.dcmread(p).SOPInstanceUID for _, p in sent)  # one report each
+    assert sum(ds.Modality == "OT" for ds in results) == len(sent)  # all scored: one capture each
+    assert not list((spool / "failed").glob("*.dcm"))
+    logged = log_path.read_text()
+    assert MARKER not in logged and "forged" not in logged
+    assert "scored" in logged

@@ -421,6 +421,9 @@ def _keep(data: bytes, gray: np.ndarray, folder: Path) -> None:
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
+    from ccad.deploy.logs import configure_logging
+
+    configure_logging()
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info", access_log=False,
+    uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info", access_log=False, log_config=None,
                 http=header_timeout_protocol(settings.header_timeout_s))

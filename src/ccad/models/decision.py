@@ -12,7 +12,9 @@ decide the same way:
   positive when p(positive) >= threshold, otherwise the most likely of the other
   classes. Rules (``--threshold``): ``youden`` (default: maximizes sensitivity +
   specificity - 1 on validation), ``specificity-90`` / ``specificity-95`` (the
-  lowest threshold whose validation specificity reaches 90% / 95%), ``argmax``
+  lowest threshold whose validation specificity reaches 90% / 95%), ``sensitivity-85`` / ``-90`` / ``-95``
+  (the highest threshold whose validation sensitivity reaches it: with a validation split pooled over several
+  sources, the rule that transferred best to unseen sources, docs/generalization.md), ``argmax``
   (0.5 for two classes: the plain softmax decision), or a number.
 
 A validation set has few images (tens of COVID cases), so the chosen threshold
@@ -28,7 +30,8 @@ import numpy as np
 
 from ccad.errors import ConfigError
 
-THRESHOLD_RULES = ("youden", "specificity-90", "specificity-95", "argmax")
+THRESHOLD_RULES = ("youden", "specificity-90", "specificity-95", "sensitivity-85", "sensitivity-90", "sensitivity-95",
+                   "argmax")
 CALIBRATIONS = ("none", "temperature")
 
 
@@ -117,8 +120,11 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, rule: str) -> f
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
     if rule == "youden":
         best = int(np.argmax(tpr - fpr))
+    elif rule.startswith("sensitivity-"):
+        sensitivity = int(rule.rsplit("-", 1)[1]) / 100
+        best = int(np.flatnonzero(tpr >= sensitivity - 1e-12)[0])  # highest threshold reaching it
     else:
-        specificity = 0.90 if rule == "specificity-90" else 0.95
+        specificity = int(rule.rsplit("-", 1)[1]) / 100
         best = int(np.flatnonzero(1.0 - fpr >= specificity - 1e-12)[-1])  # lowest threshold keeping it
     # Midway to the next lower validation score: the same validation decisions, with a margin on both sides
     # (a threshold equal to one image's score flips on float rounding).

@@ -4,13 +4,16 @@ back (C-STORE) into the same study.
 The path of an image:
 
 1. **Received.** The C-STORE handler decodes the data set (a malformed one is answered 0xC210, "cannot
-   understand"), writes the file to the spool's inbox atomically and answers success at once. When the
+   understand"; one without a valid SOP Class, SOP Instance, Study or Series Instance UID 0xA900), writes
+   the file to the spool's inbox atomically and answers success at once. When the
    scoring queue is full it answers 0xA700 ("out of resources") and keeps nothing: the sender keeps the
    image and may retry.
 2. **Scored** by a bounded pool of worker threads with the bundle's ONNX model, through the same
    preprocessing, decision rule, out-of-distribution guard and severity head as ``ccad predict``. An
    image that is not a frontal chest radiograph (:func:`.results.not_scored_reason`), or whose pixels
-   cannot be decoded, is not scored; its report says why.
+   cannot be decoded, is not scored; its report says why. Every image answered success ends as a result
+   in the outbox, or, when no result at all can be made, in the spool's ``failed/`` folder with its reason:
+   none is dropped.
 3. **Delivered.** The structured report and the heatmap capture are written to the outbox, then sent to
    ``--send-to`` by one sender thread, over one association kept open while results keep coming (released
    after a second with nothing to send, or when the destination closes it). A destination that is down or refuses them is retried with
@@ -36,6 +39,7 @@ from ccad.deploy.pacs.results import (
     ACCEPTED_SOP_CLASSES,
     Algorithm,
     heatmap_capture,
+    missing_identifiers,
     not_scored_reason,
     structured_report,
 )
@@ -44,7 +48,7 @@ from ccad.errors import ConfigError
 
 log = logging.getLogger("ccad.dicom")
 
-SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC210
+SUCCESS, OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC210
 #: C-STORE statuses after which the destination has the object (success and the warnings).
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -132,6 +136,8 @@ class Stats:
     refused_malformed: int = 0
     scored: int = 0
     not_scored: int = 0
+    failed: int = 0
+    refused_incomplete: int = 0
     sent: int = 0
     send_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -223,12 +229,16 @@ class Listener:
         try:
             ds = event.dataset
             ds.file_meta = event.file_meta
-            key = instance_key(str(ds.SOPInstanceUID))
-            str(ds.StudyInstanceUID)
+            missing = missing_identifiers(ds)
         except Exception as e:  # pynetdicom/pydicom raise many types for a malformed data set
             self.stats.add("refused_malformed")
             log.warning("refused a data set that cannot be decoded (%s): status 0xC210", type(e).__name__)
             return CANNOT_UNDERSTAND
+        if missing:  # a result must name the study, series and instance it belongs to
+            self.stats.add("refused_incomplete")
+            log.warning("refused a data set without a valid %s (Type 1): status 0xA900", ", ".join(missing))
+            return DOES_NOT_MATCH
+        key = instance_key(str(ds.SOPInstanceUID))
         with self._admit:
             if self._queue.full():
                 self.stats.add("refused_busy")
@@ -271,31 +281,31 @@ class Listener:
                 self._queue.task_done()
 
     def _process(self, path: Path) -> None:
+        """Score one received image and store its results; whatever fails, the image either gets a result
+        (a report of why it was not scored, at least) or stays in ``spool/failed/`` with its reason."""
         import pydicom
 
         from ccad.errors import CcadError
         from ccad.io.images import read_grayscale_bytes
 
         key = path.stem
+        prediction, reason = None, None
         try:
             data = path.read_bytes()
             ds = pydicom.dcmread(io.BytesIO(data), force=True)
             reason = not_scored_reason(ds)
-            prediction = None
             if reason is None:
                 try:
                     gray = read_grayscale_bytes(data, "the image", self.settings.max_pixels)
                     prediction = self.predictor.score([key], [self.predictor.prepare(gray)], with_heatmaps=True)[0]
                 except CcadError as e:
                     reason = f"not readable: {e}"
-            objects = [structured_report(ds, self.algorithm, prediction, reason)]
-            if prediction is not None:
-                objects.append(heatmap_capture(ds, self.algorithm, prediction))
-            self.spool.put_results(key, objects)
-        except Exception as e:  # a bad image must never stop the listener
-            self.stats.add("not_scored")
-            log.error("image %s: no result (%s: %s); dropped", key, type(e).__name__, str(e)[:200])
-            path.unlink(missing_ok=True)
+            self.spool.put_results(key, self._results(key, ds, prediction, reason))
+        except Exception as e:  # a bad image must never stop the listener, nor vanish
+            self.stats.add("failed")
+            self.spool.set_aside(path, f"no result could be made ({type(e).__name__})")
+            log.error("image %s: no result could be made (%s); kept in the spool's failed folder", key,
+                      type(e).__name__)
             return
         path.unlink(missing_ok=True)
         if prediction is None:
@@ -307,6 +317,19 @@ class Listener:
                      prediction.probabilities[prediction.predicted_class],
                      "" if prediction.in_distribution is not False else ", out of distribution")
         self._wake_sender.set()
+
+    def _results(self, key: str, ds, prediction, reason: str | None) -> list:
+        """The SR (and, for a scored image, the capture); when they cannot be built, an SR saying so."""
+        try:
+            objects = [structured_report(ds, self.algorithm, prediction, reason)]
+            if prediction is not None:
+                objects.append(heatmap_capture(ds, self.algorithm, prediction))
+            return objects
+        except Exception as e:
+            log.warning("image %s: its result could not be built (%s); sending a report that says so", key,
+                        type(e).__name__)
+            return [structured_report(ds, self.algorithm, None, f"scored, but the result could not be built "
+                                                                  f"({type(e).__name__})")]
 
     # 3. delivered -----------------------------------------------------------------------------------
 

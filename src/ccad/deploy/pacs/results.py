@@ -10,13 +10,19 @@
   burned-in "NOT FOR DIAGNOSIS - ccad <version>" banner.
 
 Both copy the patient and study of the source image (as DICOM requires: the result belongs to the same
-study) and go into a new series each. Their UIDs are derived from the source instance's UID and the
-model's sha256, so scoring the same image again with the same model gives the same objects, and a PACS
-that receives one twice keeps one.
+study) and go into a new series each. What they copy goes through :func:`result_source` first: modalities
+send minimal data sets, without Type 2 attributes such as PatientBirthDate or AccessionNumber, or with
+values their VR does not allow; those become present-but-empty, as the standard allows, so every image has
+a result. Their UIDs are UUID-derived (``2.25.``, a version-5 UUID of the source instance's UID, the model's
+sha256, its variant and the object), so scoring the same image again with the same model gives the same
+objects, and a PACS that receives one twice keeps one.
 """
 
 from __future__ import annotations
 
+import datetime
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,10 +81,68 @@ def not_scored_reason(ds) -> str | None:
     return None
 
 
-def _uid(source_uid: str, algorithm: Algorithm, what: str) -> str:
-    from pydicom.uid import generate_uid
+#: The namespace of ccad's UUID-derived UIDs (a fixed, random UUID).
+UID_NAMESPACE = uuid.UUID("7d0c3c86-2f0a-4b5e-9a53-0c1cad0c2a21")
+#: Type 1 attributes a result cannot be made without (the listener refuses a data set that lacks one).
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+#: The Patient and General Study attributes a result copies (Type 2: present, empty when unknown), by VR.
+COPIED_TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
+                "StudyDate": "DA", "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH",
+                "AccessionNumber": "SH"}
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_TIME_PATTERN = re.compile(r"^([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?$")
+_MAX_LENGTH = {"LO": 64, "SH": 16, "PN": 64 * 5}
 
-    return generate_uid(prefix=None, entropy_srcs=[source_uid, algorithm.model_sha256, algorithm.variant, what])
+
+def _uid(source_uid: str, algorithm: Algorithm, what: str) -> str:
+    """A UID derived from its sources (PS3.5 B.2: ``2.25.`` and a UUID's integer): the same sources, the same UID."""
+    name = "\n".join([str(source_uid), algorithm.model_sha256, algorithm.variant, what])
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+
+
+def missing_identifiers(ds) -> list[str]:
+    """The :data:`REQUIRED_UIDS` that ``ds`` lacks or holds no valid UID in."""
+    return [name for name in REQUIRED_UIDS if not _UID_PATTERN.match(str(ds.get(name, "") or "").strip())
+            or len(str(ds.get(name)).strip()) > 64]
+
+
+def _valid(value: Any, vr: str) -> str:
+    """``value`` as text when its VR allows it, else "" (a Type 2 attribute may be empty)."""
+    text = "" if value is None else str(value).strip()
+    if not text or any(ord(c) < 32 and c not in "\x1b" for c in text):
+        return ""
+    if vr == "DA":
+        try:
+            datetime.datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            return ""
+        return text if len(text) == 8 else ""
+    if vr == "TM":
+        return text if _TIME_PATTERN.match(text) else ""
+    if vr == "CS":
+        return text if text in ("M", "F", "O") else ""
+    return text if len(text) <= _MAX_LENGTH[vr] else ""
+
+
+def result_source(ds):
+    """What a result copies from ``ds``: its UIDs and Patient/General Study attributes, each Type 2 one
+    present (empty when the sender left it out or sent a value its VR does not allow), and the patient
+    orientation of the image."""
+    from pydicom.dataset import Dataset
+
+    out = Dataset()
+    for name in REQUIRED_UIDS:
+        setattr(out, name, str(ds.get(name)).strip())
+    for name, vr in COPIED_TYPE2.items():
+        try:
+            value = ds.get(name)
+        except Exception:  # a value pydicom cannot even convert
+            value = None
+        setattr(out, name, _valid(value, vr))
+    orientation = ds.get("PatientOrientation")
+    if orientation is not None and len(orientation) == 2 and all(_valid(v, "LO") for v in orientation):
+        out.PatientOrientation = list(orientation)
+    return out
 
 
 def _code(value: str, meaning: str):
@@ -94,6 +158,7 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
     from highdicom.sr import CodedConcept
     from pydicom.sr.codedict import codes
 
+    source = result_source(source)
     no_units = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
     yes, no = CodedConcept("373066001", "SCT", "Yes"), CodedConcept("373067005", "SCT", "No")
     measurements, evaluations = [], [
@@ -153,6 +218,7 @@ def heatmap_capture(source, algorithm: Algorithm, prediction):
     pictures = prediction.pictures
     rgb = _burn_in(overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline),
                    banner_lines(prediction, algorithm.version))
+    source = result_source(source)
     orientation = source.get("PatientOrientation")
     orientation = tuple(orientation) if orientation and len(orientation) == 2 else ("L", "F")
     sc = hd.sc.SCImage.from_ref_dataset(

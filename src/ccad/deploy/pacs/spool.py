@@ -15,8 +15,8 @@ from ccad.io.files import atomic_path, write_bytes
 class Spool:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.inbox, self.outbox = self.root / "inbox", self.root / "outbox"
-        for folder in (self.root, self.inbox, self.outbox):
+        self.inbox, self.outbox, self.failed = self.root / "inbox", self.root / "outbox", self.root / "failed"
+        for folder in (self.root, self.inbox, self.outbox, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
 
@@ -37,6 +37,14 @@ class Spool:
                 os.chmod(tmp, 0o600)
             paths.append(path)
         return paths
+
+    def set_aside(self, path: Path, reason: str) -> Path:
+        """Move a received instance that could not be handled to ``failed/``, with ``reason`` beside it
+        (``KEY.reason.txt``): it stays in the spool for a person to look at, and is not retried."""
+        target = self.failed / path.name
+        os.replace(path, target)
+        write_bytes(self.failed / f"{path.stem}.reason.txt", (reason + "\n").encode())
+        return target
 
     @staticmethod
     def _pending(folder: Path) -> list[Path]:
