@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ccad.data.datasets import Dataset, DataSpec, Sample, apply_split_file, assign_splits, label_indices
+from ccad.data.datasets import (Dataset, DataSpec, Sample, apply_split_file, assign_splits, group_near_duplicates,
+                                label_indices)
 from ccad.errors import DataError
 from ccad.evaluation.metrics import compute_metrics, ood_rate
 from ccad.evaluation.reports import write_figures, write_report
@@ -137,7 +138,11 @@ def scoring_set(predictor: Predictor, model: str | os.PathLike, spec: DataSpec, 
         return recorded, split or "test"
     if any(s.split for s in dataset.samples):  # the data's own splits; an all-test set is scored as it is
         split = split or "test"
-        if split != "all" and not dataset.subset(split):
+        if any(s.split is None for s in dataset.samples):
+            # pooled sources, some split and some not: the others split as training splits them (near-duplicates
+            # grouped, the same seed), so a model trained on the same data is scored on its own test split
+            dataset = assign_splits(replace(dataset, samples=group_near_duplicates(dataset.samples)), seed=seed)
+        elif split != "all" and not dataset.subset(split):
             dataset = assign_splits(dataset, seed=seed)
         return dataset, split
     split = split or "all"
