@@ -15,6 +15,10 @@ Stages (medians over ``--images`` files, after 10 warm-up images, 2 threads):
 (what ``ccad predict --model B FOLDER`` runs), after a warm-up.
 
     python benchmarks/end_to_end.py --model BUNDLE --data FOLDER_OR_MANIFEST [--images 500] [--out results.json]
+        [--baseline OTHER_BUNDLE]
+
+With ``--baseline`` both bundles are measured in the same run, the baseline first, and the report holds
+both and the ratios (what a second view costs, for example).
 """
 
 from __future__ import annotations
@@ -27,21 +31,33 @@ from _report import emit
 
 
 def main() -> None:
-    from ccad.io.images import read_grayscale, resize_hw
     from ccad.io.inputs import list_inputs
-    from ccad.models.lungs import estimate_lung_fields
-    from ccad.preprocessing.pipeline import WORK_SIDE, prepare_full, to_model_input
-    from ccad.scoring.predictor import OnnxPredictor
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
+    parser.add_argument("--baseline", help="another bundle, measured first in the same run")
     parser.add_argument("--data", required=True)
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--variant", default="float")
     parser.add_argument("--out")
     args = parser.parse_args()
     files = [str(p) for p in list_inputs([args.data])][:args.images]
-    predictor = OnnxPredictor(args.model, variant=args.variant, threads=2)
+    if not args.baseline:
+        emit(measure(args.model, args.variant, files), args.out)
+        return
+    baseline, model = measure(args.baseline, args.variant, files), measure(args.model, args.variant, files)
+    emit({"benchmark": "end_to_end", "baseline": baseline, "model": model,
+          "ratio_single_image_median": round(model["median_ms"]["single_image"] / baseline["median_ms"]["single_image"], 3),
+          "ratio_batch_throughput": round(model["batch_images_per_s"] / baseline["batch_images_per_s"], 3)}, args.out)
+
+
+def measure(bundle: str, variant: str, files: list[str]) -> dict:
+    from ccad.io.images import read_grayscale, resize_hw
+    from ccad.models.lungs import estimate_lung_fields
+    from ccad.preprocessing.pipeline import WORK_SIDE, prepare_full
+    from ccad.scoring.predictor import OnnxPredictor
+
+    predictor = OnnxPredictor(bundle, variant=variant, threads=2)
     size, preprocess = predictor.input_size, predictor.preprocess
     stages = {k: [] for k in ("decode", "segment", "crop_normalize", "classify", "score", "single_image")}
     for i, path in enumerate(files):
@@ -57,7 +73,7 @@ def main() -> None:
         t3 = time.perf_counter()
         estimate_lung_fields(work)
         t4 = time.perf_counter()
-        predictor.predict(to_model_input(prepared.image[None]))
+        predictor.predict(predictor.model_input(prepared.image[None]))
         t5 = time.perf_counter()
         predictor.score([path], [prepared])
         t6 = time.perf_counter()
@@ -77,11 +93,11 @@ def main() -> None:
     start = time.perf_counter()
     n = sum(1 for _ in predictor.predict_stream(files))
     batch = n / (time.perf_counter() - start)
-    emit({"benchmark": "end_to_end", "model": args.model, "variant": args.variant, "preprocess": preprocess,
-          "images": len(files), "median_ms": medians,
-          "share_of_stages": {k: round(v / parts, 3) for k, v in medians.items() if k != "single_image"},
-          "single_image_p95_ms": round(float(np.percentile(stages["single_image"], 95)) * 1000, 2),
-          "batch_images_per_s": round(batch, 1)}, args.out)
+    return {"benchmark": "end_to_end", "model": bundle, "variant": variant, "preprocess": preprocess,
+            "images": len(files), "median_ms": medians,
+            "share_of_stages": {k: round(v / parts, 3) for k, v in medians.items() if k != "single_image"},
+            "single_image_p95_ms": round(float(np.percentile(stages["single_image"], 95)) * 1000, 2),
+            "batch_images_per_s": round(batch, 1)}
 
 
 if __name__ == "__main__":

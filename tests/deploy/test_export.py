@@ -278,7 +278,12 @@ def test_the_shipped_model_predicts_with_no_model_given_and_its_card_says_what_i
     card = ModelCard.load(DEFAULT_BUNDLE)
     assert "research use" in card.provenance["intended_use"] and card.provenance["data"]
     assert all(entry["licence"] for entry in card.provenance["data"])
-    assert card.evaluation["auc"]["ci95"] and card.ood and card.preprocess == "lungs+equalize+lowpass"
+    assert card.evaluation["auc"]["ci95"] and card.ood
+    assert card.preprocess == "thorax+equalize+lowpass|lungs+equalize+lowpass" and card.input["views"] == 2
+    # the selection evidence travels with it: the rule, the chosen candidate and every candidate's numbers
+    selection = card.provenance["selection"]
+    assert selection["chosen"] == "two-view / specificity-90" and "never used" in selection["rule"]
+    assert {row["candidate"] for row in selection["evidence"]} >= {"thorax / youden", "lungs / youden"}
     path = tmp_path / "x.png"
     path.write_bytes(png_bytes((256, 256)))
     assert main(["predict", str(path), "--format", "json"]) == 0
