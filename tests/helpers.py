@@ -88,3 +88,29 @@ def make_xray_dicom(path, gray: np.ndarray, study_uid: str | None = None, syntax
         setattr(ds, key, value)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def hidden_deflate_bomb(tmp_path, how: str) -> bytes:
+    """A deflate bomb whose file meta group hides what byte offsets looked for: the transfer syntax UID
+    pushed past byte 1024 by a padded MediaStorageSOPClassUID, or no (0002,0000) group length."""
+    import io
+
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    path = make_dataset(tmp_path / f"{how}.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
+    ds = pydicom.dcmread(path)
+    if how == "padded":
+        ds.file_meta.MediaStorageSOPClassUID = "1.2." + "3." * 500 + "4"
+    else:
+        del ds.file_meta[0x00020000]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False)
+    data = buffer.getvalue()
+    if how == "padded":
+        assert data.find(DeflatedExplicitVRLittleEndian.encode()) > 1024
+    else:
+        if data[132:138] == b"\x02\x00\x00\x00UL":  # pydicom wrote the group length back: cut it out
+            data = data[:132] + data[144:]
+        assert b"\x02\x00\x00\x00UL" not in data[:200]
+    return data

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import DEFAULT_POSITIVE
-from .errors import CcadError
+from .errors import CcadError, ConfigError
 
 EXIT_USAGE = 2
 #: Which extra brings a module a command may need (the base install predicts and serves on ONNX Runtime).
@@ -479,6 +479,8 @@ def cmd_serve(args) -> None:
     _model(args)
     from .deploy.serving import ServeSettings, serve
 
+    if args.api_key is not None and not args.api_key.strip():
+        raise ConfigError("--api-key (or CCAD_API_KEY) is empty: give a key, or unset it to serve without one")
     settings = ServeSettings(Path(args.model), api_key=args.api_key or None, variant="int8" if args.int8 else "float",
                              max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                              max_request_bytes=int(args.max_request_mb * 2 ** 20), workers=args.workers,

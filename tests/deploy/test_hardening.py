@@ -152,6 +152,60 @@ def test_a_deflate_bomb_upload_is_413_without_inflating(client, tmp_path):
     assert r.status_code == 413 and "inflates past" in r.json()["detail"]
 
 
+def test_error_answers_name_the_part_never_the_clients_file_name_or_type(client):
+    r = post(client, ("DOE^JOHN_MRN4471.png", png(), "text/x-doe-john"))
+    assert r.status_code == 415 and r.json()["detail"].startswith("files[0]:")
+    r = post(client, ("a.png", png(), "image/png"), ("DOE^JOHN_MRN4471.png", b"\x89PNG\r\n\x1a\nbroken", "image/png"))
+    assert r.status_code == 400 and r.json()["detail"].startswith("files[1]:")
+    for answer in (r.text, post(client, ("DOE^JOHN.png", b"", "image/png")).text):
+        assert "DOE" not in answer and "MRN" not in answer and "x-doe" not in answer
+
+
+def test_a_corrupt_deflate_stream_in_an_upload_is_400_not_500(client, tmp_path):
+    from helpers import make_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    data = bytearray(make_dataset(tmp_path / "x.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(),
+                                  DeflatedExplicitVRLittleEndian).read_bytes())
+    data[-200:] = os.urandom(200)
+    data[400:464] = os.urandom(64)
+    r = post(client, ("x.dcm", bytes(data), "application/dicom"))
+    assert r.status_code == 400, r.text
+
+
+def test_a_deflate_bomb_without_the_landmarks_the_old_guard_read_is_still_413(bundle, tmp_path):
+    from helpers import hidden_deflate_bomb
+
+    # 12 MB inflated is a bomb for a 1-megapixel limit (budget 2 bytes a pixel + 1 MiB)
+    with TestClient(create_app(ServeSettings(bundle, max_pixels=1_000_000))) as c:
+        for how in ("padded", "no group length"):
+            r = c.post("/api/v1/predict", files=[("files", ("b.dcm", hidden_deflate_bomb(tmp_path, how),
+                                                             "application/dicom"))])
+            assert r.status_code == 413 and "inflates past" in r.json()["detail"], how
+
+
+def test_an_empty_api_key_is_refused_at_start(bundle, capsys, monkeypatch):
+    assert main(["serve", "--model", str(bundle), "--api-key", ""]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--api-key" in err[0] and "empty" in err[0]
+    monkeypatch.setenv("CCAD_API_KEY", " ")
+    from ccad.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--model", str(bundle)])
+    assert args.api_key == " "  # taken from the environment, then refused the same way
+    assert main(["serve", "--model", str(bundle), "--api-key", " "]) == 2
+
+
+def test_a_bundle_without_its_card_says_so(bundle, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "bundle"
+    shutil.copytree(bundle, broken)
+    (broken / "ccad-model.json").unlink()
+    assert main(["predict", "--model", str(broken), "x.png"]) == 2
+    assert "without its card" in capsys.readouterr().err
+
+
 def test_too_many_files_and_too_many_pixels_are_413(bundle):
     with TestClient(create_app(ServeSettings(bundle, max_pixels=40_000, max_request_pixels=60_000))) as c:
         r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(16), "image/png")) for i in range(MAX_FILES + 1)])

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from helpers import GRADIENT, make_dataset, make_dicom
+from helpers import GRADIENT, hidden_deflate_bomb, make_dataset, make_dicom
 from PIL import Image
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
@@ -17,6 +17,14 @@ def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
     # 12 MB of zero pixels deflate to ~12 KB; header says 100 x 100, so only the bounded inflater can tell
     path = make_dataset(tmp_path / "bomb.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
     data = path.read_bytes()
+    assert len(data) < 100_000
+    with pytest.raises(ImageTooLargeError, match="inflates past"):
+        read_grayscale_bytes(data, "bomb.dcm", max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("how", ["padded", "no group length"])
+def test_a_deflate_bomb_cannot_hide_its_transfer_syntax_from_the_guard(tmp_path, how):
+    data = hidden_deflate_bomb(tmp_path, how)
     assert len(data) < 100_000
     with pytest.raises(ImageTooLargeError, match="inflates past"):
         read_grayscale_bytes(data, "bomb.dcm", max_pixels=1_000_000)

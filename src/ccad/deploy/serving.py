@@ -355,20 +355,23 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
     files, pixels = [], 0
     for i, upload in enumerate(uploads):
         name = (upload.filename or f"file{i}")[:200]
+        part = f"files[{i}]"  # what an error answer names: never the client's file name or content type
         content_type = (upload.content_type or "").split(";")[0].strip().lower()
         if content_type not in ALLOWED_TYPES:
-            raise HTTPException(415, f"{name}: content type {content_type!r} is not an image (PNG, JPEG or DICOM)")
+            raise HTTPException(415, f"{part}: its content type is not an image type (PNG, JPEG, TIFF, BMP or DICOM)")
         data = await upload.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"{name}: over the upload limit of {settings.max_upload_bytes // 2 ** 20} MB")
+            raise HTTPException(413, f"{part}: over the upload limit of {settings.max_upload_bytes // 2 ** 20} MB")
         if not data:
-            raise HTTPException(400, f"{name}: empty file")
+            raise HTTPException(400, f"{part}: empty file")
         try:
-            width, height = image_size(data, name, settings.max_pixels)
+            width, height = image_size(data, part, settings.max_pixels)
         except ImageTooLargeError as e:
             raise HTTPException(413, str(e))
+        except ImageReadError as e:  # a header that cannot be read (a corrupt deflate stream, say)
+            raise HTTPException(400, str(e))
         if width * height > settings.max_pixels:
-            raise HTTPException(413, f"{name}: image is {width}x{height} pixels, over the limit of "
+            raise HTTPException(413, f"{part}: image is {width}x{height} pixels, over the limit of "
                                      f"{settings.max_pixels:,}")
         pixels += width * height
         if pixels > settings.max_request_pixels:
@@ -381,8 +384,8 @@ def _prepare(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]],
              settings: ServeSettings) -> list[tuple[str, Any]]:
     """Decode and preprocess one request's files (in a pool thread), one full-size image in memory at a time."""
     prepared = []
-    for name, data in uploads:
-        gray = read_grayscale_bytes(data, name, settings.max_pixels)
+    for i, (name, data) in enumerate(uploads):
+        gray = read_grayscale_bytes(data, f"files[{i}]", settings.max_pixels)
         if settings.keep_uploads:
             _keep(data, gray, settings.keep_uploads)
         prepared.append((name, predictor.prepare(gray)))

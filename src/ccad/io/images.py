@@ -258,17 +258,40 @@ def _valid_window(ds) -> bool:
         return False
 
 
+#: The most a DICOM file meta group may take (with the 132-byte preamble); real ones take a few hundred bytes.
+META_LIMIT = 64 * 2 ** 10
+
+
+def file_meta(data: bytes, name: str) -> tuple[str, int]:
+    """(transfer syntax UID, where the data set starts) of a DICOM file, read by pydicom's own file meta
+    reader on at most :data:`META_LIMIT` bytes: no byte offsets assumed, no group length trusted."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    prefix = io.BytesIO(data[:META_LIMIT])
+    try:
+        read_preamble(prefix, False)
+        meta = _read_file_meta_info(prefix)
+    except Exception as e:  # pydicom raises many types for a broken meta group
+        raise ImageReadError(f"{name}: not a readable DICOM file meta group ({type(e).__name__})") from e
+    start = prefix.tell()
+    if start >= META_LIMIT:
+        raise ImageReadError(f"{name}: its DICOM file meta group is over {META_LIMIT // 1024} KB")
+    return str(meta.get("TransferSyntaxUID", "") or ""), start
+
+
 def _check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
     """A deflated DICOM data set is inflated here with a bound before pydicom inflates it whole: one that would
     exceed two bytes a pixel of the limit, plus 1 MiB of header, is refused (a decompression bomb)."""
-    if data[128:132] != b"DICM" or DEFLATED.encode() not in data[132:1024]:
+    if data[128:132] != b"DICM":
+        return
+    syntax, start = file_meta(data, name)
+    if syntax != DEFLATED:
         return
     import zlib
 
-    group_length = struct.unpack("<I", data[140:144])[0]  # (0002,0000) UL: the file meta group's length
     budget = 2 * max_pixels + 2 ** 20
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    tail, total = data[144 + group_length:], 0
+    tail, total = data[start:], 0
     try:
         while True:  # inflate 1 MiB at a time, keeping nothing: only the size matters here
             out = inflater.decompress(tail, 2 ** 20)

@@ -247,6 +247,9 @@ class KerasPredictor(Predictor):
         path = Path(run_or_model)
         if path.is_dir():
             model_file = path / "model.keras"
+            if not model_file.is_file() and (path / "model.onnx").is_file():
+                raise ModelError(f"{path}: a model bundle without its card (ccad-model.json): re-export it with "
+                                 "ccad export, or restore the card")
             if not model_file.is_file():
                 raise ModelError(f"{path}: no model.keras in this folder (is it a ccad run folder?)")
         elif path.is_file():
