@@ -131,6 +131,8 @@ def _dicom_parser(sub) -> None:
     s.add_argument("--queue-size", type=int, default=32, help="images waiting to be scored before C-STORE is "
                    "answered 0xA700 (out of resources)")
     s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
+    s.add_argument("--max-dataset-mb", type=float, default=256, help="refuse (0xA700) a data set larger than this "
+                   "as received; a deflated one is also refused when it would inflate past the pixel limit")
 
 
 def cmd_dicom(args) -> None:
@@ -140,7 +142,8 @@ def cmd_dicom(args) -> None:
 
     configure_logging()
     settings = ListenerSettings(Path(args.model), Destination.parse(args.send_to), Path(args.spool), args.ae_title,
-                                args.host, args.port, args.int8, args.workers, args.queue_size, args.retry_max_s)
+                                args.host, args.port, args.int8, args.workers, args.queue_size, args.retry_max_s,
+                                max_dataset_bytes=int(args.max_dataset_mb * 2 ** 20))
     Listener(settings).serve_forever()
 
 

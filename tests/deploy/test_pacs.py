@@ -27,11 +27,11 @@ def xray(tmp_path, name, seed=0, **fields) -> Path:
     return make_xray_dicom(tmp_path / f"{name}.dcm", gray, **fields)
 
 
-def start_listener(bundle, port, destination_port, spool, log_path) -> subprocess.Popen:
+def start_listener(bundle, port, destination_port, spool, log_path, *extra) -> subprocess.Popen:
     log = open(log_path, "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port", str(port),
-         "--send-to", f"ORTHANC@127.0.0.1:{destination_port}", "--spool", str(spool), "--retry-max-s", "1"],
+         "--send-to", f"ORTHANC@127.0.0.1:{destination_port}", "--spool", str(spool), "--retry-max-s", "1", *extra],
         stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: _listening(port) or process.poll() is not None, 60, "the listener to start")
     assert process.poll() is None, Path(log_path).read_text()
@@ -368,3 +368,41 @@ def test_every_acknowledged_image_ends_as_exactly_one_result_and_no_value_reache
     logged = log_path.read_text()
     assert MARKER not in logged and "forged" not in logged
     assert "scored" in logged
+
+
+def _peak_mb(pid) -> float:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_a_deflate_bomb_or_an_oversized_data_set_is_refused_without_the_memory(bundle, tmp_path):
+    from helpers import make_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    # 600 MB of zero pixels deflate to ~0.6 MB; the header says 64 x 64: only the bounded inflater can tell
+    bomb = make_dataset(tmp_path / "bomb.dcm", 64, 64, bytes(600 * 2 ** 20), DeflatedExplicitVRLittleEndian,
+                        SOPClassUID="1.2.840.10008.5.1.4.1.1.1", StudyInstanceUID=pydicom.uid.generate_uid(),
+                        SeriesInstanceUID=pydicom.uid.generate_uid(), Modality="CR")
+    assert bomb.stat().st_size < 2 * 2 ** 20
+    big = xray(tmp_path, "big", seed=3)  # a 256 x 256 film is ~130 KB: over a 0.1 MB limit
+    port = free_port()
+    listener = start_listener(bundle, port, free_port(), tmp_path / "spool", tmp_path / "listener.log",
+                              "--max-dataset-mb", "1")
+    try:
+        idle = _peak_mb(listener.pid)
+        assert c_store(bomb, port, "CCAD", chunked=True) == 0xA700
+        assert _peak_mb(listener.pid) - idle < 300  # the old listener inflated it all: +600 MB and more
+        assert c_store(xray(tmp_path, "ok", seed=4), port, "CCAD") == 0x0000
+    finally:
+        stop(listener)
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool2",
+                                port=free_port(), max_dataset_bytes=2 ** 20)
+    listener = Listener(settings).start()
+    try:
+        listener.settings.max_dataset_bytes = 100_000  # below the 1 MB floor of the option, for a small file
+        assert c_store(big, settings.port, "CCAD") == 0xA700
+        assert listener.stats.refused_too_large == 1 and listener.stats.received == 0
+    finally:
+        listener.stop()
+    logged = (tmp_path / "listener.log").read_text()
+    assert "inflates past" in logged and "status 0xA700" in logged

@@ -127,7 +127,7 @@ def image_size(data: bytes, name: str = "upload", max_pixels: int | None = None)
     A deflated DICOM is checked with the bounded inflater first (:class:`ImageTooLargeError`)."""
     dicom = sniff(data[:132], name) == "DICOM"
     if dicom:
-        _check_inflated_size(data, name, max_pixels or MAX_PIXELS)
+        check_inflated_size(data, name, max_pixels or MAX_PIXELS)
     try:
         if dicom:
             import pydicom
@@ -213,7 +213,7 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
                 data = f.read()
         else:
             data = source.getvalue()
-        _check_inflated_size(data, name, max_pixels)
+        check_inflated_size(data, name, max_pixels)
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
@@ -279,7 +279,7 @@ def file_meta(data: bytes, name: str) -> tuple[str, int]:
     return str(meta.get("TransferSyntaxUID", "") or ""), start
 
 
-def _check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
+def check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
     """A deflated DICOM data set is inflated here with a bound before pydicom inflates it whole: one that would
     exceed two bytes a pixel of the limit, plus 1 MiB of header, is refused (a decompression bomb)."""
     if data[128:132] != b"DICM":

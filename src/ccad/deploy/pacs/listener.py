@@ -45,10 +45,13 @@ from ccad.deploy.pacs.results import (
 )
 from ccad.deploy.pacs.spool import Spool
 from ccad.errors import ConfigError
+from ccad.io.images import MAX_PIXELS as DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("ccad.dicom")
 
 SUCCESS, OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC210
+#: The largest P-DATA PDU the listener accepts (it advertises this; pynetdicom holds one PDU in memory).
+MAX_PDU_BYTES = 256 * 2 ** 10
 #: C-STORE statuses after which the destination has the object (success and the warnings).
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -89,12 +92,15 @@ class ListenerSettings:
     retry_max_s: float = 60.0
     threads: int = 2
     max_pixels: int | None = None
+    max_dataset_bytes: int = 256 * 2 ** 20
 
     def check(self) -> "ListenerSettings":
         if not 0 < len(self.ae_title) <= 16:
             raise ConfigError(f"--ae-title takes 1-16 characters, got {self.ae_title!r}")
         if self.workers < 1 or self.queue_size < 1 or self.retry_max_s <= 0:
             raise ConfigError("--workers and --queue-size must be at least 1 and --retry-max-s positive")
+        if self.max_dataset_bytes < 2 ** 20:
+            raise ConfigError("--max-dataset-mb must be at least 1")
         return self
 
 
@@ -118,6 +124,11 @@ def transfer_syntaxes() -> list[str]:
     return supported
 
 
+def _reason(error: Exception) -> str:
+    """An intake error's reason without the name it was given ("the data set: ...")."""
+    return str(error).split(": ", 1)[-1]
+
+
 def instance_key(sop_instance_uid: str) -> str:
     """How logs and spool files name an image: a hash of its UID, which says nothing of the patient."""
     return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:16]
@@ -134,6 +145,7 @@ class Stats:
     received: int = 0
     refused_busy: int = 0
     refused_malformed: int = 0
+    refused_too_large: int = 0
     scored: int = 0
     not_scored: int = 0
     failed: int = 0
@@ -166,9 +178,10 @@ class Listener:
         self._assoc = None  # the sender's association, kept open while results keep coming
 
     def start(self) -> "Listener":
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, _config, evt
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
+        _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
         if self.predictor is None:
             from ccad.scoring.predictor import OnnxPredictor
 
@@ -182,7 +195,7 @@ class Listener:
         syntaxes = transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
-        ae.maximum_pdu_size = 0
+        ae.maximum_pdu_size = MAX_PDU_BYTES  # each PDU is held whole while it arrives: never unbounded
         self._ae = ae
         self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
@@ -226,11 +239,37 @@ class Listener:
     # 1. received ------------------------------------------------------------------------------------
 
     def _on_store(self, event) -> int:
+        """Admit one C-STORE. pynetdicom has written the data set to a temporary file as it arrived
+        (``STORE_RECV_CHUNKED_DATASET``: memory stays bounded whatever its size); it is checked here before
+        anything decodes it: its size, a deflated stream's inflated size (the bounded inflater), its UIDs."""
+        from ccad.errors import ImageReadError
+        from ccad.io.images import ImageTooLargeError, check_inflated_size
+
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            received = Path(event.dataset_path)
+            size = received.stat().st_size
+            if size > self.settings.max_dataset_bytes:
+                self.stats.add("refused_too_large")
+                log.warning("refused a data set of %d MB, over the limit of %d MB: status 0xA700", size // 2 ** 20,
+                            self.settings.max_dataset_bytes // 2 ** 20)
+                return OUT_OF_RESOURCES
+            data = received.read_bytes()
+            check_inflated_size(data, "the data set", self.settings.max_pixels or DEFAULT_MAX_PIXELS)
+        except ImageReadError as e:  # a decompression bomb, or a stream that does not inflate
+            bomb = isinstance(e, ImageTooLargeError)
+            self.stats.add("refused_too_large" if bomb else "refused_malformed")
+            status = OUT_OF_RESOURCES if bomb else CANNOT_UNDERSTAND
+            log.warning("refused a data set: %s: status 0x%04X", _reason(e), status)
+            return status
+        except OSError as e:
+            log.error("cannot read a received data set (%s): status 0xA700", e.strerror)
+            return OUT_OF_RESOURCES
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
             missing = missing_identifiers(ds)
-        except Exception as e:  # pynetdicom/pydicom raise many types for a malformed data set
+        except Exception as e:  # pydicom raises many types for a malformed data set
             self.stats.add("refused_malformed")
             log.warning("refused a data set that cannot be decoded (%s): status 0xC210", type(e).__name__)
             return CANNOT_UNDERSTAND
@@ -246,7 +285,7 @@ class Listener:
                             self.settings.queue_size)
                 return OUT_OF_RESOURCES
             try:
-                path = self.spool.receive(key, event.encoded_dataset())
+                path = self.spool.receive(key, data)
             except OSError as e:
                 log.error("image %s refused: cannot write the spool (%s): status 0xA700", key, e.strerror)
                 return OUT_OF_RESOURCES
