@@ -190,6 +190,28 @@ def test_a_changed_model_file_is_refused(run_and_bundle, tmp_path, capsys):
     assert "sha256 differs" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["ood.npz", "cam_weights.npy", "model.onnx"])
+def test_every_file_the_predictor_reads_is_checked_against_the_card(run_and_bundle, tmp_path, name):
+    """A tampered guard (a cut-off at 1e12 would turn it off), heatmap weights or model is refused."""
+    import shutil
+
+    from ccad.errors import ModelError
+    from ccad.models.ood import OodGuard
+    from ccad.scoring.predictor import OnnxPredictor
+
+    _, bundle = run_and_bundle
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    if name == "ood.npz":
+        guard = OodGuard.load(copy / name)
+        OodGuard(guard.mean, guard.vectors, guard.eigenvalues, guard.rest, 1e12, guard.keep).save(copy / name)
+    else:
+        with open(copy / name, "ab") as f:
+            f.write(b"\0")
+    with pytest.raises(ModelError, match="sha256 differs"):
+        OnnxPredictor(copy)
+
+
 def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tmp_path, synth_folders):
     import json
     import shutil

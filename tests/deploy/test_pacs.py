@@ -367,6 +367,10 @@ def test_every_acknowledged_image_ends_as_exactly_one_result_and_no_value_reache
     assert not list((spool / "failed").glob("*.dcm"))
     logged = log_path.read_text()
     assert MARKER not in logged and "forged" not in logged
+    for _, path in sent:  # no identifier in clear either: images are named by a hash of their UID
+        ds = pydicom.dcmread(path)
+        assert ds.SOPInstanceUID not in logged and ds.SeriesInstanceUID not in logged
+    assert study not in logged
     assert "scored" in logged
 
 
@@ -406,3 +410,19 @@ def test_a_deflate_bomb_or_an_oversized_data_set_is_refused_without_the_memory(b
         listener.stop()
     logged = (tmp_path / "listener.log").read_text()
     assert "inflates past" in logged and "status 0xA700" in logged
+
+
+def test_the_report_says_out_of_distribution_when_the_guard_says_so(bundle, tmp_path):
+    from dataclasses import replace
+
+    from ccad.deploy.pacs.results import Algorithm, structured_report
+    from ccad.scoring.predictor import OnnxPredictor
+
+    path = xray(tmp_path, "x")
+    ds = pydicom.dcmread(path)
+    prediction = OnnxPredictor(bundle).predict_files([path])[0]
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule")
+    inside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=True)))
+    outside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=False)))
+    assert inside["out-of-distribution"][0] == "373067005"  # SNOMED "No"
+    assert outside["out-of-distribution"][0] == "373066001"  # SNOMED "Yes"

@@ -28,6 +28,20 @@ def test_specificity_rule_keeps_the_specificity_on_validation():
     assert t90 <= t95
 
 
+def test_sensitivity_rule_is_the_highest_threshold_that_finds_the_share_asked():
+    truth = np.array([1] * 10 + [0] * 10, bool)
+    score = np.r_[np.linspace(0.1, 1.0, 10), np.linspace(0.05, 0.5, 10)]
+    threshold = choose_threshold(truth, score, "sensitivity-90")
+    assert (score[truth] >= threshold).mean() == pytest.approx(0.9)  # 9 of 10 found...
+    assert 0.1 < threshold <= 0.2  # ...and not one more: the 10th (0.1) is below, the 9th (0.2) is above
+
+
+def test_a_probability_equal_to_the_threshold_is_positive():
+    rule = DecisionRule(positive_index=0, threshold=0.25)
+    p = np.array([[0.25, 0.75], [np.nextafter(0.25, 0), 1 - np.nextafter(0.25, 0)]])
+    assert rule.predict(p).tolist() == [0, 1]  # ">=" (the card says "p >= threshold"), never ">"
+
+
 def test_threshold_rules_refuse_bad_input():
     with pytest.raises(ConfigError, match="both"):
         choose_threshold(np.ones(5, bool), np.linspace(0, 1, 5), "youden")
