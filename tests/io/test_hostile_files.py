@@ -66,6 +66,35 @@ def test_multiframe_colour_dicom_gives_the_first_frame(tmp_path):
     assert gray.shape == (32, 32) and gray[:, :16].max() == 0.0 and gray[:, 16:].min() == 1.0
 
 
+def test_a_multiframe_dicom_decodes_only_the_frame_it_scores(tmp_path):
+    """An RLE data set of 8 frames of 1024 x 1024 (16 MB of pixels, ~100 KB encoded): only frame 0 is decoded,
+    so the memory a read takes is one frame's, not eight (the server kept ~590 MB a request of four 7000 x
+    7000 frames)."""
+    import tracemalloc
+
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.encoders import RLELosslessEncoder
+    from pydicom.uid import RLELossless
+
+    frames = np.zeros((8, 1024, 1024), np.uint16)
+    frames[0, :, 512:] = 3000
+    frames[1:] = 4000
+    encoded = [RLELosslessEncoder.encode(frame, rows=1024, columns=1024, samples_per_pixel=1, bits_allocated=16,
+                                         bits_stored=16, pixel_representation=0, photometric_interpretation="MONOCHROME2",
+                                         number_of_frames=1) for frame in frames]
+    path = make_dataset(tmp_path / "rle.dcm", 1024, 1024, encapsulate(encoded), RLELossless, NumberOfFrames=8)
+    data = path.read_bytes()
+    assert len(data) < 1_000_000
+    tracemalloc.start()
+    try:
+        gray = read_grayscale_bytes(data, "rle.dcm")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert gray.shape == (1024, 1024) and gray[:, :512].max() == 0.0 and gray[:, 512:].min() == 1.0
+    assert peak < 14 * 2 ** 20, peak / 2 ** 20  # all eight frames alone are 16 MB
+
+
 @pytest.mark.parametrize("content, name", [
     (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.png"),
     (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.eps"),

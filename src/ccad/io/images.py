@@ -221,6 +221,8 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
         if rows * cols > max_pixels or rows * cols * frames * samples > 4 * max_pixels:
             raise ImageTooLargeError(f"{name}: DICOM image is {cols}x{rows} pixels x {frames} frame(s) x {samples} "
                                      f"sample(s), over the limit of {max_pixels:,} pixels")
+        if frames > 1:
+            ds.pixel_array_options(index=0)  # decode the first frame only (what is scored): memory of one frame
         pixels = ds.pixel_array
     except ImageReadError:
         raise
