@@ -379,3 +379,34 @@ def test_an_unreadable_subfolder_gets_an_error_row(bundle, synth_folders, tmp_pa
         (folder / "b").chmod(0o755)
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert any(r["file"].endswith("b") and "permission denied" in r["error"] for r in rows)
+
+
+def test_a_request_waiting_for_a_read_slot_is_408_at_its_deadline_from_arrival(bundle):
+    """Both read slots held (as two slow clients would hold them): a complete request queued behind them is
+    answered 408 when its own deadline, counted from its arrival, passes; it used to wait without limit."""
+    import asyncio
+
+    from ccad.deploy.serving import Guard
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError("the app saw a request that should have been refused")
+
+    async def scenario():
+        guard = Guard(app, ServeSettings(bundle, workers=1, body_timeout_s=0.2))
+        for _ in range(2):
+            await guard.reading.acquire()  # the two slots of one worker, taken and never given back
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"--b--", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/api/v1/predict",
+                 "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"5")]}
+        await asyncio.wait_for(guard(scope, receive, send), 10)  # the old guard waited here forever
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert sent[0]["status"] == 408

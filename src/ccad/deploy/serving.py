@@ -15,7 +15,8 @@ front of the app, then the route):
    ``WWW-Authenticate``;
 2. the request type (``multipart/form-data``) -> 415;
 3. the body size, counted as it arrives, chunked or not -> 413 past
-   ``max_request_bytes``; the body must arrive within ``body_timeout_s`` -> 408;
+   ``max_request_bytes``; the body must arrive within ``body_timeout_s`` of the request's arrival (time spent
+   waiting for one of the ``2 x workers`` read slots counts) -> 408;
 4. admission: at most ``workers + queue`` requests inside, past that -> 503 with
    ``Retry-After``; and at most ``2 x workers`` bodies being read at a time (the
    others wait without reading), so uploads in memory stay under
@@ -183,11 +184,10 @@ class Guard:
             return await _answer(send_with_headers, 503, "busy: all inference workers are taken; retry shortly",
                                  {"Retry-After": "1"})
         try:
-            async with self.reading:
-                try:
-                    body = await asyncio.wait_for(_read_body(receive, limit), self.settings.body_timeout_s)
-                except asyncio.TimeoutError:
-                    return await _answer(send_with_headers, 408, "the request body did not arrive in time")
+            try:  # the deadline runs from the request's arrival: waiting for a read slot counts
+                body = await asyncio.wait_for(self._read_in_turn(receive, limit), self.settings.body_timeout_s)
+            except asyncio.TimeoutError:
+                return await _answer(send_with_headers, 408, "the request body did not arrive in time")
             if body is None:
                 return await _answer(send_with_headers, 413, too_large)
             sent = False
@@ -202,6 +202,13 @@ class Guard:
             await self.app(scope, replay, send_with_headers)
         finally:
             self.capacity.leave()
+
+
+    async def _read_in_turn(self, receive, limit: int) -> bytes | None:
+        """The body, read once one of the ``2 x workers`` read slots is free (a slow client holds one at most
+        until its deadline)."""
+        async with self.reading:
+            return await _read_body(receive, limit)
 
 
 async def _read_body(receive, limit: int) -> bytes | None:
