@@ -265,6 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "licences and intended use (a JSON object, copied into the card as `provenance`)")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("calibrate", help="refit a bundle's threshold (and out-of-distribution reference) on a "
+                       "site's own images: a new bundle")
+    p.add_argument("--model", help="model bundle (default: the bundle shipped with ccad)")
+    _add_data_args(p)
+    p.add_argument("--target", required=True, help="specificity=T (needs only the site's normals) or sensitivity=T")
+    p.add_argument("--out", required=True, help="the new bundle's folder")
+    p.add_argument("--unlabelled", metavar="FOLDER", help="also refit the out-of-distribution reference on these "
+                   "images of the site (at least 50)")
+    p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the new bundle's card (Ed25519, PEM)")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("sign", help="sign a model bundle (Ed25519) so that predict/serve --verify accept it")
     p.add_argument("--model", required=True, help="model bundle folder")
     p.add_argument("--key", required=True, help="private key (PEM), e.g. from ccad keys")
@@ -465,6 +476,26 @@ def cmd_export(args) -> None:
     print(f"wrote model bundle {out}" + (" (signed)" if args.sign else ""))
 
 
+def cmd_calibrate(args) -> None:
+    _model(args)
+    from .deploy.calibrate import calibrate_bundle
+
+    record = calibrate_bundle(args.model, _spec(args), args.target, args.out, args.unlabelled, args.sign,
+                              args.overwrite)
+    (name, value), = record["target"].items()
+    achieved = record["achieved"][name]
+    low, high = achieved["ci95"]
+    print(f"threshold p >= {record['threshold']:.3f} (bootstrap 95% interval {record['threshold_bootstrap_ci95'][0]:.3f}"
+          f"-{record['threshold_bootstrap_ci95'][1]:.3f}): {name} {achieved['value']:.3f} [{low:.3f}, {high:.3f}] on "
+          f"{achieved['n']} images of {record['data']['source']}")
+    other = next((k for k in record["achieved"] if k != name), None)
+    if record["achieved"].get(other):
+        entry = record["achieved"][other]
+        print(f"  {other} at it: {entry['value']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}] on {entry['n']} images")
+    print(f"wrote {args.out}" + (" (signed)" if args.sign else "") + "; measured on the images it was fitted on: "
+          "check it on others (ccad evaluate)")
+
+
 def cmd_sign(args) -> None:
     from .models.signing import sign_bundle
 
@@ -526,7 +557,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

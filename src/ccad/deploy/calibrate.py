@@ -1,0 +1,187 @@
+"""``ccad calibrate``: a bundle's decision threshold (and, optionally, its out-of-distribution reference)
+refitted on a site's own images, written as a new bundle.
+
+A threshold is a property of the site as much as of the model: one fitted where the training sources still
+separate the classes keeps another hospital's normals normal far less often (docs/generalization.md). A
+specificity target needs only the site's normal images, which every site has in number:
+
+    ccad calibrate --model BUNDLE --data site_normals/ --target specificity=0.90 --out site-bundle
+
+- ``specificity=T``: the lowest threshold that keeps at least T of the site's negatives below it;
+  ``sensitivity=T``: the highest threshold that still finds T of its positives.
+- The operating point reached is reported with its 95% interval (Wilson on the images; the threshold's own
+  spread from 2,000 bootstrap refits), and, when the data hold the other class too, the other rate at the
+  new threshold. Both are measured on the images the threshold was fitted on: check them on other images.
+- Refused, in one line, with fewer than :func:`minimum_images` images of the class the target is about.
+- ``--unlabelled DIR``: the out-of-distribution reference is refitted on the site's own images (80% for the
+  reference, 20% for the cut-off), so that its normal range is in distribution.
+
+The new bundle is the base bundle's files with the new card (and guard): the card keeps everything it had,
+with ``decision`` replaced and ``site_calibration`` recording the base card's and model's sha256, the
+local data (source, fingerprint, counts), the target, the rule and the operating point. A signature of the
+base bundle does not carry over; ``--sign KEY`` signs the new one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccad import __version__
+from ccad.data.datasets import DataSpec, label_indices
+from ccad.errors import ConfigError, DataError
+from ccad.io.files import sha256
+from ccad.io.inputs import list_inputs
+from ccad.models.card import BUNDLE_CARD, ModelCard
+from ccad.models.decision import DecisionRule
+from ccad.models.ood import OOD_FILE, fit_ood_guard
+from ccad.models.signing import SIGNATURE_FILE, sign_bundle
+from ccad.scoring.predictor import OnnxPredictor
+
+TARGETS = ("specificity", "sensitivity")
+BOOTSTRAP = 2000
+
+
+def parse_target(text: str) -> tuple[str, float]:
+    """``specificity=0.90`` -> ("specificity", 0.9)."""
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not sep or name not in TARGETS or not 0.5 <= number < 1.0:
+        raise ConfigError(f"--target {text!r}: expected specificity=T or sensitivity=T with T in [0.5, 1)")
+    return name, number
+
+
+def minimum_images(target: float) -> int:
+    """Images of the target's class needed: at least 50, and enough that 5 of them fall on the far side of
+    the threshold (for 0.90: 50; for 0.95: 100; for 0.99: 500)."""
+    return max(50, math.ceil(5 / (1 - target) - 1e-9))
+
+
+def threshold_for(scores: np.ndarray, name: str, target: float) -> float:
+    """The threshold on p(positive) that reaches ``target`` on ``scores`` (the negatives' for specificity, the
+    positives' for sensitivity), midway to the next score so that no image sits on it."""
+    ordered = np.sort(np.asarray(scores, np.float64))
+    n = len(ordered)
+    if name == "specificity":  # keep ceil(T n) negatives strictly below
+        k = math.ceil(target * n - 1e-9)
+        above = ordered[k] if k < n else min(1.0, ordered[-1] + 1e-6)
+        return float((ordered[k - 1] + above) / 2) if k > 0 else float(ordered[0] / 2)
+    k = math.ceil(target * n - 1e-9)  # find ceil(T n) positives at or above
+    below = ordered[n - k - 1] if n - k - 1 >= 0 else ordered[0] / 2
+    return float((ordered[n - k] + below) / 2)
+
+
+def _wilson(k: int, n: int) -> dict[str, Any]:
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return {"value": k / n, "k": k, "n": n, "ci95": [float(ci.low), float(ci.high)]}
+
+
+def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out: str | os.PathLike,
+                     unlabelled: str | os.PathLike | None = None, sign_key: str | os.PathLike | None = None,
+                     overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+    """Write ``out``, the bundle ``model`` with its threshold fitted on ``spec``'s images to ``target`` (and
+    its guard refitted on ``unlabelled``); returns the ``site_calibration`` record."""
+    name, value = parse_target(target)
+    out, model = Path(out), Path(model)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
+    predictor = OnnxPredictor(model)
+    dataset = spec.discover(model_classes=predictor.classes)
+    positive = predictor.classes.index(predictor.positive_class)
+    scored = [(s, p) for s, p in zip(dataset.samples, predictor.predict_files([s.path for s in dataset.samples]))]
+    bad = [(str(s.path), p.error) for s, p in scored if p.error]
+    kept = [(s, p) for s, p in scored if not p.error]
+    if bad and not spec.skip_bad:
+        raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
+    y = label_indices([s for s, _ in kept], predictor.classes) == positive
+    score = np.array([float(predictor.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])
+    group = score[~y] if name == "specificity" else score[y]
+    needed = minimum_images(value)
+    kind = f"non-{predictor.positive_class}" if name == "specificity" else predictor.positive_class
+    if len(group) < needed:
+        raise DataError(f"{dataset.source}: {len(group)} {kind} images cannot support {name} {value:.2f} with a "
+                        f"useful interval (needs at least {needed})")
+    threshold = threshold_for(group, name, value)
+    rng = np.random.default_rng(seed)
+    refits = [threshold_for(rng.choice(group, len(group)), name, value) for _ in range(BOOTSTRAP)]
+    hits = group < threshold if name == "specificity" else group >= threshold
+    other = score[y] if name == "specificity" else score[~y]
+    other_name = "sensitivity" if name == "specificity" else "specificity"
+    other_hits = other >= threshold if name == "specificity" else other < threshold
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "ccad": __version__,
+        "base": {"card_sha256": sha256(model / BUNDLE_CARD), "model_sha256": predictor.card.sha256.get("model.onnx"),
+                 "decision": predictor.decision.to_dict()},
+        "data": {"source": dataset.source, "sha256": dataset.fingerprint(), "images": len(kept),
+                 "unreadable": len(bad), "counts": {c: int((label_indices([s for s, _ in kept], predictor.classes)
+                                                           == i).sum()) for i, c in enumerate(predictor.classes)}},
+        "target": {name: value},
+        "threshold": threshold,
+        "threshold_bootstrap_ci95": [float(np.percentile(refits, 2.5)), float(np.percentile(refits, 97.5))],
+        "achieved": {name: _wilson(int(hits.sum()), len(group)),
+                     other_name: _wilson(int(other_hits.sum()), len(other)) if len(other) else None},
+        "note": "measured on the images the threshold was fitted on; check it on others of the site",
+    }
+    decision = DecisionRule(positive, threshold, predictor.decision.temperature, f"{name}-{value:.2f} at the site",
+                            f"{dataset.source} (n={len(group)} {kind})")
+    card = predictor.card
+    guard = None
+    if unlabelled is not None:
+        guard, record["ood"] = _refit_guard(predictor, unlabelled, seed)
+    _write(model, out, card, decision, record, guard, sign_key)
+    return record
+
+
+def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int):
+    """The out-of-distribution guard fitted on the site's own images: 80% the reference, 20% the cut-off."""
+    paths = [str(p) for p in list_inputs([folder])]
+    pooled = np.stack([p.pooled for p in predictor.predict_files(paths) if not p.error] or [np.zeros(0)])
+    if len(pooled) < 50:
+        raise DataError(f"{folder}: {len(pooled)} readable images; refitting the guard needs at least 50")
+    order = np.random.default_rng(seed).permutation(len(pooled))
+    cut = int(0.8 * len(pooled))
+    guard = fit_ood_guard(pooled[order[:cut]], pooled[order[cut:]])
+    return guard, {"source": str(folder), "images": len(pooled), "reference": cut, "cutoff_images": len(pooled) - cut,
+                   "cutoff": guard.cutoff}
+
+
+def _write(base: Path, out: Path, card: ModelCard, decision: DecisionRule, record: dict[str, Any], guard,
+           sign_key) -> None:
+    """The new bundle, built beside ``out`` and renamed into place."""
+    from dataclasses import replace
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in card.sha256:
+            shutil.copyfile(base / name, work / name)
+        ood = card.ood
+        if guard is not None:
+            guard.save(work / OOD_FILE)
+            ood = dict(guard.describe(), cutoff_rule=f"keeps {guard.keep:.0%} of the site's held-back images")
+        files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
+        replace(card, decision=decision.to_dict(), ood=ood, sha256=files,
+                extra=dict(card.extra, site_calibration=record)).save(work)
+        (work / SIGNATURE_FILE).unlink(missing_ok=True)
+        if sign_key is not None:
+            sign_bundle(work, sign_key)
+        if out.exists():
+            shutil.rmtree(out)
+        work.chmod(0o755)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
