@@ -73,7 +73,7 @@ def test_dicom_works_and_patient_fields_are_not_echoed(client, tmp_path):
 
 @pytest.mark.parametrize("name,content,ctype,status,message", [
     ("a.png", b"not an image", "image/png", 400, "not a readable image"),
-    ("a.png", png_bytes()[:200], "image/png", 400, "a.png"),
+    ("a.png", png_bytes()[:200], "image/png", 400, "files[0]"),  # the part, never the client's file name
     ("a.png", b"", "image/png", 400, "empty file"),
     ("a.txt", b"hello", "text/plain", 415, "not an image"),
 ])
