@@ -47,7 +47,12 @@ def browser():
         browser.close()
 
 
-def test_upload_shows_result_heatmap_and_model_card(server, browser, synth_folders, tmp_path):
+@pytest.fixture(scope="module")
+def server_bundle(run_and_bundle):
+    return run_and_bundle[1]
+
+
+def test_upload_shows_result_heatmap_and_model_card(server, server_bundle, browser, synth_folders, tmp_path):
     page = browser.new_page(viewport={"width": 390, "height": 900})  # phone-sized
     page.goto(server)
     page.wait_for_selector("#model-card table")
@@ -62,6 +67,15 @@ def test_upload_shows_result_heatmap_and_model_card(server, browser, synth_folde
     assert page.get_attribute(".result .heat", "src").startswith("data:image/png;base64,")
     assert page.eval_on_selector(".result .heat", "img => img.naturalWidth") > 0
     assert len(page.query_selector_all(".result .bar")) == 2
+    # the reader sees the rule: in words, and as a mark on the positive class's bar at the threshold
+    from ccad.models.card import ModelCard
+
+    threshold = ModelCard.load(server_bundle).decision["threshold"]
+    rule = page.inner_text(".result .rule")
+    assert rule.startswith(f"Decision rule: covid if p(covid) ≥ {threshold * 100:.1f}% (the mark on its bar)")
+    marks = page.query_selector_all(".result .bar .threshold")
+    assert len(marks) == 1 and marks[0].get_attribute("style") == f"left: {threshold * 100:.1f}%;"
+    assert "manifest.csv" not in page.inner_text("#model-card")  # data by name, not by file
     page.uncheck(".result .toggle")
     assert page.eval_on_selector(".result .heat", "img => img.hidden")
     page.check(".result .toggle")

@@ -62,6 +62,22 @@ def test_predict_matches_the_predictor(client, bundle, tmp_path):
     assert got == pytest.approx(expected, abs=1e-6)
 
 
+def test_the_answer_states_the_decision_rule(client, bundle):
+    from ccad.deploy.serving import data_names
+    from ccad.models.card import ModelCard
+
+    card = ModelCard.load(bundle)
+    body = post(client, ("x.png", png_bytes(seed=4), "image/png")).json()
+    decision = body["model"]["decision"]
+    assert decision["threshold"] == card.decision["threshold"] and decision["positive_class"] == "covid"
+    assert decision["text"].startswith(f"covid if p(covid) >= {card.decision['threshold']:.3f}")
+    result = body["results"][0]
+    assert (result["predicted_class"] == "covid") == (result["probabilities"]["covid"] >= decision["threshold"])
+    assert data_names("../shared/data/covid-cxr/manifest.csv + ../shared/data/cohen-other/manifest.csv "
+                      "(relabel cohen-covid-chestxray:pneumonia=normal)") == ["covid-cxr", "cohen-other"]
+    assert data_names("/tmp/x/data") == ["data"]
+
+
 def test_dicom_works_and_patient_fields_are_not_echoed(client, tmp_path):
     from helpers import GRADIENT, make_dicom
 

@@ -241,6 +241,27 @@ def _key_ok(headers: dict[bytes, bytes], key: str | None) -> bool:
     return secrets.compare_digest(given, key.encode())
 
 
+def decision_view(predictor) -> dict[str, Any]:
+    """How a probability becomes the class shown, in words a reader can check against the bars."""
+    rule, positive = predictor.decision, predictor.positive_class
+    text = (f"{positive} if p({positive}) >= {rule.threshold:.3f}, else the most likely other class"
+            if rule.threshold is not None else "the most likely class")
+    fitted_on = _without_paths(rule.fitted_on)
+    return {"positive_class": positive, "threshold": rule.threshold, "rule": rule.rule, "fitted_on": fitted_on,
+            "text": text + (f" ({rule.rule}, chosen on {fitted_on})" if fitted_on else "")}
+
+
+def data_names(source: str) -> list[str]:
+    """Readable names of a training data description ("../shared/data/covid-cxr/manifest.csv + ..."): a
+    manifest by its folder's name, a folder by its own."""
+    names = []
+    for part in str(source or "").split(" + "):
+        part = part.split(" (")[0].strip()
+        path = Path(part)
+        names.append(path.parent.name if path.suffix.lower() == ".csv" and path.parent.name else path.name)
+    return [n for n in names if n]
+
+
 def model_card_view(card) -> dict[str, Any]:
     """What the page and ``GET /api/v1/model`` show (from a :class:`ccad.models.card.ModelCard`): no file
     hashes or internals, and no server paths (a path is shown by its last part)."""
@@ -248,6 +269,10 @@ def model_card_view(card) -> dict[str, Any]:
     keep = ("intended_use", "classes", "positive_class", "input_size", "backbone", "weights", "training_data",
             "evaluation", "preprocessing", "preprocess", "decision", "heatmap", "ood", "lung_segmenter", "versions")
     view = _without_paths({k: card.get(k) for k in keep})
+    if isinstance(view.get("training_data"), dict):
+        view["training_data"]["names"] = data_names(card["training_data"].get("source", ""))
+    if isinstance(view.get("evaluation"), dict):
+        view["evaluation"]["names"] = data_names(card["evaluation"].get("data", ""))
     view["caveat"] = ("Screening aid for research, not a diagnosis. The metrics come only from the data named; "
                       "images from other hospitals or scanners can score far worse.")
     return view
@@ -306,7 +331,8 @@ def create_app(settings: ServeSettings):
             raise HTTPException(413, str(e))
         except ImageReadError as e:
             raise HTTPException(400, str(e))
-        model = {"classes": predictor.classes, "positive_class": predictor.positive_class}
+        model = {"classes": predictor.classes, "positive_class": predictor.positive_class,
+                 "decision": decision_view(predictor)}
         if predictor.warning:
             model["warning"] = predictor.warning
         return {"results": results, "model": model, "note": "Screening aid, not a diagnosis."}

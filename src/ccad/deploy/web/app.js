@@ -22,11 +22,12 @@ async function loadModelCard() {
   el.replaceChildren();
   const p = document.createElement("p");
   p.textContent = `Classes: ${card.classes.join(", ")} (positive: ${card.positive_class}). Backbone: ${card.backbone}, ` +
-    `weights: ${card.weights}. Trained on: ${data.source || "unknown"}.`;
+    `weights: ${card.weights}. Trained on: ${(data.names && data.names.length ? data.names.join(", ") : data.source) || "unknown"}.`;
   el.appendChild(p);
   if (names.length) {  // every value goes in with textContent: a crafted card cannot inject markup
     const intro = document.createElement("p");
-    intro.textContent = `Evaluated on ${metrics.n} images (${metrics.split} split of ${metrics.data}):`;
+    const evaluated = metrics.names && metrics.names.length ? metrics.names.join(", ") : metrics.data;
+    intro.textContent = `Evaluated on ${metrics.n} images (${metrics.split} split of ${evaluated}):`;
     el.appendChild(intro);
     const table = document.createElement("table");
     const head = table.createTHead().insertRow();
@@ -51,7 +52,7 @@ async function loadModelCard() {
   el.appendChild(c);
 }
 
-function showResult(result) {
+function showResult(result, decision) {
   const node = $("result-template").content.firstElementChild.cloneNode(true);
   node.querySelector(".name").textContent = result.name;
   const xray = node.querySelector(".xray");
@@ -85,6 +86,14 @@ function showResult(result) {
   qc.textContent = checks.join("; ");
   node.querySelector(".opacity").addEventListener("input", (e) => { heat.style.opacity = e.target.value / 100; });
   node.querySelector(".verdict").textContent = `Model output: ${result.predicted_class}`;
+  if (decision && decision.threshold !== null) {
+    const pos = decision.positive_class, pct = (decision.threshold * 100).toFixed(1);
+    const where = decision.fitted_on ? ` (${decision.rule}, chosen on ${decision.fitted_on})` : "";
+    node.querySelector(".rule").textContent = `Decision rule: ${pos} if p(${pos}) ≥ ${pct}% (the mark on its bar), ` +
+      `else the most likely other class${where}.`;
+  } else if (decision) {
+    node.querySelector(".rule").textContent = `Decision rule: ${decision.text}.`;
+  }
   const bars = node.querySelector(".bars");
   for (const [name, p] of Object.entries(result.probabilities)) {
     const row = document.createElement("div");
@@ -103,6 +112,13 @@ function showResult(result) {
     row.children[1].setAttribute("aria-label", `probability of ${name}`);
     row.children[1].firstChild.style.width = `${(p * 100).toFixed(1)}%`;
     row.children[2].textContent = `${(p * 100).toFixed(1)}%`;
+    if (decision && decision.threshold !== null && name === decision.positive_class) {
+      const mark = document.createElement("span");  // where the bar must reach for the model to say positive
+      mark.className = "threshold";
+      mark.style.left = `${(decision.threshold * 100).toFixed(1)}%`;
+      mark.title = `threshold ${(decision.threshold * 100).toFixed(1)}%`;
+      track.appendChild(mark);
+    }
     bars.appendChild(row);
   }
   if (result.severity) {
@@ -134,7 +150,7 @@ async function analyse(files) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
       throw new Error(`Upload failed (${response.status}): ${detail}`);
     }
-    body.results.forEach(showResult);
+    body.results.forEach((result) => showResult(result, body.model && body.model.decision));
     $("status").textContent = `Done: ${body.results.length} result(s). ${body.note}`;
     if (!$("key-row").hidden) loadModelCard();
   } catch (err) {
