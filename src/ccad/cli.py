@@ -276,6 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the new bundle's card (Ed25519, PEM)")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("validate", help="local acceptance test: criteria written before the run (TOML), each "
+                       "judged on its 95%% interval: pass, fail or not enough images to tell")
+    p.add_argument("--model", help="model bundle or run (default: the bundle shipped with ccad)")
+    _add_data_args(p)
+    p.add_argument("--criteria", required=True, metavar="TOML", help="the site's acceptance criteria")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=["test", "val", "all"], default="all", help="default: all (a site's own set)")
+    p.add_argument("--by", action="append", default=[], metavar="FIELD",
+                   help="also break the results down by FIELD (added to the criteria file's subgroups)")
+
     p = sub.add_parser("sign", help="sign a model bundle (Ed25519) so that predict/serve --verify accept it")
     p.add_argument("--model", required=True, help="model bundle folder")
     p.add_argument("--key", required=True, help="private key (PEM), e.g. from ccad keys")
@@ -496,6 +506,31 @@ def cmd_calibrate(args) -> None:
           "check it on others (ccad evaluate)")
 
 
+def cmd_validate(args) -> int:
+    _model(args)
+    from .evaluation.evaluate import evaluate_model
+    from .evaluation.subgroups import format_breakdown
+    from .evaluation.validate import PASS, read_criteria, validate, write_validation
+    from .io.files import sha256
+    from .models.card import BUNDLE_CARD, is_bundle
+
+    criteria = read_criteria(args.criteria)  # before anything is scored: bad criteria are bad input
+    out = Path(args.out)
+    by = list(dict.fromkeys([*criteria["by"], *args.by]))
+    metrics = evaluate_model(args.model, _spec(args), out / "evaluation", split=args.split, by=by)
+    model = {"name": Path(args.model).name,
+             "card_sha256": sha256(Path(args.model) / BUNDLE_CARD) if is_bundle(args.model) else None}
+    record = write_validation(out, validate(metrics, criteria), criteria, metrics, model)
+    for v in record["verdicts"]:
+        bar = f">= {v['at_least']:.3f}" if "at_least" in v else f"<= {v['at_most']:.3f}"
+        measured = "" if "value" not in v else f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+        print(f"{v['metric']} {bar}: {measured} -> {v['verdict']}" + (f" ({v['why']})" if v.get("why") else ""))
+    for name, rows in metrics.get("by", {}).items():
+        print("\n".join(format_breakdown(name, rows)))
+    print(f"{record['verdict'].upper()}: {out / 'validation.html'} (screening aid, not a diagnosis)")
+    return 0 if record["verdict"] == PASS else 1
+
+
 def cmd_sign(args) -> None:
     from .models.signing import sign_bundle
 
@@ -557,7 +592,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "validate": cmd_validate, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 
@@ -567,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(getattr(args, "data", None), list) and len(args.data) == 1:
         args.data = args.data[0]  # one --data: a path, as before pooling existed
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except CcadError as e:
         print(f"ccad: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -585,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ccad: interrupted; nothing half-written was left behind", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
