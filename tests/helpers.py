@@ -114,3 +114,30 @@ def hidden_deflate_bomb(tmp_path, how: str) -> bytes:
             data = data[:132] + data[144:]
         assert b"\x02\x00\x00\x00UL" not in data[:200]
     return data
+
+
+def as_unprivileged(monkeypatch) -> None:
+    """Make this process see file modes as a user without privileges would, also when the tests run as root
+    (as here and in CI, where root reads and lists everything): ``os.access`` honours the mode bits and
+    ``os.scandir`` refuses a folder without read and execute bits, as the kernel does for other users."""
+    import os
+    import stat
+
+    if os.geteuid() != 0:
+        return
+    real_access, real_scandir = os.access, os.scandir
+
+    def access(path, mode, *args, **kwargs):
+        bits = stat.S_IMODE(os.stat(path).st_mode)
+        for flag, mask in ((os.R_OK, 0o444), (os.W_OK, 0o222), (os.X_OK, 0o111)):
+            if mode & flag and not bits & mask:
+                return False
+        return real_access(path, mode, *args, **kwargs)
+
+    def scandir(path="."):
+        if not isinstance(path, int) and (stat.S_IMODE(os.stat(path).st_mode) & 0o555) != 0o555:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "scandir", scandir)

@@ -365,14 +365,16 @@ def test_evaluate_an_external_set_whose_rows_are_all_test(bundle, synth_folders,
     assert metrics["n"] == 20 and metrics["split"] == "test"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root lists every folder whatever its mode")
-def test_an_unreadable_subfolder_gets_an_error_row(bundle, synth_folders, tmp_path):
+def test_an_unreadable_subfolder_gets_an_error_row(bundle, synth_folders, tmp_path, monkeypatch):
     import csv
+
+    from helpers import as_unprivileged
 
     folder = tmp_path / "scans"
     shutil.copytree(synth_folders / "covid", folder / "a")
     shutil.copytree(synth_folders / "normal", folder / "b")
     (folder / "b").chmod(0)
+    as_unprivileged(monkeypatch)  # root lists every folder whatever its mode: see it as a user would
     try:
         assert main(["predict", "--model", str(bundle), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
     finally:

@@ -426,3 +426,37 @@ def test_the_report_says_out_of_distribution_when_the_guard_says_so(bundle, tmp_
     outside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=False)))
     assert inside["out-of-distribution"][0] == "373067005"  # SNOMED "No"
     assert outside["out-of-distribution"][0] == "373066001"  # SNOMED "Yes"
+
+
+def jpeg2000_xray(tmp_path, name, seed=0) -> Path:
+    """A DX whose pixels are a lossless JPEG 2000 codestream (Pillow's OpenJPEG encoder), as many CR/DX
+    modalities and archives store them."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    gray = render_patient(np.random.default_rng(seed), "covid", 256)
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(gray * 4095).astype(np.uint16)).save(buffer, format="JPEG2000", no_jp2=True,
+                                                                     irreversible=False)
+    return make_xray_dicom(tmp_path / f"{name}.dcm", gray, syntax=JPEG2000Lossless,
+                           PixelData=encapsulate([buffer.getvalue()]))
+
+
+def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bundle, tmp_path):
+    from ccad.scoring.predictor import OnnxPredictor
+
+    compressed, plain = jpeg2000_xray(tmp_path, "j2k", seed=7), xray(tmp_path, "plain", seed=7)
+    port = free_port()
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
+                                port=port, retry_max_s=0.5)
+    listener = Listener(settings).start()
+    try:
+        assert c_store(compressed, port, "CCAD") == 0x0000
+        wait_for(lambda: listener.stats.scored == 1, 60, "the JPEG 2000 image to be scored")
+    finally:
+        listener.stop()
+    a, b = OnnxPredictor(bundle).predict_files([compressed, plain])
+    assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)  # lossless: the same pixels, the same score

@@ -136,8 +136,10 @@ def test_what_a_path_is_when_it_is_not_an_image_file(tmp_path):
         read_grayscale(str(tmp_path / "a\0b.png"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file whatever its mode")
-def test_an_unreadable_file_says_permission_denied(tmp_path):
+def test_an_unreadable_file_says_permission_denied(tmp_path, monkeypatch):
+    from helpers import as_unprivileged
+
+    as_unprivileged(monkeypatch)  # root reads every file whatever its mode: see it as a user would
     Image.fromarray(GRADIENT).save(tmp_path / "secret.png")
     (tmp_path / "secret.png").chmod(0)
     with pytest.raises(ImageReadError, match="permission denied"):
