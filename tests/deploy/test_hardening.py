@@ -19,7 +19,7 @@ from helpers import GRADIENT, free_port, make_dicom, png_bytes
 from PIL import Image
 
 from ccad.cli import main
-from ccad.deploy.serving import MAX_FILES, ServeSettings, create_app
+from ccad.deploy.serving import ServeSettings, create_app
 
 KEY = "s3cret"
 
@@ -208,8 +208,11 @@ def test_a_bundle_without_its_card_says_so(bundle, tmp_path, capsys):
 
 def test_too_many_files_and_too_many_pixels_are_413(bundle):
     with TestClient(create_app(ServeSettings(bundle, max_pixels=40_000, max_request_pixels=60_000))) as c:
-        r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(16), "image/png")) for i in range(MAX_FILES + 1)])
+        # the limit, pinned here: 16 files a request (changing it must change this test)
+        r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(16), "image/png")) for i in range(17)])
         assert r.status_code == 413
+        r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(16, i), "image/png")) for i in range(16)])
+        assert r.status_code == 200 and len(r.json()["results"]) == 16
         r = c.post("/api/v1/predict", files=[("files", (f"{i}.png", png(150, i), "image/png")) for i in range(3)])
         assert r.status_code == 413 and "pixels in all" in r.json()["detail"]  # 3 x 22,500 > 60,000
 
@@ -412,3 +415,25 @@ def test_a_request_waiting_for_a_read_slot_is_408_at_its_deadline_from_arrival(b
 
     sent = asyncio.run(scenario())
     assert sent[0]["status"] == 408
+
+
+def test_uploads_stay_in_memory_and_nothing_reaches_the_disk(bundle, monkeypatch):
+    """Starlette spools a part to a temporary file past 1 MB by default; ccad keeps uploads in memory (README):
+    a 3 MB upload opens no temporary file (which Linux would have unlinked at once: its calls are counted)."""
+    import tempfile
+
+    opened = []
+    real = tempfile.TemporaryFile
+
+    def counting(*args, **kwargs):
+        opened.append(kwargs.get("dir"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", counting)
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (1800, 1800), dtype=np.uint8)).save(buffer, format="PNG")
+    assert buffer.tell() > 2 ** 21
+    with TestClient(create_app(ServeSettings(bundle))) as c:
+        r = c.post("/api/v1/predict", files=[("files", ("big.png", buffer.getvalue(), "image/png"))])
+    assert r.status_code == 200 and opened == []

@@ -174,3 +174,29 @@ def test_run_metadata_without_a_config_needs_the_class_names(tmp_path):
     assert meta.positive_class == "covid" and meta.preprocess == "none"  # what runs before `preprocess` used
     with pytest.raises(ModelError, match="3 outputs but 2 classes"):
         RunMetadata.load(tmp_path, classes=["covid", "normal"], outputs=3)
+
+
+def test_each_result_is_in_the_csv_as_soon_as_it_is_scored(tmp_path):
+    """A crash between two images loses no row already scored: the file holds row k before image k+1 is
+    even looked at (the README's promise; the CSV used to be flushed every 64 rows)."""
+    from ccad.scoring.results import predict_to_csv
+    from ccad.scoring.score import Prediction
+
+    out = tmp_path / "p.csv"
+    seen = []
+
+    class Streaming:
+        classes, positive_class = ["covid", "normal"], "covid"
+        severity = None
+
+        def predict_stream(self, paths, with_heatmaps=False):
+            for i, path in enumerate(paths):
+                seen.append(len(out.read_text().splitlines()) if out.exists() else 0)  # header + i rows
+                yield Prediction(path, "covid", {"covid": 0.9, "normal": 0.1}, in_distribution=True)
+
+    files = []
+    for i in range(5):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(b"x")
+    predict_to_csv(Streaming(), files, out, progress=False)
+    assert seen[1:] == [2, 3, 4, 5]  # before image k+1: the header and k rows

@@ -120,8 +120,7 @@ def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
             counts["errors" if result.error else "scored"] += 1
             if heat_dir and result.pictures is not None:
                 save_overlay(result, heat_dir)
-            if (counts["scored"] + counts["errors"]) % 64 == 0:
-                f.flush()
+            f.flush()  # on disk (the OS's cache) as soon as scored: a crash loses no row already scored
             bar.update()
         bar.close()
     return counts
