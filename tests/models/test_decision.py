@@ -36,6 +36,27 @@ def test_sensitivity_rule_is_the_highest_threshold_that_finds_the_share_asked():
     assert 0.1 < threshold <= 0.2  # ...and not one more: the 10th (0.1) is below, the 9th (0.2) is above
 
 
+def test_each_rule_gives_the_threshold_worked_out_by_hand():
+    """Positives 0.1, 0.2, ..., 1.0; negatives 0.05, 0.10, ..., 0.50. Every rule puts its threshold midway between
+    the score it must keep and the next lower distinct score."""
+    truth = np.r_[np.ones(10, bool), np.zeros(10, bool)]
+    score = np.r_[np.linspace(0.1, 1.0, 10), np.linspace(0.05, 0.5, 10)]
+    # 9 of 10 positives reach 0.2; the next lower score is a negative's 0.15
+    assert choose_threshold(truth, score, "sensitivity-90") == pytest.approx(0.175)
+    # 95% of 10 positives is 10: every positive, down to 0.1, and the next lower score is 0.05
+    assert choose_threshold(truth, score, "sensitivity-95") == pytest.approx(0.075)
+    # at most one negative (0.50) at or above the threshold: 0.5, then 0.45 below it
+    assert choose_threshold(truth, score, "specificity-90") == pytest.approx(0.475)
+    # 95% of 10 negatives is all 10: the lowest cut with no negative at or above it is 0.6, then 0.5 below it
+    assert choose_threshold(truth, score, "specificity-95") == pytest.approx(0.55)
+    # Youden: the cut with the largest sensitivity + specificity - 1 over every distinct score
+    j = {t: (score[truth] >= t).mean() + (score[~truth] < t).mean() - 1 for t in np.unique(score)}
+    best = max(j, key=j.get)
+    youden = choose_threshold(truth, score, "youden")
+    assert (score[truth] >= youden).mean() + (score[~truth] < youden).mean() - 1 == pytest.approx(j[best])
+    assert choose_threshold(truth, score, "0.3") == 0.3 and choose_threshold(truth, score, "argmax") is None
+
+
 def test_a_probability_equal_to_the_threshold_is_positive():
     rule = DecisionRule(positive_index=0, threshold=0.25)
     p = np.array([[0.25, 0.75], [np.nextafter(0.25, 0), 1 - np.nextafter(0.25, 0)]])
