@@ -85,13 +85,20 @@ class Orthanc:
 
 
 def c_store(path_or_ds, port: int, ae_title: str, chunked: bool = False) -> int:
-    """C-STORE one object to 127.0.0.1:port; its status (or -1 when the association failed)."""
+    """C-STORE one object to 127.0.0.1:port; its status (or -1 when the association failed). With
+    ``chunked`` a file is sent as its bytes, the presentation context taken from its file meta group alone
+    (so a data set that does not even parse can be sent, as a hostile sender would)."""
     from pynetdicom import AE, _config
 
-    ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, force=True,
-                                                                                     stop_before_pixels=True)
+    if chunked and not isinstance(path_or_ds, pydicom.Dataset):
+        meta = pydicom.filereader.read_file_meta_info(path_or_ds)
+        sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+    else:
+        ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, force=True,
+                                                                                         stop_before_pixels=True)
+        sop_class, syntax = str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
     ae = AE(ae_title="TESTSCU")
-    ae.add_requested_context(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID))
+    ae.add_requested_context(sop_class, syntax)
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
     if not assoc.is_established:
         return -1

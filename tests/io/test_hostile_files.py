@@ -30,6 +30,29 @@ def test_a_deflate_bomb_cannot_hide_its_transfer_syntax_from_the_guard(tmp_path,
         read_grayscale_bytes(data, "bomb.dcm", max_pixels=1_000_000)
 
 
+def test_bytes_after_a_deflate_stream_do_not_hang_the_guard(tmp_path):
+    """A deflated data set followed by padding (a sender's, or a hostile one): the bounded inflater once spun
+    for ever on the bytes after the stream's end, which zlib leaves in unconsumed_tail."""
+    import threading
+
+    path = make_dataset(tmp_path / "padded.dcm", 1024, 1536, bytes(2 * 1024 * 1536), DeflatedExplicitVRLittleEndian)
+    data = path.read_bytes() + b"junk after the stream"
+    finished = []
+    worker = threading.Thread(target=lambda: finished.append(_outcome(data)), daemon=True)
+    worker.start()
+    worker.join(60)  # a hang guard, not a timing: the read takes well under a second
+    assert finished, "the bounded inflater did not return"
+    assert finished[0] in ("read", "ImageReadError")
+
+
+def _outcome(data: bytes) -> str:
+    try:
+        read_grayscale_bytes(data, "padded.dcm")
+        return "read"
+    except ImageReadError as e:
+        return type(e).__name__ if not isinstance(e, ImageTooLargeError) else "too large"
+
+
 def test_a_small_deflated_dicom_still_reads(tmp_path):
     pixels = (GRADIENT.astype(np.uint16) * 16).tobytes()
     path = make_dataset(tmp_path / "ok.dcm", 64, 64, pixels, DeflatedExplicitVRLittleEndian)

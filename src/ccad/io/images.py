@@ -299,7 +299,9 @@ def check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
             out = inflater.decompress(tail, 2 ** 20)
             tail = inflater.unconsumed_tail
             total += len(out)
-            if total > budget or (not out and not tail):
+            # the stream's end (bytes after it stay in unconsumed_tail for ever: the old test of "nothing
+            # out and nothing left" spun on a stream followed by padding), the budget, or no progress
+            if total > budget or inflater.eof or not out:
                 break
     except zlib.error as e:
         raise ImageReadError(f"{name}: not a readable DICOM image (bad deflate stream)") from e
