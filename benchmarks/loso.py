@@ -42,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit  # noqa: E402
+from generalization import rate  # noqa: E402  (a share with its Wilson interval)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATA = ["--data", str(SHARED / "covid-cxr" / "manifest.csv"), "--data", str(SHARED / "cohen-other" / "manifest.csv"),
@@ -60,17 +61,6 @@ POSITIVE = "covid"
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def rate(hits) -> dict | None:
-    from scipy.stats import binomtest
-
-    hits = np.asarray(list(hits), bool)
-    if not len(hits):
-        return None
-    ci = binomtest(int(hits.sum()), len(hits)).proportion_ci(method="wilson")
-    return {"value": round(float(hits.mean()), 4), "k": int(hits.sum()), "n": int(len(hits)),
-            "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)]}
 
 
 def auc_with_interval(positive: np.ndarray, score: np.ndarray, seed: int = 0, n: int = 2000) -> dict:
