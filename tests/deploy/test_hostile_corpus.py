@@ -63,7 +63,13 @@ def files(tmp_path_factory):
 
 def test_predict_gives_every_file_a_row_and_no_traceback(bundle, files, tmp_path, capsys):
     import csv
+    import logging
 
+    # a fresh process, as `ccad predict` runs: no handler another test left on the root logger (one bound to a
+    # stream pytest has since closed prints "--- Logging error ---" and a traceback of its own)
+    logging.captureWarnings(False)
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
     folder = next(iter(files.values())).parent
     assert main(["predict", "--model", str(bundle), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
     rows = {r["file"].rsplit("/", 1)[-1]: r for r in csv.DictReader(open(tmp_path / "p.csv"))}
