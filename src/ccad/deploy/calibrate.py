@@ -105,7 +105,8 @@ def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out:
     kept = [(s, p) for s, p in scored if not p.error]
     if bad and not spec.skip_bad:
         raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
-    y = label_indices([s for s, _ in kept], predictor.classes) == positive
+    labels = label_indices([s for s, _ in kept], predictor.classes)
+    y = labels == positive
     score = np.array([float(predictor.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])
     group = score[~y] if name == "specificity" else score[y]
     needed = minimum_images(value)
@@ -126,8 +127,7 @@ def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out:
         "base": {"card_sha256": sha256(model / BUNDLE_CARD), "model_sha256": predictor.card.sha256.get("model.onnx"),
                  "decision": predictor.decision.to_dict()},
         "data": {"source": dataset.source, "sha256": dataset.fingerprint(), "images": len(kept),
-                 "unreadable": len(bad), "counts": {c: int((label_indices([s for s, _ in kept], predictor.classes)
-                                                           == i).sum()) for i, c in enumerate(predictor.classes)}},
+                 "unreadable": len(bad), "counts": {c: int((labels == i).sum()) for i, c in enumerate(predictor.classes)}},
         "target": {name: value},
         "threshold": threshold,
         "threshold_bootstrap_ci95": [float(np.percentile(refits, 2.5)), float(np.percentile(refits, 97.5))],
