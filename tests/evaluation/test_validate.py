@@ -7,7 +7,7 @@ import pytest
 
 from ccad.cli import main
 from ccad.errors import ConfigError
-from ccad.evaluation.validate import FAIL, PASS, UNDECIDED, read_criteria, verdict
+from ccad.evaluation.validate import FAIL, PASS, UNDECIDED, read_criteria, validate, verdict
 
 
 @pytest.mark.parametrize("entry, criterion, n, expected, needed", [
@@ -24,6 +24,19 @@ def test_verdicts_against_hand_computed_intervals(entry, criterion, n, expected,
     result = verdict(entry, criterion, n)
     assert result["verdict"] == expected
     assert result.get("images_needed") == needed
+
+
+def test_a_proportion_without_an_error_still_has_an_interval():
+    # 24 of 24 negatives kept: the bootstrap says [1, 1]; Wilson's lower end is 24 / (24 + 1.96^2) = 0.862
+    metrics = {"confusion_matrix": [[8, 16], [0, 24]], "decision": {"positive_index": 0}, "n": 48,
+               "specificity": {"value": 1.0, "ci95": [1.0, 1.0]}, "sensitivity": {"value": 1 / 3, "ci95": [0.2, 0.5]}}
+    criteria = {"criteria": [{"metric": "specificity", "at_least": 1.0}, {"metric": "specificity", "at_least": 0.86},
+                             {"metric": "specificity", "at_least": 0.87}, {"metric": "sensitivity", "at_most": 0.5}]}
+    verdicts = validate(metrics, criteria)
+    assert [v["verdict"] for v in verdicts] == [UNDECIDED, PASS, UNDECIDED, UNDECIDED]
+    assert verdicts[0]["ci95"][0] == pytest.approx(24 / (24 + 1.959964 ** 2), abs=1e-4)
+    # 8 of 24 found: Wilson's upper end (0.533) is wider than the bootstrap's 0.5
+    assert verdicts[3]["ci95"][1] == pytest.approx(0.5329, abs=1e-3)
 
 
 def _criteria(tmp_path, text):

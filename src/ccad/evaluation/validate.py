@@ -3,7 +3,8 @@
     ccad validate --data site/ --criteria acceptance.toml --out site-validation
 
 The criteria file (TOML) names what the site requires, each against a 95% interval at the model's stored
-decision rule, never a point estimate:
+decision rule, never a point estimate (for a proportion, the wider of the patient-grouped bootstrap's and
+the Wilson interval: a bootstrap of 24 right out of 24 is [1, 1]):
 
     [[criterion]]
     metric = "sensitivity"      # accuracy, sensitivity, specificity, precision, f1, auc, out_of_distribution
@@ -93,6 +94,32 @@ def verdict(entry: dict[str, Any] | None, criterion: dict[str, Any], n: int | No
                 why=f"about {needed} images (now {n}) would tell, if the rate stays at {value:.3f}")
 
 
+def _hits(metrics: dict[str, Any], metric: str) -> tuple[int, int] | None:
+    """``(k, n)`` behind a proportion (accuracy, sensitivity, specificity, precision), from the confusion
+    matrix; None for the others."""
+    matrix = metrics.get("confusion_matrix")
+    if not matrix or len(matrix) != 2 or metric not in (*COUNTED, "accuracy"):
+        return None
+    positive = int((metrics.get("decision") or {}).get("positive_index", 0))
+    negative = 1 - positive
+    k = {"sensitivity": matrix[positive][positive], "specificity": matrix[negative][negative],
+         "precision": matrix[positive][positive], "accuracy": matrix[0][0] + matrix[1][1]}[metric]
+    n = _count(metrics, metric) if metric != "accuracy" else sum(map(sum, matrix))
+    return (int(k), int(n)) if n else None
+
+
+def _widened(entry: dict[str, Any] | None, hits: tuple[int, int] | None) -> dict[str, Any] | None:
+    """A proportion's interval as the wider of the (grouped) bootstrap's and Wilson's: the bootstrap of
+    24 right out of 24 is [1, 1], which would let "specificity at least 1.0" pass on 24 images."""
+    if not entry or entry.get("value") is None or hits is None:
+        return entry
+    from scipy.stats import binomtest
+
+    wilson = binomtest(*hits).proportion_ci(method="wilson")
+    low, high = entry.get("ci95") or (entry["value"], entry["value"])
+    return dict(entry, ci95=[min(low, float(wilson.low)), max(high, float(wilson.high))])
+
+
 def _count(metrics: dict[str, Any], metric: str) -> int | None:
     """How many images a metric is measured on (the positives for sensitivity, the negatives for
     specificity...)."""
@@ -115,6 +142,7 @@ def validate(metrics: dict[str, Any], criteria: dict[str, Any]) -> list[dict[str
         entry = metrics.get(metric)
         if metric == "out_of_distribution" and entry is not None:
             entry = {"value": entry.get("rate"), "ci95": entry.get("ci95")}
+        entry = _widened(entry, _hits(metrics, metric))
         out.append(verdict(entry, criterion, _count(metrics, metric)))
     return out
 
