@@ -133,6 +133,8 @@ def _dicom_parser(sub) -> None:
     s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
     s.add_argument("--max-dataset-mb", type=float, default=256, help="refuse (0xA700) a data set larger than this "
                    "as received; a deflated one is also refused when it would inflate past the pixel limit")
+    s.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port of --host")
+    _add_monitoring_args(s)
 
 
 def cmd_dicom(args) -> None:
@@ -143,7 +145,9 @@ def cmd_dicom(args) -> None:
     configure_logging()
     settings = ListenerSettings(Path(args.model), Destination.parse(args.send_to), Path(args.spool), args.ae_title,
                                 args.host, args.port, args.int8, args.workers, args.queue_size, args.retry_max_s,
-                                max_dataset_bytes=int(args.max_dataset_mb * 2 ** 20))
+                                max_dataset_bytes=int(args.max_dataset_mb * 2 ** 20), metrics_port=args.metrics_port,
+                                result_log=Path(args.result_log) if args.result_log else None,
+                                drift_window=args.drift_window)
     Listener(settings).serve_forever()
 
 
@@ -312,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", action="store_true", help="serve /docs (Swagger UI loads its scripts from a CDN)")
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="close a connection that has not sent a request's headers within this many seconds")
+    _add_monitoring_args(p)
+    p.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report, offline")
     p.add_argument("--out", required=True)
@@ -335,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _add_monitoring_args(p) -> None:
+    p.add_argument("--result-log", metavar="FILE", help="append one JSON line an image scored (no patient field: "
+                   "hashed UID, time, decision, score, flags, drift state); ccad monitor reads it")
+    p.add_argument("--drift-window", type=int, default=200, help="images in the drift check's rolling window")
 
 
 def _spec(args):
@@ -555,7 +567,9 @@ def cmd_serve(args) -> None:
                              max_request_bytes=int(args.max_request_mb * 2 ** 20), workers=args.workers,
                              queue=args.queue, keep_uploads=Path(args.keep_uploads) if args.keep_uploads else None,
                              docs=args.docs, verify_key=args.verify, header_timeout_s=args.header_timeout,
-                             batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch)
+                             batch_wait_ms=args.batch_wait_ms, max_batch=args.max_batch,
+                             metrics=not args.no_metrics, drift_window=args.drift_window,
+                             result_log=Path(args.result_log) if args.result_log else None)
     serve(settings, args.host, args.port)
 
 

@@ -460,3 +460,36 @@ def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bund
         listener.stop()
     a, b = OnnxPredictor(bundle).predict_files([compressed, plain])
     assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)  # lossless: the same pixels, the same score
+
+
+def test_the_listener_serves_its_metrics_and_logs_pseudonyms_only(bundle, tmp_path):
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from ccad.deploy.monitoring import pseudonym
+
+    port, metrics_port = free_port(), free_port()
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
+                                port=port, retry_max_s=0.5, metrics_port=metrics_port,
+                                result_log=tmp_path / "results.jsonl")
+    listener = Listener(settings).start()
+    try:
+        sent = [xray(tmp_path, f"m{i}", seed=i) for i in range(2)]
+        assert all(c_store(path, port, "CCAD") == 0x0000 for path in sent)
+        wait_for(lambda: listener.stats.scored == 2, 60, "two images to be scored")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        listener.stop()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+    assert got[("ccad_images_scored_total", (("adapter", "dicom"),))] == 2
+    assert got[("ccad_dicom_events_total", (("event", "received"),))] == 2
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    uids = [str(pydicom.dcmread(path).SOPInstanceUID) for path in sent]
+    assert sorted(r["image"] for r in records) == sorted(pseudonym(uid) for uid in uids)
+    everything = text + (tmp_path / "results.jsonl").read_text()
+    assert not any(uid in everything for uid in uids)
+    assert_no_patient_fields(everything)

@@ -4,8 +4,8 @@
 created at import time, so tests make apps with their own settings.
 
 Routes: ``GET /`` (the page), ``GET /static/*`` (its assets: no CDN),
-``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``,
-``/openapi.json``; ``/docs`` only with ``docs=True`` (Swagger UI loads its
+``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus, behind the
+API key when one is set; :mod:`ccad.deploy.monitoring`), ``/openapi.json``; ``/docs`` only with ``docs=True`` (Swagger UI loads its
 scripts from a CDN).
 
 Limits are enforced before work, in this order (:class:`Guard`, an ASGI layer in
@@ -45,6 +45,7 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -61,6 +63,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ccad.deploy.batching import MicroBatcher
 from ccad.deploy.http import header_timeout_protocol
+from ccad.deploy.monitoring import Monitor
 from ccad.errors import ConfigError, ImageReadError
 from ccad.io.files import atomic_path
 from ccad.io.images import ImageTooLargeError, image_size, read_grayscale_bytes
@@ -70,6 +73,7 @@ from ccad.scoring.predictor import OnnxPredictor
 STATIC = Path(__file__).parent / "web"
 API_PREFIX = "/api/v1"
 PREDICT = f"{API_PREFIX}/predict"
+METRICS = "/metrics"
 ALLOWED_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/tiff",
                  "application/dicom", "application/octet-stream", ""}
 MAX_FILES = 16
@@ -106,6 +110,11 @@ class ServeSettings:
     max_batch: int = 16
     docs: bool = False
     verify_key: Path | None = None
+    #: ``GET /metrics`` (Prometheus text format, behind the API key when one is set) and the drift window.
+    metrics: bool = True
+    drift_window: int = 200
+    #: Append one JSON line an image scored (:class:`ccad.deploy.monitoring.ResultLog`).
+    result_log: Path | None = None
 
     def check(self) -> "ServeSettings":
         """Refuse settings that cannot work, at start rather than on the first request."""
@@ -115,6 +124,8 @@ class ServeSettings:
             raise ConfigError(f"--queue must be 0 or more, got {self.queue}")
         if self.batch_wait_ms < 0 or self.max_batch < 1:
             raise ConfigError("--batch-wait-ms must be 0 or more and --max-batch at least 1")
+        if self.drift_window < 20:
+            raise ConfigError(f"--drift-window must be at least 20 images, got {self.drift_window}")
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
             raise ConfigError("--max-upload-mb must be positive and at most the request limit")
         if self.keep_uploads is not None:
@@ -147,28 +158,73 @@ class Capacity:
         with self._lock:
             self._free += 1
 
+    @property
+    def free(self) -> int:
+        return self._free
+
+
+class HttpMetrics:
+    """``ccad serve``'s own metrics: requests by route and status, their latency, and how many are inside. A
+    route is one of a fixed few words (anything else is ``other``): a client cannot grow the label set."""
+
+    ROUTES = {PREDICT: "predict", f"{API_PREFIX}/model": "model", "/healthz": "healthz", "/metrics": "metrics",
+              "/": "page"}
+
+    def __init__(self, registry):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        from ccad.deploy.monitoring import LATENCY_BUCKETS
+
+        self.requests = Counter("ccad_http_requests", "HTTP requests by route and status", ("route", "status"),
+                                registry=registry)
+        self.latency = Histogram("ccad_http_request_seconds", "Time from a request's arrival to its answer",
+                                 ("route",), buckets=LATENCY_BUCKETS, registry=registry)
+        self.inside = Gauge("ccad_queue_depth", "Prediction requests admitted and not yet answered",
+                            registry=registry)
+
+    def done(self, path: str, status: int, seconds: float) -> None:
+        route = self.ROUTES.get(path, "static" if path.startswith("/static/") else "other")
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
 
 class Guard:
     """ASGI layer in front of the app: security headers on every response; for the API the key, and for
     ``POST /api/v1/predict`` the content type, admission and the body (read here, counted as it arrives,
     within its time limit), all before the app sees the request."""
 
-    def __init__(self, app, settings: ServeSettings):
-        self.app, self.settings = app, settings
+    def __init__(self, app, settings: ServeSettings, http_metrics: "HttpMetrics | None" = None):
+        self.app, self.settings, self.http_metrics = app, settings, http_metrics
         self.capacity = Capacity(settings.workers + settings.queue)
         self.reading = asyncio.Semaphore(2 * settings.workers)
+        if http_metrics is not None:
+            http_metrics.inside.set_function(lambda: settings.workers + settings.queue - self.capacity.free)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if self.http_metrics is None:
+            return await self._guarded(scope, receive, send)
+        started, status = time.perf_counter(), [500]
 
+        async def counted(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, counted)
+        finally:
+            self.http_metrics.done(scope["path"], status[0], time.perf_counter() - started)
+
+    async def _guarded(self, scope, receive, send):
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 message = dict(message, headers=[*message.get("headers", []), *SECURITY_HEADERS])
             await send(message)
 
         path, headers = scope["path"], dict(scope["headers"])
-        if path.startswith(API_PREFIX) and not _key_ok(headers, self.settings.api_key):
+        if (path.startswith(API_PREFIX) or path == METRICS) and not _key_ok(headers, self.settings.api_key):
             return await _answer(send_with_headers, 401, "missing or wrong API key (X-API-Key header or "
                                  "Authorization: Bearer)", {"WWW-Authenticate": 'Bearer realm="ccad"'})
         if scope["method"] != "POST" or path != PREDICT:
@@ -301,12 +357,13 @@ def create_app(settings: ServeSettings):
     card = model_card_view(predictor.card)
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ccad-decode")
     batcher = MicroBatcher(predictor, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
+    monitor = Monitor.for_predictor(predictor, "api", settings.result_log, window=settings.drift_window)
 
     app = FastAPI(title="ccad", version=(predictor.card.versions or {}).get("ccad", ""),
                   description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).",
                   docs_url="/docs" if settings.docs else None, redoc_url=None)
     app.state.settings, app.state.predictor, app.state.pool = settings, predictor, pool
-    app.state.batcher = batcher
+    app.state.batcher, app.state.monitor = batcher, monitor
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):  # never echo the input back
@@ -344,9 +401,17 @@ def create_app(settings: ServeSettings):
         prepared = await loop.run_in_executor(pool, _prepare, predictor, files, settings)
         predictions = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(name, p, heatmap))
                                              for name, p in prepared))
+        for (_, data), prediction in zip(files, predictions):
+            monitor.observe(prediction, identity=data)
         if heatmap:
             return await loop.run_in_executor(pool, _render, predictions)
         return [prediction.to_dict(key="name") for prediction in predictions]
+
+    if settings.metrics:
+        @app.get(METRICS, tags=["service"], response_class=PlainTextResponse,
+                 summary="Prometheus metrics: counts, scores, drift; no patient field")
+        def metrics() -> PlainTextResponse:
+            return PlainTextResponse(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -359,7 +424,7 @@ def create_app(settings: ServeSettings):
         pool.shutdown(wait=False, cancel_futures=True)
         batcher.close()
 
-    return Guard(app, settings)
+    return Guard(app, settings, HttpMetrics(monitor.registry) if settings.metrics else None)
 
 
 _PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {

@@ -41,6 +41,10 @@ class OodGuard:
     rest: float               # the shrunk eigenvalue of every other direction
     cutoff: float
     keep: float = KEEP
+    #: What in-distribution images look like to the model, for the drift check (:mod:`ccad.deploy.monitoring`):
+    #: the validation split's (or a site's) distances and positive-class probabilities; None in older bundles.
+    reference_distances: np.ndarray | None = None
+    reference_scores: np.ndarray | None = None
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of (N, d) (or (d,)) features; (N,) (or a float)."""
@@ -56,8 +60,10 @@ class OodGuard:
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
+                references = {k: np.asarray(v, np.float32) for k, v in (("reference_distances", self.reference_distances),
+                              ("reference_scores", self.reference_scores)) if v is not None}
                 np.savez(f, mean=self.mean.astype(np.float32), vectors=self.vectors.astype(np.float32),
-                         eigenvalues=self.eigenvalues, rest=self.rest, cutoff=self.cutoff, keep=self.keep)
+                         eigenvalues=self.eigenvalues, rest=self.rest, cutoff=self.cutoff, keep=self.keep, **references)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "OodGuard":
@@ -65,14 +71,19 @@ class OodGuard:
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["mean"], z["vectors"], z["eigenvalues"], float(z["rest"]), float(z["cutoff"]),
-                           float(z["keep"]))
+                           float(z["keep"]), *(z[k] if k in z.files else None
+                                               for k in ("reference_distances", "reference_scores")))
         except (OSError, KeyError, ValueError) as e:
             raise ModelError(f"{path}: not a readable out-of-distribution guard ({type(e).__name__})") from e
 
     def describe(self) -> dict:
-        return {"file": OOD_FILE, "score": "Mahalanobis distance of the pooled backbone features (Ledoit-Wolf "
-                "shrunk covariance of the training split)", "cutoff": self.cutoff,
-                "cutoff_rule": f"keeps {self.keep:.0%} of the validation split", "dimensions": int(self.mean.size)}
+        out = {"file": OOD_FILE, "score": "Mahalanobis distance of the pooled backbone features (Ledoit-Wolf "
+               "shrunk covariance of the training split)", "cutoff": self.cutoff,
+               "cutoff_rule": f"keeps {self.keep:.0%} of the validation split", "dimensions": int(self.mean.size)}
+        if self.reference_distances is not None:
+            out["drift_reference"] = {"images": int(len(self.reference_distances)),
+                                      "scores": self.reference_scores is not None}
+        return out
 
 
 def fit_ood_guard(train_features: np.ndarray, val_features: np.ndarray, keep: float = KEEP) -> OodGuard:
@@ -92,8 +103,9 @@ def fit_ood_guard(train_features: np.ndarray, val_features: np.ndarray, keep: fl
     keepers = sample_eigen > 1e-10 * max(sample_eigen.max(), 1e-30)
     eigen = (1 - shrinkage) * sample_eigen[keepers] + rest
     guard = OodGuard(mean, vt[keepers], eigen, rest, cutoff=0.0, keep=keep)
-    cutoff = float(np.quantile(guard.distance(np.asarray(val_features, np.float64)), keep))
-    return OodGuard(mean, vt[keepers], eigen, rest, cutoff, keep)
+    distances = guard.distance(np.asarray(val_features, np.float64))
+    return OodGuard(mean, vt[keepers], eigen, rest, float(np.quantile(distances, keep)), keep,
+                    reference_distances=distances)
 
 
 #: Lung-QC flags (:mod:`ccad.models.lungs`) that make a prediction out of distribution by themselves; the others

@@ -119,6 +119,8 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
                             fitted_on="the validation split")
     start = time.perf_counter()
     ood = fit_ood_guard(predictor.pooled_features(arrays["train"][0]), predictor.pooled_features(arrays["val"][0]))
+    positive = dataset.classes.index(dataset.positive_class or dataset.classes[-1])
+    ood = replace(ood, reference_scores=val_probabilities[:, positive])  # the drift check's reference
     ood.save(run_dir / OOD_FILE)
     timings["ood_fit_s"] = time.perf_counter() - start
 

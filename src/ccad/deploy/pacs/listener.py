@@ -33,6 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ccad import __version__
 from ccad.deploy.pacs.results import (
@@ -93,6 +94,10 @@ class ListenerSettings:
     threads: int = 2
     max_pixels: int | None = None
     max_dataset_bytes: int = 256 * 2 ** 20
+    #: Prometheus metrics on this port of ``host`` (None: none), a result log, the drift window.
+    metrics_port: int | None = None
+    result_log: Path | None = None
+    drift_window: int = 200
 
     def check(self) -> "ListenerSettings":
         if not 0 < len(self.ae_title) <= 16:
@@ -101,6 +106,10 @@ class ListenerSettings:
             raise ConfigError("--workers and --queue-size must be at least 1 and --retry-max-s positive")
         if self.max_dataset_bytes < 2 ** 20:
             raise ConfigError("--max-dataset-mb must be at least 1")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError(f"--metrics-port must be a port number, got {self.metrics_port}")
+        if self.drift_window < 20:
+            raise ConfigError(f"--drift-window must be at least 20 images, got {self.drift_window}")
         return self
 
 
@@ -153,10 +162,14 @@ class Stats:
     sent: int = 0
     send_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: ``ccad_dicom_events_total{event}``, the same counts for Prometheus (set by the listener's start).
+    counter: Any = field(default=None, repr=False)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
+        if self.counter is not None:
+            self.counter.labels(name).inc(n)
 
 
 class Listener:
@@ -187,6 +200,7 @@ class Listener:
 
             self.predictor = OnnxPredictor(self.settings.model, variant="int8" if self.settings.int8 else "float",
                                            threads=self.settings.threads)
+        self._start_monitoring()
         card = self.predictor.card
         self.algorithm = Algorithm("ccad", (card.versions or {}).get("ccad") or __version__,
                                    card.sha256[card.models[self.predictor.variant]], self.predictor.variant,
@@ -209,6 +223,23 @@ class Listener:
                  self.settings.spool)
         return self
 
+    def _start_monitoring(self) -> None:
+        """The monitor (metrics, drift, result log) and, with ``metrics_port``, its HTTP endpoint."""
+        from prometheus_client import Counter, Gauge, start_http_server
+
+        from ccad.deploy.monitoring import Monitor
+
+        self.monitor = Monitor.for_predictor(self.predictor, "dicom", self.settings.result_log,
+                                             window=self.settings.drift_window)
+        registry = self.monitor.registry
+        self.stats.counter = Counter("ccad_dicom_events", "C-STOREs received or refused, images scored, results "
+                                     "sent", ("event",), registry=registry)
+        Gauge("ccad_queue_depth", "Received images waiting to be scored", registry=registry).set_function(
+            self._queue.qsize)
+        if self.settings.metrics_port is not None:
+            self._metrics_server, _ = start_http_server(self.settings.metrics_port, self.settings.host,
+                                                        registry=registry)
+
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
@@ -221,6 +252,9 @@ class Listener:
             self._server.shutdown()
         for thread in self._threads:
             thread.join(timeout=30)
+        if getattr(self, "_metrics_server", None) is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
 
     def serve_forever(self) -> None:
         """Run until interrupted or sent SIGTERM (what is in the spool stays for the next start)."""
@@ -352,6 +386,7 @@ class Listener:
             log.info("image %s not scored: %s", key, reason)
         else:
             self.stats.add("scored")
+            self.monitor.observe(prediction, identity=str(ds.SOPInstanceUID))
             log.info("image %s scored: %s (%.3f)%s", key, prediction.predicted_class,
                      prediction.probabilities[prediction.predicted_class],
                      "" if prediction.in_distribution is not False else ", out of distribution")

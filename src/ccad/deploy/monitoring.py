@@ -1,0 +1,162 @@
+"""Watching the model after go-live: Prometheus metrics, the drift state and a result log.
+
+    monitor = Monitor.for_predictor(predictor, adapter="api", result_log="results.jsonl")
+    monitor.observe(prediction, identity=sha256_of_upload)      # after each image is scored
+    monitor.registry                                            # what /metrics (or --metrics-port) serves
+
+The metrics (prometheus-client, one registry per server, nothing process-wide):
+
+- ``ccad_images_scored_total{adapter}``, ``ccad_image_errors_total{adapter}``
+- ``ccad_decisions_total{adapter,decision}``: the class the decision rule gave
+- ``ccad_out_of_distribution_total{adapter}``, ``ccad_lung_qc_flags_total{adapter,flag}``
+- ``ccad_score{adapter}``: a histogram of the positive class's probability (before the rule's temperature)
+- ``ccad_drift{adapter}`` (1 while the state is ``drift``) and ``ccad_drift_psi{adapter,signal}`` (score,
+  distance; :mod:`ccad.evaluation.drift`)
+- ``ccad_model_info``: the bundle's card sha256, variant and rule (a constant 1)
+- the adapters add their own: requests by status, latency, queue depth (``ccad serve``); associations and
+  images received (``ccad dicom listen``).
+
+No metric has a patient field, a file name or a UID in a label: the labels are fixed words.
+
+The result log (``--result-log``) is JSON Lines, one object an image, appended and flushed: the time (UTC), the
+adapter, ``image`` (the first 16 hex digits of the sha256 of the SOP Instance UID, or of the upload's bytes), the
+decision, the score, the out-of-distribution flag and distance, the lung-QC flags and the drift state. Nothing
+else: no patient field, no file name. ``ccad monitor`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ccad.errors import ConfigError
+from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
+
+log = logging.getLogger("ccad.monitoring")
+SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (1.0,)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def pseudonym(text: str | bytes) -> str:
+    """What the result log calls an image: 16 hex digits of a sha256 (of a UID or of the bytes uploaded)."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()[:16]
+
+
+class ResultLog:
+    """Appends one JSON line an image to ``path`` (created, mode 0600, on the first line)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def check(self) -> "ResultLog":
+        """Refuse a log that cannot be written, at start."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+        except OSError as e:
+            raise ConfigError(f"--result-log {self.path}: cannot write there ({e.strerror})") from None
+        return self
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        with self._lock:  # one write() of one line on an O_APPEND descriptor: lines never interleave
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+
+
+class Monitor:
+    """The metrics, drift check and result log of one adapter's model."""
+
+    def __init__(self, registry: CollectorRegistry, adapter: str, positive_class: str, drift: DriftCheck,
+                 result_log: ResultLog | None = None):
+        self.registry, self.adapter, self.positive_class = registry, adapter, positive_class
+        self.drift, self.result_log = drift, result_log
+        self._lock = threading.Lock()
+        labels = ("adapter",)
+        self.scored = Counter("ccad_images_scored", "Images scored", labels, registry=registry)
+        self.errors = Counter("ccad_image_errors", "Images that could not be scored", labels, registry=registry)
+        self.decisions = Counter("ccad_decisions", "Decisions by class", (*labels, "decision"), registry=registry)
+        self.ood = Counter("ccad_out_of_distribution", "Images flagged out of distribution", labels,
+                           registry=registry)
+        self.qc = Counter("ccad_lung_qc_flags", "Lung-check flags", (*labels, "flag"), registry=registry)
+        self.score = Histogram("ccad_score", "Probability of the positive class", labels, buckets=SCORE_BUCKETS,
+                               registry=registry)
+        self.drift_gauge = Gauge("ccad_drift", "1 while the drift state is 'drift'", labels, registry=registry)
+        self.psi = Gauge("ccad_drift_psi", "Population stability index of the last window", (*labels, "signal"),
+                         registry=registry)
+        self.log_errors = Counter("ccad_result_log_errors", "Result-log lines that could not be written",
+                                  registry=registry)
+        self.model_info = Gauge("ccad_model_info", "The model bundle in use", ("card_sha256", "variant", "rule"),
+                                registry=registry)
+
+    @classmethod
+    def for_predictor(cls, predictor, adapter: str, result_log: str | os.PathLike | None = None,
+                      window: int = 200, registry: CollectorRegistry | None = None) -> "Monitor":
+        """The monitor of an :class:`ccad.scoring.predictor.OnnxPredictor`: its guard's reference for the drift
+        check, its card for ``ccad_model_info``."""
+        guard = predictor.ood
+        drift = DriftCheck(getattr(guard, "reference_scores", None), getattr(guard, "reference_distances", None),
+                           window=window)
+        monitor = cls(registry or CollectorRegistry(), adapter, predictor.positive_class, drift,
+                      ResultLog(result_log).check() if result_log else None)
+        card = getattr(predictor, "card", None)
+        card_hash = hashlib.sha256(json.dumps(card.to_dict(), sort_keys=True).encode()).hexdigest()[:16] \
+            if card is not None else ""
+        monitor.model_info.labels(card_hash, getattr(predictor, "variant", ""), predictor.decision.rule or "").set(1)
+        if not drift.available:
+            log.warning(drift.describe())
+        return monitor
+
+    def observe(self, prediction, identity: str | bytes | None = None) -> None:
+        """Count one scored image (a :class:`ccad.scoring.score.Prediction`), move the drift window, and append
+        to the result log; ``identity`` (a UID or the upload's bytes) is logged only as its pseudonym."""
+        a = self.adapter
+        if prediction.error is not None:
+            self.errors.labels(a).inc()
+            return
+        score = (prediction.raw_probabilities[list(prediction.probabilities).index(self.positive_class)]
+                 if prediction.raw_probabilities is not None else prediction.probabilities[self.positive_class])
+        score = float(score)
+        self.scored.labels(a).inc()
+        self.decisions.labels(a, prediction.predicted_class).inc()
+        self.score.labels(a).observe(score)
+        if prediction.in_distribution is False:
+            self.ood.labels(a).inc()
+        for flag in prediction.lung_qc:
+            self.qc.labels(a, flag).inc()
+        with self._lock:
+            change = self.drift.add(score, prediction.ood_distance)
+            state = self.drift.state if self.drift.available else None
+            for signal in SIGNALS:
+                if self.drift.values.get(signal) is not None:
+                    self.psi.labels(a, signal).set(self.drift.values[signal])
+        self.drift_gauge.labels(a).set(1 if state == DRIFT else 0)
+        if change is not None:
+            (log.warning if change == DRIFT else log.info)(self.drift.describe())
+        if self.result_log is not None:
+            self._append({
+                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "adapter": a,
+                "image": pseudonym(identity) if identity is not None else None,
+                "decision": prediction.predicted_class, "score": round(score, 6),
+                "in_distribution": prediction.in_distribution, "ood_distance": prediction.ood_distance,
+                "lung_qc": list(prediction.lung_qc), "drift": state})
+
+    def _append(self, record: dict) -> None:
+        """A line of the result log; a disk that refuses it is logged and counted, and the image's result
+        still goes out."""
+        try:
+            self.result_log.append(record)
+        except OSError as e:
+            self.log_errors.inc()
+            log.error("result log %s: cannot append (%s)", self.result_log.path, e.strerror)
