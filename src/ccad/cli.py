@@ -212,6 +212,15 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                    help="train under tf.distribute.MultiWorkerMirroredStrategy; workers from TF_CONFIG")
 
 
+def _date(text: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def _port(text: str) -> int:
     port = int(text) if text.isdigit() else -1
     if not 0 < port < 65536:
@@ -289,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["test", "val", "all"], default="all", help="default: all (a site's own set)")
     p.add_argument("--by", action="append", default=[], metavar="FIELD",
                    help="also break the results down by FIELD (added to the criteria file's subgroups)")
+
+    p = sub.add_parser("monitor", help="what a result log (serve/dicom listen --result-log) says by day, week or "
+                       "month: images, positive and out-of-distribution rates, drift; HTML and JSON")
+    p.add_argument("log", help="the result log (JSON Lines)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--period", choices=["day", "week", "month"], default="day")
+    p.add_argument("--since", type=_date, help="first day (YYYY-MM-DD, UTC)")
+    p.add_argument("--until", type=_date, help="last day (YYYY-MM-DD, UTC)")
+    p.add_argument("--model", help="also compare each period with this bundle's reference (PSI)")
 
     p = sub.add_parser("sign", help="sign a model bundle (Ed25519) so that predict/serve --verify accept it")
     p.add_argument("--model", required=True, help="model bundle folder")
@@ -543,6 +561,28 @@ def cmd_validate(args) -> int:
     return 0 if record["verdict"] == PASS else 1
 
 
+def cmd_monitor(args) -> None:
+    from .evaluation.monitor import monitor
+
+    reference = None
+    if args.model:
+        from .models.ood import OOD_FILE, OodGuard
+
+        path = Path(args.model) / OOD_FILE
+        if not path.is_file():
+            raise ConfigError(f"--model {args.model}: no {OOD_FILE} (the drift reference) in it")
+        reference = OodGuard.load(path)
+        if reference.reference_scores is None:
+            raise ConfigError(f"--model {args.model}: its {OOD_FILE} has no drift reference (exported before "
+                              "ccad stored one; ccad calibrate --unlabelled adds a site's)")
+    record = monitor(args.log, args.out, args.period, args.since, args.until, reference)
+    overall = record["overall"]
+    print(f"{overall['n']} images from {overall['first'][:10]} to {overall['last'][:10]}: "
+          f"called positive {overall['positive']['value']:.1%}, out of distribution "
+          f"{overall['out_of_distribution']['value']:.1%}, {len(record['drift_changes'])} drift state changes")
+    print(f"report: {Path(args.out) / 'monitor.html'} (counts of what the model said, not a diagnosis)")
+
+
 def cmd_sign(args) -> None:
     from .models.signing import sign_bundle
 
@@ -606,7 +646,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "validate": cmd_validate, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "validate": cmd_validate, "monitor": cmd_monitor, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

@@ -20,7 +20,7 @@ No metric has a patient field, a file name or a UID in a label: the labels are f
 
 The result log (``--result-log``) is JSON Lines, one object an image, appended and flushed: the time (UTC), the
 adapter, ``image`` (the first 16 hex digits of the sha256 of the SOP Instance UID, or of the upload's bytes), the
-decision, the score, the out-of-distribution flag and distance, the lung-QC flags and the drift state. Nothing
+decision (and whether it is the positive class), the score, the out-of-distribution flag and distance, the lung-QC flags and the drift state. Nothing
 else: no patient field, no file name. ``ccad monitor`` reads it.
 """
 
@@ -148,7 +148,8 @@ class Monitor:
             self._append({
                 "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "adapter": a,
                 "image": pseudonym(identity) if identity is not None else None,
-                "decision": prediction.predicted_class, "score": round(score, 6),
+                "decision": prediction.predicted_class, "positive": prediction.predicted_class == self.positive_class,
+                "score": round(score, 6),
                 "in_distribution": prediction.in_distribution, "ood_distance": prediction.ood_distance,
                 "lung_qc": list(prediction.lung_qc), "drift": state})
 

@@ -1,0 +1,67 @@
+"""ccad monitor: a result log summarized by period, against hand-computed counts and intervals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ccad.cli import main
+from ccad.evaluation.monitor import drift_changes, monitor, read_log
+from ccad.models.ood import OodGuard
+
+
+def _log(path, rows):
+    lines = [json.dumps({"time": t, "adapter": "api", "image": f"{i:016x}", "decision": "covid" if pos else "normal",
+                         "positive": pos, "score": score, "in_distribution": inside, "ood_distance": 10.0 + i,
+                         "lung_qc": qc, "drift": drift})
+             for i, (t, pos, score, inside, qc, drift) in enumerate(rows)]
+    path.write_text("\n".join(lines[:2] + ["{not json", ""] + lines[2:]) + "\n")
+    return path
+
+
+ROWS = [("2026-11-30T08:00:00.000+00:00", True, 0.9, True, [], "warming up"),
+        ("2026-11-30T09:00:00.000+00:00", False, 0.1, False, ["no_lungs"], "ok"),
+        ("2026-11-30T10:00:00.000+00:00", False, 0.2, True, [], "ok"),
+        ("2026-12-01T08:00:00.000+00:00", True, 0.8, True, [], "drift"),
+        ("2026-12-01T09:00:00.000+00:00", False, 0.3, True, [], "ok")]
+
+
+def test_periods_counts_and_drift_changes(tmp_path):
+    record = monitor(_log(tmp_path / "r.jsonl", ROWS), tmp_path / "out", period="day")
+    assert record["unreadable_lines"] == 1 and list(record["periods"]) == ["2026-11-30", "2026-12-01"]
+    first = record["periods"]["2026-11-30"]
+    assert first["n"] == 3 and first["positive"]["k"] == 1 and first["out_of_distribution"]["k"] == 1
+    # Wilson 95% interval of 1 / 3: centre (1 + z^2/2) / (3 + z^2), half-width z sqrt(1*2/3 + z^2/4) / (3 + z^2)
+    z = 1.959964
+    centre, half = (1 + z * z / 2) / (3 + z * z), z * np.sqrt(2 / 3 + z * z / 4) / (3 + z * z)
+    assert first["positive"]["ci95"] == pytest.approx([centre - half, centre + half], abs=1e-6)
+    assert first["mean_score"] == pytest.approx(0.4) and first["lung_qc"] == {"no_lungs": 1}
+    assert record["overall"]["n"] == 5 and record["overall"]["scored_in_drift"] == 1
+    assert [(c["from"], c["to"]) for c in record["drift_changes"]] == [("ok", "drift"), ("drift", "ok")]
+    assert "not a diagnosis" in (tmp_path / "out" / "monitor.html").read_text()
+    week = monitor(tmp_path / "r.jsonl", tmp_path / "week", period="week")
+    assert list(week["periods"]) == ["2026-11-30"]  # a Monday: both days in one week
+
+
+def test_since_until_and_the_bundle_reference(tmp_path):
+    from datetime import date
+
+    log = _log(tmp_path / "r.jsonl", ROWS)
+    records, _ = read_log(log, since=date(2026, 12, 1))
+    assert len(records) == 2 and drift_changes(records) == [{"time": ROWS[4][0], "from": "drift", "to": "ok"}]
+    reference = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0, reference_scores=np.linspace(0, 1, 100),
+                         reference_distances=np.linspace(8, 16, 100))
+    record = monitor(log, tmp_path / "out", reference=reference)
+    assert set(record["overall"]["psi"]) == {"score", "distance"} and record["overall"]["psi"]["score"] >= 0
+
+
+def test_the_command_and_its_errors(tmp_path, capsys):
+    log = _log(tmp_path / "r.jsonl", ROWS)
+    assert main(["monitor", str(log), "--out", str(tmp_path / "out"), "--period", "month"]) == 0
+    assert "5 images from 2026-11-30 to 2026-12-01" in capsys.readouterr().out
+    (tmp_path / "empty.jsonl").write_text("garbage\n")
+    assert main(["monitor", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x")]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no result records (1 unreadable lines)" in err
+    assert main(["monitor", str(log), "--out", str(tmp_path / "y"), "--model", str(tmp_path)]) != 0
+    assert "no ood.npz" in capsys.readouterr().err
