@@ -94,3 +94,9 @@ def test_the_guard_can_be_refitted_on_the_sites_own_images(bundle, site, tmp_pat
     assert new.ood["cutoff"] != base.ood["cutoff"] and "site" in new.ood["cutoff_rule"]
     assert new.extra["site_calibration"]["ood"]["images"] == 60
     assert new.sha256["ood.npz"] != base.sha256["ood.npz"]
+    # the drift check's reference is the site's 12 held-back images now, not the validation split
+    from ccad.models.ood import OodGuard
+
+    guard = OodGuard.load(out / "ood.npz")
+    assert len(guard.reference_distances) == len(guard.reference_scores) == 12
+    assert float(np.mean(guard.reference_distances <= guard.cutoff)) >= 0.9

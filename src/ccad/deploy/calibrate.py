@@ -29,6 +29,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -146,14 +147,20 @@ def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out:
 
 
 def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int):
-    """The out-of-distribution guard fitted on the site's own images: 80% the reference, 20% the cut-off."""
+    """The out-of-distribution guard fitted on the site's own images: 80% the reference, 20% the cut-off (and
+    the drift check's reference: their distances and scores)."""
     paths = [str(p) for p in list_inputs([folder])]
-    pooled = np.stack([p.pooled for p in predictor.predict_files(paths) if not p.error] or [np.zeros(0)])
-    if len(pooled) < 50:
-        raise DataError(f"{folder}: {len(pooled)} readable images; refitting the guard needs at least 50")
+    scored = [p for p in predictor.predict_files(paths) if not p.error]
+    if len(scored) < 50:
+        raise DataError(f"{folder}: {len(scored)} readable images; refitting the guard needs at least 50")
+    pooled = np.stack([p.pooled for p in scored])
+    positive = predictor.classes.index(predictor.positive_class)
+    scores = np.array([p.raw_probabilities[positive] for p in scored])
     order = np.random.default_rng(seed).permutation(len(pooled))
     cut = int(0.8 * len(pooled))
     guard = fit_ood_guard(pooled[order[:cut]], pooled[order[cut:]])
+    # the drift check's reference becomes the site's own held-back images
+    guard = replace(guard, reference_scores=scores[order[cut:]])
     return guard, {"source": str(folder), "images": len(pooled), "reference": cut, "cutoff_images": len(pooled) - cut,
                    "cutoff": guard.cutoff}
 
@@ -161,7 +168,6 @@ def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int)
 def _write(base: Path, out: Path, card: ModelCard, decision: DecisionRule, record: dict[str, Any], guard,
            sign_key) -> None:
     """The new bundle, built beside ``out`` and renamed into place."""
-    from dataclasses import replace
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

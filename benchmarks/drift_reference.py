@@ -1,0 +1,51 @@
+"""Add the drift check's reference to a bundle exported before ccad stored one (the shipped default's was).
+
+    python benchmarks/drift_reference.py --model src/ccad/models/default --run /work/runs/default-model
+
+The reference is what ``ccad train`` now stores at training time: the validation split's out-of-distribution
+distances and positive-class probabilities, here computed by the bundle itself (ONNX Runtime) on the images
+listed in the run's ``val_predictions.csv``. The bundle's ``ood.npz`` and the card's hash of it are rewritten;
+nothing else changes (the guard's cut-off and every other file stay as they were).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ccad.io.files import sha256
+from ccad.models.card import ModelCard
+from ccad.models.ood import OOD_FILE, OodGuard
+from ccad.scoring.predictor import OnnxPredictor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", required=True, help="the bundle to complete")
+    parser.add_argument("--run", required=True, help="the run folder it was exported from")
+    args = parser.parse_args()
+    bundle = Path(args.model)
+    with open(Path(args.run) / "val_predictions.csv", newline="") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    predictor = OnnxPredictor(bundle)
+    scored = [p for p in predictor.predict_files(paths) if not p.error]
+    positive = predictor.classes.index(predictor.positive_class)
+    guard = OodGuard.load(bundle / OOD_FILE)
+    distances = np.array([p.ood_distance for p in scored])
+    guard = replace(guard, reference_distances=distances,
+                    reference_scores=np.array([p.raw_probabilities[positive] for p in scored]))
+    guard.save(bundle / OOD_FILE)
+    card = ModelCard.load(bundle)
+    replace(card, ood=dict(card.ood, drift_reference={"images": len(scored), "scores": True}),
+            sha256=dict(card.sha256, **{OOD_FILE: sha256(bundle / OOD_FILE)})).save(bundle)
+    print(json.dumps({"images": len(scored), "of": len(paths), "kept_by_guard": float(np.mean(distances <= guard.cutoff)),
+                      OOD_FILE: sha256(bundle / OOD_FILE)}))
+
+
+if __name__ == "__main__":
+    main()
