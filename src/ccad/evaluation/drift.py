@@ -5,16 +5,20 @@
 
 Two signals, each compared with the bundle's reference (its validation split's, or a site's, see
 :class:`ccad.models.ood.OodGuard`): the model's probability of the positive class, and the out-of-distribution
-distance of the image's features. Each is cut at the reference's deciles; over the last ``window`` images,
+distance of the image's features. Each is cut at the reference's octiles (8 bins); over the last ``window``
+images,
 
     PSI = sum over bins of (window share - reference share) x ln(window share / reference share)
 
 (shares smoothed by half an image per bin, so an empty bin is finite). The usual reading: under 0.10 no
 change, 0.10-0.25 some, over 0.25 a real shift. The state turns to ``drift`` when either signal's PSI passes
 ``on`` (0.25) and back to ``ok`` when both are under ``off`` (0.10); until the window is full it is
-``warming up``. With 10 bins, a window of 200 and a reference of 300 or more, in-distribution windows have a
-PSI near (bins - 1) x (1/200 + 1/300) = 0.075: the margin to 0.25 is what keeps 1,000 such images ``ok``
-(``benchmarks/drift.py`` measures it).
+``warming up``. In distribution, a window's PSI is about (bins - 1) x (1/window + 1/reference images) (the
+noise of two finite samples): 0.06 for 8 bins, a window of 200 and the shipped bundle's 278 reference images,
+and its maximum over a stream of 1,000 is what nears 0.25. Fewer bins are quieter and slower to see a change:
+``benchmarks/monitoring.py`` measured 10, 8, 6 and 4 bins on the shipped bundle and chose 8 (BENCHMARKS.md). A
+larger reference is quieter at no cost: ``ccad calibrate --unlabelled`` with a few hundred of the site's own
+images makes one.
 
 A PSI is a description of a shift, not a test: a change in the share of COVID-19 images (prevalence) moves
 the score's PSI as much as a new scanner does. ``drift`` says "look at what arrives", not "the model is wrong".
@@ -74,7 +78,7 @@ class DriftCheck:
     """A rolling window of the last ``window`` images' scores and distances, and the state it puts them in."""
 
     def __init__(self, reference_scores: np.ndarray | None, reference_distances: np.ndarray | None,
-                 window: int = 200, bins: int = 10, on: float = 0.25, off: float = 0.10):
+                 window: int = 200, bins: int = 8, on: float = 0.25, off: float = 0.10):
         self.reference_scores, self.reference_distances = reference_scores, reference_distances
         self.window, self.bins, self.on, self.off = window, bins, on, off
         self.state = WARMING_UP
