@@ -289,6 +289,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the new bundle's card (Ed25519, PEM)")
     p.add_argument("--overwrite", action="store_true")
 
+    p = sub.add_parser("adapt", help="fine-tune a bundle's head(s) on a site's labelled images (rehearsing its own "
+                       "training features), held-out local test before and after: a new bundle")
+    p.add_argument("--model", help="model bundle (default: the bundle shipped with ccad)")
+    _add_data_args(p)
+    p.add_argument("--out", required=True, help="the new bundle's folder")
+    p.add_argument("--test-fraction", type=float, default=0.3, help="share of the site's patients held out to "
+                   "measure before and after (default 0.3)")
+    p.add_argument("--l2", type=float, default=1e-3, help="pull of the new head weights towards the old ones")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the new bundle's card (Ed25519, PEM)")
+    p.add_argument("--overwrite", action="store_true")
+
     p = sub.add_parser("validate", help="local acceptance test: criteria written before the run (TOML), each "
                        "judged on its 95%% interval: pass, fail or not enough images to tell")
     p.add_argument("--model", help="model bundle or run (default: the bundle shipped with ccad)")
@@ -536,6 +548,26 @@ def cmd_calibrate(args) -> None:
           "check it on others (ccad evaluate)")
 
 
+def cmd_adapt(args) -> None:
+    _model(args)
+    from .evaluation.metrics import format_interval
+    from .training.adapt import adapt_bundle
+
+    record = adapt_bundle(args.model, _spec(args), args.out, args.test_fraction, args.l2, args.seed, args.sign,
+                          args.overwrite)
+    split = record["split"]
+    print(f"adapted on {split['adapt']} images of {record['data']['source']}; held-out local test: {split['test']} "
+          f"images ({record['settings']['rehearsal_images']} rehearsal images of the base model's training data)")
+    for when in ("before", "after"):
+        m = record["local_test"][when]
+        print(f"  {when}: " + ", ".join(f"{k} {format_interval(m[k])}" for k in ("auc", "sensitivity", "specificity")
+                                       if m.get(k)))
+    if "auc_after" in record["rehearsal"]:
+        print(f"  rehearsal images' AUC {record['rehearsal']['auc_before']:.3f} -> {record['rehearsal']['auc_after']:.3f}")
+    print(f"wrote {args.out}" + (" (signed)" if args.sign else "") + " (float model only; screening aid, not a "
+          "diagnosis)")
+
+
 def cmd_validate(args) -> int:
     _model(args)
     from .evaluation.evaluate import evaluate_model
@@ -646,7 +678,7 @@ def _print_summary(metrics, folder: Path) -> None:
         print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
 
 
-COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "validate": cmd_validate, "monitor": cmd_monitor, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
+COMMANDS = {"lungs": cmd_lungs, "dicom": cmd_dicom, "train": cmd_train, "cv": cmd_cv, "audit": cmd_audit, "severity": cmd_severity, "compare": cmd_compare, "reproduce-paper": cmd_reproduce_paper, "evaluate": cmd_evaluate, "predict": cmd_predict, "export": cmd_export, "calibrate": cmd_calibrate, "adapt": cmd_adapt, "validate": cmd_validate, "monitor": cmd_monitor, "sign": cmd_sign, "keys": cmd_keys, "serve": cmd_serve, "demo": cmd_demo,
             "synth": cmd_synth, "augment-preview": cmd_augment_preview}
 
 

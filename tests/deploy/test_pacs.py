@@ -217,6 +217,8 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     assert items["screening-result"][0] == f"class-{expected.predicted_class}"
     assert items["out-of-distribution"][0] == ("373067005" if expected.in_distribution else "373066001")
     assert items["intended-use"][0] == "not-for-diagnosis"
+    # the rule the class came from, as a number a reader can check the probability against
+    assert items["decision-threshold"] == pytest.approx(OnnxPredictor(bundle).decision.threshold, abs=1e-9)
     # the same patient and study, a new series each, the algorithm identified
     capture = captures[0]
     for ds in (report, capture):

@@ -11,6 +11,7 @@ import pytest
 from ccad.cli import main
 from ccad.errors import ModelError
 from ccad.models.card import BUNDLE_CARD, ModelCard, RunMetadata
+from ccad.models.decision import DecisionRule
 from ccad.models.ood import OodGuard
 from ccad.models.severity import SeverityHead
 from ccad.preprocessing.pipeline import Prepared
@@ -122,16 +123,22 @@ def test_result_formats():
     (good,) = score_batch(predictor, ["x.png"], [prepared(0.35, ("uncertain",))])
     bad = Prediction("y.png", error="y.png: not a readable image")
     assert result_columns(CLASSES) == ["file", "predicted_class", "p_covid", "p_normal", "in_distribution",
-                                       "ood_distance", "lung_qc", "error"]
-    assert result_row(good, CLASSES) == ["x.png", "covid", "0.350000", "0.650000", "", "", "uncertain", ""]
+                                       "ood_distance", "lung_qc", "decision_rule", "error"]
+    assert result_row(good, CLASSES, rule="R") == ["x.png", "covid", "0.350000", "0.650000", "", "", "uncertain", "R",
+                                                   ""]
     rows = list(csv.reader(io.StringIO(format_results([good, bad], predictor, "csv"))))
-    assert rows[2] == ["y.png", "", "", "", "", "", "", "y.png: not a readable image"]
+    # the rule on every scored row, in words: the class, the threshold, how it was chosen
+    assert rows[1][7] == "covid if p_covid >= 0.300, else the most likely other class (0.3, chosen on a test)"
+    assert rows[2] == ["y.png", "", "", "", "", "", "", "", "y.png: not a readable image"]
+    table = format_results([good, bad], predictor, "table")
+    assert table.splitlines()[-1] == "decision: " + rows[1][7] and "decision_rule" not in table
     shown = json.loads(format_results([good, bad], predictor, "json"))
     assert shown[0] == {"file": "x.png", "predicted_class": "covid", "probabilities": good.probabilities,
                         "lung_qc": ["uncertain"], "in_distribution": None}
     assert shown[1] == {"file": "y.png", "error": "y.png: not a readable image"}
     table = format_results([good], predictor, "table").splitlines()
-    assert table[0].split() == result_columns(CLASSES) and table[1].split()[:2] == ["x.png", "covid"]
+    assert table[0].split() == [c for c in result_columns(CLASSES) if c != "decision_rule"]
+    assert table[1].split()[:2] == ["x.png", "covid"]
 
 
 def test_model_card_round_trip_keeps_unknown_keys(tmp_path):
@@ -188,6 +195,7 @@ def test_each_result_is_in_the_csv_as_soon_as_it_is_scored(tmp_path):
     class Streaming:
         classes, positive_class = ["covid", "normal"], "covid"
         severity = None
+        decision = DecisionRule(0, 0.5, rule="youden", fitted_on="a test")
 
         def predict_stream(self, paths, with_heatmaps=False):
             for i, path in enumerate(paths):

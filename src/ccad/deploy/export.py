@@ -38,6 +38,7 @@ from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
 from ccad.models.classifier import classifier_kernel
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
 from ccad.models.quantize import int8_check, quantize_onnx
+from ccad.models.rehearsal import REHEARSAL_FILE
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images
@@ -90,6 +91,8 @@ def export_bundle(
             shutil.copyfile(classifier.run_dir / info.head_file, work / info.head_file)
         if info.ood and (classifier.run_dir / info.ood["file"]).is_file():
             shutil.copyfile(classifier.run_dir / info.ood["file"], work / info.ood["file"])
+        if classifier.run_dir is not None and (classifier.run_dir / REHEARSAL_FILE).is_file():  # for ccad adapt
+            shutil.copyfile(classifier.run_dir / REHEARSAL_FILE, work / REHEARSAL_FILE)
         calibration, check = None, None
         if int8 or tflite:
             calibration = _calibration_images(run, classifier, calibration_data, calibration_images)

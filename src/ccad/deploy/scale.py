@@ -36,7 +36,7 @@ from ccad.io.inputs import list_inputs
 from ccad.models.card import is_bundle
 from ccad.preprocessing.pipeline import Prepared, prepare_full, view_count
 from ccad.scoring.predictor import OnnxPredictor
-from ccad.scoring.results import result_columns, result_row, severity_scores_of
+from ccad.scoring.results import result_columns, result_row, rule_text, severity_scores_of
 from ccad.scoring.score import Prediction
 
 SUMMARY = "summary.json"
@@ -95,8 +95,9 @@ class Scorer:
         prepared = [Prepared(np.asarray(batch["image"][i]), np.asarray(batch["image"][i]), (0, 0, 0, 0),
                              _Checked(tuple(f for f in str(batch["lung_qc"][i]).split(";") if f))) for i in good]
         results = dict(zip(good, p.score([str(batch["file"][i]) for i in good], prepared)))
-        rows = [result_row(results.get(i) or Prediction(str(f), error=str(batch["error"][i])), p.classes, scores)
-                for i, f in enumerate(batch["file"])]
+        rule = rule_text(p)
+        rows = [result_row(results.get(i) or Prediction(str(f), error=str(batch["error"][i])), p.classes, scores,
+                           rule) for i, f in enumerate(batch["file"])]
         columns = result_columns(p.classes, scores)
         return {name: np.array([row[j] for row in rows], dtype=object) for j, name in enumerate(columns)}
 

@@ -73,8 +73,15 @@ class DecisionRule:
         index = list(classes).index(positive_class) if positive_class in classes else 0
         return cls(positive_index=index)
 
-    def describe(self) -> str:
-        threshold = "argmax" if self.threshold is None else f"p >= {self.threshold:.3f}"
+    def describe(self, positive_class: str | None = None) -> str:
+        """``p >= 0.732 (specificity-90, chosen on ...)``; with ``positive_class``, the whole rule:
+        ``covid if p_covid >= 0.732, else the most likely other class (...)``."""
+        if positive_class is not None:
+            threshold = ("the most likely class" if self.threshold is None else
+                         f"{positive_class} if p_{positive_class} >= {self.threshold:.3f}, else the most likely "
+                         "other class")
+        else:
+            threshold = "argmax" if self.threshold is None else f"p >= {self.threshold:.3f}"
         temperature = f", temperature {self.temperature:.2f}" if self.temperature != 1.0 else ""
         where = f" ({self.rule}, chosen on {self.fitted_on})" if self.fitted_on else ""
         return f"{threshold}{temperature}{where}"

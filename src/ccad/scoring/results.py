@@ -35,13 +35,20 @@ def severity_scores_of(predictor: Predictor) -> list[str]:
 
 def result_columns(classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
     """CSV header: file, predicted class, a probability per class, in_distribution, ood_distance, lung_qc,
-    severity columns if any, error."""
+    severity columns if any, the decision rule (the same on every row: a CSV read alone says how its classes
+    were decided), error."""
     severity = [f"{s}{suffix}" for s in severity_scores for suffix in ("", "_low", "_high")]
     return [*RESULT_COLUMNS, *(f"p_{c}" for c in classes), *SCREEN_COLUMNS, *severity,
-            *(["severity_band"] if severity else []), "error"]
+            *(["severity_band"] if severity else []), "decision_rule", "error"]
 
 
-def result_row(result: Prediction, classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
+def rule_text(predictor: Predictor) -> str:
+    """The decision rule in words: ``covid if p_covid >= 0.732, else ... (specificity-90, chosen on ...)``."""
+    return predictor.decision.describe(predictor.positive_class)
+
+
+def result_row(result: Prediction, classes: Sequence[str], severity_scores: Sequence[str] = (),
+               rule: str = "") -> list[str]:
     """One CSV row of :func:`result_columns`."""
     probabilities = result.probabilities
     row = ([result.name, result.predicted_class or ""]
@@ -56,7 +63,7 @@ def result_row(result: Prediction, classes: Sequence[str], severity_scores: Sequ
             row += [f"{entry['value']:.2f}", f"{entry['interval95'][0]:.2f}", f"{entry['interval95'][1]:.2f}"] \
                 if entry else ["", "", ""]
         row.append(severity.get("band", ""))
-    return row + [result.error or ""]
+    return row + ["" if result.error else rule, result.error or ""]
 
 
 def format_results(results: Sequence[Prediction], predictor: Predictor, fmt: str = "table") -> str:
@@ -65,15 +72,18 @@ def format_results(results: Sequence[Prediction], predictor: Predictor, fmt: str
         return json.dumps([r.to_dict() for r in results], indent=2)
     scores = severity_scores_of(predictor)
     columns = result_columns(predictor.classes, scores)
-    rows = [result_row(r, predictor.classes, scores) for r in results]
+    rule = rule_text(predictor)
+    rows = [result_row(r, predictor.classes, scores, rule) for r in results]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(columns)
         writer.writerows(rows)
         return buffer.getvalue().rstrip("\n")
+    columns, rows = columns[:-2] + columns[-1:], [row[:-2] + row[-1:] for row in rows]  # the rule once, below
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [columns] + rows)
+    table = "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [columns] + rows)
+    return f"{table}\ndecision: {rule}"
 
 
 def save_overlay(result: Prediction, folder: Path) -> Path:
@@ -115,8 +125,9 @@ def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
         if new_file:
             writer.writerow(result_columns(predictor.classes, scores))
         bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
+        rule = rule_text(predictor)
         for result in predictor.predict_stream(paths, with_heatmaps=heat_dir is not None):
-            writer.writerow(result_row(result, predictor.classes, scores))
+            writer.writerow(result_row(result, predictor.classes, scores, rule))
             counts["errors" if result.error else "scored"] += 1
             if heat_dir and result.pictures is not None:
                 save_overlay(result, heat_dir)

@@ -39,6 +39,7 @@ from ccad.models.classifier import (backbone_of, build_classifier, combine_views
                                    load_keras_model)
 from ccad.models.decision import DecisionRule, fit_decision
 from ccad.models.ood import OOD_FILE, OodGuard, fit_ood_guard
+from ccad.models.rehearsal import save_rehearsal
 from ccad.preprocessing.augmentation import get_spec
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images, preprocessing_views, view_count
@@ -118,7 +119,9 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
                             dataset.positive_class or dataset.classes[-1], config.threshold, config.calibration,
                             fitted_on="the validation split")
     start = time.perf_counter()
-    ood = fit_ood_guard(predictor.pooled_features(arrays["train"][0]), predictor.pooled_features(arrays["val"][0]))
+    train_features = predictor.pooled_features(arrays["train"][0])
+    ood = fit_ood_guard(train_features, predictor.pooled_features(arrays["val"][0]))
+    save_rehearsal(run_dir, train_features, arrays["train"][1], dataset.classes, seed=config.seed or 0)  # ccad adapt
     positive = dataset.classes.index(dataset.positive_class or dataset.classes[-1])
     ood = replace(ood, reference_scores=val_probabilities[:, positive])  # the drift check's reference
     ood.save(run_dir / OOD_FILE)

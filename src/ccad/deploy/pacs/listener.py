@@ -204,7 +204,8 @@ class Listener:
         card = self.predictor.card
         self.algorithm = Algorithm("ccad", (card.versions or {}).get("ccad") or __version__,
                                    card.sha256[card.models[self.predictor.variant]], self.predictor.variant,
-                                   self.predictor.decision.describe())
+                                   self.predictor.decision.describe(self.predictor.positive_class),
+                                   self.predictor.positive_class, self.predictor.decision.threshold)
         ae = AE(ae_title=self.settings.ae_title)
         syntaxes = transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:

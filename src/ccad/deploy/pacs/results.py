@@ -52,9 +52,14 @@ class Algorithm:
     model_sha256: str
     variant: str
     decision_rule: str
+    #: The class the threshold is on and the threshold (None: the most likely class), stated in each SR.
+    positive_class: str = ""
+    threshold: float | None = None
 
     def parameters(self) -> list[str]:
-        return [f"model sha256 {self.model_sha256}", f"model variant {self.variant}",
+        stated = [f"{self.positive_class} if p({self.positive_class}) >= {self.threshold:.3f}"[:64]] \
+            if self.threshold is not None else []
+        return [f"model sha256 {self.model_sha256}", f"model variant {self.variant}", *stated,
                 f"decision rule: {self.decision_rule}"[:64], "research screening aid, not for diagnosis"]
 
 
@@ -174,6 +179,10 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         evaluations.append(hd.sr.QualitativeEvaluation(
             _code("screening-result", "Screening result"),
             _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)")))
+        if algorithm.threshold is not None:
+            measurements.append(hd.sr.Measurement(
+                name=_code("decision-threshold", f"Decision threshold on p({algorithm.positive_class})"),
+                value=float(algorithm.threshold), unit=no_units))
         evaluations.append(hd.sr.QualitativeEvaluation(
             _code("out-of-distribution", "Outside the model's training distribution"),
             no if prediction.in_distribution is not False else yes))

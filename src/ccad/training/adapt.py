@@ -1,0 +1,266 @@
+"""``ccad adapt``: the bundle's head(s) fine-tuned on a site's labelled images, without forgetting.
+
+    ccad adapt --model BUNDLE --data site/ --out site-bundle [--test-fraction 0.3] [--sign KEY]
+
+The backbone stays frozen (so the heatmaps, the out-of-distribution guard's features and the speed are
+unchanged); only each view's Dense softmax head moves. In order:
+
+1. The site's images are split by patient group (stratified; near-duplicate films grouped): a held-out
+   local **test** split (``test_fraction``, 30%) that nothing is fitted on, and the rest to adapt on.
+2. Each image is scored once by the bundle (ONNX Runtime): the *before* predictions and the pooled features.
+3. Each head is refitted from its own weights by L-BFGS on the cross-entropy of the site's images plus the
+   bundle's **rehearsal** features (a sample of its own training images' features, ``rehearsal.npz``: the
+   old sources weigh as much as the site in all, so the model does not forget them), with an L2 pull towards
+   the old weights (``l2``: the "L2-SP" prior of Li et al. 2018). A bundle without rehearsal features adapts
+   with the pull alone, and says so.
+4. The decision threshold is refitted with the bundle's own rule on out-of-fold predictions of the adapt
+   split (5 folds: no image scores a head that saw it); the test split is never used to fit anything.
+5. Before and after on the held-out local test split, each with its 95% interval, and the rehearsal images'
+   AUC before and after (what "does not forget" means, measured).
+
+The new bundle is the base's files with a new ``model.onnx`` (the heads' weights replaced in the graph),
+``cam_weights.npy`` and card; the INT8 model is dropped (it would need a new calibration). The card's
+``site_adaptation`` records the base card's sha256, the local data's hash and counts, the split, the
+settings and the before/after numbers. The drift check's reference becomes the held-out test split's own
+scores and distances.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccad import __version__
+from ccad.data.datasets import DataSpec, _grouped_holdout, group_near_duplicates, label_indices
+from ccad.errors import ConfigError, DataError
+from ccad.evaluation.metrics import compute_metrics
+from ccad.io.files import sha256
+from ccad.models.card import BUNDLE_CARD, ModelCard
+from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision
+from ccad.models.ood import OOD_FILE
+from ccad.models.rehearsal import REHEARSAL_FILE, load_rehearsal
+from ccad.models.signing import SIGNATURE_FILE, sign_bundle
+from ccad.scoring.predictor import OnnxPredictor
+
+FOLDS = 5
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_head(x: np.ndarray, y: np.ndarray, weight: np.ndarray, w0: np.ndarray, b0: np.ndarray, l2: float
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A Dense softmax head (``w0`` (d, k), ``b0`` (k,)) refitted on (x, y) with per-image ``weight``: the
+    weighted mean cross-entropy + ``l2`` x the squared distance of the weights from ``w0``."""
+    from scipy.optimize import minimize
+
+    x, d, k = np.asarray(x, np.float64), w0.shape[0], w0.shape[1]
+    onehot = np.eye(k)[y]
+    weight = np.asarray(weight, np.float64) / np.sum(weight)
+
+    def loss(theta):
+        w, b = theta[:d * k].reshape(d, k), theta[d * k:]
+        p = softmax(x @ w + b)
+        value = -np.sum(weight * np.log(np.clip(np.sum(p * onehot, axis=1), 1e-12, None))) + l2 * np.sum((w - w0) ** 2)
+        residual = (p - onehot) * weight[:, None]
+        grad_w = x.T @ residual + 2 * l2 * (w - w0)
+        return value, np.concatenate([grad_w.ravel(), residual.sum(axis=0)])
+
+    theta = minimize(loss, np.concatenate([w0.ravel(), b0]).astype(np.float64), jac=True, method="L-BFGS-B",
+                     options={"maxiter": 500}).x
+    return theta[:d * k].reshape(d, k).astype(np.float32), theta[d * k:].astype(np.float32)
+
+
+def head_initializers(model, classes: int) -> list[tuple[str, str]]:
+    """(weight, bias) initializer names of each Dense softmax head in an exported ONNX graph, in view order:
+    a MatMul by a (d, classes) initializer, then an Add of a (classes,) one, then a Softmax."""
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    heads = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in inits or inits[node.input[1]].shape[-1:] != (classes,):
+            continue
+        add = next((n for n in consumers.get(node.output[0], []) if n.op_type == "Add"), None)
+        bias = next((i for i in (add.input if add is not None else []) if i in inits), None)
+        if bias is not None and any(n.op_type == "Softmax" for n in consumers.get(add.output[0], [])):
+            heads.append((node.name, node.input[1], bias))
+    return [(w, b) for _, w, b in sorted(heads)]
+
+
+def _scored(predictor: OnnxPredictor, samples, skip_bad: bool):
+    predictions = predictor.predict_files([s.path for s in samples])
+    bad = [(s, p.error) for s, p in zip(samples, predictions) if p.error]
+    if bad and not skip_bad:
+        raise DataError(f"{bad[0][0].path}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
+    return [(s, p) for s, p in zip(samples, predictions) if not p.error], len(bad)
+
+
+def _metrics(y, probabilities, predicted, classes, positive, groups) -> dict[str, Any]:
+    m = compute_metrics(y, probabilities, classes, positive, groups=groups, y_pred=predicted)
+    return {k: m[k] for k in ("auc", "sensitivity", "specificity", "accuracy", "confusion_matrix") if k in m}
+
+
+def adapt_bundle(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, test_fraction: float = 0.3,
+                 l2: float = 1e-3, seed: int = 0, sign_key: str | os.PathLike | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Write ``out``: ``model`` with its head(s) fine-tuned on ``spec``'s images; returns the
+    ``site_adaptation`` record."""
+    import onnx
+    from onnx import numpy_helper
+
+    model, out = Path(model), Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
+    if not 0.1 <= test_fraction <= 0.5:
+        raise ConfigError(f"--test-fraction must be in [0.1, 0.5], got {test_fraction}")
+    predictor = OnnxPredictor(model)
+    card, classes, positive = predictor.card, predictor.classes, predictor.positive_class
+    if card.head_file:
+        raise ConfigError(f"{model}: its head is a scikit-learn model ({card.head_file}); adapt refits Dense heads")
+    graph = onnx.load(str(card.checked_file(model, card.models["float"])))
+    heads = head_initializers(graph, len(classes))
+    if len(heads) != predictor.views:
+        raise ConfigError(f"{model}: found {len(heads)} Dense heads in model.onnx for {predictor.views} views")
+    dataset = spec.discover(model_classes=classes)
+    samples = group_near_duplicates(dataset.samples)
+    labels = label_indices(samples, classes)
+    counts = {c: int((labels == i).sum()) for i, c in enumerate(classes)}
+    if min(counts.values()) < 20:
+        raise DataError(f"{dataset.source}: adapting needs at least 20 images of each class (has {counts})")
+    test = _grouped_holdout(samples, range(len(samples)), test_fraction, seed)
+    scored, unreadable = _scored(predictor, samples, spec.skip_bad)
+    index = {id(s): i for i, s in enumerate(samples)}
+    is_test = np.array([index[id(s)] in test for s, _ in scored])
+    y = label_indices([s for s, _ in scored], classes)
+    groups = np.array([s.group for s, _ in scored])
+    features = np.stack([p.pooled for _, p in scored]).astype(np.float32)
+    before = np.stack([p.raw_probabilities for _, p in scored])
+    d = features.shape[1] // predictor.views
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    old = [(inits[w].astype(np.float32), inits[b].astype(np.float32)) for w, b in heads]
+
+    rehearsal_path = model / REHEARSAL_FILE
+    if rehearsal_path.is_file() and REHEARSAL_FILE in card.sha256:
+        r_x, r_y, r_classes = load_rehearsal(card.checked_file(model, REHEARSAL_FILE))
+        if r_classes != classes:
+            raise ConfigError(f"{model}: its rehearsal features are of {r_classes}, the model's classes {classes}")
+    else:
+        r_x, r_y = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64)
+
+    def fit(x_local, y_local) -> list[tuple[np.ndarray, np.ndarray]]:
+        x = np.concatenate([x_local, r_x])
+        w = np.concatenate([np.full(len(x_local), 1.0 / len(x_local)),
+                            np.full(len(r_x), 1.0 / max(len(r_x), 1))])  # the site and the old sources, half each
+        yy = np.concatenate([y_local, r_y])
+        return [fit_head(x[:, v * d:(v + 1) * d], yy, w, *old[v], l2) for v in range(predictor.views)]
+
+    def probabilities(new_heads, x) -> np.ndarray:
+        return np.mean([softmax(x[:, v * d:(v + 1) * d] @ w + b) for v, (w, b) in enumerate(new_heads)], axis=0)
+
+    adapt_idx = np.flatnonzero(~is_test)
+    out_of_fold = np.zeros((len(adapt_idx), len(classes)))
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    for fit_rows, held in StratifiedGroupKFold(FOLDS, shuffle=True, random_state=seed).split(
+            adapt_idx, y[adapt_idx], groups[adapt_idx]):
+        fold_heads = fit(features[adapt_idx[fit_rows]], y[adapt_idx[fit_rows]])
+        out_of_fold[held] = probabilities(fold_heads, features[adapt_idx[held]])
+    new_heads = fit(features[adapt_idx], y[adapt_idx])
+    rule = predictor.decision
+    name = rule.rule if rule.rule in THRESHOLD_RULES else "youden"  # a site's own target rule: refit as youden
+    if rule.threshold is None:
+        decision = DecisionRule(classes.index(positive))
+    else:
+        decision = fit_decision(y[adapt_idx], out_of_fold, classes, positive, name,
+                                fitted_on="out-of-fold predictions of the site's adapt split")
+        decision = replace(decision, rule=f"{name} at the site")
+    after = probabilities(new_heads, features)
+    t = is_test
+    record = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "ccad": __version__,
+        "base": {"card_sha256": sha256(model / BUNDLE_CARD), "decision": rule.to_dict()},
+        "data": {"source": dataset.source, "sha256": dataset.fingerprint(), "images": len(scored),
+                 "unreadable": unreadable, "counts": counts},
+        "split": {"adapt": int((~t).sum()), "test": int(t.sum()), "test_fraction": test_fraction, "seed": seed,
+                  "by": "patient group (near-duplicate films grouped), stratified by class"},
+        "settings": {"l2_to_old_weights": l2, "rehearsal_images": int(len(r_x)), "folds_for_threshold": FOLDS,
+                     "heads": len(heads), "trained": "each view's Dense softmax head; the backbone frozen"},
+        "local_test": {
+            "before": _metrics(y[t], before[t], rule.predict(rule.calibrate(before[t])), classes, positive, groups[t]),
+            "after": _metrics(y[t], after[t], decision.predict(after[t]), classes, positive, groups[t])},
+        "note": "before and after on the same held-out local test split, which nothing was fitted on",
+    }
+    if len(r_x):
+        record["rehearsal"] = {"auc_before": _auc(r_y, probabilities(old, r_x), classes.index(positive)),
+                               "auc_after": _auc(r_y, probabilities(new_heads, r_x), classes.index(positive)),
+                               "note": "on the rehearsal images themselves (training images of the base model)"}
+    else:
+        record["rehearsal"] = {"note": f"{model} has no {REHEARSAL_FILE}: adapted with the L2 pull alone"}
+    _write(model, out, card, graph, heads, new_heads, decision, record, features[t], after[t, classes.index(positive)],
+           predictor, sign_key)
+    return record
+
+
+def _auc(y, p, positive: int) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(y) == positive
+    return float(roc_auc_score(truth, p[:, positive])) if 0 < truth.sum() < len(truth) else None
+
+
+def _write(base: Path, out: Path, card: ModelCard, graph, heads, new_heads, decision, record, test_features,
+           test_scores, predictor, sign_key) -> None:
+    from onnx import numpy_helper
+
+    by_name = {i.name: i for i in graph.graph.initializer}
+    for (w_name, b_name), (w, b) in zip(heads, new_heads):
+        by_name[w_name].CopyFrom(numpy_helper.from_array(w.astype(numpy_helper.to_array(by_name[w_name]).dtype), w_name))
+        by_name[b_name].CopyFrom(numpy_helper.from_array(b.astype(numpy_helper.to_array(by_name[b_name]).dtype), b_name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        dropped = {name for variant, name in card.models.items() if variant != "float"}
+        for name in card.sha256:
+            if name not in dropped:
+                shutil.copyfile(base / name, work / name)
+        import onnx
+
+        onnx.save(graph, str(work / card.models["float"]))
+        np.save(work / card.heatmap["weights"], np.concatenate([w for w, _ in new_heads]).astype(np.float32)
+                / len(new_heads))
+        ood = card.ood
+        if predictor.ood is not None:  # the guard is unchanged (the features are); the drift reference is the site's
+            guard = replace(predictor.ood, reference_distances=predictor.ood.distance(test_features),
+                            reference_scores=np.asarray(test_scores))
+            guard.save(work / OOD_FILE)
+            ood = dict(card.ood, drift_reference={"images": len(test_scores), "scores": True,
+                                                  "source": "the site's held-out adapt test split"})
+        files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
+        replace(card, decision=decision.to_dict(), ood=ood, sha256=files,
+                models={"float": card.models["float"]}, int8_check=None,
+                extra=dict(card.extra, site_adaptation=record)).save(work)
+        (work / SIGNATURE_FILE).unlink(missing_ok=True)
+        if sign_key is not None:
+            sign_bundle(work, sign_key)
+        if out.exists():
+            shutil.rmtree(out)
+        work.chmod(0o755)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
