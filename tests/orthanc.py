@@ -34,10 +34,14 @@ def wait_for(condition, timeout=120.0, what="condition", interval=0.25):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-class Orthanc:
-    """A real Orthanc on 127.0.0.1 with its own storage, routing new CR/DX instances to ccad."""
+DICOMWEB_PLUGIN = next((p for p in ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so",) if Path(p).is_file()), None)
 
-    def __init__(self, root: Path, listener_port: int):
+
+class Orthanc:
+    """A real Orthanc on 127.0.0.1 with its own storage, routing new CR/DX instances to ccad (``listener_port``;
+    None: no routing); with ``dicomweb``, Debian's DICOMweb plugin at ``/dicom-web``."""
+
+    def __init__(self, root: Path, listener_port: int | None, dicomweb: bool = False):
         self.root, self.http_port, self.dicom_port = root, free_port(), free_port()
         root.mkdir(parents=True, exist_ok=True)
         (root / "route.lua").write_text(ROUTE_LUA)
@@ -46,8 +50,11 @@ class Orthanc:
             "Name": "ccad-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
             "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
             "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
-            "DicomServerEnabled": True, "DicomModalities": {"ccad": ["CCAD", "127.0.0.1", listener_port]},
-            "LuaScripts": [str(root / "route.lua")], "Plugins": [], "StableAge": 1, "ConcurrentJobs": 2}))
+            "DicomServerEnabled": True,
+            "DicomModalities": {"ccad": ["CCAD", "127.0.0.1", listener_port]} if listener_port else {},
+            "LuaScripts": [str(root / "route.lua")] if listener_port else [],
+            "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "StableAge": 1, "ConcurrentJobs": 2}))
         self.process = None
 
     def start(self):
@@ -73,6 +80,17 @@ class Orthanc:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as r:
             body = r.read()
         return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
+
+    def upload(self, path) -> dict:
+        """Store a DICOM file through Orthanc's REST API (as a modality's upload would arrive)."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances", method="POST",
+                                         data=Path(path).read_bytes())
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
 
     def study_instances(self, study_uid: str) -> list[pydicom.Dataset]:
         """Every instance Orthanc holds of a study, read back as DICOM files."""

@@ -119,25 +119,46 @@ def _dicom_parser(sub) -> None:
     actions = p.add_subparsers(dest="dicom_command", required=True)
     s = actions.add_parser("listen", help="a DICOM Storage SCP that scores CR/DX/SC chest X-rays and sends a "
                                           "structured report and a heatmap capture into the same study")
-    s.add_argument("--model", help="a model bundle (ccad export; default: the bundle shipped with ccad)")
-    s.add_argument("--send-to", required=True, metavar="AET@HOST:PORT", help="where results go (C-STORE), "
-                   "e.g. ORTHANC@127.0.0.1:4242")
+    _add_delivery_args(s)
     s.add_argument("--ae-title", default="CCAD")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=11112)
-    s.add_argument("--spool", default="ccad-spool", help="folder where received images and unsent results wait")
-    s.add_argument("--int8", action="store_true", help="score with the bundle's INT8 model")
-    s.add_argument("--workers", type=int, default=1, help="scoring threads")
-    s.add_argument("--queue-size", type=int, default=32, help="images waiting to be scored before C-STORE is "
-                   "answered 0xA700 (out of resources)")
-    s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
     s.add_argument("--max-dataset-mb", type=float, default=256, help="refuse (0xA700) a data set larger than this "
                    "as received; a deflated one is also refused when it would inflate past the pixel limit")
     s.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port of --host")
     _add_monitoring_args(s)
+    s = actions.add_parser("pull", help="find CR/DX chest X-rays in a DICOMweb archive (QIDO-RS), fetch (WADO-RS) "
+                                        "and score them like the listener; resumable")
+    s.add_argument("--from", dest="source", required=True, metavar="URL", help="the archive's DICOMweb base URL")
+    which = s.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", metavar="UID", help="one study")
+    which.add_argument("--since", type=_date, help="the studies dated this day (YYYY-MM-DD) or later")
+    s.add_argument("--timeout", type=float, default=3600, help="seconds to wait for every result to be sent")
+    _add_delivery_args(s)
+    s.set_defaults(ae_title="CCAD", host="127.0.0.1", port=0, max_dataset_mb=256, metrics_port=None,
+                   result_log=None, drift_window=200)
 
 
-def cmd_dicom(args) -> None:
+def _add_delivery_args(s) -> None:
+    s.add_argument("--model", help="a model bundle (ccad export; default: the bundle shipped with ccad)")
+    s.add_argument("--send-to", required=True, metavar="AET@HOST:PORT|dicomweb+URL", help="where results go: "
+                   "C-STORE (e.g. ORTHANC@127.0.0.1:4242) or STOW-RS (e.g. dicomweb+https://pacs/dicom-web)")
+    s.add_argument("--dicomweb-auth", metavar="FILE", help="DICOMweb credentials: 'bearer TOKEN' or "
+                   "'USER:PASSWORD' on the first line (or CCAD_DICOMWEB_TOKEN / CCAD_DICOMWEB_USER and _PASSWORD)")
+    s.add_argument("--ca-file", metavar="PEM", help="certificate authority for https (TLS is always verified)")
+    s.add_argument("--fhir", metavar="URL|DIR", help="a FHIR R4 DiagnosticReport an image: PUT to this FHIR base "
+                   "URL (token from CCAD_FHIR_TOKEN), or written into this folder")
+    s.add_argument("--fhir-patient-system", metavar="URI", help="name the patient in the FHIR report by its "
+                   "Patient ID under this identifier system (default: no patient reference)")
+    s.add_argument("--spool", default="ccad-spool", help="folder where received images and unsent results wait")
+    s.add_argument("--int8", action="store_true", help="score with the bundle's INT8 model")
+    s.add_argument("--workers", type=int, default=1, help="scoring threads")
+    s.add_argument("--queue-size", type=int, default=32, help="images waiting to be scored before C-STORE is "
+                   "answered 0xA700 (out of resources), or before pull waits")
+    s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
+
+
+def cmd_dicom(args) -> int | None:
     _model(args)
     from .deploy.logs import configure_logging
     from .deploy.pacs.listener import Destination, Listener, ListenerSettings
@@ -147,7 +168,22 @@ def cmd_dicom(args) -> None:
                                 args.host, args.port, args.int8, args.workers, args.queue_size, args.retry_max_s,
                                 max_dataset_bytes=int(args.max_dataset_mb * 2 ** 20), metrics_port=args.metrics_port,
                                 result_log=Path(args.result_log) if args.result_log else None,
-                                drift_window=args.drift_window)
+                                drift_window=args.drift_window,
+                                dicomweb_auth=Path(args.dicomweb_auth) if args.dicomweb_auth else None,
+                                ca_file=Path(args.ca_file) if args.ca_file else None, fhir=args.fhir,
+                                fhir_patient_system=args.fhir_patient_system)
+    if args.dicom_command == "pull":
+        from .deploy.pacs.dicomweb import WebDestination
+        from .deploy.pacs.pull import pull
+
+        source = WebDestination.parse(args.source).url
+        counts = pull(settings, source, args.study, args.since.strftime("%Y%m%d") if args.since else None,
+                      args.timeout)
+        print(f"{counts['found']} instances found, {counts['already_done']} done before, {counts['fetched']} fetched "
+              f"({counts['fetch_failures']} could not be); {counts['scored']} scored, {counts['not_scored']} not "
+              f"scored (their reports say why), {counts['sent']} results sent"
+              + ("" if counts["complete"] else f"; some results still wait in {args.spool} (run again to resume)"))
+        return 0 if counts["complete"] and not counts["fetch_failures"] else 1
     Listener(settings).serve_forever()
 
 

@@ -44,6 +44,8 @@ from ccad.deploy.pacs.results import (
     not_scored_reason,
     structured_report,
 )
+from ccad.deploy.pacs.dicomweb import PREFIX as WEB_PREFIX
+from ccad.deploy.pacs.dicomweb import WebDestination
 from ccad.deploy.pacs.spool import Spool
 from ccad.errors import ConfigError
 from ccad.io.images import MAX_PIXELS as DEFAULT_MAX_PIXELS
@@ -66,8 +68,10 @@ class Destination:
     port: int
 
     @classmethod
-    def parse(cls, text: str) -> "Destination":
-        """``AET@HOST:PORT``."""
+    def parse(cls, text: str) -> "Destination | WebDestination":
+        """``AET@HOST:PORT``, or a DICOMweb base URL ``dicomweb+https://HOST/PATH``."""
+        if text.startswith(WEB_PREFIX):
+            return WebDestination.parse(text)
         try:
             ae_title, address = text.split("@", 1)
             host, port = address.rsplit(":", 1)
@@ -82,7 +86,7 @@ class Destination:
 @dataclass
 class ListenerSettings:
     model: Path
-    send_to: Destination
+    send_to: "Destination | WebDestination"
     spool: Path = Path("ccad-spool")
     ae_title: str = "CCAD"
     host: str = "127.0.0.1"
@@ -98,6 +102,13 @@ class ListenerSettings:
     metrics_port: int | None = None
     result_log: Path | None = None
     drift_window: int = 200
+    #: DICOMweb destinations: a credentials file and a certificate authority (:mod:`.dicomweb`).
+    dicomweb_auth: Path | None = None
+    ca_file: Path | None = None
+    #: A FHIR DiagnosticReport an image (:mod:`.fhir`): PUT to this base URL (with the spool's retries), or
+    #: written into this folder; None: none. ``fhir_patient_system``: name the patient by this identifier system.
+    fhir: str | None = None
+    fhir_patient_system: str | None = None
 
     def check(self) -> "ListenerSettings":
         if not 0 < len(self.ae_title) <= 16:
@@ -189,8 +200,13 @@ class Listener:
         self._retries: dict[Path, _Retry] = {}
         self._server = None
         self._assoc = None  # the sender's association, kept open while results keep coming
+        self._web = self._fhir = None  # the DICOMweb client and the FHIR poster, when configured
+        #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
+        self.on_done = None
 
-    def start(self) -> "Listener":
+    def start(self, scp: bool = True) -> "Listener":
+        """Start scoring and sending, and (``scp``) the Storage SCP; ``ccad dicom pull`` feeds
+        :meth:`take` instead."""
         from pynetdicom import AE, _config, evt
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
@@ -212,16 +228,27 @@ class Listener:
             ae.add_supported_context(sop_class, syntaxes)
         ae.maximum_pdu_size = MAX_PDU_BYTES  # each PDU is held whole while it arrives: never unbounded
         self._ae = ae
-        self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
-                                       evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        if scp:
+            self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        if isinstance(self.settings.send_to, WebDestination):
+            from ccad.deploy.pacs.dicomweb import client
+
+            self._web = client(self.settings.send_to.url, self.settings.dicomweb_auth, self.settings.ca_file)
+        if self.settings.fhir and self.settings.fhir.startswith(("http://", "https://")):
+            from ccad.deploy.pacs.fhir import FhirPoster
+
+            self._fhir = FhirPoster(self.settings.fhir, str(self.settings.ca_file) if self.settings.ca_file else None)
         for i in range(self.settings.workers):
             self._spawn(self._work, f"ccad-dicom-worker-{i}")
         self._spawn(self._send_loop, "ccad-dicom-sender")
         self._spawn(self._resume, "ccad-dicom-resume")
-        log.info("listening as %s on %s:%d; results to %s@%s:%d; model %s (%s); spool %s",
-                 self.settings.ae_title, self.settings.host, self.settings.port, self.settings.send_to.ae_title,
-                 self.settings.send_to.host, self.settings.send_to.port, self.settings.model, self.predictor.variant,
-                 self.settings.spool)
+        destination = self.settings.send_to
+        where = (f"{destination.ae_title}@{destination.host}:{destination.port}"
+                 if isinstance(destination, Destination) else "a DICOMweb service (STOW-RS)")
+        log.info("%s; results to %s; model %s (%s); spool %s",
+                 f"listening as {self.settings.ae_title} on {self.settings.host}:{self.settings.port}" if scp else
+                 "pulling", where, self.settings.model, self.predictor.variant, self.settings.spool)
         return self
 
     def _start_monitoring(self) -> None:
@@ -329,6 +356,19 @@ class Listener:
         log.info("image %s received", key)
         return SUCCESS
 
+    def take(self, key: str, data: bytes, timeout_s: float | None = None) -> Path:
+        """Spool and queue one instance fetched by ``ccad dicom pull`` (blocking while the queue is full: what
+        is pulled is bounded by ``queue_size``)."""
+        path = self.spool.receive(key, data)
+        self._queue.put(path, timeout=timeout_s)
+        self.stats.add("received")
+        return path
+
+    def idle(self) -> bool:
+        """Nothing waits to be scored or sent."""
+        return (self._queue.unfinished_tasks == 0 and not self.spool.pending_inbox()
+                and not self.spool.pending_outbox() and not self.spool.pending_fhir())
+
     def _resume(self) -> None:
         """Queue what a previous run left in the inbox (waiting for room, as a sender would)."""
         for path in self.spool.pending_inbox():
@@ -375,13 +415,19 @@ class Listener:
                 except CcadError as e:
                     reason = f"not readable: {e}"
             self.spool.put_results(key, self._results(key, ds, prediction, reason))
+            if self.settings.fhir:
+                self._fhir_report(key, ds, prediction, reason)
         except Exception as e:  # a bad image must never stop the listener, nor vanish
             self.stats.add("failed")
             self.spool.set_aside(path, f"no result could be made ({type(e).__name__})")
             log.error("image %s: no result could be made (%s); kept in the spool's failed folder", key,
                       type(e).__name__)
+            if self.on_done is not None:
+                self.on_done(key)
             return
         path.unlink(missing_ok=True)
+        if self.on_done is not None:
+            self.on_done(key)
         if prediction is None:
             self.stats.add("not_scored")
             log.info("image %s not scored: %s", key, reason)
@@ -392,6 +438,21 @@ class Listener:
                      prediction.probabilities[prediction.predicted_class],
                      "" if prediction.in_distribution is not False else ", out of distribution")
         self._wake_sender.set()
+
+    def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
+        """The FHIR DiagnosticReport: into the spool for sending, or into the ``fhir`` folder."""
+        import json
+
+        from ccad.deploy.pacs.fhir import diagnostic_report
+        from ccad.io.files import write_text
+
+        report = diagnostic_report(ds, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
+        if self._fhir is not None:
+            self.spool.put_fhir(key, report)
+        else:
+            folder = Path(self.settings.fhir)
+            folder.mkdir(parents=True, exist_ok=True)
+            write_text(folder / f"{key}.json", json.dumps(report, indent=1))
 
     def _results(self, key: str, ds, prediction, reason: str | None) -> list:
         """The SR (and, for a scored image, the capture); when they cannot be built, an SR saying so."""
@@ -412,7 +473,7 @@ class Listener:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                pending = self.spool.pending_outbox()
+                pending = self.spool.pending_outbox() + self.spool.pending_fhir()
                 due = [p for p in pending if self._retries.get(p, _Retry()).due <= now]
                 if due:
                     self._send(due)
@@ -440,11 +501,59 @@ class Listener:
         return self._assoc
 
     def _release(self) -> None:
-        if self._assoc is not None and self._assoc.is_established:
+        if getattr(self, "_assoc", None) is not None and self._assoc.is_established:
             self._assoc.release()
         self._assoc = None
 
     def _send(self, paths: list[Path]) -> None:
+        reports = [p for p in paths if p.suffix == ".json"]
+        if reports:
+            self._send_fhir(reports)
+        paths = [p for p in paths if p.suffix != ".json"]
+        if not paths:
+            return
+        if isinstance(self.settings.send_to, WebDestination):
+            return self._send_web(paths)
+        self._send_dimse(paths)
+
+    def _delivered(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        self._retries.pop(path, None)
+        self.stats.add("sent")
+        log.info("result %s delivered", path.stem)
+
+    def _send_web(self, paths: list[Path]) -> None:
+        """STOW-RS, one instance a request (a refusal is that instance's alone)."""
+        import pydicom
+
+        from ccad.deploy.pacs.dicomweb import stow
+
+        for path in paths:
+            if self._stop.is_set():
+                break
+            why = stow(self._web, pydicom.dcmread(path))
+            if why is None:
+                self._delivered(path)
+            else:
+                self._failed(path, why)
+
+    def _send_fhir(self, paths: list[Path]) -> None:
+        import json
+
+        for path in paths:
+            if self._stop.is_set():
+                break
+            try:
+                status = self._fhir.put(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                self._failed(path, type(e).__name__)
+                continue
+            if status in (200, 201):
+                self._delivered(path)
+            else:
+                self._failed(path, f"FHIR server answered HTTP {status}")
+
+    def _send_dimse(self, paths: list[Path]) -> None:
         import pydicom
 
         assoc = self._association()
@@ -464,10 +573,7 @@ class Listener:
                 continue
             code = int(getattr(status, "Status", -1)) if status else -1
             if code in STORED:
-                path.unlink(missing_ok=True)
-                self._retries.pop(path, None)
-                self.stats.add("sent")
-                log.info("result %s delivered", path.stem)
+                self._delivered(path)
             else:
                 self._failed(path, f"status 0x{code:04X}" if code >= 0 else "no response")
                 if not assoc.is_established:

@@ -16,7 +16,8 @@ class Spool:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.inbox, self.outbox, self.failed = self.root / "inbox", self.root / "outbox", self.root / "failed"
-        for folder in (self.root, self.inbox, self.outbox, self.failed):
+        self.fhir = self.root / "fhir"  # FHIR reports waiting to be sent
+        for folder in (self.root, self.inbox, self.outbox, self.failed, self.fhir):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
 
@@ -46,10 +47,20 @@ class Spool:
         write_bytes(self.failed / f"{path.stem}.reason.txt", (reason + "\n").encode())
         return target
 
+    def put_fhir(self, key: str, report: dict) -> Path:
+        """Store the FHIR report of ``key`` for sending, atomically."""
+        import json
+
+        path = self.fhir / f"{key}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(report))
+            os.chmod(tmp, 0o600)
+        return path
+
     @staticmethod
-    def _pending(folder: Path) -> list[Path]:
+    def _pending(folder: Path, pattern: str = "*.dcm") -> list[Path]:
         # not the ".name.tmp.dcm" files atomic writes are still filling
-        files = [p for p in folder.glob("*.dcm") if not p.name.startswith(".") and p.is_file()]
+        files = [p for p in folder.glob(pattern) if not p.name.startswith(".") and p.is_file()]
         return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
 
     def pending_inbox(self) -> list[Path]:
@@ -57,3 +68,6 @@ class Spool:
 
     def pending_outbox(self) -> list[Path]:
         return self._pending(self.outbox)
+
+    def pending_fhir(self) -> list[Path]:
+        return self._pending(self.fhir, "*.json")

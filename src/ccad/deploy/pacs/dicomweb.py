@@ -1,0 +1,112 @@
+"""DICOMweb for the listener and ``ccad dicom pull`` (dicomweb-client): STOW-RS out, QIDO-RS and WADO-RS in.
+
+    --send-to dicomweb+https://pacs.example.org/dicom-web     # results stored with STOW-RS
+    ccad dicom pull --from https://pacs.example.org/dicom-web --since 2026-12-01 --send-to ...
+
+Credentials come from the environment or a file, never from the command line (where ``ps`` and shell
+histories would show them): ``CCAD_DICOMWEB_TOKEN`` (a bearer token), or ``CCAD_DICOMWEB_USER`` and
+``CCAD_DICOMWEB_PASSWORD`` (HTTP basic), or ``--dicomweb-auth FILE`` holding ``bearer TOKEN`` or
+``USER:PASSWORD`` on its first line. TLS certificates are verified (``--ca-file`` for a site's own
+certificate authority); there is no switch to turn that off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ccad.errors import ConfigError
+
+PREFIX = "dicomweb+"
+#: What ``ccad dicom pull`` asks QIDO-RS for: the modalities the listener scores.
+PULL_MODALITIES = ("CR", "DX")
+PAGE = 100
+log = logging.getLogger("ccad.dicom")
+
+
+@dataclass(frozen=True)
+class WebDestination:
+    """A DICOMweb service's base URL (``dicomweb+https://host/dicom-web`` on the command line)."""
+
+    url: str
+
+    @classmethod
+    def parse(cls, text: str) -> "WebDestination":
+        url = text[len(PREFIX):] if text.startswith(PREFIX) else text
+        if not url.startswith(("http://", "https://")) or "@" in url.split("/")[2]:
+            raise ConfigError(f"{text!r}: expected dicomweb+https://HOST/PATH (credentials from the environment or "
+                              "--dicomweb-auth, never in the URL)")
+        return cls(url.rstrip("/"))
+
+    @property
+    def ae_title(self) -> str:  # how logs name it
+        return "DICOMweb"
+
+
+def session(auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLike | None = None):
+    """A requests session with the credentials of the environment or ``auth_file`` and TLS verification."""
+    import requests
+
+    s = requests.Session()
+    s.verify = str(ca_file) if ca_file else True
+    token, user, password = (os.environ.get(k) for k in ("CCAD_DICOMWEB_TOKEN", "CCAD_DICOMWEB_USER",
+                                                          "CCAD_DICOMWEB_PASSWORD"))
+    if auth_file:
+        try:
+            line = Path(auth_file).read_text().strip().splitlines()[0].strip()
+        except (OSError, IndexError):
+            raise ConfigError(f"--dicomweb-auth {auth_file}: cannot read a first line from it") from None
+        if line.lower().startswith("bearer "):
+            token = line[7:].strip()
+        elif ":" in line:
+            user, password = line.split(":", 1)
+        else:
+            raise ConfigError(f"--dicomweb-auth {auth_file}: expected 'bearer TOKEN' or 'USER:PASSWORD'")
+    if token:
+        s.headers["Authorization"] = f"Bearer {token}"
+    elif user:
+        s.auth = (user, password or "")
+    return s
+
+
+def client(url: str, auth_file=None, ca_file=None, timeout_s: float = 30.0):
+    from dicomweb_client.api import DICOMwebClient
+
+    return DICOMwebClient(url, session=session(auth_file, ca_file), timeout=timeout_s)
+
+
+def stow(web, dataset) -> str | None:
+    """Store one data set with STOW-RS; None when stored, else why not (in words, no value of the data set)."""
+    import requests
+
+    try:
+        response = web.store_instances([dataset])
+    except requests.exceptions.HTTPError as e:
+        return f"HTTP {e.response.status_code if e.response is not None else '?'}"
+    except (requests.exceptions.RequestException, OSError) as e:
+        return type(e).__name__
+    failed = response.get("FailedSOPSequence") if response is not None else None
+    return "the destination refused it (FailedSOPSequence)" if failed else None
+
+
+def find_instances(web, study: str | None = None, since: str | None = None) -> Iterator[tuple[str, str, str]]:
+    """(study, series, instance) UIDs of the CR and DX instances of ``study``, or of the studies dated
+    ``since`` (YYYYMMDD) or later, page by page (QIDO-RS)."""
+    for modality in PULL_MODALITIES:
+        filters = {"Modality": modality}
+        if since:
+            filters["StudyDate"] = f"{since}-"
+        offset = 0
+        while True:
+            page = web.search_for_instances(study_instance_uid=study, search_filters=filters, limit=PAGE,
+                                            offset=offset, fields=["StudyInstanceUID", "SeriesInstanceUID"])
+            for item in page:
+                uids = [item.get(tag, {}).get("Value", [None])[0] for tag in ("0020000D", "0020000E", "00080018")]
+                if all(uids):
+                    yield tuple(str(u) for u in uids)
+            if len(page) < PAGE:
+                break
+            offset += len(page)

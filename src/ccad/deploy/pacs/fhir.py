@@ -1,0 +1,126 @@
+"""A FHIR R4 result for the hospital record: one ``DiagnosticReport`` an image, built and validated with
+fhir.resources (its R4B models: R4B changed no element of these three resources).
+
+    report = diagnostic_report(source, algorithm, prediction)       # a dict that validates
+    FhirPoster("https://fhir.example.org/r4").put(report)            # PUT [base]/DiagnosticReport/{id}
+
+The report (``status: preliminary``, category "RAD") contains its own ``Device`` (ccad, its version, the model's
+sha256 and variant) and ``Observation`` s: the screening result (the class the decision rule gave), the
+probability of each class, and whether the image is outside the model's training distribution; for an image
+that was not scored, only why. The imaging study is referenced by its Study Instance UID
+(``urn:dicom:uid``). No patient field is copied: ``subject`` is set only when the site names an identifier
+system (``patient_system``), and then holds the Patient ID the PACS already has for the study. The
+conclusion says it is a research screening aid, not a diagnosis. Resource ids are derived from the image's
+SOP Instance UID and the model, as the DICOM results' UIDs are: the same image and model, the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from ccad.deploy.pacs.results import MANUFACTURER, Algorithm
+
+CODE_SYSTEM = "urn:ccad:codes"  # ccad's own concepts, as SCHEME (99CCAD) in the SR
+NOT_FOR_DIAGNOSIS = "Research screening aid, not for diagnosis: read the image."
+_NAMESPACE = uuid.UUID("0b7e6f0e-8f35-4c55-9d67-5a3c0f1f3b61")
+
+
+def _id(source_uid: str, algorithm: Algorithm, what: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "\n".join([source_uid, algorithm.model_sha256, algorithm.variant, what])))
+
+
+def _concept(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": CODE_SYSTEM, "code": code, "display": display}], "text": display}
+
+
+def diagnostic_report(source, algorithm: Algorithm, prediction: Any = None, reason: str | None = None,
+                      patient_system: str | None = None) -> dict[str, Any]:
+    """The ``DiagnosticReport`` (a dict, validated against the FHIR model) of ``prediction`` for the DICOM
+    data set ``source``, or, with ``reason``, of an image that was not scored."""
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    instance, study = str(source.SOPInstanceUID), str(source.StudyInstanceUID)
+    device = {"resourceType": "Device", "id": "device",
+              "identifier": [{"system": "urn:ccad:model-sha256", "value": algorithm.model_sha256}],
+              "manufacturer": MANUFACTURER,
+              "deviceName": [{"name": f"{algorithm.name} ({algorithm.variant} model)", "type": "model-name"}],
+              "version": [{"value": algorithm.version}],
+              "note": [{"text": f"decision rule: {algorithm.decision_rule}"}]}
+    observations = []
+
+    def observation(code: str, display: str, **value) -> None:
+        observations.append({"resourceType": "Observation", "id": f"obs{len(observations)}", "status": "preliminary",
+                             "code": _concept(code, display), "device": {"reference": "#device"}, **value})
+
+    if prediction is None:
+        observation("not-scored", "Not scored", valueString=str(reason)[:500])
+        conclusion = f"Not scored: {reason}. {NOT_FOR_DIAGNOSIS}"
+    else:
+        observation("screening-result", "Screening result (decision rule)",
+                    valueCodeableConcept=_concept(f"class-{prediction.predicted_class}", prediction.predicted_class))
+        for name, p in prediction.probabilities.items():
+            observation(f"p-{name}", f"Probability of {name}",
+                        valueQuantity={"value": round(float(p), 6), "unit": "1", "system": "http://unitsofmeasure.org",
+                                       "code": "1"})
+        if algorithm.threshold is not None:
+            observation("decision-threshold", f"Decision threshold on p({algorithm.positive_class})",
+                        valueQuantity={"value": round(float(algorithm.threshold), 6), "unit": "1",
+                                       "system": "http://unitsofmeasure.org", "code": "1"})
+        observation("out-of-distribution", "Outside the model's training distribution",
+                    valueBoolean=prediction.in_distribution is False)
+        outside = " The image is outside what the model was trained on: do not rely on this result." \
+            if prediction.in_distribution is False else ""
+        conclusion = (f"ccad screening result: {prediction.predicted_class} "
+                      f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{outside} {NOT_FOR_DIAGNOSIS}")
+    report = {
+        "resourceType": "DiagnosticReport", "id": _id(instance, algorithm, "report"), "status": "preliminary",
+        "contained": [device, *observations],
+        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{instance}"}],
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
+                                  "display": "Radiology"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "36643-5", "display": "XR Chest 2 Views"}],
+                 "text": "Chest X-ray: COVID-19 screening aid (ccad)"},
+        "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "imagingStudy": [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study}"},
+                          "display": "the imaging study of this X-ray"}],
+        "result": [{"reference": f"#{o['id']}"} for o in observations],
+        "conclusion": conclusion,
+    }
+    patient_id = str(source.get("PatientID", "") or "").strip()
+    if patient_system and patient_id:
+        report["subject"] = {"identifier": {"system": patient_system, "value": patient_id}}
+    return json.loads(DiagnosticReport.model_validate(report).model_dump_json(exclude_none=True))
+
+
+class FhirPoster:
+    """Sends reports to a FHIR server as ``PUT [base]/DiagnosticReport/{id}`` (update as create, with the id
+    derived from the image and model: a resent report replaces itself, where a POST would add a duplicate).
+    Authentication from the environment:
+    ``CCAD_FHIR_TOKEN`` (bearer); TLS verification on (``ca_file`` for a site's own authority)."""
+
+    def __init__(self, base: str, ca_file: str | None = None, timeout_s: float = 30.0):
+        self.base, self.ca_file, self.timeout_s = base.rstrip("/"), ca_file, timeout_s
+
+    def put(self, report: dict[str, Any]) -> int:
+        """The HTTP status of ``PUT [base]/DiagnosticReport/{id}`` (update-as-create); raises OSError when the
+        server cannot be reached."""
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+        token = os.environ.get("CCAD_FHIR_TOKEN")
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(f"{self.base}/DiagnosticReport/{report['id']}", method="PUT",
+                                         data=json.dumps(report).encode(), headers=headers)
+        context = ssl.create_default_context(cafile=self.ca_file) if self.base.startswith("https") else None
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as answer:
+                return answer.status
+        except urllib.error.HTTPError as e:
+            return e.code

@@ -1,0 +1,176 @@
+"""DICOMweb and FHIR: results stored with STOW-RS into a real Orthanc (Debian's orthanc-dicomweb plugin), a
+study pulled from it with QIDO-RS and WADO-RS and scored, resumably; FHIR DiagnosticReports validated against
+the FHIR models and PUT to a small local HTTP server that records what it received (no FHIR server is packaged
+here)."""
+
+import http.server
+import json
+import threading
+
+import numpy as np
+import pydicom
+import pytest
+from helpers import make_xray_dicom
+from orthanc import DICOMWEB_PLUGIN, ORTHANC, Orthanc, c_store, free_port, wait_for
+
+from ccad.data.synthetic import render_patient
+from ccad.deploy.pacs.dicomweb import WebDestination
+from ccad.deploy.pacs.fhir import diagnostic_report
+from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
+from ccad.deploy.pacs.results import Algorithm, structured_report
+from ccad.errors import ConfigError
+from ccad.scoring.score import Prediction
+
+needs_dicomweb = pytest.mark.skipif(ORTHANC is None or DICOMWEB_PLUGIN is None, reason="Orthanc or its DICOMweb "
+                                    "plugin is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does)")
+
+
+def xray(tmp_path, name, seed=0, **fields):
+    gray = render_patient(np.random.default_rng(seed), "covid", 256)
+    return make_xray_dicom(tmp_path / f"{name}.dcm", gray, **fields)
+
+
+def test_a_fhir_report_validates_and_names_no_patient_unless_asked(tmp_path):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    ds = pydicom.dcmread(xray(tmp_path, "a"))
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "covid if p_covid >= 0.700", "covid", 0.7)
+    prediction = Prediction("a", "covid", {"covid": 0.8, "normal": 0.2}, in_distribution=True)
+    report = diagnostic_report(ds, algorithm, prediction)
+    DiagnosticReport.model_validate(report)
+    assert report["status"] == "preliminary" and "not for diagnosis" in report["conclusion"]
+    assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{ds.StudyInstanceUID}"
+    values = {o["code"]["coding"][0]["code"]: o for o in report["contained"] if o["resourceType"] == "Observation"}
+    assert values["p-covid"]["valueQuantity"]["value"] == 0.8 and values["decision-threshold"]["valueQuantity"]["value"] == 0.7
+    assert values["screening-result"]["valueCodeableConcept"]["coding"][0]["code"] == "class-covid"
+    text = json.dumps(report)
+    assert "subject" not in report and str(ds.PatientID) not in text and str(ds.PatientName) not in text
+    assert diagnostic_report(ds, algorithm, prediction)["id"] == report["id"]  # the same image, the same report
+    named = diagnostic_report(ds, algorithm, None, "a lateral view", patient_system="urn:oid:1.2.3")
+    DiagnosticReport.model_validate(named)
+    assert named["subject"]["identifier"] == {"system": "urn:oid:1.2.3", "value": str(ds.PatientID)}
+    assert "Not scored: a lateral view" in named["conclusion"]
+
+
+@pytest.mark.parametrize("text", ["dicomweb+ftp://x/dicom-web", "dicomweb+https://user:pw@host/dicom-web"])
+def test_a_dicomweb_destination_takes_no_credentials_in_its_url(text):
+    with pytest.raises(ConfigError):
+        Destination.parse(text)
+    assert Destination.parse("dicomweb+https://pacs/dicom-web/") == WebDestination("https://pacs/dicom-web")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """A stand-in FHIR server: answers 503 to the first request, then 201, recording every body."""
+
+    received: list = []
+
+    def do_PUT(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, self.headers.get("Content-Type"), body))
+        self.send_response(503 if len(self.received) == 1 else 201)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_fhir_reports_are_put_with_retries(bundle, tmp_path):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    _Recorder.received = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
+                                port=port, retry_max_s=0.5, fhir=f"http://127.0.0.1:{server.server_port}/fhir")
+    listener = Listener(settings).start()
+    try:
+        assert c_store(xray(tmp_path, "a"), port, "CCAD") == 0x0000
+        wait_for(lambda: len(_Recorder.received) >= 2, 60, "the report to be PUT, refused once, then again")
+        wait_for(lambda: not listener.spool.pending_fhir(), 30, "the delivered report to leave the spool")
+    finally:
+        listener.stop()
+        server.shutdown()
+    (first_path, kind, first), (second_path, _, second) = _Recorder.received[:2]
+    report = DiagnosticReport.model_validate_json(second)
+    assert first == second and first_path == second_path == f"/fhir/DiagnosticReport/{report.id}"
+    assert kind == "application/fhir+json" and report.status == "preliminary"
+
+
+@needs_dicomweb
+def test_results_go_back_over_stow_rs_with_the_dimse_paths_content(bundle, tmp_path):
+    from ccad.scoring.predictor import OnnxPredictor
+
+    orthanc = Orthanc(tmp_path / "orthanc", None, dicomweb=True).start()
+    port = free_port()
+    settings = ListenerSettings(bundle, Destination.parse(f"dicomweb+{orthanc.dicomweb}"), tmp_path / "spool",
+                                port=port, retry_max_s=0.5)
+    listener = Listener(settings).start()
+    try:
+        path = xray(tmp_path, "frontal")
+        source = pydicom.dcmread(path)
+        assert c_store(path, port, "CCAD") == 0x0000
+        # the X-ray went to ccad only: what Orthanc holds of its study is what ccad stored there over DICOMweb
+        found = wait_for(lambda: (lambda held: held if len(held) >= 2 else None)(
+            orthanc.study_instances(source.StudyInstanceUID)), 90, "the SR and the capture in Orthanc")
+        expected = structured_report(source, listener.algorithm,
+                                     OnnxPredictor(bundle).score(["x"], [OnnxPredictor(bundle).prepare(
+                                         _gray(path))], with_heatmaps=True)[0])
+    finally:
+        listener.stop()
+        orthanc.stop()
+    sr = next(d for d in found if d.Modality == "SR")
+    assert sr.SOPInstanceUID == expected.SOPInstanceUID and sr.SeriesInstanceUID == expected.SeriesInstanceUID
+    assert _values(sr) == pytest.approx(_values(expected), abs=1e-6)
+    assert any(d.Modality == "OT" for d in found)
+
+
+def _gray(path):
+    from ccad.io.images import read_grayscale_bytes
+
+    return read_grayscale_bytes(path.read_bytes(), "x")
+
+
+def _values(sr) -> list[float]:
+    out = []
+
+    def walk(items):
+        for item in items:
+            if "MeasuredValueSequence" in item:
+                out.append(float(item.MeasuredValueSequence[0].NumericValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return out
+
+
+@needs_dicomweb
+def test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates(bundle, tmp_path):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    from ccad.deploy.pacs.pull import DONE_FILE, pull
+
+    orthanc = Orthanc(tmp_path / "orthanc", None, dicomweb=True).start()
+    try:
+        study = "1.2.826.0.1.3680043.8.498.77"
+        for i in range(3):
+            orthanc.upload(xray(tmp_path, f"f{i}", seed=i, study_uid=study))
+        orthanc.upload(xray(tmp_path, "lateral", seed=9, study_uid=study, ViewPosition="LL"))
+        settings = ListenerSettings(bundle, Destination.parse(f"dicomweb+{orthanc.dicomweb}"), tmp_path / "spool",
+                                    retry_max_s=0.5, queue_size=2, fhir=str(tmp_path / "fhir"))
+        counts = pull(settings, orthanc.dicomweb, study=study, timeout_s=180)
+        assert counts["found"] == 4 and counts["fetched"] == 4 and counts["complete"], counts
+        assert (counts["scored"], counts["not_scored"]) == (3, 1)
+        held = orthanc.study_instances(study)
+        assert sorted(d.Modality for d in held) == ["DX"] * 4 + ["OT"] * 3 + ["SR"] * 4
+        reports = sorted((tmp_path / "fhir").glob("*.json"))
+        assert len(reports) == 4 and all(DiagnosticReport.model_validate_json(p.read_text()) for p in reports)
+        # again: nothing new; then as after a kill -9 between a result and its record: fetched again, no copy
+        assert pull(settings, orthanc.dicomweb, study=study, timeout_s=60)["already_done"] == 4
+        done = tmp_path / "spool" / DONE_FILE
+        done.write_text("\n".join(done.read_text().split()[:-1]) + "\n")
+        again = pull(settings, orthanc.dicomweb, study=study, timeout_s=120)
+        assert (again["already_done"], again["fetched"], again["complete"]) == (3, 1, True)
+        assert len(orthanc.study_instances(study)) == len(held)
+    finally:
+        orthanc.stop()
