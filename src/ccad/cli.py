@@ -179,8 +179,8 @@ def cmd_dicom(args) -> int | None:
         source = WebDestination.parse(args.source).url
         counts = pull(settings, source, args.study, args.since.strftime("%Y%m%d") if args.since else None,
                       args.timeout)
-        print(f"{counts['found']} instances found, {counts['already_done']} done before, {counts['fetched']} fetched "
-              f"({counts['fetch_failures']} could not be); {counts['scored']} scored, {counts['not_scored']} not "
+        print(f"{counts['found']} instances found, {counts['already_done']} done before, {counts['in_the_spool']} "
+              f"resumed from the spool, {counts['fetched']} fetched ({counts['fetch_failures']} could not be); {counts['scored']} scored, {counts['not_scored']} not "
               f"scored (their reports say why), {counts['sent']} results sent"
               + ("" if counts["complete"] else f"; some results still wait in {args.spool} (run again to resume)"))
         return 0 if counts["complete"] and not counts["fetch_failures"] else 1

@@ -42,9 +42,10 @@ def pull(settings: ListenerSettings, source: str, study: str | None = None, sinc
             os.fsync(f.fileno())
 
     listener.on_done = record
+    waiting = {p.stem for p in listener.spool.pending_inbox()}  # fetched by a run that died: resumed, not refetched
     listener.start(scp=False)
     web = client(source, settings.dicomweb_auth, settings.ca_file)
-    counts = {"found": 0, "already_done": 0, "fetched": 0, "fetch_failures": 0}
+    counts = {"found": 0, "already_done": 0, "in_the_spool": 0, "fetched": 0, "fetch_failures": 0}
     deadline = time.monotonic() + timeout_s
     try:
         for study_uid, series_uid, instance_uid in find_instances(web, study, since):
@@ -52,6 +53,9 @@ def pull(settings: ListenerSettings, source: str, study: str | None = None, sinc
             key = instance_key(instance_uid)
             if key in done:
                 counts["already_done"] += 1
+                continue
+            if key in waiting:
+                counts["in_the_spool"] += 1
                 continue
             try:
                 ds = web.retrieve_instance(study_uid, series_uid, instance_uid)
