@@ -103,7 +103,7 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from ccad.data.datasets import discover
+    from ccad.data.datasets import DataSpec, discover
     from ccad.deploy.export import export_bundle
     from ccad.preprocessing.pipeline import load_model_input
     from ccad.scoring.predictor import KerasPredictor, OnnxPredictor
@@ -111,8 +111,8 @@ def main() -> None:
     from ccad.training.run import train
 
     work = Path(tempfile.mkdtemp(prefix="ccad-bench-"))
-    run = Path(args.run) if args.run else train(MANIFEST, work / "run", make_config(), classes=["covid", "normal"],
-                                                  where=["paper_dataset_a=1"], verbose=0).run_dir
+    spec = DataSpec(MANIFEST, ("covid", "normal"), ("paper_dataset_a=1",))
+    run = Path(args.run) if args.run else train(spec, work / "run", make_config(), verbose=0).run_dir
     bundle = export_bundle(run, work / "bundle", int8=True, tflite=True)
     files = [s.path for s in discover(MANIFEST, ["covid", "normal"]).samples if s.split == "test"][:100]
     singles = [load_model_input(f, 224)[None] for f in files]

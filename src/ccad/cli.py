@@ -134,6 +134,8 @@ def _dicom_parser(sub) -> None:
     which.add_argument("--study", metavar="UID", help="one study")
     which.add_argument("--since", type=_date, help="the studies dated this day (YYYY-MM-DD) or later")
     s.add_argument("--timeout", type=float, default=3600, help="seconds to wait for every result to be sent")
+    s.add_argument("--from-auth", metavar="FILE", help="the archive's credentials, as --dicomweb-auth (or "
+                   "CCAD_DICOMWEB_SOURCE_TOKEN / _USER and _PASSWORD); the destination's are never sent to it")
     _add_delivery_args(s)
     s.set_defaults(ae_title="CCAD", host="127.0.0.1", port=0, max_dataset_mb=256, metrics_port=None,
                    result_log=None, drift_window=200)
@@ -178,7 +180,7 @@ def cmd_dicom(args) -> int | None:
 
         source = WebDestination.parse(args.source).url
         counts = pull(settings, source, args.study, args.since.strftime("%Y%m%d") if args.since else None,
-                      args.timeout)
+                      args.timeout, source_auth=Path(args.from_auth) if args.from_auth else None)
         print(f"{counts['found']} instances found, {counts['already_done']} done before, {counts['in_the_spool']} "
               f"resumed from the spool, {counts['fetched']} fetched ({counts['fetch_failures']} could not be); {counts['scored']} scored, {counts['not_scored']} not "
               f"scored (their reports say why), {counts['sent']} results sent"

@@ -174,3 +174,51 @@ def test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates(bun
         assert len(orthanc.study_instances(study)) == len(held)
     finally:
         orthanc.stop()
+
+
+@pytest.mark.parametrize("url, ok", [("https://pacs.example.org/dicom-web", True), ("http://127.0.0.1:8042/dicom-web", True),
+                                     ("http://pacs.example.org/dicom-web", False), ("htps://pacs/dicom-web", False)])
+def test_plain_http_only_to_this_machine(url, ok, tmp_path):
+    from ccad.deploy.pacs.dicomweb import check_url
+
+    if ok:
+        assert check_url(url) == url
+    else:
+        with pytest.raises(ConfigError):
+            check_url(url)
+    # --fhir: a URL is checked the same way; a mistyped scheme is not taken for a folder
+    settings = ListenerSettings(tmp_path, Destination("A", "127.0.0.1", 104), fhir=url)
+    if ok:
+        assert settings.check() is settings
+    else:
+        with pytest.raises(ConfigError):
+            settings.check()
+
+
+def test_a_server_that_ignores_the_offset_does_not_loop_for_ever():
+    from ccad.deploy.pacs.dicomweb import PAGE, find_instances
+
+    class SamePage:  # answers every page with the same full page
+        def search_for_instances(self, **kwargs):
+            return [{"0020000D": {"Value": ["1.2"]}, "0020000E": {"Value": ["1.2.3"]}, "00080018": {"Value": [f"1.{i}"]}}
+                    for i in range(PAGE)]
+
+    # CR: one page, then the same page again (nothing new: stop); DX: the same UIDs, none new: each UID once
+    assert len(list(find_instances(SamePage(), study="1.2"))) == PAGE
+
+
+def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
+                                fhir="http://127.0.0.1:9/fhir")
+    listener = Listener(settings)
+
+    class Broken:
+        def put(self, report):
+            raise http.client.BadStatusLine("garbage")  # not an OSError: it used to end the sender thread
+
+    import http.client
+
+    listener._fhir = Broken()
+    path = listener.spool.put_fhir("k", {"id": "x"})
+    listener._send([path])
+    assert path.exists() and listener.stats.send_failures == 1

@@ -116,6 +116,11 @@ def test_resume_does_no_work_twice(run_and_bundle, synth_folders, tmp_path):
     files = [r["file"] for r in csv.DictReader(open(out))]
     assert len(files) == len(set(files)) == len(lines) - 1
     assert main(args) == 2  # without --resume an existing CSV is not overwritten
+    # a CSV of other columns (an older ccad's, without decision_rule) is not appended to with misaligned rows
+    old = tmp_path / "old.csv"
+    old.write_text(",".join(c for c in next(csv.reader(open(out))) if c != "decision_rule") + "\n")
+    assert main(["predict", "--model", str(bundle), str(synth_folders / "normal"), "--out", str(old), "--resume"]) == 2
+    assert len(old.read_text().splitlines()) == 1
 
 
 def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_for(run_and_bundle, tmp_path,

@@ -437,3 +437,6 @@ def test_uploads_stay_in_memory_and_nothing_reaches_the_disk(bundle, monkeypatch
     with TestClient(create_app(ServeSettings(bundle))) as c:
         r = c.post("/api/v1/predict", files=[("files", ("big.png", buffer.getvalue(), "image/png"))])
     assert r.status_code == 200 and opened == []
+    from starlette.formparsers import MultiPartParser
+
+    assert MultiPartParser.spool_max_size == 2 ** 20  # and Starlette is not patched for the whole process

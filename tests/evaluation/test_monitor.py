@@ -52,7 +52,16 @@ def test_since_until_and_the_bundle_reference(tmp_path):
     reference = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0, reference_scores=np.linspace(0, 1, 100),
                          reference_distances=np.linspace(8, 16, 100))
     record = monitor(log, tmp_path / "out", reference=reference)
-    assert set(record["overall"]["psi"]) == {"score", "distance"} and record["overall"]["psi"]["score"] >= 0
+    assert record["overall"]["psi"]["score"] is None  # 5 images: under the live check's window, not measured
+    # 250 images like the reference: a small PSI; then scores all near 1: far past 0.25
+    like = [(f"2026-12-02T08:{i // 60:02d}:{i % 60:02d}.000+00:00", False, (i % 100) / 100, True, [], "ok")
+            for i in range(250)]
+    quiet = monitor(_log(tmp_path / "like.jsonl", like), tmp_path / "like")["overall"]
+    assert "psi" not in quiet  # no --model: no reference to compare with
+    quiet = monitor(tmp_path / "like.jsonl", tmp_path / "like", reference=reference)["overall"]["psi"]["score"]
+    shifted = [(t, True, 0.99, True, [], "drift") for t, *_ in like]
+    loud = monitor(_log(tmp_path / "shift.jsonl", shifted), tmp_path / "shift", reference=reference)
+    assert quiet < 0.1 < 0.25 < loud["overall"]["psi"]["score"]
 
 
 def test_the_command_and_its_errors(tmp_path, capsys):

@@ -62,3 +62,17 @@ def test_adapt_refuses_too_few_images_in_one_line(bundle, other_scanner, tmp_pat
     assert main(["adapt", "--model", str(bundle), "--data", str(other_scanner), "--classes", "normal",
                  "--out", str(tmp_path / "x")]) != 0
     assert "at least 20 images of each class" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_a_site_calibrated_rule_is_refitted_at_its_own_target():
+    from ccad.models.decision import DecisionRule
+    from ccad.training.adapt import _refit_rule
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 100 + [1] * 200)  # 0 = covid (positive), 1 = normal
+    p_covid = np.concatenate([rng.uniform(0.3, 1.0, 100), rng.uniform(0.0, 0.7, 200)])
+    out_of_fold = np.stack([p_covid, 1 - p_covid], axis=1)
+    rule = DecisionRule(0, 0.5, 1.0, "specificity-0.95 at the site", "site (n=60 non-covid)")
+    refit = _refit_rule(rule, y, out_of_fold, ["covid", "normal"], "covid")
+    assert refit.rule == "specificity-0.95 at the site"
+    assert np.mean(p_covid[y == 1] < refit.threshold) == pytest.approx(0.95)  # not youden's

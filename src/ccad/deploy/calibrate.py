@@ -41,12 +41,14 @@ from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256
 from ccad.io.inputs import list_inputs
 from ccad.models.card import BUNDLE_CARD, ModelCard
-from ccad.models.decision import DecisionRule
+from ccad.models.decision import DecisionRule, threshold_for
 from ccad.models.ood import OOD_FILE, fit_ood_guard
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.scoring.predictor import OnnxPredictor
 
 TARGETS = ("specificity", "sensitivity")
+#: Held-back images a site's drift reference needs (ccad.evaluation.drift: fewer, and its noise passes the alarm).
+MIN_DRIFT_REFERENCE = 100
 BOOTSTRAP = 2000
 
 
@@ -66,20 +68,6 @@ def minimum_images(target: float) -> int:
     """Images of the target's class needed: at least 50, and enough that 5 of them fall on the far side of
     the threshold (for 0.90: 50; for 0.95: 100; for 0.99: 500)."""
     return max(50, math.ceil(5 / (1 - target) - 1e-9))
-
-
-def threshold_for(scores: np.ndarray, name: str, target: float) -> float:
-    """The threshold on p(positive) that reaches ``target`` on ``scores`` (the negatives' for specificity, the
-    positives' for sensitivity), midway to the next score so that no image sits on it."""
-    ordered = np.sort(np.asarray(scores, np.float64))
-    n = len(ordered)
-    if name == "specificity":  # keep ceil(T n) negatives strictly below
-        k = math.ceil(target * n - 1e-9)
-        above = ordered[k] if k < n else min(1.0, ordered[-1] + 1e-6)
-        return float((ordered[k - 1] + above) / 2) if k > 0 else float(ordered[0] / 2)
-    k = math.ceil(target * n - 1e-9)  # find ceil(T n) positives at or above
-    below = ordered[n - k - 1] if n - k - 1 >= 0 else ordered[0] / 2
-    return float((ordered[n - k] + below) / 2)
 
 
 def _wilson(k: int, n: int) -> dict[str, Any]:
@@ -159,10 +147,16 @@ def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int)
     order = np.random.default_rng(seed).permutation(len(pooled))
     cut = int(0.8 * len(pooled))
     guard = fit_ood_guard(pooled[order[:cut]], pooled[order[cut:]])
-    # the drift check's reference becomes the site's own held-back images
-    guard = replace(guard, reference_scores=scores[order[cut:]])
+    # the drift check's reference becomes the site's own held-back images, when there are enough to be quiet (the
+    # base's reference was measured against the old guard: it cannot stay)
+    if len(pooled) - cut >= MIN_DRIFT_REFERENCE:
+        guard = replace(guard, reference_scores=scores[order[cut:]])
+    else:
+        guard = replace(guard, reference_distances=None)
     return guard, {"source": str(folder), "images": len(pooled), "reference": cut, "cutoff_images": len(pooled) - cut,
-                   "cutoff": guard.cutoff}
+                   "cutoff": guard.cutoff,
+                   "drift_reference": len(pooled) - cut if guard.reference_distances is not None else
+                   f"none: {len(pooled) - cut} held-back images, under {MIN_DRIFT_REFERENCE} (use 500 or more)"}
 
 
 def _write(base: Path, out: Path, card: ModelCard, decision: DecisionRule, record: dict[str, Any], guard,

@@ -47,6 +47,7 @@ import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -350,8 +351,6 @@ def _without_paths(value):
 def create_app(settings: ServeSettings):
     """The FastAPI application for one model bundle."""
     settings.check()
-    # Keep uploads in memory: Starlette spools a part to a temporary file past 1 MB by default.
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_request_bytes + 1)
     predictor = OnnxPredictor(settings.bundle, variant=settings.variant, threads=max(1, settings.workers),
                               verify_key=settings.verify_key)
     card = model_card_view(predictor.card)
@@ -359,9 +358,15 @@ def create_app(settings: ServeSettings):
     batcher = MicroBatcher(predictor, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
     monitor = Monitor.for_predictor(predictor, "api", settings.result_log, window=settings.drift_window)
 
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        pool.shutdown(wait=False, cancel_futures=True)
+        batcher.close()
+
     app = FastAPI(title="ccad", version=(predictor.card.versions or {}).get("ccad", ""),
                   description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).",
-                  docs_url="/docs" if settings.docs else None, redoc_url=None)
+                  docs_url="/docs" if settings.docs else None, redoc_url=None, lifespan=lifespan)
     app.state.settings, app.state.predictor, app.state.pool = settings, predictor, pool
     app.state.batcher, app.state.monitor = batcher, monitor
 
@@ -419,11 +424,6 @@ def create_app(settings: ServeSettings):
     def page():
         return FileResponse(STATIC / "index.html")
 
-    @app.on_event("shutdown")
-    def stop_pool() -> None:
-        pool.shutdown(wait=False, cancel_futures=True)
-        batcher.close()
-
     return Guard(app, settings, HttpMetrics(monitor.registry) if settings.metrics else None)
 
 
@@ -434,10 +434,21 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-d
         "heatmap": {"type": "boolean", "default": False}}}}}}}
 
 
+async def _parse_in_memory(request: Request, settings: ServeSettings):
+    """The multipart form, every file part in memory: Starlette's parser spools a part to a temporary file past
+    1 MB, and its threshold is a class attribute; this parser's own (an instance attribute) is above the request
+    limit, so nothing is patched for the process and no upload reaches the disk."""
+    async with aclosing(request.stream()) as stream:
+        parser = MultiPartParser(request.headers, stream, max_files=MAX_FILES, max_fields=MAX_FILES + 8,
+                                 max_part_size=64 * 1024)
+        parser.spool_max_size = settings.max_request_bytes + 1
+        return await parser.parse()
+
+
 async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tuple[str, bytes]], bool]:
     """The uploads and the heatmap flag, with every per-file limit checked before any pixel is decoded."""
     try:
-        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES + 8, max_part_size=64 * 1024)
+        form = await _parse_in_memory(request, settings)
     except (MultiPartException, StarletteHTTPException) as e:  # Starlette turns the first into the second
         message = str(getattr(e, "detail", None) or e)[:120]
         over = "Too many" in message or "exceeded" in message

@@ -32,10 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 
 OK, DRIFT, WARMING_UP = "ok", "drift", "warming up"
+#: Bins of each signal (the reference's quantiles), and the rolling window, of the live check and ccad monitor.
+BINS, WINDOW = 8, 200
 SIGNALS = ("score", "distance")
 
 
-def bin_edges(reference: np.ndarray, bins: int = 10) -> np.ndarray:
+def bin_edges(reference: np.ndarray, bins: int = BINS) -> np.ndarray:
     """The inner cut points: the reference's quantiles (ties merged)."""
     reference = np.asarray(reference, np.float64)
     return np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
@@ -48,7 +50,7 @@ def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
 
 
-def psi(reference: np.ndarray, values: np.ndarray, bins: int = 10) -> float:
+def psi(reference: np.ndarray, values: np.ndarray, bins: int = BINS) -> float:
     """The population stability index of ``values`` against ``reference``."""
     edges = bin_edges(reference, bins)
     ref, now = shares(reference, edges), shares(values, edges)
@@ -78,7 +80,7 @@ class DriftCheck:
     """A rolling window of the last ``window`` images' scores and distances, and the state it puts them in."""
 
     def __init__(self, reference_scores: np.ndarray | None, reference_distances: np.ndarray | None,
-                 window: int = 200, bins: int = 8, on: float = 0.25, off: float = 0.10):
+                 window: int = WINDOW, bins: int = BINS, on: float = 0.25, off: float = 0.10):
         self.reference_scores, self.reference_distances = reference_scores, reference_distances
         self.window, self.bins, self.on, self.off = window, bins, on, off
         self.state = WARMING_UP

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ccad.errors import DataError
-from ccad.evaluation.drift import DRIFT, psi
+from ccad.evaluation.drift import DRIFT, WINDOW, psi
 from ccad.io.files import write_json, write_text
 
 PERIODS = ("day", "week", "month")
@@ -91,9 +91,12 @@ def summarize(records: list[dict[str, Any]], reference=None) -> dict[str, Any]:
            "scored_in_drift": sum(r.get("drift") == DRIFT for r in records),
            "adapters": sorted({str(r.get("adapter")) for r in records})}
     if reference is not None and getattr(reference, "reference_scores", None) is not None:
+        # as the live check measures it (its bins), and only over at least its window: on fewer images the PSI is
+        # mostly the noise of a small sample
         distances = [float(r["ood_distance"]) for r in records if r.get("ood_distance") is not None]
-        out["psi"] = {"score": psi(reference.reference_scores, scores),
-                      "distance": psi(reference.reference_distances, distances) if distances else None}
+        out["psi"] = {"score": psi(reference.reference_scores, scores) if n >= WINDOW else None,
+                      "distance": psi(reference.reference_distances, distances) if len(distances) >= WINDOW else None,
+                      "note": f"measured only on {WINDOW} images or more"}
     return out
 
 
@@ -143,14 +146,16 @@ def _html(record: dict[str, Any]) -> str:
         if with_psi:
             cells += [f"{v:.3f}" if v is not None else "-" for v in (s["psi"]["score"], s["psi"]["distance"])]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    changes = "".join(f"<li>{html.escape(c['time'])}: {c['from']} &rarr; {c['to']}</li>"
+    changes = "".join(f"<li>{html.escape(c['time'])}: {html.escape(str(c['from']))} &rarr; "
+                      f"{html.escape(str(c['to']))}</li>"
                       for c in record["drift_changes"]) or "<li>none</li>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>ccad monitoring</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{border:1px solid #ccc;padding:.3em}}
 table{{border-collapse:collapse}}</style></head><body>
 <h1>ccad monitoring: {html.escape(record['log'])}</h1>
 <p><b>{html.escape(NOTE)}</b></p>
-<p>By {record['period']} (UTC); {record['unreadable_lines']} unreadable lines skipped. PSI under 0.10: no change,
+<p>By {html.escape(record['period'])} (UTC); {record['unreadable_lines']} unreadable lines skipped. PSI (only over
+{WINDOW} images or more) under 0.10: no change,
 0.10-0.25: some, over 0.25: a real shift of what arrives (a new scanner, a new protocol or a new mix of
 patients).</p>
 <table><tr>{head}</tr>{''.join(rows)}</table>

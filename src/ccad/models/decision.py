@@ -26,6 +26,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import math
+import re
+
 import numpy as np
 
 from ccad.errors import ConfigError
@@ -166,3 +169,26 @@ def fit_decision(y_val: np.ndarray, probabilities: np.ndarray, classes: Sequence
     calibrated = apply_temperature(probabilities, temperature)
     value = choose_threshold(np.asarray(y_val) == positive, calibrated[:, positive], threshold)
     return DecisionRule(positive, value, temperature, threshold, f"{fitted_on} (n={len(y_val)})")
+
+
+def threshold_for(scores: np.ndarray, name: str, target: float) -> float:
+    """The threshold on p(positive) that reaches ``target`` on ``scores`` (the negatives' for specificity, the
+    positives' for sensitivity), midway to the next score so that no image sits on it."""
+    ordered = np.sort(np.asarray(scores, np.float64))
+    n = len(ordered)
+    if name == "specificity":  # keep ceil(T n) negatives strictly below
+        k = math.ceil(target * n - 1e-9)
+        above = ordered[k] if k < n else min(1.0, ordered[-1] + 1e-6)
+        return float((ordered[k - 1] + above) / 2) if k > 0 else float(ordered[0] / 2)
+    k = math.ceil(target * n - 1e-9)  # find ceil(T n) positives at or above
+    below = ordered[n - k - 1] if n - k - 1 >= 0 else ordered[0] / 2
+    return float((ordered[n - k] + below) / 2)
+
+
+SITE_RULE = re.compile(r"^(specificity|sensitivity)-(0\.\d+) at the site$")
+
+
+def site_target(rule: str) -> tuple[str, float] | None:
+    """("specificity", 0.9) for a rule ``ccad calibrate`` wrote ("specificity-0.90 at the site"), else None."""
+    match = SITE_RULE.match(rule or "")
+    return (match.group(1), float(match.group(2))) if match else None

@@ -111,7 +111,12 @@ def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
             raise ModelError(f"{out_csv}: already exists (use --resume to continue it, or another --out)")
         _drop_partial_last_line(out_csv)
         with open(out_csv, newline="", encoding="utf-8") as f:
-            done = {_key(row.get("file") or "") for row in csv.DictReader(f)}
+            reader = csv.DictReader(f)
+            done = {_key(row.get("file") or "") for row in reader}
+        header = reader.fieldnames or []
+        if header and header != result_columns(predictor.classes, severity_scores_of(predictor)):
+            raise ModelError(f"{out_csv}: its columns are not the ones this model and ccad write (another model, or "
+                             "an older ccad): resume into the CSV it was started with, or give another --out")
     paths = (str(p) for p in iter_inputs(inputs) if _key(p) not in done)
     counts = {"scored": 0, "errors": 0, "skipped_done": len(done)}
     out_csv.parent.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,15 @@ The new bundle is the base's files with a new ``model.onnx`` (the heads' weights
 ``cam_weights.npy`` and card; the INT8 model is dropped (it would need a new calibration). The card's
 ``site_adaptation`` records the base card's sha256, the local data's hash and counts, the split, the
 settings and the before/after numbers. The drift check's reference becomes the held-out test split's own
-scores and distances.
+scores and distances when it has at least 100 images; with fewer there is no drift check (the base's reference
+scores belong to the old heads), until ``ccad calibrate --unlabelled`` makes one.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import replace
@@ -43,13 +45,15 @@ from ccad.errors import ConfigError, DataError
 from ccad.evaluation.metrics import compute_metrics
 from ccad.io.files import sha256
 from ccad.models.card import BUNDLE_CARD, ModelCard
-from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision
+from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision, site_target, threshold_for
 from ccad.models.ood import OOD_FILE
 from ccad.models.rehearsal import REHEARSAL_FILE, load_rehearsal
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.scoring.predictor import OnnxPredictor
 
 FOLDS = 5
+#: Fewer reference images than this make the drift check's PSI noise alone pass its alarm (ccad.evaluation.drift).
+MIN_DRIFT_REFERENCE = 100
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -99,7 +103,13 @@ def head_initializers(model, classes: int) -> list[tuple[str, str]]:
         bias = next((i for i in (add.input if add is not None else []) if i in inits), None)
         if bias is not None and any(n.op_type == "Softmax" for n in consumers.get(add.output[0], [])):
             heads.append((node.name, node.input[1], bias))
-    return [(w, b) for _, w, b in sorted(heads)]
+    # in view order: Keras names a multi-view model's heads classifier_0, classifier_1, ... (numbers, not text:
+    # classifier_10 after classifier_9)
+    def view(name: str) -> tuple[int, str]:
+        match = re.search(r"classifier_(\d+)", name)
+        return (int(match.group(1)) if match else -1, name)
+
+    return [(w, b) for _, w, b in sorted(heads, key=lambda h: view(h[0]))]
 
 
 def _scored(predictor: OnnxPredictor, samples, skip_bad: bool):
@@ -187,13 +197,7 @@ def adapt_bundle(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLik
         out_of_fold[held] = probabilities(fold_heads, features[adapt_idx[held]])
     new_heads = fit(features[adapt_idx], y[adapt_idx])
     rule = predictor.decision
-    name = rule.rule if rule.rule in THRESHOLD_RULES else "youden"  # a site's own target rule: refit as youden
-    if rule.threshold is None:
-        decision = DecisionRule(classes.index(positive))
-    else:
-        decision = fit_decision(y[adapt_idx], out_of_fold, classes, positive, name,
-                                fitted_on="out-of-fold predictions of the site's adapt split")
-        decision = replace(decision, rule=f"{name} at the site")
+    decision = _refit_rule(rule, y[adapt_idx], out_of_fold, classes, positive)
     after = probabilities(new_heads, features)
     t = is_test
     record = {
@@ -221,6 +225,24 @@ def adapt_bundle(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLik
     _write(model, out, card, graph, heads, new_heads, decision, record, features[t], after[t, classes.index(positive)],
            predictor, sign_key)
     return record
+
+
+def _refit_rule(rule: DecisionRule, y: np.ndarray, out_of_fold: np.ndarray, classes, positive: str) -> DecisionRule:
+    """The bundle's own rule refitted on out-of-fold predictions: a training rule (youden, specificity-90...) as
+    training fits it, a site's target (``ccad calibrate``: "specificity-0.90 at the site") at the same target."""
+    index = classes.index(positive)
+    fitted_on = "out-of-fold predictions of the site's adapt split"
+    if rule.threshold is None:
+        return DecisionRule(index)
+    target = site_target(rule.rule)
+    if target is not None:
+        name, value = target
+        scores = out_of_fold[:, index][(y != index) if name == "specificity" else (y == index)]
+        return DecisionRule(index, threshold_for(scores, name, value), 1.0, rule.rule, f"{fitted_on} (n={len(y)})")
+    if rule.rule not in THRESHOLD_RULES:  # a number given at training: kept as it is
+        return replace(rule, fitted_on=f"{rule.fitted_on}; kept as given")
+    decision = fit_decision(y, out_of_fold, classes, positive, rule.rule, fitted_on=fitted_on)
+    return replace(decision, rule=f"{rule.rule} at the site")
 
 
 def _auc(y, p, positive: int) -> float | None:
@@ -251,12 +273,19 @@ def _write(base: Path, out: Path, card: ModelCard, graph, heads, new_heads, deci
         np.save(work / card.heatmap["weights"], np.concatenate([w for w, _ in new_heads]).astype(np.float32)
                 / len(new_heads))
         ood = card.ood
-        if predictor.ood is not None:  # the guard is unchanged (the features are); the drift reference is the site's
-            guard = replace(predictor.ood, reference_distances=predictor.ood.distance(test_features),
-                            reference_scores=np.asarray(test_scores))
+        if predictor.ood is not None:
+            # the guard is unchanged (the features are), but the scores are the new heads': the drift reference is
+            # the site's held-out split when it is large enough to be quiet, else there is none (the base's scores
+            # would describe another model)
+            enough = len(test_scores) >= MIN_DRIFT_REFERENCE
+            guard = replace(predictor.ood, reference_distances=predictor.ood.distance(test_features) if enough else None,
+                            reference_scores=np.asarray(test_scores) if enough else None)
             guard.save(work / OOD_FILE)
             ood = dict(card.ood, drift_reference={"images": len(test_scores), "scores": True,
-                                                  "source": "the site's held-out adapt test split"})
+                                                  "source": "the site's held-out adapt test split"} if enough else
+                       {"images": 0, "why": f"the held-out split has {len(test_scores)} images, under "
+                                            f"{MIN_DRIFT_REFERENCE}: no drift check (ccad calibrate --unlabelled "
+                                            "gives one)"})
         files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
         replace(card, decision=decision.to_dict(), ood=ood, sha256=files,
                 models={"float": card.models["float"]}, int8_check=None,

@@ -27,6 +27,25 @@ PAGE = 100
 log = logging.getLogger("ccad.dicom")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def check_url(url: str, text: str | None = None) -> str:
+    """``url`` when it is https, or http to this machine (credentials and patient data never cross a network in
+    clear); with no credentials in it."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    what = text or url
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{what!r}: expected an https://HOST/PATH URL (dicomweb+https://... for --send-to)")
+    if parts.username or parts.password:
+        raise ConfigError(f"{what!r}: no credentials in the URL (they come from the environment or a file)")
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
+        raise ConfigError(f"{what!r}: plain http is refused except to this machine (127.0.0.1): use https")
+    return url
+
+
 @dataclass(frozen=True)
 class WebDestination:
     """A DICOMweb service's base URL (``dicomweb+https://host/dicom-web`` on the command line)."""
@@ -36,9 +55,7 @@ class WebDestination:
     @classmethod
     def parse(cls, text: str) -> "WebDestination":
         url = text[len(PREFIX):] if text.startswith(PREFIX) else text
-        if not url.startswith(("http://", "https://")) or "@" in url.split("/")[2]:
-            raise ConfigError(f"{text!r}: expected dicomweb+https://HOST/PATH (credentials from the environment or "
-                              "--dicomweb-auth, never in the URL)")
+        check_url(url, text)
         return cls(url.rstrip("/"))
 
     @property
@@ -46,14 +63,15 @@ class WebDestination:
         return "DICOMweb"
 
 
-def session(auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLike | None = None):
-    """A requests session with the credentials of the environment or ``auth_file`` and TLS verification."""
+def session(auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLike | None = None,
+            env: str = "CCAD_DICOMWEB"):
+    """A requests session with the credentials of ``auth_file`` or the environment (``{env}_TOKEN``, or
+    ``{env}_USER`` and ``{env}_PASSWORD``) and TLS verification."""
     import requests
 
     s = requests.Session()
     s.verify = str(ca_file) if ca_file else True
-    token, user, password = (os.environ.get(k) for k in ("CCAD_DICOMWEB_TOKEN", "CCAD_DICOMWEB_USER",
-                                                          "CCAD_DICOMWEB_PASSWORD"))
+    token, user, password = (os.environ.get(f"{env}_{k}") for k in ("TOKEN", "USER", "PASSWORD"))
     if auth_file:
         try:
             line = Path(auth_file).read_text().strip().splitlines()[0].strip()
@@ -72,10 +90,10 @@ def session(auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLi
     return s
 
 
-def client(url: str, auth_file=None, ca_file=None, timeout_s: float = 30.0):
+def client(url: str, auth_file=None, ca_file=None, timeout_s: float = 30.0, env: str = "CCAD_DICOMWEB"):
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(url, session=session(auth_file, ca_file), timeout=timeout_s)
+    return DICOMwebClient(check_url(url), session=session(auth_file, ca_file, env), timeout=timeout_s)
 
 
 def stow(web, dataset) -> str | None:
@@ -95,6 +113,7 @@ def stow(web, dataset) -> str | None:
 def find_instances(web, study: str | None = None, since: str | None = None) -> Iterator[tuple[str, str, str]]:
     """(study, series, instance) UIDs of the CR and DX instances of ``study``, or of the studies dated
     ``since`` (YYYYMMDD) or later, page by page (QIDO-RS)."""
+    seen: set[str] = set()
     for modality in PULL_MODALITIES:
         filters = {"Modality": modality}
         if since:
@@ -103,10 +122,14 @@ def find_instances(web, study: str | None = None, since: str | None = None) -> I
         while True:
             page = web.search_for_instances(study_instance_uid=study, search_filters=filters, limit=PAGE,
                                             offset=offset, fields=["StudyInstanceUID", "SeriesInstanceUID"])
+            new = 0
             for item in page:
-                uids = [item.get(tag, {}).get("Value", [None])[0] for tag in ("0020000D", "0020000E", "00080018")]
-                if all(uids):
-                    yield tuple(str(u) for u in uids)
-            if len(page) < PAGE:
+                uids = tuple(str(item.get(tag, {}).get("Value", [""])[0] or "")
+                             for tag in ("0020000D", "0020000E", "00080018"))
+                if all(uids) and uids[2] not in seen:
+                    seen.add(uids[2])
+                    new += 1
+                    yield uids
+            if len(page) < PAGE or not new:  # the last page, or a server that ignores the offset
                 break
             offset += len(page)

@@ -82,7 +82,10 @@ def diagnostic_report(source, algorithm: Algorithm, prediction: Any = None, reas
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{instance}"}],
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
                                   "display": "Radiology"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "36643-5", "display": "XR Chest 2 Views"}],
+        # ccad's own code, not a LOINC one: no LOINC code names "a screening aid's output on one chest X-ray";
+        # a site maps it in its interface engine
+        "code": {"coding": [{"system": CODE_SYSTEM, "code": "covid-19-screening-aid",
+                             "display": "COVID-19 screening aid on a chest X-ray"}],
                  "text": "Chest X-ray: COVID-19 screening aid (ccad)"},
         "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "imagingStudy": [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study}"},

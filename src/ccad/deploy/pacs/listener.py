@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -121,6 +122,10 @@ class ListenerSettings:
             raise ConfigError(f"--metrics-port must be a port number, got {self.metrics_port}")
         if self.drift_window < 20:
             raise ConfigError(f"--drift-window must be at least 20 images, got {self.drift_window}")
+        if self.fhir and "://" in self.fhir:  # a URL (a mistyped scheme must not become a folder)
+            from ccad.deploy.pacs.dicomweb import check_url
+
+            check_url(self.fhir, f"--fhir {self.fhir}")
         return self
 
 
@@ -172,6 +177,7 @@ class Stats:
     refused_incomplete: int = 0
     sent: int = 0
     send_failures: int = 0
+    fhir_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: ``ccad_dicom_events_total{event}``, the same counts for Prometheus (set by the listener's start).
     counter: Any = field(default=None, repr=False)
@@ -300,32 +306,28 @@ class Listener:
 
     # 1. received ------------------------------------------------------------------------------------
 
-    def _on_store(self, event) -> int:
-        """Admit one C-STORE. pynetdicom has written the data set to a temporary file as it arrived
-        (``STORE_RECV_CHUNKED_DATASET``: memory stays bounded whatever its size); it is checked here before
-        anything decodes it: its size, a deflated stream's inflated size (the bounded inflater), its UIDs."""
+    def admission(self, data: bytes, size: int | None = None):
+        """(status, header) of a data set as received: refused (0xA700) over ``max_dataset_bytes`` or when a
+        deflated stream would inflate past the pixel limit (the bounded inflater), (0xC210) when it cannot be
+        decoded, (0xA900) without a valid SOP Class, SOP Instance, Study or Series Instance UID; else SUCCESS and
+        its header (no pixels). The listener's C-STORE handler and ``ccad dicom pull`` both admit through it."""
         from ccad.errors import ImageReadError
         from ccad.io.images import ImageTooLargeError, check_inflated_size
 
+        size = len(data) if size is None else size
+        if size > self.settings.max_dataset_bytes:
+            self.stats.add("refused_too_large")
+            log.warning("refused a data set of %d MB, over the limit of %d MB: status 0xA700", size // 2 ** 20,
+                        self.settings.max_dataset_bytes // 2 ** 20)
+            return OUT_OF_RESOURCES, None
         try:
-            received = Path(event.dataset_path)
-            size = received.stat().st_size
-            if size > self.settings.max_dataset_bytes:
-                self.stats.add("refused_too_large")
-                log.warning("refused a data set of %d MB, over the limit of %d MB: status 0xA700", size // 2 ** 20,
-                            self.settings.max_dataset_bytes // 2 ** 20)
-                return OUT_OF_RESOURCES
-            data = received.read_bytes()
             check_inflated_size(data, "the data set", self.settings.max_pixels or DEFAULT_MAX_PIXELS)
         except ImageReadError as e:  # a decompression bomb, or a stream that does not inflate
             bomb = isinstance(e, ImageTooLargeError)
             self.stats.add("refused_too_large" if bomb else "refused_malformed")
             status = OUT_OF_RESOURCES if bomb else CANNOT_UNDERSTAND
             log.warning("refused a data set: %s: status 0x%04X", _reason(e), status)
-            return status
-        except OSError as e:
-            log.error("cannot read a received data set (%s): status 0xA700", e.strerror)
-            return OUT_OF_RESOURCES
+            return status, None
         try:
             import pydicom
 
@@ -334,12 +336,29 @@ class Listener:
         except Exception as e:  # pydicom raises many types for a malformed data set
             self.stats.add("refused_malformed")
             log.warning("refused a data set that cannot be decoded (%s): status 0xC210", type(e).__name__)
-            return CANNOT_UNDERSTAND
+            return CANNOT_UNDERSTAND, None
         if missing:  # a result must name the study, series and instance it belongs to
             self.stats.add("refused_incomplete")
             log.warning("refused a data set without a valid %s (Type 1): status 0xA900", ", ".join(missing))
-            return DOES_NOT_MATCH
+            return DOES_NOT_MATCH, None
+        return SUCCESS, ds
+
+    def _on_store(self, event) -> int:
+        """Admit one C-STORE. pynetdicom has written the data set to a temporary file as it arrived
+        (``STORE_RECV_CHUNKED_DATASET``: memory stays bounded whatever its size); :meth:`admission` checks it
+        before anything decodes it."""
+        try:
+            received = Path(event.dataset_path)
+            size = received.stat().st_size
+            data = received.read_bytes() if size <= self.settings.max_dataset_bytes else b""
+        except OSError as e:
+            log.error("cannot read a received data set (%s): status 0xA700", e.strerror)
+            return OUT_OF_RESOURCES
+        status, ds = self.admission(data, size)
+        if status != SUCCESS:
+            return status
         key = instance_key(str(ds.SOPInstanceUID))
+        with self._admit:        key = instance_key(str(ds.SOPInstanceUID))
         with self._admit:
             if self._queue.full():
                 self.stats.add("refused_busy")
@@ -356,9 +375,12 @@ class Listener:
         log.info("image %s received", key)
         return SUCCESS
 
-    def take(self, key: str, data: bytes, timeout_s: float | None = None) -> Path:
-        """Spool and queue one instance fetched by ``ccad dicom pull`` (blocking while the queue is full: what
-        is pulled is bounded by ``queue_size``)."""
+    def take(self, key: str, data: bytes, timeout_s: float | None = None) -> Path | None:
+        """Admit, spool and queue one instance fetched by ``ccad dicom pull`` (blocking while the queue is full:
+        what is pulled is bounded by ``queue_size``); None when :meth:`admission` refuses it."""
+        status, _ = self.admission(data)
+        if status != SUCCESS:
+            return None
         path = self.spool.receive(key, data)
         self._queue.put(path, timeout=timeout_s)
         self.stats.add("received")
@@ -416,43 +438,61 @@ class Listener:
                     reason = f"not readable: {e}"
             self.spool.put_results(key, self._results(key, ds, prediction, reason))
             if self.settings.fhir:
-                self._fhir_report(key, ds, prediction, reason)
+                try:
+                    self._fhir_report(key, ds, prediction, reason)
+                except Exception as e:  # the DICOM results are in the outbox already: the image is not lost
+                    self.stats.add("fhir_failures")
+                    log.error("image %s: its FHIR report could not be made (%s)", key, type(e).__name__)
         except Exception as e:  # a bad image must never stop the listener, nor vanish
             self.stats.add("failed")
-            self.spool.set_aside(path, f"no result could be made ({type(e).__name__})")
+            try:
+                self.spool.set_aside(path, f"no result could be made ({type(e).__name__})")
+            except FileNotFoundError:  # queued twice (a resume): the other handling took it
+                return
             log.error("image %s: no result could be made (%s); kept in the spool's failed folder", key,
                       type(e).__name__)
-            if self.on_done is not None:
-                self.on_done(key)
+            self._done(key)
             return
         path.unlink(missing_ok=True)
-        if self.on_done is not None:
-            self.on_done(key)
+        self._done(key)
         if prediction is None:
             self.stats.add("not_scored")
             log.info("image %s not scored: %s", key, reason)
         else:
             self.stats.add("scored")
-            self.monitor.observe(prediction, identity=str(ds.SOPInstanceUID))
+            try:
+                self.monitor.observe(prediction, identity=str(ds.SOPInstanceUID))
+            except Exception as e:  # monitoring must never stop scoring
+                log.error("image %s: monitoring failed (%s)", key, type(e).__name__)
             log.info("image %s scored: %s (%.3f)%s", key, prediction.predicted_class,
                      prediction.probabilities[prediction.predicted_class],
                      "" if prediction.in_distribution is not False else ", out of distribution")
         self._wake_sender.set()
+
+    def _done(self, key: str) -> None:
+        if self.on_done is not None:
+            try:
+                self.on_done(key)
+            except Exception as e:  # e.g. a full disk under pulled.txt: the image is re-done on the next pull
+                log.error("image %s: could not record it as done (%s)", key, type(e).__name__)
 
     def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
         """The FHIR DiagnosticReport: into the spool for sending, or into the ``fhir`` folder."""
         import json
 
         from ccad.deploy.pacs.fhir import diagnostic_report
-        from ccad.io.files import write_text
 
         report = diagnostic_report(ds, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
         if self._fhir is not None:
             self.spool.put_fhir(key, report)
         else:
+            from ccad.io.files import atomic_path
+
             folder = Path(self.settings.fhir)
             folder.mkdir(parents=True, exist_ok=True)
-            write_text(folder / f"{key}.json", json.dumps(report, indent=1))
+            with atomic_path(folder / f"{key}.json") as tmp:  # readable by the listener's user only
+                tmp.write_text(json.dumps(report, indent=1))
+                os.chmod(tmp, 0o600)
 
     def _results(self, key: str, ds, prediction, reason: str | None) -> list:
         """The SR (and, for a scored image, the capture); when they cannot be built, an SR saying so."""
@@ -507,7 +547,11 @@ class Listener:
 
     def _send(self, paths: list[Path]) -> None:
         reports = [p for p in paths if p.suffix == ".json"]
-        if reports:
+        if reports and self._fhir is None:  # left by a run with --fhir URL: kept until one runs again
+            for path in reports:
+                self._retries[path] = _Retry(attempts=1, due=time.monotonic() + 3600)
+            log.warning("%d FHIR reports wait in the spool, and no --fhir URL is set to send them", len(reports))
+        elif reports:
             self._send_fhir(reports)
         paths = [p for p in paths if p.suffix != ".json"]
         if not paths:
@@ -531,7 +575,10 @@ class Listener:
         for path in paths:
             if self._stop.is_set():
                 break
-            why = stow(self._web, pydicom.dcmread(path))
+            try:
+                why = stow(self._web, pydicom.dcmread(path))
+            except Exception as e:  # anything the client or the file raises: this file waits, the thread goes on
+                why = type(e).__name__
             if why is None:
                 self._delivered(path)
             else:
@@ -545,7 +592,7 @@ class Listener:
                 break
             try:
                 status = self._fhir.put(json.loads(path.read_text()))
-            except (OSError, ValueError) as e:
+            except Exception as e:  # OSError, a bad status line, bad JSON...: this report waits, the thread goes on
                 self._failed(path, type(e).__name__)
                 continue
             if status in (200, 201):

@@ -3,6 +3,7 @@ them through the listener's path, results sent as the listener sends them.
 
     ccad dicom pull --from https://pacs/dicom-web --since 2026-12-01 --send-to dicomweb+https://pacs/dicom-web
 
+Every fetched instance passes the listener's admission checks (size, inflated size, UIDs) before it is spooled.
 Bounded in memory: one instance is fetched at a time, and fetching waits while ``--queue-size`` images wait to
 be scored. Resumable: each image is recorded in ``SPOOL/pulled.txt`` (by the hash of its SOP Instance UID, as
 the logs name it) once its results are in the outbox; a pull run again skips those. An image whose results
@@ -27,9 +28,11 @@ DONE_FILE = "pulled.txt"
 
 
 def pull(settings: ListenerSettings, source: str, study: str | None = None, since: str | None = None,
-         timeout_s: float = 3600.0, predictor=None) -> dict[str, Any]:
+         timeout_s: float = 3600.0, predictor=None, source_auth=None) -> dict[str, Any]:
     """Score every CR/DX instance of ``study`` (or of the studies dated ``since``, YYYYMMDD, or later) at the
-    DICOMweb service ``source``; returns counts. Waits (at most ``timeout_s``) until every result is sent."""
+    DICOMweb service ``source``; returns counts. Waits (at most ``timeout_s``) until every result is sent.
+    ``source_auth``: the archive's credentials file (the destination's are never sent to it; without one, the
+    environment's ``CCAD_DICOMWEB_SOURCE_TOKEN`` or ``CCAD_DICOMWEB_SOURCE_USER`` / ``_PASSWORD``)."""
     listener = Listener(settings, predictor)
     done_path = listener.spool.root / DONE_FILE
     done = set(done_path.read_text().split()) if done_path.exists() else set()
@@ -42,18 +45,20 @@ def pull(settings: ListenerSettings, source: str, study: str | None = None, sinc
             os.fsync(f.fileno())
 
     listener.on_done = record
-    waiting = {p.stem for p in listener.spool.pending_inbox()}  # fetched by a run that died: resumed, not refetched
+    waiting = {p.stem for p in listener.spool.pending_inbox()}
+    seen: set[str] = set()  # fetched by a run that died: resumed, not refetched
     listener.start(scp=False)
-    web = client(source, settings.dicomweb_auth, settings.ca_file)
-    counts = {"found": 0, "already_done": 0, "in_the_spool": 0, "fetched": 0, "fetch_failures": 0}
+    web = client(source, source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")
+    counts = {"found": 0, "already_done": 0, "in_the_spool": 0, "fetched": 0, "fetch_failures": 0, "refused": 0}
     deadline = time.monotonic() + timeout_s
     try:
         for study_uid, series_uid, instance_uid in find_instances(web, study, since):
             counts["found"] += 1
             key = instance_key(instance_uid)
-            if key in done:
+            if key in done or key in seen:
                 counts["already_done"] += 1
                 continue
+            seen.add(key)
             if key in waiting:
                 counts["in_the_spool"] += 1
                 continue
@@ -66,8 +71,10 @@ def pull(settings: ListenerSettings, source: str, study: str | None = None, sinc
                 log.warning("image %s could not be fetched (%s)", key, type(e).__name__)
                 continue
             del ds
-            listener.take(key, buffer.getvalue(), timeout_s=max(1.0, deadline - time.monotonic()))
             counts["fetched"] += 1
+            if listener.take(key, buffer.getvalue(), timeout_s=max(1.0, deadline - time.monotonic())) is None:
+                counts["refused"] += 1  # too large, a bomb, undecodable, or without its UIDs: as the listener would
+                record(key)
         while not listener.idle() and time.monotonic() < deadline:
             time.sleep(0.2)
         counts["complete"] = listener.idle()
