@@ -33,12 +33,26 @@ PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 def start_orthanc(root: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     config = root / "orthanc.json"
-    config.write_text(json.dumps({
-        "Name": "bench", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"), "HttpPort": port,
-        "DicomPort": free_port(), "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-        "Plugins": [PLUGIN], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}))
-    process = subprocess.Popen([shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(config)],
-                               stdout=open(root / "orthanc.log", "wb"), stderr=subprocess.STDOUT)
+    config.write_text(
+        json.dumps(
+            {
+                "Name": "bench",
+                "StorageDirectory": str(root / "db"),
+                "IndexDirectory": str(root / "db"),
+                "HttpPort": port,
+                "DicomPort": free_port(),
+                "RemoteAccessAllowed": False,
+                "AuthenticationEnabled": False,
+                "Plugins": [PLUGIN],
+                "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            }
+        )
+    )
+    process = subprocess.Popen(
+        [shutil.which("Orthanc") or "/usr/sbin/Orthanc", str(config)],
+        stdout=open(root / "orthanc.log", "wb"),
+        stderr=subprocess.STDOUT,
+    )
     for _ in range(200):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/system", timeout=2).read()
@@ -60,12 +74,27 @@ def xray_bytes(seed: int) -> bytes:
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
-    for key, value in dict(SOPClassUID=meta.MediaStorageSOPClassUID, SOPInstanceUID=meta.MediaStorageSOPInstanceUID,
-                           StudyInstanceUID=generate_uid(), SeriesInstanceUID=generate_uid(), Modality="DX",
-                           PatientID=f"BENCH{seed}", StudyDate="20261201", ViewPosition="PA", BodyPartExamined="CHEST",
-                           PresentationIntentType="FOR PRESENTATION", Rows=512, Columns=512, BitsAllocated=16,
-                           BitsStored=12, HighBit=11, PixelRepresentation=0, SamplesPerPixel=1,
-                           PhotometricInterpretation="MONOCHROME2", PixelData=pixels.tobytes()).items():
+    for key, value in dict(
+        SOPClassUID=meta.MediaStorageSOPClassUID,
+        SOPInstanceUID=meta.MediaStorageSOPInstanceUID,
+        StudyInstanceUID=generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        Modality="DX",
+        PatientID=f"BENCH{seed}",
+        StudyDate="20261201",
+        ViewPosition="PA",
+        BodyPartExamined="CHEST",
+        PresentationIntentType="FOR PRESENTATION",
+        Rows=512,
+        Columns=512,
+        BitsAllocated=16,
+        BitsStored=12,
+        HighBit=11,
+        PixelRepresentation=0,
+        SamplesPerPixel=1,
+        PhotometricInterpretation="MONOCHROME2",
+        PixelData=pixels.tobytes(),
+    ).items():
         setattr(ds, key, value)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
@@ -83,9 +112,25 @@ def peak_mb(pid: int) -> float:
 
 
 def run_pull(args, url: str, work: Path, kill_after: int | None) -> dict:
-    command = [sys.executable, "-m", "ccad", "dicom", "pull", "--from", url, "--since", "2026-12-01",
-               "--send-to", f"dicomweb+{url}", "--spool", str(work / "spool"), "--fhir", str(work / "fhir"),
-               "--timeout", "1200"] + (["--model", args.model] if args.model else [])
+    command = [
+        sys.executable,
+        "-m",
+        "ccad",
+        "dicom",
+        "pull",
+        "--from",
+        url,
+        "--since",
+        "2026-12-01",
+        "--send-to",
+        f"dicomweb+{url}",
+        "--spool",
+        str(work / "spool"),
+        "--fhir",
+        str(work / "fhir"),
+        "--timeout",
+        "1200",
+    ] + (["--model", args.model] if args.model else [])
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=open(work / "pull.log", "ab"), text=True)
     peak, killed = 0.0, False
@@ -96,18 +141,30 @@ def run_pull(args, url: str, work: Path, kill_after: int | None) -> dict:
             process.send_signal(signal.SIGKILL)
             killed = True
         time.sleep(0.05)
-    return {"killed": killed, "seconds": round(time.perf_counter() - start, 1), "peak_rss_mb": round(peak, 1),
-            "recorded": len(done.read_text().split()) if done.exists() else 0, "rc": process.returncode,
-            "printed": (process.stdout.read() or "").strip()}
+    return {
+        "killed": killed,
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": round(peak, 1),
+        "recorded": len(done.read_text().split()) if done.exists() else 0,
+        "rc": process.returncode,
+        "printed": (process.stdout.read() or "").strip(),
+    }
 
 
 def count(port: int) -> dict:
     def find(modality):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/tools/find", method="POST", data=json.dumps(
-            {"Level": "Instance", "Query": {"Modality": modality}}).encode())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/tools/find",
+            method="POST",
+            data=json.dumps({"Level": "Instance", "Query": {"Modality": modality}}).encode(),
+        )
         ids = json.loads(urllib.request.urlopen(request, timeout=60).read())
-        return [json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/instances/{i}/simplified-tags",
-                                                  timeout=60).read()) for i in ids]
+        return [
+            json.loads(
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/instances/{i}/simplified-tags", timeout=60).read()
+            )
+            for i in ids
+        ]
 
     out = {}
     for modality in ("SR", "OT"):
@@ -115,8 +172,11 @@ def count(port: int) -> dict:
         per_study: dict[str, int] = {}
         for i in instances:
             per_study[i["StudyInstanceUID"]] = per_study.get(i["StudyInstanceUID"], 0) + 1
-        out[modality] = {"instances": len(instances), "studies": len(per_study),
-                         "studies_with_more_than_one": sum(v > 1 for v in per_study.values())}
+        out[modality] = {
+            "instances": len(instances),
+            "studies": len(per_study),
+            "studies_with_more_than_one": sum(v > 1 for v in per_study.values()),
+        }
     return out
 
 
@@ -133,13 +193,20 @@ def main() -> None:
         try:
             url = f"http://127.0.0.1:{port}/dicom-web"
             for seed in range(args.studies):
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/instances", method="POST",
-                                                 data=xray_bytes(seed))
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/instances", method="POST", data=xray_bytes(seed)
+                )
                 urllib.request.urlopen(request, timeout=60).read()
             first = run_pull(args, url, work, args.kill_after)
             second = run_pull(args, url, work, None)
-            report = {"studies": args.studies, "first_run": first, "second_run": second, "orthanc": count(port),
-                      "fhir_reports": len(list((work / "fhir").glob("*.json"))), "cores": os.cpu_count()}
+            report = {
+                "studies": args.studies,
+                "first_run": first,
+                "second_run": second,
+                "orthanc": count(port),
+                "fhir_reports": len(list((work / "fhir").glob("*.json"))),
+                "cores": os.cpu_count(),
+            }
         finally:
             orthanc.terminate()
             orthanc.wait(30)

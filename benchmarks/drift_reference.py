@@ -47,14 +47,26 @@ def main() -> None:
     positive = predictor.classes.index(predictor.positive_class)
     guard = OodGuard.load(bundle / OOD_FILE)
     distances = np.array([p.ood_distance for p in scored])
-    guard = replace(guard, reference_distances=distances,
-                    reference_scores=np.array([p.raw_probabilities[positive] for p in scored]))
+    guard = replace(
+        guard, reference_distances=distances, reference_scores=np.array([p.raw_probabilities[positive] for p in scored])
+    )
     guard.save(bundle / OOD_FILE)
     card = ModelCard.load(bundle)
-    replace(card, ood=dict(card.ood, drift_reference={"images": len(scored), "scores": True}),
-            sha256=dict(card.sha256, **{OOD_FILE: sha256(bundle / OOD_FILE)})).save(bundle)
-    print(json.dumps({"images": len(scored), "of": len(paths), "kept_by_guard": float(np.mean(distances <= guard.cutoff)),
-                      OOD_FILE: sha256(bundle / OOD_FILE)}))
+    replace(
+        card,
+        ood=dict(card.ood, drift_reference={"images": len(scored), "scores": True}),
+        sha256=dict(card.sha256, **{OOD_FILE: sha256(bundle / OOD_FILE)}),
+    ).save(bundle)
+    print(
+        json.dumps(
+            {
+                "images": len(scored),
+                "of": len(paths),
+                "kept_by_guard": float(np.mean(distances <= guard.cutoff)),
+                OOD_FILE: sha256(bundle / OOD_FILE),
+            }
+        )
+    )
 
 
 def add_rehearsal(bundle: Path, run: Path) -> None:
@@ -69,8 +81,12 @@ def add_rehearsal(bundle: Path, run: Path) -> None:
         mine = [r for r in rows if r["label"] == c]
         chosen += [mine[i] for i in rng.permutation(len(mine))[:PER_CLASS]]
     scored = [(r, p) for r, p in zip(chosen, predictor.predict_files([r["path"] for r in chosen])) if not p.error]
-    save_rehearsal(bundle, np.stack([p.pooled for _, p in scored]),
-                   np.array([predictor.classes.index(r["label"]) for r, _ in scored]), predictor.classes)
+    save_rehearsal(
+        bundle,
+        np.stack([p.pooled for _, p in scored]),
+        np.array([predictor.classes.index(r["label"]) for r, _ in scored]),
+        predictor.classes,
+    )
     card = ModelCard.load(bundle)
     replace(card, sha256=dict(card.sha256, **{REHEARSAL_FILE: sha256(bundle / REHEARSAL_FILE)})).save(bundle)
     print(json.dumps({"rehearsal_images": len(scored), REHEARSAL_FILE: sha256(bundle / REHEARSAL_FILE)}))

@@ -41,14 +41,23 @@ def main() -> None:
     parser.add_argument("--variant", default="float")
     parser.add_argument("--out")
     args = parser.parse_args()
-    files = [str(p) for p in list_inputs([args.data])][:args.images]
+    files = [str(p) for p in list_inputs([args.data])][: args.images]
     if not args.baseline:
         emit(measure(args.model, args.variant, files), args.out)
         return
     baseline, model = measure(args.baseline, args.variant, files), measure(args.model, args.variant, files)
-    emit({"benchmark": "end_to_end", "baseline": baseline, "model": model,
-          "ratio_single_image_median": round(model["median_ms"]["single_image"] / baseline["median_ms"]["single_image"], 3),
-          "ratio_batch_throughput": round(model["batch_images_per_s"] / baseline["batch_images_per_s"], 3)}, args.out)
+    emit(
+        {
+            "benchmark": "end_to_end",
+            "baseline": baseline,
+            "model": model,
+            "ratio_single_image_median": round(
+                model["median_ms"]["single_image"] / baseline["median_ms"]["single_image"], 3
+            ),
+            "ratio_batch_throughput": round(model["batch_images_per_s"] / baseline["batch_images_per_s"], 3),
+        },
+        args.out,
+    )
 
 
 def measure(bundle: str, variant: str, files: list[str]) -> dict:
@@ -93,11 +102,17 @@ def measure(bundle: str, variant: str, files: list[str]) -> dict:
     start = time.perf_counter()
     n = sum(1 for _ in predictor.predict_stream(files))
     batch = n / (time.perf_counter() - start)
-    return {"benchmark": "end_to_end", "model": bundle, "variant": variant, "preprocess": preprocess,
-            "images": len(files), "median_ms": medians,
-            "share_of_stages": {k: round(v / parts, 3) for k, v in medians.items() if k != "single_image"},
-            "single_image_p95_ms": round(float(np.percentile(stages["single_image"], 95)) * 1000, 2),
-            "batch_images_per_s": round(batch, 1)}
+    return {
+        "benchmark": "end_to_end",
+        "model": bundle,
+        "variant": variant,
+        "preprocess": preprocess,
+        "images": len(files),
+        "median_ms": medians,
+        "share_of_stages": {k: round(v / parts, 3) for k, v in medians.items() if k != "single_image"},
+        "single_image_p95_ms": round(float(np.percentile(stages["single_image"], 95)) * 1000, 2),
+        "batch_images_per_s": round(batch, 1),
+    }
 
 
 if __name__ == "__main__":

@@ -66,10 +66,16 @@ def run_variant(images: int, epochs: int) -> dict:
 
     history = fine_tune(model, arrays, ("covid", "normal"), config, verbose=0, first_epoch=10, callbacks=[Timer()])
     later = times[1:]
-    return dict(images=images, val_images=n_val, epochs=epochs, first_epoch_s=round(times[0], 2),
-                epoch_s=round(sum(later) / len(later), 2), images_per_s=round(images * len(later) / sum(later), 2),
-                final_loss=history[-1]["loss"], peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                                                  / 1024))
+    return dict(
+        images=images,
+        val_images=n_val,
+        epochs=epochs,
+        first_epoch_s=round(times[0], 2),
+        epoch_s=round(sum(later) / len(later), 2),
+        images_per_s=round(images * len(later) / sum(later), 2),
+        final_loss=history[-1]["loss"],
+        peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    )
 
 
 def main() -> None:
@@ -86,8 +92,12 @@ def main() -> None:
     results = {}
     for name in args.variants.split(","):
         env = dict(os.environ, **VARIANTS[name], TF_CPP_MIN_LOG_LEVEL="2")
-        done = subprocess.run([sys.executable, __file__, "--child", name, "--images", str(args.images),
-                               "--epochs", str(args.epochs)], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--images", str(args.images), "--epochs", str(args.epochs)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -95,9 +105,16 @@ def main() -> None:
     base = results.get("baseline", {}).get("images_per_s")
     for row in results.values():
         row["vs_baseline"] = round(row["images_per_s"] / base, 2) if base else None
-    emit({"benchmark": "fine_tune", "machine": f"{os.cpu_count()} CPU cores", "setting":
-          "MobileNetV2 224 px, all backbone layers trainable except BatchNorm, Adam 1e-5, batch 30, Table 4 "
-          "augmentation, synthetic images", "variants": results}, args.out)
+    emit(
+        {
+            "benchmark": "fine_tune",
+            "machine": f"{os.cpu_count()} CPU cores",
+            "setting": "MobileNetV2 224 px, all backbone layers trainable except BatchNorm, Adam 1e-5, batch 30, "
+            "Table 4 augmentation, synthetic images",
+            "variants": results,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

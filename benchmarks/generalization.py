@@ -58,8 +58,10 @@ RECIPES = {
     "thorax+cohen-neg": (True, ["--preprocess", THORAX, *COHEN_NEGATIVES]),
     "lungs+cohen-neg": (True, ["--preprocess", LUNGS, *COHEN_NEGATIVES]),
     "lungs+fine-tune": (False, ["--preprocess", LUNGS, "--fine-tune-epochs", "5", "--feature-views", "0"]),
-    "lungs argmax+temperature": (False, ["--preprocess", LUNGS, "--threshold", "argmax",
-                                          "--calibration", "temperature"]),
+    "lungs argmax+temperature": (
+        False,
+        ["--preprocess", LUNGS, "--threshold", "argmax", "--calibration", "temperature"],
+    ),
     "lungs specificity-95": (False, ["--preprocess", LUNGS, "--threshold", "specificity-95"]),
 }
 
@@ -83,8 +85,12 @@ def rate(flags) -> dict | None:
     from scipy.stats import binomtest
 
     ci = binomtest(int(flags.sum()), len(flags)).proportion_ci(method="wilson")
-    return {"value": round(float(flags.mean()), 4), "k": int(flags.sum()), "n": int(len(flags)),
-            "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)]}
+    return {
+        "value": round(float(flags.mean()), 4),
+        "k": int(flags.sum()),
+        "n": int(len(flags)),
+        "ci95": [round(float(ci.low), 4), round(float(ci.high), 4)],
+    }
 
 
 def cohen_rates(rows: list[dict]) -> dict:
@@ -92,8 +98,9 @@ def cohen_rates(rows: list[dict]) -> dict:
     out = {}
     for kind in ("pneumonia", "normal"):
         picked = [r for r in rows if "cohen-other" in r["path"] and f"/{kind}/" in r["path"]]
-        out["cohen_pneumonia_called_covid" if kind == "pneumonia" else "cohen_no_finding_called_covid"] = \
-            rate(r["predicted"] == "covid" for r in picked)
+        out["cohen_pneumonia_called_covid" if kind == "pneumonia" else "cohen_no_finding_called_covid"] = rate(
+            r["predicted"] == "covid" for r in picked
+        )
     return out
 
 
@@ -111,10 +118,14 @@ def shifted_normals(run_dir: Path) -> dict | None:
     from ccad.scoring.predictor import load_predictor
 
     classifier = load_predictor(run_dir)
-    normals = [s for s in read_split_file(run_dir / "split.csv")
-               if s.split == "test" and s.label == "normal" and s.source == "nih-chestxray8"]
-    images, kept, _ = load_images(normals, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess,
-                                  transform=acquisition_shift)
+    normals = [
+        s
+        for s in read_split_file(run_dir / "split.csv")
+        if s.split == "test" and s.label == "normal" and s.source == "nih-chestxray8"
+    ]
+    images, kept, _ = load_images(
+        normals, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess, transform=acquisition_shift
+    )
     predicted = classifier.decision.predict(classifier.decision.calibrate(classifier.predict_images(images)))
     return rate(np.array(classifier.classes)[predicted] == "normal")
 
@@ -134,20 +145,41 @@ def recipe_row(name: str, with_cv: bool, extra: list[str], tmp: Path, folds: int
     if with_cv:
         run(["cv", *data, *extra, "--out", str(tmp / "cv"), "--folds", str(folds)])
         pooled = json.loads((tmp / "cv" / "metrics.json").read_text())["pooled"]
-        row.update(cv_auc=value(pooled["auc"]), cv_sensitivity=value(pooled["sensitivity"]),
-                   cv_specificity=value(pooled["specificity"]), cv_s=round(time.perf_counter() - start))
+        row.update(
+            cv_auc=value(pooled["auc"]),
+            cv_sensitivity=value(pooled["sensitivity"]),
+            cv_specificity=value(pooled["specificity"]),
+            cv_s=round(time.perf_counter() - start),
+        )
     start = time.perf_counter()
     run(["train", *data, *extra, "--out", str(tmp / "run")])
     row["train_s"] = round(time.perf_counter() - start)
     test = json.loads((tmp / "run" / "metrics.json").read_text())
-    row.update(test_auc=value(test["auc"]), test_n=test["n"], decision=test["decision"]["text"],
-               ood_test=test.get("out_of_distribution"))
+    row.update(
+        test_auc=value(test["auc"]),
+        test_n=test["n"],
+        decision=test["decision"]["text"],
+        ood_test=test.get("out_of_distribution"),
+    )
     run(["evaluate", "--model", str(tmp / "run"), "--data", RDB, "--out", str(tmp / "rdb")])
     rdb = json.loads((tmp / "rdb" / "metrics.json").read_text())
     row.update(rdb_sensitivity=value(rdb["sensitivity"]), ood_rdb=rdb.get("out_of_distribution"))
     if not pooled_cohen:
-        run(["evaluate", "--model", str(tmp / "run"), "--data", COHEN, "--relabel", "pneumonia=normal",
-             "--split", "all", "--out", str(tmp / "cohen")])
+        run(
+            [
+                "evaluate",
+                "--model",
+                str(tmp / "run"),
+                "--data",
+                COHEN,
+                "--relabel",
+                "pneumonia=normal",
+                "--split",
+                "all",
+                "--out",
+                str(tmp / "cohen"),
+            ]
+        )
         row.update(cohen_rates(read_csv(tmp / "cohen" / "predictions.csv")), cohen_measured_on="all 97 (unseen)")
         row["ood_cohen"] = json.loads((tmp / "cohen" / "metrics.json").read_text()).get("out_of_distribution")
     elif with_cv:
@@ -156,17 +188,38 @@ def recipe_row(name: str, with_cv: bool, extra: list[str], tmp: Path, folds: int
         row.update(cohen_rates(read_csv(tmp / "run" / "predictions.csv")), cohen_measured_on="test split only")
     run(["audit", "--model", str(tmp / "run"), *data, "--out", str(tmp / "audit")])
     audit = json.loads((tmp / "audit" / "audit.json").read_text())
-    row.update(lung_blanked_auc=audit["lung_test"]["no_lungs"], lungs_only_auc=audit["lung_test"]["lungs_only"],
-               shifted_normals_kept_normal=shifted_normals(tmp / "run"), ood_photos=photos_flagged(tmp / "run"))
+    row.update(
+        lung_blanked_auc=audit["lung_test"]["no_lungs"],
+        lungs_only_auc=audit["lung_test"]["lungs_only"],
+        shifted_normals_kept_normal=shifted_normals(tmp / "run"),
+        ood_photos=photos_flagged(tmp / "run"),
+    )
     return row
 
 
 def loso_row(name: str, extra: list[str], tmp: Path) -> dict:
     """Leave-one-source-out over Cohen's collection (+ cohen-other), NIH and covid-cxr-rdb."""
     flags = [a for a in extra if a not in COHEN_NEGATIVES]
-    run(["cv", "--data", COVID_CXR, "--data", COHEN, "--data", RDB, "--classes", "covid,normal",
-         "--relabel", "cohen-covid-chestxray:pneumonia=normal", "--group-by", "source", *flags,
-         "--out", str(tmp / "loso")])
+    run(
+        [
+            "cv",
+            "--data",
+            COVID_CXR,
+            "--data",
+            COHEN,
+            "--data",
+            RDB,
+            "--classes",
+            "covid,normal",
+            "--relabel",
+            "cohen-covid-chestxray:pneumonia=normal",
+            "--group-by",
+            "source",
+            *flags,
+            "--out",
+            str(tmp / "loso"),
+        ]
+    )
     summary = json.loads((tmp / "loso" / "metrics.json").read_text())
     rows = read_csv(tmp / "loso" / "oof_predictions.csv")
     by_source = {}
@@ -174,23 +227,34 @@ def loso_row(name: str, extra: list[str], tmp: Path) -> dict:
         picked = [r for r in rows if r["source"] == source]
         labels = np.array([r["label"] == "covid" for r in picked])
         scores = np.array([float(r["p_covid"]) for r in picked])
-        entry = {"n": len(picked), "covid": int(labels.sum()),
-                 "called_covid_of_covid": rate(r["predicted"] == "covid" for r in picked if r["label"] == "covid"),
-                 "called_normal_of_normal": rate(r["predicted"] == "normal" for r in picked if r["label"] == "normal")}
+        entry = {
+            "n": len(picked),
+            "covid": int(labels.sum()),
+            "called_covid_of_covid": rate(r["predicted"] == "covid" for r in picked if r["label"] == "covid"),
+            "called_normal_of_normal": rate(r["predicted"] == "normal" for r in picked if r["label"] == "normal"),
+        }
         if 0 < labels.sum() < len(labels):
             from sklearn.metrics import roc_auc_score
 
             entry["auc_within_source"] = round(float(roc_auc_score(labels, scores)), 4)
         by_source[source] = entry
-    return {"recipe": name, "flags": " ".join(flags), "pooled_out_of_source_auc": value(summary["pooled"]["auc"]),
-            "by_source": by_source, "elapsed_s": summary["elapsed_s"]}
+    return {
+        "recipe": name,
+        "flags": " ".join(flags),
+        "pooled_out_of_source_auc": value(summary["pooled"]["auc"]),
+        "by_source": by_source,
+        "elapsed_s": summary["elapsed_s"],
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated from: " + ", ".join(RECIPES))
-    parser.add_argument("--loso", default="lungs,whole-image",
-                        help="recipes also run leave-one-source-out (comma-separated; empty for none)")
+    parser.add_argument(
+        "--loso",
+        default="lungs,whole-image",
+        help="recipes also run leave-one-source-out (comma-separated; empty for none)",
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -209,10 +273,18 @@ def main() -> None:
         print(json.dumps(loso[-1]), flush=True)
         if partial:
             partial.write_text(json.dumps({"rows": rows, "loso": loso}, indent=1))
-    emit({"benchmark": "generalization", "folds": args.folds, "rows": rows, "leave_one_source_out": loso,
-          "data": "trained on covid-cxr (COVID vs normal, fixed split; cv: all splits) and, for +cohen-neg, "
-                  "cohen-other with its pneumonias as negatives; scored on covid-cxr-rdb, cohen-other, "
-                  "imagenet-sanity photos"}, args.out)
+    emit(
+        {
+            "benchmark": "generalization",
+            "folds": args.folds,
+            "rows": rows,
+            "leave_one_source_out": loso,
+            "data": "trained on covid-cxr (COVID vs normal, fixed split; cv: all splits) and, for +cohen-neg, "
+            "cohen-other with its pneumonias as negatives; scored on covid-cxr-rdb, cohen-other, "
+            "imagenet-sanity photos",
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,11 @@ def time_single(fn, inputs: list) -> dict:
         start = time.perf_counter()
         fn(inputs[i % len(inputs)])
         latencies.append(time.perf_counter() - start)
-    return {"images_per_s": 1 / float(np.mean(latencies)), "p50_ms": percentile_ms(latencies, 50),
-            "p99_ms": percentile_ms(latencies, 99)}
+    return {
+        "images_per_s": 1 / float(np.mean(latencies)),
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
+    }
 
 
 def time_batch(fn, batch: np.ndarray, repeats: int = 5) -> float:
@@ -83,12 +86,34 @@ def peak_rss_of_predict(bundle: Path, folder: Path, out_csv: Path) -> dict:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     rss_file = out_csv.with_suffix(".rss")
     start = time.perf_counter()
-    subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), sys.executable, "-m", "ccad", "predict",
-                    "--model", str(bundle), str(folder), "--out", str(out_csv)], env=env, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            "-o",
+            str(rss_file),
+            sys.executable,
+            "-m",
+            "ccad",
+            "predict",
+            "--model",
+            str(bundle),
+            str(folder),
+            "--out",
+            str(out_csv),
+        ],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows = sum(1 for _ in open(out_csv)) - 1
-    return {"images": rows, "wall_s": time.perf_counter() - start,
-            "peak_rss_mb": int(rss_file.read_text().split()[-1]) / 1024}
+    return {
+        "images": rows,
+        "wall_s": time.perf_counter() - start,
+        "peak_rss_mb": int(rss_file.read_text().split()[-1]) / 1024,
+    }
 
 
 def main() -> None:
@@ -132,19 +157,26 @@ def main() -> None:
     for name, fn in engines.items():
         model_only = time_single(fn, singles)
         end_to_end = time_single(lambda f, fn=fn: fn(load_model_input(f, 224)[None]), files)
-        results[name] = {"batch1": model_only, "batch32_images_per_s": time_batch(fn, batch),
-                         "end_to_end_png": end_to_end}
+        results[name] = {
+            "batch1": model_only,
+            "batch32_images_per_s": time_batch(fn, batch),
+            "end_to_end_png": end_to_end,
+        }
         print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
     for r in results.values():
         for keras_way in ("keras_predict", "keras_call"):
-            r[f"batch1_speedup_vs_{keras_way}"] = r["batch1"]["images_per_s"] / results[keras_way]["batch1"]["images_per_s"]
+            r[f"batch1_speedup_vs_{keras_way}"] = (
+                r["batch1"]["images_per_s"] / results[keras_way]["batch1"]["images_per_s"]
+            )
     sizes = {p.name: p.stat().st_size for p in sorted(bundle.iterdir())}
     folder = work / "images"
     folder.mkdir()
     for i in range(500):  # a folder of 500 PNGs for the memory of a predict process
         os.symlink(files[i % len(files)], folder / f"{i:04d}.png")
     report = {
-        "benchmark": "inference", "threads": THREADS, "cpu_count": os.cpu_count(),
+        "benchmark": "inference",
+        "threads": THREADS,
+        "cpu_count": os.cpu_count(),
         "images": "covid-cxr test split PNGs (320 px, decoded and resized to 224)",
         "engines": results,
         "onnx_int8_vs_float_batch1": results["onnx_int8"]["batch1"]["images_per_s"]

@@ -45,8 +45,15 @@ SETTINGS = {
 }
 
 
-def quantize(float_path: Path, out: Path, calibration: np.ndarray, method: str, per_channel: bool,
-             exclude: bool, images: int = 100) -> None:
+def quantize(
+    float_path: Path,
+    out: Path,
+    calibration: np.ndarray,
+    method: str,
+    per_channel: bool,
+    exclude: bool,
+    images: int = 100,
+) -> None:
     """ccad's own quantizer (:func:`ccad.models.quantize.quantize_onnx`) with the setting's options, or ONNX
     Runtime's dynamic quantization."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -105,9 +112,16 @@ def main() -> None:
         sets["covid-cxr-rdb"] = (prepared(rdb)[0], None)
     rule, pos = classifier.decision, classifier.classes.index(classifier.positive_class)
     float_p = {k: rule.calibrate(probabilities(work / "model.onnx", x)) for k, (x, _) in sets.items()}
-    report = {"benchmark": "int8", "run": args.run, "preprocess": classifier.preprocess,
-              "decision": rule.describe(), "calibration_images": len(calibration),
-              "sets": {k: len(x) for k, (x, _) in sets.items()}, "float": {}, "settings": {}}
+    report = {
+        "benchmark": "int8",
+        "run": args.run,
+        "preprocess": classifier.preprocess,
+        "decision": rule.describe(),
+        "calibration_images": len(calibration),
+        "sets": {k: len(x) for k, (x, _) in sets.items()},
+        "float": {},
+        "settings": {},
+    }
     for key, (x, y) in sets.items():
         d = rule.predict(float_p[key])
         report["float"][key] = {"positive_rate": round(float(np.mean(d == pos)), 4)}
@@ -121,14 +135,19 @@ def main() -> None:
         for key, (x, y) in sets.items():
             p = rule.calibrate(probabilities(path, x))
             d, d_float = rule.predict(p), rule.predict(float_p[key])
-            entry = {"decision_agreement": round(float(np.mean(d == d_float)), 4),
-                     "positive_rate": round(float(np.mean(d == pos)), 4),
-                     "max_probability_difference": round(float(np.abs(p - float_p[key]).max()), 4)}
+            entry = {
+                "decision_agreement": round(float(np.mean(d == d_float)), 4),
+                "positive_rate": round(float(np.mean(d == pos)), 4),
+                "max_probability_difference": round(float(np.abs(p - float_p[key]).max()), 4),
+            }
             if y is not None:
                 entry["auc"] = round(float(roc_auc_score(y == pos, p[:, pos])), 4)
                 entry["auc_difference"] = round(entry["auc"] - report["float"][key]["auc"], 4)
             row[key] = entry
-        ok = all(row[k]["decision_agreement"] >= 0.98 for k in sets) and abs(row["test split"]["auc_difference"]) <= 0.005
+        ok = (
+            all(row[k]["decision_agreement"] >= 0.98 for k in sets)
+            and abs(row["test split"]["auc_difference"]) <= 0.005
+        )
         row["meets_the_aim"] = bool(ok)
         report["settings"][name] = row
         print(name, row, file=sys.stderr)

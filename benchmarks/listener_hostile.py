@@ -81,16 +81,36 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ccad-hostile-"))
     files = {
-        "deflate_bomb": dataset(work / "bomb.dcm", 64, 64, bytes(1200 * 2 ** 20), DeflatedExplicitVRLittleEndian),
+        "deflate_bomb": dataset(work / "bomb.dcm", 64, 64, bytes(1200 * 2**20), DeflatedExplicitVRLittleEndian),
         "oversized": dataset(work / "big.dcm", 11_000, 13_060, bytes(2 * 11_000 * 13_060), ExplicitVRLittleEndian),
-        "valid": dataset(work / "ok.dcm", 512, 512,
-                         (np.random.default_rng(0).integers(0, 4096, (512, 512)).astype(np.uint16)).tobytes(),
-                         ExplicitVRLittleEndian),
+        "valid": dataset(
+            work / "ok.dcm",
+            512,
+            512,
+            (np.random.default_rng(0).integers(0, 4096, (512, 512)).astype(np.uint16)).tobytes(),
+            ExplicitVRLittleEndian,
+        ),
     }
     port = free_port()
-    listener = subprocess.Popen([sys.executable, "-m", "ccad", "dicom", "listen", "--model", args.model, "--port",
-                                 str(port), "--send-to", f"NOBODY@127.0.0.1:{free_port()}", "--spool",
-                                 str(work / "spool")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccad",
+            "dicom",
+            "listen",
+            "--model",
+            args.model,
+            "--port",
+            str(port),
+            "--send-to",
+            f"NOBODY@127.0.0.1:{free_port()}",
+            "--spool",
+            str(work / "spool"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(240):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -105,10 +125,14 @@ def main() -> None:
             status = c_store(path, port)
             elapsed = time.perf_counter() - start
             time.sleep(3)
-            report["cases"][name] = {"file_mb": round(path.stat().st_size / 2 ** 20, 2), "status": f"0x{status:04X}",
-                                     "answer_s": round(elapsed, 2), "peak_before_mb": round(before, 1),
-                                     "peak_after_mb": round(vm_hwm_mb(listener.pid), 1),
-                                     "rss_after_mb": round(rss_mb(listener.pid), 1)}
+            report["cases"][name] = {
+                "file_mb": round(path.stat().st_size / 2**20, 2),
+                "status": f"0x{status:04X}",
+                "answer_s": round(elapsed, 2),
+                "peak_before_mb": round(before, 1),
+                "peak_after_mb": round(vm_hwm_mb(listener.pid), 1),
+                "rss_after_mb": round(rss_mb(listener.pid), 1),
+            }
     finally:
         listener.terminate()
         listener.wait(30)

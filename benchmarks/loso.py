@@ -45,9 +45,18 @@ from _report import emit  # noqa: E402
 from generalization import rate  # noqa: E402  (a share with its Wilson interval)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DATA = ["--data", str(SHARED / "covid-cxr" / "manifest.csv"), "--data", str(SHARED / "cohen-other" / "manifest.csv"),
-        "--data", str(SHARED / "covid-cxr-rdb" / "manifest.csv"),
-        "--relabel", "cohen-covid-chestxray:pneumonia=normal", "--classes", "covid,normal"]
+DATA = [
+    "--data",
+    str(SHARED / "covid-cxr" / "manifest.csv"),
+    "--data",
+    str(SHARED / "cohen-other" / "manifest.csv"),
+    "--data",
+    str(SHARED / "covid-cxr-rdb" / "manifest.csv"),
+    "--relabel",
+    "cohen-covid-chestxray:pneumonia=normal",
+    "--classes",
+    "covid,normal",
+]
 INPUTS = {
     "thorax": "thorax+equalize+lowpass",
     "lungs": "lungs+equalize+lowpass",
@@ -72,8 +81,10 @@ def auc_with_interval(positive: np.ndarray, score: np.ndarray, seed: int = 0, n:
         i = rng.integers(0, len(score), len(score))
         if positive[i].any() and not positive[i].all():
             values.append(roc_auc_score(positive[i], score[i]))
-    return {"value": round(float(roc_auc_score(positive, score)), 4),
-            "ci95": [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)]}
+    return {
+        "value": round(float(roc_auc_score(positive, score)), 4),
+        "ci95": [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)],
+    }
 
 
 def threshold(rule: str, fold: int, folds: dict, oof: list[dict]) -> float:
@@ -95,8 +106,11 @@ def candidate_rows(name: str, folder: Path) -> list[dict]:
     folds = {}
     for entry in summary["per_fold"]:
         i = entry["fold"]
-        folds[i] = {"sources": entry["test_sources"], "val": read_csv(folder / f"fold-{i}" / "val_predictions.csv"),
-                    "stored_threshold": entry["decision"]["threshold"]}
+        folds[i] = {
+            "sources": entry["test_sources"],
+            "val": read_csv(folder / f"fold-{i}" / "val_predictions.csv"),
+            "stored_threshold": entry["decision"]["threshold"],
+        }
     rows = []
     cohen = [r for r in oof if r["source"] == COHEN]
     positive = np.array([r["label"] == POSITIVE for r in cohen])
@@ -111,15 +125,24 @@ def candidate_rows(name: str, folder: Path) -> list[dict]:
         def kept(source):
             return rate(not called[id(r)] for r in oof if r["source"] == source and r["label"] != POSITIVE)
 
-        row = {"candidate": f"{name} / {rule}", "input": name, "rule": rule, "cohen_auc": cohen_auc,
-               "cohen_covid_found": found(COHEN), "cohen_negatives_kept": kept(COHEN),
-               "nih_normals_kept": kept(NIH), "rdb_covid_found": found(RDB),
-               "thresholds": {folds[i]["sources"][0]: round(t, 4) for i, t in thresholds.items()}}
+        row = {
+            "candidate": f"{name} / {rule}",
+            "input": name,
+            "rule": rule,
+            "cohen_auc": cohen_auc,
+            "cohen_covid_found": found(COHEN),
+            "cohen_negatives_kept": kept(COHEN),
+            "nih_normals_kept": kept(NIH),
+            "rdb_covid_found": found(RDB),
+            "thresholds": {folds[i]["sources"][0]: round(t, 4) for i, t in thresholds.items()},
+        }
         sensitivity = np.mean([row["cohen_covid_found"]["value"], row["rdb_covid_found"]["value"]])
         specificity = np.mean([row["cohen_negatives_kept"]["value"], row["nih_normals_kept"]["value"]])
-        row.update(out_of_source_sensitivity=round(float(sensitivity), 4),
-                   out_of_source_specificity=round(float(specificity), 4),
-                   score=round(float((sensitivity + specificity) / 2), 4))
+        row.update(
+            out_of_source_sensitivity=round(float(sensitivity), 4),
+            out_of_source_specificity=round(float(specificity), 4),
+            score=round(float((sensitivity + specificity) / 2), 4),
+        )
         if rule == "youden":  # the stored rule: the same as each fold's own threshold
             assert all(abs(thresholds[i] - folds[i]["stored_threshold"]) < 1e-6 for i in folds), name
         rows.append(row)
@@ -153,11 +176,19 @@ def main(argv=None) -> None:
             timings[name] = round(time.perf_counter() - start)
         rows += candidate_rows(name, folder)
     chosen = choose(rows)
-    emit({"benchmark": "leave-one-source-out model selection (issue 21)", "data": DATA,
-          "rule": __doc__.split("THE RULE")[1].split("    KERAS_HOME")[0].strip(),
-          "rows": rows, "chosen": chosen["candidate"], "cv_seconds": timings,
-          "note": "every number: images of a source scored by models that never saw that source; Wilson 95% "
-                  "intervals on rates, bootstrap on the AUC"}, args.out)
+    emit(
+        {
+            "benchmark": "leave-one-source-out model selection (issue 21)",
+            "data": DATA,
+            "rule": __doc__.split("THE RULE")[1].split("    KERAS_HOME")[0].strip(),
+            "rows": rows,
+            "chosen": chosen["candidate"],
+            "cv_seconds": timings,
+            "note": "every number: images of a source scored by models that never saw that source; Wilson 95% "
+            "intervals on rates, bootstrap on the AUC",
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

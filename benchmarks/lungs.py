@@ -78,8 +78,12 @@ def main() -> None:
             flags.update(fields.qc_flags)
             any_flag += bool(fields.qc_flags)
             fractions.append(fields.area_fraction)
-        rates[name] = {"n": len(paths), "any_flag": round(any_flag / len(paths), 4),
-                       "flags": dict(flags), "lung_fraction_median": round(float(np.median(fractions)), 3)}
+        rates[name] = {
+            "n": len(paths),
+            "any_flag": round(any_flag / len(paths), 4),
+            "flags": dict(flags),
+            "lung_fraction_median": round(float(np.median(fractions)), 3),
+        }
         print(name, rates[name], flush=True)
     if args.figures:
         from ccad.training.lung_segmenter import overlay_grid
@@ -92,15 +96,32 @@ def main() -> None:
         for key, file, heading in (("covid-cxr normal (NIH)", "nih-normals.png", "NIH normals (covid-cxr)"),):
             paths = sets[key]
             picks = [paths[i] for i in sorted(rng.choice(len(paths), 12, replace=False))]
-            overlay_grid(picks, segmenter, out / file, titles=[p.name[:18] for p in picks],
-                         heading=f"{heading}: red = the shipped segmenter's outline (random 12)")
+            overlay_grid(
+                picks,
+                segmenter,
+                out / file,
+                titles=[p.name[:18] for p in picks],
+                heading=f"{heading}: red = the shipped segmenter's outline (random 12)",
+            )
     card = segmenter.card
-    emit({"benchmark": "lungs", "segmenter": {"input_size": card["input_size"], "size_bytes": card["size_bytes"],
-                                              "parameters": card["parameters"], "held_out": card.get("held_out")},
-          "ms_per_image_one_thread": {"network_median": round(1000 * float(np.median(times)), 2),
-                                      "network_p90": round(1000 * float(np.percentile(times, 90)), 2),
-                                      "postprocess_and_qc_median": round(1000 * float(np.median(post)), 2)},
-          "qc_flag_rates": rates}, args.out)
+    emit(
+        {
+            "benchmark": "lungs",
+            "segmenter": {
+                "input_size": card["input_size"],
+                "size_bytes": card["size_bytes"],
+                "parameters": card["parameters"],
+                "held_out": card.get("held_out"),
+            },
+            "ms_per_image_one_thread": {
+                "network_median": round(1000 * float(np.median(times)), 2),
+                "network_p90": round(1000 * float(np.percentile(times, 90)), 2),
+                "postprocess_and_qc_median": round(1000 * float(np.median(post)), 2),
+            },
+            "qc_flag_rates": rates,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

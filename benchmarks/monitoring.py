@@ -41,8 +41,11 @@ BINS = (8, 10, 6)
 
 def scored(predictor, paths) -> list[tuple[float, float]]:
     positive = predictor.classes.index(predictor.positive_class)
-    return [(float(p.raw_probabilities[positive]), p.ood_distance)
-            for p in predictor.predict_files([str(x) for x in paths]) if not p.error]
+    return [
+        (float(p.raw_probabilities[positive]), p.ood_distance)
+        for p in predictor.predict_files([str(x) for x in paths])
+        if not p.error
+    ]
 
 
 def photo_variants(folder: Path, out: Path, n: int = 40) -> list[Path]:
@@ -98,9 +101,13 @@ def drift(model: Path, run: Path, work: Path) -> dict:
     scoring_s = time.perf_counter() - start
     guard = predictor.ood
     arrays = {k: np.array(v, np.float64) for k, v in populations.items()}
-    out = {"images": {k: len(v) for k, v in populations.items()}, "reference_images": len(guard.reference_scores),
-           "scoring_s": round(scoring_s, 1)}
+    out = {
+        "images": {k: len(v) for k, v in populations.items()},
+        "reference_images": len(guard.reference_scores),
+        "scoring_s": round(scoring_s, 1),
+    }
     for bins in BINS:
+
         def factory():
             return DriftCheck(guard.reference_scores, guard.reference_distances, window=200, bins=bins)
 
@@ -110,10 +117,13 @@ def drift(model: Path, run: Path, work: Path) -> dict:
         for name in ("NIH pneumonia", "only NIH normals", "only covid-cxr-rdb", "photos"):
             runs = [replay(factory, arrays["in distribution"], arrays[name], 100 + seed) for seed in range(20)]
             found = [r["images_to_drift"] for r in runs if r["images_to_drift"] is not None]
-            result[name] = {"streams": len(runs), "turned_to_drift": len(found),
-                            "images_to_drift_median": statistics.median(found) if found else None,
-                            "images_to_drift_max": max(found) if found else None,
-                            "left_ok_before_the_change": sum(r["left_ok"] for r in runs)}
+            result[name] = {
+                "streams": len(runs),
+                "turned_to_drift": len(found),
+                "images_to_drift_median": statistics.median(found) if found else None,
+                "images_to_drift_max": max(found) if found else None,
+                "left_ok_before_the_change": sum(r["left_ok"] for r in runs),
+            }
     return out
 
 
@@ -124,8 +134,10 @@ def overhead(model: Path, image: Path) -> dict:
 
     data = image.read_bytes()
     rates = {True: [], False: []}
-    with TestClient(create_app(ServeSettings(model, metrics=True))) as on, \
-            TestClient(create_app(ServeSettings(model, metrics=False))) as off:
+    with (
+        TestClient(create_app(ServeSettings(model, metrics=True))) as on,
+        TestClient(create_app(ServeSettings(model, metrics=False))) as off,
+    ):
         for client in (on, off):  # warm up
             client.post("/api/v1/predict", files=[("files", ("a.png", io.BytesIO(data), "image/png"))])
         for _ in range(5):
@@ -137,8 +149,12 @@ def overhead(model: Path, image: Path) -> dict:
                 rates[metrics].append(40 / (time.perf_counter() - start))
         scrape = on.get("/metrics")
     on_rate, off_rate = statistics.median(rates[True]), statistics.median(rates[False])
-    return {"images_per_s_with_metrics": round(on_rate, 2), "images_per_s_without": round(off_rate, 2),
-            "cost": round(1 - on_rate / off_rate, 4), "metrics_page_bytes": len(scrape.content)}
+    return {
+        "images_per_s_with_metrics": round(on_rate, 2),
+        "images_per_s_without": round(off_rate, 2),
+        "cost": round(1 - on_rate / off_rate, 4),
+        "metrics_page_bytes": len(scrape.content),
+    }
 
 
 def main() -> None:
@@ -146,8 +162,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_MODEL))
-    parser.add_argument("--run", help="the run folder the bundle was exported from (its split.csv); default: "
-                        "/work/runs/default-model for the shipped bundle")
+    parser.add_argument(
+        "--run",
+        help="the run folder the bundle was exported from (its split.csv); default: "
+        "/work/runs/default-model for the shipped bundle",
+    )
     parser.add_argument("--skip-drift", action="store_true")
     parser.add_argument("--out")
     args = parser.parse_args()

@@ -36,10 +36,27 @@ def make_bundle(root: Path) -> Path:
     from ccad.cli import main
 
     assert main(["synth", str(root / "data"), "--n-per-class", "60", "--size", "256"]) == 0
-    assert main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "2",
-                 "--feature-views", "1"]) == 0
-    assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",
-                 "--calibration-data", str(root / "data")]) == 0
+    assert (
+        main(
+            ["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "2", "--feature-views", "1"]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(root / "run"),
+                "--out",
+                str(root / "bundle"),
+                "--int8",
+                "--calibration-data",
+                str(root / "data"),
+            ]
+        )
+        == 0
+    )
     return root / "bundle"
 
 
@@ -48,8 +65,10 @@ def xrays(root: Path, n: int, study: str | None = None) -> list[Path]:
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    return [make_xray_dicom(root / f"x{i}.dcm", render_patient(rng, ("covid", "normal")[i % 2], 1024),
-                            study_uid=study) for i in range(n)]
+    return [
+        make_xray_dicom(root / f"x{i}.dcm", render_patient(rng, ("covid", "normal")[i % 2], 1024), study_uid=study)
+        for i in range(n)
+    ]
 
 
 def percentile(values, q):
@@ -61,9 +80,25 @@ def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, sende
 
     listener_port = free_port()
     orthanc = Orthanc(work / f"orthanc-{variant}", listener_port).start()
-    command = [sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port", str(listener_port),
-               "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--spool", str(work / f"spool-{variant}"),
-               "--workers", "2", "--queue-size", "64"] + (["--int8"] if variant == "int8" else [])
+    command = [
+        sys.executable,
+        "-m",
+        "ccad",
+        "dicom",
+        "listen",
+        "--model",
+        str(bundle),
+        "--port",
+        str(listener_port),
+        "--send-to",
+        f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+        "--spool",
+        str(work / f"spool-{variant}"),
+        "--workers",
+        "2",
+        "--queue-size",
+        "64",
+    ] + (["--int8"] if variant == "int8" else [])
     log = open(work / f"listener-{variant}.log", "wb")
     listener = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -97,11 +132,16 @@ def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, sende
             t.join()
         wait_for(lambda: len(orthanc.get("/instances")) >= before + 2 * len(batch), 300, "every result", 0.05)
         elapsed = time.perf_counter() - start
-        return {"latency_ms": {"n": len(latencies), "median": percentile(latencies, 50),
-                               "p95": percentile(latencies, 95)},
-                "throughput": {"images": len(batch), "senders": senders, "seconds": round(elapsed, 2),
-                               "images_per_s": round(len(batch) / elapsed, 2),
-                               "refused_busy": sum(s == 0xA700 for s in statuses)}}
+        return {
+            "latency_ms": {"n": len(latencies), "median": percentile(latencies, 50), "p95": percentile(latencies, 95)},
+            "throughput": {
+                "images": len(batch),
+                "senders": senders,
+                "seconds": round(elapsed, 2),
+                "images_per_s": round(len(batch) / elapsed, 2),
+                "refused_busy": sum(s == 0xA700 for s in statuses),
+            },
+        }
     finally:
         listener.terminate()
         listener.wait(30)
@@ -128,18 +168,36 @@ def screenshots(bundle: Path, work: Path, out: Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     listener_port = free_port()
     orthanc = Orthanc(work / "orthanc-shots", listener_port).start()
-    listener = subprocess.Popen([sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port",
-                                 str(listener_port), "--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-                                 "--spool", str(work / "spool-shots")], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+    listener = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccad",
+            "dicom",
+            "listen",
+            "--model",
+            str(bundle),
+            "--port",
+            str(listener_port),
+            "--send-to",
+            f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+            "--spool",
+            str(work / "spool-shots"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", listener_port)) == 0, 60, "listener")
         path = xrays(work / "shots", 1)[0]
         c_store(path, orthanc.dicom_port, "ORTHANC")
         wait_for(lambda: len(orthanc.get("/instances")) >= 3, 60, "the results")
         study = orthanc.get("/studies")[0]
-        capture = next(i for i in orthanc.get("/instances")
-                       if orthanc.get(f"/instances/{i}/simplified-tags").get("Modality") == "OT")
+        capture = next(
+            i
+            for i in orthanc.get("/instances")
+            if orthanc.get(f"/instances/{i}/simplified-tags").get("Modality") == "OT"
+        )
         (out / "orthanc-capture.png").write_bytes(orthanc.get(f"/instances/{capture}/preview"))
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
@@ -168,13 +226,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ccad-pacs-bench-"))
     bundle = Path(args.model) if args.model else make_bundle(work)
     files = xrays(work / "files", args.images + 1)
-    report = {"benchmark": "pacs", "machine": f"{os.cpu_count()} CPU cores", "bundle": str(bundle),
-              "image": "synthetic DX, 1024 x 1024, 12-bit, explicit VR little endian",
-              "listener": "ccad dicom listen --workers 2 (ONNX Runtime, 2 threads); Orthanc 127.0.0.1, Lua routing",
-              "variants": {}}
+    report = {
+        "benchmark": "pacs",
+        "machine": f"{os.cpu_count()} CPU cores",
+        "bundle": str(bundle),
+        "image": "synthetic DX, 1024 x 1024, 12-bit, explicit VR little endian",
+        "listener": "ccad dicom listen --workers 2 (ONNX Runtime, 2 threads); Orthanc 127.0.0.1, Lua routing",
+        "variants": {},
+    }
     for variant in ("float", "int8"):
-        report["variants"][variant] = {"in_process_baseline": in_process(bundle, variant, files[1:]),
-                                       **run_variant(bundle, variant, files, work, args.senders)}
+        report["variants"][variant] = {
+            "in_process_baseline": in_process(bundle, variant, files[1:]),
+            **run_variant(bundle, variant, files, work, args.senders),
+        }
     if args.screenshots:
         report["screenshots"] = screenshots(bundle, work, Path(args.screenshots))
     emit(report, args.out)

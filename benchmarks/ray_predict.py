@@ -4,7 +4,8 @@ The same N synthetic images (256 px PNG) and the same bundle for every engine; t
 baseline (single-process ``predict_to_csv``) runs in the same process first.
 Prints JSON (``--out`` also writes it).
 
-    KERAS_HOME=../shared/keras-home python benchmarks/ray_predict.py --images 2000 --out benchmarks/results-ray_predict.json
+    KERAS_HOME=../shared/keras-home python benchmarks/ray_predict.py --images 2000 \
+        --out benchmarks/results-ray_predict.json
 """
 
 from __future__ import annotations
@@ -40,25 +41,63 @@ def main() -> None:
         images = sorted(str(p) for p in data.rglob("*.png"))[: args.images]
         (tmp / "list.txt").write_text("\n".join(images))
         train = generate(tmp / "train", n_per_class=30, size=256, seed=4)
-        assert ccad(["train", "--data", str(train), "--out", str(tmp / "run"), "--input-size", str(args.input_size),
-                     "--epochs", "2", "--feature-views", "1", "--preprocess", args.preprocess]) == 0
+        assert (
+            ccad(
+                [
+                    "train",
+                    "--data",
+                    str(train),
+                    "--out",
+                    str(tmp / "run"),
+                    "--input-size",
+                    str(args.input_size),
+                    "--epochs",
+                    "2",
+                    "--feature-views",
+                    "1",
+                    "--preprocess",
+                    args.preprocess,
+                ]
+            )
+            == 0
+        )
         assert ccad(["export", "--model", str(tmp / "run"), "--out", str(tmp / "bundle")]) == 0
         start = time.perf_counter()
-        predict_to_csv(OnnxPredictor(tmp / "bundle"), images, tmp / "single.csv",
-                       progress=False)
+        predict_to_csv(OnnxPredictor(tmp / "bundle"), images, tmp / "single.csv", progress=False)
         single = time.perf_counter() - start
-        rows.append({"engine": "single-process predict (4 decode threads, ONNX Runtime 2 threads)",
-                     "images": len(images), "seconds": round(single, 1), "images_per_s": round(len(images) / single, 1)})
+        rows.append(
+            {
+                "engine": "single-process predict (4 decode threads, ONNX Runtime 2 threads)",
+                "images": len(images),
+                "seconds": round(single, 1),
+                "images_per_s": round(len(images) / single, 1),
+            }
+        )
         for workers in (1, 2):
-            summary = ray_predict(tmp / "bundle", [tmp / "list.txt"], tmp / f"ray{workers}", workers=workers,
-                                  num_cpus=2)
+            summary = ray_predict(
+                tmp / "bundle", [tmp / "list.txt"], tmp / f"ray{workers}", workers=workers, num_cpus=2
+            )
             run = summary["this_run"]
-            rows.append({"engine": f"ray, {workers} scoring actor(s), local (num_cpus=2)", "images": run["processed"],
-                         "seconds": run["seconds"], "images_per_s": run["images_per_s"],
-                         "vs_single": round(single / run["seconds"], 2)})
+            rows.append(
+                {
+                    "engine": f"ray, {workers} scoring actor(s), local (num_cpus=2)",
+                    "images": run["processed"],
+                    "seconds": run["seconds"],
+                    "images_per_s": run["images_per_s"],
+                    "vs_single": round(single / run["seconds"], 2),
+                }
+            )
             print(rows[-1], flush=True)
-    emit({"benchmark": "ray_predict", "input_size": args.input_size, "preprocess": args.preprocess, "rows": rows,
-          "machine": "2 CPU cores"}, args.out)
+    emit(
+        {
+            "benchmark": "ray_predict",
+            "input_size": args.input_size,
+            "preprocess": args.preprocess,
+            "rows": rows,
+            "machine": "2 CPU cores",
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

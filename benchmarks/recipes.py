@@ -47,7 +47,9 @@ SIZE = 224
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preprocess", default="none,equalize,lowpass,thorax+equalize,thorax+equalize+lowpass,lungs+equalize")
+    parser.add_argument(
+        "--preprocess", default="none,equalize,lowpass,thorax+equalize,thorax+equalize+lowpass,lungs+equalize"
+    )
     parser.add_argument("--augmentation", default="cxr,robust")
     parser.add_argument("--views", type=int, default=2)
     parser.add_argument("--folds", type=int, default=5)
@@ -64,8 +66,10 @@ def main() -> None:
 
     keras.utils.set_random_seed(0)
     data = discover(SHARED / "covid-cxr" / "manifest.csv", ["covid", "normal", "pneumonia"])
-    rdb = [Sample(SHARED / "covid-cxr-rdb" / r["path"], "covid", r["path"])
-           for r in csv.DictReader(open(SHARED / "covid-cxr-rdb" / "manifest.csv"))]
+    rdb = [
+        Sample(SHARED / "covid-cxr-rdb" / r["path"], "covid", r["path"])
+        for r in csv.DictReader(open(SHARED / "covid-cxr-rdb" / "manifest.csv"))
+    ]
     samples = data.samples
     y3 = label_indices(samples, data.classes)  # covid 0, normal 1, pneumonia 2
     groups = np.array([s.group for s in samples])
@@ -105,13 +109,26 @@ def main() -> None:
             start = time.perf_counter()
             views = features(images, augmentation, args.views)
             train_feats = np.concatenate([base[None], views])  # (1 + views, N, D)
-            row = dict(preprocess=preprocess, augmentation=augmentation, views=args.views,
-                       load_s=round(load_s, 1), features_s=round(time.perf_counter() - start, 1))
+            row = dict(
+                preprocess=preprocess,
+                augmentation=augmentation,
+                views=args.views,
+                load_s=round(load_s, 1),
+                features_s=round(time.perf_counter() - start, 1),
+            )
             row.update(score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, f_shifted, args.folds))
             rows.append(row)
             print(row, flush=True)
-    emit({"benchmark": "recipes", "rows": rows, "folds": args.folds, "input_size": SIZE,
-          "data": "covid-cxr (manifest, all splits), covid-cxr-rdb"}, args.out)
+    emit(
+        {
+            "benchmark": "recipes",
+            "rows": rows,
+            "folds": args.folds,
+            "input_size": SIZE,
+            "data": "covid-cxr (manifest, all splits), covid-cxr-rdb",
+        },
+        args.out,
+    )
 
 
 def acquisition_shift(gray: np.ndarray) -> np.ndarray:

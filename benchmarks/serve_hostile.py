@@ -35,13 +35,36 @@ def make_bundle(folder: Path) -> Path:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     data = folder / "data"
     run = [sys.executable, "-m", "ccad"]
-    subprocess.run(run + ["synth", str(data), "--n-per-class", "24", "--size", "128"], check=True, env=env,
-                   capture_output=True)
-    subprocess.run(run + ["train", "--data", str(data / "manifest.csv"), "--out", str(folder / "run"), "--weights",
-                          "none", "--input-size", "96", "--epochs", "1", "--feature-views", "0"], check=True, env=env,
-                   capture_output=True)
-    subprocess.run(run + ["export", "--model", str(folder / "run"), "--out", str(folder / "bundle")], check=True,
-                   env=env, capture_output=True)
+    subprocess.run(
+        run + ["synth", str(data), "--n-per-class", "24", "--size", "128"], check=True, env=env, capture_output=True
+    )
+    subprocess.run(
+        run
+        + [
+            "train",
+            "--data",
+            str(data / "manifest.csv"),
+            "--out",
+            str(folder / "run"),
+            "--weights",
+            "none",
+            "--input-size",
+            "96",
+            "--epochs",
+            "1",
+            "--feature-views",
+            "0",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    subprocess.run(
+        run + ["export", "--model", str(folder / "run"), "--out", str(folder / "bundle")],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     return folder / "bundle"
 
 
@@ -49,9 +72,12 @@ class Server:
     def __init__(self, src: Path, bundle: Path):
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=str(src), TF_CPP_MIN_LOG_LEVEL="3")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port",
-                                      str(self.port), "--api-key", KEY], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(self.port), "--api-key", KEY],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
@@ -78,8 +104,12 @@ def multipart(files: list[tuple[str, bytes, str]]) -> tuple[bytes, str]:
     boundary = "ccadbench"
     parts = []
     for name, data, ctype in files:
-        parts.append(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-                     f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
@@ -106,14 +136,16 @@ def _status(s) -> int:
 def chunked_without_key(port: int, megabytes: int) -> int:
     """A chunked upload with no key and no Content-Length: one multipart file part of ``megabytes`` MB,
     streamed in 1 MB chunks."""
-    headers = ("POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-               "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    headers = (
+        "POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    )
 
     def chunk(data: bytes) -> bytes:
         return b"%x\r\n" % len(data) + data + b"\r\n"
 
     part = b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
-    zeros = chunk(b"\0" * 2 ** 20)
+    zeros = chunk(b"\0" * 2**20)
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         s.sendall(headers.encode())
         try:
@@ -139,7 +171,7 @@ def deflate_bomb(inflated_mb: int) -> bytes:
     ds.Rows = ds.Columns = 64
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.PixelData = bytes(inflated_mb * 2 ** 20)
+    ds.PixelData = bytes(inflated_mb * 2**20)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -153,8 +185,12 @@ def big_png(side: int = 7000) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def normal_png() -> bytes:
@@ -170,8 +206,12 @@ def run_case(src: Path, bundle: Path, name: str, action) -> dict:
     try:
         start = time.perf_counter()
         statuses = action(server.port)
-        return {"case": name, "statuses": statuses, "seconds": round(time.perf_counter() - start, 2),
-                "peak_rss_mb": server.peak_mb()}
+        return {
+            "case": name,
+            "statuses": statuses,
+            "seconds": round(time.perf_counter() - start, 2),
+            "peak_rss_mb": server.peak_mb(),
+        }
     finally:
         server.close()
 
@@ -200,13 +240,16 @@ def main() -> None:
                 for t in threads:
                     t.join()
                 return sorted(out)
+
             return action
 
         cases = [
             ("one ordinary 512 px PNG", lambda port: [post(port, *multipart([("x.png", png, "image/png")]))]),
             ("360 MB chunked upload, no API key", lambda port: [chunked_without_key(port, 360)]),
-            (f"deflated DICOM, {len(bomb) // 1024} KB inflating to 400 MB",
-             lambda port: [post(port, *multipart([("bomb.dcm", bomb, "application/dicom")]))]),
+            (
+                f"deflated DICOM, {len(bomb) // 1024} KB inflating to 400 MB",
+                lambda port: [post(port, *multipart([("bomb.dcm", bomb, "application/dicom")]))],
+            ),
             (f"two requests of 16 x 49 MP PNGs ({len(huge) // 1024} KB each)", two_requests_of_big(16)),
             ("two requests of 2 x 49 MP PNGs (the most a request may hold now)", two_requests_of_big(2)),
         ]

@@ -38,16 +38,17 @@ def make_bundle(work: Path) -> Path:
     return export_bundle(run, work / "bundle")
 
 
-
-
 def load(url: str, images: list[bytes], requests: int, clients: int, heatmap: bool) -> dict:
     import httpx
 
     def one(i: int) -> tuple[int, float]:
         client = clients_by_thread.setdefault(threading_id(), httpx.Client(timeout=60))
         start = time.perf_counter()
-        r = client.post(f"{url}/api/v1/predict", files={"files": (f"{i}.png", images[i % len(images)], "image/png")},
-                        data={"heatmap": str(heatmap).lower()})
+        r = client.post(
+            f"{url}/api/v1/predict",
+            files={"files": (f"{i}.png", images[i % len(images)], "image/png")},
+            data={"heatmap": str(heatmap).lower()},
+        )
         return r.status_code, time.perf_counter() - start
 
     import threading
@@ -62,10 +63,17 @@ def load(url: str, images: list[bytes], requests: int, clients: int, heatmap: bo
         c.close()
     codes = [c for c, _ in results]
     latencies = np.array([t for _, t in results]) * 1000
-    return {"requests": requests, "clients": clients, "heatmap": heatmap, "wall_s": wall,
-            "requests_per_s": requests / wall, "p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)), "errors": sum(c != 200 for c in codes),
-            "status_counts": {str(k): codes.count(k) for k in sorted(set(codes))}}
+    return {
+        "requests": requests,
+        "clients": clients,
+        "heatmap": heatmap,
+        "wall_s": wall,
+        "requests_per_s": requests / wall,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+        "errors": sum(c != 200 for c in codes),
+        "status_counts": {str(k): codes.count(k) for k in sorted(set(codes))},
+    }
 
 
 def main() -> None:
@@ -85,8 +93,11 @@ def main() -> None:
     files = [s.path for s in discover(MANIFEST, ["covid", "normal"]).samples if s.split == "test"][:64]
     images = [f.read_bytes() for f in files]
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -99,9 +110,15 @@ def main() -> None:
                 time.sleep(0.2)
         idle = vm_hwm_mb(server.pid)
         runs = [load(url, images, args.requests, args.clients, heatmap) for heatmap in (False, True)]
-        report = {"benchmark": "serve_load", "cpu_count": os.cpu_count(), "server": "ccad serve (2 workers, float)",
-                  "image": "covid-cxr test PNGs (320 px, ~100 kB)", "runs": runs,
-                  "server_peak_rss_mb": vm_hwm_mb(server.pid), "server_rss_after_start_mb": idle}
+        report = {
+            "benchmark": "serve_load",
+            "cpu_count": os.cpu_count(),
+            "server": "ccad serve (2 workers, float)",
+            "image": "covid-cxr test PNGs (320 px, ~100 kB)",
+            "runs": runs,
+            "server_peak_rss_mb": vm_hwm_mb(server.pid),
+            "server_rss_after_start_mb": idle,
+        }
     finally:
         server.terminate()
         server.wait(30)

@@ -50,13 +50,19 @@ end
 
 def baseline(bundle: Path, files: list[Path], repeat: int, cores: str, threads: int) -> dict:
     """``ccad predict``'s path, in a child pinned to ``cores`` with ``threads`` ONNX Runtime and decoding threads."""
-    code = ("import sys, time; from ccad.scoring.predictor import OnnxPredictor\n"
-            f"p = OnnxPredictor({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
-            f"list(p.predict_stream(files[:8], workers={threads}))\n"
-            f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers={threads}))\n"
-            "print(n / (time.perf_counter() - t))")
-    out = subprocess.run(["taskset", "-c", cores, sys.executable, "-c", code, *map(str, files)], capture_output=True,
-                         text=True, check=True)
+    code = (
+        "import sys, time; from ccad.scoring.predictor import OnnxPredictor\n"
+        f"p = OnnxPredictor({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
+        f"list(p.predict_stream(files[:8], workers={threads}))\n"
+        f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers={threads}))\n"
+        "print(n / (time.perf_counter() - t))"
+    )
+    out = subprocess.run(
+        ["taskset", "-c", cores, sys.executable, "-c", code, *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {"images_per_s": round(float(out.stdout.strip().splitlines()[-1]), 1)}
 
 
@@ -68,18 +74,48 @@ def parse_wrk(text: str) -> dict:
     latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-            "requests": int(re.search(r"(\d+) requests in", text).group(1)),
-            "p50_ms": ms(latency["50"]), "p99_ms": ms(latency["99"]),
-            "errors": (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)}
+    return {
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+        "p50_ms": ms(latency["50"]),
+        "p99_ms": ms(latency["99"]),
+        "errors": (sum(map(int, errors.groups())) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0),
+    }
 
 
-def serve_and_load(bundle: Path, script: Path, extra: list[str], seconds: int, connections: int,
-                   server_cores: str, client_cores: str, workers: int) -> dict:
+def serve_and_load(
+    bundle: Path,
+    script: Path,
+    extra: list[str],
+    seconds: int,
+    connections: int,
+    server_cores: str,
+    client_cores: str,
+    workers: int,
+) -> dict:
     port = free_port()
-    server = subprocess.Popen(["taskset", "-c", server_cores, sys.executable, "-m", "ccad", "serve", "--model",
-                               str(bundle), "--port", str(port), "--workers", str(workers), "--queue", "64", *extra],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            server_cores,
+            sys.executable,
+            "-m",
+            "ccad",
+            "serve",
+            "--model",
+            str(bundle),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--queue",
+            "64",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):
             with socket.socket() as s:
@@ -87,10 +123,31 @@ def serve_and_load(bundle: Path, script: Path, extra: list[str], seconds: int, c
                     break
             time.sleep(0.1)
         url = f"http://127.0.0.1:{port}"
-        subprocess.run(["taskset", "-c", client_cores, "wrk", "-t1", "-c4", "-d3s", "-s", str(script), url],
-                       capture_output=True, check=True)  # warm-up
-        done = subprocess.run(["taskset", "-c", client_cores, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
-                               "--timeout", "10s", "-s", str(script), url], capture_output=True, text=True, check=True)
+        subprocess.run(
+            ["taskset", "-c", client_cores, "wrk", "-t1", "-c4", "-d3s", "-s", str(script), url],
+            capture_output=True,
+            check=True,
+        )  # warm-up
+        done = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                client_cores,
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         return dict(parse_wrk(done.stdout), server_peak_rss_mb=round(vm_hwm_mb(server.pid)))
     finally:
         server.terminate()
@@ -116,12 +173,17 @@ def main() -> None:
     files = [s.path for s in discover(MANIFEST, ["covid", "normal"]).samples if s.split == "test"][:32]
     script = work / "post.lua"
     script.write_text(LUA % ", ".join(f'"{f}"' for f in files))
-    report = {"benchmark": "serve_wrk", "cpu_count": os.cpu_count(), "bundle": str(bundle),
-              "images": f"{len(files)} covid-cxr test PNGs, one per request, no heatmap",
-              "pinning": f"server and baseline on cores {args.server_cores}, wrk on {args.client_cores}; "
-                         f"{args.workers} ONNX Runtime and decoding thread(s)",
-              "connections": args.connections, "seconds": args.seconds,
-              "baseline_predict": baseline(bundle, files, 4, args.server_cores, args.workers)}
+    report = {
+        "benchmark": "serve_wrk",
+        "cpu_count": os.cpu_count(),
+        "bundle": str(bundle),
+        "images": f"{len(files)} covid-cxr test PNGs, one per request, no heatmap",
+        "pinning": f"server and baseline on cores {args.server_cores}, wrk on {args.client_cores}; "
+        f"{args.workers} ONNX Runtime and decoding thread(s)",
+        "connections": args.connections,
+        "seconds": args.seconds,
+        "baseline_predict": baseline(bundle, files, 4, args.server_cores, args.workers),
+    }
     common = (args.seconds, args.connections, args.server_cores, args.client_cores, args.workers)
     report["no_batching"] = serve_and_load(bundle, script, ["--max-batch", "1"], *common)
     report["micro_batching"] = serve_and_load(bundle, script, [], *common)

@@ -60,24 +60,38 @@ def case_baseline() -> dict:
     keras.utils.set_random_seed(0)
     x_train, y_train = data["train"]
     rgb = lambda a: np.repeat(a[..., None], 3, -1)  # noqa: E731
-    augment = keras.Sequential([
-        keras.layers.RandomFlip("horizontal_and_vertical"), keras.layers.RandomRotation(0.25, fill_mode="nearest"),
-        keras.layers.RandomZoom((-0.5, 0.0), (-0.5, 0.0), fill_mode="nearest"),
-        keras.layers.RandomTranslation(0.5, 20 / 224, fill_mode="nearest"),
-    ])
+    augment = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal_and_vertical"),
+            keras.layers.RandomRotation(0.25, fill_mode="nearest"),
+            keras.layers.RandomZoom((-0.5, 0.0), (-0.5, 0.0), fill_mode="nearest"),
+            keras.layers.RandomTranslation(0.5, 20 / 224, fill_mode="nearest"),
+        ]
+    )
     classifier = build_classifier(2, 224, 0.3, "imagenet")
     inputs = keras.Input((224, 224, 3))
     model = keras.Model(inputs, classifier(augment(inputs)))
     model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
     eye = np.eye(2, dtype="float32")
     start = time.perf_counter()
-    model.fit(rgb(x_train), eye[y_train], batch_size=30, epochs=EPOCHS, verbose=0,
-              validation_data=(rgb(data["val"][0]), eye[data["val"][1]]))
+    model.fit(
+        rgb(x_train),
+        eye[y_train],
+        batch_size=30,
+        epochs=EPOCHS,
+        verbose=0,
+        validation_data=(rgb(data["val"][0]), eye[data["val"][1]]),
+    )
     train_s = time.perf_counter() - start
     x_test, y_test = data["test"]
     p = classifier.predict(rgb(x_test), verbose=0)
-    return dict(train_s=train_s, images=len(x_train), epochs=EPOCHS,
-                accuracy=float(np.mean(p.argmax(1) == y_test)), auc=float(roc_auc_score(y_test == 0, p[:, 0])))
+    return dict(
+        train_s=train_s,
+        images=len(x_train),
+        epochs=EPOCHS,
+        accuracy=float(np.mean(p.argmax(1) == y_test)),
+        auc=float(roc_auc_score(y_test == 0, p[:, 0])),
+    )
 
 
 def case_ccad(preset: str) -> dict:
@@ -87,9 +101,14 @@ def case_ccad(preset: str) -> dict:
     with tempfile.TemporaryDirectory() as out:
         result = train(MANIFEST, out, make_config(preset), **SELECT, verbose=0)
     m = result.metrics
-    return dict(train_s=result.timings["train_s"], images=len(result.dataset.subset("train")), epochs=EPOCHS,
-                accuracy=m["accuracy"]["value"], auc=m["auc"]["value"],
-                feature_views=result.config.feature_views)
+    return dict(
+        train_s=result.timings["train_s"],
+        images=len(result.dataset.subset("train")),
+        epochs=EPOCHS,
+        accuracy=m["accuracy"]["value"],
+        auc=m["auc"]["value"],
+        feature_views=result.config.feature_views,
+    )
 
 
 def run_case(name: str) -> dict:
@@ -115,14 +134,19 @@ def main() -> None:
     env.setdefault("KERAS_HOME", str(ROOT.parent / "shared" / "keras-home"))
     results = {}
     for name in ("baseline", "paper-a", "default"):
-        done = subprocess.run([sys.executable, __file__, "--case", name], env=env, capture_output=True, text=True,
-                              check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--case", name], env=env, capture_output=True, text=True, check=True
+        )
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
     base = results["baseline"]["train_images_per_s"]
     for r in results.values():
         r["speedup_vs_baseline"] = r["train_images_per_s"] / base
-    report = {"benchmark": "train_paper", "data": "covid-cxr Dataset A (paper_dataset_a=1), covid vs normal",
-              "cpu_count": os.cpu_count(), "results": results}
+    report = {
+        "benchmark": "train_paper",
+        "data": "covid-cxr Dataset A (paper_dataset_a=1), covid vs normal",
+        "cpu_count": os.cpu_count(),
+        "results": results,
+    }
     emit(report, args.out)
 
 

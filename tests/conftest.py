@@ -46,10 +46,41 @@ def run_and_bundle(synth_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundle")
     calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)
     weights = "imagenet" if imagenet_weights_available(224) else "none"
-    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(root / "run"),
-                 "--weights", weights, "--input-size", "64", "--epochs", "3", "--feature-views", "1"]) == 0
-    assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle"), "--int8",
-                 "--calibration-data", str(calibration)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(root / "run"),
+                "--weights",
+                weights,
+                "--input-size",
+                "64",
+                "--epochs",
+                "3",
+                "--feature-views",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(root / "run"),
+                "--out",
+                str(root / "bundle"),
+                "--int8",
+                "--calibration-data",
+                str(calibration),
+            ]
+        )
+        == 0
+    )
     return root / "run", root / "bundle"
 
 

@@ -9,8 +9,15 @@ GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))  # 64x64, colu
 
 def make_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0, window=None):
     """A 12-bit DX image with a patient name, a modality rescale and optionally a VOI window."""
-    fields = dict(PatientName="Test^Patient", Modality="DX", PhotometricInterpretation=photometric, BitsStored=12,
-                  HighBit=11, RescaleSlope=slope, RescaleIntercept=intercept)
+    fields = dict(
+        PatientName="Test^Patient",
+        Modality="DX",
+        PhotometricInterpretation=photometric,
+        BitsStored=12,
+        HighBit=11,
+        RescaleSlope=slope,
+        RescaleIntercept=intercept,
+    )
     if window:
         fields.update(WindowCenter=window[0], WindowWidth=window[1])
     return make_dataset(path, *pixels.shape, pixels.astype(np.uint16).tobytes(), ExplicitVRLittleEndian, **fields)
@@ -58,8 +65,15 @@ def free_port() -> int:
 PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-7431-ZX"}
 
 
-def make_xray_dicom(path, gray: np.ndarray, study_uid: str | None = None, syntax=ExplicitVRLittleEndian,
-                    sop_class="1.2.840.10008.5.1.4.1.1.1.1", photometric="MONOCHROME2", **fields):
+def make_xray_dicom(
+    path,
+    gray: np.ndarray,
+    study_uid: str | None = None,
+    syntax=ExplicitVRLittleEndian,
+    sop_class="1.2.840.10008.5.1.4.1.1.1.1",
+    photometric="MONOCHROME2",
+    **fields,
+):
     """A frontal chest DX (For Presentation) of ``gray`` (H, W) in [0, 1], 12-bit, with a patient and a study
     as a modality would send it; ``fields`` override any attribute (e.g. ``ViewPosition="LL"``)."""
     pixels = np.round(np.asarray(gray, np.float64) * 4095).astype(np.uint16)
@@ -71,14 +85,36 @@ def make_xray_dicom(path, gray: np.ndarray, study_uid: str | None = None, syntax
     meta.TransferSyntaxUID = syntax
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    values = dict(PATIENT, PatientBirthDate="19600101", PatientSex="F", StudyInstanceUID=study_uid or generate_uid(),
-                  SeriesInstanceUID=generate_uid(), StudyID="1", AccessionNumber="ACC123", StudyDate="20261126",
-                  StudyTime="101500", ReferringPhysicianName="", SeriesNumber=1, InstanceNumber=1, Modality="DX",
-                  BodyPartExamined="CHEST", ViewPosition="PA", PresentationIntentType="FOR PRESENTATION",
-                  Manufacturer="test", PatientOrientation=["L", "F"], ImageType=["ORIGINAL", "PRIMARY"],
-                  Rows=pixels.shape[0], Columns=pixels.shape[1], BitsAllocated=16, BitsStored=12, HighBit=11,
-                  PixelRepresentation=0, SamplesPerPixel=1, PhotometricInterpretation=photometric,
-                  PixelData=pixels.tobytes())
+    values = dict(
+        PATIENT,
+        PatientBirthDate="19600101",
+        PatientSex="F",
+        StudyInstanceUID=study_uid or generate_uid(),
+        SeriesInstanceUID=generate_uid(),
+        StudyID="1",
+        AccessionNumber="ACC123",
+        StudyDate="20261126",
+        StudyTime="101500",
+        ReferringPhysicianName="",
+        SeriesNumber=1,
+        InstanceNumber=1,
+        Modality="DX",
+        BodyPartExamined="CHEST",
+        ViewPosition="PA",
+        PresentationIntentType="FOR PRESENTATION",
+        Manufacturer="test",
+        PatientOrientation=["L", "F"],
+        ImageType=["ORIGINAL", "PRIMARY"],
+        Rows=pixels.shape[0],
+        Columns=pixels.shape[1],
+        BitsAllocated=16,
+        BitsStored=12,
+        HighBit=11,
+        PixelRepresentation=0,
+        SamplesPerPixel=1,
+        PhotometricInterpretation=photometric,
+        PixelData=pixels.tobytes(),
+    )
     values.update(fields)
     for key, value in values.items():
         if value is None:
@@ -98,7 +134,7 @@ def hidden_deflate_bomb(tmp_path, how: str) -> bytes:
     import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    path = make_dataset(tmp_path / f"{how}.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
+    path = make_dataset(tmp_path / f"{how}.dcm", 100, 100, bytes(12 * 2**20), DeflatedExplicitVRLittleEndian)
     ds = pydicom.dcmread(path)
     if how == "padded":
         ds.file_meta.MediaStorageSOPClassUID = "1.2." + "3." * 500 + "4"

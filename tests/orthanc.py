@@ -46,15 +46,28 @@ class Orthanc:
         root.mkdir(parents=True, exist_ok=True)
         (root / "route.lua").write_text(ROUTE_LUA)
         self.config = root / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "ccad-test", "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-            "HttpPort": self.http_port, "DicomPort": self.dicom_port, "DicomAet": "ORTHANC",
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
-            "DicomServerEnabled": True,
-            "DicomModalities": {"ccad": ["CCAD", "127.0.0.1", listener_port]} if listener_port else {},
-            "LuaScripts": [str(root / "route.lua")] if listener_port else [],
-            "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-            "StableAge": 1, "ConcurrentJobs": 2}))
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "ccad-test",
+                    "StorageDirectory": str(root / "db"),
+                    "IndexDirectory": str(root / "db"),
+                    "HttpPort": self.http_port,
+                    "DicomPort": self.dicom_port,
+                    "DicomAet": "ORTHANC",
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "HttpServerEnabled": True,
+                    "DicomServerEnabled": True,
+                    "DicomModalities": {"ccad": ["CCAD", "127.0.0.1", listener_port]} if listener_port else {},
+                    "LuaScripts": [str(root / "route.lua")] if listener_port else [],
+                    "Plugins": [DICOMWEB_PLUGIN] if dicomweb else [],
+                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                    "StableAge": 1,
+                    "ConcurrentJobs": 2,
+                }
+            )
+        )
         self.process = None
 
     def start(self):
@@ -87,16 +100,19 @@ class Orthanc:
 
     def upload(self, path) -> dict:
         """Store a DICOM file through Orthanc's REST API (as a modality's upload would arrive)."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}/instances", method="POST",
-                                         data=Path(path).read_bytes())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/instances", method="POST", data=Path(path).read_bytes()
+        )
         with urllib.request.urlopen(request, timeout=30) as r:
             return json.loads(r.read())
 
     def study_instances(self, study_uid: str) -> list[pydicom.Dataset]:
         """Every instance Orthanc holds of a study, read back as DICOM files."""
         request = urllib.request.Request(
-            f"http://127.0.0.1:{self.http_port}/tools/find", method="POST",
-            data=json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}).encode())
+            f"http://127.0.0.1:{self.http_port}/tools/find",
+            method="POST",
+            data=json.dumps({"Level": "Instance", "Query": {"StudyInstanceUID": study_uid}}).encode(),
+        )
         with urllib.request.urlopen(request, timeout=10) as r:
             ids = json.loads(r.read())
         return [pydicom.dcmread(io.BytesIO(self.get(f"/instances/{i}/file"))) for i in ids]
@@ -112,8 +128,11 @@ def c_store(path_or_ds, port: int, ae_title: str, chunked: bool = False) -> int:
         meta = pydicom.filereader.read_file_meta_info(path_or_ds)
         sop_class, syntax = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
     else:
-        ds = path_or_ds if isinstance(path_or_ds, pydicom.Dataset) else pydicom.dcmread(path_or_ds, force=True,
-                                                                                         stop_before_pixels=True)
+        ds = (
+            path_or_ds
+            if isinstance(path_or_ds, pydicom.Dataset)
+            else pydicom.dcmread(path_or_ds, force=True, stop_before_pixels=True)
+        )
         sop_class, syntax = str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)
     ae = AE(ae_title="TESTSCU")
     ae.add_requested_context(sop_class, syntax)

@@ -15,8 +15,9 @@ def _import_graph():
     grimp = pytest.importorskip("grimp", reason="import-linter (the dev extra) is not installed")
     graph = grimp.build_graph("ccad")
     modules = sorted(m for m in graph.modules if m.startswith("ccad"))
-    return {m: {d for d in graph.find_modules_directly_imported_by(m) if d.startswith("ccad") and d != m}
-            for m in modules}
+    return {
+        m: {d for d in graph.find_modules_directly_imported_by(m) if d.startswith("ccad") and d != m} for m in modules
+    }
 
 
 def strongly_connected(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -77,7 +78,12 @@ def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
     with open(copy / "ccad" / "io" / "files.py", "a") as f:
         f.write("\n\ndef _bad():\n    from ccad.scoring.predictor import load_predictor  # noqa: F401\n")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    done = subprocess.run([lint], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(copy), "PATH": str(Path(sys.executable).parent)})
+    done = subprocess.run(
+        [lint],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(copy), "PATH": str(Path(sys.executable).parent)},
+    )
     assert done.returncode != 0
     assert "ccad.io.files -> ccad.scoring.predictor" in done.stdout

@@ -13,8 +13,9 @@ SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.sta
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
 def test_each_benchmark_answers_help(script):
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT / "benchmarks")
+    done = subprocess.run(
+        [sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT / "benchmarks"
+    )
     assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stderr[-2000:]
 
 
@@ -25,8 +26,20 @@ def test_drift_reference_completes_a_bundle_that_still_loads(run_and_bundle, tmp
     run, bundle = run_and_bundle
     copy = shutil.copytree(bundle, tmp_path / "bundle")
     (copy / "rehearsal.npz").unlink(missing_ok=True)  # as in a bundle exported before ccad stored it
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drift_reference.py"), "--model", str(copy),
-                           "--run", str(run), "--rehearsal"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "drift_reference.py"),
+            "--model",
+            str(copy),
+            "--run",
+            str(run),
+            "--rehearsal",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     guard = OodGuard.load(copy / "ood.npz")
     assert len(guard.reference_scores) == len(guard.reference_distances) > 0

@@ -64,8 +64,12 @@ def test_saved_model_loads_with_plain_keras(trained_run, synth_folders):
 
 def test_evaluate_matches_the_training_runs_test_metrics(trained_run, synth_folders, tmp_path):
     out = tmp_path / "eval"
-    assert main(["evaluate", "--model", str(trained_run), "--data", str(synth_folders / "manifest.csv"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["evaluate", "--model", str(trained_run), "--data", str(synth_folders / "manifest.csv"), "--out", str(out)]
+        )
+        == 0
+    )
     a = json.loads((trained_run / "metrics.json").read_text())
     b = json.loads((out / "metrics.json").read_text())
     assert a["n"] == b["n"] and a["confusion_matrix"] == b["confusion_matrix"]
@@ -92,8 +96,22 @@ def test_evaluate_refuses_labels_the_model_does_not_know(trained_run, tmp_path, 
     data = generate(tmp_path / "three", n_per_class=2, classes=("covid", "normal", "pneumonia"), size=64)
     assert main(["evaluate", "--model", str(trained_run), "--data", str(data), "--out", str(tmp_path / "e")]) == 2
     assert "label 'pneumonia' is not a class of the model" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(trained_run), "--data", str(data), "--classes", "covid,normal",
-                 "--out", str(tmp_path / "e")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_run),
+                "--data",
+                str(data),
+                "--classes",
+                "covid,normal",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_predict_formats(trained_run, synth_folders, capsys):
@@ -124,12 +142,15 @@ def test_predict_reads_dicom(trained_run, tmp_path, capsys):
     assert "predicted_class" in json.loads(capsys.readouterr().out)[0]
 
 
-@pytest.mark.parametrize("args,match", [
-    (["predict", "--model", "/nonexistent", "x.png"], "no such model file or run folder"),
-    (["train", "--data", "/nonexistent", "--out", "/tmp/x"], "no such file or folder"),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "--classes", "covid,flu"], "class 'flu' not found"),
-    (["train", "--data", "{data}", "--out", "{tmp}/r", "--dropout", "1.5"], "--dropout"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["predict", "--model", "/nonexistent", "x.png"], "no such model file or run folder"),
+        (["train", "--data", "/nonexistent", "--out", "/tmp/x"], "no such file or folder"),
+        (["train", "--data", "{data}", "--out", "{tmp}/r", "--classes", "covid,flu"], "class 'flu' not found"),
+        (["train", "--data", "{data}", "--out", "{tmp}/r", "--dropout", "1.5"], "--dropout"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, match, synth_folders, tmp_path, capsys):
     args = [a.format(data=synth_folders, tmp=tmp_path) for a in args]
     assert main(args) == 2
@@ -168,8 +189,26 @@ def test_synth_and_augment_preview(tmp_path):
     assert main(["synth", str(data), "--n-per-class", "3", "--classes", "covid,normal,pneumonia", "--size", "64"]) == 0
     assert len(list(data.rglob("*.png"))) == 9
     out = tmp_path / "grid.png"
-    assert main(["augment-preview", "--data", str(data), "--augmentation", "paper", "--out", str(out),
-                 "--images", "2", "--variants", "3", "--input-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "augment-preview",
+                "--data",
+                str(data),
+                "--augmentation",
+                "paper",
+                "--out",
+                str(out),
+                "--images",
+                "2",
+                "--variants",
+                "3",
+                "--input-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_size > 1000
 
 
@@ -192,8 +231,27 @@ def test_module_entry_point_runs():
 
 def test_fine_tuning_continues_the_history(synth_folders, tmp_path):
     out = tmp_path / "ft"
-    assert main(["train", "--data", str(synth_folders), "--out", str(out), *FAST, "--fine-tune-epochs", "1",
-                 "--fine-tune-from", "block_16_expand", "--optimizer", "rmsprop", "--class-weight", "balanced"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synth_folders),
+                "--out",
+                str(out),
+                *FAST,
+                "--fine-tune-epochs",
+                "1",
+                "--fine-tune-from",
+                "block_16_expand",
+                "--optimizer",
+                "rmsprop",
+                "--class-weight",
+                "balanced",
+            ]
+        )
+        == 0
+    )
     with open(out / "history.csv") as f:
         phases = [row["phase"] for row in csv.DictReader(f)]
     assert phases == ["frozen", "frozen", "fine-tune"]

@@ -76,17 +76,42 @@ def test_paper_a_preset_runs_end_to_end(tmp_path):
     from ccad.cli import main
 
     out = tmp_path / "paper-a"
-    assert main(["train", *DATASET_A, "--out", str(out), "--preset", "paper-a", "--save-h5", "--epochs", "2",
-                 "--fine-tune-epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *DATASET_A,
+                "--out",
+                str(out),
+                "--preset",
+                "paper-a",
+                "--save-h5",
+                "--epochs",
+                "2",
+                "--fine-tune-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["augmentation"] == "paper" and config["config"]["dropout"] == 0.3
     assert config["config"]["batch_size"] == 30 and config["config"]["optimizer"] == "adam"
     assert config["parameters"]["total"] == 2_260_546  # the paper's count; trainable: the whole backbone but BatchNorm
     with open(out / "history.csv") as f:
         assert [row["phase"] for row in csv.DictReader(f)] == ["frozen"] * 2 + ["fine-tune"]
-    for name in ("model.keras", "model.h5", "history.csv", "split.csv", "metrics.json", "report.html",
-                 "figures/training_curves.png", "figures/confusion_matrix.png", "figures/roc_curve.png",
-                 "figures/predictions.png"):
+    for name in (
+        "model.keras",
+        "model.h5",
+        "history.csv",
+        "split.csv",
+        "metrics.json",
+        "report.html",
+        "figures/training_curves.png",
+        "figures/confusion_matrix.png",
+        "figures/roc_curve.png",
+        "figures/predictions.png",
+    ):
         assert (out / name).is_file(), name
 
 
@@ -97,8 +122,22 @@ def test_synthetic_model_learns_with_imagenet_features(synth_folders, tmp_path):
     from ccad.data.synthetic import generate
 
     out = tmp_path / "run"
-    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(out),
-                 "--input-size", "128", "--epochs", "15"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(out),
+                "--input-size",
+                "128",
+                "--epochs",
+                "15",
+            ]
+        )
+        == 0
+    )
     fresh = generate(tmp_path / "fresh", n_per_class=30, size=128, seed=99)
     assert main(["evaluate", "--model", str(out), "--data", str(fresh), "--out", str(tmp_path / "e")]) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
@@ -137,7 +176,7 @@ def _tflite_probabilities(path, images):
     inp = interpreter.get_input_details()[0]
     out = []
     for i in range(0, len(images), 16):
-        batch = np.repeat(images[i:i + 16, ..., None], 3, axis=-1).astype(np.float32)
+        batch = np.repeat(images[i : i + 16, ..., None], 3, axis=-1).astype(np.float32)
         interpreter.resize_tensor_input(inp["index"], batch.shape)
         interpreter.allocate_tensors()
         interpreter.set_tensor(inp["index"], batch)
@@ -221,8 +260,9 @@ def test_severity_on_rated_covid_images_beats_predicting_the_mean(real_bundle, t
     bundle = tmp_path / "bundle"
     shutil.copytree(real_bundle, bundle)
     out = tmp_path / "severity"
-    assert main(["severity", "train", "--model", str(bundle), "--data", str(MANIFEST), "--out", str(out),
-                 "--attach"]) == 0
+    assert (
+        main(["severity", "train", "--model", str(bundle), "--data", str(MANIFEST), "--out", str(out), "--attach"]) == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 91
     for name in ("geographic_extent", "opacity"):
@@ -279,9 +319,18 @@ def test_photos_are_out_of_distribution_and_few_test_images_are(default_run):
     assert flagged["n"] >= 50 and flagged["rate"] <= 0.10, flagged
 
 
-ALL_SOURCES = ["--data", str(MANIFEST), "--data", str(SHARED / "data" / "cohen-other" / "manifest.csv"),
-               "--data", str(SHARED / "data" / "covid-cxr-rdb" / "manifest.csv"),
-               "--relabel", "cohen-covid-chestxray:pneumonia=normal", "--classes", "covid,normal"]
+ALL_SOURCES = [
+    "--data",
+    str(MANIFEST),
+    "--data",
+    str(SHARED / "data" / "cohen-other" / "manifest.csv"),
+    "--data",
+    str(SHARED / "data" / "covid-cxr-rdb" / "manifest.csv"),
+    "--relabel",
+    "cohen-covid-chestxray:pneumonia=normal",
+    "--classes",
+    "covid,normal",
+]
 
 
 @pytest.mark.slow
@@ -293,8 +342,12 @@ def test_the_shipped_model_reproduces_its_cards_test_numbers_by_source(tmp_path)
 
     card = ModelCard.load(DEFAULT_BUNDLE)
     assert card.preprocess.count("|") == 1 and card.decision["rule"] == "specificity-90"
-    assert main(["evaluate", "--model", str(DEFAULT_BUNDLE), *ALL_SOURCES, "--out", str(tmp_path / "ev"),
-                 "--by", "source"]) == 0
+    assert (
+        main(
+            ["evaluate", "--model", str(DEFAULT_BUNDLE), *ALL_SOURCES, "--out", str(tmp_path / "ev"), "--by", "source"]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == card.evaluation["n"]
     assert metrics["confusion_matrix"] == card.evaluation["confusion_matrix"]

@@ -59,24 +59,27 @@ def test_split_is_seeded(synth_folders):
 def test_manifest_with_given_split_is_used_as_is(tmp_path, synth_folders):
     rows = (synth_folders / "manifest.csv").read_text().splitlines()
     out = ["path,label,split,group"] + [
-        f"{p},{l},{('train', 'val', 'test')[i % 3]},{g}-{i}" for i, (p, l, g) in
-        enumerate(r.split(",") for r in rows[1:])
+        f"{p},{label},{('train', 'val', 'test')[i % 3]},{g}-{i}"
+        for i, (p, label, g) in enumerate(r.split(",") for r in rows[1:])
     ]
     (synth_folders / "given.csv").write_text("\n".join(out) + "\n")
     ds = assign_splits(discover(synth_folders / "given.csv"))
     assert [s.split for s in ds.samples] == [("train", "val", "test")[i % 3] for i in range(len(rows) - 1)]
 
 
-@pytest.mark.parametrize("problem,match", [
-    ("missing", "no such file or folder"),
-    ("empty_class", "class folder is empty"),
-    ("single_class", "at least two classes"),
-    ("no_subfolders", "no class subfolders"),
-    ("unknown_class", "class 'pneumonia' not found"),
-    ("missing_column", "missing column 'label'"),
-    ("bad_where", "expected COLUMN=VALUE"),
-    ("not_csv", "must be a folder or a manifest"),
-])
+@pytest.mark.parametrize(
+    "problem,match",
+    [
+        ("missing", "no such file or folder"),
+        ("empty_class", "class folder is empty"),
+        ("single_class", "at least two classes"),
+        ("no_subfolders", "no class subfolders"),
+        ("unknown_class", "class 'pneumonia' not found"),
+        ("missing_column", "missing column 'label'"),
+        ("bad_where", "expected COLUMN=VALUE"),
+        ("not_csv", "must be a folder or a manifest"),
+    ],
+)
 def test_bad_layouts_are_clear_errors(tmp_path, synth_folders, problem, match):
     root = tmp_path / "d"
     kwargs = {}
@@ -132,10 +135,16 @@ def _two_source_manifests(tmp_path, synth_folders):
 
     rows = list(csv.DictReader(open(synth_folders / "manifest.csv")))
     root = synth_folders
-    a = [dict(path=str(root / r["path"]), label=r["label"], group=r["group"], source="hospital-a")
-         for r in rows[0::2]]
-    b = [dict(path=str(root / r["path"]), label=("pneumonia" if r["label"] == "normal" else r["label"]),
-              group="b-" + r["group"], source="hospital-b") for r in rows[1::2]]
+    a = [dict(path=str(root / r["path"]), label=r["label"], group=r["group"], source="hospital-a") for r in rows[0::2]]
+    b = [
+        dict(
+            path=str(root / r["path"]),
+            label=("pneumonia" if r["label"] == "normal" else r["label"]),
+            group="b-" + r["group"],
+            source="hospital-b",
+        )
+        for r in rows[1::2]
+    ]
     return write_csv(tmp_path / "a.csv", a), write_csv(tmp_path / "b.csv", b)
 
 
@@ -205,7 +214,11 @@ def test_leave_one_source_out_folds(tmp_path, synth_folders):
 def test_cv_by_source_on_one_source_is_a_one_line_error(synth_folders, tmp_path, capsys):
     from ccad.cli import main
 
-    assert main(["cv", "--data", str(synth_folders / "manifest.csv"), "--group-by", "source",
-                 "--out", str(tmp_path / "cv")]) == 2
+    assert (
+        main(
+            ["cv", "--data", str(synth_folders / "manifest.csv"), "--group-by", "source", "--out", str(tmp_path / "cv")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("ccad: error:") and "needs two or more sources" in err and err.count("\n") == 1

@@ -3,12 +3,12 @@
 import io
 
 import numpy as np
+from conftest import write_csv
 from PIL import Image, ImageDraw
 
 from ccad.data.datasets import assign_splits, discover
 from ccad.data.duplicates import near_duplicate_groups
 from ccad.data.synthetic import patient_anatomy, render_patient
-from conftest import write_csv
 
 
 def _film(seed: int, label: str = "normal", size: int = 256) -> np.ndarray:
@@ -31,8 +31,12 @@ def _copies(tmp_path, film: np.ndarray, stem: str):
     noted = image.copy()
     ImageDraw.Draw(noted).text((20, 210), "day 1", fill=255)  # a burned-in note
     paths = []
-    for name, picture in (("small", small), ("jpeg", Image.open(buffer)), ("noted", noted),
-                          ("bright", Image.fromarray(np.clip(np.asarray(image) * 1.15, 0, 255).astype(np.uint8)))):
+    for name, picture in (
+        ("small", small),
+        ("jpeg", Image.open(buffer)),
+        ("noted", noted),
+        ("bright", Image.fromarray(np.clip(np.asarray(image) * 1.15, 0, 255).astype(np.uint8))),
+    ):
         path = tmp_path / f"{stem}-{name}.png"
         picture.save(path)
         paths.append(path)
@@ -74,8 +78,11 @@ def test_a_folder_without_patients_keeps_copies_in_one_split(tmp_path):
 def test_patient_groups_a_manifest_gives_are_kept(tmp_path):
     a = _save(tmp_path / "a.png", _film(1))
     b = _save(tmp_path / "b.png", _film(1))  # the same film under two patient ids: the manifest is believed
-    rows = [{"path": a.name, "label": "covid", "group": "p1"}, {"path": b.name, "label": "covid", "group": "p2"},
-            {"path": _save(tmp_path / "c.png", _film(2)).name, "label": "normal", "group": "p3"}]
+    rows = [
+        {"path": a.name, "label": "covid", "group": "p1"},
+        {"path": b.name, "label": "covid", "group": "p2"},
+        {"path": _save(tmp_path / "c.png", _film(2)).name, "label": "normal", "group": "p3"},
+    ]
     dataset = discover(write_csv(tmp_path / "m.csv", rows))
     assert [s.group for s in dataset.samples] == ["p1", "p2", "p3"]
 
@@ -84,9 +91,12 @@ def test_a_manifest_without_groups_is_grouped_and_a_given_split_is_never_changed
     a = _save(tmp_path / "a.png", _film(1))
     b = _save(tmp_path / "b.png", _film(1), "JPEG", quality=50)
     c = _save(tmp_path / "c.png", _film(1))
-    rows = [{"path": a.name, "label": "covid", "split": "train"}, {"path": b.name, "label": "covid", "split": "train"},
-            {"path": c.name, "label": "covid", "split": "test"},
-            {"path": _save(tmp_path / "d.png", _film(2)).name, "label": "normal", "split": "train"}]
+    rows = [
+        {"path": a.name, "label": "covid", "split": "train"},
+        {"path": b.name, "label": "covid", "split": "train"},
+        {"path": c.name, "label": "covid", "split": "test"},
+        {"path": _save(tmp_path / "d.png", _film(2)).name, "label": "normal", "split": "train"},
+    ]
     samples = discover(write_csv(tmp_path / "m.csv", rows)).samples
     assert samples[0].group == samples[1].group == "a.png"
     assert samples[2].group == "c.png" and samples[2].split == "test"  # the user's split stands

@@ -37,8 +37,24 @@ def test_calibrating_to_a_specificity_on_a_sites_normals(bundle, site, tmp_path,
     from ccad.scoring.predictor import OnnxPredictor
 
     out = tmp_path / "site-bundle"
-    assert main(["calibrate", "--model", str(bundle), "--data", str(site), "--classes", "normal",
-                 "--target", "specificity=0.90", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(site),
+                "--classes",
+                "normal",
+                "--target",
+                "specificity=0.90",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "specificity" in capsys.readouterr().out
     card = ModelCard.load(out)
     record = card.extra["site_calibration"]
@@ -60,8 +76,24 @@ def test_a_calibrated_bundle_can_be_signed_and_still_verifies(bundle, site, tmp_
     assert main(["keys", "--out", str(tmp_path / "keys")]) == 0
     key, public = tmp_path / "keys" / "ccad-signing.key.pem", tmp_path / "keys" / "ccad-signing.pub.pem"
     out = tmp_path / "signed"
-    assert main(["calibrate", "--model", str(bundle), "--data", str(site), "--target", "specificity=0.90",
-                 "--out", str(out), "--sign", str(key)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(site),
+                "--target",
+                "specificity=0.90",
+                "--out",
+                str(out),
+                "--sign",
+                str(key),
+            ]
+        )
+        == 0
+    )
     png = sorted((site / "covid").glob("*.png"))[0]
     assert main(["predict", "--model", str(out), "--verify", str(public), str(png)]) == 0
     record = json.loads((out / "ccad-model.json").read_text())["site_calibration"]
@@ -73,8 +105,22 @@ def test_too_few_normals_are_refused_in_one_line(bundle, site, tmp_path, capsys)
 
     rows = [{"path": str(p), "label": "normal"} for p in sorted((site / "normal").glob("*.png"))[:30]]
     manifest = write_csv(tmp_path / "few.csv", rows)
-    assert main(["calibrate", "--model", str(bundle), "--data", str(manifest), "--target", "specificity=0.90",
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(manifest),
+                "--target",
+                "specificity=0.90",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "30 non-covid images" in err[0] and "at least 50" in err[0]
     assert not (tmp_path / "x").exists()
@@ -88,8 +134,24 @@ def test_the_guard_can_be_refitted_on_the_sites_own_images(bundle, site, tmp_pat
     from ccad.models.card import ModelCard
 
     out = tmp_path / "site-guard"
-    assert main(["calibrate", "--model", str(bundle), "--data", str(site), "--target", "specificity=0.90",
-                 "--out", str(out), "--unlabelled", str(site / "normal")]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(site),
+                "--target",
+                "specificity=0.90",
+                "--out",
+                str(out),
+                "--unlabelled",
+                str(site / "normal"),
+            ]
+        )
+        == 0
+    )
     base, new = ModelCard.load(bundle), ModelCard.load(out)
     assert new.ood["cutoff"] != base.ood["cutoff"] and "site" in new.ood["cutoff_rule"]
     assert new.extra["site_calibration"]["ood"]["images"] == 60

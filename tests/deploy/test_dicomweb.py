@@ -21,8 +21,10 @@ from ccad.deploy.pacs.results import Algorithm, structured_report
 from ccad.errors import ConfigError
 from ccad.scoring.score import Prediction
 
-needs_dicomweb = pytest.mark.skipif(ORTHANC is None or DICOMWEB_PLUGIN is None, reason="Orthanc or its DICOMweb "
-                                    "plugin is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does)")
+needs_dicomweb = pytest.mark.skipif(
+    ORTHANC is None or DICOMWEB_PLUGIN is None,
+    reason="Orthanc or its DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does)",
+)
 
 
 def xray(tmp_path, name, seed=0, **fields):
@@ -41,7 +43,10 @@ def test_a_fhir_report_validates_and_names_no_patient_unless_asked(tmp_path):
     assert report["status"] == "preliminary" and "not for diagnosis" in report["conclusion"]
     assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{ds.StudyInstanceUID}"
     values = {o["code"]["coding"][0]["code"]: o for o in report["contained"] if o["resourceType"] == "Observation"}
-    assert values["p-covid"]["valueQuantity"]["value"] == 0.8 and values["decision-threshold"]["valueQuantity"]["value"] == 0.7
+    assert (
+        values["p-covid"]["valueQuantity"]["value"] == 0.8
+        and values["decision-threshold"]["valueQuantity"]["value"] == 0.7
+    )
     assert values["screening-result"]["valueCodeableConcept"]["coding"][0]["code"] == "class-covid"
     text = json.dumps(report)
     assert "subject" not in report and str(ds.PatientID) not in text and str(ds.PatientName) not in text
@@ -81,8 +86,14 @@ def test_fhir_reports_are_put_with_retries(bundle, tmp_path):
     server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = free_port()
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                port=port, retry_max_s=0.5, fhir=f"http://127.0.0.1:{server.server_port}/fhir")
+    settings = ListenerSettings(
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        port=port,
+        retry_max_s=0.5,
+        fhir=f"http://127.0.0.1:{server.server_port}/fhir",
+    )
     listener = Listener(settings).start()
     try:
         assert c_store(xray(tmp_path, "a"), port, "CCAD") == 0x0000
@@ -103,19 +114,25 @@ def test_results_go_back_over_stow_rs_with_the_dimse_paths_content(bundle, tmp_p
 
     orthanc = Orthanc(tmp_path / "orthanc", None, dicomweb=True).start()
     port = free_port()
-    settings = ListenerSettings(bundle, Destination.parse(f"dicomweb+{orthanc.dicomweb}"), tmp_path / "spool",
-                                port=port, retry_max_s=0.5)
+    settings = ListenerSettings(
+        bundle, Destination.parse(f"dicomweb+{orthanc.dicomweb}"), tmp_path / "spool", port=port, retry_max_s=0.5
+    )
     listener = Listener(settings).start()
     try:
         path = xray(tmp_path, "frontal")
         source = pydicom.dcmread(path)
         assert c_store(path, port, "CCAD") == 0x0000
         # the X-ray went to ccad only: what Orthanc holds of its study is what ccad stored there over DICOMweb
-        found = wait_for(lambda: (lambda held: held if len(held) >= 2 else None)(
-            orthanc.study_instances(source.StudyInstanceUID)), 90, "the SR and the capture in Orthanc")
-        expected = structured_report(source, listener.algorithm,
-                                     OnnxPredictor(bundle).score(["x"], [OnnxPredictor(bundle).prepare(
-                                         _gray(path))], with_heatmaps=True)[0])
+        found = wait_for(
+            lambda: (lambda held: held if len(held) >= 2 else None)(orthanc.study_instances(source.StudyInstanceUID)),
+            90,
+            "the SR and the capture in Orthanc",
+        )
+        expected = structured_report(
+            source,
+            listener.algorithm,
+            OnnxPredictor(bundle).score(["x"], [OnnxPredictor(bundle).prepare(_gray(path))], with_heatmaps=True)[0],
+        )
     finally:
         listener.stop()
         orthanc.stop()
@@ -156,8 +173,14 @@ def test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates(bun
         for i in range(3):
             orthanc.upload(xray(tmp_path, f"f{i}", seed=i, study_uid=study))
         orthanc.upload(xray(tmp_path, "lateral", seed=9, study_uid=study, ViewPosition="LL"))
-        settings = ListenerSettings(bundle, Destination.parse(f"dicomweb+{orthanc.dicomweb}"), tmp_path / "spool",
-                                    retry_max_s=0.5, queue_size=2, fhir=str(tmp_path / "fhir"))
+        settings = ListenerSettings(
+            bundle,
+            Destination.parse(f"dicomweb+{orthanc.dicomweb}"),
+            tmp_path / "spool",
+            retry_max_s=0.5,
+            queue_size=2,
+            fhir=str(tmp_path / "fhir"),
+        )
         counts = pull(settings, orthanc.dicomweb, study=study, timeout_s=180)
         assert counts["found"] == 4 and counts["fetched"] == 4 and counts["complete"], counts
         assert (counts["scored"], counts["not_scored"]) == (3, 1)
@@ -176,8 +199,15 @@ def test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates(bun
         orthanc.stop()
 
 
-@pytest.mark.parametrize("url, ok", [("https://pacs.example.org/dicom-web", True), ("http://127.0.0.1:8042/dicom-web", True),
-                                     ("http://pacs.example.org/dicom-web", False), ("htps://pacs/dicom-web", False)])
+@pytest.mark.parametrize(
+    "url, ok",
+    [
+        ("https://pacs.example.org/dicom-web", True),
+        ("http://127.0.0.1:8042/dicom-web", True),
+        ("http://pacs.example.org/dicom-web", False),
+        ("htps://pacs/dicom-web", False),
+    ],
+)
 def test_plain_http_only_to_this_machine(url, ok, tmp_path):
     from ccad.deploy.pacs.dicomweb import check_url
 
@@ -200,16 +230,19 @@ def test_a_server_that_ignores_the_offset_does_not_loop_for_ever():
 
     class SamePage:  # answers every page with the same full page
         def search_for_instances(self, **kwargs):
-            return [{"0020000D": {"Value": ["1.2"]}, "0020000E": {"Value": ["1.2.3"]}, "00080018": {"Value": [f"1.{i}"]}}
-                    for i in range(PAGE)]
+            return [
+                {"0020000D": {"Value": ["1.2"]}, "0020000E": {"Value": ["1.2.3"]}, "00080018": {"Value": [f"1.{i}"]}}
+                for i in range(PAGE)
+            ]
 
     # CR: one page, then the same page again (nothing new: stop); DX: the same UIDs, none new: each UID once
     assert len(list(find_instances(SamePage(), study="1.2"))) == PAGE
 
 
 def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                fhir="http://127.0.0.1:9/fhir")
+    settings = ListenerSettings(
+        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", fhir="http://127.0.0.1:9/fhir"
+    )
     listener = Listener(settings)
 
     class Broken:

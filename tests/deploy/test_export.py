@@ -63,8 +63,21 @@ def test_int8_calibration_data_needs_no_labels_of_the_models_classes(run_and_bun
         for row in rows:
             writer.writerow({"path": str(data / row["path"]), "label": "unknown-" + row["label"]})
     out = tmp_path / "bundle"
-    assert main(["export", "--model", str(run), "--out", str(out), "--int8",
-                 "--calibration-data", str(tmp_path / "unlabelled.csv")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(run),
+                "--out",
+                str(out),
+                "--int8",
+                "--calibration-data",
+                str(tmp_path / "unlabelled.csv"),
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "ccad-model.json").read_text())
     assert card["calibration_images"] == 110 and "int8" in card["models"]
 
@@ -93,8 +106,19 @@ def test_predict_streams_csv_and_heatmaps_without_tensorflow(run_and_bundle, syn
     (tmp_path / "in").mkdir()
     bad = tmp_path / "in" / "broken.png"
     bad.write_bytes(b"not an image")
-    done = run_without_tensorflow(["predict", "--model", str(bundle), str(synth_folders / "covid"), str(bad),
-                                   "--out", str(out), "--heatmap", str(heat)])
+    done = run_without_tensorflow(
+        [
+            "predict",
+            "--model",
+            str(bundle),
+            str(synth_folders / "covid"),
+            str(bad),
+            "--out",
+            str(out),
+            "--heatmap",
+            str(heat),
+        ]
+    )
     assert done.returncode == 0, done.stderr
     with open(out) as f:
         rows = list(csv.DictReader(f))
@@ -123,8 +147,7 @@ def test_resume_does_no_work_twice(run_and_bundle, synth_folders, tmp_path):
     assert len(old.read_text().splitlines()) == 1
 
 
-def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_for(run_and_bundle, tmp_path,
-                                                                                 caplog):
+def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_for(run_and_bundle, tmp_path, caplog):
     import shutil
 
     from ccad.scoring.predictor import OnnxPredictor
@@ -165,10 +188,38 @@ def test_int8_predicts_and_evaluate_accepts_a_bundle(run_and_bundle, synth_folde
     run, bundle = run_and_bundle
     assert main(["predict", "--model", str(bundle), "--int8", str(synth_folders / "covid"), "--format", "json"]) == 0
     assert all("probabilities" in r for r in json.loads(capsys.readouterr().out))
-    assert main(["evaluate", "--model", str(bundle), "--data", str(synth_folders / "manifest.csv"),
-                 "--out", str(tmp_path / "e"), "--split", "all"]) == 0
-    assert main(["evaluate", "--model", str(run), "--data", str(synth_folders / "manifest.csv"),
-                 "--out", str(tmp_path / "k"), "--split", "all"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(tmp_path / "e"),
+                "--split",
+                "all",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(tmp_path / "k"),
+                "--split",
+                "all",
+            ]
+        )
+        == 0
+    )
     a = json.loads((tmp_path / "e" / "metrics.json").read_text())
     b = json.loads((tmp_path / "k" / "metrics.json").read_text())
     # the same decisions, except at most one image sitting on the threshold (float32 ONNX vs Keras)
@@ -250,8 +301,7 @@ def _photo_like(path):
     return path
 
 
-def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bundle, synth_folders, tmp_path,
-                                                                     capsys):
+def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bundle, synth_folders, tmp_path, capsys):
     from ccad.scoring.predictor import OnnxPredictor
 
     run, bundle = run_and_bundle
@@ -327,4 +377,6 @@ def test_provenance_must_be_a_json_object(run_and_bundle, tmp_path, capsys):
     good = tmp_path / "q.json"
     good.write_text(json.dumps({"intended_use": "research use"}))
     assert main(["export", "--model", str(run), "--out", str(tmp_path / "c"), "--provenance", str(good)]) == 0
-    assert json.loads((tmp_path / "c" / "ccad-model.json").read_text())["provenance"] == {"intended_use": "research use"}
+    assert json.loads((tmp_path / "c" / "ccad-model.json").read_text())["provenance"] == {
+        "intended_use": "research use"
+    }

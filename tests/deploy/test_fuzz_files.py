@@ -48,17 +48,19 @@ def mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None, insert: b
     for position, value in edits:
         out[position % len(out)] = value
     if cut is not None:
-        out = out[:max(1, cut % len(out))]
+        out = out[: max(1, cut % len(out))]
     if insert:
         middle = len(out) // 2
         out[middle:middle] = insert
     return bytes(out)
 
 
-MUTATION = dict(kind=st.sampled_from(["png", "tif", "dcm"]),
-                edits=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), max_size=12),
-                cut=st.one_of(st.none(), st.integers(0, 10 ** 6)),
-                insert=st.binary(max_size=64))
+MUTATION = dict(
+    kind=st.sampled_from(["png", "tif", "dcm"]),
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=12),
+    cut=st.one_of(st.none(), st.integers(0, 10**6)),
+    insert=st.binary(max_size=64),
+)
 #: What one request may allocate in Python and numpy: images are capped at 4 MP here (float64: 32 MB each).
 REQUEST_BUDGET_MB = 256
 
@@ -70,7 +72,7 @@ def test_the_api_never_answers_5xx(client, seeds, kind, edits, cut, insert):
     tracemalloc.start()
     try:
         r = client.post("/api/v1/predict", files=[("files", (f"x.{kind}", data, "application/octet-stream"))])
-        peak_mb = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     finally:
         tracemalloc.stop()
     assert r.status_code < 500, (r.status_code, r.text[:300])

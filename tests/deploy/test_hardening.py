@@ -35,8 +35,9 @@ def client(bundle):
 
 
 def post(client, *files, key=KEY, **kw):
-    return client.post("/api/v1/predict", files=[("files", f) for f in files], headers={"X-API-Key": key} if key else {},
-                       **kw)
+    return client.post(
+        "/api/v1/predict", files=[("files", f) for f in files], headers={"X-API-Key": key} if key else {}, **kw
+    )
 
 
 # --- a live server ------------------------------------------------------------------------------------------------
@@ -49,9 +50,28 @@ def _get(port, path="/healthz", timeout=5.0) -> bytes:
 @pytest.fixture(scope="module")
 def live(bundle):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port),
-                             "--api-key", KEY, "--header-timeout", "1", "--max-request-mb", "2", "--max-upload-mb", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccad",
+            "serve",
+            "--model",
+            str(bundle),
+            "--port",
+            str(port),
+            "--api-key",
+            KEY,
+            "--header-timeout",
+            "1",
+            "--max-request-mb",
+            "2",
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     for _ in range(120):
         try:
             if _get(port).startswith(b"HTTP/1.1 200"):
@@ -75,8 +95,10 @@ def test_a_chunked_upload_without_a_key_is_refused_before_its_body(live):
     port, proc = live
     before = _peak_mb(proc)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
+        s.sendall(
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         answer = s.recv(4096)  # no body sent at all: the answer cannot depend on reading it
     assert answer.startswith(b"HTTP/1.1 401") and b"www-authenticate: bearer" in answer.lower()
     assert _peak_mb(proc) - before < 50
@@ -87,21 +109,23 @@ def test_a_chunked_body_over_the_limit_is_cut_off(live):
     before = _peak_mb(proc)
     sent = 0
     with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        s.sendall(f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
-                  "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
-        chunk = b"%x\r\n" % 2 ** 16 + b"\0" * 2 ** 16 + b"\r\n"
+        s.sendall(
+            f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
+        chunk = b"%x\r\n" % 2**16 + b"\0" * 2**16 + b"\r\n"
         try:
             for _ in range(1024):  # 64 MB offered against a 2 MB limit; stop when the server answers
                 if select.select([s], [], [], 0)[0]:
                     break
                 s.sendall(chunk)
-                sent += 2 ** 16
+                sent += 2**16
         except OSError:
             pass
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     # cut off near the limit: what was sent past 2 MB is what the loopback socket buffers held (a few MB)
-    assert sent < 16 * 2 ** 20, sent
+    assert sent < 16 * 2**20, sent
     assert _peak_mb(proc) - before < 50  # the server kept at most the 2 MB it read
 
 
@@ -146,7 +170,7 @@ def test_a_deflate_bomb_upload_is_413_without_inflating(client, tmp_path):
     from helpers import make_dataset
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    bomb = make_dataset(tmp_path / "bomb.dcm", 64, 64, bytes(300 * 2 ** 20), DeflatedExplicitVRLittleEndian).read_bytes()
+    bomb = make_dataset(tmp_path / "bomb.dcm", 64, 64, bytes(300 * 2**20), DeflatedExplicitVRLittleEndian).read_bytes()
     assert len(bomb) < 1_000_000
     r = post(client, ("bomb.dcm", bomb, "application/dicom"))
     assert r.status_code == 413 and "inflates past" in r.json()["detail"]
@@ -165,8 +189,11 @@ def test_a_corrupt_deflate_stream_in_an_upload_is_400_not_500(client, tmp_path):
     from helpers import make_dataset
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    data = bytearray(make_dataset(tmp_path / "x.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(),
-                                  DeflatedExplicitVRLittleEndian).read_bytes())
+    data = bytearray(
+        make_dataset(
+            tmp_path / "x.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(), DeflatedExplicitVRLittleEndian
+        ).read_bytes()
+    )
     data[-200:] = os.urandom(200)
     data[400:464] = os.urandom(64)
     r = post(client, ("x.dcm", bytes(data), "application/dicom"))
@@ -179,8 +206,9 @@ def test_a_deflate_bomb_without_the_landmarks_the_old_guard_read_is_still_413(bu
     # 12 MB inflated is a bomb for a 1-megapixel limit (budget 2 bytes a pixel + 1 MiB)
     with TestClient(create_app(ServeSettings(bundle, max_pixels=1_000_000))) as c:
         for how in ("padded", "no group length"):
-            r = c.post("/api/v1/predict", files=[("files", ("b.dcm", hidden_deflate_bomb(tmp_path, how),
-                                                             "application/dicom"))])
+            r = c.post(
+                "/api/v1/predict", files=[("files", ("b.dcm", hidden_deflate_bomb(tmp_path, how), "application/dicom"))]
+            )
             assert r.status_code == 413 and "inflates past" in r.json()["detail"], how
 
 
@@ -217,11 +245,14 @@ def test_too_many_files_and_too_many_pixels_are_413(bundle):
         assert r.status_code == 413 and "pixels in all" in r.json()["detail"]  # 3 x 22,500 > 60,000
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: _tiff_with_nan(), "non-finite"),
-    (lambda p: make_dicom(p / "s.dcm", GRADIENT.astype(np.uint16) * 16, slope=1e308).read_bytes(), "non-finite"),
-    (lambda p: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "allowed: PNG, JPEG, TIFF, BMP or DICOM"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: _tiff_with_nan(), "non-finite"),
+        (lambda p: make_dicom(p / "s.dcm", GRADIENT.astype(np.uint16) * 16, slope=1e308).read_bytes(), "non-finite"),
+        (lambda p: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n", "allowed: PNG, JPEG, TIFF, BMP or DICOM"),
+    ],
+)
 def test_hostile_pixels_are_400_not_500(client, tmp_path, make, match):
     r = post(client, ("x.bin", make(tmp_path), "application/octet-stream"))
     assert r.status_code == 400 and match in r.json()["detail"]
@@ -237,8 +268,12 @@ def _tiff_with_nan() -> bytes:
 
 def test_a_dicom_sent_as_a_text_field_is_not_echoed(client, tmp_path):
     dicom = make_dicom(tmp_path / "x.dcm", GRADIENT.astype(np.uint16) * 16).read_bytes()
-    r = client.post("/api/v1/predict", data={"files": dicom.decode("latin-1")}, headers={"X-API-Key": KEY},
-                    files=[("other", ("x", b"1", "text/plain"))])
+    r = client.post(
+        "/api/v1/predict",
+        data={"files": dicom.decode("latin-1")},
+        headers={"X-API-Key": KEY},
+        files=[("other", ("x", b"1", "text/plain"))],
+    )
     assert 400 <= r.status_code < 500 and len(r.content) < 500
     assert b"Test^Patient" not in r.content and b"Patient" not in r.content
 
@@ -301,7 +336,10 @@ def test_a_signed_bundle_verifies_and_an_edited_one_does_not(bundle, tmp_path, c
     assert "signature does not match" in capsys.readouterr().err
     assert main(["keys", "--out", str(tmp_path / "other")]) == 0
     shutil.copytree(bundle, tmp_path / "resigned")
-    assert main(["sign", "--model", str(tmp_path / "resigned"), "--key", str(tmp_path / "other" / "ccad-signing.key.pem")]) == 0
+    assert (
+        main(["sign", "--model", str(tmp_path / "resigned"), "--key", str(tmp_path / "other" / "ccad-signing.key.pem")])
+        == 0
+    )
     assert main(["predict", "--model", str(tmp_path / "resigned"), str(image), "--verify", str(public)]) == 2
 
 
@@ -309,8 +347,20 @@ def test_export_signs_and_the_run_pins_the_card(run_and_bundle, tmp_path):
     run, _ = run_and_bundle
     assert main(["keys", "--out", str(tmp_path / "keys")]) == 0
     out = tmp_path / "bundle"
-    assert main(["export", "--model", str(run), "--out", str(out), "--sign",
-                 str(tmp_path / "keys" / "ccad-signing.key.pem")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(run),
+                "--out",
+                str(out),
+                "--sign",
+                str(tmp_path / "keys" / "ccad-signing.key.pem"),
+            ]
+        )
+        == 0
+    )
     pinned = json.loads((run / "bundles.json").read_text())[-1]
     from ccad.io.files import sha256
 
@@ -334,7 +384,9 @@ def test_cli_failures_are_one_line(bundle, synth_folders, tmp_path, capsys):
     ]:
         path = tmp_path / manifest
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
-        cases.append((["evaluate", "--model", str(bundle), "--data", str(path), "--out", str(tmp_path / "ev")], message))
+        cases.append(
+            (["evaluate", "--model", str(bundle), "--data", str(path), "--out", str(tmp_path / "ev")], message)
+        )
     for args, message in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
@@ -408,8 +460,12 @@ def test_a_request_waiting_for_a_read_slot_is_408_at_its_deadline_from_arrival(b
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "method": "POST", "path": "/api/v1/predict",
-                 "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"5")]}
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/v1/predict",
+            "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"5")],
+        }
         await asyncio.wait_for(guard(scope, receive, send), 10)  # the old guard waited here forever
         return sent
 
@@ -433,10 +489,10 @@ def test_uploads_stay_in_memory_and_nothing_reaches_the_disk(bundle, monkeypatch
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (1800, 1800), dtype=np.uint8)).save(buffer, format="PNG")
-    assert buffer.tell() > 2 ** 21
+    assert buffer.tell() > 2**21
     with TestClient(create_app(ServeSettings(bundle))) as c:
         r = c.post("/api/v1/predict", files=[("files", ("big.png", buffer.getvalue(), "image/png"))])
     assert r.status_code == 200 and opened == []
     from starlette.formparsers import MultiPartParser
 
-    assert MultiPartParser.spool_max_size == 2 ** 20  # and Starlette is not patched for the whole process
+    assert MultiPartParser.spool_max_size == 2**20  # and Starlette is not patched for the whole process

@@ -25,32 +25,66 @@ def corpus(folder):
     gray = render_patient(np.random.default_rng(3), "covid", 256)
     files = {
         "good.dcm": make_xray_dicom(folder / "good.dcm", gray),
-        "minimal.dcm": make_xray_dicom(folder / "minimal.dcm", gray, PatientBirthDate=None, PatientSex=None,
-                                       AccessionNumber=None, StudyID=None, StudyDate=None, Manufacturer=None),
+        "minimal.dcm": make_xray_dicom(
+            folder / "minimal.dcm",
+            gray,
+            PatientBirthDate=None,
+            PatientSex=None,
+            AccessionNumber=None,
+            StudyID=None,
+            StudyDate=None,
+            Manufacturer=None,
+        ),
         "no-series.dcm": make_xray_dicom(folder / "no-series.dcm", gray, SeriesInstanceUID=None),
         "no-pixels.dcm": make_xray_dicom(folder / "no-pixels.dcm", gray, PixelData=None),
     }
     frames = [np.full((512, 512), v, np.uint16) for v in (100, 4000, 4000, 4000)]
     frames[0][:, 256:] = 3000
-    encoded = [RLELosslessEncoder.encode(f, rows=512, columns=512, samples_per_pixel=1, bits_allocated=16,
-                                         bits_stored=16, pixel_representation=0,
-                                         photometric_interpretation="MONOCHROME2", number_of_frames=1) for f in frames]
-    files["rle-4-frames.dcm"] = make_xray_dicom(folder / "rle.dcm", gray, syntax=RLELossless, NumberOfFrames=4,
-                                                Rows=512, Columns=512, BitsStored=16, HighBit=15,
-                                                PixelData=encapsulate(encoded))
+    encoded = [
+        RLELosslessEncoder.encode(
+            f,
+            rows=512,
+            columns=512,
+            samples_per_pixel=1,
+            bits_allocated=16,
+            bits_stored=16,
+            pixel_representation=0,
+            photometric_interpretation="MONOCHROME2",
+            number_of_frames=1,
+        )
+        for f in frames
+    ]
+    files["rle-4-frames.dcm"] = make_xray_dicom(
+        folder / "rle.dcm",
+        gray,
+        syntax=RLELossless,
+        NumberOfFrames=4,
+        Rows=512,
+        Columns=512,
+        BitsStored=16,
+        HighBit=15,
+        PixelData=encapsulate(encoded),
+    )
     bomb = folder / "hidden-bomb.dcm"
     bomb.write_bytes(hidden_deflate_bomb(folder, "no group length"))  # its SOP class is one a listener takes
     files["hidden-bomb.dcm"] = bomb
-    broken = bytearray(make_dataset(folder / "deflate.dcm", 64, 64, GRADIENT.astype(np.uint16).tobytes(),
-                                    DeflatedExplicitVRLittleEndian).read_bytes())
+    broken = bytearray(
+        make_dataset(
+            folder / "deflate.dcm", 64, 64, GRADIENT.astype(np.uint16).tobytes(), DeflatedExplicitVRLittleEndian
+        ).read_bytes()
+    )
     broken[-200:] = bytes(range(200))
     (folder / "bad-deflate.dcm").write_bytes(bytes(broken))
     files["bad-deflate.dcm"] = folder / "bad-deflate.dcm"
     truncated = make_xray_dicom(folder / "t.dcm", gray).read_bytes()
     (folder / "truncated.dcm").write_bytes(truncated[: len(truncated) // 2])
     files["truncated.dcm"] = folder / "truncated.dcm"
-    for name, data in (("empty.png", b""), ("text.png", b"just text, not an image\n"),
-                       ("truncated.png", png_bytes((200, 200))[:300]), ("good.png", png_bytes((200, 200)))):
+    for name, data in (
+        ("empty.png", b""),
+        ("text.png", b"just text, not an image\n"),
+        ("truncated.png", png_bytes((200, 200))[:300]),
+        ("good.png", png_bytes((200, 200))),
+    ):
         (folder / name).write_bytes(data)
         files[name] = folder / name
     return files
@@ -97,8 +131,9 @@ def test_the_api_never_answers_5xx(bundle, files):
 
 def test_the_listener_refuses_or_answers_every_acknowledged_image(bundle, files, tmp_path):
     port = free_port()
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                port=port, retry_max_s=0.5)
+    settings = ListenerSettings(
+        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", port=port, retry_max_s=0.5
+    )
     listener = Listener(settings).start()
     statuses = {}
     try:
@@ -106,16 +141,25 @@ def test_the_listener_refuses_or_answers_every_acknowledged_image(bundle, files,
             if name.endswith(".dcm"):
                 statuses[name] = c_store(path, port, "CCAD", chunked=True)
         acknowledged = [n for n, s in statuses.items() if s == 0x0000]
-        wait_for(lambda: listener.stats.scored + listener.stats.not_scored + listener.stats.failed
-                 >= len(acknowledged), 120, "every acknowledged image to be handled")
+        wait_for(
+            lambda: listener.stats.scored + listener.stats.not_scored + listener.stats.failed >= len(acknowledged),
+            120,
+            "every acknowledged image to be handled",
+        )
     finally:
         listener.stop()
     assert set(statuses.values()) <= {0x0000, 0xA700, 0xA900, 0xC210}, statuses
     assert statuses["good.dcm"] == statuses["minimal.dcm"] == statuses["rle-4-frames.dcm"] == 0x0000
     assert statuses["no-series.dcm"] == 0xA900
     reports = [pydicom.dcmread(p) for p in (tmp_path / "spool" / "outbox").glob("*.dcm")]
-    referenced = [ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                  .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for ds in reports if ds.Modality == "SR"]
+    referenced = [
+        ds.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        for ds in reports
+        if ds.Modality == "SR"
+    ]
     sent = {pydicom.dcmread(files[n], force=True, stop_before_pixels=True).SOPInstanceUID for n in acknowledged}
     assert sorted(referenced) == sorted(sent)  # one report for each image answered success, no more
     assert not list((tmp_path / "spool" / "failed").glob("*.dcm"))

@@ -23,8 +23,11 @@ PROMETHEUS = shutil.which("prometheus")
 
 def samples(text: str) -> dict[tuple, float]:
     """{(sample name, sorted labels): value} of a Prometheus text page."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_metrics_count_what_was_scored_and_name_no_file(bundle, synth_folders, tmp_path):
@@ -66,14 +69,18 @@ def _get(url: str, headers=None) -> dict:
         return json.loads(answer.read())
 
 
-@pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus is not installed (apt-get install prometheus; "
-                                               ".ci/run does)")
+@pytest.mark.skipif(
+    PROMETHEUS is None, reason="Debian's prometheus is not installed (apt-get install prometheus; .ci/run does)"
+)
 def test_a_real_prometheus_scrapes_a_live_server(bundle, synth_folders, tmp_path):
     import uvicorn
 
     port, prometheus_port = free_port(), free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ServeSettings(bundle, api_key="scrape-key")), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(ServeSettings(bundle, api_key="scrape-key")), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     config = tmp_path / "prometheus.yml"
@@ -86,9 +93,16 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{port}"]
 """)
-    prometheus = subprocess.Popen([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                   f"--web.listen-address=127.0.0.1:{prometheus_port}"],
-                                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"))
+    prometheus = subprocess.Popen(
+        [
+            PROMETHEUS,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),
+    )
     try:
         for _ in range(100):
             if server.started:
@@ -96,10 +110,19 @@ scrape_configs:
             time.sleep(0.1)
         image = sorted((synth_folders / "covid").glob("*.png"))[0]
         boundary = "ccadboundary"
-        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\n"
-                f"Content-Type: image/png\r\n\r\n").encode() + image.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/predict", data=body, headers={
-            "Content-Type": f"multipart/form-data; boundary={boundary}", "X-API-Key": "scrape-key"})
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+                f"Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + image.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/v1/predict",
+            data=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "X-API-Key": "scrape-key"},
+        )
         with urllib.request.urlopen(request, timeout=60) as answer:
             assert answer.status == 200
         query = urllib.parse.quote('ccad_images_scored_total{adapter="api"}')

@@ -18,8 +18,9 @@ from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings, t
 from ccad.deploy.pacs.results import SC_SERIES_NUMBER, not_scored_reason
 from ccad.errors import ConfigError
 
-needs_orthanc = pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; "
-                                                           ".ci/run installs it)")
+needs_orthanc = pytest.mark.skipif(
+    ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run installs it)"
+)
 
 
 def xray(tmp_path, name, seed=0, **fields) -> Path:
@@ -30,9 +31,27 @@ def xray(tmp_path, name, seed=0, **fields) -> Path:
 def start_listener(bundle, port, destination_port, spool, log_path, *extra) -> subprocess.Popen:
     log = open(log_path, "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port", str(port),
-         "--send-to", f"ORTHANC@127.0.0.1:{destination_port}", "--spool", str(spool), "--retry-max-s", "1", *extra],
-        stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "ccad",
+            "dicom",
+            "listen",
+            "--model",
+            str(bundle),
+            "--port",
+            str(port),
+            "--send-to",
+            f"ORTHANC@127.0.0.1:{destination_port}",
+            "--spool",
+            str(spool),
+            "--retry-max-s",
+            "1",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     wait_for(lambda: _listening(port) or process.poll() is not None, 60, "the listener to start")
     assert process.poll() is None, Path(log_path).read_text()
     return process
@@ -80,14 +99,17 @@ def report_items(sr) -> dict[str, object]:
 # -- which images are scored (no server needed) -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("fields, reason", [
-    ({}, None),
-    ({"ViewPosition": "LL"}, "lateral"),
-    ({"BodyPartExamined": "HAND"}, "not chest"),
-    ({"Modality": "CT"}, "not a radiograph"),
-    ({"PixelData": None}, "no pixel data"),
-    ({"BodyPartExamined": None, "ViewPosition": None}, None),  # not stated: scored
-])
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({}, None),
+        ({"ViewPosition": "LL"}, "lateral"),
+        ({"BodyPartExamined": "HAND"}, "not chest"),
+        ({"Modality": "CT"}, "not a radiograph"),
+        ({"PixelData": None}, "no pixel data"),
+        ({"BodyPartExamined": None, "ViewPosition": None}, None),  # not stated: scored
+    ],
+)
 def test_only_frontal_chest_radiographs_are_scored(tmp_path, fields, reason):
     ds = pydicom.dcmread(xray(tmp_path, "x", **fields))
     found = not_scored_reason(ds)
@@ -129,8 +151,14 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
     caplog.set_level("INFO", logger="ccad.dicom")
     predictor = GatedPredictor(OnnxPredictor(bundle))
     port = free_port()
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                port=port, queue_size=1, retry_max_s=0.5)
+    settings = ListenerSettings(
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        port=port,
+        queue_size=1,
+        retry_max_s=0.5,
+    )
     listener = Listener(settings, predictor).start()
     try:
         # truncated in the middle of an element, before its series UID: refused, never acknowledged
@@ -205,8 +233,14 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
         stop(listener)
         orthanc.stop()
     source = pydicom.dcmread(frontal)
-    reports = {ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-               .ReferencedSOPSequence[0].ReferencedSOPInstanceUID: ds for ds in found if ds.Modality == "SR"}
+    reports = {
+        ds.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID: ds
+        for ds in found
+        if ds.Modality == "SR"
+    }
     captures = [ds for ds in found if ds.Modality == "OT"]
     assert len(reports) == 3 and len(captures) == 1
     expected = OnnxPredictor(bundle).predict_files([frontal])[0]
@@ -222,8 +256,11 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     # the same patient and study, a new series each, the algorithm identified
     capture = captures[0]
     for ds in (report, capture):
-        assert (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID) == (PATIENT["PatientID"],
-                                                                           PATIENT["PatientName"], study)
+        assert (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID) == (
+            PATIENT["PatientID"],
+            PATIENT["PatientName"],
+            study,
+        )
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
     assert report.SeriesInstanceUID != capture.SeriesInstanceUID and capture.SeriesNumber == SC_SERIES_NUMBER
     assert "ccad" in items["111001"] and any("model sha256" in t for t in items["111002"])
@@ -277,36 +314,74 @@ def test_the_spool_lists_only_finished_files(tmp_path):
 #: A marker in every text attribute of the odd data sets: it must never reach the listener's log.
 MARKER = "ZQXMARK"
 #: Type 2 attributes a minimal CR leaves out (PS3.3 Patient, General Study, General Series, CR Image modules).
-LEFT_OUT = dict(PatientBirthDate=None, PatientSex=None, AccessionNumber=None, StudyID=None, StudyDate=None,
-                StudyTime=None, ReferringPhysicianName=None, Manufacturer=None, PatientOrientation=None,
-                BodyPartExamined=None, ViewPosition=None, SeriesNumber=None, InstanceNumber=None,
-                PresentationIntentType=None, ImageType=None)
+LEFT_OUT = dict(
+    PatientBirthDate=None,
+    PatientSex=None,
+    AccessionNumber=None,
+    StudyID=None,
+    StudyDate=None,
+    StudyTime=None,
+    ReferringPhysicianName=None,
+    Manufacturer=None,
+    PatientOrientation=None,
+    BodyPartExamined=None,
+    ViewPosition=None,
+    SeriesNumber=None,
+    InstanceNumber=None,
+    PresentationIntentType=None,
+    ImageType=None,
+)
 
 
 def odd_datasets(tmp_path, study):
     """(name, path) of data sets as modalities send them: each must get exactly one report."""
     cr = "1.2.840.10008.5.1.4.1.1.1"
-    marked = dict(PatientName=f"{MARKER}^Name\nccad.dicom INFO forged", PatientID=f"{MARKER}-ID",
-                  AccessionNumber=f"{MARKER}AC", StudyID=f"{MARKER}S", Manufacturer=f"{MARKER} Medical",
-                  StudyDescription=f"{MARKER} chest", ReferringPhysicianName=f"{MARKER}^Dr")
+    marked = dict(
+        PatientName=f"{MARKER}^Name\nccad.dicom INFO forged",
+        PatientID=f"{MARKER}-ID",
+        AccessionNumber=f"{MARKER}AC",
+        StudyID=f"{MARKER}S",
+        Manufacturer=f"{MARKER} Medical",
+        StudyDescription=f"{MARKER} chest",
+        ReferringPhysicianName=f"{MARKER}^Dr",
+    )
     return [
         ("minimal CR", xray(tmp_path, "minimal", seed=11, study_uid=study, sop_class=cr, **LEFT_OUT)),
         ("minimal DX", xray(tmp_path, "minimal-dx", seed=12, study_uid=study, **LEFT_OUT)),
-        ("values their VR does not allow", xray(tmp_path, "invalid", seed=13, study_uid=study,
-                                                PatientBirthDate=f"{MARKER}DOB", PatientSex=f"{MARKER}SEX",
-                                                StudyDate="20261399", StudyTime="99", **{
-                                                    k: v for k, v in marked.items() if k != "PatientName"})),
-        ("one-word name, newline in a name", xray(tmp_path, "smith", seed=14, study_uid=study,
-                                                   PatientName=MARKER, **{k: v for k, v in marked.items()
-                                                                          if k != "PatientName"})),
+        (
+            "values their VR does not allow",
+            xray(
+                tmp_path,
+                "invalid",
+                seed=13,
+                study_uid=study,
+                PatientBirthDate=f"{MARKER}DOB",
+                PatientSex=f"{MARKER}SEX",
+                StudyDate="20261399",
+                StudyTime="99",
+                **{k: v for k, v in marked.items() if k != "PatientName"},
+            ),
+        ),
+        (
+            "one-word name, newline in a name",
+            xray(
+                tmp_path,
+                "smith",
+                seed=14,
+                study_uid=study,
+                PatientName=MARKER,
+                **{k: v for k, v in marked.items() if k != "PatientName"},
+            ),
+        ),
         ("a forged log line in the name", xray(tmp_path, "forged", seed=15, study_uid=study, **marked)),
     ]
 
 
 def test_a_data_set_without_a_series_uid_is_refused_not_acknowledged(bundle, tmp_path):
     port = free_port()
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                port=port, retry_max_s=0.5)
+    settings = ListenerSettings(
+        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", port=port, retry_max_s=0.5
+    )
     listener = Listener(settings).start()
     try:
         assert c_store(xray(tmp_path, "no-series", SeriesInstanceUID=None), port, "CCAD") == 0xA900
@@ -355,15 +430,24 @@ def test_every_acknowledged_image_ends_as_exactly_one_result_and_no_value_reache
         listener = start_listener(bundle, listener_port, orthanc.dicom_port, spool, log_path)
         for name, path in sent[:2]:
             assert c_store(path, listener_port, "CCAD") == 0x0000, name
-        wait_for(lambda: not list((spool / "outbox").glob("*.dcm")) and not list((spool / "inbox").glob("*.dcm")),
-                 120, "the spool to empty")
+        wait_for(
+            lambda: not list((spool / "outbox").glob("*.dcm")) and not list((spool / "inbox").glob("*.dcm")),
+            120,
+            "the spool to empty",
+        )
         found = orthanc.study_instances(study)
     finally:
         stop(listener)
         orthanc.stop()
     results = [ds for ds in found if ds.Modality in ("SR", "OT")]
-    referenced = [ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-                  .ReferencedSOPSequence[0].ReferencedSOPInstanceUID for ds in results if ds.Modality == "SR"]
+    referenced = [
+        ds.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        for ds in results
+        if ds.Modality == "SR"
+    ]
     assert sorted(referenced) == sorted(pydicom.dcmread(p).SOPInstanceUID for _, p in sent)  # one report each
     assert sum(ds.Modality == "OT" for ds in results) == len(sent)  # all scored: one capture each
     assert not list((spool / "failed").glob("*.dcm"))
@@ -386,14 +470,23 @@ def test_a_deflate_bomb_or_an_oversized_data_set_is_refused_without_the_memory(b
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     # 600 MB of zero pixels deflate to ~0.6 MB; the header says 64 x 64: only the bounded inflater can tell
-    bomb = make_dataset(tmp_path / "bomb.dcm", 64, 64, bytes(600 * 2 ** 20), DeflatedExplicitVRLittleEndian,
-                        SOPClassUID="1.2.840.10008.5.1.4.1.1.1", StudyInstanceUID=pydicom.uid.generate_uid(),
-                        SeriesInstanceUID=pydicom.uid.generate_uid(), Modality="CR")
-    assert bomb.stat().st_size < 2 * 2 ** 20
+    bomb = make_dataset(
+        tmp_path / "bomb.dcm",
+        64,
+        64,
+        bytes(600 * 2**20),
+        DeflatedExplicitVRLittleEndian,
+        SOPClassUID="1.2.840.10008.5.1.4.1.1.1",
+        StudyInstanceUID=pydicom.uid.generate_uid(),
+        SeriesInstanceUID=pydicom.uid.generate_uid(),
+        Modality="CR",
+    )
+    assert bomb.stat().st_size < 2 * 2**20
     big = xray(tmp_path, "big", seed=3)  # a 256 x 256 film is ~130 KB: over a 0.1 MB limit
     port = free_port()
-    listener = start_listener(bundle, port, free_port(), tmp_path / "spool", tmp_path / "listener.log",
-                              "--max-dataset-mb", "1")
+    listener = start_listener(
+        bundle, port, free_port(), tmp_path / "spool", tmp_path / "listener.log", "--max-dataset-mb", "1"
+    )
     try:
         idle = _peak_mb(listener.pid)
         assert c_store(bomb, port, "CCAD", chunked=True) == 0xA700
@@ -401,8 +494,13 @@ def test_a_deflate_bomb_or_an_oversized_data_set_is_refused_without_the_memory(b
         assert c_store(xray(tmp_path, "ok", seed=4), port, "CCAD") == 0x0000
     finally:
         stop(listener)
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool2",
-                                port=free_port(), max_dataset_bytes=2 ** 20)
+    settings = ListenerSettings(
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool2",
+        port=free_port(),
+        max_dataset_bytes=2**20,
+    )
     listener = Listener(settings).start()
     try:
         listener.settings.max_dataset_bytes = 100_000  # below the 1 MB floor of the option, for a small file
@@ -441,10 +539,12 @@ def jpeg2000_xray(tmp_path, name, seed=0) -> Path:
 
     gray = render_patient(np.random.default_rng(seed), "covid", 256)
     buffer = io.BytesIO()
-    Image.fromarray(np.round(gray * 4095).astype(np.uint16)).save(buffer, format="JPEG2000", no_jp2=True,
-                                                                     irreversible=False)
-    return make_xray_dicom(tmp_path / f"{name}.dcm", gray, syntax=JPEG2000Lossless,
-                           PixelData=encapsulate([buffer.getvalue()]))
+    Image.fromarray(np.round(gray * 4095).astype(np.uint16)).save(
+        buffer, format="JPEG2000", no_jp2=True, irreversible=False
+    )
+    return make_xray_dicom(
+        tmp_path / f"{name}.dcm", gray, syntax=JPEG2000Lossless, PixelData=encapsulate([buffer.getvalue()])
+    )
 
 
 def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bundle, tmp_path):
@@ -452,8 +552,9 @@ def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bund
 
     compressed, plain = jpeg2000_xray(tmp_path, "j2k", seed=7), xray(tmp_path, "plain", seed=7)
     port = free_port()
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                port=port, retry_max_s=0.5)
+    settings = ListenerSettings(
+        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", port=port, retry_max_s=0.5
+    )
     listener = Listener(settings).start()
     try:
         assert c_store(compressed, port, "CCAD") == 0x0000
@@ -473,9 +574,15 @@ def test_the_listener_serves_its_metrics_and_logs_pseudonyms_only(bundle, tmp_pa
     from ccad.deploy.monitoring import pseudonym
 
     port, metrics_port = free_port(), free_port()
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool",
-                                port=port, retry_max_s=0.5, metrics_port=metrics_port,
-                                result_log=tmp_path / "results.jsonl")
+    settings = ListenerSettings(
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        port=port,
+        retry_max_s=0.5,
+        metrics_port=metrics_port,
+        result_log=tmp_path / "results.jsonl",
+    )
     listener = Listener(settings).start()
     try:
         sent = [xray(tmp_path, f"m{i}", seed=i) for i in range(2)]
@@ -485,8 +592,11 @@ def test_the_listener_serves_its_metrics_and_logs_pseudonyms_only(bundle, tmp_pa
             text = answer.read().decode()
     finally:
         listener.stop()
-    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
-           for family in text_string_to_metric_families(text) for s in family.samples}
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     assert got[("ccad_images_scored_total", (("adapter", "dicom"),))] == 2
     assert got[("ccad_dicom_events_total", (("event", "received"),))] == 2
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

@@ -72,4 +72,8 @@ def test_image_lists_from_manifests_and_text_files(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\na.png,covid\nsub/b.png,normal\n")
     (tmp_path / "list.txt").write_text("/x/c.png\n\n/y/d.dcm\n")
     assert list_inputs([tmp_path / "m.csv", tmp_path / "list.txt"]) == [
-        str(tmp_path / "a.png"), str(tmp_path / "sub/b.png"), "/x/c.png", "/y/d.dcm"]
+        str(tmp_path / "a.png"),
+        str(tmp_path / "sub/b.png"),
+        "/x/c.png",
+        "/y/d.dcm",
+    ]

@@ -6,8 +6,8 @@ import sys
 import time
 
 import pytest
-from hypothesis import HealthCheck, settings
 from helpers import free_port
+from hypothesis import HealthCheck, settings
 
 schemathesis = pytest.importorskip("schemathesis")
 
@@ -17,8 +17,23 @@ def live_server(bundle):
     import urllib.request
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ccad", "serve", "--model", str(bundle), "--port", str(port),
-                             "--docs", "--max-upload-mb", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ccad",
+            "serve",
+            "--model",
+            str(bundle),
+            "--port",
+            str(port),
+            "--docs",
+            "--max-upload-mb",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(240):
         try:

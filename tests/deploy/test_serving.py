@@ -20,8 +20,9 @@ def client(bundle):
 
 
 def post(client, *files, heatmap=False, **kw):
-    return client.post("/api/v1/predict", files=[("files", f) for f in files],
-                       data={"heatmap": str(heatmap).lower()}, **kw)
+    return client.post(
+        "/api/v1/predict", files=[("files", f) for f in files], data={"heatmap": str(heatmap).lower()}, **kw
+    )
 
 
 def test_health_model_docs_and_page(client):
@@ -73,8 +74,10 @@ def test_the_answer_states_the_decision_rule(client, bundle):
     assert decision["text"].startswith(f"covid if p(covid) >= {card.decision['threshold']:.3f}")
     result = body["results"][0]
     assert (result["predicted_class"] == "covid") == (result["probabilities"]["covid"] >= decision["threshold"])
-    assert data_names("../shared/data/covid-cxr/manifest.csv + ../shared/data/cohen-other/manifest.csv "
-                      "(relabel cohen-covid-chestxray:pneumonia=normal)") == ["covid-cxr", "cohen-other"]
+    assert data_names(
+        "../shared/data/covid-cxr/manifest.csv + ../shared/data/cohen-other/manifest.csv "
+        "(relabel cohen-covid-chestxray:pneumonia=normal)"
+    ) == ["covid-cxr", "cohen-other"]
     assert data_names("/tmp/x/data") == ["data"]
 
 
@@ -87,12 +90,15 @@ def test_dicom_works_and_patient_fields_are_not_echoed(client, tmp_path):
     assert r.status_code == 200 and b"Test^Patient" not in r.content and b"Patient" not in r.content
 
 
-@pytest.mark.parametrize("name,content,ctype,status,message", [
-    ("a.png", b"not an image", "image/png", 400, "not a readable image"),
-    ("a.png", png_bytes()[:200], "image/png", 400, "files[0]"),  # the part, never the client's file name
-    ("a.png", b"", "image/png", 400, "empty file"),
-    ("a.txt", b"hello", "text/plain", 415, "not an image"),
-])
+@pytest.mark.parametrize(
+    "name,content,ctype,status,message",
+    [
+        ("a.png", b"not an image", "image/png", 400, "not a readable image"),
+        ("a.png", png_bytes()[:200], "image/png", 400, "files[0]"),  # the part, never the client's file name
+        ("a.png", b"", "image/png", 400, "empty file"),
+        ("a.txt", b"hello", "text/plain", 415, "not an image"),
+    ],
+)
 def test_bad_files(client, name, content, ctype, status, message):
     r = post(client, (name, content, ctype))
     assert r.status_code == status and message in r.json()["detail"]
@@ -178,16 +184,19 @@ def test_uploads_stay_off_disk_unless_kept(bundle, tmp_path):
 
 # --- fuzz: whatever a client sends, no 5xx ---------------------------------------------------------------------
 from hypothesis import HealthCheck, given  # noqa: E402
-from hypothesis import settings as hsettings
-from hypothesis import strategies as st
+from hypothesis import settings as hsettings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 @hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(content=st.one_of(st.binary(max_size=2048), st.just(png_bytes()[:300]), st.just(b"\x89PNG\r\n\x1a\n")),
-       name=st.text(min_size=0, max_size=30),
-       ctype=st.sampled_from(["image/png", "image/jpeg", "application/dicom", "application/octet-stream",
-                              "text/plain", ""]),
-       heatmap=st.sampled_from(["true", "false", "maybe", ""]))
+@given(
+    content=st.one_of(st.binary(max_size=2048), st.just(png_bytes()[:300]), st.just(b"\x89PNG\r\n\x1a\n")),
+    name=st.text(min_size=0, max_size=30),
+    ctype=st.sampled_from(
+        ["image/png", "image/jpeg", "application/dicom", "application/octet-stream", "text/plain", ""]
+    ),
+    heatmap=st.sampled_from(["true", "false", "maybe", ""]),
+)
 def test_fuzz_predict_never_5xx(client, content, name, ctype, heatmap):
     r = client.post("/api/v1/predict", files=[("files", (name or "f", content, ctype))], data={"heatmap": heatmap})
     assert r.status_code < 500, (r.status_code, r.text)

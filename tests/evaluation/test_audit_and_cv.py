@@ -40,16 +40,51 @@ def _weights():
 @pytest.mark.slow
 def test_audit_flags_a_model_that_reads_a_marker_outside_the_lungs(marker_shortcut_data, tmp_path):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(marker_shortcut_data), "--out", str(run), "--weights", _weights(),
-                 "--input-size", "128", "--epochs", "10", "--feature-views", "1", "--augmentation", "none",
-                 "--preprocess", "none"]) == 0
-    assert main(["audit", "--model", str(run), "--data", str(marker_shortcut_data), "--out", str(tmp_path / "audit"),
-                 "--split", "all"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(marker_shortcut_data),
+                "--out",
+                str(run),
+                "--weights",
+                _weights(),
+                "--input-size",
+                "128",
+                "--epochs",
+                "10",
+                "--feature-views",
+                "1",
+                "--augmentation",
+                "none",
+                "--preprocess",
+                "none",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "audit",
+                "--model",
+                str(run),
+                "--data",
+                str(marker_shortcut_data),
+                "--out",
+                str(tmp_path / "audit"),
+                "--split",
+                "all",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "audit" / "audit.json").read_text())
     lung_test = result["lung_test"]
     assert lung_test["original"]["auc"] > 0.9
-    assert lung_test["no_lungs"]["auc"] > 0.80            # the marker survives blanking the lungs
-    assert lung_test["lungs_only"]["auc"] < 0.75          # ...and is gone when only the lungs are shown
+    assert lung_test["no_lungs"]["auc"] > 0.80  # the marker survives blanking the lungs
+    assert lung_test["lungs_only"]["auc"] < 0.75  # ...and is gone when only the lungs are shown
     assert result["verdict"][0].startswith("FAIL lung test")
     probe = result["source_probe"]
     assert probe["available"] and probe["confounded_with_label"]
@@ -62,15 +97,35 @@ def test_audit_flags_a_model_that_reads_a_marker_outside_the_lungs(marker_shortc
 @pytest.mark.slow
 def test_cross_validation_scores_every_image_once_with_disjoint_patients(synth_folders, tmp_path):
     out = tmp_path / "cv"
-    assert main(["cv", "--data", str(synth_folders / "manifest.csv"), "--out", str(out), "--folds", "3",
-                 "--weights", _weights(), "--input-size", "64", "--epochs", "10", "--feature-views", "2"]) == 0
+    assert (
+        main(
+            [
+                "cv",
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(out),
+                "--folds",
+                "3",
+                "--weights",
+                _weights(),
+                "--input-size",
+                "64",
+                "--epochs",
+                "10",
+                "--feature-views",
+                "2",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "metrics.json").read_text())
     with open(out / "oof_predictions.csv") as f:
         rows = list(csv.DictReader(f))
     with open(synth_folders / "manifest.csv") as f:
         manifest = list(csv.DictReader(f))
     assert len(rows) == len(manifest) == summary["pooled"]["n"]
-    assert len({r["path"] for r in rows}) == len(rows)                      # each image scored once
+    assert len({r["path"] for r in rows}) == len(rows)  # each image scored once
     fold_of_group = {}
     for r in rows:
         assert fold_of_group.setdefault(r["group"], r["fold"]) == r["fold"]  # a patient sits in one fold

@@ -9,9 +9,9 @@ from ccad.evaluation.drift import DRIFT, OK, WARMING_UP, DriftCheck, psi
 
 
 def test_psi_against_a_hand_computed_value():
-    reference = np.array([0.0] * 50 + [1.0] * 50)      # two bins, cut at the median (0.5): 50 / 50
-    values = np.array([0.0] * 80 + [1.0] * 20)         # 80 / 20
-    ref = [50.5 / 101, 50.5 / 101]                     # each share smoothed by half an image
+    reference = np.array([0.0] * 50 + [1.0] * 50)  # two bins, cut at the median (0.5): 50 / 50
+    values = np.array([0.0] * 80 + [1.0] * 20)  # 80 / 20
+    ref = [50.5 / 101, 50.5 / 101]  # each share smoothed by half an image
     now = [80.5 / 101, 20.5 / 101]
     expected = sum((n - r) * math.log(n / r) for n, r in zip(now, ref))
     assert psi(reference, values, bins=2) == pytest.approx(expected)

@@ -11,19 +11,34 @@ from ccad.models.ood import OodGuard
 
 
 def _log(path, rows):
-    lines = [json.dumps({"time": t, "adapter": "api", "image": f"{i:016x}", "decision": "covid" if pos else "normal",
-                         "positive": pos, "score": score, "in_distribution": inside, "ood_distance": 10.0 + i,
-                         "lung_qc": qc, "drift": drift})
-             for i, (t, pos, score, inside, qc, drift) in enumerate(rows)]
+    lines = [
+        json.dumps(
+            {
+                "time": t,
+                "adapter": "api",
+                "image": f"{i:016x}",
+                "decision": "covid" if pos else "normal",
+                "positive": pos,
+                "score": score,
+                "in_distribution": inside,
+                "ood_distance": 10.0 + i,
+                "lung_qc": qc,
+                "drift": drift,
+            }
+        )
+        for i, (t, pos, score, inside, qc, drift) in enumerate(rows)
+    ]
     path.write_text("\n".join(lines[:2] + ["{not json", ""] + lines[2:]) + "\n")
     return path
 
 
-ROWS = [("2026-11-30T08:00:00.000+00:00", True, 0.9, True, [], "warming up"),
-        ("2026-11-30T09:00:00.000+00:00", False, 0.1, False, ["no_lungs"], "ok"),
-        ("2026-11-30T10:00:00.000+00:00", False, 0.2, True, [], "ok"),
-        ("2026-12-01T08:00:00.000+00:00", True, 0.8, True, [], "drift"),
-        ("2026-12-01T09:00:00.000+00:00", False, 0.3, True, [], "ok")]
+ROWS = [
+    ("2026-11-30T08:00:00.000+00:00", True, 0.9, True, [], "warming up"),
+    ("2026-11-30T09:00:00.000+00:00", False, 0.1, False, ["no_lungs"], "ok"),
+    ("2026-11-30T10:00:00.000+00:00", False, 0.2, True, [], "ok"),
+    ("2026-12-01T08:00:00.000+00:00", True, 0.8, True, [], "drift"),
+    ("2026-12-01T09:00:00.000+00:00", False, 0.3, True, [], "ok"),
+]
 
 
 def test_periods_counts_and_drift_changes(tmp_path):
@@ -49,13 +64,22 @@ def test_since_until_and_the_bundle_reference(tmp_path):
     log = _log(tmp_path / "r.jsonl", ROWS)
     records, _ = read_log(log, since=date(2026, 12, 1))
     assert len(records) == 2 and drift_changes(records) == [{"time": ROWS[4][0], "from": "drift", "to": "ok"}]
-    reference = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0, reference_scores=np.linspace(0, 1, 100),
-                         reference_distances=np.linspace(8, 16, 100))
+    reference = OodGuard(
+        np.zeros(2),
+        np.eye(2),
+        np.ones(2),
+        1.0,
+        5.0,
+        reference_scores=np.linspace(0, 1, 100),
+        reference_distances=np.linspace(8, 16, 100),
+    )
     record = monitor(log, tmp_path / "out", reference=reference)
     assert record["overall"]["psi"]["score"] is None  # 5 images: under the live check's window, not measured
     # 250 images like the reference: a small PSI; then scores all near 1: far past 0.25
-    like = [(f"2026-12-02T08:{i // 60:02d}:{i % 60:02d}.000+00:00", False, (i % 100) / 100, True, [], "ok")
-            for i in range(250)]
+    like = [
+        (f"2026-12-02T08:{i // 60:02d}:{i % 60:02d}.000+00:00", False, (i % 100) / 100, True, [], "ok")
+        for i in range(250)
+    ]
     quiet = monitor(_log(tmp_path / "like.jsonl", like), tmp_path / "like")["overall"]
     assert "psi" not in quiet  # no --model: no reference to compare with
     quiet = monitor(tmp_path / "like.jsonl", tmp_path / "like", reference=reference)["overall"]["psi"]["score"]

@@ -39,11 +39,18 @@ def scored(tmp_path):
 def test_figures_are_written(scored, tmp_path):
     dataset, y, probabilities, metrics = scored
     images = np.random.default_rng(1).random((40, 16, 16)).astype(np.float32)
-    history = [{"accuracy": 0.6, "loss": 0.7, "val_accuracy": 0.55, "val_loss": 0.72, "phase": "frozen"},
-               {"accuracy": 0.7, "loss": 0.6, "val_accuracy": 0.65, "val_loss": 0.66, "phase": "frozen"}]
+    history = [
+        {"accuracy": 0.6, "loss": 0.7, "val_accuracy": 0.55, "val_loss": 0.72, "phase": "frozen"},
+        {"accuracy": 0.7, "loss": 0.6, "val_accuracy": 0.65, "val_loss": 0.66, "phase": "frozen"},
+    ]
     figures = write_figures(tmp_path / "figures", metrics, y, probabilities, images, dataset.classes, history)
-    assert set(figures) == {"Training curves", "Confusion matrix", "ROC curve", "Reliability diagram",
-                            "Predictions (as stored, lung outline in cyan)"}
+    assert set(figures) == {
+        "Training curves",
+        "Confusion matrix",
+        "ROC curve",
+        "Reliability diagram",
+        "Predictions (as stored, lung outline in cyan)",
+    }
     for path in figures.values():
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

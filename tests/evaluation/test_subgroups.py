@@ -6,11 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import write_csv
+from helpers import make_xray_dicom
 
 from ccad.cli import main
 from ccad.evaluation.subgroups import MISSING, breakdown
-from conftest import write_csv
-from helpers import make_xray_dicom
 
 
 def _wilson(k, n, z=1.959963984540054):
@@ -48,8 +48,26 @@ def test_evaluate_by_a_manifest_column_and_by_source(bundle, synth_folders, tmp_
     for i, row in enumerate(rows):
         row["path"], row["view"] = str((synth_folders / row["path"]).resolve()), "AP" if i % 3 == 0 else "PA"
     manifest = write_csv(tmp_path / "manifest-views.csv", rows)
-    assert main(["evaluate", "--model", str(bundle), "--data", str(manifest), "--split", "all", "--out",
-                 str(tmp_path / "ev"), "--by", "view", "--by", "source"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(manifest),
+                "--split",
+                "all",
+                "--out",
+                str(tmp_path / "ev"),
+                "--by",
+                "view",
+                "--by",
+                "source",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     scored = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
     view_of = {r["path"]: r["view"] for r in rows}
@@ -75,18 +93,52 @@ def test_evaluate_by_dicom_attributes_counts_a_missing_one(bundle, tmp_path):
         (tmp_path / "d" / label).mkdir(parents=True)
         for i in range(6):
             view = "AP" if i % 3 < 2 else None  # every third file has no ViewPosition at all
-            make_xray_dicom(tmp_path / "d" / label / f"{i}.dcm", render_patient(rng, label, 128, patient_anatomy(rng)),
-                            ViewPosition=view, Modality="CR" if i < 3 else "DX")
-    assert main(["evaluate", "--model", str(bundle), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "ev"),
-                 "--by", "ViewPosition", "--by", "Modality"]) == 0
+            make_xray_dicom(
+                tmp_path / "d" / label / f"{i}.dcm",
+                render_patient(rng, label, 128, patient_anatomy(rng)),
+                ViewPosition=view,
+                Modality="CR" if i < 3 else "DX",
+            )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(tmp_path / "d"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--by",
+                "ViewPosition",
+                "--by",
+                "Modality",
+            ]
+        )
+        == 0
+    )
     by = json.loads((tmp_path / "ev" / "metrics.json").read_text())["by"]
     assert {e["value"]: e["n"] for e in by["ViewPosition"]} == {"AP": 8, MISSING: 4}
     assert {e["value"]: (e["positives"], e["negatives"]) for e in by["Modality"]} == {"CR": (3, 3), "DX": (3, 3)}
 
 
 def test_an_unknown_field_is_refused_in_one_line_before_scoring(bundle, synth_folders, tmp_path, capsys):
-    assert main(["evaluate", "--model", str(bundle), "--data", str(synth_folders / "manifest.csv"), "--out",
-                 str(tmp_path / "ev"), "--by", "scanner"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--by",
+                "scanner",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--by scanner" in err[0]
     assert not (tmp_path / "ev").exists()

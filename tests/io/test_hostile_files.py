@@ -15,7 +15,7 @@ from ccad.io.images import ImageTooLargeError, read_grayscale, read_grayscale_by
 
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
     # 12 MB of zero pixels deflate to ~12 KB; header says 100 x 100, so only the bounded inflater can tell
-    path = make_dataset(tmp_path / "bomb.dcm", 100, 100, bytes(12 * 2 ** 20), DeflatedExplicitVRLittleEndian)
+    path = make_dataset(tmp_path / "bomb.dcm", 100, 100, bytes(12 * 2**20), DeflatedExplicitVRLittleEndian)
     data = path.read_bytes()
     assert len(data) < 100_000
     with pytest.raises(ImageTooLargeError, match="inflates past"):
@@ -82,9 +82,20 @@ def test_multiframe_colour_dicom_gives_the_first_frame(tmp_path):
     frames = np.zeros((2, 32, 32, 3), np.uint8)
     frames[0, :, 16:] = 200
     frames[1] = 255
-    path = make_dataset(tmp_path / "rgb.dcm", 32, 32, frames.tobytes(), ExplicitVRLittleEndian, NumberOfFrames=2,
-                    SamplesPerPixel=3, PhotometricInterpretation="RGB", PlanarConfiguration=0, BitsAllocated=8,
-                    BitsStored=8, HighBit=7)
+    path = make_dataset(
+        tmp_path / "rgb.dcm",
+        32,
+        32,
+        frames.tobytes(),
+        ExplicitVRLittleEndian,
+        NumberOfFrames=2,
+        SamplesPerPixel=3,
+        PhotometricInterpretation="RGB",
+        PlanarConfiguration=0,
+        BitsAllocated=8,
+        BitsStored=8,
+        HighBit=7,
+    )
     gray = read_grayscale(path)
     assert gray.shape == (32, 32) and gray[:, :16].max() == 0.0 and gray[:, 16:].min() == 1.0
 
@@ -102,9 +113,20 @@ def test_a_multiframe_dicom_decodes_only_the_frame_it_scores(tmp_path):
     frames = np.zeros((8, 1024, 1024), np.uint16)
     frames[0, :, 512:] = 3000
     frames[1:] = 4000
-    encoded = [RLELosslessEncoder.encode(frame, rows=1024, columns=1024, samples_per_pixel=1, bits_allocated=16,
-                                         bits_stored=16, pixel_representation=0, photometric_interpretation="MONOCHROME2",
-                                         number_of_frames=1) for frame in frames]
+    encoded = [
+        RLELosslessEncoder.encode(
+            frame,
+            rows=1024,
+            columns=1024,
+            samples_per_pixel=1,
+            bits_allocated=16,
+            bits_stored=16,
+            pixel_representation=0,
+            photometric_interpretation="MONOCHROME2",
+            number_of_frames=1,
+        )
+        for frame in frames
+    ]
     path = make_dataset(tmp_path / "rle.dcm", 1024, 1024, encapsulate(encoded), RLELossless, NumberOfFrames=8)
     data = path.read_bytes()
     assert len(data) < 1_000_000
@@ -115,15 +137,18 @@ def test_a_multiframe_dicom_decodes_only_the_frame_it_scores(tmp_path):
     finally:
         tracemalloc.stop()
     assert gray.shape == (1024, 1024) and gray[:, :512].max() == 0.0 and gray[:, 512:].min() == 1.0
-    assert peak < 14 * 2 ** 20, peak / 2 ** 20  # all eight frames alone are 16 MB
+    assert peak < 14 * 2**20, peak / 2**20  # all eight frames alone are 16 MB
 
 
-@pytest.mark.parametrize("content, name", [
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.png"),
-    (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.eps"),
-    (b"GIF89a" + bytes(200), "x.gif"),
-    (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg"),
-])
+@pytest.mark.parametrize(
+    "content, name",
+    [
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.png"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", "x.eps"),
+        (b"GIF89a" + bytes(200), "x.gif"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg"),
+    ],
+)
 def test_formats_outside_the_allow_list_are_never_decoded(tmp_path, content, name):
     with pytest.raises(ImageReadError, match="allowed: PNG, JPEG, TIFF, BMP or DICOM"):
         read_grayscale_bytes(content, name)
@@ -176,11 +201,12 @@ def test_a_tiny_image_is_not_an_x_ray(tmp_path):
 
 
 def test_deflated_stream_that_is_not_deflate_is_a_read_error(tmp_path):
-    path = make_dataset(tmp_path / "ok.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(),
-                    DeflatedExplicitVRLittleEndian)
+    path = make_dataset(
+        tmp_path / "ok.dcm", 64, 64, (GRADIENT.astype(np.uint16)).tobytes(), DeflatedExplicitVRLittleEndian
+    )
     data = bytearray(path.read_bytes())
     tail = 144 + int.from_bytes(data[140:144], "little")
-    data[tail:tail + 64] = os.urandom(64)
+    data[tail : tail + 64] = os.urandom(64)
     with pytest.raises(ImageReadError):
         read_grayscale_bytes(bytes(data), "broken.dcm")
 

@@ -44,7 +44,7 @@ def test_other_raster_formats(tmp_path, suffix):
 
 
 def test_dicom_monochrome2_and_monochrome1_are_mirror_images(tmp_path):
-    pixels = (GRADIENT.astype(np.uint16) * 16)
+    pixels = GRADIENT.astype(np.uint16) * 16
     mono2 = images.read_grayscale(make_dicom(tmp_path / "m2.dcm", pixels))
     mono1 = images.read_grayscale(make_dicom(tmp_path / "m1.dcm", pixels, "MONOCHROME1"))
     assert mono2[0, 0] == 0.0 and mono2[0, -1] == 1.0  # dark left, bright right
@@ -71,10 +71,13 @@ def test_truncated_dicom_is_a_clear_error(tmp_path):
         images.read_grayscale(path)
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"this is not an image", "not a readable image"),
-    (b"", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"this is not an image", "not a readable image"),
+        (b"", "not a readable image"),
+    ],
+)
 def test_non_image_files_are_clear_errors(tmp_path, content, match):
     path = tmp_path / "bad.png"
     path.write_bytes(content)

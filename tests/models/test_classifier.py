@@ -22,8 +22,8 @@ def test_fine_tuning_unfreezes_from_layer_but_keeps_batchnorm_frozen():
     trainable = unfreeze_for_fine_tuning(model, "block_16_expand")
     assert trainable > 2_562
     backbone = model.get_layer("mobilenetv2_1.00_96")
-    bns = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert bns and not any(l.trainable for l in bns)
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and not any(layer.trainable for layer in bns)
     assert not backbone.get_layer("block_15_expand").trainable
     assert backbone.get_layer("block_16_expand").trainable
     with pytest.raises(ConfigError, match="is not a layer of"):
@@ -48,9 +48,14 @@ def test_weights_file_must_exist(tmp_path):
         build_classifier(2, 96, weights=str(tmp_path / "w.h5"))
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(num_classes=1), "at least 2"), (dict(dropout=1.0), "dropout"), (dict(input_size=8), "at least 32"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(num_classes=1), "at least 2"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(input_size=8), "at least 32"),
+    ],
+)
 def test_bad_settings(kwargs, match):
     args = dict(num_classes=2, input_size=96, dropout=0.3, weights="none") | kwargs
     with pytest.raises(ConfigError, match=match):

@@ -90,9 +90,13 @@ def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_ranking(
 
 def test_decision_rule_predicts_positive_above_threshold_else_best_other_class():
     rule = DecisionRule(positive_index=0, threshold=0.3)
-    p = np.array([[0.35, 0.60, 0.05],   # covid over threshold although not the argmax
-                  [0.25, 0.15, 0.60],   # below: best of the others (pneumonia)
-                  [0.29, 0.70, 0.01]])
+    p = np.array(
+        [
+            [0.35, 0.60, 0.05],  # covid over threshold although not the argmax
+            [0.25, 0.15, 0.60],  # below: best of the others (pneumonia)
+            [0.29, 0.70, 0.01],
+        ]
+    )
     assert rule.predict(p).tolist() == [0, 2, 1]
     assert DecisionRule(positive_index=0).predict(p).tolist() == [1, 2, 1]
 

@@ -50,12 +50,13 @@ def test_segmenter_finds_the_lungs_where_the_generator_put_them(patient):
 
 def test_segmenter_does_not_depend_on_exposure(patient):
     xray, _ = patient
-    a, b = estimate_lung_fields(xray ** 1.5), estimate_lung_fields(xray ** 0.7)
+    a, b = estimate_lung_fields(xray**1.5), estimate_lung_fields(xray**0.7)
     assert dice(a.mask, b.mask) > 0.97  # the segmenter's input is histogram-equalized
 
 
-@pytest.mark.parametrize("image, flag", [(np.full((300, 200), 0.5, np.float32), "no_lungs"),
-                                         (np.zeros((64, 64), np.float32), "no_lungs")])
+@pytest.mark.parametrize(
+    "image, flag", [(np.full((300, 200), 0.5, np.float32), "no_lungs"), (np.zeros((64, 64), np.float32), "no_lungs")]
+)
 def test_an_image_without_lungs_is_flagged(image, flag):
     fields = estimate_lung_fields(image)
     assert flag in fields.qc_flags
@@ -83,7 +84,7 @@ def test_postprocess_keeps_one_region_a_side_and_fills_holes():
     p = np.zeros((100, 100), np.float32)
     p[20:80, 10:45] = p[20:80, 55:90] = 0.9
     p[40:45, 20:25] = 0.1  # a hole
-    p[2:6, 2:6] = 0.9      # a speck
+    p[2:6, 2:6] = 0.9  # a speck
     p[85:95, 15:35] = 0.9  # a smaller second region on the left
     mask = postprocess(p)
     assert mask[42, 22] and not mask[3, 3] and not mask[90, 20]
@@ -92,7 +93,7 @@ def test_postprocess_keeps_one_region_a_side_and_fills_holes():
 
 def test_equalize_is_invariant_to_monotone_changes():
     x = np.random.default_rng(0).random((32, 32)).astype(np.float32)
-    assert np.allclose(equalize(x), equalize(x ** 2.2), atol=1e-6)
+    assert np.allclose(equalize(x), equalize(x**2.2), atol=1e-6)
     assert np.all(equalize(np.full((4, 4), 0.3)) == 0)
 
 
@@ -135,8 +136,10 @@ def test_blank_fills_only_the_region():
     assert np.allclose(out[:5], gray.mean()) and np.array_equal(out[5:], gray[5:])
 
 
-@pytest.mark.parametrize("preprocess", ["none", "clahe", "equalize", "thorax", "thorax+clahe", "lungs+equalize",
-                                        "thorax+equalize+lowpass", "lowpass"])
+@pytest.mark.parametrize(
+    "preprocess",
+    ["none", "clahe", "equalize", "thorax", "thorax+clahe", "lungs+equalize", "thorax+equalize+lowpass", "lowpass"],
+)
 def test_every_preprocessing_gives_a_model_input(xray, preprocess):
     x = prepare(xray, 96, preprocess)
     assert x.shape == (96, 96) and x.dtype == np.float32
@@ -175,7 +178,7 @@ def test_unknown_preprocessing_is_refused(xray):
 
 
 def test_equalize_gives_every_exposure_the_same_gray_levels(xray):
-    darker, brighter = xray ** 1.6, xray ** 0.6
+    darker, brighter = xray**1.6, xray**0.6
     a, b = prepare(darker, 96, "equalize"), prepare(brighter, 96, "equalize")
     assert abs(np.median(darker) - np.median(brighter)) > 0.1
     assert abs(np.median(a) - np.median(b)) < 0.02
@@ -207,8 +210,25 @@ def test_lungs_train_writes_a_loadable_segmenter_with_its_card(tmp_path, capsys)
         rows.append({"image": f"images/{i}.png", "mask": f"masks/{i}.png", "group": f"p{i // 2}"})
     manifest = write_csv(tmp_path / "manifest.csv", rows)
     out = tmp_path / "seg"
-    assert main(["lungs", "train", "--data", str(manifest), "--out", str(out), "--size", "64", "--epochs", "1",
-                 "--weights", "none"]) == 0
+    assert (
+        main(
+            [
+                "lungs",
+                "train",
+                "--data",
+                str(manifest),
+                "--out",
+                str(out),
+                "--size",
+                "64",
+                "--epochs",
+                "1",
+                "--weights",
+                "none",
+            ]
+        )
+        == 0
+    )
     assert "held-out Dice" in capsys.readouterr().out
     card = json.loads((out / "lung-segmenter.json").read_text())
     assert card["input_size"] == 64 and card["held_out"]["images"] > 0 and "held_out_float" in card

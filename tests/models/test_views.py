@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 
 from ccad.errors import ConfigError, ModelError
-from ccad.models.classifier import (backbone_of, build_classifier, classifier_kernel, combine_views, load_keras_model,
-                                    with_feature_map)
+from ccad.models.classifier import (
+    backbone_of,
+    build_classifier,
+    classifier_kernel,
+    combine_views,
+    load_keras_model,
+    with_feature_map,
+)
 from ccad.preprocessing.pipeline import prepare_full, preprocessing_views, to_model_input
 
 THORAX, LUNGS = "thorax+equalize+lowpass", "lungs+equalize+lowpass"
@@ -19,8 +25,9 @@ def _two_heads(size=48, seed=0):
     backbone_of(second).set_weights(backbone_of(first).get_weights())
     for model in (first, second):
         kernel, bias = model.get_layer("classifier").get_weights()
-        model.get_layer("classifier").set_weights([rng.normal(0, 0.05, kernel.shape).astype("float32"),
-                                                   rng.normal(0, 0.5, bias.shape).astype("float32")])
+        model.get_layer("classifier").set_weights(
+            [rng.normal(0, 0.05, kernel.shape).astype("float32"), rng.normal(0, 0.5, bias.shape).astype("float32")]
+        )
     return first, second
 
 
@@ -67,11 +74,14 @@ def test_a_two_view_input_is_each_view_prepared_alone_with_the_lungs_found_once(
     np.testing.assert_array_equal(model_input[0, ..., 3], both.image[..., 1])
 
 
-@pytest.mark.parametrize("value, message", [
-    (f"none|{LUNGS}", "crops to the lungs"),
-    (f"{LUNGS}|{LUNGS}", "given twice"),
-    ("lungs|nope", "unknown preprocessing step"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (f"none|{LUNGS}", "crops to the lungs"),
+        (f"{LUNGS}|{LUNGS}", "given twice"),
+        ("lungs|nope", "unknown preprocessing step"),
+    ],
+)
 def test_bad_view_lists_are_refused(value, message):
     with pytest.raises(ConfigError, match=message):
         preprocessing_views(value)

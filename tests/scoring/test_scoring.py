@@ -33,9 +33,14 @@ class FixedPredictor(Predictor):
 
 
 def card(**changes) -> ModelCard:
-    values = dict(classes=CLASSES, positive_class="covid", input_size=8, preprocess="none", models={"float": "m"},
-                  decision={"positive_index": 0, "threshold": 0.3, "temperature": 1.0, "rule": "0.3",
-                            "fitted_on": "a test"})
+    values = dict(
+        classes=CLASSES,
+        positive_class="covid",
+        input_size=8,
+        preprocess="none",
+        models={"float": "m"},
+        decision={"positive_index": 0, "threshold": 0.3, "temperature": 1.0, "rule": "0.3", "fitted_on": "a test"},
+    )
     return ModelCard(**{**values, **changes})
 
 
@@ -79,8 +84,18 @@ def test_the_guard_and_the_lung_check_make_a_result_out_of_distribution():
 
 
 def test_severity_only_for_images_called_positive():
-    head = SeverityHead({"targets": {"geographic_extent": {"weights": [4.0, 0.0, 0.0], "bias": 1.0,
-                                                           "range": [0, 8], "interval_halfwidth": 0.5}}})
+    head = SeverityHead(
+        {
+            "targets": {
+                "geographic_extent": {
+                    "weights": [4.0, 0.0, 0.0],
+                    "bias": 1.0,
+                    "range": [0, 8],
+                    "interval_halfwidth": 0.5,
+                }
+            }
+        }
+    )
     predictor = FixedPredictor(card(), severity=head)
     covid, normal = score_batch(predictor, ["a", "b"], [prepared(0.9), prepared(0.1)])
     assert covid.severity["geographic_extent"] == {"value": 2.0, "interval95": [1.5, 2.5]}  # 4 x 0.25 + 1
@@ -114,18 +129,42 @@ def test_predictions_in_batches_and_unreadable_files_in_order(tmp_path):
     results = predictor.predict_files([files[0], bad, *files[1:]])
     assert [r.name for r in results] == [str(files[0]), str(bad), *map(str, files[1:])]
     assert "not a readable image" in results[1].error and results[1].predicted_class is None
-    assert [r.predicted_class for r in results if not r.error] == ["normal", "covid", "normal", "covid", "normal",
-                                                                   "covid"]
+    assert [r.predicted_class for r in results if not r.error] == [
+        "normal",
+        "covid",
+        "normal",
+        "covid",
+        "normal",
+        "covid",
+    ]
 
 
 def test_result_formats():
     predictor = FixedPredictor(card())
     (good,) = score_batch(predictor, ["x.png"], [prepared(0.35, ("uncertain",))])
     bad = Prediction("y.png", error="y.png: not a readable image")
-    assert result_columns(CLASSES) == ["file", "predicted_class", "p_covid", "p_normal", "in_distribution",
-                                       "ood_distance", "lung_qc", "decision_rule", "error"]
-    assert result_row(good, CLASSES, rule="R") == ["x.png", "covid", "0.350000", "0.650000", "", "", "uncertain", "R",
-                                                   ""]
+    assert result_columns(CLASSES) == [
+        "file",
+        "predicted_class",
+        "p_covid",
+        "p_normal",
+        "in_distribution",
+        "ood_distance",
+        "lung_qc",
+        "decision_rule",
+        "error",
+    ]
+    assert result_row(good, CLASSES, rule="R") == [
+        "x.png",
+        "covid",
+        "0.350000",
+        "0.650000",
+        "",
+        "",
+        "uncertain",
+        "R",
+        "",
+    ]
     rows = list(csv.reader(io.StringIO(format_results([good, bad], predictor, "csv"))))
     # the rule on every scored row, in words: the class, the threshold, how it was chosen
     assert rows[1][7] == "covid if p_covid >= 0.300, else the most likely other class (0.3, chosen on a test)"
@@ -133,8 +172,13 @@ def test_result_formats():
     table = format_results([good, bad], predictor, "table")
     assert table.splitlines()[-1] == "decision: " + rows[1][7] and "decision_rule" not in table
     shown = json.loads(format_results([good, bad], predictor, "json"))
-    assert shown[0] == {"file": "x.png", "predicted_class": "covid", "probabilities": good.probabilities,
-                        "lung_qc": ["uncertain"], "in_distribution": None}
+    assert shown[0] == {
+        "file": "x.png",
+        "predicted_class": "covid",
+        "probabilities": good.probabilities,
+        "lung_qc": ["uncertain"],
+        "in_distribution": None,
+    }
     assert shown[1] == {"file": "y.png", "error": "y.png: not a readable image"}
     table = format_results([good], predictor, "table").splitlines()
     assert table[0].split() == [c for c in result_columns(CLASSES) if c != "decision_rule"]
@@ -149,13 +193,19 @@ def test_model_card_round_trip_keeps_unknown_keys(tmp_path):
     assert loaded.decision_rule().threshold == 0.3
 
 
-@pytest.mark.parametrize("content, match", [
-    ({"format": "ccad-bundle/99", "classes": ["a", "b"]}, "bundle format 'ccad-bundle/99' is not one this ccad reads"),
-    ({"classes": ["a", "b"]}, "bundle format None"),
-    ({"format": "ccad-bundle/1", "classes": ["a", "b"], "positive_class": "a", "input_size": 8}, "no models"),
-    (["a list"], "not a JSON object"),
-    ("{not json", "not readable JSON"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (
+            {"format": "ccad-bundle/99", "classes": ["a", "b"]},
+            "bundle format 'ccad-bundle/99' is not one this ccad reads",
+        ),
+        ({"classes": ["a", "b"]}, "bundle format None"),
+        ({"format": "ccad-bundle/1", "classes": ["a", "b"], "positive_class": "a", "input_size": 8}, "no models"),
+        (["a list"], "not a JSON object"),
+        ("{not json", "not readable JSON"),
+    ],
+)
 def test_a_card_ccad_cannot_read_is_refused(tmp_path, content, match):
     (tmp_path / BUNDLE_CARD).write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(ModelError, match=match):

@@ -19,8 +19,24 @@ def test_reproduce_paper_writes_the_cases_side_by_side(synth_folders, tmp_path):
     manifest = tmp_path / "paper.csv"
     write_csv(manifest, rows)
     out = tmp_path / "repro"
-    assert main(["reproduce-paper", "--data", str(manifest), "--out", str(out), "--epochs", "1",
-                 "--fine-tune-epochs", "1", "--cases", "paper-a,paper-b,paper-b-10ep"]) == 0
+    assert (
+        main(
+            [
+                "reproduce-paper",
+                "--data",
+                str(manifest),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--fine-tune-epochs",
+                "1",
+                "--cases",
+                "paper-a,paper-b,paper-b-10ep",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert [c["case"] for c in summary["cases"]] == ["paper-a", "paper-b", "paper-b-10ep"]
     a, b, b10 = summary["cases"]

@@ -29,7 +29,7 @@ def other_scanner(tmp_path_factory):
     site = generate(tmp_path_factory.mktemp("scanner") / "data", n_per_class=50, size=128, seed=33)
     for path in site.rglob("*.png"):
         gray = np.asarray(Image.open(path).convert("L"), np.float64) / 255
-        Image.fromarray((255 * gray ** 2.2).astype(np.uint8)).save(path)
+        Image.fromarray((255 * gray**2.2).astype(np.uint8)).save(path)
     return site
 
 
@@ -59,8 +59,22 @@ def test_adapt_writes_a_bundle_that_scores_what_it_reports(bundle, other_scanner
 
 
 def test_adapt_refuses_too_few_images_in_one_line(bundle, other_scanner, tmp_path, capsys):
-    assert main(["adapt", "--model", str(bundle), "--data", str(other_scanner), "--classes", "normal",
-                 "--out", str(tmp_path / "x")]) != 0
+    assert (
+        main(
+            [
+                "adapt",
+                "--model",
+                str(bundle),
+                "--data",
+                str(other_scanner),
+                "--classes",
+                "normal",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        != 0
+    )
     assert "at least 20 images of each class" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 

@@ -26,8 +26,9 @@ def _free_ports(n):
 def test_tf_config_is_read(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert cluster_from_env().workers == 1 and cluster_from_env().is_chief
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1", "c:1"]},
-                                                "task": {"type": "worker", "index": 2}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:1", "c:1"]}, "task": {"type": "worker", "index": 2}})
+    )
     assert cluster_from_env().workers == 3 and not cluster_from_env().is_chief
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ConfigError, match="TF_CONFIG"):
@@ -36,22 +37,70 @@ def test_tf_config_is_read(monkeypatch):
 
 @pytest.mark.slow
 def test_two_workers_reach_the_loss_of_one_process(synth_folders, tmp_path):
-    common = ["--data", str(synth_folders / "manifest.csv"), "--input-size", "64", "--epochs", "3",
-              "--augmentation", "none", "--dropout", "0", "--preset", "paper-b-10ep", "--preprocess", "none"]
+    common = [
+        "--data",
+        str(synth_folders / "manifest.csv"),
+        "--input-size",
+        "64",
+        "--epochs",
+        "3",
+        "--augmentation",
+        "none",
+        "--dropout",
+        "0",
+        "--preset",
+        "paper-b-10ep",
+        "--preprocess",
+        "none",
+    ]
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = []
     for index in range(2):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "ccad", "train", *common, "--distributed", "--batch-size", "8", "--lr", "1e-3",
-             "--out", str(tmp_path / "distributed")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ccad",
+                    "train",
+                    *common,
+                    "--distributed",
+                    "--batch-size",
+                    "8",
+                    "--lr",
+                    "1e-3",
+                    "--out",
+                    str(tmp_path / "distributed"),
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+        )
     for worker in workers:
         output = worker.communicate(timeout=600)[0].decode(errors="replace")
         assert worker.returncode == 0, output[-2000:]
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    single = subprocess.run([sys.executable, "-m", "ccad", "train", *common, "--batch-size", "16", "--lr", "2e-3",
-                             "--out", str(tmp_path / "single")], env=env, capture_output=True, timeout=600)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ccad",
+            "train",
+            *common,
+            "--batch-size",
+            "16",
+            "--lr",
+            "2e-3",
+            "--out",
+            str(tmp_path / "single"),
+        ],
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr.decode()[-2000:]
 
     def losses(run):
@@ -66,8 +115,15 @@ def test_two_workers_reach_the_loss_of_one_process(synth_folders, tmp_path):
     assert distributed[-1] == pytest.approx(one[-1], rel=0.10)
     assert distributed[-1] < distributed[0] * 0.5
     config = json.loads((tmp_path / "distributed" / "config.json").read_text())
-    assert config["timings"]["distributed"] == {"workers": 2, "task": "worker 0", "global_batch_size": 16,
-                                                "scaled_lr": 0.002}
+    assert config["timings"]["distributed"] == {
+        "workers": 2,
+        "task": "worker 0",
+        "global_batch_size": 16,
+        "scaled_lr": 0.002,
+    }
     assert sorted(p.name for p in (tmp_path / "distributed" / "checkpoints").iterdir()) == [
-        "epoch-1.weights.h5", "epoch-2.weights.h5", "epoch-3.weights.h5"]
+        "epoch-1.weights.h5",
+        "epoch-2.weights.h5",
+        "epoch-3.weights.h5",
+    ]
     assert (tmp_path / "distributed" / "report.html").is_file()

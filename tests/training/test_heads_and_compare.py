@@ -56,9 +56,28 @@ def test_head_settings_are_checked():
 @pytest.mark.slow
 def test_extra_trees_with_woa_trains_exports_and_predicts_the_same(synth_folders, tmp_path):
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(run), "--weights", _weights(),
-                 "--input-size", "64", "--feature-views", "1", "--head", "extra-trees",
-                 "--feature-selection", "woa"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(run),
+                "--weights",
+                _weights(),
+                "--input-size",
+                "64",
+                "--feature-views",
+                "1",
+                "--head",
+                "extra-trees",
+                "--feature-selection",
+                "woa",
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "config.json").read_text())
     head = config["head"]
     assert head["kind"] == "extra-trees" and head["file"] == "head.onnx" and (run / "head.onnx").is_file()
@@ -82,23 +101,49 @@ def test_extra_trees_with_woa_trains_exports_and_predicts_the_same(synth_folders
 @pytest.mark.slow
 def test_compare_scores_backbones_and_heads_on_one_split(synth_folders, tmp_path):
     out = tmp_path / "cmp"
-    assert main(["compare", "--data", str(synth_folders / "manifest.csv"), "--out", str(out),
-                 "--backbones", "mobilenet_v2,mobilenet", "--heads", "dense,logreg", "--input-size", "64",
-                 "--feature-selection", "woa",
-                 "--epochs", "3", "--feature-views", "1", "--weights", _weights()]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(out),
+                "--backbones",
+                "mobilenet_v2,mobilenet",
+                "--heads",
+                "dense,logreg",
+                "--input-size",
+                "64",
+                "--feature-selection",
+                "woa",
+                "--epochs",
+                "3",
+                "--feature-views",
+                "1",
+                "--weights",
+                _weights(),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "comparison.json").read_text())
     rows = {(r["backbone"], r["head"]): r for r in summary["rows"]}
-    assert set(rows) == {("mobilenet_v2", "dense"), ("mobilenet_v2", "logreg"), ("mobilenet", "dense"),
-                         ("mobilenet", "logreg")}
+    assert set(rows) == {
+        ("mobilenet_v2", "dense"),
+        ("mobilenet_v2", "logreg"),
+        ("mobilenet", "dense"),
+        ("mobilenet", "logreg"),
+    }
     assert rows[("mobilenet_v2", "dense")]["parameters"] == 2_257_984 + 1280 * 2 + 2
     assert rows[("mobilenet", "dense")]["trainable"] == 1024 * 2 + 2
     # MobileNet (v1) has no ImageNet weights offline here: the row says so instead of failing
     if rows[("mobilenet", "dense")]["weights"] == "none":
         assert "no ImageNet weights" in rows[("mobilenet", "dense")]["note"]
-    splits = {json.dumps(sorted(l.strip() for l in open(f"{r['run']}/split.csv"))) for r in summary["rows"]}
-    assert len(splits) == 1                                           # one split for every row
+    splits = {json.dumps(sorted(line.strip() for line in open(f"{r['run']}/split.csv"))) for r in summary["rows"]}
+    assert len(splits) == 1  # one split for every row
     assert all(r["n_test"] == summary["n_test"] > 0 for r in summary["rows"])
-    assert rows[("mobilenet_v2", "logreg")]["feature_selection"] == "woa"          # WOA on the sklearn heads
+    assert rows[("mobilenet_v2", "logreg")]["feature_selection"] == "woa"  # WOA on the sklearn heads
     assert rows[("mobilenet_v2", "logreg")]["features_kept"] < 1280
     assert rows[("mobilenet_v2", "dense")]["feature_selection"] == "none"
     table = (out / "comparison.md").read_text()

@@ -14,14 +14,25 @@ from ccad.training.severity import read_scored_rows
 
 
 def test_bands_follow_the_documented_cut_offs():
-    assert [band_of(x) for x in (0, 2.99, 3, 5.99, 6, 8)] == ["mild", "mild", "moderate", "moderate", "severe",
-                                                              "severe"]
+    assert [band_of(x) for x in (0, 2.99, 3, 5.99, 6, 8)] == [
+        "mild",
+        "mild",
+        "moderate",
+        "moderate",
+        "severe",
+        "severe",
+    ]
 
 
 def test_head_clips_to_the_scale_and_gives_an_interval():
-    head = SeverityHead({"targets": {
-        "geographic_extent": {"weights": [1.0, 0.0], "bias": 0.0, "range": [0, 8], "interval_halfwidth": 1.5},
-        "opacity": {"weights": [0.0, 1.0], "bias": 1.0, "range": [0, 6], "interval_halfwidth": 1.0}}})
+    head = SeverityHead(
+        {
+            "targets": {
+                "geographic_extent": {"weights": [1.0, 0.0], "bias": 0.0, "range": [0, 8], "interval_halfwidth": 1.5},
+                "opacity": {"weights": [0.0, 1.0], "bias": 1.0, "range": [0, 6], "interval_halfwidth": 1.0},
+            }
+        }
+    )
     out = head(np.array([9.0, 2.0]))
     assert out["geographic_extent"] == {"value": 8.0, "interval95": [6.5, 8.0]}
     assert out["opacity"] == {"value": 3.0, "interval95": [2.0, 4.0]}
@@ -30,8 +41,10 @@ def test_head_clips_to_the_scale_and_gives_an_interval():
 
 def test_rows_without_scores_are_ignored_and_too_few_refused(tmp_path):
     manifest = tmp_path / "m.csv"
-    rows = [{"path": f"{i}.png", "label": "covid", "geographic_extent": "" if i % 2 else str(i % 8),
-             "opacity": str(i % 6)} for i in range(30)]
+    rows = [
+        {"path": f"{i}.png", "label": "covid", "geographic_extent": "" if i % 2 else str(i % 8), "opacity": str(i % 6)}
+        for i in range(30)
+    ]
     write_csv(manifest, rows)
     assert len(read_scored_rows(manifest)) == 15
     with pytest.raises(DataError, match="at least 10"):
@@ -63,13 +76,36 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)
     rows = []
     for p, extent in zip(covid, scaled):
-        rows.append({"path": str(p), "label": "covid", "group": p.stem.rsplit("-", 1)[0],
-                     "geographic_extent": f"{extent:.2f}", "opacity": f"{extent * 0.75:.2f}"})
+        rows.append(
+            {
+                "path": str(p),
+                "label": "covid",
+                "group": p.stem.rsplit("-", 1)[0],
+                "geographic_extent": f"{extent:.2f}",
+                "opacity": f"{extent * 0.75:.2f}",
+            }
+        )
     manifest = tmp_path / "severity.csv"
     write_csv(manifest, rows)
     out = tmp_path / "sev"
-    assert main(["severity", "train", "--model", str(copy), "--data", str(manifest), "--out", str(out),
-                 "--folds", "3", "--attach"]) == 0
+    assert (
+        main(
+            [
+                "severity",
+                "train",
+                "--model",
+                str(copy),
+                "--data",
+                str(manifest),
+                "--out",
+                str(out),
+                "--folds",
+                "3",
+                "--attach",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == len(rows)
     extent = metrics["scores"]["geographic_extent"]

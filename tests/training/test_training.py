@@ -13,7 +13,13 @@ from ccad.training.config import PRESETS, TrainConfig, make_config
 
 def test_presets_and_overrides():
     paper = make_config("paper-a", epochs=3)
-    assert (paper.preset, paper.epochs, paper.batch_size, paper.dropout, paper.preprocess) == ("paper-a", 3, 30, 0.3, "none")
+    assert (paper.preset, paper.epochs, paper.batch_size, paper.dropout, paper.preprocess) == (
+        "paper-a",
+        3,
+        30,
+        0.3,
+        "none",
+    )
     assert make_config(dropout=None).dropout == TrainConfig().dropout  # None: not given
     assert make_config().preprocess == TrainConfig.preprocess == "lungs+equalize+lowpass"
     assert set(PRESETS) >= {"default", "paper-a", "paper-b", "paper-b-10ep", "paper-methods"}
@@ -26,19 +32,28 @@ def test_paper_presets_are_the_papers_two_phases():
         assert (c.fine_tune_epochs, c.fine_tune_lr, c.fine_tune_from) == (31, 1e-5, "all")
     assert make_config("paper-b-10ep").fine_tune_epochs == 0 and make_config("paper-b-10ep").dropout == 0.5
     methods = make_config("paper-methods")
-    assert (methods.optimizer, methods.lr, methods.batch_size, methods.input_size, methods.epochs,
-            methods.fine_tune_epochs) == ("rmsprop", 1e-4, 32, 128, 10, 0)
+    assert (
+        methods.optimizer,
+        methods.lr,
+        methods.batch_size,
+        methods.input_size,
+        methods.epochs,
+        methods.fine_tune_epochs,
+    ) == ("rmsprop", 1e-4, 32, 128, 10, 0)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"preset": "paper-z"}, "unknown preset"),
-    ({"learning_rate": 1e-3}, "unknown setting"),
-    ({"epochs": 0}, "--epochs must be at least 1"),
-    ({"dropout": 1.0}, "--dropout must be in"),
-    ({"head": "svm", "fine_tune_epochs": 2}, "--fine-tune-epochs needs the dense head"),
-    ({"preset": "paper-a", "distributed": True}, "--distributed trains the frozen phase only"),
-    ({"preprocess": "blur"}, "unknown preprocessing step"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"preset": "paper-z"}, "unknown preset"),
+        ({"learning_rate": 1e-3}, "unknown setting"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+        ({"dropout": 1.0}, "--dropout must be in"),
+        ({"head": "svm", "fine_tune_epochs": 2}, "--fine-tune-epochs needs the dense head"),
+        ({"preset": "paper-a", "distributed": True}, "--distributed trains the frozen phase only"),
+        ({"preprocess": "blur"}, "unknown preprocessing step"),
+    ],
+)
 def test_bad_settings_are_config_errors(kwargs, match):
     preset = kwargs.pop("preset", None)
     with pytest.raises(ConfigError, match=match):
@@ -50,7 +65,9 @@ def test_train_writes_a_run_its_metadata_and_predictor_describe(synth_folders, t
     from ccad.training.run import train
 
     config = make_config(epochs=2, weights="none", input_size=96, feature_views=1, preprocess="none")
-    result = train(DataSpec(synth_folders / "manifest.csv", classes=("covid", "normal")), tmp_path / "run", config, verbose=0)
+    result = train(
+        DataSpec(synth_folders / "manifest.csv", classes=("covid", "normal")), tmp_path / "run", config, verbose=0
+    )
     meta = RunMetadata.load(tmp_path / "run")
     assert meta.classes == ["covid", "normal"] and meta.input_size == 96 and meta.preprocess == "none"
     assert meta.decision == result.decision.to_dict() and meta.ood["file"] == "ood.npz"
@@ -80,18 +97,34 @@ def test_paper_preset_runs_both_phases_and_keeps_the_best_epoch_of_either(synth_
 
     if not imagenet_weights_available(224):  # a random backbone gives every image the same output: no best epoch
         pytest.skip("needs the ImageNet MobileNetV2 weights (KERAS_HOME=../shared/keras-home)")
-    config = make_config("paper-a", epochs=2, fine_tune_epochs=2, fine_tune_lr=fine_tune_lr, input_size=128,
-                         augmentation="none", batch_size=8)
-    result = train(DataSpec(synth_folders / "manifest.csv", classes=("covid", "normal")), tmp_path / "run", config,
-                   verbose=0, evaluate_test=False)
+    config = make_config(
+        "paper-a",
+        epochs=2,
+        fine_tune_epochs=2,
+        fine_tune_lr=fine_tune_lr,
+        input_size=128,
+        augmentation="none",
+        batch_size=8,
+    )
+    result = train(
+        DataSpec(synth_folders / "manifest.csv", classes=("covid", "normal")),
+        tmp_path / "run",
+        config,
+        verbose=0,
+        evaluate_test=False,
+    )
     with open(tmp_path / "run" / "history.csv") as f:
         history = list(csv.DictReader(f))
     assert [row["phase"] for row in history] == ["frozen", "frozen", "fine-tune", "fine-tune"]
     meta = RunMetadata.load(tmp_path / "run")
     assert meta.config["fine_tune_epochs"] == 2 and meta.config["fine_tune_from"] == "all"
     backbone = backbone_of(result.model)
-    bn = sum(int(np.prod(w.shape)) for layer in backbone.layers if "BatchNormalization" in type(layer).__name__
-             for w in layer.trainable_weights + layer.non_trainable_weights)
+    bn = sum(
+        int(np.prod(w.shape))
+        for layer in backbone.layers
+        if "BatchNormalization" in type(layer).__name__
+        for w in layer.trainable_weights + layer.non_trainable_weights
+    )
     assert meta.parameters["trainable"] == meta.parameters["total"] - bn  # the whole backbone but BatchNorm
     val_losses = [float(row["val_loss"]) for row in history]
     assert len({round(v, 4) for v in val_losses}) == 4  # four different epochs to choose from

@@ -17,8 +17,28 @@ def two_view(synth_folders, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("two-view")
     weights = "imagenet" if imagenet_weights_available(224) else "none"
-    assert main(["train", "--data", str(synth_folders / "manifest.csv"), "--out", str(root / "run"), "--weights",
-                 weights, "--input-size", "64", "--epochs", "3", "--feature-views", "1", "--preprocess", VIEWS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(synth_folders / "manifest.csv"),
+                "--out",
+                str(root / "run"),
+                "--weights",
+                weights,
+                "--input-size",
+                "64",
+                "--epochs",
+                "3",
+                "--feature-views",
+                "1",
+                "--preprocess",
+                VIEWS,
+            ]
+        )
+        == 0
+    )
     assert main(["export", "--model", str(root / "run"), "--out", str(root / "bundle")]) == 0
     return root / "run", root / "bundle"
 
@@ -55,17 +75,43 @@ def test_each_view_head_is_trained_as_its_own_run_would_train_it(two_view):
 
     predictor = load_predictor(run)
     again = predictor.predict_files([r["path"] for r in rows])
-    np.testing.assert_allclose([float(r["p_covid"]) for r in rows], [p.raw_probabilities[0] for p in again],
-                               atol=1e-5)
+    np.testing.assert_allclose([float(r["p_covid"]) for r in rows], [p.raw_probabilities[0] for p in again], atol=1e-5)
 
 
 def test_predict_and_evaluate_take_the_two_view_bundle(two_view, synth_folders, tmp_path, capsys):
     _, bundle = two_view
-    assert main(["predict", "--model", str(bundle), str(synth_folders / "covid"), "--out", str(tmp_path / "p.csv"),
-                 "--heatmap", str(tmp_path / "heat")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(bundle),
+                str(synth_folders / "covid"),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--heatmap",
+                str(tmp_path / "heat"),
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "p.csv").read_text().splitlines()) == 25
     assert len(list((tmp_path / "heat").glob("*.png"))) == 24
-    assert main(["evaluate", "--model", str(bundle), "--data", str(synth_folders), "--out", str(tmp_path / "ev"),
-                 "--by", "label"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(bundle),
+                "--data",
+                str(synth_folders),
+                "--out",
+                str(tmp_path / "ev"),
+                "--by",
+                "label",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == 48 and {r["value"] for r in metrics["by"]["label"]} == {"covid", "normal"}

@@ -244,14 +244,19 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
         samples = [s for s in samples if s.label in keep]
     strays = sorted({s.label for s in samples} - set(model_classes))
     if strays:
-        raise DataError(f"{data}: label {strays[0]!r} is not a class of the model ({', '.join(model_classes)}); "
-                        "pick rows with --classes or --where")
+        raise DataError(
+            f"{data}: label {strays[0]!r} is not a class of the model ({', '.join(model_classes)}); "
+            "pick rows with --classes or --where"
+        )
     if not samples:
-        raise DataError(f"{data}: no images of the model's classes ({', '.join(model_classes)}) (found: {', '.join(found)})")
+        raise DataError(
+            f"{data}: no images of the model's classes ({', '.join(model_classes)}) (found: {', '.join(found)})"
+        )
     if positive_class not in model_classes:
         if positive_class not in (None, "covid"):
-            raise DataError(f"--positive {positive_class!r} is not one of the model's classes "
-                            f"({', '.join(model_classes)})")
+            raise DataError(
+                f"--positive {positive_class!r} is not one of the model's classes ({', '.join(model_classes)})"
+            )
         positive_class = model_classes[-1]
     return Dataset(samples, model_classes, positive_class, layout, str(data))
 
@@ -259,8 +264,10 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
 def read_split_file(split_csv: str | os.PathLike) -> list[Sample]:
     """The samples of a run's ``split.csv`` (as :func:`write_split` wrote them)."""
     with open(split_csv, newline="", encoding="utf-8") as f:
-        return [Sample(Path(r["path"]), r["label"], r["group"], r["split"], r.get("source") or "")
-                for r in csv.DictReader(f)]
+        return [
+            Sample(Path(r["path"]), r["label"], r["group"], r["split"], r.get("source") or "")
+            for r in csv.DictReader(f)
+        ]
 
 
 def apply_split_file(dataset: Dataset, split_csv: str | os.PathLike) -> Dataset | None:
@@ -301,8 +308,10 @@ def _scan_class_folders(root: Path, split: str | None) -> list[Sample]:
         if not files:
             raise DataError(f"{class_dir}: class folder is empty")
         # Folders carry no patient ids: each file is its own group.
-        samples += [Sample(f, class_dir.name, f"{class_dir.name}/{f.relative_to(class_dir)}", split, group_given=False)
-                    for f in files]
+        samples += [
+            Sample(f, class_dir.name, f"{class_dir.name}/{f.relative_to(class_dir)}", split, group_given=False)
+            for f in files
+        ]
     return samples
 
 
@@ -374,8 +383,9 @@ def assign_splits(dataset: Dataset, seed: int = 0) -> Dataset:
         test_idx = _grouped_holdout(samples, unsplit, TEST_FRACTION, seed)
         rest = [i for i in unsplit if i not in test_idx]
         val_idx = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - TEST_FRACTION), seed + 1)
-        splits = [s.split or ("test" if i in test_idx else "val" if i in val_idx else "train")
-                  for i, s in enumerate(samples)]
+        splits = [
+            s.split or ("test" if i in test_idx else "val" if i in val_idx else "train") for i, s in enumerate(samples)
+        ]
     elif given == {None}:
         test_idx = _grouped_holdout(samples, range(len(samples)), TEST_FRACTION, seed)
         rest = [i for i in range(len(samples)) if i not in test_idx]
@@ -392,12 +402,13 @@ def assign_splits(dataset: Dataset, seed: int = 0) -> Dataset:
     for split in ("train", "val"):
         labels = {s.label for s in new_samples if s.split == split}
         if len(labels) < 2:
-            raise DataError(f"{dataset.source}: the {split} split has {len(labels)} class(es); every split needs them all")
+            raise DataError(
+                f"{dataset.source}: the {split} split has {len(labels)} class(es); every split needs them all"
+            )
     return replace(dataset, samples=new_samples)
 
 
-def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0, group_by: str = "patient"
-                           ) -> list[Dataset]:
+def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0, group_by: str = "patient") -> list[Dataset]:
     """Copies of ``dataset`` for cross-validation; in copy i, fold i is ``test``, a grouped, stratified 16%
     of the rest is ``val`` and the remainder ``train``.
 
@@ -413,15 +424,24 @@ def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0, grou
     if group_by == "source":
         sources = sorted({s.source for s in samples})
         if len(sources) < 2:
-            raise DataError(f"{dataset.source}: leave-one-source-out needs two or more sources, found "
-                            f"{len(sources)} ({', '.join(sources)}); pool manifests with several --data")
-        splits_of = [(np.array([i for i, s in enumerate(samples) if s.source != src]),
-                      np.array([i for i, s in enumerate(samples) if s.source == src])) for src in sources]
+            raise DataError(
+                f"{dataset.source}: leave-one-source-out needs two or more sources, found "
+                f"{len(sources)} ({', '.join(sources)}); pool manifests with several --data"
+            )
+        splits_of = [
+            (
+                np.array([i for i, s in enumerate(samples) if s.source != src]),
+                np.array([i for i, s in enumerate(samples) if s.source == src]),
+            )
+            for src in sources
+        ]
         for src, (rest, _) in zip(sources, splits_of):
             missing = set(dataset.classes) - {samples[j].label for j in rest}
             if missing:
-                raise DataError(f"leave-one-source-out: without {src!r} the training data has no "
-                                f"{', '.join(sorted(missing))} images; every fold must train on all classes")
+                raise DataError(
+                    f"leave-one-source-out: without {src!r} the training data has no "
+                    f"{', '.join(sorted(missing))} images; every fold must train on all classes"
+                )
     elif group_by == "patient":
         if folds < 2:
             raise DataError(f"--folds must be at least 2, got {folds}")

@@ -57,7 +57,7 @@ def near_duplicate_groups(paths: Sequence[str | os.PathLike], max_distance: int 
         bits = np.packbits(np.stack(hashes), axis=1)
         table = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).sum(1)
         for a in range(len(bits) - 1):  # one row of distances at a time: memory O(n)
-            distances = table[np.bitwise_xor(bits[a], bits[a + 1:])].sum(1)
+            distances = table[np.bitwise_xor(bits[a], bits[a + 1 :])].sum(1)
             for b in np.flatnonzero(distances <= max_distance) + a + 1:
                 ra, rb = root(readable[a]), root(readable[int(b)])
                 if ra != rb:

@@ -55,20 +55,24 @@ def render_patient(rng: np.random.Generator, label: str, size: int = 256, anatom
     img = np.full((size, size), 0.06, np.float32)
     thorax = _ellipse(xx, yy, 0, 0.15 + a["dy"], 0.88 * a["width"], 1.0, 0.05)
     img += 0.5 * thorax
-    lungs = sum(_ellipse(xx, yy, side * a["lung_x"], -0.05 + a["dy"], a["lung_w"], a["lung_h"], 0.06) for side in (-1, 1))
+    lungs = sum(
+        _ellipse(xx, yy, side * a["lung_x"], -0.05 + a["dy"], a["lung_w"], a["lung_h"], 0.06) for side in (-1, 1)
+    )
     lungs = np.clip(lungs, 0, 1)
     img -= 0.32 * lungs
     for k in range(9):  # ribs: arcs across each lung field
         y0 = -0.62 + a["dy"] + k * a["rib_gap"]
         for side in (-1, 1):
             curve = y0 + 0.35 * (xx - side * 0.1) ** 2 * side * np.sign(xx) + 0.05 * np.abs(xx)
-            rib = np.exp(-((yy - curve) / 0.018) ** 2) * (np.sign(xx) == side)
+            rib = np.exp(-(((yy - curve) / 0.018) ** 2)) * (np.sign(xx) == side)
             img += 0.10 * rib * lungs
-    img += 0.28 * np.exp(-(xx / 0.09) ** 2) * thorax  # mediastinum and spine
+    img += 0.28 * np.exp(-((xx / 0.09) ** 2)) * thorax  # mediastinum and spine
     img += 0.30 * _ellipse(xx, yy, 0.12, 0.32 + a["dy"], a["heart_w"], 0.27, 0.08)
     img += 0.35 * (yy > 0.5 + a["dy"] + 0.1 * np.abs(xx)) * thorax  # diaphragm and abdomen
     if "tissue" in a:
-        img += TISSUE_CONTRAST * (_blob_noise(np.random.default_rng(a["tissue"]), size, 16) - 0.5) * thorax * (1 - lungs)
+        img += (
+            TISSUE_CONTRAST * (_blob_noise(np.random.default_rng(a["tissue"]), size, 16) - 0.5) * thorax * (1 - lungs)
+        )
     img += _opacities(rng, label, xx, yy, a, size) * lungs
     img = np.clip(img * a["gain"], 0, 1) ** a["gamma"]
     img += rng.normal(0, 0.015, img.shape).astype(np.float32)
@@ -80,19 +84,26 @@ def lung_mask(anatomy: dict, size: int = 256) -> np.ndarray:
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     xx, yy = np.meshgrid(lin, lin)
     a = anatomy
-    lungs = sum(_ellipse(xx, yy, side * a["lung_x"], -0.05 + a["dy"], a["lung_w"], a["lung_h"], 0.06) for side in (-1, 1))
+    lungs = sum(
+        _ellipse(xx, yy, side * a["lung_x"], -0.05 + a["dy"], a["lung_w"], a["lung_h"], 0.06) for side in (-1, 1)
+    )
     return lungs >= 0.5
 
 
 def patient_anatomy(rng: np.random.Generator) -> dict:
     return {
-        "width": rng.uniform(0.88, 1.0), "dy": rng.uniform(-0.05, 0.05),
-        "lung_x": rng.uniform(0.36, 0.42), "lung_w": rng.uniform(0.24, 0.30), "lung_h": rng.uniform(0.52, 0.62),
-        "rib_gap": rng.uniform(0.13, 0.16), "heart_w": rng.uniform(0.22, 0.30),
-        "gain": rng.uniform(0.85, 1.15), "gamma": rng.uniform(0.8, 1.2),
+        "width": rng.uniform(0.88, 1.0),
+        "dy": rng.uniform(-0.05, 0.05),
+        "lung_x": rng.uniform(0.36, 0.42),
+        "lung_w": rng.uniform(0.24, 0.30),
+        "lung_h": rng.uniform(0.52, 0.62),
+        "rib_gap": rng.uniform(0.13, 0.16),
+        "heart_w": rng.uniform(0.22, 0.30),
+        "gain": rng.uniform(0.85, 1.15),
+        "gamma": rng.uniform(0.8, 1.2),
         # each body's own soft-tissue density pattern, the same in every view of the patient: without it two
         # patients' films are closer than two real patients' (a perceptual hash would call them one film)
-        "tissue": int(rng.integers(2 ** 31)),
+        "tissue": int(rng.integers(2**31)),
     }
 
 

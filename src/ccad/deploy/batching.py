@@ -65,8 +65,9 @@ class MicroBatcher:
 
     def _score(self, batch: list[_Item]) -> None:
         try:
-            predictions = self.predictor.score([i.name for i in batch], [i.prepared for i in batch],
-                                               with_heatmaps=any(i.heatmap for i in batch))
+            predictions = self.predictor.score(
+                [i.name for i in batch], [i.prepared for i in batch], with_heatmaps=any(i.heatmap for i in batch)
+            )
         except Exception as e:  # every caller hears of it; the thread goes on
             for item in batch:
                 item.future.set_exception(e)

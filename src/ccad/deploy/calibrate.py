@@ -77,9 +77,16 @@ def _wilson(k: int, n: int) -> dict[str, Any]:
     return {"value": k / n, "k": k, "n": n, "ci95": [float(ci.low), float(ci.high)]}
 
 
-def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out: str | os.PathLike,
-                     unlabelled: str | os.PathLike | None = None, sign_key: str | os.PathLike | None = None,
-                     overwrite: bool = False, seed: int = 0) -> dict[str, Any]:
+def calibrate_bundle(
+    model: str | os.PathLike,
+    spec: DataSpec,
+    target: str,
+    out: str | os.PathLike,
+    unlabelled: str | os.PathLike | None = None,
+    sign_key: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Write ``out``, the bundle ``model`` with its threshold fitted on ``spec``'s images to ``target`` (and
     its guard refitted on ``unlabelled``); returns the ``site_calibration`` record."""
     name, value = parse_target(target)
@@ -101,8 +108,10 @@ def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out:
     needed = minimum_images(value)
     kind = f"non-{predictor.positive_class}" if name == "specificity" else predictor.positive_class
     if len(group) < needed:
-        raise DataError(f"{dataset.source}: {len(group)} {kind} images cannot support {name} {value:.2f} with a "
-                        f"useful interval (needs at least {needed})")
+        raise DataError(
+            f"{dataset.source}: {len(group)} {kind} images cannot support {name} {value:.2f} with a "
+            f"useful interval (needs at least {needed})"
+        )
     threshold = threshold_for(group, name, value)
     rng = np.random.default_rng(seed)
     refits = [threshold_for(rng.choice(group, len(group)), name, value) for _ in range(BOOTSTRAP)]
@@ -113,19 +122,34 @@ def calibrate_bundle(model: str | os.PathLike, spec: DataSpec, target: str, out:
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ccad": __version__,
-        "base": {"card_sha256": sha256(model / BUNDLE_CARD), "model_sha256": predictor.card.sha256.get("model.onnx"),
-                 "decision": predictor.decision.to_dict()},
-        "data": {"source": dataset.source, "sha256": dataset.fingerprint(), "images": len(kept),
-                 "unreadable": len(bad), "counts": {c: int((labels == i).sum()) for i, c in enumerate(predictor.classes)}},
+        "base": {
+            "card_sha256": sha256(model / BUNDLE_CARD),
+            "model_sha256": predictor.card.sha256.get("model.onnx"),
+            "decision": predictor.decision.to_dict(),
+        },
+        "data": {
+            "source": dataset.source,
+            "sha256": dataset.fingerprint(),
+            "images": len(kept),
+            "unreadable": len(bad),
+            "counts": {c: int((labels == i).sum()) for i, c in enumerate(predictor.classes)},
+        },
         "target": {name: value},
         "threshold": threshold,
         "threshold_bootstrap_ci95": [float(np.percentile(refits, 2.5)), float(np.percentile(refits, 97.5))],
-        "achieved": {name: _wilson(int(hits.sum()), len(group)),
-                     other_name: _wilson(int(other_hits.sum()), len(other)) if len(other) else None},
+        "achieved": {
+            name: _wilson(int(hits.sum()), len(group)),
+            other_name: _wilson(int(other_hits.sum()), len(other)) if len(other) else None,
+        },
         "note": "measured on the images the threshold was fitted on; check it on others of the site",
     }
-    decision = DecisionRule(positive, threshold, predictor.decision.temperature, f"{name}-{value:.2f} at the site",
-                            f"{dataset.source} (n={len(group)} {kind})")
+    decision = DecisionRule(
+        positive,
+        threshold,
+        predictor.decision.temperature,
+        f"{name}-{value:.2f} at the site",
+        f"{dataset.source} (n={len(group)} {kind})",
+    )
     card = predictor.card
     guard = None
     if unlabelled is not None:
@@ -153,14 +177,21 @@ def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int)
         guard = replace(guard, reference_scores=scores[order[cut:]])
     else:
         guard = replace(guard, reference_distances=None)
-    return guard, {"source": str(folder), "images": len(pooled), "reference": cut, "cutoff_images": len(pooled) - cut,
-                   "cutoff": guard.cutoff,
-                   "drift_reference": len(pooled) - cut if guard.reference_distances is not None else
-                   f"none: {len(pooled) - cut} held-back images, under {MIN_DRIFT_REFERENCE} (use 500 or more)"}
+    return guard, {
+        "source": str(folder),
+        "images": len(pooled),
+        "reference": cut,
+        "cutoff_images": len(pooled) - cut,
+        "cutoff": guard.cutoff,
+        "drift_reference": len(pooled) - cut
+        if guard.reference_distances is not None
+        else f"none: {len(pooled) - cut} held-back images, under {MIN_DRIFT_REFERENCE} (use 500 or more)",
+    }
 
 
-def _write(base: Path, out: Path, card: ModelCard, decision: DecisionRule, record: dict[str, Any], guard,
-           sign_key) -> None:
+def _write(
+    base: Path, out: Path, card: ModelCard, decision: DecisionRule, record: dict[str, Any], guard, sign_key
+) -> None:
     """The new bundle, built beside ``out`` and renamed into place."""
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +204,9 @@ def _write(base: Path, out: Path, card: ModelCard, decision: DecisionRule, recor
             guard.save(work / OOD_FILE)
             ood = dict(guard.describe(), cutoff_rule=f"keeps {guard.keep:.0%} of the site's held-back images")
         files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
-        replace(card, decision=decision.to_dict(), ood=ood, sha256=files,
-                extra=dict(card.extra, site_calibration=record)).save(work)
+        replace(
+            card, decision=decision.to_dict(), ood=ood, sha256=files, extra=dict(card.extra, site_calibration=record)
+        ).save(work)
         (work / SIGNATURE_FILE).unlink(missing_ok=True)
         if sign_key is not None:
             sign_bundle(work, sign_key)

@@ -100,8 +100,16 @@ def export_bundle(
             quantize_onnx(work / "model.onnx", work / "model.int8.onnx", calibration)
             files["int8"] = "model.int8.onnx"
             images, labels, where = _held_out_images(run, classifier, calibration)
-            check = int8_check(work / "model.onnx", work / "model.int8.onnx", images, labels, classifier.decision,
-                               classifier.classes, classifier.positive_class, where)
+            check = int8_check(
+                work / "model.onnx",
+                work / "model.int8.onnx",
+                images,
+                labels,
+                classifier.decision,
+                classifier.classes,
+                classifier.positive_class,
+                where,
+            )
             if check["use"] != "decisions":
                 logging.getLogger("ccad").warning("INT8 model for throughput only: %s", check["reason"])
         if tflite:
@@ -132,9 +140,14 @@ def _pin_card(run_dir: Path, bundle: Path) -> None:
     record = run_dir / "bundles.json"
     try:
         entries = json.loads(record.read_text()) if record.is_file() else []
-        entries.append({"bundle": str(bundle.resolve()), "card_sha256": sha256(bundle / BUNDLE_CARD),
-                        "signed": (bundle / SIGNATURE_FILE).is_file(),
-                        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+        entries.append(
+            {
+                "bundle": str(bundle.resolve()),
+                "card_sha256": sha256(bundle / BUNDLE_CARD),
+                "signed": (bundle / SIGNATURE_FILE).is_file(),
+                "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
         write_json(record, entries)
     except (OSError, ValueError) as e:  # a read-only run folder: the bundle is made all the same
         logging.getLogger("ccad").warning("%s: could not record the bundle (%s)", record, e)
@@ -157,8 +170,10 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     picked = [samples[i] for i in sorted(rng.permutation(len(samples))[:limit])]
     images, kept, _ = load_images(picked, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
     if len(kept) < min(MIN_CALIBRATION_IMAGES, limit):
-        raise DataError(f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
-                        f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)")
+        raise DataError(
+            f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
+            f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)"
+        )
     return classifier.model_input(images)
 
 
@@ -171,8 +186,11 @@ def _held_out_images(run, classifier, calibration: np.ndarray) -> tuple[np.ndarr
     if samples:
         images, kept, _ = load_images(samples, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
         if len(kept):
-            return (classifier.model_input(images), label_indices(kept, classifier.classes),
-                    f"the run's validation split ({len(kept)} images)")
+            return (
+                classifier.model_input(images),
+                label_indices(kept, classifier.classes),
+                f"the run's validation split ({len(kept)} images)",
+            )
     return calibration, None, f"the {len(calibration)} calibration images (no held-out split)"
 
 
@@ -183,7 +201,7 @@ def convert_tflite(dual, path: Path, calibration: np.ndarray | None) -> None:
     converter = tf.lite.TFLiteConverter.from_keras_model(dual)
     if calibration is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([calibration[i:i + 1]] for i in range(len(calibration)))
+        converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
     with contextlib.redirect_stdout(io.StringIO()):  # the converter prints every captured tensor
         path.write_bytes(converter.convert())
 
@@ -196,12 +214,21 @@ def lung_segmenter_card() -> dict[str, Any] | None:
     import json
 
     card = json.loads(path.read_text())
-    return {"file": f"ccad/models/{card.get('model')}", "sha256": card.get("sha256"),
-            "input_size": card.get("input_size"), "held_out": card.get("held_out")}
+    return {
+        "file": f"ccad/models/{card.get('model')}",
+        "sha256": card.get("sha256"),
+        "input_size": card.get("input_size"),
+        "held_out": card.get("held_out"),
+    }
 
 
-def model_card(classifier: KerasPredictor, files: dict[str, str], folder: Path,
-               calibration: np.ndarray | None, int8_check: dict[str, Any] | None = None) -> ModelCard:
+def model_card(
+    classifier: KerasPredictor,
+    files: dict[str, str],
+    folder: Path,
+    calibration: np.ndarray | None,
+    int8_check: dict[str, Any] | None = None,
+) -> ModelCard:
     """The bundle's card, from the run's metadata and metrics; every file in ``folder`` gets its sha256."""
     import json
 
@@ -211,25 +238,41 @@ def model_card(classifier: KerasPredictor, files: dict[str, str], folder: Path,
     keep = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
     metrics = {k: run_metrics[k] for k in keep if k in run_metrics}
     if metrics:
-        metrics.update(n=run_metrics.get("n"), split=run_metrics.get("split"), data=run_metrics.get("data"),
-                       confusion_matrix=run_metrics.get("confusion_matrix"))
+        metrics.update(
+            n=run_metrics.get("n"),
+            split=run_metrics.get("split"),
+            data=run_metrics.get("data"),
+            confusion_matrix=run_metrics.get("confusion_matrix"),
+        )
     size = classifier.input_size
     return ModelCard(
-        classes=classifier.classes, positive_class=classifier.positive_class, input_size=size,
-        input={"name": "image", "shape": ["N", size, size, 3 * classifier.views], "dtype": "float32",
-               "range": [0.0, 1.0], "views": classifier.views},
+        classes=classifier.classes,
+        positive_class=classifier.positive_class,
+        input_size=size,
+        input={
+            "name": "image",
+            "shape": ["N", size, size, 3 * classifier.views],
+            "dtype": "float32",
+            "range": [0.0, 1.0],
+            "views": classifier.views,
+        },
         outputs={"probabilities": 0, "feature_map": 1},
-        preprocessing=describe_preprocessing(classifier.preprocess), preprocess=classifier.preprocess,
+        preprocessing=describe_preprocessing(classifier.preprocess),
+        preprocess=classifier.preprocess,
         decision=classifier.decision.to_dict(),
-        backbone=info.backbone or "MobileNetV2 (alpha 1.0)", weights=info.weights,
+        backbone=info.backbone or "MobileNetV2 (alpha 1.0)",
+        weights=info.weights,
         training_data=info.data,
         training_config=info.config,
         evaluation=metrics or None,
         calibration_images=None if calibration is None else int(len(calibration)),
         int8_check=int8_check,
         models=files,
-        heatmap={"method": "CAM (exact for global average pooling + dense)", "weights": "cam_weights.npy",
-                 "available": not info.head_file},
+        heatmap={
+            "method": "CAM (exact for global average pooling + dense)",
+            "weights": "cam_weights.npy",
+            "available": not info.head_file,
+        },
         head={k: v for k, v in (info.head or {"kind": "dense"}).items() if k != "selected_features"},
         ood=info.ood if info.ood and (folder / info.ood["file"]).is_file() else None,
         lung_segmenter=lung_segmenter_card(),

@@ -47,7 +47,9 @@ class PatientDataFilter(logging.Filter):
             category = _warning_category(record)
             message = f"a {category} was withheld (warnings may quote data set values)"
         else:
-            message = f"a {record.levelname.lower()} message of {record.name} was withheld (it may quote data set values)"
+            message = (
+                f"a {record.levelname.lower()} message of {record.name} was withheld (it may quote data set values)"
+            )
         record.msg, record.args = _escape(message), None
         record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True

@@ -20,7 +20,8 @@ No metric has a patient field, a file name or a UID in a label: the labels are f
 
 The result log (``--result-log``) is JSON Lines, one object an image, appended and flushed: the time (UTC), the
 adapter, ``image`` (the first 16 hex digits of the sha256 of the SOP Instance UID, or of the upload's bytes), the
-decision (and whether it is the positive class), the score, the out-of-distribution flag and distance, the lung-QC flags and the drift state. Nothing
+decision (and whether it is the positive class), the score, the out-of-distribution flag and distance, the lung-QC
+flags and the drift state. Nothing
 else: no patient field, no file name. ``ccad monitor`` reads it.
 """
 
@@ -78,8 +79,14 @@ class ResultLog:
 class Monitor:
     """The metrics, drift check and result log of one adapter's model."""
 
-    def __init__(self, registry: CollectorRegistry, adapter: str, positive_class: str, drift: DriftCheck,
-                 result_log: ResultLog | None = None):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        adapter: str,
+        positive_class: str,
+        drift: DriftCheck,
+        result_log: ResultLog | None = None,
+    ):
         self.registry, self.adapter, self.positive_class = registry, adapter, positive_class
         self.drift, self.result_log = drift, result_log
         self._lock = threading.Lock()
@@ -87,32 +94,50 @@ class Monitor:
         self.scored = Counter("ccad_images_scored", "Images scored", labels, registry=registry)
         self.errors = Counter("ccad_image_errors", "Images that could not be scored", labels, registry=registry)
         self.decisions = Counter("ccad_decisions", "Decisions by class", (*labels, "decision"), registry=registry)
-        self.ood = Counter("ccad_out_of_distribution", "Images flagged out of distribution", labels,
-                           registry=registry)
+        self.ood = Counter("ccad_out_of_distribution", "Images flagged out of distribution", labels, registry=registry)
         self.qc = Counter("ccad_lung_qc_flags", "Lung-check flags", (*labels, "flag"), registry=registry)
-        self.score = Histogram("ccad_score", "Probability of the positive class", labels, buckets=SCORE_BUCKETS,
-                               registry=registry)
+        self.score = Histogram(
+            "ccad_score", "Probability of the positive class", labels, buckets=SCORE_BUCKETS, registry=registry
+        )
         self.drift_gauge = Gauge("ccad_drift", "1 while the drift state is 'drift'", labels, registry=registry)
-        self.psi = Gauge("ccad_drift_psi", "Population stability index of the last window", (*labels, "signal"),
-                         registry=registry)
-        self.log_errors = Counter("ccad_result_log_errors", "Result-log lines that could not be written",
-                                  registry=registry)
-        self.model_info = Gauge("ccad_model_info", "The model bundle in use", ("card_sha256", "variant", "rule"),
-                                registry=registry)
+        self.psi = Gauge(
+            "ccad_drift_psi", "Population stability index of the last window", (*labels, "signal"), registry=registry
+        )
+        self.log_errors = Counter(
+            "ccad_result_log_errors", "Result-log lines that could not be written", registry=registry
+        )
+        self.model_info = Gauge(
+            "ccad_model_info", "The model bundle in use", ("card_sha256", "variant", "rule"), registry=registry
+        )
 
     @classmethod
-    def for_predictor(cls, predictor, adapter: str, result_log: str | os.PathLike | None = None,
-                      window: int = 200, registry: CollectorRegistry | None = None) -> "Monitor":
+    def for_predictor(
+        cls,
+        predictor,
+        adapter: str,
+        result_log: str | os.PathLike | None = None,
+        window: int = 200,
+        registry: CollectorRegistry | None = None,
+    ) -> "Monitor":
         """The monitor of an :class:`ccad.scoring.predictor.OnnxPredictor`: its guard's reference for the drift
         check, its card for ``ccad_model_info``."""
         guard = predictor.ood
-        drift = DriftCheck(getattr(guard, "reference_scores", None), getattr(guard, "reference_distances", None),
-                           window=window)
-        monitor = cls(registry or CollectorRegistry(), adapter, predictor.positive_class, drift,
-                      ResultLog(result_log).check() if result_log else None)
+        drift = DriftCheck(
+            getattr(guard, "reference_scores", None), getattr(guard, "reference_distances", None), window=window
+        )
+        monitor = cls(
+            registry or CollectorRegistry(),
+            adapter,
+            predictor.positive_class,
+            drift,
+            ResultLog(result_log).check() if result_log else None,
+        )
         card = getattr(predictor, "card", None)
-        card_hash = hashlib.sha256(json.dumps(card.to_dict(), sort_keys=True).encode()).hexdigest()[:16] \
-            if card is not None else ""
+        card_hash = (
+            hashlib.sha256(json.dumps(card.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+            if card is not None
+            else ""
+        )
         monitor.model_info.labels(card_hash, getattr(predictor, "variant", ""), predictor.decision.rule or "").set(1)
         if not drift.available:
             log.warning(drift.describe())
@@ -125,8 +150,11 @@ class Monitor:
         if prediction.error is not None:
             self.errors.labels(a).inc()
             return
-        score = (prediction.raw_probabilities[list(prediction.probabilities).index(self.positive_class)]
-                 if prediction.raw_probabilities is not None else prediction.probabilities[self.positive_class])
+        score = (
+            prediction.raw_probabilities[list(prediction.probabilities).index(self.positive_class)]
+            if prediction.raw_probabilities is not None
+            else prediction.probabilities[self.positive_class]
+        )
         score = float(score)
         self.scored.labels(a).inc()
         self.decisions.labels(a, prediction.predicted_class).inc()
@@ -145,13 +173,20 @@ class Monitor:
         if change is not None:
             (log.warning if change == DRIFT else log.info)(self.drift.describe())
         if self.result_log is not None:
-            self._append({
-                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "adapter": a,
-                "image": pseudonym(identity) if identity is not None else None,
-                "decision": prediction.predicted_class, "positive": prediction.predicted_class == self.positive_class,
-                "score": round(score, 6),
-                "in_distribution": prediction.in_distribution, "ood_distance": prediction.ood_distance,
-                "lung_qc": list(prediction.lung_qc), "drift": state})
+            self._append(
+                {
+                    "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "adapter": a,
+                    "image": pseudonym(identity) if identity is not None else None,
+                    "decision": prediction.predicted_class,
+                    "positive": prediction.predicted_class == self.positive_class,
+                    "score": round(score, 6),
+                    "in_distribution": prediction.in_distribution,
+                    "ood_distance": prediction.ood_distance,
+                    "lung_qc": list(prediction.lung_qc),
+                    "drift": state,
+                }
+            )
 
     def _append(self, record: dict) -> None:
         """A line of the result log; a disk that refuses it is logged and counted, and the image's result

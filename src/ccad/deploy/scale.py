@@ -71,8 +71,12 @@ def decode(batch: dict[str, np.ndarray], size: int, preprocess: str) -> dict[str
             images.append(np.zeros((size, size) if views == 1 else (size, size, views), np.float32))
             qc.append("")
             errors.append(str(e))
-    return {"file": batch["file"], "image": np.stack(images), "lung_qc": np.array(qc, dtype=object),
-            "error": np.array(errors, dtype=object)}
+    return {
+        "file": batch["file"],
+        "image": np.stack(images),
+        "lung_qc": np.array(qc, dtype=object),
+        "error": np.array(errors, dtype=object),
+    }
 
 
 @dataclass(frozen=True)
@@ -92,26 +96,46 @@ class Scorer:
         p = self.predictor
         scores = severity_scores_of(p)
         good = [i for i, e in enumerate(batch["error"]) if not e]
-        prepared = [Prepared(np.asarray(batch["image"][i]), np.asarray(batch["image"][i]), (0, 0, 0, 0),
-                             _Checked(tuple(f for f in str(batch["lung_qc"][i]).split(";") if f))) for i in good]
+        prepared = [
+            Prepared(
+                np.asarray(batch["image"][i]),
+                np.asarray(batch["image"][i]),
+                (0, 0, 0, 0),
+                _Checked(tuple(f for f in str(batch["lung_qc"][i]).split(";") if f)),
+            )
+            for i in good
+        ]
         results = dict(zip(good, p.score([str(batch["file"][i]) for i in good], prepared)))
         rule = rule_text(p)
-        rows = [result_row(results.get(i) or Prediction(str(f), error=str(batch["error"][i])), p.classes, scores,
-                           rule) for i, f in enumerate(batch["file"])]
+        rows = [
+            result_row(results.get(i) or Prediction(str(f), error=str(batch["error"][i])), p.classes, scores, rule)
+            for i, f in enumerate(batch["file"])
+        ]
         columns = result_columns(p.classes, scores)
         return {name: np.array([row[j] for row in rows], dtype=object) for j, name in enumerate(columns)}
 
 
 def describe_summary(summary: dict[str, Any], out: str | os.PathLike) -> str:
     run = summary["this_run"]
-    return (f"{run['processed']} processed, {run['skipped_already_done']} already done, {summary['errors']} "
-            f"unreadable in all: {out} (screening aid, not a diagnosis)")
+    return (
+        f"{run['processed']} processed, {run['skipped_already_done']} already done, {summary['errors']} "
+        f"unreadable in all: {out} (screening aid, not a diagnosis)"
+    )
 
 
-def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], out: str | os.PathLike | None,
-                address: str | None = None, workers: int = 2, batch_size: int = 16, resume: bool = False,
-                output_format: str = "csv", variant: str = "float", num_cpus: int | None = None,
-                verify_key: str | os.PathLike | None = None) -> dict[str, Any]:
+def ray_predict(
+    model: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None,
+    address: str | None = None,
+    workers: int = 2,
+    batch_size: int = 16,
+    resume: bool = False,
+    output_format: str = "csv",
+    variant: str = "float",
+    num_cpus: int | None = None,
+    verify_key: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Score ``inputs`` with the bundle ``model`` on Ray; write result shards and a summary to ``out``."""
     if not out:
         raise ConfigError("--engine ray needs --out (a folder for the result shards)")
@@ -131,15 +155,29 @@ def ray_predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], o
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
     try:
         if todo:
             ds = ray.data.from_items([{"file": p} for p in todo])
-            ds = ds.map_batches(decode, batch_size=batch_size, batch_format="numpy",
-                                fn_kwargs={"size": predictor.input_size, "preprocess": predictor.preprocess})
-            ds = ds.map_batches(Scorer, batch_size=batch_size, batch_format="numpy", concurrency=workers,
-                                fn_constructor_kwargs={"bundle": str(model), "variant": variant})
+            ds = ds.map_batches(
+                decode,
+                batch_size=batch_size,
+                batch_format="numpy",
+                fn_kwargs={"size": predictor.input_size, "preprocess": predictor.preprocess},
+            )
+            ds = ds.map_batches(
+                Scorer,
+                batch_size=batch_size,
+                batch_format="numpy",
+                concurrency=workers,
+                fn_constructor_kwargs={"bundle": str(model), "variant": variant},
+            )
             (ds.write_parquet if output_format == "parquet" else ds.write_csv)(str(out))
     finally:
         if started_here:
@@ -171,8 +209,18 @@ def _summarize(out: Path, classes, skipped: int, scored_now: int, elapsed: float
     previous = {}
     if (out / SUMMARY).is_file():
         previous = json.loads((out / SUMMARY).read_text())
-    return {"files": total, "errors": errors, "predicted": counts, "this_run": {
-        "processed": scored_now, "skipped_already_done": skipped, "seconds": round(elapsed, 2),
-        "images_per_s": round(scored_now / elapsed, 1) if elapsed > 0 and scored_now else None,
-        "workers": workers, "cluster": address or "local"}, "runs": int(previous.get("runs", 0)) + 1,
-        "note": "screening aid, not a diagnosis"}
+    return {
+        "files": total,
+        "errors": errors,
+        "predicted": counts,
+        "this_run": {
+            "processed": scored_now,
+            "skipped_already_done": skipped,
+            "seconds": round(elapsed, 2),
+            "images_per_s": round(scored_now / elapsed, 1) if elapsed > 0 and scored_now else None,
+            "workers": workers,
+            "cluster": address or "local",
+        },
+        "runs": int(previous.get("runs", 0)) + 1,
+        "note": "screening aid, not a diagnosis",
+    }

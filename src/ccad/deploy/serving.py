@@ -5,7 +5,8 @@ created at import time, so tests make apps with their own settings.
 
 Routes: ``GET /`` (the page), ``GET /static/*`` (its assets: no CDN),
 ``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus, behind the
-API key when one is set; :mod:`ccad.deploy.monitoring`), ``/openapi.json``; ``/docs`` only with ``docs=True`` (Swagger UI loads its
+API key when one is set; :mod:`ccad.deploy.monitoring`), ``/openapi.json``; ``/docs`` only with ``docs=True``
+(Swagger UI loads its
 scripts from a CDN).
 
 Limits are enforced before work, in this order (:class:`Guard`, an ASGI layer in
@@ -56,8 +57,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -75,14 +76,26 @@ STATIC = Path(__file__).parent / "web"
 API_PREFIX = "/api/v1"
 PREDICT = f"{API_PREFIX}/predict"
 METRICS = "/metrics"
-ALLOWED_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/bmp", "image/x-ms-bmp", "image/tiff",
-                 "application/dicom", "application/octet-stream", ""}
+ALLOWED_TYPES = {
+    "image/png",
+    "image/jpeg",
+    "image/jpg",
+    "image/bmp",
+    "image/x-ms-bmp",
+    "image/tiff",
+    "application/dicom",
+    "application/octet-stream",
+    "",
+}
 MAX_FILES = 16
 #: Headers on every response: the page and its assets come from this server only; nothing frames it.
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
-                                 b"style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-                                 b"form-action 'self'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; script-src 'self'; "
+        b"style-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+        b"form-action 'self'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
@@ -168,20 +181,30 @@ class HttpMetrics:
     """``ccad serve``'s own metrics: requests by route and status, their latency, and how many are inside. A
     route is one of a fixed few words (anything else is ``other``): a client cannot grow the label set."""
 
-    ROUTES = {PREDICT: "predict", f"{API_PREFIX}/model": "model", "/healthz": "healthz", "/metrics": "metrics",
-              "/": "page"}
+    ROUTES = {
+        PREDICT: "predict",
+        f"{API_PREFIX}/model": "model",
+        "/healthz": "healthz",
+        "/metrics": "metrics",
+        "/": "page",
+    }
 
     def __init__(self, registry):
         from prometheus_client import Counter, Gauge, Histogram
 
         from ccad.deploy.monitoring import LATENCY_BUCKETS
 
-        self.requests = Counter("ccad_http_requests", "HTTP requests by route and status", ("route", "status"),
-                                registry=registry)
-        self.latency = Histogram("ccad_http_request_seconds", "Time from a request's arrival to its answer",
-                                 ("route",), buckets=LATENCY_BUCKETS, registry=registry)
-        self.inside = Gauge("ccad_queue_depth", "Prediction requests admitted and not yet answered",
-                            registry=registry)
+        self.requests = Counter(
+            "ccad_http_requests", "HTTP requests by route and status", ("route", "status"), registry=registry
+        )
+        self.latency = Histogram(
+            "ccad_http_request_seconds",
+            "Time from a request's arrival to its answer",
+            ("route",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inside = Gauge("ccad_queue_depth", "Prediction requests admitted and not yet answered", registry=registry)
 
     def done(self, path: str, status: int, seconds: float) -> None:
         route = self.ROUTES.get(path, "static" if path.startswith("/static/") else "other")
@@ -226,20 +249,25 @@ class Guard:
 
         path, headers = scope["path"], dict(scope["headers"])
         if (path.startswith(API_PREFIX) or path == METRICS) and not _key_ok(headers, self.settings.api_key):
-            return await _answer(send_with_headers, 401, "missing or wrong API key (X-API-Key header or "
-                                 "Authorization: Bearer)", {"WWW-Authenticate": 'Bearer realm="ccad"'})
+            return await _answer(
+                send_with_headers,
+                401,
+                "missing or wrong API key (X-API-Key header or Authorization: Bearer)",
+                {"WWW-Authenticate": 'Bearer realm="ccad"'},
+            )
         if scope["method"] != "POST" or path != PREDICT:
             return await self.app(scope, receive, send_with_headers)
         if not headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
             return await _answer(send_with_headers, 415, "send the files as multipart/form-data in the field 'files'")
         limit = self.settings.max_request_bytes
-        too_large = f"request over the limit of {limit / 2 ** 20:g} MB"
+        too_large = f"request over the limit of {limit / 2**20:g} MB"
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             return await _answer(send_with_headers, 413, too_large)
         if not self.capacity.try_enter():
-            return await _answer(send_with_headers, 503, "busy: all inference workers are taken; retry shortly",
-                                 {"Retry-After": "1"})
+            return await _answer(
+                send_with_headers, 503, "busy: all inference workers are taken; retry shortly", {"Retry-After": "1"}
+            )
         try:
             try:  # the deadline runs from the request's arrival: waiting for a read slot counts
                 body = await asyncio.wait_for(self._read_in_turn(receive, limit), self.settings.body_timeout_s)
@@ -259,7 +287,6 @@ class Guard:
             await self.app(scope, replay, send_with_headers)
         finally:
             self.capacity.leave()
-
 
     async def _read_in_turn(self, receive, limit: int) -> bytes | None:
         """The body, read once one of the ``2 x workers`` read slots is free (a slow client holds one at most
@@ -301,11 +328,19 @@ def _key_ok(headers: dict[bytes, bytes], key: str | None) -> bool:
 def decision_view(predictor) -> dict[str, Any]:
     """How a probability becomes the class shown, in words a reader can check against the bars."""
     rule, positive = predictor.decision, predictor.positive_class
-    text = (f"{positive} if p({positive}) >= {rule.threshold:.3f}, else the most likely other class"
-            if rule.threshold is not None else "the most likely class")
+    text = (
+        f"{positive} if p({positive}) >= {rule.threshold:.3f}, else the most likely other class"
+        if rule.threshold is not None
+        else "the most likely class"
+    )
     fitted_on = _without_paths(rule.fitted_on)
-    return {"positive_class": positive, "threshold": rule.threshold, "rule": rule.rule, "fitted_on": fitted_on,
-            "text": text + (f" ({rule.rule}, chosen on {fitted_on})" if fitted_on else "")}
+    return {
+        "positive_class": positive,
+        "threshold": rule.threshold,
+        "rule": rule.rule,
+        "fitted_on": fitted_on,
+        "text": text + (f" ({rule.rule}, chosen on {fitted_on})" if fitted_on else ""),
+    }
 
 
 def data_names(source: str) -> list[str]:
@@ -323,15 +358,32 @@ def model_card_view(card) -> dict[str, Any]:
     """What the page and ``GET /api/v1/model`` show (from a :class:`ccad.models.card.ModelCard`): no file
     hashes or internals, and no server paths (a path is shown by its last part)."""
     card = card.to_dict()
-    keep = ("intended_use", "classes", "positive_class", "input_size", "backbone", "weights", "training_data",
-            "evaluation", "preprocessing", "preprocess", "decision", "heatmap", "ood", "lung_segmenter", "versions")
+    keep = (
+        "intended_use",
+        "classes",
+        "positive_class",
+        "input_size",
+        "backbone",
+        "weights",
+        "training_data",
+        "evaluation",
+        "preprocessing",
+        "preprocess",
+        "decision",
+        "heatmap",
+        "ood",
+        "lung_segmenter",
+        "versions",
+    )
     view = _without_paths({k: card.get(k) for k in keep})
     if isinstance(view.get("training_data"), dict):
         view["training_data"]["names"] = data_names(card["training_data"].get("source", ""))
     if isinstance(view.get("evaluation"), dict):
         view["evaluation"]["names"] = data_names(card["evaluation"].get("data", ""))
-    view["caveat"] = ("Screening aid for research, not a diagnosis. The metrics come only from the data named; "
-                      "images from other hospitals or scanners can score far worse.")
+    view["caveat"] = (
+        "Screening aid for research, not a diagnosis. The metrics come only from the data named; "
+        "images from other hospitals or scanners can score far worse."
+    )
     return view
 
 
@@ -351,8 +403,9 @@ def _without_paths(value):
 def create_app(settings: ServeSettings):
     """The FastAPI application for one model bundle."""
     settings.check()
-    predictor = OnnxPredictor(settings.bundle, variant=settings.variant, threads=max(1, settings.workers),
-                              verify_key=settings.verify_key)
+    predictor = OnnxPredictor(
+        settings.bundle, variant=settings.variant, threads=max(1, settings.workers), verify_key=settings.verify_key
+    )
     card = model_card_view(predictor.card)
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ccad-decode")
     batcher = MicroBatcher(predictor, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
@@ -364,9 +417,14 @@ def create_app(settings: ServeSettings):
         pool.shutdown(wait=False, cancel_futures=True)
         batcher.close()
 
-    app = FastAPI(title="ccad", version=(predictor.card.versions or {}).get("ccad", ""),
-                  description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).",
-                  docs_url="/docs" if settings.docs else None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="ccad",
+        version=(predictor.card.versions or {}).get("ccad", ""),
+        description="COVID-19 chest X-ray screening aid (research use, not a diagnosis).",
+        docs_url="/docs" if settings.docs else None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.settings, app.state.predictor, app.state.pool = settings, predictor, pool
     app.state.batcher, app.state.monitor = batcher, monitor
 
@@ -393,8 +451,11 @@ def create_app(settings: ServeSettings):
             raise HTTPException(413, str(e))
         except ImageReadError as e:
             raise HTTPException(400, str(e))
-        model = {"classes": predictor.classes, "positive_class": predictor.positive_class,
-                 "decision": decision_view(predictor)}
+        model = {
+            "classes": predictor.classes,
+            "positive_class": predictor.positive_class,
+            "decision": decision_view(predictor),
+        }
         if predictor.warning:
             model["warning"] = predictor.warning
         return {"results": results, "model": model, "note": "Screening aid, not a diagnosis."}
@@ -404,8 +465,9 @@ def create_app(settings: ServeSettings):
         pictures (if asked) in the pool again."""
         loop = asyncio.get_running_loop()
         prepared = await loop.run_in_executor(pool, _prepare, predictor, files, settings)
-        predictions = await asyncio.gather(*(asyncio.wrap_future(batcher.submit(name, p, heatmap))
-                                             for name, p in prepared))
+        predictions = await asyncio.gather(
+            *(asyncio.wrap_future(batcher.submit(name, p, heatmap)) for name, p in prepared)
+        )
         for (_, data), prediction in zip(files, predictions):
             monitor.observe(prediction, identity=data)
         if heatmap:
@@ -413,8 +475,13 @@ def create_app(settings: ServeSettings):
         return [prediction.to_dict(key="name") for prediction in predictions]
 
     if settings.metrics:
-        @app.get(METRICS, tags=["service"], response_class=PlainTextResponse,
-                 summary="Prometheus metrics: counts, scores, drift; no patient field")
+
+        @app.get(
+            METRICS,
+            tags=["service"],
+            response_class=PlainTextResponse,
+            summary="Prometheus metrics: counts, scores, drift; no patient field",
+        )
         def metrics() -> PlainTextResponse:
             return PlainTextResponse(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -427,11 +494,28 @@ def create_app(settings: ServeSettings):
     return Guard(app, settings, HttpMetrics(monitor.registry) if settings.metrics else None)
 
 
-_PREDICT_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["files"], "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "maxItems": MAX_FILES,
-                  "description": "PNG, JPEG, TIFF, BMP or DICOM chest X-rays"},
-        "heatmap": {"type": "boolean", "default": False}}}}}}}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "maxItems": MAX_FILES,
+                            "description": "PNG, JPEG, TIFF, BMP or DICOM chest X-rays",
+                        },
+                        "heatmap": {"type": "boolean", "default": False},
+                    },
+                }
+            }
+        },
+    }
+}
 
 
 async def _parse_in_memory(request: Request, settings: ServeSettings):
@@ -439,8 +523,9 @@ async def _parse_in_memory(request: Request, settings: ServeSettings):
     1 MB, and its threshold is a class attribute; this parser's own (an instance attribute) is above the request
     limit, so nothing is patched for the process and no upload reaches the disk."""
     async with aclosing(request.stream()) as stream:
-        parser = MultiPartParser(request.headers, stream, max_files=MAX_FILES, max_fields=MAX_FILES + 8,
-                                 max_part_size=64 * 1024)
+        parser = MultiPartParser(
+            request.headers, stream, max_files=MAX_FILES, max_fields=MAX_FILES + 8, max_part_size=64 * 1024
+        )
         parser.spool_max_size = settings.max_request_bytes + 1
         return await parser.parse()
 
@@ -470,7 +555,7 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
             raise HTTPException(415, f"{part}: its content type is not an image type (PNG, JPEG, TIFF, BMP or DICOM)")
         data = await upload.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
-            raise HTTPException(413, f"{part}: over the upload limit of {settings.max_upload_bytes // 2 ** 20} MB")
+            raise HTTPException(413, f"{part}: over the upload limit of {settings.max_upload_bytes // 2**20} MB")
         if not data:
             raise HTTPException(400, f"{part}: empty file")
         try:
@@ -480,8 +565,9 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
         except ImageReadError as e:  # a header that cannot be read (a corrupt deflate stream, say)
             raise HTTPException(400, str(e))
         if width * height > settings.max_pixels:
-            raise HTTPException(413, f"{part}: image is {width}x{height} pixels, over the limit of "
-                                     f"{settings.max_pixels:,}")
+            raise HTTPException(
+                413, f"{part}: image is {width}x{height} pixels, over the limit of {settings.max_pixels:,}"
+            )
         pixels += width * height
         if pixels > settings.max_request_pixels:
             raise HTTPException(413, f"the request's images hold over {settings.max_request_pixels:,} pixels in all")
@@ -489,8 +575,9 @@ async def _read_form(request: Request, settings: ServeSettings) -> tuple[list[tu
     return files, flag in TRUE
 
 
-def _prepare(predictor: OnnxPredictor, uploads: list[tuple[str, bytes]],
-             settings: ServeSettings) -> list[tuple[str, Any]]:
+def _prepare(
+    predictor: OnnxPredictor, uploads: list[tuple[str, bytes]], settings: ServeSettings
+) -> list[tuple[str, Any]]:
     """Decode and preprocess one request's files (in a pool thread), one full-size image in memory at a time."""
     prepared = []
     for i, (name, data) in enumerate(uploads):
@@ -537,5 +624,13 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) ->
 
     configure_logging()
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, timeout_keep_alive=5, log_level="info", access_log=False, log_config=None,
-                http=header_timeout_protocol(settings.header_timeout_s))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        timeout_keep_alive=5,
+        log_level="info",
+        access_log=False,
+        log_config=None,
+        http=header_timeout_protocol(settings.header_timeout_s),
+    )

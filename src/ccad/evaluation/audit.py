@@ -18,7 +18,8 @@ Three checks (after DeGrave et al., Nature Machine Intelligence 2021):
 
 The lung fields come from the shipped segmenter (:mod:`ccad.models.lungs`); the report draws them on
 examples. Every variant is scored by :func:`ccad.scoring.score.score_batch`, as ``predict`` scores; the
-AUCs use the model's own probabilities (before the decision rule's temperature). Writes ``DIR/audit.json``, ``DIR/report.html`` and ``DIR/figures/``.
+AUCs use the model's own probabilities (before the decision rule's temperature). Writes ``DIR/audit.json``,
+``DIR/report.html`` and ``DIR/figures/``.
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ LUNG_BLANKED_AUC_LIMIT = 0.65
 EXAMPLES = 8
 
 
-def audit(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, split: str | None = None,
-          max_images: int | None = None, seed: int = 0) -> dict[str, Any]:
+def audit(
+    model: str | os.PathLike,
+    spec: DataSpec,
+    out: str | os.PathLike,
+    split: str | None = None,
+    max_images: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Run the three checks for ``model`` (bundle, run folder or model file) on ``spec``'s data; return the results."""
     predictor = load_predictor(model)
     dataset, split = scoring_set(predictor, model, spec, split, seed)
@@ -75,8 +82,9 @@ def audit(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, spli
     names = [str(s.path) for s in kept]
     scores, variants = {}, {}
     for name in VARIANTS:
-        predictions = predictor.score(names, [v[name] for v in loaded], with_heatmaps=name == "original",
-                                      heatmap_class=predictor.positive_class)
+        predictions = predictor.score(
+            names, [v[name] for v in loaded], with_heatmaps=name == "original", heatmap_class=predictor.positive_class
+        )
         scores[name] = np.array([p.raw_probabilities[positive] for p in predictions])
         variants[name] = np.stack([v[name].picture for v in loaded])
         if name == "original":
@@ -87,12 +95,21 @@ def audit(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, spli
     heatmap = _heatmap_mass(cams, lung_masks)
     probe = _source_probe(dataset, kept, pooled, seed)
     result = {
-        "model": str(model), "data": dataset.source, "split": split, "n": len(kept),
+        "model": str(model),
+        "data": dataset.source,
+        "split": split,
+        "n": len(kept),
         "counts": {c: sum(s.label == c for s in kept) for c in predictor.classes},
-        "positive_class": predictor.positive_class, "preprocess": predictor.preprocess,
-        "lung_fields": {"method": "ccad.models.lungs: the packaged learned segmenter (U-Net, MobileNetV2 encoder)",
-                        "qc_flagged": int(sum(bool(f) for f in qc)), "images": len(qc)},
-        "lung_test": lung_test, "heatmap": heatmap, "source_probe": probe,
+        "positive_class": predictor.positive_class,
+        "preprocess": predictor.preprocess,
+        "lung_fields": {
+            "method": "ccad.models.lungs: the packaged learned segmenter (U-Net, MobileNetV2 encoder)",
+            "qc_flagged": int(sum(bool(f) for f in qc)),
+            "images": len(qc),
+        },
+        "lung_test": lung_test,
+        "heatmap": heatmap,
+        "source_probe": probe,
         "skipped_files": skipped,
     }
     result["verdict"] = _verdict(result)
@@ -119,8 +136,10 @@ def _lung_test(scores: dict[str, np.ndarray], is_positive: np.ndarray, groups, s
     both_classes = is_positive.any() and not is_positive.all()
     point = aucs(np.arange(len(is_positive)))
     intervals = bootstrap_intervals(aucs, len(is_positive), groups, seed=seed) if both_classes else {}
-    return {k: {"auc": point[k], "ci95": intervals.get(k), "mean_positive_probability": float(scores[k].mean())}
-            for k in scores}
+    return {
+        k: {"auc": point[k], "ci95": intervals.get(k), "mean_positive_probability": float(scores[k].mean())}
+        for k in scores
+    }
 
 
 def _heatmap_mass(cams: np.ndarray, lung_masks: np.ndarray) -> dict[str, Any]:
@@ -129,14 +148,18 @@ def _heatmap_mass(cams: np.ndarray, lung_masks: np.ndarray) -> dict[str, Any]:
     total = cams.sum(axis=(1, 2))
     share = np.divide(inside, total, out=np.full_like(inside, np.nan), where=total > 0)
     area = lung_masks.mean(axis=(1, 2))
-    return {"mass_in_lungs_mean": float(np.nanmean(share)), "lung_area_share_mean": float(area.mean()),
-            "ratio_to_even_spread": float(np.nanmean(share) / area.mean()) if area.mean() > 0 else None,
-            "images_with_empty_map": int(np.sum(total <= 0))}
+    return {
+        "mass_in_lungs_mean": float(np.nanmean(share)),
+        "lung_area_share_mean": float(area.mean()),
+        "ratio_to_even_spread": float(np.nanmean(share) / area.mean()) if area.mean() > 0 else None,
+        "images_with_empty_map": int(np.sum(total <= 0)),
+    }
 
 
 def _load_variants(samples, size: int, preprocess: str) -> list[dict[str, Any] | None]:
     """Per sample, the model's input as is, with the lung fields blanked and with everything else blanked
     (each a Prepared), and the lung mask on the input; None for an unreadable file."""
+
     def load(sample):
         try:
             gray = read_grayscale(sample.path)
@@ -144,9 +167,12 @@ def _load_variants(samples, size: int, preprocess: str) -> list[dict[str, Any] |
             return None
         original = prepare_full(gray, size, preprocess, lung_fields=True)
         region = original.fields.at(*gray.shape)
-        return {"original": original, "mask": original.to_input(region).astype(np.float32),
-                "no_lungs": prepare_full(blank(gray, region), size, preprocess),
-                "lungs_only": prepare_full(blank(gray, ~region), size, preprocess)}
+        return {
+            "original": original,
+            "mask": original.to_input(region).astype(np.float32),
+            "no_lungs": prepare_full(blank(gray, region), size, preprocess),
+            "lungs_only": prepare_full(blank(gray, ~region), size, preprocess),
+        }
 
     with ThreadPoolExecutor(min(8, (os.cpu_count() or 2) * 2)) as pool:
         return list(pool.map(load, samples))
@@ -166,8 +192,10 @@ def _source_probe(dataset, samples, features: np.ndarray, seed: int) -> dict[str
     confounded = all(len(by_label) == 1 for by_label in table.values())
     result["confounded_with_label"] = confounded
     if confounded:
-        result["note"] = ("every source holds one class only: source and label coincide, so this probe "
-                          "cannot tell them apart; mix sources within a class to separate them")
+        result["note"] = (
+            "every source holds one class only: source and label coincide, so this probe "
+            "cannot tell them apart; mix sources within a class to separate them"
+        )
     within = {}
     for label in sorted({s.label for s in samples}):
         idx = [i for i, s in enumerate(samples) if s.label == label]
@@ -190,10 +218,15 @@ def _probe(features: np.ndarray, target: np.ndarray, groups, seed: int) -> dict[
     if folds < 2:
         return {"balanced_accuracy": None, "note": "too few images per source to cross-validate"}
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    predicted = cross_val_predict(probe, features, target, groups=groups,
-                                  cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed))
-    return {"balanced_accuracy": float(balanced_accuracy_score(target, predicted)),
-            "chance": 1.0 / len(set(target)), "folds": int(folds), "n": int(len(target))}
+    predicted = cross_val_predict(
+        probe, features, target, groups=groups, cv=StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    )
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(target, predicted)),
+        "chance": 1.0 / len(set(target)),
+        "folds": int(folds),
+        "n": int(len(target)),
+    }
 
 
 def _verdict(result: dict[str, Any]) -> list[str]:
@@ -203,38 +236,52 @@ def _verdict(result: dict[str, Any]) -> list[str]:
     if blanked is None:
         lines.append("Lung test: needs images of both classes; the data has one (AUCs undefined).")
     elif blanked > LUNG_BLANKED_AUC_LIMIT:
-        lines.append(f"FAIL lung test: with the lung fields blanked the model still separates the classes "
-                     f"(AUC {blanked:.2f}, vs {original:.2f} as is). It reads something outside the lungs "
-                     f"(borders, text, markers, exposure, the scanner): expect it to fail on other hospitals' images.")
+        lines.append(
+            f"FAIL lung test: with the lung fields blanked the model still separates the classes "
+            f"(AUC {blanked:.2f}, vs {original:.2f} as is). It reads something outside the lungs "
+            f"(borders, text, markers, exposure, the scanner): expect it to fail on other hospitals' images."
+        )
     else:
-        lines.append(f"PASS lung test: with the lung fields blanked the AUC falls to {blanked:.2f} "
-                     f"(from {original:.2f}; limit {LUNG_BLANKED_AUC_LIMIT}): the decision needs the lungs.")
+        lines.append(
+            f"PASS lung test: with the lung fields blanked the AUC falls to {blanked:.2f} "
+            f"(from {original:.2f}; limit {LUNG_BLANKED_AUC_LIMIT}): the decision needs the lungs."
+        )
     only = result["lung_test"]["lungs_only"]["auc"]
     if only is not None:
         lines.append(f"With only the lung fields visible the AUC is {only:.2f}.")
     h = result["heatmap"]
-    lines.append(f"Heatmaps put {h['mass_in_lungs_mean']:.0%} of their mass in the lung fields, which cover "
-                 f"{h['lung_area_share_mean']:.0%} of the input ({h['ratio_to_even_spread']:.2f}x an even spread).")
+    lines.append(
+        f"Heatmaps put {h['mass_in_lungs_mean']:.0%} of their mass in the lung fields, which cover "
+        f"{h['lung_area_share_mean']:.0%} of the input ({h['ratio_to_even_spread']:.2f}x an even spread)."
+    )
     probe = result["source_probe"]
     if probe.get("all_images"):
         acc = probe["all_images"]["balanced_accuracy"]
-        lines.append(f"Source probe: the model's features tell the image source apart with balanced accuracy "
-                     f"{acc:.2f} (chance {probe['all_images']['chance']:.2f})."
-                     + (" Source and label coincide in this data, so this cannot separate the two."
-                        if probe.get("confounded_with_label") else ""))
+        lines.append(
+            f"Source probe: the model's features tell the image source apart with balanced accuracy "
+            f"{acc:.2f} (chance {probe['all_images']['chance']:.2f})."
+            + (
+                " Source and label coincide in this data, so this cannot separate the two."
+                if probe.get("confounded_with_label")
+                else ""
+            )
+        )
         for label, p in probe.get("within_class", {}).items():
             if p.get("balanced_accuracy") is not None:
-                lines.append(f"Within {label}, the source is predicted with balanced accuracy "
-                             f"{p['balanced_accuracy']:.2f} (chance {p['chance']:.2f}).")
+                lines.append(
+                    f"Within {label}, the source is predicted with balanced accuracy "
+                    f"{p['balanced_accuracy']:.2f} (chance {p['chance']:.2f})."
+                )
     else:
         lines.append(f"Source probe: {probe.get('note')}.")
-    lines.append("Lung fields come from ccad's learned segmenter (held-out Dice about 0.94; see the examples); "
-                 "these checks can flag a shortcut, they cannot prove there is none.")
+    lines.append(
+        "Lung fields come from ccad's learned segmenter (held-out Dice about 0.94; see the examples); "
+        "these checks can flag a shortcut, they cannot prove there is none."
+    )
     return lines
 
 
-def _figures(folder: Path, samples, variants, masks, cams, scores, positive_class: str, seed: int
-             ) -> dict[str, Path]:
+def _figures(folder: Path, samples, variants, masks, cams, scores, positive_class: str, seed: int) -> dict[str, Path]:
     plt = pyplot()
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -259,10 +306,20 @@ def _figures(folder: Path, samples, variants, masks, cams, scores, positive_clas
     data = [scores[k] for k in ("original", "no_lungs", "lungs_only")]
     positive = np.array([s.label == positive_class for s in samples])
     for j, values in enumerate(data):
-        ax.scatter(np.full(positive.sum(), j - 0.1) + rng.normal(0, 0.03, positive.sum()), values[positive], s=6,
-                   color="tab:red", label=positive_class if j == 0 else None)
-        ax.scatter(np.full((~positive).sum(), j + 0.1) + rng.normal(0, 0.03, (~positive).sum()), values[~positive],
-                   s=6, color="tab:blue", label="others" if j == 0 else None)
+        ax.scatter(
+            np.full(positive.sum(), j - 0.1) + rng.normal(0, 0.03, positive.sum()),
+            values[positive],
+            s=6,
+            color="tab:red",
+            label=positive_class if j == 0 else None,
+        )
+        ax.scatter(
+            np.full((~positive).sum(), j + 0.1) + rng.normal(0, 0.03, (~positive).sum()),
+            values[~positive],
+            s=6,
+            color="tab:blue",
+            label="others" if j == 0 else None,
+        )
     ax.set_xticks(range(3), ["as is", "lungs blanked", "only lungs"])
     ax.set_ylabel(f"p({positive_class})")
     ax.legend(fontsize=7)
@@ -275,28 +332,35 @@ def _write_report(path: Path, result: dict[str, Any], figures: dict[str, Path]) 
     def fmt(entry):
         return interval_cells({"value": entry["auc"], "ci95": entry["ci95"]})
 
-    rows = "".join(f"<tr><td>{name}</td><td>{fmt(result['lung_test'][key])[0]}</td><td>{fmt(result['lung_test'][key])[1]}"
-                   f"</td><td>{result['lung_test'][key]['mean_positive_probability']:.3f}</td></tr>"
-                   for key, name in (("original", "as is"), ("no_lungs", "lung fields blanked"),
-                                     ("lungs_only", "everything but the lung fields blanked")))
+    rows = "".join(
+        f"<tr><td>{name}</td><td>{fmt(result['lung_test'][key])[0]}</td><td>{fmt(result['lung_test'][key])[1]}"
+        f"</td><td>{result['lung_test'][key]['mean_positive_probability']:.3f}</td></tr>"
+        for key, name in (
+            ("original", "as is"),
+            ("no_lungs", "lung fields blanked"),
+            ("lungs_only", "everything but the lung fields blanked"),
+        )
+    )
     verdict = "".join(f"<li>{html.escape(line)}</li>" for line in result["verdict"])
     lf = result["lung_fields"]
     body = f"""<div class="verdict"><h2>Verdict</h2><ul>{verdict}</ul></div>
 <h2>Data</h2>
-<p>Model <code>{html.escape(result['model'])}</code> (input preprocessing: {html.escape(result['preprocess'])}) on
-<code>{html.escape(result['data'])}</code>, split <strong>{html.escape(result['split'])}</strong>, n = {result['n']}
-({', '.join(f'{c}: {n}' for c, n in result['counts'].items())}).</p>
+<p>Model <code>{html.escape(result["model"])}</code> (input preprocessing: {html.escape(result["preprocess"])}) on
+<code>{html.escape(result["data"])}</code>, split <strong>{html.escape(result["split"])}</strong>, n = {result["n"]}
+({", ".join(f"{c}: {n}" for c, n in result["counts"].items())}).</p>
 <h2>1. Lung test</h2>
 <p>Blanked regions are set to the image's mean gray; the model's own preprocessing then runs as usual.
 AUC of the positive class, 95% grouped-bootstrap intervals.</p>
-<table><thead><tr><th>input</th><th>AUC</th><th>95% CI</th><th>mean p(positive)</th></tr></thead><tbody>{rows}</tbody></table>
+<table><thead><tr><th>input</th><th>AUC</th><th>95% CI</th><th>mean p(positive)</th></tr></thead>
+<tbody>{rows}</tbody></table>
 <h2>2. Heatmap mass</h2>
-<p>Mean share of the positive class's CAM inside the lung fields: <strong>{result['heatmap']['mass_in_lungs_mean']:.3f}</strong>;
-the lung fields cover {result['heatmap']['lung_area_share_mean']:.3f} of the input on average.</p>
+<p>Mean share of the positive class's CAM inside the lung fields:
+<strong>{result["heatmap"]["mass_in_lungs_mean"]:.3f}</strong>;
+the lung fields cover {result["heatmap"]["lung_area_share_mean"]:.3f} of the input on average.</p>
 <h2>3. Source probe</h2>
-<pre>{html.escape(json.dumps(result['source_probe'], indent=2))}</pre>
+<pre>{html.escape(json.dumps(result["source_probe"], indent=2))}</pre>
 <h2>Lung fields</h2>
-<p>{html.escape(lf['method'])}; {lf['qc_flagged']} of {lf['images']} images had a lung-QC flag.
+<p>{html.escape(lf["method"])}; {lf["qc_flagged"]} of {lf["images"]} images had a lung-QC flag.
 See <code>ccad.models.lungs</code> for the method; judge it on the examples.</p>
 {figures_html(figures)}"""
     write_text(path, html_page("ccad shortcut audit", body))

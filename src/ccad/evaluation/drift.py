@@ -45,8 +45,7 @@ def bin_edges(reference: np.ndarray, bins: int = BINS) -> np.ndarray:
 
 def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Each bin's share of ``values``, smoothed by half a value per bin."""
-    counts = np.bincount(np.searchsorted(edges, np.asarray(values, np.float64), side="right"),
-                         minlength=len(edges) + 1)
+    counts = np.bincount(np.searchsorted(edges, np.asarray(values, np.float64), side="right"), minlength=len(edges) + 1)
     return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
 
 
@@ -60,8 +59,8 @@ def psi(reference: np.ndarray, values: np.ndarray, bins: int = BINS) -> float:
 @dataclass
 class _Signal:
     edges: np.ndarray
-    reference: np.ndarray        # the reference's smoothed shares
-    counts: np.ndarray           # the window's counts per bin
+    reference: np.ndarray  # the reference's smoothed shares
+    counts: np.ndarray  # the window's counts per bin
 
     @classmethod
     def of(cls, reference: np.ndarray, bins: int) -> "_Signal":
@@ -79,8 +78,15 @@ class _Signal:
 class DriftCheck:
     """A rolling window of the last ``window`` images' scores and distances, and the state it puts them in."""
 
-    def __init__(self, reference_scores: np.ndarray | None, reference_distances: np.ndarray | None,
-                 window: int = WINDOW, bins: int = BINS, on: float = 0.25, off: float = 0.10):
+    def __init__(
+        self,
+        reference_scores: np.ndarray | None,
+        reference_distances: np.ndarray | None,
+        window: int = WINDOW,
+        bins: int = BINS,
+        on: float = 0.25,
+        off: float = 0.10,
+    ):
         self.reference_scores, self.reference_distances = reference_scores, reference_distances
         self.window, self.bins, self.on, self.off = window, bins, on, off
         self.state = WARMING_UP
@@ -98,8 +104,10 @@ class DriftCheck:
         if not self.available or score is None or distance is None:
             return None
         if self._signals is None:  # fitted on the first image, not in the constructor
-            self._signals = {"score": _Signal.of(self.reference_scores, self.bins),
-                             "distance": _Signal.of(self.reference_distances, self.bins)}
+            self._signals = {
+                "score": _Signal.of(self.reference_scores, self.bins),
+                "distance": _Signal.of(self.reference_distances, self.bins),
+            }
         bins = (self._signals["score"].bin(score), self._signals["distance"].bin(distance))
         self._recent.append(bins)
         for signal, b in zip(self._signals.values(), bins):

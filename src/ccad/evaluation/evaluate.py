@@ -15,8 +15,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ccad.data.datasets import (Dataset, DataSpec, Sample, apply_split_file, assign_splits, group_near_duplicates,
-                                label_indices)
+from ccad.data.datasets import (
+    Dataset,
+    DataSpec,
+    Sample,
+    apply_split_file,
+    assign_splits,
+    group_near_duplicates,
+    label_indices,
+)
 from ccad.errors import DataError
 from ccad.evaluation.metrics import compute_metrics, ood_rate
 from ccad.evaluation.reports import write_figures, write_report
@@ -46,7 +53,9 @@ class ScoredSet:
     @property
     def probabilities(self) -> np.ndarray:
         """(N, k) after the decision rule's temperature, columns in ``classes`` order."""
-        return np.array([[p.probabilities[c] for c in self.classes] for p in self.predictions]).reshape(-1, len(self.classes))
+        return np.array([[p.probabilities[c] for c in self.classes] for p in self.predictions]).reshape(
+            -1, len(self.classes)
+        )
 
     @property
     def predicted(self) -> np.ndarray:
@@ -61,8 +70,14 @@ class ScoredSet:
         return np.stack([p.image for p in self.prepared])
 
 
-def score_samples(predictor: Predictor, samples: Sequence[Sample], classes: Sequence[str],
-                  skip_bad: bool = False, with_heatmaps: bool = False, heatmap_class: str | None = None) -> ScoredSet:
+def score_samples(
+    predictor: Predictor,
+    samples: Sequence[Sample],
+    classes: Sequence[str],
+    skip_bad: bool = False,
+    with_heatmaps: bool = False,
+    heatmap_class: str | None = None,
+) -> ScoredSet:
     """Read, prepare and score ``samples`` with ``predictor`` (unreadable files raise, or with ``skip_bad``
     are listed)."""
     prepared, kept, skipped = prepare_samples(samples, predictor.input_size, predictor.preprocess, skip_bad)
@@ -70,9 +85,16 @@ def score_samples(predictor: Predictor, samples: Sequence[Sample], classes: Sequ
     return ScoredSet(kept, predictions, prepared, skipped, list(classes))
 
 
-def evaluate(predictor: Predictor, dataset: Dataset, out: str | os.PathLike, split: str = "test",
-             history: list[dict[str, float]] | None = None, skip_bad: bool = False, by: Sequence[str] = (),
-             manifests: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
+def evaluate(
+    predictor: Predictor,
+    dataset: Dataset,
+    out: str | os.PathLike,
+    split: str = "test",
+    history: list[dict[str, float]] | None = None,
+    skip_bad: bool = False,
+    by: Sequence[str] = (),
+    manifests: Sequence[str | os.PathLike] = (),
+) -> dict[str, Any]:
     """Score ``predictor`` on one split of ``dataset`` (``test``, ``val`` or ``all``); write metrics.json,
     predictions.csv, figures/ and report.html to ``out``. With an out-of-distribution guard the metrics
     also hold the share of images it flags. ``by`` names fields to break the results down by
@@ -87,8 +109,14 @@ def evaluate(predictor: Predictor, dataset: Dataset, out: str | os.PathLike, spl
         raise DataError(f"{dataset.source}: none of the {split} images could be read")
     y_true, probabilities, predicted = scored.y_true, scored.probabilities, scored.predicted
     known_groups = dataset.layout in ("manifest", "pooled")
-    metrics = compute_metrics(y_true, probabilities, dataset.classes, dataset.positive_class,
-                              [s.group for s in scored.samples] if known_groups else None, y_pred=predicted)
+    metrics = compute_metrics(
+        y_true,
+        probabilities,
+        dataset.classes,
+        dataset.positive_class,
+        [s.group for s in scored.samples] if known_groups else None,
+        y_pred=predicted,
+    )
     decision = predictor.decision
     metrics["decision"] = dict(decision.to_dict(), text=decision.describe())
     metrics["split"] = split
@@ -100,35 +128,69 @@ def evaluate(predictor: Predictor, dataset: Dataset, out: str | os.PathLike, spl
         metrics["out_of_distribution"] = ood_rate(~in_distribution, predictor.ood)
     positive_index = dataset.classes.index(dataset.positive_class)
     if by:
-        metrics["by"] = {name: breakdown(subgroup_values(scored.samples, name, manifests), y_true, predicted,
-                                         probabilities[:, positive_index], positive_index) for name in by}
+        metrics["by"] = {
+            name: breakdown(
+                subgroup_values(scored.samples, name, manifests),
+                y_true,
+                predicted,
+                probabilities[:, positive_index],
+                positive_index,
+            )
+            for name in by
+        }
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
-    write_predictions(out / "predictions.csv", scored.samples, y_true, probabilities, predicted, dataset.classes,
-                      in_distribution)
-    figures = write_figures(out / "figures", metrics, y_true, probabilities, scored.images, dataset.classes, history,
-                            predicted=predicted, originals=scored.prepared)
-    write_report(out / "report.html", metrics, figures, dataset, predictor.info.to_dict(), split,
-                 extra_html="".join(breakdown_html(name, rows) for name, rows in metrics.get("by", {}).items()))
+    write_predictions(
+        out / "predictions.csv", scored.samples, y_true, probabilities, predicted, dataset.classes, in_distribution
+    )
+    figures = write_figures(
+        out / "figures",
+        metrics,
+        y_true,
+        probabilities,
+        scored.images,
+        dataset.classes,
+        history,
+        predicted=predicted,
+        originals=scored.prepared,
+    )
+    write_report(
+        out / "report.html",
+        metrics,
+        figures,
+        dataset,
+        predictor.info.to_dict(),
+        split,
+        extra_html="".join(breakdown_html(name, rows) for name, rows in metrics.get("by", {}).items()),
+    )
     return metrics
 
 
-def write_predictions(path: Path, samples, y_true: np.ndarray, probabilities: np.ndarray, predicted: np.ndarray,
-                      classes: Sequence[str], in_distribution: np.ndarray | None = None) -> None:
+def write_predictions(
+    path: Path,
+    samples,
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    predicted: np.ndarray,
+    classes: Sequence[str],
+    in_distribution: np.ndarray | None = None,
+) -> None:
     """One row per scored image: path, group, source, true and predicted class, probabilities, and
     ``in_distribution`` (blank when the model has no guard)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes]
-                    + ["in_distribution"])
+    writer.writerow(
+        ["path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes] + ["in_distribution"]
+    )
     flags = [""] * len(samples) if in_distribution is None else [str(bool(v)).lower() for v in in_distribution]
     for s, t, p, k, flag in zip(samples, y_true, probabilities, predicted, flags):
         writer.writerow([s.path, s.group, s.source, classes[t], classes[k]] + [f"{v:.6f}" for v in p] + [flag])
     write_text(path, buffer.getvalue())
 
 
-def scoring_set(predictor: Predictor, model: str | os.PathLike, spec: DataSpec, split: str | None = None,
-                seed: int = 0) -> tuple[Dataset, str]:
+def scoring_set(
+    predictor: Predictor, model: str | os.PathLike, spec: DataSpec, split: str | None = None, seed: int = 0
+) -> tuple[Dataset, str]:
     """(dataset, split) to score ``predictor`` on: the model's run ``split.csv`` when it covers every
     image, else the data's own splits, else a fresh grouped split (``seed``); ``split=None`` means
     ``test`` when the data has splits, else ``all``."""
@@ -149,8 +211,14 @@ def scoring_set(predictor: Predictor, model: str | os.PathLike, spec: DataSpec, 
     return (dataset if split == "all" else assign_splits(dataset, seed=seed)), split
 
 
-def evaluate_model(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, split: str | None = None,
-                   seed: int = 0, by: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_model(
+    model: str | os.PathLike,
+    spec: DataSpec,
+    out: str | os.PathLike,
+    split: str | None = None,
+    seed: int = 0,
+    by: Sequence[str] = (),
+) -> dict[str, Any]:
     """``ccad evaluate``: score a bundle, run folder or model file on labelled data (see :func:`scoring_set`
     for the split)."""
     predictor = load_predictor(model)

@@ -74,7 +74,8 @@ def calibration_metrics(y_true: np.ndarray, probability: np.ndarray) -> dict[str
     out: dict[str, float | None] = {
         "ece": expected_calibration_error(y_true, probability),
         "brier": float(np.mean((probability - y_true) ** 2)),
-        "sensitivity_at_90_specificity": None, "sensitivity_at_95_specificity": None,
+        "sensitivity_at_90_specificity": None,
+        "sensitivity_at_95_specificity": None,
     }
     if y_true.all() or not y_true.any():
         return out
@@ -153,8 +154,10 @@ def compute_metrics(
 
     def statistic(idx: np.ndarray) -> dict[str, float | None]:
         truth, score = y_true[idx] == pos, probabilities[idx, pos]
-        return binary_metrics(truth, y_pred[idx] == pos, score) | calibration_metrics(truth, score) | (
-            {"accuracy": float(np.mean(y_true[idx] == y_pred[idx]))} if k > 2 else {}
+        return (
+            binary_metrics(truth, y_pred[idx] == pos, score)
+            | calibration_metrics(truth, score)
+            | ({"accuracy": float(np.mean(y_true[idx] == y_pred[idx]))} if k > 2 else {})
         )
 
     point = statistic(np.arange(len(y_true)))
@@ -175,8 +178,12 @@ def compute_metrics(
         metrics["per_class"] = {
             c: binary_metrics(y_true == i, y_pred == i, probabilities[:, i]) for i, c in enumerate(classes)
         }
-    metrics["bootstrap"] = {"resamples": n_resamples, "unit": "patient group" if groups is not None else "image",
-                            "seed": seed, "method": "percentile"}
+    metrics["bootstrap"] = {
+        "resamples": n_resamples,
+        "unit": "patient group" if groups is not None else "image",
+        "seed": seed,
+        "method": "percentile",
+    }
     return metrics
 
 
@@ -200,9 +207,14 @@ def ood_rate(flagged: np.ndarray, guard) -> dict[str, Any]:
     if n:
         interval = binomtest(k, n).proportion_ci(method="wilson")
         low, high = float(interval.low), float(interval.high)
-    return {"flagged": k, "n": n, "rate": k / n if n else None, "ci95": [low, high],
-            "rule": f"feature distance > {guard.cutoff:.3f} (keeps {guard.keep:.0%} of the validation split), "
-                    "or the lung check found no lungs"}
+    return {
+        "flagged": k,
+        "n": n,
+        "rate": k / n if n else None,
+        "ci95": [low, high],
+        "rule": f"feature distance > {guard.cutoff:.3f} (keeps {guard.keep:.0%} of the validation split), "
+        "or the lung check found no lungs",
+    }
 
 
 def format_interval(entry: dict[str, Any], digits: int = 3, undefined: str = "undefined") -> str:
@@ -222,6 +234,9 @@ def interval_cells(entry: dict[str, Any], digits: int = 3, undefined: str = "und
 
 def summary_line(metrics: dict[str, Any]) -> str:
     """``test split, n=N: accuracy v [lo, hi], ...``: the headline of an evaluation, for a terminal."""
-    parts = [f"{name} {format_interval(metrics[name])}" for name in ("accuracy", "sensitivity", "specificity", "auc")
-             if metrics[name]["value"] is not None]
+    parts = [
+        f"{name} {format_interval(metrics[name])}"
+        for name in ("accuracy", "sensitivity", "specificity", "auc")
+        if metrics[name]["value"] is not None
+    ]
     return f"{metrics['split']} split, n={metrics['n']}: " + ", ".join(parts)

@@ -21,11 +21,13 @@ from ccad.preprocessing.pipeline import Prepared, prepare_full
 
 GRID_IMAGES = 16
 #: The style every ccad HTML page shares.
-PAGE_CSS = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 1rem auto; padding: 0 1rem; color: #222; }
+PAGE_CSS = """body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 1rem auto; padding: 0 1rem;
+color: #222; }
 table { border-collapse: collapse; margin: .5rem 0; } td, th { border: 1px solid #ccc; padding: .25rem .6rem; }
 .caveat { background: #fff4d6; border-left: 4px solid #e0a800; padding: .6rem 1rem; }
 .verdict { background: #eef4ff; border-left: 4px solid #3568d4; padding: .6rem 1rem; }
-figure { display: inline-block; margin: .5rem; } img { max-width: 100%; } pre { background: #f6f6f6; padding: .5rem; overflow: auto; }"""
+figure { display: inline-block; margin: .5rem; } img { max-width: 100%; }
+pre { background: #f6f6f6; padding: .5rem; overflow: auto; }"""
 
 
 def html_page(title: str, body: str, caveat: str = CAVEAT) -> str:
@@ -48,7 +50,8 @@ def figures_html(figures: dict[str, Path]) -> str:
     return "".join(
         f"<figure><img alt='{html.escape(title)}' src='data:image/png;base64,"
         f"{base64.b64encode(Path(p).read_bytes()).decode()}'><figcaption>{html.escape(title)}</figcaption></figure>"
-        for title, p in figures.items())
+        for title, p in figures.items()
+    )
 
 
 def plot_training_curves(history: Sequence[dict[str, float]], path: Path) -> Path:
@@ -77,8 +80,14 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str
     return _save(fig, path)
 
 
-def plot_roc(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], positive_class: str,
-             auc: dict[str, Any], path: Path) -> Path | None:
+def plot_roc(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    positive_class: str,
+    auc: dict[str, Any],
+    path: Path,
+) -> Path | None:
     from sklearn.metrics import roc_curve
 
     pos = list(classes).index(positive_class)
@@ -97,24 +106,42 @@ def plot_roc(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[st
     return _save(fig, path)
 
 
-def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], positive_class: str,
-                     ece: dict[str, Any], path: Path) -> Path:
+def plot_reliability(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    positive_class: str,
+    ece: dict[str, Any],
+    path: Path,
+) -> Path:
     """Reliability diagram of the positive-class probability (scikit-learn's CalibrationDisplay)."""
     from sklearn.calibration import CalibrationDisplay
 
     plt = _pyplot()
     pos = list(classes).index(positive_class)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    CalibrationDisplay.from_predictions(y_true == pos, probabilities[:, pos], n_bins=10, ax=ax,
-                                        name=f"ECE = {ece['value']:.3f}")
-    ax.set(title=f"Reliability: P({positive_class})", xlabel="mean predicted probability",
-           ylabel="observed fraction positive")
+    CalibrationDisplay.from_predictions(
+        y_true == pos, probabilities[:, pos], n_bins=10, ax=ax, name=f"ECE = {ece['value']:.3f}"
+    )
+    ax.set(
+        title=f"Reliability: P({positive_class})",
+        xlabel="mean predicted probability",
+        ylabel="observed fraction positive",
+    )
     return _save(fig, path)
 
 
-def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: np.ndarray,
-                         classes: Sequence[str], path: Path, n: int = GRID_IMAGES, seed: int = 0,
-                         predicted: np.ndarray | None = None, originals=None) -> Path:
+def plot_prediction_grid(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    n: int = GRID_IMAGES,
+    seed: int = 0,
+    predicted: np.ndarray | None = None,
+    originals=None,
+) -> Path:
     """A grid of images titled true/predicted, green when right, red when wrong (the paper's figure).
 
     With ``originals`` (each image's :class:`ccad.preprocessing.pipeline.Prepared`, or its file), each image
@@ -137,8 +164,11 @@ def plot_prediction_grid(images: np.ndarray, y_true: np.ndarray, probabilities: 
             ax.imshow(original[0], cmap="gray", vmin=0, vmax=1)
             ax.contour(original[1], levels=[0.5], colors="cyan", linewidths=0.8)
         ok = label == y_true[i]
-        ax.set_title(f"true: {classes[y_true[i]]}\npred: {classes[label]} ({probabilities[i, label]:.2f})",
-                     color="green" if ok else "red", fontsize=8)
+        ax.set_title(
+            f"true: {classes[y_true[i]]}\npred: {classes[label]} ({probabilities[i, label]:.2f})",
+            color="green" if ok else "red",
+            fontsize=8,
+        )
     return _save(fig, path)
 
 
@@ -156,27 +186,43 @@ def _original_with_outline(source) -> tuple[np.ndarray, np.ndarray] | None:
     return prepared.gray, prepared.fields.at(*prepared.gray.shape).astype(np.float32)
 
 
-def write_figures(folder: Path, metrics: dict[str, Any], y_true: np.ndarray, probabilities: np.ndarray,
-                  images: np.ndarray | None, classes: Sequence[str], history=None,
-                  predicted: np.ndarray | None = None, originals=None) -> dict[str, Path]:
+def write_figures(
+    folder: Path,
+    metrics: dict[str, Any],
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    images: np.ndarray | None,
+    classes: Sequence[str],
+    history=None,
+    predicted: np.ndarray | None = None,
+    originals=None,
+) -> dict[str, Path]:
     """The evaluation figures; ``originals`` (Prepared inputs or samples) let the prediction grid show the
     X-rays as stored. Without ``images`` the grid is drawn from ``originals`` alone."""
     figures = {}
     if history:
         figures["Training curves"] = plot_training_curves(history, folder / "training_curves.png")
-    figures["Confusion matrix"] = plot_confusion_matrix(metrics["confusion_matrix"], classes,
-                                                        folder / "confusion_matrix.png")
+    figures["Confusion matrix"] = plot_confusion_matrix(
+        metrics["confusion_matrix"], classes, folder / "confusion_matrix.png"
+    )
     roc = plot_roc(y_true, probabilities, classes, metrics["positive_class"], metrics["auc"], folder / "roc_curve.png")
     if roc:
         figures["ROC curve"] = roc
-    figures["Reliability diagram"] = plot_reliability(y_true, probabilities, classes, metrics["positive_class"],
-                                                      metrics["ece"], folder / "reliability.png")
+    figures["Reliability diagram"] = plot_reliability(
+        y_true, probabilities, classes, metrics["positive_class"], metrics["ece"], folder / "reliability.png"
+    )
     if images is None and originals is not None:
         images = np.zeros((len(originals), 8, 8), np.float32)  # placeholders: the grid draws the originals
     if images is not None:
         figures["Predictions (as stored, lung outline in cyan)"] = plot_prediction_grid(
-            images, y_true, probabilities, classes, folder / "predictions.png", predicted=predicted,
-            originals=originals if originals is not None and len(originals) == len(images) else None)
+            images,
+            y_true,
+            probabilities,
+            classes,
+            folder / "predictions.png",
+            predicted=predicted,
+            originals=originals if originals is not None and len(originals) == len(images) else None,
+        )
     return figures
 
 
@@ -190,37 +236,52 @@ def _ood_html(ood: dict[str, Any] | None) -> str:
     if not ood:
         return ""
     low, high = ood["ci95"]
-    return (f"<p><strong>Out of distribution:</strong> the model's guard flags {ood['flagged']} of {ood['n']} images "
-            f"({ood['rate']:.1%}, 95% CI {low:.1%}-{high:.1%}; {html.escape(ood['rule'])}). A flagged image is "
-            "outside what this model was trained on: do not rely on its result.</p>")
+    return (
+        f"<p><strong>Out of distribution:</strong> the model's guard flags {ood['flagged']} of {ood['n']} images "
+        f"({ood['rate']:.1%}, 95% CI {low:.1%}-{high:.1%}; {html.escape(ood['rule'])}). A flagged image is "
+        "outside what this model was trained on: do not rely on its result.</p>"
+    )
 
 
-def write_report(path: Path, metrics: dict[str, Any], figures: dict[str, Path], dataset, meta: dict[str, Any],
-                 split: str, title: str = "ccad evaluation report", extra_html: str = "") -> Path:
+def write_report(
+    path: Path,
+    metrics: dict[str, Any],
+    figures: dict[str, Path],
+    dataset,
+    meta: dict[str, Any],
+    split: str,
+    title: str = "ccad evaluation report",
+    extra_html: str = "",
+) -> Path:
     """A single HTML file with the data, configuration, metrics (95% CIs), figures and caveat."""
     counts = dataset.counts()
-    data_rows = [[s] + [counts[s].get(c, 0) for c in dataset.classes] for s in ("train", "val", "test", "all")
-                 if s in counts]
-    metric_rows = [[name.replace("_", " "), *interval_cells(metrics[name])]
-                   for name in BINARY_METRICS + CALIBRATION_METRICS if name in metrics]
+    data_rows = [
+        [s] + [counts[s].get(c, 0) for c in dataset.classes] for s in ("train", "val", "test", "all") if s in counts
+    ]
+    metric_rows = [
+        [name.replace("_", " "), *interval_cells(metrics[name])]
+        for name in BINARY_METRICS + CALIBRATION_METRICS
+        if name in metrics
+    ]
     if "macro_f1" in metrics:
         metric_rows.append(["macro F1", f"{metrics['macro_f1']:.3f}", ""])
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
     config = json.dumps({k: v for k, v in meta.items() if k not in ("data",)}, indent=2, default=str)
     body = f"""<h2>Data</h2>
-<p>Scored on: <code>{html.escape(str(metrics.get('data', dataset.source)))}</code>, split <strong>{html.escape(split)}</strong>,
-n = {metrics['n']} images ({', '.join(f'{c}: {n}' for c, n in metrics['counts'].items())}).
-Positive class: <strong>{html.escape(metrics['positive_class'])}</strong>.
-Backbone weights: <strong>{html.escape(str(meta.get('weights', 'unknown')))}</strong>.</p>
-{_table(['split'] + list(dataset.classes), data_rows)}
+<p>Scored on: <code>{html.escape(str(metrics.get("data", dataset.source)))}</code>,
+split <strong>{html.escape(split)}</strong>,
+n = {metrics["n"]} images ({", ".join(f"{c}: {n}" for c, n in metrics["counts"].items())}).
+Positive class: <strong>{html.escape(metrics["positive_class"])}</strong>.
+Backbone weights: <strong>{html.escape(str(meta.get("weights", "unknown")))}</strong>.</p>
+{_table(["split"] + list(dataset.classes), data_rows)}
 <h2>Metrics</h2>
-<p>95% confidence intervals: percentile bootstrap, {metrics['bootstrap']['resamples']} resamples by
-{html.escape(metrics['bootstrap']['unit'])}.</p>
-{_table(['metric', 'value', '95% CI'], metric_rows)}
-<p>Confusion matrix (rows true, columns predicted; order {html.escape(', '.join(dataset.classes))}):
-{html.escape(str(metrics['confusion_matrix']))}</p>
-<p>Decision rule: {html.escape(metrics.get('decision', {}).get('text', 'argmax'))}.</p>
-{_ood_html(metrics.get('out_of_distribution'))}
+<p>95% confidence intervals: percentile bootstrap, {metrics["bootstrap"]["resamples"]} resamples by
+{html.escape(metrics["bootstrap"]["unit"])}.</p>
+{_table(["metric", "value", "95% CI"], metric_rows)}
+<p>Confusion matrix (rows true, columns predicted; order {html.escape(", ".join(dataset.classes))}):
+{html.escape(str(metrics["confusion_matrix"]))}</p>
+<p>Decision rule: {html.escape(metrics.get("decision", {}).get("text", "argmax"))}.</p>
+{_ood_html(metrics.get("out_of_distribution"))}
 <ul>{notes}</ul>
 {extra_html}
 <h2>Figures</h2>

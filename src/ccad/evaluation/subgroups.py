@@ -25,8 +25,15 @@ import numpy as np
 from ccad.data.datasets import Sample
 
 #: DICOM attributes ``--by`` reads from the files' headers.
-DICOM_ATTRIBUTES = ("ViewPosition", "Modality", "Manufacturer", "ManufacturerModelName", "BodyPartExamined",
-                    "PatientSex", "PhotometricInterpretation")
+DICOM_ATTRIBUTES = (
+    "ViewPosition",
+    "Modality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "BodyPartExamined",
+    "PatientSex",
+    "PhotometricInterpretation",
+)
 MISSING = "(missing)"
 #: Fewer images of a class than this in a subgroup: its rate gets a small-n note.
 SMALL_N = 30
@@ -75,8 +82,10 @@ def _manifest_column(manifests: Sequence[str | os.PathLike], column: str) -> dic
                 if row.get("path"):
                     values[str((manifest.parent / row["path"]).resolve())] = (row[column] or "").strip() or MISSING
     if not found:
-        raise DataError(f"--by {column}: not a column of the data's manifest(s), nor source, label or one of the "
-                        f"DICOM attributes ({', '.join(DICOM_ATTRIBUTES)})")
+        raise DataError(
+            f"--by {column}: not a column of the data's manifest(s), nor source, label or one of the "
+            f"DICOM attributes ({', '.join(DICOM_ATTRIBUTES)})"
+        )
     return values
 
 
@@ -90,8 +99,9 @@ def _rate(hits: np.ndarray) -> dict[str, Any]:
     return {"value": k / n, "ci95": [float(ci.low), float(ci.high)], "k": k, "n": n}
 
 
-def breakdown(values: Sequence[str], y_true: np.ndarray, predicted: np.ndarray, scores: np.ndarray,
-              positive_index: int) -> list[dict[str, Any]]:
+def breakdown(
+    values: Sequence[str], y_true: np.ndarray, predicted: np.ndarray, scores: np.ndarray, positive_index: int
+) -> list[dict[str, Any]]:
     """One row per value (most images first): n, positives, negatives, sensitivity and specificity at the
     stored rule (Wilson 95% intervals, with the counts), AUC where both classes are present, and notes."""
     from sklearn.metrics import roc_auc_score
@@ -103,9 +113,16 @@ def breakdown(values: Sequence[str], y_true: np.ndarray, predicted: np.ndarray, 
     for value in sorted(set(values), key=lambda v: (-int((values == v).sum()), str(v))):
         m = values == value
         pos, neg = m & positive, m & ~positive
-        row = {"value": str(value), "n": int(m.sum()), "positives": int(pos.sum()), "negatives": int(neg.sum()),
-               "sensitivity": _rate(called[pos]), "specificity": _rate(~called[neg]),
-               "auc": float(roc_auc_score(positive[m], scores[m])) if pos.any() and neg.any() else None, "notes": []}
+        row = {
+            "value": str(value),
+            "n": int(m.sum()),
+            "positives": int(pos.sum()),
+            "negatives": int(neg.sum()),
+            "sensitivity": _rate(called[pos]),
+            "specificity": _rate(~called[neg]),
+            "auc": float(roc_auc_score(positive[m], scores[m])) if pos.any() and neg.any() else None,
+            "notes": [],
+        }
         for name, count in (("positive", row["positives"]), ("negative", row["negatives"])):
             if 0 < count < SMALL_N:
                 row["notes"].append(f"only {count} {name} images: a wide interval")
@@ -115,6 +132,7 @@ def breakdown(values: Sequence[str], y_true: np.ndarray, predicted: np.ndarray, 
 
 def format_breakdown(by: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     """Terminal lines of one breakdown."""
+
     def cell(entry):
         if entry["value"] is None:
             return "-"
@@ -123,8 +141,10 @@ def format_breakdown(by: str, rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = [f"by {by}:"]
     for r in rows:
         auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"
-        lines.append(f"  {r['value']}: n={r['n']}, sensitivity {cell(r['sensitivity'])}, specificity "
-                     f"{cell(r['specificity'])}, AUC {auc}" + (f"; {'; '.join(r['notes'])}" if r["notes"] else ""))
+        lines.append(
+            f"  {r['value']}: n={r['n']}, sensitivity {cell(r['sensitivity'])}, specificity "
+            f"{cell(r['specificity'])}, AUC {auc}" + (f"; {'; '.join(r['notes'])}" if r["notes"] else "")
+        )
     return lines
 
 
@@ -140,7 +160,11 @@ def breakdown_html(by: str, rows: Sequence[dict[str, Any]]) -> str:
     body = "".join(
         f"<tr><td>{html.escape(r['value'])}</td><td>{r['n']}</td><td>{cell(r['sensitivity'])}</td>"
         f"<td>{cell(r['specificity'])}</td><td>{'-' if r['auc'] is None else format(r['auc'], '.3f')}</td>"
-        f"<td>{html.escape('; '.join(r['notes']))}</td></tr>" for r in rows)
-    return (f"<h2>By {html.escape(by)}</h2><p>At the model's stored rule; 95% Wilson intervals.</p><table><thead>"
-            "<tr><th>value</th><th>n</th><th>sensitivity</th><th>specificity</th><th>AUC</th><th>notes</th></tr>"
-            f"</thead><tbody>{body}</tbody></table>")
+        f"<td>{html.escape('; '.join(r['notes']))}</td></tr>"
+        for r in rows
+    )
+    return (
+        f"<h2>By {html.escape(by)}</h2><p>At the model's stored rule; 95% Wilson intervals.</p><table><thead>"
+        "<tr><th>value</th><th>n</th><th>sensitivity</th><th>specificity</th><th>AUC</th><th>notes</th></tr>"
+        f"</thead><tbody>{body}</tbody></table>"
+    )

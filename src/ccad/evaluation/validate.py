@@ -88,10 +88,16 @@ def verdict(entry: dict[str, Any] | None, criterion: dict[str, Any], n: int | No
     wrong_side = value < bar if at_least else value > bar
     half = (value - low) if at_least else (high - value)
     if wrong_side or value == bar or not n or half <= 0:
-        return dict(out, verdict=UNDECIDED, why="more images would not tell at the rate observed: it is not past the bar")
+        return dict(
+            out, verdict=UNDECIDED, why="more images would not tell at the rate observed: it is not past the bar"
+        )
     needed = math.ceil(round(n * (half / abs(value - bar)) ** 2, 6))  # round: 0.85 - 0.75 is 0.0999...
-    return dict(out, verdict=UNDECIDED, images_needed=needed,
-                why=f"about {needed} images (now {n}) would tell, if the rate stays at {value:.3f}")
+    return dict(
+        out,
+        verdict=UNDECIDED,
+        images_needed=needed,
+        why=f"about {needed} images (now {n}) would tell, if the rate stays at {value:.3f}",
+    )
 
 
 def _hits(metrics: dict[str, Any], metric: str) -> tuple[int, int] | None:
@@ -102,8 +108,12 @@ def _hits(metrics: dict[str, Any], metric: str) -> tuple[int, int] | None:
         return None
     positive = int((metrics.get("decision") or {}).get("positive_index", 0))
     negative = 1 - positive
-    k = {"sensitivity": matrix[positive][positive], "specificity": matrix[negative][negative],
-         "precision": matrix[positive][positive], "accuracy": matrix[0][0] + matrix[1][1]}[metric]
+    k = {
+        "sensitivity": matrix[positive][positive],
+        "specificity": matrix[negative][negative],
+        "precision": matrix[positive][positive],
+        "accuracy": matrix[0][0] + matrix[1][1],
+    }[metric]
     n = _count(metrics, metric) if metric != "accuracy" else sum(map(sum, matrix))
     return (int(k), int(n)) if n else None
 
@@ -129,8 +139,11 @@ def _count(metrics: dict[str, Any], metric: str) -> int | None:
     if matrix and len(matrix) == 2 and metric in COUNTED:
         positive = int((metrics.get("decision") or {}).get("positive_index", 0))
         negative = 1 - positive
-        return {"sensitivity": sum(matrix[positive]), "specificity": sum(matrix[negative]),
-                "precision": matrix[positive][positive] + matrix[negative][positive]}[metric]
+        return {
+            "sensitivity": sum(matrix[positive]),
+            "specificity": sum(matrix[negative]),
+            "precision": matrix[positive][positive] + matrix[negative][positive],
+        }[metric]
     return metrics.get("n")
 
 
@@ -147,36 +160,57 @@ def validate(metrics: dict[str, Any], criteria: dict[str, Any]) -> list[dict[str
     return out
 
 
-def write_validation(out: Path, verdicts: list[dict[str, Any]], criteria: dict[str, Any], metrics: dict[str, Any],
-                     model: dict[str, Any]) -> dict[str, Any]:
+def _bar(v: dict[str, Any]) -> str:
+    return "&ge; " + format(v["at_least"], ".3f") if "at_least" in v else "&le; " + format(v["at_most"], ".3f")
+
+
+def write_validation(
+    out: Path, verdicts: list[dict[str, Any]], criteria: dict[str, Any], metrics: dict[str, Any], model: dict[str, Any]
+) -> dict[str, Any]:
     """``validation.json`` and ``validation.html``; returns the JSON record."""
-    overall = PASS if all(v["verdict"] == PASS for v in verdicts) else (
-        FAIL if any(v["verdict"] == FAIL for v in verdicts) else UNDECIDED)
-    record = {"verdict": overall, "criteria_file": criteria["file"], "criteria_sha256": criteria["sha256"],
-              "model": model, "data": metrics.get("data"), "split": metrics.get("split"), "n": metrics.get("n"),
-              "decision": metrics.get("decision", {}).get("text"), "verdicts": verdicts,
-              "by": metrics.get("by", {}), "note": "a local acceptance test of a research screening aid, not a "
-              "diagnosis; every number is from the images named, at the model's stored rule"}
+    overall = (
+        PASS
+        if all(v["verdict"] == PASS for v in verdicts)
+        else (FAIL if any(v["verdict"] == FAIL for v in verdicts) else UNDECIDED)
+    )
+    record = {
+        "verdict": overall,
+        "criteria_file": criteria["file"],
+        "criteria_sha256": criteria["sha256"],
+        "model": model,
+        "data": metrics.get("data"),
+        "split": metrics.get("split"),
+        "n": metrics.get("n"),
+        "decision": metrics.get("decision", {}).get("text"),
+        "verdicts": verdicts,
+        "by": metrics.get("by", {}),
+        "note": "a local acceptance test of a research screening aid, not a "
+        "diagnosis; every number is from the images named, at the model's stored rule",
+    }
     write_json(out / "validation.json", record)
     rows = "".join(
         f"<tr class='{v['verdict'].split()[0]}'><td>{html.escape(v['metric'])}</td>"
-        f"<td>{'&ge; ' + format(v['at_least'], '.3f') if 'at_least' in v else '&le; ' + format(v['at_most'], '.3f')}</td>"
+        f"<td>{_bar(v)}</td>"
         f"<td>{'-' if 'value' not in v else format(v['value'], '.3f')}</td>"
         f"<td>{'-' if 'ci95' not in v else format(v['ci95'][0], '.3f') + ' - ' + format(v['ci95'][1], '.3f')}</td>"
-        f"<td><b>{html.escape(v['verdict'])}</b></td><td>{html.escape(v.get('why', ''))}</td></tr>" for v in verdicts)
+        f"<td><b>{html.escape(v['verdict'])}</b></td><td>{html.escape(v.get('why', ''))}</td></tr>"
+        for v in verdicts
+    )
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>ccad local acceptance test</title>
-<style>body{{font-family:sans-serif;max-width:60rem;margin:auto;padding:1rem}}td,th{{border:1px solid #ccc;padding:.3rem}}
+<style>body{{font-family:sans-serif;max-width:60rem;margin:auto;padding:1rem}}
+td,th{{border:1px solid #ccc;padding:.3rem}}
 table{{border-collapse:collapse}}tr.pass{{background:#e6f4ea}}tr.fail{{background:#fce8e6}}tr.not{{background:#fef7e0}}
 .caveat{{background:#fef7e0;padding:.5rem}}</style></head><body>
 <h1>Local acceptance test: {html.escape(overall)}</h1>
 <p class="caveat">A research screening aid, not a diagnosis. Every number comes from the images named below, at the
-model's stored decision rule ({html.escape(str(record['decision']))}), with 95% intervals.</p>
-<p>Data: {html.escape(str(record['data']))} ({record['n']} images, {html.escape(str(record['split']))} split).
-Criteria: {html.escape(criteria['file'])} (sha256 {criteria['sha256']}). Model: {html.escape(str(model.get('name')))}
-(card sha256 {html.escape(str(model.get('card_sha256')))}).</p>
+model's stored decision rule ({html.escape(str(record["decision"]))}), with 95% intervals.</p>
+<p>Data: {html.escape(str(record["data"]))} ({record["n"]} images, {html.escape(str(record["split"]))} split).
+Criteria: {html.escape(criteria["file"])} (sha256 {criteria["sha256"]}). Model: {html.escape(str(model.get("name")))}
+(card sha256 {html.escape(str(model.get("card_sha256")))}).</p>
 <table><thead><tr><th>metric</th><th>required</th><th>measured</th><th>95% interval</th><th>verdict</th><th></th></tr>
 </thead><tbody>{rows}</tbody></table>
-<p>The full evaluation (figures, subgroups, every image's result): <a href="evaluation/report.html">evaluation/report.html</a>.</p>
+<p>The full evaluation (figures, subgroups, every image's result):
+<a href="evaluation/report.html">evaluation/report.html</a>.</p>
 </body></html>"""
     write_text(out / "validation.html", page)
     return record

@@ -28,8 +28,13 @@ IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
 #: never tried. DICOM is read by pydicom.
 RASTER_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 #: File signatures of the allowed formats (DICOM: ``DICM`` after the 128-byte preamble).
-SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"II*\x00": "TIFF", b"MM\x00*": "TIFF",
-              b"BM": "BMP"}
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "PNG",
+    b"\xff\xd8\xff": "JPEG",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+    b"BM": "BMP",
+}
 ALLOWED = "PNG, JPEG, TIFF, BMP or DICOM"
 
 #: Largest image accepted, in pixels (a 10,000 x 10,000 scan). Bigger files are
@@ -219,8 +224,10 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
         frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
         if rows * cols > max_pixels or rows * cols * frames * samples > 4 * max_pixels:
-            raise ImageTooLargeError(f"{name}: DICOM image is {cols}x{rows} pixels x {frames} frame(s) x {samples} "
-                                     f"sample(s), over the limit of {max_pixels:,} pixels")
+            raise ImageTooLargeError(
+                f"{name}: DICOM image is {cols}x{rows} pixels x {frames} frame(s) x {samples} "
+                f"sample(s), over the limit of {max_pixels:,} pixels"
+            )
         if frames > 1:
             ds.pixel_array_options(index=0)  # decode the first frame only (what is scored): memory of one frame
         pixels = ds.pixel_array
@@ -261,7 +268,7 @@ def _valid_window(ds) -> bool:
 
 
 #: The most a DICOM file meta group may take (with the 132-byte preamble); real ones take a few hundred bytes.
-META_LIMIT = 64 * 2 ** 10
+META_LIMIT = 64 * 2**10
 
 
 def file_meta(data: bytes, name: str) -> tuple[str, int]:
@@ -291,12 +298,12 @@ def check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
         return
     import zlib
 
-    budget = 2 * max_pixels + 2 ** 20
+    budget = 2 * max_pixels + 2**20
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     tail, total = data[start:], 0
     try:
         while True:  # inflate 1 MiB at a time, keeping nothing: only the size matters here
-            out = inflater.decompress(tail, 2 ** 20)
+            out = inflater.decompress(tail, 2**20)
             tail = inflater.unconsumed_tail
             total += len(out)
             # the stream's end (bytes after it stay in unconsumed_tail for ever: the old test of "nothing
@@ -306,8 +313,9 @@ def check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
     except zlib.error as e:
         raise ImageReadError(f"{name}: not a readable DICOM image (bad deflate stream)") from e
     if total > budget:
-        raise ImageTooLargeError(f"{name}: the deflated DICOM data set inflates past {budget:,} bytes "
-                                 "(a decompression bomb?)")
+        raise ImageTooLargeError(
+            f"{name}: the deflated DICOM data set inflates past {budget:,} bytes (a decompression bomb?)"
+        )
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:

@@ -28,8 +28,7 @@ def outline_edge(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, iterations=max(1, round(max(mask.shape) / 256)))
 
 
-def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45, outline: np.ndarray | None = None
-            ) -> np.ndarray:
+def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45, outline: np.ndarray | None = None) -> np.ndarray:
     """RGB uint8 image: the X-ray with the heatmap blended in (matplotlib's 'jet' colours) and, when given,
     the outline of a boolean mask (the lung fields) drawn in white."""
     from matplotlib import colormaps

@@ -43,8 +43,10 @@ DEFAULT_BUNDLE = Path(__file__).parent / "default"
 def default_bundle() -> Path:
     """The bundle shipped with ccad; a :class:`ModelError` when this installation has none."""
     if not is_bundle(DEFAULT_BUNDLE):
-        raise ModelError(f"no --model given and no model is shipped in this installation ({DEFAULT_BUNDLE}): "
-                         "pass --model BUNDLE (ccad export makes one)")
+        raise ModelError(
+            f"no --model given and no model is shipped in this installation ({DEFAULT_BUNDLE}): "
+            "pass --model BUNDLE (ccad export makes one)"
+        )
     return DEFAULT_BUNDLE
 
 
@@ -102,8 +104,14 @@ class ModelInfo:
             raise ModelError(f"{where}: not a JSON object")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         known = {k: v for k, v in raw.items() if k in names and v is not None}
-        missing = [f.name for f in dataclasses.fields(cls) if f.name in names and f.name not in known
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name in names
+            and f.name not in known
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ModelError(f"{where}: no {', '.join(missing)}")
         return cls(**known, extra={k: v for k, v in raw.items() if k not in names})
@@ -123,8 +131,9 @@ class RunMetadata(ModelInfo):
     versions: dict[str, str] | None = None
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, classes: Sequence[str] | None = None,
-             outputs: int | None = None) -> "RunMetadata":
+    def load(
+        cls, folder: str | os.PathLike, classes: Sequence[str] | None = None, outputs: int | None = None
+    ) -> "RunMetadata":
         """``folder/config.json``; without one (a bare model file) ``classes`` name the outputs."""
         path = Path(folder) / RUN_METADATA
         raw = _read_json(path) if path.is_file() else {}
@@ -172,12 +181,16 @@ class ModelCard(ModelInfo):
         """Why the INT8 model should not be used for decisions, or None when its check allows it."""
         check = self.int8_check
         if check is None:
-            return ("this bundle's INT8 model was never compared with its float model (exported before that "
-                    "check existed): use it for throughput, not for decisions")
+            return (
+                "this bundle's INT8 model was never compared with its float model (exported before that "
+                "check existed): use it for throughput, not for decisions"
+            )
         if check.get("use") == "decisions":
             return None
-        return (f"this bundle's INT8 model is for throughput only: {check.get('reason', 'it failed its check')} "
-                "(drop --int8 for decisions)")
+        return (
+            f"this bundle's INT8 model is for throughput only: {check.get('reason', 'it failed its check')} "
+            "(drop --int8 for decisions)"
+        )
 
     @classmethod
     def load(cls, bundle: str | os.PathLike) -> "ModelCard":
@@ -191,8 +204,10 @@ class ModelCard(ModelInfo):
             raise ModelError(f"{path}: not a JSON object")
         version = raw.get("format")
         if version not in KNOWN_BUNDLE_FORMATS:
-            raise ModelError(f"{path}: bundle format {version!r} is not one this ccad reads "
-                             f"({', '.join(KNOWN_BUNDLE_FORMATS)}); use the ccad version that wrote it")
+            raise ModelError(
+                f"{path}: bundle format {version!r} is not one this ccad reads "
+                f"({', '.join(KNOWN_BUNDLE_FORMATS)}); use the ccad version that wrote it"
+            )
         return cls.from_dict(raw, str(path))
 
     def save(self, bundle: str | os.PathLike) -> None:

@@ -32,16 +32,19 @@ class Backbone:
     min_size: int = 32
 
 
-BACKBONES = {b.name: b for b in (
-    Backbone("mobilenet_v2", "MobileNetV2", 224, "tf"),
-    Backbone("mobilenet", "MobileNet", 224, "tf"),
-    Backbone("vgg16", "VGG16", 224, "caffe"),
-    Backbone("vgg19", "VGG19", 224, "caffe"),
-    Backbone("resnet50", "ResNet50", 224, "caffe"),
-    Backbone("inception_v3", "InceptionV3", 299, "tf", 75),
-    Backbone("xception", "Xception", 299, "tf", 71),
-    Backbone("inception_resnet_v2", "InceptionResNetV2", 299, "tf", 75),
-)}
+BACKBONES = {
+    b.name: b
+    for b in (
+        Backbone("mobilenet_v2", "MobileNetV2", 224, "tf"),
+        Backbone("mobilenet", "MobileNet", 224, "tf"),
+        Backbone("vgg16", "VGG16", 224, "caffe"),
+        Backbone("vgg19", "VGG19", 224, "caffe"),
+        Backbone("resnet50", "ResNet50", 224, "caffe"),
+        Backbone("inception_v3", "InceptionV3", 299, "tf", 75),
+        Backbone("xception", "Xception", 299, "tf", 71),
+        Backbone("inception_resnet_v2", "InceptionResNetV2", 299, "tf", 75),
+    )
+}
 DEFAULT_BACKBONE = "mobilenet_v2"
 CAFFE_MEANS = (103.939, 116.779, 123.68)
 
@@ -51,6 +54,7 @@ def get_backbone(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         raise ConfigError(f"unknown backbone {name!r} (choose from {', '.join(BACKBONES)})") from None
+
 
 BACKBONE_LAYER = "mobilenetv2_1.00_{size}"
 FEATURES_LAYER = "pooled_features"
@@ -117,8 +121,9 @@ def build_classifier(
     spec = get_backbone(backbone)
     if input_size < spec.min_size:
         raise ConfigError(f"input size must be at least {spec.min_size} pixels for {backbone}, got {input_size}")
-    backbone_weights = (_resolve_weights(weights, input_size) if backbone == DEFAULT_BACKBONE
-                        else _resolve_other_weights(weights, spec))
+    backbone_weights = (
+        _resolve_weights(weights, input_size) if backbone == DEFAULT_BACKBONE else _resolve_other_weights(weights, spec)
+    )
 
     inputs = x = keras.Input((input_size, input_size, 3), name="image")
     if samplewise_center:
@@ -184,9 +189,11 @@ def _application(spec: Backbone, input_size: int, weights: str | None):
         return constructor(input_shape=(input_size, input_size, 3), include_top=False, weights=weights, **extra)
     except Exception as e:
         if weights == "imagenet" and spec.name != DEFAULT_BACKBONE:
-            raise ModelError(f"ImageNet weights for {spec.application} are not in the Keras cache "
-                             f"({keras_cache_dir()}) and could not be downloaded: use --weights none "
-                             "(a random backbone) or go online once") from e
+            raise ModelError(
+                f"ImageNet weights for {spec.application} are not in the Keras cache "
+                f"({keras_cache_dir()}) and could not be downloaded: use --weights none "
+                "(a random backbone) or go online once"
+            ) from e
         raise ModelError(f"cannot build {spec.application} with weights {weights!r}: {e}") from e
 
 
@@ -238,7 +245,7 @@ def _select_view_layer():
             self.index = int(index)
 
         def call(self, x):
-            return x[..., 3 * self.index:3 * self.index + 3]
+            return x[..., 3 * self.index : 3 * self.index + 3]
 
         def compute_output_shape(self, input_shape):
             return (*input_shape[:-1], 3)
@@ -308,8 +315,10 @@ def classifier_kernel(model):
     import numpy as np
 
     if is_multi_view(model):
-        heads = sorted((layer for layer in model.layers if layer.name.startswith(CLASSIFIER_LAYER + "_")),
-                       key=lambda layer: int(layer.name.rsplit("_", 1)[1]))
+        heads = sorted(
+            (layer for layer in model.layers if layer.name.startswith(CLASSIFIER_LAYER + "_")),
+            key=lambda layer: int(layer.name.rsplit("_", 1)[1]),
+        )
         kernels = [layer.get_weights()[0] for layer in heads]
         return (np.concatenate(kernels, axis=0) / len(kernels)).astype(np.float32)
     return np.asarray(model.get_layer(CLASSIFIER_LAYER).get_weights()[0], np.float32)
@@ -340,8 +349,10 @@ def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
     if from_layer == "all":
         from_layer = names[0]
     if from_layer not in names:
-        raise ConfigError(f"--fine-tune-from {from_layer!r} is not a layer of {backbone.name} "
-                          "(MobileNetV2: e.g. block_13_expand, Conv_1; or all)")
+        raise ConfigError(
+            f"--fine-tune-from {from_layer!r} is not a layer of {backbone.name} "
+            "(MobileNetV2: e.g. block_13_expand, Conv_1; or all)"
+        )
     start = names.index(from_layer)
     backbone.trainable = True
     for i, layer in enumerate(backbone.layers):

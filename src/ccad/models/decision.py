@@ -23,18 +23,24 @@ is itself uncertain; reports show it with the data it was chosen on.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
-
 import math
 import re
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
 
 import numpy as np
 
 from ccad.errors import ConfigError
 
-THRESHOLD_RULES = ("youden", "specificity-90", "specificity-95", "sensitivity-85", "sensitivity-90", "sensitivity-95",
-                   "argmax")
+THRESHOLD_RULES = (
+    "youden",
+    "specificity-90",
+    "specificity-95",
+    "sensitivity-85",
+    "sensitivity-90",
+    "sensitivity-95",
+    "argmax",
+)
 CALIBRATIONS = ("none", "temperature")
 
 
@@ -71,8 +77,13 @@ class DecisionRule:
         """The rule stored in a run's ``config.json`` or a bundle's card; argmax for models that have none."""
         stored = meta.get("decision")
         if stored:
-            return cls(**{k: stored[k] for k in ("positive_index", "threshold", "temperature", "rule", "fitted_on")
-                          if k in stored})
+            return cls(
+                **{
+                    k: stored[k]
+                    for k in ("positive_index", "threshold", "temperature", "rule", "fitted_on")
+                    if k in stored
+                }
+            )
         index = list(classes).index(positive_class) if positive_class in classes else 0
         return cls(positive_index=index)
 
@@ -80,9 +91,11 @@ class DecisionRule:
         """``p >= 0.732 (specificity-90, chosen on ...)``; with ``positive_class``, the whole rule:
         ``covid if p_covid >= 0.732, else the most likely other class (...)``."""
         if positive_class is not None:
-            threshold = ("the most likely class" if self.threshold is None else
-                         f"{positive_class} if p_{positive_class} >= {self.threshold:.3f}, else the most likely "
-                         "other class")
+            threshold = (
+                "the most likely class"
+                if self.threshold is None
+                else f"{positive_class} if p_{positive_class} >= {self.threshold:.3f}, else the most likely other class"
+            )
         else:
             threshold = "argmax" if self.threshold is None else f"p >= {self.threshold:.3f}"
         temperature = f", temperature {self.temperature:.2f}" if self.temperature != 1.0 else ""
@@ -146,8 +159,9 @@ def _number(rule: str) -> float:
     try:
         value = float(rule)
     except ValueError:
-        raise ConfigError(f"--threshold must be one of {', '.join(THRESHOLD_RULES)} or a number in (0, 1), "
-                          f"got {rule!r}") from None
+        raise ConfigError(
+            f"--threshold must be one of {', '.join(THRESHOLD_RULES)} or a number in (0, 1), got {rule!r}"
+        ) from None
     if not 0.0 < value < 1.0:
         raise ConfigError(f"--threshold must be in (0, 1), got {value}")
     return value
@@ -160,9 +174,15 @@ def validate_settings(threshold: str, calibration: str) -> None:
         raise ConfigError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
 
 
-def fit_decision(y_val: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], positive_class: str,
-                 threshold: str = "youden", calibration: str = "none", fitted_on: str = "validation split"
-                 ) -> DecisionRule:
+def fit_decision(
+    y_val: np.ndarray,
+    probabilities: np.ndarray,
+    classes: Sequence[str],
+    positive_class: str,
+    threshold: str = "youden",
+    calibration: str = "none",
+    fitted_on: str = "validation split",
+) -> DecisionRule:
     """Fit temperature (optional), then the threshold on the calibrated validation probabilities."""
     positive = list(classes).index(positive_class)
     temperature = fit_temperature(y_val, probabilities) if calibration == "temperature" else 1.0

@@ -90,8 +90,8 @@ class LungFields:
         from scipy import ndimage  # deferred: scipy.ndimage costs ~90 ms to import
 
         radius = max(1, round(margin * self.mask.shape[0]))
-        yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
-        shrunk = ndimage.binary_erosion(self.mask, xx ** 2 + yy ** 2 <= radius ** 2)
+        yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        shrunk = ndimage.binary_erosion(self.mask, xx**2 + yy**2 <= radius**2)
         return LungFields(shrunk if shrunk.any() else self.mask).at(height, width)
 
     def box(self, height: int, width: int, margin: float = 0.08) -> tuple[int, int, int, int]:
@@ -106,8 +106,12 @@ class LungFields:
         dy, dx = margin * (bottom - top), margin * (right - left)
         top, bottom = max(0.0, top - dy), min(1.0, bottom + dy)
         left, right = max(0.0, left - dx), min(1.0, right + dx)
-        return (int(top * height), max(int(top * height) + 1, int(round(bottom * height))),
-                int(left * width), max(int(left * width) + 1, int(round(right * width))))
+        return (
+            int(top * height),
+            max(int(top * height) + 1, int(round(bottom * height))),
+            int(left * width),
+            max(int(left * width) + 1, int(round(right * width))),
+        )
 
     @property
     def area_fraction(self) -> float:
@@ -172,8 +176,9 @@ class LungSegmenter:
         self.model_dir = Path(model_dir) if model_dir is not None else PACKAGED_MODEL_DIR
         card_path, model_path = self.model_dir / CARD_FILE, self.model_dir / MODEL_FILE
         if not card_path.is_file() or not model_path.is_file():
-            raise ModelError(f"{self.model_dir}: no lung segmenter ({MODEL_FILE} and {CARD_FILE}); "
-                             "rebuild it with ccad lungs train")
+            raise ModelError(
+                f"{self.model_dir}: no lung segmenter ({MODEL_FILE} and {CARD_FILE}); rebuild it with ccad lungs train"
+            )
         self.card = json.loads(card_path.read_text())
         if not str(self.card.get("format", "")).startswith("ccad-lung-segmenter/"):
             raise ModelError(f"{card_path}: not a ccad lung-segmenter card")
@@ -215,14 +220,16 @@ def estimate_lung_fields(gray: np.ndarray) -> LungFields:
 
 
 def blank(gray: np.ndarray, region: np.ndarray, value: float | None = None) -> np.ndarray:
-    """A copy of ``gray`` with ``region`` (a boolean mask of the same shape) set to ``value`` (default: the image mean)."""
+    """A copy of ``gray`` with ``region`` (a boolean mask of the same shape) set to ``value`` (default: the image
+    mean)."""
     out = gray.copy()
     out[region] = float(gray.mean()) if value is None else value
     return out
 
 
-def segment_files(inputs, out: str | os.PathLike, overlay: bool = False, model_dir: str | os.PathLike | None = None,
-                  log=None) -> dict:
+def segment_files(
+    inputs, out: str | os.PathLike, overlay: bool = False, model_dir: str | os.PathLike | None = None, log=None
+) -> dict:
     """``ccad lungs segment``: a mask PNG per input (``OUT/<stem>.png``, the input's size, 255 = lung, 0 =
     background), with ``overlay`` also ``OUT/<stem>.overlay.png``; ``OUT/lung_qc.csv`` lists each file's
     lung fraction and QC flags, or its error. Unreadable files are reported and skipped."""

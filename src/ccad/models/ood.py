@@ -35,10 +35,10 @@ OUT_OF_DISTRIBUTION_TEXT = "outside what this model was trained on: do not rely 
 
 @dataclass(frozen=True)
 class OodGuard:
-    mean: np.ndarray          # (d,)
-    vectors: np.ndarray       # (r, d) orthonormal eigenvectors of the sample covariance
-    eigenvalues: np.ndarray   # (r,) their shrunk eigenvalues
-    rest: float               # the shrunk eigenvalue of every other direction
+    mean: np.ndarray  # (d,)
+    vectors: np.ndarray  # (r, d) orthonormal eigenvectors of the sample covariance
+    eigenvalues: np.ndarray  # (r,) their shrunk eigenvalues
+    rest: float  # the shrunk eigenvalue of every other direction
     cutoff: float
     keep: float = KEEP
     #: What in-distribution images look like to the model, for the drift check (:mod:`ccad.deploy.monitoring`):
@@ -52,37 +52,64 @@ class OodGuard:
         # in the stored vectors' precision (float32 from a file): casting them to float64 each call cost more
         # than the product (~10 ms an image for two views' 2,560 features)
         projected = (x.astype(self.vectors.dtype) @ self.vectors.T).astype(np.float64)
-        inside = np.sum(projected ** 2 / self.eigenvalues, axis=1)
-        outside = np.maximum(np.sum(x ** 2, axis=1) - np.sum(projected ** 2, axis=1), 0.0) / self.rest
+        inside = np.sum(projected**2 / self.eigenvalues, axis=1)
+        outside = np.maximum(np.sum(x**2, axis=1) - np.sum(projected**2, axis=1), 0.0) / self.rest
         d = np.sqrt(inside + outside)
         return d if np.ndim(features) > 1 else float(d[0])
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                references = {k: np.asarray(v, np.float32) for k, v in (("reference_distances", self.reference_distances),
-                              ("reference_scores", self.reference_scores)) if v is not None}
-                np.savez(f, mean=self.mean.astype(np.float32), vectors=self.vectors.astype(np.float32),
-                         eigenvalues=self.eigenvalues, rest=self.rest, cutoff=self.cutoff, keep=self.keep, **references)
+                references = {
+                    k: np.asarray(v, np.float32)
+                    for k, v in (
+                        ("reference_distances", self.reference_distances),
+                        ("reference_scores", self.reference_scores),
+                    )
+                    if v is not None
+                }
+                np.savez(
+                    f,
+                    mean=self.mean.astype(np.float32),
+                    vectors=self.vectors.astype(np.float32),
+                    eigenvalues=self.eigenvalues,
+                    rest=self.rest,
+                    cutoff=self.cutoff,
+                    keep=self.keep,
+                    **references,
+                )
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "OodGuard":
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(z["mean"], z["vectors"], z["eigenvalues"], float(z["rest"]), float(z["cutoff"]),
-                           float(z["keep"]), *(z[k] if k in z.files else None
-                                               for k in ("reference_distances", "reference_scores")))
+                return cls(
+                    z["mean"],
+                    z["vectors"],
+                    z["eigenvalues"],
+                    float(z["rest"]),
+                    float(z["cutoff"]),
+                    float(z["keep"]),
+                    *(z[k] if k in z.files else None for k in ("reference_distances", "reference_scores")),
+                )
         except (OSError, KeyError, ValueError) as e:
             raise ModelError(f"{path}: not a readable out-of-distribution guard ({type(e).__name__})") from e
 
     def describe(self) -> dict:
-        out = {"file": OOD_FILE, "score": "Mahalanobis distance of the pooled backbone features (Ledoit-Wolf "
-               "shrunk covariance of the training split)", "cutoff": self.cutoff,
-               "cutoff_rule": f"keeps {self.keep:.0%} of the validation split", "dimensions": int(self.mean.size)}
+        out = {
+            "file": OOD_FILE,
+            "score": "Mahalanobis distance of the pooled backbone features (Ledoit-Wolf "
+            "shrunk covariance of the training split)",
+            "cutoff": self.cutoff,
+            "cutoff_rule": f"keeps {self.keep:.0%} of the validation split",
+            "dimensions": int(self.mean.size),
+        }
         if self.reference_distances is not None:
-            out["drift_reference"] = {"images": int(len(self.reference_distances)),
-                                      "scores": self.reference_scores is not None}
+            out["drift_reference"] = {
+                "images": int(len(self.reference_distances)),
+                "scores": self.reference_scores is not None,
+            }
         return out
 
 
@@ -97,15 +124,16 @@ def fit_ood_guard(train_features: np.ndarray, val_features: np.ndarray, keep: fl
     centred = x - mean
     shrinkage = LedoitWolf(assume_centered=True).fit(centred).shrinkage_
     _, singular, vt = np.linalg.svd(centred, full_matrices=False)
-    sample_eigen = singular ** 2 / len(x)
-    mu = float(np.sum(centred ** 2) / len(x) / x.shape[1])  # trace(S) / d
+    sample_eigen = singular**2 / len(x)
+    mu = float(np.sum(centred**2) / len(x) / x.shape[1])  # trace(S) / d
     rest = max(shrinkage * mu, 1e-12)
     keepers = sample_eigen > 1e-10 * max(sample_eigen.max(), 1e-30)
     eigen = (1 - shrinkage) * sample_eigen[keepers] + rest
     guard = OodGuard(mean, vt[keepers], eigen, rest, cutoff=0.0, keep=keep)
     distances = guard.distance(np.asarray(val_features, np.float64))
-    return OodGuard(mean, vt[keepers], eigen, rest, float(np.quantile(distances, keep)), keep,
-                    reference_distances=distances)
+    return OodGuard(
+        mean, vt[keepers], eigen, rest, float(np.quantile(distances, keep)), keep, reference_distances=distances
+    )
 
 
 #: Lung-QC flags (:mod:`ccad.models.lungs`) that make a prediction out of distribution by themselves; the others

@@ -14,8 +14,14 @@ MIN_AGREEMENT, MAX_AUC_DIFFERENCE = 0.98, 0.005
 CALIBRATION_STRIDE = 10
 
 
-def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray, method: str = "Percentile",
-                  per_channel: bool = True, float_ends: bool = False) -> None:
+def quantize_onnx(
+    float_path: Path,
+    int8_path: Path,
+    calibration: np.ndarray,
+    method: str = "Percentile",
+    per_channel: bool = True,
+    float_ends: bool = False,
+) -> None:
     """Static INT8 quantization with ONNX Runtime's tools: QDQ, int8 weights, uint8 activations.
 
     ccad's export: percentile calibration (99.999th), per-channel weights. ``method`` (an ONNX Runtime
@@ -46,7 +52,7 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray, me
             return len(calibration)
 
         def set_range(self, start_index: int, end_index: int):
-            self.batches = iter(calibration[i:i + 1] for i in range(start_index, min(end_index, len(calibration))))
+            self.batches = iter(calibration[i : i + 1] for i in range(start_index, min(end_index, len(calibration))))
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -64,10 +70,18 @@ def quantize_onnx(float_path: Path, int8_path: Path, calibration: np.ndarray, me
             nodes = onnx.load(str(prepared)).graph.node
             excluded = [next(n.name for n in nodes if n.op_type == "Conv")]
             excluded += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax")]
-        quantize_static(str(prepared), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=getattr(CalibrationMethod, method), nodes_to_exclude=excluded,
-                        extra_options={"CalibStridedMinMax": stride})
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+            nodes_to_exclude=excluded,
+            extra_options={"CalibStridedMinMax": stride},
+        )
     finally:
         prepared.unlink(missing_ok=True)
 
@@ -78,11 +92,19 @@ def onnx_probabilities(path: Path, images: np.ndarray, threads: int = 1) -> np.n
 
     session = cpu_session(path, threads)
     name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
-    return np.concatenate([session.run([output], {name: images[i:i + 16]})[0] for i in range(0, len(images), 16)])
+    return np.concatenate([session.run([output], {name: images[i : i + 16]})[0] for i in range(0, len(images), 16)])
 
 
-def int8_check(float_path: Path, int8_path: Path, images: np.ndarray, labels: np.ndarray | None, decision,
-               classes: Sequence[str], positive_class: str, data: str) -> dict[str, Any]:
+def int8_check(
+    float_path: Path,
+    int8_path: Path,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    decision,
+    classes: Sequence[str],
+    positive_class: str,
+    data: str,
+) -> dict[str, Any]:
     """Compare the INT8 model with the float model on ``images`` (N, H, W, 3) under the model's decision
     rule: the share of equal decisions, the AUC of each (when ``labels`` hold both the positive class and
     another) and the largest probability difference. ``use`` is "decisions" when at least
@@ -93,10 +115,14 @@ def int8_check(float_path: Path, int8_path: Path, images: np.ndarray, labels: np
     p_float = decision.calibrate(onnx_probabilities(float_path, images))
     p_int8 = decision.calibrate(onnx_probabilities(int8_path, images))
     agreement = float(np.mean(decision.predict(p_float) == decision.predict(p_int8)))
-    out: dict[str, Any] = {"data": data, "n": int(len(images)), "decision_agreement": round(agreement, 4),
-                           "max_probability_difference": round(float(np.max(np.abs(p_float - p_int8))), 4),
-                           "rule": f"decisions: at least {MIN_AGREEMENT:.0%} of decisions equal and AUC within "
-                                   f"{MAX_AUC_DIFFERENCE} of the float model's"}
+    out: dict[str, Any] = {
+        "data": data,
+        "n": int(len(images)),
+        "decision_agreement": round(agreement, 4),
+        "max_probability_difference": round(float(np.max(np.abs(p_float - p_int8))), 4),
+        "rule": f"decisions: at least {MIN_AGREEMENT:.0%} of decisions equal and AUC within "
+        f"{MAX_AUC_DIFFERENCE} of the float model's",
+    }
     problems = []
     if agreement < MIN_AGREEMENT:
         problems.append(f"{agreement:.1%} of decisions equal the float model's (needs {MIN_AGREEMENT:.0%})")
@@ -105,8 +131,9 @@ def int8_check(float_path: Path, int8_path: Path, images: np.ndarray, labels: np
     if truth is not None and 0 < truth.sum() < len(truth):
         auc_float = float(roc_auc_score(truth, p_float[:, positive]))
         auc_int8 = float(roc_auc_score(truth, p_int8[:, positive]))
-        out.update(auc_float=round(auc_float, 4), auc_int8=round(auc_int8, 4),
-                   auc_difference=round(auc_int8 - auc_float, 4))
+        out.update(
+            auc_float=round(auc_float, 4), auc_int8=round(auc_int8, 4), auc_difference=round(auc_int8 - auc_float, 4)
+        )
         if abs(auc_int8 - auc_float) > MAX_AUC_DIFFERENCE:
             problems.append(f"AUC {auc_int8:.3f} against {auc_float:.3f} (needs within {MAX_AUC_DIFFERENCE})")
     else:

@@ -23,16 +23,26 @@ REHEARSAL_FILE = "rehearsal.npz"
 PER_CLASS = 200
 
 
-def save_rehearsal(folder: str | os.PathLike, features: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                   per_class: int = PER_CLASS, seed: int = 0) -> Path:
+def save_rehearsal(
+    folder: str | os.PathLike,
+    features: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[str],
+    per_class: int = PER_CLASS,
+    seed: int = 0,
+) -> Path:
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels)
     keep = np.concatenate([rng.permutation(np.flatnonzero(labels == k))[:per_class] for k in range(len(classes))])
     target = Path(folder) / REHEARSAL_FILE
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, features=np.asarray(features)[keep].astype(np.float16), labels=labels[keep].astype(np.int16),
-                     classes=np.array(list(classes)))
+            np.savez(
+                f,
+                features=np.asarray(features)[keep].astype(np.float16),
+                labels=labels[keep].astype(np.int16),
+                classes=np.array(list(classes)),
+            )
     return target
 
 

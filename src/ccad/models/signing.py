@@ -30,11 +30,15 @@ def make_keys(out: str | os.PathLike) -> tuple[Path, Path]:
     if private.exists() or public.exists():
         raise ConfigError(f"{out}: already holds a ccad key pair")
     key = Ed25519PrivateKey.generate()
-    write_bytes(private, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    write_bytes(
+        private,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
     private.chmod(0o600)
-    write_bytes(public, key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+    write_bytes(
+        public,
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
+    )
     return private, public
 
 
@@ -44,11 +48,15 @@ def _load(path: str | os.PathLike, private: bool):
 
     try:
         data = Path(path).read_bytes()
-        key = (serialization.load_pem_private_key(data, password=None) if private
-               else serialization.load_pem_public_key(data))
+        key = (
+            serialization.load_pem_private_key(data, password=None)
+            if private
+            else serialization.load_pem_public_key(data)
+        )
     except (OSError, ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: not a readable PEM {'private' if private else 'public'} key "
-                          f"({type(e).__name__})") from None
+        raise ConfigError(
+            f"{path}: not a readable PEM {'private' if private else 'public'} key ({type(e).__name__})"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey if private else Ed25519PublicKey):
         raise ConfigError(f"{path}: not an Ed25519 key")
     return key
@@ -74,5 +82,7 @@ def verify_bundle(bundle: str | os.PathLike, public_key: str | os.PathLike) -> N
     try:
         key.verify(base64.b64decode(path.read_text().strip(), validate=True), (bundle / CARD_FILE).read_bytes())
     except (InvalidSignature, ValueError):
-        raise ModelError(f"{bundle}: the signature does not match the card; the bundle changed after signing, "
-                         "or another key signed it") from None
+        raise ModelError(
+            f"{bundle}: the signature does not match the card; the bundle changed after signing, "
+            "or another key signed it"
+        ) from None

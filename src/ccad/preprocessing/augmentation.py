@@ -83,8 +83,13 @@ PRESETS: dict[str, AugmentationSpec] = {
     "none": AugmentationSpec(),
 }
 PRESETS["robust"] = AugmentationSpec(
-    **{**PRESETS["cxr"].__dict__, "gamma": (0.6, 1.6), "resample_scale": (0.35, 1.0), "noise_std": 0.02,
-       "jpeg_quality": (30, 95)}
+    **{
+        **PRESETS["cxr"].__dict__,
+        "gamma": (0.6, 1.6),
+        "resample_scale": (0.35, 1.0),
+        "noise_std": 0.02,
+        "jpeg_quality": (30, 95),
+    }
 )
 
 
@@ -129,8 +134,9 @@ class Augmenter:
     @property
     def is_identity(self) -> bool:
         spec = self.spec
-        return not self.layers and not (spec.brightness or spec.gamma or spec.resample_scale or spec.noise_std
-                                        or spec.jpeg_quality)
+        return not self.layers and not (
+            spec.brightness or spec.gamma or spec.resample_scale or spec.noise_std or spec.jpeg_quality
+        )
 
     def __call__(self, images):
         import tensorflow as tf

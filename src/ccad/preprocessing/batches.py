@@ -11,8 +11,15 @@ from ccad.preprocessing.augmentation import Augmenter
 INFERENCE_BATCH = 16
 
 
-def image_batches(images: np.ndarray, labels: np.ndarray | None, batch_size: int, num_classes: int,
-                  augmenter: Augmenter | None = None, shuffle_seed: int | None = None, repeat: int = 1):
+def image_batches(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int,
+    num_classes: int,
+    augmenter: Augmenter | None = None,
+    shuffle_seed: int | None = None,
+    repeat: int = 1,
+):
     """A ``tf.data`` pipeline of (B, H, W, 3) batches from (N, H, W) grayscale images in [0, 1].
 
     Augmentation runs on the single gray channel, which is then repeated to 3.

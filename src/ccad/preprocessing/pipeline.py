@@ -100,22 +100,52 @@ class Step:
 
 
 #: The steps, in the order they run.
-STEPS: dict[str, Step] = {s.name: s for s in (
-    Step("thorax", "region", _thorax, {"margin": 0.08}, needs_lungs=True,
-         doc="crop to the lung fields of the shipped segmenter plus a margin (a fraction of their extent): "
-             "drops borders, collimation, most burned-in text and markers"),
-    Step("lungs", "region", _lungs, {"margin": 0.08, "interior_margin": INTERIOR_MARGIN}, needs_lungs=True,
-         doc="thorax, and everything outside the lung fields (shrunk by interior_margin of the side, so their "
-             "borders with ribs, heart and diaphragm are left out too) set to black"),
-    Step("clahe", "intensity", _clahe, {"clip_limit": 0.01},
-         doc="contrast-limited adaptive histogram equalization (scikit-image)"),
-    Step("equalize", "intensity", _equalize, {"nbins": 256},
-         doc="global histogram equalization (scikit-image; inside the lungs with lungs): every image gets the "
-             "same gray-level distribution, whatever the exposure and processing of its scanner"),
-    Step("lowpass", "output", _lowpass, {"factor": 2, "min_side": 8},
-         doc="down- then up-sampling by factor at the input size: removes the fine texture (noise grain, JPEG "
-             "blocks, sharpening) by which scanners differ, keeps opacities"),
-)}
+STEPS: dict[str, Step] = {
+    s.name: s
+    for s in (
+        Step(
+            "thorax",
+            "region",
+            _thorax,
+            {"margin": 0.08},
+            needs_lungs=True,
+            doc="crop to the lung fields of the shipped segmenter plus a margin (a fraction of their extent): "
+            "drops borders, collimation, most burned-in text and markers",
+        ),
+        Step(
+            "lungs",
+            "region",
+            _lungs,
+            {"margin": 0.08, "interior_margin": INTERIOR_MARGIN},
+            needs_lungs=True,
+            doc="thorax, and everything outside the lung fields (shrunk by interior_margin of the side, so their "
+            "borders with ribs, heart and diaphragm are left out too) set to black",
+        ),
+        Step(
+            "clahe",
+            "intensity",
+            _clahe,
+            {"clip_limit": 0.01},
+            doc="contrast-limited adaptive histogram equalization (scikit-image)",
+        ),
+        Step(
+            "equalize",
+            "intensity",
+            _equalize,
+            {"nbins": 256},
+            doc="global histogram equalization (scikit-image; inside the lungs with lungs): every image gets the "
+            "same gray-level distribution, whatever the exposure and processing of its scanner",
+        ),
+        Step(
+            "lowpass",
+            "output",
+            _lowpass,
+            {"factor": 2, "min_side": 8},
+            doc="down- then up-sampling by factor at the input size: removes the fine texture (noise grain, JPEG "
+            "blocks, sharpening) by which scanners differ, keeps opacities",
+        ),
+    )
+}
 #: Step names in run order (for messages and ``--help``).
 PREPROCESSING_STEPS = tuple(STEPS)
 
@@ -136,10 +166,21 @@ def preprocessing_views(preprocess: str) -> list[str]:
         for view in views:
             regions = [name for name in preprocessing_steps(view) if STEPS[name].stage == "region"]
             if not regions:
-                raise ConfigError(f"--preprocess {preprocess!r}: every view of a multi-view model crops to the "
-                                  f"lungs (thorax or lungs); {view!r} does not")
-        if len({STEPS[name].params["margin"] for view in views for name in preprocessing_steps(view)
-                if STEPS[name].stage == "region"}) > 1:
+                raise ConfigError(
+                    f"--preprocess {preprocess!r}: every view of a multi-view model crops to the "
+                    f"lungs (thorax or lungs); {view!r} does not"
+                )
+        if (
+            len(
+                {
+                    STEPS[name].params["margin"]
+                    for view in views
+                    for name in preprocessing_steps(view)
+                    if STEPS[name].stage == "region"
+                }
+            )
+            > 1
+        ):
             raise ConfigError(f"--preprocess {preprocess!r}: the views must crop the same box")
     return views
 
@@ -158,8 +199,10 @@ def preprocessing_steps(preprocess: str) -> list[str]:
     steps = [s.strip() for s in preprocess.split("+")]
     for step in steps:
         if step not in STEPS:
-            raise ConfigError(f"unknown preprocessing step {step!r} in {preprocess!r} "
-                              f"(none, or steps joined with +: {', '.join(STEPS)})")
+            raise ConfigError(
+                f"unknown preprocessing step {step!r} in {preprocess!r} "
+                f"(none, or steps joined with +: {', '.join(STEPS)})"
+            )
     if "thorax" in steps and "lungs" in steps:
         raise ConfigError("--preprocess: use thorax or lungs, not both")
     return [name for name in STEPS if name in steps]
@@ -169,14 +212,19 @@ def describe(preprocess: str) -> dict[str, Any]:
     """The exact preprocessing of a model, as its card records it."""
     views = preprocessing_views(preprocess)
     if len(views) > 1:
-        return {**describe(views[0]), "preprocess": preprocess, "steps": None,
-                "views": [{"preprocess": v, "steps": [STEPS[name].describe() for name in preprocessing_steps(v)]}
-                          for v in views],
-                "channels": "each view's gray repeated to 3 channels, views one after the other (3 x views "
-                            "channels), NHWC float32 in [0, 1]; the lung fields are found once for all views"}
+        return {
+            **describe(views[0]),
+            "preprocess": preprocess,
+            "steps": None,
+            "views": [
+                {"preprocess": v, "steps": [STEPS[name].describe() for name in preprocessing_steps(v)]} for v in views
+            ],
+            "channels": "each view's gray repeated to 3 channels, views one after the other (3 x views "
+            "channels), NHWC float32 in [0, 1]; the lung fields are found once for all views",
+        }
     return {
         "read": "grayscale; 8-bit images / 255; deeper images (16-bit, DICOM after modality and VOI LUT) "
-                "min-max to [0, 1]; DICOM MONOCHROME1 inverted; alpha dropped (ccad.io.images.read_grayscale)",
+        "min-max to [0, 1]; DICOM MONOCHROME1 inverted; alpha dropped (ccad.io.images.read_grayscale)",
         "preprocess": preprocess,
         "steps": [STEPS[name].describe() for name in preprocessing_steps(preprocess)],
         "work_side": WORK_SIDE,
@@ -266,8 +314,9 @@ def prepare(gray: np.ndarray, size: int, preprocess: str = "none") -> np.ndarray
     return prepare_full(gray, size, preprocess).image
 
 
-def prepare_with_region(gray: np.ndarray, size: int, preprocess: str = "none", region: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+def prepare_with_region(
+    gray: np.ndarray, size: int, preprocess: str = "none", region: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`prepare`, plus a boolean ``region`` of ``gray``'s shape carried through the same crop and
     resize (so it lines up with the model input); ``None`` when no region is given."""
     prepared = prepare_full(gray, size, preprocess)
@@ -295,8 +344,12 @@ def load_model_input(path: str | os.PathLike, size: int, preprocess: str = "none
 
 
 def load_images(
-    samples: Sequence[Sample], size: int, skip_bad: bool = False, workers: int | None = None,
-    preprocess: str = "none", transform=None,
+    samples: Sequence[Sample],
+    size: int,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    preprocess: str = "none",
+    transform=None,
 ) -> tuple[np.ndarray, list[Sample], list[tuple[str, str]]]:
     """Decode, ``preprocess`` and resize ``samples`` on several threads.
 
@@ -306,6 +359,7 @@ def load_images(
     ``preprocess``, the samples kept, the files skipped with their
     error). Without ``skip_bad`` the first unreadable file raises :class:`ImageReadError`.
     """
+
     def load(sample: Sample) -> np.ndarray:
         gray = read_grayscale(sample.path)
         return prepare(gray if transform is None else transform(gray), size, preprocess)
@@ -316,17 +370,20 @@ def load_images(
     return (np.stack(images) if kept else empty), kept, bad
 
 
-def prepare_samples(samples: Sequence[Sample], size: int, preprocess: str = "none", skip_bad: bool = False,
-                    workers: int | None = None) -> tuple[list[Prepared], list[Sample], list[tuple[str, str]]]:
+def prepare_samples(
+    samples: Sequence[Sample], size: int, preprocess: str = "none", skip_bad: bool = False, workers: int | None = None
+) -> tuple[list[Prepared], list[Sample], list[tuple[str, str]]]:
     """:class:`Prepared` inputs, with lung fields, for ``samples`` (as :func:`load_images` returns arrays):
     (prepared, samples kept, files skipped with their error)."""
-    return _load_each(lambda s: prepare_full(read_grayscale(s.path), size, preprocess, lung_fields=True), samples,
-                      skip_bad, workers)
+    return _load_each(
+        lambda s: prepare_full(read_grayscale(s.path), size, preprocess, lung_fields=True), samples, skip_bad, workers
+    )
 
 
 def _load_each(load, samples: Sequence[Sample], skip_bad: bool, workers: int | None):
     """(what ``load`` made of each readable sample, the samples kept, (path, error) of the others), on
     several threads; without ``skip_bad`` the first unreadable file raises."""
+
     def attempt(sample: Sample):
         try:
             return load(sample), None

@@ -14,8 +14,15 @@ from ccad.preprocessing.augmentation import Augmenter, augment_numpy
 from ccad.preprocessing.pipeline import load_images, to_model_input
 
 
-def augment_preview(spec: DataSpec, out: str | os.PathLike, augmentation: str = "cxr", images: int = 4,
-                    variants: int = 5, input_size: int = 224, seed: int = 0) -> Path:
+def augment_preview(
+    spec: DataSpec,
+    out: str | os.PathLike,
+    augmentation: str = "cxr",
+    images: int = 4,
+    variants: int = 5,
+    input_size: int = 224,
+    seed: int = 0,
+) -> Path:
     """Save a PNG grid: one row per image, the original then ``variants`` augmented copies.
 
     Pixels are shown as the augmentation yields them, in [0, 1]; the ``paper``
@@ -23,7 +30,9 @@ def augment_preview(spec: DataSpec, out: str | os.PathLike, augmentation: str = 
     """
     dataset = replace(spec, positive_class=None).discover()
     rng = np.random.default_rng(seed)
-    picked = [dataset.samples[i] for i in rng.choice(len(dataset.samples), min(images, len(dataset.samples)), replace=False)]
+    picked = [
+        dataset.samples[i] for i in rng.choice(len(dataset.samples), min(images, len(dataset.samples)), replace=False)
+    ]
     gray, kept, _ = load_images(picked, input_size)
     augmenter = Augmenter(augmentation, input_size, seed)
     batch = to_model_input(gray)

@@ -59,8 +59,14 @@ class Predictor(ABC):
 
     batch_size = ONNX_BATCH
 
-    def __init__(self, info: ModelInfo, cam_weights: np.ndarray | None = None, head: OnnxHead | None = None,
-                 ood: OodGuard | None = None, severity: SeverityHead | None = None):
+    def __init__(
+        self,
+        info: ModelInfo,
+        cam_weights: np.ndarray | None = None,
+        head: OnnxHead | None = None,
+        ood: OodGuard | None = None,
+        severity: SeverityHead | None = None,
+    ):
         self.info = info
         self.classes: list[str] = list(info.classes)
         self.positive_class: str = info.positive_class
@@ -95,7 +101,7 @@ class Predictor(ABC):
     def _batches(self, images: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         images = self.model_input(images)
         for i in range(0, len(images), self.batch_size):
-            yield self.predict(images[i:i + self.batch_size])
+            yield self.predict(images[i : i + self.batch_size])
 
     def predict_images(self, images: np.ndarray) -> np.ndarray:
         """The model's probabilities for (N, H, W) grayscale, (N, H, W, views) or (N, H, W, 3 x views)
@@ -124,32 +130,39 @@ class Predictor(ABC):
         """This model's input for a (H, W) grayscale image, with the lung fields (for QC and the outline)."""
         return prepare_full(gray, self.input_size, self.preprocess, lung_fields=True)
 
-    def score(self, names: Sequence[str], prepared: Sequence[Prepared], with_heatmaps: bool = False,
-              heatmap_class: str | None = None) -> list[Prediction]:
+    def score(
+        self,
+        names: Sequence[str],
+        prepared: Sequence[Prepared],
+        with_heatmaps: bool = False,
+        heatmap_class: str | None = None,
+    ) -> list[Prediction]:
         """:func:`ccad.scoring.score.score_batch` with this predictor, in batches of its size."""
         out: list[Prediction] = []
         for i in range(0, len(prepared), self.batch_size):
-            out += score_batch(self, names[i:i + self.batch_size], prepared[i:i + self.batch_size],
-                               with_heatmaps, heatmap_class)
+            out += score_batch(
+                self, names[i : i + self.batch_size], prepared[i : i + self.batch_size], with_heatmaps, heatmap_class
+            )
         return out
 
     def predict_files(self, paths: Sequence[str | os.PathLike], with_heatmaps: bool = False) -> list[Prediction]:
         """One :class:`Prediction` per file (with ``error`` set for an unreadable one)."""
         return list(self.predict_stream(paths, with_heatmaps=with_heatmaps))
 
-    def predict_stream(self, paths: Iterable[str | os.PathLike], workers: int = 4,
-                       with_heatmaps: bool = False) -> Iterator[Prediction]:
+    def predict_stream(
+        self, paths: Iterable[str | os.PathLike], workers: int = 4, with_heatmaps: bool = False
+    ) -> Iterator[Prediction]:
         """Predictions in input order; files decoded on ``workers`` threads, at most four batches in flight."""
         with ThreadPoolExecutor(workers) as pool:
             pending: list = []
             for path in paths:
                 pending.append((str(path), pool.submit(self._load, path)))
                 if len(pending) >= 4 * self.batch_size:
-                    yield from self._score_loaded(pending[:self.batch_size], with_heatmaps)
-                    pending = pending[self.batch_size:]
+                    yield from self._score_loaded(pending[: self.batch_size], with_heatmaps)
+                    pending = pending[self.batch_size :]
             while pending:
-                yield from self._score_loaded(pending[:self.batch_size], with_heatmaps)
-                pending = pending[self.batch_size:]
+                yield from self._score_loaded(pending[: self.batch_size], with_heatmaps)
+                pending = pending[self.batch_size :]
 
     def _load(self, path) -> Prepared | str:
         try:
@@ -178,8 +191,13 @@ class OnnxPredictor(Predictor):
 
     batch_size = ONNX_BATCH
 
-    def __init__(self, bundle: str | os.PathLike, variant: str = "float", threads: int = 2,
-                 verify_key: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        bundle: str | os.PathLike,
+        variant: str = "float",
+        threads: int = 2,
+        verify_key: str | os.PathLike | None = None,
+    ):
         self.bundle = Path(bundle)
         if verify_key is not None:
             verify_bundle(self.bundle, verify_key)  # before anything in it is used
@@ -224,8 +242,7 @@ class KerasPredictor(Predictor):
 
     batch_size = KERAS_BATCH
 
-    def __init__(self, model, info: RunMetadata, run_dir: str | os.PathLike | None = None,
-                 ood: OodGuard | None = None):
+    def __init__(self, model, info: RunMetadata, run_dir: str | os.PathLike | None = None, ood: OodGuard | None = None):
         self.model, self.run_dir = model, Path(run_dir) if run_dir is not None else None
         info.input_size = int(model.input_shape[1])
         head = None
@@ -248,8 +265,10 @@ class KerasPredictor(Predictor):
         if path.is_dir():
             model_file = path / "model.keras"
             if not model_file.is_file() and (path / "model.onnx").is_file():
-                raise ModelError(f"{path}: a model bundle without its card (ccad-model.json): re-export it with "
-                                 "ccad export, or restore the card")
+                raise ModelError(
+                    f"{path}: a model bundle without its card (ccad-model.json): re-export it with "
+                    "ccad export, or restore the card"
+                )
             if not model_file.is_file():
                 raise ModelError(f"{path}: no model.keras in this folder (is it a ccad run folder?)")
         elif path.is_file():
@@ -270,8 +289,12 @@ class KerasPredictor(Predictor):
         return self._dual.predict_on_batch(batch)
 
 
-def load_predictor(model: str | os.PathLike, classes: Sequence[str] | None = None, variant: str = "float",
-                   verify_key: str | os.PathLike | None = None) -> Predictor:
+def load_predictor(
+    model: str | os.PathLike,
+    classes: Sequence[str] | None = None,
+    variant: str = "float",
+    verify_key: str | os.PathLike | None = None,
+) -> Predictor:
     """A bundle's :class:`OnnxPredictor` (no TensorFlow), else a run folder's or model file's
     :class:`KerasPredictor`. With ``verify_key`` only a bundle signed by that key is accepted."""
     if is_bundle(model):

@@ -38,8 +38,15 @@ def result_columns(classes: Sequence[str], severity_scores: Sequence[str] = ()) 
     severity columns if any, the decision rule (the same on every row: a CSV read alone says how its classes
     were decided), error."""
     severity = [f"{s}{suffix}" for s in severity_scores for suffix in ("", "_low", "_high")]
-    return [*RESULT_COLUMNS, *(f"p_{c}" for c in classes), *SCREEN_COLUMNS, *severity,
-            *(["severity_band"] if severity else []), "decision_rule", "error"]
+    return [
+        *RESULT_COLUMNS,
+        *(f"p_{c}" for c in classes),
+        *SCREEN_COLUMNS,
+        *severity,
+        *(["severity_band"] if severity else []),
+        "decision_rule",
+        "error",
+    ]
 
 
 def rule_text(predictor: Predictor) -> str:
@@ -47,21 +54,28 @@ def rule_text(predictor: Predictor) -> str:
     return predictor.decision.describe(predictor.positive_class)
 
 
-def result_row(result: Prediction, classes: Sequence[str], severity_scores: Sequence[str] = (),
-               rule: str = "") -> list[str]:
+def result_row(
+    result: Prediction, classes: Sequence[str], severity_scores: Sequence[str] = (), rule: str = ""
+) -> list[str]:
     """One CSV row of :func:`result_columns`."""
     probabilities = result.probabilities
-    row = ([result.name, result.predicted_class or ""]
-           + [f"{probabilities[c]:.6f}" if probabilities else "" for c in classes])
-    row += ["" if result.in_distribution is None else str(result.in_distribution).lower(),
-            "" if result.ood_distance is None else f"{result.ood_distance:.3f}",
-            ";".join(result.lung_qc or [])]
+    row = [result.name, result.predicted_class or ""] + [
+        f"{probabilities[c]:.6f}" if probabilities else "" for c in classes
+    ]
+    row += [
+        "" if result.in_distribution is None else str(result.in_distribution).lower(),
+        "" if result.ood_distance is None else f"{result.ood_distance:.3f}",
+        ";".join(result.lung_qc or []),
+    ]
     if severity_scores:
         severity = result.severity or {}
         for name in severity_scores:
             entry = severity.get(name)
-            row += [f"{entry['value']:.2f}", f"{entry['interval95'][0]:.2f}", f"{entry['interval95'][1]:.2f}"] \
-                if entry else ["", "", ""]
+            row += (
+                [f"{entry['value']:.2f}", f"{entry['interval95'][0]:.2f}", f"{entry['interval95'][1]:.2f}"]
+                if entry
+                else ["", "", ""]
+            )
         row.append(severity.get("band", ""))
     return row + ["" if result.error else rule, result.error or ""]
 
@@ -93,9 +107,14 @@ def save_overlay(result: Prediction, folder: Path) -> Path:
     return save_png(overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline), target)
 
 
-def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], out_csv: str | os.PathLike,
-                   resume: bool = False, heatmap_dir: str | os.PathLike | None = None,
-                   progress: bool = True) -> dict[str, int]:
+def predict_to_csv(
+    predictor: Predictor,
+    inputs: Iterable[str | os.PathLike],
+    out_csv: str | os.PathLike,
+    resume: bool = False,
+    heatmap_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
     """Stream predictions into ``out_csv``, a row per file as soon as it is scored.
 
     With ``resume`` the files already in ``out_csv`` are skipped and new rows are
@@ -115,8 +134,10 @@ def predict_to_csv(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
             done = {_key(row.get("file") or "") for row in reader}
         header = reader.fieldnames or []
         if header and header != result_columns(predictor.classes, severity_scores_of(predictor)):
-            raise ModelError(f"{out_csv}: its columns are not the ones this model and ccad write (another model, or "
-                             "an older ccad): resume into the CSV it was started with, or give another --out")
+            raise ModelError(
+                f"{out_csv}: its columns are not the ones this model and ccad write (another model, or "
+                "an older ccad): resume into the CSV it was started with, or give another --out"
+            )
     paths = (str(p) for p in iter_inputs(inputs) if _key(p) not in done)
     counts = {"scored": 0, "errors": 0, "skipped_done": len(done)}
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -163,9 +184,16 @@ class PredictOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], fmt: str = "table",
-            out: str | os.PathLike | None = None, resume: bool = False, heatmap: str | os.PathLike | None = None,
-            variant: str = "float", verify_key: str | os.PathLike | None = None) -> PredictOutcome:
+def predict(
+    model: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    fmt: str = "table",
+    out: str | os.PathLike | None = None,
+    resume: bool = False,
+    heatmap: str | os.PathLike | None = None,
+    variant: str = "float",
+    verify_key: str | os.PathLike | None = None,
+) -> PredictOutcome:
     """``ccad predict`` on one machine: score ``inputs`` with ``model`` (bundle, run folder or model file).
 
     With ``out`` the rows stream into a CSV (``resume`` continues one); otherwise the results are
@@ -180,8 +208,10 @@ def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], fmt: 
     predictor = load_predictor(model, variant=variant, verify_key=verify_key)
     if out:
         counts = predict_to_csv(predictor, inputs, out, resume, heatmap)
-        return PredictOutcome(f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} "
-                              f"already done: {out} ({NOT_A_DIAGNOSIS})")
+        return PredictOutcome(
+            f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} "
+            f"already done: {out} ({NOT_A_DIAGNOSIS})"
+        )
     results = predictor.predict_files(expand_inputs(inputs), with_heatmaps=bool(heatmap))
     if heatmap:
         Path(heatmap).mkdir(parents=True, exist_ok=True)
@@ -191,8 +221,9 @@ def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], fmt: 
     notes = []
     flagged = sum(r.in_distribution is False for r in results)
     if flagged:
-        notes.append(f"{flagged} image(s) flagged out of distribution (in_distribution = false): "
-                     f"{OUT_OF_DISTRIBUTION_TEXT}.")
+        notes.append(
+            f"{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}."
+        )
     if fmt == "table":
         notes.append("Screening aid, not a diagnosis.")
     return PredictOutcome(format_results(results, predictor, fmt), notes)

@@ -53,17 +53,26 @@ class Prediction:
         fields that are set; no arrays."""
         if self.error is not None:
             return {key: self.name, "error": self.error}
-        out: dict[str, Any] = {key: self.name, "predicted_class": self.predicted_class,
-                               "probabilities": self.probabilities, "lung_qc": self.lung_qc,
-                               "in_distribution": self.in_distribution}
+        out: dict[str, Any] = {
+            key: self.name,
+            "predicted_class": self.predicted_class,
+            "probabilities": self.probabilities,
+            "lung_qc": self.lung_qc,
+            "in_distribution": self.in_distribution,
+        }
         for name in ("ood_distance", "ood_cutoff", "warning", "severity"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
 
 
-def score_batch(predictor, names: Sequence[str], prepared: Sequence[Prepared], with_heatmaps: bool = False,
-                heatmap_class: str | None = None) -> list[Prediction]:
+def score_batch(
+    predictor,
+    names: Sequence[str],
+    prepared: Sequence[Prepared],
+    with_heatmaps: bool = False,
+    heatmap_class: str | None = None,
+) -> list[Prediction]:
     """Run ``predictor`` (a :class:`ccad.scoring.predictor.Predictor`) on prepared images and describe each.
 
     The heatmap is of the predicted class, or of ``heatmap_class`` when given (the audit uses the positive
@@ -78,10 +87,18 @@ def score_batch(predictor, names: Sequence[str], prepared: Sequence[Prepared], w
     for name, prep, raw, p, k, fmap in zip(names, prepared, probabilities, calibrated, predicted, features):
         pooled = fmap.mean(axis=(0, 1))
         guard = screen(predictor.ood, pooled, prep.qc_flags)
-        result = Prediction(name, classes[int(k)], {c: float(v) for c, v in zip(classes, p)},
-                            in_distribution=guard["in_distribution"], ood_distance=guard.get("ood_distance"),
-                            ood_cutoff=guard.get("ood_cutoff"), lung_qc=guard["lung_qc"], warning=guard.get("warning"),
-                            raw_probabilities=raw, pooled=pooled)
+        result = Prediction(
+            name,
+            classes[int(k)],
+            {c: float(v) for c, v in zip(classes, p)},
+            in_distribution=guard["in_distribution"],
+            ood_distance=guard.get("ood_distance"),
+            ood_cutoff=guard.get("ood_cutoff"),
+            lung_qc=guard["lung_qc"],
+            warning=guard.get("warning"),
+            raw_probabilities=raw,
+            pooled=pooled,
+        )
         if predictor.severity is not None and result.predicted_class == predictor.positive_class:
             result.severity = predictor.severity(pooled)
         if with_heatmaps:

@@ -31,8 +31,15 @@ from ccad.training.config import TrainConfig
 from ccad.training.run import train
 
 
-def cross_validate(spec: DataSpec, out: str | os.PathLike, config: TrainConfig | None = None, folds: int = 5,
-                   seed: int = 0, keep_models: bool = False, group_by: str = "patient") -> dict[str, Any]:
+def cross_validate(
+    spec: DataSpec,
+    out: str | os.PathLike,
+    config: TrainConfig | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    keep_models: bool = False,
+    group_by: str = "patient",
+) -> dict[str, Any]:
     """Run k-fold grouped cross-validation (``group_by="source"``: leave one source out); write ``out`` and
     return its metrics dict. Each fold's held-out images are scored by the fold's model through the same
     scoring step as ``ccad predict``."""
@@ -50,10 +57,13 @@ def cross_validate(spec: DataSpec, out: str | os.PathLike, config: TrainConfig |
         scored = score_samples(result.predictor, fold.subset("test"), dataset.classes, spec.skip_bad)
         kept, bad, probabilities, predicted = scored.samples, scored.skipped, scored.probabilities, scored.predicted
         y = scored.y_true
-        metrics = compute_metrics(y, probabilities, dataset.classes, positive, _groups(dataset, kept),
-                                  y_pred=predicted)
-        metrics.update(fold=i, test_sources=sorted({s.source for s in kept}), decision=dict(result.decision.to_dict(), text=result.decision.describe()),
-                       skipped_files=[{"path": p, "error": e} for p, e in bad])
+        metrics = compute_metrics(y, probabilities, dataset.classes, positive, _groups(dataset, kept), y_pred=predicted)
+        metrics.update(
+            fold=i,
+            test_sources=sorted({s.source for s in kept}),
+            decision=dict(result.decision.to_dict(), text=result.decision.describe()),
+            skipped_files=[{"path": p, "error": e} for p, e in bad],
+        )
         write_json(out / f"fold-{i}" / "metrics.json", metrics)
         per_fold.append(metrics)
         rows += [(i, s, p, int(k)) for s, p, k in zip(kept, probabilities, predicted)]
@@ -64,25 +74,49 @@ def cross_validate(spec: DataSpec, out: str | os.PathLike, config: TrainConfig |
     y_true = label_indices(samples, dataset.classes)
     probabilities = np.stack([r[2] for r in rows])
     predicted = np.array([r[3] for r in rows])
-    pooled = compute_metrics(y_true, probabilities, dataset.classes, positive, _groups(dataset, samples),
-                             y_pred=predicted)
-    pooled.update(split="out-of-fold (pooled)", data=dataset.source,
-                  decision={"text": "each fold's own threshold, chosen on that fold's validation split"})
+    pooled = compute_metrics(
+        y_true, probabilities, dataset.classes, positive, _groups(dataset, samples), y_pred=predicted
+    )
+    pooled.update(
+        split="out-of-fold (pooled)",
+        data=dataset.source,
+        decision={"text": "each fold's own threshold, chosen on that fold's validation split"},
+    )
     summary = {
-        "folds": folds, "seed": seed, "data": dataset.source, "classes": dataset.classes, "positive_class": positive,
-        "grouping": ("source (leave one source out)" if group_by == "source" else
-                     "patient group" if dataset.layout in ("manifest", "pooled") else "image (no group column)"),
-        "config": config.__dict__, "elapsed_s": round(time.perf_counter() - start, 1),
-        "pooled": pooled, "per_fold": per_fold,
+        "folds": folds,
+        "seed": seed,
+        "data": dataset.source,
+        "classes": dataset.classes,
+        "positive_class": positive,
+        "grouping": (
+            "source (leave one source out)"
+            if group_by == "source"
+            else "patient group"
+            if dataset.layout in ("manifest", "pooled")
+            else "image (no group column)"
+        ),
+        "config": config.__dict__,
+        "elapsed_s": round(time.perf_counter() - start, 1),
+        "pooled": pooled,
+        "per_fold": per_fold,
         "fold_mean_sd": _mean_sd(per_fold),
     }
     write_json(out / "metrics.json", summary)
     _write_oof_csv(out / "oof_predictions.csv", rows, dataset.classes)
-    figures = write_figures(out / "figures", pooled, y_true, probabilities, None, dataset.classes,
-                            predicted=predicted, originals=samples)
+    figures = write_figures(
+        out / "figures", pooled, y_true, probabilities, None, dataset.classes, predicted=predicted, originals=samples
+    )
     meta = {"weights": config.weights, "config": config.__dict__, "cross_validation": f"{folds}-fold, seed {seed}"}
-    write_report(out / "report.html", pooled, figures, _all_as(dataset, "test"), meta, "out-of-fold (pooled)",
-                 title=f"ccad {folds}-fold cross-validation", extra_html=_fold_table(per_fold, summary))
+    write_report(
+        out / "report.html",
+        pooled,
+        figures,
+        _all_as(dataset, "test"),
+        meta,
+        "out-of-fold (pooled)",
+        title=f"ccad {folds}-fold cross-validation",
+        extra_html=_fold_table(per_fold, summary),
+    )
     return summary
 
 
@@ -101,7 +135,10 @@ def _mean_sd(per_fold: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for name in BINARY_METRICS:
         values = [m[name]["value"] for m in per_fold if m[name]["value"] is not None]
         if values:
-            out[name] = {"mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+            out[name] = {
+                "mean": float(np.mean(values)),
+                "sd": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            }
     return out
 
 
@@ -111,12 +148,18 @@ def _fold_table(per_fold: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 
     head = "".join(f"<th>{h}</th>" for h in ["fold", "n", *BINARY_METRICS, "threshold"])
     body = "".join(
-        "<tr>" + f"<td>{m['fold']}</td><td>{m['n']}</td>" + "".join(f"<td>{cell(m[k])}</td>" for k in BINARY_METRICS)
-        + f"<td>{html.escape(str(m['decision'].get('threshold')))}</td></tr>" for m in per_fold)
+        "<tr>"
+        + f"<td>{m['fold']}</td><td>{m['n']}</td>"
+        + "".join(f"<td>{cell(m[k])}</td>" for k in BINARY_METRICS)
+        + f"<td>{html.escape(str(m['decision'].get('threshold')))}</td></tr>"
+        for m in per_fold
+    )
     spread = ", ".join(f"{k} {v['mean']:.3f} ± {v['sd']:.3f}" for k, v in summary["fold_mean_sd"].items())
-    return (f"<h2>Folds</h2><p>{summary['folds']} folds, grouped by {html.escape(summary['grouping'])}; "
-            f"the metrics above pool every fold's held-out predictions. Mean ± SD over folds: {html.escape(spread)}.</p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return (
+        f"<h2>Folds</h2><p>{summary['folds']} folds, grouped by {html.escape(summary['grouping'])}; "
+        f"the metrics above pool every fold's held-out predictions. Mean ± SD over folds: {html.escape(spread)}.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _write_oof_csv(path: Path, rows, classes: Sequence[str]) -> None:
@@ -124,6 +167,7 @@ def _write_oof_csv(path: Path, rows, classes: Sequence[str]) -> None:
     writer = csv.writer(buffer)
     writer.writerow(["fold", "path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes])
     for fold, sample, p, k in rows:
-        writer.writerow([fold, sample.path, sample.group, sample.source, sample.label, classes[k]]
-                        + [f"{v:.6f}" for v in p])
+        writer.writerow(
+            [fold, sample.path, sample.group, sample.source, sample.label, classes[k]] + [f"{v:.6f}" for v in p]
+        )
     write_text(path, buffer.getvalue())

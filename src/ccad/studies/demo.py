@@ -14,8 +14,9 @@ from ccad.training.config import make_config
 from ccad.training.run import TrainResult, train
 
 
-def run_demo(out: str | os.PathLike, n_per_class: int = 60, epochs: int = 10, seed: int = 0,
-             verbose: int | None = None, log=None) -> TrainResult:
+def run_demo(
+    out: str | os.PathLike, n_per_class: int = 60, epochs: int = 10, seed: int = 0, verbose: int | None = None, log=None
+) -> TrainResult:
     """Generate a synthetic covid/normal set in ``out/data``, train the default recipe into
     ``out/run`` and evaluate it there (``out/run/report.html``).
 
@@ -31,8 +32,10 @@ def run_demo(out: str | os.PathLike, n_per_class: int = 60, epochs: int = 10, se
         try:
             download_imagenet_weights(224)
         except ModelError as e:
-            log(f"ccad demo: {e}\nccad demo: going on with --weights none: the pipeline runs end to end, "
-                "but a randomly initialised frozen backbone learns nothing (expect chance-level scores).")
+            log(
+                f"ccad demo: {e}\nccad demo: going on with --weights none: the pipeline runs end to end, "
+                "but a randomly initialised frozen backbone learns nothing (expect chance-level scores)."
+            )
             weights = "none"
     config = make_config(epochs=epochs, weights=weights, seed=seed)
     return train(DataSpec(data / "manifest.csv", classes=("covid", "normal")), out / "run", config, verbose=verbose)

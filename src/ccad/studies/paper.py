@@ -55,35 +55,73 @@ CASES = (
 #: stated), Table 8 (AUC), Table 9's row for the proposed network (accuracy, sensitivity, specificity, F1;
 #: B-10ep has none) and the abstract's accuracy.
 PAPER: dict[str, dict[str, Any]] = {
-    "paper-a": {"final_loss": 0.09, "final_accuracy": 0.9508, "precision": 1.0, "recall": 1.0, "f1": 0.95,
-                "confusion_matrix": "19 2 0 11", "auc": 0.95,
-                "table9": {"accuracy": 0.9375, "sensitivity": 1.0, "specificity": 1.0, "f1": 0.95},
-                "abstract_accuracy": 0.958},
-    "paper-b": {"final_loss": 0.06, "final_accuracy": 1.0, "precision": 1.0, "recall": 1.0, "f1": 1.0,
-                "confusion_matrix": "25 0 0 7", "auc": 1.0,
-                "table9": {"accuracy": 0.992, "sensitivity": 1.0, "specificity": 1.0, "f1": 1.0},
-                "abstract_accuracy": 1.0},
-    "paper-b-10ep": {"final_loss": 0.02, "final_accuracy": 0.9902, "precision": 1.0, "recall": 1.0, "f1": 1.0,
-                     "confusion_matrix": "25 7 0 7 (its notebook prints [[8, 0], [0, 24]])", "auc": 1.0},
+    "paper-a": {
+        "final_loss": 0.09,
+        "final_accuracy": 0.9508,
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 0.95,
+        "confusion_matrix": "19 2 0 11",
+        "auc": 0.95,
+        "table9": {"accuracy": 0.9375, "sensitivity": 1.0, "specificity": 1.0, "f1": 0.95},
+        "abstract_accuracy": 0.958,
+    },
+    "paper-b": {
+        "final_loss": 0.06,
+        "final_accuracy": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "confusion_matrix": "25 0 0 7",
+        "auc": 1.0,
+        "table9": {"accuracy": 0.992, "sensitivity": 1.0, "specificity": 1.0, "f1": 1.0},
+        "abstract_accuracy": 1.0,
+    },
+    "paper-b-10ep": {
+        "final_loss": 0.02,
+        "final_accuracy": 0.9902,
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+        "confusion_matrix": "25 7 0 7 (its notebook prints [[8, 0], [0, 24]])",
+        "auc": 1.0,
+    },
     "paper-methods": {},
 }
 #: (row label, our metric key, where the paper's value is) for the per-metric tables.
 METRIC_ROWS = {
-    "Table 6: precision, recall and F1": (("precision", "precision", "precision"), ("recall", "sensitivity", "recall"), ("F1", "f1", "f1")),
+    "Table 6: precision, recall and F1": (
+        ("precision", "precision", "precision"),
+        ("recall", "sensitivity", "recall"),
+        ("F1", "f1", "f1"),
+    ),
     "Table 8: ROC area": (("AUC", "auc", "auc"),),
-    "Table 9: the proposed network's row": (("accuracy", "accuracy", "table9.accuracy"),
-                                   ("sensitivity", "sensitivity", "table9.sensitivity"),
-                                   ("specificity", "specificity", "table9.specificity"), ("F1", "f1", "table9.f1")),
+    "Table 9: the proposed network's row": (
+        ("accuracy", "accuracy", "table9.accuracy"),
+        ("sensitivity", "sensitivity", "table9.sensitivity"),
+        ("specificity", "specificity", "table9.specificity"),
+        ("F1", "f1", "table9.f1"),
+    ),
 }
 METRICS = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auc")
-FIGURES = (("training curves", "training_curves.png"), ("confusion matrix", "confusion_matrix.png"),
-           ("ROC", "roc_curve.png"), ("predictions", "predictions.png"))
+FIGURES = (
+    ("training curves", "training_curves.png"),
+    ("confusion matrix", "confusion_matrix.png"),
+    ("ROC", "roc_curve.png"),
+    ("predictions", "predictions.png"),
+)
 BATCH = 32
 DRAWS = 2000
 
 
-def reproduce_paper(data: str | os.PathLike, out: str | os.PathLike, cases: tuple[str, ...] | None = None,
-                    seed: int = 0, epochs: int | None = None, fine_tune_epochs: int | None = None) -> dict[str, Any]:
+def reproduce_paper(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    cases: tuple[str, ...] | None = None,
+    seed: int = 0,
+    epochs: int | None = None,
+    fine_tune_epochs: int | None = None,
+) -> dict[str, Any]:
     """Train and score each case (all four, or the ``cases`` named); ``epochs`` / ``fine_tune_epochs``
     override the presets' phases for a quick look (the report says so)."""
     out = Path(out)
@@ -95,27 +133,54 @@ def reproduce_paper(data: str | os.PathLike, out: str | os.PathLike, cases: tupl
         if fine_tune_epochs is not None and make_config(case.preset).fine_tune_epochs:
             overrides["fine_tune_epochs"] = fine_tune_epochs
         config = make_config(case.preset, **overrides)
-        result = train(DataSpec(data, classes=("covid", "normal"), where=(case.where,)), out / case.preset, config,
-                       verbose=0)
+        result = train(
+            DataSpec(data, classes=("covid", "normal"), where=(case.where,)), out / case.preset, config, verbose=0
+        )
         counts = result.dataset.counts()["all"]
         last, best = result.history[-1], min(result.history, key=lambda r: r.get("val_loss", np.inf))
-        rows.append({
-            "case": case.preset, "paper_name": case.paper_name,
-            "dataset": f"{case.dataset} ({counts['covid']} COVID + {counts['normal']} normal)",
-            "settings": {k: getattr(config, k) for k in ("dropout", "optimizer", "lr", "batch_size", "input_size",
-                                                         "epochs", "fine_tune_epochs", "fine_tune_lr",
-                                                         "fine_tune_from")},
-            "epochs_run": {"frozen": sum(r["phase"] == "frozen" for r in result.history),
-                           "fine-tune": sum(r["phase"] == "fine-tune" for r in result.history)},
-            "best_epoch": result.history.index(best) + 1, "best_phase": best["phase"],
-            "final_epoch": {k: last.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
-            "n_test": result.metrics["n"], "metrics": {m: result.metrics[m] for m in METRICS},
-            "confusion_matrix": result.metrics["confusion_matrix"],
-            "batches_of_32": batches_of_32(out / case.preset / "predictions.csv", seed),
-            "paper": PAPER[case.preset], "train_s": round(result.timings["train_s"], 1),
-            "train_images_per_s": round(result.timings["train_images_per_s"], 1), "run": case.preset})
-    summary = {"data": str(data), "seed": seed, "epochs_override": epochs, "fine_tune_epochs_override": fine_tune_epochs,
-               "cases": rows}
+        rows.append(
+            {
+                "case": case.preset,
+                "paper_name": case.paper_name,
+                "dataset": f"{case.dataset} ({counts['covid']} COVID + {counts['normal']} normal)",
+                "settings": {
+                    k: getattr(config, k)
+                    for k in (
+                        "dropout",
+                        "optimizer",
+                        "lr",
+                        "batch_size",
+                        "input_size",
+                        "epochs",
+                        "fine_tune_epochs",
+                        "fine_tune_lr",
+                        "fine_tune_from",
+                    )
+                },
+                "epochs_run": {
+                    "frozen": sum(r["phase"] == "frozen" for r in result.history),
+                    "fine-tune": sum(r["phase"] == "fine-tune" for r in result.history),
+                },
+                "best_epoch": result.history.index(best) + 1,
+                "best_phase": best["phase"],
+                "final_epoch": {k: last.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+                "n_test": result.metrics["n"],
+                "metrics": {m: result.metrics[m] for m in METRICS},
+                "confusion_matrix": result.metrics["confusion_matrix"],
+                "batches_of_32": batches_of_32(out / case.preset / "predictions.csv", seed),
+                "paper": PAPER[case.preset],
+                "train_s": round(result.timings["train_s"], 1),
+                "train_images_per_s": round(result.timings["train_images_per_s"], 1),
+                "run": case.preset,
+            }
+        )
+    summary = {
+        "data": str(data),
+        "seed": seed,
+        "epochs_override": epochs,
+        "fine_tune_epochs_override": fine_tune_epochs,
+        "cases": rows,
+    }
     write_json(out / "summary.json", summary)
     write_text(out / "paper-reproduction.md", reproduction_markdown(summary))
     return summary
@@ -132,18 +197,24 @@ def batches_of_32(predictions_csv: Path, seed: int, positive: str = "covid") -> 
     score = np.array([float(r[f"p_{positive}"]) for r in rows])
     size = min(BATCH, len(rows))
     rng = np.random.default_rng(seed)
-    draws = [binary_metrics(truth[i], predicted[i], score[i])
-             for i in (rng.choice(len(rows), size, replace=False) for _ in range(DRAWS))]
+    draws = [
+        binary_metrics(truth[i], predicted[i], score[i])
+        for i in (rng.choice(len(rows), size, replace=False) for _ in range(DRAWS))
+    ]
     ranges = {}
     for metric in METRICS:
         values = [d[metric] for d in draws if d[metric] is not None]
         ranges[metric] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
     first = slice(0, size)
     t, p = truth[first], predicted[first]
-    return {"first": binary_metrics(t, p, score[first]),
-            "first_confusion_matrix": [[int(np.sum(t & p)), int(np.sum(t & ~p))], [int(np.sum(~t & p)),
-                                                                                      int(np.sum(~t & ~p))]],
-            "range95": ranges}
+    return {
+        "first": binary_metrics(t, p, score[first]),
+        "first_confusion_matrix": [
+            [int(np.sum(t & p)), int(np.sum(t & ~p))],
+            [int(np.sum(~t & p)), int(np.sum(~t & ~p))],
+        ],
+        "range95": ranges,
+    }
 
 
 def _paper_value(paper: dict[str, Any], where: str) -> float | None:
@@ -171,50 +242,74 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
     cases = summary["cases"]
     override = ""
     if summary.get("epochs_override") or summary.get("fine_tune_epochs_override") is not None:
-        override = (f" **Epochs overridden for a quick look** (frozen {summary.get('epochs_override')}, fine-tuning "
-                    f"{summary.get('fine_tune_epochs_override')}): not the paper's settings.")
-    lines = ["# The paper's cases as the paper ran them, its tables beside ours", "",
-             f"Generated by `ccad reproduce-paper --data {summary['data']}` (seed {summary['seed']}).{override} "
-             "**The paper's numbers** come from one batch of 32 test images (its Tables 5-9, transcribed in "
-             "`ccad.studies.paper.PAPER`). **Ours** come from the whole patient-grouped test split of the same "
-             "subset of `covid-cxr`, with 95% grouped-bootstrap intervals, and, to show what one batch can say, "
-             "from the 2.5th-97.5th percentile of the same metric over "
-             f"{DRAWS:,} random batches of {BATCH} of our test predictions. COVID-19 is the positive class. "
-             "These are internal scores on sources where label and hospital coincide: they overstate what any "
-             "of these models does on another hospital's X-rays (docs/generalization.md). Not a diagnosis.", "",
-             "\"First batch of 32\" is the first 32 rows of the case's test predictions, which are in the "
-             "split's order (COVID first): like the paper's, one batch, not a random one.", "",
-             "## The cases", "",
-             "| case | the paper's name | data | dropout | optimizer, lr, batch, input | epochs run (frozen + "
-             "fine-tuning at lr) | best validation epoch (phase) | training time (images/s) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        override = (
+            f" **Epochs overridden for a quick look** (frozen {summary.get('epochs_override')}, fine-tuning "
+            f"{summary.get('fine_tune_epochs_override')}): not the paper's settings."
+        )
+    lines = [
+        "# The paper's cases as the paper ran them, its tables beside ours",
+        "",
+        f"Generated by `ccad reproduce-paper --data {summary['data']}` (seed {summary['seed']}).{override} "
+        "**The paper's numbers** come from one batch of 32 test images (its Tables 5-9, transcribed in "
+        "`ccad.studies.paper.PAPER`). **Ours** come from the whole patient-grouped test split of the same "
+        "subset of `covid-cxr`, with 95% grouped-bootstrap intervals, and, to show what one batch can say, "
+        "from the 2.5th-97.5th percentile of the same metric over "
+        f"{DRAWS:,} random batches of {BATCH} of our test predictions. COVID-19 is the positive class. "
+        "These are internal scores on sources where label and hospital coincide: they overstate what any "
+        "of these models does on another hospital's X-rays (docs/generalization.md). Not a diagnosis.",
+        "",
+        '"First batch of 32" is the first 32 rows of the case\'s test predictions, which are in the '
+        "split's order (COVID first): like the paper's, one batch, not a random one.",
+        "",
+        "## The cases",
+        "",
+        "| case | the paper's name | data | dropout | optimizer, lr, batch, input | epochs run (frozen + "
+        "fine-tuning at lr) | best validation epoch (phase) | training time (images/s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in cases:
         s, run = r["settings"], r["epochs_run"]
-        tuning = (f" + {run['fine-tune']} (lr {s['fine_tune_lr']:g}, from {s['fine_tune_from']})"
-                  if run["fine-tune"] else "")
-        lines.append(f"| {r['case']} | {r['paper_name']} | {r['dataset']} | {s['dropout']} | {s['optimizer']}, "
-                     f"{s['lr']:g}, {s['batch_size']}, {s['input_size']} px | {run['frozen']}{tuning} | "
-                     f"{r['best_epoch']} ({r['best_phase']}) | {r['train_s']:.0f} s ({r['train_images_per_s']}) |")
-    lines += ["", "The model kept is the one of the epoch with the lowest validation loss, across both phases.", "",
-              "## Table 5: final loss and final accuracy", "",
-              "The paper's \"final\" values are its training log's last epoch. Ours: the last epoch's training and "
-              "validation values, and the kept model's test accuracy.", "",
-              "| case | paper: final loss | paper: final accuracy | ours: last epoch loss (train / val) | "
-              "ours: last epoch accuracy (train / val) | ours: test accuracy (95% CI) | ours: accuracy over "
-              "batches of 32 | paper inside? |", "| --- " * 8 + "|"]
+        tuning = (
+            f" + {run['fine-tune']} (lr {s['fine_tune_lr']:g}, from {s['fine_tune_from']})" if run["fine-tune"] else ""
+        )
+        lines.append(
+            f"| {r['case']} | {r['paper_name']} | {r['dataset']} | {s['dropout']} | {s['optimizer']}, "
+            f"{s['lr']:g}, {s['batch_size']}, {s['input_size']} px | {run['frozen']}{tuning} | "
+            f"{r['best_epoch']} ({r['best_phase']}) | {r['train_s']:.0f} s ({r['train_images_per_s']}) |"
+        )
+    lines += [
+        "",
+        "The model kept is the one of the epoch with the lowest validation loss, across both phases.",
+        "",
+        "## Table 5: final loss and final accuracy",
+        "",
+        "The paper's \"final\" values are its training log's last epoch. Ours: the last epoch's training and "
+        "validation values, and the kept model's test accuracy.",
+        "",
+        "| case | paper: final loss | paper: final accuracy | ours: last epoch loss (train / val) | "
+        "ours: last epoch accuracy (train / val) | ours: test accuracy (95% CI) | ours: accuracy over "
+        "batches of 32 | paper inside? |",
+        "| --- " * 8 + "|",
+    ]
     for r in cases:
         f, p = r["final_epoch"], r["paper"]
         bounds = r["batches_of_32"]["range95"]["accuracy"]
-        lines.append(f"| {r['case']} | {_num(p.get('final_loss'), 2)} | {_num(p.get('final_accuracy'), 4)} | "
-                     f"{_num(f['loss'])} / {_num(f['val_loss'])} | {_num(f['accuracy'])} / {_num(f['val_accuracy'])}"
-                     f" | {format_interval(r['metrics']['accuracy'], undefined='n/a')} | {_range(bounds)} | "
-                     f"{_inside(p.get('final_accuracy'), bounds)} |")
+        lines.append(
+            f"| {r['case']} | {_num(p.get('final_loss'), 2)} | {_num(p.get('final_accuracy'), 4)} | "
+            f"{_num(f['loss'])} / {_num(f['val_loss'])} | {_num(f['accuracy'])} / {_num(f['val_accuracy'])}"
+            f" | {format_interval(r['metrics']['accuracy'], undefined='n/a')} | {_range(bounds)} | "
+            f"{_inside(p.get('final_accuracy'), bounds)} |"
+        )
     verdicts: list[tuple[str, str, str]] = []
     for table, metric_rows in METRIC_ROWS.items():
-        lines += ["", f"## {table}", "",
-                  "| case | metric | paper (one batch of 32) | ours: whole test split (95% CI) | ours: first batch "
-                  "of 32 | ours: random batches of 32 (95% range) | paper inside that range? |",
-                  "| --- " * 7 + "|"]
+        lines += [
+            "",
+            f"## {table}",
+            "",
+            "| case | metric | paper (one batch of 32) | ours: whole test split (95% CI) | ours: first batch "
+            "of 32 | ours: random batches of 32 (95% range) | paper inside that range? |",
+            "| --- " * 7 + "|",
+        ]
         for r in cases:
             for label, key, where in metric_rows:
                 paper = _paper_value(r["paper"], where)
@@ -222,31 +317,51 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
                 inside = _inside(paper, bounds)
                 if paper is not None:
                     verdicts.append((r["case"], f"{table} {label}", inside))
-                lines.append(f"| {r['case']} | {label} | {_num(paper)} | "
-                             f"{format_interval(r['metrics'][key], undefined='n/a')} | "
-                             f"{_num(r['batches_of_32']['first'][key])} | {_range(bounds)} | {inside} |")
-    lines += ["", "## Table 7: confusion matrices", "",
-              "Ours: rows true (covid, normal), columns predicted (covid, normal).", "",
-              "| case | paper (one batch, as printed) | ours: whole test split | ours: first batch of 32 |",
-              "| --- | --- | --- | --- |"]
+                lines.append(
+                    f"| {r['case']} | {label} | {_num(paper)} | "
+                    f"{format_interval(r['metrics'][key], undefined='n/a')} | "
+                    f"{_num(r['batches_of_32']['first'][key])} | {_range(bounds)} | {inside} |"
+                )
+    lines += [
+        "",
+        "## Table 7: confusion matrices",
+        "",
+        "Ours: rows true (covid, normal), columns predicted (covid, normal).",
+        "",
+        "| case | paper (one batch, as printed) | ours: whole test split | ours: first batch of 32 |",
+        "| --- | --- | --- | --- |",
+    ]
     for r in cases:
-        lines.append(f"| {r['case']} | {r['paper'].get('confusion_matrix', 'n/a')} | {r['confusion_matrix']} | "
-                     f"{r['batches_of_32']['first_confusion_matrix']} |")
+        lines.append(
+            f"| {r['case']} | {r['paper'].get('confusion_matrix', 'n/a')} | {r['confusion_matrix']} | "
+            f"{r['batches_of_32']['first_confusion_matrix']} |"
+        )
     outside = [f"{case} {what}" for case, what, inside in verdicts if inside != "yes"]
-    lines += ["", "## Which of the paper's numbers one batch of 32 could have shown", "",
-              f"Of the paper's {len(verdicts)} per-metric numbers above, {len(verdicts) - len(outside)} fall inside "
-              "the range our models' batches of 32 span"
-              + (f"; outside it: {', '.join(outside)}." if outside else ".")
-              + " A number inside the range is one a batch of 32 of our test images could have given; it is not "
-                "evidence that the model is that good: the whole-split interval is the estimate.", "",
-              "## Figures", "",
-              "Per case, in its run folder: training and validation accuracy and loss over both phases with "
-              "the start of fine-tuning marked (the paper's Figures 4, 8, 13), the confusion matrix (5, 9, 14), "
-              "the ROC curve (6, 10, 15), and test images titled green when right and red when wrong "
-              "(7, 11, 16).", ""]
+    lines += [
+        "",
+        "## Which of the paper's numbers one batch of 32 could have shown",
+        "",
+        f"Of the paper's {len(verdicts)} per-metric numbers above, {len(verdicts) - len(outside)} fall inside "
+        "the range our models' batches of 32 span"
+        + (f"; outside it: {', '.join(outside)}." if outside else ".")
+        + " A number inside the range is one a batch of 32 of our test images could have given; it is not "
+        "evidence that the model is that good: the whole-split interval is the estimate.",
+        "",
+        "## Figures",
+        "",
+        "Per case, in its run folder: training and validation accuracy and loss over both phases with "
+        "the start of fine-tuning marked (the paper's Figures 4, 8, 13), the confusion matrix (5, 9, 14), "
+        "the ROC curve (6, 10, 15), and test images titled green when right and red when wrong "
+        "(7, 11, 16).",
+        "",
+    ]
     for r in cases:
-        lines.append(f"**{r['case']}**: " + " ".join(f"![{title}]({figure_path(r['run'], name)})"
-                                                     for title, name in FIGURES if name not in skip_figures))
+        lines.append(
+            f"**{r['case']}**: "
+            + " ".join(
+                f"![{title}]({figure_path(r['run'], name)})" for title, name in FIGURES if name not in skip_figures
+            )
+        )
         lines.append("")
     return "\n".join(lines)
 

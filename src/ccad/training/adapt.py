@@ -62,8 +62,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, weight: np.ndarray, w0: np.ndarray, b0: np.ndarray, l2: float
-             ) -> tuple[np.ndarray, np.ndarray]:
+def fit_head(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, w0: np.ndarray, b0: np.ndarray, l2: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A Dense softmax head (``w0`` (d, k), ``b0`` (k,)) refitted on (x, y) with per-image ``weight``: the
     weighted mean cross-entropy + ``l2`` x the squared distance of the weights from ``w0``."""
     from scipy.optimize import minimize
@@ -73,16 +74,17 @@ def fit_head(x: np.ndarray, y: np.ndarray, weight: np.ndarray, w0: np.ndarray, b
     weight = np.asarray(weight, np.float64) / np.sum(weight)
 
     def loss(theta):
-        w, b = theta[:d * k].reshape(d, k), theta[d * k:]
+        w, b = theta[: d * k].reshape(d, k), theta[d * k :]
         p = softmax(x @ w + b)
         value = -np.sum(weight * np.log(np.clip(np.sum(p * onehot, axis=1), 1e-12, None))) + l2 * np.sum((w - w0) ** 2)
         residual = (p - onehot) * weight[:, None]
         grad_w = x.T @ residual + 2 * l2 * (w - w0)
         return value, np.concatenate([grad_w.ravel(), residual.sum(axis=0)])
 
-    theta = minimize(loss, np.concatenate([w0.ravel(), b0]).astype(np.float64), jac=True, method="L-BFGS-B",
-                     options={"maxiter": 500}).x
-    return theta[:d * k].reshape(d, k).astype(np.float32), theta[d * k:].astype(np.float32)
+    theta = minimize(
+        loss, np.concatenate([w0.ravel(), b0]).astype(np.float64), jac=True, method="L-BFGS-B", options={"maxiter": 500}
+    ).x
+    return theta[: d * k].reshape(d, k).astype(np.float32), theta[d * k :].astype(np.float32)
 
 
 def head_initializers(model, classes: int) -> list[tuple[str, str]]:
@@ -103,6 +105,7 @@ def head_initializers(model, classes: int) -> list[tuple[str, str]]:
         bias = next((i for i in (add.input if add is not None else []) if i in inits), None)
         if bias is not None and any(n.op_type == "Softmax" for n in consumers.get(add.output[0], [])):
             heads.append((node.name, node.input[1], bias))
+
     # in view order: Keras names a multi-view model's heads classifier_0, classifier_1, ... (numbers, not text:
     # classifier_10 after classifier_9)
     def view(name: str) -> tuple[int, str]:
@@ -125,9 +128,16 @@ def _metrics(y, probabilities, predicted, classes, positive, groups) -> dict[str
     return {k: m[k] for k in ("auc", "sensitivity", "specificity", "accuracy", "confusion_matrix") if k in m}
 
 
-def adapt_bundle(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLike, test_fraction: float = 0.3,
-                 l2: float = 1e-2, seed: int = 0, sign_key: str | os.PathLike | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+def adapt_bundle(
+    model: str | os.PathLike,
+    spec: DataSpec,
+    out: str | os.PathLike,
+    test_fraction: float = 0.3,
+    l2: float = 1e-2,
+    seed: int = 0,
+    sign_key: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Write ``out``: ``model`` with its head(s) fine-tuned on ``spec``'s images; returns the
     ``site_adaptation`` record."""
     import onnx
@@ -172,27 +182,29 @@ def adapt_bundle(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLik
     else:
         r_x, r_y = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64)
     # a fifth of the rehearsal images is kept out of the fit: "does not forget", measured out of sample
-    kept_out = np.random.default_rng(seed).permutation(len(r_x))[:len(r_x) // 5]
+    kept_out = np.random.default_rng(seed).permutation(len(r_x))[: len(r_x) // 5]
     r_check = np.zeros(len(r_x), bool)
     r_check[kept_out] = True
     (r_x, r_y), (c_x, c_y) = (r_x[~r_check], r_y[~r_check]), (r_x[r_check], r_y[r_check])
 
     def fit(x_local, y_local) -> list[tuple[np.ndarray, np.ndarray]]:
         x = np.concatenate([x_local, r_x])
-        w = np.concatenate([np.full(len(x_local), 1.0 / len(x_local)),
-                            np.full(len(r_x), 1.0 / max(len(r_x), 1))])  # the site and the old sources, half each
+        w = np.concatenate(
+            [np.full(len(x_local), 1.0 / len(x_local)), np.full(len(r_x), 1.0 / max(len(r_x), 1))]
+        )  # the site and the old sources, half each
         yy = np.concatenate([y_local, r_y])
-        return [fit_head(x[:, v * d:(v + 1) * d], yy, w, *old[v], l2) for v in range(predictor.views)]
+        return [fit_head(x[:, v * d : (v + 1) * d], yy, w, *old[v], l2) for v in range(predictor.views)]
 
     def probabilities(new_heads, x) -> np.ndarray:
-        return np.mean([softmax(x[:, v * d:(v + 1) * d] @ w + b) for v, (w, b) in enumerate(new_heads)], axis=0)
+        return np.mean([softmax(x[:, v * d : (v + 1) * d] @ w + b) for v, (w, b) in enumerate(new_heads)], axis=0)
 
     adapt_idx = np.flatnonzero(~is_test)
     out_of_fold = np.zeros((len(adapt_idx), len(classes)))
     from sklearn.model_selection import StratifiedGroupKFold
 
     for fit_rows, held in StratifiedGroupKFold(FOLDS, shuffle=True, random_state=seed).split(
-            adapt_idx, y[adapt_idx], groups[adapt_idx]):
+        adapt_idx, y[adapt_idx], groups[adapt_idx]
+    ):
         fold_heads = fit(features[adapt_idx[fit_rows]], y[adapt_idx[fit_rows]])
         out_of_fold[held] = probabilities(fold_heads, features[adapt_idx[held]])
     new_heads = fit(features[adapt_idx], y[adapt_idx])
@@ -201,29 +213,60 @@ def adapt_bundle(model: str | os.PathLike, spec: DataSpec, out: str | os.PathLik
     after = probabilities(new_heads, features)
     t = is_test
     record = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "ccad": __version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "ccad": __version__,
         "base": {"card_sha256": sha256(model / BUNDLE_CARD), "decision": rule.to_dict()},
-        "data": {"source": dataset.source, "sha256": dataset.fingerprint(), "images": len(scored),
-                 "unreadable": unreadable, "counts": counts},
-        "split": {"adapt": int((~t).sum()), "test": int(t.sum()), "test_fraction": test_fraction, "seed": seed,
-                  "by": "patient group (near-duplicate films grouped), stratified by class"},
-        "settings": {"l2_to_old_weights": l2, "rehearsal_images": int(len(r_x) + len(c_x)), "folds_for_threshold": FOLDS,
-                     "heads": len(heads), "trained": "each view's Dense softmax head; the backbone frozen"},
+        "data": {
+            "source": dataset.source,
+            "sha256": dataset.fingerprint(),
+            "images": len(scored),
+            "unreadable": unreadable,
+            "counts": counts,
+        },
+        "split": {
+            "adapt": int((~t).sum()),
+            "test": int(t.sum()),
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "by": "patient group (near-duplicate films grouped), stratified by class",
+        },
+        "settings": {
+            "l2_to_old_weights": l2,
+            "rehearsal_images": int(len(r_x) + len(c_x)),
+            "folds_for_threshold": FOLDS,
+            "heads": len(heads),
+            "trained": "each view's Dense softmax head; the backbone frozen",
+        },
         "local_test": {
             "before": _metrics(y[t], before[t], rule.predict(rule.calibrate(before[t])), classes, positive, groups[t]),
-            "after": _metrics(y[t], after[t], decision.predict(after[t]), classes, positive, groups[t])},
+            "after": _metrics(y[t], after[t], decision.predict(after[t]), classes, positive, groups[t]),
+        },
         "note": "before and after on the same held-out local test split, which nothing was fitted on",
     }
     if len(c_x):
-        record["rehearsal"] = {"images_checked": int(len(c_x)),
-                               "auc_before": _auc(c_y, probabilities(old, c_x), classes.index(positive)),
-                               "auc_after": _auc(c_y, probabilities(new_heads, c_x), classes.index(positive)),
-                               "note": "on the fifth of the rehearsal features kept out of the fit (training images "
-                                       "of the base model, so its own AUC there is optimistic)"}
+        record["rehearsal"] = {
+            "images_checked": int(len(c_x)),
+            "auc_before": _auc(c_y, probabilities(old, c_x), classes.index(positive)),
+            "auc_after": _auc(c_y, probabilities(new_heads, c_x), classes.index(positive)),
+            "note": "on the fifth of the rehearsal features kept out of the fit (training images "
+            "of the base model, so its own AUC there is optimistic)",
+        }
     else:
         record["rehearsal"] = {"note": f"{model} has no {REHEARSAL_FILE}: adapted with the L2 pull alone"}
-    _write(model, out, card, graph, heads, new_heads, decision, record, features[t], after[t, classes.index(positive)],
-           predictor, sign_key)
+    _write(
+        model,
+        out,
+        card,
+        graph,
+        heads,
+        new_heads,
+        decision,
+        record,
+        features[t],
+        after[t, classes.index(positive)],
+        predictor,
+        sign_key,
+    )
     return record
 
 
@@ -252,14 +295,30 @@ def _auc(y, p, positive: int) -> float | None:
     return float(roc_auc_score(truth, p[:, positive])) if 0 < truth.sum() < len(truth) else None
 
 
-def _write(base: Path, out: Path, card: ModelCard, graph, heads, new_heads, decision, record, test_features,
-           test_scores, predictor, sign_key) -> None:
+def _write(
+    base: Path,
+    out: Path,
+    card: ModelCard,
+    graph,
+    heads,
+    new_heads,
+    decision,
+    record,
+    test_features,
+    test_scores,
+    predictor,
+    sign_key,
+) -> None:
     from onnx import numpy_helper
 
     by_name = {i.name: i for i in graph.graph.initializer}
     for (w_name, b_name), (w, b) in zip(heads, new_heads):
-        by_name[w_name].CopyFrom(numpy_helper.from_array(w.astype(numpy_helper.to_array(by_name[w_name]).dtype), w_name))
-        by_name[b_name].CopyFrom(numpy_helper.from_array(b.astype(numpy_helper.to_array(by_name[b_name]).dtype), b_name))
+        by_name[w_name].CopyFrom(
+            numpy_helper.from_array(w.astype(numpy_helper.to_array(by_name[w_name]).dtype), w_name)
+        )
+        by_name[b_name].CopyFrom(
+            numpy_helper.from_array(b.astype(numpy_helper.to_array(by_name[b_name]).dtype), b_name)
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -270,26 +329,47 @@ def _write(base: Path, out: Path, card: ModelCard, graph, heads, new_heads, deci
         import onnx
 
         onnx.save(graph, str(work / card.models["float"]))
-        np.save(work / card.heatmap["weights"], np.concatenate([w for w, _ in new_heads]).astype(np.float32)
-                / len(new_heads))
+        np.save(
+            work / card.heatmap["weights"],
+            np.concatenate([w for w, _ in new_heads]).astype(np.float32) / len(new_heads),
+        )
         ood = card.ood
         if predictor.ood is not None:
             # the guard is unchanged (the features are), but the scores are the new heads': the drift reference is
             # the site's held-out split when it is large enough to be quiet, else there is none (the base's scores
             # would describe another model)
             enough = len(test_scores) >= MIN_DRIFT_REFERENCE
-            guard = replace(predictor.ood, reference_distances=predictor.ood.distance(test_features) if enough else None,
-                            reference_scores=np.asarray(test_scores) if enough else None)
+            guard = replace(
+                predictor.ood,
+                reference_distances=predictor.ood.distance(test_features) if enough else None,
+                reference_scores=np.asarray(test_scores) if enough else None,
+            )
             guard.save(work / OOD_FILE)
-            ood = dict(card.ood, drift_reference={"images": len(test_scores), "scores": True,
-                                                  "source": "the site's held-out adapt test split"} if enough else
-                       {"images": 0, "why": f"the held-out split has {len(test_scores)} images, under "
-                                            f"{MIN_DRIFT_REFERENCE}: no drift check (ccad calibrate --unlabelled "
-                                            "gives one)"})
+            ood = dict(
+                card.ood,
+                drift_reference={
+                    "images": len(test_scores),
+                    "scores": True,
+                    "source": "the site's held-out adapt test split",
+                }
+                if enough
+                else {
+                    "images": 0,
+                    "why": f"the held-out split has {len(test_scores)} images, under "
+                    f"{MIN_DRIFT_REFERENCE}: no drift check (ccad calibrate --unlabelled "
+                    "gives one)",
+                },
+            )
         files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
-        replace(card, decision=decision.to_dict(), ood=ood, sha256=files,
-                models={"float": card.models["float"]}, int8_check=None,
-                extra=dict(card.extra, site_adaptation=record)).save(work)
+        replace(
+            card,
+            decision=decision.to_dict(),
+            ood=ood,
+            sha256=files,
+            models={"float": card.models["float"]},
+            int8_check=None,
+            extra=dict(card.extra, site_adaptation=record),
+        ).save(work)
         (work / SIGNATURE_FILE).unlink(missing_ok=True)
         if sign_key is not None:
             sign_bundle(work, sign_key)

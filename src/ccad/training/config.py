@@ -49,7 +49,10 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (
+                self.optimizer in OPTIMIZERS,
+                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+            ),
             (self.lr > 0 and self.fine_tune_lr > 0, "learning rates must be positive"),
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.feature_views >= 0, f"--feature-views must be 0 or more, got {self.feature_views}"),
@@ -61,13 +64,19 @@ class TrainConfig:
                 raise ConfigError(message)
         get_spec(self.augmentation)
         if len(preprocessing_views(self.preprocess)) > 1:
-            for ok, message in [(self.head == "dense", "a multi-view --preprocess trains the dense head"),
-                                (not self.fine_tune_epochs, "a multi-view --preprocess trains the frozen phase only: "
-                                                            "add --fine-tune-epochs 0"),
-                                (not self.distributed, "--distributed trains a single-view model"),
-                                (get_spec(self.augmentation).featurewise_center is False
-                                 and not get_spec(self.augmentation).samplewise_center,
-                                 "a multi-view --preprocess needs an augmentation without centering (cxr, none)")]:
+            for ok, message in [
+                (self.head == "dense", "a multi-view --preprocess trains the dense head"),
+                (
+                    not self.fine_tune_epochs,
+                    "a multi-view --preprocess trains the frozen phase only: add --fine-tune-epochs 0",
+                ),
+                (not self.distributed, "--distributed trains a single-view model"),
+                (
+                    get_spec(self.augmentation).featurewise_center is False
+                    and not get_spec(self.augmentation).samplewise_center,
+                    "a multi-view --preprocess needs an augmentation without centering (cxr, none)",
+                ),
+            ]:
                 if not ok:
                     raise ConfigError(message)
         validate_settings(self.threshold, self.calibration)
@@ -90,8 +99,17 @@ class TrainConfig:
 #: in inference mode throughout. "B with only 10 epochs" (dropout 0.5) is the frozen phase alone.
 #: ``paper-methods`` is the Methods section's own description: RMSprop 1e-4, batch 32, 128 px, 10 epochs
 #: (dropout 0.5 from its notebook excerpt).
-_PAPER = dict(epochs=10, batch_size=30, optimizer="adam", lr=1e-3, input_size=224, augmentation="paper", feature_views=0,
-              preprocess="none", threshold="argmax")
+_PAPER = dict(
+    epochs=10,
+    batch_size=30,
+    optimizer="adam",
+    lr=1e-3,
+    input_size=224,
+    augmentation="paper",
+    feature_views=0,
+    preprocess="none",
+    threshold="argmax",
+)
 _PAPER_FINE_TUNE = dict(fine_tune_epochs=31, fine_tune_lr=1e-5, fine_tune_from="all")
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},

@@ -60,8 +60,9 @@ def multi_worker_strategy():
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-def fit_distributed(model, strategy, cluster: Cluster, arrays, classes, config, checkpoint_dir
-                    ) -> list[dict[str, float]]:
+def fit_distributed(
+    model, strategy, cluster: Cluster, arrays, classes, config, checkpoint_dir
+) -> list[dict[str, float]]:
     """The frozen phase and, when ``config`` asks, fine-tuning, on every worker: the global batch is
     ``batch_size`` x workers and the learning rates are scaled by the number of workers."""
     from dataclasses import replace
@@ -70,14 +71,31 @@ def fit_distributed(model, strategy, cluster: Cluster, arrays, classes, config, 
     history = fit_multi_worker(model, strategy, arrays, classes, scaled, checkpoint_dir)
     if config.fine_tune_epochs:
         unfreeze_for_fine_tuning(model, config.fine_tune_from)
-        history += fit_multi_worker(model, strategy, arrays, classes, scaled, checkpoint_dir,
-                                    first_epoch=len(history), epochs=config.fine_tune_epochs,
-                                    lr=config.fine_tune_lr * cluster.workers)
+        history += fit_multi_worker(
+            model,
+            strategy,
+            arrays,
+            classes,
+            scaled,
+            checkpoint_dir,
+            first_epoch=len(history),
+            epochs=config.fine_tune_epochs,
+            lr=config.fine_tune_lr * cluster.workers,
+        )
     return history
 
 
-def fit_multi_worker(model, strategy, arrays, classes, config, checkpoint_dir, first_epoch: int = 0,
-                     epochs: int | None = None, lr: float | None = None) -> list[dict[str, float]]:
+def fit_multi_worker(
+    model,
+    strategy,
+    arrays,
+    classes,
+    config,
+    checkpoint_dir,
+    first_epoch: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+) -> list[dict[str, float]]:
     """The streaming training loop, written out for ``MultiWorkerMirroredStrategy``.
 
     Keras 3's ``model.fit`` does not run under a multi-worker strategy (keras-team/keras#20585), so this is
@@ -99,7 +117,8 @@ def fit_multi_worker(model, strategy, arrays, classes, config, checkpoint_dir, f
     loss_fn = keras.losses.CategoricalCrossentropy(reduction="none")
     global_batch = config.batch_size
     train_ds = strategy.experimental_distribute_dataset(
-        image_batches(x_train, y_train, global_batch, k, augmenter_for(config), config.seed))
+        image_batches(x_train, y_train, global_batch, k, augmenter_for(config), config.seed)
+    )
     val_ds = strategy.experimental_distribute_dataset(image_batches(x_val, y_val, global_batch, k))
 
     def replica_step(images, labels, training: bool):
@@ -135,8 +154,15 @@ def fit_multi_worker(model, strategy, arrays, classes, config, checkpoint_dir, f
     for epoch in range(first_epoch, first_epoch + epochs):
         loss, accuracy = run(train_ds, train_step, len(x_train))
         val_loss, val_accuracy = run(val_ds, val_step, len(x_val))
-        history.append({"accuracy": accuracy, "loss": loss, "val_accuracy": val_accuracy, "val_loss": val_loss,
-                        "phase": "fine-tune" if first_epoch else "frozen"})
+        history.append(
+            {
+                "accuracy": accuracy,
+                "loss": loss,
+                "val_accuracy": val_accuracy,
+                "val_loss": val_loss,
+                "phase": "fine-tune" if first_epoch else "frozen",
+            }
+        )
         if val_loss < best:
             best, best_weights = val_loss, [np.array(w) for w in model.get_weights()]
         partial = checkpoint_dir / f"partial-epoch-{epoch + 1}.weights.h5"  # Keras needs this suffix

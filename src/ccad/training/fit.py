@@ -52,18 +52,38 @@ def augmenter_for(config: TrainConfig, seed_offset: int = 0) -> Augmenter | None
     return None if augmenter.is_identity else augmenter
 
 
-def fit_streaming(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int = 0,
-                  epochs: int | None = None, lr: float | None = None, callbacks=()) -> list[dict[str, float]]:
+def fit_streaming(
+    model,
+    arrays,
+    classes,
+    config: TrainConfig,
+    verbose: int,
+    first_epoch: int = 0,
+    epochs: int | None = None,
+    lr: float | None = None,
+    callbacks=(),
+) -> list[dict[str, float]]:
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
     k = len(classes)
     epochs = epochs or config.epochs
-    model.compile(optimizer=optimizer(config.optimizer, lr or config.lr), loss="categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=jit_compile())
+    model.compile(
+        optimizer=optimizer(config.optimizer, lr or config.lr),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=jit_compile(),
+    )
     train_ds = image_batches(x_train, y_train, config.batch_size, k, augmenter_for(config), config.seed)
     val_ds = image_batches(x_val, y_val, config.batch_size, k)
-    result = model.fit(train_ds, validation_data=val_ds, epochs=first_epoch + epochs, initial_epoch=first_epoch,
-                       class_weight=class_weights(y_train, k, config.class_weight),
-                       callbacks=[best_weights_callback(epochs), *callbacks], verbose=verbose, shuffle=False)
+    result = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=first_epoch + epochs,
+        initial_epoch=first_epoch,
+        class_weight=class_weights(y_train, k, config.class_weight),
+        callbacks=[best_weights_callback(epochs), *callbacks],
+        verbose=verbose,
+        shuffle=False,
+    )
     return history_rows(result.history, phase="fine-tune" if first_epoch else "frozen")
 
 
@@ -81,7 +101,7 @@ def cached_features(model, arrays, k: int, config: TrainConfig):
         f_train = np.concatenate([f_train, extractor.predict(views, verbose=0)])
     y_all = np.tile(y_train, len(f_train) // len(y_train))
     f_val = extractor.predict(image_batches(x_val, None, INFERENCE_BATCH, k), verbose=0)
-    return f_train, y_all, f_val, y_val, f_train[:len(y_train)]
+    return f_train, y_all, f_val, y_val, f_train[: len(y_train)]
 
 
 def fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int) -> list[dict[str, float]]:
@@ -91,17 +111,33 @@ def fit_cached_views(model, arrays, classes, config: TrainConfig, verbose: int) 
     eye = np.eye(k, dtype="float32")
 
     head = head_of(model, f_train.shape[1])
-    head.compile(optimizer=optimizer(config.optimizer, config.lr), loss="categorical_crossentropy",
-                 metrics=["accuracy"])
-    result = head.fit(f_train, eye[y_all], batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
-                      validation_data=(f_val, eye[y_val]),
-                      class_weight=class_weights(y_train, k, config.class_weight),
-                      callbacks=[best_weights_callback(config.epochs)], verbose=verbose)
+    head.compile(
+        optimizer=optimizer(config.optimizer, config.lr), loss="categorical_crossentropy", metrics=["accuracy"]
+    )
+    result = head.fit(
+        f_train,
+        eye[y_all],
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        shuffle=True,
+        validation_data=(f_val, eye[y_val]),
+        class_weight=class_weights(y_train, k, config.class_weight),
+        callbacks=[best_weights_callback(config.epochs)],
+        verbose=verbose,
+    )
     return history_rows(result.history, phase="frozen")
 
 
-def fine_tune(model, arrays, classes, config: TrainConfig, verbose: int, first_epoch: int,
-              best_val_loss: float = np.inf, callbacks=()) -> list[dict[str, float]]:
+def fine_tune(
+    model,
+    arrays,
+    classes,
+    config: TrainConfig,
+    verbose: int,
+    first_epoch: int,
+    best_val_loss: float = np.inf,
+    callbacks=(),
+) -> list[dict[str, float]]:
     """The second phase: backbone layers from ``config.fine_tune_from`` on made trainable (BatchNorm stays
     in inference mode), ``fine_tune_epochs`` streamed epochs at ``fine_tune_lr``.
 
@@ -110,8 +146,17 @@ def fine_tune(model, arrays, classes, config: TrainConfig, verbose: int, first_e
     back."""
     before = [(v, v.numpy()) for v in model.weights]
     unfreeze_for_fine_tuning(model, config.fine_tune_from)
-    rows = fit_streaming(model, arrays, classes, config, verbose, first_epoch=first_epoch,
-                         epochs=config.fine_tune_epochs, lr=config.fine_tune_lr, callbacks=callbacks)
+    rows = fit_streaming(
+        model,
+        arrays,
+        classes,
+        config,
+        verbose,
+        first_epoch=first_epoch,
+        epochs=config.fine_tune_epochs,
+        lr=config.fine_tune_lr,
+        callbacks=callbacks,
+    )
     if min((r.get("val_loss", np.inf) for r in rows), default=np.inf) >= best_val_loss:
         for variable, value in before:
             variable.assign(value)
@@ -131,6 +176,17 @@ def history_rows(history: dict[str, list[float]], phase: str) -> list[dict[str, 
 
 def fit_sklearn_head(model, arrays, classes, config: TrainConfig):
     f_train, y_all, f_val, y_val, f_original = cached_features(model, arrays, len(classes), config)
-    head = fit_head(model, f_train, y_all, f_val, y_val, len(classes), config.head, config.feature_selection,
-                    config.seed, f_original, arrays["train"][1])
+    head = fit_head(
+        model,
+        f_train,
+        y_all,
+        f_val,
+        y_val,
+        len(classes),
+        config.head,
+        config.feature_selection,
+        config.seed,
+        f_original,
+        arrays["train"][1],
+    )
     return [{"phase": config.head}], head

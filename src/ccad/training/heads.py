@@ -63,8 +63,12 @@ class HeadFit:
 
     def record(self) -> dict[str, Any]:
         """The ``head`` entry of the run metadata and model card."""
-        out = {"kind": self.kind, "feature_selection": self.feature_selection, "features_kept": self.features_kept,
-               "selected_features": np.flatnonzero(self.mask).tolist()}
+        out = {
+            "kind": self.kind,
+            "feature_selection": self.feature_selection,
+            "features_kept": self.features_kept,
+            "selected_features": np.flatnonzero(self.mask).tolist(),
+        }
         if self.file:
             out["file"] = self.file
         return out
@@ -92,15 +96,24 @@ def woa_select(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> np.nd
     return mask if mask.any() else np.ones(dim, bool)
 
 
-def fit_head(model, f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray,
-             num_classes: int, head: str, feature_selection: str, seed: int, f_train_original: np.ndarray,
-             y_train_original: np.ndarray) -> HeadFit:
+def fit_head(
+    model,
+    f_train: np.ndarray,
+    y_train: np.ndarray,
+    f_val: np.ndarray,
+    y_val: np.ndarray,
+    num_classes: int,
+    head: str,
+    feature_selection: str,
+    seed: int,
+    f_train_original: np.ndarray,
+    y_train_original: np.ndarray,
+) -> HeadFit:
     """Fit a scikit-learn head; write linear heads into ``model``'s Dense layer (extra-trees: ONNX bytes)."""
 
     start = time.perf_counter()
     dim = f_train.shape[1]
-    mask = (woa_select(f_train_original, y_train_original, seed) if feature_selection == "woa"
-            else np.ones(dim, bool))
+    mask = woa_select(f_train_original, y_train_original, seed) if feature_selection == "woa" else np.ones(dim, bool)
     onnx = None
     if head == "extra-trees":
         from sklearn.ensemble import ExtraTreesClassifier
@@ -153,8 +166,10 @@ def _trees_to_onnx(trees, mask: np.ndarray, dim: int) -> bytes:
     pipeline = make_pipeline(ColumnTransformer([("kept", "passthrough", np.flatnonzero(mask).tolist())]), trees)
     # The pipeline is already fitted through its parts: fit the (stateless) selector on a dummy row.
     pipeline.steps[0][1].fit(np.zeros((1, dim), np.float32))
-    onx = to_onnx(pipeline, np.zeros((1, dim), np.float32), options={id(trees): {"zipmap": False}},
-                  target_opset={"": 17, "ai.onnx.ml": 3})
+    onx = to_onnx(
+        pipeline,
+        np.zeros((1, dim), np.float32),
+        options={id(trees): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
     return onx.SerializeToString()
-
-

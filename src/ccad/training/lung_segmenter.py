@@ -78,8 +78,8 @@ def grouped_split(groups: list[str], seed: int = 0, fractions=(0.70, 0.15, 0.15)
     n_train = round(fractions[0] * len(unique))
     n_val = round(fractions[1] * len(unique))
     part = {g: "train" for g in unique[:n_train]}
-    part.update({g: "val" for g in unique[n_train:n_train + n_val]})
-    part.update({g: "test" for g in unique[n_train + n_val:]})
+    part.update({g: "val" for g in unique[n_train : n_train + n_val]})
+    part.update({g: "test" for g in unique[n_train + n_val :]})
     return [part[g] for g in groups]
 
 
@@ -109,7 +109,6 @@ def build_segmenter(size: int = DEFAULT_SIZE, weights: str | None = "imagenet"):
     import keras
     from keras import layers
 
-
     if weights == "imagenet":
         weights_file = imagenet_weights_file(224)  # the same kernels at every input size
         if not weights_file.is_file():
@@ -122,8 +121,7 @@ def build_segmenter(size: int = DEFAULT_SIZE, weights: str | None = "imagenet"):
     for layer in encoder.layers:  # ImageNet statistics, in inference mode (a few hundred steps cannot move
         if isinstance(layer, layers.BatchNormalization):  # moving averages with momentum 0.999)
             layer.trainable = False
-    features = keras.Model(encoder.input, [encoder.get_layer(n).output for n in (*SKIPS, BOTTLENECK)],
-                           name="encoder")
+    features = keras.Model(encoder.input, [encoder.get_layer(n).output for n in (*SKIPS, BOTTLENECK)], name="encoder")
     *skips, x = features(x)
     for i, (skip, filters) in enumerate(zip(reversed(skips), DECODER_FILTERS)):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{i}")(x)
@@ -142,18 +140,21 @@ def _augment(batch, seed: int):
     import keras
     import tensorflow as tf
 
-    geometry = keras.Sequential([
-        keras.layers.RandomRotation(8 / 360, fill_mode="constant", seed=seed),
-        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
-        keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 2),
-    ])
+    geometry = keras.Sequential(
+        [
+            keras.layers.RandomRotation(8 / 360, fill_mode="constant", seed=seed),
+            keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=seed + 1),
+            keras.layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 2),
+        ]
+    )
 
     def apply(x):
         x = geometry(x, training=True)
         image, target, weight = x[..., :1], x[..., 1:2], tf.cast(x[..., 2:3] > 0.5, tf.float32)
         n = tf.shape(image)[0]
         noise = tf.random.normal(tf.shape(image), stddev=0.03) * tf.cast(
-            tf.random.uniform([n, 1, 1, 1]) < 0.3, tf.float32)
+            tf.random.uniform([n, 1, 1, 1]) < 0.3, tf.float32
+        )
         blurred = tf.nn.avg_pool2d(image, 3, 1, "SAME")
         use_blur = tf.cast(tf.random.uniform([n, 1, 1, 1]) < 0.3, tf.float32)
         image = tf.clip_by_value(use_blur * blurred + (1 - use_blur) * image + noise, 0.0, 1.0)
@@ -192,9 +193,17 @@ def dice_iou(predicted: np.ndarray, lung: np.ndarray, labelled: np.ndarray) -> t
     return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
 
 
-def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: int = DEFAULT_SIZE,
-                    epochs: int = DEFAULT_EPOCHS, batch_size: int = 16, learning_rate: float = 1e-3,
-                    seed: int = 0, weights: str | None = "imagenet", log=None) -> dict[str, Any]:
+def train_segmenter(
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    size: int = DEFAULT_SIZE,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = 16,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    weights: str | None = "imagenet",
+    log=None,
+) -> dict[str, Any]:
     """Train, export to ONNX, score the held-out patients; write ``out/`` and return the card.
 
     ``out`` receives ``lung-segmenter.onnx``, ``lung-segmenter.json`` (the card: data, licence,
@@ -209,8 +218,10 @@ def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: i
     rows = read_mask_manifest(manifest)
     parts = grouped_split([r["group"] for r in rows], seed)
     by_part = {p: [r for r, q in zip(rows, parts) if q == p] for p in ("train", "val", "test")}
-    log(f"lung segmenter: {len(rows)} images, {len(set(r['group'] for r in rows))} patients; "
-        + ", ".join(f"{p} {len(v)}" for p, v in by_part.items()))
+    log(
+        f"lung segmenter: {len(rows)} images, {len(set(r['group'] for r in rows))} patients; "
+        + ", ".join(f"{p} {len(v)}" for p, v in by_part.items())
+    )
     keras.utils.set_random_seed(seed)
     train = _load_arrays(by_part["train"], size)
     val = _load_arrays(by_part["val"], size)
@@ -223,8 +234,13 @@ def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: i
     model.compile(keras.optimizers.Adam(schedule), loss=_loss, metrics=[_dice_metric])
     work = Path(tempfile.mkdtemp(prefix=".lungseg."))
     try:
-        best = keras.callbacks.ModelCheckpoint(str(work / "best.weights.h5"), monitor="val__dice_metric",
-                                               mode="max", save_best_only=True, save_weights_only=True)
+        best = keras.callbacks.ModelCheckpoint(
+            str(work / "best.weights.h5"),
+            monitor="val__dice_metric",
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+        )
         started = time.perf_counter()
         history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[best], verbose=2)
         train_seconds = time.perf_counter() - started
@@ -259,29 +275,35 @@ def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: i
         "format": "ccad-lung-segmenter/1",
         "model": "lung-segmenter.onnx",
         "architecture": f"U-Net on the ImageNet MobileNetV2 encoder (skips {', '.join(SKIPS)}; bottleneck "
-                        f"{BOTTLENECK}; separable decoder {DECODER_FILTERS})",
+        f"{BOTTLENECK}; separable decoder {DECODER_FILTERS})",
         "parameters": int(model.count_params()),
         "input_size": size,
         "input": "grayscale in [0, 1], resized (Pillow bilinear) to input_size x input_size, then histogram-"
-                 "equalized (ccad.models.lungs.segmenter_input); NHWC (N, S, S, 1) float32",
+        "equalized (ccad.models.lungs.segmenter_input); NHWC (N, S, S, 1) float32",
         "output": "lung probability (N, S, S, 1); lung = p >= 0.5, then ccad.models.lungs.postprocess keeps the "
-                  "largest region on each side and fills holes",
+        "largest region on each side and fills holes",
         "threshold": 0.5,
         "quantization": f"ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8 activations, "
-                        f"percentile calibration on {min(CALIBRATION_IMAGES, len(train))} training images "
-                        "(the float model is lung-segmenter.float.onnx, not shipped)",
+        f"percentile calibration on {min(CALIBRATION_IMAGES, len(train))} training images "
+        "(the float model is lung-segmenter.float.onnx, not shipped)",
         "training_data": {
             "name": "V7 Labs COVID-19 chest X-ray lung masks on Cohen et al.'s covid-chestxray-dataset images",
-            "images": len(rows), "patients": len(set(r["group"] for r in rows)),
+            "images": len(rows),
+            "patients": len(set(r["group"] for r in rows)),
             "split": {p: len(v) for p, v in by_part.items()},
             "split_rule": f"patient-grouped 70/15/15, seed {seed}",
             "mask_licence": "CC BY 4.0 (masks); images keep their publishers' licences",
             "mask_convention": "lung includes the region behind the heart, down to the lowest visible lung",
         },
-        "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                     "schedule": "cosine decay", "loss": "BCE + soft Dice on labelled pixels",
-                     "seconds": round(train_seconds), "command": f"ccad lungs train --data MANIFEST --out DIR "
-                     f"--size {size} --epochs {epochs} --seed {seed}"},
+        "training": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "schedule": "cosine decay",
+            "loss": "BCE + soft Dice on labelled pixels",
+            "seconds": round(train_seconds),
+            "command": f"ccad lungs train --data MANIFEST --out DIR --size {size} --epochs {epochs} --seed {seed}",
+        },
         "sha256": {"lung-segmenter.onnx": sha256(out / "lung-segmenter.onnx")},
         "size_bytes": (out / "lung-segmenter.onnx").stat().st_size,
     }
@@ -303,8 +325,10 @@ def train_segmenter(manifest: str | os.PathLike, out: str | os.PathLike, size: i
 def describe_scores(card: dict[str, Any]) -> str:
     """The held-out scores of a segmenter card, in one line."""
     h = card["held_out"]
-    return (f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
-            f"{h['images']} images of {h['patients']} patients")
+    return (
+        f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
+        f"{h['images']} images of {h['patients']} patients"
+    )
 
 
 def score_segmenter(model_dir: str | os.PathLike, rows, out: str | os.PathLike) -> dict[str, Any]:
@@ -329,15 +353,25 @@ def score_segmenter(model_dir: str | os.PathLike, rows, out: str | os.PathLike) 
     dice = np.array([s[1] for s in scores])
     iou = np.array([s[2] for s in scores])
     order = np.argsort(dice)
-    picks = [*order[:4], *order[len(order) // 2 - 2:len(order) // 2 + 2]]
-    overlay_grid([scores[i][0] for i in picks], segmenter, out / "overlays.png",
-                 titles=[f"Dice {dice[i]:.3f}" for i in picks],
-                 heading="worst 4 (top) and median 4 (bottom) held-out patients; green = drawn, red = model")
-    return {"images": len(rows), "patients": len({r["group"] for r in rows}),
-            "dice_mean": float(dice.mean()), "dice_p05": float(np.percentile(dice, 5)),
-            "dice_min": float(dice.min()), "iou_mean": float(iou.mean()), "iou_p05": float(np.percentile(iou, 5)),
-            "qc_flagged": int(sum(bool(s[3]) for s in scores)),
-            "ms_per_image_including_read": round(per_image_ms, 1)}
+    picks = [*order[:4], *order[len(order) // 2 - 2 : len(order) // 2 + 2]]
+    overlay_grid(
+        [scores[i][0] for i in picks],
+        segmenter,
+        out / "overlays.png",
+        titles=[f"Dice {dice[i]:.3f}" for i in picks],
+        heading="worst 4 (top) and median 4 (bottom) held-out patients; green = drawn, red = model",
+    )
+    return {
+        "images": len(rows),
+        "patients": len({r["group"] for r in rows}),
+        "dice_mean": float(dice.mean()),
+        "dice_p05": float(np.percentile(dice, 5)),
+        "dice_min": float(dice.min()),
+        "iou_mean": float(iou.mean()),
+        "iou_p05": float(np.percentile(iou, 5)),
+        "qc_flagged": int(sum(bool(s[3]) for s in scores)),
+        "ms_per_image_including_read": round(per_image_ms, 1),
+    }
 
 
 def overlay_grid(rows, segmenter, path: str | os.PathLike, titles=None, heading: str = "", columns: int = 4) -> None:

@@ -35,8 +35,14 @@ from ccad.errors import DataError
 from ccad.evaluation.evaluate import evaluate
 from ccad.io.files import atomic_path, write_text
 from ccad.models.card import RunMetadata, library_versions
-from ccad.models.classifier import (backbone_of, build_classifier, combine_views, count_parameters, get_backbone,
-                                   load_keras_model)
+from ccad.models.classifier import (
+    backbone_of,
+    build_classifier,
+    combine_views,
+    count_parameters,
+    get_backbone,
+    load_keras_model,
+)
 from ccad.models.decision import DecisionRule, fit_decision
 from ccad.models.ood import OOD_FILE, OodGuard, fit_ood_guard
 from ccad.models.rehearsal import save_rehearsal
@@ -48,7 +54,6 @@ from ccad.training.config import TrainConfig
 from ccad.training.distributed import cluster_from_env, fit_distributed, multi_worker_strategy
 from ccad.training.fit import fine_tune, fit_cached_views, fit_sklearn_head, fit_streaming
 from ccad.training.heads import HeadFit
-
 
 #: The validation split's probabilities in a run folder (what the decision rule was fitted on).
 VAL_PREDICTIONS = "val_predictions.csv"
@@ -72,9 +77,15 @@ class TrainResult:
         return self.head.features_kept if self.head else None
 
 
-def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, config: TrainConfig | None = None,
-          save_h5: bool = False, evaluate_test: bool = True, verbose: int | None = None,
-          skip_bad: bool | None = None) -> TrainResult:
+def train(
+    data: DataSpec | Dataset | str | os.PathLike,
+    out: str | os.PathLike,
+    config: TrainConfig | None = None,
+    save_h5: bool = False,
+    evaluate_test: bool = True,
+    verbose: int | None = None,
+    skip_bad: bool | None = None,
+) -> TrainResult:
     """Train on ``data`` (a :class:`DataSpec`, a folder or manifest, or a :class:`Dataset` whose samples
     may already have splits) and write the run folder ``out``.
 
@@ -101,9 +112,12 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
     model, history, head = _fit(arrays, dataset, config, verbose, cluster, run_dir)
     timings["train_s"] = time.perf_counter() - start
     if cluster is not None:
-        timings["distributed"] = {"workers": cluster.workers, "task": cluster.task,
-                                  "global_batch_size": config.batch_size * cluster.workers,
-                                  "scaled_lr": config.lr * cluster.workers}
+        timings["distributed"] = {
+            "workers": cluster.workers,
+            "task": cluster.task,
+            "global_batch_size": config.batch_size * cluster.workers,
+            "scaled_lr": config.lr * cluster.workers,
+        }
     timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
     if head is not None:
         timings["head_fit_s"] = head.fit_s
@@ -115,9 +129,15 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
     predictor = KerasPredictor(model, meta, run_dir)
     val_probabilities = predictor.predict_images(arrays["val"][0])
     write_predictions(run_dir / VAL_PREDICTIONS, arrays["samples"]["val"], val_probabilities, dataset.classes)
-    decision = fit_decision(arrays["val"][1], val_probabilities, dataset.classes,
-                            dataset.positive_class or dataset.classes[-1], config.threshold, config.calibration,
-                            fitted_on="the validation split")
+    decision = fit_decision(
+        arrays["val"][1],
+        val_probabilities,
+        dataset.classes,
+        dataset.positive_class or dataset.classes[-1],
+        config.threshold,
+        config.calibration,
+        fitted_on="the validation split",
+    )
     start = time.perf_counter()
     train_features = predictor.pooled_features(arrays["train"][0])
     ood = fit_ood_guard(train_features, predictor.pooled_features(arrays["val"][0]))
@@ -132,8 +152,14 @@ def train(data: DataSpec | Dataset | str | os.PathLike, out: str | os.PathLike, 
     predictor = KerasPredictor(model, meta, run_dir, ood=ood)
     metrics = None
     if evaluate_test and dataset.subset("test"):
-        metrics = evaluate(predictor, dataset, run_dir, split="test", skip_bad=skip_bad,
-                           history=history if config.head == "dense" else None)
+        metrics = evaluate(
+            predictor,
+            dataset,
+            run_dir,
+            split="test",
+            skip_bad=skip_bad,
+            history=history if config.head == "dense" else None,
+        )
     if cluster is not None and not cluster.is_chief:
         import shutil
 
@@ -173,8 +199,9 @@ def _load_arrays(dataset: Dataset, config: TrainConfig, skip_bad: bool) -> dict[
     """{"train": (images, labels), "val": (...)}: every image prepared as the model will see it."""
     arrays: dict[str, Any] = {"samples": {}}
     for split in ("train", "val"):
-        images, kept, bad = load_images(dataset.subset(split), config.input_size, skip_bad,
-                                        preprocess=config.preprocess)
+        images, kept, bad = load_images(
+            dataset.subset(split), config.input_size, skip_bad, preprocess=config.preprocess
+        )
         arrays[split] = (images, label_indices(kept, dataset.classes))
         arrays["samples"][split] = kept
         dataset.bad_files.extend(bad)
@@ -199,14 +226,21 @@ def _fit(arrays, dataset: Dataset, config: TrainConfig, verbose: int, cluster, r
     spec = get_spec(config.augmentation)
     head = None
     with strategy.scope() if strategy else contextlib.nullcontext():
-        model = build_classifier(len(dataset.classes), config.input_size, config.dropout, config.weights,
-                                 featurewise_mean=float(arrays["train"][0].mean()) if spec.featurewise_center else None,
-                                 samplewise_center=spec.samplewise_center, backbone=config.backbone)
+        model = build_classifier(
+            len(dataset.classes),
+            config.input_size,
+            config.dropout,
+            config.weights,
+            featurewise_mean=float(arrays["train"][0].mean()) if spec.featurewise_center else None,
+            samplewise_center=spec.samplewise_center,
+            backbone=config.backbone,
+        )
         if config.head != "dense":
             history, head = fit_sklearn_head(model, arrays, dataset.classes, config)
         elif strategy is not None:
-            history = fit_distributed(model, strategy, cluster, arrays, dataset.classes, config,
-                                      run_dir / "checkpoints")
+            history = fit_distributed(
+                model, strategy, cluster, arrays, dataset.classes, config, run_dir / "checkpoints"
+            )
         elif view_count(config.preprocess) > 1:
             model, history = _fit_views(model, arrays, dataset, config, verbose)
         else:
@@ -214,8 +248,9 @@ def _fit(arrays, dataset: Dataset, config: TrainConfig, verbose: int, cluster, r
             history = fit(model, arrays, dataset.classes, config, verbose)
         if config.fine_tune_epochs and strategy is None:
             best = min((row.get("val_loss", np.inf) for row in history), default=np.inf)
-            history += fine_tune(model, arrays, dataset.classes, config, verbose, first_epoch=len(history),
-                                 best_val_loss=best)
+            history += fine_tune(
+                model, arrays, dataset.classes, config, verbose, first_epoch=len(history), best_val_loss=best
+            )
     if strategy is not None:  # every worker saves (a collective step); continue on a plain copy
         with atomic_path(run_dir / "model.keras") as tmp:
             model.save(tmp)
@@ -233,13 +268,20 @@ def _fit_views(first, arrays, dataset: Dataset, config: TrainConfig, verbose: in
     models, history = [], []
     for v, view in enumerate(preprocessing_views(config.preprocess)):
         keras.utils.set_random_seed(config.seed)
-        model = first if v == 0 else build_classifier(len(dataset.classes), config.input_size, config.dropout,
-                                                      "none", backbone=config.backbone)
+        model = (
+            first
+            if v == 0
+            else build_classifier(
+                len(dataset.classes), config.input_size, config.dropout, "none", backbone=config.backbone
+            )
+        )
         if v:
             backbone_of(model).set_weights(backbone_of(first).get_weights())
         single = {split: (arrays[split][0][..., v], arrays[split][1]) for split in ("train", "val")}
-        history += [dict(row, phase=f"view {v + 1}: {view}")
-                    for row in fit(model, single, dataset.classes, replace(config, preprocess=view), verbose)]
+        history += [
+            dict(row, phase=f"view {v + 1}: {view}")
+            for row in fit(model, single, dataset.classes, replace(config, preprocess=view), verbose)
+        ]
         models.append(model)
     return combine_views(models), history
 
@@ -249,8 +291,13 @@ def _backbone_name(name: str) -> str:
     return f"{application} (alpha 1.0)" if name in ("mobilenet_v2", "mobilenet") else application
 
 
-def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule | None = None,
-                 head: HeadFit | None = None, ood: OodGuard | None = None) -> RunMetadata:
+def run_metadata(
+    dataset: Dataset,
+    config: TrainConfig,
+    decision: DecisionRule | None = None,
+    head: HeadFit | None = None,
+    ood: OodGuard | None = None,
+) -> RunMetadata:
     """What a loader needs to use the model, plus what it was trained on."""
     return RunMetadata(
         ccad_version=__version__,
@@ -264,13 +311,19 @@ def run_metadata(dataset: Dataset, config: TrainConfig, decision: DecisionRule |
         decision=decision.to_dict() if decision else None,
         head=head.record() if head else {"kind": "dense"},
         ood=ood.describe() if ood is not None else None,
-        data={"source": dataset.source, "layout": dataset.layout, "counts": dataset.counts(),
-              "sha256": dataset.fingerprint(), "bad_files_skipped": len(dataset.bad_files)},
+        data={
+            "source": dataset.source,
+            "layout": dataset.layout,
+            "counts": dataset.counts(),
+            "sha256": dataset.fingerprint(),
+            "bad_files_skipped": len(dataset.bad_files),
+        },
     )
 
 
-def _save_run(run_dir: Path, model, meta: RunMetadata, dataset: Dataset, config: TrainConfig, history, timings,
-              save_h5: bool) -> None:
+def _save_run(
+    run_dir: Path, model, meta: RunMetadata, dataset: Dataset, config: TrainConfig, history, timings, save_h5: bool
+) -> None:
     with atomic_path(run_dir / "model.keras") as tmp:
         model.save(tmp)
     if save_h5:
@@ -283,9 +336,17 @@ def _save_run(run_dir: Path, model, meta: RunMetadata, dataset: Dataset, config:
         writer.writerow(dict(row, epoch=epoch))
     write_text(run_dir / "history.csv", buffer.getvalue())
     if dataset.bad_files:
-        write_text(run_dir / "bad_files.csv", "path,error\n" + "".join(
-            f"\"{p}\",\"{e.replace(chr(34), chr(39))}\"\n" for p, e in dataset.bad_files))
+        write_text(
+            run_dir / "bad_files.csv",
+            "path,error\n" + "".join(f'"{p}","{e.replace(chr(34), chr(39))}"\n' for p, e in dataset.bad_files),
+        )
     total, trainable = count_parameters(model)
     best = min(range(len(history)), key=lambda i: history[i].get("val_loss", np.inf))
-    replace(meta, config=asdict(config), parameters={"total": total, "trainable": trainable}, best_epoch=best + 1,
-            timings=timings, versions=library_versions()).save(run_dir)
+    replace(
+        meta,
+        config=asdict(config),
+        parameters={"total": total, "trainable": trainable},
+        best_epoch=best + 1,
+        timings=timings,
+        versions=library_versions(),
+    ).save(run_dir)

@@ -75,13 +75,20 @@ def read_scored_rows(manifest: str | os.PathLike) -> list[dict[str, Any]]:
 def pooled_features(predictor, paths: Sequence[Path]) -> np.ndarray:
     """The classifier's pooled backbone features of each file (N, d), through the bundle's own preprocessing."""
 
-    images, _, _ = load_images([Sample(Path(p), "", str(p)) for p in paths], predictor.input_size,
-                               preprocess=predictor.preprocess)
+    images, _, _ = load_images(
+        [Sample(Path(p), "", str(p)) for p in paths], predictor.input_size, preprocess=predictor.preprocess
+    )
     return predictor.pooled_features(images)
 
 
-def train_severity(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, folds: int = 5,
-                   seed: int = 0, attach: bool = False) -> dict[str, Any]:
+def train_severity(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    folds: int = 5,
+    seed: int = 0,
+    attach: bool = False,
+) -> dict[str, Any]:
     """Fit and cross-validate the severity head on a bundle's features; write ``out``; optionally attach it."""
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -100,12 +107,24 @@ def train_severity(model: str | os.PathLike, data: str | os.PathLike, out: str |
         return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
 
     out = Path(out)
-    result: dict[str, Any] = {"n": len(rows), "patients": int(len(set(groups))), "folds": folds, "data": str(data),
-                              "bundle": str(model), "preprocess": predictor.preprocess, "scores": {}}
-    head: dict[str, Any] = {"format": "ccad-severity/1", "feature": "mean of the bundle's feature map (pooled)",
-                            "feature_dim": int(features.shape[1]), "band_score": BAND_SCORE,
-                            "bands": {name: limit for limit, name in BANDS if np.isfinite(limit)}, "band_note": BAND_NOTE,
-                            "targets": {}}
+    result: dict[str, Any] = {
+        "n": len(rows),
+        "patients": int(len(set(groups))),
+        "folds": folds,
+        "data": str(data),
+        "bundle": str(model),
+        "preprocess": predictor.preprocess,
+        "scores": {},
+    }
+    head: dict[str, Any] = {
+        "format": "ccad-severity/1",
+        "feature": "mean of the bundle's feature map (pooled)",
+        "feature_dim": int(features.shape[1]),
+        "band_score": BAND_SCORE,
+        "bands": {name: limit for limit, name in BANDS if np.isfinite(limit)},
+        "band_note": BAND_NOTE,
+        "targets": {},
+    }
     predictions = {}
     for name, (lo, hi) in SCORES.items():
         y = np.array([r[name] for r in rows])
@@ -119,8 +138,10 @@ def train_severity(model: str | os.PathLike, data: str | os.PathLike, out: str |
         scaler, regression = final[0], final[1]
         weights = regression.coef_ / scaler.scale_
         head["targets"][name] = {
-            "weights": weights.tolist(), "bias": float(regression.intercept_ - np.dot(weights, scaler.mean_)),
-            "range": [lo, hi], "alpha": float(regression.alpha_),
+            "weights": weights.tolist(),
+            "bias": float(regression.intercept_ - np.dot(weights, scaler.mean_)),
+            "range": [lo, hi],
+            "alpha": float(regression.alpha_),
             "interval_halfwidth": float(1.96 * np.sqrt(np.mean((oof - y) ** 2))),
             "cv_mae": result["scores"][name]["mae"]["value"],
         }
@@ -139,8 +160,11 @@ def _regression_metrics(y: np.ndarray, predicted: np.ndarray, baseline: np.ndarr
     def statistic(idx):
         yt, yp = y[idx], predicted[idx]
         r = float(np.corrcoef(yt, yp)[0, 1]) if np.std(yt) > 0 and np.std(yp) > 0 else None
-        return {"mae": float(np.mean(np.abs(yt - yp))), "pearson_r": r,
-                "mae_predicting_mean": float(np.mean(np.abs(yt - baseline[idx])))}
+        return {
+            "mae": float(np.mean(np.abs(yt - yp))),
+            "pearson_r": r,
+            "mae_predicting_mean": float(np.mean(np.abs(yt - baseline[idx]))),
+        }
 
     point = statistic(np.arange(len(y)))
     ci = bootstrap_intervals(statistic, len(y), list(groups), seed=seed)
@@ -149,9 +173,11 @@ def _regression_metrics(y: np.ndarray, predicted: np.ndarray, baseline: np.ndarr
 
 def describe_scores(result: dict[str, Any]) -> str:
     """One line per score: MAE and Pearson r with their 95% intervals, against predicting the mean."""
-    return "\n".join(f"{name}: MAE {format_interval(m['mae'], 2)}, Pearson r {format_interval(m['pearson_r'], 2)} "
-                     f"(predicting the mean: MAE {format_interval(m['mae_predicting_mean'], 2)})"
-                     for name, m in result["scores"].items())
+    return "\n".join(
+        f"{name}: MAE {format_interval(m['mae'], 2)}, Pearson r {format_interval(m['pearson_r'], 2)} "
+        f"(predicting the mean: MAE {format_interval(m['mae_predicting_mean'], 2)})"
+        for name, m in result["scores"].items()
+    )
 
 
 def attach_severity(bundle: str | os.PathLike, severity_file: str | os.PathLike) -> None:
@@ -169,8 +195,12 @@ def attach_severity(bundle: str | os.PathLike, severity_file: str | os.PathLike)
     if head.get("feature_dim") != dim:
         raise ModelError(f"{severity_file}: made for {head.get('feature_dim')}-d features, the bundle has {dim}")
     write_bytes(bundle / SEVERITY_FILE, Path(severity_file).read_bytes())
-    card.severity = {"file": SEVERITY_FILE, "scores": list(head["targets"]), "band_note": head["band_note"],
-                     "cv_mae": {k: v["cv_mae"] for k, v in head["targets"].items()}}
+    card.severity = {
+        "file": SEVERITY_FILE,
+        "scores": list(head["targets"]),
+        "band_note": head["band_note"],
+        "cv_mae": {k: v["cv_mae"] for k, v in head["targets"].items()},
+    }
     card.sha256[SEVERITY_FILE] = sha256(bundle / SEVERITY_FILE)
     card.save(bundle)
 
@@ -195,12 +225,16 @@ def _write_report(path: Path, result: dict[str, Any], figure: Path) -> None:
     def fmt(entry):
         return format_interval(entry, digits=2)
 
-    rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{fmt(m['mae'])}</td><td>{fmt(m['pearson_r'])}</td>"
-                   f"<td>{fmt(m['mae_predicting_mean'])}</td></tr>" for name, m in result["scores"].items())
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{fmt(m['mae'])}</td><td>{fmt(m['pearson_r'])}</td>"
+        f"<td>{fmt(m['mae_predicting_mean'])}</td></tr>"
+        for name, m in result["scores"].items()
+    )
     body = f"""<p>{html.escape(BAND_NOTE)}.</p>
-<p>{result['n']} scored COVID images ({result['patients']} patients) from <code>{html.escape(result['data'])}</code>;
-features from bundle <code>{html.escape(result['bundle'])}</code> (preprocessing {html.escape(result['preprocess'])});
-ridge regression per score, {result['folds']}-fold cross-validation grouped by patient; 95% grouped-bootstrap intervals.</p>
+<p>{result["n"]} scored COVID images ({result["patients"]} patients) from <code>{html.escape(result["data"])}</code>;
+features from bundle <code>{html.escape(result["bundle"])}</code> (preprocessing {html.escape(result["preprocess"])});
+ridge regression per score, {result["folds"]}-fold cross-validation grouped by patient;
+95% grouped-bootstrap intervals.</p>
 <table><thead><tr><th>score</th><th>MAE</th><th>Pearson r</th><th>MAE predicting the mean</th></tr></thead>
 <tbody>{rows}</tbody></table>
 <p>Reference: Cohen et al. (2020) report MAE 1.14 (extent) and 0.78 (opacity) with a chest-X-ray-pretrained network.</p>

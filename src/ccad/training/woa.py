@@ -14,8 +14,15 @@ from typing import Callable
 import numpy as np
 
 
-def whale_optimization(cost: Callable[[np.ndarray], float], dim: int, epochs: int, population: int,
-                       seed: int = 0, low: float = -1.0, high: float = 1.0) -> tuple[np.ndarray, float]:
+def whale_optimization(
+    cost: Callable[[np.ndarray], float],
+    dim: int,
+    epochs: int,
+    population: int,
+    seed: int = 0,
+    low: float = -1.0,
+    high: float = 1.0,
+) -> tuple[np.ndarray, float]:
     """(best position, its cost) after ``epochs`` generations of ``population`` whales in [low, high]^dim.
 
     Each generation ``a`` falls linearly from 2 to 0; A = 2a r - a and C = 2 r' with r, r' uniform vectors.

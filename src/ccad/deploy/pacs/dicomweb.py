@@ -54,7 +54,7 @@ class WebDestination:
 
     @classmethod
     def parse(cls, text: str) -> "WebDestination":
-        url = text[len(PREFIX):] if text.startswith(PREFIX) else text
+        url = text[len(PREFIX) :] if text.startswith(PREFIX) else text
         check_url(url, text)
         return cls(url.rstrip("/"))
 
@@ -63,8 +63,9 @@ class WebDestination:
         return "DICOMweb"
 
 
-def session(auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLike | None = None,
-            env: str = "CCAD_DICOMWEB"):
+def session(
+    auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLike | None = None, env: str = "CCAD_DICOMWEB"
+):
     """A requests session with the credentials of ``auth_file`` or the environment (``{env}_TOKEN``, or
     ``{env}_USER`` and ``{env}_PASSWORD``) and TLS verification."""
     import requests
@@ -120,12 +121,18 @@ def find_instances(web, study: str | None = None, since: str | None = None) -> I
             filters["StudyDate"] = f"{since}-"
         offset = 0
         while True:
-            page = web.search_for_instances(study_instance_uid=study, search_filters=filters, limit=PAGE,
-                                            offset=offset, fields=["StudyInstanceUID", "SeriesInstanceUID"])
+            page = web.search_for_instances(
+                study_instance_uid=study,
+                search_filters=filters,
+                limit=PAGE,
+                offset=offset,
+                fields=["StudyInstanceUID", "SeriesInstanceUID"],
+            )
             new = 0
             for item in page:
-                uids = tuple(str(item.get(tag, {}).get("Value", [""])[0] or "")
-                             for tag in ("0020000D", "0020000E", "00080018"))
+                uids = tuple(
+                    str(item.get(tag, {}).get("Value", [""])[0] or "") for tag in ("0020000D", "0020000E", "00080018")
+                )
                 if all(uids) and uids[2] not in seen:
                     seen.add(uids[2])
                     new += 1

@@ -37,59 +37,114 @@ def _concept(code: str, display: str) -> dict[str, Any]:
     return {"coding": [{"system": CODE_SYSTEM, "code": code, "display": display}], "text": display}
 
 
-def diagnostic_report(source, algorithm: Algorithm, prediction: Any = None, reason: str | None = None,
-                      patient_system: str | None = None) -> dict[str, Any]:
+def diagnostic_report(
+    source, algorithm: Algorithm, prediction: Any = None, reason: str | None = None, patient_system: str | None = None
+) -> dict[str, Any]:
     """The ``DiagnosticReport`` (a dict, validated against the FHIR model) of ``prediction`` for the DICOM
     data set ``source``, or, with ``reason``, of an image that was not scored."""
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
     instance, study = str(source.SOPInstanceUID), str(source.StudyInstanceUID)
-    device = {"resourceType": "Device", "id": "device",
-              "identifier": [{"system": "urn:ccad:model-sha256", "value": algorithm.model_sha256}],
-              "manufacturer": MANUFACTURER,
-              "deviceName": [{"name": f"{algorithm.name} ({algorithm.variant} model)", "type": "model-name"}],
-              "version": [{"value": algorithm.version}],
-              "note": [{"text": f"decision rule: {algorithm.decision_rule}"}]}
+    device = {
+        "resourceType": "Device",
+        "id": "device",
+        "identifier": [{"system": "urn:ccad:model-sha256", "value": algorithm.model_sha256}],
+        "manufacturer": MANUFACTURER,
+        "deviceName": [{"name": f"{algorithm.name} ({algorithm.variant} model)", "type": "model-name"}],
+        "version": [{"value": algorithm.version}],
+        "note": [{"text": f"decision rule: {algorithm.decision_rule}"}],
+    }
     observations = []
 
     def observation(code: str, display: str, **value) -> None:
-        observations.append({"resourceType": "Observation", "id": f"obs{len(observations)}", "status": "preliminary",
-                             "code": _concept(code, display), "device": {"reference": "#device"}, **value})
+        observations.append(
+            {
+                "resourceType": "Observation",
+                "id": f"obs{len(observations)}",
+                "status": "preliminary",
+                "code": _concept(code, display),
+                "device": {"reference": "#device"},
+                **value,
+            }
+        )
 
     if prediction is None:
         observation("not-scored", "Not scored", valueString=str(reason)[:500])
         conclusion = f"Not scored: {reason}. {NOT_FOR_DIAGNOSIS}"
     else:
-        observation("screening-result", "Screening result (decision rule)",
-                    valueCodeableConcept=_concept(f"class-{prediction.predicted_class}", prediction.predicted_class))
+        observation(
+            "screening-result",
+            "Screening result (decision rule)",
+            valueCodeableConcept=_concept(f"class-{prediction.predicted_class}", prediction.predicted_class),
+        )
         for name, p in prediction.probabilities.items():
-            observation(f"p-{name}", f"Probability of {name}",
-                        valueQuantity={"value": round(float(p), 6), "unit": "1", "system": "http://unitsofmeasure.org",
-                                       "code": "1"})
+            observation(
+                f"p-{name}",
+                f"Probability of {name}",
+                valueQuantity={
+                    "value": round(float(p), 6),
+                    "unit": "1",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "1",
+                },
+            )
         if algorithm.threshold is not None:
-            observation("decision-threshold", f"Decision threshold on p({algorithm.positive_class})",
-                        valueQuantity={"value": round(float(algorithm.threshold), 6), "unit": "1",
-                                       "system": "http://unitsofmeasure.org", "code": "1"})
-        observation("out-of-distribution", "Outside the model's training distribution",
-                    valueBoolean=prediction.in_distribution is False)
-        outside = " The image is outside what the model was trained on: do not rely on this result." \
-            if prediction.in_distribution is False else ""
-        conclusion = (f"ccad screening result: {prediction.predicted_class} "
-                      f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{outside} {NOT_FOR_DIAGNOSIS}")
+            observation(
+                "decision-threshold",
+                f"Decision threshold on p({algorithm.positive_class})",
+                valueQuantity={
+                    "value": round(float(algorithm.threshold), 6),
+                    "unit": "1",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "1",
+                },
+            )
+        observation(
+            "out-of-distribution",
+            "Outside the model's training distribution",
+            valueBoolean=prediction.in_distribution is False,
+        )
+        outside = (
+            " The image is outside what the model was trained on: do not rely on this result."
+            if prediction.in_distribution is False
+            else ""
+        )
+        conclusion = (
+            f"ccad screening result: {prediction.predicted_class} "
+            f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{outside} {NOT_FOR_DIAGNOSIS}"
+        )
     report = {
-        "resourceType": "DiagnosticReport", "id": _id(instance, algorithm, "report"), "status": "preliminary",
+        "resourceType": "DiagnosticReport",
+        "id": _id(instance, algorithm, "report"),
+        "status": "preliminary",
         "contained": [device, *observations],
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{instance}"}],
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD",
-                                  "display": "Radiology"}]}],
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}
+                ]
+            }
+        ],
         # ccad's own code, not a LOINC one: no LOINC code names "a screening aid's output on one chest X-ray";
         # a site maps it in its interface engine
-        "code": {"coding": [{"system": CODE_SYSTEM, "code": "covid-19-screening-aid",
-                             "display": "COVID-19 screening aid on a chest X-ray"}],
-                 "text": "Chest X-ray: COVID-19 screening aid (ccad)"},
+        "code": {
+            "coding": [
+                {
+                    "system": CODE_SYSTEM,
+                    "code": "covid-19-screening-aid",
+                    "display": "COVID-19 screening aid on a chest X-ray",
+                }
+            ],
+            "text": "Chest X-ray: COVID-19 screening aid (ccad)",
+        },
         "issued": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "imagingStudy": [{"identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study}"},
-                          "display": "the imaging study of this X-ray"}],
+        "imagingStudy": [
+            {
+                "identifier": {"system": "urn:dicom:uid", "value": f"urn:oid:{study}"},
+                "display": "the imaging study of this X-ray",
+            }
+        ],
         "result": [{"reference": f"#{o['id']}"} for o in observations],
         "conclusion": conclusion,
     }
@@ -119,8 +174,12 @@ class FhirPoster:
         token = os.environ.get("CCAD_FHIR_TOKEN")
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        request = urllib.request.Request(f"{self.base}/DiagnosticReport/{report['id']}", method="PUT",
-                                         data=json.dumps(report).encode(), headers=headers)
+        request = urllib.request.Request(
+            f"{self.base}/DiagnosticReport/{report['id']}",
+            method="PUT",
+            data=json.dumps(report).encode(),
+            headers=headers,
+        )
         context = ssl.create_default_context(cafile=self.ca_file) if self.base.startswith("https") else None
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as answer:

@@ -16,7 +16,8 @@ The path of an image:
    none is dropped.
 3. **Delivered.** The structured report and the heatmap capture are written to the outbox, then sent to
    ``--send-to`` by one sender thread, over one association kept open while results keep coming (released
-   after a second with nothing to send, or when the destination closes it). A destination that is down or refuses them is retried with
+   after a second with nothing to send, or when the destination closes it). A destination that is down or
+   refuses them is retried with
    exponential backoff (1 s doubling to ``retry_max_s``); each file leaves the spool only once the
    destination has accepted it. A restarted listener picks up both folders.
 
@@ -37,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from ccad import __version__
+from ccad.deploy.pacs.dicomweb import PREFIX as WEB_PREFIX
+from ccad.deploy.pacs.dicomweb import WebDestination
 from ccad.deploy.pacs.results import (
     ACCEPTED_SOP_CLASSES,
     Algorithm,
@@ -45,8 +48,6 @@ from ccad.deploy.pacs.results import (
     not_scored_reason,
     structured_report,
 )
-from ccad.deploy.pacs.dicomweb import PREFIX as WEB_PREFIX
-from ccad.deploy.pacs.dicomweb import WebDestination
 from ccad.deploy.pacs.spool import Spool
 from ccad.errors import ConfigError
 from ccad.io.images import MAX_PIXELS as DEFAULT_MAX_PIXELS
@@ -55,7 +56,7 @@ log = logging.getLogger("ccad.dicom")
 
 SUCCESS, OUT_OF_RESOURCES, DOES_NOT_MATCH, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xA900, 0xC210
 #: The largest P-DATA PDU the listener accepts (it advertises this; pynetdicom holds one PDU in memory).
-MAX_PDU_BYTES = 256 * 2 ** 10
+MAX_PDU_BYTES = 256 * 2**10
 #: C-STORE statuses after which the destination has the object (success and the warnings).
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -98,7 +99,7 @@ class ListenerSettings:
     retry_max_s: float = 60.0
     threads: int = 2
     max_pixels: int | None = None
-    max_dataset_bytes: int = 256 * 2 ** 20
+    max_dataset_bytes: int = 256 * 2**20
     #: Prometheus metrics on this port of ``host`` (None: none), a result log, the drift window.
     metrics_port: int | None = None
     result_log: Path | None = None
@@ -116,7 +117,7 @@ class ListenerSettings:
             raise ConfigError(f"--ae-title takes 1-16 characters, got {self.ae_title!r}")
         if self.workers < 1 or self.queue_size < 1 or self.retry_max_s <= 0:
             raise ConfigError("--workers and --queue-size must be at least 1 and --retry-max-s positive")
-        if self.max_dataset_bytes < 2 ** 20:
+        if self.max_dataset_bytes < 2**20:
             raise ConfigError("--max-dataset-mb must be at least 1")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError(f"--metrics-port must be a port number, got {self.metrics_port}")
@@ -135,10 +136,21 @@ def transfer_syntaxes() -> list[str]:
     from pydicom import uid
     from pydicom.pixels.decoders.base import get_decoder
 
-    candidates = [uid.ExplicitVRLittleEndian, uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian,
-                  uid.ExplicitVRBigEndian, uid.RLELossless, uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit,
-                  uid.JPEGLosslessSV1, uid.JPEGLossless, uid.JPEGLSLossless, uid.JPEGLSNearLossless,
-                  uid.JPEG2000Lossless, uid.JPEG2000]
+    candidates = [
+        uid.ExplicitVRLittleEndian,
+        uid.ImplicitVRLittleEndian,
+        uid.DeflatedExplicitVRLittleEndian,
+        uid.ExplicitVRBigEndian,
+        uid.RLELossless,
+        uid.JPEGBaseline8Bit,
+        uid.JPEGExtended12Bit,
+        uid.JPEGLosslessSV1,
+        uid.JPEGLossless,
+        uid.JPEGLSLossless,
+        uid.JPEGLSNearLossless,
+        uid.JPEG2000Lossless,
+        uid.JPEG2000,
+    ]
     supported = []
     for syntax in candidates:
         try:
@@ -220,14 +232,20 @@ class Listener:
         if self.predictor is None:
             from ccad.scoring.predictor import OnnxPredictor
 
-            self.predictor = OnnxPredictor(self.settings.model, variant="int8" if self.settings.int8 else "float",
-                                           threads=self.settings.threads)
+            self.predictor = OnnxPredictor(
+                self.settings.model, variant="int8" if self.settings.int8 else "float", threads=self.settings.threads
+            )
         self._start_monitoring()
         card = self.predictor.card
-        self.algorithm = Algorithm("ccad", (card.versions or {}).get("ccad") or __version__,
-                                   card.sha256[card.models[self.predictor.variant]], self.predictor.variant,
-                                   self.predictor.decision.describe(self.predictor.positive_class),
-                                   self.predictor.positive_class, self.predictor.decision.threshold)
+        self.algorithm = Algorithm(
+            "ccad",
+            (card.versions or {}).get("ccad") or __version__,
+            card.sha256[card.models[self.predictor.variant]],
+            self.predictor.variant,
+            self.predictor.decision.describe(self.predictor.positive_class),
+            self.predictor.positive_class,
+            self.predictor.decision.threshold,
+        )
         ae = AE(ae_title=self.settings.ae_title)
         syntaxes = transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:
@@ -235,8 +253,9 @@ class Listener:
         ae.maximum_pdu_size = MAX_PDU_BYTES  # each PDU is held whole while it arrives: never unbounded
         self._ae = ae
         if scp:
-            self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
-                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+            self._server = ae.start_server(
+                (self.settings.host, self.settings.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+            )
         if isinstance(self.settings.send_to, WebDestination):
             from ccad.deploy.pacs.dicomweb import client
 
@@ -250,11 +269,19 @@ class Listener:
         self._spawn(self._send_loop, "ccad-dicom-sender")
         self._spawn(self._resume, "ccad-dicom-resume")
         destination = self.settings.send_to
-        where = (f"{destination.ae_title}@{destination.host}:{destination.port}"
-                 if isinstance(destination, Destination) else "a DICOMweb service (STOW-RS)")
-        log.info("%s; results to %s; model %s (%s); spool %s",
-                 f"listening as {self.settings.ae_title} on {self.settings.host}:{self.settings.port}" if scp else
-                 "pulling", where, self.settings.model, self.predictor.variant, self.settings.spool)
+        where = (
+            f"{destination.ae_title}@{destination.host}:{destination.port}"
+            if isinstance(destination, Destination)
+            else "a DICOMweb service (STOW-RS)"
+        )
+        log.info(
+            "%s; results to %s; model %s (%s); spool %s",
+            f"listening as {self.settings.ae_title} on {self.settings.host}:{self.settings.port}" if scp else "pulling",
+            where,
+            self.settings.model,
+            self.predictor.variant,
+            self.settings.spool,
+        )
         return self
 
     def _start_monitoring(self) -> None:
@@ -263,16 +290,23 @@ class Listener:
 
         from ccad.deploy.monitoring import Monitor
 
-        self.monitor = Monitor.for_predictor(self.predictor, "dicom", self.settings.result_log,
-                                             window=self.settings.drift_window)
+        self.monitor = Monitor.for_predictor(
+            self.predictor, "dicom", self.settings.result_log, window=self.settings.drift_window
+        )
         registry = self.monitor.registry
-        self.stats.counter = Counter("ccad_dicom_events", "C-STOREs received or refused, images scored, results "
-                                     "sent", ("event",), registry=registry)
+        self.stats.counter = Counter(
+            "ccad_dicom_events",
+            "C-STOREs received or refused, images scored, results sent",
+            ("event",),
+            registry=registry,
+        )
         Gauge("ccad_queue_depth", "Received images waiting to be scored", registry=registry).set_function(
-            self._queue.qsize)
+            self._queue.qsize
+        )
         if self.settings.metrics_port is not None:
-            self._metrics_server, _ = start_http_server(self.settings.metrics_port, self.settings.host,
-                                                        registry=registry)
+            self._metrics_server, _ = start_http_server(
+                self.settings.metrics_port, self.settings.host, registry=registry
+            )
 
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -317,8 +351,11 @@ class Listener:
         size = len(data) if size is None else size
         if size > self.settings.max_dataset_bytes:
             self.stats.add("refused_too_large")
-            log.warning("refused a data set of %d MB, over the limit of %d MB: status 0xA700", size // 2 ** 20,
-                        self.settings.max_dataset_bytes // 2 ** 20)
+            log.warning(
+                "refused a data set of %d MB, over the limit of %d MB: status 0xA700",
+                size // 2**20,
+                self.settings.max_dataset_bytes // 2**20,
+            )
             return OUT_OF_RESOURCES, None
         try:
             check_inflated_size(data, "the data set", self.settings.max_pixels or DEFAULT_MAX_PIXELS)
@@ -358,12 +395,14 @@ class Listener:
         if status != SUCCESS:
             return status
         key = instance_key(str(ds.SOPInstanceUID))
-        with self._admit:        key = instance_key(str(ds.SOPInstanceUID))
+        with self._admit:
+            key = instance_key(str(ds.SOPInstanceUID))
         with self._admit:
             if self._queue.full():
                 self.stats.add("refused_busy")
-                log.warning("image %s refused: the scoring queue is full (%d): status 0xA700", key,
-                            self.settings.queue_size)
+                log.warning(
+                    "image %s refused: the scoring queue is full (%d): status 0xA700", key, self.settings.queue_size
+                )
                 return OUT_OF_RESOURCES
             try:
                 path = self.spool.receive(key, data)
@@ -388,8 +427,12 @@ class Listener:
 
     def idle(self) -> bool:
         """Nothing waits to be scored or sent."""
-        return (self._queue.unfinished_tasks == 0 and not self.spool.pending_inbox()
-                and not self.spool.pending_outbox() and not self.spool.pending_fhir())
+        return (
+            self._queue.unfinished_tasks == 0
+            and not self.spool.pending_inbox()
+            and not self.spool.pending_outbox()
+            and not self.spool.pending_fhir()
+        )
 
     def _resume(self) -> None:
         """Queue what a previous run left in the inbox (waiting for room, as a sender would)."""
@@ -449,8 +492,9 @@ class Listener:
                 self.spool.set_aside(path, f"no result could be made ({type(e).__name__})")
             except FileNotFoundError:  # queued twice (a resume): the other handling took it
                 return
-            log.error("image %s: no result could be made (%s); kept in the spool's failed folder", key,
-                      type(e).__name__)
+            log.error(
+                "image %s: no result could be made (%s); kept in the spool's failed folder", key, type(e).__name__
+            )
             self._done(key)
             return
         path.unlink(missing_ok=True)
@@ -464,9 +508,13 @@ class Listener:
                 self.monitor.observe(prediction, identity=str(ds.SOPInstanceUID))
             except Exception as e:  # monitoring must never stop scoring
                 log.error("image %s: monitoring failed (%s)", key, type(e).__name__)
-            log.info("image %s scored: %s (%.3f)%s", key, prediction.predicted_class,
-                     prediction.probabilities[prediction.predicted_class],
-                     "" if prediction.in_distribution is not False else ", out of distribution")
+            log.info(
+                "image %s scored: %s (%.3f)%s",
+                key,
+                prediction.predicted_class,
+                prediction.probabilities[prediction.predicted_class],
+                "" if prediction.in_distribution is not False else ", out of distribution",
+            )
         self._wake_sender.set()
 
     def _done(self, key: str) -> None:
@@ -502,10 +550,14 @@ class Listener:
                 objects.append(heatmap_capture(ds, self.algorithm, prediction))
             return objects
         except Exception as e:
-            log.warning("image %s: its result could not be built (%s); sending a report that says so", key,
-                        type(e).__name__)
-            return [structured_report(ds, self.algorithm, None, f"scored, but the result could not be built "
-                                                                  f"({type(e).__name__})")]
+            log.warning(
+                "image %s: its result could not be built (%s); sending a report that says so", key, type(e).__name__
+            )
+            return [
+                structured_report(
+                    ds, self.algorithm, None, f"scored, but the result could not be built ({type(e).__name__})"
+                )
+            ]
 
     # 3. delivered -----------------------------------------------------------------------------------
 
@@ -630,7 +682,7 @@ class Listener:
 
     def _failed(self, path: Path, why: str) -> None:
         retry = self._retries.setdefault(path, _Retry())
-        delay = min(self.settings.retry_max_s, 2.0 ** retry.attempts)
+        delay = min(self.settings.retry_max_s, 2.0**retry.attempts)
         retry.attempts += 1
         retry.due = time.monotonic() + delay
         self.stats.add("send_failures")

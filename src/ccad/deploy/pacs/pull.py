@@ -27,8 +27,15 @@ log = logging.getLogger("ccad.dicom")
 DONE_FILE = "pulled.txt"
 
 
-def pull(settings: ListenerSettings, source: str, study: str | None = None, since: str | None = None,
-         timeout_s: float = 3600.0, predictor=None, source_auth=None) -> dict[str, Any]:
+def pull(
+    settings: ListenerSettings,
+    source: str,
+    study: str | None = None,
+    since: str | None = None,
+    timeout_s: float = 3600.0,
+    predictor=None,
+    source_auth=None,
+) -> dict[str, Any]:
     """Score every CR/DX instance of ``study`` (or of the studies dated ``since``, YYYYMMDD, or later) at the
     DICOMweb service ``source``; returns counts. Waits (at most ``timeout_s``) until every result is sent.
     ``source_auth``: the archive's credentials file (the destination's are never sent to it; without one, the
@@ -80,6 +87,10 @@ def pull(settings: ListenerSettings, source: str, study: str | None = None, sinc
         counts["complete"] = listener.idle()
     finally:
         listener.stop()
-    counts.update(scored=listener.stats.scored, not_scored=listener.stats.not_scored, failed=listener.stats.failed,
-                  sent=listener.stats.sent)
+    counts.update(
+        scored=listener.stats.scored,
+        not_scored=listener.stats.not_scored,
+        failed=listener.stats.failed,
+        sent=listener.stats.sent,
+    )
     return counts

@@ -57,10 +57,18 @@ class Algorithm:
     threshold: float | None = None
 
     def parameters(self) -> list[str]:
-        stated = [f"{self.positive_class} if p({self.positive_class}) >= {self.threshold:.3f}"[:64]] \
-            if self.threshold is not None else []
-        return [f"model sha256 {self.model_sha256}", f"model variant {self.variant}", *stated,
-                f"decision rule: {self.decision_rule}"[:64], "research screening aid, not for diagnosis"]
+        stated = (
+            [f"{self.positive_class} if p({self.positive_class}) >= {self.threshold:.3f}"[:64]]
+            if self.threshold is not None
+            else []
+        )
+        return [
+            f"model sha256 {self.model_sha256}",
+            f"model variant {self.variant}",
+            *stated,
+            f"decision rule: {self.decision_rule}"[:64],
+            "research screening aid, not for diagnosis",
+        ]
 
 
 def not_scored_reason(ds) -> str | None:
@@ -69,7 +77,9 @@ def not_scored_reason(ds) -> str | None:
     if "PixelData" not in ds:
         return "no pixel data"
     if str(ds.get("Manufacturer", "")) == MANUFACTURER and str(ds.get("SeriesNumber", "")) in (
-            str(SR_SERIES_NUMBER), str(SC_SERIES_NUMBER)):
+        str(SR_SERIES_NUMBER),
+        str(SC_SERIES_NUMBER),
+    ):
         return "a ccad result, not an X-ray"
     sop_class = str(ds.get("SOPClassUID", ""))
     modality = str(ds.get("Modality", "")).upper()
@@ -91,9 +101,17 @@ UID_NAMESPACE = uuid.UUID("7d0c3c86-2f0a-4b5e-9a53-0c1cad0c2a21")
 #: Type 1 attributes a result cannot be made without (the listener refuses a data set that lacks one).
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 #: The Patient and General Study attributes a result copies (Type 2: present, empty when unknown), by VR.
-COPIED_TYPE2 = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
-                "StudyDate": "DA", "StudyTime": "TM", "ReferringPhysicianName": "PN", "StudyID": "SH",
-                "AccessionNumber": "SH"}
+COPIED_TYPE2 = {
+    "PatientName": "PN",
+    "PatientID": "LO",
+    "PatientBirthDate": "DA",
+    "PatientSex": "CS",
+    "StudyDate": "DA",
+    "StudyTime": "TM",
+    "ReferringPhysicianName": "PN",
+    "StudyID": "SH",
+    "AccessionNumber": "SH",
+}
 _UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _TIME_PATTERN = re.compile(r"^([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?$")
 _MAX_LENGTH = {"LO": 64, "SH": 16, "PN": 64 * 5}
@@ -107,8 +125,11 @@ def _uid(source_uid: str, algorithm: Algorithm, what: str) -> str:
 
 def missing_identifiers(ds) -> list[str]:
     """The :data:`REQUIRED_UIDS` that ``ds`` lacks or holds no valid UID in."""
-    return [name for name in REQUIRED_UIDS if not _UID_PATTERN.match(str(ds.get(name, "") or "").strip())
-            or len(str(ds.get(name)).strip()) > 64]
+    return [
+        name
+        for name in REQUIRED_UIDS
+        if not _UID_PATTERN.match(str(ds.get(name, "") or "").strip()) or len(str(ds.get(name)).strip()) > 64
+    ]
 
 
 def _valid(value: Any, vr: str) -> str:
@@ -166,48 +187,85 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
     source = result_source(source)
     no_units = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
     yes, no = CodedConcept("373066001", "SCT", "Yes"), CodedConcept("373067005", "SCT", "No")
-    measurements, evaluations = [], [
-        hd.sr.QualitativeEvaluation(_code("intended-use", "Intended use"),
-                                    _code("not-for-diagnosis", "Research screening aid, not for diagnosis"))]
+    measurements, evaluations = (
+        [],
+        [
+            hd.sr.QualitativeEvaluation(
+                _code("intended-use", "Intended use"),
+                _code("not-for-diagnosis", "Research screening aid, not for diagnosis"),
+            )
+        ],
+    )
     if reason is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(_code("not-scored", "Not scored"),
-                                                       _code("reason", reason)))
+        evaluations.append(hd.sr.QualitativeEvaluation(_code("not-scored", "Not scored"), _code("reason", reason)))
     else:
         for name, value in prediction.probabilities.items():
-            measurements.append(hd.sr.Measurement(name=_code(f"p-{name}", f"Probability of {name}"),
-                                                  value=float(value), unit=no_units))
-        evaluations.append(hd.sr.QualitativeEvaluation(
-            _code("screening-result", "Screening result"),
-            _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)")))
+            measurements.append(
+                hd.sr.Measurement(name=_code(f"p-{name}", f"Probability of {name}"), value=float(value), unit=no_units)
+            )
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                _code("screening-result", "Screening result"),
+                _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)"),
+            )
+        )
         if algorithm.threshold is not None:
-            measurements.append(hd.sr.Measurement(
-                name=_code("decision-threshold", f"Decision threshold on p({algorithm.positive_class})"),
-                value=float(algorithm.threshold), unit=no_units))
-        evaluations.append(hd.sr.QualitativeEvaluation(
-            _code("out-of-distribution", "Outside the model's training distribution"),
-            no if prediction.in_distribution is not False else yes))
+            measurements.append(
+                hd.sr.Measurement(
+                    name=_code("decision-threshold", f"Decision threshold on p({algorithm.positive_class})"),
+                    value=float(algorithm.threshold),
+                    unit=no_units,
+                )
+            )
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                _code("out-of-distribution", "Outside the model's training distribution"),
+                no if prediction.in_distribution is not False else yes,
+            )
+        )
         for key, value in (prediction.severity or {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                measurements.append(hd.sr.Measurement(name=_code(f"severity-{key}", f"Severity: {key}"),
-                                                      value=float(value), unit=no_units))
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=_code(f"severity-{key}", f"Severity: {key}"), value=float(value), unit=no_units
+                    )
+                )
     device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=_uid("device", algorithm, "device"), name=algorithm.name, manufacturer_name=MANUFACTURER,
-        model_name=f"{algorithm.name} {algorithm.version}")
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+        uid=_uid("device", algorithm, "device"),
+        name=algorithm.name,
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{algorithm.name} {algorithm.version}",
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=_uid(source.SOPInstanceUID, algorithm, "tracking"),
-                                                     identifier="ccad COVID-19 screening result"),
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=_uid(source.SOPInstanceUID, algorithm, "tracking"), identifier="ccad COVID-19 screening result"
+        ),
         algorithm_id=hd.sr.AlgorithmIdentification(algorithm.name, algorithm.version, algorithm.parameters()),
         source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)],
-        measurements=measurements or None, qualitative_evaluations=evaluations)
-    report = hd.sr.MeasurementReport(observation_context=context,
-                                     procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
-                                     imaging_measurements=[group])
-    sr = hd.sr.ComprehensiveSR(evidence=[source], content=report, series_instance_uid=_uid(
-        source.SOPInstanceUID, algorithm, "sr-series"), series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sr"), instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True, series_description="ccad result (not for diagnosis)")
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations,
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
+        imaging_measurements=[group],
+    )
+    sr = hd.sr.ComprehensiveSR(
+        evidence=[source],
+        content=report,
+        series_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sr-series"),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sr"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description="ccad result (not for diagnosis)",
+    )
     return sr
 
 
@@ -225,17 +283,27 @@ def heatmap_capture(source, algorithm: Algorithm, prediction):
     from ccad.io.pictures import overlay
 
     pictures = prediction.pictures
-    rgb = _burn_in(overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline),
-                   banner_lines(prediction, algorithm.version))
+    rgb = _burn_in(
+        overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline),
+        banner_lines(prediction, algorithm.version),
+    )
     source = result_source(source)
     orientation = source.get("PatientOrientation")
     orientation = tuple(orientation) if orientation and len(orientation) == 2 else ("L", "F")
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT", patient_orientation=orientation,
-        series_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sc-series"), series_number=SC_SERIES_NUMBER,
-        sop_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sc"), instance_number=1,
-        manufacturer=MANUFACTURER, series_description="ccad heatmap (not for diagnosis)")
+        ref_dataset=source,
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=orientation,
+        series_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sc-series"),
+        series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sc"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        series_description="ccad heatmap (not for diagnosis)",
+    )
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = BANNER.format(version=algorithm.version)
     return sc
