@@ -255,3 +255,44 @@ def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
     path = listener.spool.put_fhir("k", {"id": "x"})
     listener._send([path])
     assert path.exists() and listener.stats.send_failures == 1
+
+
+def test_a_wado_answer_is_read_as_it_arrives_and_abandoned_past_the_limit(tmp_path):
+    from ccad.deploy.pacs.dicomweb import TooLarge, fetch_instance, session
+
+    small = xray(tmp_path, "small").read_bytes()
+
+    class Archive(http.server.BaseHTTPRequestHandler):
+        sent = []
+
+        def do_GET(self):  # noqa: N802
+            big = "big" in self.path
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=XYZ')
+            self.end_headers()
+            self.wfile.write(b"--XYZ\r\nContent-Type: application/dicom\r\n\r\n")
+            written = 0
+            try:
+                if big:  # 64 MB of one endless file, sent in 1 MB writes
+                    while written < 64 * 2**20:
+                        self.wfile.write(b"\0" * 2**20)
+                        written += 2**20
+                else:
+                    self.wfile.write(small)
+                self.wfile.write(b"\r\n--XYZ--\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            Archive.sent.append(written)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Archive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/dicom-web"
+    try:
+        assert fetch_instance(session(), base, "1", "2", "small", max_bytes=2**20) == small
+        with pytest.raises(TooLarge):
+            fetch_instance(session(), base, "1", "2", "big", max_bytes=2**20)
+    finally:
+        server.shutdown()

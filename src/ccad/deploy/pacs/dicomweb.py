@@ -140,3 +140,48 @@ def find_instances(web, study: str | None = None, since: str | None = None) -> I
             if len(page) < PAGE or not new:  # the last page, or a server that ignores the offset
                 break
             offset += len(page)
+
+
+class TooLarge(Exception):
+    """A WADO-RS response past the size the listener would accept."""
+
+
+def fetch_instance(
+    http, base: str, study: str, series: str, instance: str, max_bytes: int, timeout_s: float = 60.0
+) -> bytes:
+    """The DICOM file of one instance (WADO-RS), read as it arrives and abandoned past ``max_bytes``
+    (:class:`TooLarge`): a hostile archive cannot make one fetch fill the memory. ``http`` is a
+    :func:`session`."""
+    url = f"{base}/studies/{study}/series/{series}/instances/{instance}"
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    with http.get(url, headers={"Accept": accept}, stream=True, timeout=timeout_s) as response:
+        response.raise_for_status()
+        chunks, seen = [], 0
+        for chunk in response.iter_content(chunk_size=1 << 16):
+            seen += len(chunk)
+            if seen > max_bytes + 64 * 1024:  # the multipart framing around the file is small
+                raise TooLarge(f"over {max_bytes // 2**20} MB")
+            chunks.append(chunk)
+        body, kind = b"".join(chunks), response.headers.get("Content-Type", "")
+    return _first_part(body, kind)
+
+
+def _first_part(body: bytes, content_type: str) -> bytes:
+    """The first part's bytes of a multipart/related body (the whole body when it is not multipart)."""
+    from email.message import Message
+
+    if not content_type.lower().startswith("multipart/"):
+        return body
+    header = Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not boundary:
+        raise ValueError("a multipart answer without a boundary")
+    delimiter = b"--" + str(boundary).encode()
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):  # the closing delimiter
+            break
+        head, sep, data = part.partition(b"\r\n\r\n")
+        if sep:
+            return data[:-2] if data.endswith(b"\r\n") else data
+    raise ValueError("a multipart answer without a part")

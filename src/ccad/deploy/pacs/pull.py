@@ -3,24 +3,24 @@ them through the listener's path, results sent as the listener sends them.
 
     ccad dicom pull --from https://pacs/dicom-web --since 2026-12-01 --send-to dicomweb+https://pacs/dicom-web
 
-Every fetched instance passes the listener's admission checks (size, inflated size, UIDs) before it is spooled.
-Bounded in memory: one instance is fetched at a time, and fetching waits while ``--queue-size`` images wait to
-be scored. Resumable: each image is recorded in ``SPOOL/pulled.txt`` (by the hash of its SOP Instance UID, as
-the logs name it) once its results are in the outbox; a pull run again skips those. An image whose results
-were made but not yet recorded when the process died is fetched and scored again, and its results carry the
-same derived UIDs (and the same file names in the spool), so the archive gets the same objects, not copies.
+Every instance is read as it arrives and abandoned past ``--max-dataset-mb``, then passes the listener's
+admission checks (inflated size, UIDs) before it is spooled. Bounded in memory: one instance is fetched at a
+time, and fetching waits while ``--queue-size`` images wait to be scored. Resumable: each image is recorded in
+``SPOOL/pulled.txt`` (by the hash of its SOP Instance UID, as the logs name it) once its results are in the
+outbox; a pull run again skips those. An image whose results were made but not yet recorded when the process
+died is fetched and scored again, and its results carry the same derived UIDs (and the same file names in the
+spool), so the archive gets the same objects, not copies.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import threading
 import time
 from typing import Any
 
-from ccad.deploy.pacs.dicomweb import client, find_instances
+from ccad.deploy.pacs.dicomweb import TooLarge, client, fetch_instance, find_instances, session
 from ccad.deploy.pacs.listener import Listener, ListenerSettings, instance_key
 
 log = logging.getLogger("ccad.dicom")
@@ -56,6 +56,7 @@ def pull(
     seen: set[str] = set()  # fetched by a run that died: resumed, not refetched
     listener.start(scp=False)
     web = client(source, source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")
+    http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")
     counts = {"found": 0, "already_done": 0, "in_the_spool": 0, "fetched": 0, "fetch_failures": 0, "refused": 0}
     deadline = time.monotonic() + timeout_s
     try:
@@ -70,16 +71,18 @@ def pull(
                 counts["in_the_spool"] += 1
                 continue
             try:
-                ds = web.retrieve_instance(study_uid, series_uid, instance_uid)
-                buffer = io.BytesIO()
-                ds.save_as(buffer, enforce_file_format=True)
+                data = fetch_instance(http, source, study_uid, series_uid, instance_uid, settings.max_dataset_bytes)
+            except TooLarge as e:  # refused as the listener refuses it: recorded, not fetched again
+                counts["refused"] += 1
+                log.warning("image %s refused: %s, the --max-dataset-mb limit", key, e)
+                record(key)
+                continue
             except Exception as e:  # the archive's error: logged, counted, the pull goes on
                 counts["fetch_failures"] += 1
                 log.warning("image %s could not be fetched (%s)", key, type(e).__name__)
                 continue
-            del ds
             counts["fetched"] += 1
-            if listener.take(key, buffer.getvalue(), timeout_s=max(1.0, deadline - time.monotonic())) is None:
+            if listener.take(key, data, timeout_s=max(1.0, deadline - time.monotonic())) is None:
                 counts["refused"] += 1  # too large, a bomb, undecodable, or without its UIDs: as the listener would
                 record(key)
         while not listener.idle() and time.monotonic() < deadline:
