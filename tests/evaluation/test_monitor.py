@@ -63,7 +63,10 @@ def test_since_until_and_the_bundle_reference(tmp_path):
 
     log = _log(tmp_path / "r.jsonl", ROWS)
     records, _ = read_log(log, since=date(2026, 12, 1))
-    assert len(records) == 2 and drift_changes(records) == [{"time": ROWS[4][0], "from": "drift", "to": "ok"}]
+    assert len(records) == 2 and drift_changes(records) == [
+        {"time": ROWS[3][0], "from": "warming up", "to": "drift"},  # its first full window: already in drift
+        {"time": ROWS[4][0], "from": "drift", "to": "ok"},
+    ]
     reference = OodGuard(
         np.zeros(2),
         np.eye(2),

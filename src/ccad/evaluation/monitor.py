@@ -109,14 +109,15 @@ def summarize(records: list[dict[str, Any]], reference=None) -> dict[str, Any]:
 
 
 def drift_changes(records: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """When the live drift state changed (after its window first filled)."""
+    """When the live drift state changed: from ``ok`` to ``drift`` and back, and the first full window when it
+    was already in ``drift``."""
     changes, state = [], None
     for r in records:
         now = r.get("drift")
         if now in (None, "warming up") or now == state:
             continue
-        if state is not None:
-            changes.append({"time": r["time"], "from": state, "to": now})
+        if state is not None or now == DRIFT:  # a window that is full and already in drift counts as a change
+            changes.append({"time": r["time"], "from": state or "warming up", "to": now})
         state = now
     return changes
 
