@@ -42,7 +42,7 @@ def main() -> None:
         return
     with open(Path(args.run) / "val_predictions.csv", newline="") as f:
         paths = [row["path"] for row in csv.DictReader(f)]
-    predictor = OnnxPredictor(bundle)
+    predictor = OnnxPredictor.load(bundle)
     scored = [p for p in predictor.predict_files(paths) if not p.error]
     positive = predictor.classes.index(predictor.positive_class)
     guard = OodGuard.load(bundle / OOD_FILE)
@@ -72,7 +72,7 @@ def main() -> None:
 def add_rehearsal(bundle: Path, run: Path) -> None:
     from ccad.models.rehearsal import PER_CLASS, REHEARSAL_FILE, save_rehearsal
 
-    predictor = OnnxPredictor(bundle)
+    predictor = OnnxPredictor.load(bundle)
     with open(run / "split.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "train" and r["label"] in predictor.classes]
     rng = np.random.default_rng(0)

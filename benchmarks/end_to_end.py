@@ -66,7 +66,7 @@ def measure(bundle: str, variant: str, files: list[str]) -> dict:
     from ccad.preprocessing.pipeline import WORK_SIDE, prepare_full
     from ccad.scoring.predictor import OnnxPredictor
 
-    predictor = OnnxPredictor(bundle, variant=variant, threads=2)
+    predictor = OnnxPredictor.load(bundle, variant=variant, threads=2)
     size, preprocess = predictor.input_size, predictor.preprocess
     stages = {k: [] for k in ("decode", "segment", "crop_normalize", "classify", "score", "single_image")}
     for i, path in enumerate(files):

@@ -144,7 +144,7 @@ def main() -> None:
     batch = np.concatenate(singles[:BATCH])
 
     keras_model = KerasPredictor.load(run).model
-    float_p, int8_p = OnnxPredictor(bundle, threads=THREADS), OnnxPredictor(bundle, "int8", threads=THREADS)
+    float_p, int8_p = OnnxPredictor.load(bundle, threads=THREADS), OnnxPredictor.load(bundle, "int8", threads=THREADS)
     engines = {
         "keras_predict": lambda x: keras_model.predict(x, verbose=0),
         "keras_call": lambda x: keras_model(x, training=False),  # direct call: no per-call predict() overhead

@@ -84,7 +84,7 @@ def drift(model: Path, run: Path, work: Path) -> dict:
     from ccad.evaluation.drift import DriftCheck
     from ccad.scoring.predictor import OnnxPredictor
 
-    predictor = OnnxPredictor(model)
+    predictor = OnnxPredictor.load(model)
     with open(run / "split.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     test = [r for r in rows if r["split"] == "test"]

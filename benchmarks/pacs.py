@@ -151,7 +151,7 @@ def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, sende
 def in_process(bundle: Path, variant: str, files: list[Path]) -> dict:
     from ccad.scoring.predictor import OnnxPredictor
 
-    predictor = OnnxPredictor(bundle, variant=variant)
+    predictor = OnnxPredictor.load(bundle, variant=variant)
     predictor.predict_files(files[:2], with_heatmaps=True)
     times = []
     for path in files:

@@ -63,7 +63,7 @@ def main() -> None:
         )
         assert ccad(["export", "--model", str(tmp / "run"), "--out", str(tmp / "bundle")]) == 0
         start = time.perf_counter()
-        predict_to_csv(OnnxPredictor(tmp / "bundle"), images, tmp / "single.csv", progress=False)
+        predict_to_csv(OnnxPredictor.load(tmp / "bundle"), images, tmp / "single.csv", progress=False)
         single = time.perf_counter() - start
         rows.append(
             {

@@ -52,7 +52,7 @@ def baseline(bundle: Path, files: list[Path], repeat: int, cores: str, threads: 
     """``ccad predict``'s path, in a child pinned to ``cores`` with ``threads`` ONNX Runtime and decoding threads."""
     code = (
         "import sys, time; from ccad.scoring.predictor import OnnxPredictor\n"
-        f"p = OnnxPredictor({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
+        f"p = OnnxPredictor.load({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
         f"list(p.predict_stream(files[:8], workers={threads}))\n"
         f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers={threads}))\n"
         "print(n / (time.perf_counter() - t))"

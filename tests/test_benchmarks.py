@@ -43,4 +43,4 @@ def test_drift_reference_completes_a_bundle_that_still_loads(run_and_bundle, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     guard = OodGuard.load(copy / "ood.npz")
     assert len(guard.reference_scores) == len(guard.reference_distances) > 0
-    assert (copy / "rehearsal.npz").is_file() and OnnxPredictor(copy).card.sha256["rehearsal.npz"]
+    assert (copy / "rehearsal.npz").is_file() and OnnxPredictor.load(copy).card.sha256["rehearsal.npz"]

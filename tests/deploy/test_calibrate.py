@@ -65,7 +65,7 @@ def test_calibrating_to_a_specificity_on_a_sites_normals(bundle, site, tmp_path,
     assert card.decision["threshold"] == record["threshold"] and "at the site" in card.decision["rule"]
     # the new bundle decides with it: at least 90% of the site's normals (54 of 60) are called normal
     files = sorted((site / "normal").glob("*.png"))
-    predictions = OnnxPredictor(out).predict_files(files)
+    predictions = OnnxPredictor.load(out).predict_files(files)
     kept = sum(p.predicted_class == "normal" for p in predictions)
     assert kept >= math.ceil(0.9 * 60) and record["achieved"]["specificity"]["k"] == kept
     covid = [p.probabilities["covid"] for p in predictions]

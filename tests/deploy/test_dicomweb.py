@@ -128,10 +128,11 @@ def test_results_go_back_over_stow_rs_with_the_dimse_paths_content(bundle, tmp_p
             90,
             "the SR and the capture in Orthanc",
         )
+        scorer = OnnxPredictor.load(bundle)
         expected = structured_report(
             source,
             listener.algorithm,
-            OnnxPredictor(bundle).score(["x"], [OnnxPredictor(bundle).prepare(_gray(path))], with_heatmaps=True)[0],
+            scorer.score(["x"], [scorer.prepare(_gray(path))], with_heatmaps=True)[0],
         )
     finally:
         listener.stop()
@@ -244,6 +245,7 @@ def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
         bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", fhir="http://127.0.0.1:9/fhir"
     )
     listener = Listener(settings)
+    listener.spool.create()
 
     class Broken:
         def put(self, report):

@@ -35,7 +35,7 @@ def test_onnx_agrees_with_keras(run_and_bundle, synth_folders):
     run, bundle = run_and_bundle
     images, _, _ = load_images(discover(synth_folders).samples[:16], 64)
     keras_p = KerasPredictor.load(run).predict_images(images)
-    onnx_p = OnnxPredictor(bundle).predict_images(images)
+    onnx_p = OnnxPredictor.load(bundle).predict_images(images)
     np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
 
 
@@ -162,7 +162,7 @@ def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_f
     val = [s for s in read_split_file(run / "split.csv") if s.split == "val"]
     images, kept, _ = load_images(val, 64, preprocess="lungs+equalize+lowpass")
     x = to_model_input(images)
-    f, q = OnnxPredictor(bundle), OnnxPredictor(bundle, variant="int8")
+    f, q = OnnxPredictor.load(bundle), OnnxPredictor.load(bundle, variant="int8")
     rule = f.decision
     p_f, p_q = rule.calibrate(f.predict(x)[0]), rule.calibrate(q.predict(x)[0])
     assert check["decision_agreement"] == pytest.approx(np.mean(rule.predict(p_f) == rule.predict(p_q)), abs=1e-4)
@@ -176,12 +176,13 @@ def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_f
     card["int8_check"] = dict(check, use="throughput only", reason="91.0% of decisions equal the float model's")
     (copy / "ccad-model.json").write_text(json.dumps(card))
     caplog.set_level("WARNING", logger="ccad")
-    assert OnnxPredictor(copy, variant="int8").warning.startswith("this bundle's INT8 model is for throughput only")
+    warning = OnnxPredictor.load(copy, variant="int8").warning
+    assert warning.startswith("this bundle's INT8 model is for throughput only")
     assert "91.0% of decisions" in caplog.text
-    assert OnnxPredictor(copy).warning is None  # the float model is what decisions use
+    assert OnnxPredictor.load(copy).warning is None  # the float model is what decisions use
     card["int8_check"] = dict(check, use="decisions")
     (copy / "ccad-model.json").write_text(json.dumps(card))
-    assert OnnxPredictor(copy, variant="int8").warning is None
+    assert OnnxPredictor.load(copy, variant="int8").warning is None
 
 
 def test_int8_predicts_and_evaluate_accepts_a_bundle(run_and_bundle, synth_folders, tmp_path, capsys):
@@ -265,7 +266,7 @@ def test_every_file_the_predictor_reads_is_checked_against_the_card(run_and_bund
         with open(copy / name, "ab") as f:
             f.write(b"\0")
     with pytest.raises(ModelError, match="sha256 differs"):
-        OnnxPredictor(copy)
+        OnnxPredictor.load(copy)
 
 
 def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tmp_path, synth_folders):
@@ -286,7 +287,7 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
         shutil.copytree(bundle, copy)
         card["decision"] = dict(stored, threshold=threshold)
         (copy / "ccad-model.json").write_text(json.dumps(card))
-        predicted = {r.predicted_class for r in OnnxPredictor(copy).predict_files(files)}
+        predicted = {r.predicted_class for r in OnnxPredictor.load(copy).predict_files(files)}
         assert predicted == expected
 
 
@@ -314,7 +315,7 @@ def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bun
 
     Image.fromarray(np.full((128, 128), 128, np.uint8)).save(blank)
     xrays = sorted((synth_folders / "normal").glob("*.png"))[:6]
-    results = OnnxPredictor(bundle).predict_files([photo, blank, *xrays])
+    results = OnnxPredictor.load(bundle).predict_files([photo, blank, *xrays])
     assert results[0].in_distribution is False and "do not rely on this result" in results[0].warning
     assert "blank image" in results[1].error and results[1].predicted_class is None  # refused, not scored
     assert sum(r.in_distribution for r in results[2:]) >= 4  # training-like images mostly pass

@@ -149,7 +149,7 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
     from ccad.scoring.predictor import OnnxPredictor
 
     caplog.set_level("INFO", logger="ccad.dicom")
-    predictor = GatedPredictor(OnnxPredictor(bundle))
+    predictor = GatedPredictor(OnnxPredictor.load(bundle))
     port = free_port()
     settings = ListenerSettings(
         bundle,
@@ -243,7 +243,7 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     }
     captures = [ds for ds in found if ds.Modality == "OT"]
     assert len(reports) == 3 and len(captures) == 1
-    expected = OnnxPredictor(bundle).predict_files([frontal])[0]
+    expected = OnnxPredictor.load(bundle).predict_files([frontal])[0]
     report = reports[source.SOPInstanceUID]
     items = report_items(report)
     for name, probability in expected.probabilities.items():
@@ -252,7 +252,7 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     assert items["out-of-distribution"][0] == ("373067005" if expected.in_distribution else "373066001")
     assert items["intended-use"][0] == "not-for-diagnosis"
     # the rule the class came from, as a number a reader can check the probability against
-    assert items["decision-threshold"] == pytest.approx(OnnxPredictor(bundle).decision.threshold, abs=1e-9)
+    assert items["decision-threshold"] == pytest.approx(OnnxPredictor.load(bundle).decision.threshold, abs=1e-9)
     # the same patient and study, a new series each, the algorithm identified
     capture = captures[0]
     for ds in (report, capture):
@@ -302,7 +302,7 @@ def test_results_wait_while_the_pacs_is_down_and_arrive_once_after_it_is_up(bund
 def test_the_spool_lists_only_finished_files(tmp_path):
     from ccad.deploy.pacs.spool import Spool
 
-    spool = Spool(tmp_path / "spool")
+    spool = Spool(tmp_path / "spool").create()
     done = spool.receive("abc", b"x" * 10)
     (spool.inbox / ".abc.1234.tmp.dcm").write_bytes(b"half")  # an atomic write in progress
     assert spool.pending_inbox() == [done]
@@ -398,7 +398,7 @@ def test_result_uids_are_derived_so_a_resend_is_the_same_object(bundle, tmp_path
 
     path = xray(tmp_path, "x")
     ds = pydicom.dcmread(path)
-    prediction = OnnxPredictor(bundle).predict_files([path], with_heatmaps=True)[0]
+    prediction = OnnxPredictor.load(bundle).predict_files([path], with_heatmaps=True)[0]
     algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule")
     first, again = structured_report(ds, algorithm, prediction), structured_report(ds, algorithm, prediction)
     assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
@@ -520,7 +520,7 @@ def test_the_report_says_out_of_distribution_when_the_guard_says_so(bundle, tmp_
 
     path = xray(tmp_path, "x")
     ds = pydicom.dcmread(path)
-    prediction = OnnxPredictor(bundle).predict_files([path])[0]
+    prediction = OnnxPredictor.load(bundle).predict_files([path])[0]
     algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule")
     inside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=True)))
     outside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=False)))
@@ -561,7 +561,7 @@ def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bund
         wait_for(lambda: listener.stats.scored == 1, 60, "the JPEG 2000 image to be scored")
     finally:
         listener.stop()
-    a, b = OnnxPredictor(bundle).predict_files([compressed, plain])
+    a, b = OnnxPredictor.load(bundle).predict_files([compressed, plain])
     assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)  # lossless: the same pixels, the same score
 
 

@@ -35,7 +35,7 @@ def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and
     assert set(rows) == {str(p) for p in images}
     assert "not a readable image" in rows[str(bad)]["error"] and rows[str(bad)]["predicted_class"] == ""
 
-    reference = {r.name: r for r in OnnxPredictor(bundle).predict_files([p for p in images if p != bad])}
+    reference = {r.name: r for r in OnnxPredictor.load(bundle).predict_files([p for p in images if p != bad])}
     for file, expected in reference.items():
         assert rows[file]["predicted_class"] == expected.predicted_class
         for c, p in expected.probabilities.items():

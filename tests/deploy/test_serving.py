@@ -58,7 +58,7 @@ def test_predict_matches_the_predictor(client, bundle, tmp_path):
 
     path = tmp_path / "x.png"
     path.write_bytes(png_bytes(seed=3))
-    expected = OnnxPredictor(bundle).predict_files([path])[0].probabilities
+    expected = OnnxPredictor.load(bundle).predict_files([path])[0].probabilities
     got = post(client, ("x.png", path.read_bytes(), "image/png")).json()["results"][0]["probabilities"]
     assert got == pytest.approx(expected, abs=1e-6)
 
@@ -235,10 +235,10 @@ def test_concurrent_images_are_scored_in_one_batch_with_the_same_results(bundle)
     from ccad.io.images import read_grayscale_bytes
     from ccad.scoring.predictor import OnnxPredictor
 
-    predictor = OnnxPredictor(bundle)
+    predictor = OnnxPredictor.load(bundle)
     prepared = [predictor.prepare(read_grayscale_bytes(png_bytes(seed=i))) for i in range(6)]
     alone = [predictor.score([f"{i}"], [p])[0] for i, p in enumerate(prepared)]
-    batcher = MicroBatcher(predictor, max_batch=4, wait_s=2.0)  # a long wait: every submit below lands in time
+    batcher = MicroBatcher(predictor, max_batch=4, wait_s=2.0).start()  # a long wait: every submit below lands in time
     try:
         futures = [batcher.submit(f"{i}", p, heatmap=i == 1) for i, p in enumerate(prepared)]
         together = [f.result(timeout=30) for f in futures]

@@ -51,7 +51,7 @@ def test_adapt_writes_a_bundle_that_scores_what_it_reports(bundle, other_scanner
     assert after["auc"]["value"] > before["auc"]["value"], (before, after)  # 0.84 -> 1.00 when written
     assert record["rehearsal"]["auc_after"] >= record["rehearsal"]["auc_before"] - 0.1  # it did not forget
     # the bundle on disk makes the decisions the record reports (its ONNX graph carries the new heads)
-    new, old = OnnxPredictor(out), OnnxPredictor(bundle)
+    new, old = OnnxPredictor.load(out), OnnxPredictor.load(bundle)
     files = sorted(str(p) for p in other_scanner.rglob("*.png"))
     changed = [a.probabilities != b.probabilities for a, b in zip(new.predict_files(files), old.predict_files(files))]
     assert all(changed) and new.heatmap is not None

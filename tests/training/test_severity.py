@@ -70,7 +70,7 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     from ccad.training.severity import pooled_features
 
     covid = sorted((synth_folders / "covid").glob("*.png"))
-    features = pooled_features(OnnxPredictor(bundle), covid)
+    features = pooled_features(OnnxPredictor.load(bundle), covid)
     centred = features - features.mean(axis=0)
     brightness = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
     scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)

@@ -27,12 +27,18 @@ class _Item:
 
 
 class MicroBatcher:
+    """``MicroBatcher(predictor).start()``: the constructor stores, :meth:`start` starts the scoring thread."""
+
     def __init__(self, predictor, max_batch: int = 16, wait_s: float = 0.005):
         self.predictor, self.max_batch, self.wait_s = predictor, max_batch, wait_s
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self.batches = self.images = 0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "MicroBatcher":
         self._thread = threading.Thread(target=self._run, name="ccad-batcher", daemon=True)
         self._thread.start()
+        return self
 
     def submit(self, name: str, prepared: Prepared, heatmap: bool = False) -> Future:
         """A future of the image's :class:`ccad.scoring.score.Prediction`."""
@@ -42,7 +48,8 @@ class MicroBatcher:
 
     def close(self) -> None:
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     def _run(self) -> None:
         while True:

@@ -93,7 +93,7 @@ def calibrate_bundle(
     out, model = Path(out), Path(model)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
-    predictor = OnnxPredictor(model)
+    predictor = OnnxPredictor.load(model)
     dataset = spec.discover(model_classes=predictor.classes)
     positive = predictor.classes.index(predictor.positive_class)
     scored = [(s, p) for s, p in zip(dataset.samples, predictor.predict_files([s.path for s in dataset.samples]))]

@@ -90,7 +90,7 @@ class Scorer:
     """Ray actor: loads the bundle once, scores decoded batches like single-process ``predict``."""
 
     def __init__(self, bundle: str, variant: str = "float", threads: int = 1):
-        self.predictor = OnnxPredictor(bundle, variant=variant, threads=threads)
+        self.predictor = OnnxPredictor.load(bundle, variant=variant, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         p = self.predictor
@@ -149,7 +149,7 @@ def ray_predict(
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out}: already holds results (use --resume to continue, or another --out)")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = OnnxPredictor(model, variant=variant, verify_key=verify_key)  # checked before any cluster work
+    predictor = OnnxPredictor.load(model, variant=variant, verify_key=verify_key)  # checked before any cluster work
     done = done_files(out) if resume else set()
     todo = [p for p in list_inputs(inputs) if p not in done]
     start = time.perf_counter()

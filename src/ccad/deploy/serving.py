@@ -403,12 +403,12 @@ def _without_paths(value):
 def create_app(settings: ServeSettings):
     """The FastAPI application for one model bundle."""
     settings.check()
-    predictor = OnnxPredictor(
+    predictor = OnnxPredictor.load(
         settings.bundle, variant=settings.variant, threads=max(1, settings.workers), verify_key=settings.verify_key
     )
     card = model_card_view(predictor.card)
     pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="ccad-decode")
-    batcher = MicroBatcher(predictor, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000)
+    batcher = MicroBatcher(predictor, max_batch=settings.max_batch, wait_s=settings.batch_wait_ms / 1000).start()
     monitor = Monitor.for_predictor(predictor, "api", settings.result_log, window=settings.drift_window)
 
     @asynccontextmanager

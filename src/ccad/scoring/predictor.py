@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -179,9 +180,10 @@ class Predictor(ABC):
 
 
 class OnnxPredictor(Predictor):
-    """A model bundle on ONNX Runtime.
+    """A model bundle on ONNX Runtime: ``OnnxPredictor.load(bundle)`` opens one (the constructor only stores
+    the parts it is given).
 
-    Args:
+    ``load``'s arguments:
         bundle: the bundle folder (``ccad export``).
         variant: ``"float"`` (``model.onnx``) or ``"int8"`` (``model.int8.onnx``).
         threads: ONNX Runtime intra-op threads (the paper's target: a small CPU).
@@ -194,36 +196,52 @@ class OnnxPredictor(Predictor):
     def __init__(
         self,
         bundle: str | os.PathLike,
+        card: ModelCard,
+        session,
+        variant: str = "float",
+        cam_weights: np.ndarray | None = None,
+        head: OnnxHead | None = None,
+        ood: OodGuard | None = None,
+        severity: SeverityHead | None = None,
+    ):
+        super().__init__(card, cam_weights, head, ood, severity)
+        self.bundle, self.card, self.session, self.variant = Path(bundle), card, session, variant
+        self.input_name = session.get_inputs()[0].name
+        self.output_names = [o.name for o in session.get_outputs()]
+        #: Why this model should not be used for decisions (the INT8 model when its check failed), or None.
+        self.warning = card.int8_warning() if variant == "int8" else None
+
+    @classmethod
+    def load(
+        cls,
+        bundle: str | os.PathLike,
         variant: str = "float",
         threads: int = 2,
         verify_key: str | os.PathLike | None = None,
-    ):
-        self.bundle = Path(bundle)
+    ) -> "OnnxPredictor":
+        """Open a bundle: its signature checked first (``verify_key``), then each file against the card's sha256
+        as it is read, and an ONNX Runtime session made."""
+        import json
+
+        bundle = Path(bundle)
         if verify_key is not None:
-            verify_bundle(self.bundle, verify_key)  # before anything in it is used
-        card = ModelCard.load(self.bundle)
+            verify_bundle(bundle, verify_key)  # before anything in it is used
+        card = ModelCard.load(bundle)
         if variant not in card.models:
-            raise ModelError(f"{self.bundle}: no {variant} model in this bundle (has: {', '.join(card.models)})")
-        self.session = cpu_session(card.checked_file(self.bundle, card.models[variant]), threads)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        cam_weights = np.load(card.checked_file(self.bundle, card.heatmap["weights"]))
-        head = OnnxHead(card.checked_file(self.bundle, card.head_file)) if card.head_file else None
+            raise ModelError(f"{bundle}: no {variant} model in this bundle (has: {', '.join(card.models)})")
+        session = cpu_session(card.checked_file(bundle, card.models[variant]), threads)
+        cam_weights = np.load(card.checked_file(bundle, card.heatmap["weights"]))
+        head = OnnxHead(card.checked_file(bundle, card.head_file)) if card.head_file else None
         severity = None
         if card.severity:
-            import json
-
-            severity = SeverityHead(json.loads(card.checked_file(self.bundle, card.severity["file"]).read_text()))
-        ood = OodGuard.load(card.checked_file(self.bundle, card.ood["file"])) if card.ood else None
-        super().__init__(card, cam_weights, head, ood, severity)
-        self.card = card
-        self.variant = variant
-        #: Why this model should not be used for decisions (the INT8 model when its check failed), or None.
-        self.warning = card.int8_warning() if variant == "int8" else None
-        if self.warning:
+            severity = SeverityHead(json.loads(card.checked_file(bundle, card.severity["file"]).read_text()))
+        ood = OodGuard.load(card.checked_file(bundle, card.ood["file"])) if card.ood else None
+        predictor = cls(bundle, card, session, variant, cam_weights, head, ood, severity)
+        if predictor.warning:
             import logging
 
-            logging.getLogger("ccad").warning("%s: %s", self.bundle, self.warning)
+            logging.getLogger("ccad").warning("%s: %s", bundle, predictor.warning)
+        return predictor
 
     def _network(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probabilities, features = self.session.run(self.output_names, {self.input_name: batch})
@@ -244,7 +262,7 @@ class KerasPredictor(Predictor):
 
     def __init__(self, model, info: RunMetadata, run_dir: str | os.PathLike | None = None, ood: OodGuard | None = None):
         self.model, self.run_dir = model, Path(run_dir) if run_dir is not None else None
-        info.input_size = int(model.input_shape[1])
+        info = replace(info, input_size=int(model.input_shape[1]))  # a copy: the caller's info is left as it was
         head = None
         if info.head_file:
             path = (self.run_dir or Path(".")) / info.head_file
@@ -298,7 +316,7 @@ def load_predictor(
     """A bundle's :class:`OnnxPredictor` (no TensorFlow), else a run folder's or model file's
     :class:`KerasPredictor`. With ``verify_key`` only a bundle signed by that key is accepted."""
     if is_bundle(model):
-        return OnnxPredictor(model, variant=variant, verify_key=verify_key)
+        return OnnxPredictor.load(model, variant=variant, verify_key=verify_key)
     if verify_key is not None:
         raise ModelError(f"{model}: --verify needs a signed model bundle (ccad export --sign)")
     if variant != "float":

@@ -148,7 +148,7 @@ def adapt_bundle(
         raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
     if not 0.1 <= test_fraction <= 0.5:
         raise ConfigError(f"--test-fraction must be in [0.1, 0.5], got {test_fraction}")
-    predictor = OnnxPredictor(model)
+    predictor = OnnxPredictor.load(model)
     card, classes, positive = predictor.card, predictor.classes, predictor.positive_class
     if card.head_file:
         raise ConfigError(f"{model}: its head is a scikit-learn model ({card.head_file}); adapt refits Dense heads")

@@ -97,7 +97,7 @@ def train_severity(
 
     if not is_bundle(model):
         raise ModelError(f"{model}: severity needs a model bundle (ccad export) whose backbone it reuses")
-    predictor = OnnxPredictor(model)
+    predictor = OnnxPredictor.load(model)
     rows = read_scored_rows(data)
     features = pooled_features(predictor, [r["path"] for r in rows])
     groups = np.array([r["group"] for r in rows])

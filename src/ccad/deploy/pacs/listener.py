@@ -227,12 +227,14 @@ class Listener:
         :meth:`take` instead."""
         from pynetdicom import AE, _config, evt
 
+        self.spool.create()
+
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
         if self.predictor is None:
             from ccad.scoring.predictor import OnnxPredictor
 
-            self.predictor = OnnxPredictor(
+            self.predictor = OnnxPredictor.load(
                 self.settings.model, variant="int8" if self.settings.int8 else "float", threads=self.settings.threads
             )
         self._start_monitoring()

@@ -13,13 +13,18 @@ from ccad.io.files import atomic_path, write_bytes
 
 
 class Spool:
+    """``Spool(root).create()``: the constructor names the folders, :meth:`create` makes them (mode 0700)."""
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.inbox, self.outbox, self.failed = self.root / "inbox", self.root / "outbox", self.root / "failed"
         self.fhir = self.root / "fhir"  # FHIR reports waiting to be sent
+
+    def create(self) -> "Spool":
         for folder in (self.root, self.inbox, self.outbox, self.failed, self.fhir):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
+        return self
 
     def receive(self, key: str, data: bytes) -> Path:
         """Store a received instance (the bytes of a DICOM file) under ``key``."""
