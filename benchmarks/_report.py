@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: print the JSON report, and write it to --out when given."""
+"""Shared by the benchmark scripts: print the JSON report (and write it to --out when given), the peak memory of a
+process, a free port, and a small bundle trained on synthetic data for the benchmarks that need any model."""
 
 import json
 from pathlib import Path
@@ -26,3 +27,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def synthetic_bundle(folder: Path, n_per_class: int = 24, size: int = 128, train_args=(), export_args=()) -> Path:
+    """``folder/bundle``: ``ccad synth`` -> ``ccad train`` -> ``ccad export``, each in its own process (so the
+    benchmark's own process never imports TensorFlow). ``train_args`` / ``export_args`` are added to each
+    command, e.g. ``("--weights", "none", "--epochs", "1")``."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
+    ccad = [sys.executable, "-m", "ccad"]
+    data, run, bundle = folder / "data", folder / "run", folder / "bundle"
+    for command in (
+        ["synth", str(data), "--n-per-class", str(n_per_class), "--size", str(size)],
+        ["train", "--data", str(data / "manifest.csv"), "--out", str(run), *train_args],
+        ["export", "--model", str(run), "--out", str(bundle), *export_args],
+    ):
+        done = subprocess.run(ccad + command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"ccad {command[0]} failed: {done.stderr.strip()[-500:]}")
+    return bundle

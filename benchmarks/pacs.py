@@ -27,37 +27,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _report import emit  # noqa: E402
+from _report import emit, synthetic_bundle  # noqa: E402
 from helpers import make_xray_dicom  # noqa: E402
 from orthanc import ORTHANC, Orthanc, c_store, free_port, wait_for  # noqa: E402
 
 
 def make_bundle(root: Path) -> Path:
-    from ccad.cli import main
-
-    assert main(["synth", str(root / "data"), "--n-per-class", "60", "--size", "256"]) == 0
-    assert (
-        main(
-            ["train", "--data", str(root / "data"), "--out", str(root / "run"), "--epochs", "2", "--feature-views", "1"]
-        )
-        == 0
+    return synthetic_bundle(
+        root, 60, 256, ("--epochs", "2", "--feature-views", "1"), ("--int8", "--calibration-data", str(root / "data"))
     )
-    assert (
-        main(
-            [
-                "export",
-                "--model",
-                str(root / "run"),
-                "--out",
-                str(root / "bundle"),
-                "--int8",
-                "--calibration-data",
-                str(root / "data"),
-            ]
-        )
-        == 0
-    )
-    return root / "bundle"
 
 
 def xrays(root: Path, n: int, study: str | None = None) -> list[Path]:

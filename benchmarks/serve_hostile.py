@@ -25,47 +25,16 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from _report import free_port
+from _report import free_port, synthetic_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 
 
 def make_bundle(folder: Path) -> Path:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    data = folder / "data"
-    run = [sys.executable, "-m", "ccad"]
-    subprocess.run(
-        run + ["synth", str(data), "--n-per-class", "24", "--size", "128"], check=True, env=env, capture_output=True
+    return synthetic_bundle(
+        folder, 24, 128, ("--weights", "none", "--input-size", "96", "--epochs", "1", "--feature-views", "0")
     )
-    subprocess.run(
-        run
-        + [
-            "train",
-            "--data",
-            str(data / "manifest.csv"),
-            "--out",
-            str(folder / "run"),
-            "--weights",
-            "none",
-            "--input-size",
-            "96",
-            "--epochs",
-            "1",
-            "--feature-views",
-            "0",
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    subprocess.run(
-        run + ["export", "--model", str(folder / "run"), "--out", str(folder / "bundle")],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    return folder / "bundle"
 
 
 class Server:

@@ -95,11 +95,12 @@ def case_baseline() -> dict:
 
 
 def case_ccad(preset: str) -> dict:
+    from ccad.data.datasets import DataSpec
     from ccad.training.config import make_config
     from ccad.training.run import train
 
     with tempfile.TemporaryDirectory() as out:
-        result = train(MANIFEST, out, make_config(preset), **SELECT, verbose=0)
+        result = train(DataSpec(MANIFEST, **SELECT), out, make_config(preset), verbose=0)
     m = result.metrics
     return dict(
         train_s=result.timings["train_s"],
