@@ -433,7 +433,7 @@ class Listener:
             self._queue.unfinished_tasks == 0
             and not self.spool.pending_inbox()
             and not self.spool.pending_outbox()
-            and not self.spool.pending_fhir()
+            and not (self._fhir is not None and self.spool.pending_fhir())  # reports nobody will send: not waited for
         )
 
     def _resume(self) -> None:
