@@ -27,8 +27,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,10 +38,10 @@ from ccad.data.datasets import DataSpec, label_indices
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256
 from ccad.io.inputs import list_inputs
+from ccad.models.bundles import write_derived_bundle
 from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import DecisionRule, threshold_for
 from ccad.models.ood import OOD_FILE, fit_ood_guard
-from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.scoring.predictor import OnnxPredictor
 
 TARGETS = ("specificity", "sensitivity")
@@ -192,28 +190,13 @@ def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int)
 def _write(
     base: Path, out: Path, card: ModelCard, decision: DecisionRule, record: dict[str, Any], guard, sign_key
 ) -> None:
-    """The new bundle, built beside ``out`` and renamed into place."""
+    """The new bundle: the base's files, the new guard (if any) and card, renamed into place."""
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        for name in card.sha256:
-            shutil.copyfile(base / name, work / name)
+    def write(work: Path) -> ModelCard:
         ood = card.ood
         if guard is not None:
             guard.save(work / OOD_FILE)
             ood = dict(guard.describe(), cutoff_rule=f"keeps {guard.keep:.0%} of the site's held-back images")
-        files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
-        replace(
-            card, decision=decision.to_dict(), ood=ood, sha256=files, extra=dict(card.extra, site_calibration=record)
-        ).save(work)
-        (work / SIGNATURE_FILE).unlink(missing_ok=True)
-        if sign_key is not None:
-            sign_bundle(work, sign_key)
-        if out.exists():
-            shutil.rmtree(out)
-        work.chmod(0o755)
-        os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        return replace(card, decision=decision.to_dict(), ood=ood, extra=dict(card.extra, site_calibration=record))
+
+    write_derived_bundle(base, out, card.sha256, write, sign_key)

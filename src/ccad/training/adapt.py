@@ -31,8 +31,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,11 +42,11 @@ from ccad.data.datasets import DataSpec, _grouped_holdout, group_near_duplicates
 from ccad.errors import ConfigError, DataError
 from ccad.evaluation.metrics import compute_metrics
 from ccad.io.files import sha256
+from ccad.models.bundles import write_derived_bundle
 from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision, site_target, threshold_for
 from ccad.models.ood import OOD_FILE
 from ccad.models.rehearsal import REHEARSAL_FILE, load_rehearsal
-from ccad.models.signing import SIGNATURE_FILE, sign_bundle
 from ccad.scoring.predictor import OnnxPredictor
 
 FOLDS = 5
@@ -319,13 +317,9 @@ def _write(
         by_name[b_name].CopyFrom(
             numpy_helper.from_array(b.astype(numpy_helper.to_array(by_name[b_name]).dtype), b_name)
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        dropped = {name for variant, name in card.models.items() if variant != "float"}
-        for name in card.sha256:
-            if name not in dropped:
-                shutil.copyfile(base / name, work / name)
+    dropped = {name for variant, name in card.models.items() if variant != "float"}
+
+    def write(work: Path) -> ModelCard:
         import onnx
 
         onnx.save(graph, str(work / card.models["float"]))
@@ -360,23 +354,13 @@ def _write(
                     "gives one)",
                 },
             )
-        files = {p.name: sha256(p) for p in sorted(work.iterdir()) if p.is_file()}
-        replace(
+        return replace(
             card,
             decision=decision.to_dict(),
             ood=ood,
-            sha256=files,
             models={"float": card.models["float"]},
             int8_check=None,
             extra=dict(card.extra, site_adaptation=record),
-        ).save(work)
-        (work / SIGNATURE_FILE).unlink(missing_ok=True)
-        if sign_key is not None:
-            sign_bundle(work, sign_key)
-        if out.exists():
-            shutil.rmtree(out)
-        work.chmod(0o755)
-        os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        )
+
+    write_derived_bundle(base, out, [name for name in card.sha256 if name not in dropped], write, sign_key)
