@@ -91,10 +91,11 @@ def session(
     return s
 
 
-def client(url: str, auth_file=None, ca_file=None, timeout_s: float = 30.0, env: str = "CCAD_DICOMWEB"):
+def client(url: str, http, timeout_s: float = 30.0):
+    """A dicomweb-client for ``url`` over ``http`` (a :func:`session`)."""
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(check_url(url), session=session(auth_file, ca_file, env), timeout=timeout_s)
+    return DICOMwebClient(check_url(url), session=http, timeout=timeout_s)
 
 
 def stow(web, dataset) -> str | None:

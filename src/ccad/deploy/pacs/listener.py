@@ -259,9 +259,10 @@ class Listener:
                 (self.settings.host, self.settings.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
             )
         if isinstance(self.settings.send_to, WebDestination):
-            from ccad.deploy.pacs.dicomweb import client
+            from ccad.deploy.pacs.dicomweb import client, session
 
-            self._web = client(self.settings.send_to.url, self.settings.dicomweb_auth, self.settings.ca_file)
+            http = session(self.settings.dicomweb_auth, self.settings.ca_file)
+            self._web = client(self.settings.send_to.url, http)
         if self.settings.fhir and self.settings.fhir.startswith(("http://", "https://")):
             from ccad.deploy.pacs.fhir import FhirPoster
 

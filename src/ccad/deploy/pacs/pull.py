@@ -52,11 +52,11 @@ def pull(
             os.fsync(f.fileno())
 
     listener.on_done = record
-    waiting = {p.stem for p in listener.spool.pending_inbox()}
-    seen: set[str] = set()  # fetched by a run that died: resumed, not refetched
+    waiting = {p.stem for p in listener.spool.pending_inbox()}  # fetched by a run that died: resumed, not refetched
+    seen: set[str] = set()
     listener.start(scp=False)
-    web = client(source, source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")
-    http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")
+    http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
+    web = client(source, http)
     counts = {"found": 0, "already_done": 0, "in_the_spool": 0, "fetched": 0, "fetch_failures": 0, "refused": 0}
     deadline = time.monotonic() + timeout_s
     try:
