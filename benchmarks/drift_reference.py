@@ -26,6 +26,7 @@ from ccad.io.files import sha256
 from ccad.models.card import ModelCard
 from ccad.models.ood import OOD_FILE, OodGuard
 from ccad.scoring.predictor import OnnxPredictor
+from ccad.screening import Screener
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     with open(Path(args.run) / "val_predictions.csv", newline="") as f:
         paths = [row["path"] for row in csv.DictReader(f)]
     predictor = OnnxPredictor.load(bundle)
-    scored = [p for p in predictor.predict_files(paths) if not p.error]
+    scored = [p for p in list(Screener(predictor).screen(paths)) if not p.error]
     positive = predictor.classes.index(predictor.positive_class)
     guard = OodGuard.load(bundle / OOD_FILE)
     distances = np.array([p.ood_distance for p in scored])
@@ -80,7 +81,9 @@ def add_rehearsal(bundle: Path, run: Path) -> None:
     for c in predictor.classes:
         mine = [r for r in rows if r["label"] == c]
         chosen += [mine[i] for i in rng.permutation(len(mine))[:PER_CLASS]]
-    scored = [(r, p) for r, p in zip(chosen, predictor.predict_files([r["path"] for r in chosen])) if not p.error]
+    scored = [
+        (r, p) for r, p in zip(chosen, list(Screener(predictor).screen([r["path"] for r in chosen]))) if not p.error
+    ]
     save_rehearsal(
         bundle,
         np.stack([p.pooled for _, p in scored]),

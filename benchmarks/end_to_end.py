@@ -11,7 +11,7 @@ Stages (medians over ``--images`` files, after 10 warm-up images, 2 threads):
 - classify: the classifier's ONNX call on one image;
 - score: the decision rule, the out-of-distribution distance and the lung QC (``score`` minus the call).
 
-"single image" times ``predict_files([path])``, all of it; "batch" times ``predict_stream`` over the files
+"single image" times ``Screener.screen([path])``, all of it; "batch" times ``screen`` over the files
 (what ``ccad predict --model B FOLDER`` runs), after a warm-up.
 
     python benchmarks/end_to_end.py --model BUNDLE --data FOLDER_OR_MANIFEST [--images 500] [--out results.json]
@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 from _report import emit
+
+from ccad.screening import Screener
 
 
 def main() -> None:
@@ -64,9 +66,9 @@ def measure(bundle: str, variant: str, files: list[str]) -> dict:
     from ccad.io.images import read_grayscale, resize_hw
     from ccad.models.lungs import estimate_lung_fields
     from ccad.preprocessing.pipeline import WORK_SIDE, prepare_full
-    from ccad.scoring.predictor import OnnxPredictor
 
-    predictor = OnnxPredictor.load(bundle, variant=variant, threads=2)
+    screener = Screener.load(bundle, variant=variant, threads=2)
+    predictor = screener.predictor
     size, preprocess = predictor.input_size, predictor.preprocess
     stages = {k: [] for k in ("decode", "segment", "crop_normalize", "classify", "score", "single_image")}
     for i, path in enumerate(files):
@@ -84,9 +86,9 @@ def measure(bundle: str, variant: str, files: list[str]) -> dict:
         t4 = time.perf_counter()
         predictor.predict(predictor.model_input(prepared.image[None]))
         t5 = time.perf_counter()
-        predictor.score([path], [prepared])
+        screener.score([path], [prepared])
         t6 = time.perf_counter()
-        predictor.predict_files([path])
+        list(screener.screen([path]))
         t7 = time.perf_counter()
         if i < 10:
             continue
@@ -98,9 +100,9 @@ def measure(bundle: str, variant: str, files: list[str]) -> dict:
         stages["single_image"].append(t7 - t6)
     medians = {k: round(float(np.median(v)) * 1000, 2) for k, v in stages.items()}
     parts = sum(v for k, v in medians.items() if k != "single_image")
-    list(predictor.predict_stream(files[:20]))
+    list(screener.screen(files[:20]))
     start = time.perf_counter()
-    n = sum(1 for _ in predictor.predict_stream(files))
+    n = sum(1 for _ in screener.screen(files))
     batch = n / (time.perf_counter() - start)
     return {
         "benchmark": "end_to_end",

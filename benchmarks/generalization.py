@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ccad.screening import Screener
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import emit  # noqa: E402
 
@@ -131,9 +133,8 @@ def shifted_normals(run_dir: Path) -> dict | None:
 
 
 def photos_flagged(run_dir: Path) -> dict | None:
-    from ccad.scoring.predictor import load_predictor
 
-    results = load_predictor(run_dir).predict_files(sorted(PHOTOS.glob("*.png")))
+    results = list(Screener.load(run_dir).screen(sorted(PHOTOS.glob("*.png"))))
     return rate(r.get("in_distribution") is False for r in results)
 
 

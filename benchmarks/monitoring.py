@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 from _report import emit
 
+from ccad.screening import Screener
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_MODEL = ROOT / "src" / "ccad" / "models" / "default"
@@ -43,7 +45,7 @@ def scored(predictor, paths) -> list[tuple[float, float]]:
     positive = predictor.classes.index(predictor.positive_class)
     return [
         (float(p.raw_probabilities[positive]), p.ood_distance)
-        for p in predictor.predict_files([str(x) for x in paths])
+        for p in list(Screener(predictor).screen([str(x) for x in paths]))
         if not p.error
     ]
 
@@ -130,7 +132,7 @@ def drift(model: Path, run: Path, work: Path) -> dict:
 def overhead(model: Path, image: Path) -> dict:
     from fastapi.testclient import TestClient
 
-    from ccad.deploy.serving import ServeSettings, create_app
+    from ccad.deploy.web import ServeSettings, create_app
 
     data = image.read_bytes()
     rates = {True: [], False: []}

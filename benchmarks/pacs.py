@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ccad.screening import Screener
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -130,11 +132,11 @@ def in_process(bundle: Path, variant: str, files: list[Path]) -> dict:
     from ccad.scoring.predictor import OnnxPredictor
 
     predictor = OnnxPredictor.load(bundle, variant=variant)
-    predictor.predict_files(files[:2], with_heatmaps=True)
+    list(Screener(predictor).screen(files[:2], with_heatmaps=True))
     times = []
     for path in files:
         start = time.perf_counter()
-        predictor.predict_files([path], with_heatmaps=True)
+        list(Screener(predictor).screen([path], with_heatmaps=True))
         times.append(time.perf_counter() - start)
     return {"median_ms": percentile(times, 50), "images_per_s": round(len(times) / sum(times), 2)}
 

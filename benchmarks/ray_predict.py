@@ -31,8 +31,8 @@ def main() -> None:
     from ccad.cli import main as ccad
     from ccad.data.synthetic import generate
     from ccad.deploy.scale import ray_predict
-    from ccad.scoring.predictor import OnnxPredictor
-    from ccad.scoring.results import predict_to_csv
+    from ccad.screening import Screener
+    from ccad.screening.results import predict_to_csv
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,7 +63,7 @@ def main() -> None:
         )
         assert ccad(["export", "--model", str(tmp / "run"), "--out", str(tmp / "bundle")]) == 0
         start = time.perf_counter()
-        predict_to_csv(OnnxPredictor.load(tmp / "bundle"), images, tmp / "single.csv", progress=False)
+        predict_to_csv(Screener.load(tmp / "bundle"), images, tmp / "single.csv", progress=False)
         single = time.perf_counter() - start
         rows.append(
             {

@@ -9,7 +9,7 @@ Variants of the server (each a fresh process on core 0, ONNX Runtime on 1 thread
 - ``no-batching``: ``--max-batch 1``, one model call per image (as the server was before micro-batching);
 - ``micro-batching``: the default, images of concurrent requests gathered for up to 5 ms, 16 at most.
 
-The baseline, ``predict``: ``OnnxPredictor.predict_stream`` (what ``ccad predict`` runs) over the same
+The baseline, ``predict``: ``Screener.screen`` (what ``ccad predict`` runs) over the same
 PNGs, pinned to core 0 with 1 ONNX Runtime thread. wrk runs on core 1 with 16 connections. Only 127.0.0.1
 is contacted. Without ``--bundle`` the default recipe is trained on Dataset A first (a minute or two).
 """
@@ -51,10 +51,10 @@ end
 def baseline(bundle: Path, files: list[Path], repeat: int, cores: str, threads: int) -> dict:
     """``ccad predict``'s path, in a child pinned to ``cores`` with ``threads`` ONNX Runtime and decoding threads."""
     code = (
-        "import sys, time; from ccad.scoring.predictor import OnnxPredictor\n"
-        f"p = OnnxPredictor.load({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
-        f"list(p.predict_stream(files[:8], workers={threads}))\n"
-        f"t = time.perf_counter(); n = sum(1 for _ in p.predict_stream(files * {repeat}, workers={threads}))\n"
+        "import sys, time; from ccad.screening import Screener\n"
+        f"s = Screener.load({str(bundle)!r}, threads={threads}); files = sys.argv[1:]\n"
+        f"list(s.screen(files[:8], workers={threads}))\n"
+        f"t = time.perf_counter(); n = sum(1 for _ in s.screen(files * {repeat}, workers={threads}))\n"
         "print(n / (time.perf_counter() - t))"
     )
     out = subprocess.run(

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from conftest import SHARED, needs_shared
 
+from ccad.screening import Screener
+
 pytestmark = [needs_shared, pytest.mark.shared]
 MANIFEST = SHARED / "data" / "covid-cxr" / "manifest.csv"
 DATASET_A = ["--data", str(MANIFEST), "--where", "paper_dataset_a=1", "--classes", "covid,normal"]
@@ -255,7 +257,6 @@ def test_severity_on_rated_covid_images_beats_predicting_the_mean(real_bundle, t
     import shutil
 
     from ccad.cli import main
-    from ccad.scoring.predictor import OnnxPredictor
 
     bundle = tmp_path / "bundle"
     shutil.copytree(real_bundle, bundle)
@@ -270,7 +271,7 @@ def test_severity_on_rated_covid_images_beats_predicting_the_mean(real_bundle, t
         assert score["mae"]["value"] < score["mae_predicting_mean"]["value"], (name, score)
         assert score["pearson_r"]["value"] > 0.3, (name, score)
     covid = sorted((SHARED / "data" / "covid-cxr" / "covid").glob("*.png"))[:8]
-    results = OnnxPredictor.load(bundle).predict_files(covid)
+    results = list(Screener.load(bundle).screen(covid))
     flagged = [r for r in results if r.predicted_class == "covid"]
     assert flagged and all(r.severity["band"] in {"mild", "moderate", "severe"} for r in flagged)
 
@@ -310,10 +311,9 @@ def test_shipped_lung_segmenter_keeps_its_held_out_dice():
 
 @pytest.mark.slow
 def test_photos_are_out_of_distribution_and_few_test_images_are(default_run):
-    from ccad.scoring.predictor import load_predictor
 
     photos = sorted((SHARED / "data" / "imagenet-sanity").glob("*.png"))
-    results = load_predictor(default_run).predict_files(photos)
+    results = list(Screener.load(default_run).screen(photos))
     assert [r.in_distribution for r in results] == [False, False]
     flagged = json.loads((default_run / "metrics.json").read_text())["out_of_distribution"]
     assert flagged["n"] >= 50 and flagged["rate"] <= 0.10, flagged

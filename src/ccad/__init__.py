@@ -26,6 +26,7 @@ _API = {
     "compute_metrics": "evaluation.metrics",
     "load_predictor": "scoring.predictor",
     "Predictor": "scoring.predictor",
+    "Screener": "screening.screener",
     "Prediction": "scoring.score",
     "build_classifier": "models.classifier",
     "ModelCard": "models.card",

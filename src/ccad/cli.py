@@ -770,14 +770,35 @@ def cmd_predict(args) -> None:
         )
         print(describe_summary(summary, args.out))
         return
-    from .scoring.results import predict
+    _predict_local(args, args.model, variant)
 
-    outcome = predict(
-        args.model, args.inputs, args.format, args.out, args.resume, args.heatmap, variant, verify_key=args.verify
-    )
-    for note in outcome.notes:
-        _stderr(note)
-    print(outcome.text)
+
+def _predict_local(args, model: str, variant: str) -> None:
+    from .io.inputs import expand_inputs
+    from .models.ood import OUT_OF_DISTRIBUTION_TEXT
+    from .screening import Screener
+    from .screening.results import NOT_A_DIAGNOSIS, check_outputs, format_results, predict_to_csv, save_overlays
+
+    check_outputs(args.out, args.resume, args.heatmap)
+    screener = Screener.load(model, variant=variant, verify_key=args.verify)
+    if args.out:
+        counts = predict_to_csv(screener, args.inputs, args.out, args.resume, args.heatmap)
+        print(
+            f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} "
+            f"already done: {args.out} ({NOT_A_DIAGNOSIS})"
+        )
+        return
+    results = list(screener.screen(expand_inputs(args.inputs), with_heatmaps=bool(args.heatmap)))
+    if args.heatmap:
+        save_overlays(results, args.heatmap)
+    flagged = sum(r.in_distribution is False for r in results)
+    if flagged:
+        _stderr(
+            f"{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}."
+        )
+    if args.format == "table":
+        _stderr("Screening aid, not a diagnosis.")
+    print(format_results(results, screener, args.format))
 
 
 def cmd_export(args) -> None:
@@ -932,7 +953,7 @@ def cmd_keys(args) -> None:
 
 def cmd_serve(args) -> None:
     _model(args)
-    from .deploy.serving import ServeSettings, serve
+    from .deploy.web import ServeSettings, serve
 
     if args.api_key is not None and not args.api_key.strip():
         raise ConfigError("--api-key (or CCAD_API_KEY) is empty: give a key, or unset it to serve without one")

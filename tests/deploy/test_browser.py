@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(
 def server(run_and_bundle):
     import uvicorn
 
-    from ccad.deploy.serving import ServeSettings, create_app
+    from ccad.deploy.web import ServeSettings, create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,6 +9,7 @@ import pytest
 from ccad.cli import main
 from ccad.deploy.calibrate import minimum_images, threshold_for
 from ccad.errors import ConfigError
+from ccad.screening import Screener
 
 
 def test_the_specificity_threshold_keeps_exactly_the_share_asked_below_it():
@@ -34,7 +35,6 @@ def site(tmp_path_factory):
 
 def test_calibrating_to_a_specificity_on_a_sites_normals(bundle, site, tmp_path, capsys):
     from ccad.models.card import ModelCard
-    from ccad.scoring.predictor import OnnxPredictor
 
     out = tmp_path / "site-bundle"
     assert (
@@ -65,7 +65,7 @@ def test_calibrating_to_a_specificity_on_a_sites_normals(bundle, site, tmp_path,
     assert card.decision["threshold"] == record["threshold"] and "at the site" in card.decision["rule"]
     # the new bundle decides with it: at least 90% of the site's normals (54 of 60) are called normal
     files = sorted((site / "normal").glob("*.png"))
-    predictions = OnnxPredictor.load(out).predict_files(files)
+    predictions = list(Screener.load(out).screen(files))
     kept = sum(p.predicted_class == "normal" for p in predictions)
     assert kept >= math.ceil(0.9 * 60) and record["achieved"]["specificity"]["k"] == kept
     covid = [p.probabilities["covid"] for p in predictions]

@@ -20,6 +20,7 @@ from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
 from ccad.deploy.pacs.results import Algorithm, structured_report
 from ccad.errors import ConfigError
 from ccad.scoring.score import Prediction
+from ccad.screening import Screener
 
 needs_dicomweb = pytest.mark.skipif(
     ORTHANC is None or DICOMWEB_PLUGIN is None,
@@ -110,7 +111,6 @@ def test_fhir_reports_are_put_with_retries(bundle, tmp_path):
 
 @needs_dicomweb
 def test_results_go_back_over_stow_rs_with_the_dimse_paths_content(bundle, tmp_path):
-    from ccad.scoring.predictor import OnnxPredictor
 
     orthanc = Orthanc(tmp_path / "orthanc", None, dicomweb=True).start()
     port = free_port()
@@ -128,7 +128,7 @@ def test_results_go_back_over_stow_rs_with_the_dimse_paths_content(bundle, tmp_p
             90,
             "the SR and the capture in Orthanc",
         )
-        scorer = OnnxPredictor.load(bundle)
+        scorer = Screener.load(bundle)
         expected = structured_report(
             source,
             listener.algorithm,

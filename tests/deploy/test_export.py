@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from ccad.cli import main
+from ccad.screening import Screener
 
 
 def test_bundle_files_and_model_card(run_and_bundle):
@@ -273,8 +274,6 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
     import json
     import shutil
 
-    from ccad.scoring.predictor import OnnxPredictor
-
     run, bundle = run_and_bundle
     stored = json.loads((run / "config.json").read_text())["decision"]
     card = json.loads((bundle / "ccad-model.json").read_text())
@@ -287,7 +286,7 @@ def test_bundle_decides_with_the_threshold_stored_in_its_card(run_and_bundle, tm
         shutil.copytree(bundle, copy)
         card["decision"] = dict(stored, threshold=threshold)
         (copy / "ccad-model.json").write_text(json.dumps(card))
-        predicted = {r.predicted_class for r in OnnxPredictor.load(copy).predict_files(files)}
+        predicted = {r.predicted_class for r in list(Screener.load(copy).screen(files))}
         assert predicted == expected
 
 
@@ -303,7 +302,6 @@ def _photo_like(path):
 
 
 def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bundle, synth_folders, tmp_path, capsys):
-    from ccad.scoring.predictor import OnnxPredictor
 
     run, bundle = run_and_bundle
     card = json.loads((bundle / "ccad-model.json").read_text())
@@ -315,7 +313,7 @@ def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bun
 
     Image.fromarray(np.full((128, 128), 128, np.uint8)).save(blank)
     xrays = sorted((synth_folders / "normal").glob("*.png"))[:6]
-    results = OnnxPredictor.load(bundle).predict_files([photo, blank, *xrays])
+    results = list(Screener.load(bundle).screen([photo, blank, *xrays]))
     assert results[0].in_distribution is False and "do not rely on this result" in results[0].warning
     assert "blank image" in results[1].error and results[1].predicted_class is None  # refused, not scored
     assert sum(r.in_distribution for r in results[2:]) >= 4  # training-like images mostly pass
@@ -330,9 +328,8 @@ def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bun
     assert rows[0]["in_distribution"] == "false" and float(rows[0]["ood_distance"]) > card["ood"]["cutoff"]
     assert rows[1]["in_distribution"] in ("true", "false") and rows[1]["lung_qc"] == ""
     # the run folder (Keras) applies the same guard
-    from ccad.scoring.predictor import KerasPredictor
 
-    (keras_result,) = KerasPredictor.load(run).predict_files([photo])
+    (keras_result,) = list(Screener.load(run).screen([photo]))
     assert keras_result.in_distribution is False
 
 

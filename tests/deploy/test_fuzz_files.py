@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ccad.cli import main
-from ccad.deploy.serving import ServeSettings, create_app
+from ccad.deploy.web import ServeSettings, create_app
 
 
 def _seeds(tmp_path_factory) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ from helpers import GRADIENT, free_port, make_dicom, png_bytes
 from PIL import Image
 
 from ccad.cli import main
-from ccad.deploy.serving import ServeSettings, create_app
+from ccad.deploy.web import ServeSettings, create_app
 
 KEY = "s3cret"
 
@@ -443,7 +443,7 @@ def test_a_request_waiting_for_a_read_slot_is_408_at_its_deadline_from_arrival(b
     answered 408 when its own deadline, counted from its arrival, passes; it used to wait without limit."""
     import asyncio
 
-    from ccad.deploy.serving import Guard
+    from ccad.deploy.web.guard import Guard
 
     async def app(scope, receive, send):  # never reached
         raise AssertionError("the app saw a request that should have been refused")

@@ -13,7 +13,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 from ccad.cli import main
 from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
-from ccad.deploy.serving import ServeSettings, create_app
+from ccad.deploy.web import ServeSettings, create_app
 
 
 def corpus(folder):

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from helpers import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from ccad.deploy.serving import ServeSettings, create_app
+from ccad.deploy.web import ServeSettings, create_app
 
 PROMETHEUS = shutil.which("prometheus")
 

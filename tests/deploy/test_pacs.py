@@ -17,6 +17,7 @@ from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings, transfer_syntaxes
 from ccad.deploy.pacs.results import SC_SERIES_NUMBER, not_scored_reason
 from ccad.errors import ConfigError
+from ccad.screening import Screener
 
 needs_orthanc = pytest.mark.skipif(
     ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run installs it)"
@@ -128,28 +129,26 @@ def test_settings_and_transfer_syntaxes():
 # -- the listener on its own: bad input, a full queue ---------------------------------------------------------
 
 
-class GatedPredictor:
-    """The bundle's real predictor, held at a gate before scoring (to fill the queue deterministically)."""
+class GatedScreener:
+    """The bundle's real screener, held at a gate before scoring (to fill the queue deterministically)."""
 
-    def __init__(self, predictor):
-        self._predictor, self.gate, self.waiting = predictor, threading.Event(), threading.Event()
+    def __init__(self, screener):
+        self._screener, self.gate, self.waiting = screener, threading.Event(), threading.Event()
 
     def __getattr__(self, name):
-        return getattr(self._predictor, name)
+        return getattr(self._screener, name)
 
     def score(self, *args, **kwargs):
         self.waiting.set()
         self.gate.wait(60)
-        return self._predictor.score(*args, **kwargs)
+        return self._screener.score(*args, **kwargs)
 
 
 def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listener(bundle, tmp_path, caplog):
     from pynetdicom import AE
 
-    from ccad.scoring.predictor import OnnxPredictor
-
     caplog.set_level("INFO", logger="ccad.dicom")
-    predictor = GatedPredictor(OnnxPredictor.load(bundle))
+    predictor = GatedScreener(Screener.load(bundle))
     port = free_port()
     settings = ListenerSettings(
         bundle,
@@ -243,7 +242,7 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     }
     captures = [ds for ds in found if ds.Modality == "OT"]
     assert len(reports) == 3 and len(captures) == 1
-    expected = OnnxPredictor.load(bundle).predict_files([frontal])[0]
+    expected = list(Screener.load(bundle).screen([frontal]))[0]
     report = reports[source.SOPInstanceUID]
     items = report_items(report)
     for name, probability in expected.probabilities.items():
@@ -394,11 +393,10 @@ def test_a_data_set_without_a_series_uid_is_refused_not_acknowledged(bundle, tmp
 
 def test_result_uids_are_derived_so_a_resend_is_the_same_object(bundle, tmp_path):
     from ccad.deploy.pacs.results import Algorithm, structured_report
-    from ccad.scoring.predictor import OnnxPredictor
 
     path = xray(tmp_path, "x")
     ds = pydicom.dcmread(path)
-    prediction = OnnxPredictor.load(bundle).predict_files([path], with_heatmaps=True)[0]
+    prediction = list(Screener.load(bundle).screen([path], with_heatmaps=True))[0]
     algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule")
     first, again = structured_report(ds, algorithm, prediction), structured_report(ds, algorithm, prediction)
     assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
@@ -516,11 +514,10 @@ def test_the_report_says_out_of_distribution_when_the_guard_says_so(bundle, tmp_
     from dataclasses import replace
 
     from ccad.deploy.pacs.results import Algorithm, structured_report
-    from ccad.scoring.predictor import OnnxPredictor
 
     path = xray(tmp_path, "x")
     ds = pydicom.dcmread(path)
-    prediction = OnnxPredictor.load(bundle).predict_files([path])[0]
+    prediction = list(Screener.load(bundle).screen([path]))[0]
     algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule")
     inside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=True)))
     outside = report_items(structured_report(ds, algorithm, replace(prediction, in_distribution=False)))
@@ -548,7 +545,6 @@ def jpeg2000_xray(tmp_path, name, seed=0) -> Path:
 
 
 def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bundle, tmp_path):
-    from ccad.scoring.predictor import OnnxPredictor
 
     compressed, plain = jpeg2000_xray(tmp_path, "j2k", seed=7), xray(tmp_path, "plain", seed=7)
     port = free_port()
@@ -561,7 +557,7 @@ def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bund
         wait_for(lambda: listener.stats.scored == 1, 60, "the JPEG 2000 image to be scored")
     finally:
         listener.stop()
-    a, b = OnnxPredictor.load(bundle).predict_files([compressed, plain])
+    a, b = list(Screener.load(bundle).screen([compressed, plain]))
     assert a.probabilities == pytest.approx(b.probabilities, abs=1e-6)  # lossless: the same pixels, the same score
 
 

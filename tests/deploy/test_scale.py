@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from ccad.screening import Screener
+
 ray = pytest.importorskip("ray")
 
 
@@ -22,7 +24,6 @@ def _rows(folder):
 def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and_bundle, tmp_path):
     from ccad.cli import main
     from ccad.data.synthetic import generate
-    from ccad.scoring.predictor import OnnxPredictor
 
     _, bundle = run_and_bundle
     data = generate(tmp_path / "images", n_per_class=100, size=64, seed=11)
@@ -35,7 +36,7 @@ def test_ray_engine_matches_single_process_reports_bad_files_and_resumes(run_and
     assert set(rows) == {str(p) for p in images}
     assert "not a readable image" in rows[str(bad)]["error"] and rows[str(bad)]["predicted_class"] == ""
 
-    reference = {r.name: r for r in OnnxPredictor.load(bundle).predict_files([p for p in images if p != bad])}
+    reference = {r.name: r for r in list(Screener.load(bundle).screen([p for p in images if p != bad]))}
     for file, expected in reference.items():
         assert rows[file]["predicted_class"] == expected.predicted_class
         for c, p in expected.probabilities.items():

@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from helpers import png_bytes
 from PIL import Image
 
-from ccad.deploy.serving import ServeSettings, create_app
+from ccad.deploy.web import ServeSettings, create_app
+from ccad.screening import Screener
 
 
 @pytest.fixture(scope="module")
@@ -54,17 +55,16 @@ def test_predict_png_with_and_without_heatmap(client):
 
 
 def test_predict_matches_the_predictor(client, bundle, tmp_path):
-    from ccad.scoring.predictor import OnnxPredictor
 
     path = tmp_path / "x.png"
     path.write_bytes(png_bytes(seed=3))
-    expected = OnnxPredictor.load(bundle).predict_files([path])[0].probabilities
+    expected = list(Screener.load(bundle).screen([path]))[0].probabilities
     got = post(client, ("x.png", path.read_bytes(), "image/png")).json()["results"][0]["probabilities"]
     assert got == pytest.approx(expected, abs=1e-6)
 
 
 def test_the_answer_states_the_decision_rule(client, bundle):
-    from ccad.deploy.serving import data_names
+    from ccad.deploy.web import data_names
     from ccad.models.card import ModelCard
 
     card = ModelCard.load(bundle)
@@ -148,16 +148,16 @@ def test_api_key(bundle):
 
 
 def test_full_pool_answers_503_with_retry_after(bundle, monkeypatch):
-    import ccad.deploy.serving as serving
+    from ccad.deploy.web import service
 
     release = threading.Event()
-    original = serving._prepare
+    original = service.prepare
 
     def slow(*args):
         release.wait(10)
         return original(*args)
 
-    monkeypatch.setattr(serving, "_prepare", slow)
+    monkeypatch.setattr(service, "prepare", slow)
     with TestClient(create_app(ServeSettings(bundle, workers=1, queue=0))) as c:
         first = threading.Thread(target=lambda: post(c, ("a.png", png_bytes(), "image/png")))
         first.start()
@@ -233,12 +233,11 @@ def test_an_int8_model_for_throughput_only_is_flagged_in_every_answer(bundle, tm
 def test_concurrent_images_are_scored_in_one_batch_with_the_same_results(bundle):
     from ccad.deploy.batching import MicroBatcher
     from ccad.io.images import read_grayscale_bytes
-    from ccad.scoring.predictor import OnnxPredictor
 
-    predictor = OnnxPredictor.load(bundle)
-    prepared = [predictor.prepare(read_grayscale_bytes(png_bytes(seed=i))) for i in range(6)]
-    alone = [predictor.score([f"{i}"], [p])[0] for i, p in enumerate(prepared)]
-    batcher = MicroBatcher(predictor, max_batch=4, wait_s=2.0).start()  # a long wait: every submit below lands in time
+    screener = Screener.load(bundle)
+    prepared = [screener.prepare(read_grayscale_bytes(png_bytes(seed=i))) for i in range(6)]
+    alone = [screener.score([f"{i}"], [p])[0] for i, p in enumerate(prepared)]
+    batcher = MicroBatcher(screener, max_batch=4, wait_s=2.0).start()  # a long wait: every submit below lands in time
     try:
         futures = [batcher.submit(f"{i}", p, heatmap=i == 1) for i, p in enumerate(prepared)]
         together = [f.result(timeout=30) for f in futures]

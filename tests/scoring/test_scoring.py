@@ -16,8 +16,9 @@ from ccad.models.ood import OodGuard
 from ccad.models.severity import SeverityHead
 from ccad.preprocessing.pipeline import Prepared
 from ccad.scoring.predictor import Predictor
-from ccad.scoring.results import format_results, result_columns, result_row
-from ccad.scoring.score import Prediction, score_batch
+from ccad.scoring.score import Prediction
+from ccad.screening import Screener
+from ccad.screening.results import format_results, result_columns, result_row
 
 CLASSES = ["covid", "normal"]
 
@@ -56,7 +57,7 @@ def prepared(value: float, flags=()) -> Prepared:
 
 def test_the_decision_rule_threshold_decides_not_the_argmax():
     predictor = FixedPredictor(card())
-    low, mid, high = score_batch(predictor, ["a", "b", "c"], [prepared(0.2), prepared(0.35), prepared(0.8)])
+    low, mid, high = Screener(predictor).score(["a", "b", "c"], [prepared(0.2), prepared(0.35), prepared(0.8)])
     assert (low.predicted_class, mid.predicted_class, high.predicted_class) == ("normal", "covid", "covid")
     assert mid.probabilities == pytest.approx({"covid": 0.35, "normal": 0.65})
     assert low.in_distribution is None and low.lung_qc == [] and low.warning is None  # no guard, no QC flags
@@ -64,7 +65,7 @@ def test_the_decision_rule_threshold_decides_not_the_argmax():
 
 def test_temperature_changes_the_probabilities_it_reports():
     predictor = FixedPredictor(card(decision={"positive_index": 0, "threshold": None, "temperature": 2.0}))
-    (result,) = score_batch(predictor, ["a"], [prepared(0.8)])
+    (result,) = Screener(predictor).score(["a"], [prepared(0.8)])
     # softmax(log p / T): 0.8^0.5 / (0.8^0.5 + 0.2^0.5) = 2/3
     assert result.probabilities["covid"] == pytest.approx(2 / 3, abs=1e-6)
     assert result.raw_probabilities[0] == pytest.approx(0.8)
@@ -75,11 +76,11 @@ def test_the_guard_and_the_lung_check_make_a_result_out_of_distribution():
     guard = OodGuard(mean=np.zeros(d), vectors=np.eye(d), eigenvalues=np.ones(d), rest=1.0, cutoff=0.5)
     predictor = FixedPredictor(card(), ood=guard)
     # pooled features: the 2x2 map's mean = 0.25 in each of 3 channels -> distance sqrt(3 x 0.25^2) = 0.433
-    inside, no_lungs = score_batch(predictor, ["a", "b"], [prepared(0.5), prepared(0.5, ("no_lungs",))])
+    inside, no_lungs = Screener(predictor).score(["a", "b"], [prepared(0.5), prepared(0.5, ("no_lungs",))])
     assert inside.ood_distance == pytest.approx(0.433, abs=1e-3) and inside.in_distribution is True
     assert no_lungs.in_distribution is False and "no lungs" in no_lungs.warning and no_lungs.lung_qc == ["no_lungs"]
     far = FixedPredictor(card(), ood=OodGuard(np.zeros(d), np.eye(d), np.ones(d), 1.0, cutoff=0.1))
-    (result,) = score_batch(far, ["a"], [prepared(0.5)])
+    (result,) = Screener(far).score(["a"], [prepared(0.5)])
     assert result.in_distribution is False and "unlike the training images" in result.warning
 
 
@@ -97,7 +98,7 @@ def test_severity_only_for_images_called_positive():
         }
     )
     predictor = FixedPredictor(card(), severity=head)
-    covid, normal = score_batch(predictor, ["a", "b"], [prepared(0.9), prepared(0.1)])
+    covid, normal = Screener(predictor).score(["a", "b"], [prepared(0.9), prepared(0.1)])
     assert covid.severity["geographic_extent"] == {"value": 2.0, "interval95": [1.5, 2.5]}  # 4 x 0.25 + 1
     assert covid.severity["band"] == "mild" and normal.severity is None
 
@@ -105,11 +106,11 @@ def test_severity_only_for_images_called_positive():
 def test_heatmap_of_the_predicted_class_or_the_one_asked_for():
     weights = np.array([[1.0, -1.0], [1.0, -1.0], [1.0, -1.0]], np.float32)  # covid: positive, normal: negative
     predictor = FixedPredictor(card(), cam_weights=weights)
-    (covid,) = score_batch(predictor, ["a"], [prepared(0.9)], with_heatmaps=True)
+    (covid,) = Screener(predictor).score(["a"], [prepared(0.9)], with_heatmaps=True)
     heat = covid.pictures.heatmap
     assert heat.shape == (8, 8) and heat.max() == pytest.approx(1.0)
     assert heat[:4, :4].mean() > heat[4:, 4:].mean()  # the top-left cell holds the evidence
-    (asked,) = score_batch(predictor, ["a"], [prepared(0.9)], with_heatmaps=True, heatmap_class="normal")
+    (asked,) = Screener(predictor).score(["a"], [prepared(0.9)], with_heatmaps=True, heatmap_class="normal")
     assert asked.predicted_class == "covid" and not asked.pictures.heatmap.any()  # normal has no positive evidence
     assert covid.pictures.original.shape == (8, 8) and covid.pictures.lung_outline is None
 
@@ -124,9 +125,9 @@ def test_predictions_in_batches_and_unreadable_files_in_order(tmp_path):
         Image.fromarray(ramp.astype(np.uint8)).save(files[-1])
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    predictor = FixedPredictor(card())
-    predictor.prepare = lambda gray: prepared(float(gray.mean()))  # no lung segmenter needed here
-    results = predictor.predict_files([files[0], bad, *files[1:]])
+    screener = Screener(FixedPredictor(card()))
+    screener.prepare = lambda gray: prepared(float(gray.mean()))  # no lung segmenter needed here
+    results = list(screener.screen([files[0], bad, *files[1:]]))
     assert [r.name for r in results] == [str(files[0]), str(bad), *map(str, files[1:])]
     assert "not a readable image" in results[1].error and results[1].predicted_class is None
     assert [r.predicted_class for r in results if not r.error] == [
@@ -141,7 +142,7 @@ def test_predictions_in_batches_and_unreadable_files_in_order(tmp_path):
 
 def test_result_formats():
     predictor = FixedPredictor(card())
-    (good,) = score_batch(predictor, ["x.png"], [prepared(0.35, ("uncertain",))])
+    (good,) = Screener(predictor).score(["x.png"], [prepared(0.35, ("uncertain",))])
     bad = Prediction("y.png", error="y.png: not a readable image")
     assert result_columns(CLASSES) == [
         "file",
@@ -165,13 +166,13 @@ def test_result_formats():
         "R",
         "",
     ]
-    rows = list(csv.reader(io.StringIO(format_results([good, bad], predictor, "csv"))))
+    rows = list(csv.reader(io.StringIO(format_results([good, bad], Screener(predictor), "csv"))))
     # the rule on every scored row, in words: the class, the threshold, how it was chosen
     assert rows[1][7] == "covid if p_covid >= 0.300, else the most likely other class (0.3, chosen on a test)"
     assert rows[2] == ["y.png", "", "", "", "", "", "", "", "y.png: not a readable image"]
-    table = format_results([good, bad], predictor, "table")
+    table = format_results([good, bad], Screener(predictor), "table")
     assert table.splitlines()[-1] == "decision: " + rows[1][7] and "decision_rule" not in table
-    shown = json.loads(format_results([good, bad], predictor, "json"))
+    shown = json.loads(format_results([good, bad], Screener(predictor), "json"))
     assert shown[0] == {
         "file": "x.png",
         "predicted_class": "covid",
@@ -180,7 +181,7 @@ def test_result_formats():
         "in_distribution": None,
     }
     assert shown[1] == {"file": "y.png", "error": "y.png: not a readable image"}
-    table = format_results([good], predictor, "table").splitlines()
+    table = format_results([good], Screener(predictor), "table").splitlines()
     assert table[0].split() == [c for c in result_columns(CLASSES) if c != "decision_rule"]
     assert table[1].split()[:2] == ["x.png", "covid"]
 
@@ -236,18 +237,21 @@ def test_run_metadata_without_a_config_needs_the_class_names(tmp_path):
 def test_each_result_is_in_the_csv_as_soon_as_it_is_scored(tmp_path):
     """A crash between two images loses no row already scored: the file holds row k before image k+1 is
     even looked at (the README's promise; the CSV used to be flushed every 64 rows)."""
-    from ccad.scoring.results import predict_to_csv
     from ccad.scoring.score import Prediction
+    from ccad.screening.results import predict_to_csv
 
     out = tmp_path / "p.csv"
     seen = []
 
     class Streaming:
         classes, positive_class = ["covid", "normal"], "covid"
-        severity = None
+        severity_scores = []
         decision = DecisionRule(0, 0.5, rule="youden", fitted_on="a test")
 
-        def predict_stream(self, paths, with_heatmaps=False):
+        def rule_text(self):
+            return self.decision.describe(self.positive_class)
+
+        def screen(self, paths, with_heatmaps=False):
             for i, path in enumerate(paths):
                 seen.append(len(out.read_text().splitlines()) if out.exists() else 0)  # header + i rows
                 yield Prediction(path, "covid", {"covid": 0.9, "normal": 0.1}, in_distribution=True)

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from ccad.cli import main
+from ccad.screening import Screener
 from ccad.training.adapt import fit_head, softmax
 
 
@@ -56,7 +57,10 @@ def test_adapt_writes_a_bundle_that_scores_what_it_reports(bundle, other_scanner
     # the bundle on disk makes the decisions the record reports (its ONNX graph carries the new heads)
     new, old = OnnxPredictor.load(out), OnnxPredictor.load(bundle)
     files = sorted(str(p) for p in other_scanner.rglob("*.png"))
-    changed = [a.probabilities != b.probabilities for a, b in zip(new.predict_files(files), old.predict_files(files))]
+    changed = [
+        a.probabilities != b.probabilities
+        for a, b in zip(list(Screener(new).screen(files)), list(Screener(old).screen(files)))
+    ]
     assert all(changed) and new.heatmap is not None
     assert main(["evaluate", "--model", str(out), "--data", str(other_scanner), "--out", str(tmp_path / "ev")]) == 0
 

@@ -8,6 +8,7 @@ import pytest
 from ccad.cli import main
 from ccad.errors import ConfigError
 from ccad.models.classifier import imagenet_weights_available
+from ccad.screening import Screener
 
 
 def _weights():
@@ -88,11 +89,9 @@ def test_extra_trees_with_woa_trains_exports_and_predicts_the_same(synth_folders
     assert card["head"]["kind"] == "extra-trees" and "head.onnx" in card["sha256"]
     assert card["heatmap"]["available"] is False
 
-    from ccad.scoring.predictor import load_predictor
-
     files = sorted((synth_folders / "covid").glob("*.png"))[:5] + sorted((synth_folders / "normal").glob("*.png"))[:5]
-    keras_results = load_predictor(run).predict_files(files)
-    onnx_results = load_predictor(bundle).predict_files(files)
+    keras_results = list(Screener.load(run).screen(files))
+    onnx_results = list(Screener.load(bundle).screen(files))
     for a, b in zip(keras_results, onnx_results):
         assert a.predicted_class == b.predicted_class
         assert abs(a.probabilities["covid"] - b.probabilities["covid"]) < 1e-4

@@ -8,6 +8,7 @@ import pytest
 from ccad.data.datasets import DataSpec
 from ccad.errors import ConfigError
 from ccad.models.card import RunMetadata
+from ccad.screening import Screener
 from ccad.training.config import PRESETS, TrainConfig, make_config
 
 
@@ -75,11 +76,10 @@ def test_train_writes_a_run_its_metadata_and_predictor_describe(synth_folders, t
     assert len(result.history) == 2 and meta.best_epoch in (1, 2)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n"] == result.metrics["n"]
     # the predictor training used scores the test split's first image as a fresh load of the run does
-    from ccad.scoring.predictor import KerasPredictor
 
     test = result.dataset.subset("test")[:3]
-    fresh = KerasPredictor.load(tmp_path / "run").predict_files([s.path for s in test])
-    same = result.predictor.predict_files([s.path for s in test])
+    fresh = list(Screener.load(tmp_path / "run").screen([s.path for s in test]))
+    same = list(Screener(result.predictor).screen([s.path for s in test]))
     for a, b in zip(fresh, same):
         assert a.predicted_class == b.predicted_class
         assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ccad.cli import main
+from ccad.screening import Screener
 
 pytestmark = pytest.mark.slow
 VIEWS = "thorax+equalize+lowpass|lungs+equalize+lowpass"
@@ -44,12 +45,11 @@ def two_view(synth_folders, tmp_path_factory):
 
 
 def test_the_bundle_agrees_with_the_run_and_keeps_heatmaps_and_the_guard(two_view, synth_folders, tmp_path):
-    from ccad.scoring.predictor import load_predictor
 
     run, bundle = two_view
     files = sorted((synth_folders / "covid").glob("*.png"))[:6] + sorted((synth_folders / "normal").glob("*.png"))[:6]
-    keras_side = load_predictor(run).predict_files(files, with_heatmaps=True)
-    onnx_side = load_predictor(bundle).predict_files(files, with_heatmaps=True)
+    keras_side = list(Screener.load(run).screen(files, with_heatmaps=True))
+    onnx_side = list(Screener.load(bundle).screen(files, with_heatmaps=True))
     for k, o in zip(keras_side, onnx_side):
         assert abs(k.probabilities["covid"] - o.probabilities["covid"]) < 1e-4
         assert k.predicted_class == o.predicted_class
@@ -74,7 +74,7 @@ def test_each_view_head_is_trained_as_its_own_run_would_train_it(two_view):
     from ccad.scoring.predictor import load_predictor
 
     predictor = load_predictor(run)
-    again = predictor.predict_files([r["path"] for r in rows])
+    again = list(Screener(predictor).screen([r["path"] for r in rows]))
     np.testing.assert_allclose([float(r["p_covid"]) for r in rows], [p.raw_probabilities[0] for p in again], atol=1e-5)
 
 

@@ -2,7 +2,7 @@
 
 One thread owns the model. It takes the first waiting image, gathers whatever else arrives within
 ``wait_s`` (up to ``max_batch`` images), scores them together with
-:meth:`ccad.scoring.predictor.Predictor.score` and resolves each caller's future. A lone request waits at
+:meth:`ccad.screening.Screener.score` and resolves each caller's future. A lone request waits at
 most ``wait_s`` more than it would alone; under load the model runs full batches, which on a CPU is
 several times the throughput of one image a call. Heatmaps are drawn for the images that asked for one.
 """
@@ -27,10 +27,10 @@ class _Item:
 
 
 class MicroBatcher:
-    """``MicroBatcher(predictor).start()``: the constructor stores, :meth:`start` starts the scoring thread."""
+    """``MicroBatcher(screener).start()``: the constructor stores, :meth:`start` starts the scoring thread."""
 
-    def __init__(self, predictor, max_batch: int = 16, wait_s: float = 0.005):
-        self.predictor, self.max_batch, self.wait_s = predictor, max_batch, wait_s
+    def __init__(self, screener, max_batch: int = 16, wait_s: float = 0.005):
+        self.screener, self.max_batch, self.wait_s = screener, max_batch, wait_s
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self.batches = self.images = 0
         self._thread: threading.Thread | None = None
@@ -72,7 +72,7 @@ class MicroBatcher:
 
     def _score(self, batch: list[_Item]) -> None:
         try:
-            predictions = self.predictor.score(
+            predictions = self.screener.score(
                 [i.name for i in batch], [i.prepared for i in batch], with_heatmaps=any(i.heatmap for i in batch)
             )
         except Exception as e:  # every caller hears of it; the thread goes on

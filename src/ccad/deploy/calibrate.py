@@ -42,7 +42,7 @@ from ccad.models.bundles import write_derived_bundle
 from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import DecisionRule, threshold_for
 from ccad.models.ood import OOD_FILE, fit_ood_guard
-from ccad.scoring.predictor import OnnxPredictor
+from ccad.screening import Screener
 
 TARGETS = ("specificity", "sensitivity")
 #: Held-back images a site's drift reference needs (ccad.evaluation.drift: fewer, and its noise passes the alarm).
@@ -91,20 +91,20 @@ def calibrate_bundle(
     out, model = Path(out), Path(model)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
-    predictor = OnnxPredictor.load(model)
-    dataset = spec.discover(model_classes=predictor.classes)
-    positive = predictor.classes.index(predictor.positive_class)
-    scored = [(s, p) for s, p in zip(dataset.samples, predictor.predict_files([s.path for s in dataset.samples]))]
+    screener = Screener.load(model)
+    dataset = spec.discover(model_classes=screener.classes)
+    positive = screener.classes.index(screener.positive_class)
+    scored = [(s, p) for s, p in zip(dataset.samples, screener.screen([s.path for s in dataset.samples]))]
     bad = [(str(s.path), p.error) for s, p in scored if p.error]
     kept = [(s, p) for s, p in scored if not p.error]
     if bad and not spec.skip_bad:
         raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
-    labels = label_indices([s for s, _ in kept], predictor.classes)
+    labels = label_indices([s for s, _ in kept], screener.classes)
     y = labels == positive
-    score = np.array([float(predictor.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])
+    score = np.array([float(screener.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])
     group = score[~y] if name == "specificity" else score[y]
     needed = minimum_images(value)
-    kind = f"non-{predictor.positive_class}" if name == "specificity" else predictor.positive_class
+    kind = f"non-{screener.positive_class}" if name == "specificity" else screener.positive_class
     if len(group) < needed:
         raise DataError(
             f"{dataset.source}: {len(group)} {kind} images cannot support {name} {value:.2f} with a "
@@ -122,15 +122,15 @@ def calibrate_bundle(
         "ccad": __version__,
         "base": {
             "card_sha256": sha256(model / BUNDLE_CARD),
-            "model_sha256": predictor.card.sha256.get("model.onnx"),
-            "decision": predictor.decision.to_dict(),
+            "model_sha256": screener.card.sha256.get("model.onnx"),
+            "decision": screener.decision.to_dict(),
         },
         "data": {
             "source": dataset.source,
             "sha256": dataset.fingerprint(),
             "images": len(kept),
             "unreadable": len(bad),
-            "counts": {c: int((labels == i).sum()) for i, c in enumerate(predictor.classes)},
+            "counts": {c: int((labels == i).sum()) for i, c in enumerate(screener.classes)},
         },
         "target": {name: value},
         "threshold": threshold,
@@ -144,27 +144,27 @@ def calibrate_bundle(
     decision = DecisionRule(
         positive,
         threshold,
-        predictor.decision.temperature,
+        screener.decision.temperature,
         f"{name}-{value:.2f} at the site",
         f"{dataset.source} (n={len(group)} {kind})",
     )
-    card = predictor.card
+    card = screener.card
     guard = None
     if unlabelled is not None:
-        guard, record["ood"] = _refit_guard(predictor, unlabelled, seed)
+        guard, record["ood"] = _refit_guard(screener, unlabelled, seed)
     _write(model, out, card, decision, record, guard, sign_key)
     return record
 
 
-def _refit_guard(predictor: OnnxPredictor, folder: str | os.PathLike, seed: int):
+def _refit_guard(screener: Screener, folder: str | os.PathLike, seed: int):
     """The out-of-distribution guard fitted on the site's own images: 80% the reference, 20% the cut-off (and
     the drift check's reference: their distances and scores)."""
     paths = [str(p) for p in list_inputs([folder])]
-    scored = [p for p in predictor.predict_files(paths) if not p.error]
+    scored = [p for p in screener.screen(paths) if not p.error]
     if len(scored) < 50:
         raise DataError(f"{folder}: {len(scored)} readable images; refitting the guard needs at least 50")
     pooled = np.stack([p.pooled for p in scored])
-    positive = predictor.classes.index(predictor.positive_class)
+    positive = screener.classes.index(screener.positive_class)
     scores = np.array([p.raw_probabilities[positive] for p in scored])
     order = np.random.default_rng(seed).permutation(len(pooled))
     cut = int(0.8 * len(pooled))

@@ -1,6 +1,6 @@
 """Watching the model after go-live: Prometheus metrics, the drift state and a result log.
 
-    monitor = Monitor.for_predictor(predictor, adapter="api", result_log="results.jsonl")
+    monitor = Monitor.for_screener(screener, adapter="api", result_log="results.jsonl")
     monitor.observe(prediction, identity=sha256_of_upload)      # after each image is scored
     monitor.registry                                            # what /metrics (or --metrics-port) serves
 
@@ -111,34 +111,34 @@ class Monitor:
         )
 
     @classmethod
-    def for_predictor(
+    def for_screener(
         cls,
-        predictor,
+        screener,
         adapter: str,
         result_log: str | os.PathLike | None = None,
         window: int = 200,
         registry: CollectorRegistry | None = None,
     ) -> "Monitor":
-        """The monitor of an :class:`ccad.scoring.predictor.OnnxPredictor`: its guard's reference for the drift
-        check, its card for ``ccad_model_info``."""
-        guard = predictor.ood
+        """The monitor of a :class:`ccad.screening.Screener`: its guard's reference for the drift check, its
+        card for ``ccad_model_info``."""
+        guard = screener.ood
         drift = DriftCheck(
             getattr(guard, "reference_scores", None), getattr(guard, "reference_distances", None), window=window
         )
         monitor = cls(
             registry or CollectorRegistry(),
             adapter,
-            predictor.positive_class,
+            screener.positive_class,
             drift,
             ResultLog(result_log).check() if result_log else None,
         )
-        card = getattr(predictor, "card", None)
+        card = screener.card
         card_hash = (
             hashlib.sha256(json.dumps(card.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
             if card is not None
             else ""
         )
-        monitor.model_info.labels(card_hash, getattr(predictor, "variant", ""), predictor.decision.rule or "").set(1)
+        monitor.model_info.labels(card_hash, screener.variant, screener.decision.rule or "").set(1)
         if not drift.available:
             log.warning(drift.describe())
         return monitor

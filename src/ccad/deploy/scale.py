@@ -5,11 +5,11 @@ A Ray Data pipeline over the image list (folders, files, a manifest CSV with a
 
 1. ``from_items`` of the paths not yet in the output (``--resume``);
 2. ``map_batches(decode)`` as Ray *tasks*: read, preprocess and resize each file
-   with the bundle's own preprocessing (:func:`ccad.preprocessing.pipeline.prepare_full`), exactly as single-process
-   ``predict`` does; an unreadable file becomes a row with its error;
+   with the screener's own :class:`ccad.screening.Reader`, exactly as single-process ``predict`` does; an
+   unreadable file becomes a row with its error;
 3. ``map_batches(Scorer)`` in a pool of Ray *actors*: each loads the bundle once
-   (:class:`ccad.scoring.predictor.OnnxPredictor`, ONNX Runtime) and scores batches with the
-   same decision rule and severity head as ``predict``;
+   (:class:`ccad.screening.Screener`, ONNX Runtime) and scores batches with the same
+   :meth:`~ccad.screening.Screener.score` as ``predict``;
 4. ``write_csv`` / ``write_parquet``: result shards under ``OUT/``, then
    ``OUT/summary.json`` (counts by class, errors, time).
 
@@ -31,44 +31,46 @@ import numpy as np
 
 from ccad.errors import ConfigError, ImageReadError, ModelError
 from ccad.io.files import write_json
-from ccad.io.images import read_grayscale
-from ccad.io.inputs import list_inputs
+from ccad.io.inputs import input_key, list_inputs
 from ccad.models.card import is_bundle
-from ccad.preprocessing.pipeline import Prepared, prepare_full, view_count
-from ccad.scoring.predictor import OnnxPredictor
-from ccad.scoring.results import result_columns, result_row, rule_text, severity_scores_of
+from ccad.preprocessing.pipeline import Prepared, view_count
 from ccad.scoring.score import Prediction
+from ccad.screening import Reader, Screener
+from ccad.screening.results import result_columns, result_row
 
 SUMMARY = "summary.json"
 
 
 def done_files(out: Path) -> set[str]:
-    """Files already in the result shards of ``out`` (CSV or Parquet)."""
+    """Files already in the result shards of ``out`` (CSV or Parquet), by :func:`ccad.io.inputs.input_key`
+    (as the local engine's ``resume`` recognises them)."""
     done: set[str] = set()
     for shard in sorted(out.glob("*.csv")):
         with open(shard, newline="", encoding="utf-8") as f:
-            done |= {row["file"] for row in csv.DictReader(f)}
+            done |= {input_key(row["file"]) for row in csv.DictReader(f)}
     parquet = sorted(out.glob("*.parquet"))
     if parquet:
         import pyarrow.parquet as pq
 
         for shard in parquet:
-            done |= set(pq.read_table(shard, columns=["file"]).column("file").to_pylist())
+            done |= {input_key(f) for f in pq.read_table(shard, columns=["file"]).column("file").to_pylist()}
     return done
 
 
-def decode(batch: dict[str, np.ndarray], size: int, preprocess: str) -> dict[str, np.ndarray]:
-    """Ray task: files -> model inputs (zeros where unreadable), lung-QC flags and an error column."""
+def decode(batch: dict[str, np.ndarray], reader: Reader) -> dict[str, np.ndarray]:
+    """Ray task: files -> model inputs (zeros where unreadable), lung-QC flags and an error column, by the
+    screener's own :class:`ccad.screening.Reader` (what ``ccad predict`` reads with)."""
     images, qc, errors = [], [], []
     for path in batch["file"]:
         try:
-            prepared = prepare_full(read_grayscale(str(path)), size, preprocess, lung_fields=True)
+            prepared = reader.read(str(path))
             images.append(prepared.image)
-            qc.append(";".join(prepared.fields.qc_flags))
+            qc.append(";".join(prepared.qc_flags))
             errors.append("")
         except ImageReadError as e:
-            views = view_count(preprocess)
-            images.append(np.zeros((size, size) if views == 1 else (size, size, views), np.float32))
+            views = view_count(reader.preprocess)
+            shape = (reader.size, reader.size) if views == 1 else (reader.size, reader.size, views)
+            images.append(np.zeros(shape, np.float32))
             qc.append("")
             errors.append(str(e))
     return {
@@ -87,14 +89,14 @@ class _Checked:
 
 
 class Scorer:
-    """Ray actor: loads the bundle once, scores decoded batches like single-process ``predict``."""
+    """Ray actor: loads the bundle once, scores decoded batches with the :class:`Screener` ``predict`` uses."""
 
     def __init__(self, bundle: str, variant: str = "float", threads: int = 1):
-        self.predictor = OnnxPredictor.load(bundle, variant=variant, threads=threads)
+        self.screener = Screener.load(bundle, variant=variant, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        p = self.predictor
-        scores = severity_scores_of(p)
+        screener = self.screener
+        scores, rule = screener.severity_scores, screener.rule_text()
         good = [i for i, e in enumerate(batch["error"]) if not e]
         prepared = [
             Prepared(
@@ -105,13 +107,14 @@ class Scorer:
             )
             for i in good
         ]
-        results = dict(zip(good, p.score([str(batch["file"][i]) for i in good], prepared)))
-        rule = rule_text(p)
+        results = dict(zip(good, screener.score([str(batch["file"][i]) for i in good], prepared)))
         rows = [
-            result_row(results.get(i) or Prediction(str(f), error=str(batch["error"][i])), p.classes, scores, rule)
+            result_row(
+                results.get(i) or Prediction(str(f), error=str(batch["error"][i])), screener.classes, scores, rule
+            )
             for i, f in enumerate(batch["file"])
         ]
-        columns = result_columns(p.classes, scores)
+        columns = result_columns(screener.classes, scores)
         return {name: np.array([row[j] for row in rows], dtype=object) for j, name in enumerate(columns)}
 
 
@@ -138,20 +141,20 @@ def ray_predict(
 ) -> dict[str, Any]:
     """Score ``inputs`` with the bundle ``model`` on Ray; write result shards and a summary to ``out``."""
     if not out:
-        raise ConfigError("--engine ray needs --out (a folder for the result shards)")
+        raise ConfigError("the Ray engine needs `out` (a folder for the result shards)")
     import ray
 
     if not is_bundle(model):
-        raise ModelError(f"{model}: --engine ray needs a model bundle (ccad export)")
+        raise ModelError(f"{model}: the Ray engine needs a model bundle (ccad export)")
     if output_format not in ("csv", "parquet"):
-        raise ConfigError(f"--output-format must be csv or parquet, got {output_format!r}")
+        raise ConfigError(f"`output_format` must be csv or parquet, got {output_format!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not resume:
-        raise ConfigError(f"{out}: already holds results (use --resume to continue, or another --out)")
+        raise ConfigError(f"{out}: already holds results (`resume` to continue, or another `out`)")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = OnnxPredictor.load(model, variant=variant, verify_key=verify_key)  # checked before any cluster work
+    screener = Screener.load(model, variant=variant, verify_key=verify_key)  # checked before any cluster work
     done = done_files(out) if resume else set()
-    todo = [p for p in list_inputs(inputs) if p not in done]
+    todo = [p for p in list_inputs(inputs) if input_key(p) not in done]
     start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
@@ -169,7 +172,7 @@ def ray_predict(
                 decode,
                 batch_size=batch_size,
                 batch_format="numpy",
-                fn_kwargs={"size": predictor.input_size, "preprocess": predictor.preprocess},
+                fn_kwargs={"reader": screener.reader},
             )
             ds = ds.map_batches(
                 Scorer,
@@ -183,7 +186,7 @@ def ray_predict(
         if started_here:
             ray.shutdown()
     elapsed = time.perf_counter() - start
-    summary = _summarize(out, predictor.classes, len(done), len(todo), elapsed, workers, address)
+    summary = _summarize(out, screener.classes, len(done), len(todo), elapsed, workers, address)
     write_json(out / SUMMARY, summary)
     return summary
 

@@ -43,7 +43,7 @@ from ccad.io.images import read_grayscale
 from ccad.io.pictures import pyplot, save_figure
 from ccad.models.lungs import blank
 from ccad.preprocessing.pipeline import prepare_full
-from ccad.scoring.predictor import load_predictor
+from ccad.screening import Screener
 
 #: Verdict thresholds (the issue's aim for a lung-reading model: lung-blanked AUC <= 0.65).
 LUNG_BLANKED_AUC_LIMIT = 0.65
@@ -59,15 +59,15 @@ def audit(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Run the three checks for ``model`` (bundle, run folder or model file) on ``spec``'s data; return the results."""
-    predictor = load_predictor(model)
-    dataset, split = scoring_set(predictor, model, spec, split, seed)
+    screener = Screener.load(model)
+    dataset, split = scoring_set(screener, model, spec, split, seed)
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if max_images and len(samples) > max_images:
         rng = np.random.default_rng(seed)
         samples = [samples[i] for i in sorted(rng.choice(len(samples), max_images, replace=False))]
     if not samples:
         raise DataError(f"{dataset.source}: no images in the {split} split")
-    loaded = _load_variants(samples, predictor.input_size, predictor.preprocess)
+    loaded = _load_variants(samples, screener.input_size, screener.preprocess)
     kept = [s for s, v in zip(samples, loaded) if v is not None]
     skipped = [{"path": str(s.path), "error": "unreadable"} for s, v in zip(samples, loaded) if v is None]
     if not kept:
@@ -76,14 +76,14 @@ def audit(
     lung_masks = np.stack([v["mask"] for v in loaded])
     qc = [v["original"].qc_flags for v in loaded]
 
-    positive = predictor.classes.index(predictor.positive_class)
-    is_positive = np.array([s.label == predictor.positive_class for s in kept])
+    positive = screener.classes.index(screener.positive_class)
+    is_positive = np.array([s.label == screener.positive_class for s in kept])
     groups = [s.group for s in kept] if dataset.layout in ("manifest", "pooled") else None
     names = [str(s.path) for s in kept]
     scores, variants = {}, {}
     for name in VARIANTS:
-        predictions = predictor.score(
-            names, [v[name] for v in loaded], with_heatmaps=name == "original", heatmap_class=predictor.positive_class
+        predictions = screener.score(
+            names, [v[name] for v in loaded], with_heatmaps=name == "original", heatmap_class=screener.positive_class
         )
         scores[name] = np.array([p.raw_probabilities[positive] for p in predictions])
         variants[name] = np.stack([v[name].picture for v in loaded])
@@ -99,9 +99,9 @@ def audit(
         "data": dataset.source,
         "split": split,
         "n": len(kept),
-        "counts": {c: sum(s.label == c for s in kept) for c in predictor.classes},
-        "positive_class": predictor.positive_class,
-        "preprocess": predictor.preprocess,
+        "counts": {c: sum(s.label == c for s in kept) for c in screener.classes},
+        "positive_class": screener.positive_class,
+        "preprocess": screener.preprocess,
         "lung_fields": {
             "method": "ccad.models.lungs: the packaged learned segmenter (U-Net, MobileNetV2 encoder)",
             "qc_flagged": int(sum(bool(f) for f in qc)),
@@ -114,7 +114,7 @@ def audit(
     }
     result["verdict"] = _verdict(result)
     out = Path(out)
-    figures = _figures(out / "figures", kept, variants, lung_masks, cams, scores, predictor.positive_class, seed)
+    figures = _figures(out / "figures", kept, variants, lung_masks, cams, scores, screener.positive_class, seed)
     write_json(out / "audit.json", result)
     _write_report(out / "report.html", result, figures)
     return result

@@ -30,8 +30,9 @@ from ccad.evaluation.reports import write_figures, write_report
 from ccad.evaluation.subgroups import breakdown, breakdown_html, subgroup_values
 from ccad.io.files import write_json, write_text
 from ccad.preprocessing.pipeline import Prepared, prepare_samples
-from ccad.scoring.predictor import Predictor, load_predictor, run_folder
+from ccad.scoring.predictor import run_folder
 from ccad.scoring.score import Prediction
+from ccad.screening import Screener
 
 SPLIT_CHOICES = ("test", "val", "all")
 
@@ -71,22 +72,22 @@ class ScoredSet:
 
 
 def score_samples(
-    predictor: Predictor,
+    screener: Screener,
     samples: Sequence[Sample],
     classes: Sequence[str],
     skip_bad: bool = False,
     with_heatmaps: bool = False,
     heatmap_class: str | None = None,
 ) -> ScoredSet:
-    """Read, prepare and score ``samples`` with ``predictor`` (unreadable files raise, or with ``skip_bad``
+    """Read, prepare and score ``samples`` with ``screener`` (unreadable files raise, or with ``skip_bad``
     are listed)."""
-    prepared, kept, skipped = prepare_samples(samples, predictor.input_size, predictor.preprocess, skip_bad)
-    predictions = predictor.score([str(s.path) for s in kept], prepared, with_heatmaps, heatmap_class)
+    prepared, kept, skipped = prepare_samples(samples, screener.input_size, screener.preprocess, skip_bad)
+    predictions = screener.score([str(s.path) for s in kept], prepared, with_heatmaps, heatmap_class)
     return ScoredSet(kept, predictions, prepared, skipped, list(classes))
 
 
 def evaluate(
-    predictor: Predictor,
+    screener: Screener,
     dataset: Dataset,
     out: str | os.PathLike,
     split: str = "test",
@@ -95,7 +96,7 @@ def evaluate(
     by: Sequence[str] = (),
     manifests: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
-    """Score ``predictor`` on one split of ``dataset`` (``test``, ``val`` or ``all``); write metrics.json,
+    """Score ``screener`` on one split of ``dataset`` (``test``, ``val`` or ``all``); write metrics.json,
     predictions.csv, figures/ and report.html to ``out``. With an out-of-distribution guard the metrics
     also hold the share of images it flags. ``by`` names fields to break the results down by
     (:mod:`ccad.evaluation.subgroups`; manifest columns are read from ``manifests``). Returns the metrics
@@ -104,7 +105,7 @@ def evaluate(
     samples = dataset.samples if split == "all" else dataset.subset(split)
     if not samples:
         raise DataError(f"{dataset.source}: no images in the {split} split")
-    scored = score_samples(predictor, samples, dataset.classes, skip_bad)
+    scored = score_samples(screener, samples, dataset.classes, skip_bad)
     if not scored.samples:
         raise DataError(f"{dataset.source}: none of the {split} images could be read")
     y_true, probabilities, predicted = scored.y_true, scored.probabilities, scored.predicted
@@ -117,15 +118,15 @@ def evaluate(
         [s.group for s in scored.samples] if known_groups else None,
         y_pred=predicted,
     )
-    decision = predictor.decision
+    decision = screener.decision
     metrics["decision"] = dict(decision.to_dict(), text=decision.describe())
     metrics["split"] = split
     metrics["data"] = dataset.source
     metrics["skipped_files"] = [{"path": p, "error": e} for p, e in scored.skipped]
     in_distribution = None
-    if predictor.ood is not None:
+    if screener.ood is not None:
         in_distribution = scored.in_distribution
-        metrics["out_of_distribution"] = ood_rate(~in_distribution, predictor.ood)
+        metrics["out_of_distribution"] = ood_rate(~in_distribution, screener.ood)
     positive_index = dataset.classes.index(dataset.positive_class)
     if by:
         metrics["by"] = {
@@ -159,7 +160,7 @@ def evaluate(
         metrics,
         figures,
         dataset,
-        predictor.info.to_dict(),
+        screener.info.to_dict(),
         split,
         extra_html="".join(breakdown_html(name, rows) for name, rows in metrics.get("by", {}).items()),
     )
@@ -189,12 +190,12 @@ def write_predictions(
 
 
 def scoring_set(
-    predictor: Predictor, model: str | os.PathLike, spec: DataSpec, split: str | None = None, seed: int = 0
+    screener: Screener, model: str | os.PathLike, spec: DataSpec, split: str | None = None, seed: int = 0
 ) -> tuple[Dataset, str]:
-    """(dataset, split) to score ``predictor`` on: the model's run ``split.csv`` when it covers every
+    """(dataset, split) to score ``screener`` on: the model's run ``split.csv`` when it covers every
     image, else the data's own splits, else a fresh grouped split (``seed``); ``split=None`` means
     ``test`` when the data has splits, else ``all``."""
-    dataset = spec.discover(model_classes=predictor.classes)
+    dataset = spec.discover(model_classes=screener.classes)
     recorded = apply_split_file(dataset, run_folder(model) / "split.csv")
     if recorded is not None:
         return recorded, split or "test"
@@ -221,9 +222,9 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """``ccad evaluate``: score a bundle, run folder or model file on labelled data (see :func:`scoring_set`
     for the split)."""
-    predictor = load_predictor(model)
-    dataset, split = scoring_set(predictor, model, spec, split, seed)
+    screener = Screener.load(model)
+    dataset, split = scoring_set(screener, model, spec, split, seed)
     manifests = [spec.data] if isinstance(spec.data, (str, os.PathLike)) else list(spec.data)
     for name in by:  # an unknown field is refused before anything is scored
         subgroup_values([], name, manifests)
-    return evaluate(predictor, dataset, out, split=split, skip_bad=spec.skip_bad, by=by, manifests=manifests)
+    return evaluate(screener, dataset, out, split=split, skip_bad=spec.skip_bad, by=by, manifests=manifests)

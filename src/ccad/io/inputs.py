@@ -12,7 +12,9 @@ from ccad.io.images import IMAGE_SUFFIXES
 
 
 def iter_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
-    """Files given directly, then the image files under given folders (walked lazily, sorted per folder).
+    """The images a command works on, lazily and in order: a file as given, the image files under a folder
+    (walked lazily, sorted per folder), the ``path`` column of a manifest CSV (relative to the CSV), the lines
+    of a ``.txt`` list. Every engine (local, Ray) and every command reads its inputs through this.
 
     A subfolder that cannot be listed is yielded itself, so that it gets an error row (permission denied)
     instead of vanishing from the results."""
@@ -20,7 +22,11 @@ def iter_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
         item = Path(item)
         if "\0" in str(item):
             raise ImageReadError(f"{str(item)!r}: the path contains a NUL byte")
-        if item.is_dir():
+        if item.is_file() and item.suffix.lower() == ".csv":
+            yield from _manifest_paths(item)
+        elif item.is_file() and item.suffix.lower() == ".txt":
+            yield from (Path(line.strip()) for line in item.read_text().splitlines() if line.strip())
+        elif item.is_dir():
             found, unlisted = False, []
             for dirpath, dirnames, filenames in os.walk(item, onerror=unlisted.append):
                 while unlisted:
@@ -42,23 +48,24 @@ def iter_inputs(inputs: Iterable[str | os.PathLike]) -> Iterator[Path]:
             raise ImageReadError(f"{item}: no such file or folder")
 
 
+def _manifest_paths(manifest: Path) -> Iterator[Path]:
+    with open(manifest, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if "path" not in (reader.fieldnames or []):
+            raise ConfigError(f"{manifest}: a manifest needs a path column")
+        for row in reader:
+            yield manifest.parent / row["path"]
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return list(iter_inputs(inputs))
 
 
 def list_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Image paths from folders and files, manifest CSVs (``path`` column, relative to the CSV) and .txt lists."""
-    paths: list[str] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_file() and item.suffix.lower() == ".csv":
-            with open(item, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                if "path" not in (reader.fieldnames or []):
-                    raise ConfigError(f"{item}: a manifest needs a path column")
-                paths += [str(item.parent / row["path"]) for row in reader]
-        elif item.is_file() and item.suffix.lower() == ".txt":
-            paths += [line.strip() for line in item.read_text().splitlines() if line.strip()]
-        else:
-            paths += [str(p) for p in iter_inputs([item])]
-    return paths
+    """:func:`iter_inputs` as a list of strings."""
+    return [str(p) for p in iter_inputs(inputs)]
+
+
+def input_key(path: str | os.PathLike) -> str:
+    """How a resumed run recognises a file it has done, however it was spelled: its absolute, resolved path."""
+    return str(Path(path).resolve())

@@ -2,7 +2,7 @@
 
     >>> from ccad.scoring.predictor import load_predictor
     >>> predictor = load_predictor("bundle/")          # doctest: +SKIP  (or a run folder, or a .keras file)
-    >>> predictor.predict_files(["xray.png"])          # doctest: +SKIP  [Prediction(...)]
+    >>> probabilities, feature_maps = predictor.predict(batch)   # doctest: +SKIP  (N, H, W, 3) in [0, 1]
 
 :class:`Predictor` holds what a model's card says (classes, preprocessing, decision rule,
 out-of-distribution guard, severity head, class-activation weights) and one abstract method,
@@ -12,24 +12,21 @@ out-of-distribution guard, severity head, class-activation weights) and one abst
   TensorFlow.
 - :class:`KerasPredictor` runs a run folder, a model file or a model in memory (training) on Keras.
 
-Everything after the network (decision rule, guard, lung QC, severity, heatmaps) is
-:func:`ccad.scoring.score.score_batch`, shared by ``predict``, ``serve``, ``--engine ray``, ``evaluate``
-and ``audit``.
+Decoding, preparing and everything after the network (decision rule, guard, lung QC, severity, heatmaps)
+is the application layer's :class:`ccad.screening.Screener`, which every command scores through.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from ccad.errors import ImageReadError, ModelError
-from ccad.io.images import read_grayscale
+from ccad.errors import ModelError
 from ccad.io.onnx import cpu_session
 from ccad.models.card import ModelCard, ModelInfo, RunMetadata, is_bundle
 from ccad.models.classifier import classifier_kernel, load_keras_model, with_feature_map
@@ -37,9 +34,8 @@ from ccad.models.heads import OnnxHead
 from ccad.models.ood import OodGuard
 from ccad.models.severity import SeverityHead
 from ccad.models.signing import verify_bundle
-from ccad.preprocessing.pipeline import Prepared, prepare_full, to_model_input, view_count
+from ccad.preprocessing.pipeline import to_model_input, view_count
 from ccad.scoring.heatmaps import class_activation_map
-from ccad.scoring.score import Prediction, score_batch
 
 #: Images per ONNX Runtime call. On 2 cores batch 1-4 is as fast per image as 16-32, and ONNX
 #: Runtime's activation arena grows with the batch (peak RSS at batch 4: ~130 MB; at 16: ~270 MB).
@@ -126,58 +122,6 @@ class Predictor(ABC):
             return np.zeros((self.input_size, self.input_size), np.float32)
         return class_activation_map(feature_map, self.cam_weights[:, class_index], self.input_size)
 
-    # -- images and files -------------------------------------------------------------------------
-    def prepare(self, gray: np.ndarray) -> Prepared:
-        """This model's input for a (H, W) grayscale image, with the lung fields (for QC and the outline)."""
-        return prepare_full(gray, self.input_size, self.preprocess, lung_fields=True)
-
-    def score(
-        self,
-        names: Sequence[str],
-        prepared: Sequence[Prepared],
-        with_heatmaps: bool = False,
-        heatmap_class: str | None = None,
-    ) -> list[Prediction]:
-        """:func:`ccad.scoring.score.score_batch` with this predictor, in batches of its size."""
-        out: list[Prediction] = []
-        for i in range(0, len(prepared), self.batch_size):
-            out += score_batch(
-                self, names[i : i + self.batch_size], prepared[i : i + self.batch_size], with_heatmaps, heatmap_class
-            )
-        return out
-
-    def predict_files(self, paths: Sequence[str | os.PathLike], with_heatmaps: bool = False) -> list[Prediction]:
-        """One :class:`Prediction` per file (with ``error`` set for an unreadable one)."""
-        return list(self.predict_stream(paths, with_heatmaps=with_heatmaps))
-
-    def predict_stream(
-        self, paths: Iterable[str | os.PathLike], workers: int = 4, with_heatmaps: bool = False
-    ) -> Iterator[Prediction]:
-        """Predictions in input order; files decoded on ``workers`` threads, at most four batches in flight."""
-        with ThreadPoolExecutor(workers) as pool:
-            pending: list = []
-            for path in paths:
-                pending.append((str(path), pool.submit(self._load, path)))
-                if len(pending) >= 4 * self.batch_size:
-                    yield from self._score_loaded(pending[: self.batch_size], with_heatmaps)
-                    pending = pending[self.batch_size :]
-            while pending:
-                yield from self._score_loaded(pending[: self.batch_size], with_heatmaps)
-                pending = pending[self.batch_size :]
-
-    def _load(self, path) -> Prepared | str:
-        try:
-            return self.prepare(read_grayscale(path))
-        except ImageReadError as e:
-            return str(e)
-
-    def _score_loaded(self, chunk, with_heatmaps: bool) -> Iterator[Prediction]:
-        loaded = [(path, future.result()) for path, future in chunk]
-        good = [(path, prep) for path, prep in loaded if isinstance(prep, Prepared)]
-        scored = iter(score_batch(self, [p for p, _ in good], [prep for _, prep in good], with_heatmaps))
-        for path, prep in loaded:
-            yield next(scored) if isinstance(prep, Prepared) else Prediction(path, error=prep)
-
 
 class OnnxPredictor(Predictor):
     """A model bundle on ONNX Runtime: ``OnnxPredictor.load(bundle)`` opens one (the constructor only stores
@@ -260,19 +204,34 @@ class KerasPredictor(Predictor):
 
     batch_size = KERAS_BATCH
 
-    def __init__(self, model, info: RunMetadata, run_dir: str | os.PathLike | None = None, ood: OodGuard | None = None):
+    def __init__(
+        self,
+        model,
+        info: RunMetadata,
+        run_dir: str | os.PathLike | None = None,
+        head: OnnxHead | None = None,
+        ood: OodGuard | None = None,
+        dual=None,
+    ):
         self.model, self.run_dir = model, Path(run_dir) if run_dir is not None else None
         info = replace(info, input_size=int(model.input_shape[1]))  # a copy: the caller's info is left as it was
+        super().__init__(info, classifier_kernel(model), head, ood)
+        self._dual = dual
+
+    @classmethod
+    def of(cls, model, info: RunMetadata, run_dir: str | os.PathLike | None = None, ood: OodGuard | None = None):
+        """A model in memory (training): its stored head and guard are read from ``run_dir`` (None: none are),
+        ``ood`` replacing the stored guard."""
+        run_dir = Path(run_dir) if run_dir is not None else None
         head = None
         if info.head_file:
-            path = (self.run_dir or Path(".")) / info.head_file
+            path = (run_dir or Path(".")) / info.head_file
             if not path.is_file():
                 raise ModelError(f"{path}: the model's {info.head.get('kind')} head is missing")
             head = OnnxHead(path)
-        if ood is None and info.ood and self.run_dir is not None and (self.run_dir / info.ood["file"]).is_file():
-            ood = OodGuard.load(self.run_dir / info.ood["file"])
-        super().__init__(info, classifier_kernel(model), head, ood)
-        self._dual = with_feature_map(model)
+        if ood is None and info.ood and run_dir is not None and (run_dir / info.ood["file"]).is_file():
+            ood = OodGuard.load(run_dir / info.ood["file"])
+        return cls(model, info, run_dir, head, ood, with_feature_map(model))
 
     @classmethod
     def load(cls, run_or_model: str | os.PathLike, classes: Sequence[str] | None = None) -> "KerasPredictor":
@@ -296,7 +255,7 @@ class KerasPredictor(Predictor):
         model = load_keras_model(model_file)
         shape = model.output_shape[0] if isinstance(model.output_shape, list) else model.output_shape
         info = RunMetadata.load(model_file.parent, classes, outputs=int(shape[-1]))
-        return cls(model, info, model_file.parent)
+        return cls.of(model, info, model_file.parent)
 
     @property
     def network(self):
@@ -312,11 +271,12 @@ def load_predictor(
     classes: Sequence[str] | None = None,
     variant: str = "float",
     verify_key: str | os.PathLike | None = None,
+    threads: int = 2,
 ) -> Predictor:
     """A bundle's :class:`OnnxPredictor` (no TensorFlow), else a run folder's or model file's
     :class:`KerasPredictor`. With ``verify_key`` only a bundle signed by that key is accepted."""
     if is_bundle(model):
-        return OnnxPredictor.load(model, variant=variant, verify_key=verify_key)
+        return OnnxPredictor.load(model, variant=variant, threads=threads, verify_key=verify_key)
     if verify_key is not None:
         raise ModelError(f"{model}: --verify needs a signed model bundle (ccad export --sign)")
     if variant != "float":

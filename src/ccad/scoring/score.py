@@ -1,19 +1,14 @@
-"""The scoring step every command shares: network outputs -> :class:`Prediction` records.
+"""What screening an image gives: a :class:`Prediction` (and its :class:`Pictures` when heatmaps are asked for).
 
-:func:`score_batch` applies, in this order, the model's decision rule (temperature, threshold), the
-out-of-distribution guard with the lung-QC flags, the severity head (for images called positive) and,
-when asked, the class activation map placed back onto the X-ray.
+:class:`ccad.screening.Screener` makes them; every adapter writes them out (CSV, JSON, DICOM SR, FHIR).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
-from ccad.models.ood import screen
-from ccad.preprocessing.pipeline import Prepared
 
 
 @dataclass
@@ -64,46 +59,3 @@ class Prediction:
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return out
-
-
-def score_batch(
-    predictor,
-    names: Sequence[str],
-    prepared: Sequence[Prepared],
-    with_heatmaps: bool = False,
-    heatmap_class: str | None = None,
-) -> list[Prediction]:
-    """Run ``predictor`` (a :class:`ccad.scoring.predictor.Predictor`) on prepared images and describe each.
-
-    The heatmap is of the predicted class, or of ``heatmap_class`` when given (the audit uses the positive
-    class)."""
-    if not prepared:
-        return []
-    probabilities, features = predictor.predict(predictor.model_input(np.stack([p.image for p in prepared])))
-    calibrated = predictor.decision.calibrate(probabilities)
-    predicted = predictor.decision.predict(calibrated)
-    classes = predictor.classes
-    results = []
-    for name, prep, raw, p, k, fmap in zip(names, prepared, probabilities, calibrated, predicted, features):
-        pooled = fmap.mean(axis=(0, 1))
-        guard = screen(predictor.ood, pooled, prep.qc_flags)
-        result = Prediction(
-            name,
-            classes[int(k)],
-            {c: float(v) for c, v in zip(classes, p)},
-            in_distribution=guard["in_distribution"],
-            ood_distance=guard.get("ood_distance"),
-            ood_cutoff=guard.get("ood_cutoff"),
-            lung_qc=guard["lung_qc"],
-            warning=guard.get("warning"),
-            raw_probabilities=raw,
-            pooled=pooled,
-        )
-        if predictor.severity is not None and result.predicted_class == predictor.positive_class:
-            result.severity = predictor.severity(pooled)
-        if with_heatmaps:
-            heat = predictor.heatmap(fmap, classes.index(heatmap_class or result.predicted_class))
-            outline = prep.fields.at(*prep.gray.shape) if prep.fields is not None else None
-            result.pictures = Pictures(prep.picture, heat, prep.gray, prep.to_original(heat), outline)
-        results.append(result)
-    return results

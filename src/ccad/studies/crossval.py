@@ -27,6 +27,7 @@ from ccad.evaluation.evaluate import score_samples
 from ccad.evaluation.metrics import BINARY_METRICS, compute_metrics
 from ccad.evaluation.reports import write_figures, write_report
 from ccad.io.files import write_json, write_text
+from ccad.screening import Screener
 from ccad.training.config import TrainConfig
 from ccad.training.run import train
 
@@ -54,7 +55,7 @@ def cross_validate(
     folds = len(fold_sets)
     for i, fold in enumerate(fold_sets, start=1):
         result = train(fold, out / f"fold-{i}", config, skip_bad=spec.skip_bad, evaluate_test=False, verbose=0)
-        scored = score_samples(result.predictor, fold.subset("test"), dataset.classes, spec.skip_bad)
+        scored = score_samples(Screener(result.predictor), fold.subset("test"), dataset.classes, spec.skip_bad)
         kept, bad, probabilities, predicted = scored.samples, scored.skipped, scored.probabilities, scored.predicted
         y = scored.y_true
         metrics = compute_metrics(y, probabilities, dataset.classes, positive, _groups(dataset, kept), y_pred=predicted)

@@ -47,7 +47,7 @@ from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision, site_target, threshold_for
 from ccad.models.ood import OOD_FILE
 from ccad.models.rehearsal import REHEARSAL_FILE, load_rehearsal
-from ccad.scoring.predictor import OnnxPredictor
+from ccad.screening import Screener
 
 FOLDS = 5
 #: Fewer reference images than this make the drift check's PSI noise alone pass its alarm (ccad.evaluation.drift).
@@ -113,8 +113,8 @@ def head_initializers(model, classes: int) -> list[tuple[str, str]]:
     return [(w, b) for _, w, b in sorted(heads, key=lambda h: view(h[0]))]
 
 
-def _scored(predictor: OnnxPredictor, samples, skip_bad: bool):
-    predictions = predictor.predict_files([s.path for s in samples])
+def _scored(screener: Screener, samples, skip_bad: bool):
+    predictions = list(screener.screen([s.path for s in samples]))
     bad = [(s, p.error) for s, p in zip(samples, predictions) if p.error]
     if bad and not skip_bad:
         raise DataError(f"{bad[0][0].path}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
@@ -146,14 +146,14 @@ def adapt_bundle(
         raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
     if not 0.1 <= test_fraction <= 0.5:
         raise ConfigError(f"--test-fraction must be in [0.1, 0.5], got {test_fraction}")
-    predictor = OnnxPredictor.load(model)
-    card, classes, positive = predictor.card, predictor.classes, predictor.positive_class
+    screener = Screener.load(model)
+    card, classes, positive = screener.card, screener.classes, screener.positive_class
     if card.head_file:
         raise ConfigError(f"{model}: its head is a scikit-learn model ({card.head_file}); adapt refits Dense heads")
     graph = onnx.load(str(card.checked_file(model, card.models["float"])))
     heads = head_initializers(graph, len(classes))
-    if len(heads) != predictor.views:
-        raise ConfigError(f"{model}: found {len(heads)} Dense heads in model.onnx for {predictor.views} views")
+    if len(heads) != screener.views:
+        raise ConfigError(f"{model}: found {len(heads)} Dense heads in model.onnx for {screener.views} views")
     dataset = spec.discover(model_classes=classes)
     samples = group_near_duplicates(dataset.samples)
     labels = label_indices(samples, classes)
@@ -161,14 +161,14 @@ def adapt_bundle(
     if min(counts.values()) < 20:
         raise DataError(f"{dataset.source}: adapting needs at least 20 images of each class (has {counts})")
     test = _grouped_holdout(samples, range(len(samples)), test_fraction, seed)
-    scored, unreadable = _scored(predictor, samples, spec.skip_bad)
+    scored, unreadable = _scored(screener, samples, spec.skip_bad)
     index = {id(s): i for i, s in enumerate(samples)}
     is_test = np.array([index[id(s)] in test for s, _ in scored])
     y = label_indices([s for s, _ in scored], classes)
     groups = np.array([s.group for s, _ in scored])
     features = np.stack([p.pooled for _, p in scored]).astype(np.float32)
     before = np.stack([p.raw_probabilities for _, p in scored])
-    d = features.shape[1] // predictor.views
+    d = features.shape[1] // screener.views
     inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
     old = [(inits[w].astype(np.float32), inits[b].astype(np.float32)) for w, b in heads]
 
@@ -191,7 +191,7 @@ def adapt_bundle(
             [np.full(len(x_local), 1.0 / len(x_local)), np.full(len(r_x), 1.0 / max(len(r_x), 1))]
         )  # the site and the old sources, half each
         yy = np.concatenate([y_local, r_y])
-        return [fit_head(x[:, v * d : (v + 1) * d], yy, w, *old[v], l2) for v in range(predictor.views)]
+        return [fit_head(x[:, v * d : (v + 1) * d], yy, w, *old[v], l2) for v in range(screener.views)]
 
     def probabilities(new_heads, x) -> np.ndarray:
         return np.mean([softmax(x[:, v * d : (v + 1) * d] @ w + b) for v, (w, b) in enumerate(new_heads)], axis=0)
@@ -206,7 +206,7 @@ def adapt_bundle(
         fold_heads = fit(features[adapt_idx[fit_rows]], y[adapt_idx[fit_rows]])
         out_of_fold[held] = probabilities(fold_heads, features[adapt_idx[held]])
     new_heads = fit(features[adapt_idx], y[adapt_idx])
-    rule = predictor.decision
+    rule = screener.decision
     decision = _refit_rule(rule, y[adapt_idx], out_of_fold, classes, positive)
     after = probabilities(new_heads, features)
     t = is_test
@@ -262,7 +262,7 @@ def adapt_bundle(
         record,
         features[t],
         after[t, classes.index(positive)],
-        predictor,
+        screener,
         sign_key,
     )
     return record
@@ -304,7 +304,7 @@ def _write(
     record,
     test_features,
     test_scores,
-    predictor,
+    screener,
     sign_key,
 ) -> None:
     from onnx import numpy_helper
@@ -328,14 +328,14 @@ def _write(
             np.concatenate([w for w, _ in new_heads]).astype(np.float32) / len(new_heads),
         )
         ood = card.ood
-        if predictor.ood is not None:
+        if screener.ood is not None:
             # the guard is unchanged (the features are), but the scores are the new heads': the drift reference is
             # the site's held-out split when it is large enough to be quiet, else there is none (the base's scores
             # would describe another model)
             enough = len(test_scores) >= MIN_DRIFT_REFERENCE
             guard = replace(
-                predictor.ood,
-                reference_distances=predictor.ood.distance(test_features) if enough else None,
+                screener.ood,
+                reference_distances=screener.ood.distance(test_features) if enough else None,
                 reference_scores=np.asarray(test_scores) if enough else None,
             )
             guard.save(work / OOD_FILE)

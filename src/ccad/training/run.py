@@ -50,6 +50,7 @@ from ccad.preprocessing.augmentation import get_spec
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images, preprocessing_views, view_count
 from ccad.scoring.predictor import KerasPredictor
+from ccad.screening import Screener
 from ccad.training.config import TrainConfig
 from ccad.training.distributed import cluster_from_env, fit_distributed, multi_worker_strategy
 from ccad.training.fit import fine_tune, fit_cached_views, fit_sklearn_head, fit_streaming
@@ -126,7 +127,7 @@ def train(
                 tmp.write_bytes(head.onnx)
 
     meta = run_metadata(dataset, config, head=head)
-    predictor = KerasPredictor(model, meta, run_dir)
+    predictor = KerasPredictor.of(model, meta, run_dir)
     val_probabilities = predictor.predict_images(arrays["val"][0])
     write_predictions(run_dir / VAL_PREDICTIONS, arrays["samples"]["val"], val_probabilities, dataset.classes)
     decision = fit_decision(
@@ -149,11 +150,11 @@ def train(
 
     meta = run_metadata(dataset, config, decision, head, ood)
     _save_run(run_dir, model, meta, dataset, config, history, timings, save_h5)
-    predictor = KerasPredictor(model, meta, run_dir, ood=ood)
+    predictor = KerasPredictor.of(model, meta, run_dir, ood=ood)
     metrics = None
     if evaluate_test and dataset.subset("test"):
         metrics = evaluate(
-            predictor,
+            Screener(predictor),
             dataset,
             run_dir,
             split="test",

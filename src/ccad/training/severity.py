@@ -38,16 +38,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ccad.data.datasets import Sample
-from ccad.errors import DataError, ModelError
+from ccad.errors import DataError, ImageReadError, ModelError
 from ccad.evaluation.metrics import bootstrap_intervals, format_interval
 from ccad.evaluation.reports import figures_html, html_page
 from ccad.io.files import sha256, write_bytes, write_json, write_text
 from ccad.io.pictures import pyplot, save_figure
 from ccad.models.card import ModelCard, is_bundle
 from ccad.models.severity import BAND_NOTE, BAND_SCORE, BANDS, SCORES, SEVERITY_FILE
-from ccad.preprocessing.pipeline import load_images
-from ccad.scoring.predictor import OnnxPredictor
+from ccad.screening import Screener
 
 
 def read_scored_rows(manifest: str | os.PathLike) -> list[dict[str, Any]]:
@@ -72,13 +70,14 @@ def read_scored_rows(manifest: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
-def pooled_features(predictor, paths: Sequence[Path]) -> np.ndarray:
-    """The classifier's pooled backbone features of each file (N, d), through the bundle's own preprocessing."""
-
-    images, _, _ = load_images(
-        [Sample(Path(p), "", str(p)) for p in paths], predictor.input_size, preprocess=predictor.preprocess
-    )
-    return predictor.pooled_features(images)
+def pooled_features(screener: Screener, paths: Sequence[Path]) -> np.ndarray:
+    """The classifier's pooled backbone features of each file (N, d), screened as ``predict`` screens it; an
+    unreadable file is an error."""
+    predictions = list(screener.screen(paths))
+    for prediction in predictions:
+        if prediction.error:
+            raise ImageReadError(prediction.error)
+    return np.stack([p.pooled for p in predictions])
 
 
 def train_severity(
@@ -97,9 +96,9 @@ def train_severity(
 
     if not is_bundle(model):
         raise ModelError(f"{model}: severity needs a model bundle (ccad export) whose backbone it reuses")
-    predictor = OnnxPredictor.load(model)
+    screener = Screener.load(model)
     rows = read_scored_rows(data)
-    features = pooled_features(predictor, [r["path"] for r in rows])
+    features = pooled_features(screener, [r["path"] for r in rows])
     groups = np.array([r["group"] for r in rows])
     folds = min(folds, len(set(groups)))
 
@@ -113,7 +112,7 @@ def train_severity(
         "folds": folds,
         "data": str(data),
         "bundle": str(model),
-        "preprocess": predictor.preprocess,
+        "preprocess": screener.preprocess,
         "scores": {},
     }
     head: dict[str, Any] = {

@@ -205,10 +205,10 @@ class Listener:
     """The SCP, its scoring pool and its sender. :meth:`start` returns once it listens; :meth:`stop`
     ends it (what is in the spool stays there for the next start)."""
 
-    def __init__(self, settings: ListenerSettings, predictor=None):
+    def __init__(self, settings: ListenerSettings, screener=None):
         self.settings = settings.check()
         self.spool = Spool(settings.spool)
-        self.predictor = predictor
+        self.screener = screener
         self.stats = Stats()
         self._queue: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_size)
         self._admit = threading.Lock()
@@ -231,22 +231,25 @@ class Listener:
 
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
-        if self.predictor is None:
-            from ccad.scoring.predictor import OnnxPredictor
+        if self.screener is None:
+            from ccad.screening import Intake, Screener
 
-            self.predictor = OnnxPredictor.load(
-                self.settings.model, variant="int8" if self.settings.int8 else "float", threads=self.settings.threads
+            self.screener = Screener.load(
+                self.settings.model,
+                variant="int8" if self.settings.int8 else "float",
+                threads=self.settings.threads,
+                intake=Intake(max_pixels=self.settings.max_pixels),
             )
         self._start_monitoring()
-        card = self.predictor.card
+        card = self.screener.card
         self.algorithm = Algorithm(
             "ccad",
             (card.versions or {}).get("ccad") or __version__,
-            card.sha256[card.models[self.predictor.variant]],
-            self.predictor.variant,
-            self.predictor.decision.describe(self.predictor.positive_class),
-            self.predictor.positive_class,
-            self.predictor.decision.threshold,
+            card.sha256[card.models[self.screener.variant]],
+            self.screener.variant,
+            self.screener.decision.describe(self.screener.positive_class),
+            self.screener.positive_class,
+            self.screener.decision.threshold,
         )
         ae = AE(ae_title=self.settings.ae_title)
         syntaxes = transfer_syntaxes()
@@ -282,7 +285,7 @@ class Listener:
             f"listening as {self.settings.ae_title} on {self.settings.host}:{self.settings.port}" if scp else "pulling",
             where,
             self.settings.model,
-            self.predictor.variant,
+            self.screener.variant,
             self.settings.spool,
         )
         return self
@@ -293,8 +296,8 @@ class Listener:
 
         from ccad.deploy.monitoring import Monitor
 
-        self.monitor = Monitor.for_predictor(
-            self.predictor, "dicom", self.settings.result_log, window=self.settings.drift_window
+        self.monitor = Monitor.for_screener(
+            self.screener, "dicom", self.settings.result_log, window=self.settings.drift_window
         )
         registry = self.monitor.registry
         self.stats.counter = Counter(
@@ -468,7 +471,7 @@ class Listener:
         import pydicom
 
         from ccad.errors import CcadError
-        from ccad.io.images import read_grayscale_bytes
+        from ccad.screening import Upload
 
         key = path.stem
         prediction, reason = None, None
@@ -478,8 +481,8 @@ class Listener:
             reason = not_scored_reason(ds)
             if reason is None:
                 try:
-                    gray = read_grayscale_bytes(data, "the image", self.settings.max_pixels)
-                    prediction = self.predictor.score([key], [self.predictor.prepare(gray)], with_heatmaps=True)[0]
+                    upload = Upload(key, data, "the image")
+                    prediction = self.screener.score([key], [self.screener.read(upload)], with_heatmaps=True)[0]
                 except CcadError as e:
                     reason = f"not readable: {e}"
             self.spool.put_results(key, self._results(key, ds, prediction, reason))

@@ -33,14 +33,14 @@ def pull(
     study: str | None = None,
     since: str | None = None,
     timeout_s: float = 3600.0,
-    predictor=None,
+    screener=None,
     source_auth=None,
 ) -> dict[str, Any]:
     """Score every CR/DX instance of ``study`` (or of the studies dated ``since``, YYYYMMDD, or later) at the
     DICOMweb service ``source``; returns counts. Waits (at most ``timeout_s``) until every result is sent.
     ``source_auth``: the archive's credentials file (the destination's are never sent to it; without one, the
     environment's ``CCAD_DICOMWEB_SOURCE_TOKEN`` or ``CCAD_DICOMWEB_SOURCE_USER`` / ``_PASSWORD``)."""
-    listener = Listener(settings, predictor)
+    listener = Listener(settings, screener)
     done_path = listener.spool.root / DONE_FILE
     done = set(done_path.read_text().split()) if done_path.exists() else set()
     lock = threading.Lock()

@@ -1,7 +1,5 @@
-"""Predictions written down: CSV rows (streamed, resumable), a table, JSON, and heatmap pictures.
-
-:func:`predict` is ``ccad predict`` (local engine) as one call: it picks the predictor, scores the
-inputs and returns what to print.
+"""Predictions written down, the same for every engine: CSV rows (streamed, resumable), a table, JSON, and
+heatmap pictures. ``ccad predict`` (local and Ray) and the listener's reports use these columns.
 """
 
 from __future__ import annotations
@@ -11,26 +9,20 @@ import io
 import json
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ccad.errors import ConfigError, ModelError
-from ccad.io.inputs import expand_inputs, iter_inputs
+from ccad.errors import ConfigError
+from ccad.io.inputs import input_key, iter_inputs
 from ccad.io.pictures import overlay, save_png
-from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT
-from ccad.scoring.predictor import Predictor, load_predictor
 from ccad.scoring.score import Prediction
+from ccad.screening.screener import Screener
 
 RESULT_COLUMNS = ("file", "predicted_class")
 #: Columns after the probabilities: the out-of-distribution guard and the lung check.
 SCREEN_COLUMNS = ("in_distribution", "ood_distance", "lung_qc")
 FORMATS = ("table", "json", "csv")
 NOT_A_DIAGNOSIS = "screening aid, not a diagnosis"
-
-
-def severity_scores_of(predictor: Predictor) -> list[str]:
-    return list(predictor.severity.targets) if predictor.severity is not None else []
 
 
 def result_columns(classes: Sequence[str], severity_scores: Sequence[str] = ()) -> list[str]:
@@ -47,11 +39,6 @@ def result_columns(classes: Sequence[str], severity_scores: Sequence[str] = ()) 
         "decision_rule",
         "error",
     ]
-
-
-def rule_text(predictor: Predictor) -> str:
-    """The decision rule in words: ``covid if p_covid >= 0.732, else ... (specificity-90, chosen on ...)``."""
-    return predictor.decision.describe(predictor.positive_class)
 
 
 def result_row(
@@ -80,14 +67,16 @@ def result_row(
     return row + ["" if result.error else rule, result.error or ""]
 
 
-def format_results(results: Sequence[Prediction], predictor: Predictor, fmt: str = "table") -> str:
+def format_results(results: Sequence[Prediction], screener: Screener, fmt: str = "table") -> str:
     """The results as ``table`` (aligned columns), ``csv`` or ``json`` text."""
     if fmt == "json":
         return json.dumps([r.to_dict() for r in results], indent=2)
-    scores = severity_scores_of(predictor)
-    columns = result_columns(predictor.classes, scores)
-    rule = rule_text(predictor)
-    rows = [result_row(r, predictor.classes, scores, rule) for r in results]
+    if fmt not in FORMATS:
+        raise ConfigError(f"`fmt` must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    scores = screener.severity_scores
+    columns = result_columns(screener.classes, scores)
+    rule = screener.rule_text()
+    rows = [result_row(r, screener.classes, scores, rule) for r in results]
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer)
@@ -107,8 +96,29 @@ def save_overlay(result: Prediction, folder: Path) -> Path:
     return save_png(overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline), target)
 
 
+def save_overlays(results: Iterable[Prediction], folder: str | os.PathLike) -> int:
+    """:func:`save_overlay` for each result that has pictures; how many were written."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    written = 0
+    for result in results:
+        if result.pictures is not None:
+            save_overlay(result, Path(folder))
+            written += 1
+    return written
+
+
+def check_outputs(out: str | os.PathLike | None, resume: bool, heatmap_dir: str | os.PathLike | None) -> None:
+    """Refuse outputs that cannot be written, before any work: the errors name the parameters."""
+    if resume and not out:
+        raise ConfigError("`resume` needs `out`")
+    if heatmap_dir and Path(heatmap_dir).exists() and not Path(heatmap_dir).is_dir():
+        raise ConfigError(f"`heatmap` {heatmap_dir}: is a file; give a folder for the heatmap pictures")
+    if out and Path(out).is_dir():
+        raise ConfigError(f"`out` {out}: is a folder; give a CSV file name")
+
+
 def predict_to_csv(
-    predictor: Predictor,
+    screener: Screener,
     inputs: Iterable[str | os.PathLike],
     out_csv: str | os.PathLike,
     resume: bool = False,
@@ -117,43 +127,31 @@ def predict_to_csv(
 ) -> dict[str, int]:
     """Stream predictions into ``out_csv``, a row per file as soon as it is scored.
 
-    With ``resume`` the files already in ``out_csv`` are skipped and new rows are
+    With ``resume`` the files already in ``out_csv`` are skipped (recognised by
+    :func:`ccad.io.inputs.input_key`, as the Ray engine does) and new rows are
     appended; otherwise an existing ``out_csv`` is an error. Unreadable files get
     a row with their error; the run goes on. Returns counts.
     """
     from tqdm import tqdm
 
     out_csv = Path(out_csv)
-    done: set[str] = set()
-    if out_csv.exists():
-        if not resume:
-            raise ModelError(f"{out_csv}: already exists (use --resume to continue it, or another --out)")
-        _drop_partial_last_line(out_csv)
-        with open(out_csv, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            done = {_key(row.get("file") or "") for row in reader}
-        header = reader.fieldnames or []
-        if header and header != result_columns(predictor.classes, severity_scores_of(predictor)):
-            raise ModelError(
-                f"{out_csv}: its columns are not the ones this model and ccad write (another model, or "
-                "an older ccad): resume into the CSV it was started with, or give another --out"
-            )
-    paths = (str(p) for p in iter_inputs(inputs) if _key(p) not in done)
+    columns = result_columns(screener.classes, screener.severity_scores)
+    done = _done(out_csv, columns, resume)
+    paths = (str(p) for p in iter_inputs(inputs) if input_key(p) not in done)
     counts = {"scored": 0, "errors": 0, "skipped_done": len(done)}
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     heat_dir = Path(heatmap_dir) if heatmap_dir else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
     new_file = not out_csv.exists() or out_csv.stat().st_size == 0
-    scores = severity_scores_of(predictor)
+    scores, rule = screener.severity_scores, screener.rule_text()
     with open(out_csv, "a", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         if new_file:
-            writer.writerow(result_columns(predictor.classes, scores))
+            writer.writerow(columns)
         bar = tqdm(desc="predict", unit="img", disable=not progress, file=sys.stderr)
-        rule = rule_text(predictor)
-        for result in predictor.predict_stream(paths, with_heatmaps=heat_dir is not None):
-            writer.writerow(result_row(result, predictor.classes, scores, rule))
+        for result in screener.screen(paths, with_heatmaps=heat_dir is not None):
+            writer.writerow(result_row(result, screener.classes, scores, rule))
             counts["errors" if result.error else "scored"] += 1
             if heat_dir and result.pictures is not None:
                 save_overlay(result, heat_dir)
@@ -163,9 +161,24 @@ def predict_to_csv(
     return counts
 
 
-def _key(path: str | os.PathLike) -> str:
-    """How ``--resume`` recognises a file: its absolute, resolved path, however it was spelled."""
-    return str(Path(path).resolve())
+def _done(out_csv: Path, columns: list[str], resume: bool) -> set[str]:
+    """The files already in ``out_csv`` (their :func:`input_key`); an existing CSV needs ``resume`` and the
+    same columns."""
+    if not out_csv.exists():
+        return set()
+    if not resume:
+        raise ConfigError(f"{out_csv}: already exists (`resume` to continue it, or another `out`)")
+    _drop_partial_last_line(out_csv)
+    with open(out_csv, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        done = {input_key(row.get("file") or "") for row in reader}
+    header = reader.fieldnames or []
+    if header and header != columns:
+        raise ConfigError(
+            f"{out_csv}: its columns are not the ones this model and ccad write (another model, or "
+            "an older ccad): resume into the CSV it was started with, or give another `out`"
+        )
+    return done
 
 
 def _drop_partial_last_line(path: Path) -> None:
@@ -174,56 +187,3 @@ def _drop_partial_last_line(path: Path) -> None:
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
-
-
-@dataclass
-class PredictOutcome:
-    """What ``ccad predict`` prints: ``notes`` on stderr, then ``text`` on stdout."""
-
-    text: str
-    notes: list[str] = field(default_factory=list)
-
-
-def predict(
-    model: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
-    fmt: str = "table",
-    out: str | os.PathLike | None = None,
-    resume: bool = False,
-    heatmap: str | os.PathLike | None = None,
-    variant: str = "float",
-    verify_key: str | os.PathLike | None = None,
-) -> PredictOutcome:
-    """``ccad predict`` on one machine: score ``inputs`` with ``model`` (bundle, run folder or model file).
-
-    With ``out`` the rows stream into a CSV (``resume`` continues one); otherwise the results are
-    formatted as ``fmt``. ``heatmap`` is a folder for the heatmap pictures.
-    """
-    if resume and not out:
-        raise ConfigError("--resume needs --out")
-    if heatmap and Path(heatmap).exists() and not Path(heatmap).is_dir():
-        raise ConfigError(f"--heatmap {heatmap}: is a file; give a folder for the heatmap pictures")
-    if out and Path(out).is_dir():
-        raise ConfigError(f"--out {out}: is a folder; give a CSV file name")
-    predictor = load_predictor(model, variant=variant, verify_key=verify_key)
-    if out:
-        counts = predict_to_csv(predictor, inputs, out, resume, heatmap)
-        return PredictOutcome(
-            f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} "
-            f"already done: {out} ({NOT_A_DIAGNOSIS})"
-        )
-    results = predictor.predict_files(expand_inputs(inputs), with_heatmaps=bool(heatmap))
-    if heatmap:
-        Path(heatmap).mkdir(parents=True, exist_ok=True)
-        for result in results:
-            if result.pictures is not None:
-                save_overlay(result, Path(heatmap))
-    notes = []
-    flagged = sum(r.in_distribution is False for r in results)
-    if flagged:
-        notes.append(
-            f"{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}."
-        )
-    if fmt == "table":
-        notes.append("Screening aid, not a diagnosis.")
-    return PredictOutcome(format_results(results, predictor, fmt), notes)
