@@ -1,0 +1,254 @@
+"""What every command shares: the :class:`Command` record, the argument groups several commands take, and the
+steps from parsed arguments to the library's inputs (a data selection, a training configuration, a model)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import DEFAULT_POSITIVE
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``ccad`` command: its name and help, what it adds to its parser, and what it runs (an exit code, or
+    None for 0). ``run`` reads the parsed arguments and never changes them."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], "int | None"]
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--data",
+        required=required,
+        action="append",
+        help="class folders, train/+test/ folders, or a manifest CSV; repeat to pool several sources",
+    )
+    p.add_argument(
+        "--classes",
+        type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+        help="classes to use, in order (e.g. covid,normal); default: all found",
+    )
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COLUMN=VALUE",
+        help="keep manifest rows where COLUMN equals VALUE (repeatable; with several --data, "
+        "applied to each manifest that has the column)",
+    )
+    p.add_argument(
+        "--relabel",
+        action="append",
+        default=[],
+        metavar="[SOURCE:]OLD=NEW",
+        help="change a label before --classes picks rows, in one source or all (repeatable), "
+        "e.g. cohen-covid-chestxray:pneumonia=normal",
+    )
+    p.add_argument("--positive", default=DEFAULT_POSITIVE, help="class that sensitivity/specificity/ROC refer to")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and list them, instead of stopping")
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    from ..models.classifier import BACKBONES
+    from ..models.decision import CALIBRATIONS
+    from ..models.heads import FEATURE_SELECTIONS, HEADS
+    from ..preprocessing.augmentation import PRESETS as AUGMENTATIONS
+    from ..training.config import OPTIMIZERS, PRESETS
+
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="default",
+        help="paper-a / paper-b / paper-b-10ep / paper-methods: the paper's cases; default: our recipe",
+    )
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--input-size", type=int, help="default: the backbone's (224; 299 for inception_*, xception)")
+    p.add_argument("--backbone", choices=list(BACKBONES), help="ImageNet backbone (default mobilenet_v2, the paper's)")
+    p.add_argument("--head", choices=list(HEADS), help="classifier on the pooled features (default dense)")
+    p.add_argument(
+        "--feature-selection",
+        choices=list(FEATURE_SELECTIONS),
+        help="woa: Whale Optimization Algorithm feature selection, fitted on the training split",
+    )
+    p.add_argument("--augmentation", choices=list(AUGMENTATIONS))
+    p.add_argument(
+        "--preprocess",
+        help="input normalization: none, or steps joined with + from thorax|lungs, "
+        "clahe, equalize, lowpass (e.g. thorax+equalize); two views of each "
+        "X-ray joined with | (e.g. 'thorax+equalize+lowpass|lungs+equalize+lowpass')",
+    )
+    p.add_argument(
+        "--threshold",
+        help="decision rule fitted on validation: youden (default), specificity-90, "
+        "specificity-95, sensitivity-85|90|95, argmax, or a number",
+    )
+    p.add_argument("--calibration", choices=CALIBRATIONS, help="temperature: fit temperature scaling on validation")
+    p.add_argument(
+        "--feature-views",
+        type=int,
+        help="augmented views per image whose backbone features are cached (0: stream every epoch)",
+    )
+    p.add_argument("--weights", help="imagenet, none, or a MobileNetV2 no-top .h5 weights file")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--class-weight", choices=["balanced"])
+    p.add_argument("--fine-tune-epochs", type=int)
+    p.add_argument(
+        "--fine-tune-from",
+        help="first backbone layer to unfreeze, or all (default block_13_expand; the paper-a/paper-b presets: all)",
+    )
+    p.add_argument("--fine-tune-lr", type=float)
+    p.add_argument("--save-h5", action="store_true", help="also write the paper's model.h5")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="train under tf.distribute.MultiWorkerMirroredStrategy; workers from TF_CONFIG",
+    )
+
+
+def add_delivery_args(s) -> None:
+    s.add_argument("--model", help="a model bundle (ccad export; default: the bundle shipped with ccad)")
+    s.add_argument(
+        "--send-to",
+        required=True,
+        metavar="AET@HOST:PORT|dicomweb+URL",
+        help="where results go: "
+        "C-STORE (e.g. ORTHANC@127.0.0.1:4242) or STOW-RS (e.g. dicomweb+https://pacs/dicom-web)",
+    )
+    s.add_argument(
+        "--dicomweb-auth",
+        metavar="FILE",
+        help="DICOMweb credentials: 'bearer TOKEN' or "
+        "'USER:PASSWORD' on the first line (or CCAD_DICOMWEB_TOKEN / CCAD_DICOMWEB_USER and _PASSWORD)",
+    )
+    s.add_argument("--ca-file", metavar="PEM", help="certificate authority for https (TLS is always verified)")
+    s.add_argument(
+        "--fhir",
+        metavar="URL|DIR",
+        help="a FHIR R4 DiagnosticReport an image: PUT to this FHIR base "
+        "URL (token from CCAD_FHIR_TOKEN), or written into this folder",
+    )
+    s.add_argument(
+        "--fhir-patient-system",
+        metavar="URI",
+        help="name the patient in the FHIR report by its "
+        "Patient ID under this identifier system (default: no patient reference)",
+    )
+    s.add_argument("--spool", default="ccad-spool", help="folder where received images and unsent results wait")
+    s.add_argument("--int8", action="store_true", help="score with the bundle's INT8 model")
+    s.add_argument("--workers", type=int, default=1, help="scoring threads")
+    s.add_argument(
+        "--queue-size",
+        type=int,
+        default=32,
+        help="images waiting to be scored before C-STORE is answered 0xA700 (out of resources), or before pull waits",
+    )
+    s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
+
+
+def add_monitoring_args(p) -> None:
+    p.add_argument(
+        "--result-log",
+        metavar="FILE",
+        help="append one JSON line an image scored (no patient field: "
+        "hashed UID, time, decision, score, flags, drift state); ccad monitor reads it",
+    )
+    p.add_argument("--drift-window", type=int, default=200, help="images in the drift check's rolling window")
+
+
+def date_arg(text: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def port_arg(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"not a TCP port (1-65535): {text!r}")
+    return port
+
+
+def spec(args):
+    """The data selection of a command with the data options (one ``--data``: a path, as before pooling
+    existed)."""
+    from ..data.datasets import DataSpec
+
+    data = args.data[0] if isinstance(args.data, list) and len(args.data) == 1 else args.data
+    return DataSpec(data, args.classes, args.where, args.positive, args.relabel, args.skip_bad)
+
+
+def config(args, **overrides):
+    """The training configuration of ``--preset`` and the training options; ``overrides`` replace options."""
+    from ..training.config import make_config
+
+    options = {
+        name: getattr(args, name, None)
+        for name in (
+            "epochs",
+            "batch_size",
+            "optimizer",
+            "lr",
+            "dropout",
+            "input_size",
+            "augmentation",
+            "feature_views",
+            "weights",
+            "seed",
+            "class_weight",
+            "fine_tune_epochs",
+            "fine_tune_from",
+            "fine_tune_lr",
+            "preprocess",
+            "threshold",
+            "calibration",
+            "backbone",
+            "head",
+            "feature_selection",
+        )
+    }
+    options["distributed"] = getattr(args, "distributed", None) or None
+    return make_config(args.preset, **{**options, **overrides})
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def print_summary(metrics, folder: Path) -> None:
+    from ..evaluation.metrics import summary_line
+
+    if metrics:
+        print(summary_line(metrics))
+        print(f"report: {folder / 'report.html'}  (screening aid, not a diagnosis)")
+
+
+def names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def model_of(args) -> str:
+    """``--model``, or the bundle shipped with ccad when it is not given (said on stderr)."""
+    if args.model:
+        return args.model
+    from ..models.card import default_bundle
+
+    model = str(default_bundle())
+    stderr(
+        f"using the model shipped with ccad ({model}; research use, not a diagnosis: its card says "
+        "what it was and was not tested on)"
+    )
+    return model

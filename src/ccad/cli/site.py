@@ -1,0 +1,110 @@
+"""Commands a site runs before and after go-live: validate, monitor."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError
+from .base import (
+    Command,
+    add_data_args,
+    date_arg,
+    model_of,
+    spec,
+)
+
+
+def _add_validate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model bundle or run (default: the bundle shipped with ccad)")
+    add_data_args(p)
+    p.add_argument("--criteria", required=True, metavar="TOML", help="the site's acceptance criteria")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", choices=["test", "val", "all"], default="all", help="default: all (a site's own set)")
+    p.add_argument(
+        "--by",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="also break the results down by FIELD (added to the criteria file's subgroups)",
+    )
+
+
+def _run_validate(args: argparse.Namespace) -> int | None:
+    model = model_of(args)
+    from ..evaluation.evaluate import evaluate_model
+    from ..evaluation.subgroups import format_breakdown
+    from ..evaluation.validate import PASS, read_criteria, validate, write_validation
+    from ..io.files import sha256
+    from ..models.card import BUNDLE_CARD, is_bundle
+
+    criteria = read_criteria(args.criteria)  # before anything is scored: bad criteria are bad input
+    out = Path(args.out)
+    by = list(dict.fromkeys([*criteria["by"], *args.by]))
+    metrics = evaluate_model(model, spec(args), out / "evaluation", split=args.split, by=by)
+    model = {
+        "name": Path(model).name,
+        "card_sha256": sha256(Path(model) / BUNDLE_CARD) if is_bundle(model) else None,
+    }
+    record = write_validation(out, validate(metrics, criteria), criteria, metrics, model)
+    for v in record["verdicts"]:
+        bar = f">= {v['at_least']:.3f}" if "at_least" in v else f"<= {v['at_most']:.3f}"
+        measured = "" if "value" not in v else f"{v['value']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
+        print(f"{v['metric']} {bar}: {measured} -> {v['verdict']}" + (f" ({v['why']})" if v.get("why") else ""))
+    for name, rows in metrics.get("by", {}).items():
+        print("\n".join(format_breakdown(name, rows)))
+    print(f"{record['verdict'].upper()}: {out / 'validation.html'} (screening aid, not a diagnosis)")
+    return 0 if record["verdict"] == PASS else 1
+
+
+def _add_monitor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("log", help="the result log (JSON Lines)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--period", choices=["day", "week", "month"], default="day")
+    p.add_argument("--since", type=date_arg, help="first day (YYYY-MM-DD, UTC)")
+    p.add_argument("--until", type=date_arg, help="last day (YYYY-MM-DD, UTC)")
+    p.add_argument("--model", help="also compare each period with this bundle's reference (PSI)")
+
+
+def _run_monitor(args: argparse.Namespace) -> int | None:
+    from ..evaluation.monitor import monitor
+
+    reference = None
+    if args.model:
+        from ..models.ood import OOD_FILE, OodGuard
+
+        path = Path(args.model) / OOD_FILE
+        if not path.is_file():
+            raise ConfigError(f"--model {args.model}: no {OOD_FILE} (the drift reference) in it")
+        reference = OodGuard.load(path)
+        if reference.reference_scores is None:
+            raise ConfigError(
+                f"--model {args.model}: its {OOD_FILE} has no drift reference (exported before "
+                "ccad stored one; ccad calibrate --unlabelled adds a site's)"
+            )
+    record = monitor(args.log, args.out, args.period, args.since, args.until, reference)
+    overall = record["overall"]
+    print(
+        f"{overall['n']} images from {overall['first'][:10]} to {overall['last'][:10]}: "
+        f"called positive {overall['positive']['value']:.1%}, out of distribution "
+        f"{overall['out_of_distribution']['value']:.1%}, {len(record['drift_changes'])} drift state changes"
+    )
+    print(f"report: {Path(args.out) / 'monitor.html'} (counts of what the model said, not a diagnosis)")
+
+
+COMMANDS = [
+    Command(
+        "validate",
+        "local acceptance test: criteria written before the run (TOML), each "
+        "judged on its 95%% interval: pass, fail or not enough images to tell",
+        _add_validate,
+        _run_validate,
+    ),
+    Command(
+        "monitor",
+        "what a result log (serve/dicom listen --result-log) says by day, week or "
+        "month: images, positive and out-of-distribution rates, drift; HTML and JSON",
+        _add_monitor,
+        _run_monitor,
+    ),
+]
