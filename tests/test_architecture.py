@@ -87,3 +87,23 @@ def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
     )
     assert done.returncode != 0
     assert "ccad.io.files -> ccad.scoring.predictor" in done.stdout
+
+
+def test_the_walk_of_one_image_never_climbs_back_up_or_reenters_a_module(tmp_path):
+    """``ccad predict x.png`` traced call by call (benchmarks/walk.py): no call from a lower layer into a higher
+    one, and no module entered again from below while it is still on the stack (the old predictor -> score ->
+    predictor back-call was one)."""
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import walk
+
+    from ccad.data.synthetic import render_patient
+    from ccad.models.card import default_bundle
+
+    image = tmp_path / "x.png"
+    Image.fromarray((render_patient(np.random.default_rng(0), "normal", 128) * 255).astype(np.uint8)).save(image)
+    report = walk.cli_walk(str(default_bundle()), image)
+    assert "ccad.screening.screener" in report["order"] and report["moves"] > 20
+    assert report["climbs"] == [] and report["returns"] == []

@@ -186,7 +186,7 @@ def test_where_applies_to_the_manifests_that_have_the_column(tmp_path, synth_fol
     ds = discover([tagged, b], where=["keep=1"])
     assert sum(s.source == "hospital-a" for s in ds.samples) == len(rows) // 2
     assert sum(s.source == "hospital-b" for s in ds.samples) == 24
-    with pytest.raises(DataError, match="no manifest among --data has that column"):
+    with pytest.raises(DataError, match="no manifest among `data` has that column"):
         discover([a, b], where=["nothere=1"])
 
 

@@ -60,7 +60,7 @@ def test_an_unwritable_result_log_is_refused_at_start(bundle, tmp_path):
     from ccad.errors import ConfigError
 
     (tmp_path / "file").write_text("")
-    with pytest.raises(ConfigError, match="--result-log .*cannot write there"):
+    with pytest.raises(ConfigError, match="`result_log` .*cannot write there"):
         create_app(ServeSettings(bundle, result_log=tmp_path / "file" / "results.jsonl"))
 
 

@@ -120,7 +120,7 @@ def test_only_frontal_chest_radiographs_are_scored(tmp_path, fields, reason):
 def test_settings_and_transfer_syntaxes():
     assert Destination.parse("ORTHANC@127.0.0.1:4242") == Destination("ORTHANC", "127.0.0.1", 4242)
     for bad in ("ORTHANC:4242", "ORTHANC@host", "@h:1", "A" * 17 + "@h:1"):
-        with pytest.raises(ConfigError, match="--send-to"):
+        with pytest.raises(ConfigError, match="`send_to`"):
             Destination.parse(bad)
     syntaxes = transfer_syntaxes()
     assert "1.2.840.10008.1.2.1" in syntaxes and "1.2.840.10008.1.2" in syntaxes and "1.2.840.10008.1.2.5" in syntaxes

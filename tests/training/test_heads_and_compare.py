@@ -45,7 +45,7 @@ def test_linear_heads_become_an_exact_dense_softmax(head):
 def test_head_settings_are_checked():
     from ccad.training.config import make_config
 
-    with pytest.raises(ConfigError, match="--head"):
+    with pytest.raises(ConfigError, match="`head`"):
         make_config(head="forest")
     with pytest.raises(ConfigError, match="scikit-learn head"):
         make_config(feature_selection="woa")

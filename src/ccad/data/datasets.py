@@ -131,7 +131,7 @@ def discover(
     """
     items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not items:
-        raise DataError("--data: give at least one folder or manifest")
+        raise DataError("`data`: give at least one folder or manifest")
     samples, layouts = [], []
     for item in items:
         item_samples, layout = _samples_of(Path(item), where, pooled=len(items) > 1)
@@ -140,7 +140,7 @@ def discover(
     if len(items) > 1 and where:
         for column, _ in map(_parse_where, where):
             if not any(_manifest_has(Path(i), column) for i in items):
-                raise DataError(f"--where {column}: no manifest among --data has that column")
+                raise DataError(f"`where` {column}: no manifest among `data` has that column")
     samples = _relabel(samples, relabel)
     layout = layouts[0] if len(set(layouts)) == 1 else "pooled"
     found = sorted({s.label for s in samples})
@@ -166,7 +166,7 @@ def discover(
         if positive_class == DEFAULT_POSITIVE and len(classes) == 2:
             positive_class = None  # default not applicable: metrics use classes[1]
         else:
-            raise DataError(f"--positive {positive_class!r} is not one of the classes ({', '.join(classes)})")
+            raise DataError(f"`positive` {positive_class!r} is not one of the classes ({', '.join(classes)})")
     return Dataset(samples, classes, positive_class or classes[-1], layout, described)
 
 
@@ -175,12 +175,12 @@ def _samples_of(data: Path, where: Sequence[str], pooled: bool) -> tuple[list[Sa
         raise DataError(f"{data}: no such file or folder")
     if data.is_file():
         if data.suffix.lower() != ".csv":
-            raise DataError(f"{data}: --data must be a folder or a manifest .csv file")
+            raise DataError(f"{data}: `data` must be a folder or a manifest .csv file")
         if pooled:
             where = [w for w in where if _manifest_has(data, _parse_where(w)[0])]
         return _read_manifest(data, where), "manifest"
     if where and not pooled:
-        raise DataError("--where filters manifest rows; it needs a manifest CSV as --data")
+        raise DataError("`where` filters manifest rows; it needs a manifest CSV as `data`")
     if _is_paper_layout(data):
         samples, layout = _scan_paper_layout(data), "train-test-folders"
     else:
@@ -202,14 +202,14 @@ def _relabel(samples: list[Sample], rules: Sequence[str]) -> list[Sample]:
         scope, _, change = rule.rpartition(":")
         old, sep, new = change.partition("=")
         if not sep or not old.strip() or not new.strip():
-            raise DataError(f"--relabel {rule!r}: expected [SOURCE:]OLD=NEW")
+            raise DataError(f"`relabel` {rule!r}: expected [SOURCE:]OLD=NEW")
         parsed.append((scope.strip() or None, old.strip(), new.strip()))
     if not parsed:
         return samples
     sources = {s.source for s in samples}
     for scope, _, _ in parsed:
         if scope is not None and scope not in sources:
-            raise DataError(f"--relabel: no source {scope!r} in the data (sources: {', '.join(sorted(sources))})")
+            raise DataError(f"`relabel`: no source {scope!r} in the data (sources: {', '.join(sorted(sources))})")
     out = []
     for s in samples:
         for scope, old, new in parsed:
@@ -239,14 +239,14 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
     keep = list(classes or model_classes)
     for c in keep:
         if c not in model_classes:
-            raise DataError(f"--classes {c!r} is not a class of the model ({', '.join(model_classes)})")
+            raise DataError(f"`classes` {c!r} is not a class of the model ({', '.join(model_classes)})")
     if classes:
         samples = [s for s in samples if s.label in keep]
     strays = sorted({s.label for s in samples} - set(model_classes))
     if strays:
         raise DataError(
             f"{data}: label {strays[0]!r} is not a class of the model ({', '.join(model_classes)}); "
-            "pick rows with --classes or --where"
+            "pick rows with `classes` or `where`"
         )
     if not samples:
         raise DataError(
@@ -255,7 +255,7 @@ def _for_model(data, samples, found, classes, model_classes, positive_class, lay
     if positive_class not in model_classes:
         if positive_class not in (None, "covid"):
             raise DataError(
-                f"--positive {positive_class!r} is not one of the model's classes ({', '.join(model_classes)})"
+                f"`positive` {positive_class!r} is not one of the model's classes ({', '.join(model_classes)})"
             )
         positive_class = model_classes[-1]
     return Dataset(samples, model_classes, positive_class, layout, str(data))
@@ -358,7 +358,7 @@ def _read_manifest(csv_path: Path, where: Sequence[str]) -> list[Sample]:
 def _parse_where(expression: str) -> tuple[str, str]:
     column, sep, value = expression.partition("=")
     if not sep or not column:
-        raise DataError(f"--where {expression!r}: expected COLUMN=VALUE")
+        raise DataError(f"`where` {expression!r}: expected COLUMN=VALUE")
     return column.strip(), value.strip()
 
 
@@ -426,7 +426,7 @@ def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0, grou
         if len(sources) < 2:
             raise DataError(
                 f"{dataset.source}: leave-one-source-out needs two or more sources, found "
-                f"{len(sources)} ({', '.join(sources)}); pool manifests with several --data"
+                f"{len(sources)} ({', '.join(sources)}); pool manifests with several `data`"
             )
         splits_of = [
             (
@@ -444,13 +444,13 @@ def cross_validation_folds(dataset: Dataset, folds: int = 5, seed: int = 0, grou
                 )
     elif group_by == "patient":
         if folds < 2:
-            raise DataError(f"--folds must be at least 2, got {folds}")
+            raise DataError(f"`folds` must be at least 2, got {folds}")
         if len(set(groups)) < folds:
             raise DataError(f"{dataset.source}: {len(set(groups))} patient groups cannot fill {folds} folds")
         splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         splits_of = list(splitter.split(np.zeros(len(samples)), [s.label for s in samples], groups))
     else:
-        raise DataError(f"--group-by {group_by!r}: choose patient or source")
+        raise DataError(f"`group_by` {group_by!r}: choose patient or source")
     out = []
     for i, (rest, test) in enumerate(splits_of):
         val = _grouped_holdout(samples, rest, VAL_FRACTION / (1 - 1 / max(folds, 2)), seed + 1 + i)

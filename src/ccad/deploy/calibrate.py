@@ -58,7 +58,7 @@ def parse_target(text: str) -> tuple[str, float]:
     except ValueError:
         number = float("nan")
     if not sep or name not in TARGETS or not 0.5 <= number < 1.0:
-        raise ConfigError(f"--target {text!r}: expected specificity=T or sensitivity=T with T in [0.5, 1)")
+        raise ConfigError(f"`target` {text!r}: expected specificity=T or sensitivity=T with T in [0.5, 1)")
     return name, number
 
 
@@ -90,7 +90,7 @@ def calibrate_bundle(
     name, value = parse_target(target)
     out, model = Path(out), Path(model)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
+        raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
     screener = Screener.load(model)
     dataset = spec.discover(model_classes=screener.classes)
     positive = screener.classes.index(screener.positive_class)
@@ -98,7 +98,7 @@ def calibrate_bundle(
     bad = [(str(s.path), p.error) for s, p in scored if p.error]
     kept = [(s, p) for s, p in scored if not p.error]
     if bad and not spec.skip_bad:
-        raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
+        raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass `skip_bad` to leave unreadable files out)")
     labels = label_indices([s for s, _ in kept], screener.classes)
     y = labels == positive
     score = np.array([float(screener.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])

@@ -76,7 +76,7 @@ def export_bundle(
     """
     out = Path(out)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
+        raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
     classifier = KerasPredictor.load(run)
     dual = export_model_of(classifier)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     else:
         split_csv = run_folder(run) / "split.csv"
         if not split_csv.is_file():
-            raise DataError(f"{run}: no split.csv to take calibration images from; pass --calibration-data")
+            raise DataError(f"{run}: no split.csv to take calibration images from; pass `calibration_data`")
         samples = [s for s in read_split_file(split_csv) if s.split == "train"]
         source = f"{split_csv} (train rows)"
     rng = np.random.default_rng(0)
@@ -172,7 +172,7 @@ def _calibration_images(run, classifier, data, limit: int) -> np.ndarray:
     if len(kept) < min(MIN_CALIBRATION_IMAGES, limit):
         raise DataError(
             f"{source}: only {len(kept)} readable calibration images; INT8 needs at least "
-            f"{MIN_CALIBRATION_IMAGES} (pass --calibration-data with more)"
+            f"{MIN_CALIBRATION_IMAGES} (pass `calibration_data` with more)"
         )
     return classifier.model_input(images)
 

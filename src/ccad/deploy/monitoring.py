@@ -63,7 +63,7 @@ class ResultLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
         except OSError as e:
-            raise ConfigError(f"--result-log {self.path}: cannot write there ({e.strerror})") from None
+            raise ConfigError(f"`result_log` {self.path}: cannot write there ({e.strerror})") from None
         return self
 
     def append(self, record: dict) -> None:

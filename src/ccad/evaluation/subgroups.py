@@ -83,7 +83,7 @@ def _manifest_column(manifests: Sequence[str | os.PathLike], column: str) -> dic
                     values[str((manifest.parent / row["path"]).resolve())] = (row[column] or "").strip() or MISSING
     if not found:
         raise DataError(
-            f"--by {column}: not a column of the data's manifest(s), nor source, label or one of the "
+            f"`by` {column}: not a column of the data's manifest(s), nor source, label or one of the "
             f"DICOM attributes ({', '.join(DICOM_ATTRIBUTES)})"
         )
     return values

@@ -50,24 +50,24 @@ def read_criteria(path: str | os.PathLike) -> dict[str, Any]:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ConfigError(f"--criteria {path}: cannot be read ({e.strerror})") from None
+        raise ConfigError(f"`criteria` {path}: cannot be read ({e.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--criteria {path}: not valid TOML ({e})") from None
+        raise ConfigError(f"`criteria` {path}: not valid TOML ({e})") from None
     criteria = raw.get("criterion")
     if not isinstance(criteria, list) or not criteria:
-        raise ConfigError(f"--criteria {path}: no [[criterion]] tables")
+        raise ConfigError(f"`criteria` {path}: no [[criterion]] tables")
     for i, c in enumerate(criteria, start=1):
         bound = [k for k in ("at_least", "at_most") if k in c]
         if c.get("metric") not in METRICS:
-            raise ConfigError(f"--criteria {path}: criterion {i}: metric must be one of {', '.join(METRICS)}")
+            raise ConfigError(f"`criteria` {path}: criterion {i}: metric must be one of {', '.join(METRICS)}")
         if len(bound) != 1 or not isinstance(c[bound[0]], (int, float)) or not 0 <= c[bound[0]] <= 1:
-            raise ConfigError(f"--criteria {path}: criterion {i}: give one of at_least or at_most, a number in [0, 1]")
+            raise ConfigError(f"`criteria` {path}: criterion {i}: give one of at_least or at_most, a number in [0, 1]")
         unknown = set(c) - {"metric", "at_least", "at_most", "note"}
         if unknown:
-            raise ConfigError(f"--criteria {path}: criterion {i}: unknown key {sorted(unknown)[0]!r}")
+            raise ConfigError(f"`criteria` {path}: criterion {i}: unknown key {sorted(unknown)[0]!r}")
     by = (raw.get("subgroups") or {}).get("by", [])
     if not isinstance(by, list) or not all(isinstance(b, str) for b in by):
-        raise ConfigError(f"--criteria {path}: [subgroups] by must be a list of field names")
+        raise ConfigError(f"`criteria` {path}: [subgroups] by must be a list of field names")
     return {"criteria": criteria, "by": by, "sha256": sha256(path), "file": path.name}
 
 

@@ -44,8 +44,8 @@ def default_bundle() -> Path:
     """The bundle shipped with ccad; a :class:`ModelError` when this installation has none."""
     if not is_bundle(DEFAULT_BUNDLE):
         raise ModelError(
-            f"no --model given and no model is shipped in this installation ({DEFAULT_BUNDLE}): "
-            "pass --model BUNDLE (ccad export makes one)"
+            f"no `model` given and no model is shipped in this installation ({DEFAULT_BUNDLE}): "
+            "pass `model` BUNDLE (ccad export makes one)"
         )
     return DEFAULT_BUNDLE
 
@@ -140,7 +140,7 @@ class RunMetadata(ModelInfo):
         if classes:
             raw["classes"] = list(classes)
         if not raw.get("classes"):
-            raise ModelError(f"{folder}: class names unknown (no {RUN_METADATA}); pass --classes")
+            raise ModelError(f"{folder}: class names unknown (no {RUN_METADATA}); pass `classes`")
         if outputs is not None and len(raw["classes"]) != outputs:
             raise ModelError(f"{folder}: the model has {outputs} outputs but {len(raw['classes'])} classes were given")
         names = raw["classes"]

@@ -152,7 +152,7 @@ def _resolve_weights(weights: str, input_size: int) -> str | None:
             download_imagenet_weights(input_size)
         return "imagenet"
     if not Path(weights).is_file():
-        raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
+        raise ModelError(f"`weights` {weights}: no such file (use imagenet, none or a .h5 weights file)")
     return str(weights)
 
 
@@ -165,7 +165,7 @@ def download_imagenet_weights(input_size: int) -> None:
         raise ModelError(
             f"ImageNet weights for MobileNetV2 are not in the Keras cache ({imagenet_weights_file(input_size)}) "
             "and could not be downloaded: go online once, or set KERAS_HOME to a folder holding them "
-            "(e.g. KERAS_HOME=../shared/keras-home), or use --weights none"
+            "(e.g. KERAS_HOME=../shared/keras-home), or use `weights` none"
         ) from e
 
 
@@ -176,7 +176,7 @@ def _resolve_other_weights(weights: str, spec: Backbone) -> str | None:
     if weights == "imagenet":
         return "imagenet"
     if not Path(weights).is_file():
-        raise ModelError(f"--weights {weights}: no such file (use imagenet, none or a .h5 weights file)")
+        raise ModelError(f"`weights` {weights}: no such file (use imagenet, none or a .h5 weights file)")
     return str(weights)
 
 
@@ -191,7 +191,7 @@ def _application(spec: Backbone, input_size: int, weights: str | None):
         if weights == "imagenet" and spec.name != DEFAULT_BACKBONE:
             raise ModelError(
                 f"ImageNet weights for {spec.application} are not in the Keras cache "
-                f"({keras_cache_dir()}) and could not be downloaded: use --weights none "
+                f"({keras_cache_dir()}) and could not be downloaded: use `weights` none "
                 "(a random backbone) or go online once"
             ) from e
         raise ModelError(f"cannot build {spec.application} with weights {weights!r}: {e}") from e
@@ -350,7 +350,7 @@ def unfreeze_for_fine_tuning(model, from_layer: str | None = None) -> int:
         from_layer = names[0]
     if from_layer not in names:
         raise ConfigError(
-            f"--fine-tune-from {from_layer!r} is not a layer of {backbone.name} "
+            f"`fine_tune_from` {from_layer!r} is not a layer of {backbone.name} "
             "(MobileNetV2: e.g. block_13_expand, Conv_1; or all)"
         )
     start = names.index(from_layer)

@@ -137,7 +137,7 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, rule: str) -> f
     if rule not in THRESHOLD_RULES:
         return _number(rule)
     if is_positive.all() or not is_positive.any():
-        raise ConfigError(f"--threshold {rule} needs validation images of both the positive class and the others")
+        raise ConfigError(f"`threshold` {rule} needs validation images of both the positive class and the others")
     fpr, tpr, thresholds = roc_curve(is_positive, score, drop_intermediate=False)  # every distinct score
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
@@ -160,10 +160,10 @@ def _number(rule: str) -> float:
         value = float(rule)
     except ValueError:
         raise ConfigError(
-            f"--threshold must be one of {', '.join(THRESHOLD_RULES)} or a number in (0, 1), got {rule!r}"
+            f"`threshold` must be one of {', '.join(THRESHOLD_RULES)} or a number in (0, 1), got {rule!r}"
         ) from None
     if not 0.0 < value < 1.0:
-        raise ConfigError(f"--threshold must be in (0, 1), got {value}")
+        raise ConfigError(f"`threshold` must be in (0, 1), got {value}")
     return value
 
 
@@ -171,7 +171,7 @@ def validate_settings(threshold: str, calibration: str) -> None:
     if threshold not in THRESHOLD_RULES:
         _number(threshold)
     if calibration not in CALIBRATIONS:
-        raise ConfigError(f"--calibration must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
+        raise ConfigError(f"`calibration` must be one of {', '.join(CALIBRATIONS)}, got {calibration!r}")
 
 
 def fit_decision(

@@ -16,13 +16,13 @@ HEAD_FILE = "head.onnx"
 
 def validate(head: str, feature_selection: str) -> None:
     if head not in HEADS:
-        raise ConfigError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+        raise ConfigError(f"`head` must be one of {', '.join(HEADS)}, got {head!r}")
     if feature_selection not in FEATURE_SELECTIONS:
         raise ConfigError(
-            f"--feature-selection must be one of {', '.join(FEATURE_SELECTIONS)}, got {feature_selection!r}"
+            f"`feature_selection` must be one of {', '.join(FEATURE_SELECTIONS)}, got {feature_selection!r}"
         )
     if feature_selection != "none" and head == "dense":
-        raise ConfigError("--feature-selection needs a scikit-learn head: --head logreg, svm or extra-trees")
+        raise ConfigError("`feature_selection` needs a scikit-learn head: `head` logreg, svm or extra-trees")
 
 
 class OnnxHead:

@@ -162,12 +162,12 @@ def preprocessing_views(preprocess: str) -> list[str]:
         preprocessing_steps(view)
     if len(views) > 1:
         if len(set(views)) < len(views):
-            raise ConfigError(f"--preprocess {preprocess!r}: a view is given twice")
+            raise ConfigError(f"`preprocess` {preprocess!r}: a view is given twice")
         for view in views:
             regions = [name for name in preprocessing_steps(view) if STEPS[name].stage == "region"]
             if not regions:
                 raise ConfigError(
-                    f"--preprocess {preprocess!r}: every view of a multi-view model crops to the "
+                    f"`preprocess` {preprocess!r}: every view of a multi-view model crops to the "
                     f"lungs (thorax or lungs); {view!r} does not"
                 )
         if (
@@ -181,7 +181,7 @@ def preprocessing_views(preprocess: str) -> list[str]:
             )
             > 1
         ):
-            raise ConfigError(f"--preprocess {preprocess!r}: the views must crop the same box")
+            raise ConfigError(f"`preprocess` {preprocess!r}: the views must crop the same box")
     return views
 
 
@@ -195,7 +195,7 @@ def preprocessing_steps(preprocess: str) -> list[str]:
     if preprocess in ("", "none"):
         return []
     if VIEW_SEPARATOR in preprocess:
-        raise ConfigError(f"--preprocess {preprocess!r}: several views here are not supported")
+        raise ConfigError(f"`preprocess` {preprocess!r}: several views here are not supported")
     steps = [s.strip() for s in preprocess.split("+")]
     for step in steps:
         if step not in STEPS:
@@ -204,7 +204,7 @@ def preprocessing_steps(preprocess: str) -> list[str]:
                 f"(none, or steps joined with +: {', '.join(STEPS)})"
             )
     if "thorax" in steps and "lungs" in steps:
-        raise ConfigError("--preprocess: use thorax or lungs, not both")
+        raise ConfigError("`preprocess`: use thorax or lungs, not both")
     return [name for name in STEPS if name in steps]
 
 

@@ -278,7 +278,7 @@ def load_predictor(
     if is_bundle(model):
         return OnnxPredictor.load(model, variant=variant, threads=threads, verify_key=verify_key)
     if verify_key is not None:
-        raise ModelError(f"{model}: --verify needs a signed model bundle (ccad export --sign)")
+        raise ModelError(f"{model}: `verify` needs a signed model bundle (ccad export --sign)")
     if variant != "float":
         raise ModelError(f"{model}: the {variant} model needs a bundle (ccad export --int8)")
     return KerasPredictor.load(model, classes)

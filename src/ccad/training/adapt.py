@@ -117,7 +117,7 @@ def _scored(screener: Screener, samples, skip_bad: bool):
     predictions = list(screener.screen([s.path for s in samples]))
     bad = [(s, p.error) for s, p in zip(samples, predictions) if p.error]
     if bad and not skip_bad:
-        raise DataError(f"{bad[0][0].path}: {bad[0][1]} (pass --skip-bad to leave unreadable files out)")
+        raise DataError(f"{bad[0][0].path}: {bad[0][1]} (pass `skip_bad` to leave unreadable files out)")
     return [(s, p) for s, p in zip(samples, predictions) if not p.error], len(bad)
 
 
@@ -143,9 +143,9 @@ def adapt_bundle(
 
     model, out = Path(model), Path(out)
     if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: already exists (choose another --out or remove it)")
+        raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
     if not 0.1 <= test_fraction <= 0.5:
-        raise ConfigError(f"--test-fraction must be in [0.1, 0.5], got {test_fraction}")
+        raise ConfigError(f"`test_fraction` must be in [0.1, 0.5], got {test_fraction}")
     screener = Screener.load(model)
     card, classes, positive = screener.card, screener.classes, screener.positive_class
     if card.head_file:

@@ -47,17 +47,17 @@ class TrainConfig:
         if not self.input_size:
             self.input_size = spec.default_size
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"`epochs` must be at least 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}"),
             (
                 self.optimizer in OPTIMIZERS,
-                f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
+                f"`optimizer` must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
             ),
             (self.lr > 0 and self.fine_tune_lr > 0, "learning rates must be positive"),
-            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (self.feature_views >= 0, f"--feature-views must be 0 or more, got {self.feature_views}"),
-            (self.fine_tune_epochs >= 0, f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}"),
-            (self.class_weight in (None, "balanced"), f"--class-weight must be 'balanced', got {self.class_weight!r}"),
+            (0.0 <= self.dropout < 1.0, f"`dropout` must be in [0, 1), got {self.dropout}"),
+            (self.feature_views >= 0, f"`feature_views` must be 0 or more, got {self.feature_views}"),
+            (self.fine_tune_epochs >= 0, f"`fine_tune_epochs` must be 0 or more, got {self.fine_tune_epochs}"),
+            (self.class_weight in (None, "balanced"), f"`class_weight` must be 'balanced', got {self.class_weight!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -65,16 +65,16 @@ class TrainConfig:
         get_spec(self.augmentation)
         if len(preprocessing_views(self.preprocess)) > 1:
             for ok, message in [
-                (self.head == "dense", "a multi-view --preprocess trains the dense head"),
+                (self.head == "dense", "a multi-view `preprocess` trains the dense head"),
                 (
                     not self.fine_tune_epochs,
-                    "a multi-view --preprocess trains the frozen phase only: add --fine-tune-epochs 0",
+                    "a multi-view `preprocess` trains the frozen phase only: add `fine_tune_epochs` 0",
                 ),
-                (not self.distributed, "--distributed trains a single-view model"),
+                (not self.distributed, "`distributed` trains a single-view model"),
                 (
                     get_spec(self.augmentation).featurewise_center is False
                     and not get_spec(self.augmentation).samplewise_center,
-                    "a multi-view --preprocess needs an augmentation without centering (cxr, none)",
+                    "a multi-view `preprocess` needs an augmentation without centering (cxr, none)",
                 ),
             ]:
                 if not ok:
@@ -82,13 +82,13 @@ class TrainConfig:
         validate_settings(self.threshold, self.calibration)
         validate_head(self.head, self.feature_selection)
         if self.distributed and self.head != "dense":
-            raise ConfigError("--distributed trains the dense head (scikit-learn heads fit on one machine)")
+            raise ConfigError("`distributed` trains the dense head (scikit-learn heads fit on one machine)")
         if self.distributed and self.fine_tune_epochs:
-            raise ConfigError("--distributed trains the frozen phase only: add --fine-tune-epochs 0")
+            raise ConfigError("`distributed` trains the frozen phase only: add `fine_tune_epochs` 0")
         if self.distributed:
             self.feature_views = 0  # multi-worker training streams images every epoch (see ccad.distributed)
         if self.head != "dense" and self.fine_tune_epochs:
-            raise ConfigError("--fine-tune-epochs needs the dense head (scikit-learn heads sit on frozen features)")
+            raise ConfigError("`fine_tune_epochs` needs the dense head (scikit-learn heads sit on frozen features)")
         return self
 
 

@@ -112,7 +112,7 @@ def build_segmenter(size: int = DEFAULT_SIZE, weights: str | None = "imagenet"):
     if weights == "imagenet":
         weights_file = imagenet_weights_file(224)  # the same kernels at every input size
         if not weights_file.is_file():
-            raise ModelError(f"no ImageNet MobileNetV2 weights at {weights_file} (set KERAS_HOME, or --weights none)")
+            raise ModelError(f"no ImageNet MobileNetV2 weights at {weights_file} (set KERAS_HOME, or `weights` none)")
         weights = str(weights_file)
     inputs = keras.Input((size, size, 1), name="image")
     x = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])

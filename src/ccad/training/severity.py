@@ -52,7 +52,7 @@ def read_scored_rows(manifest: str | os.PathLike) -> list[dict[str, Any]]:
     """Manifest rows with both severity scores (others ignored): path (absolute), group, scores."""
     manifest = Path(manifest)
     if not manifest.is_file() or manifest.suffix.lower() != ".csv":
-        raise DataError(f"{manifest}: --data must be a manifest CSV with {', '.join(SCORES)} columns")
+        raise DataError(f"{manifest}: `data` must be a manifest CSV with {', '.join(SCORES)} columns")
     with open(manifest, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("path", *SCORES) if c not in (reader.fieldnames or [])]

@@ -38,7 +38,7 @@ def check_url(url: str, text: str | None = None) -> str:
     parts = urlsplit(url)
     what = text or url
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what!r}: expected an https://HOST/PATH URL (dicomweb+https://... for --send-to)")
+        raise ConfigError(f"{what!r}: expected an https://HOST/PATH URL (dicomweb+https://... for `send_to`)")
     if parts.username or parts.password:
         raise ConfigError(f"{what!r}: no credentials in the URL (they come from the environment or a file)")
     if parts.scheme == "http" and parts.hostname not in LOOPBACK:
@@ -77,13 +77,13 @@ def session(
         try:
             line = Path(auth_file).read_text().strip().splitlines()[0].strip()
         except (OSError, IndexError):
-            raise ConfigError(f"--dicomweb-auth {auth_file}: cannot read a first line from it") from None
+            raise ConfigError(f"`dicomweb_auth` {auth_file}: cannot read a first line from it") from None
         if line.lower().startswith("bearer "):
             token = line[7:].strip()
         elif ":" in line:
             user, password = line.split(":", 1)
         else:
-            raise ConfigError(f"--dicomweb-auth {auth_file}: expected 'bearer TOKEN' or 'USER:PASSWORD'")
+            raise ConfigError(f"`dicomweb_auth` {auth_file}: expected 'bearer TOKEN' or 'USER:PASSWORD'")
     if token:
         s.headers["Authorization"] = f"Bearer {token}"
     elif user:

@@ -79,9 +79,9 @@ class Destination:
             host, port = address.rsplit(":", 1)
             destination = cls(ae_title, host, int(port))
         except ValueError:
-            raise ConfigError(f"--send-to must be AET@HOST:PORT, got {text!r}") from None
+            raise ConfigError(f"`send_to` must be AET@HOST:PORT, got {text!r}") from None
         if not 0 < len(ae_title) <= 16 or not 0 < destination.port < 65536:
-            raise ConfigError(f"--send-to {text!r}: the AE title takes 1-16 characters and the port 1-65535")
+            raise ConfigError(f"`send_to` {text!r}: the AE title takes 1-16 characters and the port 1-65535")
         return destination
 
 
@@ -114,15 +114,15 @@ class ListenerSettings:
 
     def check(self) -> "ListenerSettings":
         if not 0 < len(self.ae_title) <= 16:
-            raise ConfigError(f"--ae-title takes 1-16 characters, got {self.ae_title!r}")
+            raise ConfigError(f"`ae_title` takes 1-16 characters, got {self.ae_title!r}")
         if self.workers < 1 or self.queue_size < 1 or self.retry_max_s <= 0:
-            raise ConfigError("--workers and --queue-size must be at least 1 and --retry-max-s positive")
+            raise ConfigError("`workers` and `queue_size` must be at least 1 and `retry_max_s` positive")
         if self.max_dataset_bytes < 2**20:
-            raise ConfigError("--max-dataset-mb must be at least 1")
+            raise ConfigError("`max_dataset_bytes` must be at least 1 MB")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
-            raise ConfigError(f"--metrics-port must be a port number, got {self.metrics_port}")
+            raise ConfigError(f"`metrics_port` must be a port number, got {self.metrics_port}")
         if self.drift_window < 20:
-            raise ConfigError(f"--drift-window must be at least 20 images, got {self.drift_window}")
+            raise ConfigError(f"`drift_window` must be at least 20 images, got {self.drift_window}")
         if self.fhir and "://" in self.fhir:  # a URL (a mistyped scheme must not become a folder)
             from ccad.deploy.pacs.dicomweb import check_url
 

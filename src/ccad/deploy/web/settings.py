@@ -38,15 +38,15 @@ class ServeSettings:
     def check(self) -> "ServeSettings":
         """Refuse settings that cannot work, at start rather than on the first request."""
         if self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+            raise ConfigError(f"`workers` must be at least 1, got {self.workers}")
         if self.queue < 0:
-            raise ConfigError(f"--queue must be 0 or more, got {self.queue}")
+            raise ConfigError(f"`queue` must be 0 or more, got {self.queue}")
         if self.batch_wait_ms < 0 or self.max_batch < 1:
-            raise ConfigError("--batch-wait-ms must be 0 or more and --max-batch at least 1")
+            raise ConfigError("`batch_wait_ms` must be 0 or more and `max_batch` at least 1")
         if self.drift_window < 20:
-            raise ConfigError(f"--drift-window must be at least 20 images, got {self.drift_window}")
+            raise ConfigError(f"`drift_window` must be at least 20 images, got {self.drift_window}")
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
-            raise ConfigError("--max-upload-mb must be positive and at most the request limit")
+            raise ConfigError("`max_upload_bytes` must be positive and at most the request limit")
         if self.keep_uploads is not None:
             folder = Path(self.keep_uploads)
             try:
@@ -54,6 +54,6 @@ class ServeSettings:
                 with atomic_path(folder / ".ccad-write-test") as tmp:
                     tmp.write_bytes(b"")
             except OSError as e:
-                raise ConfigError(f"--keep-uploads {folder}: cannot write there ({e.strerror})") from None
+                raise ConfigError(f"`keep_uploads` {folder}: cannot write there ({e.strerror})") from None
             (folder / ".ccad-write-test").unlink(missing_ok=True)
         return self
