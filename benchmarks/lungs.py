@@ -45,7 +45,7 @@ def main() -> None:
     from ccad.io.images import read_grayscale
     from ccad.models.lungs import LungSegmenter, postprocess, quality_flags
 
-    segmenter = LungSegmenter(threads=1)
+    segmenter = LungSegmenter.load(threads=1)
     sets = {
         "covid-cxr normal (NIH)": manifest_paths("covid-cxr", "normal", args.limit),
         "covid-cxr covid (Cohen)": manifest_paths("covid-cxr", "covid", args.limit),

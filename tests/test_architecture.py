@@ -107,3 +107,64 @@ def test_the_walk_of_one_image_never_climbs_back_up_or_reenters_a_module(tmp_pat
     report = walk.cli_walk(str(default_bundle()), image)
     assert "ccad.screening.screener" in report["order"] and report["moves"] > 20
     assert report["climbs"] == [] and report["returns"] == []
+
+
+def _functions(root: Path):
+    import ast
+
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        owner = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                owner.update({id(child): node.name for child in node.body})
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield path, owner.get(id(node)), node
+
+
+def test_no_function_in_the_package_is_over_60_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{f.name} ({f.end_lineno - f.lineno + 1} lines)"
+        for path, _, f in _functions(ROOT / "src" / "ccad")
+        if f.end_lineno - f.lineno + 1 > 60
+    ]
+    assert long == []
+
+
+#: Calls a constructor must not make: files, sessions, threads, subprocesses (``load`` classmethods do them).
+DOING = {
+    "open",
+    "read_text",
+    "read_bytes",
+    "write_text",
+    "write_bytes",
+    "mkdir",
+    "Thread",
+    "start",
+    "load",
+    "InferenceSession",
+    "cpu_session",
+    "Popen",
+    "run",
+    "iterdir",
+    "glob",
+    "unlink",
+    "check",
+}
+#: Ray makes an actor by calling its class: the actor's constructor is where it loads the model, once.
+RAY_ACTORS = {"Scorer"}
+
+
+def test_constructors_only_store():
+    import ast
+
+    doing = []
+    for path, cls, f in _functions(ROOT / "src" / "ccad"):
+        if f.name != "__init__" or cls in RAY_ACTORS:
+            continue
+        for call in (n for n in ast.walk(f) if isinstance(n, ast.Call)):
+            name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+            if name in DOING:
+                doing.append(f"{path.relative_to(ROOT)}:{cls}.__init__ calls {name}")
+    assert doing == []

@@ -5,11 +5,11 @@ TensorFlow lazily: ``import ccad`` is cheap.
 
     >>> import ccad
     >>> result = ccad.train("data/", "runs/first", ccad.make_config())   # doctest: +SKIP
-    >>> predictor = ccad.load_predictor("runs/first")                     # doctest: +SKIP
-    >>> predictor.predict_files(["xray.png"])                             # doctest: +SKIP
+    >>> screener = ccad.Screener.load("runs/first")                       # doctest: +SKIP
+    >>> list(screener.screen(["xray.png"]))                               # doctest: +SKIP
 
-The package is layered (README, Development): io, data, models, preprocessing, scoring, evaluation,
-training, then studies and deploy, then the CLI; a layer imports only the layers below it.
+The package is layered (README, Development): io, data, models, preprocessing, scoring, screening,
+evaluation, training, then studies and deploy, then the CLI; a layer imports only the layers below it.
 """
 
 __version__ = "0.1.0"

@@ -99,15 +99,15 @@ def test_equalize_is_invariant_to_monotone_changes():
 
 def test_a_missing_or_altered_segmenter_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="no lung segmenter"):
-        LungSegmenter(tmp_path)
+        LungSegmenter.load(tmp_path)
     packaged = default_segmenter().model_dir
     for name in ("lung-segmenter.onnx", "lung-segmenter.json"):
         (tmp_path / name).write_bytes((packaged / name).read_bytes())
-    LungSegmenter(tmp_path)  # a faithful copy loads
+    LungSegmenter.load(tmp_path)  # a faithful copy loads
     with open(tmp_path / "lung-segmenter.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ModelError, match="sha256 differs"):
-        LungSegmenter(tmp_path)
+        LungSegmenter.load(tmp_path)
 
 
 def test_segment_command_writes_masks_the_size_of_each_input(tmp_path, patient):
@@ -236,5 +236,5 @@ def test_lungs_train_writes_a_loadable_segmenter_with_its_card(tmp_path, capsys)
     assert card["training_data"]["mask_licence"].startswith("CC BY 4.0")
     for name in ("lung-segmenter.onnx", "lung-segmenter.float.onnx", "split.csv", "test_scores.csv", "overlays.png"):
         assert (out / name).is_file(), name
-    fields = LungSegmenter(out)(render_patient(rng, "normal", size=96))
+    fields = LungSegmenter.load(out)(render_patient(rng, "normal", size=96))
     assert fields.mask.shape == (64, 64)

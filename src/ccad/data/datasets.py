@@ -132,6 +132,20 @@ def discover(
     items = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     if not items:
         raise DataError("`data`: give at least one folder or manifest")
+    samples, layout = _gather(items, where)
+    samples = _relabel(samples, relabel)
+    found = sorted({s.label for s in samples})
+    names = " + ".join(str(i) for i in items)
+    described = f"{names} (where {' and '.join(where)})" if where else names
+    if relabel:
+        described += f" (relabel {', '.join(relabel)})"
+    if model_classes is not None:
+        return _for_model(described, samples, found, classes, list(model_classes), positive_class, layout)
+    return _for_training(names, described, samples, found, classes, positive_class, layout, near_duplicates)
+
+
+def _gather(items: list, where: Sequence[str]) -> tuple[list[Sample], str]:
+    """The samples of every folder or manifest, pooled, and the layout (``pooled`` when they differ)."""
     samples, layouts = [], []
     for item in items:
         item_samples, layout = _samples_of(Path(item), where, pooled=len(items) > 1)
@@ -141,15 +155,12 @@ def discover(
         for column, _ in map(_parse_where, where):
             if not any(_manifest_has(Path(i), column) for i in items):
                 raise DataError(f"`where` {column}: no manifest among `data` has that column")
-    samples = _relabel(samples, relabel)
-    layout = layouts[0] if len(set(layouts)) == 1 else "pooled"
-    found = sorted({s.label for s in samples})
-    names = " + ".join(str(i) for i in items)
-    described = f"{names} (where {' and '.join(where)})" if where else names
-    if relabel:
-        described += f" (relabel {', '.join(relabel)})"
-    if model_classes is not None:
-        return _for_model(described, samples, found, classes, list(model_classes), positive_class, layout)
+    return samples, layouts[0] if len(set(layouts)) == 1 else "pooled"
+
+
+def _for_training(names, described, samples, found, classes, positive_class, layout, near_duplicates) -> Dataset:
+    """A training set: the classes asked for (all found by default, at least two), near-duplicate films grouped,
+    a positive class among them."""
     if classes:
         classes = list(classes)
         unknown = [c for c in classes if c not in found]

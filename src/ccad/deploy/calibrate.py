@@ -93,15 +93,8 @@ def calibrate_bundle(
         raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
     screener = Screener.load(model)
     dataset = spec.discover(model_classes=screener.classes)
-    positive = screener.classes.index(screener.positive_class)
-    scored = [(s, p) for s, p in zip(dataset.samples, screener.screen([s.path for s in dataset.samples]))]
-    bad = [(str(s.path), p.error) for s, p in scored if p.error]
-    kept = [(s, p) for s, p in scored if not p.error]
-    if bad and not spec.skip_bad:
-        raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass `skip_bad` to leave unreadable files out)")
-    labels = label_indices([s for s, _ in kept], screener.classes)
-    y = labels == positive
-    score = np.array([float(screener.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])
+    labels, score, unreadable = _site_scores(screener, dataset, spec.skip_bad)
+    y = labels == screener.classes.index(screener.positive_class)
     group = score[~y] if name == "specificity" else score[y]
     needed = minimum_images(value)
     kind = f"non-{screener.positive_class}" if name == "specificity" else screener.positive_class
@@ -111,12 +104,6 @@ def calibrate_bundle(
             f"useful interval (needs at least {needed})"
         )
     threshold = threshold_for(group, name, value)
-    rng = np.random.default_rng(seed)
-    refits = [threshold_for(rng.choice(group, len(group)), name, value) for _ in range(BOOTSTRAP)]
-    hits = group < threshold if name == "specificity" else group >= threshold
-    other = score[y] if name == "specificity" else score[~y]
-    other_name = "sensitivity" if name == "specificity" else "specificity"
-    other_hits = other >= threshold if name == "specificity" else other < threshold
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ccad": __version__,
@@ -125,35 +112,68 @@ def calibrate_bundle(
             "model_sha256": screener.card.sha256.get("model.onnx"),
             "decision": screener.decision.to_dict(),
         },
-        "data": {
-            "source": dataset.source,
-            "sha256": dataset.fingerprint(),
-            "images": len(kept),
-            "unreadable": len(bad),
-            "counts": {c: int((labels == i).sum()) for i, c in enumerate(screener.classes)},
-        },
+        "data": _data_record(dataset, labels, unreadable, screener.classes),
         "target": {name: value},
         "threshold": threshold,
-        "threshold_bootstrap_ci95": [float(np.percentile(refits, 2.5)), float(np.percentile(refits, 97.5))],
-        "achieved": {
-            name: _wilson(int(hits.sum()), len(group)),
-            other_name: _wilson(int(other_hits.sum()), len(other)) if len(other) else None,
-        },
+        "threshold_bootstrap_ci95": _threshold_interval(group, name, value, seed),
+        "achieved": _achieved(score, y, threshold, name),
         "note": "measured on the images the threshold was fitted on; check it on others of the site",
     }
     decision = DecisionRule(
-        positive,
+        int(screener.classes.index(screener.positive_class)),
         threshold,
         screener.decision.temperature,
         f"{name}-{value:.2f} at the site",
         f"{dataset.source} (n={len(group)} {kind})",
     )
-    card = screener.card
     guard = None
     if unlabelled is not None:
         guard, record["ood"] = _refit_guard(screener, unlabelled, seed)
-    _write(model, out, card, decision, record, guard, sign_key)
+    _write(model, out, screener.card, decision, record, guard, sign_key)
     return record
+
+
+def _site_scores(screener: Screener, dataset, skip_bad: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """(label indices, the positive class's probability after the bundle's temperature, unreadable count) of
+    the site's images, screened as ``predict`` screens them."""
+    positive = screener.classes.index(screener.positive_class)
+    scored = list(zip(dataset.samples, screener.screen([s.path for s in dataset.samples])))
+    bad = [(str(s.path), p.error) for s, p in scored if p.error]
+    kept = [(s, p) for s, p in scored if not p.error]
+    if bad and not skip_bad:
+        raise DataError(f"{bad[0][0]}: {bad[0][1]} (pass `skip_bad` to leave unreadable files out)")
+    labels = label_indices([s for s, _ in kept], screener.classes)
+    score = np.array([float(screener.decision.calibrate(p.raw_probabilities[None])[0, positive]) for _, p in kept])
+    return labels, score, len(bad)
+
+
+def _data_record(dataset, labels: np.ndarray, unreadable: int, classes) -> dict[str, Any]:
+    return {
+        "source": dataset.source,
+        "sha256": dataset.fingerprint(),
+        "images": len(labels),
+        "unreadable": unreadable,
+        "counts": {c: int((labels == i).sum()) for i, c in enumerate(classes)},
+    }
+
+
+def _threshold_interval(group: np.ndarray, name: str, value: float, seed: int) -> list[float]:
+    """The threshold's bootstrap 95% interval: refitted on resamples of the images it was fitted on."""
+    rng = np.random.default_rng(seed)
+    refits = [threshold_for(rng.choice(group, len(group)), name, value) for _ in range(BOOTSTRAP)]
+    return [float(np.percentile(refits, 2.5)), float(np.percentile(refits, 97.5))]
+
+
+def _achieved(score: np.ndarray, y: np.ndarray, threshold: float, name: str) -> dict[str, Any]:
+    """The target's proportion and the other one at ``threshold``, each with its Wilson interval."""
+    group, other = (score[~y], score[y]) if name == "specificity" else (score[y], score[~y])
+    hits = group < threshold if name == "specificity" else group >= threshold
+    other_hits = other >= threshold if name == "specificity" else other < threshold
+    other_name = "sensitivity" if name == "specificity" else "specificity"
+    return {
+        name: _wilson(int(hits.sum()), len(group)),
+        other_name: _wilson(int(other_hits.sum()), len(other)) if len(other) else None,
+    }
 
 
 def _refit_guard(screener: Screener, folder: str | os.PathLike, seed: int):

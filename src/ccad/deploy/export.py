@@ -86,32 +86,13 @@ def export_bundle(
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints every captured tensor
             dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
         np.save(work / "cam_weights.npy", classifier_kernel(classifier.model))
-        info = classifier.info
-        if info.head_file:  # a non-linear scikit-learn head, run on the pooled features after model.onnx
-            shutil.copyfile(classifier.run_dir / info.head_file, work / info.head_file)
-        if info.ood and (classifier.run_dir / info.ood["file"]).is_file():
-            shutil.copyfile(classifier.run_dir / info.ood["file"], work / info.ood["file"])
-        if classifier.run_dir is not None and (classifier.run_dir / REHEARSAL_FILE).is_file():  # for ccad adapt
-            shutil.copyfile(classifier.run_dir / REHEARSAL_FILE, work / REHEARSAL_FILE)
+        _copy_run_files(classifier, work)
         calibration, check = None, None
         if int8 or tflite:
             calibration = _calibration_images(run, classifier, calibration_data, calibration_images)
         if int8:
-            quantize_onnx(work / "model.onnx", work / "model.int8.onnx", calibration)
+            check = _int8(run, classifier, work, calibration)
             files["int8"] = "model.int8.onnx"
-            images, labels, where = _held_out_images(run, classifier, calibration)
-            check = int8_check(
-                work / "model.onnx",
-                work / "model.int8.onnx",
-                images,
-                labels,
-                classifier.decision,
-                classifier.classes,
-                classifier.positive_class,
-                where,
-            )
-            if check["use"] != "decisions":
-                logging.getLogger("ccad").warning("INT8 model for throughput only: %s", check["reason"])
         if tflite:
             convert_tflite(dual, work / "model.tflite", None)
             convert_tflite(dual, work / "model.int8.tflite", calibration)
@@ -130,6 +111,38 @@ def export_bundle(
             shutil.rmtree(work, ignore_errors=True)
     _pin_card(classifier.run_dir, out)
     return out
+
+
+def _copy_run_files(classifier: KerasPredictor, work: Path) -> None:
+    """What the run stored beside its model: a non-linear scikit-learn head (run on the pooled features after
+    model.onnx), the out-of-distribution guard, the rehearsal features (for ccad adapt)."""
+    info, run_dir = classifier.info, classifier.run_dir
+    if info.head_file:
+        shutil.copyfile(run_dir / info.head_file, work / info.head_file)
+    if info.ood and (run_dir / info.ood["file"]).is_file():
+        shutil.copyfile(run_dir / info.ood["file"], work / info.ood["file"])
+    if run_dir is not None and (run_dir / REHEARSAL_FILE).is_file():
+        shutil.copyfile(run_dir / REHEARSAL_FILE, work / REHEARSAL_FILE)
+
+
+def _int8(run, classifier: KerasPredictor, work: Path, calibration) -> dict[str, Any]:
+    """``model.int8.onnx``, statically quantized on ``calibration``, and its check against the float model on
+    held-out images (whether it may make decisions)."""
+    quantize_onnx(work / "model.onnx", work / "model.int8.onnx", calibration)
+    images, labels, where = _held_out_images(run, classifier, calibration)
+    check = int8_check(
+        work / "model.onnx",
+        work / "model.int8.onnx",
+        images,
+        labels,
+        classifier.decision,
+        classifier.classes,
+        classifier.positive_class,
+        where,
+    )
+    if check["use"] != "decisions":
+        logging.getLogger("ccad").warning("INT8 model for throughput only: %s", check["reason"])
+    return check
 
 
 def _pin_card(run_dir: Path, bundle: Path) -> None:

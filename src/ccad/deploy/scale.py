@@ -142,8 +142,6 @@ def ray_predict(
     """Score ``inputs`` with the bundle ``model`` on Ray; write result shards and a summary to ``out``."""
     if not out:
         raise ConfigError("the Ray engine needs `out` (a folder for the result shards)")
-    import ray
-
     if not is_bundle(model):
         raise ModelError(f"{model}: the Ray engine needs a model bundle (ccad export)")
     if output_format not in ("csv", "parquet"):
@@ -156,6 +154,18 @@ def ray_predict(
     done = done_files(out) if resume else set()
     todo = [p for p in list_inputs(inputs) if input_key(p) not in done]
     start = time.perf_counter()
+    _run_pipeline(todo, screener, str(model), variant, out, address, workers, batch_size, num_cpus, output_format)
+    elapsed = time.perf_counter() - start
+    summary = _summarize(out, screener.classes, len(done), len(todo), elapsed, workers, address)
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _run_pipeline(todo, screener, model, variant, out, address, workers, batch_size, num_cpus, output_format) -> None:
+    """Ray Data: decode tasks, then a pool of scoring actors, then the shards; a local Ray started (and ended)
+    here unless one is running or ``address`` names a cluster."""
+    import ray
+
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
@@ -169,26 +179,19 @@ def ray_predict(
         if todo:
             ds = ray.data.from_items([{"file": p} for p in todo])
             ds = ds.map_batches(
-                decode,
-                batch_size=batch_size,
-                batch_format="numpy",
-                fn_kwargs={"reader": screener.reader},
+                decode, batch_size=batch_size, batch_format="numpy", fn_kwargs={"reader": screener.reader}
             )
             ds = ds.map_batches(
                 Scorer,
                 batch_size=batch_size,
                 batch_format="numpy",
                 concurrency=workers,
-                fn_constructor_kwargs={"bundle": str(model), "variant": variant},
+                fn_constructor_kwargs={"bundle": model, "variant": variant},
             )
             (ds.write_parquet if output_format == "parquet" else ds.write_csv)(str(out))
     finally:
         if started_here:
             ray.shutdown()
-    elapsed = time.perf_counter() - start
-    summary = _summarize(out, screener.classes, len(done), len(todo), elapsed, workers, address)
-    write_json(out / SUMMARY, summary)
-    return summary
 
 
 def _summarize(out: Path, classes, skipped: int, scored_now: int, elapsed: float, workers: int, address) -> dict:

@@ -2,5 +2,5 @@
 
 :mod:`~ccad.evaluation.metrics` (metrics, grouped bootstrap, calibration), :mod:`~ccad.evaluation.evaluate`
 (``ccad evaluate``), :mod:`~ccad.evaluation.audit` (``ccad audit``), :mod:`~ccad.evaluation.reports`
-(figures and HTML pages). May import :mod:`ccad.scoring` and below.
+(figures and HTML pages). May import :mod:`ccad.screening` and below.
 """

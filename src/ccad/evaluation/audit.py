@@ -61,12 +61,7 @@ def audit(
     """Run the three checks for ``model`` (bundle, run folder or model file) on ``spec``'s data; return the results."""
     screener = Screener.load(model)
     dataset, split = scoring_set(screener, model, spec, split, seed)
-    samples = dataset.samples if split == "all" else dataset.subset(split)
-    if max_images and len(samples) > max_images:
-        rng = np.random.default_rng(seed)
-        samples = [samples[i] for i in sorted(rng.choice(len(samples), max_images, replace=False))]
-    if not samples:
-        raise DataError(f"{dataset.source}: no images in the {split} split")
+    samples = _audit_samples(dataset, split, max_images, seed)
     loaded = _load_variants(samples, screener.input_size, screener.preprocess)
     kept = [s for s, v in zip(samples, loaded) if v is not None]
     skipped = [{"path": str(s.path), "error": "unreadable"} for s, v in zip(samples, loaded) if v is None]
@@ -75,25 +70,9 @@ def audit(
     loaded = [v for v in loaded if v is not None]
     lung_masks = np.stack([v["mask"] for v in loaded])
     qc = [v["original"].qc_flags for v in loaded]
-
-    positive = screener.classes.index(screener.positive_class)
     is_positive = np.array([s.label == screener.positive_class for s in kept])
     groups = [s.group for s in kept] if dataset.layout in ("manifest", "pooled") else None
-    names = [str(s.path) for s in kept]
-    scores, variants = {}, {}
-    for name in VARIANTS:
-        predictions = screener.score(
-            names, [v[name] for v in loaded], with_heatmaps=name == "original", heatmap_class=screener.positive_class
-        )
-        scores[name] = np.array([p.raw_probabilities[positive] for p in predictions])
-        variants[name] = np.stack([v[name].picture for v in loaded])
-        if name == "original":
-            cams = np.stack([p.pictures.heatmap for p in predictions])
-            pooled = np.stack([p.pooled for p in predictions])
-
-    lung_test = _lung_test(scores, is_positive, groups, seed)
-    heatmap = _heatmap_mass(cams, lung_masks)
-    probe = _source_probe(dataset, kept, pooled, seed)
+    scores, variants, cams, pooled = _score_variants(screener, [str(s.path) for s in kept], loaded)
     result = {
         "model": str(model),
         "data": dataset.source,
@@ -107,9 +86,9 @@ def audit(
             "qc_flagged": int(sum(bool(f) for f in qc)),
             "images": len(qc),
         },
-        "lung_test": lung_test,
-        "heatmap": heatmap,
-        "source_probe": probe,
+        "lung_test": _lung_test(scores, is_positive, groups, seed),
+        "heatmap": _heatmap_mass(cams, lung_masks),
+        "source_probe": _source_probe(dataset, kept, pooled, seed),
         "skipped_files": skipped,
     }
     result["verdict"] = _verdict(result)
@@ -118,6 +97,33 @@ def audit(
     write_json(out / "audit.json", result)
     _write_report(out / "report.html", result, figures)
     return result
+
+
+def _audit_samples(dataset, split: str, max_images: int | None, seed: int):
+    samples = dataset.samples if split == "all" else dataset.subset(split)
+    if max_images and len(samples) > max_images:
+        rng = np.random.default_rng(seed)
+        samples = [samples[i] for i in sorted(rng.choice(len(samples), max_images, replace=False))]
+    if not samples:
+        raise DataError(f"{dataset.source}: no images in the {split} split")
+    return samples
+
+
+def _score_variants(screener: Screener, names: list[str], loaded: list[dict]):
+    """Each variant scored as ``predict`` scores it: (positive-class score by variant, the pictures by variant,
+    the original's class activation maps of the positive class, its pooled features)."""
+    positive = screener.classes.index(screener.positive_class)
+    scores, variants = {}, {}
+    for name in VARIANTS:
+        predictions = screener.score(
+            names, [v[name] for v in loaded], with_heatmaps=name == "original", heatmap_class=screener.positive_class
+        )
+        scores[name] = np.array([p.raw_probabilities[positive] for p in predictions])
+        variants[name] = np.stack([v[name].picture for v in loaded])
+        if name == "original":
+            cams = np.stack([p.pictures.heatmap for p in predictions])
+            pooled = np.stack([p.pooled for p in predictions])
+    return scores, variants, cams, pooled
 
 
 VARIANTS = ("original", "no_lungs", "lungs_only")

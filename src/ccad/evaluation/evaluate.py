@@ -108,6 +108,14 @@ def evaluate(
     scored = score_samples(screener, samples, dataset.classes, skip_bad)
     if not scored.samples:
         raise DataError(f"{dataset.source}: none of the {split} images could be read")
+    metrics = _metrics(screener, dataset, scored, split, by, manifests)
+    _write_outputs(out, screener, dataset, scored, split, metrics, history)
+    return metrics
+
+
+def _metrics(screener: Screener, dataset: Dataset, scored: ScoredSet, split: str, by, manifests) -> dict[str, Any]:
+    """The metrics with intervals (patient-grouped where the data names patients), the decision rule, the
+    guard's flag rate and the breakdowns ``by``."""
     y_true, probabilities, predicted = scored.y_true, scored.probabilities, scored.predicted
     known_groups = dataset.layout in ("manifest", "pooled")
     metrics = compute_metrics(
@@ -123,10 +131,8 @@ def evaluate(
     metrics["split"] = split
     metrics["data"] = dataset.source
     metrics["skipped_files"] = [{"path": p, "error": e} for p, e in scored.skipped]
-    in_distribution = None
     if screener.ood is not None:
-        in_distribution = scored.in_distribution
-        metrics["out_of_distribution"] = ood_rate(~in_distribution, screener.ood)
+        metrics["out_of_distribution"] = ood_rate(~scored.in_distribution, screener.ood)
     positive_index = dataset.classes.index(dataset.positive_class)
     if by:
         metrics["by"] = {
@@ -139,6 +145,13 @@ def evaluate(
             )
             for name in by
         }
+    return metrics
+
+
+def _write_outputs(out: Path, screener: Screener, dataset: Dataset, scored: ScoredSet, split, metrics, history):
+    """metrics.json, predictions.csv, figures/ and report.html."""
+    y_true, probabilities, predicted = scored.y_true, scored.probabilities, scored.predicted
+    in_distribution = scored.in_distribution if screener.ood is not None else None
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_predictions(
@@ -164,7 +177,6 @@ def evaluate(
         split,
         extra_html="".join(breakdown_html(name, rows) for name, rows in metrics.get("by", {}).items()),
     )
-    return metrics
 
 
 def write_predictions(

@@ -144,7 +144,7 @@ def compute_metrics(
         y_pred: predicted class indices (default: the argmax of ``probabilities``;
             a :class:`ccad.models.decision.DecisionRule` gives thresholded ones).
     """
-    from sklearn.metrics import confusion_matrix, f1_score
+    from sklearn.metrics import confusion_matrix
 
     y_true = np.asarray(y_true)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -174,10 +174,7 @@ def compute_metrics(
     metrics["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=list(range(k))).tolist()
     metrics["notes"] = _undefined_notes(point, positive_class)
     if k > 2:
-        metrics["macro_f1"] = float(f1_score(y_true, y_pred, labels=list(range(k)), average="macro", zero_division=0))
-        metrics["per_class"] = {
-            c: binary_metrics(y_true == i, y_pred == i, probabilities[:, i]) for i, c in enumerate(classes)
-        }
+        metrics.update(_multiclass(y_true, y_pred, probabilities, classes))
     metrics["bootstrap"] = {
         "resamples": n_resamples,
         "unit": "patient group" if groups is not None else "image",
@@ -185,6 +182,17 @@ def compute_metrics(
         "method": "percentile",
     }
     return metrics
+
+
+def _multiclass(y_true, y_pred, probabilities, classes) -> dict[str, Any]:
+    """Macro F1 and each class's one-vs-rest metrics, for more than two classes."""
+    from sklearn.metrics import f1_score
+
+    k = len(classes)
+    return {
+        "macro_f1": float(f1_score(y_true, y_pred, labels=list(range(k)), average="macro", zero_division=0)),
+        "per_class": {c: binary_metrics(y_true == i, y_pred == i, probabilities[:, i]) for i, c in enumerate(classes)},
+    }
 
 
 def _undefined_notes(point: dict[str, float | None], positive_class: str) -> list[str]:

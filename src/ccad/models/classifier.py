@@ -125,16 +125,8 @@ def build_classifier(
         _resolve_weights(weights, input_size) if backbone == DEFAULT_BACKBONE else _resolve_other_weights(weights, spec)
     )
 
-    inputs = x = keras.Input((input_size, input_size, 3), name="image")
-    if samplewise_center:
-        image_mean = keras.layers.GlobalAveragePooling2D(keepdims=True, name="image_mean")(x)
-        x = keras.layers.Subtract(name="samplewise_center")([x, image_mean])
-    if featurewise_mean is not None:
-        x = keras.layers.Rescaling(1.0, offset=-float(featurewise_mean), name="featurewise_center")(x)
-    if spec.mode == "caffe":
-        x = keras.layers.Rescaling(255.0, offset=[-m for m in CAFFE_MEANS], name="to_caffe_range")(x)
-    else:
-        x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
+    inputs = keras.Input((input_size, input_size, 3), name="image")
+    x = _input_scaling(inputs, spec, featurewise_mean, samplewise_center)
     base = _application(spec, input_size, backbone_weights)
     base.trainable = False
     x = base(x, training=False)  # BatchNorm stays in inference mode, also when fine-tuning
@@ -142,6 +134,21 @@ def build_classifier(
     x = keras.layers.Dropout(dropout, name=DROPOUT_LAYER)(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name=CLASSIFIER_LAYER)(x)
     return keras.Model(inputs, outputs, name=f"ccad_{backbone}")
+
+
+def _input_scaling(x, spec, featurewise_mean: float | None, samplewise_center: bool):
+    """The paper's centering (per image, or by the training set's mean pixel), then the backbone's own input
+    scaling, as parameter-free layers."""
+    import keras
+
+    if samplewise_center:
+        image_mean = keras.layers.GlobalAveragePooling2D(keepdims=True, name="image_mean")(x)
+        x = keras.layers.Subtract(name="samplewise_center")([x, image_mean])
+    if featurewise_mean is not None:
+        x = keras.layers.Rescaling(1.0, offset=-float(featurewise_mean), name="featurewise_center")(x)
+    if spec.mode == "caffe":
+        return keras.layers.Rescaling(255.0, offset=[-m for m in CAFFE_MEANS], name="to_caffe_range")(x)
+    return keras.layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
 
 
 def _resolve_weights(weights: str, input_size: int) -> str | None:

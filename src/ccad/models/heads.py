@@ -26,14 +26,19 @@ def validate(head: str, feature_selection: str) -> None:
 
 
 class OnnxHead:
-    """A stored non-linear head: pooled features (N, D) -> probabilities (N, k), on ONNX Runtime."""
+    """A stored non-linear head: pooled features (N, D) -> probabilities (N, k), on ONNX Runtime.
+    ``OnnxHead.load(path)`` opens one; the constructor stores the session."""
 
-    def __init__(self, path):
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output = next(o.name for o in session.get_outputs() if "prob" in o.name)
+
+    @classmethod
+    def load(cls, path) -> "OnnxHead":
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.output = next(o.name for o in self.session.get_outputs() if "prob" in o.name)
+        return cls(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
 
     def __call__(self, pooled: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input_name: pooled.astype(np.float32)})[0]

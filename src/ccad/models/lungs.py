@@ -166,29 +166,33 @@ def quality_flags(mask: np.ndarray, probability: np.ndarray | None = None) -> tu
 class LungSegmenter:
     """The ONNX lung segmenter: ``segmenter(gray) -> LungFields`` for a (H, W) grayscale image in [0, 1].
 
-    Args:
-        model_dir: a folder with ``lung-segmenter.onnx`` and ``lung-segmenter.json`` (default: the
-            one shipped in the package).
-        threads: ONNX Runtime intra-op threads (1: callers decode images on several threads).
+    ``LungSegmenter.load(model_dir, threads)`` opens one: ``model_dir`` a folder with ``lung-segmenter.onnx``
+    and ``lung-segmenter.json`` (default: the one shipped in the package), ``threads`` ONNX Runtime intra-op
+    threads (1: callers decode images on several threads). The constructor stores what it is given.
     """
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, threads: int = 1):
-        self.model_dir = Path(model_dir) if model_dir is not None else PACKAGED_MODEL_DIR
-        card_path, model_path = self.model_dir / CARD_FILE, self.model_dir / MODEL_FILE
+    def __init__(self, model_dir: Path, card: dict, session):
+        self.model_dir, self.card, self.session = model_dir, card, session
+        self.input_name = session.get_inputs()[0].name
+        self.size = int(card["input_size"])
+        self.threshold = float(card.get("threshold", 0.5))
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike | None = None, threads: int = 1) -> "LungSegmenter":
+        """Open the segmenter in ``model_dir`` (default: the one shipped), its card and its sha256 checked."""
+        model_dir = Path(model_dir) if model_dir is not None else PACKAGED_MODEL_DIR
+        card_path, model_path = model_dir / CARD_FILE, model_dir / MODEL_FILE
         if not card_path.is_file() or not model_path.is_file():
             raise ModelError(
-                f"{self.model_dir}: no lung segmenter ({MODEL_FILE} and {CARD_FILE}); rebuild it with ccad lungs train"
+                f"{model_dir}: no lung segmenter ({MODEL_FILE} and {CARD_FILE}); rebuild it with ccad lungs train"
             )
-        self.card = json.loads(card_path.read_text())
-        if not str(self.card.get("format", "")).startswith("ccad-lung-segmenter/"):
+        card = json.loads(card_path.read_text())
+        if not str(card.get("format", "")).startswith("ccad-lung-segmenter/"):
             raise ModelError(f"{card_path}: not a ccad lung-segmenter card")
-        expected = self.card.get("sha256", {}).get(MODEL_FILE)
+        expected = card.get("sha256", {}).get(MODEL_FILE)
         if expected and sha256(model_path) != expected:
             raise ModelError(f"{model_path}: sha256 differs from its card; the file changed after training")
-        self.session = cpu_session(model_path, threads)
-        self.input_name = self.session.get_inputs()[0].name
-        self.size = int(self.card["input_size"])
-        self.threshold = float(self.card.get("threshold", 0.5))
+        return cls(model_dir, card, cpu_session(model_path, threads))
 
     def probabilities(self, grays: list[np.ndarray]) -> np.ndarray:
         """(N, S, S) lung probabilities for a list of (H, W) grayscale images."""
@@ -210,7 +214,7 @@ def default_segmenter() -> LungSegmenter:
     global _default
     with _lock:
         if _default is None:
-            _default = LungSegmenter()
+            _default = LungSegmenter.load()
         return _default
 
 
@@ -236,7 +240,7 @@ def segment_files(
     import csv
     import io
 
-    segmenter = LungSegmenter(model_dir) if model_dir is not None else default_segmenter()
+    segmenter = LungSegmenter.load(model_dir) if model_dir is not None else default_segmenter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()

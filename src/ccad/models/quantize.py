@@ -29,22 +29,41 @@ def quantize_onnx(
     left in float) are the settings ``benchmarks/int8.py`` compares; none kept 98% of the float model's
     decisions on the lung-only default (BENCHMARKS.md, "INT8 for decisions").
     """
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = int8_path.with_suffix(".prep.onnx")
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    try:
+        # The calibrator keeps every activation of every image it has not yet folded into its histograms
+        # (~150 MB an image for MobileNetV2 at 224 px: 14.7 GB for 100 images, measured). Strides of at most
+        # CALIBRATION_STRIDE images fold them in as they go.
+        stride = max(d for d in range(1, CALIBRATION_STRIDE + 1) if len(calibration) % d == 0)
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            _calibration_reader(float_path, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=getattr(CalibrationMethod, method),
+            nodes_to_exclude=_float_ends(prepared) if float_ends else [],
+            extra_options={"CalibStridedMinMax": stride},
+        )
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _calibration_reader(float_path: Path, calibration: np.ndarray):
+    """ONNX Runtime's calibration data reader over ``calibration``, one image a call; ``set_range`` lets the
+    calibrator take the images a few at a time."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader
 
     input_name = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
-        """One image a call; ``set_range`` lets the calibrator take the images a few at a time."""
-
         def __init__(self):
             self.set_range(0, len(calibration))
 
@@ -58,32 +77,17 @@ def quantize_onnx(
             batch = next(self.batches, None)
             return None if batch is None else {input_name: batch}
 
-    prepared = int8_path.with_suffix(".prep.onnx")
-    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
-    try:
-        # The calibrator keeps every activation of every image it has not yet folded into its histograms
-        # (~150 MB an image for MobileNetV2 at 224 px: 14.7 GB for 100 images, measured). Strides of at most
-        # CALIBRATION_STRIDE images fold them in as they go.
-        stride = max(d for d in range(1, CALIBRATION_STRIDE + 1) if len(calibration) % d == 0)
-        excluded = []
-        if float_ends:
-            nodes = onnx.load(str(prepared)).graph.node
-            excluded = [next(n.name for n in nodes if n.op_type == "Conv")]
-            excluded += [n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax")]
-        quantize_static(
-            str(prepared),
-            str(int8_path),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=getattr(CalibrationMethod, method),
-            nodes_to_exclude=excluded,
-            extra_options={"CalibStridedMinMax": stride},
-        )
-    finally:
-        prepared.unlink(missing_ok=True)
+    return Reader()
+
+
+def _float_ends(model: Path) -> list[str]:
+    """The first convolution and the classifier's nodes, to leave in float."""
+    import onnx
+
+    nodes = onnx.load(str(model)).graph.node
+    return [next(n.name for n in nodes if n.op_type == "Conv")] + [
+        n.name for n in nodes if n.op_type in ("MatMul", "Gemm", "Softmax")
+    ]
 
 
 def onnx_probabilities(path: Path, images: np.ndarray, threads: int = 1) -> np.ndarray:

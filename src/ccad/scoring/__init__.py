@@ -1,7 +1,7 @@
-"""Layer 5, scoring: a trained model applied to images, the same way for every command.
+"""Layer 5, scoring: the network and its parts, under the application layer (:mod:`ccad.screening`).
 
 :mod:`~ccad.scoring.predictor` (one ``Predictor`` interface; ONNX Runtime and Keras implementations),
-:mod:`~ccad.scoring.score` (``score_batch`` -> ``Prediction``), :mod:`~ccad.scoring.heatmaps` (class
-activation maps), :mod:`~ccad.scoring.results` (CSV, table, JSON, heatmap files; ``ccad predict``).
+:mod:`~ccad.scoring.score` (the ``Prediction`` record), :mod:`~ccad.scoring.heatmaps` (class
+activation maps).
 May import :mod:`ccad.preprocessing` and below. Nothing here imports TensorFlow at module level.
 """

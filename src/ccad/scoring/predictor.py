@@ -175,7 +175,7 @@ class OnnxPredictor(Predictor):
             raise ModelError(f"{bundle}: no {variant} model in this bundle (has: {', '.join(card.models)})")
         session = cpu_session(card.checked_file(bundle, card.models[variant]), threads)
         cam_weights = np.load(card.checked_file(bundle, card.heatmap["weights"]))
-        head = OnnxHead(card.checked_file(bundle, card.head_file)) if card.head_file else None
+        head = OnnxHead.load(card.checked_file(bundle, card.head_file)) if card.head_file else None
         severity = None
         if card.severity:
             severity = SeverityHead(json.loads(card.checked_file(bundle, card.severity["file"]).read_text()))
@@ -228,7 +228,7 @@ class KerasPredictor(Predictor):
             path = (run_dir or Path(".")) / info.head_file
             if not path.is_file():
                 raise ModelError(f"{path}: the model's {info.head.get('kind')} head is missing")
-            head = OnnxHead(path)
+            head = OnnxHead.load(path)
         if ood is None and info.ood and run_dir is not None and (run_dir / info.ood["file"]).is_file():
             ood = OodGuard.load(run_dir / info.ood["file"])
         return cls(model, info, run_dir, head, ood, with_feature_map(model))

@@ -1,4 +1,4 @@
-"""Layer 6, screening: the application layer between scoring and the adapters.
+"""The application layer, between scoring and the adapters (above layer 5, scoring; below layer 6, evaluation).
 
 :class:`~ccad.screening.screener.Screener` is built once from a model (:meth:`Screener.load` does the loading
 and checking) and screens files or bytes into typed :class:`~ccad.scoring.score.Prediction` records: decoding

@@ -54,23 +54,9 @@ def cross_validate(
     fold_sets = cross_validation_folds(dataset, folds, seed, group_by)
     folds = len(fold_sets)
     for i, fold in enumerate(fold_sets, start=1):
-        result = train(fold, out / f"fold-{i}", config, skip_bad=spec.skip_bad, evaluate_test=False, verbose=0)
-        scored = score_samples(Screener(result.predictor), fold.subset("test"), dataset.classes, spec.skip_bad)
-        kept, bad, probabilities, predicted = scored.samples, scored.skipped, scored.probabilities, scored.predicted
-        y = scored.y_true
-        metrics = compute_metrics(y, probabilities, dataset.classes, positive, _groups(dataset, kept), y_pred=predicted)
-        metrics.update(
-            fold=i,
-            test_sources=sorted({s.source for s in kept}),
-            decision=dict(result.decision.to_dict(), text=result.decision.describe()),
-            skipped_files=[{"path": p, "error": e} for p, e in bad],
-        )
-        write_json(out / f"fold-{i}" / "metrics.json", metrics)
+        metrics, fold_rows = _run_fold(i, fold, dataset, out, config, spec.skip_bad, keep_models)
         per_fold.append(metrics)
-        rows += [(i, s, p, int(k)) for s, p, k in zip(kept, probabilities, predicted)]
-        if not keep_models:
-            (out / f"fold-{i}" / "model.keras").unlink(missing_ok=True)
-        del result
+        rows += fold_rows
     samples = [r[1] for r in rows]
     y_true = label_indices(samples, dataset.classes)
     probabilities = np.stack([r[2] for r in rows])
@@ -104,6 +90,34 @@ def cross_validate(
     }
     write_json(out / "metrics.json", summary)
     _write_oof_csv(out / "oof_predictions.csv", rows, dataset.classes)
+    _write_pooled_report(out, dataset, config, summary, y_true, probabilities, predicted, samples)
+    return summary
+
+
+def _run_fold(i: int, fold, dataset, out: Path, config: TrainConfig, skip_bad: bool, keep_models: bool):
+    """Train fold ``i`` and score its held-out images as ``predict`` scores them: (its metrics, its rows of
+    (fold, sample, calibrated probabilities, predicted class))."""
+    positive = dataset.positive_class or dataset.classes[-1]
+    result = train(fold, out / f"fold-{i}", config, skip_bad=skip_bad, evaluate_test=False, verbose=0)
+    scored = score_samples(Screener(result.predictor), fold.subset("test"), dataset.classes, skip_bad)
+    kept, probabilities, predicted = scored.samples, scored.probabilities, scored.predicted
+    metrics = compute_metrics(
+        scored.y_true, probabilities, dataset.classes, positive, _groups(dataset, kept), y_pred=predicted
+    )
+    metrics.update(
+        fold=i,
+        test_sources=sorted({s.source for s in kept}),
+        decision=dict(result.decision.to_dict(), text=result.decision.describe()),
+        skipped_files=[{"path": p, "error": e} for p, e in scored.skipped],
+    )
+    write_json(out / f"fold-{i}" / "metrics.json", metrics)
+    if not keep_models:
+        (out / f"fold-{i}" / "model.keras").unlink(missing_ok=True)
+    return metrics, [(i, s, p, int(k)) for s, p, k in zip(kept, probabilities, predicted)]
+
+
+def _write_pooled_report(out: Path, dataset, config, summary, y_true, probabilities, predicted, samples) -> None:
+    pooled, folds, seed = summary["pooled"], summary["folds"], summary["seed"]
     figures = write_figures(
         out / "figures", pooled, y_true, probabilities, None, dataset.classes, predicted=predicted, originals=samples
     )
@@ -116,9 +130,8 @@ def cross_validate(
         meta,
         "out-of-fold (pooled)",
         title=f"ccad {folds}-fold cross-validation",
-        extra_html=_fold_table(per_fold, summary),
+        extra_html=_fold_table(summary["per_fold"], summary),
     )
-    return summary
 
 
 def _groups(dataset, samples) -> list[str] | None:

@@ -136,44 +136,7 @@ def reproduce_paper(
         result = train(
             DataSpec(data, classes=("covid", "normal"), where=(case.where,)), out / case.preset, config, verbose=0
         )
-        counts = result.dataset.counts()["all"]
-        last, best = result.history[-1], min(result.history, key=lambda r: r.get("val_loss", np.inf))
-        rows.append(
-            {
-                "case": case.preset,
-                "paper_name": case.paper_name,
-                "dataset": f"{case.dataset} ({counts['covid']} COVID + {counts['normal']} normal)",
-                "settings": {
-                    k: getattr(config, k)
-                    for k in (
-                        "dropout",
-                        "optimizer",
-                        "lr",
-                        "batch_size",
-                        "input_size",
-                        "epochs",
-                        "fine_tune_epochs",
-                        "fine_tune_lr",
-                        "fine_tune_from",
-                    )
-                },
-                "epochs_run": {
-                    "frozen": sum(r["phase"] == "frozen" for r in result.history),
-                    "fine-tune": sum(r["phase"] == "fine-tune" for r in result.history),
-                },
-                "best_epoch": result.history.index(best) + 1,
-                "best_phase": best["phase"],
-                "final_epoch": {k: last.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
-                "n_test": result.metrics["n"],
-                "metrics": {m: result.metrics[m] for m in METRICS},
-                "confusion_matrix": result.metrics["confusion_matrix"],
-                "batches_of_32": batches_of_32(out / case.preset / "predictions.csv", seed),
-                "paper": PAPER[case.preset],
-                "train_s": round(result.timings["train_s"], 1),
-                "train_images_per_s": round(result.timings["train_images_per_s"], 1),
-                "run": case.preset,
-            }
-        )
+        rows.append(_case_row(case, config, result, out, seed))
     summary = {
         "data": str(data),
         "seed": seed,
@@ -184,6 +147,48 @@ def reproduce_paper(
     write_json(out / "summary.json", summary)
     write_text(out / "paper-reproduction.md", reproduction_markdown(summary))
     return summary
+
+
+#: The settings of a case that its row of the report shows.
+CASE_SETTINGS = (
+    "dropout",
+    "optimizer",
+    "lr",
+    "batch_size",
+    "input_size",
+    "epochs",
+    "fine_tune_epochs",
+    "fine_tune_lr",
+    "fine_tune_from",
+)
+
+
+def _case_row(case, config, result, out: Path, seed: int) -> dict[str, Any]:
+    """One case's row of the summary: its settings, the epochs run, the kept epoch, the metrics and the batches
+    of 32 beside the paper's numbers."""
+    counts = result.dataset.counts()["all"]
+    last, best = result.history[-1], min(result.history, key=lambda r: r.get("val_loss", np.inf))
+    return {
+        "case": case.preset,
+        "paper_name": case.paper_name,
+        "dataset": f"{case.dataset} ({counts['covid']} COVID + {counts['normal']} normal)",
+        "settings": {k: getattr(config, k) for k in CASE_SETTINGS},
+        "epochs_run": {
+            "frozen": sum(r["phase"] == "frozen" for r in result.history),
+            "fine-tune": sum(r["phase"] == "fine-tune" for r in result.history),
+        },
+        "best_epoch": result.history.index(best) + 1,
+        "best_phase": best["phase"],
+        "final_epoch": {k: last.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+        "n_test": result.metrics["n"],
+        "metrics": {m: result.metrics[m] for m in METRICS},
+        "confusion_matrix": result.metrics["confusion_matrix"],
+        "batches_of_32": batches_of_32(out / case.preset / "predictions.csv", seed),
+        "paper": PAPER[case.preset],
+        "train_s": round(result.timings["train_s"], 1),
+        "train_images_per_s": round(result.timings["train_images_per_s"], 1),
+        "run": case.preset,
+    }
 
 
 def batches_of_32(predictions_csv: Path, seed: int, positive: str = "covid") -> dict[str, Any]:
@@ -240,6 +245,14 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
     the prediction grids, which show the data's images)."""
     figure_path = figure_path or (lambda case, name: f"{case}/figures/{name}")
     cases = summary["cases"]
+    lines = _intro_and_cases(summary) + _table5(cases)
+    tables, verdicts = _metric_tables(cases)
+    lines += tables + _confusion_tables(cases) + _verdicts(verdicts) + _figures(cases, figure_path, skip_figures)
+    return "\n".join(lines)
+
+
+def _intro_and_cases(summary: dict[str, Any]) -> list[str]:
+    cases = summary["cases"]
     override = ""
     if summary.get("epochs_override") or summary.get("fine_tune_epochs_override") is not None:
         override = (
@@ -277,6 +290,11 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
             f"{s['lr']:g}, {s['batch_size']}, {s['input_size']} px | {run['frozen']}{tuning} | "
             f"{r['best_epoch']} ({r['best_phase']}) | {r['train_s']:.0f} s ({r['train_images_per_s']}) |"
         )
+    return lines
+
+
+def _table5(cases) -> list[str]:
+    lines: list[str] = []
     lines += [
         "",
         "The model kept is the one of the epoch with the lowest validation loss, across both phases.",
@@ -300,6 +318,13 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
             f" | {format_interval(r['metrics']['accuracy'], undefined='n/a')} | {_range(bounds)} | "
             f"{_inside(p.get('final_accuracy'), bounds)} |"
         )
+    return lines
+
+
+def _metric_tables(cases) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """Tables 6, 8 and 9: each metric, the paper's number beside ours; and whether each of the paper's numbers
+    lies inside the range our batches of 32 span."""
+    lines: list[str] = []
     verdicts: list[tuple[str, str, str]] = []
     for table, metric_rows in METRIC_ROWS.items():
         lines += [
@@ -322,6 +347,11 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
                     f"{format_interval(r['metrics'][key], undefined='n/a')} | "
                     f"{_num(r['batches_of_32']['first'][key])} | {_range(bounds)} | {inside} |"
                 )
+    return lines, verdicts
+
+
+def _confusion_tables(cases) -> list[str]:
+    lines: list[str] = []
     lines += [
         "",
         "## Table 7: confusion matrices",
@@ -336,6 +366,11 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
             f"| {r['case']} | {r['paper'].get('confusion_matrix', 'n/a')} | {r['confusion_matrix']} | "
             f"{r['batches_of_32']['first_confusion_matrix']} |"
         )
+    return lines
+
+
+def _verdicts(verdicts) -> list[str]:
+    lines: list[str] = []
     outside = [f"{case} {what}" for case, what, inside in verdicts if inside != "yes"]
     lines += [
         "",
@@ -355,6 +390,11 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
         "(7, 11, 16).",
         "",
     ]
+    return lines
+
+
+def _figures(cases, figure_path, skip_figures) -> list[str]:
+    lines: list[str] = []
     for r in cases:
         lines.append(
             f"**{r['case']}**: "
@@ -363,7 +403,7 @@ def reproduction_markdown(summary: dict[str, Any], figure_path=None, skip_figure
             )
         )
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def _range(bounds: list[float] | None) -> str:

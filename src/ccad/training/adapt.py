@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,22 +138,65 @@ def adapt_bundle(
 ) -> dict[str, Any]:
     """Write ``out``: ``model`` with its head(s) fine-tuned on ``spec``'s images; returns the
     ``site_adaptation`` record."""
-    import onnx
-    from onnx import numpy_helper
-
     model, out = Path(model), Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
     if not 0.1 <= test_fraction <= 0.5:
         raise ConfigError(f"`test_fraction` must be in [0.1, 0.5], got {test_fraction}")
     screener = Screener.load(model)
-    card, classes, positive = screener.card, screener.classes, screener.positive_class
+    graph, heads, old = _dense_heads(model, screener)
+    site = _site_set(screener, spec, test_fraction, seed)
+    rehearsal, check = _rehearsal(model, screener, site.features.shape[1], seed)
+    fit = HeadFit(old, rehearsal, l2)
+    adapt_idx = np.flatnonzero(~site.is_test)
+    out_of_fold = fit.out_of_fold(site.features[adapt_idx], site.y[adapt_idx], site.groups[adapt_idx], seed)
+    new_heads = fit.fit(site.features[adapt_idx], site.y[adapt_idx])
+    decision = _refit_rule(screener.decision, site.y[adapt_idx], out_of_fold, screener.classes, screener.positive_class)
+    after = head_probabilities(new_heads, site.features)
+    record = _record(model, screener, site, decision, after, test_fraction, seed, l2, rehearsal, check, len(heads))
+    record["rehearsal"] = _forgetting(model, screener, old, new_heads, check)
+    positive = screener.classes.index(screener.positive_class)
+    t = site.is_test
+    _write(
+        model, out, graph, heads, new_heads, decision, record, site.features[t], after[t, positive], screener, sign_key
+    )
+    return record
+
+
+@dataclass
+class SiteSet:
+    """The site's images as the base bundle scores them, and which of them are the held-out local test."""
+
+    source: str
+    fingerprint: str
+    counts: dict[str, int]
+    unreadable: int
+    is_test: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    features: np.ndarray
+    before: np.ndarray
+
+
+def _dense_heads(model: Path, screener: Screener):
+    """The float graph, its Dense heads' initializer names in view order, and their weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    card = screener.card
     if card.head_file:
         raise ConfigError(f"{model}: its head is a scikit-learn model ({card.head_file}); adapt refits Dense heads")
     graph = onnx.load(str(card.checked_file(model, card.models["float"])))
-    heads = head_initializers(graph, len(classes))
+    heads = head_initializers(graph, len(screener.classes))
     if len(heads) != screener.views:
         raise ConfigError(f"{model}: found {len(heads)} Dense heads in model.onnx for {screener.views} views")
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
+    old = [(inits[w].astype(np.float32), inits[b].astype(np.float32)) for w, b in heads]
+    return graph, heads, old
+
+
+def _site_set(screener: Screener, spec: DataSpec, test_fraction: float, seed: int) -> SiteSet:
+    classes = screener.classes
     dataset = spec.discover(model_classes=classes)
     samples = group_near_duplicates(dataset.samples)
     labels = label_indices(samples, classes)
@@ -163,63 +206,84 @@ def adapt_bundle(
     test = _grouped_holdout(samples, range(len(samples)), test_fraction, seed)
     scored, unreadable = _scored(screener, samples, spec.skip_bad)
     index = {id(s): i for i, s in enumerate(samples)}
-    is_test = np.array([index[id(s)] in test for s, _ in scored])
-    y = label_indices([s for s, _ in scored], classes)
-    groups = np.array([s.group for s, _ in scored])
-    features = np.stack([p.pooled for _, p in scored]).astype(np.float32)
-    before = np.stack([p.raw_probabilities for _, p in scored])
-    d = features.shape[1] // screener.views
-    inits = {i.name: numpy_helper.to_array(i) for i in graph.graph.initializer}
-    old = [(inits[w].astype(np.float32), inits[b].astype(np.float32)) for w, b in heads]
+    return SiteSet(
+        dataset.source,
+        dataset.fingerprint(),
+        counts,
+        unreadable,
+        np.array([index[id(s)] in test for s, _ in scored]),
+        label_indices([s for s, _ in scored], classes),
+        np.array([s.group for s, _ in scored]),
+        np.stack([p.pooled for _, p in scored]).astype(np.float32),
+        np.stack([p.raw_probabilities for _, p in scored]),
+    )
 
-    rehearsal_path = model / REHEARSAL_FILE
-    if rehearsal_path.is_file() and REHEARSAL_FILE in card.sha256:
+
+def _rehearsal(model: Path, screener: Screener, dim: int, seed: int):
+    """(features, labels) of the base model's training images to rehearse, and a fifth of them kept out of the
+    fit to measure forgetting out of sample; empty without a stored ``rehearsal.npz``."""
+    card = screener.card
+    if (model / REHEARSAL_FILE).is_file() and REHEARSAL_FILE in card.sha256:
         r_x, r_y, r_classes = load_rehearsal(card.checked_file(model, REHEARSAL_FILE))
-        if r_classes != classes:
-            raise ConfigError(f"{model}: its rehearsal features are of {r_classes}, the model's classes {classes}")
+        if r_classes != screener.classes:
+            raise ConfigError(
+                f"{model}: its rehearsal features are of {r_classes}, the model's classes {screener.classes}"
+            )
     else:
-        r_x, r_y = np.zeros((0, features.shape[1]), np.float32), np.zeros(0, np.int64)
-    # a fifth of the rehearsal images is kept out of the fit: "does not forget", measured out of sample
+        r_x, r_y = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)
     kept_out = np.random.default_rng(seed).permutation(len(r_x))[: len(r_x) // 5]
-    r_check = np.zeros(len(r_x), bool)
-    r_check[kept_out] = True
-    (r_x, r_y), (c_x, c_y) = (r_x[~r_check], r_y[~r_check]), (r_x[r_check], r_y[r_check])
+    check = np.zeros(len(r_x), bool)
+    check[kept_out] = True
+    return (r_x[~check], r_y[~check]), (r_x[check], r_y[check])
 
-    def fit(x_local, y_local) -> list[tuple[np.ndarray, np.ndarray]]:
+
+def head_probabilities(heads, x: np.ndarray) -> np.ndarray:
+    """The mean over views of each view's softmax head on its slice of the pooled features."""
+    d = x.shape[1] // len(heads)
+    return np.mean([softmax(x[:, v * d : (v + 1) * d] @ w + b) for v, (w, b) in enumerate(heads)], axis=0)
+
+
+@dataclass
+class HeadFit:
+    """Refit each view's head on site features with the rehearsal features (half the weight each) and an L2 pull
+    towards ``old``."""
+
+    old: list
+    rehearsal: tuple[np.ndarray, np.ndarray]
+    l2: float
+
+    def fit(self, x_local: np.ndarray, y_local: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        r_x, r_y = self.rehearsal
         x = np.concatenate([x_local, r_x])
-        w = np.concatenate(
-            [np.full(len(x_local), 1.0 / len(x_local)), np.full(len(r_x), 1.0 / max(len(r_x), 1))]
-        )  # the site and the old sources, half each
+        w = np.concatenate([np.full(len(x_local), 1.0 / len(x_local)), np.full(len(r_x), 1.0 / max(len(r_x), 1))])
         yy = np.concatenate([y_local, r_y])
-        return [fit_head(x[:, v * d : (v + 1) * d], yy, w, *old[v], l2) for v in range(screener.views)]
+        d = x.shape[1] // len(self.old)
+        return [fit_head(x[:, v * d : (v + 1) * d], yy, w, *self.old[v], self.l2) for v in range(len(self.old))]
 
-    def probabilities(new_heads, x) -> np.ndarray:
-        return np.mean([softmax(x[:, v * d : (v + 1) * d] @ w + b) for v, (w, b) in enumerate(new_heads)], axis=0)
+    def out_of_fold(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+        """Each image's probabilities from heads fitted without its patient group's fold."""
+        from sklearn.model_selection import StratifiedGroupKFold
 
-    adapt_idx = np.flatnonzero(~is_test)
-    out_of_fold = np.zeros((len(adapt_idx), len(classes)))
-    from sklearn.model_selection import StratifiedGroupKFold
+        out = np.zeros((len(x), self.old[0][0].shape[1]))
+        for fit_rows, held in StratifiedGroupKFold(FOLDS, shuffle=True, random_state=seed).split(x, y, groups):
+            out[held] = head_probabilities(self.fit(x[fit_rows], y[fit_rows]), x[held])
+        return out
 
-    for fit_rows, held in StratifiedGroupKFold(FOLDS, shuffle=True, random_state=seed).split(
-        adapt_idx, y[adapt_idx], groups[adapt_idx]
-    ):
-        fold_heads = fit(features[adapt_idx[fit_rows]], y[adapt_idx[fit_rows]])
-        out_of_fold[held] = probabilities(fold_heads, features[adapt_idx[held]])
-    new_heads = fit(features[adapt_idx], y[adapt_idx])
-    rule = screener.decision
-    decision = _refit_rule(rule, y[adapt_idx], out_of_fold, classes, positive)
-    after = probabilities(new_heads, features)
-    t = is_test
-    record = {
+
+def _record(model, screener, site: SiteSet, decision, after, test_fraction, seed, l2, rehearsal, check, heads):
+    """The card's ``site_adaptation`` record: the data, the split, the settings, the local test before and after."""
+    rule, classes, positive, t = screener.decision, screener.classes, screener.positive_class, site.is_test
+    before = site.before
+    return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ccad": __version__,
         "base": {"card_sha256": sha256(model / BUNDLE_CARD), "decision": rule.to_dict()},
         "data": {
-            "source": dataset.source,
-            "sha256": dataset.fingerprint(),
-            "images": len(scored),
-            "unreadable": unreadable,
-            "counts": counts,
+            "source": site.source,
+            "sha256": site.fingerprint,
+            "images": len(site.y),
+            "unreadable": site.unreadable,
+            "counts": site.counts,
         },
         "split": {
             "adapt": int((~t).sum()),
@@ -230,42 +294,33 @@ def adapt_bundle(
         },
         "settings": {
             "l2_to_old_weights": l2,
-            "rehearsal_images": int(len(r_x) + len(c_x)),
+            "rehearsal_images": int(len(rehearsal[0]) + len(check[0])),
             "folds_for_threshold": FOLDS,
-            "heads": len(heads),
+            "heads": heads,
             "trained": "each view's Dense softmax head; the backbone frozen",
         },
         "local_test": {
-            "before": _metrics(y[t], before[t], rule.predict(rule.calibrate(before[t])), classes, positive, groups[t]),
-            "after": _metrics(y[t], after[t], decision.predict(after[t]), classes, positive, groups[t]),
+            "before": _metrics(
+                site.y[t], before[t], rule.predict(rule.calibrate(before[t])), classes, positive, site.groups[t]
+            ),
+            "after": _metrics(site.y[t], after[t], decision.predict(after[t]), classes, positive, site.groups[t]),
         },
         "note": "before and after on the same held-out local test split, which nothing was fitted on",
     }
-    if len(c_x):
-        record["rehearsal"] = {
-            "images_checked": int(len(c_x)),
-            "auc_before": _auc(c_y, probabilities(old, c_x), classes.index(positive)),
-            "auc_after": _auc(c_y, probabilities(new_heads, c_x), classes.index(positive)),
-            "note": "on the fifth of the rehearsal features kept out of the fit (training images "
-            "of the base model, so its own AUC there is optimistic)",
-        }
-    else:
-        record["rehearsal"] = {"note": f"{model} has no {REHEARSAL_FILE}: adapted with the L2 pull alone"}
-    _write(
-        model,
-        out,
-        card,
-        graph,
-        heads,
-        new_heads,
-        decision,
-        record,
-        features[t],
-        after[t, classes.index(positive)],
-        screener,
-        sign_key,
-    )
-    return record
+
+
+def _forgetting(model, screener, old, new_heads, check) -> dict[str, Any]:
+    c_x, c_y = check
+    if not len(c_x):
+        return {"note": f"{model} has no {REHEARSAL_FILE}: adapted with the L2 pull alone"}
+    positive = screener.classes.index(screener.positive_class)
+    return {
+        "images_checked": int(len(c_x)),
+        "auc_before": _auc(c_y, head_probabilities(old, c_x), positive),
+        "auc_after": _auc(c_y, head_probabilities(new_heads, c_x), positive),
+        "note": "on the fifth of the rehearsal features kept out of the fit (training images "
+        "of the base model, so its own AUC there is optimistic)",
+    }
 
 
 def _refit_rule(rule: DecisionRule, y: np.ndarray, out_of_fold: np.ndarray, classes, positive: str) -> DecisionRule:
@@ -294,29 +349,10 @@ def _auc(y, p, positive: int) -> float | None:
 
 
 def _write(
-    base: Path,
-    out: Path,
-    card: ModelCard,
-    graph,
-    heads,
-    new_heads,
-    decision,
-    record,
-    test_features,
-    test_scores,
-    screener,
-    sign_key,
+    base: Path, out: Path, graph, heads, new_heads, decision, record, test_features, test_scores, screener, sign_key
 ) -> None:
-    from onnx import numpy_helper
-
-    by_name = {i.name: i for i in graph.graph.initializer}
-    for (w_name, b_name), (w, b) in zip(heads, new_heads):
-        by_name[w_name].CopyFrom(
-            numpy_helper.from_array(w.astype(numpy_helper.to_array(by_name[w_name]).dtype), w_name)
-        )
-        by_name[b_name].CopyFrom(
-            numpy_helper.from_array(b.astype(numpy_helper.to_array(by_name[b_name]).dtype), b_name)
-        )
+    card = screener.card
+    _replace_heads(graph, heads, new_heads)
     dropped = {name for variant, name in card.models.items() if variant != "float"}
 
     def write(work: Path) -> ModelCard:
@@ -327,33 +363,7 @@ def _write(
             work / card.heatmap["weights"],
             np.concatenate([w for w, _ in new_heads]).astype(np.float32) / len(new_heads),
         )
-        ood = card.ood
-        if screener.ood is not None:
-            # the guard is unchanged (the features are), but the scores are the new heads': the drift reference is
-            # the site's held-out split when it is large enough to be quiet, else there is none (the base's scores
-            # would describe another model)
-            enough = len(test_scores) >= MIN_DRIFT_REFERENCE
-            guard = replace(
-                screener.ood,
-                reference_distances=screener.ood.distance(test_features) if enough else None,
-                reference_scores=np.asarray(test_scores) if enough else None,
-            )
-            guard.save(work / OOD_FILE)
-            ood = dict(
-                card.ood,
-                drift_reference={
-                    "images": len(test_scores),
-                    "scores": True,
-                    "source": "the site's held-out adapt test split",
-                }
-                if enough
-                else {
-                    "images": 0,
-                    "why": f"the held-out split has {len(test_scores)} images, under "
-                    f"{MIN_DRIFT_REFERENCE}: no drift check (ccad calibrate --unlabelled "
-                    "gives one)",
-                },
-            )
+        ood = card.ood if screener.ood is None else _adapted_guard(screener, card, work, test_features, test_scores)
         return replace(
             card,
             decision=decision.to_dict(),
@@ -364,3 +374,36 @@ def _write(
         )
 
     write_derived_bundle(base, out, [name for name in card.sha256 if name not in dropped], write, sign_key)
+
+
+def _replace_heads(graph, heads, new_heads) -> None:
+    from onnx import numpy_helper
+
+    by_name = {i.name: i for i in graph.graph.initializer}
+    for (w_name, b_name), (w, b) in zip(heads, new_heads):
+        for name, value in ((w_name, w), (b_name, b)):
+            dtype = numpy_helper.to_array(by_name[name]).dtype
+            by_name[name].CopyFrom(numpy_helper.from_array(value.astype(dtype), name))
+
+
+def _adapted_guard(screener, card: ModelCard, work: Path, test_features, test_scores) -> dict[str, Any]:
+    """The guard is unchanged (the features are), but the scores are the new heads': the drift reference is the
+    site's held-out split when it is large enough to be quiet, else there is none (the base's scores would
+    describe another model). Saves the guard into ``work``; returns the card's ``ood`` entry."""
+    enough = len(test_scores) >= MIN_DRIFT_REFERENCE
+    guard = replace(
+        screener.ood,
+        reference_distances=screener.ood.distance(test_features) if enough else None,
+        reference_scores=np.asarray(test_scores) if enough else None,
+    )
+    guard.save(work / OOD_FILE)
+    reference = (
+        {"images": len(test_scores), "scores": True, "source": "the site's held-out adapt test split"}
+        if enough
+        else {
+            "images": 0,
+            "why": f"the held-out split has {len(test_scores)} images, under "
+            f"{MIN_DRIFT_REFERENCE}: no drift check (ccad calibrate --unlabelled gives one)",
+        }
+    )
+    return dict(card.ood, drift_reference=reference)

@@ -106,8 +106,6 @@ def fit_multi_worker(
     them after every epoch to ``checkpoint_dir`` (``epoch-N.weights.h5``).
     """
     import keras
-    import numpy as np
-    import tensorflow as tf
 
     (x_train, y_train), (x_val, y_val) = arrays["train"], arrays["val"]
     k = len(classes)
@@ -120,6 +118,54 @@ def fit_multi_worker(
         image_batches(x_train, y_train, global_batch, k, augmenter_for(config), config.seed)
     )
     val_ds = strategy.experimental_distribute_dataset(image_batches(x_val, y_val, global_batch, k))
+    train_step, val_step = _steps(model, strategy, optimizer, loss_fn, global_batch)
+
+    return _epochs(
+        model, (train_ds, train_step, len(x_train)), (val_ds, val_step, len(x_val)), checkpoint_dir, first_epoch, epochs
+    )
+
+
+def _epochs(model, train, val, checkpoint_dir, first_epoch: int, epochs: int) -> list[dict[str, float]]:
+    """The epochs: each (dataset, step, images) of ``train`` and ``val`` run once an epoch; the weights written
+    after every epoch, the best validation loss's kept."""
+    import numpy as np
+
+    def run(dataset, step, n):
+        loss = correct = 0.0
+        for batch in dataset:
+            batch_loss, batch_correct = step(batch)
+            loss, correct = loss + float(batch_loss), correct + float(batch_correct)
+        return loss / n, correct / n
+
+    history, best, best_weights = [], np.inf, None
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    for epoch in range(first_epoch, first_epoch + epochs):
+        loss, accuracy = run(*train)
+        val_loss, val_accuracy = run(*val)
+        history.append(
+            {
+                "accuracy": accuracy,
+                "loss": loss,
+                "val_accuracy": val_accuracy,
+                "val_loss": val_loss,
+                "phase": "fine-tune" if first_epoch else "frozen",
+            }
+        )
+        if val_loss < best:
+            best, best_weights = val_loss, [np.array(w) for w in model.get_weights()]
+        partial = checkpoint_dir / f"partial-epoch-{epoch + 1}.weights.h5"  # Keras needs this suffix
+        model.save_weights(partial)
+        os.replace(partial, checkpoint_dir / f"epoch-{epoch + 1}.weights.h5")
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return history
+
+
+def _steps(model, strategy, optimizer, loss_fn, global_batch: int):
+    """(train step, validation step) as ``tf.function``s: each runs the replica step on every replica and sums
+    (loss, correct) over them; the loss is averaged over the global batch, so the all-reduced gradients are
+    the global batch's."""
+    import tensorflow as tf
 
     def replica_step(images, labels, training: bool):
         with tf.GradientTape() as tape:
@@ -142,32 +188,4 @@ def fit_multi_worker(
         totals = strategy.run(replica_step, args=(*batch, False))
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in totals]
 
-    def run(dataset, step, n):
-        loss = correct = 0.0
-        for batch in dataset:
-            batch_loss, batch_correct = step(batch)
-            loss, correct = loss + float(batch_loss), correct + float(batch_correct)
-        return loss / n, correct / n
-
-    history, best, best_weights = [], np.inf, None
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    for epoch in range(first_epoch, first_epoch + epochs):
-        loss, accuracy = run(train_ds, train_step, len(x_train))
-        val_loss, val_accuracy = run(val_ds, val_step, len(x_val))
-        history.append(
-            {
-                "accuracy": accuracy,
-                "loss": loss,
-                "val_accuracy": val_accuracy,
-                "val_loss": val_loss,
-                "phase": "fine-tune" if first_epoch else "frozen",
-            }
-        )
-        if val_loss < best:
-            best, best_weights = val_loss, [np.array(w) for w in model.get_weights()]
-        partial = checkpoint_dir / f"partial-epoch-{epoch + 1}.weights.h5"  # Keras needs this suffix
-        model.save_weights(partial)
-        os.replace(partial, checkpoint_dir / f"epoch-{epoch + 1}.weights.h5")
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    return history
+    return train_step, val_step

@@ -210,9 +210,6 @@ def train_segmenter(
     held-out Dice/IoU, sha256, input size), ``split.csv``, ``test_scores.csv``, ``history.csv`` and
     ``overlays.png`` (the worst and median held-out cases).
     """
-    import keras
-    import tensorflow as tf
-
     log = log or logging.getLogger("ccad").info
     out = Path(out)
     rows = read_mask_manifest(manifest)
@@ -222,13 +219,32 @@ def train_segmenter(
         f"lung segmenter: {len(rows)} images, {len(set(r['group'] for r in rows))} patients; "
         + ", ".join(f"{p} {len(v)}" for p, v in by_part.items())
     )
+    fitted = _fit_and_export(by_part, out, size, epochs, batch_size, learning_rate, seed, weights)
+    _write_history_and_split(out, fitted["history"], rows, parts)
+    card = _card(fitted, rows, by_part, size, epochs, batch_size, learning_rate, seed)
+    write_json(out / "lung-segmenter.json", card)  # the folder is a segmenter now: score it as shipped
+    card["held_out"] = score_segmenter(out, by_part["test"], out)
+    card["held_out_float"] = _float_scores(out, card, by_part["test"])
+    write_json(out / "lung-segmenter.json", card)
+    log(json.dumps(card["held_out"], indent=2))
+    return card
+
+
+def _fit_and_export(by_part, out: Path, size, epochs, batch_size, learning_rate, seed, weights) -> dict[str, Any]:
+    """Fit on the training patients (the best epoch on validation Dice kept); ``out/lung-segmenter.onnx``
+    (INT8, calibrated on training images) and ``lung-segmenter.float.onnx``."""
+    import contextlib
+    import io
+
+    import keras
+    import tensorflow as tf
+
     keras.utils.set_random_seed(seed)
     train = _load_arrays(by_part["train"], size)
     val = _load_arrays(by_part["val"], size)
     train_ds = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train), seed=seed).batch(batch_size)
     train_ds = _augment(train_ds, seed).prefetch(2)
     val_ds = tf.data.Dataset.from_tensor_slices((val[..., :1], val[..., 1:])).batch(batch_size)
-
     model = build_segmenter(size, weights)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * int(np.ceil(len(train) / batch_size)))
     model.compile(keras.optimizers.Adam(schedule), loss=_loss, metrics=[_dice_metric])
@@ -246,37 +262,56 @@ def train_segmenter(
         train_seconds = time.perf_counter() - started
         model.load_weights(work / "best.weights.h5")
         out.mkdir(parents=True, exist_ok=True)
-        import contextlib
-        import io
-
         with contextlib.redirect_stdout(io.StringIO()):
             model.export(str(work / "float.onnx"), format="onnx", verbose=False)
-        calibration = train[:CALIBRATION_IMAGES, ..., :1]
-
-        quantize_onnx(work / "float.onnx", work / "lung-segmenter.onnx", calibration)
+        quantize_onnx(work / "float.onnx", work / "lung-segmenter.onnx", train[:CALIBRATION_IMAGES, ..., :1])
         shutil.move(str(work / "lung-segmenter.onnx"), out / "lung-segmenter.onnx")
         shutil.move(str(work / "float.onnx"), out / "lung-segmenter.float.onnx")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return {
+        "history": history.history,
+        "seconds": train_seconds,
+        "parameters": int(model.count_params()),
+        "calibration_images": min(CALIBRATION_IMAGES, len(train)),
+        "out": out,
+    }
 
+
+def _write_history_and_split(out: Path, history: dict, rows, parts) -> None:
     with open(out / "history.csv", "w", newline="") as f:
         w = csv.writer(f)
-        keys = list(history.history)
+        keys = list(history)
         w.writerow(["epoch", *keys])
-        for e in range(len(history.history[keys[0]])):
-            w.writerow([e + 1, *(f"{history.history[k][e]:.5f}" for k in keys)])
+        for e in range(len(history[keys[0]])):
+            w.writerow([e + 1, *(f"{history[k][e]:.5f}" for k in keys)])
     with open(out / "split.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "group", "split"])
         for r, p in zip(rows, parts):
             w.writerow([Path(r["image"]).name, r["group"], p])
 
-    card = {
+
+def _float_scores(out: Path, card: dict[str, Any], test_rows) -> dict[str, Any]:
+    """The float model's held-out scores, for the card (scored from a folder of its own)."""
+    float_dir = Path(tempfile.mkdtemp(prefix=".lungseg-float."))
+    try:
+        shutil.copyfile(out / "lung-segmenter.float.onnx", float_dir / "lung-segmenter.onnx")
+        write_json(float_dir / "lung-segmenter.json", dict(card, sha256={}))
+        return score_segmenter(float_dir, test_rows, float_dir)
+    finally:
+        shutil.rmtree(float_dir, ignore_errors=True)
+
+
+def _card(fitted, rows, by_part, size, epochs, batch_size, learning_rate, seed) -> dict[str, Any]:
+    """The segmenter's card (a declarative table of what it is and how it was made)."""
+    out = fitted["out"]
+    return {
         "format": "ccad-lung-segmenter/1",
         "model": "lung-segmenter.onnx",
         "architecture": f"U-Net on the ImageNet MobileNetV2 encoder (skips {', '.join(SKIPS)}; bottleneck "
         f"{BOTTLENECK}; separable decoder {DECODER_FILTERS})",
-        "parameters": int(model.count_params()),
+        "parameters": fitted["parameters"],
         "input_size": size,
         "input": "grayscale in [0, 1], resized (Pillow bilinear) to input_size x input_size, then histogram-"
         "equalized (ccad.models.lungs.segmenter_input); NHWC (N, S, S, 1) float32",
@@ -284,7 +319,7 @@ def train_segmenter(
         "largest region on each side and fills holes",
         "threshold": 0.5,
         "quantization": f"ONNX Runtime static quantization, QDQ, per-channel int8 weights, uint8 activations, "
-        f"percentile calibration on {min(CALIBRATION_IMAGES, len(train))} training images "
+        f"percentile calibration on {fitted['calibration_images']} training images "
         "(the float model is lung-segmenter.float.onnx, not shipped)",
         "training_data": {
             "name": "V7 Labs COVID-19 chest X-ray lung masks on Cohen et al.'s covid-chestxray-dataset images",
@@ -301,25 +336,12 @@ def train_segmenter(
             "learning_rate": learning_rate,
             "schedule": "cosine decay",
             "loss": "BCE + soft Dice on labelled pixels",
-            "seconds": round(train_seconds),
+            "seconds": round(fitted["seconds"]),
             "command": f"ccad lungs train --data MANIFEST --out DIR --size {size} --epochs {epochs} --seed {seed}",
         },
         "sha256": {"lung-segmenter.onnx": sha256(out / "lung-segmenter.onnx")},
         "size_bytes": (out / "lung-segmenter.onnx").stat().st_size,
     }
-    write_json(out / "lung-segmenter.json", card)
-    card["held_out"] = score_segmenter(out, by_part["test"], out)
-    write_json(out / "lung-segmenter.json", card)
-    float_dir = Path(tempfile.mkdtemp(prefix=".lungseg-float."))
-    try:  # the float model's held-out scores, for the card
-        shutil.copyfile(out / "lung-segmenter.float.onnx", float_dir / "lung-segmenter.onnx")
-        write_json(float_dir / "lung-segmenter.json", dict(card, sha256={}))
-        card["held_out_float"] = score_segmenter(float_dir, by_part["test"], float_dir)
-    finally:
-        shutil.rmtree(float_dir, ignore_errors=True)
-    write_json(out / "lung-segmenter.json", card)
-    log(json.dumps(card["held_out"], indent=2))
-    return card
 
 
 def describe_scores(card: dict[str, Any]) -> str:
@@ -334,7 +356,7 @@ def describe_scores(card: dict[str, Any]) -> str:
 def score_segmenter(model_dir: str | os.PathLike, rows, out: str | os.PathLike) -> dict[str, Any]:
     """Dice/IoU of the ONNX segmenter on ``rows`` at each mask's resolution; writes scores and overlays."""
 
-    segmenter = LungSegmenter(model_dir, threads=1)
+    segmenter = LungSegmenter.load(model_dir, threads=1)
     scores = []
     started = time.perf_counter()
     for row in rows:

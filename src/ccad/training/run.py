@@ -111,43 +111,11 @@ def train(
     timings["load_s"] = time.perf_counter() - start
     start = time.perf_counter()
     model, history, head = _fit(arrays, dataset, config, verbose, cluster, run_dir)
-    timings["train_s"] = time.perf_counter() - start
-    if cluster is not None:
-        timings["distributed"] = {
-            "workers": cluster.workers,
-            "task": cluster.task,
-            "global_batch_size": config.batch_size * cluster.workers,
-            "scaled_lr": config.lr * cluster.workers,
-        }
-    timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / timings["train_s"]
-    if head is not None:
-        timings["head_fit_s"] = head.fit_s
-        if head.onnx is not None:  # a non-linear head runs after the network, from its own file
-            with atomic_path(run_dir / head.file) as tmp:
-                tmp.write_bytes(head.onnx)
-
-    meta = run_metadata(dataset, config, head=head)
-    predictor = KerasPredictor.of(model, meta, run_dir)
-    val_probabilities = predictor.predict_images(arrays["val"][0])
-    write_predictions(run_dir / VAL_PREDICTIONS, arrays["samples"]["val"], val_probabilities, dataset.classes)
-    decision = fit_decision(
-        arrays["val"][1],
-        val_probabilities,
-        dataset.classes,
-        dataset.positive_class or dataset.classes[-1],
-        config.threshold,
-        config.calibration,
-        fitted_on="the validation split",
-    )
-    start = time.perf_counter()
-    train_features = predictor.pooled_features(arrays["train"][0])
-    ood = fit_ood_guard(train_features, predictor.pooled_features(arrays["val"][0]))
-    save_rehearsal(run_dir, train_features, arrays["train"][1], dataset.classes, seed=config.seed or 0)  # ccad adapt
-    positive = dataset.classes.index(dataset.positive_class or dataset.classes[-1])
-    ood = replace(ood, reference_scores=val_probabilities[:, positive])  # the drift check's reference
-    ood.save(run_dir / OOD_FILE)
-    timings["ood_fit_s"] = time.perf_counter() - start
-
+    timings.update(_fit_timings(time.perf_counter() - start, arrays, history, head, cluster, config))
+    if head is not None and head.onnx is not None:  # a non-linear head runs after the network, from its own file
+        with atomic_path(run_dir / head.file) as tmp:
+            tmp.write_bytes(head.onnx)
+    decision, ood, timings["ood_fit_s"] = _fit_decision_and_guard(model, arrays, dataset, config, head, run_dir)
     meta = run_metadata(dataset, config, decision, head, ood)
     _save_run(run_dir, model, meta, dataset, config, history, timings, save_h5)
     predictor = KerasPredictor.of(model, meta, run_dir, ood=ood)
@@ -166,6 +134,48 @@ def train(
 
         shutil.rmtree(run_dir, ignore_errors=True)
     return TrainResult(run_dir, model, dataset, config, history, metrics, decision, timings, head, predictor)
+
+
+def _fit_timings(train_s: float, arrays, history, head, cluster, config) -> dict[str, Any]:
+    timings: dict[str, Any] = {"train_s": train_s}
+    if cluster is not None:
+        timings["distributed"] = {
+            "workers": cluster.workers,
+            "task": cluster.task,
+            "global_batch_size": config.batch_size * cluster.workers,
+            "scaled_lr": config.lr * cluster.workers,
+        }
+    timings["train_images_per_s"] = len(arrays["train"][0]) * len(history) / train_s
+    if head is not None:
+        timings["head_fit_s"] = head.fit_s
+    return timings
+
+
+def _fit_decision_and_guard(model, arrays, dataset: Dataset, config: TrainConfig, head, run_dir: Path):
+    """The decision rule fitted on the validation split (its predictions written), the out-of-distribution
+    guard with the drift check's reference, and the rehearsal features (``ccad adapt``): (decision, guard,
+    seconds the guard took)."""
+    predictor = KerasPredictor.of(model, run_metadata(dataset, config, head=head), run_dir)
+    val_probabilities = predictor.predict_images(arrays["val"][0])
+    write_predictions(run_dir / VAL_PREDICTIONS, arrays["samples"]["val"], val_probabilities, dataset.classes)
+    positive_class = dataset.positive_class or dataset.classes[-1]
+    decision = fit_decision(
+        arrays["val"][1],
+        val_probabilities,
+        dataset.classes,
+        positive_class,
+        config.threshold,
+        config.calibration,
+        fitted_on="the validation split",
+    )
+    start = time.perf_counter()
+    train_features = predictor.pooled_features(arrays["train"][0])
+    ood = fit_ood_guard(train_features, predictor.pooled_features(arrays["val"][0]))
+    save_rehearsal(run_dir, train_features, arrays["train"][1], dataset.classes, seed=config.seed or 0)
+    positive = dataset.classes.index(positive_class)
+    ood = replace(ood, reference_scores=val_probabilities[:, positive])  # the drift check's reference
+    ood.save(run_dir / OOD_FILE)
+    return decision, ood, time.perf_counter() - start
 
 
 def write_predictions(path: Path, samples, probabilities: np.ndarray, classes) -> None:

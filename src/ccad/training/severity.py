@@ -89,11 +89,6 @@ def train_severity(
     attach: bool = False,
 ) -> dict[str, Any]:
     """Fit and cross-validate the severity head on a bundle's features; write ``out``; optionally attach it."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.model_selection import GroupKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     if not is_bundle(model):
         raise ModelError(f"{model}: severity needs a model bundle (ccad export) whose backbone it reuses")
     screener = Screener.load(model)
@@ -101,10 +96,6 @@ def train_severity(
     features = pooled_features(screener, [r["path"] for r in rows])
     groups = np.array([r["group"] for r in rows])
     folds = min(folds, len(set(groups)))
-
-    def ridge():
-        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
-
     out = Path(out)
     result: dict[str, Any] = {
         "n": len(rows),
@@ -127,23 +118,10 @@ def train_severity(
     predictions = {}
     for name, (lo, hi) in SCORES.items():
         y = np.array([r[name] for r in rows])
-        oof = np.clip(cross_val_predict(ridge(), features, y, groups=groups, cv=GroupKFold(folds)), lo, hi)
-        baseline = np.zeros_like(y)
-        for train_idx, test_idx in GroupKFold(folds).split(features, y, groups):
-            baseline[test_idx] = y[train_idx].mean()
+        oof, baseline = _out_of_fold(features, y, groups, folds, lo, hi)
         result["scores"][name] = _regression_metrics(y, oof, baseline, groups, seed)
         predictions[name] = (y, oof)
-        final = ridge().fit(features, y)
-        scaler, regression = final[0], final[1]
-        weights = regression.coef_ / scaler.scale_
-        head["targets"][name] = {
-            "weights": weights.tolist(),
-            "bias": float(regression.intercept_ - np.dot(weights, scaler.mean_)),
-            "range": [lo, hi],
-            "alpha": float(regression.alpha_),
-            "interval_halfwidth": float(1.96 * np.sqrt(np.mean((oof - y) ** 2))),
-            "cv_mae": result["scores"][name]["mae"]["value"],
-        }
+        head["targets"][name] = _fitted_target(features, y, oof, lo, hi, result["scores"][name]["mae"]["value"])
     result["severity_model"] = head
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / SEVERITY_FILE, head)
@@ -153,6 +131,41 @@ def train_severity(
     if attach:
         attach_severity(model, out / SEVERITY_FILE)
     return result
+
+
+def _ridge():
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 25)))
+
+
+def _out_of_fold(features, y, groups, folds: int, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
+    """(patient-grouped out-of-fold ridge predictions clipped to the score's range, the same folds' baseline:
+    the training folds' mean)."""
+    from sklearn.model_selection import GroupKFold, cross_val_predict
+
+    oof = np.clip(cross_val_predict(_ridge(), features, y, groups=groups, cv=GroupKFold(folds)), lo, hi)
+    baseline = np.zeros_like(y)
+    for train_idx, test_idx in GroupKFold(folds).split(features, y, groups):
+        baseline[test_idx] = y[train_idx].mean()
+    return oof, baseline
+
+
+def _fitted_target(features, y, oof, lo: float, hi: float, cv_mae: float) -> dict[str, Any]:
+    """The ridge fitted on all images, folded into one weight vector and bias on the raw features."""
+    final = _ridge().fit(features, y)
+    scaler, regression = final[0], final[1]
+    weights = regression.coef_ / scaler.scale_
+    return {
+        "weights": weights.tolist(),
+        "bias": float(regression.intercept_ - np.dot(weights, scaler.mean_)),
+        "range": [lo, hi],
+        "alpha": float(regression.alpha_),
+        "interval_halfwidth": float(1.96 * np.sqrt(np.mean((oof - y) ** 2))),
+        "cv_mae": cv_mae,
+    }
 
 
 def _regression_metrics(y: np.ndarray, predicted: np.ndarray, baseline: np.ndarray, groups, seed: int):

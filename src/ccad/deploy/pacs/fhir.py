@@ -45,79 +45,12 @@ def diagnostic_report(
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
     instance, study = str(source.SOPInstanceUID), str(source.StudyInstanceUID)
-    device = {
-        "resourceType": "Device",
-        "id": "device",
-        "identifier": [{"system": "urn:ccad:model-sha256", "value": algorithm.model_sha256}],
-        "manufacturer": MANUFACTURER,
-        "deviceName": [{"name": f"{algorithm.name} ({algorithm.variant} model)", "type": "model-name"}],
-        "version": [{"value": algorithm.version}],
-        "note": [{"text": f"decision rule: {algorithm.decision_rule}"}],
-    }
-    observations = []
-
-    def observation(code: str, display: str, **value) -> None:
-        observations.append(
-            {
-                "resourceType": "Observation",
-                "id": f"obs{len(observations)}",
-                "status": "preliminary",
-                "code": _concept(code, display),
-                "device": {"reference": "#device"},
-                **value,
-            }
-        )
-
-    if prediction is None:
-        observation("not-scored", "Not scored", valueString=str(reason)[:500])
-        conclusion = f"Not scored: {reason}. {NOT_FOR_DIAGNOSIS}"
-    else:
-        observation(
-            "screening-result",
-            "Screening result (decision rule)",
-            valueCodeableConcept=_concept(f"class-{prediction.predicted_class}", prediction.predicted_class),
-        )
-        for name, p in prediction.probabilities.items():
-            observation(
-                f"p-{name}",
-                f"Probability of {name}",
-                valueQuantity={
-                    "value": round(float(p), 6),
-                    "unit": "1",
-                    "system": "http://unitsofmeasure.org",
-                    "code": "1",
-                },
-            )
-        if algorithm.threshold is not None:
-            observation(
-                "decision-threshold",
-                f"Decision threshold on p({algorithm.positive_class})",
-                valueQuantity={
-                    "value": round(float(algorithm.threshold), 6),
-                    "unit": "1",
-                    "system": "http://unitsofmeasure.org",
-                    "code": "1",
-                },
-            )
-        observation(
-            "out-of-distribution",
-            "Outside the model's training distribution",
-            valueBoolean=prediction.in_distribution is False,
-        )
-        outside = (
-            " The image is outside what the model was trained on: do not rely on this result."
-            if prediction.in_distribution is False
-            else ""
-        )
-        conclusion = (
-            f"ccad screening result: {prediction.predicted_class} "
-            f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{outside} {NOT_FOR_DIAGNOSIS}"
-        )
+    observations, conclusion = _observations(algorithm, prediction, reason)
     report = {
         "resourceType": "DiagnosticReport",
         "id": _id(instance, algorithm, "report"),
         "status": "preliminary",
-        "contained": [device, *observations],
+        "contained": [_device(algorithm), *observations],
         "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{instance}"}],
         "category": [
             {
@@ -152,6 +85,66 @@ def diagnostic_report(
     if patient_system and patient_id:
         report["subject"] = {"identifier": {"system": patient_system, "value": patient_id}}
     return json.loads(DiagnosticReport.model_validate(report).model_dump_json(exclude_none=True))
+
+
+def _device(algorithm: Algorithm) -> dict[str, Any]:
+    """The contained ``Device``: the model by its sha256, its variant, version and decision rule."""
+    return {
+        "resourceType": "Device",
+        "id": "device",
+        "identifier": [{"system": "urn:ccad:model-sha256", "value": algorithm.model_sha256}],
+        "manufacturer": MANUFACTURER,
+        "deviceName": [{"name": f"{algorithm.name} ({algorithm.variant} model)", "type": "model-name"}],
+        "version": [{"value": algorithm.version}],
+        "note": [{"text": f"decision rule: {algorithm.decision_rule}"}],
+    }
+
+
+def _quantity(value: float) -> dict[str, Any]:
+    return {"value": round(float(value), 6), "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}
+
+
+def _observations(algorithm: Algorithm, prediction, reason: str | None) -> tuple[list[dict], str]:
+    """(the contained ``Observation``s, the conclusion): why the image was not scored, or the class by the
+    decision rule, the probabilities, the threshold and the guard's verdict."""
+    observations: list[dict] = []
+
+    def observation(code: str, display: str, **value) -> None:
+        observations.append(
+            {
+                "resourceType": "Observation",
+                "id": f"obs{len(observations)}",
+                "status": "preliminary",
+                "code": _concept(code, display),
+                "device": {"reference": "#device"},
+                **value,
+            }
+        )
+
+    if prediction is None:
+        observation("not-scored", "Not scored", valueString=str(reason)[:500])
+        return observations, f"Not scored: {reason}. {NOT_FOR_DIAGNOSIS}"
+    observation(
+        "screening-result",
+        "Screening result (decision rule)",
+        valueCodeableConcept=_concept(f"class-{prediction.predicted_class}", prediction.predicted_class),
+    )
+    for name, p in prediction.probabilities.items():
+        observation(f"p-{name}", f"Probability of {name}", valueQuantity=_quantity(p))
+    if algorithm.threshold is not None:
+        observation(
+            "decision-threshold",
+            f"Decision threshold on p({algorithm.positive_class})",
+            valueQuantity=_quantity(algorithm.threshold),
+        )
+    outside = prediction.in_distribution is False
+    observation("out-of-distribution", "Outside the model's training distribution", valueBoolean=outside)
+    warning = " The image is outside what the model was trained on: do not rely on this result." if outside else ""
+    conclusion = (
+        f"ccad screening result: {prediction.predicted_class} "
+        f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{warning} {NOT_FOR_DIAGNOSIS}"
+    )
+    return observations, conclusion
 
 
 class FhirPoster:

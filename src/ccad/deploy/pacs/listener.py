@@ -126,7 +126,7 @@ class ListenerSettings:
         if self.fhir and "://" in self.fhir:  # a URL (a mistyped scheme must not become a folder)
             from ccad.deploy.pacs.dicomweb import check_url
 
-            check_url(self.fhir, f"--fhir {self.fhir}")
+            check_url(self.fhir, f"`fhir` {self.fhir}")
         return self
 
 
@@ -206,7 +206,7 @@ class Listener:
     ends it (what is in the spool stays there for the next start)."""
 
     def __init__(self, settings: ListenerSettings, screener=None):
-        self.settings = settings.check()
+        self.settings = settings
         self.spool = Spool(settings.spool)
         self.screener = screener
         self.stats = Stats()
@@ -227,30 +227,12 @@ class Listener:
         :meth:`take` instead."""
         from pynetdicom import AE, _config, evt
 
+        self.settings.check()  # before anything is created: settings that cannot work are refused at start
         self.spool.create()
-
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
-        if self.screener is None:
-            from ccad.screening import Intake, Screener
-
-            self.screener = Screener.load(
-                self.settings.model,
-                variant="int8" if self.settings.int8 else "float",
-                threads=self.settings.threads,
-                intake=Intake(max_pixels=self.settings.max_pixels),
-            )
+        self._load_screener()
         self._start_monitoring()
-        card = self.screener.card
-        self.algorithm = Algorithm(
-            "ccad",
-            (card.versions or {}).get("ccad") or __version__,
-            card.sha256[card.models[self.screener.variant]],
-            self.screener.variant,
-            self.screener.decision.describe(self.screener.positive_class),
-            self.screener.positive_class,
-            self.screener.decision.threshold,
-        )
         ae = AE(ae_title=self.settings.ae_title)
         syntaxes = transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:
@@ -261,6 +243,38 @@ class Listener:
             self._server = ae.start_server(
                 (self.settings.host, self.settings.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
             )
+        self._connect_outputs()
+        for i in range(self.settings.workers):
+            self._spawn(self._work, f"ccad-dicom-worker-{i}")
+        self._spawn(self._send_loop, "ccad-dicom-sender")
+        self._spawn(self._resume, "ccad-dicom-resume")
+        self._log_start(scp)
+        return self
+
+    def _load_screener(self) -> None:
+        """The screener (unless one was given) and the algorithm the results name."""
+        if self.screener is None:
+            from ccad.screening import Intake, Screener
+
+            self.screener = Screener.load(
+                self.settings.model,
+                variant="int8" if self.settings.int8 else "float",
+                threads=self.settings.threads,
+                intake=Intake(max_pixels=self.settings.max_pixels),
+            )
+        card = self.screener.card
+        self.algorithm = Algorithm(
+            "ccad",
+            (card.versions or {}).get("ccad") or __version__,
+            card.sha256[card.models[self.screener.variant]],
+            self.screener.variant,
+            self.screener.decision.describe(self.screener.positive_class),
+            self.screener.positive_class,
+            self.screener.decision.threshold,
+        )
+
+    def _connect_outputs(self) -> None:
+        """The DICOMweb client (STOW-RS results) and the FHIR poster, where the settings name them."""
         if isinstance(self.settings.send_to, WebDestination):
             from ccad.deploy.pacs.dicomweb import client, session
 
@@ -270,10 +284,8 @@ class Listener:
             from ccad.deploy.pacs.fhir import FhirPoster
 
             self._fhir = FhirPoster(self.settings.fhir, str(self.settings.ca_file) if self.settings.ca_file else None)
-        for i in range(self.settings.workers):
-            self._spawn(self._work, f"ccad-dicom-worker-{i}")
-        self._spawn(self._send_loop, "ccad-dicom-sender")
-        self._spawn(self._resume, "ccad-dicom-resume")
+
+    def _log_start(self, scp: bool) -> None:
         destination = self.settings.send_to
         where = (
             f"{destination.ae_title}@{destination.host}:{destination.port}"
@@ -288,7 +300,6 @@ class Listener:
             self.screener.variant,
             self.settings.spool,
         )
-        return self
 
     def _start_monitoring(self) -> None:
         """The monitor (metrics, drift, result log) and, with ``metrics_port``, its HTTP endpoint."""

@@ -40,60 +40,79 @@ def pull(
     DICOMweb service ``source``; returns counts. Waits (at most ``timeout_s``) until every result is sent.
     ``source_auth``: the archive's credentials file (the destination's are never sent to it; without one, the
     environment's ``CCAD_DICOMWEB_SOURCE_TOKEN`` or ``CCAD_DICOMWEB_SOURCE_USER`` / ``_PASSWORD``)."""
-    listener = Listener(settings, screener)
-    done_path = listener.spool.root / DONE_FILE
-    done = set(done_path.read_text().split()) if done_path.exists() else set()
-    lock = threading.Lock()
+    job = _Pull.open(Listener(settings, screener), source, timeout_s)
+    job.listener.start(scp=False)
+    http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
+    try:
+        for uids in find_instances(client(source, http), study, since):
+            job.fetch_and_take(http, *uids)
+        job.counts["complete"] = job.wait()
+    finally:
+        job.listener.stop()
+    stats = job.listener.stats
+    job.counts.update(scored=stats.scored, not_scored=stats.not_scored, failed=stats.failed, sent=stats.sent)
+    return job.counts
 
-    def record(key: str) -> None:
-        with lock, open(done_path, "a") as f:
+
+class _Pull:
+    """One pull's state: what earlier runs finished (``pulled.txt``, appended and synced as each finishes), what
+    waits in the spool from a run that died (resumed, not fetched again), and the counts."""
+
+    def __init__(self, listener: Listener, source: str, done: set[str], waiting: set[str], deadline: float):
+        self.listener, self.source, self.done, self.waiting, self.deadline = listener, source, done, waiting, deadline
+        self.done_path = listener.spool.root / DONE_FILE
+        self.seen: set[str] = set()
+        self.lock = threading.Lock()
+        self.counts = dict.fromkeys(
+            ("found", "already_done", "in_the_spool", "fetched", "fetch_failures", "refused"), 0
+        )
+
+    @classmethod
+    def open(cls, listener: Listener, source: str, timeout_s: float) -> "_Pull":
+        """Read what earlier runs left, and have the listener record each image as it finishes."""
+        done_path = listener.spool.root / DONE_FILE
+        done = set(done_path.read_text().split()) if done_path.exists() else set()
+        waiting = {p.stem for p in listener.spool.pending_inbox()}
+        job = cls(listener, source, done, waiting, time.monotonic() + timeout_s)
+        listener.on_done = job.record
+        return job
+
+    def record(self, key: str) -> None:
+        with self.lock, open(self.done_path, "a") as f:
             f.write(key + "\n")
             f.flush()
             os.fsync(f.fileno())
 
-    listener.on_done = record
-    waiting = {p.stem for p in listener.spool.pending_inbox()}  # fetched by a run that died: resumed, not refetched
-    seen: set[str] = set()
-    listener.start(scp=False)
-    http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
-    web = client(source, http)
-    counts = {"found": 0, "already_done": 0, "in_the_spool": 0, "fetched": 0, "fetch_failures": 0, "refused": 0}
-    deadline = time.monotonic() + timeout_s
-    try:
-        for study_uid, series_uid, instance_uid in find_instances(web, study, since):
-            counts["found"] += 1
-            key = instance_key(instance_uid)
-            if key in done or key in seen:
-                counts["already_done"] += 1
-                continue
-            seen.add(key)
-            if key in waiting:
-                counts["in_the_spool"] += 1
-                continue
-            try:
-                data = fetch_instance(http, source, study_uid, series_uid, instance_uid, settings.max_dataset_bytes)
-            except TooLarge as e:  # refused as the listener refuses it: recorded, not fetched again
-                counts["refused"] += 1
-                log.warning("image %s refused: %s, the --max-dataset-mb limit", key, e)
-                record(key)
-                continue
-            except Exception as e:  # the archive's error: logged, counted, the pull goes on
-                counts["fetch_failures"] += 1
-                log.warning("image %s could not be fetched (%s)", key, type(e).__name__)
-                continue
-            counts["fetched"] += 1
-            if listener.take(key, data, timeout_s=max(1.0, deadline - time.monotonic())) is None:
-                counts["refused"] += 1  # too large, a bomb, undecodable, or without its UIDs: as the listener would
-                record(key)
-        while not listener.idle() and time.monotonic() < deadline:
+    def fetch_and_take(self, http, study_uid: str, series_uid: str, instance_uid: str) -> None:
+        counts = self.counts
+        counts["found"] += 1
+        key = instance_key(instance_uid)
+        if key in self.done or key in self.seen:
+            counts["already_done"] += 1
+            return
+        self.seen.add(key)
+        if key in self.waiting:
+            counts["in_the_spool"] += 1
+            return
+        limit = self.listener.settings.max_dataset_bytes
+        try:
+            data = fetch_instance(http, self.source, study_uid, series_uid, instance_uid, limit)
+        except TooLarge as e:  # refused as the listener refuses it: recorded, not fetched again
+            counts["refused"] += 1
+            log.warning("image %s refused: %s, the --max-dataset-mb limit", key, e)
+            self.record(key)
+            return
+        except Exception as e:  # the archive's error: logged, counted, the pull goes on
+            counts["fetch_failures"] += 1
+            log.warning("image %s could not be fetched (%s)", key, type(e).__name__)
+            return
+        counts["fetched"] += 1
+        if self.listener.take(key, data, timeout_s=max(1.0, self.deadline - time.monotonic())) is None:
+            counts["refused"] += 1  # too large, a bomb, undecodable, or without its UIDs: as the listener would
+            self.record(key)
+
+    def wait(self) -> bool:
+        """Until every image taken has a result sent, or the deadline; whether all were."""
+        while not self.listener.idle() and time.monotonic() < self.deadline:
             time.sleep(0.2)
-        counts["complete"] = listener.idle()
-    finally:
-        listener.stop()
-    counts.update(
-        scored=listener.stats.scored,
-        not_scored=listener.stats.not_scored,
-        failed=listener.stats.failed,
-        sent=listener.stats.sent,
-    )
-    return counts
+        return self.listener.idle()

@@ -182,65 +182,9 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
     ``reason``, of an image that was not scored."""
     import highdicom as hd
     from highdicom.sr import CodedConcept
-    from pydicom.sr.codedict import codes
 
     source = result_source(source)
-    no_units = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
-    yes, no = CodedConcept("373066001", "SCT", "Yes"), CodedConcept("373067005", "SCT", "No")
-    measurements, evaluations = (
-        [],
-        [
-            hd.sr.QualitativeEvaluation(
-                _code("intended-use", "Intended use"),
-                _code("not-for-diagnosis", "Research screening aid, not for diagnosis"),
-            )
-        ],
-    )
-    if reason is not None:
-        evaluations.append(hd.sr.QualitativeEvaluation(_code("not-scored", "Not scored"), _code("reason", reason)))
-    else:
-        for name, value in prediction.probabilities.items():
-            measurements.append(
-                hd.sr.Measurement(name=_code(f"p-{name}", f"Probability of {name}"), value=float(value), unit=no_units)
-            )
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                _code("screening-result", "Screening result"),
-                _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)"),
-            )
-        )
-        if algorithm.threshold is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=_code("decision-threshold", f"Decision threshold on p({algorithm.positive_class})"),
-                    value=float(algorithm.threshold),
-                    unit=no_units,
-                )
-            )
-        evaluations.append(
-            hd.sr.QualitativeEvaluation(
-                _code("out-of-distribution", "Outside the model's training distribution"),
-                no if prediction.in_distribution is not False else yes,
-            )
-        )
-        for key, value in (prediction.severity or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                measurements.append(
-                    hd.sr.Measurement(
-                        name=_code(f"severity-{key}", f"Severity: {key}"), value=float(value), unit=no_units
-                    )
-                )
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=_uid("device", algorithm, "device"),
-        name=algorithm.name,
-        manufacturer_name=MANUFACTURER,
-        model_name=f"{algorithm.name} {algorithm.version}",
-    )
-    context = hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.DCM.Device, observer_identifying_attributes=device
-        )
-    )
+    measurements, evaluations = _sr_content(algorithm, prediction, reason)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=_uid(source.SOPInstanceUID, algorithm, "tracking"), identifier="ccad COVID-19 screening result"
@@ -251,11 +195,11 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         qualitative_evaluations=evaluations,
     )
     report = hd.sr.MeasurementReport(
-        observation_context=context,
+        observation_context=_device_context(algorithm),
         procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
         imaging_measurements=[group],
     )
-    sr = hd.sr.ComprehensiveSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
         series_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sr-series"),
@@ -266,7 +210,67 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         is_complete=True,
         series_description="ccad result (not for diagnosis)",
     )
-    return sr
+
+
+def _sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[list, list]:
+    """(measurements, qualitative evaluations): the intended use always; then why the image was not scored,
+    or the probabilities, the class by the decision rule, its threshold, the guard's verdict and severity."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+
+    no_units = CodedConcept(value="1", scheme_designator="UCUM", meaning="no units")
+    yes, no = CodedConcept("373066001", "SCT", "Yes"), CodedConcept("373067005", "SCT", "No")
+    intended = hd.sr.QualitativeEvaluation(
+        _code("intended-use", "Intended use"), _code("not-for-diagnosis", "Research screening aid, not for diagnosis")
+    )
+    if reason is not None:
+        return [], [intended, hd.sr.QualitativeEvaluation(_code("not-scored", "Not scored"), _code("reason", reason))]
+
+    def measurement(code: str, meaning: str, value) -> Any:
+        return hd.sr.Measurement(name=_code(code, meaning), value=float(value), unit=no_units)
+
+    measurements = [measurement(f"p-{c}", f"Probability of {c}", v) for c, v in prediction.probabilities.items()]
+    if algorithm.threshold is not None:
+        measurements.append(
+            measurement(
+                "decision-threshold", f"Decision threshold on p({algorithm.positive_class})", algorithm.threshold
+            )
+        )
+    measurements += [
+        measurement(f"severity-{key}", f"Severity: {key}", value)
+        for key, value in (prediction.severity or {}).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
+    evaluations = [
+        intended,
+        hd.sr.QualitativeEvaluation(
+            _code("screening-result", "Screening result"),
+            _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)"),
+        ),
+        hd.sr.QualitativeEvaluation(
+            _code("out-of-distribution", "Outside the model's training distribution"),
+            no if prediction.in_distribution is not False else yes,
+        ),
+    ]
+    return measurements, evaluations
+
+
+def _device_context(algorithm: Algorithm):
+    """The observation context: ccad as the observing device."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=_uid("device", algorithm, "device"),
+        name=algorithm.name,
+        manufacturer_name=MANUFACTURER,
+        model_name=f"{algorithm.name} {algorithm.version}",
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
 
 
 def banner_lines(prediction, version: str = __version__) -> list[str]:
