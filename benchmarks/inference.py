@@ -131,7 +131,6 @@ def main() -> None:
     from ccad.data.datasets import DataSpec, discover
     from ccad.deploy.export import export_bundle
     from ccad.preprocessing.pipeline import load_model_input
-    from ccad.scoring.predictor import KerasPredictor, OnnxPredictor
     from ccad.training.config import make_config
     from ccad.training.run import train
 
@@ -143,31 +142,7 @@ def main() -> None:
     singles = [load_model_input(f, 224)[None] for f in files]
     batch = np.concatenate(singles[:BATCH])
 
-    keras_model = KerasPredictor.load(run).model
-    float_p, int8_p = OnnxPredictor.load(bundle, threads=THREADS), OnnxPredictor.load(bundle, "int8", threads=THREADS)
-    engines = {
-        "keras_predict": lambda x: keras_model.predict(x, verbose=0),
-        "keras_call": lambda x: keras_model(x, training=False),  # direct call: no per-call predict() overhead
-        "onnx_float": float_p.run,
-        "onnx_int8": int8_p.run,
-        "tflite_float": tflite_runner(bundle / "model.tflite"),
-        "tflite_int8": tflite_runner(bundle / "model.int8.tflite"),
-    }
-    results = {}
-    for name, fn in engines.items():
-        model_only = time_single(fn, singles)
-        end_to_end = time_single(lambda f, fn=fn: fn(load_model_input(f, 224)[None]), files)
-        results[name] = {
-            "batch1": model_only,
-            "batch32_images_per_s": time_batch(fn, batch),
-            "end_to_end_png": end_to_end,
-        }
-        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
-    for r in results.values():
-        for keras_way in ("keras_predict", "keras_call"):
-            r[f"batch1_speedup_vs_{keras_way}"] = (
-                r["batch1"]["images_per_s"] / results[keras_way]["batch1"]["images_per_s"]
-            )
+    results = _time_engines(_engines(run, bundle), singles, batch, files)
     sizes = {p.name: p.stat().st_size for p in sorted(bundle.iterdir())}
     folder = work / "images"
     folder.mkdir()
@@ -185,6 +160,44 @@ def main() -> None:
         "ccad_predict_process": peak_rss_of_predict(bundle, folder, work / "pred.csv"),
     }
     emit(report, args.out)
+
+
+def _engines(run: Path, bundle: Path) -> dict:
+    """Each way to run the classifier on a (N, 224, 224, 3) batch."""
+    from ccad.scoring.predictor import KerasPredictor, OnnxPredictor
+
+    keras_model = KerasPredictor.load(run).model
+    float_p, int8_p = OnnxPredictor.load(bundle, threads=THREADS), OnnxPredictor.load(bundle, "int8", threads=THREADS)
+    return {
+        "keras_predict": lambda x: keras_model.predict(x, verbose=0),
+        "keras_call": lambda x: keras_model(x, training=False),  # direct call: no per-call predict() overhead
+        "onnx_float": float_p.predict,
+        "onnx_int8": int8_p.predict,
+        "tflite_float": tflite_runner(bundle / "model.tflite"),
+        "tflite_int8": tflite_runner(bundle / "model.int8.tflite"),
+    }
+
+
+def _time_engines(engines: dict, singles, batch, files) -> dict:
+    """Batch 1, batch 32 and PNG-to-probability times of each engine, and batch 1's speed-up over Keras."""
+    from ccad.preprocessing.pipeline import load_model_input
+
+    results = {}
+    for name, fn in engines.items():
+        model_only = time_single(fn, singles)
+        end_to_end = time_single(lambda f, fn=fn: fn(load_model_input(f, 224)[None]), files)
+        results[name] = {
+            "batch1": model_only,
+            "batch32_images_per_s": time_batch(fn, batch),
+            "end_to_end_png": end_to_end,
+        }
+        print(name, json.dumps(results[name]), file=sys.stderr, flush=True)
+    for r in results.values():
+        for keras_way in ("keras_predict", "keras_call"):
+            r[f"batch1_speedup_vs_{keras_way}"] = (
+                r["batch1"]["images_per_s"] / results[keras_way]["batch1"]["images_per_s"]
+            )
+    return results
 
 
 if __name__ == "__main__":

@@ -79,9 +79,7 @@ def probabilities(path: Path, images: np.ndarray) -> np.ndarray:
 def main() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from ccad.data.datasets import DataSpec, label_indices, read_split_file
     from ccad.deploy.export import _calibration_images, export_model_of
-    from ccad.preprocessing.pipeline import load_images, to_model_input
     from ccad.scoring.predictor import KerasPredictor
 
     parser = argparse.ArgumentParser()
@@ -98,18 +96,7 @@ def main() -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
     calibration = _calibration_images(args.run, classifier, None, 300)
-
-    def prepared(samples):
-        images, kept, _ = load_images(samples, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
-        return to_model_input(images), kept
-
-    test = [s for s in read_split_file(Path(args.run) / "split.csv") if s.split == "test"]
-    x_test, kept = prepared([s for s in test if s.label in classifier.classes])
-    y_test = label_indices(kept, classifier.classes)
-    sets = {"test split": (x_test, y_test)}
-    if RDB.is_file():
-        rdb = DataSpec(RDB).discover(model_classes=classifier.classes).samples
-        sets["covid-cxr-rdb"] = (prepared(rdb)[0], None)
+    sets = _sets(classifier, args.run)
     rule, pos = classifier.decision, classifier.classes.index(classifier.positive_class)
     float_p = {k: rule.calibrate(probabilities(work / "model.onnx", x)) for k, (x, _) in sets.items()}
     report = {
@@ -128,30 +115,52 @@ def main() -> None:
         if y is not None:
             report["float"][key]["auc"] = round(float(roc_auc_score(y == pos, float_p[key][:, pos])), 4)
     for name in args.settings.split(","):
-        start = time.perf_counter()
-        path = work / f"{name}.onnx"
-        quantize(work / "model.onnx", path, calibration, **SETTINGS[name])
-        row = {"quantize_s": round(time.perf_counter() - start, 1)}
-        for key, (x, y) in sets.items():
-            p = rule.calibrate(probabilities(path, x))
-            d, d_float = rule.predict(p), rule.predict(float_p[key])
-            entry = {
-                "decision_agreement": round(float(np.mean(d == d_float)), 4),
-                "positive_rate": round(float(np.mean(d == pos)), 4),
-                "max_probability_difference": round(float(np.abs(p - float_p[key]).max()), 4),
-            }
-            if y is not None:
-                entry["auc"] = round(float(roc_auc_score(y == pos, p[:, pos])), 4)
-                entry["auc_difference"] = round(entry["auc"] - report["float"][key]["auc"], 4)
-            row[key] = entry
-        ok = (
-            all(row[k]["decision_agreement"] >= 0.98 for k in sets)
-            and abs(row["test split"]["auc_difference"]) <= 0.005
-        )
-        row["meets_the_aim"] = bool(ok)
-        report["settings"][name] = row
-        print(name, row, file=sys.stderr)
+        report["settings"][name] = _setting(name, work, calibration, sets, float_p, report["float"], rule, pos)
+        print(name, report["settings"][name], file=sys.stderr)
     emit(report, args.out)
+
+
+def _sets(classifier, run: str) -> dict:
+    """The run's test split (with labels) and, when ../shared has it, covid-cxr-rdb (decisions only)."""
+    from ccad.data.datasets import DataSpec, label_indices, read_split_file
+    from ccad.preprocessing.pipeline import load_images, to_model_input
+
+    def prepared(samples):
+        images, kept, _ = load_images(samples, classifier.input_size, skip_bad=True, preprocess=classifier.preprocess)
+        return to_model_input(images), kept
+
+    test = [s for s in read_split_file(Path(run) / "split.csv") if s.split == "test"]
+    x_test, kept = prepared([s for s in test if s.label in classifier.classes])
+    sets = {"test split": (x_test, label_indices(kept, classifier.classes))}
+    if RDB.is_file():
+        rdb = DataSpec(RDB).discover(model_classes=classifier.classes).samples
+        sets["covid-cxr-rdb"] = (prepared(rdb)[0], None)
+    return sets
+
+
+def _setting(name, work: Path, calibration, sets, float_p, float_report, rule, pos) -> dict:
+    """One quantization setting: its decisions and AUC against the float model's, on each set."""
+    from sklearn.metrics import roc_auc_score
+
+    start = time.perf_counter()
+    path = work / f"{name}.onnx"
+    quantize(work / "model.onnx", path, calibration, **SETTINGS[name])
+    row = {"quantize_s": round(time.perf_counter() - start, 1)}
+    for key, (x, y) in sets.items():
+        p = rule.calibrate(probabilities(path, x))
+        d, d_float = rule.predict(p), rule.predict(float_p[key])
+        entry = {
+            "decision_agreement": round(float(np.mean(d == d_float)), 4),
+            "positive_rate": round(float(np.mean(d == pos)), 4),
+            "max_probability_difference": round(float(np.abs(p - float_p[key]).max()), 4),
+        }
+        if y is not None:
+            entry["auc"] = round(float(roc_auc_score(y == pos, p[:, pos])), 4)
+            entry["auc_difference"] = round(entry["auc"] - float_report[key]["auc"], 4)
+        row[key] = entry
+    ok = all(row[k]["decision_agreement"] >= 0.98 for k in sets) and abs(row["test split"]["auc_difference"]) <= 0.005
+    row["meets_the_aim"] = bool(ok)
+    return row
 
 
 if __name__ == "__main__":

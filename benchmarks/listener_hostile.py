@@ -72,42 +72,25 @@ def c_store(path: Path, port: int) -> int:
 
 
 def main() -> None:
-    import numpy as np
-    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--out")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ccad-hostile-"))
-    files = {
-        "deflate_bomb": dataset(work / "bomb.dcm", 64, 64, bytes(1200 * 2**20), DeflatedExplicitVRLittleEndian),
-        "oversized": dataset(work / "big.dcm", 11_000, 13_060, bytes(2 * 11_000 * 13_060), ExplicitVRLittleEndian),
-        "valid": dataset(
-            work / "ok.dcm",
-            512,
-            512,
-            (np.random.default_rng(0).integers(0, 4096, (512, 512)).astype(np.uint16)).tobytes(),
-            ExplicitVRLittleEndian,
-        ),
-    }
+    files = _files(work)
     port = free_port()
+    listen = [
+        "dicom",
+        "listen",
+        "--model",
+        args.model,
+        "--port",
+        str(port),
+        "--send-to",
+        f"NOBODY@127.0.0.1:{free_port()}",
+    ]
     listener = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ccad",
-            "dicom",
-            "listen",
-            "--model",
-            args.model,
-            "--port",
-            str(port),
-            "--send-to",
-            f"NOBODY@127.0.0.1:{free_port()}",
-            "--spool",
-            str(work / "spool"),
-        ],
+        [sys.executable, "-m", "ccad", *listen, "--spool", str(work / "spool")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -120,23 +103,41 @@ def main() -> None:
     report = {"benchmark": "listener_hostile", "idle_rss_mb": round(rss_mb(listener.pid), 1), "cases": {}}
     try:
         for name, path in files.items():
-            before = vm_hwm_mb(listener.pid)
-            start = time.perf_counter()
-            status = c_store(path, port)
-            elapsed = time.perf_counter() - start
-            time.sleep(3)
-            report["cases"][name] = {
-                "file_mb": round(path.stat().st_size / 2**20, 2),
-                "status": f"0x{status:04X}",
-                "answer_s": round(elapsed, 2),
-                "peak_before_mb": round(before, 1),
-                "peak_after_mb": round(vm_hwm_mb(listener.pid), 1),
-                "rss_after_mb": round(rss_mb(listener.pid), 1),
-            }
+            report["cases"][name] = _case(listener.pid, path, port)
     finally:
         listener.terminate()
         listener.wait(30)
     emit(report, args.out)
+
+
+def _files(work: Path) -> dict[str, Path]:
+    """A deflate bomb (1.2 GB of zeros inflated), an oversized image (143 megapixels) and a valid one."""
+    import numpy as np
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+
+    valid = np.random.default_rng(0).integers(0, 4096, (512, 512)).astype(np.uint16).tobytes()
+    return {
+        "deflate_bomb": dataset(work / "bomb.dcm", 64, 64, bytes(1200 * 2**20), DeflatedExplicitVRLittleEndian),
+        "oversized": dataset(work / "big.dcm", 11_000, 13_060, bytes(2 * 11_000 * 13_060), ExplicitVRLittleEndian),
+        "valid": dataset(work / "ok.dcm", 512, 512, valid, ExplicitVRLittleEndian),
+    }
+
+
+def _case(pid: int, path: Path, port: int) -> dict:
+    """One C-STORE: its status, how long the answer took, the listener's memory before and after."""
+    before = vm_hwm_mb(pid)
+    start = time.perf_counter()
+    status = c_store(path, port)
+    elapsed = time.perf_counter() - start
+    time.sleep(3)
+    return {
+        "file_mb": round(path.stat().st_size / 2**20, 2),
+        "status": f"0x{status:04X}",
+        "answer_s": round(elapsed, 2),
+        "peak_before_mb": round(before, 1),
+        "peak_after_mb": round(vm_hwm_mb(pid), 1),
+        "rss_after_mb": round(rss_mb(pid), 1),
+    }
 
 
 if __name__ == "__main__":

@@ -42,8 +42,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="images per set (default: all)")
     args = parser.parse_args()
 
-    from ccad.io.images import read_grayscale
-    from ccad.models.lungs import LungSegmenter, postprocess, quality_flags
+    from ccad.models.lungs import LungSegmenter
 
     segmenter = LungSegmenter.load(threads=1)
     sets = {
@@ -54,7 +53,33 @@ def main() -> None:
         "cohen-other": manifest_paths("cohen-other", None, args.limit),
         "imagenet-sanity photos": sorted((SHARED / "imagenet-sanity").glob("*.png")),
     }
-    gray = read_grayscale(sets["covid-cxr normal (NIH)"][0])
+    timings = _timings(segmenter, sets["covid-cxr normal (NIH)"][0])
+    rates = {name: _flag_rates(segmenter, name, paths) for name, paths in sets.items()}
+    if args.figures:
+        _figures(segmenter, sets, Path(args.figures))
+    card = segmenter.card
+    emit(
+        {
+            "benchmark": "lungs",
+            "segmenter": {
+                "input_size": card["input_size"],
+                "size_bytes": card["size_bytes"],
+                "parameters": card["parameters"],
+                "held_out": card.get("held_out"),
+            },
+            "ms_per_image_one_thread": timings,
+            "qc_flag_rates": rates,
+        },
+        args.out,
+    )
+
+
+def _timings(segmenter, path) -> dict:
+    """The network's and the post-processing's time on one image, one thread (after a warm-up)."""
+    from ccad.io.images import read_grayscale
+    from ccad.models.lungs import postprocess, quality_flags
+
+    gray = read_grayscale(path)
     for _ in range(5):
         segmenter.probabilities([gray])
     times = []
@@ -68,60 +93,51 @@ def main() -> None:
         start = time.perf_counter()
         quality_flags(postprocess(probability), probability)
         post.append(time.perf_counter() - start)
-    rates = {}
-    for name, paths in sets.items():
-        flags = Counter()
-        any_flag = 0
-        fractions = []
-        for path in paths:
-            fields = segmenter(read_grayscale(path))
-            flags.update(fields.qc_flags)
-            any_flag += bool(fields.qc_flags)
-            fractions.append(fields.area_fraction)
-        rates[name] = {
-            "n": len(paths),
-            "any_flag": round(any_flag / len(paths), 4),
-            "flags": dict(flags),
-            "lung_fraction_median": round(float(np.median(fractions)), 3),
-        }
-        print(name, rates[name], flush=True)
-    if args.figures:
-        from ccad.training.lung_segmenter import overlay_grid
+    return {
+        "network_median": round(1000 * float(np.median(times)), 2),
+        "network_p90": round(1000 * float(np.percentile(times, 90)), 2),
+        "postprocess_and_qc_median": round(1000 * float(np.median(post)), 2),
+    }
 
-        out = Path(args.figures)
-        out.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(0)
-        # only the NIH images (released without restriction) go into the docs; the Cohen-collection images
-        # carry their publishers' licences, some without derivatives
-        for key, file, heading in (("covid-cxr normal (NIH)", "nih-normals.png", "NIH normals (covid-cxr)"),):
-            paths = sets[key]
-            picks = [paths[i] for i in sorted(rng.choice(len(paths), 12, replace=False))]
-            overlay_grid(
-                picks,
-                segmenter,
-                out / file,
-                titles=[p.name[:18] for p in picks],
-                heading=f"{heading}: red = the shipped segmenter's outline (random 12)",
-            )
-    card = segmenter.card
-    emit(
-        {
-            "benchmark": "lungs",
-            "segmenter": {
-                "input_size": card["input_size"],
-                "size_bytes": card["size_bytes"],
-                "parameters": card["parameters"],
-                "held_out": card.get("held_out"),
-            },
-            "ms_per_image_one_thread": {
-                "network_median": round(1000 * float(np.median(times)), 2),
-                "network_p90": round(1000 * float(np.percentile(times, 90)), 2),
-                "postprocess_and_qc_median": round(1000 * float(np.median(post)), 2),
-            },
-            "qc_flag_rates": rates,
-        },
-        args.out,
-    )
+
+def _flag_rates(segmenter, name: str, paths) -> dict:
+    from ccad.io.images import read_grayscale
+
+    flags = Counter()
+    any_flag = 0
+    fractions = []
+    for path in paths:
+        fields = segmenter(read_grayscale(path))
+        flags.update(fields.qc_flags)
+        any_flag += bool(fields.qc_flags)
+        fractions.append(fields.area_fraction)
+    rates = {
+        "n": len(paths),
+        "any_flag": round(any_flag / len(paths), 4),
+        "flags": dict(flags),
+        "lung_fraction_median": round(float(np.median(fractions)), 3),
+    }
+    print(name, rates, flush=True)
+    return rates
+
+
+def _figures(segmenter, sets, out: Path) -> None:
+    """Overlay grids: only the NIH images (released without restriction) go into the docs; the Cohen-collection
+    images carry their publishers' licences, some without derivatives."""
+    from ccad.training.lung_segmenter import overlay_grid
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for key, file, heading in (("covid-cxr normal (NIH)", "nih-normals.png", "NIH normals (covid-cxr)"),):
+        paths = sets[key]
+        picks = [paths[i] for i in sorted(rng.choice(len(paths), 12, replace=False))]
+        overlay_grid(
+            picks,
+            segmenter,
+            out / file,
+            titles=[p.name[:18] for p in picks],
+            heading=f"{heading}: red = the shipped segmenter's outline (random 12)",
+        )
 
 
 if __name__ == "__main__":

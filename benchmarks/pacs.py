@@ -27,10 +27,10 @@ import numpy as np
 from ccad.screening import Screener
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "support"))
 
 from _report import emit, synthetic_bundle  # noqa: E402
-from helpers import make_xray_dicom  # noqa: E402
+from dicom_files import make_xray_dicom  # noqa: E402
 from orthanc import ORTHANC, Orthanc, c_store, free_port, wait_for  # noqa: E402
 
 
@@ -56,8 +56,6 @@ def percentile(values, q):
 
 
 def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, senders: int) -> dict:
-    import pydicom
-
     listener_port = free_port()
     orthanc = Orthanc(work / f"orthanc-{variant}", listener_port).start()
     command = [
@@ -86,46 +84,59 @@ def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, sende
         warm = files[0]
         c_store(warm, orthanc.dicom_port, "ORTHANC")
         wait_for(lambda: len(orthanc.get("/series")) >= 3, 60, "the warm-up result")
-        # 1. latency, one image at a time: C-STORE to Orthanc -> SR stored in Orthanc
-        latencies = []
-        for path in files[1:]:
-            uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
-            before = len(orthanc.get("/instances"))
-            start = time.perf_counter()
-            assert c_store(path, orthanc.dicom_port, "ORTHANC") == 0
-            wait_for(lambda: len(orthanc.get("/instances")) >= before + 3, 60, f"the results of {uid}", 0.005)
-            latencies.append(time.perf_counter() - start)
-        # 2. throughput: `senders` threads C-STORE straight to the listener, until Orthanc holds every result
-        study = pydicom.uid.generate_uid()
-        batch = xrays(work / f"batch-{variant}", len(files) * 2, study)
-        before = len(orthanc.get("/instances"))
-        start = time.perf_counter()
-        statuses = []
-
-        def send(chunk):
-            statuses.extend(c_store(p, listener_port, "CCAD") for p in chunk)
-
-        threads = [threading.Thread(target=send, args=(batch[i::senders],)) for i in range(senders)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wait_for(lambda: len(orthanc.get("/instances")) >= before + 2 * len(batch), 300, "every result", 0.05)
-        elapsed = time.perf_counter() - start
+        latencies = _latencies(orthanc, files[1:])
         return {
             "latency_ms": {"n": len(latencies), "median": percentile(latencies, 50), "p95": percentile(latencies, 95)},
-            "throughput": {
-                "images": len(batch),
-                "senders": senders,
-                "seconds": round(elapsed, 2),
-                "images_per_s": round(len(batch) / elapsed, 2),
-                "refused_busy": sum(s == 0xA700 for s in statuses),
-            },
+            "throughput": _throughput(orthanc, listener_port, work, variant, len(files) * 2, senders),
         }
     finally:
         listener.terminate()
         listener.wait(30)
         orthanc.stop()
+
+
+def _latencies(orthanc, files: list[Path]) -> list[float]:
+    """One image at a time: C-STORE to Orthanc (which routes it to the listener) -> the SR stored in Orthanc."""
+    import pydicom
+
+    latencies = []
+    for path in files:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        before = len(orthanc.get("/instances"))
+        start = time.perf_counter()
+        assert c_store(path, orthanc.dicom_port, "ORTHANC") == 0
+        wait_for(lambda: len(orthanc.get("/instances")) >= before + 3, 60, f"the results of {uid}", 0.005)
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _throughput(orthanc, listener_port: int, work: Path, variant: str, images: int, senders: int) -> dict:
+    """``senders`` threads C-STORE straight to the listener, until Orthanc holds every result."""
+    import pydicom
+
+    study = pydicom.uid.generate_uid()
+    batch = xrays(work / f"batch-{variant}", images, study)
+    before = len(orthanc.get("/instances"))
+    start = time.perf_counter()
+    statuses = []
+
+    def send(chunk):
+        statuses.extend(c_store(p, listener_port, "CCAD") for p in chunk)
+
+    threads = [threading.Thread(target=send, args=(batch[i::senders],)) for i in range(senders)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wait_for(lambda: len(orthanc.get("/instances")) >= before + 2 * len(batch), 300, "every result", 0.05)
+    elapsed = time.perf_counter() - start
+    return {
+        "images": len(batch),
+        "senders": senders,
+        "seconds": round(elapsed, 2),
+        "images_per_s": round(len(batch) / elapsed, 2),
+        "refused_busy": sum(s == 0xA700 for s in statuses),
+    }
 
 
 def in_process(bundle: Path, variant: str, files: list[Path]) -> dict:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import emit  # noqa: E402
+from _report import emit, synthetic_bundle  # noqa: E402
 
 
 def main() -> None:
@@ -28,66 +28,16 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    from ccad.cli import main as ccad
     from ccad.data.synthetic import generate
-    from ccad.deploy.scale import ray_predict
-    from ccad.screening import Screener
-    from ccad.screening.results import predict_to_csv
 
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = generate(tmp / "images", n_per_class=args.images // 2, size=256, seed=3)
         images = sorted(str(p) for p in data.rglob("*.png"))[: args.images]
         (tmp / "list.txt").write_text("\n".join(images))
-        train = generate(tmp / "train", n_per_class=30, size=256, seed=4)
-        assert (
-            ccad(
-                [
-                    "train",
-                    "--data",
-                    str(train),
-                    "--out",
-                    str(tmp / "run"),
-                    "--input-size",
-                    str(args.input_size),
-                    "--epochs",
-                    "2",
-                    "--feature-views",
-                    "1",
-                    "--preprocess",
-                    args.preprocess,
-                ]
-            )
-            == 0
-        )
-        assert ccad(["export", "--model", str(tmp / "run"), "--out", str(tmp / "bundle")]) == 0
-        start = time.perf_counter()
-        predict_to_csv(Screener.load(tmp / "bundle"), images, tmp / "single.csv", progress=False)
-        single = time.perf_counter() - start
-        rows.append(
-            {
-                "engine": "single-process predict (4 decode threads, ONNX Runtime 2 threads)",
-                "images": len(images),
-                "seconds": round(single, 1),
-                "images_per_s": round(len(images) / single, 1),
-            }
-        )
-        for workers in (1, 2):
-            summary = ray_predict(
-                tmp / "bundle", [tmp / "list.txt"], tmp / f"ray{workers}", workers=workers, num_cpus=2
-            )
-            run = summary["this_run"]
-            rows.append(
-                {
-                    "engine": f"ray, {workers} scoring actor(s), local (num_cpus=2)",
-                    "images": run["processed"],
-                    "seconds": run["seconds"],
-                    "images_per_s": run["images_per_s"],
-                    "vs_single": round(single / run["seconds"], 2),
-                }
-            )
-            print(rows[-1], flush=True)
+        train_args = ("--input-size", str(args.input_size), "--epochs", "2", "--feature-views", "1")
+        bundle = synthetic_bundle(tmp, 30, 256, (*train_args, "--preprocess", args.preprocess))
+        rows = _measure(bundle, images, tmp)
     emit(
         {
             "benchmark": "ray_predict",
@@ -98,6 +48,39 @@ def main() -> None:
         },
         args.out,
     )
+
+
+def _measure(bundle: Path, images: list[str], tmp: Path) -> list[dict]:
+    """Single-process predict first (the baseline), then Ray with one and two scoring actors, same run."""
+    from ccad.deploy.scale import ray_predict
+    from ccad.screening import Screener
+    from ccad.screening.results import predict_to_csv
+
+    start = time.perf_counter()
+    predict_to_csv(Screener.load(bundle), images, tmp / "single.csv", progress=False)
+    single = time.perf_counter() - start
+    rows = [
+        {
+            "engine": "single-process predict (4 decode threads, ONNX Runtime 2 threads)",
+            "images": len(images),
+            "seconds": round(single, 1),
+            "images_per_s": round(len(images) / single, 1),
+        }
+    ]
+    for workers in (1, 2):
+        summary = ray_predict(bundle, [tmp / "list.txt"], tmp / f"ray{workers}", workers=workers, num_cpus=2)
+        run = summary["this_run"]
+        rows.append(
+            {
+                "engine": f"ray, {workers} scoring actor(s), local (num_cpus=2)",
+                "images": run["processed"],
+                "seconds": run["seconds"],
+                "images_per_s": run["images_per_s"],
+                "vs_single": round(single / run["seconds"], 2),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":

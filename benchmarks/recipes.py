@@ -60,9 +60,6 @@ def main() -> None:
 
     from ccad.data.datasets import Sample, discover, label_indices
     from ccad.models.classifier import build_classifier, feature_extractor
-    from ccad.models.lungs import blank, estimate_lung_fields
-    from ccad.preprocessing.batches import image_batches
-    from ccad.preprocessing.pipeline import load_images
 
     keras.utils.set_random_seed(0)
     data = discover(SHARED / "covid-cxr" / "manifest.csv", ["covid", "normal", "pneumonia"])
@@ -70,55 +67,11 @@ def main() -> None:
         Sample(SHARED / "covid-cxr-rdb" / r["path"], "covid", r["path"])
         for r in csv.DictReader(open(SHARED / "covid-cxr-rdb" / "manifest.csv"))
     ]
-    samples = data.samples
-    y3 = label_indices(samples, data.classes)  # covid 0, normal 1, pneumonia 2
-    groups = np.array([s.group for s in samples])
-    binary = np.flatnonzero(y3 < 2)
+    y3 = label_indices(data.samples, data.classes)  # covid 0, normal 1, pneumonia 2
     extractor = feature_extractor(build_classifier(2, SIZE, 0.0))
-
-    def features(images, augmentation=None, views=1):
-        from ccad.preprocessing.augmentation import Augmenter
-
-        aug = Augmenter(augmentation, SIZE, 0) if augmentation else None
-        batches = image_batches(images, None, 16, 2, aug, repeat=views)
-        return extractor.predict(batches, verbose=0).reshape(views, len(images), -1)
-
-    def lungs_blanked(gray):
-        return blank(gray, estimate_lung_fields(gray).at(*gray.shape))
-
-    def others_blanked(gray):
-        return blank(gray, ~estimate_lung_fields(gray).at(*gray.shape))
-
-    def another_hospital(gray):
-        return acquisition_shift(gray)
-
     rows = []
     for preprocess in args.preprocess.split(","):
-        start = time.perf_counter()
-        images = load_images(samples, SIZE, preprocess=preprocess)[0]
-        bin_samples = [samples[i] for i in binary]
-        no_lungs = load_images(bin_samples, SIZE, preprocess=preprocess, transform=lungs_blanked)[0]
-        only_lungs = load_images(bin_samples, SIZE, preprocess=preprocess, transform=others_blanked)[0]
-        rdb_images = load_images(rdb, SIZE, preprocess=preprocess)[0]
-        shifted = load_images(bin_samples, SIZE, preprocess=preprocess, transform=another_hospital)[0]
-        load_s = time.perf_counter() - start
-        base = features(images)[0]
-        f_no_lungs, f_only_lungs, f_rdb = features(no_lungs)[0], features(only_lungs)[0], features(rdb_images)[0]
-        f_shifted = features(shifted)[0]
-        for augmentation in args.augmentation.split(","):
-            start = time.perf_counter()
-            views = features(images, augmentation, args.views)
-            train_feats = np.concatenate([base[None], views])  # (1 + views, N, D)
-            row = dict(
-                preprocess=preprocess,
-                augmentation=augmentation,
-                views=args.views,
-                load_s=round(load_s, 1),
-                features_s=round(time.perf_counter() - start, 1),
-            )
-            row.update(score(train_feats, y3, groups, binary, f_no_lungs, f_only_lungs, f_rdb, f_shifted, args.folds))
-            rows.append(row)
-            print(row, flush=True)
+        rows += _rows_for(preprocess, data.samples, y3, rdb, extractor, args)
     emit(
         {
             "benchmark": "recipes",
@@ -129,6 +82,62 @@ def main() -> None:
         },
         args.out,
     )
+
+
+def _features(extractor, images, augmentation=None, views=1):
+    from ccad.preprocessing.augmentation import Augmenter
+    from ccad.preprocessing.batches import image_batches
+
+    aug = Augmenter(augmentation, SIZE, 0) if augmentation else None
+    batches = image_batches(images, None, 16, 2, aug, repeat=views)
+    return extractor.predict(batches, verbose=0).reshape(views, len(images), -1)
+
+
+def _lungs_blanked(gray):
+    from ccad.models.lungs import blank, estimate_lung_fields
+
+    return blank(gray, estimate_lung_fields(gray).at(*gray.shape))
+
+
+def _others_blanked(gray):
+    from ccad.models.lungs import blank, estimate_lung_fields
+
+    return blank(gray, ~estimate_lung_fields(gray).at(*gray.shape))
+
+
+def _rows_for(preprocess: str, samples, y3, rdb, extractor, args) -> list[dict]:
+    """One preprocessing: the images and their probes (lungs blanked, only the lungs, rdb, another hospital's
+    look) loaded once, then a row per augmentation."""
+    from ccad.preprocessing.pipeline import load_images
+
+    groups = np.array([s.group for s in samples])
+    binary = np.flatnonzero(y3 < 2)
+    start = time.perf_counter()
+    images = load_images(samples, SIZE, preprocess=preprocess)[0]
+    bin_samples = [samples[i] for i in binary]
+    no_lungs = load_images(bin_samples, SIZE, preprocess=preprocess, transform=_lungs_blanked)[0]
+    only_lungs = load_images(bin_samples, SIZE, preprocess=preprocess, transform=_others_blanked)[0]
+    rdb_images = load_images(rdb, SIZE, preprocess=preprocess)[0]
+    shifted = load_images(bin_samples, SIZE, preprocess=preprocess, transform=acquisition_shift)[0]
+    load_s = time.perf_counter() - start
+    base = _features(extractor, images)[0]
+    probes = [_features(extractor, x)[0] for x in (no_lungs, only_lungs, rdb_images, shifted)]
+    rows = []
+    for augmentation in args.augmentation.split(","):
+        start = time.perf_counter()
+        views = _features(extractor, images, augmentation, args.views)
+        train_feats = np.concatenate([base[None], views])  # (1 + views, N, D)
+        row = dict(
+            preprocess=preprocess,
+            augmentation=augmentation,
+            views=args.views,
+            load_s=round(load_s, 1),
+            features_s=round(time.perf_counter() - start, 1),
+        )
+        row.update(score(train_feats, y3, groups, binary, *probes, args.folds))
+        rows.append(row)
+        print(row, flush=True)
+    return rows
 
 
 def acquisition_shift(gray: np.ndarray) -> np.ndarray:

@@ -94,56 +94,19 @@ def serve_and_load(
     workers: int,
 ) -> dict:
     port = free_port()
+    serve = ["ccad", "serve", "--model", str(bundle), "--port", str(port), "--workers", str(workers), "--queue", "64"]
     server = subprocess.Popen(
-        [
-            "taskset",
-            "-c",
-            server_cores,
-            sys.executable,
-            "-m",
-            "ccad",
-            "serve",
-            "--model",
-            str(bundle),
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--queue",
-            "64",
-            *extra,
-        ],
+        ["taskset", "-c", server_cores, sys.executable, "-m", *serve, *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(200):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
+        _wait_for_port(port)
         url = f"http://127.0.0.1:{port}"
-        subprocess.run(
-            ["taskset", "-c", client_cores, "wrk", "-t1", "-c4", "-d3s", "-s", str(script), url],
-            capture_output=True,
-            check=True,
-        )  # warm-up
+        wrk = ["taskset", "-c", client_cores, "wrk", "-t1"]
+        subprocess.run([*wrk, "-c4", "-d3s", "-s", str(script), url], capture_output=True, check=True)  # warm-up
         done = subprocess.run(
-            [
-                "taskset",
-                "-c",
-                client_cores,
-                "wrk",
-                "-t1",
-                f"-c{connections}",
-                f"-d{seconds}s",
-                "--latency",
-                "--timeout",
-                "10s",
-                "-s",
-                str(script),
-                url,
-            ],
+            [*wrk, f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s", "-s", str(script), url],
             capture_output=True,
             text=True,
             check=True,
@@ -152,6 +115,14 @@ def serve_and_load(
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _wait_for_port(port: int, tries: int = 200) -> None:
+    for _ in range(tries):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
 
 
 def main() -> None:

@@ -1,6 +1,9 @@
-"""Helpers the tests share (tests/ is on the path: ``from helpers import make_dicom``)."""
+"""Helpers the tests share (tests/ is on the path: ``from helpers import make_dicom``). The DICOM X-ray maker
+and the free-port finder live in ``support/``, which the benchmarks share too; they are re-exported here."""
 
 import numpy as np
+from dicom_files import PATIENT, make_xray_dicom  # noqa: E402,F401  (re-exported)
+from net import free_port  # noqa: E402,F401  (re-exported)
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -50,80 +53,6 @@ def png_bytes(size=(96, 96), mode="L", seed=0) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).convert(mode).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-#: The patient of every test X-ray sent over DICOM: it must never appear in ccad's logs.
-PATIENT = {"PatientName": "Doe^Jane^Q", "PatientID": "PID-7431-ZX"}
-
-
-def make_xray_dicom(
-    path,
-    gray: np.ndarray,
-    study_uid: str | None = None,
-    syntax=ExplicitVRLittleEndian,
-    sop_class="1.2.840.10008.5.1.4.1.1.1.1",
-    photometric="MONOCHROME2",
-    **fields,
-):
-    """A frontal chest DX (For Presentation) of ``gray`` (H, W) in [0, 1], 12-bit, with a patient and a study
-    as a modality would send it; ``fields`` override any attribute (e.g. ``ViewPosition="LL"``)."""
-    pixels = np.round(np.asarray(gray, np.float64) * 4095).astype(np.uint16)
-    if photometric == "MONOCHROME1":
-        pixels = 4095 - pixels
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    values = dict(
-        PATIENT,
-        PatientBirthDate="19600101",
-        PatientSex="F",
-        StudyInstanceUID=study_uid or generate_uid(),
-        SeriesInstanceUID=generate_uid(),
-        StudyID="1",
-        AccessionNumber="ACC123",
-        StudyDate="20261126",
-        StudyTime="101500",
-        ReferringPhysicianName="",
-        SeriesNumber=1,
-        InstanceNumber=1,
-        Modality="DX",
-        BodyPartExamined="CHEST",
-        ViewPosition="PA",
-        PresentationIntentType="FOR PRESENTATION",
-        Manufacturer="test",
-        PatientOrientation=["L", "F"],
-        ImageType=["ORIGINAL", "PRIMARY"],
-        Rows=pixels.shape[0],
-        Columns=pixels.shape[1],
-        BitsAllocated=16,
-        BitsStored=12,
-        HighBit=11,
-        PixelRepresentation=0,
-        SamplesPerPixel=1,
-        PhotometricInterpretation=photometric,
-        PixelData=pixels.tobytes(),
-    )
-    values.update(fields)
-    for key, value in values.items():
-        if value is None:
-            if key in ds:
-                delattr(ds, key)
-            continue
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def hidden_deflate_bomb(tmp_path, how: str) -> bytes:

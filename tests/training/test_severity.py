@@ -66,11 +66,11 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     shutil.copytree(bundle, copy)
     # A made-up severity that the images do show: where each image lies along the main axis of variation
     # of the pooled features the severity head reads, spread over 0-8
-    from ccad.scoring.predictor import OnnxPredictor
+    from ccad.screening import Screener
     from ccad.training.severity import pooled_features
 
     covid = sorted((synth_folders / "covid").glob("*.png"))
-    features = pooled_features(OnnxPredictor.load(bundle), covid)
+    features = pooled_features(Screener.load(bundle), covid)
     centred = features - features.mean(axis=0)
     brightness = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
     scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)

@@ -48,10 +48,10 @@ def test_paper_presets_are_the_papers_two_phases():
     [
         ({"preset": "paper-z"}, "unknown preset"),
         ({"learning_rate": 1e-3}, "unknown setting"),
-        ({"epochs": 0}, "--epochs must be at least 1"),
-        ({"dropout": 1.0}, "--dropout must be in"),
-        ({"head": "svm", "fine_tune_epochs": 2}, "--fine-tune-epochs needs the dense head"),
-        ({"preset": "paper-a", "distributed": True}, "--distributed trains the frozen phase only"),
+        ({"epochs": 0}, "`epochs` must be at least 1"),
+        ({"dropout": 1.0}, "`dropout` must be in"),
+        ({"head": "svm", "fine_tune_epochs": 2}, "`fine_tune_epochs` needs the dense head"),
+        ({"preset": "paper-a", "distributed": True}, "`distributed` trains the frozen phase only"),
         ({"preprocess": "blur"}, "unknown preprocessing step"),
     ],
 )

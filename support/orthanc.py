@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pydicom
-from helpers import free_port  # noqa: F401  (re-exported for the tests and benchmarks/pacs.py)
+from net import free_port  # noqa: F401  (re-exported for the tests and benchmarks/pacs.py)
 
 ORTHANC = shutil.which("Orthanc") or next((p for p in ("/usr/sbin/Orthanc",) if Path(p).is_file()), None)
 ROUTE_LUA = """
