@@ -18,9 +18,6 @@ from ccad.deploy.web import ServeSettings, create_app
 
 def corpus(folder):
     """{name: path}: what careless and hostile senders send."""
-    from pydicom.encaps import encapsulate
-    from pydicom.pixels.encoders import RLELosslessEncoder
-
     folder.mkdir(parents=True, exist_ok=True)
     gray = render_patient(np.random.default_rng(3), "covid", 256)
     files = {
@@ -37,7 +34,16 @@ def corpus(folder):
         ),
         "no-series.dcm": make_xray_dicom(folder / "no-series.dcm", gray, SeriesInstanceUID=None),
         "no-pixels.dcm": make_xray_dicom(folder / "no-pixels.dcm", gray, PixelData=None),
+        "rle-4-frames.dcm": _rle_four_frames(folder, gray),
     }
+    return {**files, **_broken(folder, gray), **_pngs(folder)}
+
+
+def _rle_four_frames(folder, gray):
+    """An RLE Lossless data set of four frames (the first half dark, half bright; the others bright)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.pixels.encoders import RLELosslessEncoder
+
     frames = [np.full((512, 512), v, np.uint16) for v in (100, 4000, 4000, 4000)]
     frames[0][:, 256:] = 3000
     encoded = [
@@ -54,7 +60,7 @@ def corpus(folder):
         )
         for f in frames
     ]
-    files["rle-4-frames.dcm"] = make_xray_dicom(
+    return make_xray_dicom(
         folder / "rle.dcm",
         gray,
         syntax=RLELossless,
@@ -65,9 +71,12 @@ def corpus(folder):
         HighBit=15,
         PixelData=encapsulate(encoded),
     )
+
+
+def _broken(folder, gray):
+    """A hidden deflate bomb, a deflate stream with garbage at its end, a data set cut in half."""
     bomb = folder / "hidden-bomb.dcm"
     bomb.write_bytes(hidden_deflate_bomb(folder, "no group length"))  # its SOP class is one a listener takes
-    files["hidden-bomb.dcm"] = bomb
     broken = bytearray(
         make_dataset(
             folder / "deflate.dcm", 64, 64, GRADIENT.astype(np.uint16).tobytes(), DeflatedExplicitVRLittleEndian
@@ -75,10 +84,17 @@ def corpus(folder):
     )
     broken[-200:] = bytes(range(200))
     (folder / "bad-deflate.dcm").write_bytes(bytes(broken))
-    files["bad-deflate.dcm"] = folder / "bad-deflate.dcm"
     truncated = make_xray_dicom(folder / "t.dcm", gray).read_bytes()
     (folder / "truncated.dcm").write_bytes(truncated[: len(truncated) // 2])
-    files["truncated.dcm"] = folder / "truncated.dcm"
+    return {
+        "hidden-bomb.dcm": bomb,
+        "bad-deflate.dcm": folder / "bad-deflate.dcm",
+        "truncated.dcm": folder / "truncated.dcm",
+    }
+
+
+def _pngs(folder):
+    files = {}
     for name, data in (
         ("empty.png", b""),
         ("text.png", b"just text, not an image\n"),

@@ -83,6 +83,26 @@ def test_a_real_prometheus_scrapes_a_live_server(bundle, synth_folders, tmp_path
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    prometheus = _start_prometheus(tmp_path, port, prometheus_port)
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.1)
+        _post_one(port, sorted((synth_folders / "covid").glob("*.png"))[0])
+        value = _scraped_count(prometheus_port)
+        targets = _get(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")["data"]["activeTargets"]
+        assert value == 1, (targets, Path(tmp_path / "prometheus.log").read_text()[-2000:])
+        assert targets[0]["health"] == "up"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)
+        server.should_exit = True
+        thread.join(10)
+
+
+def _start_prometheus(tmp_path, port: int, prometheus_port: int):
+    """Debian's Prometheus, scraping ``127.0.0.1:port`` every second with the API key as a bearer token."""
     config = tmp_path / "prometheus.yml"
     config.write_text(f"""global:
   scrape_interval: 1s
@@ -93,7 +113,7 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{port}"]
 """)
-    prometheus = subprocess.Popen(
+    return subprocess.Popen(
         [
             PROMETHEUS,
             f"--config.file={config}",
@@ -103,44 +123,37 @@ scrape_configs:
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "prometheus.log", "wb"),
     )
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.1)
-        image = sorted((synth_folders / "covid").glob("*.png"))[0]
-        boundary = "ccadboundary"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
-                f"Content-Type: image/png\r\n\r\n"
-            ).encode()
-            + image.read_bytes()
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/v1/predict",
-            data=body,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "X-API-Key": "scrape-key"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            assert answer.status == 200
-        query = urllib.parse.quote('ccad_images_scored_total{adapter="api"}')
-        value, deadline = None, time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                result = _get(f"http://127.0.0.1:{prometheus_port}/api/v1/query?query={query}")["data"]["result"]
-            except OSError:  # Prometheus still starting
-                result = []
-            if result and float(result[0]["value"][1]) >= 1:
-                value = float(result[0]["value"][1])
-                break
-            time.sleep(0.5)
-        targets = _get(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")["data"]["activeTargets"]
-        assert value == 1, (targets, Path(tmp_path / "prometheus.log").read_text()[-2000:])
-        assert targets[0]["health"] == "up"
-    finally:
-        prometheus.terminate()
-        prometheus.wait(30)
-        server.should_exit = True
-        thread.join(10)
+
+
+def _post_one(port: int, image: Path) -> None:
+    boundary = "ccadboundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/predict",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}", "X-API-Key": "scrape-key"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 200
+
+
+def _scraped_count(prometheus_port: int, timeout_s: float = 90) -> float | None:
+    """``ccad_images_scored_total{adapter="api"}`` as Prometheus has it, once it is at least 1 (None by then)."""
+    query = urllib.parse.quote('ccad_images_scored_total{adapter="api"}')
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            result = _get(f"http://127.0.0.1:{prometheus_port}/api/v1/query?query={query}")["data"]["result"]
+        except OSError:  # Prometheus still starting
+            result = []
+        if result and float(result[0]["value"][1]) >= 1:
+            return float(result[0]["value"][1])
+        time.sleep(0.5)
+    return None

@@ -209,8 +209,6 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
 
 @needs_orthanc
 def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, tmp_path):
-    from ccad.scoring.predictor import OnnxPredictor
-
     listener_port = free_port()
     orthanc = Orthanc(tmp_path / "orthanc", listener_port).start()
     log_path = tmp_path / "listener.log"
@@ -242,8 +240,20 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     }
     captures = [ds for ds in found if ds.Modality == "OT"]
     assert len(reports) == 3 and len(captures) == 1
-    expected = list(Screener.load(bundle).screen([frontal]))[0]
-    report = reports[source.SOPInstanceUID]
+    _check_report_and_capture(bundle, frontal, source, reports[source.SOPInstanceUID], captures[0], study)
+    # the images not scored say why
+    lateral_items = report_items(reports[pydicom.dcmread(lateral).SOPInstanceUID])
+    assert "lateral" in lateral_items["not-scored"][1]
+    assert "not chest" in report_items(reports[pydicom.dcmread(hand).SOPInstanceUID])["not-scored"][1]
+    logged = log_path.read_text()
+    assert "scored" in logged and "not scored" in logged
+    assert_no_patient_fields(logged)
+
+
+def _check_report_and_capture(bundle, frontal, source, report, capture, study) -> None:
+    """The SR says what ``ccad predict`` says of the X-ray, and with the capture joins its patient and study."""
+    screener = Screener.load(bundle)
+    expected = list(screener.screen([frontal]))[0]
     items = report_items(report)
     for name, probability in expected.probabilities.items():
         assert items[f"p-{name}"] == pytest.approx(probability, abs=1e-5)
@@ -251,9 +261,8 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     assert items["out-of-distribution"][0] == ("373067005" if expected.in_distribution else "373066001")
     assert items["intended-use"][0] == "not-for-diagnosis"
     # the rule the class came from, as a number a reader can check the probability against
-    assert items["decision-threshold"] == pytest.approx(OnnxPredictor.load(bundle).decision.threshold, abs=1e-9)
+    assert items["decision-threshold"] == pytest.approx(screener.decision.threshold, abs=1e-9)
     # the same patient and study, a new series each, the algorithm identified
-    capture = captures[0]
     for ds in (report, capture):
         assert (ds.PatientID, str(ds.PatientName), ds.StudyInstanceUID) == (
             PATIENT["PatientID"],
@@ -265,13 +274,6 @@ def test_an_xray_sent_to_orthanc_comes_back_with_its_report_and_heatmap(bundle, 
     assert "ccad" in items["111001"] and any("model sha256" in t for t in items["111002"])
     assert capture.BurnedInAnnotation == "YES" and "NOT FOR DIAGNOSIS" in capture.ImageComments
     assert capture.pixel_array.ndim == 3 and capture.pixel_array.shape[2] == 3
-    # the images not scored say why
-    lateral_items = report_items(reports[pydicom.dcmread(lateral).SOPInstanceUID])
-    assert "lateral" in lateral_items["not-scored"][1]
-    assert "not chest" in report_items(reports[pydicom.dcmread(hand).SOPInstanceUID])["not-scored"][1]
-    logged = log_path.read_text()
-    assert "scored" in logged and "not scored" in logged
-    assert_no_patient_fields(logged)
 
 
 @needs_orthanc

@@ -35,68 +35,19 @@ def test_tf_config_is_read(monkeypatch):
         cluster_from_env()
 
 
+#: What both runs train with: the same data, model, epochs and (no) augmentation.
+COMMON = ("--input-size", "64", "--epochs", "3", "--augmentation", "none", "--dropout", "0")
+COMMON += ("--preset", "paper-b-10ep", "--preprocess", "none")
+
+
 @pytest.mark.slow
 def test_two_workers_reach_the_loss_of_one_process(synth_folders, tmp_path):
-    common = [
-        "--data",
-        str(synth_folders / "manifest.csv"),
-        "--input-size",
-        "64",
-        "--epochs",
-        "3",
-        "--augmentation",
-        "none",
-        "--dropout",
-        "0",
-        "--preset",
-        "paper-b-10ep",
-        "--preprocess",
-        "none",
-    ]
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        workers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "ccad",
-                    "train",
-                    *common,
-                    "--distributed",
-                    "--batch-size",
-                    "8",
-                    "--lr",
-                    "1e-3",
-                    "--out",
-                    str(tmp_path / "distributed"),
-                ],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
-        )
-    for worker in workers:
-        output = worker.communicate(timeout=600)[0].decode(errors="replace")
-        assert worker.returncode == 0, output[-2000:]
+    common = ["--data", str(synth_folders / "manifest.csv"), *COMMON]
+    _train_on_two_workers(common, tmp_path / "distributed")
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     single = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ccad",
-            "train",
-            *common,
-            "--batch-size",
-            "16",
-            "--lr",
-            "2e-3",
-            "--out",
-            str(tmp_path / "single"),
-        ],
+        [sys.executable, "-m", "ccad", "train", *common, "--batch-size", "16", "--lr", "2e-3"]
+        + ["--out", str(tmp_path / "single")],
         env=env,
         capture_output=True,
         timeout=600,
@@ -127,3 +78,21 @@ def test_two_workers_reach_the_loss_of_one_process(synth_folders, tmp_path):
         "epoch-3.weights.h5",
     ]
     assert (tmp_path / "distributed" / "report.html").is_file()
+
+
+def _train_on_two_workers(common: list[str], out) -> None:
+    """Two ``ccad train --distributed`` processes on this machine, a TF_CONFIG each, batch 8 each (16 global)."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        command = [sys.executable, "-m", "ccad", "train", *common, "--distributed", "--batch-size", "8"]
+        workers.append(
+            subprocess.Popen(
+                [*command, "--lr", "1e-3", "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        )
+    for worker in workers:
+        output = worker.communicate(timeout=600)[0].decode(errors="replace")
+        assert worker.returncode == 0, output[-2000:]

@@ -64,29 +64,8 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     _, bundle = run_and_bundle
     copy = tmp_path / "bundle"
     shutil.copytree(bundle, copy)
-    # A made-up severity that the images do show: where each image lies along the main axis of variation
-    # of the pooled features the severity head reads, spread over 0-8
-    from ccad.screening import Screener
-    from ccad.training.severity import pooled_features
-
     covid = sorted((synth_folders / "covid").glob("*.png"))
-    features = pooled_features(Screener.load(bundle), covid)
-    centred = features - features.mean(axis=0)
-    brightness = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
-    scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)
-    rows = []
-    for p, extent in zip(covid, scaled):
-        rows.append(
-            {
-                "path": str(p),
-                "label": "covid",
-                "group": p.stem.rsplit("-", 1)[0],
-                "geographic_extent": f"{extent:.2f}",
-                "opacity": f"{extent * 0.75:.2f}",
-            }
-        )
-    manifest = tmp_path / "severity.csv"
-    write_csv(manifest, rows)
+    manifest, rows = _severity_manifest(bundle, covid, tmp_path)
     out = tmp_path / "sev"
     assert (
         main(
@@ -114,8 +93,41 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
     card = json.loads((copy / "ccad-model.json").read_text())
     assert card["severity"]["scores"] == ["geographic_extent", "opacity"] and "severity.json" in card["sha256"]
 
-    results = tmp_path / "pred.csv"
-    assert main(["predict", "--model", str(copy), str(synth_folders), "--out", str(results)]) == 0
+    _check_severity_columns(copy, synth_folders, tmp_path / "pred.csv")
+    # A changed severity.json is refused, like any other bundle file
+    (copy / "severity.json").write_text((copy / "severity.json").read_text().replace("0", "1", 1))
+    assert main(["predict", "--model", str(copy), str(covid[0])]) == 2
+
+
+def _severity_manifest(bundle, covid, tmp_path):
+    """A made-up severity that the images do show: where each image lies along the main axis of variation of
+    the pooled features the severity head reads, spread over 0-8."""
+    from ccad.screening import Screener
+    from ccad.training.severity import pooled_features
+
+    features = pooled_features(Screener.load(bundle), covid)
+    centred = features - features.mean(axis=0)
+    brightness = centred @ np.linalg.svd(centred, full_matrices=False)[2][0]
+    scaled = 8 * (brightness - brightness.min()) / np.ptp(brightness)
+    rows = [
+        {
+            "path": str(p),
+            "label": "covid",
+            "group": p.stem.rsplit("-", 1)[0],
+            "geographic_extent": f"{extent:.2f}",
+            "opacity": f"{extent * 0.75:.2f}",
+        }
+        for p, extent in zip(covid, scaled)
+    ]
+    manifest = tmp_path / "severity.csv"
+    write_csv(manifest, rows)
+    return manifest, rows
+
+
+def _check_severity_columns(bundle, folder, results) -> None:
+    """``ccad predict`` with the attached head: severity with its interval and band for images called COVID,
+    empty for the others."""
+    assert main(["predict", "--model", str(bundle), str(folder), "--out", str(results)]) == 0
     with open(results) as f:
         scored = list(csv.DictReader(f))
     assert {"geographic_extent", "geographic_extent_low", "opacity_high", "severity_band"} <= set(scored[0])
@@ -126,6 +138,3 @@ def test_severity_trains_attaches_and_shows_in_predict(run_and_bundle, synth_fol
         else:
             assert row["geographic_extent"] == "" and row["severity_band"] == ""
     assert any(r["predicted_class"] == "covid" for r in scored)
-    # A changed severity.json is refused, like any other bundle file
-    (copy / "severity.json").write_text((copy / "severity.json").read_text().replace("0", "1", 1))
-    assert main(["predict", "--model", str(copy), str(covid[0])]) == 2
