@@ -89,6 +89,12 @@ def test_postprocess_keeps_one_region_a_side_and_fills_holes():
     mask = postprocess(p)
     assert mask[42, 22] and not mask[3, 3] and not mask[90, 20]
     assert mask[50, 20] and mask[50, 70]
+    # a bay open to the outside is no hole, though the region's bounding box holds it (holes are filled
+    # inside that box only: a pixel on its edge reaches the image's edge)
+    p[30:40, 80:90] = 0.1
+    bay = postprocess(p)
+    assert not bay[35, 85] and bay[35, 70] and bay[42, 22]
+    assert bay.sum() == mask.sum() - 100
 
 
 def test_equalize_is_invariant_to_monotone_changes():

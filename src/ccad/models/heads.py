@@ -36,9 +36,9 @@ class OnnxHead:
 
     @classmethod
     def load(cls, path) -> "OnnxHead":
-        import onnxruntime as ort
+        from ccad.io.onnx import cpu_session
 
-        return cls(ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
+        return cls(cpu_session(path, 1))
 
     def __call__(self, pooled: np.ndarray) -> np.ndarray:
         return self.session.run([self.output], {self.input_name: pooled.astype(np.float32)})[0]

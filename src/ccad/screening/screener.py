@@ -119,7 +119,13 @@ class Screener:
         intake: Intake = Intake(),
     ) -> "Screener":
         """A bundle (ONNX Runtime, no TensorFlow), a run folder or a model file (Keras), loaded and checked:
-        with ``verify_key`` only a bundle signed by that key's owner is accepted."""
+        with ``verify_key`` only a bundle signed by that key's owner is accepted.
+
+        Loading also limits the process's BLAS (OpenBLAS, under numpy) to one thread: screening calls it only
+        for small products (the out-of-distribution distance), and its idle threads spin-wait on the cores the
+        sessions and the decoding need. On 2 cores ``predict FOLDER`` went from 41 to 49 images/s, with a
+        quarter less CPU time (BENCHMARKS.md, "Near the hardware's limit")."""
+        _one_blas_thread()
         return cls(load_predictor(model, variant=variant, verify_key=verify_key, threads=threads), intake)
 
     # -- what it is -------------------------------------------------------------------------------
@@ -279,6 +285,12 @@ class Screener:
         heat = self.predictor.heatmap(fmap, self.classes.index(heatmap_class))
         outline = prep.fields.at(*prep.gray.shape) if prep.fields is not None else None
         return Pictures(prep.picture, heat, prep.gray, prep.to_original(heat), outline)
+
+
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def _name(source: Source) -> str:
