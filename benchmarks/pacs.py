@@ -1,7 +1,7 @@
 """The DICOM listener with a real Orthanc: time from the C-STORE of an image to Orthanc to its SR arriving
 back in Orthanc (routed by Orthanc's Lua script, scored, sent back), and instances per second through the
 listener with 4 concurrent senders; float and INT8. The baseline, in the same run: the same bundle scoring
-the same DICOM files in-process (``OnnxPredictor.predict_files``, as ``ccad predict`` does, heatmaps on,
+the same DICOM files in-process (``Screener.screen``, as ``ccad predict`` does, heatmaps on,
 since the listener draws one per image).
 
     python benchmarks/pacs.py --model BUNDLE [--images 30] [--out results.json] [--screenshots docs/pacs-figures]
@@ -225,7 +225,9 @@ def main() -> None:
         "listener": "ccad dicom listen --workers 2 (ONNX Runtime, 2 threads); Orthanc 127.0.0.1, Lua routing",
         "variants": {},
     }
-    for variant in ("float", "int8"):
+    from ccad.models.card import ModelCard
+
+    for variant in [v for v in ("float", "int8") if v in ModelCard.load(bundle).models]:
         report["variants"][variant] = {
             "in_process_baseline": in_process(bundle, variant, files[1:]),
             **run_variant(bundle, variant, files, work, args.senders),

@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--preprocess", default="none")
+    parser.add_argument("--model", help="score with this bundle (e.g. the shipped one) instead of training one")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -36,13 +37,17 @@ def main() -> None:
         images = sorted(str(p) for p in data.rglob("*.png"))[: args.images]
         (tmp / "list.txt").write_text("\n".join(images))
         train_args = ("--input-size", str(args.input_size), "--epochs", "2", "--feature-views", "1")
-        bundle = synthetic_bundle(tmp, 30, 256, (*train_args, "--preprocess", args.preprocess))
+        if args.model:
+            bundle = Path(args.model).resolve()
+        else:
+            bundle = synthetic_bundle(tmp, 30, 256, (*train_args, "--preprocess", args.preprocess))
         rows = _measure(bundle, images, tmp)
     emit(
         {
             "benchmark": "ray_predict",
+            "model": args.model or "trained here on synthetic images",
             "input_size": args.input_size,
-            "preprocess": args.preprocess,
+            "preprocess": args.preprocess if not args.model else "the bundle's own",
             "rows": rows,
             "machine": "2 CPU cores",
         },
