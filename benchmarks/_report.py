@@ -2,7 +2,11 @@
 process, a free port, and a small bundle trained on synthetic data for the benchmarks that need any model."""
 
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from net import free_port  # noqa: E402,F401  (re-exported: shared with the tests, in support/)
 
 
 def emit(report: dict, out: str | None) -> None:
@@ -18,15 +22,6 @@ def vm_hwm_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def synthetic_bundle(folder: Path, n_per_class: int = 24, size: int = 128, train_args=(), export_args=()) -> Path:

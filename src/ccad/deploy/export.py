@@ -24,7 +24,6 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from ccad.data.datasets import Sample, label_indices, read_split_file
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256, write_json
 from ccad.io.inputs import list_inputs
+from ccad.models.bundles import bundle_folder
 from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
 from ccad.models.classifier import classifier_kernel
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
@@ -79,9 +79,7 @@ def export_bundle(
         raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
     classifier = KerasPredictor.load(run)
     dual = export_model_of(classifier)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with bundle_folder(out) as work:
         files = {"float": "model.onnx"}
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints every captured tensor
             dual.export(str(work / "model.onnx"), format="onnx", verbose=False)
@@ -102,13 +100,6 @@ def export_bundle(
         card.save(work)
         if sign_key is not None:
             sign_bundle(work, sign_key)
-        if out.exists():
-            shutil.rmtree(out)
-        work.chmod(0o755)  # mkdtemp makes it private
-        os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     _pin_card(classifier.run_dir, out)
     return out
 

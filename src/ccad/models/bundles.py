@@ -13,9 +13,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from ccad.io.files import sha256
 from ccad.models.card import ModelCard
@@ -30,9 +31,7 @@ def write_derived_bundle(
     sign_key: str | os.PathLike | None = None,
 ) -> None:
     base, out = Path(base), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with bundle_folder(out) as work:
         for name in keep:
             shutil.copyfile(base / name, work / name)
         card = write(work)
@@ -41,6 +40,17 @@ def write_derived_bundle(
         replace(card, sha256=files).save(work)
         if sign_key is not None:
             sign_bundle(work, sign_key)
+
+
+@contextmanager
+def bundle_folder(out: Path) -> Iterator[Path]:
+    """A fresh private folder beside ``out`` to build a bundle in (``ccad export``, calibrate, adapt): when the
+    block ends without error it replaces ``out`` (an existing one removed first) in one rename; on any error
+    it is removed, and ``out`` is left as it was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield work
         if out.exists():
             shutil.rmtree(out)
         work.chmod(0o755)  # mkdtemp makes it private
