@@ -14,8 +14,8 @@ CCAD = [sys.executable, "-m", "ccad"]
 for module in ("tensorflow", "keras", "ray"):
     assert importlib.util.find_spec(module) is None, f"{module} is in the plain install"
 
-import ccad.deploy.serving  # noqa: E402,F401
-import ccad.scoring.results  # noqa: E402,F401
+import ccad.deploy.web  # noqa: E402,F401
+import ccad.screening.results  # noqa: E402,F401
 
 assert "tensorflow" not in sys.modules and "keras" not in sys.modules
 
