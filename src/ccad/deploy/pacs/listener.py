@@ -413,8 +413,6 @@ class Listener:
             return status
         key = instance_key(str(ds.SOPInstanceUID))
         with self._admit:
-            key = instance_key(str(ds.SOPInstanceUID))
-        with self._admit:
             if self._queue.full():
                 self.stats.add("refused_busy")
                 log.warning(
