@@ -16,7 +16,7 @@ from orthanc import DICOMWEB_PLUGIN, ORTHANC, Orthanc, c_store, free_port, wait_
 from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.dicomweb import WebDestination
 from ccad.deploy.pacs.fhir import diagnostic_report
-from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
+from ccad.deploy.pacs.listener import Destination, Lane, Listener, ListenerSettings
 from ccad.deploy.pacs.results import Algorithm, structured_report
 from ccad.errors import ConfigError
 from ccad.scoring.score import Prediction
@@ -255,7 +255,7 @@ def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
 
     listener._fhir = Broken()
     path = listener.spool.put_fhir("k", {"id": "x"})
-    listener._send([path])
+    listener._send([path], Lane())
     assert path.exists() and listener.stats.send_failures == 1
 
 

@@ -310,6 +310,64 @@ def test_the_spool_lists_only_finished_files(tmp_path):
     assert oct((tmp_path / "spool").stat().st_mode)[-3:] == "700" and oct(done.stat().st_mode)[-3:] == "600"
 
 
+def test_a_file_removed_while_the_spool_is_listed_is_left_out_not_an_error(tmp_path, monkeypatch):
+    from ccad.deploy.pacs.spool import Spool
+
+    spool = Spool(tmp_path / "spool").create()
+    kept, sent = spool.receive("a", b"x"), spool.receive("b", b"y")
+    real_stat = Path.stat
+
+    def stat(path, *args, **kwargs):  # another sender thread delivered (and removed) "b" after the glob
+        if path == sent:
+            raise FileNotFoundError(path)
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    assert spool.pending_inbox() == [kept]
+
+
+def test_each_result_takes_one_lane_and_an_images_objects_take_the_same_one():
+    from ccad.deploy.pacs.listener import Lane
+
+    lanes = [Lane(i, 3) for i in range(3)]
+    keys = [f"{i:016x}" for i in range(0, 300, 7)]
+    for key in keys:
+        owners = {lane.index for lane in lanes for part in (0, 1) if lane.owns(Path(f"{key}-{part}.dcm"))}
+        assert len(owners) == 1, key  # the SR and the capture: one lane, so they arrive in order
+    assert {lane.index for lane in lanes for key in keys if lane.owns(Path(f"{key}-0.dcm"))} == {0, 1, 2}
+    assert [lane.owns(Path("abc.json")) for lane in lanes] == [True, False, False]  # FHIR reports: lane 0
+
+
+def test_result_sockets_send_at_once():
+    from types import SimpleNamespace
+
+    from ccad.deploy.pacs.listener import no_delay
+
+    with socket.socket() as sock:
+        no_delay(SimpleNamespace(assoc=SimpleNamespace(dul=SimpleNamespace(socket=SimpleNamespace(socket=sock)))))
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
+def test_results_are_still_made_when_the_result_process_dies(bundle, tmp_path):
+    import os
+    import signal
+
+    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool")
+    listener = Listener(settings).start(scp=False)
+    try:
+        (pid,) = listener._builder._processes  # the one result process
+        assert listener.take("first", xray(tmp_path, "first").read_bytes()) is not None
+        wait_for(lambda: listener.stats.scored == 1, 60, "the first image")
+        os.kill(pid, signal.SIGKILL)
+        assert listener.take("second", xray(tmp_path, "second", seed=1).read_bytes()) is not None
+        wait_for(lambda: listener.stats.scored + listener.stats.failed == 2, 60, "the second image")
+    finally:
+        listener.stop()
+    assert listener.stats.scored == 2 and listener.stats.failed == 0
+    outbox = sorted(p.name for p in (tmp_path / "spool" / "outbox").glob("*.dcm"))
+    assert outbox == ["first-0.dcm", "first-1.dcm", "second-0.dcm", "second-1.dcm"]  # the SR and the capture
+
+
 # -- what modalities really send: minimal, odd, incomplete ----------------------------------------------------
 
 #: A marker in every text attribute of the odd data sets: it must never reach the listener's log.

@@ -153,6 +153,12 @@ def add_delivery_args(s) -> None:
         default=32,
         help="images waiting to be scored before C-STORE is answered 0xA700 (out of resources), or before pull waits",
     )
+    s.add_argument(
+        "--send-associations",
+        type=int,
+        default=2,
+        help="associations results are sent over at once to a C-STORE --send-to (a DICOMweb one takes one)",
+    )
     s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
 
 

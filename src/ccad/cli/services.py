@@ -143,6 +143,7 @@ def _run_dicom(args: argparse.Namespace) -> int | None:
         args.workers,
         args.queue_size,
         args.retry_max_s,
+        send_associations=args.send_associations,
         max_dataset_bytes=int(args.max_dataset_mb * 2**20),
         metrics_port=args.metrics_port,
         result_log=Path(args.result_log) if args.result_log else None,

@@ -13,10 +13,16 @@ The path of an image:
    image that is not a frontal chest radiograph (:func:`.results.not_scored_reason`), or whose pixels
    cannot be decoded, is not scored; its report says why. Every image answered success ends as a result
    in the outbox, or, when no result at all can be made, in the spool's ``failed/`` folder with its reason:
-   none is dropped.
+   none is dropped. The structured report and the capture are built (highdicom, pure Python: half of an
+   image's work) in a separate process, so that the GIL they hold does not stall receiving, scoring and
+   sending; if that process dies they are built in the worker thread instead.
 3. **Delivered.** The structured report and the heatmap capture are written to the outbox, then sent to
-   ``--send-to`` by one sender thread, over one association kept open while results keep coming (released
-   after a second with nothing to send, or when the destination closes it). A destination that is down or
+   ``--send-to`` by ``send_associations`` sender threads (the *lanes*), each over its own association kept
+   open while results keep coming (released after a second with nothing to send, or when the destination
+   closes it). An image's results always take the same lane, in order; a PACS stores each instance in
+   tens of milliseconds (its database commits), so lanes in parallel keep it busy. Sockets are opened
+   with ``TCP_NODELAY``: a C-STORE is a small command PDU and then the data, which Nagle's algorithm would
+   otherwise hold back for the peer's delayed ACK (40 ms on Linux). A destination that is down or
    refuses them is retried with
    exponential backoff (1 s doubling to ``retry_max_s``); each file leaves the spool only once the
    destination has accepted it. A restarted listener picks up both folders.
@@ -31,8 +37,10 @@ import io
 import logging
 import os
 import queue
+import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,7 @@ from ccad.deploy.pacs.results import (
     heatmap_capture,
     missing_identifiers,
     not_scored_reason,
+    result_source,
     structured_report,
 )
 from ccad.deploy.pacs.spool import Spool
@@ -97,6 +106,10 @@ class ListenerSettings:
     workers: int = 1
     queue_size: int = 32
     retry_max_s: float = 60.0
+    #: Sender threads, each with its own association to a DIMSE ``send_to`` (DICOMweb and FHIR: one).
+    send_associations: int = 2
+    #: Build the results in a separate process (False: in the worker threads).
+    result_process: bool = True
     threads: int = 2
     max_pixels: int | None = None
     max_dataset_bytes: int = 256 * 2**20
@@ -115,8 +128,10 @@ class ListenerSettings:
     def check(self) -> "ListenerSettings":
         if not 0 < len(self.ae_title) <= 16:
             raise ConfigError(f"`ae_title` takes 1-16 characters, got {self.ae_title!r}")
-        if self.workers < 1 or self.queue_size < 1 or self.retry_max_s <= 0:
-            raise ConfigError("`workers` and `queue_size` must be at least 1 and `retry_max_s` positive")
+        if self.workers < 1 or self.queue_size < 1 or self.send_associations < 1 or self.retry_max_s <= 0:
+            raise ConfigError(
+                "`workers`, `queue_size` and `send_associations` must be at least 1 and `retry_max_s` positive"
+            )
         if self.max_dataset_bytes < 2**20:
             raise ConfigError("`max_dataset_bytes` must be at least 1 MB")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
@@ -178,6 +193,32 @@ class _Retry:
 
 
 @dataclass
+class Lane:
+    """One sender thread's share of the outbox: lane ``index`` of ``count`` sends the results of the images
+    whose key falls to it (both objects of an image, in order), and lane 0 the FHIR reports; it holds its own
+    association and retry times."""
+
+    index: int = 0
+    count: int = 1
+    wake: threading.Event = field(default_factory=threading.Event)
+    retries: dict[Path, _Retry] = field(default_factory=dict)
+    assoc: Any = None
+
+    def owns(self, path: Path) -> bool:
+        if path.suffix == ".json":
+            return self.index == 0
+        return zlib.crc32(path.stem.rsplit("-", 1)[0].encode()) % self.count == self.index
+
+
+def no_delay(event) -> None:
+    """pynetdicom's ``EVT_CONN_OPEN`` handler: send each PDU at once (``TCP_NODELAY``), as DCMTK does."""
+    try:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # not a TCP socket (or already closed): nothing to tune
+        pass
+
+
+@dataclass
 class Stats:
     received: int = 0
     refused_busy: int = 0
@@ -201,6 +242,53 @@ class Stats:
             self.counter.labels(name).inc(n)
 
 
+def _builder_start() -> None:
+    """The result process's start: its log records and warnings go through the same filter as the listener's."""
+    from ccad.deploy.logs import configure_logging
+
+    configure_logging(logging.WARNING)
+    import highdicom  # noqa: F401  (imported once, before the first image)
+
+
+def _portable(prediction):
+    """``prediction`` with only what a result needs (no pooled features, no model-input pictures): what is
+    sent to the result process."""
+    if prediction is None:
+        return None
+    from dataclasses import replace
+
+    from ccad.scoring.score import Pictures
+
+    pictures = prediction.pictures
+    if pictures is not None:
+        pictures = Pictures(None, None, pictures.original, pictures.original_heatmap, pictures.lung_outline)
+    return replace(prediction, pictures=pictures, pooled=None, raw_probabilities=None)
+
+
+def result_objects(key: str, source, algorithm: Algorithm, prediction, reason: str | None) -> list:
+    """The SR (and, for a scored image, the capture) of ``source`` (:func:`.results.result_source`); when they
+    cannot be built, an SR saying so."""
+    try:
+        objects = [structured_report(source, algorithm, prediction, reason)]
+        if prediction is not None:
+            objects.append(heatmap_capture(source, algorithm, prediction))
+        return objects
+    except Exception as e:
+        log.warning(
+            "image %s: its result could not be built (%s); sending a report that says so", key, type(e).__name__
+        )
+        return [
+            structured_report(
+                source, algorithm, None, f"scored, but the result could not be built ({type(e).__name__})"
+            )
+        ]
+
+
+def build_results(spool: Path, key: str, source, algorithm: Algorithm, prediction, reason: str | None) -> list[Path]:
+    """Build the results of one image and write them into the outbox of ``spool`` (in the result process)."""
+    return Spool(spool).put_results(key, result_objects(key, source, algorithm, prediction, reason))
+
+
 class Listener:
     """The SCP, its scoring pool and its sender. :meth:`start` returns once it listens; :meth:`stop`
     ends it (what is in the spool stays there for the next start)."""
@@ -213,11 +301,10 @@ class Listener:
         self._queue: queue.Queue[Path] = queue.Queue(maxsize=settings.queue_size)
         self._admit = threading.Lock()
         self._stop = threading.Event()
-        self._wake_sender = threading.Event()
+        self._lanes: list[Lane] = []  # the sender threads' shares of the outbox (made by start)
         self._threads: list[threading.Thread] = []
-        self._retries: dict[Path, _Retry] = {}
         self._server = None
-        self._assoc = None  # the sender's association, kept open while results keep coming
+        self._builder = None  # the result-building process pool (started by start)
         self._web = self._fhir = None  # the DICOMweb client and the FHIR poster, when configured
         #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
         self.on_done = None
@@ -233,6 +320,7 @@ class Listener:
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
         self._load_screener()
         self._start_monitoring()
+        self._start_builder()
         ae = AE(ae_title=self.settings.ae_title)
         syntaxes = transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:
@@ -241,12 +329,17 @@ class Listener:
         self._ae = ae
         if scp:
             self._server = ae.start_server(
-                (self.settings.host, self.settings.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+                (self.settings.host, self.settings.port),
+                block=False,
+                evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, no_delay)],
             )
         self._connect_outputs()
         for i in range(self.settings.workers):
             self._spawn(self._work, f"ccad-dicom-worker-{i}")
-        self._spawn(self._send_loop, "ccad-dicom-sender")
+        lanes = self.settings.send_associations if isinstance(self.settings.send_to, Destination) else 1
+        self._lanes = [Lane(i, lanes) for i in range(lanes)]
+        for lane in self._lanes:
+            self._spawn(lambda lane=lane: self._send_loop(lane), f"ccad-dicom-sender-{lane.index}")
         self._spawn(self._resume, "ccad-dicom-resume")
         self._log_start(scp)
         return self
@@ -272,6 +365,17 @@ class Listener:
             self.screener.positive_class,
             self.screener.decision.threshold,
         )
+
+    def _start_builder(self) -> None:
+        """The process that builds results (spawned, not forked: the listener has threads), warmed up so the
+        first image does not wait for its imports."""
+        if not self.settings.result_process:
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._builder = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_builder_start)
+        self._builder.submit(int).result()
 
     def _connect_outputs(self) -> None:
         """The DICOMweb client (STOW-RS results) and the FHIR poster, where the settings name them."""
@@ -330,9 +434,13 @@ class Listener:
         thread.start()
         self._threads.append(thread)
 
+    def _wake_senders(self) -> None:
+        for lane in self._lanes:
+            lane.wake.set()
+
     def stop(self) -> None:
         self._stop.set()
-        self._wake_sender.set()
+        self._wake_senders()
         if self._server is not None:
             self._server.shutdown()
         for thread in self._threads:
@@ -340,6 +448,8 @@ class Listener:
         if getattr(self, "_metrics_server", None) is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        if self._builder is not None:
+            self._builder.shutdown()
 
     def serve_forever(self) -> None:
         """Run until interrupted or sent SIGTERM (what is in the spool stays for the next start)."""
@@ -458,7 +568,7 @@ class Listener:
                     break
                 except queue.Full:
                     continue
-        self._wake_sender.set()
+        self._wake_senders()
 
     # 2. scored --------------------------------------------------------------------------------------
 
@@ -494,7 +604,7 @@ class Listener:
                     prediction = self.screener.score([key], [self.screener.read(upload)], with_heatmaps=True)[0]
                 except CcadError as e:
                     reason = f"not readable: {e}"
-            self.spool.put_results(key, self._results(key, ds, prediction, reason))
+            self._put_results(key, ds, prediction, reason)
             if self.settings.fhir:
                 try:
                     self._fhir_report(key, ds, prediction, reason)
@@ -530,7 +640,7 @@ class Listener:
                 prediction.probabilities[prediction.predicted_class],
                 "" if prediction.in_distribution is not False else ", out of distribution",
             )
-        self._wake_sender.set()
+        self._wake_senders()
 
     def _done(self, key: str) -> None:
         if self.on_done is not None:
@@ -557,83 +667,93 @@ class Listener:
                 tmp.write_text(json.dumps(report, indent=1))
                 os.chmod(tmp, 0o600)
 
-    def _results(self, key: str, ds, prediction, reason: str | None) -> list:
-        """The SR (and, for a scored image, the capture); when they cannot be built, an SR saying so."""
-        try:
-            objects = [structured_report(ds, self.algorithm, prediction, reason)]
-            if prediction is not None:
-                objects.append(heatmap_capture(ds, self.algorithm, prediction))
-            return objects
-        except Exception as e:
-            log.warning(
-                "image %s: its result could not be built (%s); sending a report that says so", key, type(e).__name__
-            )
-            return [
-                structured_report(
-                    ds, self.algorithm, None, f"scored, but the result could not be built ({type(e).__name__})"
-                )
-            ]
+    def _put_results(self, key: str, ds, prediction, reason: str | None) -> None:
+        """The image's results into the outbox: built by the result process, or here when there is none (or it
+        died: then here from now on)."""
+        source = result_source(ds)
+        if self._builder is not None:
+            from concurrent.futures.process import BrokenProcessPool
+
+            try:
+                self._builder.submit(
+                    build_results, self.spool.root, key, source, self.algorithm, _portable(prediction), reason
+                ).result()
+                return
+            except BrokenProcessPool:
+                log.error("the result process ended; results are built in the worker threads from now on")
+                self._builder = None
+        build_results(self.spool.root, key, source, self.algorithm, prediction, reason)
 
     # 3. delivered -----------------------------------------------------------------------------------
 
-    def _send_loop(self) -> None:
+    def _send_loop(self, lane: Lane) -> None:
+        """The lane's thread: send what is due, wait for more; no error ends it (what was not sent waits)."""
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                pending = self.spool.pending_outbox() + self.spool.pending_fhir()
-                due = [p for p in pending if self._retries.get(p, _Retry()).due <= now]
-                if due:
-                    self._send(due)
-                    continue
-                waits = [self._retries[p].due - now for p in pending if p in self._retries]
-                if not self._wake_sender.wait(timeout=min(waits + [1.0])) and not pending:
-                    self._release()  # a second with nothing to send: let the destination go
-                self._wake_sender.clear()
+                try:
+                    self._send_due(lane)
+                except Exception as e:  # e.g. a spool folder unreadable for a moment: try again in a second
+                    log.error("sender %d: %s; trying again", lane.index, type(e).__name__)
+                    self._stop.wait(1.0)
         finally:
-            self._release()
+            self._release(lane)
 
-    def _association(self):
-        """The open association to the destination, opened when there is none (None when it cannot be)."""
-        from pynetdicom import AE
+    def _send_due(self, lane: Lane) -> None:
+        now = time.monotonic()
+        pending = [p for p in self.spool.pending_outbox() + self.spool.pending_fhir() if lane.owns(p)]
+        due = [p for p in pending if lane.retries.get(p, _Retry()).due <= now]
+        if due:
+            self._send(due, lane)
+            return
+        waits = [lane.retries[p].due - now for p in pending if p in lane.retries]
+        if not lane.wake.wait(timeout=min(waits + [1.0])) and not pending:
+            self._release(lane)  # a second with nothing to send: let the destination go
+        lane.wake.clear()
 
-        if self._assoc is not None and self._assoc.is_established:
-            return self._assoc
+    def _association(self, lane: Lane):
+        """The lane's open association to the destination, opened when there is none (None when it cannot be)."""
+        from pynetdicom import AE, evt
+
+        if lane.assoc is not None and lane.assoc.is_established:
+            return lane.assoc
         destination = self.settings.send_to
         ae = AE(ae_title=self.settings.ae_title)
         ae.add_requested_context(COMPREHENSIVE_SR)
         ae.add_requested_context(SECONDARY_CAPTURE)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-        self._assoc = assoc if assoc.is_established else None
-        return self._assoc
+        handlers = [(evt.EVT_CONN_OPEN, no_delay)]
+        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=handlers)
+        lane.assoc = assoc if assoc.is_established else None
+        return lane.assoc
 
-    def _release(self) -> None:
-        if getattr(self, "_assoc", None) is not None and self._assoc.is_established:
-            self._assoc.release()
-        self._assoc = None
+    @staticmethod
+    def _release(lane: Lane) -> None:
+        if lane.assoc is not None and lane.assoc.is_established:
+            lane.assoc.release()
+        lane.assoc = None
 
-    def _send(self, paths: list[Path]) -> None:
+    def _send(self, paths: list[Path], lane: Lane) -> None:
         reports = [p for p in paths if p.suffix == ".json"]
         if reports and self._fhir is None:  # left by a run with --fhir URL: kept until one runs again
             for path in reports:
-                self._retries[path] = _Retry(attempts=1, due=time.monotonic() + 3600)
+                lane.retries[path] = _Retry(attempts=1, due=time.monotonic() + 3600)
             log.warning("%d FHIR reports wait in the spool, and no --fhir URL is set to send them", len(reports))
         elif reports:
-            self._send_fhir(reports)
+            self._send_fhir(reports, lane)
         paths = [p for p in paths if p.suffix != ".json"]
         if not paths:
             return
         if isinstance(self.settings.send_to, WebDestination):
-            return self._send_web(paths)
-        self._send_dimse(paths)
+            return self._send_web(paths, lane)
+        self._send_dimse(paths, lane)
 
-    def _delivered(self, path: Path) -> None:
+    def _delivered(self, path: Path, lane: Lane) -> None:
         path.unlink(missing_ok=True)
-        self._retries.pop(path, None)
+        lane.retries.pop(path, None)
         self.stats.add("sent")
         log.info("result %s delivered", path.stem)
 
-    def _send_web(self, paths: list[Path]) -> None:
+    def _send_web(self, paths: list[Path], lane: Lane) -> None:
         """STOW-RS, one instance a request (a refusal is that instance's alone)."""
         import pydicom
 
@@ -647,11 +767,11 @@ class Listener:
             except Exception as e:  # anything the client or the file raises: this file waits, the thread goes on
                 why = type(e).__name__
             if why is None:
-                self._delivered(path)
+                self._delivered(path, lane)
             else:
-                self._failed(path, why)
+                self._failed(path, why, lane)
 
-    def _send_fhir(self, paths: list[Path]) -> None:
+    def _send_fhir(self, paths: list[Path], lane: Lane) -> None:
         import json
 
         for path in paths:
@@ -660,20 +780,20 @@ class Listener:
             try:
                 status = self._fhir.put(json.loads(path.read_text()))
             except Exception as e:  # OSError, a bad status line, bad JSON...: this report waits, the thread goes on
-                self._failed(path, type(e).__name__)
+                self._failed(path, type(e).__name__, lane)
                 continue
             if status in (200, 201):
-                self._delivered(path)
+                self._delivered(path, lane)
             else:
-                self._failed(path, f"FHIR server answered HTTP {status}")
+                self._failed(path, f"FHIR server answered HTTP {status}", lane)
 
-    def _send_dimse(self, paths: list[Path]) -> None:
+    def _send_dimse(self, paths: list[Path], lane: Lane) -> None:
         import pydicom
 
-        assoc = self._association()
+        assoc = self._association(lane)
         if assoc is None:
             for path in paths:
-                self._failed(path, "the destination is not reachable")
+                self._failed(path, "the destination is not reachable", lane)
             return
         for path in paths:
             if self._stop.is_set():
@@ -681,22 +801,22 @@ class Listener:
             try:
                 status = assoc.send_c_store(pydicom.dcmread(path))
             except Exception as e:
-                self._failed(path, type(e).__name__)
+                self._failed(path, type(e).__name__, lane)
                 if not assoc.is_established:
                     break
                 continue
             code = int(getattr(status, "Status", -1)) if status else -1
             if code in STORED:
-                self._delivered(path)
+                self._delivered(path, lane)
             else:
-                self._failed(path, f"status 0x{code:04X}" if code >= 0 else "no response")
+                self._failed(path, f"status 0x{code:04X}" if code >= 0 else "no response", lane)
                 if not assoc.is_established:
                     break
-        for path in [p for p in self._retries if not p.exists()]:
-            self._retries.pop(path, None)
+        for path in [p for p in lane.retries if not p.exists()]:
+            lane.retries.pop(path, None)
 
-    def _failed(self, path: Path, why: str) -> None:
-        retry = self._retries.setdefault(path, _Retry())
+    def _failed(self, path: Path, why: str, lane: Lane) -> None:
+        retry = lane.retries.setdefault(path, _Retry())
         delay = min(self.settings.retry_max_s, 2.0**retry.attempts)
         retry.attempts += 1
         retry.due = time.monotonic() + delay

@@ -64,9 +64,17 @@ class Spool:
 
     @staticmethod
     def _pending(folder: Path, pattern: str = "*.dcm") -> list[Path]:
-        # not the ".name.tmp.dcm" files atomic writes are still filling
-        files = [p for p in folder.glob(pattern) if not p.name.startswith(".") and p.is_file()]
-        return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+        """The finished files of ``folder``, oldest first; not the ".name.tmp.dcm" files atomic writes are
+        still filling, nor one another thread removed (sent, or set aside) while the folder was listed."""
+        files = []
+        for path in folder.glob(pattern):
+            if path.name.startswith("."):
+                continue
+            try:
+                files.append((path.stat().st_mtime, path.name, path))
+            except FileNotFoundError:
+                continue
+        return [path for *_, path in sorted(files)]
 
     def pending_inbox(self) -> list[Path]:
         return self._pending(self.inbox)
