@@ -9,6 +9,11 @@ Variants of the server (each a fresh process on core 0, ONNX Runtime on 1 thread
 - ``no-batching``: ``--max-batch 1``, one model call per image (as the server was before micro-batching);
 - ``micro-batching``: the default, images of concurrent requests gathered for up to 5 ms, 16 at most.
 
+Then, on a fresh default server, an **open-loop** client (httpx on asyncio, core 1; written here, as Debian has
+no wrk2): first one request at a time (the single-request latency), then requests sent at fixed times at half
+the micro-batching server's saturated rate, whether or not earlier ones have been answered, each request's
+latency counted from the time it was due (so a stalled server is not hidden by a client that waits for it).
+
 The baseline, ``predict``: ``Screener.screen`` (what ``ccad predict`` runs) over the same
 PNGs, pinned to core 0 with 1 ONNX Runtime thread. wrk runs on core 1 with 16 connections. Only 127.0.0.1
 is contacted. Without ``--bundle`` the default recipe is trained on Dataset A first (a minute or two).
@@ -17,6 +22,8 @@ is contacted. Without ``--bundle`` the default recipe is trained on Dataset A fi
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import re
 import socket
@@ -26,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+import numpy as np
 from _report import emit, free_port, vm_hwm_mb
 from serve_load import make_bundle
 
@@ -83,6 +92,24 @@ def parse_wrk(text: str) -> dict:
     }
 
 
+@contextlib.contextmanager
+def served(bundle: Path, extra: list[str], server_cores: str, workers: int):
+    """A fresh ``ccad serve`` pinned to ``server_cores``; yields its URL."""
+    port = free_port()
+    serve = ["ccad", "serve", "--model", str(bundle), "--port", str(port), "--workers", str(workers), "--queue", "64"]
+    server = subprocess.Popen(
+        ["taskset", "-c", server_cores, sys.executable, "-m", *serve, *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_port(port)
+        yield f"http://127.0.0.1:{port}", server.pid
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def serve_and_load(
     bundle: Path,
     script: Path,
@@ -93,16 +120,7 @@ def serve_and_load(
     client_cores: str,
     workers: int,
 ) -> dict:
-    port = free_port()
-    serve = ["ccad", "serve", "--model", str(bundle), "--port", str(port), "--workers", str(workers), "--queue", "64"]
-    server = subprocess.Popen(
-        ["taskset", "-c", server_cores, sys.executable, "-m", *serve, *extra],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(port)
-        url = f"http://127.0.0.1:{port}"
+    with served(bundle, extra, server_cores, workers) as (url, pid):
         wrk = ["taskset", "-c", client_cores, "wrk", "-t1"]
         subprocess.run([*wrk, "-c4", "-d3s", "-s", str(script), url], capture_output=True, check=True)  # warm-up
         done = subprocess.run(
@@ -111,10 +129,42 @@ def serve_and_load(
             text=True,
             check=True,
         )
-        return dict(parse_wrk(done.stdout), server_peak_rss_mb=round(vm_hwm_mb(server.pid)))
-    finally:
-        server.terminate()
-        server.wait(30)
+        return dict(parse_wrk(done.stdout), server_peak_rss_mb=round(vm_hwm_mb(pid)))
+
+
+def open_loop(bundle: Path, files: list[Path], rate: float, seconds: int, cores: tuple[str, str], workers: int) -> dict:
+    """The single-request latency, then p50 / p99 at ``rate`` requests/s sent at fixed times (open loop)."""
+    server_cores, client_cores = cores
+    with served(bundle, [], server_cores, workers) as (url, _):
+        os.sched_setaffinity(0, {int(c) for c in client_cores.split(",")})
+        return asyncio.run(_open_loop(f"{url}/api/v1/predict", files, rate, seconds))
+
+
+async def _open_loop(url: str, files: list[Path], rate: float, seconds: int) -> dict:
+    bodies = [f.read_bytes() for f in files]
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=256)) as client:
+
+        async def post(i: int, due: float) -> float:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            answer = await client.post(url, files={"files": ("x.png", bodies[i % len(bodies)], "image/png")})
+            answer.raise_for_status()
+            return time.perf_counter() - due
+
+        for i in range(8):  # warm-up
+            await post(i, time.perf_counter())
+        single = [await post(i, time.perf_counter()) for i in range(64)]
+        start = time.perf_counter() + 0.1
+        loaded = await asyncio.gather(*(post(i, start + i / rate) for i in range(int(rate * seconds))))
+    single_p50 = float(np.percentile(single, 50)) * 1000
+    p50, p99 = (float(np.percentile(loaded, q)) * 1000 for q in (50, 99))
+    return {
+        "single_request_p50_ms": round(single_p50, 1),
+        "rate_per_s": round(rate, 1),
+        "requests": len(loaded),
+        "p50_ms": round(p50, 1),
+        "p99_ms": round(p99, 1),
+        "p99_vs_single_p50": round(p99 / single_p50, 2),
+    }
 
 
 def _wait_for_port(port: int, tries: int = 200) -> None:
@@ -161,6 +211,9 @@ def main() -> None:
     base = report["baseline_predict"]["images_per_s"]
     for key in ("no_batching", "micro_batching"):
         report[key]["vs_predict"] = round(report[key]["requests_per_s"] / base, 2)
+    rate = report["micro_batching"]["requests_per_s"] / 2
+    cores = (args.server_cores, args.client_cores)
+    report["open_loop_half_rate"] = open_loop(bundle, files, rate, args.seconds, cores, args.workers)
     emit(report, args.out)
 
 
