@@ -207,7 +207,7 @@ class Lane:
     def owns(self, path: Path) -> bool:
         if path.suffix == ".json":
             return self.index == 0
-        return zlib.crc32(path.stem.rsplit("-", 1)[0].encode()) % self.count == self.index
+        return zlib.crc32(Spool.image_key(path).encode()) % self.count == self.index
 
 
 def no_delay(event) -> None:

@@ -44,6 +44,12 @@ class Spool:
             paths.append(path)
         return paths
 
+    @staticmethod
+    def image_key(path: Path) -> str:
+        """The key of the image a result file belongs to: ``KEY`` of an outbox ``KEY-I.dcm`` (as
+        :meth:`put_results` names them) or of a FHIR ``KEY.json`` (:meth:`put_fhir`)."""
+        return path.stem if path.suffix == ".json" else path.stem.rsplit("-", 1)[0]
+
     def set_aside(self, path: Path, reason: str) -> Path:
         """Move a received instance that could not be handled to ``failed/``, with ``reason`` beside it
         (``KEY.reason.txt``): it stays in the spool for a person to look at, and is not retried."""
