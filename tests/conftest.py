@@ -90,6 +90,16 @@ def bundle(run_and_bundle):
     return run_and_bundle[1]
 
 
+def run_ccad(args: list[str]) -> None:
+    """``ccad ARGS`` in a child process, its output shown when it fails: a heavy run (training on real data,
+    an export) whose memory is then given back, instead of staying in the test worker for the files after."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ccad", *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
 def write_csv(path, rows):
     """Write a list of dicts as a CSV (manifests made by tests); returns the path."""
     import csv
@@ -134,3 +144,24 @@ def _release_memory_after_each_module():
     libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def _memory_kib():
+    """This process's resident memory now and at its peak (VmRSS, VmHWM), in KiB; (0, 0) where /proc is not."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """With CCAD_TEST_RSS=PREFIX, each test process appends a line per test to PREFIX.WORKER.tsv: the test, the
+    memory resident after it and the process's peak so far (KiB), so a run shows which test set the peak."""
+    prefix = os.environ.get("CCAD_TEST_RSS")
+    if not prefix:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    rss, peak = _memory_kib()
+    with open(f"{prefix}.{worker}.tsv", "a") as f:
+        f.write(f"{item.nodeid}\t{rss}\t{peak}\n")

@@ -1,12 +1,11 @@
 """Real chest X-rays and the real ImageNet weights from ../shared (skipped without it)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from conftest import SHARED, needs_shared
+from conftest import run_ccad as ccad
 
 from ccad.screening import Screener
 
@@ -44,12 +43,6 @@ def default_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("default") / "run"
     ccad(["train", *DATASET_A, "--out", str(out)])
     return out
-
-
-def ccad(args: list[str]) -> None:
-    """``ccad ARGS`` in a child process; its output shown when it fails."""
-    done = subprocess.run([sys.executable, "-m", "ccad", *args], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-4000:]
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import SHARED, needs_shared
+from conftest import SHARED, needs_shared, run_ccad
 
 pytestmark = [needs_shared, pytest.mark.shared]
 MANIFEST = SHARED / "data" / "covid-cxr" / "manifest.csv"
@@ -27,26 +27,21 @@ ALL_SOURCES = [
 
 @pytest.mark.slow
 def test_paper_a_preset_runs_end_to_end(tmp_path):
-    from ccad.cli import main
-
     out = tmp_path / "paper-a"
-    assert (
-        main(
-            [
-                "train",
-                *DATASET_A,
-                "--out",
-                str(out),
-                "--preset",
-                "paper-a",
-                "--save-h5",
-                "--epochs",
-                "2",
-                "--fine-tune-epochs",
-                "1",
-            ]
-        )
-        == 0
+    run_ccad(
+        [
+            "train",
+            *DATASET_A,
+            "--out",
+            str(out),
+            "--preset",
+            "paper-a",
+            "--save-h5",
+            "--epochs",
+            "2",
+            "--fine-tune-epochs",
+            "1",
+        ]
     )
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["augmentation"] == "paper" and config["config"]["dropout"] == 0.3
@@ -72,28 +67,24 @@ def test_paper_a_preset_runs_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_synthetic_model_learns_with_imagenet_features(synth_folders, tmp_path):
     """A model that learns: on synthetic X-rays the default recipe separates opacities from clear lungs."""
-    from ccad.cli import main
     from ccad.data.synthetic import generate
 
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(synth_folders / "manifest.csv"),
-                "--out",
-                str(out),
-                "--input-size",
-                "128",
-                "--epochs",
-                "15",
-            ]
-        )
-        == 0
+    run_ccad(
+        [
+            "train",
+            "--data",
+            str(synth_folders / "manifest.csv"),
+            "--out",
+            str(out),
+            "--input-size",
+            "128",
+            "--epochs",
+            "15",
+        ]
     )
     fresh = generate(tmp_path / "fresh", n_per_class=30, size=128, seed=99)
-    assert main(["evaluate", "--model", str(out), "--data", str(fresh), "--out", str(tmp_path / "e")]) == 0
+    run_ccad(["evaluate", "--model", str(out), "--data", str(fresh), "--out", str(tmp_path / "e")])
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["n"] == 60 and metrics["auc"]["value"] >= 0.85, metrics["auc"]
 
@@ -119,16 +110,12 @@ def test_shipped_lung_segmenter_keeps_its_held_out_dice():
 def test_the_shipped_model_reproduces_its_cards_test_numbers_by_source(tmp_path):
     """The card's evaluation is what the recorded command's split gives: the same test split (covid-cxr's
     fixed one; the others split by seed 0, near-duplicates grouped), the same AUC and per-source rates."""
-    from ccad.cli import main
     from ccad.models.card import DEFAULT_BUNDLE, ModelCard
 
     card = ModelCard.load(DEFAULT_BUNDLE)
     assert card.preprocess.count("|") == 1 and card.decision["rule"] == "specificity-90"
-    assert (
-        main(
-            ["evaluate", "--model", str(DEFAULT_BUNDLE), *ALL_SOURCES, "--out", str(tmp_path / "ev"), "--by", "source"]
-        )
-        == 0
+    run_ccad(
+        ["evaluate", "--model", str(DEFAULT_BUNDLE), *ALL_SOURCES, "--out", str(tmp_path / "ev"), "--by", "source"]
     )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == card.evaluation["n"]
