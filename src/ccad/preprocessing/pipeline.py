@@ -71,12 +71,46 @@ def _clahe(w: _Work, clip_limit: float) -> None:
 
 
 def _equalize(w: _Work, nbins: int) -> None:
-    import skimage.exposure
-
-    if w.outside is not None and w.outside.all():  # no lungs found: nothing to equalize
+    if w.outside is None:
+        w.work = equalize_hist(w.work, nbins=nbins).astype(np.float32)
         return
-    mask = None if w.outside is None else ~w.outside
-    w.work = skimage.exposure.equalize_hist(w.work, nbins=nbins, mask=mask).astype(np.float32)
+    if w.outside.all():  # no lungs found: nothing to equalize
+        return
+    # Inside the lungs only: the histogram is theirs, and what lies outside is set to black after the
+    # intensity steps anyway (so it is set now, and not interpolated first).
+    inside = ~w.outside
+    out = np.zeros(w.work.shape, np.float32)
+    out[inside] = equalize_hist(w.work[inside], nbins=nbins)
+    w.work = out
+
+
+def equalize_hist(image: np.ndarray, nbins: int = 256, mask: np.ndarray | None = None) -> np.ndarray:
+    """``skimage.exposure.equalize_hist(image, nbins, mask)`` of a float image, the same values, in under half
+    the time (written here for speed; the tests compare the two value for value).
+
+    scikit-image takes the histogram of the (masked) pixels, its cumulative distribution at the bin centres,
+    and ``np.interp`` of every pixel on it; ``np.interp`` searches for each pixel's interval, which is 90% of
+    the time (2.5 ms of 2.8 on a 207 x 252 crop). The centres here are evenly spaced, so the interval comes
+    from the value itself, and the interpolation is numpy's own formula (slope per interval,
+    ``slope * (x - x_j) + y_j``, in float64). Float rounding can put a value that lies within a rounding
+    error of a centre in the neighbouring interval, whose line meets the same point there: the float32
+    result is the same."""
+    values = image if mask is None else image[np.asarray(mask, bool)]
+    hist, edges = np.histogram(values.ravel(), bins=nbins)
+    dtype = np.float32 if image.dtype in (np.float16, np.float32) else np.float64
+    centres = ((edges[:-1] + edges[1:]) / 2.0).astype(np.float64)
+    cdf = (hist.cumsum() / float(hist.cumsum()[-1])).astype(dtype).astype(np.float64)
+    x = image.astype(np.float64).ravel()
+    last = len(centres) - 1
+    if last == 0:
+        return np.full(image.shape, cdf[0], dtype)
+    f = (x - centres[0]) * (last / (centres[-1] - centres[0]))
+    j = np.maximum(np.minimum(f, last - 1, out=f), 0, out=f).astype(np.intp)  # floor, as f >= 0
+    slopes = np.diff(cdf) / np.diff(centres)
+    out = slopes[j] * (x - centres[j]) + cdf[j]
+    out[x <= centres[0]] = cdf[0]
+    out[x >= centres[-1]] = cdf[-1]
+    return out.reshape(image.shape).astype(dtype)
 
 
 def _lowpass(w: _Work, factor: int, min_side: int) -> None:

@@ -217,10 +217,18 @@ class Screener:
             out += self._score_batch(names[i : i + step], prepared[i : i + step], with_heatmaps, heatmap_class)
         return out
 
-    def screen(self, inputs: Iterable[Source], with_heatmaps: bool = False, workers: int = 4) -> Iterator[Prediction]:
-        """A :class:`Prediction` per input, in input order: inputs decoded and prepared on ``workers`` threads,
-        at most four batches in flight; an unreadable one gets its ``error`` and the stream goes on."""
+    def screen(
+        self, inputs: Iterable[Source], with_heatmaps: bool = False, workers: int | None = None
+    ) -> Iterator[Prediction]:
+        """A :class:`Prediction` per input, in input order: inputs decoded and prepared on ``workers`` threads
+        (default: one per core this process may use, at least two), at most four batches in flight; an
+        unreadable one gets its ``error`` and the stream goes on.
+
+        One thread per core, not more: on 2 cores, 2 threads screened 70-71 images/s against 67-70 with 4
+        (three alternating runs; BENCHMARKS.md, "Near the hardware's limit"), the extra threads only taking
+        turns for the GIL with the scoring thread."""
         step = self.predictor.batch_size
+        workers = workers or max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
         with ThreadPoolExecutor(workers, thread_name_prefix="ccad-decode") as pool:
             pending: list = []
             for source in inputs:
