@@ -167,8 +167,9 @@ STEPS: dict[str, Step] = {
             "intensity",
             _equalize,
             {"nbins": 256},
-            doc="global histogram equalization (scikit-image; inside the lungs with lungs): every image gets the "
-            "same gray-level distribution, whatever the exposure and processing of its scanner",
+            doc="global histogram equalization (scikit-image's values, by equalize_hist here; inside the lungs "
+            "with lungs): every image gets the same gray-level distribution, whatever the exposure and "
+            "processing of its scanner",
         ),
         Step(
             "lowpass",
