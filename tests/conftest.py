@@ -37,35 +37,38 @@ def shared_dir():
     return SHARED
 
 
+def small_training(data, out, *extra: str) -> list[str]:
+    """The ``ccad train`` arguments of the suite's small runs on the synthetic folders ``data``: 64 px, 3 epochs,
+    ImageNet weights when ../shared has them; ``extra`` arguments added."""
+    from ccad.models.classifier import imagenet_weights_available
+
+    weights = "imagenet" if imagenet_weights_available(224) else "none"
+    return [
+        "train",
+        "--data",
+        str(data / "manifest.csv"),
+        "--out",
+        str(out),
+        "--weights",
+        weights,
+        "--input-size",
+        "64",
+        "--epochs",
+        "3",
+        "--feature-views",
+        "1",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def run_and_bundle(synth_folders, tmp_path_factory):
     from ccad.cli import main
     from ccad.data.synthetic import generate
-    from ccad.models.classifier import imagenet_weights_available
 
     root = tmp_path_factory.mktemp("bundle")
     calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)
-    weights = "imagenet" if imagenet_weights_available(224) else "none"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(synth_folders / "manifest.csv"),
-                "--out",
-                str(root / "run"),
-                "--weights",
-                weights,
-                "--input-size",
-                "64",
-                "--epochs",
-                "3",
-                "--feature-views",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main(small_training(synth_folders, root / "run")) == 0
     assert (
         main(
             [

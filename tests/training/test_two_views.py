@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_ccad
+from conftest import run_ccad, small_training
 
 from ccad.cli import main
 from ccad.screening import Screener
@@ -15,30 +15,9 @@ VIEWS = "thorax+equalize+lowpass|lungs+equalize+lowpass"
 
 @pytest.fixture(scope="module")
 def two_view(synth_folders, tmp_path_factory):
-    from ccad.models.classifier import imagenet_weights_available
-
     root = tmp_path_factory.mktemp("two-view")
-    weights = "imagenet" if imagenet_weights_available(224) else "none"
     # In child processes: the worker keeps no memory of the training (the suite's peak, BENCHMARKS.md).
-    run_ccad(
-        [
-            "train",
-            "--data",
-            str(synth_folders / "manifest.csv"),
-            "--out",
-            str(root / "run"),
-            "--weights",
-            weights,
-            "--input-size",
-            "64",
-            "--epochs",
-            "3",
-            "--feature-views",
-            "1",
-            "--preprocess",
-            VIEWS,
-        ]
-    )
+    run_ccad(small_training(synth_folders, root / "run", "--preprocess", VIEWS))
     run_ccad(["export", "--model", str(root / "run"), "--out", str(root / "bundle")])
     return root / "run", root / "bundle"
 
