@@ -65,10 +65,23 @@ def _warning_category(record: logging.LogRecord) -> str:
     return "Python warning"
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes, not as it was when the handler was made (as
+    logging's own last-resort handler does): a command run in-process, by a test or a notebook, leaves no
+    handler bound to a stream that has since been closed or replaced."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def configure_logging(level: int = logging.INFO, stream=None) -> logging.Handler:
-    """One stderr handler on the root logger, with :class:`PatientDataFilter`; Python warnings go through
-    it. Returns the handler (a test may attach its own stream)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    """One handler on the root logger (to ``stream``, by default the current stderr), with
+    :class:`PatientDataFilter`; Python warnings go through it. Returns the handler."""
+    handler = logging.StreamHandler(stream) if stream is not None else StderrHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(PatientDataFilter())
     root = logging.getLogger()
