@@ -110,3 +110,15 @@ def test_model_input_shape_range_and_channels(tmp_path):
     assert x.shape == (32, 32, 3) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     np.testing.assert_array_equal(x[..., 0], x[..., 2])
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32])
+def test_integer_pixels_are_windowed_as_their_float32_values_would_be(dtype):
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    pixels = rng.integers(max(info.min, -(2**30)), min(info.max, 2**30), size=(40, 50)).astype(dtype)
+    windowed = images.validate_pixels((pixels, True), "x")
+    expected = pixels.astype(np.float32)
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    assert windowed.dtype == np.float32 and windowed.min() == 0.0 and windowed.max() == 1.0
+    np.testing.assert_array_equal(windowed, expected.astype(np.float32))

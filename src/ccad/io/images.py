@@ -173,7 +173,7 @@ def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:
     """(pixels, deep): 8-bit images / 255; deeper ones (16-bit, 32-bit integer or float) as they are, windowed
     by :func:`validate_pixels`. One float32 copy of the image, worked on in place."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        return np.array(im, dtype=np.float32), True
+        return np.asarray(im), True  # integer pixels stay integers until validate_pixels windows them
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         im = im.convert("RGBA").convert("RGB")  # drop alpha
     pixels = np.array(im.convert("L") if im.mode != "L" else im, dtype=np.float32)
@@ -195,11 +195,16 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
         raise ImageReadError(f"{name}: not a 2-D image (array of shape {pixels.shape})")
     if min(pixels.shape) < MIN_SIDE:
         raise ImageReadError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]} pixels; too small for an X-ray")
-    if deep:
+    integers = deep and pixels.dtype.kind in "biu"
+    if integers:  # the range from the integers (half the memory to read); float32 keeps their order
+        lo, hi = float(pixels.min()), float(pixels.max())
+        pixels = pixels.astype(np.float32)
+    elif deep:
         pixels = np.array(pixels, dtype=np.float32, copy=not (pixels.dtype == np.float32 and pixels.flags.owndata))
         if not np.isfinite(pixels).all():  # also a value past float32's range, as a huge rescale slope makes
             raise ImageReadError(f"{name}: the image has non-finite pixel values (NaN or infinity)")
-    lo, hi = float(pixels.min()), float(pixels.max())
+    if not integers:
+        lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
         raise ImageReadError(f"{name}: blank image (every pixel is {lo:g}): not an X-ray")
     if deep:
@@ -247,7 +252,7 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
     except Exception as e:
         raise ImageReadError(f"{name}: the DICOM modality or VOI LUT cannot be applied ({type(e).__name__})") from e
     with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused as such
-        gray = validate_pixels((np.asarray(pixels, dtype=np.float32), True), name)
+        gray = validate_pixels((np.asarray(pixels), True), name)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
     return gray
