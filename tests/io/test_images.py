@@ -122,3 +122,14 @@ def test_integer_pixels_are_windowed_as_their_float32_values_would_be(dtype):
     expected = (expected - expected.min()) / (expected.max() - expected.min())
     assert windowed.dtype == np.float32 and windowed.min() == 0.0 and windowed.max() == 1.0
     np.testing.assert_array_equal(windowed, expected.astype(np.float32))
+
+
+def test_32_bit_integers_are_windowed_and_refused_as_blank_by_their_float32_values():
+    one_high = np.ones((40, 50), np.int32)
+    one_high[3, 4] = 2**25 + 3  # rounds to 2**25 + 4 in float32
+    windowed = images.validate_pixels((one_high, True), "x")
+    assert windowed.max() == 1.0 and windowed[3, 4] == 1.0
+    two_values = np.full((40, 50), 2**24, np.int32)
+    two_values[0, 0] = 2**24 + 1  # the same float32 as 2**24: blank, as its float32 pixels are
+    with pytest.raises(ImageReadError, match="blank image"):
+        images.validate_pixels((two_values, True), "x")

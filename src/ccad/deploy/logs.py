@@ -68,7 +68,8 @@ def _warning_category(record: logging.LogRecord) -> str:
 class StderrHandler(logging.StreamHandler):
     """Writes to ``sys.stderr`` as it is when a record comes, not as it was when the handler was made (as
     logging's own last-resort handler does): a command run in-process, by a test or a notebook, leaves no
-    handler bound to a stream that has since been closed or replaced."""
+    handler bound to a stream that has since been closed or replaced. Its stream cannot be set (give
+    :func:`configure_logging` a ``stream`` for that)."""
 
     def __init__(self) -> None:
         logging.Handler.__init__(self)

@@ -170,8 +170,8 @@ def _read_raster(source, name: str, max_pixels: int) -> np.ndarray:
 
 
 def _pil_to_array(im: Image.Image) -> tuple[np.ndarray, bool]:
-    """(pixels, deep): 8-bit images / 255; deeper ones (16-bit, 32-bit integer or float) as they are, windowed
-    by :func:`validate_pixels`. One float32 copy of the image, worked on in place."""
+    """(pixels, deep): 8-bit images as float32 / 255; deeper ones (16-bit, 32-bit integer or float) as Pillow
+    gives them, converted and windowed by :func:`validate_pixels`."""
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return np.asarray(im), True  # integer pixels stay integers until validate_pixels windows them
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -196,8 +196,8 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
     if min(pixels.shape) < MIN_SIDE:
         raise ImageReadError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]} pixels; too small for an X-ray")
     integers = deep and pixels.dtype.kind in "biu"
-    if integers:  # the range from the integers (half the memory to read); float32 keeps their order
-        lo, hi = float(pixels.min()), float(pixels.max())
+    if integers:  # the range from the integers (half the memory to read), rounded as the pixels will be
+        lo, hi = float(np.float32(pixels.min())), float(np.float32(pixels.max()))
         pixels = pixels.astype(np.float32)
     elif deep:
         pixels = np.array(pixels, dtype=np.float32, copy=not (pixels.dtype == np.float32 and pixels.flags.owndata))

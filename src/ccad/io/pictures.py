@@ -32,14 +32,15 @@ def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45, outline: 
     """RGB uint8 image: the X-ray with the heatmap blended in (matplotlib's 'jet' colours, alpha =
     ``opacity`` x heat) and, when given, the outline of a boolean mask (the lung fields) drawn in white.
 
-    The colours are the colormap's own table, indexed as matplotlib indexes it (heat x N, floored, clipped);
+    ``heat`` is taken as float32. The colours are the colormap's own table, indexed as matplotlib indexes a
+    float32 array (heat x N, floored, clipped);
     the blend is in float32 with one (H, W, 3) buffer (a 512 px capture is built about twice as fast as
     through the colormap's float64 RGBA, which also touches four times the memory)."""
     from matplotlib import colormaps
 
     jet = colormaps["jet"]
     table = jet(np.arange(jet.N))[:, :3].astype(np.float32)
-    heat = np.asarray(heat, np.float32)
+    heat = np.nan_to_num(np.asarray(heat, np.float32), nan=0.0)  # a NaN in a heatmap draws as no heat
     index = np.clip(heat * np.float32(jet.N), 0, jet.N - 1).astype(np.intp)
     alpha = np.float32(opacity) * heat
     picture = table[index]
