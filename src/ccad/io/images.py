@@ -195,15 +195,15 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
         raise ImageReadError(f"{name}: not a 2-D image (array of shape {pixels.shape})")
     if min(pixels.shape) < MIN_SIDE:
         raise ImageReadError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]} pixels; too small for an X-ray")
-    integers = deep and pixels.dtype.kind in "biu"
-    if integers:  # the range from the integers (half the memory to read), rounded as the pixels will be
+    if deep and pixels.dtype.kind in "biu":
+        # the range from the integers (half the memory to read), rounded as the pixels will be
         lo, hi = float(np.float32(pixels.min())), float(np.float32(pixels.max()))
         pixels = pixels.astype(np.float32)
-    elif deep:
-        pixels = np.array(pixels, dtype=np.float32, copy=not (pixels.dtype == np.float32 and pixels.flags.owndata))
-        if not np.isfinite(pixels).all():  # also a value past float32's range, as a huge rescale slope makes
-            raise ImageReadError(f"{name}: the image has non-finite pixel values (NaN or infinity)")
-    if not integers:
+    else:
+        if deep:
+            pixels = np.array(pixels, dtype=np.float32, copy=not (pixels.dtype == np.float32 and pixels.flags.owndata))
+            if not np.isfinite(pixels).all():  # also a value past float32's range, as a huge rescale slope makes
+                raise ImageReadError(f"{name}: the image has non-finite pixel values (NaN or infinity)")
         lo, hi = float(pixels.min()), float(pixels.max())
     if hi <= lo:
         raise ImageReadError(f"{name}: blank image (every pixel is {lo:g}): not an X-ray")

@@ -33,9 +33,9 @@ def overlay(gray: np.ndarray, heat: np.ndarray, opacity: float = 0.45, outline: 
     ``opacity`` x heat) and, when given, the outline of a boolean mask (the lung fields) drawn in white.
 
     ``heat`` is taken as float32. The colours are the colormap's own table, indexed as matplotlib indexes a
-    float32 array (heat x N, floored, clipped);
-    the blend is in float32 with one (H, W, 3) buffer (a 512 px capture is built about twice as fast as
-    through the colormap's float64 RGBA, which also touches four times the memory)."""
+    float32 array (heat x N, floored, clipped). The blend is in float32 in one (H, W, 3) buffer: a 512 px
+    capture is built about twice as fast as through the colormap's float64 RGBA, which also touches four
+    times the memory."""
     from matplotlib import colormaps
 
     jet = colormaps["jet"]
