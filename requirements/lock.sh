@@ -6,7 +6,7 @@
 # pip then installs in hash-checking mode. Other platforms install from pyproject.toml's ranges.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for role in base train scale dev; do
+for role in base train scale jpeg12 dev; do
   extra=(); [ "$role" != base ] && extra=(--extra "$role")
   uv pip compile pyproject.toml "${extra[@]}" --generate-hashes --python-version 3.11 \
     --python-platform x86_64-manylinux_2_28 --constraint requirements/constraints.txt --no-header --quiet "$@" -o "requirements/$role.txt"

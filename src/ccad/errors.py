@@ -17,6 +17,15 @@ class ImageReadError(DataError):
     """One file that is not a readable image (corrupt, truncated, not an image, too large)."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image over the pixel limit, or a codestream larger than its header says: refused before decoding."""
+
+
+class NotScoredError(ImageReadError):
+    """A DICOM image outside what ccad scores (``ccad.io.dicom.not_scored_reason``): a CT, a lateral view, a
+    Secondary Capture of a photo. Not an error of the file: its reason is reported instead of a score."""
+
+
 class ModelError(CcadError):
     """A model file, run folder or weights that cannot be loaded or built."""
 

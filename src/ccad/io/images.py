@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ccad.errors import ImageReadError
+from ccad.errors import ImageReadError, ImageTooLargeError, NotScoredError
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
@@ -44,9 +44,7 @@ MAX_PIXELS = 100_000_000
 MIN_SIDE = 16
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
-
-class ImageTooLargeError(ImageReadError):
-    """An image over the pixel limit, refused before it is decoded whole."""
+__all__ = ["ImageReadError", "ImageTooLargeError", "NotScoredError", "read_grayscale", "read_grayscale_bytes"]
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
@@ -95,8 +93,10 @@ def check_readable(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_grayscale(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
-    """Read an image file as a float32 grayscale array in [0, 1], shape (H, W).
+def read_grayscale(path: str | os.PathLike, max_pixels: int | None = None, admit: bool = True) -> np.ndarray:
+    """Read an image file as a float32 grayscale array in [0, 1], shape (H, W). A DICOM image outside what
+    ccad scores (:func:`ccad.io.dicom.not_scored_reason`) raises :class:`NotScoredError` unless ``admit`` is
+    False (research use: score it anyway).
 
     Raises:
         ImageReadError: the file is missing, unreadable, not an allowed image, corrupt, truncated, blank,
@@ -110,21 +110,25 @@ def read_grayscale(path: str | os.PathLike, max_pixels: int | None = None) -> np
             head = f.read(132)
     except OSError as e:
         raise ImageReadError(f"{path}: cannot be read ({e.strerror})") from None
-    return _read(head, path, str(path), max_pixels or MAX_PIXELS)
+    return _read(head, path, str(path), max_pixels or MAX_PIXELS, admit)
 
 
-def read_grayscale_bytes(data: bytes, name: str = "upload", max_pixels: int | None = None) -> np.ndarray:
+def read_grayscale_bytes(
+    data: bytes, name: str = "upload", max_pixels: int | None = None, admit: bool = True
+) -> np.ndarray:
     """:func:`read_grayscale` for an in-memory file (an upload); ``name`` is used in messages only."""
     if not data:
         raise ImageReadError(f"{name}: empty file")
-    return _read(data[:132], io.BytesIO(data), name, max_pixels or MAX_PIXELS)
+    return _read(data[:132], io.BytesIO(data), name, max_pixels or MAX_PIXELS, admit)
 
 
-def _read(head: bytes, source, name: str, max_pixels: int) -> np.ndarray:
+def _read(head: bytes, source, name: str, max_pixels: int, admit: bool = True) -> np.ndarray:
     kind = sniff(head, name)
     if kind is None:
         raise ImageReadError(f"{name}: not a readable image (allowed: {ALLOWED})")
-    return _read_dicom(source, name, max_pixels) if kind == "DICOM" else _read_raster(source, name, max_pixels)
+    if kind == "DICOM":
+        return _read_dicom(source, name, max_pixels, admit)
+    return _read_raster(source, name, max_pixels)
 
 
 def image_size(data: bytes, name: str = "upload", max_pixels: int | None = None) -> tuple[int, int]:
@@ -213,35 +217,53 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
     return np.asarray(pixels, dtype=np.float32)
 
 
-def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
+def _read_dicom(source, name: str, max_pixels: int, admit: bool = True) -> np.ndarray:
+    """A DICOM image through the checks of :mod:`ccad.io.dicom` (size, the codestream's own header, what is
+    scored) and then pydicom's pixel backend for its transfer syntax; every failure in words."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    from ccad.io import dicom
+
+    data = source.read_bytes() if isinstance(source, Path) else _all_bytes(source, name)
+    check_inflated_size(data, name, max_pixels)
     try:
-        if isinstance(source, (str, os.PathLike)):
-            with open(source, "rb") as f:
-                data = f.read()
-        else:
-            data = source.getvalue()
-        check_inflated_size(data, name, max_pixels)
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-        if rows * cols > max_pixels or rows * cols * frames * samples > 4 * max_pixels:
-            raise ImageTooLargeError(
-                f"{name}: DICOM image is {cols}x{rows} pixels x {frames} frame(s) x {samples} "
-                f"sample(s), over the limit of {max_pixels:,} pixels"
-            )
-        if frames > 1:
-            ds.pixel_array_options(index=0)  # decode the first frame only (what is scored): memory of one frame
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    except Exception as e:  # pydicom raises many types for truncated or odd files
+        raise ImageReadError(f"{name}: not a readable DICOM file ({_parse_error(e)})") from e
+    if "PixelData" not in ds:
+        raise (NotScoredError if admit else ImageReadError)(f"{name}: no pixel data")
+    if rows * cols > max_pixels or rows * cols * frames * samples > 4 * max_pixels:
+        raise ImageTooLargeError(
+            f"{name}: DICOM image is {cols}x{rows} pixels x {frames} frame(s) x {samples} "
+            f"sample(s), over the limit of {max_pixels:,} pixels"
+        )
+    try:
+        dicom.check_codestream(ds, max_pixels)
+    except ImageReadError as e:
+        raise type(e)(f"{name}: {e}") from None
+    except Exception as e:  # a fragment structure that lies about its lengths
+        raise ImageReadError(f"{name}: {dicom.syntax_name(syntax)} data whose structure cannot be read") from e
+    reason = dicom.not_scored_reason(ds) if admit else None
+    if reason is not None:
+        raise NotScoredError(f"{name}: not scored: {reason}")
+    plugin = dicom.decoding_plugin(syntax)
+    if plugin is None:
+        raise ImageReadError(f"{name}: {dicom.syntax_name(syntax)} data cannot be decoded here (no decoder)")
+    try:
+        ds.pixel_array_options(index=0 if frames > 1 else None, decoding_plugin=plugin)
         pixels = ds.pixel_array
-    except ImageReadError:
-        raise
     except PermissionError as e:
         raise ImageReadError(f"{name}: permission denied") from e
-    except Exception as e:  # pydicom raises many types for truncated or odd files
-        raise ImageReadError(f"{name}: not a readable DICOM image ({type(e).__name__})") from e
+    except Exception as e:  # the decoders raise RuntimeError, ValueError and others for broken data
+        if plugin == "" and "less than expected" in str(e):
+            raise ImageReadError(f"{name}: its pixel data is shorter than its header says") from e
+        raise ImageReadError(f"{name}: {dicom.syntax_name(syntax)} data could not be decoded") from e
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     if pixels.ndim >= 3 and samples == 1 and frames > 1:
         pixels = pixels[0]  # multi-frame: the first frame
     try:
@@ -250,12 +272,30 @@ def _read_dicom(source, name: str, max_pixels: int) -> np.ndarray:
             if _valid_window(ds):
                 pixels = apply_voi_lut(pixels, ds)
     except Exception as e:
-        raise ImageReadError(f"{name}: the DICOM modality or VOI LUT cannot be applied ({type(e).__name__})") from e
+        raise ImageReadError(f"{name}: its modality or VOI LUT (the DICOM pixel value mapping) cannot be applied") from e
     with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused as such
         gray = validate_pixels((np.asarray(pixels), True), name)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 1.0 - gray  # MONOCHROME1: high values are dark
     return gray
+
+
+def _all_bytes(source, name: str) -> bytes:
+    try:
+        return source.getvalue()
+    except OSError as e:
+        raise ImageReadError(f"{name}: cannot be read ({e.strerror})") from None
+
+
+def _parse_error(error: Exception) -> str:
+    """A parse failure in words (pydicom raises many types for truncated or odd files)."""
+    if isinstance(error, (EOFError, struct.error)) or "end of file" in str(error).lower():
+        return "truncated"
+    if isinstance(error, AttributeError):
+        return "an attribute the image needs is missing"
+    if isinstance(error, (ValueError, TypeError, KeyError)):
+        return "a value that does not fit its attribute"
+    return "malformed"
 
 
 def _valid_window(ds) -> bool:

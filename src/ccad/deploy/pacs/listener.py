@@ -146,34 +146,11 @@ class ListenerSettings:
 
 
 def transfer_syntaxes() -> list[str]:
-    """The transfer syntaxes the listener accepts: those pydicom can decode here (uncompressed, deflate,
-    RLE, and JPEG / JPEG-LS / JPEG 2000 when their plugins are installed)."""
-    from pydicom import uid
-    from pydicom.pixels.decoders.base import get_decoder
+    """The transfer syntaxes the listener accepts: those of :data:`ccad.io.dicom.SYNTAXES` that an installed
+    decoder decodes (a syntax it cannot decode is not negotiated: the modality falls back to another)."""
+    from ccad.io.dicom import supported_syntaxes
 
-    candidates = [
-        uid.ExplicitVRLittleEndian,
-        uid.ImplicitVRLittleEndian,
-        uid.DeflatedExplicitVRLittleEndian,
-        uid.ExplicitVRBigEndian,
-        uid.RLELossless,
-        uid.JPEGBaseline8Bit,
-        uid.JPEGExtended12Bit,
-        uid.JPEGLosslessSV1,
-        uid.JPEGLossless,
-        uid.JPEGLSLossless,
-        uid.JPEGLSNearLossless,
-        uid.JPEG2000Lossless,
-        uid.JPEG2000,
-    ]
-    supported = []
-    for syntax in candidates:
-        try:
-            if not syntax.is_compressed or get_decoder(syntax).is_available:
-                supported.append(str(syntax))
-        except NotImplementedError:
-            continue
-    return supported
+    return supported_syntaxes()
 
 
 def _reason(error: Exception) -> str:
@@ -505,7 +482,36 @@ class Listener:
             self.stats.add("refused_incomplete")
             log.warning("refused a data set without a valid %s (Type 1): status 0xA900", ", ".join(missing))
             return DOES_NOT_MATCH, None
-        return SUCCESS, ds
+        status = self._check_codestream(data)
+        return (SUCCESS, ds) if status == SUCCESS else (status, None)
+
+    def _check_codestream(self, data: bytes) -> int:
+        """0xA700 for compressed pixel data whose codestream says more pixels than the header (a pixel bomb),
+        0xC210 for one that does not match its header; checked on the codestream's own header, before any
+        decoder allocates (:func:`ccad.io.dicom.check_codestream`)."""
+        import pydicom
+
+        from ccad.errors import ImageReadError, ImageTooLargeError
+        from ccad.io.dicom import check_codestream
+
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            if "PixelData" not in ds or "Rows" not in ds:
+                return SUCCESS  # not scored, and reported so; nothing is decoded
+            check_codestream(ds, self.settings.max_pixels or DEFAULT_MAX_PIXELS)
+        except ImageTooLargeError as e:
+            self.stats.add("refused_too_large")
+            log.warning("refused a data set: %s: status 0xA700", e)
+            return OUT_OF_RESOURCES
+        except ImageReadError as e:
+            self.stats.add("refused_malformed")
+            log.warning("refused a data set: %s: status 0xC210", e)
+            return CANNOT_UNDERSTAND
+        except Exception as e:  # pixel data whose structure pydicom cannot walk
+            self.stats.add("refused_malformed")
+            log.warning("refused a data set whose pixel data cannot be read (%s): status 0xC210", type(e).__name__)
+            return CANNOT_UNDERSTAND
+        return SUCCESS
 
     def _on_store(self, event) -> int:
         """Admit one C-STORE. pynetdicom has written the data set to a temporary file as it arrived

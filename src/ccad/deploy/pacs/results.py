@@ -30,17 +30,20 @@ import numpy as np
 
 from ccad import __version__
 
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
-SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
-#: The storage SOP classes the listener accepts.
-ACCEPTED_SOP_CLASSES = (CR_STORAGE, DX_PRESENTATION_STORAGE, SECONDARY_CAPTURE_STORAGE)
-MANUFACTURER = "ccad"
-LATERAL_VIEWS = {"LL", "RL", "LLD", "RLD", "LAT", "LATERAL", "LLO", "RLO"}
-CHEST_PARTS = {"CHEST", "THORAX", "LUNG", "PORT CHEST", "CHEST_LAT", ""}
+from ccad.io.dicom import (  # noqa: F401  (the rule of what is scored lives with the decoders: re-exported)
+    ACCEPTED_SOP_CLASSES,
+    RESULT_MANUFACTURER,
+    RESULT_SERIES_NUMBERS,
+    not_scored_reason,
+)
+
+MANUFACTURER = RESULT_MANUFACTURER
 BANNER = "NOT FOR DIAGNOSIS - ccad {version}"
 SCHEME = "99CCAD"  # a private coding scheme for ccad's own concepts
-SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = (int(number) for number in RESULT_SERIES_NUMBERS)
+#: Results are written in Unicode (UTF-8): what is copied from the source keeps its characters, whatever the
+#: source's SpecificCharacterSet was (pydicom decodes it; ISO 2022 escapes, Latin-1, GB18030 alike).
+CHARACTER_SET = "ISO_IR 192"
 
 
 @dataclass(frozen=True)
@@ -69,31 +72,6 @@ class Algorithm:
             f"decision rule: {self.decision_rule}"[:64],
             "research screening aid, not for diagnosis",
         ]
-
-
-def not_scored_reason(ds) -> str | None:
-    """Why ``ds`` (a received instance) is not scored, in words for the report and the log (never a
-    patient field), or None for a frontal chest radiograph with pixels."""
-    if "PixelData" not in ds:
-        return "no pixel data"
-    if str(ds.get("Manufacturer", "")) == MANUFACTURER and str(ds.get("SeriesNumber", "")) in (
-        str(SR_SERIES_NUMBER),
-        str(SC_SERIES_NUMBER),
-    ):
-        return "a ccad result, not an X-ray"
-    sop_class = str(ds.get("SOPClassUID", ""))
-    modality = str(ds.get("Modality", "")).upper()
-    if sop_class not in ACCEPTED_SOP_CLASSES:
-        return f"SOP class {sop_class or 'missing'} is not CR, DX or Secondary Capture"
-    if modality not in ("CR", "DX") and not (sop_class == SECONDARY_CAPTURE_STORAGE and modality in ("OT", "")):
-        return f"modality {modality or 'missing'} is not a radiograph (CR or DX)"
-    part = str(ds.get("BodyPartExamined", "")).upper().strip()
-    if part not in CHEST_PARTS:
-        return f"body part examined is {part}, not chest"
-    view = str(ds.get("ViewPosition", "")).upper().strip()
-    if view in LATERAL_VIEWS:
-        return f"view position {view}: a lateral view (ccad scores frontal PA/AP views)"
-    return None
 
 
 #: The namespace of ccad's UUID-derived UIDs (a fixed, random UUID).
@@ -152,11 +130,13 @@ def _valid(value: Any, vr: str) -> str:
 
 def result_source(ds):
     """What a result copies from ``ds``: its UIDs and Patient/General Study attributes, each Type 2 one
-    present (empty when the sender left it out or sent a value its VR does not allow), and the patient
-    orientation of the image."""
+    present (empty when the sender left it out or sent a value its VR does not allow), the patient
+    orientation and laterality of the image. Texts are decoded with the source's SpecificCharacterSet and
+    kept as Unicode, the copy's character set being :data:`CHARACTER_SET`."""
     from pydicom.dataset import Dataset
 
     out = Dataset()
+    out.SpecificCharacterSet = CHARACTER_SET
     for name in REQUIRED_UIDS:
         setattr(out, name, str(ds.get(name)).strip())
     for name, vr in COPIED_TYPE2.items():
@@ -168,7 +148,15 @@ def result_source(ds):
     orientation = ds.get("PatientOrientation")
     if orientation is not None and len(orientation) == 2 and all(_valid(v, "LO") for v in orientation):
         out.PatientOrientation = list(orientation)
+    laterality = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").strip().upper()
+    out.Laterality = laterality if laterality in ("R", "L") else ""  # General Series, Type 2C
     return out
+
+
+def _unicode(dataset):
+    """``dataset`` (a result) marked as Unicode, so that every copied text keeps its characters."""
+    dataset.SpecificCharacterSet = CHARACTER_SET
+    return dataset
 
 
 def _code(value: str, meaning: str):
@@ -194,12 +182,17 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
     )
+    procedure = (  # an image not scored may not be a chest X-ray at all: it is not said to be one
+        CodedConcept("399208008", "SCT", "Plain chest X-ray")
+        if reason is None
+        else CodedConcept("363679005", "SCT", "Imaging procedure")
+    )
     report = hd.sr.MeasurementReport(
         observation_context=_device_context(algorithm),
-        procedure_reported=CodedConcept("399208008", "SCT", "Plain chest X-ray"),
+        procedure_reported=procedure,
         imaging_measurements=[group],
     )
-    return hd.sr.ComprehensiveSR(
+    sr = hd.sr.ComprehensiveSR(
         evidence=[source],
         content=report,
         series_instance_uid=_uid(source.SOPInstanceUID, algorithm, "sr-series"),
@@ -210,6 +203,7 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         is_complete=True,
         series_description="ccad result (not for diagnosis)",
     )
+    return _unicode(sr)
 
 
 def _sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[list, list]:
@@ -273,10 +267,34 @@ def _device_context(algorithm: Algorithm):
     )
 
 
-def banner_lines(prediction, version: str = __version__) -> list[str]:
-    probability = prediction.probabilities[prediction.predicted_class]
-    ood = "" if prediction.in_distribution is not False else " - OUT OF DISTRIBUTION"
-    return [BANNER.format(version=version), f"ccad: {prediction.predicted_class} ({probability:.2f}){ood}"]
+def banner_lines(prediction, algorithm: Algorithm | None = None, version: str = __version__) -> list[str]:
+    """The capture's burned-in text: "not for diagnosis", then the decision in words with the probability of
+    the positive class and the threshold it was compared with (never the probability of the decided class,
+    which reads as the opposite), and the out-of-distribution flag."""
+    positive = algorithm.positive_class if algorithm is not None and algorithm.positive_class else None
+    positive = positive or next((c for c in prediction.probabilities if "covid" in c.lower()), None)
+    lines = [BANNER.format(version=algorithm.version if algorithm is not None else version)]
+    if positive is None or positive not in prediction.probabilities:
+        probability = prediction.probabilities[prediction.predicted_class]
+        lines.append(f"ccad: most likely {prediction.predicted_class} (p = {probability:.2f})")
+    else:
+        p = prediction.probabilities[positive]
+        suspected = prediction.predicted_class == positive
+        word = _display(positive)
+        rule = (
+            f"threshold {algorithm.threshold:.2f}"
+            if algorithm is not None and algorithm.threshold is not None
+            else "the most likely class"
+        )
+        lines.append(f"ccad: {word} {'suspected' if suspected else 'not suspected'} - p({word}) = {p:.2f}, {rule}")
+    if prediction.in_distribution is False:
+        lines.append("OUT OF DISTRIBUTION: not like the X-rays the model was built on")
+    return lines
+
+
+def _display(class_name: str) -> str:
+    """How a class is named to a reader: ``covid`` as "COVID-19"."""
+    return "COVID-19" if class_name.lower().replace("-", "").replace("_", "") in ("covid", "covid19") else class_name
 
 
 def heatmap_capture(source, algorithm: Algorithm, prediction):
@@ -289,7 +307,7 @@ def heatmap_capture(source, algorithm: Algorithm, prediction):
     pictures = prediction.pictures
     rgb = _burn_in(
         overlay(pictures.original, pictures.original_heatmap, outline=pictures.lung_outline),
-        banner_lines(prediction, algorithm.version),
+        banner_lines(prediction, algorithm),
     )
     source = result_source(source)
     orientation = source.get("PatientOrientation")
@@ -310,7 +328,19 @@ def heatmap_capture(source, algorithm: Algorithm, prediction):
     )
     sc.BurnedInAnnotation = "YES"
     sc.ImageComments = BANNER.format(version=algorithm.version)
-    return sc
+    sc.Laterality = source.Laterality  # General Series, Type 2C: the X-ray's, or empty
+    sc.SourceImageSequence = [_reference(source)]  # the X-ray this capture was made from
+    sc.ReferencedImageSequence = [_reference(source)]
+    return _unicode(sc)
+
+
+def _reference(source):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
 
 
 def _burn_in(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
