@@ -27,7 +27,9 @@ def make_dicom(path, pixels, photometric="MONOCHROME2", slope=1.0, intercept=0.0
 
 
 def make_dataset(path, rows, cols, pixels: bytes, syntax, **fields):
-    """A 16-bit MONOCHROME2 DICOM of ``rows x cols`` in its header with whatever ``pixels`` and transfer syntax."""
+    """A 16-bit MONOCHROME2 DICOM of ``rows x cols`` in its header with whatever ``pixels`` and transfer syntax
+    (a Secondary Capture of Modality DX, which ccad scores, unless ``fields`` say otherwise)."""
+    fields = {"Modality": "DX", **fields}
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import ConfigError
 from .base import (
     Command,
     add_data_args,
@@ -27,6 +28,12 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="with --out: skip files already in the CSV")
     p.add_argument("--heatmap", metavar="OUTDIR", help="write each image with its heatmap overlaid (bundles)")
     p.add_argument("--int8", action="store_true", help="use the bundle's INT8 model")
+    p.add_argument(
+        "--score-anyway",
+        action="store_true",
+        help="research: score DICOM images outside what ccad scores (not CR/DX, not a frontal chest view); by "
+        "default such an image gets a row with the reason instead of a probability",
+    )
     p.add_argument("--verify", metavar="PUBLIC_KEY", help="refuse a bundle not signed by this key's owner (PEM)")
     p.add_argument(
         "--engine",
@@ -43,6 +50,8 @@ def _run_predict(args: argparse.Namespace) -> int | None:
     model = model_of(args)
     variant = "int8" if args.int8 else "float"
     if args.engine == "ray":
+        if args.score_anyway:
+            raise ConfigError("--score-anyway works with the local engine, not with --engine ray")
         from ..deploy.scale import describe_summary, ray_predict
 
         summary = ray_predict(
@@ -108,15 +117,17 @@ def _run_audit(args: argparse.Namespace) -> int | None:
 def _predict_local(args, model: str, variant: str) -> None:
     from ..io.inputs import expand_inputs
     from ..models.ood import OUT_OF_DISTRIBUTION_TEXT
-    from ..screening import Screener
+    from ..screening import Intake, Screener
     from ..screening.results import NOT_A_DIAGNOSIS, check_outputs, format_results, predict_to_csv, save_overlays
 
     check_outputs(args.out, args.resume, args.heatmap)
-    screener = Screener.load(model, variant=variant, verify_key=args.verify)
+    screener = Screener.load(
+        model, variant=variant, verify_key=args.verify, intake=Intake(score_anyway=args.score_anyway)
+    )
     if args.out:
         counts = predict_to_csv(screener, args.inputs, args.out, args.resume, args.heatmap)
         print(
-            f"{counts['scored']} scored, {counts['errors']} unreadable, {counts['skipped_done']} "
+            f"{counts['scored']} scored, {counts['errors']} unreadable or not scored, {counts['skipped_done']} "
             f"already done: {args.out} ({NOT_A_DIAGNOSIS})"
         )
         return

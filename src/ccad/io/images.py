@@ -272,7 +272,7 @@ def _read_dicom(source, name: str, max_pixels: int, admit: bool = True) -> np.nd
             if _valid_window(ds):
                 pixels = apply_voi_lut(pixels, ds)
     except Exception as e:
-        raise ImageReadError(f"{name}: its modality or VOI LUT (the DICOM pixel value mapping) cannot be applied") from e
+        raise ImageReadError(f"{name}: its modality or VOI LUT (the pixel value mapping) cannot be applied") from e
     with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused as such
         gray = validate_pixels((np.asarray(pixels), True), name)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":

@@ -56,10 +56,12 @@ Source = Union[str, os.PathLike, Upload]
 @dataclass(frozen=True)
 class Intake:
     """What an input may be before it is decoded: ``max_bytes`` per file and ``max_pixels`` per image (read
-    from the header first; None: no limit)."""
+    from the header first; None: no limit). A DICOM image outside what ccad scores (a CT, a lateral view,
+    :func:`ccad.io.dicom.not_scored_reason`) is refused with its reason unless ``score_anyway`` (research)."""
 
     max_bytes: int | None = None
     max_pixels: int | None = None
+    score_anyway: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ class Reader:
         if isinstance(source, Upload):
             if limit is not None and len(source.data) > limit:
                 raise ImageTooLargeError(f"{source.label}: over the upload limit of {limit / 2**20:g} MB")
-            return read_grayscale_bytes(source.data, source.label, self.intake.max_pixels)
+            return read_grayscale_bytes(
+                source.data, source.label, self.intake.max_pixels, admit=not self.intake.score_anyway
+            )
         if limit is not None:
             try:
                 size = Path(source).stat().st_size
@@ -86,7 +90,7 @@ class Reader:
                 size = 0  # read_grayscale says why it cannot be read
             if size > limit:
                 raise ImageTooLargeError(f"{source}: over the file limit of {limit / 2**20:g} MB")
-        return read_grayscale(source, self.intake.max_pixels)
+        return read_grayscale(source, self.intake.max_pixels, admit=not self.intake.score_anyway)
 
     def prepare(self, gray: np.ndarray) -> Prepared:
         """The model's input for a (H, W) grayscale image, with the lung fields (for QC and the outline)."""
