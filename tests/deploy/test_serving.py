@@ -248,3 +248,32 @@ def test_concurrent_images_are_scored_in_one_batch_with_the_same_results(bundle)
         assert a.predicted_class == b.predicted_class
         assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
     assert together[1].pictures is not None and together[0].pictures is None
+
+
+def test_a_dicom_outside_what_ccad_scores_is_422_with_its_reason(client):
+    from real_dicom import pydicom_file
+
+    r = post(client, ("mr.dcm", pydicom_file("MR_small.dcm").read_bytes(), "application/dicom"))
+    assert r.status_code == 422
+    assert r.json()["detail"] == "files[0]: not scored: SOP class MR Image Storage is not CR, DX or Secondary Capture"
+
+
+def test_a_pixel_bomb_in_a_codestream_is_413_from_its_header(client, tmp_path):
+    import struct
+
+    import pydicom
+    from helpers import make_xray_dicom
+    from real_dicom import DCMTK, encode
+
+    if DCMTK is None:
+        pytest.skip("dcmtk is not installed (apt-get install dcmtk; .ci/run does)")
+    gray = np.random.default_rng(0).random((64, 64))
+    ds = pydicom.dcmread(
+        encode(make_xray_dicom(tmp_path / "x.dcm", gray), tmp_path / "j.dcm", "1.2.840.10008.1.2.4.80")
+    )
+    data = bytearray(ds.PixelData)
+    struct.pack_into(">HH", data, data.index(b"\xff\xf7") + 5, 20000, 20000)
+    ds.PixelData = bytes(data)
+    ds.save_as(tmp_path / "bomb.dcm")
+    r = post(client, ("bomb.dcm", (tmp_path / "bomb.dcm").read_bytes(), "application/dicom"))
+    assert r.status_code == 413 and "compressed data larger than its header says" in r.json()["detail"]

@@ -204,3 +204,31 @@ def _bytes(ds) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# -- decoding what the model needs --------------------------------------------------------------------
+
+
+def test_how_many_levels_a_jpeg2000_image_may_skip():
+    assert dicom.reduction(2128, 2000, 512) == 1  # 1000 px; two levels would leave 500
+    assert dicom.reduction(4000, 4096, 512) == 2
+    assert dicom.reduction(1000, 1000, 512) == 0
+
+
+@needs_gdcm
+def test_a_jpeg2000_film_decodes_a_level_down_only_when_asked(tmp_path):
+    gray = render_patient(np.random.default_rng(4), "covid", 1100)
+    path = encode(make_xray_dicom(tmp_path / "x.dcm", gray), tmp_path / "j2k.dcm", "1.2.840.10008.1.2.4.90")
+    full, reduced = read_grayscale(path), read_grayscale(path, min_side=512)
+    assert full.shape == (1100, 1100) and reduced.shape == (550, 550)
+    averaged = full.reshape(550, 2, 550, 2).mean(axis=(1, 3))  # the wavelet's low-pass band is close to this
+    assert np.corrcoef(reduced.ravel(), averaged.ravel())[0, 1] > 0.99  # the same image, half the size
+    assert np.abs(reduced - averaged).mean() < 0.03  # each windowed to its own range
+    assert read_grayscale(path, min_side=600).shape == full.shape  # 550 < 600: nothing to skip
+
+
+def test_the_screener_decodes_in_full_unless_its_intake_says_otherwise():
+    from ccad.screening.screener import Intake, Reader
+
+    assert Reader(224, "none").min_side is None
+    assert Reader(224, "none", Intake(decode_min_side=512)).min_side == 512

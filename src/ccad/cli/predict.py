@@ -34,6 +34,13 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
         help="research: score DICOM images outside what ccad scores (not CR/DX, not a frontal chest view); by "
         "default such an image gets a row with the reason instead of a probability",
     )
+    p.add_argument(
+        "--decode-min-side",
+        type=int,
+        metavar="PX",
+        help="decode JPEG 2000 DICOM images at a lower resolution level keeping PX pixels a side (faster; "
+        "p(COVID) may move by a few hundredths: BENCHMARKS.md, 'DICOM decoding')",
+    )
     p.add_argument("--verify", metavar="PUBLIC_KEY", help="refuse a bundle not signed by this key's owner (PEM)")
     p.add_argument(
         "--engine",
@@ -50,8 +57,8 @@ def _run_predict(args: argparse.Namespace) -> int | None:
     model = model_of(args)
     variant = "int8" if args.int8 else "float"
     if args.engine == "ray":
-        if args.score_anyway:
-            raise ConfigError("--score-anyway works with the local engine, not with --engine ray")
+        if args.score_anyway or args.decode_min_side:
+            raise ConfigError("--score-anyway and --decode-min-side work with the local engine, not with --engine ray")
         from ..deploy.scale import describe_summary, ray_predict
 
         summary = ray_predict(
@@ -122,7 +129,10 @@ def _predict_local(args, model: str, variant: str) -> None:
 
     check_outputs(args.out, args.resume, args.heatmap)
     screener = Screener.load(
-        model, variant=variant, verify_key=args.verify, intake=Intake(score_anyway=args.score_anyway)
+        model,
+        variant=variant,
+        verify_key=args.verify,
+        intake=Intake(score_anyway=args.score_anyway, decode_min_side=args.decode_min_side),
     )
     if args.out:
         counts = predict_to_csv(screener, args.inputs, args.out, args.resume, args.heatmap)

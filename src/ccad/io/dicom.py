@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ccad.errors import ImageReadError, ImageTooLargeError, NotScoredError  # noqa: F401  (NotScoredError: here too)
 
 
@@ -175,6 +177,49 @@ def check_codestream(ds, max_pixels: int) -> None:
         raise ImageReadError(
             f"compressed data of {header['precision']} bits a sample, more than the {bits} its header allocates"
         )
+
+
+# -- decoding what the model needs ---------------------------------------------------------------------
+
+JPEG_2000 = {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"}
+
+
+def reduction(rows: int, columns: int, min_side: int) -> int:
+    """How many wavelet levels a JPEG 2000 image of ``rows`` x ``columns`` may skip and keep at least
+    ``min_side`` pixels on its shorter side (each level halves both sides)."""
+    levels, side = 0, min(rows, columns)
+    while side // 2 ** (levels + 1) >= min_side:
+        levels += 1
+    return levels
+
+
+def decode_reduced(ds, min_side: int):
+    """The first frame of a JPEG 2000 data set decoded at a lower resolution level (OpenJPEG through Pillow's
+    ``reduce``), keeping at least ``min_side`` pixels a side; None when there is nothing to gain or it does
+    not apply (another syntax, signed or multi-sample pixels, a codestream with fewer levels): the caller then
+    decodes in full. The values are the wavelet's low-pass band, on the same scale as the full image's."""
+    import io
+
+    from PIL import Image
+
+    uid = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    if uid not in JPEG_2000 or int(ds.get("PixelRepresentation", 0)) or int(ds.get("SamplesPerPixel", 1)) != 1:
+        return None
+    levels = reduction(int(ds.Rows), int(ds.Columns), min_side)
+    if levels == 0 or int(ds.BitsAllocated) > 16:
+        return None
+    from pydicom.encaps import generate_frames
+
+    frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    try:
+        with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as image:
+            image.reduce = levels
+            image.load()
+            if image.mode not in ("L", "I;16", "I;16L", "I;16B", "I"):
+                return None
+            return np.asarray(image)
+    except (OSError, ValueError, SyntaxError):  # a codestream Pillow cannot reduce: decoded in full instead
+        return None
 
 
 # -- what is scored -----------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ MAX_PDU_BYTES = 256 * 2**10
 STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,7 @@ class Listener:
         syntaxes = transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
+        ae.add_supported_context(VERIFICATION)  # C-ECHO: pynetdicom answers it (0x0000)
         ae.maximum_pdu_size = MAX_PDU_BYTES  # each PDU is held whole while it arrives: never unbounded
         self._ae = ae
         if scp:

@@ -14,7 +14,7 @@ from ccad.deploy.web.schemas import PredictAnswer, Problem
 from ccad.deploy.web.service import WebScreening
 from ccad.deploy.web.settings import ServeSettings
 from ccad.deploy.web.views import decision_view
-from ccad.errors import ImageReadError
+from ccad.errors import ImageReadError, NotScoredError
 from ccad.io.images import ImageTooLargeError
 
 router = APIRouter(prefix=API_PREFIX, tags=["model"], dependencies=[Depends(api_key)])
@@ -49,6 +49,7 @@ _PROBLEMS = {
         408: "the body did not arrive in time",
         413: "over a size or pixel limit",
         415: "not multipart/form-data, or not an image type",
+        422: "a DICOM image outside what ccad scores (not CR/DX, not a frontal chest view): not scored",
         503: "busy or timed out: retry (Retry-After)",
     }.items()
 }
@@ -71,6 +72,8 @@ async def predict(
         raise HTTPException(503, "inference timed out; retry shortly", headers={"Retry-After": "5"})
     except ImageTooLargeError as e:
         raise HTTPException(413, str(e))
+    except NotScoredError as e:  # a DICOM image outside what ccad scores: well-formed, but not scored
+        raise HTTPException(422, str(e))
     except ImageReadError as e:
         raise HTTPException(400, str(e))
     screener = service.screener
