@@ -611,7 +611,7 @@ class Listener:
                     upload = Upload(key, data, "the image")
                     prediction = self.screener.score([key], [self.screener.read(upload)], with_heatmaps=True)[0]
                 except CcadError as e:
-                    reason = f"not readable: {e}"
+                    reason = f"not readable: {_reason(e)}"
             self._put_results(key, ds, prediction, reason)
             if self.settings.fhir:
                 try:
