@@ -98,6 +98,78 @@ def test_the_command_and_its_errors(tmp_path, capsys):
     (tmp_path / "empty.jsonl").write_text("garbage\n")
     assert main(["monitor", str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x")]) != 0
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "no result records (1 unreadable lines)" in err
+    assert len(err.splitlines()) == 1 and "no result records (1 rejected lines)" in err
     assert main(["monitor", str(log), "--out", str(tmp_path / "y"), "--model", str(tmp_path)]) != 0
     assert "no ood.npz" in capsys.readouterr().err
+
+
+def _line(**overrides) -> str:
+    record = {"time": "2026-12-01T08:00:00+00:00", "adapter": "api", "positive": False, "score": 0.2,
+              "in_distribution": True, "ood_distance": 9.0, "lung_qc": [], "drift": "ok"}  # fmt: skip
+    record.update(overrides)
+    return json.dumps(record)
+
+
+def test_records_of_the_wrong_type_or_range_are_rejected_with_their_reason_and_the_json_is_valid(tmp_path):
+    log = tmp_path / "r.jsonl"
+    lines = [
+        _line(),
+        _line(time="2026-12-01T09:00:00"),  # no UTC offset: read as UTC, said once
+        _line(score="0.5"),
+        '{"time": "2026-12-01T10:00:00+00:00", "positive": false, "score": NaN, "drift": "ok", "lung_qc": []}',
+        _line(positive="yes"),
+        _line(score=1.5),
+        _line(ood_distance=-1),
+        _line(drift="sideways"),
+        _line(lung_qc="no_lungs"),
+        "[1, 2]",
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    record = monitor(log, tmp_path / "out")
+    assert record["overall"]["n"] == 2 and record["times_without_utc_offset_read_as_utc"] == 1
+    assert record["unreadable_lines"] == 8
+    assert record["rejected"] == {
+        "drift missing or out of range": 1,
+        "lung_qc missing or out of range": 1,
+        "not JSON": 1,  # NaN is not JSON
+        "not a JSON object": 1,
+        "ood_distance missing or out of range": 1,
+        "positive missing or out of range": 1,
+        "score missing or out of range": 2,
+    }
+    json.loads((tmp_path / "out" / "monitor.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_a_line_longer_than_the_limit_is_skipped_without_being_held(tmp_path):
+    import tracemalloc
+
+    from ccad.evaluation import monitor as module
+
+    log = tmp_path / "r.jsonl"
+    with open(log, "w") as f:
+        f.write(_line() + "\n")
+        f.write("x" * (20 * module.MAX_LINE))  # 1.3 MB without a newline, then a record
+        f.write("\n" + _line(score=0.4) + "\n")
+        f.write("y" * (3 * module.MAX_LINE))  # and a file that ends without one
+    tracemalloc.start()
+    record = monitor(log, tmp_path / "out")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert record["overall"]["n"] == 2 and record["rejected"] == {"a line over 64 KB": 2}
+    assert peak < 4 * module.MAX_LINE + 2**20  # never the whole 1.3 MB line
+
+
+def test_the_periods_psi_is_the_drift_modules_psi(tmp_path):
+    from ccad.evaluation.drift import psi
+
+    rng = np.random.default_rng(0)
+    scores, distances = rng.beta(2, 5, 300), rng.normal(12, 1, 300).clip(0)
+    log = tmp_path / "r.jsonl"
+    log.write_text("".join(_line(score=float(s), ood_distance=float(d)) + "\n" for s, d in zip(scores, distances)))
+    reference = OodGuard(
+        np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0,
+        reference_scores=rng.beta(2, 4, 500), reference_distances=rng.normal(11, 1, 500),
+    )  # fmt: skip
+    overall = monitor(log, tmp_path / "out", reference=reference)["overall"]["psi"]
+    assert overall["score"] == pytest.approx(psi(reference.reference_scores, scores), rel=1e-9)
+    assert overall["distance"] == pytest.approx(psi(reference.reference_distances, distances), rel=1e-9)

@@ -57,13 +57,13 @@ def psi(reference: np.ndarray, values: np.ndarray, bins: int = BINS) -> float:
 
 
 @dataclass
-class _Signal:
+class Signal:
     edges: np.ndarray
     reference: np.ndarray  # the reference's smoothed shares
     counts: np.ndarray  # the window's counts per bin
 
     @classmethod
-    def of(cls, reference: np.ndarray, bins: int) -> "_Signal":
+    def of(cls, reference: np.ndarray, bins: int) -> "Signal":
         edges = bin_edges(reference, bins)
         return cls(edges, shares(reference, edges), np.zeros(len(edges) + 1, np.int64))
 
@@ -91,7 +91,7 @@ class DriftCheck:
         self.window, self.bins, self.on, self.off = window, bins, on, off
         self.state = WARMING_UP
         self.values: dict[str, float | None] = {name: None for name in SIGNALS}
-        self._signals: dict[str, _Signal] | None = None
+        self._signals: dict[str, Signal] | None = None
         self._recent: deque = deque()
 
     @property
@@ -105,8 +105,8 @@ class DriftCheck:
             return None
         if self._signals is None:  # fitted on the first image, not in the constructor
             self._signals = {
-                "score": _Signal.of(self.reference_scores, self.bins),
-                "distance": _Signal.of(self.reference_distances, self.bins),
+                "score": Signal.of(self.reference_scores, self.bins),
+                "distance": Signal.of(self.reference_distances, self.bins),
             }
         bins = (self._signals["score"].bin(score), self._signals["distance"].bin(distance))
         self._recent.append(bins)

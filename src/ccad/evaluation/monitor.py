@@ -17,47 +17,119 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from ccad.errors import DataError
-from ccad.evaluation.drift import DRIFT, WINDOW, psi
-from ccad.io.files import write_json, write_text
+from ccad.evaluation.drift import BINS, DRIFT, OK, WARMING_UP, WINDOW, Signal
+from ccad.io.files import write_text
 
 PERIODS = ("day", "week", "month")
 NOTE = "Counts of what the model said, not of what the patients had. Screening aid for research, not a diagnosis."
 
 
+#: The longest line read as a record; a longer one (or a file without newlines) is skipped in chunks, never held.
+MAX_LINE = 64 * 2**10
+STATES = (OK, DRIFT, WARMING_UP)
+
+
+class Rejected(dict):
+    """How many lines were rejected, by reason, and how many times carried no UTC offset (read as UTC)."""
+
+    naive_times = 0
+
+    def add(self, reason: str) -> None:
+        self[reason] = self.get(reason, 0) + 1
+
+
+def _number(value, low: float = -math.inf, high: float = math.inf) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
+def validate(obj: Any, rejected: Rejected) -> dict[str, Any] | None:
+    """``obj`` (a parsed line) as a record with its ``_time`` (timezone-aware), or None with the reason counted
+    in ``rejected``: each field must have the type and range :class:`ccad.deploy.monitoring.ResultLog` writes
+    (a score in [0, 1], ``positive`` a boolean, a finite distance or null, ...). A time without a UTC offset is
+    read as UTC and counted."""
+    if not isinstance(obj, dict):
+        return rejected.add("not a JSON object")
+    try:
+        moment = datetime.fromisoformat(obj["time"]) if isinstance(obj.get("time"), str) else None
+    except ValueError:
+        moment = None
+    checks = [
+        ("time", moment is not None),
+        ("score", _number(obj.get("score"), 0.0, 1.0)),
+        ("positive", isinstance(obj.get("positive"), bool)),
+        ("in_distribution", obj.get("in_distribution") is None or isinstance(obj.get("in_distribution"), bool)),
+        ("ood_distance", obj.get("ood_distance") is None or _number(obj.get("ood_distance"), 0.0)),
+        (
+            "lung_qc",
+            isinstance(obj.get("lung_qc", []), list) and all(isinstance(f, str) for f in obj.get("lung_qc", [])),
+        ),
+        ("drift", obj.get("drift") is None or obj.get("drift") in STATES),
+    ]
+    bad = next((name for name, ok in checks if not ok), None)
+    if bad is not None:
+        return rejected.add(f"{bad} missing or out of range")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+        rejected.naive_times += 1
+    return {**obj, "_time": moment.astimezone(timezone.utc)}
+
+
+def iter_log(
+    path: str | os.PathLike, rejected: Rejected, since: date | None = None, until: date | None = None
+) -> Iterator[dict[str, Any]]:
+    """The log's valid records in ``[since, until]`` (UTC dates), one line at a time, in the order they were
+    written (the log is appended as images are scored); what is rejected is counted in ``rejected``."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the result log ({e.strerror})") from None
+    with f:
+        while line := f.readline(MAX_LINE + 1):
+            if len(line) > MAX_LINE:
+                while line and not line.endswith(b"\n"):  # the rest of the line, a chunk at a time
+                    line = f.readline(MAX_LINE)
+                rejected.add(f"a line over {MAX_LINE // 1024} KB")
+                continue
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line, parse_constant=_no_constant)
+            except ValueError:
+                rejected.add("not JSON")
+                continue
+            record = validate(obj, rejected)
+            if record is None:
+                continue
+            day = record["_time"].date()
+            if (since is None or day >= since) and (until is None or day <= until):
+                yield record
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")  # NaN, Infinity: Python's json accepts them, JSON does not
+
+
 def read_log(
     path: str | os.PathLike, since: date | None = None, until: date | None = None
 ) -> tuple[list[dict[str, Any]], int]:
-    """The log's records in ``[since, until]`` (UTC dates), in time order, and how many lines were unreadable."""
-    path = Path(path)
-    records, bad = [], 0
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the result log ({e.strerror})") from None
-    for line in lines:
-        try:
-            record = json.loads(line)
-            record["_time"] = datetime.fromisoformat(record["time"])
-            float(record["score"])
-        except (ValueError, KeyError, TypeError):
-            bad += int(bool(line.strip()))
-            continue
-        day = record["_time"].date()
-        if (since is None or day >= since) and (until is None or day <= until):
-            records.append(record)
+    """The log's records in ``[since, until]`` as a list (for small logs: :func:`monitor` streams), and how
+    many lines were rejected."""
+    rejected = Rejected()
+    records = list(iter_log(path, rejected, since, until))
     if not records:
-        raise DataError(
-            f"{path}: no result records{' in that period' if since or until else ''} ({bad} unreadable lines)"
-        )
-    return sorted(records, key=lambda r: r["_time"]), bad
+        scope = " in that period" if since or until else ""
+        raise DataError(f"{path}: no result records{scope} ({sum(rejected.values())} rejected lines)")
+    return records, sum(rejected.values())
 
 
 def period_of(moment: datetime, period: str) -> str:
@@ -76,50 +148,92 @@ def _share(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "value": k / n, "ci95": [float(ci.low), float(ci.high)]}
 
 
-def summarize(records: list[dict[str, Any]], reference=None) -> dict[str, Any]:
-    """One period's (or the whole log's) counts; ``reference`` is an :class:`ccad.models.ood.OodGuard` with
-    drift references, or None."""
-    n = len(records)
-    scores = np.array([float(r["score"]) for r in records])
-    flags: dict[str, int] = {}
-    for r in records:
+class Tally:
+    """One period's (or the whole log's) counts, added to a record at a time: memory does not grow with the
+    log. ``reference`` is an :class:`ccad.models.ood.OodGuard` with drift references, or None: then the
+    scores and distances are counted in the reference's bins, as the live check counts them."""
+
+    def __init__(self, reference=None):
+        self.n = self.positive = self.ood = self.in_drift = 0
+        self.score_sum = 0.0
+        self.first = self.last = None
+        self.flags: dict[str, int] = {}
+        self.adapters: set[str] = set()
+        with_reference = reference is not None and getattr(reference, "reference_scores", None) is not None
+        self.signals = (
+            {
+                "score": Signal.of(np.asarray(reference.reference_scores), BINS),
+                "distance": Signal.of(np.asarray(reference.reference_distances), BINS),
+            }
+            if with_reference
+            else None
+        )
+
+    def add(self, r: dict[str, Any]) -> None:
+        self.n += 1
+        self.positive += r["positive"]
+        self.ood += r.get("in_distribution") is False
+        self.in_drift += r.get("drift") == DRIFT
+        self.score_sum += r["score"]
+        self.first = self.first or r["time"]
+        self.last = r["time"]
         for flag in r.get("lung_qc") or ():
-            flags[flag] = flags.get(flag, 0) + 1
-    out = {
-        "n": n,
-        "first": records[0]["time"],
-        "last": records[-1]["time"],
-        "positive": _share(sum(bool(r.get("positive")) for r in records), n),
-        "out_of_distribution": _share(sum(r.get("in_distribution") is False for r in records), n),
-        "mean_score": float(scores.mean()),
-        "lung_qc": flags,
-        "scored_in_drift": sum(r.get("drift") == DRIFT for r in records),
-        "adapters": sorted({str(r.get("adapter")) for r in records}),
-    }
-    if reference is not None and getattr(reference, "reference_scores", None) is not None:
-        # as the live check measures it (its bins), and only over at least its window: on fewer images the PSI is
-        # mostly the noise of a small sample
-        distances = [float(r["ood_distance"]) for r in records if r.get("ood_distance") is not None]
-        out["psi"] = {
-            "score": psi(reference.reference_scores, scores) if n >= WINDOW else None,
-            "distance": psi(reference.reference_distances, distances) if len(distances) >= WINDOW else None,
-            "note": f"measured only on {WINDOW} images or more",
+            self.flags[flag] = self.flags.get(flag, 0) + 1
+        self.adapters.add(str(r.get("adapter")))
+        if self.signals is not None:
+            self.signals["score"].counts[self.signals["score"].bin(r["score"])] += 1
+            if r.get("ood_distance") is not None:
+                self.signals["distance"].counts[self.signals["distance"].bin(r["ood_distance"])] += 1
+
+    def summary(self) -> dict[str, Any]:
+        out = {
+            "n": self.n,
+            "first": self.first,
+            "last": self.last,
+            "positive": _share(self.positive, self.n),
+            "out_of_distribution": _share(self.ood, self.n),
+            "mean_score": self.score_sum / self.n,
+            "lung_qc": self.flags,
+            "scored_in_drift": self.in_drift,
+            "adapters": sorted(self.adapters),
         }
-    return out
+        if self.signals is not None:
+            # only over at least the live check's window: on fewer images the PSI is mostly a small sample's noise
+            out["psi"] = {
+                name: signal.psi() if signal.counts.sum() >= WINDOW else None for name, signal in self.signals.items()
+            }
+            out["psi"]["note"] = f"measured only on {WINDOW} images or more"
+        return out
 
 
-def drift_changes(records: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """When the live drift state changed: from ``ok`` to ``drift`` and back, and the first full window when it
-    was already in ``drift``."""
-    changes, state = [], None
+def summarize(records: Iterable[dict[str, Any]], reference=None) -> dict[str, Any]:
+    """The counts of ``records`` (:class:`Tally`)."""
+    tally = Tally(reference)
     for r in records:
+        tally.add(r)
+    return tally.summary()
+
+
+class DriftChanges(list):
+    """When the live drift state changed, added to a record at a time: from ``ok`` to ``drift`` and back, and
+    the first full window when it was already in ``drift``."""
+
+    state = None
+
+    def add(self, r: dict[str, Any]) -> None:
         now = r.get("drift")
-        if now in (None, "warming up") or now == state:
-            continue
-        if state is not None or now == DRIFT:  # a window that is full and already in drift counts as a change
-            changes.append({"time": r["time"], "from": state or "warming up", "to": now})
-        state = now
-    return changes
+        if now in (None, WARMING_UP) or now == self.state:
+            return
+        if self.state is not None or now == DRIFT:  # a window that is full and already in drift counts as a change
+            self.append({"time": r["time"], "from": self.state or WARMING_UP, "to": now})
+        self.state = now
+
+
+def drift_changes(records: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    changes = DriftChanges()
+    for r in records:
+        changes.add(r)
+    return list(changes)
 
 
 def monitor(
@@ -130,23 +244,33 @@ def monitor(
     until: date | None = None,
     reference=None,
 ) -> dict[str, Any]:
-    """``monitor.json`` and ``monitor.html`` in ``out``; returns the JSON record."""
-    records, bad = read_log(log, since, until)
-    groups: dict[str, list] = {}
-    for r in records:
-        groups.setdefault(period_of(r["_time"], period), []).append(r)
+    """``monitor.json`` and ``monitor.html`` in ``out``; returns the JSON record. The log is read once, a line at
+    a time: memory holds one tally a period, whatever the log's size."""
+    rejected, overall, changes = Rejected(), Tally(reference), DriftChanges()
+    periods: dict[str, Tally] = {}
+    for r in iter_log(log, rejected, since, until):
+        overall.add(r)
+        periods.setdefault(period_of(r["_time"], period), Tally(reference)).add(r)
+        changes.add(r)
+    if overall.n == 0:
+        raise DataError(
+            f"{log}: no result records{' in that period' if since or until else ''} "
+            f"({sum(rejected.values())} rejected lines)"
+        )
     record = {
         "log": Path(log).name,
         "period": period,
-        "unreadable_lines": bad,
-        "overall": summarize(records, reference),
-        "drift_changes": drift_changes(records),
-        "periods": {key: summarize(rows, reference) for key, rows in groups.items()},
+        "unreadable_lines": sum(rejected.values()),
+        "rejected": dict(sorted(rejected.items())),
+        "times_without_utc_offset_read_as_utc": rejected.naive_times,
+        "overall": overall.summary(),
+        "drift_changes": list(changes),
+        "periods": {key: tally.summary() for key, tally in sorted(periods.items())},
         "note": NOTE,
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "monitor.json", record)
+    write_text(out / "monitor.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     write_text(out / "monitor.html", _html(record))
     return record
 
@@ -194,7 +318,9 @@ def _html(record: dict[str, Any]) -> str:
 table{{border-collapse:collapse}}</style></head><body>
 <h1>ccad monitoring: {html.escape(record["log"])}</h1>
 <p><b>{html.escape(NOTE)}</b></p>
-<p>By {html.escape(record["period"])} (UTC); {record["unreadable_lines"]} unreadable lines skipped. PSI (only over
+<p>By {html.escape(record["period"])} (UTC); {record["unreadable_lines"]} lines rejected
+({html.escape(", ".join(f"{k}: {v}" for k, v in record["rejected"].items()) or "none")});
+{record["times_without_utc_offset_read_as_utc"]} times without a UTC offset read as UTC. PSI (only over
 {WINDOW} images or more) under 0.10: no change,
 0.10-0.25: some, over 0.25: a real shift of what arrives (a new scanner, a new protocol or a new mix of
 patients).</p>

@@ -220,12 +220,30 @@ class Stats:
             self.counter.labels(name).inc(n)
 
 
-def _builder_start() -> None:
-    """The result process's start: its log records and warnings go through the same filter as the listener's."""
+def _builder_start(parent: int) -> None:
+    """The result process's start: it dies with the listener (``parent``), even one killed with SIGKILL, and
+    its log records and warnings go through the same filter as the listener's."""
     from ccad.deploy.logs import configure_logging
 
+    die_with_parent(parent)
     configure_logging(logging.WARNING)
     import highdicom  # noqa: F401  (imported once, before the first image)
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when the thread that started it ends (Linux ``PR_SET_PDEATHSIG``; the
+    listener starts it from the thread that calls :meth:`Listener.start`): a listener killed with SIGKILL
+    leaves no result process behind, and with it goes multiprocessing's resource tracker, which waits for its
+    last user. When the parent is already gone, exit."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _portable(prediction):
@@ -284,6 +302,7 @@ class Listener:
         self._server = None
         self._builder = None  # the result-building process pool (started by start)
         self._web = self._fhir = None  # the DICOMweb client and the FHIR poster, when configured
+        self._spool_lock: int | None = None  # the spool's lock, held from start to stop
         #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
         self.on_done = None
 
@@ -294,6 +313,7 @@ class Listener:
 
         self.settings.check()  # before anything is created: settings that cannot work are refused at start
         self.spool.create()
+        self._spool_lock = self.spool.lock()  # one listener or pull a spool
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
         self._load_screener()
@@ -353,7 +373,9 @@ class Listener:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        self._builder = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_builder_start)
+        self._builder = ProcessPoolExecutor(
+            1, multiprocessing.get_context("spawn"), initializer=_builder_start, initargs=(os.getpid(),)
+        )
         self._builder.submit(int).result()
 
     def _connect_outputs(self) -> None:
@@ -429,6 +451,9 @@ class Listener:
             self._metrics_server.server_close()
         if self._builder is not None:
             self._builder.shutdown()
+        if self._spool_lock is not None:
+            os.close(self._spool_lock)
+            self._spool_lock = None
 
     def serve_forever(self) -> None:
         """Run until interrupted or sent SIGTERM (what is in the spool stays for the next start)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ccad.errors import ConfigError
 from ccad.io.files import atomic_path, write_bytes
 
 
@@ -25,6 +26,28 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
         return self
+
+    def lock(self) -> int:
+        """Hold the spool for this process (``fcntl.flock`` on ``ROOT/.lock``, which records the holder's pid):
+        a second listener or pull on the same spool would resume the same inbox and score every image twice.
+        Returns the lock's descriptor (closing it, or the process ending, releases it); a spool held by another
+        process raises :class:`ConfigError` naming its pid."""
+        import fcntl
+
+        path = self.root / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"spool {self.root} is in use by another ccad listener or pull (pid {holder}); "
+                "give each its own --spool"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
 
     def receive(self, key: str, data: bytes) -> Path:
         """Store a received instance (the bytes of a DICOM file) under ``key``."""

@@ -1,0 +1,91 @@
+"""One listener (or pull) a spool, and no process left behind when a listener is killed with SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import free_port
+from orthanc import wait_for
+
+from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
+from ccad.errors import ConfigError
+from ccad.models.card import DEFAULT_BUNDLE
+
+
+def _settings(spool: Path, **kwargs) -> ListenerSettings:
+    return ListenerSettings(DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), spool, **kwargs)
+
+
+def test_a_second_listener_on_the_same_spool_is_refused_in_one_line(tmp_path):
+    first = Listener(_settings(tmp_path / "spool", result_process=False)).start(scp=False)
+    try:
+        with pytest.raises(
+            ConfigError, match=rf"spool .* is in use by another ccad listener or pull \(pid {os.getpid()}\)"
+        ):
+            Listener(_settings(tmp_path / "spool", result_process=False)).start(scp=False)
+    finally:
+        first.stop()
+    again = Listener(_settings(tmp_path / "spool", result_process=False)).start(scp=False)  # released by stop
+    again.stop()
+
+
+def test_the_command_refuses_a_spool_another_process_holds(tmp_path):
+    holder = Listener(_settings(tmp_path / "spool", result_process=False)).start(scp=False)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ccad", "dicom", "listen", "--send-to", "X@127.0.0.1:1", "--spool",
+             str(tmp_path / "spool"), "--port", str(free_port())],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        holder.stop()
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr
+    assert "is in use by another ccad listener or pull" in errors[0]
+
+
+def _children(pid: int) -> set[int]:
+    """Every process whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_listener_killed_with_sigkill_leaves_no_process_behind(tmp_path):
+    port = free_port()
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "ccad", "dicom", "listen", "--send-to", "X@127.0.0.1:1", "--spool",
+         str(tmp_path / "spool"), "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        # the result process and multiprocessing's resource tracker
+        children = wait_for(lambda: len(_children(listener.pid)) >= 2 and _children(listener.pid), 120, "children")
+        os.kill(listener.pid, signal.SIGKILL)
+        listener.wait(30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.2)
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        if listener.poll() is None:
+            listener.kill()
