@@ -298,3 +298,53 @@ def test_a_wado_answer_is_read_as_it_arrives_and_abandoned_past_the_limit(tmp_pa
             fetch_instance(session(), base, "1", "2", "big", max_bytes=2**20)
     finally:
         server.shutdown()
+
+
+class _Answers(http.server.BaseHTTPRequestHandler):
+    """A local HTTP server answering each PUT with the next of ``answers``: (status, body, headers)."""
+
+    answers: list = []
+
+    def do_PUT(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        status, body, headers = self.answers.pop(0)
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_fhir_answer_counts_as_stored_only_when_it_is_the_report_or_an_outcome_without_error():
+    from ccad.deploy.pacs.fhir import FhirPoster
+
+    report = {"resourceType": "DiagnosticReport", "id": "abc"}
+    _Answers.answers = [
+        (200, b"<html>welcome to nginx</html>", {}),
+        (201, json.dumps(report).encode(), {}),
+        (200, b"", {}),
+        (200, json.dumps({"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}).encode(), {}),
+        (200, json.dumps({"resourceType": "Patient", "id": "abc"}).encode(), {}),
+        (307, b"", {"Location": "http://127.0.0.1:9/elsewhere"}),
+        (500, b"", {}),
+    ]
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        poster = FhirPoster(f"http://127.0.0.1:{server.server_port}/fhir", timeout_s=10)
+        answers = [poster.put(report) for _ in range(7)]
+    finally:
+        server.shutdown()
+    assert answers == [
+        "FHIR server answered with a body that is not JSON",
+        None,
+        None,  # Prefer: return=minimal
+        "FHIR server answered with an OperationOutcome error",
+        "FHIR server answered with a Patient, not the report",
+        "FHIR server answered HTTP 307",  # a redirect of a PUT is never followed
+        "FHIR server answered HTTP 500",
+    ]

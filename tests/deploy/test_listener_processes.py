@@ -89,3 +89,30 @@ def test_a_listener_killed_with_sigkill_leaves_no_process_behind(tmp_path):
     finally:
         if listener.poll() is None:
             listener.kill()
+
+
+def test_an_existing_result_log_becomes_private_and_a_symlink_is_refused(tmp_path):
+    from ccad.deploy.monitoring import ResultLog
+
+    log = tmp_path / "results.jsonl"
+    log.write_text("")
+    os.chmod(log, 0o644)
+    ResultLog(log).check()
+    assert oct(log.stat().st_mode)[-3:] == "600"
+    (tmp_path / "elsewhere.jsonl").write_text("")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "elsewhere.jsonl")
+    with pytest.raises(ConfigError, match="link.jsonl: is a symbolic link"):
+        ResultLog(tmp_path / "link.jsonl").check()
+
+
+def test_an_existing_keep_uploads_folder_becomes_private(tmp_path):
+    from ccad.deploy.web import ServeSettings
+
+    folder = tmp_path / "kept"
+    folder.mkdir(mode=0o755)
+    os.chmod(folder, 0o755)
+    ServeSettings(DEFAULT_BUNDLE, keep_uploads=folder).check()
+    assert oct(folder.stat().st_mode)[-3:] == "700"
+    new = tmp_path / "new" / "kept"
+    ServeSettings(DEFAULT_BUNDLE, keep_uploads=new).check()
+    assert oct(new.stat().st_mode)[-3:] == "700"

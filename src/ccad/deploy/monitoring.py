@@ -37,8 +37,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ccad.errors import ConfigError
 from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
+from ccad.io.files import private_path
 
 log = logging.getLogger("ccad.monitoring")
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (1.0,)
@@ -59,17 +59,13 @@ class ResultLog:
 
     def check(self) -> "ResultLog":
         """Refuse a log that cannot be written, at start."""
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
-        except OSError as e:
-            raise ConfigError(f"`result_log` {self.path}: cannot write there ({e.strerror})") from None
+        private_path(self.path, "`result_log`")  # 0600 whatever existed; not a symlink, not another user's
         return self
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         with self._lock:  # one write() of one line on an O_APPEND descriptor: lines never interleave
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, line)
             finally:

@@ -67,3 +67,37 @@ def sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def private_path(path: str | os.PathLike, what: str, folder: bool = False) -> Path:
+    """``path`` made private to this process's user, whatever was there before: a folder (``folder``) created
+    mode 0700 or a file 0600, the mode set again on one that existed. A symlink, or one owned by another user,
+    is refused (:class:`ccad.errors.ConfigError` naming ``what``): patient-derived data never goes where
+    another account chose or can read."""
+    import errno
+    import stat
+
+    from ccad.errors import ConfigError
+
+    path = Path(path)
+    try:
+        if folder:
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        flags = (os.O_RDONLY | os.O_DIRECTORY) if folder else (os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP or path.is_symlink():  # O_NOFOLLOW met a symlink
+            raise ConfigError(f"{what} {path}: is a symbolic link; give the real path") from None
+        raise ConfigError(f"{what} {path}: cannot write there ({e.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            raise ConfigError(f"{what} {path}: belongs to another user (uid {info.st_uid}); refused")
+        if not folder and not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{what} {path}: not a regular file")
+        os.fchmod(fd, 0o700 if folder else 0o600)
+    finally:
+        os.close(fd)
+    return path

@@ -245,18 +245,38 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
 def _read_dicom(source, name: str, max_pixels: int, admit: bool = True, min_side: int | None = None) -> np.ndarray:
     """A DICOM image through the checks of :mod:`ccad.io.dicom` (size, the codestream's own header, what is
     scored) and then pydicom's pixel backend for its transfer syntax; every failure in words."""
+    data = source.read_bytes() if isinstance(source, Path) else _all_bytes(source, name)
+    check_inflated_size(data, name, max_pixels)
+    ds = _admitted_dicom(data, name, max_pixels, admit)
+    pixels = _decode_dicom(ds, name, min_side)
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):
+            pixels = apply_modality_lut(pixels, ds)
+            if _valid_window(ds):
+                pixels = apply_voi_lut(pixels, ds)
+    except Exception as e:
+        raise ImageReadError(f"{name}: its modality or VOI LUT (the pixel value mapping) cannot be applied") from e
+    with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused as such
+        gray = validate_pixels((np.asarray(pixels), True), name)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        gray = 1.0 - gray  # MONOCHROME1: high values are dark
+    return gray
+
+
+def _admitted_dicom(data: bytes, name: str, max_pixels: int, admit: bool):
+    """The parsed data set, when its pixels are within the limits, its codestream agrees with its header and
+    (``admit``) ccad scores what it is."""
     import pydicom
 
     from ccad.io import dicom
 
-    data = source.read_bytes() if isinstance(source, Path) else _all_bytes(source, name)
-    check_inflated_size(data, name, max_pixels)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2")
         rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames, samples = int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("SamplesPerPixel", 1) or 1)
+        reason = dicom.not_scored_reason(ds) if admit else None
     except Exception as e:  # pydicom raises many types for truncated or odd files
         raise ImageReadError(f"{name}: not a readable DICOM file ({_parse_error(e)})") from e
     if "PixelData" not in ds:
@@ -271,13 +291,26 @@ def _read_dicom(source, name: str, max_pixels: int, admit: bool = True, min_side
     except ImageReadError as e:
         raise type(e)(f"{name}: {e}") from None
     except Exception as e:  # a fragment structure that lies about its lengths
-        raise ImageReadError(f"{name}: {dicom.syntax_name(syntax)} data whose structure cannot be read") from e
-    reason = dicom.not_scored_reason(ds) if admit else None
+        raise ImageReadError(f"{name}: {dicom.syntax_name(_syntax(ds))} data whose structure cannot be read") from e
     if reason is not None:
         raise NotScoredError(f"{name}: not scored: {reason}")
+    return ds
+
+
+def _syntax(ds) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", "") or "1.2.840.10008.1.2")
+
+
+def _decode_dicom(ds, name: str, min_side: int | None) -> np.ndarray:
+    """The first frame's stored values, by the plugin :func:`ccad.io.dicom.decoding_plugin` names (or, with
+    ``min_side``, a JPEG 2000 image's lower resolution level)."""
+    from ccad.io import dicom
+
+    syntax = _syntax(ds)
     plugin = dicom.decoding_plugin(syntax)
     if plugin is None:
         raise ImageReadError(f"{name}: {dicom.syntax_name(syntax)} data cannot be decoded here (no decoder)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
     try:
         pixels = dicom.decode_reduced(ds, min_side) if min_side else None
         if pixels is None:
@@ -289,22 +322,9 @@ def _read_dicom(source, name: str, max_pixels: int, admit: bool = True, min_side
         if plugin == "" and "less than expected" in str(e):
             raise ImageReadError(f"{name}: its pixel data is shorter than its header says") from e
         raise ImageReadError(f"{name}: {dicom.syntax_name(syntax)} data could not be decoded") from e
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    if pixels.ndim >= 3 and samples == 1 and frames > 1:
+    if pixels.ndim >= 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 1 and frames > 1:
         pixels = pixels[0]  # multi-frame: the first frame
-    try:
-        with np.errstate(over="ignore", invalid="ignore"):
-            pixels = apply_modality_lut(pixels, ds)
-            if _valid_window(ds):
-                pixels = apply_voi_lut(pixels, ds)
-    except Exception as e:
-        raise ImageReadError(f"{name}: its modality or VOI LUT (the pixel value mapping) cannot be applied") from e
-    with np.errstate(over="ignore", invalid="ignore"):  # past float32's range becomes inf, refused as such
-        gray = validate_pixels((np.asarray(pixels), True), name)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        gray = 1.0 - gray  # MONOCHROME1: high values are dark
-    return gray
+    return pixels
 
 
 def _all_bytes(source, name: str) -> bytes:

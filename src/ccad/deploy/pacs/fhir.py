@@ -156,9 +156,11 @@ class FhirPoster:
     def __init__(self, base: str, ca_file: str | None = None, timeout_s: float = 30.0):
         self.base, self.ca_file, self.timeout_s = base.rstrip("/"), ca_file, timeout_s
 
-    def put(self, report: dict[str, Any]) -> int:
-        """The HTTP status of ``PUT [base]/DiagnosticReport/{id}`` (update-as-create); raises OSError when the
-        server cannot be reached."""
+    def put(self, report: dict[str, Any]) -> str | None:
+        """``PUT [base]/DiagnosticReport/{id}`` (update-as-create): None when the server stored it, else why not
+        (its HTTP status, a redirect, which is never followed, or an answer that is not the report sent back nor
+        an OperationOutcome: a 200 from something that is not a FHIR server). Raises OSError when the server
+        cannot be reached. The answer is read up to :data:`MAX_ANSWER_BYTES`."""
         import ssl
         import urllib.error
         import urllib.request
@@ -174,8 +176,36 @@ class FhirPoster:
             headers=headers,
         )
         context = ssl.create_default_context(cafile=self.ca_file) if self.base.startswith("https") else None
-        try:
+        try:  # urllib does not follow a redirect of a PUT: it arrives here as an HTTPError
             with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as answer:
-                return answer.status
+                status, body = answer.status, answer.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as e:
-            return e.code
+            return f"FHIR server answered HTTP {e.code}"
+        if status not in (200, 201):
+            return f"FHIR server answered HTTP {status}"
+        return stored_answer(body, report["id"])
+
+
+#: The most of a FHIR server's answer that is read (a report's echo is a few KB).
+MAX_ANSWER_BYTES = 2**20
+
+
+def stored_answer(body: bytes, report_id: str) -> str | None:
+    """None when a 200/201 answer's body says the report was stored: empty (``Prefer: return=minimal``), the
+    DiagnosticReport sent back with its id, or an OperationOutcome without an error; else why it does not."""
+    if not body.strip():
+        return None
+    if len(body) > MAX_ANSWER_BYTES:
+        return "FHIR server answered with a body over 1 MB"
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return "FHIR server answered with a body that is not JSON"
+    kind = answer.get("resourceType") if isinstance(answer, dict) else None
+    if kind == "DiagnosticReport" and answer.get("id") == report_id:
+        return None
+    if kind == "OperationOutcome":
+        issues = answer.get("issue") or []
+        severe = [i for i in issues if isinstance(i, dict) and i.get("severity") in ("error", "fatal")]
+        return "FHIR server answered with an OperationOutcome error" if severe else None
+    return f"FHIR server answered with a {str(kind)[:40] if kind else 'JSON body'}, not the report"

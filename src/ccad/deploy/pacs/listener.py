@@ -429,6 +429,13 @@ class Listener:
             self._metrics_server, _ = start_http_server(
                 self.settings.metrics_port, self.settings.host, registry=registry
             )
+            if self.settings.host not in ("127.0.0.1", "localhost", "::1"):
+                log.warning(
+                    "metrics on %s:%d answer anyone who can reach that address, without a key (counts, scores "
+                    "and drift, no patient data); to restrict them, listen on 127.0.0.1 and scrape through a proxy",
+                    self.settings.host,
+                    self.settings.metrics_port,
+                )
 
     def _spawn(self, target, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -811,14 +818,14 @@ class Listener:
             if self._stop.is_set():
                 break
             try:
-                status = self._fhir.put(json.loads(path.read_text()))
+                problem = self._fhir.put(json.loads(path.read_text()))
             except Exception as e:  # OSError, a bad status line, bad JSON...: this report waits, the thread goes on
                 self._failed(path, type(e).__name__, lane)
                 continue
-            if status in (200, 201):
+            if problem is None:
                 self._delivered(path, lane)
             else:
-                self._failed(path, f"FHIR server answered HTTP {status}", lane)
+                self._failed(path, problem, lane)
 
     def _send_dimse(self, paths: list[Path], lane: Lane) -> None:
         import pydicom

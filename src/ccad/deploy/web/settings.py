@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ccad.errors import ConfigError
-from ccad.io.files import atomic_path
+from ccad.io.files import atomic_path, private_path
 
 
 @dataclass
@@ -48,9 +48,8 @@ class ServeSettings:
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
             raise ConfigError("`max_upload_bytes` must be positive and at most the request limit")
         if self.keep_uploads is not None:
-            folder = Path(self.keep_uploads)
+            folder = private_path(self.keep_uploads, "`keep_uploads`", folder=True)  # 0700, even one that existed
             try:
-                folder.mkdir(parents=True, exist_ok=True)
                 with atomic_path(folder / ".ccad-write-test") as tmp:
                     tmp.write_bytes(b"")
             except OSError as e:
