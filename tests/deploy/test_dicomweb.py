@@ -226,20 +226,6 @@ def test_plain_http_only_to_this_machine(url, ok, tmp_path):
             settings.check()
 
 
-def test_a_server_that_ignores_the_offset_does_not_loop_for_ever():
-    from ccad.deploy.pacs.dicomweb import PAGE, find_instances
-
-    class SamePage:  # answers every page with the same full page
-        def search_for_instances(self, **kwargs):
-            return [
-                {"0020000D": {"Value": ["1.2"]}, "0020000E": {"Value": ["1.2.3"]}, "00080018": {"Value": [f"1.{i}"]}}
-                for i in range(PAGE)
-            ]
-
-    # CR: one page, then the same page again (nothing new: stop); DX: the same UIDs, none new: each UID once
-    assert len(list(find_instances(SamePage(), study="1.2"))) == PAGE
-
-
 def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
     settings = ListenerSettings(
         bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", fhir="http://127.0.0.1:9/fhir"

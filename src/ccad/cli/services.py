@@ -107,7 +107,12 @@ def _add_dicom(p: argparse.ArgumentParser) -> None:
     which = s.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", metavar="UID", help="one study")
     which.add_argument("--since", type=date_arg, help="the studies dated this day (YYYY-MM-DD) or later")
-    s.add_argument("--timeout", type=float, default=3600, help="seconds to wait for every result to be sent")
+    s.add_argument(
+        "--timeout", type=float, default=3600, help="seconds the whole pull may take: search, fetches and sending"
+    )
+    s.add_argument(
+        "--max-instances", type=int, default=10_000, help="the most instances one run fetches (the rest: run again)"
+    )
     s.add_argument(
         "--from-auth",
         metavar="FILE",
@@ -165,12 +170,14 @@ def _run_dicom(args: argparse.Namespace) -> int | None:
             args.since.strftime("%Y%m%d") if args.since else None,
             args.timeout,
             source_auth=Path(args.from_auth) if args.from_auth else None,
+            max_instances=args.max_instances,
         )
         print(
             f"{counts['found']} instances found, {counts['already_done']} done before, {counts['in_the_spool']} "
             f"resumed from the spool, {counts['fetched']} fetched ({counts['fetch_failures']} could not be, "
             f"{counts['refused']} refused as the listener would); {counts['scored']} scored, "
             f"{counts['not_scored']} not scored (their reports say why), {counts['sent']} results sent"
+            + (f"; the search ended early: {counts['search_error']}" if "search_error" in counts else "")
             + ("" if counts["complete"] else f"; some results still wait in {args.spool} (run again to resume)")
         )
         return 0 if counts["complete"] and not counts["fetch_failures"] else 1

@@ -13,6 +13,7 @@ certificate authority); there is no switch to turn that off.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +65,23 @@ class WebDestination:
 
 
 def session(
-    auth_file: str | os.PathLike | None = None, ca_file: str | os.PathLike | None = None, env: str = "CCAD_DICOMWEB"
+    auth_file: str | os.PathLike | None = None,
+    ca_file: str | os.PathLike | None = None,
+    env: str = "CCAD_DICOMWEB",
+    redirects: bool = True,
 ):
     """A requests session with the credentials of ``auth_file`` or the environment (``{env}_TOKEN``, or
-    ``{env}_USER`` and ``{env}_PASSWORD``) and TLS verification."""
+    ``{env}_USER`` and ``{env}_PASSWORD``) and TLS verification; without ``redirects`` (a destination's),
+    a redirect is an error, never followed."""
     import requests
 
     s = requests.Session()
     s.verify = str(ca_file) if ca_file else True
+    if not redirects:
+        # requests would follow a 307 anywhere, re-POSTing a STOW (the patient's name in it) to another host:
+        # with none allowed, a redirect is a failure (QIDO and WADO follow theirs in :func:`bounded_get`, only
+        # to the archive's own origin)
+        s.max_redirects = 0
     token, user, password = (os.environ.get(f"{env}_{k}") for k in ("TOKEN", "USER", "PASSWORD"))
     if auth_file:
         try:
@@ -95,7 +105,9 @@ def client(url: str, http, timeout_s: float = 30.0):
     """A dicomweb-client for ``url`` over ``http`` (a :func:`session`)."""
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(check_url(url), session=http, timeout=timeout_s)
+    web = DICOMwebClient(check_url(url), session=http, timeout=timeout_s)
+    web.set_http_retry_params(retry=False)  # the spool retries, with its own backoff, without holding the lane
+    return web
 
 
 def stow(web, dataset) -> str | None:
@@ -104,6 +116,8 @@ def stow(web, dataset) -> str | None:
 
     try:
         response = web.store_instances([dataset])
+    except requests.exceptions.TooManyRedirects:
+        return "the destination answered with a redirect, which is not followed"
     except requests.exceptions.HTTPError as e:
         return f"HTTP {e.response.status_code if e.response is not None else '?'}"
     except (requests.exceptions.RequestException, OSError) as e:
@@ -112,29 +126,117 @@ def stow(web, dataset) -> str | None:
     return "the destination refused it (FailedSOPSequence)" if failed else None
 
 
-def find_instances(web, study: str | None = None, since: str | None = None) -> Iterator[tuple[str, str, str]]:
+class ArchiveError(Exception):
+    """A misbehaving archive: an answer past its size or its deadline, a redirect off the archive, a QIDO-RS
+    answer that is not a JSON list. Its text says which, in words."""
+
+
+class TooLarge(ArchiveError):
+    """A WADO-RS response past the size the listener would accept."""
+
+
+#: The most one QIDO-RS page may take: a page of :data:`PAGE` instances with two fields is tens of KB.
+MAX_QIDO_BYTES = 16 * 2**20
+#: Redirects a QIDO-RS or WADO-RS request follows, each to the archive's own scheme, host and port only.
+MAX_REDIRECTS = 3
+#: The most instances one pull queues (``--max-instances``): an archive that pages for ever stops here.
+MAX_INSTANCES = 10_000
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+def bounded_get(
+    http, url: str, base: str, accept: str, max_bytes: int, deadline: float, params=None
+) -> tuple[bytes, str]:
+    """(body, content type) of a GET to the archive at ``base``, bounded three ways: the body is read as it
+    arrives and abandoned past ``max_bytes`` (:class:`TooLarge`); the whole request, redirects included, ends by
+    ``deadline`` (``time.monotonic()``), not only each read; a redirect is followed only to ``base``'s own
+    origin, and at most :data:`MAX_REDIRECTS` times (the session's credentials never go to another host)."""
+    import time
+    from urllib.parse import urljoin
+
+    for _ in range(MAX_REDIRECTS + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ArchiveError("the archive did not answer within the deadline")
+        with http.get(
+            url,
+            params=params,
+            headers={"Accept": accept},
+            stream=True,
+            timeout=min(remaining, 60.0),
+            allow_redirects=False,
+        ) as response:
+            if response.is_redirect:
+                target = urljoin(url, response.headers.get("Location", ""))
+                if _origin(target) != _origin(base):
+                    raise ArchiveError("the archive redirected to another host, which is not followed")
+                url, params = check_url(target), None
+                continue
+            response.raise_for_status()
+            chunks, seen = [], 0
+            # read1: what has arrived (iter_content would wait for a whole chunk: a drip would never be timed)
+            while chunk := response.raw.read1(1 << 16, decode_content=True):
+                seen += len(chunk)
+                if seen > max_bytes:
+                    raise TooLarge(f"over {max_bytes // 2**20} MB")
+                if time.monotonic() > deadline:
+                    raise ArchiveError("the archive's answer took longer than the deadline")
+                chunks.append(chunk)
+            return b"".join(chunks), response.headers.get("Content-Type", "")
+    raise ArchiveError(f"the archive redirected more than {MAX_REDIRECTS} times")
+
+
+def find_instances(
+    http,
+    base: str,
+    study: str | None = None,
+    since: str | None = None,
+    deadline: float | None = None,
+    max_instances: int = MAX_INSTANCES,
+    page_s: float = 60.0,
+) -> Iterator[tuple[str, str, str]]:
     """(study, series, instance) UIDs of the CR and DX instances of ``study``, or of the studies dated
-    ``since`` (YYYYMMDD) or later, page by page (QIDO-RS)."""
+    ``since`` (YYYYMMDD) or later, page by page (QIDO-RS, each page read within :data:`MAX_QIDO_BYTES` and
+    ``page_s``); it stops at ``max_instances``, at ``deadline`` (``time.monotonic()``), at a page with nothing
+    new (an archive that ignores the offset) and at the last page."""
+    import json
+    import time
+
     seen: set[str] = set()
+    url = f"{base}/studies/{study}/instances" if study else f"{base}/instances"
     for modality in PULL_MODALITIES:
-        filters = {"Modality": modality}
+        filters = {"Modality": modality, "includefield": "0020000D,0020000E"}
         if since:
             filters["StudyDate"] = f"{since}-"
         offset = 0
         while True:
-            page = web.search_for_instances(
-                study_instance_uid=study,
-                search_filters=filters,
-                limit=PAGE,
-                offset=offset,
-                fields=["StudyInstanceUID", "SeriesInstanceUID"],
-            )
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("the search stopped at the pull's deadline, after %d instances", len(seen))
+                return
+            page_deadline = min(deadline or math.inf, time.monotonic() + page_s)
+            body, _ = bounded_get(
+                http, url, base, "application/dicom+json", MAX_QIDO_BYTES, page_deadline,
+                params={**filters, "limit": PAGE, "offset": offset},
+            )  # fmt: skip
+            try:
+                page = json.loads(body) if body.strip() else []
+            except ValueError:
+                raise ArchiveError("the archive's QIDO-RS answer is not JSON") from None
+            if not isinstance(page, list):
+                raise ArchiveError("the archive's QIDO-RS answer is not a JSON list")
             new = 0
             for item in page:
-                uids = tuple(
-                    str(item.get(tag, {}).get("Value", [""])[0] or "") for tag in ("0020000D", "0020000E", "00080018")
-                )
+                uids = _uids(item)
                 if all(uids) and uids[2] not in seen:
+                    if len(seen) >= max_instances:
+                        log.warning("the search stopped at --max-instances %d", max_instances)
+                        return
                     seen.add(uids[2])
                     new += 1
                     yield uids
@@ -143,27 +245,30 @@ def find_instances(web, study: str | None = None, since: str | None = None) -> I
             offset += len(page)
 
 
-class TooLarge(Exception):
-    """A WADO-RS response past the size the listener would accept."""
+def _uids(item) -> tuple[str, str, str]:
+    """(study, series, instance) UIDs of one QIDO-RS result ("" for what it lacks or holds wrongly)."""
+    if not isinstance(item, dict):
+        return "", "", ""
+    values = []
+    for tag in ("0020000D", "0020000E", "00080018"):
+        value = item.get(tag, {}).get("Value", [""]) if isinstance(item.get(tag), dict) else [""]
+        first = value[0] if isinstance(value, list) and value else ""
+        values.append(str(first)[:64] if isinstance(first, str) else "")
+    return values[0], values[1], values[2]
 
 
 def fetch_instance(
     http, base: str, study: str, series: str, instance: str, max_bytes: int, timeout_s: float = 60.0
 ) -> bytes:
-    """The DICOM file of one instance (WADO-RS), read as it arrives and abandoned past ``max_bytes``
-    (:class:`TooLarge`): a hostile archive cannot make one fetch fill the memory. ``http`` is a
-    :func:`session`."""
+    """The DICOM file of one instance (WADO-RS), read as it arrives, abandoned past ``max_bytes``
+    (:class:`TooLarge`: a hostile archive cannot make one fetch fill the memory) or past ``timeout_s`` for the
+    whole answer (an archive sending a byte every few seconds). ``http`` is a :func:`session`."""
+    import time
+
     url = f"{base}/studies/{study}/series/{series}/instances/{instance}"
     accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-    with http.get(url, headers={"Accept": accept}, stream=True, timeout=timeout_s) as response:
-        response.raise_for_status()
-        chunks, seen = [], 0
-        for chunk in response.iter_content(chunk_size=1 << 16):
-            seen += len(chunk)
-            if seen > max_bytes + 64 * 1024:  # the multipart framing around the file is small
-                raise TooLarge(f"over {max_bytes // 2**20} MB")
-            chunks.append(chunk)
-        body, kind = b"".join(chunks), response.headers.get("Content-Type", "")
+    # the multipart framing around the file is small
+    body, kind = bounded_get(http, url, base, accept, max_bytes + 64 * 1024, time.monotonic() + timeout_s)
     return _first_part(body, kind)
 
 

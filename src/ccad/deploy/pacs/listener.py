@@ -383,7 +383,7 @@ class Listener:
         if isinstance(self.settings.send_to, WebDestination):
             from ccad.deploy.pacs.dicomweb import client, session
 
-            http = session(self.settings.dicomweb_auth, self.settings.ca_file)
+            http = session(self.settings.dicomweb_auth, self.settings.ca_file, redirects=False)
             self._web = client(self.settings.send_to.url, http)
         if self.settings.fhir and self.settings.fhir.startswith(("http://", "https://")):
             from ccad.deploy.pacs.fhir import FhirPoster

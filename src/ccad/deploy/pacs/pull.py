@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from ccad.deploy.pacs.dicomweb import TooLarge, client, fetch_instance, find_instances, session
+from ccad.deploy.pacs.dicomweb import MAX_INSTANCES, ArchiveError, TooLarge, fetch_instance, find_instances, session
 from ccad.deploy.pacs.listener import Listener, ListenerSettings, instance_key
 
 log = logging.getLogger("ccad.dicom")
@@ -35,18 +35,26 @@ def pull(
     timeout_s: float = 3600.0,
     screener=None,
     source_auth=None,
+    max_instances: int = MAX_INSTANCES,
 ) -> dict[str, Any]:
     """Score every CR/DX instance of ``study`` (or of the studies dated ``since``, YYYYMMDD, or later) at the
     DICOMweb service ``source``; returns counts. Waits (at most ``timeout_s``) until every result is sent.
     ``source_auth``: the archive's credentials file (the destination's are never sent to it; without one, the
-    environment's ``CCAD_DICOMWEB_SOURCE_TOKEN`` or ``CCAD_DICOMWEB_SOURCE_USER`` / ``_PASSWORD``)."""
+    environment's ``CCAD_DICOMWEB_SOURCE_TOKEN`` or ``CCAD_DICOMWEB_SOURCE_USER`` / ``_PASSWORD``). The whole run
+    ends by ``timeout_s``: the search, every fetch (each bounded in bytes and time) and the wait; the search
+    stops at ``max_instances``. A misbehaving archive (an answer too large, too slow, not JSON, or redirecting
+    off the archive) ends the search with its reason in ``counts["search_error"]``."""
     job = _Pull.open(Listener(settings, screener), source, timeout_s)
     job.listener.start(scp=False)
     http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
     try:
-        for uids in find_instances(client(source, http), study, since):
-            job.fetch_and_take(http, *uids)
-        job.counts["complete"] = job.wait()
+        try:
+            for uids in find_instances(http, source, study, since, job.deadline, max_instances):
+                job.fetch_and_take(http, *uids)
+        except (ArchiveError, OSError) as e:  # requests' errors are OSErrors: the images taken still get results
+            job.counts["search_error"] = str(e) if isinstance(e, ArchiveError) else type(e).__name__
+            log.warning("the search of the archive ended: %s", job.counts["search_error"])
+        job.counts["complete"] = job.wait() and "search_error" not in job.counts
     finally:
         job.listener.stop()
     stats = job.listener.stats
@@ -95,8 +103,9 @@ class _Pull:
             counts["in_the_spool"] += 1
             return
         limit = self.listener.settings.max_dataset_bytes
+        timeout_s = max(1.0, min(120.0, self.deadline - time.monotonic()))
         try:
-            data = fetch_instance(http, self.source, study_uid, series_uid, instance_uid, limit)
+            data = fetch_instance(http, self.source, study_uid, series_uid, instance_uid, limit, timeout_s)
         except TooLarge as e:  # refused as the listener refuses it: recorded, not fetched again
             counts["refused"] += 1
             log.warning("image %s refused: %s, the --max-dataset-mb limit", key, e)
@@ -104,7 +113,8 @@ class _Pull:
             return
         except Exception as e:  # the archive's error: logged, counted, the pull goes on
             counts["fetch_failures"] += 1
-            log.warning("image %s could not be fetched (%s)", key, type(e).__name__)
+            why = str(e) if isinstance(e, ArchiveError) else type(e).__name__
+            log.warning("image %s could not be fetched (%s)", key, why)
             return
         counts["fetched"] += 1
         if self.listener.take(key, data, timeout_s=max(1.0, self.deadline - time.monotonic())) is None:
