@@ -4,6 +4,7 @@ import io
 import os
 
 import numpy as np
+import pydicom
 import pytest
 from helpers import GRADIENT, hidden_deflate_bomb, make_dataset, make_dicom
 from PIL import Image
@@ -243,3 +244,33 @@ def test_a_newline_in_a_file_name_does_not_break_the_csv(tmp_path, run_and_bundl
     assert main(["predict", "--model", str(run_and_bundle[1]), str(odd), "--out", str(out), "--resume"]) == 0
     rows = list(csv.DictReader(open(out, newline="")))
     assert [r["file"] for r in rows] == [str(odd)]
+
+
+def test_zero_padding_after_the_pixel_data_is_refused_before_pydicom_parses_it(tmp_path):
+    """190 MB of zeros after the pixel data (deflated, 311 KB) kept the only scoring worker busy two minutes:
+    pydicom parsed it as 31 million empty elements. Both forms are refused from a walk over the headers."""
+    import zlib
+
+    from helpers import make_xray_dicom
+
+    from ccad.io.images import MAX_ELEMENTS, file_meta, read_grayscale_bytes
+
+    plain = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((64, 64))).read_bytes()
+    padded = plain + bytes(64 * 2**20)
+    with pytest.raises(ImageTooLargeError, match=r"64\.0 MB after its pixel data"):
+        read_grayscale_bytes(padded, "padded.dcm")
+    ds = pydicom.dcmread(io.BytesIO(plain))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    _, at = file_meta(buffer.getvalue(), "x")
+    body = zlib.decompress(buffer.getvalue()[at:], -zlib.MAX_WBITS) + bytes(64 * 2**20)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = buffer.getvalue()[:at] + compressor.compress(body) + compressor.flush()
+    assert len(deflated) < 2**20
+    with pytest.raises(ImageTooLargeError, match="after its pixel data"):
+        read_grayscale_bytes(deflated, "deflated.dcm")
+    _, at = file_meta(plain, "x")
+    before = plain[:at] + bytes(8 * (MAX_ELEMENTS + 10)) + plain[at:]  # a million empty elements first
+    with pytest.raises(ImageTooLargeError, match="more than 100,000 elements"):
+        read_grayscale_bytes(before, "before.dcm")

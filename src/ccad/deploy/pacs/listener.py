@@ -484,7 +484,7 @@ class Listener:
         decoded, (0xA900) without a valid SOP Class, SOP Instance, Study or Series Instance UID; else SUCCESS and
         its header (no pixels). The listener's C-STORE handler and ``ccad dicom pull`` both admit through it."""
         from ccad.errors import ImageReadError
-        from ccad.io.images import ImageTooLargeError, check_inflated_size
+        from ccad.io.images import ImageTooLargeError, check_data_set
 
         size = len(data) if size is None else size
         if size > self.settings.max_dataset_bytes:
@@ -496,7 +496,7 @@ class Listener:
             )
             return OUT_OF_RESOURCES, None
         try:
-            check_inflated_size(data, "the data set", self.settings.max_pixels or DEFAULT_MAX_PIXELS)
+            check_data_set(data, "the data set", self.settings.max_pixels or DEFAULT_MAX_PIXELS)
         except ImageReadError as e:  # a decompression bomb, or a stream that does not inflate
             bomb = isinstance(e, ImageTooLargeError)
             self.stats.add("refused_too_large" if bomb else "refused_malformed")

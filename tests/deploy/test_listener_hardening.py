@@ -1,4 +1,5 @@
-"""One listener (or pull) a spool, and no process left behind when a listener is killed with SIGKILL."""
+"""What a careless operator or a hostile sender does to a listener: two listeners on one spool, a kill -9, a
+result log or kept-upload folder that another user could read, a data set padded with zeros after its pixels."""
 
 import os
 import signal
@@ -116,3 +117,14 @@ def test_an_existing_keep_uploads_folder_becomes_private(tmp_path):
     new = tmp_path / "new" / "kept"
     ServeSettings(DEFAULT_BUNDLE, keep_uploads=new).check()
     assert oct(new.stat().st_mode)[-3:] == "700"
+
+
+def test_a_data_set_padded_after_its_pixels_is_refused_at_admission(tmp_path):
+    import numpy as np
+    from helpers import make_xray_dicom
+
+    listener = Listener(_settings(tmp_path / "spool", result_process=False))
+    data = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((64, 64))).read_bytes()
+    status, header = listener.admission(data + bytes(8 * 2**20))
+    assert (status, header) == (0xA700, None) and listener.stats.refused_too_large == 1
+    assert listener.admission(data)[0] == 0x0000
