@@ -438,39 +438,99 @@ def test_an_unreadable_subfolder_gets_an_error_row(bundle, synth_folders, tmp_pa
     assert any(r["file"].endswith("b") and "permission denied" in r["error"] for r in rows)
 
 
-def test_a_request_waiting_for_a_read_slot_is_408_at_its_deadline_from_arrival(bundle):
-    """Both read slots held (as two slow clients would hold them): a complete request queued behind them is
-    answered 408 when its own deadline, counted from its arrival, passes; it used to wait without limit."""
+def test_a_body_below_the_minimum_rate_is_408_after_the_grace_and_holds_no_inference_slot(bundle, monkeypatch):
+    """A client dripping its body is cut with 408 once its average rate falls below 240 B/s (after the grace),
+    and while it drips it holds no inference slot: a complete request next to it is answered."""
     import asyncio
 
-    from ccad.deploy.web.guard import Guard
+    from ccad.deploy.web import guard as module
 
-    async def app(scope, receive, send):  # never reached
-        raise AssertionError("the app saw a request that should have been refused")
+    monkeypatch.setattr(module, "GRACE_S", 0.3)
+    answered = []
 
-    async def scenario():
-        guard = Guard(app, ServeSettings(bundle, workers=1, body_timeout_s=0.2))
-        for _ in range(2):
-            await guard.reading.acquire()  # the two slots of one worker, taken and never given back
-        sent = []
+    async def app(scope, receive, send):
+        answered.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
 
-        async def receive():
-            return {"type": "http.request", "body": b"--b--", "more_body": False}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {
+    def scope():
+        return {
             "type": "http",
             "method": "POST",
             "path": "/api/v1/predict",
-            "headers": [(b"content-type", b"multipart/form-data; boundary=b"), (b"content-length", b"5")],
+            "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
         }
-        await asyncio.wait_for(guard(scope, receive, send), 10)  # the old guard waited here forever
-        return sent
 
-    sent = asyncio.run(scenario())
-    assert sent[0]["status"] == 408
+    async def scenario():
+        guard = module.Guard(app, ServeSettings(bundle, workers=1, queue=0, body_timeout_s=30))
+        drip_sent, whole_sent = [], []
+
+        async def drip():  # one byte every 0.2 s, for ever: 5 B/s
+            await asyncio.sleep(0.2)
+            return {"type": "http.request", "body": b"x", "more_body": True}
+
+        async def whole():
+            return {"type": "http.request", "body": b"--b--", "more_body": False}
+
+        async def record(into):
+            async def send(message):
+                into.append(message)
+
+            return send
+
+        slow = asyncio.create_task(guard(scope(), drip, await record(drip_sent)))
+        await asyncio.sleep(0.1)  # the slow body is being read
+        await asyncio.wait_for(guard(scope(), whole, await record(whole_sent)), 10)
+        await asyncio.wait_for(slow, 10)
+        return drip_sent, whole_sent, guard.buffered.held
+
+    drip_sent, whole_sent, held = asyncio.run(scenario())
+    assert whole_sent[0]["status"] == 200 and answered == [b"--b--"]  # the one inference slot was free
+    assert drip_sent[0]["status"] == 408 and b"slower than 240 bytes a second" in drip_sent[1]["body"]
+    assert held == 0  # every byte the bodies held is given back
+
+
+def test_34_slow_clients_do_not_shut_the_api_for_a_legitimate_one(live):
+    """As many dripping uploads as workers + queue (2 + 32): every legitimate predict next to them is answered
+    200 (it was 503 for as long as they dripped), and each slow one is cut with 408 after the grace."""
+    port, _ = live
+    body = b"--b\r\nContent-Disposition: form-data; name=files; filename=x.png\r\nContent-Type: image/png\r\n\r\n"
+    slow = []
+    for _ in range(34):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(
+            b"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEY.encode() + b"\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n" + body[:10]
+        )
+        slow.append(s)
+    try:
+        time.sleep(0.5)  # the slow bodies are being read
+        for seed in range(3):
+            answer = _post_png(port, png(seed=seed))
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        cut = []
+        for s in slow:  # each is answered 408 once its rate falls below 240 B/s after the 5 s grace
+            s.settimeout(15)
+            cut.append(s.recv(4096)[:12])
+        assert cut == [b"HTTP/1.1 408"] * 34
+    finally:
+        for s in slow:
+            s.close()
+
+
+def _post_png(port: int, data: bytes) -> bytes:
+    boundary = b"ccadtest"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n'
+        b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--" + boundary + b"--\r\n"
+    )
+    head = (
+        f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\nConnection: close\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head + body)
+        return s.recv(4096)
 
 
 def test_uploads_stay_in_memory_and_nothing_reaches_the_disk(bundle, monkeypatch):

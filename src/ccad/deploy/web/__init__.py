@@ -21,12 +21,12 @@ in front of the routes, then the route):
    ``WWW-Authenticate``;
 2. the request type (``multipart/form-data``) -> 415;
 3. the body size, counted as it arrives, chunked or not -> 413 past
-   ``max_request_bytes``; the body must arrive within ``body_timeout_s`` of the request's arrival (time spent
-   waiting for one of the ``2 x workers`` read slots counts) -> 408;
-4. admission: at most ``workers + queue`` requests inside, past that -> 503 with
-   ``Retry-After``; and at most ``2 x workers`` bodies being read at a time (the
-   others wait without reading), so uploads in memory stay under
-   ``2 x workers x max_request_bytes``;
+   ``max_request_bytes``; the body must arrive within ``body_timeout_s`` of the request's arrival, and, after
+   a 5 s grace, at 240 bytes a second on average at least (Kestrel's minimum data rate) -> 408 as soon as it
+   falls below; the bodies in flight hold at most ``4 x max_request_bytes`` together -> 503 past that. A body
+   is read before the request takes an inference slot: a slow client holds no one else up;
+4. admission: at most ``workers + queue`` requests with their body inside, past that -> 503 with
+   ``Retry-After``;
 5. per file: at most :data:`MAX_FILES` files, ``max_upload_bytes`` each -> 413; an
    allowed format by its bytes (PNG, JPEG, TIFF, BMP, DICOM) -> 415 otherwise;
    ``max_pixels`` each and ``max_request_pixels`` in all, read from the headers

@@ -97,7 +97,8 @@ class Guard:
     def __init__(self, app, settings: ServeSettings, http_metrics: "HttpMetrics | None" = None):
         self.app, self.settings, self.http_metrics = app, settings, http_metrics
         self.capacity = Capacity(settings.workers + settings.queue)
-        self.reading = asyncio.Semaphore(2 * settings.workers)
+        #: what the bodies in flight may hold together: four full requests
+        self.buffered = Budget(4 * settings.max_request_bytes)
         if http_metrics is not None:
             http_metrics.inside.set_function(lambda: settings.workers + settings.queue - self.capacity.free)
 
@@ -141,17 +142,28 @@ class Guard:
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             return await _answer(send_with_headers, 413, too_large)
+        try:  # the body first, holding no inference slot: a slow client keeps no one else waiting
+            body = await _read_body(receive, limit, self.buffered, self.settings.body_timeout_s)
+        except SlowBody as e:
+            return await _answer(send_with_headers, 408, str(e))
+        except BufferFull:
+            return await _answer(
+                send_with_headers, 503, "busy: too many uploads in progress; retry shortly", {"Retry-After": "1"}
+            )
+        if body is None:
+            return await _answer(send_with_headers, 413, too_large)
+        try:
+            await self._answer_with(body, scope, receive, send_with_headers)
+        finally:
+            self.buffered.give(len(body))
+
+    async def _answer_with(self, body: bytes, scope, receive, send) -> None:
+        """The app's answer to a request whose ``body`` has arrived, once an inference slot is free (else 503)."""
         if not self.capacity.try_enter():
             return await _answer(
-                send_with_headers, 503, "busy: all inference workers are taken; retry shortly", {"Retry-After": "1"}
+                send, 503, "busy: all inference workers are taken; retry shortly", {"Retry-After": "1"}
             )
         try:
-            try:  # the deadline runs from the request's arrival: waiting for a read slot counts
-                body = await asyncio.wait_for(self._read_in_turn(receive, limit), self.settings.body_timeout_s)
-            except asyncio.TimeoutError:
-                return await _answer(send_with_headers, 408, "the request body did not arrive in time")
-            if body is None:
-                return await _answer(send_with_headers, 413, too_large)
             sent = False
 
             async def replay():
@@ -161,31 +173,81 @@ class Guard:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            await self.app(scope, replay, send_with_headers)
+            await self.app(scope, replay, send)
         finally:
             self.capacity.leave()
 
-    async def _read_in_turn(self, receive, limit: int) -> bytes | None:
-        """The body, read once one of the ``2 x workers`` read slots is free (a slow client holds one at most
-        until its deadline)."""
-        async with self.reading:
-            return await _read_body(receive, limit)
+
+#: A body must arrive at this many bytes a second on average once :data:`GRACE_S` has passed, or it is cut
+#: with 408 (Kestrel's MinRequestBodyDataRate): a client dripping bytes holds a connection for seconds, not for
+#: as long as it likes.
+MIN_BODY_RATE = 240
+GRACE_S = 5.0
 
 
-async def _read_body(receive, limit: int) -> bytes | None:
-    """The whole request body, or None as soon as it passes ``limit`` bytes (chunked or not)."""
+class SlowBody(Exception):
+    """A body that fell below :data:`MIN_BODY_RATE` or passed its deadline (408)."""
+
+
+class BufferFull(Exception):
+    """The bodies in flight hold all the bytes the server buffers (503)."""
+
+
+class Budget:
+    """Bytes the bodies being read and answered may hold together: past it an upload is told to retry."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.held + n > self.limit:
+                return False
+            self.held += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.held -= n
+
+
+async def _read_body(receive, limit: int, budget: Budget, timeout_s: float) -> bytes | None:
+    """The whole request body, or None as soon as it passes ``limit`` bytes (chunked or not). Each chunk must
+    come before the body's average rate falls below :data:`MIN_BODY_RATE` (after :data:`GRACE_S`) and before
+    ``timeout_s`` from its start (:class:`SlowBody`); its bytes are taken from ``budget`` (:class:`BufferFull`),
+    and what a returned body holds is the caller's to give back once the request is answered."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     chunks, seen = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        seen += len(chunk)
-        if seen > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            due = min(start + timeout_s, start + max(GRACE_S, seen / MIN_BODY_RATE))
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, due - loop.time()))
+            except asyncio.TimeoutError:
+                late = due >= start + timeout_s
+                raise SlowBody(
+                    "the request body did not arrive in time"
+                    if late
+                    else f"the request body arrived slower than {MIN_BODY_RATE} bytes a second"
+                ) from None
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > limit:
+                budget.give(seen - len(chunk))
+                return None
+            if not budget.take(len(chunk)):
+                raise BufferFull()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except (SlowBody, BufferFull):
+        budget.give(sum(len(c) for c in chunks))
+        raise
+    return b"".join(chunks)
 
 
 async def _answer(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
