@@ -170,6 +170,78 @@ def normal_png() -> bytes:
     return buffer.getvalue()
 
 
+def slow_clients_and_a_legitimate_one(png: bytes, slow_count: int = 34, seconds: float = 20.0):
+    """``slow_count`` clients drip their bodies at a byte a second (reconnecting when cut) while a legitimate
+    client posts one PNG after another for ``seconds``: its statuses and latencies, and the slow ones' answers."""
+
+    def action(port):
+        stop, slow_answers = threading.Event(), []
+
+        def drip():
+            while not stop.is_set():
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                        s.sendall(
+                            f"POST /api/v1/predict HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+                            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n".encode()
+                        )
+                        while not stop.is_set():
+                            s.sendall(b"x")
+                            s.settimeout(1.0)
+                            try:
+                                head = s.recv(64)
+                            except socket.timeout:
+                                continue
+                            slow_answers.append(int(head.split()[1]) if head.startswith(b"HTTP/") else -1)
+                            break
+                except OSError:
+                    time.sleep(0.2)
+
+        threads = [threading.Thread(target=drip, daemon=True) for _ in range(slow_count)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        body, ctype = multipart([("x.png", png, "image/png")])
+        statuses, latencies, end = [], [], time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            statuses.append(post(port, body, ctype, timeout=60))
+            latencies.append(time.perf_counter() - start)
+        stop.set()
+        for t in threads:
+            t.join(5)
+        latencies.sort()
+        return {
+            "legitimate": {str(k): statuses.count(k) for k in sorted(set(statuses))},
+            "legitimate_p50_s": round(latencies[len(latencies) // 2], 3),
+            "legitimate_p99_s": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3),
+            "slow_answers": {str(k): slow_answers.count(k) for k in sorted(set(slow_answers))},
+        }
+
+    return action
+
+
+def codestream_bomb() -> bytes | None:
+    """A JPEG-LS DX whose header says 512 x 512 and whose codestream says 20,000 x 20,000 (needs dcmtk)."""
+    import pydicom
+
+    sys.path.insert(0, str(ROOT / "support"))
+    from dicom_files import make_xray_dicom
+    from real_dicom import DCMTK, encode
+
+    if DCMTK is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = make_xray_dicom(Path(tmp) / "x.dcm", np.random.default_rng(0).random((512, 512)))
+        ds = pydicom.dcmread(encode(plain, Path(tmp) / "jls.dcm", "1.2.840.10008.1.2.4.80"))
+        data = bytearray(ds.PixelData)
+        struct.pack_into(">HH", data, data.index(b"\xff\xf7") + 5, 20000, 20000)
+        ds.PixelData = bytes(data)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        return buffer.getvalue()
+
+
 def run_case(src: Path, bundle: Path, name: str, action) -> dict:
     server = Server(src, bundle)
     try:
@@ -191,6 +263,7 @@ def main() -> None:
     parser.add_argument("--bundle", help="a bundle (default: train a small one)")
     parser.add_argument("--save", help="add the results to this JSON file under --label")
     parser.add_argument("--label", help="e.g. before or after")
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     src = Path(args.src)
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,8 +294,20 @@ def main() -> None:
             ),
             (f"two requests of 16 x 49 MP PNGs ({len(huge) // 1024} KB each)", two_requests_of_big(16)),
             ("two requests of 2 x 49 MP PNGs (the most a request may hold now)", two_requests_of_big(2)),
+            (
+                "34 clients dripping a byte a second, and a legitimate one for 20 s",
+                slow_clients_and_a_legitimate_one(png),
+            ),
         ]
-        results = [run_case(src, bundle, name, action) for name, action in cases]
+        jls = codestream_bomb()
+        if jls is not None:
+            cases.append(
+                (
+                    "four JPEG-LS DICOMs of 512 x 512 whose codestream says 20,000 x 20,000",
+                    lambda port: [post(port, *multipart([("b.dcm", jls, "application/dicom")])) for _ in range(4)],
+                )
+            )
+        results = [run_case(src, bundle, n, a) for n, a in cases if not args.only or args.only in n]
     print(json.dumps({"src": str(src), "machine": f"{os.cpu_count()} cores", "cases": results}, indent=2))
     if args.save:
         saved = json.loads(Path(args.save).read_text()) if Path(args.save).is_file() else {}
