@@ -386,17 +386,23 @@ def check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
     if data[128:132] != b"DICM":
         return
     syntax, start = file_meta(data, name)
-    if syntax != DEFLATED:
-        return
+    if syntax == DEFLATED:
+        _inflate_bounded(data[start:], name, 2 * max_pixels + 2**20)
+
+
+def _inflate_bounded(stream: bytes, name: str, budget: int, keep: int = 0) -> tuple[int, bytes]:
+    """(the inflated size, its first ``keep`` bytes) of a raw deflate stream, inflated 1 MiB at a time and
+    abandoned past ``budget`` (:class:`ImageTooLargeError`): nothing more than ``keep`` bytes is held."""
     import zlib
 
-    budget = 2 * max_pixels + 2**20
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    tail, total = data[start:], 0
+    tail, total, head = stream, 0, []
     try:
-        while True:  # inflate 1 MiB at a time, keeping nothing: only the size matters here
+        while True:
             out = inflater.decompress(tail, 2**20)
             tail = inflater.unconsumed_tail
+            if total < keep:
+                head.append(out[: keep - total])
             total += len(out)
             # the stream's end (bytes after it stay in unconsumed_tail for ever: the old test of "nothing
             # out and nothing left" spun on a stream followed by padding), the budget, or no progress
@@ -408,33 +414,36 @@ def check_inflated_size(data: bytes, name: str, max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"{name}: the deflated DICOM data set inflates past {budget:,} bytes (a decompression bomb?)"
         )
+    return total, b"".join(head)
 
 
 #: The most top-level elements a data set may have (real ones have hundreds: a sequence counts as one).
 MAX_ELEMENTS = 100_000
 #: The most bytes a data set may carry after its pixel data (trailing padding, a signature: kilobytes).
 MAX_TRAILING_BYTES = 2**20
+#: How much of a deflated data set the element walk inflates and keeps: its header (the pixel data, skipped by
+#: its length, need not be there).
+HEADER_WINDOW = 16 * 2**20
 
 
 def check_data_set(data: bytes, name: str, max_pixels: int) -> None:
-    """The checks a DICOM file passes before pydicom parses it whole: :func:`check_inflated_size`, then a walk
-    over its top-level elements' headers (no value converted, large values skipped) that refuses more than
-    :data:`MAX_ELEMENTS` of them or more than :data:`MAX_TRAILING_BYTES` after the pixel data: 190 MB of zeros
-    read as 31 million empty elements took pydicom two minutes, holding the only scoring worker."""
-    check_inflated_size(data, name, max_pixels)
+    """The checks a DICOM file passes before pydicom parses it whole: a deflated one inflates within its budget
+    (:func:`check_inflated_size`); then a walk over its top-level elements' headers (no value converted, large
+    values skipped by their length) refuses more than :data:`MAX_ELEMENTS` of them or more than
+    :data:`MAX_TRAILING_BYTES` after the pixel data: 190 MB of zeros read as 31 million empty elements took
+    pydicom two minutes, holding the only scoring worker. A deflated data set is walked on its first
+    :data:`HEADER_WINDOW` bytes, never inflated whole here."""
     if data[128:132] != b"DICM":
         return
-    import zlib
-
     from pydicom.filereader import data_element_generator
 
     syntax, start = file_meta(data, name)
-    try:
-        body = zlib.decompress(data[start:], -zlib.MAX_WBITS) if syntax == DEFLATED else data
-    except zlib.error as e:
-        raise ImageReadError(f"{name}: not a readable DICOM image (bad deflate stream)") from e
-    fp = io.BytesIO(body)
-    fp.seek(0 if syntax == DEFLATED else start)
+    if syntax == DEFLATED:
+        total, body = _inflate_bounded(data[start:], name, 2 * max_pixels + 2**20, keep=HEADER_WINDOW)
+        fp, origin = io.BytesIO(body), 0
+    else:
+        total, fp, origin = len(data), io.BytesIO(data), start
+    fp.seek(origin)
     implicit, little = syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2"
     try:
         for count, element in enumerate(data_element_generator(fp, implicit, little, defer_size=1024), 1):
@@ -443,7 +452,7 @@ def check_data_set(data: bytes, name: str, max_pixels: int) -> None:
                     f"{name}: a data set of more than {MAX_ELEMENTS:,} elements: refused before parsing"
                 )
             if element.tag == 0x7FE00010:
-                trailing = len(body) - fp.tell()
+                trailing = total - fp.tell()  # skipped by its length: the position is right past the window too
                 if trailing > MAX_TRAILING_BYTES:
                     raise ImageTooLargeError(
                         f"{name}: {trailing / 2**20:.1f} MB after its pixel data (at most "
