@@ -70,3 +70,21 @@ def test_a_stow_redirect_is_a_failure_and_the_sr_goes_nowhere_else(tmp_path):
         why = stow(client(base, session(redirects=False)), pydicom.dcmread(path))
     assert why == "the destination answered with a redirect, which is not followed"
     assert [r[0] for r in Archive.requests] == ["POST"]  # one POST, to the archive; none to /stolen
+
+
+def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tmp_path):
+    from helpers import free_port
+
+    from ccad.deploy.pacs.listener import Destination, ListenerSettings
+    from ccad.deploy.pacs.pull import pull
+    from ccad.models.card import DEFAULT_BUNDLE
+
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", result_process=False
+    )
+    with servers() as (base, _):
+        counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=60, max_instances=150)
+        away = pull(settings, f"{base}/away", since="20260101", timeout_s=60)
+    assert counts["found"] == 150 and counts["search_ended"].startswith("stopped at --max-instances 150")
+    assert counts["refused"] == 150  # the endless archive's "instances" are not DICOM: refused, none scored
+    assert away["found"] == 0 and "redirected to another host" in away["search_ended"]

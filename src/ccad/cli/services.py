@@ -177,10 +177,10 @@ def _run_dicom(args: argparse.Namespace) -> int | None:
             f"resumed from the spool, {counts['fetched']} fetched ({counts['fetch_failures']} could not be, "
             f"{counts['refused']} refused as the listener would); {counts['scored']} scored, "
             f"{counts['not_scored']} not scored (their reports say why), {counts['sent']} results sent"
-            + (f"; the search ended early: {counts['search_error']}" if "search_error" in counts else "")
+            + (f"; the search ended early: {counts['search_ended']}" if "search_ended" in counts else "")
             + ("" if counts["complete"] else f"; some results still wait in {args.spool} (run again to resume)")
         )
-        return 0 if counts["complete"] and not counts["fetch_failures"] else 1
+        return 0 if counts["complete"] and not counts["fetch_failures"] and "search_ended" not in counts else 1
     Listener(settings).serve_forever()
 
 

@@ -43,7 +43,8 @@ def pull(
     environment's ``CCAD_DICOMWEB_SOURCE_TOKEN`` or ``CCAD_DICOMWEB_SOURCE_USER`` / ``_PASSWORD``). The whole run
     ends by ``timeout_s``: the search, every fetch (each bounded in bytes and time) and the wait; the search
     stops at ``max_instances``. A misbehaving archive (an answer too large, too slow, not JSON, or redirecting
-    off the archive) ends the search with its reason in ``counts["search_error"]``."""
+    off the archive) ends the search with its reason in ``counts["search_ended"]``, as do ``max_instances`` and
+    the deadline; ``counts["complete"]``: every image taken has its results sent."""
     job = _Pull.open(Listener(settings, screener), source, timeout_s)
     job.listener.start(scp=False)
     http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
@@ -51,10 +52,14 @@ def pull(
         try:
             for uids in find_instances(http, source, study, since, job.deadline, max_instances):
                 job.fetch_and_take(http, *uids)
+            if job.counts["found"] >= max_instances:
+                job.counts["search_ended"] = f"stopped at --max-instances {max_instances}; run again for the rest"
+            elif time.monotonic() >= job.deadline:
+                job.counts["search_ended"] = "stopped at the --timeout; run again for the rest"
         except (ArchiveError, OSError) as e:  # requests' errors are OSErrors: the images taken still get results
-            job.counts["search_error"] = str(e) if isinstance(e, ArchiveError) else type(e).__name__
-            log.warning("the search of the archive ended: %s", job.counts["search_error"])
-        job.counts["complete"] = job.wait() and "search_error" not in job.counts
+            job.counts["search_ended"] = str(e) if isinstance(e, ArchiveError) else type(e).__name__
+            log.warning("the search of the archive ended: %s", job.counts["search_ended"])
+        job.counts["complete"] = job.wait()
     finally:
         job.listener.stop()
     stats = job.listener.stats
