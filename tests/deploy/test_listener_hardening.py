@@ -128,3 +128,41 @@ def test_a_data_set_padded_after_its_pixels_is_refused_at_admission(tmp_path):
     status, header = listener.admission(data + bytes(8 * 2**20))
     assert (status, header) == (0xA700, None) and listener.stats.refused_too_large == 1
     assert listener.admission(data)[0] == 0x0000
+
+
+def test_an_image_whose_scoring_passes_its_deadline_is_set_aside_and_the_next_is_scored(tmp_path):
+    import threading
+
+    import numpy as np
+    from helpers import make_xray_dicom
+
+    from ccad.screening import Screener
+
+    screener = Screener.load(DEFAULT_BUNDLE)
+    read, release = screener.read, threading.Event()
+
+    def stuck_on_the_first(upload):  # as pydicom was on 190 MB of zeros: two minutes on one image
+        if upload.name == "stuck":
+            release.wait(60)
+        return read(upload)
+
+    screener.read = stuck_on_the_first
+    settings = _settings(tmp_path / "spool", result_process=False, score_timeout_s=1.0)
+    listener = Listener(settings, screener).start(scp=False)
+    try:
+        rng = np.random.default_rng(0)
+        for key in ("stuck", "next"):
+            assert listener.take(key, make_xray_dicom(tmp_path / f"{key}.dcm", rng.random((64, 64))).read_bytes())
+        wait_for(lambda: listener.stats.scored == 1 and listener.stats.failed == 1, 60, "one set aside, one scored")
+    finally:
+        release.set()
+        listener.stop()
+    failed = tmp_path / "spool" / "failed"
+    assert (failed / "stuck.dcm").exists()
+    assert (failed / "stuck.reason.txt").read_text() == "reading and scoring took longer than 1 s\n"
+    assert sorted(p.name for p in (tmp_path / "spool" / "outbox").glob("*.dcm")) == ["next-0.dcm", "next-1.dcm"]
+
+
+def test_the_score_timeout_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="`score_timeout_s` must be positive"):
+        _settings(tmp_path / "spool", score_timeout_s=0).check()

@@ -48,6 +48,7 @@ PARAMETER_FLAGS = {
     "max_request_bytes": "--max-request-mb",
     "max_dataset_bytes": "--max-dataset-mb",
     "header_timeout_s": "--header-timeout",
+    "score_timeout_s": "--score-timeout",
     "engine_ray": "--engine ray",
 }
 _PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")

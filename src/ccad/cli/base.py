@@ -148,6 +148,14 @@ def add_delivery_args(s) -> None:
     s.add_argument("--int8", action="store_true", help="score with the bundle's INT8 model")
     s.add_argument("--workers", type=int, default=1, help="scoring threads")
     s.add_argument(
+        "--score-timeout",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds reading and scoring one image may take; past it the image is set aside in the spool's "
+        "failed/ folder with the reason, and the next is scored",
+    )
+    s.add_argument(
         "--queue-size",
         type=int,
         default=32,

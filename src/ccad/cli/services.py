@@ -149,6 +149,7 @@ def _run_dicom(args: argparse.Namespace) -> int | None:
         args.queue_size,
         args.retry_max_s,
         send_associations=args.send_associations,
+        score_timeout_s=args.score_timeout,
         max_dataset_bytes=int(args.max_dataset_mb * 2**20),
         metrics_port=args.metrics_port,
         result_log=Path(args.result_log) if args.result_log else None,

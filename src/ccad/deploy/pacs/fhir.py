@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -176,11 +177,14 @@ class FhirPoster:
             headers=headers,
         )
         context = ssl.create_default_context(cafile=self.ca_file) if self.base.startswith("https") else None
+        deadline = time.monotonic() + self.timeout_s
         try:  # urllib does not follow a redirect of a PUT: it arrives here as an HTTPError
             with urllib.request.urlopen(request, timeout=self.timeout_s, context=context) as answer:
-                status, body = answer.status, answer.read(MAX_ANSWER_BYTES + 1)
+                status, body = answer.status, _read_by(answer, deadline)
         except urllib.error.HTTPError as e:
             return f"FHIR server answered HTTP {e.code}"
+        if body is None:
+            return f"FHIR server's answer took longer than {self.timeout_s:g} s"
         if status not in (200, 201):
             return f"FHIR server answered HTTP {status}"
         return stored_answer(body, report["id"])
@@ -188,6 +192,21 @@ class FhirPoster:
 
 #: The most of a FHIR server's answer that is read (a report's echo is a few KB).
 MAX_ANSWER_BYTES = 2**20
+
+
+def _read_by(answer, deadline: float) -> bytes | None:
+    """Up to :data:`MAX_ANSWER_BYTES` + 1 bytes of ``answer`` as they arrive (``read1``), or None once
+    ``deadline`` (``time.monotonic()``) passes: the whole answer has a deadline, not only each read."""
+    chunks, seen = [], 0
+    while seen <= MAX_ANSWER_BYTES:
+        if time.monotonic() > deadline:
+            return None
+        chunk = answer.read1(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        seen += len(chunk)
+    return b"".join(chunks)
 
 
 def stored_answer(body: bytes, report_id: str) -> str | None:

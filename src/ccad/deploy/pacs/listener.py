@@ -111,6 +111,9 @@ class ListenerSettings:
     send_associations: int = 2
     #: Build the results in a separate process (False: in the worker threads).
     result_process: bool = True
+    #: How long reading, decoding and scoring one image may take; past it the image is set aside in
+    #: ``spool/failed/`` with the reason and the next is scored.
+    score_timeout_s: float = 120.0
     threads: int = 2
     max_pixels: int | None = None
     max_dataset_bytes: int = 256 * 2**20
@@ -135,6 +138,8 @@ class ListenerSettings:
             )
         if self.max_dataset_bytes < 2**20:
             raise ConfigError("`max_dataset_bytes` must be at least 1 MB")
+        if self.score_timeout_s <= 0:
+            raise ConfigError(f"`score_timeout_s` must be positive, got {self.score_timeout_s}")
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError(f"`metrics_port` must be a port number, got {self.metrics_port}")
         if self.drift_window < 20:
@@ -162,6 +167,10 @@ def _reason(error: Exception) -> str:
 def instance_key(sop_instance_uid: str) -> str:
     """How logs and spool files name an image: a hash of its UID, which says nothing of the patient."""
     return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:16]
+
+
+class ScoringTimeout(Exception):
+    """An image whose reading and scoring passed ``score_timeout_s``."""
 
 
 @dataclass
@@ -626,24 +635,11 @@ class Listener:
 
     def _process(self, path: Path) -> None:
         """Score one received image and store its results; whatever fails, the image either gets a result
-        (a report of why it was not scored, at least) or stays in ``spool/failed/`` with its reason."""
-        import pydicom
-
-        from ccad.errors import CcadError
-        from ccad.screening import Upload
-
+        (a report of why it was not scored, at least) or stays in ``spool/failed/`` with its reason: also one
+        whose reading and scoring passes ``score_timeout_s`` (:meth:`_score_in_time`)."""
         key = path.stem
-        prediction, reason = None, None
         try:
-            data = path.read_bytes()
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
-            reason = not_scored_reason(ds)
-            if reason is None:
-                try:
-                    upload = Upload(key, data, "the image")
-                    prediction = self.screener.score([key], [self.screener.read(upload)], with_heatmaps=True)[0]
-                except CcadError as e:
-                    reason = f"not readable: {_reason(e)}"
+            ds, prediction, reason = self._score_in_time(key, path.read_bytes())
             self._put_results(key, ds, prediction, reason)
             if self.settings.fhir:
                 try:
@@ -653,13 +649,12 @@ class Listener:
                     log.error("image %s: its FHIR report could not be made (%s)", key, type(e).__name__)
         except Exception as e:  # a bad image must never stop the listener, nor vanish
             self.stats.add("failed")
+            why = str(e) if isinstance(e, ScoringTimeout) else f"no result could be made ({type(e).__name__})"
             try:
-                self.spool.set_aside(path, f"no result could be made ({type(e).__name__})")
+                self.spool.set_aside(path, why)
             except FileNotFoundError:  # queued twice (a resume): the other handling took it
                 return
-            log.error(
-                "image %s: no result could be made (%s); kept in the spool's failed folder", key, type(e).__name__
-            )
+            log.error("image %s: %s; kept in the spool's failed folder", key, why)
             self._done(key)
             return
         path.unlink(missing_ok=True)
@@ -681,6 +676,44 @@ class Listener:
                 "" if prediction.in_distribution is not False else ", out of distribution",
             )
         self._wake_senders()
+
+    def _score_in_time(self, key: str, data: bytes):
+        """(data set, prediction, reason not scored) of one image, from a thread of its own given
+        ``score_timeout_s``: past it :class:`ScoringTimeout`, and the worker goes on to the next image (the
+        thread, which cannot be stopped, finishes on its own and its result is dropped)."""
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["value"] = self._score(key, data)
+            except BaseException as e:  # handed to the worker, which sets the image aside
+                box["error"] = e
+
+        thread = threading.Thread(target=work, name=f"ccad-dicom-score-{key}", daemon=True)
+        thread.start()
+        thread.join(self.settings.score_timeout_s)
+        if thread.is_alive():
+            raise ScoringTimeout(f"reading and scoring took longer than {self.settings.score_timeout_s:g} s")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    def _score(self, key: str, data: bytes):
+        """(data set, prediction, reason not scored) of one image: the admission rule, then the screener."""
+        import pydicom
+
+        from ccad.errors import CcadError
+        from ccad.screening import Upload
+
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        reason, prediction = not_scored_reason(ds), None
+        if reason is None:
+            try:
+                upload = Upload(key, data, "the image")
+                prediction = self.screener.score([key], [self.screener.read(upload)], with_heatmaps=True)[0]
+            except CcadError as e:
+                reason = f"not readable: {_reason(e)}"
+        return ds, prediction, reason
 
     def _done(self, key: str) -> None:
         if self.on_done is not None:
