@@ -88,3 +88,39 @@ def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tm
     assert counts["found"] == 150 and counts["search_ended"].startswith("stopped at --max-instances 150")
     assert counts["refused"] == 150  # the endless archive's "instances" are not DICOM: refused, none scored
     assert away["found"] == 0 and "redirected to another host" in away["search_ended"]
+
+
+def test_a_stow_answer_that_never_comes_fails_at_the_deadline_not_per_read(tmp_path):
+    import http.server
+    import threading
+
+    import numpy as np
+    import pydicom
+    from helpers import make_xray_dicom
+
+    class Silent(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            try:
+                for _ in range(600):  # a byte every 0.1 s: each read is quick, the answer never ends
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Silent)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    path = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((32, 32)))
+    try:
+        web = client(f"http://127.0.0.1:{server.server_port}", session(redirects=False))
+        assert stow(web, pydicom.dcmread(path), timeout_s=1.0) == "the destination did not answer within 1 s"
+    finally:
+        server.shutdown()

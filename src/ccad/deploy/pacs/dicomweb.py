@@ -110,8 +110,31 @@ def client(url: str, http, timeout_s: float = 30.0):
     return web
 
 
-def stow(web, dataset) -> str | None:
-    """Store one data set with STOW-RS; None when stored, else why not (in words, no value of the data set)."""
+def stow(web, dataset, timeout_s: float = 120.0) -> str | None:
+    """Store one data set with STOW-RS; None when stored, else why not (in words, no value of the data set).
+    The whole request has ``timeout_s`` (requests bounds each read only): past it the result is not counted
+    as stored and waits in the spool (a late success stores the same object, with the same UIDs, again)."""
+    import threading
+
+    box: dict = {}
+
+    def send() -> None:
+        try:
+            box["why"] = _stow(web, dataset)
+        except Exception as e:  # handed to the sender, as if it had called _stow itself
+            box["error"] = e
+
+    thread = threading.Thread(target=send, name="ccad-stow", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        return f"the destination did not answer within {timeout_s:g} s"
+    if "error" in box:
+        raise box["error"]
+    return box["why"]
+
+
+def _stow(web, dataset) -> str | None:
     import requests
 
     try:
