@@ -80,8 +80,9 @@ def session(
     if not redirects:
         # requests would follow a 307 anywhere, re-POSTing a STOW (the patient's name in it) to another host:
         # with none allowed, a redirect is a failure (QIDO and WADO follow theirs in :func:`bounded_get`, only
-        # to the archive's own origin)
+        # to the archive's own origin); and a destination's answer is read within MAX_ANSWER_BYTES
         s.max_redirects = 0
+        s.hooks["response"].append(_bounded_answer)
     token, user, password = (os.environ.get(f"{env}_{k}") for k in ("TOKEN", "USER", "PASSWORD"))
     if auth_file:
         try:
@@ -99,6 +100,25 @@ def session(
     elif user:
         s.auth = (user, password or "")
     return s
+
+
+#: The most of a destination's answer (a STOW-RS response) that is read: a few KB in practice.
+MAX_ANSWER_BYTES = 2**20
+
+
+class AnswerTooLarge(Exception):
+    """A destination's answer over :data:`MAX_ANSWER_BYTES`."""
+
+
+def _bounded_answer(response, *args, **kwargs):
+    """A response hook: read the answer here, within :data:`MAX_ANSWER_BYTES`, before requests would read all
+    of it (it reads a non-streamed body after the hooks, unless the body is already there)."""
+    body = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
+    if len(body) > MAX_ANSWER_BYTES:
+        response.close()
+        raise AnswerTooLarge(f"the destination's answer is over {MAX_ANSWER_BYTES // 2**20} MB")
+    response._content = body  # requests' own slot for a body already read
+    return response
 
 
 def client(url: str, http, timeout_s: float = 30.0):
@@ -139,6 +159,8 @@ def _stow(web, dataset) -> str | None:
 
     try:
         response = web.store_instances([dataset])
+    except AnswerTooLarge as e:
+        return str(e)
     except requests.exceptions.TooManyRedirects:
         return "the destination answered with a redirect, which is not followed"
     except requests.exceptions.HTTPError as e:
