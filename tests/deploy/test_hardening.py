@@ -490,6 +490,46 @@ def test_a_body_below_the_minimum_rate_is_408_after_the_grace_and_holds_no_infer
     assert held == 0  # every byte the bodies held is given back
 
 
+def test_the_bytes_a_body_held_go_back_when_its_client_leaves_or_it_is_cancelled(bundle):
+    import asyncio
+
+    from ccad.deploy.web import guard as module
+
+    async def app(scope, receive, send):
+        raise AssertionError("a body whose client left reached the app")
+
+    async def scenario():
+        guard = module.Guard(app, ServeSettings(bundle, workers=1, body_timeout_s=30))
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/api/v1/predict",
+            "headers": [(b"content-type", b"multipart/form-data; boundary=b")],
+        }
+        messages = iter([{"type": "http.request", "body": b"x" * 1000, "more_body": True}, {"type": "http.disconnect"}])
+        sent = []
+
+        async def receive():
+            return next(messages)
+
+        async def send(message):
+            sent.append(message)
+
+        await guard(scope, receive, send)  # the client leaves after 1,000 bytes
+
+        async def never():
+            await asyncio.sleep(3600)
+
+        stuck = asyncio.create_task(guard(scope, never, send))
+        await asyncio.sleep(0.05)
+        stuck.cancel()  # the server shutting down, say
+        await asyncio.gather(stuck, return_exceptions=True)
+        return sent, guard.buffered.held
+
+    sent, held = asyncio.run(scenario())
+    assert sent == [] and held == 0  # nothing answered to a client that left; every byte given back
+
+
 def test_34_slow_clients_do_not_shut_the_api_for_a_legitimate_one(live):
     """As many dripping uploads as workers + queue (2 + 32): every legitimate predict next to them is answered
     200 (it was 503 for as long as they dripped), and each slow one is cut with 408 after the grace."""

@@ -85,9 +85,11 @@ def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tm
     with servers() as (base, _):
         counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=60, max_instances=150)
         away = pull(settings, f"{base}/away", since="20260101", timeout_s=60)
+        exact = pull(settings, f"{base}/same", since="20260101", timeout_s=60, max_instances=PAGE)
     assert counts["found"] == 150 and counts["search_ended"].startswith("stopped at --max-instances 150")
     assert counts["refused"] == 150  # the endless archive's "instances" are not DICOM: refused, none scored
     assert away["found"] == 0 and "redirected to another host" in away["search_ended"]
+    assert exact["found"] == PAGE and "search_ended" not in exact  # exactly the limit: nothing left behind
 
 
 def test_a_stow_answer_that_never_comes_fails_at_the_deadline_not_per_read(tmp_path):

@@ -34,6 +34,19 @@ def test_a_second_listener_on_the_same_spool_is_refused_in_one_line(tmp_path):
     again.stop()
 
 
+def test_a_start_that_fails_leaves_the_spool_free(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError):
+            Listener(_settings(tmp_path / "spool", result_process=False, port=port)).start()
+    again = Listener(_settings(tmp_path / "spool", result_process=False)).start(scp=False)  # not "in use"
+    again.stop()
+
+
 def test_the_command_refuses_a_spool_another_process_holds(tmp_path):
     holder = Listener(_settings(tmp_path / "spool", result_process=False)).start(scp=False)
     try:

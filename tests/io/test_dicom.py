@@ -125,7 +125,7 @@ def test_rle_with_a_wrong_segment_count_and_a_codestream_of_another_size_are_ref
 )
 def test_pydicoms_own_files_of_other_modalities_are_not_scored(name, reason):
     with pytest.raises(NotScoredError, match=reason):
-        read_grayscale(pydicom_file(name))
+        read_grayscale(pydicom_file(name), admit=True)
 
 
 MR_VARIANTS = ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
@@ -151,9 +151,9 @@ def test_errors_say_what_happened_not_an_exception_type(uncompressed, tmp_path):
     ds = pydicom.dcmread(uncompressed)
     del ds.PixelData
     with pytest.raises(NotScoredError, match=r"^x\.dcm: no pixel data$"):
-        read_grayscale_bytes(_bytes(ds), "x.dcm")
+        read_grayscale_bytes(_bytes(ds), "x.dcm", admit=True)
     with pytest.raises(ImageReadError, match="no pixel data$"):
-        read_grayscale_bytes(_bytes(ds), "x.dcm", admit=False)
+        read_grayscale_bytes(_bytes(ds), "x.dcm")  # training and audits read what they are given
     truncated = uncompressed.read_bytes()[:2000]
     with pytest.raises(ImageReadError, match=r"^x\.dcm: its pixel data is shorter than its header says$"):
         read_grayscale_bytes(truncated, "x.dcm")
@@ -232,3 +232,21 @@ def test_the_screener_decodes_in_full_unless_its_intake_says_otherwise():
 
     assert Reader(224, "none").min_side is None
     assert Reader(224, "none", Intake(decode_min_side=512)).min_side == 512
+
+
+def test_a_12_bit_jpeg2000_codestream_decoded_a_level_down_keeps_its_stored_values(tmp_path):
+    """Pillow widens 12-bit samples to 16 bits (x16); the reduced decode shifts them back, so the modality and
+    VOI LUTs apply to stored values as in a full decode."""
+    from openjpeg.utils import encode_array
+    from pydicom.encaps import encapsulate
+
+    stored = (render_patient(np.random.default_rng(6), "covid", 1100) * 4095).astype(np.uint16)
+    ds = pydicom.dcmread(make_xray_dicom(tmp_path / "x.dcm", stored / 4095))
+    ds.PixelData = encapsulate([encode_array(ds.pixel_array, bits_stored=12)])
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
+    assert dicom.codestream_header("1.2.840.10008.1.2.4.90", dicom.first_frame(ds))["precision"] == 12
+    reduced = dicom.decode_reduced(ds, 512)
+    assert reduced.shape == (550, 550) and reduced.max() <= 4095
+    averaged = ds.pixel_array.reshape(550, 2, 550, 2).mean(axis=(1, 3))
+    assert abs(reduced.mean() - averaged.mean()) < 0.01 * 4096  # the same scale (unshifted: 16 times it)
+    assert np.corrcoef(reduced.ravel(), averaged.ravel())[0, 1] > 0.95

@@ -257,7 +257,7 @@ def test_zero_padding_after_the_pixel_data_is_refused_before_pydicom_parses_it(t
 
     plain = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((64, 64))).read_bytes()
     padded = plain + bytes(64 * 2**20)
-    with pytest.raises(ImageTooLargeError, match=r"64\.0 MB after its pixel data"):
+    with pytest.raises(ImageTooLargeError, match=r"64\.0 MB outside its pixel data"):
         read_grayscale_bytes(padded, "padded.dcm")
     ds = pydicom.dcmread(io.BytesIO(plain))
     ds.file_meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
@@ -268,9 +268,26 @@ def test_zero_padding_after_the_pixel_data_is_refused_before_pydicom_parses_it(t
     compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     deflated = buffer.getvalue()[:at] + compressor.compress(body) + compressor.flush()
     assert len(deflated) < 2**20
-    with pytest.raises(ImageTooLargeError, match="after its pixel data"):
+    with pytest.raises(ImageTooLargeError, match="outside its pixel data"):
         read_grayscale_bytes(deflated, "deflated.dcm")
     _, at = file_meta(plain, "x")
     before = plain[:at] + bytes(8 * (MAX_ELEMENTS + 10)) + plain[at:]  # a million empty elements first
     with pytest.raises(ImageTooLargeError, match="more than 100,000 elements"):
         read_grayscale_bytes(before, "before.dcm")
+    # the zeros inside a sequence of undefined length (one top-level element), and without the preamble
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(io.BytesIO(plain))
+    item = Dataset()
+    item.add_new(0x00091010, "OB", bytes(16 * 2**20))  # a private blob in an item: 16 MB
+    ds.ReferencedImageSequence = Sequence([item])
+    ds["ReferencedImageSequence"].is_undefined_length = True
+    nested = io.BytesIO()
+    ds.save_as(nested, enforce_file_format=True)
+    with pytest.raises(ImageTooLargeError, match=r"16\.0 MB outside its pixel data"):
+        read_grayscale_bytes(nested.getvalue(), "nested.dcm")
+    _, at = file_meta(plain, "x")
+    bare = plain[at:] + bytes(16 * 2**20)  # the data set alone (explicit VR), no preamble nor meta group
+    with pytest.raises(ImageTooLargeError, match="outside its pixel data"):
+        read_grayscale_bytes(bare, "bare.dcm")

@@ -48,7 +48,13 @@ class Rejected(dict):
 
 
 def _number(value, low: float = -math.inf, high: float = math.inf) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    """A finite int or float (not a boolean) in [low, high]: 1e999 parses as infinity and is not one."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and low <= value <= high
+    )
 
 
 def validate(obj: Any, rejected: Rejected) -> dict[str, Any] | None:

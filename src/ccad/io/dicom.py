@@ -4,7 +4,7 @@ header checked before anything is decoded, and the one rule for what is scored.
 Every path that takes DICOM uses this module: the listener negotiates exactly the syntaxes of
 :func:`supported_syntaxes`, ``ccad predict``, ``serve`` and ``dicom pull`` decode with :func:`decoding_plugin`,
 and all of them score only what :func:`not_scored_reason` lets through. ``docs/conformance.md`` is generated
-from the same tables (``python -m ccad.io.conformance``).
+from the same tables (``python -m ccad.deploy.pacs.conformance``).
 
 The decoders are pydicom's pixel backends over well-kept libraries: OpenJPEG (pylibjpeg-openjpeg) for JPEG 2000
 and HTJ2K, CharLS (pyjpegls) for JPEG-LS, GDCM (python-gdcm) for JPEG lossless, Pillow (libjpeg-turbo) for JPEG
@@ -212,14 +212,18 @@ def decode_reduced(ds, min_side: int):
 
     frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
     try:
+        precision = int(codestream_header(uid, frame)["precision"])
         with Image.open(io.BytesIO(frame), formats=["JPEG2000"]) as image:
             image.reduce = levels
             image.load()
-            if image.mode not in ("L", "I;16", "I;16L", "I;16B", "I"):
+            if image.mode not in ("L", "I;16", "I;16L", "I;16B"):
                 return None
-            return np.asarray(image)
-    except (OSError, ValueError, SyntaxError):  # a codestream Pillow cannot reduce: decoded in full instead
+            pixels = np.asarray(image)
+    except (OSError, ValueError, SyntaxError, ImageReadError):  # one Pillow cannot reduce: decoded in full
         return None
+    if pixels.dtype == np.uint16 and precision < 16:
+        pixels = pixels >> (16 - precision)  # Pillow widens samples of fewer bits to 16: back to stored values
+    return pixels
 
 
 # -- what is scored -----------------------------------------------------------------------------------

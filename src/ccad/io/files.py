@@ -86,7 +86,7 @@ def private_path(path: str | os.PathLike, what: str, folder: bool = False) -> Pa
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         flags = (os.O_RDONLY | os.O_DIRECTORY) if folder else (os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        fd = os.open(path, flags | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)  # a FIFO does not block the open
     except OSError as e:
         if e.errno == errno.ELOOP or path.is_symlink():  # O_NOFOLLOW met a symlink
             raise ConfigError(f"{what} {path}: is a symbolic link; give the real path") from None

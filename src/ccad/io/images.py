@@ -94,13 +94,13 @@ def check_readable(path: str | os.PathLike) -> Path:
 
 
 def read_grayscale(
-    path: str | os.PathLike, max_pixels: int | None = None, admit: bool = True, min_side: int | None = None
+    path: str | os.PathLike, max_pixels: int | None = None, admit: bool = False, min_side: int | None = None
 ) -> np.ndarray:
-    """Read an image file as a float32 grayscale array in [0, 1], shape (H, W). A DICOM image outside what
-    ccad scores (:func:`ccad.io.dicom.not_scored_reason`) raises :class:`NotScoredError` unless ``admit`` is
-    False (research use: score it anyway). With ``min_side``, a JPEG 2000 DICOM image may be decoded at a
-    lower resolution level of its own wavelet pyramid that keeps at least ``min_side`` pixels a side
-    (:func:`ccad.io.dicom.reduction`): what a 224 px model needs, in a fraction of the time.
+    """Read an image file as a float32 grayscale array in [0, 1], shape (H, W). With ``admit`` (what
+    screening passes; training and audits read their data as it is), a DICOM image outside what ccad scores
+    (:func:`ccad.io.dicom.not_scored_reason`) raises :class:`NotScoredError`. With ``min_side``, a JPEG 2000
+    DICOM image may be decoded at a lower resolution level of its own wavelet pyramid that keeps at least
+    ``min_side`` pixels a side (:func:`ccad.io.dicom.reduction`): what a 224 px model needs, faster.
 
     Raises:
         ImageReadError: the file is missing, unreadable, not an allowed image, corrupt, truncated, blank,
@@ -118,7 +118,7 @@ def read_grayscale(
 
 
 def read_grayscale_bytes(
-    data: bytes, name: str = "upload", max_pixels: int | None = None, admit: bool = True, min_side: int | None = None
+    data: bytes, name: str = "upload", max_pixels: int | None = None, admit: bool = False, min_side: int | None = None
 ) -> np.ndarray:
     """:func:`read_grayscale` for an in-memory file (an upload); ``name`` is used in messages only."""
     if not data:
@@ -127,7 +127,7 @@ def read_grayscale_bytes(
 
 
 def _read(
-    head: bytes, source, name: str, max_pixels: int, admit: bool = True, min_side: int | None = None
+    head: bytes, source, name: str, max_pixels: int, admit: bool = False, min_side: int | None = None
 ) -> np.ndarray:
     kind = sniff(head, name)
     if kind is None:
@@ -242,10 +242,10 @@ def validate_pixels(decoded, name: str) -> np.ndarray:
     return np.asarray(pixels, dtype=np.float32)
 
 
-def _read_dicom(source, name: str, max_pixels: int, admit: bool = True, min_side: int | None = None) -> np.ndarray:
+def _read_dicom(source, name: str, max_pixels: int, admit: bool = False, min_side: int | None = None) -> np.ndarray:
     """A DICOM image through the checks of :mod:`ccad.io.dicom` (size, the codestream's own header, what is
     scored) and then pydicom's pixel backend for its transfer syntax; every failure in words."""
-    data = source.read_bytes() if isinstance(source, Path) else _all_bytes(source, name)
+    data = _all_bytes(source, name)
     check_data_set(data, name, max_pixels)
     ds = _admitted_dicom(data, name, max_pixels, admit)
     pixels = _decode_dicom(ds, name, min_side)
@@ -329,7 +329,7 @@ def _decode_dicom(ds, name: str, min_side: int | None) -> np.ndarray:
 
 def _all_bytes(source, name: str) -> bytes:
     try:
-        return source.getvalue()
+        return source.read_bytes() if isinstance(source, Path) else source.getvalue()
     except OSError as e:
         raise ImageReadError(f"{name}: cannot be read ({e.strerror})") from None
 
@@ -419,25 +419,32 @@ def _inflate_bounded(stream: bytes, name: str, budget: int, keep: int = 0) -> tu
 
 #: The most top-level elements a data set may have (real ones have hundreds: a sequence counts as one).
 MAX_ELEMENTS = 100_000
-#: The most bytes a data set may carry after its pixel data (trailing padding, a signature: kilobytes).
-MAX_TRAILING_BYTES = 2**20
+#: The most bytes a data set may hold outside its pixel data: its header, its sequences, trailing padding, a
+#: signature (real ones: kilobytes to a few MB).
+MAX_OTHER_BYTES = 8 * 2**20
 #: How much of a deflated data set the element walk inflates and keeps: its header (the pixel data, skipped by
 #: its length, need not be there).
 HEADER_WINDOW = 16 * 2**20
+PIXEL_DATA = 0x7FE00010
 
 
 def check_data_set(data: bytes, name: str, max_pixels: int) -> None:
     """The checks a DICOM file passes before pydicom parses it whole: a deflated one inflates within its budget
-    (:func:`check_inflated_size`); then a walk over its top-level elements' headers (no value converted, large
-    values skipped by their length) refuses more than :data:`MAX_ELEMENTS` of them or more than
-    :data:`MAX_TRAILING_BYTES` after the pixel data: 190 MB of zeros read as 31 million empty elements took
-    pydicom two minutes, holding the only scoring worker. A deflated data set is walked on its first
-    :data:`HEADER_WINDOW` bytes, never inflated whole here."""
-    if data[128:132] != b"DICM":
-        return
+    (:func:`check_inflated_size`); then a walk over its top-level elements' headers (no value converted, the
+    pixel data skipped by its length) refuses more than :data:`MAX_ELEMENTS` of them, or more than
+    :data:`MAX_OTHER_BYTES` outside the pixel data, sequences and trailing padding included: 190 MB of zeros
+    read as 31 million empty elements took pydicom two minutes, holding the only scoring worker. A deflated
+    data set is walked on its first :data:`HEADER_WINDOW` bytes, never inflated whole here; one without the
+    preamble is walked from its first byte."""
     from pydicom.filereader import data_element_generator
 
-    syntax, start = file_meta(data, name)
+    if data[128:132] == b"DICM":
+        syntax, start = file_meta(data, name)
+    else:  # no preamble: the data set from byte 0, explicit VR when a VR follows the first tag (as pydicom guesses)
+        syntax, start = (
+            ("1.2.840.10008.1.2.1" if data[4:6].isalpha() and data[4:6].isupper() else "1.2.840.10008.1.2"),
+            0,
+        )
     if syntax == DEFLATED:
         total, body = _inflate_bounded(data[start:], name, 2 * max_pixels + 2**20, keep=HEADER_WINDOW)
         fp, origin = io.BytesIO(body), 0
@@ -445,24 +452,26 @@ def check_data_set(data: bytes, name: str, max_pixels: int) -> None:
         total, fp, origin = len(data), io.BytesIO(data), start
     fp.seek(origin)
     implicit, little = syntax == "1.2.840.10008.1.2", syntax != "1.2.840.10008.1.2.2"
+    other, before = total - origin, origin  # without pixel data, everything is "other"
     try:
         for count, element in enumerate(data_element_generator(fp, implicit, little, defer_size=1024), 1):
             if count > MAX_ELEMENTS:
                 raise ImageTooLargeError(
                     f"{name}: a data set of more than {MAX_ELEMENTS:,} elements: refused before parsing"
                 )
-            if element.tag == 0x7FE00010:
-                trailing = total - fp.tell()  # skipped by its length: the position is right past the window too
-                if trailing > MAX_TRAILING_BYTES:
-                    raise ImageTooLargeError(
-                        f"{name}: {trailing / 2**20:.1f} MB after its pixel data (at most "
-                        f"{MAX_TRAILING_BYTES // 2**20} MB): refused before parsing"
-                    )
-                return
+            if element.tag == PIXEL_DATA:  # skipped by its length: the position is right, past the window too
+                other = (before - origin) + (total - fp.tell())
+                break
+            before = fp.tell()
     except ImageReadError:
         raise
-    except Exception:  # a structure the walk cannot follow: pydicom's own parse says what is wrong with it
+    except Exception:  # a structure the walk cannot follow: pydicom's own parse fails on it as fast
         return
+    if other > MAX_OTHER_BYTES:
+        raise ImageTooLargeError(
+            f"{name}: {other / 2**20:.1f} MB outside its pixel data (at most {MAX_OTHER_BYTES // 2**20} MB): "
+            "refused before parsing"
+        )
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:

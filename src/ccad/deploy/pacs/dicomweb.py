@@ -199,9 +199,11 @@ def bounded_get(
     http, url: str, base: str, accept: str, max_bytes: int, deadline: float, params=None
 ) -> tuple[bytes, str]:
     """(body, content type) of a GET to the archive at ``base``, bounded three ways: the body is read as it
-    arrives and abandoned past ``max_bytes`` (:class:`TooLarge`); the whole request, redirects included, ends by
-    ``deadline`` (``time.monotonic()``), not only each read; a redirect is followed only to ``base``'s own
-    origin, and at most :data:`MAX_REDIRECTS` times (the session's credentials never go to another host)."""
+    arrives and abandoned past ``max_bytes`` (:class:`TooLarge`); the whole request, redirects included, is held
+    to ``deadline`` (``time.monotonic()``), checked between reads, each read waiting at most the time that was
+    left when the request started (so it ends within twice the time it was given, not only each read); a
+    redirect is followed only to ``base``'s own origin, and at most :data:`MAX_REDIRECTS` times (the session's
+    credentials never go to another host)."""
     import time
     from urllib.parse import urljoin
 
@@ -245,6 +247,7 @@ def find_instances(
     deadline: float | None = None,
     max_instances: int = MAX_INSTANCES,
     page_s: float = 60.0,
+    ended: dict | None = None,
 ) -> Iterator[tuple[str, str, str]]:
     """(study, series, instance) UIDs of the CR and DX instances of ``study``, or of the studies dated
     ``since`` (YYYYMMDD) or later, page by page (QIDO-RS, each page read within :data:`MAX_QIDO_BYTES` and
@@ -263,6 +266,8 @@ def find_instances(
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 log.warning("the search stopped at the pull's deadline, after %d instances", len(seen))
+                if ended is not None:
+                    ended["why"] = "stopped at the --timeout; run again for the rest"
                 return
             page_deadline = min(deadline or math.inf, time.monotonic() + page_s)
             body, _ = bounded_get(
@@ -279,8 +284,10 @@ def find_instances(
             for item in page:
                 uids = _uids(item)
                 if all(uids) and uids[2] not in seen:
-                    if len(seen) >= max_instances:
+                    if len(seen) >= max_instances:  # one more than the limit: there is a rest
                         log.warning("the search stopped at --max-instances %d", max_instances)
+                        if ended is not None:
+                            ended["why"] = f"stopped at --max-instances {max_instances}; run again for the rest"
                         return
                     seen.add(uids[2])
                     new += 1

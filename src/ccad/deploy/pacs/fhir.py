@@ -196,7 +196,8 @@ MAX_ANSWER_BYTES = 2**20
 
 def _read_by(answer, deadline: float) -> bytes | None:
     """Up to :data:`MAX_ANSWER_BYTES` + 1 bytes of ``answer`` as they arrive (``read1``), or None once
-    ``deadline`` (``time.monotonic()``) passes: the whole answer has a deadline, not only each read."""
+    ``deadline`` (``time.monotonic()``) passes, checked between reads (each waits at most the poster's
+    timeout): the whole answer has a deadline, within one read's timeout, not only each read."""
     chunks, seen = [], 0
     while seen <= MAX_ANSWER_BYTES:
         if time.monotonic() > deadline:

@@ -169,6 +169,10 @@ def instance_key(sop_instance_uid: str) -> str:
     return hashlib.sha256(sop_instance_uid.encode()).hexdigest()[:16]
 
 
+#: Timed-out scoring threads that may run on (each burns a core until its work ends).
+MAX_ABANDONED = 2
+
+
 class ScoringTimeout(Exception):
     """An image whose reading and scoring passed ``score_timeout_s``."""
 
@@ -312,17 +316,25 @@ class Listener:
         self._builder = None  # the result-building process pool (started by start)
         self._web = self._fhir = None  # the DICOMweb client and the FHIR poster, when configured
         self._spool_lock: int | None = None  # the spool's lock, held from start to stop
+        self._abandoned: list[threading.Thread] = []  # scoring threads past their deadline, still running
         #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
         self.on_done = None
 
     def start(self, scp: bool = True) -> "Listener":
         """Start scoring and sending, and (``scp``) the Storage SCP; ``ccad dicom pull`` feeds
         :meth:`take` instead."""
-        from pynetdicom import AE, _config, evt
-
         self.settings.check()  # before anything is created: settings that cannot work are refused at start
         self.spool.create()
         self._spool_lock = self.spool.lock()  # one listener or pull a spool
+        try:
+            return self._start(scp)
+        except BaseException:  # a port in use, a model that does not load: nothing is left held
+            self.stop()
+            raise
+
+    def _start(self, scp: bool) -> "Listener":
+        from pynetdicom import AE, _config, evt
+
         logging.getLogger("pynetdicom").setLevel(logging.WARNING)  # its INFO lines can carry identifiers
         _config.STORE_RECV_CHUNKED_DATASET = True  # received data sets go to a temporary file, not memory
         self._load_screener()
@@ -680,7 +692,9 @@ class Listener:
     def _score_in_time(self, key: str, data: bytes):
         """(data set, prediction, reason not scored) of one image, from a thread of its own given
         ``score_timeout_s``: past it :class:`ScoringTimeout`, and the worker goes on to the next image (the
-        thread, which cannot be stopped, finishes on its own and its result is dropped)."""
+        thread, which cannot be stopped, finishes on its own and its result is dropped). With
+        :data:`MAX_ABANDONED` such threads still running, the worker waits for the oldest to end before it
+        scores again: received images then wait in the queue, and a full queue answers 0xA700."""
         box: dict[str, Any] = {}
 
         def work() -> None:
@@ -689,10 +703,14 @@ class Listener:
             except BaseException as e:  # handed to the worker, which sets the image aside
                 box["error"] = e
 
+        self._abandoned = [t for t in self._abandoned if t.is_alive()]
+        while len(self._abandoned) >= MAX_ABANDONED:  # they burn the CPU: no more work until one ends
+            self._abandoned.pop(0).join()
         thread = threading.Thread(target=work, name=f"ccad-dicom-score-{key}", daemon=True)
         thread.start()
         thread.join(self.settings.score_timeout_s)
         if thread.is_alive():
+            self._abandoned.append(thread)
             raise ScoringTimeout(f"reading and scoring took longer than {self.settings.score_timeout_s:g} s")
         if "error" in box:
             raise box["error"]

@@ -47,15 +47,14 @@ def pull(
     the deadline; ``counts["complete"]``: every image taken has its results sent."""
     job = _Pull.open(Listener(settings, screener), source, timeout_s)
     job.listener.start(scp=False)
-    http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
     try:
+        http = session(source_auth, settings.ca_file, env="CCAD_DICOMWEB_SOURCE")  # QIDO-RS and WADO-RS alike
+        ended: dict = {}
         try:
-            for uids in find_instances(http, source, study, since, job.deadline, max_instances):
+            for uids in find_instances(http, source, study, since, job.deadline, max_instances, ended=ended):
                 job.fetch_and_take(http, *uids)
-            if job.counts["found"] >= max_instances:
-                job.counts["search_ended"] = f"stopped at --max-instances {max_instances}; run again for the rest"
-            elif time.monotonic() >= job.deadline:
-                job.counts["search_ended"] = "stopped at the --timeout; run again for the rest"
+            if "why" in ended:
+                job.counts["search_ended"] = ended["why"]
         except (ArchiveError, OSError) as e:  # requests' errors are OSErrors: the images taken still get results
             job.counts["search_ended"] = str(e) if isinstance(e, ArchiveError) else type(e).__name__
             log.warning("the search of the archive ended: %s", job.counts["search_ended"])

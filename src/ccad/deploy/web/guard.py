@@ -144,6 +144,8 @@ class Guard:
             return await _answer(send_with_headers, 413, too_large)
         try:  # the body first, holding no inference slot: a slow client keeps no one else waiting
             body = await _read_body(receive, limit, self.buffered, self.settings.body_timeout_s)
+        except ClientGone:
+            return None
         except SlowBody as e:
             return await _answer(send_with_headers, 408, str(e))
         except BufferFull:
@@ -212,17 +214,22 @@ class Budget:
             self.held -= n
 
 
+class ClientGone(Exception):
+    """The client disconnected before its body was whole: nothing to answer."""
+
+
 async def _read_body(receive, limit: int, budget: Budget, timeout_s: float) -> bytes | None:
     """The whole request body, or None as soon as it passes ``limit`` bytes (chunked or not). Each chunk must
     come before the body's average rate falls below :data:`MIN_BODY_RATE` (after :data:`GRACE_S`) and before
-    ``timeout_s`` from its start (:class:`SlowBody`); its bytes are taken from ``budget`` (:class:`BufferFull`),
-    and what a returned body holds is the caller's to give back once the request is answered."""
+    ``timeout_s`` from its start (:class:`SlowBody`); a client that leaves first raises :class:`ClientGone`.
+    Its bytes are taken from ``budget`` (:class:`BufferFull`) and given back on every way out but a returned
+    body, whose bytes the caller gives back once the request is answered."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    chunks, seen = [], 0
+    chunks, held, whole = [], 0, False
     try:
         while True:
-            due = min(start + timeout_s, start + max(GRACE_S, seen / MIN_BODY_RATE))
+            due = min(start + timeout_s, start + max(GRACE_S, held / MIN_BODY_RATE))
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, due - loop.time()))
             except asyncio.TimeoutError:
@@ -233,21 +240,20 @@ async def _read_body(receive, limit: int, budget: Budget, timeout_s: float) -> b
                     else f"the request body arrived slower than {MIN_BODY_RATE} bytes a second"
                 ) from None
             if message["type"] == "http.disconnect":
-                break
+                raise ClientGone()
             chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > limit:
-                budget.give(seen - len(chunk))
+            if held + len(chunk) > limit:
                 return None
             if not budget.take(len(chunk)):
                 raise BufferFull()
             chunks.append(chunk)
+            held += len(chunk)
             if not message.get("more_body", False):
-                break
-    except (SlowBody, BufferFull):
-        budget.give(sum(len(c) for c in chunks))
-        raise
-    return b"".join(chunks)
+                whole = True
+                return b"".join(chunks)
+    finally:
+        if not whole:  # refused, too large, gone, cancelled or failed: its bytes go back at once
+            budget.give(held)
 
 
 async def _answer(send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -68,7 +69,9 @@ async def read_form(request: Request, settings: ServeSettings) -> tuple[list[Upl
     for i, upload in enumerate(uploads):
         part = f"files[{i}]"  # what an error answer names: never the client's file name or content type
         data = await _checked_bytes(upload, part, settings)
-        width, height = _checked_size(data, part, settings)
+        # off the event loop: a DICOM's header walk and codestream check take a parse (tens of ms, more for
+        # a hostile one), which would hold every other connection
+        width, height = await run_in_threadpool(_checked_size, data, part, settings)
         pixels += width * height
         if pixels > settings.max_request_pixels:
             raise HTTPException(413, f"the request's images hold over {settings.max_request_pixels:,} pixels in all")
