@@ -10,7 +10,8 @@ behaviour, so ``http://127.0.0.1:PORT/big`` is an archive whose QIDO-RS answers 
   ``same``; ``empty``: no instance;
 - any POST (a STOW): a 307 to ``Archive.other_port``.
 
-Every request is recorded in ``Archive.requests``.
+Every request is recorded in ``Archive.requests``. :func:`serving` starts any handler on a free port, and
+:func:`answering` makes a one-answer server (a STOW or FHIR destination that drips or floods its answer).
 """
 
 import http.server
@@ -18,6 +19,7 @@ import json
 import threading
 import time
 from contextlib import contextmanager
+from typing import Callable, Iterator
 
 PAGE = 100
 
@@ -56,10 +58,7 @@ class Archive(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b" " * 2**20)
             self.wfile.write(b"]")
         elif route == "drip" or (route == "dripwado" and wado):
-            for _ in range(3000):
-                self.wfile.write(b" ")
-                self.wfile.flush()
-                time.sleep(0.2)
+            dripping(3000, 0.2)(self.wfile)
         elif route == "dripwado":
             self.wfile.write(json.dumps([instance(0)]).encode())
         elif route == "empty":
@@ -81,19 +80,61 @@ class Archive(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def dripping(count: int, interval: float) -> Callable:
+    """What writes an answer one byte every ``interval`` seconds, ``count`` times: each read is quick, the
+    answer takes ``count x interval``."""
+
+    def write(out) -> None:
+        for _ in range(count):
+            out.write(b" ")
+            out.flush()
+            time.sleep(interval)
+
+    return write
+
+
+def answering(write: Callable, length: int | None = None) -> type:
+    """A handler that answers every POST and PUT the same way: the body read, 200 (with ``length`` as its
+    Content-Length when given), then ``write(wfile)``; a client that leaves is no error."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            if length is not None:
+                self.send_header("Content-Length", str(length))
+            self.end_headers()
+            try:
+                write(self.wfile)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        do_POST = do_PUT = _answer  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    return Answer
+
+
+@contextmanager
+def serving(handler: type) -> Iterator[str]:
+    """``handler`` served on a free port of 127.0.0.1 (a thread a request); its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @contextmanager
 def servers():
     """The archive's base URL and the port of another server that only records what reaches it."""
     Archive.requests = []
-    archive = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Archive)
-    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Archive)
-    archive.daemon_threads = other.daemon_threads = True
-    Archive.other_port = other.server_port
-    for server in (archive, other):
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{archive.server_port}", other.server_port
-    finally:
-        for server in (archive, other):
-            server.shutdown()
-            server.server_close()
+    with serving(Archive) as base, serving(Archive) as other:
+        Archive.other_port = int(other.rsplit(":", 1)[1])
+        yield base, Archive.other_port

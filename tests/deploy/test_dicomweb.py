@@ -6,7 +6,6 @@ here)."""
 import http.server
 import json
 import threading
-import time
 
 import numpy as np
 import pydicom
@@ -338,32 +337,13 @@ def test_a_fhir_answer_counts_as_stored_only_when_it_is_the_report_or_an_outcome
 
 
 def test_a_fhir_answer_that_drips_fails_at_the_posters_deadline():
+    from hostile_archive import answering, dripping, serving
+
     from ccad.deploy.pacs.fhir import FhirPoster
 
-    class Drip(http.server.BaseHTTPRequestHandler):
-        def do_PUT(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            try:
-                for _ in range(1000):  # a byte every 0.1 s: 100 s in all, each read well within its timeout
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        poster = FhirPoster(f"http://127.0.0.1:{server.server_port}/fhir", timeout_s=1.0)
+    # a byte every 0.1 s of the 1,000 promised: 100 s in all, each read well within its timeout
+    with serving(answering(dripping(1000, 0.1), length=1000)) as base:
+        poster = FhirPoster(f"{base}/fhir", timeout_s=1.0)
         assert (
             poster.put({"resourceType": "DiagnosticReport", "id": "abc"}) == "FHIR server's answer took longer than 1 s"
         )
-    finally:
-        server.shutdown()

@@ -5,7 +5,7 @@ redirect, which must never re-send the SR elsewhere). Every read is bounded in b
 import time
 
 import pytest
-from hostile_archive import Archive, servers
+from hostile_archive import Archive, answering, dripping, servers, serving
 
 from ccad.deploy.pacs.dicomweb import (
     PAGE,
@@ -92,77 +92,33 @@ def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tm
     assert exact["found"] == PAGE and "search_ended" not in exact  # exactly the limit: nothing left behind
 
 
-def test_a_stow_answer_that_never_comes_fails_at_the_deadline_not_per_read(tmp_path):
-    import http.server
-    import threading
-
+def _xray(tmp_path):
     import numpy as np
     import pydicom
     from helpers import make_xray_dicom
 
-    class Silent(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/dicom+json")
-            self.end_headers()
-            try:
-                for _ in range(600):  # a byte every 0.1 s: each read is quick, the answer never ends
-                    self.wfile.write(b" ")
-                    self.wfile.flush()
-                    time.sleep(0.1)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+    return pydicom.dcmread(make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((32, 32))))
 
-        def log_message(self, *args):
-            pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Silent)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    path = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((32, 32)))
-    try:
-        web = client(f"http://127.0.0.1:{server.server_port}", session(redirects=False))
-        assert stow(web, pydicom.dcmread(path), timeout_s=1.0) == "the destination did not answer within 1 s"
-    finally:
-        server.shutdown()
+def test_a_stow_answer_that_never_comes_fails_at_the_deadline_not_per_read(tmp_path):
+    with serving(answering(dripping(600, 0.1))) as base:  # each read is quick, the answer takes a minute
+        web = client(base, session(redirects=False))
+        assert stow(web, _xray(tmp_path), timeout_s=1.0) == "the destination did not answer within 1 s"
 
 
 def test_a_stow_answer_past_its_size_is_not_read_whole(tmp_path):
-    import http.server
-    import threading
     import tracemalloc
 
-    import numpy as np
-    import pydicom
-    from helpers import make_xray_dicom
+    def flood(out):  # 64 MB, in 1 MB writes
+        for _ in range(64):
+            out.write(b" " * 2**20)
 
-    class Flood(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/dicom+json")
-            self.end_headers()
-            try:
-                for _ in range(64):  # 64 MB, in 1 MB writes
-                    self.wfile.write(b" " * 2**20)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flood)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    path = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((32, 32)))
-    try:
-        web = client(f"http://127.0.0.1:{server.server_port}", session(redirects=False))
+    xray = _xray(tmp_path)
+    with serving(answering(flood)) as base:
+        web = client(base, session(redirects=False))
         tracemalloc.start()
-        why = stow(web, pydicom.dcmread(path), timeout_s=30)
+        why = stow(web, xray, timeout_s=30)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-    finally:
-        server.shutdown()
     assert why == "the destination's answer is over 1 MB"
     assert peak < 16 * 2**20  # never the 64 MB answer
