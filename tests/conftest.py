@@ -63,10 +63,16 @@ def small_training(data, out, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="session")
 def run_and_bundle(synth_folders, tmp_path_factory):
+    """The synthetic run and its exported bundle. With ``CCAD_TEST_BUNDLE_CACHE=DIR`` (the mutation run,
+    ``benchmarks/mutation.py``: one pytest session a mutant, no mutant in training or export), made once in DIR
+    and reused by every later session."""
     from ccad.cli import main
     from ccad.data.synthetic import generate
 
-    root = tmp_path_factory.mktemp("bundle")
+    cache = os.environ.get("CCAD_TEST_BUNDLE_CACHE")
+    if cache and (Path(cache) / "bundle" / "ccad-model.json").is_file():
+        return Path(cache) / "run", Path(cache) / "bundle"
+    root = Path(cache) if cache else tmp_path_factory.mktemp("bundle")
     calibration = generate(root / "calibration", n_per_class=55, size=64, seed=7)
     assert main(small_training(synth_folders, root / "run")) == 0
     assert (

@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers import free_port
@@ -157,3 +158,115 @@ def _scraped_count(prometheus_port: int, timeout_s: float = 90) -> float | None:
             return float(result[0]["value"][1])
         time.sleep(0.5)
     return None
+
+
+def test_each_metric_and_log_field_holds_the_value_of_what_was_observed(tmp_path):
+    """Monitor.observe on hand-made predictions, read back from the registry's text page: p(COVID) before the
+    rule's temperature (not the decided class's probability), the drift PSI of the drift module, the flags."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ccad.deploy.monitoring import Monitor, ResultLog, pseudonym
+    from ccad.evaluation.drift import DriftCheck, psi
+    from ccad.scoring.score import Prediction
+
+    reference = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75] * 10)
+    distances = np.linspace(10.0, 20.0, 80)
+    log = tmp_path / "results.jsonl"
+    monitor = Monitor(
+        CollectorRegistry(), "listener", "covid", DriftCheck(reference, distances, window=4, bins=4), ResultLog(log)
+    )
+    # (decided class, raw p(covid), calibrated p(covid), in distribution, distance, lung QC)
+    seen = [
+        ("normal", 0.30, 0.20, True, 11.0, []),
+        ("covid", 0.80, 0.90, False, 25.0, ["no_lungs"]),
+        ("normal", 0.10, 0.05, True, 12.0, ["no_lungs", "small_lungs"]),
+        ("covid", 0.95, 0.99, True, 30.0, []),
+    ]
+    for decided, raw, calibrated, inside, distance, qc in seen:
+        probabilities = {"covid": calibrated, "normal": 1 - calibrated}
+        monitor.observe(
+            Prediction(
+                "x",
+                decided,
+                probabilities,
+                inside,
+                distance,
+                22.0,
+                list(qc),
+                raw_probabilities=np.array([raw, 1 - raw]),
+            ),
+            identity="1.2.3.4",
+        )
+    monitor.observe(Prediction("bad", error="not an image"))
+    got = samples(generate_latest(monitor.registry).decode())
+    a = (("adapter", "listener"),)
+    assert got[("ccad_images_scored_total", a)] == 4 and got[("ccad_image_errors_total", a)] == 1
+    assert got[("ccad_decisions_total", (*a, ("decision", "covid")))] == 2
+    assert got[("ccad_decisions_total", (*a, ("decision", "normal")))] == 2
+    assert got[("ccad_out_of_distribution_total", a)] == 1
+    assert got[("ccad_lung_qc_flags_total", (*a, ("flag", "no_lungs")))] == 2
+    assert got[("ccad_lung_qc_flags_total", (*a, ("flag", "small_lungs")))] == 1
+    assert got[("ccad_score_sum", a)] == pytest.approx(0.30 + 0.80 + 0.10 + 0.95)  # raw p(covid), each class
+    assert got[("ccad_score_bucket", (*a, ("le", "0.1")))] == 1 and got[("ccad_score_bucket", (*a, ("le", "0.3")))] == 2
+    assert (
+        got[("ccad_score_bucket", (*a, ("le", "0.8")))] == 3 and got[("ccad_score_bucket", (*a, ("le", "0.95")))] == 4
+    )
+    # the window is full after 4 images: the gauges hold the drift module's PSI of those 4 against the reference
+    raw_scores, seen_distances = [s[1] for s in seen], [s[4] for s in seen]
+    assert got[("ccad_drift_psi", (*a, ("signal", "score")))] == pytest.approx(psi(reference, raw_scores, bins=4))
+    assert got[("ccad_drift_psi", (*a, ("signal", "distance")))] == pytest.approx(
+        psi(distances, seen_distances, bins=4)
+    )
+    assert got[("ccad_drift", a)] == 1 and monitor.drift.state == "drift"  # distances all past the reference's
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["score"] for r in lines] == raw_scores and [r["decision"] for r in lines] == [s[0] for s in seen]
+    assert [r["positive"] for r in lines] == [False, True, False, True]
+    assert [r["in_distribution"] for r in lines] == [True, False, True, True]
+    assert [r["ood_distance"] for r in lines] == seen_distances and lines[2]["lung_qc"] == ["no_lungs", "small_lungs"]
+    assert {r["image"] for r in lines} == {pseudonym("1.2.3.4")} and [r["drift"] for r in lines][-1] == "drift"
+    assert all(r["adapter"] == "listener" for r in lines)
+    assert oct(log.stat().st_mode & 0o777) == "0o600" and '"score":0.3,' in log.read_text()  # compact lines
+    # a prediction without raw probabilities (a bundle without a temperature) is counted by its probabilities
+    monitor.observe(Prediction("y", "covid", {"covid": 0.6, "normal": 0.4}, True, 11.0, 22.0))
+    assert json.loads(log.read_text().splitlines()[-1])["score"] == 0.6
+
+
+METRICS = {  # what dashboards and alerting rules read: each family's name, type, help and labels
+    "ccad_images_scored": ("counter", "Images scored", ["adapter"]),
+    "ccad_image_errors": ("counter", "Images that could not be scored", ["adapter"]),
+    "ccad_decisions": ("counter", "Decisions by class", ["adapter", "decision"]),
+    "ccad_out_of_distribution": ("counter", "Images flagged out of distribution", ["adapter"]),
+    "ccad_lung_qc_flags": ("counter", "Lung-check flags", ["adapter", "flag"]),
+    "ccad_score": ("histogram", "Probability of the positive class", ["adapter"]),
+    "ccad_drift": ("gauge", "1 while the drift state is 'drift'", ["adapter"]),
+    "ccad_drift_psi": ("gauge", "Population stability index of the last window", ["adapter", "signal"]),
+    "ccad_result_log_errors": ("counter", "Result-log lines that could not be written", []),
+    "ccad_model_info": ("gauge", "The model bundle in use", ["card_sha256", "rule", "variant"]),
+}
+
+
+def test_the_metric_families_and_a_result_log_that_refuses_a_line(tmp_path, caplog):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from ccad.deploy.monitoring import Monitor, ResultLog
+    from ccad.evaluation.drift import DriftCheck
+    from ccad.scoring.score import Prediction
+
+    (tmp_path / "log").mkdir()  # a result log that is a directory: every append fails
+    monitor = Monitor(CollectorRegistry(), "api", "covid", DriftCheck(None, None), ResultLog(tmp_path / "log"))
+    monitor.model_info.labels("abc", "int8", "specificity-90").set(1)
+    monitor.observe(Prediction("y", "covid", {"covid": 0.6, "normal": 0.4}, True, 11.0, 22.0, ["no_lungs"]))
+    families = {f.name: f for f in monitor.registry.collect()}
+    assert {name: (f.type, f.documentation) for name, f in families.items()} == {
+        name: (kind, doc) for name, (kind, doc, _) in METRICS.items()
+    }
+    for name, f in families.items():
+        labels = {k for s in f.samples for k in s.labels if k != "le"}
+        assert sorted(labels) == (METRICS[name][2] if f.samples else []), name  # no PSI yet: no reference
+    text = generate_latest(monitor.registry).decode()
+    got = samples(text)
+    assert got[("ccad_result_log_errors_total", ())] == 1
+    assert got[("ccad_model_info", (("card_sha256", "abc"), ("rule", "specificity-90"), ("variant", "int8")))] == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "ccad.monitoring"] == [
+        f"result log {tmp_path / 'log'}: cannot append (Is a directory)"
+    ]

@@ -38,3 +38,50 @@ def test_the_state_stays_ok_in_distribution_and_turns_on_a_shift_and_back():
 def test_a_bundle_without_a_reference_has_no_drift_state():
     check = DriftCheck(None, None)
     assert not check.available and check.add(0.5, 10.0) is None and "no reference" in check.describe()
+
+
+def _scores_with_counts(targets, window=20):
+    """0/1 scores whose last ``window`` hold, in turn, each count of ones in ``targets`` (moved one a step)."""
+    recent, scores = [0, 1] * (window // 2), [0, 1] * (window // 2)
+    for target in targets:
+        while sum(recent) != target:
+            x = 1 if sum(recent) < target else 0
+            recent = recent[1:] + [x]
+            scores.append(x)
+    return scores
+
+
+def test_hysteresis_holds_the_drift_state_while_the_psi_wanders_between_off_and_on():
+    # two bins cut at 0.5, the reference 50 / 50; a window of 20 holding k ones has, by hand,
+    # PSI(k) = sum (now - 0.5) ln(now / 0.5), now = ((20 - k) + 0.5) / 21 and (k + 0.5) / 21:
+    # PSI(16) = 0.371 (past on), PSI(15) = 0.247 and PSI(14) = 0.153 (between off and on), PSI(13) = 0.084 (under off)
+    reference = np.array([0.0] * 50 + [1.0] * 50)
+    scores = _scores_with_counts([16, 14, 16, 15, 16, 14, 16, 14, 12])
+    distances = [i % 2 for i in range(len(scores))]  # always 10 of 20: PSI 0
+
+    def run(**bounds):
+        check = DriftCheck(reference, reference, window=20, bins=2, **bounds)
+        changes = []
+        for s, d in zip(scores, distances):
+            change = check.add(float(s), float(d))
+            if change:
+                changes.append((change, round(check.values["score"], 3)))
+        return changes
+
+    assert run() == [(OK, 0.0), (DRIFT, 0.371), (OK, 0.084)]
+    # the same stream does cross: without the band between off and on it turns at every crossing
+    flips = run(on=0.25, off=0.25)
+    assert flips[:3] == [(OK, 0.0), (DRIFT, 0.371), (OK, 0.247)] and len(flips) == 9
+
+
+def test_describe_is_one_line_with_each_signals_psi():
+    reference = np.array([0.0] * 50 + [1.0] * 50)
+    check = DriftCheck(reference, reference, window=20, bins=2)
+    for s, d in zip(_scores_with_counts([16]), [i % 2 for i in range(40)]):
+        check.add(float(s), float(d))
+    assert check.describe() == (
+        "drift state drift over the last 20 images (score PSI 0.371, distance PSI 0.000; drift past 0.25)"
+    )
+    assert DriftCheck(None, reference).describe() == (
+        "drift check unavailable: the model bundle has no reference distributions"
+    )

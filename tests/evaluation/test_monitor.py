@@ -173,3 +173,223 @@ def test_the_periods_psi_is_the_drift_modules_psi(tmp_path):
     overall = monitor(log, tmp_path / "out", reference=reference)["overall"]["psi"]
     assert overall["score"] == pytest.approx(psi(reference.reference_scores, scores), rel=1e-9)
     assert overall["distance"] == pytest.approx(psi(reference.reference_distances, distances), rel=1e-9)
+
+
+EDGES = [
+    ("2026-11-29T23:59:59.999+00:00", False, 0.1, True, [], "ok"),  # Sunday, last day of November's week 48
+    ("2026-11-30T00:00:00.000+00:00", True, 0.9, True, [], "ok"),  # Monday: a new week, still November
+    ("2026-11-30T23:30:00.000-02:00", False, 0.2, True, [], "ok"),  # 01:30 UTC on Tuesday 1 December
+    ("2026-12-31T23:59:59.000+00:00", True, 0.7, True, [], "ok"),
+    ("2027-01-01T00:00:00.000+00:00", False, 0.3, True, [], "ok"),
+]
+
+
+@pytest.mark.parametrize(
+    "period, counts",
+    [
+        ("day", {"2026-11-29": 1, "2026-11-30": 1, "2026-12-01": 1, "2026-12-31": 1, "2027-01-01": 1}),
+        ("week", {"2026-11-23": 1, "2026-11-30": 2, "2026-12-28": 2}),  # each week keyed by its Monday
+        ("month", {"2026-11": 2, "2026-12": 2, "2027-01": 1}),
+    ],
+)
+def test_each_period_holds_the_records_of_its_utc_days(tmp_path, capsys, period, counts):
+    log = _log(tmp_path / "r.jsonl", EDGES)
+    assert main(["monitor", str(log), "--out", str(tmp_path / "out"), "--period", period]) == 0
+    record = json.loads((tmp_path / "out" / "monitor.json").read_text())
+    assert record["period"] == period and {k: v["n"] for k, v in record["periods"].items()} == counts
+
+
+@pytest.mark.parametrize(
+    "since, until, kept",
+    [
+        ("2026-11-30", "2026-11-30", [1]),  # both ends inclusive; the record at -02:00 is 1 December in UTC
+        ("2026-12-01", "2026-12-31", [2, 3]),
+        ("2026-11-29", None, [0, 1, 2, 3, 4]),
+        (None, "2026-11-29", [0]),
+        ("2027-01-01", "2027-01-01", [4]),
+    ],
+)
+def test_since_and_until_keep_the_records_of_the_days_between_them_inclusive(tmp_path, capsys, since, until, kept):
+    log = _log(tmp_path / "r.jsonl", EDGES)
+    args = ["monitor", str(log), "--out", str(tmp_path / "out")]
+    args += ["--since", since] if since else []
+    args += ["--until", until] if until else []
+    assert main(args) == 0
+    record = json.loads((tmp_path / "out" / "monitor.json").read_text())
+    assert record["overall"]["n"] == len(kept)
+    assert record["overall"]["positive"]["k"] == sum(EDGES[i][1] for i in kept)
+    assert record["overall"]["mean_score"] == pytest.approx(np.mean([EDGES[i][2] for i in kept]))
+
+
+def test_a_period_with_no_records_is_one_line_naming_the_period(tmp_path, capsys):
+    log = _log(tmp_path / "r.jsonl", EDGES)
+    assert main(["monitor", str(log), "--out", str(tmp_path / "o"), "--since", "2027-01-02"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no result records in that period" in err
+
+
+class _Table(__import__("html.parser").parser.HTMLParser):
+    """The rows of an HTML page's table (each a list of its cells' texts) and its list items."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.rows, self.items, self._cell = [], [], None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th", "li"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.rows[-1].append(self._cell)
+        elif tag == "li":
+            self.items.append(self._cell)
+        if tag in ("td", "th", "li"):
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def _wilson(k, n, z=1.959964):
+    centre, half = (k + z * z / 2) / (n + z * z), z * np.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return [centre - half, centre + half]
+
+
+def _pct(k, n):
+    low, high = _wilson(k, n)
+    return f"{k / n:.1%} [{low:.1%}, {high:.1%}] ({k}/{n})"
+
+
+def test_the_record_and_the_page_hold_exactly_what_the_log_says(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")  # a machine away from UTC: every period is still a UTC day
+    time.tzset()
+    try:
+        lines = [
+            _line(time="2026-12-01T23:30:00-05:00", positive=True, score=0.75, lung_qc=["no_lungs"], drift="ok"),
+            _line(
+                time="2026-12-02T01:00:00",
+                score=0.0,
+                adapter="listener",
+                lung_qc=["no_lungs", "small_lungs"],
+                in_distribution=False,
+                ood_distance=0.0,
+                drift="drift",
+            ),  # fmt: skip
+            _line(time="2026-12-02T10:00:00+00:00", positive=True, score=1.0, lung_qc=["no_lungs"], drift="ok"),
+            _line(time="2026-12-01T08:00:00+00:00", score=0.25, in_distribution=None, ood_distance=None, drift=None),
+            _line(score=1.5),
+            _line(ood_distance=-0.5),
+            _line(in_distribution="yes"),
+            _line(lung_qc=["no_lungs", 3]),
+            "[1, 2]",
+        ]
+        (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
+        record = monitor(tmp_path / "r.jsonl", tmp_path / "a" / "b")  # the default period: a UTC day
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert set(record) == {"log", "period", "unreadable_lines", "rejected", "times_without_utc_offset_read_as_utc",
+                           "overall", "drift_changes", "periods", "note"}  # fmt: skip
+    assert (record["log"], record["period"], record["unreadable_lines"]) == ("r.jsonl", "day", 5)
+    assert record["rejected"] == {
+        "in_distribution missing or out of range": 1,
+        "lung_qc missing or out of range": 1,
+        "not a JSON object": 1,
+        "ood_distance missing or out of range": 1,
+        "score missing or out of range": 1,
+    }
+    assert record["times_without_utc_offset_read_as_utc"] == 1 and "not a diagnosis" in record["note"]
+    # 23:30 at -05:00 is 04:30 on 2 December in UTC; the time without an offset is read as UTC
+    assert list(record["periods"]) == ["2026-12-01", "2026-12-02"]
+    day1, day2, overall = record["periods"]["2026-12-01"], record["periods"]["2026-12-02"], record["overall"]
+    assert set(overall) == {"n", "first", "last", "positive", "out_of_distribution", "mean_score", "lung_qc",
+                            "scored_in_drift", "adapters"}  # fmt: skip
+    assert (day1["n"], day2["n"], overall["n"]) == (1, 3, 4)
+    assert day2["positive"] == {"k": 2, "n": 3, "value": pytest.approx(2 / 3), "ci95": pytest.approx(_wilson(2, 3))}
+    assert day2["out_of_distribution"]["k"] == 1 and day1["out_of_distribution"]["k"] == 0
+    assert day2["mean_score"] == pytest.approx((0.75 + 0.0 + 1.0) / 3) and day1["mean_score"] == 0.25
+    assert day2["lung_qc"] == {"no_lungs": 3, "small_lungs": 1} and day1["lung_qc"] == {}
+    assert (day2["scored_in_drift"], overall["scored_in_drift"]) == (1, 1)
+    assert overall["adapters"] == ["api", "listener"] and day1["adapters"] == ["api"]
+    assert (overall["first"], overall["last"]) == ("2026-12-01T23:30:00-05:00", "2026-12-01T08:00:00+00:00")
+    assert record["drift_changes"] == [
+        {"time": "2026-12-02T01:00:00", "from": "ok", "to": "drift"},
+        {"time": "2026-12-02T10:00:00+00:00", "from": "drift", "to": "ok"},
+    ]
+    text = (tmp_path / "a" / "b" / "monitor.json").read_text()
+    assert text == json.dumps(record, indent=2) + "\n"
+    page = _Table((tmp_path / "a" / "b" / "monitor.html").read_text())
+    assert page.rows == [
+        [
+            "period",
+            "images",
+            "called positive (95% CI)",
+            "out of distribution (95% CI)",
+            "mean score",
+            "scored in drift",
+        ],
+        ["2026-12-01", "1", _pct(0, 1), _pct(0, 1), "0.250", "0"],
+        ["2026-12-02", "3", _pct(2, 3), _pct(1, 3), "0.583", "1"],
+        ["all", "4", _pct(2, 4), _pct(1, 4), "0.500", "1"],
+    ]
+    assert page.items == ["2026-12-02T01:00:00: ok \u2192 drift", "2026-12-02T10:00:00+00:00: drift \u2192 ok"]
+    page_text = (tmp_path / "a" / "b" / "monitor.html").read_text()
+    assert "5 lines rejected\n(in_distribution missing or out of range: 1, lung_qc missing" in page_text
+    assert "1 times without a UTC offset read as UTC" in page_text
+
+
+def test_a_line_of_exactly_the_limit_is_read_and_one_byte_more_is_not(tmp_path):
+    from ccad.evaluation.monitor import MAX_LINE
+
+    def padded(size, score):
+        line = _line(score=score, pad="")
+        return _line(score=score, pad="x" * (size - 1 - len(line))) + "\n"  # size bytes with the newline
+
+    (tmp_path / "r.jsonl").write_text(padded(MAX_LINE, 0.25) + padded(MAX_LINE + 1, 0.5) + _line(score=0.75) + "\n")
+    records, rejected = read_log(tmp_path / "r.jsonl")
+    assert [r["score"] for r in records] == [0.25, 0.75] and rejected == 1
+
+
+def test_read_log_keeps_the_days_up_to_until_and_names_an_unreadable_log(tmp_path):
+    from datetime import date
+
+    from ccad.errors import DataError
+
+    records, _ = read_log(_log(tmp_path / "r.jsonl", ROWS), until=date(2026, 11, 30))
+    assert [r["time"] for r in records] == [row[0] for row in ROWS[:3]]
+    with pytest.raises(DataError, match="no result records in that period \\(1 rejected lines\\)"):
+        read_log(tmp_path / "r.jsonl", since=date(2027, 1, 1))
+    with pytest.raises(DataError, match="no result records \\(1 rejected lines\\)"):
+        read_log(_log(tmp_path / "e.jsonl", []))  # only the one line that is not JSON
+    with pytest.raises(DataError, match=r"missing.jsonl: cannot read the result log \(No such file"):
+        read_log(tmp_path / "missing.jsonl")
+
+
+def test_each_period_is_compared_with_the_reference_from_a_full_window(tmp_path):
+    from ccad.evaluation.drift import WINDOW, psi
+
+    reference = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0, reference_scores=np.linspace(0, 1, 100),
+                         reference_distances=np.linspace(8, 16, 100))  # fmt: skip
+    scores = [((i * 37) % 100) / 100 for i in range(WINDOW)]
+    rows = [
+        (f"2026-12-02T08:{i // 60:02d}:{i % 60:02d}.000+00:00", False, s, True, [], "ok") for i, s in enumerate(scores)
+    ]
+    record = monitor(_log(tmp_path / "r.jsonl", rows), tmp_path / "out", reference=reference)
+    overall = record["overall"]["psi"]  # exactly the window: measured
+    assert overall["score"] == pytest.approx(psi(np.linspace(0, 1, 100), scores))
+    distances = [10.0 + i for i in range(WINDOW)]  # the log's distances (see _log)
+    assert overall["distance"] == pytest.approx(psi(np.linspace(8, 16, 100), distances))
+    assert overall["note"] == f"measured only on {WINDOW} images or more"
+    page = _Table((tmp_path / "out" / "monitor.html").read_text())
+    assert page.rows[0][-2:] == ["score PSI", "distance PSI"] and page.items == ["none"]
+    assert page.rows[-1][-2:] == [f"{overall['score']:.3f}", f"{overall['distance']:.3f}"]
+    one_less = monitor(_log(tmp_path / "s.jsonl", rows[1:]), tmp_path / "o2", reference=reference)["overall"]["psi"]
+    assert one_less["score"] is None and one_less["distance"] is None
+    assert _Table((tmp_path / "o2" / "monitor.html").read_text()).rows[-1][-2:] == ["-", "-"]

@@ -1,0 +1,174 @@
+"""Mutation testing (mutmut): how many seeded bugs in each module the tests catch.
+
+    python benchmarks/mutation.py                       # every group; benchmarks/results/mutation.json
+    python benchmarks/mutation.py --group monitoring    # one group
+    python benchmarks/mutation.py --group monitoring --survivors   # and print each surviving mutant's diff
+
+For each group, the group's modules are mutated and the group's tests run against each mutant (mutmut runs,
+for a mutant, only the tests that reached its function). The run happens in a scratch copy of the tree
+(``src/``, ``tests/``, ``support/``, ``pyproject.toml``) whose ``[tool.mutmut]`` names the group, so the
+checkout is never touched. The tests' trained bundle is made once and reused by every mutant
+(``CCAD_TEST_BUNDLE_CACHE``): no mutated module trains or exports.
+
+A mutant is *killed* when a test fails (or the run times out, or crashes), *survived* when every test passes,
+*no tests* when no test reached it. Mutants listed in ``benchmarks/mutation_equivalent.json`` (name -> why the
+change cannot alter behaviour) are left out of the score and reported apart. The score of a module:
+killed / (killed + survived + no tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
+
+#: group -> (modules mutated, tests run)
+GROUPS = {
+    "site": (
+        ["src/ccad/deploy/calibrate.py", "src/ccad/evaluation/validate.py", "src/ccad/training/adapt.py"],
+        ["tests/deploy/test_calibrate.py", "tests/evaluation/test_validate.py", "tests/training/test_adapt.py"],
+    ),
+    "monitoring": (
+        ["src/ccad/evaluation/drift.py", "src/ccad/evaluation/monitor.py", "src/ccad/deploy/monitoring.py"],
+        ["tests/evaluation/test_drift.py", "tests/evaluation/test_monitor.py", "tests/deploy/test_monitoring.py"],
+    ),
+    "dicomweb": (
+        ["src/ccad/deploy/pacs/dicomweb.py", "src/ccad/deploy/pacs/pull.py", "src/ccad/deploy/pacs/fhir.py"],
+        ["tests/deploy/test_dicomweb.py", "tests/deploy/test_dicomweb_trust.py", "tests/deploy/test_hostile_archive.py"],
+    ),
+    "results": (
+        ["src/ccad/deploy/pacs/results.py"],
+        ["tests/deploy/test_result_uids.py", "tests/deploy/test_real_modalities.py"],
+    ),
+    "screening": (
+        ["src/ccad/screening/screener.py", "src/ccad/screening/results.py"],
+        ["tests/screening/test_screener.py"],
+    ),
+}
+
+
+def scratch_tree(group: str, work: Path) -> Path:
+    """A copy of the tree whose ``pyproject.toml`` configures mutmut for ``group``."""
+    modules, tests = GROUPS[group]
+    tree = work / group
+    for name in ("src", "tests", "support"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    config = "\n".join(
+        [
+            "[tool.mutmut]",
+            'source_paths = ["src"]',
+            f"only_mutate = {json.dumps(modules)}",
+            'also_copy = ["support"]',
+            f"pytest_add_cli_args_test_selection = {json.dumps([t for t in tests if (ROOT / t).exists()])}",
+            'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+        ]
+    )
+    text = (ROOT / "pyproject.toml").read_text()
+    (tree / "pyproject.toml").write_text(text + "\n" + config + "\n")
+    return tree
+
+
+def run_group(group: str, work: Path, children: int) -> dict:
+    tree = scratch_tree(group, work)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
+    started = time.monotonic()
+    with open(work / f"{group}.log", "w") as log:  # mutmut's progress, for `tail -f`
+        done = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
+            cwd=tree,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    if done.returncode != 0:
+        raise SystemExit(f"mutmut failed on {group}: see {work / (group + '.log')}")
+    return {"seconds": round(time.monotonic() - started), **tally(tree, GROUPS[group][0])}
+
+
+def tally(tree: Path, modules: list[str]) -> dict:
+    from mutmut.stats import status_by_exit_code
+
+    equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
+    out: dict = {"modules": {}}
+    for module in modules:
+        meta = json.loads((tree / "mutants" / (module + ".meta")).read_text())
+        counts = {"killed": 0, "survived": 0, "no tests": 0, "timeout": 0, "equivalent": 0, "other": 0}
+        survivors = []
+        for name, code in sorted(meta["exit_code_by_key"].items()):
+            status = status_by_exit_code[code]
+            if name in equivalent:
+                counts["equivalent"] += 1
+            elif status in ("killed", "timeout", "segfault"):
+                counts["killed" if status == "killed" else "timeout"] += 1
+            elif status in ("survived", "no tests"):
+                counts[status] += 1
+                survivors.append(name)
+            else:
+                counts["other"] += 1
+                survivors.append(name)
+        caught = counts["killed"] + counts["timeout"]
+        scored = caught + counts["survived"] + counts["no tests"] + counts["other"]
+        out["modules"][module] = {
+            **counts,
+            "score": round(caught / scored, 3) if scored else None,
+            "survivors": survivors,
+        }
+    return out
+
+
+def show(tree: Path, names: list[str]) -> None:
+    for name in names:
+        print(subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=tree, capture_output=True,
+                             text=True).stdout)  # fmt: skip
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--group", action="append", choices=sorted(GROUPS), help="default: every group")
+    p.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--survivors", action="store_true", help="print each surviving mutant's diff")
+    p.add_argument("--work", help="scratch folder, kept (default: a temporary one, removed); mutmut's log in it")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mutation.json"))
+    args = p.parse_args(argv)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ccad-mutation-"))
+    groups = args.group or list(GROUPS)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.exists() else {}
+    report.setdefault("groups", {})
+    try:
+        for group in groups:
+            result = run_group(group, work, args.children)
+            report["groups"][group] = {"tests": GROUPS[group][1], **result}
+            for module, r in result["modules"].items():
+                print(f"{module}: {r['score']} ({r['killed']} killed, {r['timeout']} timed out, {r['survived']} "
+                      f"survived, {r['no tests']} no tests, {r['equivalent']} equivalent)")  # fmt: skip
+                if args.survivors:
+                    show(work / group, r["survivors"])
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    import mutmut
+
+    report.update(tool=f"mutmut {mutmut.__version__}", date=time.strftime("%Y-%m-%d"), machine=_machine())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _machine() -> str:
+    cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    return f"{os.cpu_count()} cores, {cpu.group(1) if cpu else 'unknown CPU'}"
+
+
+if __name__ == "__main__":
+    main()
