@@ -44,7 +44,11 @@ GROUPS = {
     ),
     "dicomweb": (
         ["src/ccad/deploy/pacs/dicomweb.py", "src/ccad/deploy/pacs/pull.py", "src/ccad/deploy/pacs/fhir.py"],
-        ["tests/deploy/test_dicomweb.py", "tests/deploy/test_dicomweb_trust.py", "tests/deploy/test_hostile_archive.py"],
+        [
+            "tests/deploy/test_dicomweb.py",
+            "tests/deploy/test_dicomweb_trust.py",
+            "tests/deploy/test_hostile_archive.py",
+        ],
     ),
     "results": (
         ["src/ccad/deploy/pacs/results.py"],
