@@ -52,7 +52,7 @@ GROUPS = {
     ),
     "results": (
         ["src/ccad/deploy/pacs/results.py"],
-        ["tests/deploy/test_result_uids.py", "tests/deploy/test_real_modalities.py"],
+        ["tests/deploy/test_results.py"],
     ),
     "screening": (
         ["src/ccad/screening/screener.py", "src/ccad/screening/results.py"],
