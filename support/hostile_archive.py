@@ -10,12 +10,14 @@ behaviour, so ``http://127.0.0.1:PORT/big`` is an archive whose QIDO-RS answers 
   ``same``; ``empty``: no instance;
 - any POST (a STOW): a 307 to ``Archive.other_port``.
 
-Every request is recorded in ``Archive.requests``. :func:`serving` starts any handler on a free port, and
-:func:`answering` makes a one-answer server (a STOW or FHIR destination that drips or floods its answer).
+Every request is recorded in ``Archive.requests``. :func:`serving` starts any handler on a free port (http, or
+https with a certificate), and :func:`answering` makes a one-answer server (a STOW or FHIR destination that drips
+or floods its answer).
 """
 
 import http.server
 import json
+import ssl
 import threading
 import time
 from contextlib import contextmanager
@@ -119,13 +121,19 @@ def answering(write: Callable, length: int | None = None) -> type:
 
 
 @contextmanager
-def serving(handler: type) -> Iterator[str]:
-    """``handler`` served on a free port of 127.0.0.1 (a thread a request); its base URL."""
+def serving(handler: type, certificate=None) -> Iterator[str]:
+    """``handler`` served on a free port of 127.0.0.1 (a thread a request); its base URL. With ``certificate`` (a
+    PEM file holding the certificate and its key) over https."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    if certificate is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    # a short poll: leaving the block (shutdown) takes a few ms, not half a second
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"{'https' if certificate is not None else 'http'}://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()

@@ -77,6 +77,8 @@ def session(
 
     s = requests.Session()
     s.verify = str(ca_file) if ca_file else True
+    if ca_file:
+        _keep_verify(s)
     if not redirects:
         # requests would follow a 307 anywhere, re-POSTing a STOW (the patient's name in it) to another host:
         # with none allowed, a redirect is a failure (QIDO and WADO follow theirs in :func:`bounded_get`, only
@@ -84,7 +86,8 @@ def session(
         s.max_redirects = 0
         s.hooks["response"].append(_bounded_answer)
     token, user, password = (os.environ.get(f"{env}_{k}") for k in ("TOKEN", "USER", "PASSWORD"))
-    if auth_file:
+    if auth_file:  # the file's credentials, in place of the environment's
+        token = user = password = None
         try:
             line = Path(auth_file).read_text().strip().splitlines()[0].strip()
         except (OSError, IndexError):
@@ -100,6 +103,21 @@ def session(
     elif user:
         s.auth = (user, password or "")
     return s
+
+
+def _keep_verify(s) -> None:
+    """Have session ``s`` verify with its own ``verify`` (the site's ``ca_file``): requests replaces a session's
+    ``verify`` with ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE`` from the environment on every request that gives
+    none itself, so wherever those are set (many systems set them) the site's authority would be ignored."""
+    merge = s.merge_environment_settings
+
+    def merged(url, proxies, stream, verify, cert):
+        settings = merge(url, proxies, stream, verify, cert)
+        if verify is None:  # the request gave none: the session's, not the environment's
+            settings["verify"] = s.verify
+        return settings
+
+    s.merge_environment_settings = merged
 
 
 #: The most of a destination's answer (a STOW-RS response) that is read: a few KB in practice.
