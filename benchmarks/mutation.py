@@ -65,6 +65,7 @@ def scratch_tree(group: str, work: Path) -> Path:
     """A copy of the tree whose ``pyproject.toml`` configures mutmut for ``group``."""
     modules, tests = GROUPS[group]
     tree = work / group
+    shutil.rmtree(tree, ignore_errors=True)  # a fresh copy, and a fresh run: mutmut keeps results in mutants/
     for name in ("src", "tests", "support"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     config = "\n".join(

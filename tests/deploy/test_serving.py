@@ -2,7 +2,6 @@
 
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -150,10 +149,11 @@ def test_api_key(bundle):
 def test_full_pool_answers_503_with_retry_after(bundle, monkeypatch):
     from ccad.deploy.web import service
 
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     original = service.prepare
 
     def slow(*args):
+        entered.set()
         release.wait(10)
         return original(*args)
 
@@ -161,7 +161,7 @@ def test_full_pool_answers_503_with_retry_after(bundle, monkeypatch):
     with TestClient(create_app(ServeSettings(bundle, workers=1, queue=0))) as c:
         first = threading.Thread(target=lambda: post(c, ("a.png", png_bytes(), "image/png")))
         first.start()
-        time.sleep(0.5)
+        assert entered.wait(30)  # the one worker holds the first image
         r = post(c, ("b.png", png_bytes(), "image/png"))
         release.set()
         first.join()

@@ -45,19 +45,27 @@ def bin_edges(reference: np.ndarray, bins: int = BINS) -> np.ndarray:
 
 def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Each bin's share of ``values``, smoothed by half a value per bin."""
-    counts = np.bincount(np.searchsorted(edges, np.asarray(values, np.float64), side="right"), minlength=len(edges) + 1)
+    return _smoothed(
+        np.bincount(np.searchsorted(edges, np.asarray(values, np.float64), side="right"), minlength=len(edges) + 1)
+    )
+
+
+def _smoothed(counts: np.ndarray) -> np.ndarray:
     return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
 
 
 def psi(reference: np.ndarray, values: np.ndarray, bins: int = BINS) -> float:
-    """The population stability index of ``values`` against ``reference``."""
-    edges = bin_edges(reference, bins)
-    ref, now = shares(reference, edges), shares(values, edges)
-    return float(np.sum((now - ref) * np.log(now / ref)))
+    """The population stability index of ``values`` against ``reference``: a :class:`Signal` that counted them."""
+    signal = Signal.of(reference, bins)
+    signal.counts += np.bincount([signal.bin(v) for v in np.asarray(values, np.float64)], minlength=len(signal.counts))
+    return signal.psi()
 
 
 @dataclass
 class Signal:
+    """One signal's reference shares and a window's counts in the reference's bins: the one PSI of the live
+    check, of ``ccad monitor`` and of :func:`psi`."""
+
     edges: np.ndarray
     reference: np.ndarray  # the reference's smoothed shares
     counts: np.ndarray  # the window's counts per bin
@@ -71,7 +79,7 @@ class Signal:
         return int(np.searchsorted(self.edges, value, side="right"))
 
     def psi(self) -> float:
-        now = (self.counts + 0.5) / (self.counts.sum() + 0.5 * len(self.counts))
+        now = _smoothed(self.counts)
         return float(np.sum((now - self.reference) * np.log(now / self.reference)))
 
 
