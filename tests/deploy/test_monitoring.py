@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from helpers import free_port
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ccad.deploy.web import ServeSettings, create_app
@@ -270,3 +271,64 @@ def test_the_metric_families_and_a_result_log_that_refuses_a_line(tmp_path, capl
     assert [r.getMessage() for r in caplog.records if r.name == "ccad.monitoring"] == [
         f"result log {tmp_path / 'log'}: cannot append (Is a directory)"
     ]
+
+
+def test_a_screeners_monitor_names_its_bundle_and_logs_each_drift_change(tmp_path, caplog):
+    import logging
+    import re
+    from types import SimpleNamespace
+
+    from ccad.deploy.monitoring import Monitor
+
+    card = SimpleNamespace(to_dict=lambda: {"b": 2, "a": 1})
+    reference = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75] * 30)
+    screener = SimpleNamespace(
+        ood=SimpleNamespace(reference_scores=reference, reference_distances=np.linspace(10.0, 20.0, 240)),
+        positive_class="covid",
+        card=card,
+        variant="int8",
+        decision=SimpleNamespace(rule="specificity-90"),
+    )
+    caplog.set_level(logging.INFO, logger="ccad.monitoring")
+    monitor = Monitor.for_screener(screener, "listener", result_log=tmp_path / "r.jsonl")
+    assert monitor.drift.window == 200 and monitor.drift.available
+    assert monitor.drift.reference_distances is screener.ood.reference_distances
+    got = samples(generate_latest(monitor.registry).decode())
+    card_hash = hashlib.sha256(b'{"a": 1, "b": 2}').hexdigest()[:16]  # the card, keys sorted
+    assert got[("ccad_model_info", (("card_sha256", card_hash), ("rule", "specificity-90"), ("variant", "int8")))] == 1
+    assert not caplog.records  # a reference: no warning
+    for i in range(200):  # a window like the reference, then one far from it
+        monitor.observe(_scored(reference[i], 10.0 + i * 0.05))
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "drift state ok" in caplog.records[0].getMessage()
+    for i in range(200):
+        monitor.observe(_scored(0.1234567, 50.0))
+    assert [r.levelname for r in caplog.records] == ["INFO", "WARNING"]
+    assert caplog.records[1].getMessage().startswith("drift state drift over the last 200 images")
+    last = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[-1])
+    assert last["score"] == 0.123457 and last["drift"] == "drift"  # p(covid) to 6 places
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", last["time"])
+
+
+def test_a_monitor_without_a_reference_warns_once_and_logs_no_drift_state(tmp_path, caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from ccad.deploy.monitoring import Monitor
+
+    screener = SimpleNamespace(ood=None, positive_class="covid", card=None, variant="float",
+                               decision=SimpleNamespace(rule=None))  # fmt: skip
+    caplog.set_level(logging.INFO, logger="ccad.monitoring")
+    monitor = Monitor.for_screener(screener, "api", result_log=tmp_path / "r.jsonl")
+    assert [r.getMessage() for r in caplog.records] == [
+        "drift check unavailable: the model bundle has no reference distributions"
+    ]
+    got = samples(generate_latest(monitor.registry).decode())
+    assert got[("ccad_model_info", (("card_sha256", ""), ("rule", ""), ("variant", "float")))] == 1
+    monitor.observe(_scored(0.5, 10.0))
+    assert json.loads((tmp_path / "r.jsonl").read_text())["drift"] is None
+
+
+def _scored(p, distance):
+    from ccad.scoring.score import Prediction
+
+    return Prediction("x", "covid" if p >= 0.5 else "normal", {"covid": p, "normal": 1 - p}, True, distance, 30.0)

@@ -85,3 +85,55 @@ def test_describe_is_one_line_with_each_signals_psi():
     assert DriftCheck(None, reference).describe() == (
         "drift check unavailable: the model bundle has no reference distributions"
     )
+
+
+def test_a_value_on_an_edge_counts_in_the_bin_above_and_an_empty_top_bin_is_kept():
+    from ccad.evaluation.drift import Signal, shares
+
+    # edges 0.5 and 0.7: bins (-inf, 0.5), [0.5, 0.7), [0.7, inf); each share smoothed by half a value
+    assert shares([0.1, 0.5, 0.5], np.array([0.5, 0.7])) == pytest.approx(np.array([1.5, 2.5, 0.5]) / 4.5)
+    signal = Signal.of(np.array([0.0, 0.25, 0.5, 0.75]), bins=2)  # one edge: the median, 0.375
+    assert signal.bin(0.375) == 1 and signal.bin(0.3749) == 0
+    # all values in the lower bin: PSI by hand, the reference's shares 2.5 / 5 each
+    now, ref = np.array([4.5, 0.5]) / 5, np.array([0.5, 0.5])
+    assert psi(np.array([0.0, 0.25, 0.5, 0.75]), [0.0, 0.1, 0.2, 0.3], bins=2) == pytest.approx(
+        np.sum((now - ref) * np.log(now / ref))
+    )
+
+
+def test_the_psi_of_an_unequal_reference_by_hand():
+    from ccad.evaluation.drift import Signal
+
+    signal = Signal(np.array([0.5]), reference=np.array([0.8, 0.2]), counts=np.array([3, 7]))
+    now = [3.5 / 11, 7.5 / 11]  # the window's shares, smoothed by half an image a bin
+    expected = (now[0] - 0.8) * math.log(now[0] / 0.8) + (now[1] - 0.2) * math.log(now[1] / 0.2)
+    assert signal.psi() == pytest.approx(expected) and expected == pytest.approx(1.0352, abs=1e-4)
+
+
+def test_an_image_without_a_score_or_a_distance_is_not_counted():
+    reference = np.array([0.0] * 50 + [1.0] * 50)
+    check = DriftCheck(reference, reference, window=2, bins=2)
+    assert [check.add(0.0, None), check.add(None, 1.0), check.add(None, None)] == [None] * 3
+    assert check.state == WARMING_UP and check._signals is None  # nothing counted, nothing fitted yet
+    assert check.add(0.0, 1.0) is None and check.add(1.0, 0.0) == OK  # the second image fills the window
+
+
+def test_a_psi_equal_to_on_is_not_drift_and_one_equal_to_off_is_not_ok():
+    from ccad.evaluation.drift import Signal
+
+    reference = np.array([0.0] * 50 + [1.0] * 50)
+    distances = [i % 2 for i in range(200)]
+
+    def psi_of(k):  # the PSI of a window of 20 holding k ones, as the check computes it
+        return Signal(np.array([0.5]), np.array([0.5, 0.5]), np.array([20 - k, k])).psi()
+
+    def changes(**bounds):
+        check, out = DriftCheck(reference, reference, window=20, bins=2, **bounds), []
+        for s, d in zip(_scores_with_counts([16, 12]), distances):
+            if check.add(float(s), float(d)):
+                out.append((check.state, round(check.values["score"], 4)))
+        return out
+
+    assert changes(on=psi_of(16)) == [(OK, 0.0)]  # reaches on, never passes it
+    assert changes(on=psi_of(15)) == [(OK, 0.0), (DRIFT, round(psi_of(16), 4)), (OK, round(psi_of(13), 4))]
+    assert changes(off=psi_of(13)) == [(OK, 0.0), (DRIFT, round(psi_of(16), 4)), (OK, round(psi_of(12), 4))]

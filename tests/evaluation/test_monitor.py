@@ -390,6 +390,85 @@ def test_each_period_is_compared_with_the_reference_from_a_full_window(tmp_path)
     page = _Table((tmp_path / "out" / "monitor.html").read_text())
     assert page.rows[0][-2:] == ["score PSI", "distance PSI"] and page.items == ["none"]
     assert page.rows[-1][-2:] == [f"{overall['score']:.3f}", f"{overall['distance']:.3f}"]
+    assert page.rows[-1][:2] == ["all", str(WINDOW)] and all(len(row) == 8 for row in page.rows)
     one_less = monitor(_log(tmp_path / "s.jsonl", rows[1:]), tmp_path / "o2", reference=reference)["overall"]["psi"]
     assert one_less["score"] is None and one_less["distance"] is None
     assert _Table((tmp_path / "o2" / "monitor.html").read_text()).rows[-1][-2:] == ["-", "-"]
+
+
+def test_validate_reads_a_time_without_an_offset_as_utc_whatever_the_machines_zone(monkeypatch):
+    import time
+    from datetime import datetime, timezone
+
+    from ccad.evaluation.monitor import Rejected, validate
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        rejected = Rejected()
+        first = validate(json.loads(_line(time="2026-12-01T22:00:00")), rejected)
+        second = validate(json.loads(_line(time="2026-12-01T23:00:00.5")), rejected)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert first["_time"] == datetime(2026, 12, 1, 22, tzinfo=timezone.utc) and first["_time"].tzinfo == timezone.utc
+    assert second["_time"].hour == 23 and rejected.naive_times == 2 and not rejected
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"time": 20261201}, "time missing or out of range"),
+        ({"time": "yesterday"}, "time missing or out of range"),
+        ({"time": None}, "time missing or out of range"),
+        ({"positive": 1}, "positive missing or out of range"),
+        ({"drift": "maybe"}, "drift missing or out of range"),
+        ({"score": True}, "score missing or out of range"),
+    ],
+)
+def test_a_record_with_a_bad_field_is_rejected_by_its_name(change, reason):
+    from ccad.evaluation.monitor import Rejected, validate
+
+    rejected = Rejected()
+    assert validate(json.loads(_line(**change)), rejected) is None and rejected == {reason: 1}
+
+
+def test_the_optional_fields_may_be_missing():
+    from ccad.evaluation.monitor import Rejected, validate
+
+    record = json.loads(_line())
+    for name in ("lung_qc", "in_distribution", "ood_distance", "drift", "adapter"):
+        del record[name]
+    rejected = Rejected()
+    assert validate(record, rejected)["score"] == 0.2 and not rejected
+
+
+def test_a_guard_without_drift_references_gives_no_psi(tmp_path):
+    guard = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0)  # an older bundle: no reference scores
+    record = monitor(_log(tmp_path / "r.jsonl", ROWS), tmp_path / "out", reference=guard)
+    assert "psi" not in record["overall"] and all("psi" not in p for p in record["periods"].values())
+
+
+def test_the_pages_table_and_lists_are_well_formed(tmp_path):
+    import html as html_module
+
+    rows = [("2026-12-02T08:00:00.000+00:00", False, 0.25, True, [], "ok")]
+    path = tmp_path / "r.jsonl"
+    path.write_text(_line(time=rows[0][0]) + "\n")
+    monitor(path, tmp_path / "out")
+    page_text = (tmp_path / "out" / "monitor.html").read_text()
+    page = _Table(page_text)
+    table = (
+        "<table><tr>"
+        + "".join(f"<th>{h}</th>" for h in page.rows[0])
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html_module.escape(c)}</td>" for c in row) + "</tr>" for row in page.rows[1:])
+        + "</table>"
+    )
+    assert table in page_text and len(page.rows) == 3 and all(len(row) == 6 for row in page.rows)
+    assert "<ul><li>none</li></ul>" in page_text and "0 lines rejected\n(none);" in page_text
+    _log(path, ROWS)
+    monitor(path, tmp_path / "out2")
+    changes = _Table((tmp_path / "out2" / "monitor.html").read_text()).items
+    expected = "".join(f"<li>{item.replace(chr(0x2192), '&rarr;')}</li>" for item in changes)
+    assert f"<ul>{expected}</ul>" in (tmp_path / "out2" / "monitor.html").read_text() and len(changes) == 2

@@ -212,14 +212,6 @@ class Tally:
         return out
 
 
-def summarize(records: Iterable[dict[str, Any]], reference=None) -> dict[str, Any]:
-    """The counts of ``records`` (:class:`Tally`)."""
-    tally = Tally(reference)
-    for r in records:
-        tally.add(r)
-    return tally.summary()
-
-
 class DriftChanges(list):
     """When the live drift state changed, added to a record at a time: from ``ok`` to ``drift`` and back, and
     the first full window when it was already in ``drift``."""
