@@ -292,6 +292,7 @@ def test_a_screeners_monitor_names_its_bundle_and_logs_each_drift_change(tmp_pat
     caplog.set_level(logging.INFO, logger="ccad.monitoring")
     monitor = Monitor.for_screener(screener, "listener", result_log=tmp_path / "r.jsonl")
     assert monitor.drift.window == 200 and monitor.drift.available
+    assert Monitor.for_screener(screener, "api", window=50).drift.window == 50
     assert monitor.drift.reference_distances is screener.ood.reference_distances
     got = samples(generate_latest(monitor.registry).decode())
     card_hash = hashlib.sha256(b'{"a": 1, "b": 2}').hexdigest()[:16]  # the card, keys sorted
