@@ -2,12 +2,13 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from ccad.cli import main
-from ccad.deploy.calibrate import minimum_images, threshold_for
+from ccad.deploy.calibrate import _achieved, _threshold_interval, _wilson, minimum_images, parse_target, threshold_for
 from ccad.errors import ConfigError
 from ccad.screening import Screener
 
@@ -21,8 +22,111 @@ def test_the_specificity_threshold_keeps_exactly_the_share_asked_below_it():
     assert (positives >= threshold).sum() == 45 and 0.10 < threshold < 0.12
 
 
+def test_the_threshold_is_midway_between_the_last_image_kept_and_the_next():
+    scores = np.array([0.7, 0.1, 0.9, 0.3, 1.0, 0.5, 0.2, 0.8, 0.4, 0.6])  # 0.1 .. 1.0, unsorted
+    # specificity 0.80 of 10: ceil(8) = 8 kept below, the 8th (0.8) and the 9th (0.9): (0.8 + 0.9) / 2
+    assert threshold_for(scores, "specificity", 0.80) == pytest.approx(0.85)
+    # sensitivity 0.80 of 10: 8 at or above, from the 3rd (0.3) up; the 2nd is 0.2: (0.2 + 0.3) / 2
+    assert threshold_for(scores, "sensitivity", 0.80) == pytest.approx(0.25)
+    nine = np.arange(1, 10) / 10  # 0.1 .. 0.9
+    # specificity 0.95 of 9: ceil(8.55) = 9, all of them: midway from 0.9 to 0.9 + 1e-6
+    assert threshold_for(nine, "specificity", 0.95) == pytest.approx(0.9000005, abs=1e-12)
+    # sensitivity 0.95 of 9: all 9 at or above: midway from 0.1 to half of it, 0.05: 0.075
+    assert threshold_for(nine, "sensitivity", 0.95) == pytest.approx(0.075)
+
+
 def test_how_many_images_a_target_needs():
     assert (minimum_images(0.90), minimum_images(0.95), minimum_images(0.99)) == (50, 100, 500)
+    # 0.5: 5 / 0.5 = 10, under the floor of 50; 0.92: 5 / 0.08 = 62.5, up to 63; 0.97: 5 / 0.03 = 166.7, up to 167
+    assert (minimum_images(0.5), minimum_images(0.92), minimum_images(0.97)) == (50, 63, 167)
+
+
+def test_a_target_is_read_as_its_rate_and_value():
+    assert parse_target("specificity=0.90") == ("specificity", 0.9)
+    assert parse_target("sensitivity=0.5") == ("sensitivity", 0.5)  # the lowest allowed
+    assert parse_target("sensitivity=0.999") == ("sensitivity", 0.999)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "specificity=1.0",
+        "specificity=0.49",
+        "specificity=90",
+        "sensitivity=nan",
+        "specificity=high",
+        "specificity=",
+        "specificity0.90",
+        "recall=0.90",
+        "=0.90",
+    ],
+)
+def test_a_target_outside_its_form_or_range_is_refused(text):
+    with pytest.raises(ConfigError, match=re.escape("expected specificity=T or sensitivity=T with T in [0.5, 1)")):
+        parse_target(text)
+
+
+def _wilson_by_hand(k, n, z=1.959963984540054):
+    """The Wilson score interval: (k + z^2/2) / (n + z^2) +- z sqrt(k (n - k) / n + z^2 / 4) / (n + z^2)."""
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(k * (n - k) / n + z * z / 4) / (n + z * z)
+    return [centre - half, centre + half]
+
+
+def test_the_wilson_interval_of_a_proportion():
+    # 9 of 10: centre (9 + 1.9207) / 13.8415 = 0.78899, half 1.96 sqrt(0.9 + 0.96037) / 13.8415 = 0.19314
+    assert _wilson(9, 10) == {"value": 0.9, "k": 9, "n": 10, "ci95": pytest.approx([0.59585, 0.98212], abs=1e-5)}
+    # 0 of 10: centre 1.9207 / 13.8415 = 0.13877 and half 1.96 sqrt(0.96037) / 13.8415 = 0.13877
+    assert _wilson(0, 10)["ci95"] == pytest.approx([0.0, 0.27753], abs=1e-5)
+    assert _wilson(18, 20)["ci95"] == pytest.approx(_wilson_by_hand(18, 20))
+
+
+# Ten negatives, one of them (0.6) on the threshold, and five positives, one on it, interleaved:
+# at 0.6, 6 negatives are below (specificity 6/10) and 4 positives at or above (sensitivity 4/5; missed 1/5)
+NEGATIVES = [0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.6, 0.65, 0.8, 0.9]
+POSITIVES = [0.3, 0.6, 0.7, 0.85, 0.95]
+Y = np.array([0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0], bool)
+SCORES = np.zeros(len(Y))
+SCORES[~Y], SCORES[Y] = NEGATIVES, POSITIVES
+
+
+@pytest.mark.parametrize("name", ["specificity", "sensitivity"])
+def test_calibrate_reports_the_sensitivity_not_the_miss_rate(name):
+    achieved = _achieved(SCORES, Y, 0.6, name)
+    assert list(achieved) == [name, {"specificity": "sensitivity", "sensitivity": "specificity"}[name]]
+    # 6 of 10 negatives: centre (6 + 1.9207) / 13.8415 = 0.57225, half 1.96 sqrt(2.4 + 0.96037) / 13.8415 = 0.25957
+    assert achieved["specificity"] == {
+        "value": 0.6,
+        "k": 6,
+        "n": 10,
+        "ci95": pytest.approx([0.31267, 0.83182], abs=1e-5),
+    }
+    # 4 of 5 positives: centre (4 + 1.9207) / 8.8415 = 0.66966, half 1.96 sqrt(0.8 + 0.96037) / 8.8415 = 0.29412
+    assert achieved["sensitivity"] == {
+        "value": 0.8,
+        "k": 4,
+        "n": 5,
+        "ci95": pytest.approx([0.37553, 0.96378], abs=1e-5),
+    }
+
+
+def test_without_the_other_class_only_the_targets_rate_is_reported():
+    negatives = ~Y
+    achieved = _achieved(SCORES[negatives], Y[negatives], 0.6, "specificity")
+    assert achieved == {"specificity": _wilson(6, 10), "sensitivity": None}
+    # one positive is still a count: found at 0.6, 1 of 1
+    one = np.append(SCORES[negatives], 0.6), np.append(Y[negatives], True)
+    assert _achieved(*one, 0.6, "specificity")["sensitivity"] == _wilson(1, 1)
+
+
+def test_the_thresholds_interval_is_the_middle_95_percent_of_its_bootstrap_refits():
+    scores = np.arange(1, 101) / 100  # 0.01 .. 1.00; specificity 0.90 puts the threshold at 0.905
+    # a refit sits at or below j/100 when at least 91 of 100 draws are: P = binom.sf(90, 100, j/100), which
+    # crosses 2.5% between 0.83 and 0.84 and 97.5% between 0.94 and 0.95 (so the ends are 0.835 and 0.95)
+    assert _threshold_interval(scores, "specificity", 0.90, seed=0) == pytest.approx([0.835, 0.95])
+    # the positives' side, around 0.105 (at most 10 of 100 draws below it)
+    assert _threshold_interval(scores, "sensitivity", 0.90, seed=0) == pytest.approx([0.06, 0.175])
+    assert _threshold_interval(scores, "specificity", 0.90, seed=1) == pytest.approx([0.84, 0.95])
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +172,53 @@ def test_calibrating_to_a_specificity_on_a_sites_normals(bundle, site, tmp_path,
     predictions = list(Screener.load(out).screen(files))
     kept = sum(p.predicted_class == "normal" for p in predictions)
     assert kept >= math.ceil(0.9 * 60) and record["achieved"]["specificity"]["k"] == kept
+    assert record["achieved"]["sensitivity"] is None  # no covid images given: nothing to report
     covid = [p.probabilities["covid"] for p in predictions]
     assert all((p.predicted_class == "covid") == (c >= record["threshold"]) for p, c in zip(predictions, covid))
+
+
+@pytest.mark.parametrize("target", ["specificity=0.90", "sensitivity=0.90"])
+def test_the_card_records_the_rates_counted_at_the_new_threshold(bundle, site, tmp_path, capsys, target):
+    from ccad.models.card import ModelCard
+
+    out = tmp_path / "site-bundle"
+    assert main(["calibrate", "--model", str(bundle), "--data", str(site), "--target", target, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # the base bundle's p(covid) of each of the site's 60 covid and 60 normal images, counted here by hand
+    base = Screener.load(bundle)
+    score = {
+        c: np.array([p.probabilities["covid"] for p in base.screen(sorted((site / c).glob("*.png")))])
+        for c in ("covid", "normal")
+    }
+    name = target.split("=")[0]
+    if name == "specificity":  # 54 of 60 normals below: midway from the 54th to the 55th
+        normal = np.sort(score["normal"])
+        threshold = (normal[53] + normal[54]) / 2
+    else:  # 54 of 60 covid at or above: midway from the 7th lowest to the 6th
+        covid = np.sort(score["covid"])
+        threshold = (covid[6] + covid[5]) / 2
+    kept, found = int((score["normal"] < threshold).sum()), int((score["covid"] >= threshold).sum())
+    assert (kept if name == "specificity" else found) == 54
+    assert found not in (0, 30, 60) and kept not in (0, 30, 60)  # the rate and its complement differ
+    card = ModelCard.load(out)
+    record = card.extra["site_calibration"]
+    assert (
+        record["threshold"] == pytest.approx(threshold, abs=1e-9) and card.decision["threshold"] == record["threshold"]
+    )
+    assert card.decision["rule"] == f"{name}-0.90 at the site"
+    assert card.decision["fitted_on"].endswith("(n=60 non-covid)" if name == "specificity" else "(n=60 covid)")
+    achieved = record["achieved"]
+    assert {k: achieved["specificity"][k] for k in ("value", "k", "n")} == {"value": kept / 60, "k": kept, "n": 60}
+    assert {k: achieved["sensitivity"][k] for k in ("value", "k", "n")} == {"value": found / 60, "k": found, "n": 60}
+    assert achieved["specificity"]["ci95"] == pytest.approx(_wilson_by_hand(kept, 60), abs=1e-9)
+    assert achieved["sensitivity"]["ci95"] == pytest.approx(_wilson_by_hand(found, 60), abs=1e-9)
+    low, high = record["threshold_bootstrap_ci95"]
+    assert low <= threshold <= high and low < high
+    # and the command says the same
+    for rate, k in {"specificity": kept, "sensitivity": found}.items():
+        lo, hi = _wilson_by_hand(k, 60)
+        label = rate if rate == name else f"{rate} at it:"
+        assert f"{label} {k / 60:.3f} [{lo:.3f}, {hi:.3f}]" in printed, printed
 
 
 def test_a_calibrated_bundle_can_be_signed_and_still_verifies(bundle, site, tmp_path):
