@@ -48,6 +48,7 @@ GROUPS = {
             "tests/deploy/test_dicomweb.py",
             "tests/deploy/test_dicomweb_trust.py",
             "tests/deploy/test_hostile_archive.py",
+            "tests/deploy/test_fhir.py",
         ],
     ),
     "results": (
