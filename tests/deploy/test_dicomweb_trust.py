@@ -62,9 +62,11 @@ def site(dicom: bytes = b"", refuse_puts: int = 0) -> type:
     class Site(http.server.BaseHTTPRequestHandler):
         seen: list = []
         puts: list = []
+        queries: list = []  # each request's path with its query
 
         def _record(self) -> None:
             self.seen.append((self.command, self.path.split("?")[0], self.headers.get("Authorization")))
+            self.queries.append(self.path)
 
         def _answer(self, status: int, body: bytes = b"", kind: str = "application/json") -> None:
             self.send_response(status)
@@ -105,7 +107,7 @@ def site(dicom: bytes = b"", refuse_puts: int = 0) -> type:
         def log_message(self, *args):
             pass
 
-    Site.seen, Site.puts = [], []
+    Site.seen, Site.puts, Site.queries = [], [], []
     return Site
 
 
@@ -456,3 +458,50 @@ def test_an_archive_that_ignores_the_offset_is_read_once_a_modality_not_for_ever
     # CR: the page, then the same page again (nothing new: stop); DX: the same page, nothing new: stop
     assert len(_Offsetless.paths) == 3
     assert ["Modality=CR" in r for r in _Offsetless.paths] == [True, True, False]
+
+
+# --- what pull asks the archive, and what it opens ---------------------------------------------------------------
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_pull_asks_the_archive_for_its_study_or_its_dates_and_opens_no_dicom_port(xray, tmp_path):
+    from urllib.parse import parse_qs, urlsplit
+
+    from helpers import free_port
+
+    from ccad.deploy.pacs.pull import pull
+
+    port, probes = free_port(), []
+    source = site(xray)
+
+    class Probing(source):  # while the pull runs: is anything listening on the listener's DICOM port?
+        def do_GET(self):  # noqa: N802
+            probes.append(_listening(port))
+            super().do_GET()
+
+    with serving(Probing) as archive, serving(site()) as pacs:
+        settings = _pull_settings(tmp_path, pacs, pacs, port=port)
+        by_study = pull(settings, archive, study="1.2.3", timeout_s=30)
+        by_date = pull(_pull_settings(tmp_path / "2", pacs, pacs, port=port), archive, since="20260101", timeout_s=30)
+    assert by_study["found"] == by_date["found"] == 1 and probes and not any(probes)
+    qido = [urlsplit(q) for q in source.queries if "/series/" not in q]
+    assert qido[0].path == "/studies/1.2.3/instances" and "StudyDate" not in parse_qs(qido[0].query)
+    dated = [parse_qs(q.query) for q in qido if q.path == "/instances"]
+    assert dated and all(q["StudyDate"] == ["20260101-"] for q in dated)
+    assert {q["Modality"][0] for q in dated} == {"CR", "DX"}
+
+
+def test_a_source_that_cannot_be_reached_ends_the_search_with_the_errors_name(tmp_path):
+    from helpers import free_port
+
+    from ccad.deploy.pacs.pull import pull
+
+    with serving(site()) as pacs:
+        counts = pull(_pull_settings(tmp_path, pacs, pacs), f"http://127.0.0.1:{free_port()}", timeout_s=30)
+    assert counts["search_ended"] == "ConnectionError" and counts["found"] == 0 and counts["complete"] is True

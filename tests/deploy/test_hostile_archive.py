@@ -92,6 +92,22 @@ def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tm
     assert exact["found"] == PAGE and "search_ended" not in exact  # exactly the limit: nothing left behind
 
 
+def test_a_pull_against_an_endless_archive_stops_at_its_timeout_and_says_so(tmp_path):
+    from helpers import free_port
+
+    from ccad.deploy.pacs.listener import Destination, ListenerSettings
+    from ccad.deploy.pacs.pull import pull
+    from ccad.models.card import DEFAULT_BUNDLE
+
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", result_process=False
+    )
+    with servers() as (base, _):
+        counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=3, max_instances=10**9)
+    assert counts["search_ended"] == "stopped at the --timeout; run again for the rest"
+    assert counts["found"] == counts["refused"] > 0
+
+
 def _xray(tmp_path):
     import numpy as np
     import pydicom
