@@ -49,6 +49,7 @@ GROUPS = {
             "tests/deploy/test_dicomweb_trust.py",
             "tests/deploy/test_hostile_archive.py",
             "tests/deploy/test_fhir.py",
+            "tests/deploy/test_stow.py",
         ],
     ),
     "results": (
