@@ -117,3 +117,132 @@ def test_a_server_that_never_answers_fails_by_the_posters_timeout():
             poster.put(REPORT)
     finally:
         silent.close()
+
+
+def _observation(i, code, display, **value):
+    concept = {"coding": [{"system": "urn:ccad:codes", "code": code, "display": display}], "text": display}
+    return {"resourceType": "Observation", "id": f"obs{i}", "status": "preliminary", "code": concept, **value,
+            "device": {"reference": "#device"}}  # fmt: skip
+
+
+def _quantity(value):
+    return {"value": value, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}
+
+
+def _source():
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3.4", "1.2.3", "1.2.3.5"
+    ds.SOPClassUID, ds.PatientID = "1.2.840.10008.5.1.4.1.1.1.1", " P1 "
+    return ds
+
+
+def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
+    """The whole DiagnosticReport of a scored image, field by field: what a RIS or an EHR keys on and shows."""
+    import re
+
+    from ccad.deploy.pacs.fhir import diagnostic_report
+    from ccad.deploy.pacs.results import Algorithm
+    from ccad.scoring.score import Prediction
+
+    algorithm = Algorithm("ccad", "1.0", "ab" * 32, "int8", "specificity-90", "covid", 0.4)
+    prediction = Prediction("a", "covid", {"covid": 0.6123456, "normal": 0.3876544}, in_distribution=False)
+    report = diagnostic_report(_source(), algorithm, prediction, patient_system="urn:oid:9.9")
+    issued = report.pop("issued")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", issued)
+    device = {
+        "resourceType": "Device", "id": "device",
+        "identifier": [{"system": "urn:ccad:model-sha256", "value": "ab" * 32}],
+        "manufacturer": "ccad", "deviceName": [{"name": "ccad (int8 model)", "type": "model-name"}],
+        "version": [{"value": "1.0"}], "note": [{"text": "decision rule: specificity-90"}],
+    }  # fmt: skip
+    class_covid = {"coding": [{"system": "urn:ccad:codes", "code": "class-covid", "display": "covid"}], "text": "covid"}
+    assert report == {
+        "resourceType": "DiagnosticReport",
+        "id": report["id"],
+        "contained": [
+            device,
+            _observation(0, "screening-result", "Screening result (decision rule)", valueCodeableConcept=class_covid),
+            _observation(1, "p-covid", "Probability of covid", valueQuantity=_quantity(0.612346)),
+            _observation(2, "p-normal", "Probability of normal", valueQuantity=_quantity(0.387654)),
+            _observation(3, "decision-threshold", "Decision threshold on p(covid)", valueQuantity=_quantity(0.4)),
+            _observation(4, "out-of-distribution", "Outside the model's training distribution", valueBoolean=True),
+        ],
+        "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}],
+        "status": "preliminary",
+        "category": [
+            {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "RAD", "display": "Radiology"}
+                ]
+            }
+        ],
+        "code": {
+            "coding": [
+                {
+                    "system": "urn:ccad:codes",
+                    "code": "covid-19-screening-aid",
+                    "display": "COVID-19 screening aid on a chest X-ray",
+                }
+            ],
+            "text": "Chest X-ray: COVID-19 screening aid (ccad)",
+        },
+        "subject": {"identifier": {"system": "urn:oid:9.9", "value": "P1"}},
+        "result": [{"reference": f"#obs{i}"} for i in range(5)],
+        "imagingStudy": [
+            {
+                "identifier": {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3"},
+                "display": "the imaging study of this X-ray",
+            }
+        ],
+        "conclusion": "ccad screening result: covid (p = 0.612). The image is outside what the model was trained on: "
+        "do not rely on this result. Research screening aid, not for diagnosis: read the image.",
+    }
+    inside = diagnostic_report(_source(), algorithm, Prediction("a", "normal", {"covid": 0.2, "normal": 0.8}, True))
+    assert inside["contained"][-1]["valueBoolean"] is False and "outside" not in inside["conclusion"]
+    assert inside["conclusion"].startswith("ccad screening result: normal (p = 0.800). Research")
+    assert "subject" not in inside  # no patient named unless the site asks
+
+
+def test_the_report_id_is_the_images_and_the_models_and_its_kind():
+    import uuid
+
+    from ccad.deploy.pacs.fhir import diagnostic_report
+    from ccad.deploy.pacs.results import Algorithm
+    from ccad.scoring.score import Prediction
+
+    algorithm = Algorithm("ccad", "1.0", "ab" * 32, "int8", "rule")
+    prediction = Prediction("a", "covid", {"covid": 0.6, "normal": 0.4}, True)
+    report_id = diagnostic_report(_source(), algorithm, prediction)["id"]
+    assert uuid.UUID(report_id).version == 5
+    assert report_id == diagnostic_report(_source(), algorithm, None, "a lateral view")["id"]  # scored or not
+    from ccad.deploy.pacs import fhir
+
+    expected = uuid.uuid5(fhir._NAMESPACE, "\n".join(["1.2.3.4", "ab" * 32, "int8", "report"]))
+    assert report_id == str(expected)
+
+
+def test_an_image_not_scored_has_its_reason_cut_at_500_characters():
+    from ccad.deploy.pacs.fhir import diagnostic_report
+    from ccad.deploy.pacs.results import Algorithm
+
+    report = diagnostic_report(_source(), Algorithm("ccad", "1", "ab", "float", "r"), None, "y" * 600)
+    (observation,) = [o for o in report["contained"] if o["resourceType"] == "Observation"]
+    assert observation == _observation(0, "not-scored", "Not scored", valueString="y" * 500)
+    assert report["conclusion"].startswith("Not scored: " + "y" * 500)
+    assert not any("Quantity" in k for k in observation)
+
+
+def test_a_missing_or_blank_patient_id_names_no_subject():
+    from ccad.deploy.pacs.fhir import diagnostic_report
+    from ccad.deploy.pacs.results import Algorithm
+
+    for patient_id in (None, "  "):
+        ds = _source()
+        if patient_id is None:
+            del ds.PatientID
+        else:
+            ds.PatientID = patient_id
+        report = diagnostic_report(ds, Algorithm("ccad", "1", "ab", "float", "r"), None, "x", patient_system="urn:x")
+        assert "subject" not in report
