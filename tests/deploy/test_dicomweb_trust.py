@@ -505,3 +505,63 @@ def test_a_source_that_cannot_be_reached_ends_the_search_with_the_errors_name(tm
     with serving(site()) as pacs:
         counts = pull(_pull_settings(tmp_path, pacs, pacs), f"http://127.0.0.1:{free_port()}", timeout_s=30)
     assert counts["search_ended"] == "ConnectionError" and counts["found"] == 0 and counts["complete"] is True
+
+
+# --- resuming: what a pull fetches, skips, refuses and records -------------------------------------------------------
+
+
+def test_a_pull_fetches_each_instance_once_records_it_and_skips_it_when_run_again(xray, tmp_path):
+    from ccad.deploy.pacs.listener import instance_key
+    from ccad.deploy.pacs.pull import DONE_FILE, pull
+
+    ds = pydicom.dcmread(io.BytesIO(xray))
+    key = instance_key(str(ds.SOPInstanceUID))
+    source = site(xray)
+    with serving(source) as archive, serving(site()) as pacs:
+        first = pull(_pull_settings(tmp_path, pacs, pacs), archive, since="20260101", timeout_s=30)
+        wado = [path for method, path, _ in source.seen if "/series/" in path]
+        again = pull(_pull_settings(tmp_path, pacs, pacs), archive, since="20260101", timeout_s=30)
+    assert wado == [f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"]
+    # found once (the search keeps one row an instance, CR and DX alike); a finished image written once
+    assert {k: first[k] for k in ("found", "fetched", "already_done", "scored", "complete")} == {
+        "found": 1, "fetched": 1, "already_done": 0, "scored": 1, "complete": True,
+    }  # fmt: skip
+    assert (tmp_path / "spool" / DONE_FILE).read_text() == key + "\n"
+    assert {k: again[k] for k in ("found", "fetched", "already_done", "scored")} == {
+        "found": 1, "fetched": 0, "already_done": 1, "scored": 0,
+    }  # fmt: skip
+    assert len([p for m, p, _ in source.seen if "/series/" in p]) == 1  # nothing fetched the second time
+
+
+def test_an_image_left_in_the_spool_is_scored_there_not_fetched_again(xray, tmp_path):
+    from ccad.deploy.pacs.listener import instance_key
+    from ccad.deploy.pacs.pull import pull
+    from ccad.deploy.pacs.spool import Spool
+
+    ds = pydicom.dcmread(io.BytesIO(xray))
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    spool.receive(instance_key(str(ds.SOPInstanceUID)), xray)  # a run that died after taking it
+    source = site(xray)
+    with serving(source) as archive, serving(site()) as pacs:
+        counts = pull(_pull_settings(tmp_path, pacs, pacs), archive, since="20260101", timeout_s=30)
+    assert (counts["in_the_spool"], counts["fetched"], counts["scored"], counts["complete"]) == (1, 0, 1, True)
+    assert not [p for m, p, _ in source.seen if "/series/" in p]
+
+
+def test_an_instance_over_the_size_limit_is_refused_recorded_and_logged_by_its_key(tmp_path, caplog):
+    from helpers import make_xray_dicom
+
+    from ccad.deploy.pacs.listener import instance_key
+    from ccad.deploy.pacs.pull import DONE_FILE, pull
+
+    big = make_xray_dicom(tmp_path / "big.dcm", np.random.default_rng(0).random((800, 800))).read_bytes()
+    key = instance_key(str(pydicom.dcmread(io.BytesIO(big)).SOPInstanceUID))
+    with serving(site(big)) as archive, serving(site()) as pacs:
+        settings = _pull_settings(tmp_path, pacs, pacs, max_dataset_bytes=2**20)  # 1.2 MB sent
+        counts = pull(settings, archive, since="20260101", timeout_s=30)
+    assert (counts["refused"], counts["fetched"], counts["scored"]) == (1, 0, 0)
+    assert (tmp_path / "spool" / DONE_FILE).read_text().split() == [key]  # not fetched again by the next run
+    assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == [
+        f"image {key} refused: over 1 MB, the --max-dataset-mb limit"
+    ]
