@@ -168,3 +168,68 @@ def test_a_redirect_to_another_host_on_the_same_port_is_not_followed(tmp_path):
 
         with pytest.raises(ArchiveError, match="redirected to another host"):
             list(find_instances(session(env="CCAD_DICOMWEB_SOURCE"), base, ended=ended))
+
+
+def test_an_empty_answer_of_200_is_stored(dataset):
+    assert _send(destination(200, b""), dataset) is None
+
+
+@pytest.mark.parametrize(
+    "body, kind, expected",
+    [
+        (
+            b"--B\r\nContent-Type: application/dicom\r\n\r\nDICM\r\n--B--\r\n",
+            'multipart/related; boundary="B"',
+            b"DICM",
+        ),
+        (b"--B\r\n\r\nDICM--B--", "multipart/related; boundary=B", b"DICM"),  # no CRLF before the delimiter: kept
+        (b"DICM", "application/dicom", b"DICM"),  # not multipart: the body itself
+    ],
+)
+def test_the_first_part_of_a_wado_answer(body, kind, expected):
+    from ccad.deploy.pacs.dicomweb import _first_part
+
+    assert _first_part(body, kind) == expected
+
+
+@pytest.mark.parametrize(
+    "body, kind, message",
+    [
+        (b"--B\r\n\r\nDICM", "multipart/related", "a multipart answer without a boundary"),
+        (b"--B--\r\n--B\r\n\r\nDICM", "multipart/related; boundary=B", "a multipart answer without a part"),
+        (b"--B\r\nno blank line--B--", "multipart/related; boundary=B", "a multipart answer without a part"),
+    ],
+)
+def test_a_wado_answer_without_its_part_is_refused(body, kind, message):
+    from ccad.deploy.pacs.dicomweb import _first_part
+
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        _first_part(body, kind)
+
+
+def test_the_sites_proxy_is_used_with_its_own_authority(monkeypatch, tmp_path):
+    """A hospital reaches its archive through the proxy its environment names: --ca-file keeps that."""
+    from ccad.deploy.pacs.dicomweb import find_instances
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        seen: list = []
+
+        def do_GET(self):  # noqa: N802
+            self.seen.append(self.path)  # a forward proxy is asked for the absolute URL
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args):
+            pass
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")  # never read: nothing here is https
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with serving(Proxy) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        assert list(find_instances(session(ca_file=ca), "http://archive.invalid/dicom-web")) == []
+    assert Proxy.seen and all(p.startswith("http://archive.invalid/dicom-web/instances?") for p in Proxy.seen)
