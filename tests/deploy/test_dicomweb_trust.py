@@ -189,7 +189,7 @@ def _pull_settings(tmp_path, destination: str, fhir: str, **fields):
     return ListenerSettings(
         DEFAULT_BUNDLE,
         Destination.parse(f"dicomweb+{destination}"),
-        tmp_path / "spool",
+        fields.pop("spool", tmp_path / "spool"),
         retry_max_s=0.5,
         result_process=False,
         fhir=f"{fhir}/fhir",
@@ -565,3 +565,89 @@ def test_an_instance_over_the_size_limit_is_refused_recorded_and_logged_by_its_k
     assert [r.getMessage() for r in caplog.records if "refused" in r.getMessage()] == [
         f"image {key} refused: over 1 MB, the --max-dataset-mb limit"
     ]
+
+
+def archive_of(dicoms: list[bytes], wado_status: int = 200) -> type:
+    """An archive holding ``dicoms`` (each found by QIDO-RS, each sent by WADO-RS by its UIDs), its WADO-RS
+    answering ``wado_status``."""
+    by_uid, found = {}, []
+    for data in dicoms:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        by_uid[str(ds.SOPInstanceUID)] = data
+        uids = (("0020000D", ds.StudyInstanceUID), ("0020000E", ds.SeriesInstanceUID), ("00080018", ds.SOPInstanceUID))
+        found.append({tag: {"vr": "UI", "Value": [str(uid)]} for tag, uid in uids})
+
+    class Archive(site()):
+        def do_GET(self):  # noqa: N802
+            self._record()
+            if "/series/" not in self.path:
+                return self._answer(200, json.dumps(found).encode(), "application/dicom+json")
+            if wado_status != 200:
+                return self._answer(wado_status)
+            part = by_uid[self.path.rsplit("/", 1)[1]]
+            body = b"--XYZ\r\nContent-Type: application/dicom\r\n\r\n" + part + b"\r\n--XYZ--\r\n"
+            self._answer(200, body, 'multipart/related; type="application/dicom"; boundary=XYZ')
+
+    return Archive
+
+
+def _xrays(tmp_path, n, size=64):
+    from helpers import make_xray_dicom
+
+    rng = np.random.default_rng(1)
+    return [make_xray_dicom(tmp_path / f"x{i}.dcm", rng.random((size, size))).read_bytes() for i in range(n)]
+
+
+def test_every_failed_fetch_is_counted_and_logged_and_fetched_again_by_the_next_run(tmp_path, caplog):
+    from ccad.deploy.pacs.listener import instance_key
+    from ccad.deploy.pacs.pull import DONE_FILE, pull
+
+    dicoms = _xrays(tmp_path, 2)
+    keys = sorted(instance_key(str(pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID)) for d in dicoms)
+    with serving(archive_of(dicoms, wado_status=500)) as archive, serving(site()) as pacs:
+        counts = pull(_pull_settings(tmp_path, pacs, pacs), archive, since="20260101", timeout_s=30)
+    assert (counts["found"], counts["fetch_failures"], counts["fetched"], counts["complete"]) == (2, 2, 0, True)
+    assert not (tmp_path / "spool" / DONE_FILE).exists()  # nothing recorded: the next run tries them again
+    logged = sorted(r.getMessage() for r in caplog.records if "could not be fetched" in r.getMessage())
+    assert logged == [f"image {k} could not be fetched (HTTPError)" for k in keys]
+
+
+def test_every_instance_over_the_limit_is_refused_and_an_archive_error_is_named(tmp_path):
+    from ccad.deploy.pacs.pull import pull
+
+    dicoms = _xrays(tmp_path, 2, size=800)  # 1.2 MB each
+    with serving(archive_of(dicoms)) as archive, serving(site()) as pacs:
+        counts = pull(_pull_settings(tmp_path, pacs, pacs, max_dataset_bytes=2**20), archive, timeout_s=30)
+    assert (counts["found"], counts["refused"], counts["fetched"], counts["scored"]) == (2, 2, 0, 0)
+
+
+def test_two_images_of_one_run_are_each_fetched_scored_and_skipped_the_next_time(tmp_path):
+    from ccad.deploy.pacs.pull import pull
+    from ccad.deploy.pacs.spool import Spool
+
+    dicoms = _xrays(tmp_path, 3)
+    with serving(archive_of(dicoms[:2])) as archive, serving(site()) as pacs:
+        first = pull(_pull_settings(tmp_path, pacs, pacs), archive, timeout_s=30)
+        again = pull(_pull_settings(tmp_path, pacs, pacs), archive, timeout_s=30)
+    assert (first["fetched"], first["scored"], again["already_done"], again["fetched"]) == (2, 2, 2, 0)
+    from ccad.deploy.pacs.listener import instance_key
+
+    spool = Spool(tmp_path / "left")
+    spool.create()
+    for data in dicoms:  # a run that died with all three taken
+        spool.receive(instance_key(str(pydicom.dcmread(io.BytesIO(data)).SOPInstanceUID)), data)
+    with serving(archive_of(dicoms)) as archive, serving(site()) as pacs:
+        resumed = pull(
+            _pull_settings(tmp_path / "left-settings", pacs, pacs, spool=tmp_path / "left"), archive, timeout_s=30
+        )
+    assert (resumed["in_the_spool"], resumed["fetched"], resumed["scored"]) == (3, 0, 3)
+
+
+def test_a_fetch_that_drips_ends_at_the_pulls_deadline(tmp_path):
+    from hostile_archive import servers
+
+    from ccad.deploy.pacs.pull import pull
+
+    with servers() as (base, _), serving(site()) as pacs:
+        counts = pull(_pull_settings(tmp_path, pacs, pacs), f"{base}/dripwado", since="20260101", timeout_s=3)
+    assert (counts["found"], counts["fetch_failures"], counts["fetched"]) == (1, 1, 0)
