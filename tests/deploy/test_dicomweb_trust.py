@@ -63,10 +63,12 @@ def site(dicom: bytes = b"", refuse_puts: int = 0) -> type:
         seen: list = []
         puts: list = []
         queries: list = []  # each request's path with its query
+        accepts: list = []  # and its Accept header
 
         def _record(self) -> None:
             self.seen.append((self.command, self.path.split("?")[0], self.headers.get("Authorization")))
             self.queries.append(self.path)
+            self.accepts.append(self.headers.get("Accept"))
 
         def _answer(self, status: int, body: bytes = b"", kind: str = "application/json") -> None:
             self.send_response(status)
@@ -107,7 +109,7 @@ def site(dicom: bytes = b"", refuse_puts: int = 0) -> type:
         def log_message(self, *args):
             pass
 
-    Site.seen, Site.puts, Site.queries = [], [], []
+    Site.seen, Site.puts, Site.queries, Site.accepts = [], [], [], []
     return Site
 
 
@@ -495,6 +497,13 @@ def test_pull_asks_the_archive_for_its_study_or_its_dates_and_opens_no_dicom_por
     dated = [parse_qs(q.query) for q in qido if q.path == "/instances"]
     assert dated and all(q["StudyDate"] == ["20260101-"] for q in dated)
     assert {q["Modality"][0] for q in dated} == {"CR", "DX"}
+    # each search asks for the study and series UIDs too, a page at a time from offset 0, as DICOM JSON
+    from hostile_archive import PAGE
+
+    for q in dated:
+        assert (q["includefield"], q["limit"], q["offset"]) == (["0020000D,0020000E"], [str(PAGE)], ["0"])
+    accepts = [a for a, q in zip(source.accepts, source.queries) if "/series/" not in q]
+    assert set(accepts) == {"application/dicom+json"}
 
 
 def test_a_source_that_cannot_be_reached_ends_the_search_with_the_errors_name(tmp_path):
@@ -651,3 +660,21 @@ def test_a_fetch_that_drips_ends_at_the_pulls_deadline(tmp_path):
     with servers() as (base, _), serving(site()) as pacs:
         counts = pull(_pull_settings(tmp_path, pacs, pacs), f"{base}/dripwado", since="20260101", timeout_s=3)
     assert (counts["found"], counts["fetch_failures"], counts["fetched"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "body, ended",
+    [(b"", None), (b"<html>busy</html>", "the archive's QIDO-RS answer is not JSON"),
+     (b'{"a": 1}', "the archive's QIDO-RS answer is not a JSON list")],
+)  # fmt: skip
+def test_a_qido_answer_that_is_empty_or_not_a_list_ends_the_search_in_words(body, ended, tmp_path):
+    from ccad.deploy.pacs.pull import pull
+
+    class Odd(site()):
+        def do_GET(self):  # noqa: N802
+            self._record()
+            self._answer(200, body, "application/dicom+json")
+
+    with serving(Odd) as archive, serving(site()) as pacs:
+        counts = pull(_pull_settings(tmp_path, pacs, pacs), archive, since="20260101", timeout_s=30)
+    assert counts["found"] == 0 and counts.get("search_ended") == ended and counts["complete"] is True
