@@ -72,7 +72,7 @@ def test_a_stow_redirect_is_a_failure_and_the_sr_goes_nowhere_else(tmp_path):
     assert [r[0] for r in Archive.requests] == ["POST"]  # one POST, to the archive; none to /stolen
 
 
-def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tmp_path):
+def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tmp_path, caplog):
     from helpers import free_port
 
     from ccad.deploy.pacs.listener import Destination, ListenerSettings
@@ -87,12 +87,13 @@ def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tm
         away = pull(settings, f"{base}/away", since="20260101", timeout_s=60)
         exact = pull(settings, f"{base}/same", since="20260101", timeout_s=60, max_instances=PAGE)
     assert counts["found"] == 150 and counts["search_ended"].startswith("stopped at --max-instances 150")
+    assert "the search stopped at --max-instances 150" in [r.getMessage() for r in caplog.records]
     assert counts["refused"] == 150  # the endless archive's "instances" are not DICOM: refused, none scored
     assert away["found"] == 0 and "redirected to another host" in away["search_ended"]
     assert exact["found"] == PAGE and "search_ended" not in exact  # exactly the limit: nothing left behind
 
 
-def test_a_pull_against_an_endless_archive_stops_at_its_timeout_and_says_so(tmp_path):
+def test_a_pull_against_an_endless_archive_stops_at_its_timeout_and_says_so(tmp_path, caplog):
     from helpers import free_port
 
     from ccad.deploy.pacs.listener import Destination, ListenerSettings
@@ -106,6 +107,8 @@ def test_a_pull_against_an_endless_archive_stops_at_its_timeout_and_says_so(tmp_
         counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=3, max_instances=10**9)
     assert counts["search_ended"] == "stopped at the --timeout; run again for the rest"
     assert counts["found"] == counts["refused"] > 0
+    stopped = [r.getMessage() for r in caplog.records if "deadline" in r.getMessage()]
+    assert stopped == [f"the search stopped at the pull's deadline, after {counts['found']} instances"]
 
 
 def _xray(tmp_path):
