@@ -122,6 +122,23 @@ def run_group(group: str, work: Path, children: int) -> dict:
     return {"seconds": round(time.monotonic() - started), **tally(tree, GROUPS[group][0])}
 
 
+def rerun_survivors(group: str, work: Path, children: int) -> dict:
+    """The tests as they are now against the mutants that survived the last run in ``work`` (after new tests)."""
+    tree = work / group
+    for name in ("tests", "support"):
+        shutil.rmtree(tree / name)
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    names = [n for m in tally(tree, GROUPS[group][0])["modules"].values() for n in m["survivors"]]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
+    with open(work / f"{group}.log", "a") as log:
+        subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
+            cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+        )  # fmt: skip
+    return tally(tree, GROUPS[group][0])
+
+
 def tally(tree: Path, modules: list[str]) -> dict:
     from mutmut.stats import status_by_exit_code
 
@@ -167,6 +184,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", help="scratch folder, kept (default: a temporary one, removed); mutmut's log in it")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mutation.json"))
     p.add_argument("--tally", action="store_true", help="count the results already in --work again (no run)")
+    p.add_argument("--survivors-again", action="store_true", help="run the last run's survivors in --work again")
     args = p.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ccad-mutation-"))
     groups = args.group or list(GROUPS)
@@ -175,7 +193,10 @@ def main(argv=None) -> None:
     report.setdefault("groups", {})
     try:
         for group in groups:
-            if args.tally:
+            if args.survivors_again:
+                result = json.loads(out.read_text())["groups"][group] if out.exists() else {}
+                result.update(rerun_survivors(group, work, args.children))
+            elif args.tally:
                 result = json.loads(out.read_text())["groups"][group] if out.exists() else {}
                 result.update(tally(work / group, GROUPS[group][0]))
             else:
