@@ -51,6 +51,7 @@ GROUPS = {
             "tests/deploy/test_hostile_archive.py",
             "tests/deploy/test_fhir.py",
             "tests/deploy/test_stow.py",
+            "tests/deploy/test_bounded_get.py",
         ],
     ),
     "results": (
