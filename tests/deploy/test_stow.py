@@ -166,7 +166,7 @@ def test_a_redirect_to_another_host_on_the_same_port_is_not_followed(tmp_path):
     with serving(Away) as base:
         from ccad.deploy.pacs.dicomweb import ArchiveError
 
-        with pytest.raises(ArchiveError, match="redirected to another host"):
+        with pytest.raises(ArchiveError, match="^the archive redirected to another host, which is not followed$"):
             list(find_instances(session(env="CCAD_DICOMWEB_SOURCE"), base, ended=ended))
 
 
