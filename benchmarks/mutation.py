@@ -79,11 +79,19 @@ SLOW = {
 
 def scratch_tree(group: str, work: Path) -> Path:
     """A copy of the tree whose ``pyproject.toml`` configures mutmut for ``group``."""
-    modules, tests = GROUPS[group]
     tree = work / group
     shutil.rmtree(tree, ignore_errors=True)  # a fresh copy, and a fresh run: mutmut keeps results in mutants/
     for name in ("src", "tests", "support"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    if (ROOT.parent / "shared").is_dir():  # the tests find ../shared beside their checkout: mutants/, in tree
+        (tree / "shared").symlink_to(ROOT.parent / "shared")
+    write_config(group, tree)
+    return tree
+
+
+def write_config(group: str, tree: Path) -> None:
+    """``tree``'s pyproject.toml: the project's, and a ``[tool.mutmut]`` naming the group's modules and tests."""
+    modules, tests = GROUPS[group]
     config = "\n".join(
         [
             "[tool.mutmut]",
@@ -94,11 +102,8 @@ def scratch_tree(group: str, work: Path) -> Path:
             f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', *_deselect(group)])}",
         ]
     )
-    if (ROOT.parent / "shared").is_dir():  # the tests find ../shared beside their checkout: mutants/, in tree
-        (tree / "shared").symlink_to(ROOT.parent / "shared")
     text = (ROOT / "pyproject.toml").read_text()
     (tree / "pyproject.toml").write_text(text + "\n" + config + "\n")
-    return tree
 
 
 def _deselect(group: str) -> list[str]:
@@ -129,6 +134,8 @@ def rerun_survivors(group: str, work: Path, children: int) -> dict:
     for name in ("tests", "support"):
         shutil.rmtree(tree / name)
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    write_config(group, tree)
+    (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which tests reach which function: again
     names = [n for m in tally(tree, GROUPS[group][0])["modules"].values() for n in m["survivors"]]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
