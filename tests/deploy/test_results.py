@@ -314,3 +314,121 @@ def test_a_result_needs_four_valid_uids(value, missing):
     if value is not None:
         ds.SOPInstanceUID = value
     assert missing_identifiers(ds) == (["SOPInstanceUID"] if missing else [])
+
+
+def _coded(sr) -> dict:
+    """{concept code: (scheme, code, meaning)} of every coded value in the SR's content tree."""
+    return {
+        _code(i.ConceptNameCodeSequence[0]): (
+            i.ConceptCodeSequence[0].CodingSchemeDesignator,
+            _code(i.ConceptCodeSequence[0]),
+            i.ConceptCodeSequence[0].CodeMeaning,
+        )
+        for i in _items(sr)
+        if "ConceptCodeSequence" in i
+    }
+
+
+def test_the_srs_codes_name_their_schemes_and_the_device_and_the_tracking_identify_ccad(tmp_path):
+    from ccad.deploy.pacs.results import _uid
+
+    ds = _study(tmp_path, 1)[0]
+    sr = structured_report(ds, MODEL, _prediction(0.625, inside=False))
+    coded = _coded(sr)
+    assert coded["121058"] == ("SCT", "399208008", "Plain chest X-ray")
+    assert coded["screening-result"] == ("99CCAD", "class-covid", "covid (decision rule)")
+    assert coded["out-of-distribution"] == ("SCT", "373066001", "Yes")
+    assert coded["intended-use"] == ("99CCAD", "not-for-diagnosis", "Research screening aid, not for diagnosis")
+    names = {_code(i.ConceptNameCodeSequence[0]): i for i in _items(sr)}
+    assert names["screening-result"].ConceptNameCodeSequence[0].CodeMeaning == "Screening result"
+    assert names["out-of-distribution"].ConceptNameCodeSequence[0].CodeMeaning == (
+        "Outside the model's training distribution"
+    )
+    units = names["p-covid"].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
+    assert (units.CodingSchemeDesignator, units.CodeValue, units.CodeMeaning) == ("UCUM", "1", "no units")
+    texts = {_code(i.ConceptNameCodeSequence[0]): i.get("TextValue") or i.get("UID") for i in _items(sr)}
+    # the observer: ccad as a device; the tracking identifier: this image's result
+    assert names["121012"].UID == _uid("device", MODEL, "device")
+    assert (texts["121013"], texts["121014"], texts["121015"]) == ("ccad", "ccad", "ccad 0")
+    assert names["112040"].UID == _uid(ds.SOPInstanceUID, MODEL, "tracking")
+    assert texts["112039"] == "ccad COVID-19 screening result"
+    image = [i for i in _items(sr) if "ReferencedSOPSequence" in i][0].ReferencedSOPSequence[0]
+    assert (image.ReferencedSOPClassUID, image.ReferencedSOPInstanceUID) == (ds.SOPClassUID, ds.SOPInstanceUID)
+    assert sr.InstanceNumber == 1
+    not_scored = _coded(structured_report(ds, MODEL, reason="no pixel data"))
+    assert not_scored["121058"] == ("SCT", "363679005", "Imaging procedure")
+    assert not_scored["not-scored"] == ("99CCAD", "reason", "no pixel data")
+
+
+def test_a_result_uid_is_the_documented_uuid_of_its_sources():
+    import uuid
+
+    from ccad.deploy.pacs.results import UID_NAMESPACE, _uid
+
+    expected = uuid.uuid5(UID_NAMESPACE, "1.2.3\n" + "ab" * 32 + "\nfloat\nsr").int
+    assert _uid("1.2.3", MODEL, "sr") == f"2.25.{expected}"  # a result made by an older ccad keeps its UID
+
+
+def test_the_capture_copies_the_orientation_and_laterality_and_outlines_the_lungs(tmp_path):
+    from ccad.io.pictures import overlay
+
+    ds = _study(tmp_path, 1)[0]
+    ds.PatientOrientation, ds.ImageLaterality = ["P", "F"], "R"
+    picture = np.full((24, 40), 0.5, np.float32)  # not square: rows and columns each where they belong
+    outline = np.zeros((24, 40), bool)
+    outline[5:15, 5:15] = True
+    prediction = _prediction(0.625)
+    prediction.pictures = Pictures(picture, picture, picture, picture, lung_outline=outline)
+    sc = heatmap_capture(ds, MODEL, prediction)
+    band = (10 + 6) * 2 + 6
+    assert sc.pixel_array.shape == (24 + band, 40, 3) and sc.InstanceNumber == 1
+    assert np.array_equal(sc.pixel_array[band:], overlay(picture, picture, outline=outline))
+    assert list(sc.PatientOrientation) == ["P", "F"] and sc.Laterality == "R"
+    del ds.PatientOrientation, ds.ImageLaterality
+    sc = heatmap_capture(ds, MODEL, _prediction(0.2))
+    assert list(sc.PatientOrientation) == ["L", "F"] and sc.Laterality == ""
+
+
+def test_a_wide_capture_has_a_larger_font_and_a_taller_band():
+    import numpy as np
+
+    from ccad.deploy.pacs.results import _burn_in
+
+    rgb = np.zeros((100, 720, 3), np.uint8)
+    out = _burn_in(rgb, ["NOT FOR DIAGNOSIS", "second"])
+    size = 720 // 36  # 20 px
+    assert out.shape == (100 + (size + 6) * 2 + 6, 720, 3)
+    assert out[: (size + 6) * 2 + 6].any() and not out[:, :6].any()  # the text starts 6 px in
+
+
+@pytest.mark.parametrize("sex", ["M", "F", "O"])
+def test_each_sex_a_dicom_value_allows_is_copied(sex):
+    from pydicom.dataset import Dataset
+
+    ds = Dataset()
+    for uid in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        setattr(ds, uid, "1.2.3")
+    ds.PatientSex, ds.PatientName = sex, "Doe John"
+    out = result_source(ds)
+    assert out.PatientSex == sex and out.PatientName == "Doe John"  # a space is not a control character
+
+
+@pytest.mark.parametrize("name", ["covid-19", "Covid19", "COVID_19"])
+def test_every_spelling_of_the_covid_class_is_shown_as_covid_19(name):
+    prediction = Prediction("x", name, {name: 0.9, "normal": 0.1}, True)
+    assert banner_lines(prediction, None, version="1")[1] == (
+        "ccad: COVID-19 suspected - p(COVID-19) = 0.90, the most likely class"
+    )
+
+
+def test_a_positive_class_the_prediction_does_not_have_falls_back_to_the_most_likely_class():
+    prediction = Prediction("x", "normal", {"normal": 0.6, "pneumonia": 0.4}, True)
+    algorithm = Algorithm("ccad", "1", "ab", "float", "youden", "covid", 0.5)
+    assert banner_lines(prediction, algorithm)[1] == "ccad: most likely normal (p = 0.60)"
+
+
+def test_each_stated_parameter_is_cut_at_64_characters():
+    algorithm = Algorithm("ccad", "1", "ab", "float", "r" * 80, "c" * 30, 0.5)
+    stated = algorithm.parameters()
+    assert stated[2] == f"{'c' * 30} if p({'c' * 30}) >= 0.500"[:64] and len(stated[2]) == 64
+    assert stated[3] == ("decision rule: " + "r" * 80)[:64] and len(stated[3]) == 64
