@@ -678,3 +678,47 @@ def test_a_qido_answer_that_is_empty_or_not_a_list_ends_the_search_in_words(body
     with serving(Odd) as archive, serving(site()) as pacs:
         counts = pull(_pull_settings(tmp_path, pacs, pacs), archive, since="20260101", timeout_s=30)
     assert counts["found"] == 0 and counts.get("search_ended") == ended and counts["complete"] is True
+
+
+@pytest.mark.parametrize(
+    "item, uids",
+    [
+        ({"0020000D": {"Value": ["1.2"]}, "0020000E": {"Value": ["1.3"]}, "00080018": {"Value": ["1.4"]}},
+         ("1.2", "1.3", "1.4")),
+        ({"0020000D": {"Value": ["1." + "2" * 70]}}, ("1." + "2" * 62, "", "")),  # at most 64 characters
+        ({"0020000D": {"Value": []}, "0020000E": {}, "00080018": "1.4"}, ("", "", "")),
+        ({"0020000D": {"Value": [12]}, "0020000E": {"Value": "1.3"}}, ("", "", "")),  # not a text, not a list
+        (["1.2"], ("", "", "")),
+    ],
+)  # fmt: skip
+def test_the_uids_of_a_qido_result_and_of_one_that_holds_them_wrongly(item, uids):
+    from ccad.deploy.pacs.dicomweb import _uids
+
+    assert _uids(item) == uids
+
+
+def test_a_credentials_file_password_may_hold_a_colon_and_bad_files_are_named(tmp_path, monkeypatch):
+    from ccad.errors import ConfigError
+
+    auth = tmp_path / "auth"
+    auth.write_text("user:pa:ss\n")
+    assert session(auth).auth == ("user", "pa:ss")
+    auth.write_text("just-a-word\n")
+    with pytest.raises(ConfigError) as bad:
+        session(auth)
+    assert str(bad.value) == f"`dicomweb_auth` {auth}: expected 'bearer TOKEN' or 'USER:PASSWORD'"
+    auth.write_text("")
+    with pytest.raises(ConfigError) as empty:
+        session(auth)
+    assert str(empty.value) == f"`dicomweb_auth` {auth}: cannot read a first line from it"
+    monkeypatch.setenv("CCAD_DICOMWEB_USER", "only-user")  # a user without a password: an empty one
+    assert session().auth == ("only-user", "")
+
+
+def test_a_wado_request_asks_for_the_dicom_file_in_any_transfer_syntax(xray, tmp_path):
+    source = site(xray)
+    with serving(source) as archive:
+        found = list(find_instances(session(), archive))
+        fetch_instance(session(), archive, *found[0], max_bytes=2**20)
+    wado = [a for a, q in zip(source.accepts, source.queries) if "/series/" in q]
+    assert wado == ['multipart/related; type="application/dicom"; transfer-syntax=*']
