@@ -49,15 +49,20 @@ def xray(tmp_path_factory) -> bytes:
     return make_xray_dicom(path, np.random.default_rng(0).random((64, 64))).read_bytes()
 
 
+def _rows(dicom: bytes) -> list:
+    """The QIDO-RS answer that finds ``dicom`` (none for no file)."""
+    if not dicom:
+        return []
+    ds = pydicom.dcmread(io.BytesIO(dicom))
+    uids = {"0020000D": ds.StudyInstanceUID, "0020000E": ds.SeriesInstanceUID, "00080018": ds.SOPInstanceUID}
+    return [{tag: {"vr": "UI", "Value": [str(uid)]} for tag, uid in uids.items()}]
+
+
 def site(dicom: bytes = b"", refuse_puts: int = 0) -> type:
     """A handler that is a DICOMweb archive, a DICOMweb destination and a FHIR server in one, recording every
     request's (method, path, Authorization) in its ``seen``: QIDO-RS finds the one instance of ``dicom``, WADO-RS
     sends it, a STOW-RS POST is stored (200), a FHIR PUT is stored (201), after ``refuse_puts`` answered 503."""
-    found = []
-    if dicom:
-        ds = pydicom.dcmread(io.BytesIO(dicom))
-        uids = {"0020000D": ds.StudyInstanceUID, "0020000E": ds.SeriesInstanceUID, "00080018": ds.SOPInstanceUID}
-        found = [{tag: {"vr": "UI", "Value": [str(uid)]} for tag, uid in uids.items()}]
+    found = _rows(dicom)
 
     class Site(http.server.BaseHTTPRequestHandler):
         seen: list = []
@@ -226,6 +231,30 @@ def test_pull_gives_the_source_the_destination_and_the_fhir_server_each_its_own_
 # --- TLS: verified, against the site's own authority when it has one --------------------------------------------
 
 
+def _name(text):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _builder(subject, issuer, key):
+    """A certificate of ``subject`` by ``issuer`` for ``key``, valid from yesterday to the day after tomorrow."""
+    from cryptography import x509
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     """A site's certificate authority (``ca``) and two server certificates it signed: ``here`` for 127.0.0.1 and
@@ -233,25 +262,10 @@ def pki(tmp_path_factory):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
     root = tmp_path_factory.mktemp("pki")
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(text):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-    def builder(subject, issuer, key):
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        )
+    name, builder = _name, _builder
 
     def authority(title):
         key = ec.generate_private_key(ec.SECP256R1())

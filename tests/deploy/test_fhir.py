@@ -138,6 +138,14 @@ def _source():
     return ds
 
 
+DEVICE = {
+    "resourceType": "Device", "id": "device",
+    "identifier": [{"system": "urn:ccad:model-sha256", "value": "ab" * 32}],
+    "manufacturer": "ccad", "deviceName": [{"name": "ccad (int8 model)", "type": "model-name"}],
+    "version": [{"value": "1.0"}], "note": [{"text": "decision rule: specificity-90"}],
+}  # fmt: skip
+
+
 def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
     """The whole DiagnosticReport of a scored image, field by field: what a RIS or an EHR keys on and shows."""
     import re
@@ -151,18 +159,12 @@ def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
     report = diagnostic_report(_source(), algorithm, prediction, patient_system="urn:oid:9.9")
     issued = report.pop("issued")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", issued)
-    device = {
-        "resourceType": "Device", "id": "device",
-        "identifier": [{"system": "urn:ccad:model-sha256", "value": "ab" * 32}],
-        "manufacturer": "ccad", "deviceName": [{"name": "ccad (int8 model)", "type": "model-name"}],
-        "version": [{"value": "1.0"}], "note": [{"text": "decision rule: specificity-90"}],
-    }  # fmt: skip
     class_covid = {"coding": [{"system": "urn:ccad:codes", "code": "class-covid", "display": "covid"}], "text": "covid"}
     assert report == {
         "resourceType": "DiagnosticReport",
         "id": report["id"],
         "contained": [
-            device,
+            DEVICE,
             _observation(0, "screening-result", "Screening result (decision rule)", valueCodeableConcept=class_covid),
             _observation(1, "p-covid", "Probability of covid", valueQuantity=_quantity(0.612346)),
             _observation(2, "p-normal", "Probability of normal", valueQuantity=_quantity(0.387654)),

@@ -184,19 +184,10 @@ def test_each_metric_and_log_field_holds_the_value_of_what_was_observed(tmp_path
         ("covid", 0.95, 0.99, True, 30.0, []),
     ]
     for decided, raw, calibrated, inside, distance, qc in seen:
-        probabilities = {"covid": calibrated, "normal": 1 - calibrated}
+        p = {"covid": calibrated, "normal": 1 - calibrated}
+        raw_p = np.array([raw, 1 - raw])
         monitor.observe(
-            Prediction(
-                "x",
-                decided,
-                probabilities,
-                inside,
-                distance,
-                22.0,
-                list(qc),
-                raw_probabilities=np.array([raw, 1 - raw]),
-            ),
-            identity="1.2.3.4",
+            Prediction("x", decided, p, inside, distance, 22.0, list(qc), raw_probabilities=raw_p), "1.2.3.4"
         )
     monitor.observe(Prediction("bad", error="not an image"))
     got = samples(generate_latest(monitor.registry).decode())
@@ -219,17 +210,26 @@ def test_each_metric_and_log_field_holds_the_value_of_what_was_observed(tmp_path
         psi(distances, seen_distances, bins=4)
     )
     assert got[("ccad_drift", a)] == 1 and monitor.drift.state == "drift"  # distances all past the reference's
-    lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["score"] for r in lines] == raw_scores and [r["decision"] for r in lines] == [s[0] for s in seen]
-    assert [r["positive"] for r in lines] == [False, True, False, True]
-    assert [r["in_distribution"] for r in lines] == [True, False, True, True]
-    assert [r["ood_distance"] for r in lines] == seen_distances and lines[2]["lung_qc"] == ["no_lungs", "small_lungs"]
-    assert {r["image"] for r in lines} == {pseudonym("1.2.3.4")} and [r["drift"] for r in lines][-1] == "drift"
-    assert all(r["adapter"] == "listener" for r in lines)
+    _check_log(log, seen, pseudonym("1.2.3.4"))
     assert oct(log.stat().st_mode & 0o777) == "0o600" and '"score":0.3,' in log.read_text()  # compact lines
     # a prediction without raw probabilities (a bundle without a temperature) is counted by its probabilities
     monitor.observe(Prediction("y", "covid", {"covid": 0.6, "normal": 0.4}, True, 11.0, 22.0))
     assert json.loads(log.read_text().splitlines()[-1])["score"] == 0.6
+
+
+def _check_log(log, seen, image):
+    """The result log of ``seen`` (decision, raw p(covid), _, in distribution, distance, lung QC) field by field."""
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["score"] for r in lines] == [s[1] for s in seen] and [r["decision"] for r in lines] == [
+        s[0] for s in seen
+    ]
+    assert [r["positive"] for r in lines] == [s[0] == "covid" for s in seen]
+    assert [r["in_distribution"] for r in lines] == [s[3] for s in seen]
+    assert [r["ood_distance"] for r in lines] == [s[4] for s in seen] and [r["lung_qc"] for r in lines] == [
+        s[5] for s in seen
+    ]
+    assert {r["image"] for r in lines} == {image} and lines[-1]["drift"] == "drift"
+    assert all(r["adapter"] == "listener" for r in lines)
 
 
 METRICS = {  # what dashboards and alerting rules read: each family's name, type, help and labels

@@ -265,36 +265,45 @@ def _pct(k, n):
     return f"{k / n:.1%} [{low:.1%}, {high:.1%}] ({k}/{n})"
 
 
-def test_the_record_and_the_page_hold_exactly_what_the_log_says(tmp_path, monkeypatch):
+def _mixed_lines():
+    """Four records (one without a UTC offset, one at -05:00) and five lines each rejected for its own reason."""
+    lines = [
+        _line(time="2026-12-01T23:30:00-05:00", positive=True, score=0.75, lung_qc=["no_lungs"], drift="ok"),
+        _line(
+            time="2026-12-02T01:00:00",
+            score=0.0,
+            adapter="listener",
+            lung_qc=["no_lungs", "small_lungs"],
+            in_distribution=False,
+            ood_distance=0.0,
+            drift="drift",
+        ),  # fmt: skip
+        _line(time="2026-12-02T10:00:00+00:00", positive=True, score=1.0, lung_qc=["no_lungs"], drift="ok"),
+        _line(time="2026-12-01T08:00:00+00:00", score=0.25, in_distribution=None, ood_distance=None, drift=None),
+        _line(score=1.5),
+        _line(ood_distance=-0.5),
+        _line(in_distribution="yes"),
+        _line(lung_qc=["no_lungs", 3]),
+        "[1, 2]",
+    ]
+    return lines
+
+
+@pytest.fixture
+def new_york(monkeypatch):
+    """A machine whose local time is not UTC."""
     import time
 
-    monkeypatch.setenv("TZ", "America/New_York")  # a machine away from UTC: every period is still a UTC day
+    monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
-    try:
-        lines = [
-            _line(time="2026-12-01T23:30:00-05:00", positive=True, score=0.75, lung_qc=["no_lungs"], drift="ok"),
-            _line(
-                time="2026-12-02T01:00:00",
-                score=0.0,
-                adapter="listener",
-                lung_qc=["no_lungs", "small_lungs"],
-                in_distribution=False,
-                ood_distance=0.0,
-                drift="drift",
-            ),  # fmt: skip
-            _line(time="2026-12-02T10:00:00+00:00", positive=True, score=1.0, lung_qc=["no_lungs"], drift="ok"),
-            _line(time="2026-12-01T08:00:00+00:00", score=0.25, in_distribution=None, ood_distance=None, drift=None),
-            _line(score=1.5),
-            _line(ood_distance=-0.5),
-            _line(in_distribution="yes"),
-            _line(lung_qc=["no_lungs", 3]),
-            "[1, 2]",
-        ]
-        (tmp_path / "r.jsonl").write_text("\n".join(lines) + "\n")
-        record = monitor(tmp_path / "r.jsonl", tmp_path / "a" / "b")  # the default period: a UTC day
-    finally:
-        monkeypatch.delenv("TZ")
-        time.tzset()
+    yield
+    monkeypatch.delenv("TZ")
+    time.tzset()
+
+
+def test_the_record_and_the_page_hold_exactly_what_the_log_says(tmp_path, new_york):
+    (tmp_path / "r.jsonl").write_text("\n".join(_mixed_lines()) + "\n")
+    record = monitor(tmp_path / "r.jsonl", tmp_path / "a" / "b")  # the default period: a UTC day
     assert set(record) == {"log", "period", "unreadable_lines", "rejected", "times_without_utc_offset_read_as_utc",
                            "overall", "drift_changes", "periods", "note"}  # fmt: skip
     assert (record["log"], record["period"], record["unreadable_lines"]) == ("r.jsonl", "day", 5)
@@ -396,21 +405,14 @@ def test_each_period_is_compared_with_the_reference_from_a_full_window(tmp_path)
     assert _Table((tmp_path / "o2" / "monitor.html").read_text()).rows[-1][-2:] == ["-", "-"]
 
 
-def test_validate_reads_a_time_without_an_offset_as_utc_whatever_the_machines_zone(monkeypatch):
-    import time
+def test_validate_reads_a_time_without_an_offset_as_utc_whatever_the_machines_zone(new_york):
     from datetime import datetime, timezone
 
     from ccad.evaluation.monitor import Rejected, validate
 
-    monkeypatch.setenv("TZ", "America/New_York")
-    time.tzset()
-    try:
-        rejected = Rejected()
-        first = validate(json.loads(_line(time="2026-12-01T22:00:00")), rejected)
-        second = validate(json.loads(_line(time="2026-12-01T23:00:00.5")), rejected)
-    finally:
-        monkeypatch.delenv("TZ")
-        time.tzset()
+    rejected = Rejected()
+    first = validate(json.loads(_line(time="2026-12-01T22:00:00")), rejected)
+    second = validate(json.loads(_line(time="2026-12-01T23:00:00.5")), rejected)
     assert first["_time"] == datetime(2026, 12, 1, 22, tzinfo=timezone.utc) and first["_time"].tzinfo == timezone.utc
     assert second["_time"].hour == 23 and rejected.naive_times == 2 and not rejected
 
