@@ -672,7 +672,8 @@ def test_a_fetch_that_drips_ends_at_the_pulls_deadline(tmp_path):
     from ccad.deploy.pacs.pull import pull
 
     with servers() as (base, _), serving(site()) as pacs:
-        counts = pull(_pull_settings(tmp_path, pacs, pacs), f"{base}/dripwado", since="20260101", timeout_s=3)
+        # 10 s: time to load the model and search under load; the drip would take minutes
+        counts = pull(_pull_settings(tmp_path, pacs, pacs), f"{base}/dripwado", since="20260101", timeout_s=10)
     assert (counts["found"], counts["fetch_failures"], counts["fetched"]) == (1, 1, 0)
 
 

@@ -104,7 +104,8 @@ def test_a_pull_against_an_endless_archive_stops_at_its_timeout_and_says_so(tmp_
         DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", result_process=False
     )
     with servers() as (base, _):
-        counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=3, max_instances=10**9)
+        # 10 s: time to load the model and search under load, then the endless pages until the deadline
+        counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=10, max_instances=10**9)
     assert counts["search_ended"] == "stopped at the --timeout; run again for the rest"
     assert counts["found"] == counts["refused"] > 0
     stopped = [r.getMessage() for r in caplog.records if "deadline" in r.getMessage()]

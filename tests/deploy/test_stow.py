@@ -99,10 +99,10 @@ def test_a_silent_destination_fails_by_the_clients_read_timeout_before_the_stows
         assert stow(web, dataset, timeout_s=60) == "ReadTimeout"
         web = client(f"http://127.0.0.1:{silent.getsockname()[1]}", session(redirects=False), timeout_s=60)
         assert stow(web, dataset, timeout_s=0.5) == "the destination did not answer within 0.5 s"
+        left = [t for t in threading.enumerate() if t.name == "ccad-stow"]  # still waiting on the silent socket
+        assert left and all(t.daemon for t in left)  # a STOW past its deadline never holds the process at exit
     finally:
         silent.close()
-    left = [t for t in threading.enumerate() if t.name == "ccad-stow"]
-    assert left and all(t.daemon for t in left)  # a STOW past its deadline never holds the process at exit
 
 
 def test_an_error_that_is_not_the_networks_reaches_the_caller_as_itself(dataset):
