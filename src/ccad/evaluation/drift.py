@@ -43,21 +43,24 @@ def bin_edges(reference: np.ndarray, bins: int = BINS) -> np.ndarray:
     return np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
 
 
+def counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """How many of ``values`` fall in each bin cut at ``edges`` (a value on an edge counts in the bin above)."""
+    return np.bincount(np.searchsorted(edges, np.asarray(values, np.float64), side="right"), minlength=len(edges) + 1)
+
+
 def shares(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Each bin's share of ``values``, smoothed by half a value per bin."""
-    return _smoothed(
-        np.bincount(np.searchsorted(edges, np.asarray(values, np.float64), side="right"), minlength=len(edges) + 1)
-    )
+    return _smoothed(counts(values, edges))
 
 
-def _smoothed(counts: np.ndarray) -> np.ndarray:
-    return (counts + 0.5) / (counts.sum() + 0.5 * len(counts))
+def _smoothed(n: np.ndarray) -> np.ndarray:
+    return (n + 0.5) / (n.sum() + 0.5 * len(n))
 
 
 def psi(reference: np.ndarray, values: np.ndarray, bins: int = BINS) -> float:
     """The population stability index of ``values`` against ``reference``: a :class:`Signal` that counted them."""
     signal = Signal.of(reference, bins)
-    signal.counts += np.bincount([signal.bin(v) for v in np.asarray(values, np.float64)], minlength=len(signal.counts))
+    signal.counts += counts(values, signal.edges)
     return signal.psi()
 
 
