@@ -108,3 +108,52 @@ def as_unprivileged(monkeypatch) -> None:
 
     monkeypatch.setattr(os, "access", access)
     monkeypatch.setattr(os, "scandir", scandir)
+
+
+def fake_screener(intake=None, fields=None, **card):
+    """A :class:`ccad.screening.Screener` with no network: p(covid) is the input's mean (the other two
+    classes share the rest 3:1; with two, the other has it), the feature map is (2, 2, 3) with a hot
+    top-left corner in channel 1, and ``prepare`` gives an 8 x 8 image of the gray image's mean
+    (``fields``: the lung fields it carries). ``card`` overrides the model card's fields (``decision``,
+    ...). The predictor records each batch's size."""
+    from ccad.models.card import ModelCard
+    from ccad.preprocessing.pipeline import Prepared
+    from ccad.scoring.predictor import Predictor
+    from ccad.screening import Intake, Screener
+
+    class MeanPredictor(Predictor):
+        batches: list
+
+        def _network(self, batch):
+            self.batches.append(len(batch))
+            mean = batch.mean(axis=(1, 2, 3))
+            fmap = np.zeros((len(batch), 2, 2, 3), np.float32)
+            fmap[..., 0], fmap[:, 0, 0, 1], fmap[..., 2] = mean[:, None, None], 1.0, (1 - mean)[:, None, None]
+            rest = [1 - mean] if len(self.classes) == 2 else [0.75 * (1 - mean), 0.25 * (1 - mean)]
+            return np.stack([mean, *rest], axis=1), fmap
+
+    values = dict(
+        classes=["covid", "normal", "pneumonia"],
+        positive_class="covid",
+        input_size=8,
+        preprocess="none",
+        models={"float": "m"},
+        decision={"positive_index": 0, "threshold": 0.5, "temperature": 1.0, "rule": "0.5", "fitted_on": "a test"},
+    )
+    predictor = MeanPredictor(ModelCard(**{**values, **card}))
+    predictor.batches = []
+    s = Screener(predictor, intake or Intake())
+    s.prepare = lambda gray: Prepared(np.full((8, 8), float(gray.mean()), np.float32), gray, (0, 8, 0, 8), fields)
+    return s
+
+
+def mean_png(value: int, side: int = 16) -> bytes:
+    """A PNG whose mean is ``value`` (not blank: a blank image is refused as not an X-ray)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    ramp = value + np.tile(np.array([-1, 1] * (side // 2)), (side, 1))
+    Image.fromarray(ramp.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -82,7 +82,7 @@ def format_results(results: Sequence[Prediction], screener: Screener, fmt: str =
         writer = csv.writer(buffer)
         writer.writerow(columns)
         writer.writerows(rows)
-        return buffer.getvalue().rstrip("\n")
+        return buffer.getvalue().rstrip("\r\n")
     columns, rows = columns[:-2] + columns[-1:], [row[:-2] + row[-1:] for row in rows]  # the rule once, below
     widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
     table = "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [columns] + rows)
@@ -172,7 +172,7 @@ def _done(out_csv: Path, columns: list[str], resume: bool) -> set[str]:
     with open(out_csv, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         done = {input_key(row.get("file") or "") for row in reader}
-    header = reader.fieldnames or []
+        header = reader.fieldnames or []  # read here: an empty file's header is asked for only now
     if header and header != columns:
         raise ConfigError(
             f"{out_csv}: its columns are not the ones this model and ccad write (another model, or "
