@@ -1,15 +1,22 @@
 """Shared fixtures: small synthetic data sets, and ../shared when it is there."""
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
+import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if (SHARED / "keras-home").is_dir():
     os.environ.setdefault("KERAS_HOME", str(SHARED / "keras-home"))
+
+# tqdm's default lock is a multiprocessing lock, shared by every process forked after it exists: a forked test
+# process killed while holding it (a mutation run ends each mutant's process by a signal) hangs every later one
+# that draws a progress bar. The tests' processes each keep a lock of their own.
+tqdm.tqdm.set_lock(threading.RLock())
 
 needs_shared = pytest.mark.skipif(
     not (SHARED / "data" / "covid-cxr" / "manifest.csv").is_file(),
