@@ -56,6 +56,7 @@ def test_the_columns_name_each_probability_severity_score_and_bound():
 
 
 def test_a_row_writes_each_field_in_its_column_at_its_precision():
+    assert result_row(scored(), CLASSES)[-2:] == ["", ""]  # no rule given, none written
     assert result_row(scored(), CLASSES, rule=RULE) == [
         *("a.png", "covid", "0.812346", "0.187654", "false", "12.346", "no_lungs;small_fields", RULE, ""),
     ]
@@ -139,6 +140,7 @@ def test_overlays_are_named_by_file_and_class_and_show_the_x_ray_with_its_heat(t
     folder = tmp_path / "new" / "folder"
     assert save_overlays([pictured("a.png"), scored("b.png"), pictured("c.png")], folder) == 2
     assert sorted(p.name for p in folder.iterdir()) == ["a.covid.heatmap.png", "c.covid.heatmap.png"]
+    assert save_overlays([pictured("d.png")], folder) == 1  # the folder exists now
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path):
@@ -169,25 +171,39 @@ def images(tmp_path, *means: int) -> list:
 def test_the_csv_streams_a_row_per_file_and_counts_errors(tmp_path, capsys):
     paths = images(tmp_path, 230, 20)
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    out = tmp_path / "deep" / "p.csv"
-    counts = predict_to_csv(fake_screener(classes=CLASSES), [*paths, tmp_path / "bad.png"], out, progress=False)
+    out = tmp_path / "deep" / "er" / "p.csv"
+    s = screener_with_severity()
+    counts = predict_to_csv(s, [*paths, tmp_path / "bad.png"], out, progress=False)
     assert counts == {"scored": 2, "errors": 1, "skipped_done": 0}
     assert capsys.readouterr().err == ""  # no progress bar when not asked
     rows = list(csv.reader(open(out, newline="")))
-    assert rows[0] == result_columns(CLASSES) and len(rows) == 4
+    assert rows[0] == result_columns(CLASSES, ["geographic_extent"]) and len(rows) == 4
     assert [r[1] for r in rows[1:]] == ["covid", "normal", ""]
+    assert rows[1][7:11] == ["8.00", "6.50", "8.00", "severe"] and rows[2][7:11] == ["", "", "", ""]
     assert rows[3][-1].startswith(f"{tmp_path / 'bad.png'}: ") and rows[3][-2] == ""
-    assert rows[1][-2] == fake_screener(classes=CLASSES).rule_text()
-    predict_to_csv(fake_screener(classes=CLASSES), paths, tmp_path / "q.csv", progress=True)
-    assert "predict" in capsys.readouterr().err
+    assert rows[1][-2] == s.rule_text()
+    predict_to_csv(s, paths, tmp_path / "q.csv")  # a progress bar by default, on stderr
+    assert capsys.readouterr().err.startswith("\rpredict: 0img [")
+
+
+def test_a_resumed_run_knows_a_file_whose_name_holds_a_carriage_return(tmp_path):
+    odd = tmp_path / "a\rb.png"
+    odd.write_bytes(mean_png(230))
+    out = tmp_path / "p.csv"
+    s = fake_screener(classes=CLASSES)
+    predict_to_csv(s, [odd], out, progress=False)
+    assert predict_to_csv(s, [odd], out, resume=True, progress=False) == {"scored": 0, "errors": 0, "skipped_done": 1}
 
 
 def test_heatmaps_are_written_beside_the_csv_when_asked(tmp_path):
     s = fake_screener(classes=CLASSES)
     s.predictor.cam_weights = np.array([[0, 0], [1, 0], [0, 1]], np.float32)
     heat = tmp_path / "heat" / "maps"
-    predict_to_csv(s, images(tmp_path, 230, 20), tmp_path / "p.csv", heatmap_dir=heat, progress=False)
+    (tmp_path / "bad.png").write_bytes(b"not a png")  # an error row: no picture
+    inputs = [*images(tmp_path, 230, 20), tmp_path / "bad.png"]
+    assert predict_to_csv(s, inputs, tmp_path / "p.csv", heatmap_dir=heat, progress=False)["errors"] == 1
     assert sorted(p.name for p in heat.iterdir()) == ["0.covid.heatmap.png", "1.normal.heatmap.png"]
+    predict_to_csv(s, inputs[:1], tmp_path / "q.csv", heatmap_dir=heat, progress=False)  # into a folder that exists
 
 
 def test_a_resumed_csv_loses_a_half_written_row_and_keeps_one_header(tmp_path):

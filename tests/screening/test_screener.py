@@ -5,6 +5,7 @@ parameters. No TensorFlow, no bundle: a predictor whose network outputs the test
 import csv
 import io
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -13,11 +14,12 @@ from PIL import Image
 
 from ccad.cli import COMMANDS, build_parser, flag_words, flags_of, main
 from ccad.errors import ConfigError, ImageReadError, ModelError
-from ccad.io.images import ImageTooLargeError
+from ccad.io.images import ImageTooLargeError, read_grayscale
 from ccad.io.inputs import input_key, iter_inputs
 from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT, OodGuard
 from ccad.models.severity import SeverityHead
 from ccad.models.signing import make_keys
+from ccad.preprocessing.pipeline import prepare_full
 from ccad.screening import Intake, Reader, Screener, Upload
 from ccad.screening import screener as screener_module
 from ccad.screening.results import check_outputs, predict_to_csv
@@ -89,8 +91,12 @@ def test_a_resumed_csv_skips_what_it_holds_and_refuses_other_columns(tmp_path):
     assert [r["file"] for r in rows] == [str(p) for p in images]
     other = tmp_path / "other.csv"
     other.write_text("file,something_else\n")
-    with pytest.raises(ConfigError, match="columns are not the ones"):
+    with pytest.raises(ConfigError) as raised:
         predict_to_csv(screener(), images, other, resume=True, progress=False)
+    assert str(raised.value) == (
+        f"{other}: its columns are not the ones this model and ccad write (another model, or an older ccad): "
+        "resume into the CSV it was started with, or give another `out`"
+    )
 
 
 def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
@@ -252,9 +258,10 @@ def test_the_limits_are_exact_and_say_what_they_are(tmp_path):
     with pytest.raises(ImageTooLargeError) as raised:
         screener(Intake(max_bytes=limit)).decode(Upload("a", data, "files[3]"))
     assert str(raised.value) == f"files[3]: over the upload limit of {limit / 2**20:g} MB"
-    with pytest.raises(ImageReadError) as raised:  # a missing file is not "too large": read_grayscale says why
-        screener(Intake(max_bytes=10)).decode(tmp_path / "missing.png")
-    assert not isinstance(raised.value, ImageTooLargeError) and "missing.png" in str(raised.value)
+    for limit in (0, 10):  # a missing file is not "too large", even under a limit of 0: read_grayscale says why
+        with pytest.raises(ImageReadError) as raised:
+            screener(Intake(max_bytes=limit)).decode(tmp_path / "missing.png")
+        assert not isinstance(raised.value, ImageTooLargeError) and "missing.png" in str(raised.value)
 
 
 @pytest.mark.parametrize("upload", [False, True])
@@ -273,18 +280,27 @@ def test_the_intake_reaches_the_decoder(tmp_path, monkeypatch, upload, intake):
     assert seen == [(intake.max_pixels, not intake.score_anyway, intake.decode_min_side)]
 
 
-def test_a_reader_finds_the_lung_fields_for_qc_and_the_outline():
+def test_a_reader_prepares_as_its_model_does_with_the_lung_fields_for_qc_and_the_outline():
     gray = np.asarray(Image.open(io.BytesIO(mean_png(128, side=64))), np.float32) / 255
+    gray[:32] *= 0.5  # not flat: equalizing changes it
     assert Reader(16, "none").prepare(gray).fields is not None
+    equalized = Reader(16, "equalize").prepare(gray).image
+    np.testing.assert_array_equal(equalized, prepare_full(gray, 16, "equalize").image)
+    assert not np.allclose(equalized, prepare_full(gray, 16, "none").image)
+    s = fake_screener(preprocess="equalize", input_size=16)
+    assert (s.reader.size, s.reader.preprocess) == (16, "equalize")
+    np.testing.assert_array_equal(Screener.prepare(s, gray).image, equalized)  # the class's own step, not the fake's
 
 
 def test_loading_a_bundle_keeps_the_intake_variant_and_threads_and_checks_the_signature(bundle, tmp_path):
+    import sklearn.ensemble  # noqa: F401  (loads an OpenMP runtime: limiting BLAS must leave it alone)
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    threadpool_limits(2, user_api="blas")
+    threadpool_limits(2)
     intake = Intake(max_bytes=5)
     s = Screener.load(bundle, variant="int8", threads=1, intake=intake)
-    assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] in ([1], [1, 1])
+    threads = {(pool["user_api"], pool["num_threads"]) for pool in threadpool_info()}
+    assert threads == {("blas", 1), ("openmp", 2)}
     assert s.intake is intake and s.reader.intake is intake and s.variant == "int8"
     assert s.predictor.session.get_session_options().intra_op_num_threads == 1
     assert Screener.load(bundle).predictor.session.get_session_options().intra_op_num_threads == 2
@@ -292,3 +308,42 @@ def test_loading_a_bundle_keeps_the_intake_variant_and_threads_and_checks_the_si
     _, public = make_keys(tmp_path / "keys")
     with pytest.raises(ModelError, match="not signed"):
         Screener.load(bundle, verify_key=public)
+
+
+class MeetingPng:
+    """Decoding that waits until ``threads`` decodes meet (so the pool must run that many at once; with fewer
+    threads it never completes and the barrier breaks after 10 s), and notes which thread did each."""
+
+    def __init__(self, path, threads: int):
+        self.path, self.threads, self.barrier = path, set(), threading.Barrier(threads, timeout=10)
+
+    def __call__(self, source, *args):
+        self.threads.add(threading.current_thread().name)
+        self.barrier.wait()
+        return read_grayscale(self.path)
+
+
+@pytest.mark.parametrize("cores", [1, 3, None])  # None: a platform without sched_getaffinity
+def test_decoding_runs_on_a_thread_per_core_at_least_two_named_for_ccad(tmp_path, monkeypatch, cores):
+    path = tmp_path / "a.png"
+    path.write_bytes(mean_png(204))
+    meeting = MeetingPng(path, max(2, cores or 2))
+    monkeypatch.setattr(screener_module, "read_grayscale", meeting)
+    if cores is None:
+        monkeypatch.delattr(screener_module.os, "sched_getaffinity")
+    else:
+        monkeypatch.setattr(screener_module.os, "sched_getaffinity", lambda pid: set(range(cores)))
+    results = list(guarded().screen([path] * 6))
+    assert [r.error for r in results] == [None] * 6 and all(
+        r.pictures is None for r in results
+    )  # no heatmaps unless asked
+    assert len(meeting.threads) == max(2, cores or 2)
+    assert all(name.startswith("ccad-decode_") for name in meeting.threads)
+
+
+def test_heatmaps_come_with_every_batch_of_a_long_stream(tmp_path):
+    path = tmp_path / "a.png"
+    path.write_bytes(mean_png(204))
+    s = guarded()
+    results = list(s.screen([path] * 21, with_heatmaps=True))
+    assert all(r.pictures is not None for r in results)
