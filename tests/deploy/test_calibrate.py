@@ -1,5 +1,6 @@
 """ccad calibrate: a bundle's threshold refitted on a site's own images (ccad.deploy.calibrate)."""
 
+import datetime
 import json
 import math
 import re
@@ -9,7 +10,7 @@ import pytest
 
 from ccad.cli import main
 from ccad.deploy.calibrate import _achieved, _threshold_interval, _wilson, minimum_images, parse_target, threshold_for
-from ccad.errors import ConfigError
+from ccad.errors import ConfigError, DataError
 from ccad.screening import Screener
 
 
@@ -322,3 +323,126 @@ def test_the_guard_can_be_refitted_on_the_sites_own_images(bundle, site, tmp_pat
     guard = OodGuard.load(out / "ood.npz")
     assert guard.reference_distances is None and guard.reference_scores is None
     assert new.extra["site_calibration"]["ood"]["drift_reference"].startswith("none: 12 held-back images")
+
+
+def _site_with(site, folder, normals: int, bad: dict[str, bytes]):
+    """A manifest over ``site``'s covid images, its first ``normals`` normals and ``bad`` files (name: bytes),
+    in that order."""
+    rows = [line.split(",") for line in (site / "manifest.csv").read_text().splitlines()[1:]]
+    covid = [r for r in rows if r[1] == "covid"]
+    normal = [r for r in rows if r[1] == "normal"][:normals]
+    folder.mkdir()
+    lines = ["path,label,group"] + [f"{site / r[0]},{r[1]},{r[2].strip()}" for r in covid + normal]
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+        lines.append(f"{folder / name},normal,{name}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle, site, tmp_path):
+    from ccad import __version__
+    from ccad.data.datasets import DataSpec
+    from ccad.deploy.calibrate import calibrate_bundle
+    from ccad.io.files import sha256
+    from ccad.models.card import ModelCard
+
+    bad = {"a-empty.png": b"", "b-junk.png": b"not an image at all"}
+    manifest = _site_with(site, tmp_path / "site", 50, bad)  # exactly the 50 normals specificity 0.90 needs
+    with pytest.raises(DataError) as raised:
+        calibrate_bundle(bundle, DataSpec(manifest), "specificity=0.90", tmp_path / "refused")
+    first = tmp_path / "site" / "a-empty.png"
+    why = "not a readable image (allowed: PNG, JPEG, TIFF, BMP or DICOM)"
+    assert str(raised.value) == f"{first}: {first}: {why} (pass `skip_bad` to leave unreadable files out)"
+    out = tmp_path / "out"
+    spec = DataSpec(manifest, skip_bad=True)
+    record = calibrate_bundle(bundle, spec, "specificity=0.90", out)
+    base, screener = ModelCard.load(bundle), Screener.load(bundle)
+    assert datetime.datetime.fromisoformat(record.pop("date")).utcoffset() == datetime.timedelta(0)
+    ci95 = record.pop("threshold_bootstrap_ci95")
+    achieved = record.pop("achieved")
+    assert record == {
+        "ccad": __version__,
+        "base": {
+            "card_sha256": sha256(bundle / "ccad-model.json"),
+            "model_sha256": base.sha256["model.onnx"],
+            "decision": screener.decision.to_dict(),
+        },
+        "data": {
+            "source": spec.discover(model_classes=screener.classes).source,
+            "sha256": spec.discover(model_classes=screener.classes).fingerprint(),
+            "images": 110,
+            "unreadable": 2,
+            "counts": {"covid": 60, "normal": 50},
+        },
+        "target": {"specificity": 0.9},
+        "threshold": record["threshold"],
+        "note": "measured on the images the threshold was fitted on; check it on others of the site",
+    }
+    # the threshold's bootstrap (seed 0) over the 50 readable normals in the data's order
+    samples = [s for s in spec.discover(model_classes=screener.classes).samples if s.label == "normal"]
+    normals = np.array([p.probabilities["covid"] for p in screener.screen([s.path for s in samples]) if not p.error])
+    assert len(normals) == 50 and ci95 == _threshold_interval(normals, "specificity", 0.9, 0)
+    assert achieved["specificity"]["n"] == 50 and achieved["sensitivity"]["n"] == 60
+    card = ModelCard.load(out)
+    assert card.ood == base.ood  # no --unlabelled: the guard as it was
+    assert {k: card.extra[k] for k in base.extra} == base.extra and card.extra["site_calibration"]["ccad"]
+    with pytest.raises(ConfigError) as raised:
+        calibrate_bundle(bundle, spec, "specificity=0.90", out)
+    assert str(raised.value) == f"{out}: already exists (choose another `out` or remove it)"
+    calibrate_bundle(bundle, spec, "specificity=0.90", out, overwrite=True)
+    refused = _site_with(site, tmp_path / "site49", 49, {})
+    with pytest.raises(DataError, match="49 non-covid images cannot support specificity 0.90"):
+        calibrate_bundle(bundle, DataSpec(refused), "specificity=0.90", tmp_path / "out49")
+
+
+def _pngs(folder, count: int):
+    from helpers import mean_png
+
+    folder.mkdir()
+    for i in range(count):
+        (folder / f"{i:03d}.png").write_bytes(mean_png(20 + (i * 37) % 211))
+    return folder
+
+
+def test_the_sites_guard_is_fitted_on_80_percent_cut_at_the_rest_and_needs_50_images(tmp_path):
+    from helpers import fake_screener
+
+    from ccad.deploy.calibrate import _refit_guard
+    from ccad.models.ood import fit_ood_guard
+
+    s = fake_screener()
+    few = _pngs(tmp_path / "few", 49)
+    with pytest.raises(DataError) as raised:
+        _refit_guard(s, few, 0)
+    assert str(raised.value) == f"{few}: 49 readable images; refitting the guard needs at least 50"
+    fifty = _pngs(tmp_path / "fifty", 50)
+    (fifty / "zz-bad.png").write_bytes(b"junk")  # unreadable: left out
+    guard, record = _refit_guard(s, fifty, 3)
+    pooled = np.array([[m, 0.25, 1 - m] for m in ((20 + (i * 37) % 211) / 255 for i in range(50))])
+    order = np.random.default_rng(3).permutation(50)
+    expected = fit_ood_guard(pooled[order[:40]], pooled[order[40:]])
+    assert guard.cutoff == pytest.approx(expected.cutoff, rel=1e-5)
+    assert record == {
+        "source": str(fifty),
+        "images": 50,
+        "reference": 40,
+        "cutoff_images": 10,
+        "cutoff": guard.cutoff,
+        "drift_reference": "none: 10 held-back images, under 100 (use 500 or more)",
+    }
+    assert guard.reference_distances is None  # too few to be quiet: no drift check
+
+
+def test_five_hundred_site_images_make_the_drift_reference_of_the_held_back_hundred(tmp_path):
+    from helpers import fake_screener
+
+    from ccad.deploy.calibrate import _refit_guard
+
+    guard, record = _refit_guard(fake_screener(), _pngs(tmp_path / "many", 500), 0)
+    assert (record["reference"], record["cutoff_images"], record["drift_reference"]) == (400, 100, 100)
+    held = np.random.default_rng(0).permutation(500)[400:]
+    covid = np.array([(20 + (i * 37) % 211) / 255 for i in range(500)])[held]  # p(covid): the image's mean
+    np.testing.assert_allclose(guard.reference_scores, covid, atol=1e-6)
+    pooled = np.stack([covid, np.full(100, 0.25), 1 - covid], axis=1)
+    np.testing.assert_allclose(guard.reference_distances, guard.distance(pooled), atol=1e-5)

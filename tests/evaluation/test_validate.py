@@ -1,7 +1,10 @@
 """ccad validate: criteria written before the run, each judged on its 95% interval (ccad.evaluation.validate)."""
 
+import errno
+import hashlib
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -9,7 +12,18 @@ import pytest
 
 from ccad.cli import main
 from ccad.errors import ConfigError
-from ccad.evaluation.validate import FAIL, PASS, UNDECIDED, read_criteria, validate, verdict, write_validation
+from ccad.evaluation.validate import (
+    FAIL,
+    PASS,
+    UNDECIDED,
+    _count,
+    _hits,
+    _widened,
+    read_criteria,
+    validate,
+    verdict,
+    write_validation,
+)
 
 
 @pytest.mark.parametrize(
@@ -303,3 +317,341 @@ def test_bad_criteria_are_exit_2_before_anything_is_scored(bundle, synth_folders
         == 2
     )
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+NOT_MEASURABLE = "not measurable on these images (a class is missing)"
+NOT_PAST = "more images would not tell at the rate observed: it is not past the bar"
+
+
+@pytest.mark.parametrize(
+    "entry, criterion, expected",
+    [
+        (None, {"metric": "auc", "at_least": 0.8}, {"metric": "auc", "at_least": 0.8}),
+        ({"value": None, "ci95": None}, {"metric": "f1", "at_most": 0.3}, {"metric": "f1", "at_most": 0.3}),
+    ],
+)
+def test_a_metric_that_could_not_be_measured_is_undecided_with_its_bar_and_why(entry, criterion, expected):
+    assert verdict(entry, criterion, 100) == dict(expected, verdict=UNDECIDED, why=NOT_MEASURABLE)
+
+
+@pytest.mark.parametrize("ci95", [None, "absent"])
+def test_an_entry_without_an_interval_is_judged_on_its_value_alone(ci95):
+    entry = {"value": 0.9} if ci95 == "absent" else {"value": 0.9, "ci95": None}
+    # no interval: the interval is the point [0.9, 0.9], at or above 0.8 (pass) and at or under 0.95 (pass)
+    assert verdict(entry, {"metric": "sensitivity", "at_least": 0.8}, 50) == {
+        "metric": "sensitivity",
+        "at_least": 0.8,
+        "value": 0.9,
+        "ci95": [0.9, 0.9],
+        "verdict": PASS,
+    }
+    assert verdict(entry, {"metric": "sensitivity", "at_most": 0.95}, 50) == {
+        "metric": "sensitivity",
+        "at_most": 0.95,
+        "value": 0.9,
+        "ci95": [0.9, 0.9],
+        "verdict": PASS,
+    }
+    # and [0.9, 0.9] is wholly under 0.92 (fail)
+    assert verdict(entry, {"metric": "sensitivity", "at_least": 0.92}, 50)["verdict"] == FAIL
+
+
+@pytest.mark.parametrize(
+    "entry, criterion, n",
+    [
+        # the rate exactly on the bar: however narrow the interval gets, it still reaches the bar's other side
+        ({"value": 0.8, "ci95": [0.7, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, 100),
+        ({"value": 0.1, "ci95": [0.05, 0.15]}, {"metric": "out_of_distribution", "at_most": 0.1}, 100),
+        # the rate on the wrong side of the bar, just
+        ({"value": 0.79, "ci95": [0.7, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, 100),
+        ({"value": 0.11, "ci95": [0.05, 0.15]}, {"metric": "out_of_distribution", "at_most": 0.1}, 100),
+        # on the right side, but no count of images to scale
+        ({"value": 0.85, "ci95": [0.75, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, 0),
+        ({"value": 0.85, "ci95": [0.75, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, None),
+        ({"value": 0.05, "ci95": [0.02, 0.15]}, {"metric": "out_of_distribution", "at_most": 0.1}, None),
+    ],
+)
+def test_more_images_would_not_tell_when_the_rate_is_not_past_the_bar_or_unscaled(entry, criterion, n):
+    assert verdict(entry, criterion, n) == dict(
+        criterion, value=entry["value"], ci95=entry["ci95"], verdict=UNDECIDED, why=NOT_PAST
+    )
+
+
+def test_the_rate_just_past_the_bar_on_either_side_gets_an_image_count():
+    # at least 0.8, rate 0.85 [0.75, 0.9]: 100 x (0.10 / 0.05)^2 = 400
+    assert verdict({"value": 0.85, "ci95": [0.75, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, 100)[
+        "images_needed"
+    ] == 400
+    # at most 0.1, rate 0.05 [0.02, 0.15]: 100 x (0.10 / 0.05)^2 = 400
+    assert verdict({"value": 0.05, "ci95": [0.02, 0.15]}, {"metric": "out_of_distribution", "at_most": 0.1}, 100)[
+        "images_needed"
+    ] == 400
+
+
+def test_images_needed_rounds_away_float_dust_before_rounding_up():
+    # at least 0.5, rate 0.75 (0.25 past the bar), lower half-width 0.75 - 0.499999999875 = 0.250000000125:
+    # 100 x (0.250000000125 / 0.25)^2 = 100 x (1 + 5e-10)^2 = 100.0000001, which is 100.000000 to 6 decimals,
+    # so 100 images, not 101
+    result = verdict({"value": 0.75, "ci95": [0.499999999875, 0.9]}, {"metric": "sensitivity", "at_least": 0.5}, 100)
+    assert result == {
+        "metric": "sensitivity",
+        "at_least": 0.5,
+        "value": 0.75,
+        "ci95": [0.499999999875, 0.9],
+        "verdict": UNDECIDED,
+        "images_needed": 100,
+        "why": "about 100 images (now 100) would tell, if the rate stays at 0.750",
+    }
+    # the same, mirrored, for at most 0.5: rate 0.25, upper half-width 0.500000000125 - 0.25
+    result = verdict(
+        {"value": 0.25, "ci95": [0.1, 0.500000000125]}, {"metric": "out_of_distribution", "at_most": 0.5}, 100
+    )
+    assert result["images_needed"] == 100
+
+
+# rows are the truth (covid, normal), columns what was called: 7 of 10 covid found, 15 of 20 normals kept,
+# 5 normals called covid; "n" deliberately not the matrix's 30 images
+ASYMMETRIC = {"confusion_matrix": [[7, 3], [5, 15]], "n": 99, "out_of_distribution": {"n": 120}}
+
+
+def test_without_a_stored_decision_the_positive_class_is_the_first():
+    metrics = dict(ASYMMETRIC)
+    # positive index 0: sensitivity 7 of the 10 in row 0, specificity 15 of the 20 in row 1, precision 7 of
+    # the 7 + 5 = 12 in column 0; accuracy 7 + 15 = 22 of all 30 in the matrix, not "n"
+    assert _hits(metrics, "sensitivity") == (7, 10)
+    assert _hits(metrics, "specificity") == (15, 20)
+    assert _hits(metrics, "precision") == (7, 12)
+    assert _hits(metrics, "accuracy") == (22, 30)
+    assert [_count(metrics, m) for m in ("sensitivity", "specificity", "precision")] == [10, 20, 12]
+    # the others: accuracy and auc on "n", the out-of-distribution rate on its own n; no counts behind auc
+    assert [_count(metrics, m) for m in ("accuracy", "auc", "out_of_distribution")] == [99, 99, 120]
+    assert _hits(metrics, "auc") is None and _hits(metrics, "out_of_distribution") is None
+    # the same with decision None
+    metrics["decision"] = None
+    assert _hits(metrics, "sensitivity") == (7, 10) and _count(metrics, "specificity") == 20
+
+
+def test_a_stored_positive_index_of_one_swaps_the_rows():
+    metrics = dict(ASYMMETRIC, decision={"positive_index": 1})
+    # positive index 1: sensitivity 15 of 20 (row 1), specificity 7 of 10 (row 0), precision 15 of 3 + 15 = 18
+    assert [_hits(metrics, m) for m in ("sensitivity", "specificity", "precision", "accuracy")] == [
+        (15, 20),
+        (7, 10),
+        (15, 18),
+        (22, 30),
+    ]
+    assert [_count(metrics, m) for m in ("sensitivity", "specificity", "precision")] == [20, 10, 18]
+
+
+@pytest.mark.parametrize(
+    "matrix, metric",
+    [
+        ([[0, 0], [4, 6]], "sensitivity"),  # no covid images: 0 + 0 = 0 to count on
+        ([[5, 0], [0, 0]], "specificity"),  # no normal images
+        ([[0, 3], [0, 6]], "precision"),  # nothing called covid: 0 + 0 in column 0
+        ([[0, 0], [0, 0]], "accuracy"),  # no images at all
+        ([], "accuracy"),
+        (None, "sensitivity"),
+        ([[1, 2, 3], [4, 5, 6], [7, 8, 9]], "sensitivity"),  # three classes: not a 2 x 2 confusion matrix
+        ([[1, 2, 3], [4, 5, 6], [7, 8, 9]], "accuracy"),
+    ],
+)
+def test_no_counts_behind_a_proportion_without_images_or_a_two_by_two_matrix(matrix, metric):
+    assert _hits({"confusion_matrix": matrix, "n": 9}, metric) is None
+
+
+def test_a_proportion_is_widened_from_its_point_when_it_has_no_interval():
+    # 7 of 10: Wilson centre (7 + 1.9207) / 13.8415 = 0.64449, half 1.96 sqrt(2.1 + 0.96037) / 13.8415 = 0.24772,
+    # so [0.39678, 0.89221], wider than the point 0.7 at both ends
+    for entry in ({"value": 0.7}, {"value": 0.7, "ci95": None}):
+        widened = _widened(entry, (7, 10))
+        assert widened["value"] == 0.7
+        assert widened["ci95"] == pytest.approx([0.39678, 0.89221], abs=1e-5)
+
+
+def test_nothing_to_widen_is_returned_as_it_is():
+    unmeasured = {"value": None, "ci95": None}
+    assert _widened(None, (7, 10)) is None
+    assert _widened(unmeasured, (7, 10)) is unmeasured
+    measured = {"value": 0.7, "ci95": [0.6, 0.8]}
+    assert _widened(measured, None) is measured
+
+
+RECORDED = [
+    {
+        "metric": "sensitivity",
+        "at_least": 0.8,
+        "value": 0.83456,
+        "ci95": [0.61234, 0.92345],
+        "verdict": UNDECIDED,
+        "images_needed": 120,
+        "why": "about 120 images (now 40) would tell, if the rate stays at 0.835",
+    },
+    {"metric": "out_of_distribution", "at_most": 0.1, "value": 0.04321, "ci95": [0.01234, 0.08765], "verdict": PASS},
+    {"metric": "auc", "at_least": 0.75, "verdict": UNDECIDED, "why": NOT_MEASURABLE},
+    {"metric": "specificity", "at_least": 0.9, "value": 0.5, "ci95": [0.25, 0.75], "verdict": FAIL},
+]
+NOTE = (
+    "a local acceptance test of a research screening aid, not a diagnosis; every number is from the images "
+    "named, at the model's stored rule"
+)
+CRITERIA = {"file": "acceptance.toml", "sha256": "ab" * 32}
+MODEL = {"name": "site-model", "card_sha256": "cd" * 32}
+
+
+def test_the_validation_record_holds_every_field(tmp_path):
+    by = {"ViewPosition": {"PA": {"n": 30}}}
+    metrics = {
+        "data": "/site/xrays",
+        "split": "test",
+        "n": 40,
+        "decision": {"text": "covid when p >= 0.42", "positive_index": 0},
+        "by": by,
+    }
+    record = write_validation(tmp_path, RECORDED, CRITERIA, metrics, MODEL)
+    expected = {
+        "verdict": FAIL,  # one criterion failed
+        "criteria_file": "acceptance.toml",
+        "criteria_sha256": "ab" * 32,
+        "model": MODEL,
+        "data": "/site/xrays",
+        "split": "test",
+        "n": 40,
+        "decision": "covid when p >= 0.42",
+        "verdicts": RECORDED,
+        "by": by,
+        "note": NOTE,
+    }
+    assert record == expected
+    assert json.loads((tmp_path / "validation.json").read_text(encoding="utf-8")) == expected
+
+
+def test_a_record_without_a_decision_or_subgroups_says_so(tmp_path):
+    record = write_validation(tmp_path, RECORDED[1:2], CRITERIA, {"n": 12}, MODEL)
+    expected = {
+        "verdict": PASS,
+        "criteria_file": "acceptance.toml",
+        "criteria_sha256": "ab" * 32,
+        "model": MODEL,
+        "data": None,
+        "split": None,
+        "n": 12,
+        "decision": None,
+        "verdicts": RECORDED[1:2],
+        "by": {},
+        "note": NOTE,
+    }
+    assert record == expected
+    assert json.loads((tmp_path / "validation.json").read_text(encoding="utf-8")) == expected
+    assert "Local acceptance test: pass" in (tmp_path / "validation.html").read_text(encoding="utf-8")
+
+
+def test_the_validation_page_has_one_row_per_criterion(tmp_path):
+    write_validation(tmp_path, RECORDED, CRITERIA, {"n": 40, "decision": {"text": "t"}}, MODEL)
+    page = (tmp_path / "validation.html").read_text(encoding="utf-8")
+    (tbody,) = re.findall(r"<tbody>(.*?)</tbody>", page, flags=re.S)
+    rows = re.findall(r"<tr class='([^']*)'>(.*?)</tr>", tbody)
+    assert "".join(f"<tr class='{kind}'>{cells}</tr>" for kind, cells in rows) == tbody  # nothing between rows
+    # the bar and every number to 3 decimals, as written in the raw HTML; "-" where there is no number
+    assert [(kind, re.findall(r"<td>(.*?)</td>", cells)) for kind, cells in rows] == [
+        (
+            "not",
+            [
+                "sensitivity",
+                "&ge; 0.800",
+                "0.835",  # 0.83456
+                "0.612 - 0.923",  # [0.61234, 0.92345]
+                "<b>not enough images to tell</b>",
+                "about 120 images (now 40) would tell, if the rate stays at 0.835",
+            ],
+        ),
+        ("pass", ["out_of_distribution", "&le; 0.100", "0.043", "0.012 - 0.088", "<b>pass</b>", ""]),
+        ("not", ["auc", "&ge; 0.750", "-", "-", "<b>not enough images to tell</b>", NOT_MEASURABLE]),
+        ("fail", ["specificity", "&ge; 0.900", "0.500", "0.250 - 0.750", "<b>fail</b>", ""]),
+    ]
+
+
+def _criteria_utf8(tmp_path, text):
+    path = tmp_path / "acceptance.toml"
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def test_criteria_are_read_with_notes_bars_on_the_ends_and_subgroups(tmp_path):
+    text = (
+        "[[criterion]]\nmetric = 'specificity'\nat_least = 0\nnote = 'Größe: every image counts'\n"
+        "[[criterion]]\nmetric = 'sensitivity'\nat_least = 1\n"
+        "[[criterion]]\nmetric = 'out_of_distribution'\nat_most = 1.0\n"
+        "[subgroups]\nby = ['ViewPosition', 'Manufacturer']\n"
+    )
+    path = _criteria_utf8(tmp_path, text)
+    assert read_criteria(str(path)) == {
+        "criteria": [
+            {"metric": "specificity", "at_least": 0, "note": "Größe: every image counts"},
+            {"metric": "sensitivity", "at_least": 1},
+            {"metric": "out_of_distribution", "at_most": 1.0},
+        ],
+        "by": ["ViewPosition", "Manufacturer"],
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "file": "acceptance.toml",
+    }
+
+
+def test_criteria_without_subgroups_have_none(tmp_path):
+    path = _criteria_utf8(tmp_path, "[[criterion]]\nmetric = 'auc'\nat_least = 0.8\n[subgroups]\n")
+    assert read_criteria(path)["by"] == []
+    path = _criteria_utf8(tmp_path, "[[criterion]]\nmetric = 'auc'\nat_least = 0.8\n")
+    assert read_criteria(path)["by"] == []
+
+
+FIRST_OK = "[[criterion]]\nmetric = 'auc'\nat_least = 0.8\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "no [[criterion]] tables"),
+        ("criterion = []\n", "no [[criterion]] tables"),  # the list there, but empty
+        ("criterion = 'auc'\n", "no [[criterion]] tables"),  # not a list of tables
+        (
+            FIRST_OK + "[[criterion]]\nmetric = 'magic'\nat_least = 0.8\n",
+            "criterion 2: metric must be one of accuracy, sensitivity, specificity, precision, f1, auc, "
+            "out_of_distribution",
+        ),
+        (
+            FIRST_OK + "[[criterion]]\nmetric = 'auc'\nat_least = 1.0001\n",
+            "criterion 2: give one of at_least or at_most, a number in [0, 1]",
+        ),
+        (
+            FIRST_OK + "[[criterion]]\nmetric = 'auc'\nat_most = -0.0001\n",
+            "criterion 2: give one of at_least or at_most, a number in [0, 1]",
+        ),
+        (
+            FIRST_OK + "[[criterion]]\nmetric = 'auc'\nat_least = '0.8'\n",
+            "criterion 2: give one of at_least or at_most, a number in [0, 1]",
+        ),
+        # two unknown keys: the first of them in sorted order is named ("comment" < "weight")
+        (
+            FIRST_OK + "[[criterion]]\nmetric = 'auc'\nat_least = 0.8\nweight = 2\ncomment = 'x'\n",
+            "criterion 2: unknown key 'comment'",
+        ),
+        ("[[criterion]]\nmetric = 'auc'\nat_least = 0.8\nNote = 'x'\n", "criterion 1: unknown key 'Note'"),
+        (FIRST_OK + "[subgroups]\nby = 'ViewPosition'\n", "[subgroups] by must be a list of field names"),
+        (FIRST_OK + "[subgroups]\nby = ['ViewPosition', 3]\n", "[subgroups] by must be a list of field names"),
+    ],
+)
+def test_bad_criteria_are_refused_with_the_file_and_criterion_named(tmp_path, text, message):
+    path = _criteria_utf8(tmp_path, text)
+    with pytest.raises(ConfigError) as refused:
+        read_criteria(path)
+    assert str(refused.value) == f"`criteria` {path}: {message}"
+
+
+def test_criteria_that_cannot_be_read_are_refused_with_the_reason(tmp_path):
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as refused:
+        read_criteria(missing)
+    assert str(refused.value) == f"`criteria` {missing}: cannot be read ({os.strerror(errno.ENOENT)})"
+    with pytest.raises(ConfigError) as refused:
+        read_criteria(tmp_path)  # a folder
+    assert str(refused.value) == f"`criteria` {tmp_path}: cannot be read ({os.strerror(errno.EISDIR)})"
