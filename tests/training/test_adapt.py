@@ -74,8 +74,12 @@ def adapted(bundle, other_scanner, tmp_path_factory):
         return original["_refit_rule"](rule, y, out_of_fold, classes, positive)
 
     def metrics(y, probabilities, predicted, classes, positive, groups):
-        seen["metrics"].append({"y": np.array(y), "groups": list(groups)})
-        return original["_metrics"](y, probabilities, predicted, classes, positive, groups)
+        result = original["_metrics"](y, probabilities, predicted, classes, positive, groups)
+        seen["metrics"].append(
+            {"y": np.array(y), "groups": list(groups), "p": np.array(probabilities), "predicted": np.array(predicted)}
+        )
+        seen["metrics"][-1]["result"] = result
+        return result
 
     original = {
         "_scored": adapt._scored,
@@ -259,3 +263,97 @@ def test_a_site_calibrated_rule_is_refitted_at_its_own_target():
     refit = _refit_rule(rule, y, out_of_fold, ["covid", "normal"], "covid")
     assert refit.rule == "specificity-0.95 at the site"
     assert np.mean(p_covid[y == 1] < refit.threshold) == pytest.approx(0.95)  # not youden's
+
+
+def test_the_site_adaptation_record_names_its_date_version_base_split_and_figures(bundle, adapted):
+    import datetime
+
+    from ccad import __version__
+    from ccad.evaluation.metrics import compute_metrics
+    from ccad.io.files import sha256
+    from ccad.models.card import ModelCard
+
+    out, seen, _ = adapted
+    record = ModelCard.load(out).extra["site_adaptation"]
+    date = datetime.datetime.fromisoformat(record["date"])
+    assert date.utcoffset() == datetime.timedelta(0) and date.microsecond == 0 and len(record["date"]) == 25
+    assert record["ccad"] == __version__
+    base = ModelCard.load(bundle)
+    assert record["base"] == {"card_sha256": sha256(bundle / "ccad-model.json"), "decision": base.decision}
+    assert record["split"]["by"] == "patient group (near-duplicate films grouped), stratified by class"
+    # before and after: the five figures, from compute_metrics on the test split's patients (grouped bootstrap)
+    # and at the rule's own decisions (not argmax)
+    for when, m in zip(("before", "after"), seen["metrics"]):
+        full = compute_metrics(m["y"], m["p"], ["covid", "normal"], "covid", groups=m["groups"], y_pred=m["predicted"])
+        keys = ("auc", "sensitivity", "specificity", "accuracy", "confusion_matrix")
+        assert record["local_test"][when] == {k: full[k] for k in keys}
+        ungrouped = compute_metrics(m["y"], m["p"], ["covid", "normal"], "covid", y_pred=m["predicted"])
+        argmax = compute_metrics(m["y"], m["p"], ["covid", "normal"], "covid", groups=m["groups"])
+        assert record["local_test"][when] != {k: ungrouped[k] for k in keys}
+        assert record["local_test"][when] != {k: argmax[k] for k in keys}
+
+
+def _manifest_with_bad_files(site, folder):
+    rows = [line.split(",") for line in (site / "manifest.csv").read_text().splitlines()[1:]]
+    folder.mkdir()
+    lines = ["path,label,group"] + [f"{site / r[0]},{r[1]},{r[2].strip()}" for r in rows]
+    for name, data in {"a-empty.png": b"", "b-junk.png": b"junk"}.items():
+        (folder / name).write_bytes(data)
+        lines.append(f"{folder / name},normal,{name}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"
+
+
+def test_unreadable_site_images_are_named_in_one_line_unless_skipped(bundle, other_scanner, tmp_path):
+    from ccad.data.datasets import DataSpec
+    from ccad.errors import DataError
+    from ccad.training.adapt import adapt_bundle
+
+    manifest = _manifest_with_bad_files(other_scanner, tmp_path / "site")
+    with pytest.raises(DataError) as raised:
+        adapt_bundle(bundle, DataSpec(manifest), tmp_path / "out")
+    first = tmp_path / "site" / "a-empty.png"
+    why = "not a readable image (allowed: PNG, JPEG, TIFF, BMP or DICOM)"
+    assert str(raised.value) == f"{first}: {first}: {why} (pass `skip_bad` to leave unreadable files out)"
+
+
+def test_rehearsal_is_read_split_by_the_seed_or_empty_without_a_file(bundle, tmp_path, monkeypatch):
+    import shutil
+
+    from ccad.errors import ConfigError
+    from ccad.models.card import ModelCard
+    from ccad.training import adapt
+
+    screener = Screener.load(bundle)
+    (r_x, r_y), (c_x, c_y) = adapt._rehearsal(bundle, screener, 1280, 7)
+    with np.load(bundle / "rehearsal.npz") as z:
+        features, labels = z["features"].astype(np.float32), z["labels"]
+    check = np.zeros(len(features), bool)
+    check[np.random.default_rng(7).permutation(len(features))[: len(features) // 5]] = True
+    np.testing.assert_array_equal(c_x, features[check])
+    np.testing.assert_array_equal(r_y, labels[~check])
+    bare = tmp_path / "bare"
+    shutil.copytree(bundle, bare)
+    (bare / "rehearsal.npz").unlink()
+    (r_x, r_y), (c_x, c_y) = adapt._rehearsal(bare, Screener.load(bare), 1280, 7)
+    assert (r_x.shape, r_x.dtype, r_y.shape, r_y.dtype) == ((0, 1280), np.float32, (0,), np.int64)
+    assert len(c_x) == len(c_y) == 0
+    monkeypatch.setattr(adapt, "load_rehearsal", lambda path: (features, labels, ["a", "b"]))
+    with pytest.raises(ConfigError) as raised:
+        adapt._rehearsal(bundle, screener, 1280, 7)
+    assert str(raised.value) == (
+        f"{bundle}: its rehearsal features are of ['a', 'b'], the model's classes {ModelCard.load(bundle).classes}"
+    )
+
+
+def test_the_out_of_fold_fits_follow_the_seed():
+    from ccad.training.adapt import HeadFit
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4))
+    y = (x[:, 0] > 0).astype(int)
+    groups = np.arange(60) // 2
+    fit = HeadFit([(np.zeros((4, 2)), np.zeros(2))], (np.zeros((0, 4)), np.zeros(0, int)), 1e-3)
+    once, again = fit.out_of_fold(x, y, groups, 5), fit.out_of_fold(x, y, groups, 5)
+    np.testing.assert_array_equal(once, again)
+    assert not np.array_equal(once, fit.out_of_fold(x, y, groups, 6))
