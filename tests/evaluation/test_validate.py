@@ -6,6 +6,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -238,6 +240,7 @@ def _criteria(tmp_path, text):
         ("", "no [[criterion]]"),
         ("[[criterion]]\nmetric = 'magic'\nat_least = 0.8\n", "metric must be one of"),
         ("[[criterion]]\nmetric = 'auc'\nat_least = 80\n", "a number in [0, 1]"),
+        ("[[criterion]]\nmetric = 'auc'\nat_least = true\n", "a number in [0, 1]"),  # a boolean is not a bar
         ("[[criterion]]\nmetric = 'auc'\nat_least = 0.8\nat_most = 0.9\n", "one of at_least or at_most"),
         ("[[criterion]\nmetric = 'auc'", "not valid TOML"),
     ],
@@ -379,13 +382,10 @@ def test_more_images_would_not_tell_when_the_rate_is_not_past_the_bar_or_unscale
 
 def test_the_rate_just_past_the_bar_on_either_side_gets_an_image_count():
     # at least 0.8, rate 0.85 [0.75, 0.9]: 100 x (0.10 / 0.05)^2 = 400
-    assert verdict({"value": 0.85, "ci95": [0.75, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, 100)[
-        "images_needed"
-    ] == 400
+    above = verdict({"value": 0.85, "ci95": [0.75, 0.9]}, {"metric": "sensitivity", "at_least": 0.8}, 100)
     # at most 0.1, rate 0.05 [0.02, 0.15]: 100 x (0.10 / 0.05)^2 = 400
-    assert verdict({"value": 0.05, "ci95": [0.02, 0.15]}, {"metric": "out_of_distribution", "at_most": 0.1}, 100)[
-        "images_needed"
-    ] == 400
+    below = verdict({"value": 0.05, "ci95": [0.02, 0.15]}, {"metric": "out_of_distribution", "at_most": 0.1}, 100)
+    assert above["images_needed"] == below["images_needed"] == 400
 
 
 def test_images_needed_rounds_away_float_dust_before_rounding_up():
@@ -655,3 +655,18 @@ def test_criteria_that_cannot_be_read_are_refused_with_the_reason(tmp_path):
     with pytest.raises(ConfigError) as refused:
         read_criteria(tmp_path)  # a folder
     assert str(refused.value) == f"`criteria` {tmp_path}: cannot be read ({os.strerror(errno.EISDIR)})"
+
+
+def test_criteria_are_read_as_utf8_whatever_the_locale(tmp_path):
+    # an ASCII locale (C, with Python's UTF-8 mode off) would not decode "ö" (0xc3 0xb6) or "ß" (0xc3 0x9f)
+    path = _criteria_utf8(tmp_path, "[[criterion]]\nmetric = 'auc'\nat_least = 0.8\nnote = 'Größe'\n")
+    script = "import sys; from ccad.evaluation.validate import read_criteria as r; print(ascii(r(sys.argv[1])))"
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        env=dict(os.environ, LC_ALL="C", PYTHONUTF8="0"),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "'note': 'Gr\\xf6\\xdfe'" in done.stdout  # ascii() of "Größe": ö is U+00F6, ß U+00DF

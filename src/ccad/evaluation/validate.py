@@ -60,7 +60,8 @@ def read_criteria(path: str | os.PathLike) -> dict[str, Any]:
         bound = [k for k in ("at_least", "at_most") if k in c]
         if c.get("metric") not in METRICS:
             raise ConfigError(f"`criteria` {path}: criterion {i}: metric must be one of {', '.join(METRICS)}")
-        if len(bound) != 1 or not isinstance(c[bound[0]], (int, float)) or not 0 <= c[bound[0]] <= 1:
+        number = len(bound) == 1 and isinstance(c[bound[0]], (int, float)) and not isinstance(c[bound[0]], bool)
+        if not number or not 0 <= c[bound[0]] <= 1:
             raise ConfigError(f"`criteria` {path}: criterion {i}: give one of at_least or at_most, a number in [0, 1]")
         unknown = set(c) - {"metric", "at_least", "at_most", "note"}
         if unknown:
