@@ -3,6 +3,7 @@
     python benchmarks/mutation.py                       # every group; benchmarks/results/mutation.json
     python benchmarks/mutation.py --group monitoring    # one group
     python benchmarks/mutation.py --group monitoring --survivors   # and print each surviving mutant's diff
+    python benchmarks/mutation.py --group adapt --sample 100       # 100 of its mutants at random: an estimate
 
 For each group, the group's modules are mutated and the group's tests run against each mutant (mutmut runs,
 for a mutant, only the tests that reached its function). The run happens in a scratch copy of the tree
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -103,24 +105,41 @@ def write_config(group: str, tree: Path) -> None:
             # --assert=plain: a failing assert raises at once, without pytest's diff of what it compared (on the
             # adapt group's large records that diff took longer than the mutant's CPU limit: a kill either way)
             f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '--assert=plain', *_deselect(group)])}",  # noqa: E501
+            # mutmut's CPU limit a mutant is (estimate + constant) x 30 s; the estimate leaves out a module
+            # fixture's time, so a group whose tests share one (adapt) needs a larger constant, or a mutant that
+            # only runs its tests to the end is stopped and counted as a timeout, a kill
+            f"timeout_constant = {TIMEOUT_CONSTANT.get(group, 1.0)}",
         ]
     )
     text = (ROOT / "pyproject.toml").read_text()
     (tree / "pyproject.toml").write_text(text + "\n" + config + "\n")
 
 
+#: mutmut's timeout_constant by group (default 1): adapt's tests take ~22 s of CPU a mutant, ORT's threads
+#: included, against a limit of 30 s with the default.
+TIMEOUT_CONSTANT = {"adapt": 30.0}
+
+
 def _deselect(group: str) -> list[str]:
     return [arg for test in SLOW.get(group, []) for arg in ("--deselect", test)]
 
 
-def run_group(group: str, work: Path, children: int) -> dict:
+def run_group(group: str, work: Path, children: int, sample: int | None = None) -> dict:
+    """Every mutant of the group's modules, or (``sample``) a random ``sample`` of them (seed 0): for a group
+    whose tests are too slow to run once a mutant for all of them, an estimate of its score."""
     tree = scratch_tree(group, work)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
     started = time.monotonic()
+    names: list[str] = []
     with open(work / f"{group}.log", "w") as log:  # mutmut's progress, for `tail -f`
+        if sample:  # make the mutants (mutmut then refuses a name that matches none of them), draw from their names
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "none-of-them"], cwd=tree, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)  # fmt: skip
+            everything = sorted(_names(tree, GROUPS[group][0]))
+            names = random.Random(0).sample(everything, sample)
         done = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(children)],
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
             cwd=tree,
             env=env,
             stdout=log,
@@ -128,7 +147,14 @@ def run_group(group: str, work: Path, children: int) -> dict:
         )
     if done.returncode != 0:
         raise SystemExit(f"mutmut failed on {group}: see {work / (group + '.log')}")
-    return {"seconds": round(time.monotonic() - started), **tally(tree, GROUPS[group][0])}
+    result = {"seconds": round(time.monotonic() - started), **tally(tree, GROUPS[group][0], set(names) or None)}
+    if sample:
+        result["sample"] = f"{sample} of {len(everything)} mutants drawn at random (seed 0)"
+    return result
+
+
+def _names(tree: Path, modules: list[str]) -> list[str]:
+    return [n for m in modules for n in json.loads((tree / "mutants" / (m + ".meta")).read_text())["exit_code_by_key"]]
 
 
 def rerun_survivors(group: str, work: Path, children: int) -> dict:
@@ -150,7 +176,7 @@ def rerun_survivors(group: str, work: Path, children: int) -> dict:
     return tally(tree, GROUPS[group][0])
 
 
-def tally(tree: Path, modules: list[str]) -> dict:
+def tally(tree: Path, modules: list[str], only: set[str] | None = None) -> dict:
     from mutmut.stats import status_by_exit_code
 
     equivalent = json.loads(EQUIVALENT.read_text()) if EQUIVALENT.exists() else {}
@@ -160,6 +186,8 @@ def tally(tree: Path, modules: list[str]) -> dict:
         counts = {"killed": 0, "survived": 0, "no tests": 0, "timeout": 0, "equivalent": 0, "other": 0}
         survivors = []
         for name, code in sorted(meta["exit_code_by_key"].items()):
+            if only is not None and name not in only:
+                continue
             status = status_by_exit_code[code]
             if name in equivalent:
                 counts["equivalent"] += 1
@@ -196,6 +224,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "mutation.json"))
     p.add_argument("--tally", action="store_true", help="count the results already in --work again (no run)")
     p.add_argument("--survivors-again", action="store_true", help="run the last run's survivors in --work again")
+    p.add_argument("--sample", type=int, help="run this many of each group's mutants, drawn at random (seed 0)")
     args = p.parse_args(argv)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ccad-mutation-"))
     groups = args.group or list(GROUPS)
@@ -211,7 +240,7 @@ def main(argv=None) -> None:
                 result = json.loads(out.read_text())["groups"][group] if out.exists() else {}
                 result.update(tally(work / group, GROUPS[group][0]))
             else:
-                result = run_group(group, work, args.children)
+                result = run_group(group, work, args.children, args.sample)
             report["groups"][group] = {"tests": GROUPS[group][1], "left_out": SLOW.get(group, []), **result}
             for module, r in result["modules"].items():
                 print(f"{module}: {r['score']} ({r['killed']} killed, {r['timeout']} timed out, {r['survived']} "
