@@ -120,6 +120,26 @@ def write_config(group: str, tree: Path) -> None:
 TIMEOUT_CONSTANT = {"adapt": 30.0}
 
 
+#: Groups whose tests share a module-scoped fixture that runs the mutated code (adapt's ``adapted``: one
+#: ``ccad adapt`` for the module). mutmut maps a function to the tests during which it ran, so only the first
+#: test using the fixture would be run against its mutants; here each function gets every test of the files
+#: that reach it.
+WHOLE_FILES = {"adapt"}
+
+
+def widen_to_files(tree: Path) -> None:
+    """Map each function in mutmut's stats to every test of each test file that reaches it."""
+    path = tree / "mutants" / "mutmut-stats.json"
+    stats = json.loads(path.read_text())
+    by_file: dict[str, set[str]] = {}
+    for test in stats["duration_by_test"]:
+        by_file.setdefault(test.split("::")[0], set()).add(test)
+    for function, tests in stats["tests_by_mangled_function_name"].items():
+        files = {t.split("::")[0] for t in tests}
+        stats["tests_by_mangled_function_name"][function] = sorted(set(tests).union(*(by_file[f] for f in files)))
+    path.write_text(json.dumps(stats))
+
+
 def _deselect(group: str) -> list[str]:
     return [arg for test in SLOW.get(group, []) for arg in ("--deselect", test)]
 
@@ -133,11 +153,14 @@ def run_group(group: str, work: Path, children: int, sample: int | None = None) 
     started = time.monotonic()
     names: list[str] = []
     with open(work / f"{group}.log", "w") as log:  # mutmut's progress, for `tail -f`
-        if sample:  # make the mutants (mutmut then refuses a name that matches none of them), draw from their names
+        if sample or group in WHOLE_FILES:  # make the mutants and the stats (mutmut then refuses a name that
+            # matches none of the mutants), widen the stats, draw from the mutants' names
             subprocess.run([sys.executable, "-m", "mutmut", "run", "none-of-them"], cwd=tree, env=env, stdout=log,
                            stderr=subprocess.STDOUT)  # fmt: skip
+            if group in WHOLE_FILES:
+                widen_to_files(tree)
             everything = sorted(_names(tree, GROUPS[group][0]))
-            names = random.Random(0).sample(everything, sample)
+            names = random.Random(0).sample(everything, sample) if sample else []
         done = subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
             cwd=tree,
