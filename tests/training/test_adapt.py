@@ -357,3 +357,38 @@ def test_the_out_of_fold_fits_follow_the_seed():
     once, again = fit.out_of_fold(x, y, groups, 5), fit.out_of_fold(x, y, groups, 5)
     np.testing.assert_array_equal(once, again)
     assert not np.array_equal(once, fit.out_of_fold(x, y, groups, 6))
+
+
+def test_softmax_is_taken_row_by_row_whatever_the_scale_of_each_row():
+    p = softmax(np.array([[0.0, 1.0], [-1000.0, -999.0]]))  # one max for all would underflow the second row
+    np.testing.assert_allclose(p, [[0.268941, 0.731059]] * 2, atol=1e-6)
+
+
+def test_the_dense_heads_are_found_in_view_order_and_other_products_are_left_alone():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from ccad.training.adapt import head_initializers
+
+    def init(name, shape):
+        return numpy_helper.from_array(np.zeros(shape, np.float32), name)
+
+    nodes, inits = [], []
+    for name in ("classifier_10", "classifier_9", "head"):  # view 10 after view 9; a head without a number first
+        nodes += [
+            helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_z"], name=f"{name}/MatMul"),
+            helper.make_node("Add", [f"{name}_z", f"{name}_b"], [f"{name}_a"], name=f"{name}/Add"),
+            helper.make_node("Softmax", [f"{name}_a"], [f"{name}_p"], name=f"{name}/Softmax"),
+        ]
+        inits += [init(f"{name}_w", (4, 2)), init(f"{name}_b", (2,))]
+    # a product by a (4, 2) weight that is not a head: followed by a Relu, not an Add of a bias
+    nodes.append(helper.make_node("MatMul", ["x", "other_w"], ["other_z"], name="other/MatMul"))
+    nodes.append(helper.make_node("Relu", ["other_z"], ["other_r"], name="other/Relu"))
+    inits.append(init("other_w", (4, 2)))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    outputs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("head_p", "other_r")]
+    model = helper.make_model(helper.make_graph(nodes, "heads", [x], outputs, inits))
+    assert head_initializers(model, 2) == [
+        ("head_w", "head_b"),
+        ("classifier_9_w", "classifier_9_b"),
+        ("classifier_10_w", "classifier_10_b"),
+    ]
