@@ -173,6 +173,7 @@ def run_group(group: str, work: Path, children: int, sample: int | None = None) 
     result = {"seconds": round(time.monotonic() - started), **tally(tree, GROUPS[group][0], set(names) or None)}
     if sample:
         result["sample"] = f"{sample} of {len(everything)} mutants drawn at random (seed 0)"
+        result["sampled"] = sorted(names)
     return result
 
 
@@ -180,23 +181,28 @@ def _names(tree: Path, modules: list[str]) -> list[str]:
     return [n for m in modules for n in json.loads((tree / "mutants" / (m + ".meta")).read_text())["exit_code_by_key"]]
 
 
-def rerun_survivors(group: str, work: Path, children: int) -> dict:
-    """The tests as they are now against the mutants that survived the last run in ``work`` (after new tests)."""
+def rerun_survivors(group: str, work: Path, children: int, only: set[str] | None = None) -> dict:
+    """The tests as they are now against the mutants that survived the last run in ``work`` (after new tests);
+    ``only``: of these mutants (a sample's)."""
     tree = work / group
     for name in ("tests", "support"):
         shutil.rmtree(tree / name)
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     write_config(group, tree)
     (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which tests reach which function: again
-    names = [n for m in tally(tree, GROUPS[group][0])["modules"].values() for n in m["survivors"]]
+    names = [n for m in tally(tree, GROUPS[group][0], only)["modules"].values() for n in m["survivors"]]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
     with open(work / f"{group}.log", "a") as log:
+        if group in WHOLE_FILES:  # the stats again, widened (see run_group)
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "none-of-them"], cwd=tree, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)  # fmt: skip
+            widen_to_files(tree)
         subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
             cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )  # fmt: skip
-    return tally(tree, GROUPS[group][0])
+    return tally(tree, GROUPS[group][0], only)
 
 
 def tally(tree: Path, modules: list[str], only: set[str] | None = None) -> dict:
@@ -258,10 +264,11 @@ def main(argv=None) -> None:
         for group in groups:
             if args.survivors_again:
                 result = json.loads(out.read_text())["groups"][group] if out.exists() else {}
-                result.update(rerun_survivors(group, work, args.children))
+                sampled = set(result.get("sampled", [])) or None
+                result.update(rerun_survivors(group, work, args.children, sampled))
             elif args.tally:
                 result = json.loads(out.read_text())["groups"][group] if out.exists() else {}
-                result.update(tally(work / group, GROUPS[group][0]))
+                result.update(tally(work / group, GROUPS[group][0], set(result.get("sampled", [])) or None))
             else:
                 result = run_group(group, work, args.children, args.sample)
             report["groups"][group] = {"tests": GROUPS[group][1], "left_out": SLOW.get(group, []), **result}
