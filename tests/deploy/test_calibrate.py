@@ -341,12 +341,19 @@ def _site_with(site, folder, normals: int, bad: dict[str, bytes]):
 
 
 def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle, site, tmp_path):
+    import shutil
+
     from ccad import __version__
     from ccad.data.datasets import DataSpec
     from ccad.deploy.calibrate import calibrate_bundle
     from ccad.io.files import sha256
     from ccad.models.card import ModelCard
 
+    base_bundle = tmp_path / "base"  # the tests' bundle with a field of its own in the card, to be kept
+    shutil.copytree(bundle, base_bundle)
+    card_json = json.loads((base_bundle / "ccad-model.json").read_text())
+    (base_bundle / "ccad-model.json").write_text(json.dumps({**card_json, "site_note": "kept"}))
+    bundle = base_bundle
     bad = {"a-empty.png": b"", "b-junk.png": b"not an image at all"}
     manifest = _site_with(site, tmp_path / "site", 50, bad)  # exactly the 50 normals specificity 0.90 needs
     with pytest.raises(DataError) as raised:
@@ -386,7 +393,7 @@ def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle
     assert achieved["specificity"]["n"] == 50 and achieved["sensitivity"]["n"] == 60
     card = ModelCard.load(out)
     assert card.ood == base.ood  # no --unlabelled: the guard as it was
-    assert {k: card.extra[k] for k in base.extra} == base.extra and card.extra["site_calibration"]["ccad"]
+    assert base.extra["site_note"] == card.extra["site_note"] == "kept" and card.extra["site_calibration"]["ccad"]
     with pytest.raises(ConfigError) as raised:
         calibrate_bundle(bundle, spec, "specificity=0.90", out)
     assert str(raised.value) == f"{out}: already exists (choose another `out` or remove it)"

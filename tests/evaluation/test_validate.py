@@ -8,10 +8,12 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import ccad.evaluation.validate as validate_module
 from ccad.cli import main
 from ccad.errors import ConfigError
 from ccad.evaluation.validate import (
@@ -663,10 +665,25 @@ def test_criteria_are_read_as_utf8_whatever_the_locale(tmp_path):
     script = "import sys; from ccad.evaluation.validate import read_criteria as r; print(ascii(r(sys.argv[1])))"
     done = subprocess.run(
         [sys.executable, "-c", script, str(path)],
-        env=dict(os.environ, LC_ALL="C", PYTHONUTF8="0"),
+        # the ccad this process imported (under a mutation run, the mutated copy), not the installed one
+        env=dict(os.environ, LC_ALL="C", PYTHONUTF8="0", PYTHONPATH=str(Path(validate_module.__file__).parents[2])),
         capture_output=True,
         text=True,
         encoding="utf-8",
     )
     assert done.returncode == 0, done.stderr
     assert "'note': 'Gr\\xf6\\xdfe'" in done.stdout  # ascii() of "Größe": ö is U+00F6, ß U+00DF
+
+
+def test_the_page_names_the_rule_data_criteria_and_model_it_judged():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        metrics = {"data": "site <A&B>", "split": "test", "n": 42, "decision": {"text": "covid if p >= 0.7"}}
+        criteria = {"file": "accept.toml", "sha256": "ab" * 32}
+        write_validation(out, [], criteria, metrics, {"name": "bundle-1", "card_sha256": "cd" * 32})
+        page = (out / "validation.html").read_text()
+    assert "model's stored decision rule (covid if p &gt;= 0.7), with 95% intervals." in page
+    assert "Data: site &lt;A&amp;B&gt; (42 images, test split)." in page
+    assert f"Criteria: accept.toml (sha256 {'ab' * 32}). Model: bundle-1\n(card sha256 {'cd' * 32})." in page
