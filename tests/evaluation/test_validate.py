@@ -662,6 +662,7 @@ def test_criteria_that_cannot_be_read_are_refused_with_the_reason(tmp_path):
 def test_criteria_are_read_as_utf8_whatever_the_locale(tmp_path):
     # an ASCII locale (C, with Python's UTF-8 mode off) would not decode "ö" (0xc3 0xb6) or "ß" (0xc3 0x9f)
     path = _criteria_utf8(tmp_path, "[[criterion]]\nmetric = 'auc'\nat_least = 0.8\nnote = 'Größe'\n")
+    assert read_criteria(path)["criteria"][0]["note"] == "Größe"  # here, in this locale (and mutmut sees the call)
     script = "import sys; from ccad.evaluation.validate import read_criteria as r; print(ascii(r(sys.argv[1])))"
     done = subprocess.run(
         [sys.executable, "-c", script, str(path)],
