@@ -281,6 +281,20 @@ def test_the_site_adaptation_record_names_its_date_version_base_split_and_figure
     base = ModelCard.load(bundle)
     assert record["base"] == {"card_sha256": sha256(bundle / "ccad-model.json"), "decision": base.decision}
     assert record["split"]["by"] == "patient group (near-duplicate films grouped), stratified by class"
+    with np.load(bundle / "rehearsal.npz") as z:
+        rehearsal = len(z["labels"])
+    assert record["settings"] == {
+        "l2_to_old_weights": 0.01,  # the default
+        "rehearsal_images": rehearsal,
+        "folds_for_threshold": 5,
+        "heads": 1,
+        "trained": "each view's Dense softmax head; the backbone frozen",
+    }
+    assert record["note"] == "before and after on the same held-out local test split, which nothing was fitted on"
+    assert record["rehearsal"]["note"] == (
+        "on the fifth of the rehearsal features kept out of the fit (training images of the base model, so its "
+        "own AUC there is optimistic)"
+    )
     # before and after: the five figures, from compute_metrics on the test split's patients (grouped bootstrap)
     # and at the rule's own decisions (not argmax)
     for when, m in zip(("before", "after"), seen["metrics"]):
@@ -315,6 +329,34 @@ def test_unreadable_site_images_are_named_in_one_line_unless_skipped(bundle, oth
     first = tmp_path / "site" / "a-empty.png"
     why = "not a readable image (allowed: PNG, JPEG, TIFF, BMP or DICOM)"
     assert str(raised.value) == f"{first}: {first}: {why} (pass `skip_bad` to leave unreadable files out)"
+    record = adapt_bundle(bundle, DataSpec(manifest, skip_bad=True), tmp_path / "out")  # left out when asked
+    assert (record["data"]["images"], record["data"]["unreadable"]) == (100, 2)
+
+
+@pytest.mark.parametrize("fraction", [0.09, 0.51])
+def test_a_test_fraction_outside_a_tenth_to_a_half_is_refused(bundle, tmp_path, fraction):
+    from ccad.data.datasets import DataSpec
+    from ccad.errors import ConfigError
+    from ccad.training.adapt import adapt_bundle
+
+    with pytest.raises(ConfigError) as raised:
+        adapt_bundle(bundle, DataSpec(str(tmp_path)), tmp_path / "out", test_fraction=fraction)
+    assert str(raised.value) == f"`test_fraction` must be in [0.1, 0.5], got {fraction}"
+
+
+def test_each_views_head_is_fitted_on_its_own_slice_of_the_features():
+    from ccad.training.adapt import HeadFit, _auc
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 6))  # two views of 3 features
+    y = (x[:, 0] > 0).astype(int)
+    old = [(np.zeros((3, 2)), np.zeros(2)), (np.zeros((3, 2)), np.zeros(2))]
+    heads = HeadFit(old, (np.zeros((0, 6)), np.zeros(0, int)), 1e-3).fit(x, y)
+    assert [w.shape for w, _ in heads] == [(3, 2), (3, 2)]
+    assert abs(heads[0][0][0, 1] - heads[0][0][0, 0]) > 1.0 and np.abs(heads[1][0]).max() < 0.5  # view 1 learns
+    # an AUC needs both classes
+    assert _auc(np.array([1, 1, 1]), np.array([[0.2, 0.8]] * 3), 0) is None
+    assert _auc(np.array([0, 1]), np.array([[0.9, 0.1], [0.1, 0.9]]), 0) == 1.0
 
 
 def test_rehearsal_is_read_split_by_the_seed_or_empty_without_a_file(bundle, tmp_path, monkeypatch):
