@@ -63,7 +63,7 @@ GROUPS = {
     ),
     "screening": (
         ["src/ccad/screening/screener.py", "src/ccad/screening/results.py"],
-        ["tests/screening/test_screener.py", "tests/screening/test_results.py"],
+        ["tests/screening/test_screener.py", "tests/screening/test_result_files.py"],
     ),
 }
 

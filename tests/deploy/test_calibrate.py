@@ -340,8 +340,17 @@ def _site_with(site, folder, normals: int, bad: dict[str, bytes]):
     return folder / "manifest.csv"
 
 
-def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle, site, tmp_path):
+def _with_a_card_field(bundle, copy):
+    """The tests' bundle copied, with a field of its own in the card (``site_note``), to be kept."""
     import shutil
+
+    shutil.copytree(bundle, copy)
+    card = json.loads((copy / "ccad-model.json").read_text())
+    (copy / "ccad-model.json").write_text(json.dumps({**card, "site_note": "kept"}))
+    return copy
+
+
+def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle, site, tmp_path):
 
     from ccad import __version__
     from ccad.data.datasets import DataSpec
@@ -349,11 +358,7 @@ def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle
     from ccad.io.files import sha256
     from ccad.models.card import ModelCard
 
-    base_bundle = tmp_path / "base"  # the tests' bundle with a field of its own in the card, to be kept
-    shutil.copytree(bundle, base_bundle)
-    card_json = json.loads((base_bundle / "ccad-model.json").read_text())
-    (base_bundle / "ccad-model.json").write_text(json.dumps({**card_json, "site_note": "kept"}))
-    bundle = base_bundle
+    bundle = _with_a_card_field(bundle, tmp_path / "base")
     bad = {"a-empty.png": b"", "b-junk.png": b"not an image at all"}
     manifest = _site_with(site, tmp_path / "site", 50, bad)  # exactly the 50 normals specificity 0.90 needs
     with pytest.raises(DataError) as raised:

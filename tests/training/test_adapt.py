@@ -40,9 +40,8 @@ SEED = 2  # not the default 0: the split below must follow the seed given
 @pytest.fixture(scope="module")
 def adapted(bundle, other_scanner, tmp_path_factory):
     """``ccad adapt --seed SEED`` on the other scanner, with what reaches its fitting functions recorded: the images
-    scored (sample and prediction), the rows of each head fit (local and rehearsal, and whether inside the
-    threshold's out-of-fold fits), the out-of-fold fit's rows and groups, the threshold's inputs, and the groups
-    the local test's figures were computed on."""
+    scored, each head fit's rows (local, rehearsal, inside the out-of-fold fits or not), the out-of-fold fit's rows
+    and groups, the threshold's inputs, and the local test figures' inputs."""
     import contextlib
     import io
 
@@ -75,10 +74,8 @@ def adapted(bundle, other_scanner, tmp_path_factory):
 
     def metrics(y, probabilities, predicted, classes, positive, groups):
         result = original["_metrics"](y, probabilities, predicted, classes, positive, groups)
-        seen["metrics"].append(
-            {"y": np.array(y), "groups": list(groups), "p": np.array(probabilities), "predicted": np.array(predicted)}
-        )
-        seen["metrics"][-1]["result"] = result
+        record = {"y": np.array(y), "groups": list(groups), "p": np.array(probabilities)}
+        seen["metrics"].append(dict(record, predicted=np.array(predicted), result=result))
         return result
 
     original = {
