@@ -328,6 +328,7 @@ def test_unreadable_site_images_are_named_in_one_line_unless_skipped(bundle, oth
     assert str(raised.value) == f"{first}: {first}: {why} (pass `skip_bad` to leave unreadable files out)"
     record = adapt_bundle(bundle, DataSpec(manifest, skip_bad=True), tmp_path / "out")  # left out when asked
     assert (record["data"]["images"], record["data"]["unreadable"]) == (100, 2)
+    assert record["settings"]["l2_to_old_weights"] == 0.01  # the library's default pull, as the CLI's
 
 
 @pytest.mark.parametrize("fraction", [0.09, 0.51])
