@@ -102,8 +102,8 @@ def write_config(group: str, tree: Path) -> None:
             f"only_mutate = {json.dumps(modules)}",
             'also_copy = ["support"]',
             f"pytest_add_cli_args_test_selection = {json.dumps([t for t in tests if (ROOT / t).exists()])}",
-            # --assert=plain: a failing assert raises at once, without pytest's diff of what it compared (on the
-            # adapt group's large records that diff took longer than the mutant's CPU limit: a kill either way)
+            # --assert=plain: a failing assert raises at once, without pytest's diff of what it compared (the
+            # verdict is the same; a killed mutant costs less)
             f"pytest_add_cli_args = {json.dumps(['-p', 'no:cacheprovider', '-q', '--assert=plain', *_deselect(group)])}",  # noqa: E501
             # mutmut's CPU limit a mutant is (estimate + constant) x 30 s; the estimate leaves out a module
             # fixture's time, so a group whose tests share one (adapt) needs a larger constant, or a mutant that
@@ -144,21 +144,32 @@ def _deselect(group: str) -> list[str]:
     return [arg for test in SLOW.get(group, []) for arg in ("--deselect", test)]
 
 
+def _env(work: Path) -> dict[str, str]:
+    """mutmut's environment: the installed ccad off the path (the scratch tree's is used), the bundle cache."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
+    return env
+
+
+def _prepare(group: str, tree: Path, env: dict[str, str], log) -> None:
+    """The mutants and mutmut's stats made without running a mutant (mutmut then refuses a name that matches
+    none of them), the stats widened for a group in :data:`WHOLE_FILES`."""
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "none-of-them"], cwd=tree, env=env, stdout=log,
+                   stderr=subprocess.STDOUT)  # fmt: skip
+    if group in WHOLE_FILES:
+        widen_to_files(tree)
+
+
 def run_group(group: str, work: Path, children: int, sample: int | None = None) -> dict:
     """Every mutant of the group's modules, or (``sample``) a random ``sample`` of them (seed 0): for a group
     whose tests are too slow to run once a mutant for all of them, an estimate of its score."""
     tree = scratch_tree(group, work)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
+    env = _env(work)
     started = time.monotonic()
     names: list[str] = []
     with open(work / f"{group}.log", "w") as log:  # mutmut's progress, for `tail -f`
-        if sample or group in WHOLE_FILES:  # make the mutants and the stats (mutmut then refuses a name that
-            # matches none of the mutants), widen the stats, draw from the mutants' names
-            subprocess.run([sys.executable, "-m", "mutmut", "run", "none-of-them"], cwd=tree, env=env, stdout=log,
-                           stderr=subprocess.STDOUT)  # fmt: skip
-            if group in WHOLE_FILES:
-                widen_to_files(tree)
+        if sample or group in WHOLE_FILES:
+            _prepare(group, tree, env, log)
             everything = sorted(_names(tree, GROUPS[group][0]))
             names = random.Random(0).sample(everything, sample) if sample else []
         done = subprocess.run(
@@ -191,13 +202,10 @@ def rerun_survivors(group: str, work: Path, children: int, only: set[str] | None
     write_config(group, tree)
     (tree / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # which tests reach which function: again
     names = [n for m in tally(tree, GROUPS[group][0], only)["modules"].values() for n in m["survivors"]]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["CCAD_TEST_BUNDLE_CACHE"] = str(work / "bundle-cache")
+    env = _env(work)
     with open(work / f"{group}.log", "a") as log:
-        if group in WHOLE_FILES:  # the stats again, widened (see run_group)
-            subprocess.run([sys.executable, "-m", "mutmut", "run", "none-of-them"], cwd=tree, env=env, stdout=log,
-                           stderr=subprocess.STDOUT)  # fmt: skip
-            widen_to_files(tree)
+        if group in WHOLE_FILES:  # the stats again, widened
+            _prepare(group, tree, env, log)
         subprocess.run(
             [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names],
             cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
