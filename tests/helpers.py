@@ -157,3 +157,18 @@ def mean_png(value: int, side: int = 16) -> bytes:
     ramp = value + np.tile(np.array([-1, 1] * (side // 2)), (side, 1))
     Image.fromarray(ramp.astype(np.uint8)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def site_manifest(site, folder, normals: int | None = None, bad: dict[str, bytes] | None = None):
+    """``folder/manifest.csv`` over a synthetic site's covid images, its first ``normals`` normal images (all
+    when None) and ``bad`` files (name: bytes, written into ``folder``, labelled normal), in that order."""
+    rows = [line.split(",") for line in (site / "manifest.csv").read_text().splitlines()[1:]]
+    covid = [r for r in rows if r[1] == "covid"]
+    normal = [r for r in rows if r[1] == "normal"][:normals]
+    folder.mkdir()
+    lines = ["path,label,group"] + [f"{site / r[0]},{r[1]},{r[2].strip()}" for r in covid + normal]
+    for name, data in (bad or {}).items():
+        (folder / name).write_bytes(data)
+        lines.append(f"{folder / name},normal,{name}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return folder / "manifest.csv"

@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+from helpers import site_manifest
 
 from ccad.cli import main
 from ccad.deploy.calibrate import _achieved, _threshold_interval, _wilson, minimum_images, parse_target, threshold_for
@@ -325,21 +326,6 @@ def test_the_guard_can_be_refitted_on_the_sites_own_images(bundle, site, tmp_pat
     assert new.extra["site_calibration"]["ood"]["drift_reference"].startswith("none: 12 held-back images")
 
 
-def _site_with(site, folder, normals: int, bad: dict[str, bytes]):
-    """A manifest over ``site``'s covid images, its first ``normals`` normals and ``bad`` files (name: bytes),
-    in that order."""
-    rows = [line.split(",") for line in (site / "manifest.csv").read_text().splitlines()[1:]]
-    covid = [r for r in rows if r[1] == "covid"]
-    normal = [r for r in rows if r[1] == "normal"][:normals]
-    folder.mkdir()
-    lines = ["path,label,group"] + [f"{site / r[0]},{r[1]},{r[2].strip()}" for r in covid + normal]
-    for name, data in bad.items():
-        (folder / name).write_bytes(data)
-        lines.append(f"{folder / name},normal,{name}")
-    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return folder / "manifest.csv"
-
-
 def _with_a_card_field(bundle, copy):
     """The tests' bundle copied, with a field of its own in the card (``site_note``), to be kept."""
     import shutil
@@ -360,7 +346,7 @@ def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle
 
     bundle = _with_a_card_field(bundle, tmp_path / "base")
     bad = {"a-empty.png": b"", "b-junk.png": b"not an image at all"}
-    manifest = _site_with(site, tmp_path / "site", 50, bad)  # exactly the 50 normals specificity 0.90 needs
+    manifest = site_manifest(site, tmp_path / "site", 50, bad)  # exactly the 50 normals specificity 0.90 needs
     with pytest.raises(DataError) as raised:
         calibrate_bundle(bundle, DataSpec(manifest), "specificity=0.90", tmp_path / "refused")
     first = tmp_path / "site" / "a-empty.png"
@@ -403,7 +389,7 @@ def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle
         calibrate_bundle(bundle, spec, "specificity=0.90", out)
     assert str(raised.value) == f"{out}: already exists (choose another `out` or remove it)"
     calibrate_bundle(bundle, spec, "specificity=0.90", out, overwrite=True)
-    refused = _site_with(site, tmp_path / "site49", 49, {})
+    refused = site_manifest(site, tmp_path / "site49", 49)
     with pytest.raises(DataError, match="49 non-covid images cannot support specificity 0.90"):
         calibrate_bundle(bundle, DataSpec(refused), "specificity=0.90", tmp_path / "out49")
 

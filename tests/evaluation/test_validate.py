@@ -343,20 +343,9 @@ def test_a_metric_that_could_not_be_measured_is_undecided_with_its_bar_and_why(e
 def test_an_entry_without_an_interval_is_judged_on_its_value_alone(ci95):
     entry = {"value": 0.9} if ci95 == "absent" else {"value": 0.9, "ci95": None}
     # no interval: the interval is the point [0.9, 0.9], at or above 0.8 (pass) and at or under 0.95 (pass)
-    assert verdict(entry, {"metric": "sensitivity", "at_least": 0.8}, 50) == {
-        "metric": "sensitivity",
-        "at_least": 0.8,
-        "value": 0.9,
-        "ci95": [0.9, 0.9],
-        "verdict": PASS,
-    }
-    assert verdict(entry, {"metric": "sensitivity", "at_most": 0.95}, 50) == {
-        "metric": "sensitivity",
-        "at_most": 0.95,
-        "value": 0.9,
-        "ci95": [0.9, 0.9],
-        "verdict": PASS,
-    }
+    for bar in ({"at_least": 0.8}, {"at_most": 0.95}):
+        criterion = {"metric": "sensitivity", **bar}
+        assert verdict(entry, criterion, 50) == dict(criterion, value=0.9, ci95=[0.9, 0.9], verdict=PASS)
     # and [0.9, 0.9] is wholly under 0.92 (fail)
     assert verdict(entry, {"metric": "sensitivity", "at_least": 0.92}, 50)["verdict"] == FAIL
 

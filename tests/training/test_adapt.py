@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import site_manifest
 from PIL import Image
 
 from ccad.cli import main
@@ -304,23 +305,12 @@ def test_the_site_adaptation_record_names_its_date_version_base_split_and_figure
         assert record["local_test"][when] != {k: argmax[k] for k in keys}
 
 
-def _manifest_with_bad_files(site, folder):
-    rows = [line.split(",") for line in (site / "manifest.csv").read_text().splitlines()[1:]]
-    folder.mkdir()
-    lines = ["path,label,group"] + [f"{site / r[0]},{r[1]},{r[2].strip()}" for r in rows]
-    for name, data in {"a-empty.png": b"", "b-junk.png": b"junk"}.items():
-        (folder / name).write_bytes(data)
-        lines.append(f"{folder / name},normal,{name}")
-    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return folder / "manifest.csv"
-
-
 def test_unreadable_site_images_are_named_in_one_line_unless_skipped(bundle, other_scanner, tmp_path):
     from ccad.data.datasets import DataSpec
     from ccad.errors import DataError
     from ccad.training.adapt import adapt_bundle
 
-    manifest = _manifest_with_bad_files(other_scanner, tmp_path / "site")
+    manifest = site_manifest(other_scanner, tmp_path / "site", bad={"a-empty.png": b"", "b-junk.png": b"junk"})
     with pytest.raises(DataError) as raised:
         adapt_bundle(bundle, DataSpec(manifest), tmp_path / "out")
     first = tmp_path / "site" / "a-empty.png"
