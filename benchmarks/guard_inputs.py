@@ -8,9 +8,10 @@ Chest films (negatives): every film in ``../shared`` with its source and class. 
 - ``other modality``: pydicom's shipped test files and the ``pydicom-data`` package's (CT, MR, US, NM, secondary
   captures, a CR of an extremity), decoded by ccad's own DICOM reader (``score_anyway``: what the guard would
   see if a site routed them to ccad), one image per distinct picture. No MG or RF is in either set;
-- ``text screenshot``: pages of text, tables and a report with a small thumbnail, drawn here with a seed;
-- ``rotated 90``, ``rotated 180``, ``inverted``, ``corner crop``: made from chest films, and tagged with the film
-  they came from, so a film's transforms are only ever used with that film's source.
+- ``text screenshot``: screens of text, some with a film's thumbnail (:func:`ccad.data.foreign.screenshot`);
+- ``rotated 90``, ``rotated 180``, ``inverted``, ``corner crop``: made from chest films
+  (:func:`ccad.data.foreign.transform`), and tagged with the film they came from, so a film's transforms are only
+  ever used with that film's source.
 
 Each input becomes its pooled features (both views, 2,560 numbers), the shipped model's raw probabilities and the
 lung segmenter's QC flags, cached in ``WORK/<set>.npz``.
@@ -25,17 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from ccad.data.foreign import TRANSFORMS, screenshot, transform
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-TRANSFORMS = ("rotated 90", "rotated 180", "inverted", "corner crop")
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-WORDS = (
-    "patient study series report findings impression chest lung opacity bilateral consolidation normal "
-    "comparison technique history clinical indication radiograph portable upright signed date time accession "
-    "the of and with no evidence acute cardiopulmonary process heart size within limits pleural effusion "
-    "pneumothorax table total count results value reference range units invoice page section summary"
-).split()
 
 
 def chest_films() -> list[dict]:
@@ -107,41 +102,6 @@ def dicom_images(screener) -> list[tuple[str, str, np.ndarray]]:
             seen.add(key)
             out.append(("other modality", f"{ds.get('Modality', '?')} {Path(path).name}", gray))
     return out
-
-
-def screenshot(rng: np.random.Generator, thumbnail: np.ndarray | None = None) -> np.ndarray:
-    """A text-heavy screen: lines of words, sometimes a table's rules, sometimes a small picture."""
-    w, h = int(rng.integers(700, 1400)), int(rng.integers(500, 1000))
-    dark = rng.random() < 0.4
-    img = Image.new("L", (w, h), int(rng.integers(0, 40)) if dark else int(rng.integers(215, 256)))
-    draw = ImageDraw.Draw(img)
-    size = int(rng.integers(12, 28))
-    font = ImageFont.truetype(FONT, size)
-    ink = int(rng.integers(200, 256)) if dark else int(rng.integers(0, 60))
-    if thumbnail is not None:
-        side = int(min(w, h) * rng.uniform(0.25, 0.45))
-        img.paste(Image.fromarray((255 * thumbnail).astype(np.uint8)).resize((side, side)), (w - side - 20, 20))
-    y = int(rng.integers(5, 30))
-    while y < h - size:
-        words = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 14))))
-        draw.text((int(rng.integers(5, 40)), y), words, fill=ink, font=font)
-        if rng.random() < 0.2:
-            draw.line((0, y + size + 3, w, y + size + 3), fill=ink)
-        y += int(size * rng.uniform(1.3, 2.0))
-    return np.asarray(img, np.float32) / 255
-
-
-def transform(gray: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
-    if kind == "rotated 90":
-        return np.ascontiguousarray(np.rot90(gray, 1 if rng.random() < 0.5 else 3))
-    if kind == "rotated 180":
-        return np.ascontiguousarray(np.rot90(gray, 2))
-    if kind == "inverted":
-        return 1 - gray
-    h, w = gray.shape
-    ch, cw = int(h * rng.uniform(0.25, 0.4)), int(w * rng.uniform(0.25, 0.4))
-    top, left = (0 if rng.random() < 0.5 else h - ch), (0 if rng.random() < 0.5 else w - cw)
-    return np.ascontiguousarray(gray[top : top + ch, left : left + cw])
 
 
 def features(screener, grays: list[np.ndarray]) -> dict[str, np.ndarray]:

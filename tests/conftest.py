@@ -44,9 +44,10 @@ def shared_dir():
     return SHARED
 
 
-def small_training(data, out, *extra: str) -> list[str]:
+def small_training(data, out, *extra: str, preset: str = "one-view-lungs") -> list[str]:
     """The ``ccad train`` arguments of the suite's small runs on the synthetic folders ``data``: 64 px, 3 epochs,
-    ImageNet weights when ../shared has them; ``extra`` arguments added."""
+    ImageNet weights when ../shared has them, one view of the lungs (half the backbone passes of the default
+    two-view recipe, which ``tests/training/test_two_views.py`` trains); ``extra`` arguments added."""
     from ccad.models.classifier import imagenet_weights_available
 
     weights = "imagenet" if imagenet_weights_available(224) else "none"
@@ -64,6 +65,8 @@ def small_training(data, out, *extra: str) -> list[str]:
         "3",
         "--feature-views",
         "1",
+        "--preset",
+        preset,
         *extra,
     ]
 

@@ -321,7 +321,7 @@ def test_out_of_distribution_flag_travels_into_csv_json_and_the_card(run_and_bun
     captured = capsys.readouterr()
     (shown,) = json.loads(captured.out)
     assert shown["in_distribution"] is False and shown["ood_distance"] > shown["ood_cutoff"]
-    assert "flagged out of distribution" in captured.err
+    assert "flagged by the guard" in captured.err
     out = tmp_path / "p.csv"
     assert main(["predict", "--model", str(bundle), str(photo), str(xrays[0]), "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out)))

@@ -169,7 +169,7 @@ def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
             _observation(1, "p-covid", "Probability of covid", valueQuantity=_quantity(0.612346)),
             _observation(2, "p-normal", "Probability of normal", valueQuantity=_quantity(0.387654)),
             _observation(3, "decision-threshold", "Decision threshold on p(covid)", valueQuantity=_quantity(0.4)),
-            _observation(4, "out-of-distribution", "Outside the model's training distribution", valueBoolean=True),
+            _observation(4, "out-of-distribution", "Not a frontal chest X-ray like those the model was built for", valueBoolean=True),
         ],
         "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}],
         "status": "preliminary",

@@ -189,6 +189,6 @@ def test_the_capture_says_suspected_or_not_with_p_covid_and_the_threshold():
     not_suspected = Prediction("x", "normal", {"covid": 0.687, "normal": 0.313}, False)
     lines = banner_lines(not_suspected, algorithm)
     assert lines[1] == "ccad: COVID-19 not suspected - p(COVID-19) = 0.69, threshold 0.73"  # never "normal (0.31)"
-    assert lines[2].startswith("OUT OF DISTRIBUTION")
+    assert lines[2].startswith("NOT A FRONTAL CHEST X-RAY")
     argmax = Algorithm("ccad", "0.1", "0" * 64, "float", "rule", "covid", None)
     assert "the most likely class" in banner_lines(suspected, argmax)[1]

@@ -200,7 +200,7 @@ def test_the_banner_gives_p_covid_and_the_threshold_never_the_decided_class(algo
     lines = banner_lines(_prediction(p, inside), algorithm, version="9.9")
     version = algorithm.version if algorithm is not None else "9.9"
     assert lines[:2] == [f"NOT FOR DIAGNOSIS - ccad {version}", expected]
-    assert lines[2:] == ([] if inside else ["OUT OF DISTRIBUTION: not like the X-rays the model was built on"])
+    assert lines[2:] == ([] if inside else ["NOT A FRONTAL CHEST X-RAY like those the model was built for"])
 
 
 def test_the_banner_of_a_model_without_a_covid_class_gives_the_most_likely_class():
@@ -342,7 +342,7 @@ def test_the_srs_codes_name_their_schemes_and_the_device_and_the_tracking_identi
     names = {_code(i.ConceptNameCodeSequence[0]): i for i in _items(sr)}
     assert names["screening-result"].ConceptNameCodeSequence[0].CodeMeaning == "Screening result"
     assert names["out-of-distribution"].ConceptNameCodeSequence[0].CodeMeaning == (
-        "Outside the model's training distribution"
+        "Not a frontal chest X-ray like those the model was built for"
     )
     units = names["p-covid"].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0]
     assert (units.CodingSchemeDesignator, units.CodeValue, units.CodeMeaning) == ("UCUM", "1", "no units")

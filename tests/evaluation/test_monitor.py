@@ -340,7 +340,7 @@ def test_the_record_and_the_page_hold_exactly_what_the_log_says(tmp_path, new_yo
             "period",
             "images",
             "called positive (95% CI)",
-            "out of distribution (95% CI)",
+            "flagged: not a frontal chest X-ray (95% CI)",
             "mean score",
             "scored in drift",
         ],

@@ -16,7 +16,7 @@ from ccad.cli import COMMANDS, build_parser, flag_words, flags_of, main
 from ccad.errors import ConfigError, ImageReadError, ModelError
 from ccad.io.images import ImageTooLargeError, read_grayscale
 from ccad.io.inputs import input_key, iter_inputs
-from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT, OodGuard
+from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT, MahalanobisGuard
 from ccad.models.severity import SeverityHead
 from ccad.models.signing import make_keys
 from ccad.preprocessing.pipeline import prepare_full
@@ -144,7 +144,7 @@ def guarded(fields=None) -> Screener:
     0.8), a severity head (extent = 10 x p(covid), 0 to 8, +-1.5) and class activation weights."""
     s = fake_screener(fields=fields, decision=TEMPERATURE_2)
     p = s.predictor
-    p.ood = OodGuard(np.zeros(3), np.eye(3), np.ones(3), 1.0, cutoff=0.8)
+    p.ood = MahalanobisGuard(np.zeros(3), np.eye(3), np.ones(3), 1.0, cutoff=0.8)  # distance: |pooled|
     head = {"weights": [10.0, 0.0, 0.0], "bias": 0.0, "range": [0.0, 8.0], "interval_halfwidth": 1.5}
     p.severity = SeverityHead({"targets": {"geographic_extent": head}})
     p.cam_weights = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32)  # covid: the hot corner

@@ -22,7 +22,14 @@ def test_presets_and_overrides():
         "none",
     )
     assert make_config(dropout=None).dropout == TrainConfig().dropout  # None: not given
-    assert make_config().preprocess == TrainConfig.preprocess == "lungs+equalize+lowpass"
+    # the default is the shipped model's recipe; the earlier one-view defaults are presets
+    default = make_config()
+    assert (default.preprocess, default.threshold) == ("thorax+equalize+lowpass|lungs+equalize+lowpass", "specificity-90")
+    assert (TrainConfig.preprocess, TrainConfig.threshold) == (default.preprocess, default.threshold)
+    for preset, view in (("one-view-lungs", "lungs"), ("one-view-thorax", "thorax")):
+        one = make_config(preset)
+        assert (one.preprocess, one.threshold) == (f"{view}+equalize+lowpass", "youden")
+        assert make_config(preset, head="svm", fine_tune_epochs=0).head == "svm"  # one view takes any head
     assert set(PRESETS) >= {"default", "paper-a", "paper-b", "paper-b-10ep", "paper-methods"}
 
 
@@ -50,7 +57,9 @@ def test_paper_presets_are_the_papers_two_phases():
         ({"learning_rate": 1e-3}, "unknown setting"),
         ({"epochs": 0}, "`epochs` must be at least 1"),
         ({"dropout": 1.0}, "`dropout` must be in"),
-        ({"head": "svm", "fine_tune_epochs": 2}, "`fine_tune_epochs` needs the dense head"),
+        ({"preset": "one-view-lungs", "head": "svm", "fine_tune_epochs": 2}, "`fine_tune_epochs` needs the dense head"),
+        ({"head": "svm"}, r"a multi-view `preprocess` trains the dense head \(one view: `preset` one-view-lungs"),
+        ({"fine_tune_epochs": 2}, r"trains the frozen phase only: add `fine_tune_epochs` 0 \(one view: `preset`"),
         ({"preset": "paper-a", "distributed": True}, "`distributed` trains the frozen phase only"),
         ({"preprocess": "blur"}, "unknown preprocessing step"),
     ],

@@ -1,4 +1,5 @@
-"""A two-view model end to end: train -> export -> predict on ONNX Runtime, heatmaps, guard and card."""
+"""The default recipe, a two-view model, end to end: train -> export -> predict on ONNX Runtime, heatmaps, the
+frontal-chest guard and the card."""
 
 import json
 
@@ -17,7 +18,7 @@ VIEWS = "thorax+equalize+lowpass|lungs+equalize+lowpass"
 def two_view(synth_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("two-view")
     # In child processes: the worker keeps no memory of the training (the suite's peak, BENCHMARKS.md).
-    run_ccad(small_training(synth_folders, root / "run", "--preprocess", VIEWS))
+    run_ccad(small_training(synth_folders, root / "run", preset="default"))  # the default recipe: two views
     run_ccad(["export", "--model", str(root / "run"), "--out", str(root / "bundle")])
     return root / "run", root / "bundle"
 
@@ -36,7 +37,8 @@ def test_the_bundle_agrees_with_the_run_and_keeps_heatmaps_and_the_guard(two_vie
     assert any(o.pictures.heatmap.max() > 0 for o in onnx_side)
     card = json.loads((bundle / "ccad-model.json").read_text())
     assert card["preprocess"] == VIEWS and card["input"]["views"] == 2 and card["input"]["shape"][-1] == 6
-    assert card["ood"]["dimensions"] == 2560
+    assert card["ood"]["dimensions"] == 2560 and card["ood"]["kind"] == "frontal-chest head"
+    assert card["decision"]["rule"] == "specificity-90" and card["training_config"]["preset"] == "default"
     assert [v["preprocess"] for v in card["preprocessing"]["views"]] == VIEWS.split("|")
 
 
@@ -93,3 +95,27 @@ def test_predict_and_evaluate_take_the_two_view_bundle(two_view, synth_folders, 
     )
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n"] == 48 and {r["value"] for r in metrics["by"]["label"]} == {"covid", "normal"}
+
+
+def test_the_guard_flags_turned_and_inverted_films_and_passes_the_test_films(two_view):
+    """The frontal-chest guard of a ``ccad train`` run: fitted on the training films against foreign inputs made
+    from them; judged here on the test split's films, which it never saw, and on those films made foreign."""
+    import csv
+
+    from ccad.models.classifier import imagenet_weights_available
+
+    if not imagenet_weights_available(224):
+        pytest.skip("the guard's features need the ImageNet weights (KERAS_HOME=../shared/keras-home)")
+    run, bundle = two_view
+    test = [row["path"] for row in csv.DictReader(open(run / "split.csv")) if row["split"] == "test"]
+    screener = Screener.load(bundle)
+    films = [screener.decode(path) for path in test]
+
+    def flagged(grays):
+        scored = screener.score([str(i) for i in range(len(grays))], [screener.prepare(g) for g in grays])
+        return np.mean([p.in_distribution is False for p in scored])
+
+    assert len(films) >= 8
+    assert flagged(films) <= 0.2
+    assert flagged([1 - g for g in films]) >= 0.8
+    assert flagged([np.ascontiguousarray(np.rot90(g)) for g in films]) >= 0.8

@@ -66,7 +66,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
         "--preset",
         choices=list(PRESETS),
         default="default",
-        help="paper-a / paper-b / paper-b-10ep / paper-methods: the paper's cases; default: our recipe",
+        help="default: the shipped model's recipe (two views, specificity-90); one-view-lungs / one-view-thorax: "
+        "one view, Youden's threshold (faster; any head, fine-tuning); paper-a / paper-b / paper-b-10ep / "
+        "paper-methods: the paper's cases",
     )
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
@@ -90,7 +92,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threshold",
-        help="decision rule fitted on validation: youden (default), specificity-90, "
+        help="decision rule fitted on validation: specificity-90 (default), youden, "
         "specificity-95, sensitivity-85|90|95, argmax, or a number",
     )
     p.add_argument("--calibration", choices=CALIBRATIONS, help="temperature: fit temperature scaling on validation")

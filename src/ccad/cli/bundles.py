@@ -1,4 +1,4 @@
-"""Commands that make and change model bundles: export, calibrate, adapt, sign, keys."""
+"""Commands that make and change model bundles: export, calibrate, adapt, guard, sign, keys."""
 
 from __future__ import annotations
 
@@ -148,6 +148,29 @@ def _run_adapt(args: argparse.Namespace) -> int | None:
     )
 
 
+def _add_guard(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model bundle (default: the bundle shipped with ccad)")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="the new bundle's folder")
+    p.add_argument("--evidence", metavar="JSON", help="a benchmarks/guard.py report to cite in the card")
+    p.add_argument("--sign", metavar="PRIVATE_KEY", help="sign the new bundle's card (Ed25519, PEM)")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def _run_guard(args: argparse.Namespace) -> int | None:
+    model = model_of(args)
+    from ..training.guard import refit_guard
+
+    entry = refit_guard(model, spec(args), args.out, args.evidence, args.sign, args.overwrite)
+    fitted = entry["fitted"]
+    print(
+        f"guard fitted on {fitted['films']} training films and the foreign inputs made from them; cut-off "
+        f"{entry['cutoff']:.3g} keeps 99% of {fitted['cutoff_films']} validation films"
+        + ("" if fitted["same_data_as_the_model"] else " (not the data the model was trained on)")
+    )
+    print(f"wrote {args.out}" + (" (signed)" if args.sign else ""))
+
+
 def _add_sign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model bundle folder")
     p.add_argument("--key", required=True, help="private key (PEM), e.g. from ccad keys")
@@ -184,6 +207,13 @@ COMMANDS = [
         "training features), held-out local test before and after: a new bundle",
         _add_adapt,
         _run_adapt,
+    ),
+    Command(
+        "guard",
+        "refit a bundle's out-of-distribution guard (is this a frontal chest X-ray?) on labelled films, "
+        "split as ccad train splits them: a new bundle",
+        _add_guard,
+        _run_guard,
     ),
     Command("sign", "sign a model bundle (Ed25519) so that predict/serve --verify accept it", _add_sign, _run_sign),
     Command("keys", "make an Ed25519 key pair for signing bundles", _add_keys, _run_keys),

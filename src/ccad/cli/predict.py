@@ -146,7 +146,7 @@ def _predict_local(args, model: str, variant: str) -> None:
         save_overlays(results, args.heatmap)
     flagged = sum(r.in_distribution is False for r in results)
     if flagged:
-        stderr(f"{flagged} image(s) flagged out of distribution (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}.")
+        stderr(f"{flagged} image(s) flagged by the guard (in_distribution = false): {OUT_OF_DISTRIBUTION_TEXT}.")
     if args.format == "table":
         stderr("Screening aid, not a diagnosis.")
     print(format_results(results, screener, args.format))

@@ -71,12 +71,12 @@ def _run_monitor(args: argparse.Namespace) -> int | None:
 
     reference = None
     if args.model:
-        from ..models.ood import OOD_FILE, OodGuard
+        from ..models.ood import OOD_FILE, load_guard
 
         path = Path(args.model) / OOD_FILE
         if not path.is_file():
             raise ConfigError(f"--model {args.model}: no {OOD_FILE} (the drift reference) in it")
-        reference = OodGuard.load(path)
+        reference = load_guard(path)
         if reference.reference_scores is None:
             raise ConfigError(
                 f"--model {args.model}: its {OOD_FILE} has no drift reference (exported before "
@@ -86,7 +86,7 @@ def _run_monitor(args: argparse.Namespace) -> int | None:
     overall = record["overall"]
     print(
         f"{overall['n']} images from {overall['first'][:10]} to {overall['last'][:10]}: "
-        f"called positive {overall['positive']['value']:.1%}, out of distribution "
+        f"called positive {overall['positive']['value']:.1%}, flagged by the guard "
         f"{overall['out_of_distribution']['value']:.1%}, {len(record['drift_changes'])} drift state changes"
     )
     print(f"report: {Path(args.out) / 'monitor.html'} (counts of what the model said, not a diagnosis)")

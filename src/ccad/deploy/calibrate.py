@@ -41,8 +41,9 @@ from ccad.io.inputs import list_inputs
 from ccad.models.bundles import write_derived_bundle
 from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import DecisionRule, threshold_for
-from ccad.models.ood import OOD_FILE, fit_ood_guard
+from ccad.models.ood import OOD_FILE
 from ccad.screening import Screener
+from ccad.screening.guard import fit_guard
 
 TARGETS = ("specificity", "sensitivity")
 #: Held-back images a site's drift reference needs (ccad.evaluation.drift: fewer, and its noise passes the alarm).
@@ -177,18 +178,19 @@ def _achieved(score: np.ndarray, y: np.ndarray, threshold: float, name: str) -> 
 
 
 def _refit_guard(screener: Screener, folder: str | os.PathLike, seed: int):
-    """The out-of-distribution guard fitted on the site's own images: 80% the reference, 20% the cut-off (and
-    the drift check's reference: their distances and scores)."""
+    """The out-of-distribution guard fitted on the site's own films: 80% against the foreign inputs made from
+    them, 20% the cut-off (and the drift check's reference: their distances and scores)."""
     paths = [str(p) for p in list_inputs([folder])]
-    scored = [p for p in screener.screen(paths) if not p.error]
+    scored = [(path, p) for path, p in zip(paths, screener.screen(paths)) if not p.error]
     if len(scored) < 50:
         raise DataError(f"{folder}: {len(scored)} readable images; refitting the guard needs at least 50")
-    pooled = np.stack([p.pooled for p in scored])
+    pooled = np.stack([p.pooled for _, p in scored])
     positive = screener.classes.index(screener.positive_class)
-    scores = np.array([p.raw_probabilities[positive] for p in scored])
+    scores = np.array([p.raw_probabilities[positive] for _, p in scored])
     order = np.random.default_rng(seed).permutation(len(pooled))
     cut = int(0.8 * len(pooled))
-    guard = fit_ood_guard(pooled[order[:cut]], pooled[order[cut:]])
+    films = [scored[i][0] for i in order[:cut]]
+    guard = fit_guard(screener, pooled[order[:cut]], pooled[order[cut:]], films, seed)
     # the drift check's reference becomes the site's own held-back images, when there are enough to be quiet (the
     # base's reference was measured against the old guard: it cannot stay)
     if len(pooled) - cut >= MIN_DRIFT_REFERENCE:

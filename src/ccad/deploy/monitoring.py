@@ -90,7 +90,12 @@ class Monitor:
         self.scored = Counter("ccad_images_scored", "Images scored", labels, registry=registry)
         self.errors = Counter("ccad_image_errors", "Images that could not be scored", labels, registry=registry)
         self.decisions = Counter("ccad_decisions", "Decisions by class", (*labels, "decision"), registry=registry)
-        self.ood = Counter("ccad_out_of_distribution", "Images flagged out of distribution", labels, registry=registry)
+        self.ood = Counter(
+            "ccad_out_of_distribution",
+            "Images the guard flagged: not a frontal chest X-ray like those the model was built for",
+            labels,
+            registry=registry,
+        )
         self.qc = Counter("ccad_lung_qc_flags", "Lung-check flags", (*labels, "flag"), registry=registry)
         self.score = Histogram(
             "ccad_score", "Probability of the positive class", labels, buckets=SCORE_BUCKETS, registry=registry

@@ -220,7 +220,7 @@ def ood_rate(flagged: np.ndarray, guard) -> dict[str, Any]:
         "n": n,
         "rate": k / n if n else None,
         "ci95": [low, high],
-        "rule": f"feature distance > {guard.cutoff:.3f} (keeps {guard.keep:.0%} of the validation split), "
+        "rule": f"{guard.kind} > {guard.cutoff:.3g} (keeps {guard.keep:.0%} of the validation split), "
         "or the lung check found no lungs",
     }
 

@@ -4,7 +4,7 @@
 
 The log is the one ``ccad serve`` and ``ccad dicom listen`` append with ``--result-log``
 (:class:`ccad.deploy.monitoring.ResultLog`: no patient field). For each period (day, week or month, in UTC) and
-for all of it: the images scored, the share called positive and the share out of distribution (Wilson 95%
+for all of it: the images scored, the share called positive and the share the guard flagged (Wilson 95%
 intervals), the lung-check flags, the mean score, how many images were scored while the live drift state was
 ``drift`` and when it changed. With ``--model``, each period's scores and out-of-distribution distances are
 compared with that bundle's reference (the population stability index, :mod:`ccad.evaluation.drift`).
@@ -285,7 +285,7 @@ def _html(record: dict[str, Any]) -> str:
             "period",
             "images",
             "called positive (95% CI)",
-            "out of distribution (95% CI)",
+            "flagged: not a frontal chest X-ray (95% CI)",
             "mean score",
             "scored in drift",
         ]

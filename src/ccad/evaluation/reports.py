@@ -237,9 +237,9 @@ def _ood_html(ood: dict[str, Any] | None) -> str:
         return ""
     low, high = ood["ci95"]
     return (
-        f"<p><strong>Out of distribution:</strong> the model's guard flags {ood['flagged']} of {ood['n']} images "
+        f"<p><strong>Not a frontal chest X-ray:</strong> the model's guard flags {ood['flagged']} of {ood['n']} images "
         f"({ood['rate']:.1%}, 95% CI {low:.1%}-{high:.1%}; {html.escape(ood['rule'])}). A flagged image is "
-        "outside what this model was trained on: do not rely on its result.</p>"
+        "not a frontal chest X-ray like those the model was built for: do not rely on its result.</p>"
     )
 
 

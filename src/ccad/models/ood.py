@@ -1,20 +1,21 @@
-"""The out-of-distribution guard: is an image like the ones the model was trained on?
+"""The out-of-distribution guard: is an image a frontal chest X-ray like those the model was built for?
 
-    >>> guard = fit_ood_guard(train_features, val_features)   # doctest: +SKIP  pooled backbone features
-    >>> guard.distance(features) <= guard.cutoff              # doctest: +SKIP  in distribution
+    >>> guard = fit_ood_guard(film_features, foreign_features, cut_features)   # doctest: +SKIP  pooled features
+    >>> guard.distance(features) <= guard.cutoff                              # doctest: +SKIP  in scope
 
-The score is the Mahalanobis distance of an image's pooled backbone features
-(the 1,280 numbers the classifier reads) from the training images' features,
-under the Ledoit-Wolf shrunk covariance (scikit-learn's ``LedoitWolf`` picks the
-shrinkage). The cut-off is the 95th percentile of the *validation* images'
-distances, so about 95% of images like the validation split are kept and a
-photo, a blank frame or a scan unlike any training image is flagged.
+The guard is a head on the pooled backbone features (the numbers the classifier reads): a logistic regression
+trained to tell the training films from foreign inputs made from them (:mod:`ccad.data.foreign`: films turned by
+90 or 180 degrees, inverted, a corner cropped, and screens of text). Its score is ``-ln p(film)``, 0 for an image
+clearly like the films and growing as it looks foreign; the cut-off keeps 99% of the validation split's films.
 
-Stored compactly and exactly: the shrunk covariance is
-``(1 - a) S + a m I`` (``S`` the sample covariance, ``m`` its mean eigenvalue),
-so its inverse needs only ``S``'s eigenvectors with a non-zero eigenvalue (at
-most one fewer than the training images) and the single eigenvalue ``a m`` of
-the rest. Numpy only: nothing here imports TensorFlow.
+Chosen by ``benchmarks/guard.py`` (issue 37; BENCHMARKS.md, "The guard") over a Mahalanobis distance from the
+training films, which flagged the sickest lungs of unseen hospitals as often as foreign inputs: by
+leave-one-source-out, the head flagged every foreign input (photos, CT, MR, US and NM images, other pictures,
+screenshots, rotated, inverted and cropped films) and at most 3% of any unseen source's chest films, COVID or
+not, against up to 9.4% (COVID films of an unseen source) for the distance at its 95% cut-off.
+
+:class:`MahalanobisGuard` is the earlier guard, still read from older bundles (``load_guard``). Numpy only at
+prediction time: nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 
@@ -29,22 +31,63 @@ from ccad.errors import ModelError
 from ccad.io.files import atomic_path
 
 OOD_FILE = "ood.npz"
-KEEP = 0.95
-OUT_OF_DISTRIBUTION_TEXT = "outside what this model was trained on: do not rely on this result"
+KEEP = 0.99
+OUT_OF_DISTRIBUTION_TEXT = "not a frontal chest X-ray like those the model was built for: do not rely on this result"
+#: The logistic head's regularization (scikit-learn's C on standardized features), as benchmarks/guard.py chose it.
+HEAD_C = 0.1
 
 
 @dataclass(frozen=True)
 class OodGuard:
+    """The frontal-chest head: ``distance = ln(1 + exp(features . coef + intercept))``, flagged above ``cutoff``."""
+
+    coef: np.ndarray  # (d,) on the raw pooled features (the standardization folded in)
+    intercept: float
+    cutoff: float
+    keep: float = KEEP
+    #: What in-distribution images look like to the model, for the drift check (:mod:`ccad.deploy.monitoring`):
+    #: the validation split's (or a site's) distances and positive-class probabilities; None when there is none.
+    reference_distances: np.ndarray | None = None
+    reference_scores: np.ndarray | None = None
+
+    kind = "frontal-chest head"
+    reason = "image unlike a frontal chest X-ray"
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        """``-ln p(film)`` of (N, d) (or (d,)) features: (N,) (or a float), 0 or more."""
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        d = np.logaddexp(0.0, x @ self.coef + self.intercept)
+        return d if np.ndim(features) > 1 else float(d[0])
+
+    def save(self, path: str | os.PathLike) -> None:
+        _save(path, self, coef=self.coef.astype(np.float64), intercept=self.intercept)
+
+    def describe(self) -> dict:
+        return _describe(
+            self,
+            "-ln p(a frontal chest film) from a logistic head on the pooled backbone features, trained on the "
+            "training films against foreign inputs made from them (turned by 90 and 180 degrees, inverted, a "
+            "corner cropped) and screens of text",
+        )
+
+
+@dataclass(frozen=True)
+class MahalanobisGuard:
+    """The earlier guard (bundles exported before issue 37): the Mahalanobis distance of the pooled features
+    from the training images' under the Ledoit-Wolf shrunk covariance ``(1 - a) S + a m I``, stored as ``S``'s
+    eigenvectors with a non-zero eigenvalue and the single eigenvalue ``a m`` of every other direction."""
+
     mean: np.ndarray  # (d,)
     vectors: np.ndarray  # (r, d) orthonormal eigenvectors of the sample covariance
     eigenvalues: np.ndarray  # (r,) their shrunk eigenvalues
     rest: float  # the shrunk eigenvalue of every other direction
     cutoff: float
-    keep: float = KEEP
-    #: What in-distribution images look like to the model, for the drift check (:mod:`ccad.deploy.monitoring`):
-    #: the validation split's (or a site's) distances and positive-class probabilities; None in older bundles.
+    keep: float = 0.95
     reference_distances: np.ndarray | None = None
     reference_scores: np.ndarray | None = None
+
+    kind = "Mahalanobis distance"
+    reason = "image features unlike the training images"
 
     def distance(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of (N, d) (or (d,)) features; (N,) (or a float)."""
@@ -58,63 +101,89 @@ class OodGuard:
         return d if np.ndim(features) > 1 else float(d[0])
 
     def save(self, path: str | os.PathLike) -> None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                references = {
-                    k: np.asarray(v, np.float32)
-                    for k, v in (
-                        ("reference_distances", self.reference_distances),
-                        ("reference_scores", self.reference_scores),
-                    )
-                    if v is not None
-                }
-                np.savez(
-                    f,
-                    mean=self.mean.astype(np.float32),
-                    vectors=self.vectors.astype(np.float32),
-                    eigenvalues=self.eigenvalues,
-                    rest=self.rest,
-                    cutoff=self.cutoff,
-                    keep=self.keep,
-                    **references,
-                )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "OodGuard":
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return cls(
-                    z["mean"],
-                    z["vectors"],
-                    z["eigenvalues"],
-                    float(z["rest"]),
-                    float(z["cutoff"]),
-                    float(z["keep"]),
-                    *(z[k] if k in z.files else None for k in ("reference_distances", "reference_scores")),
-                )
-        except (OSError, KeyError, ValueError) as e:
-            raise ModelError(f"{path}: not a readable out-of-distribution guard ({type(e).__name__})") from e
+        _save(
+            path,
+            self,
+            mean=self.mean.astype(np.float32),
+            vectors=self.vectors.astype(np.float32),
+            eigenvalues=self.eigenvalues,
+            rest=self.rest,
+        )
 
     def describe(self) -> dict:
-        out = {
-            "file": OOD_FILE,
-            "score": "Mahalanobis distance of the pooled backbone features (Ledoit-Wolf "
-            "shrunk covariance of the training split)",
-            "cutoff": self.cutoff,
-            "cutoff_rule": f"keeps {self.keep:.0%} of the validation split",
-            "dimensions": int(self.mean.size),
+        return _describe(
+            self,
+            "Mahalanobis distance of the pooled backbone features (Ledoit-Wolf shrunk covariance of the "
+            "training split)",
+        )
+
+
+Guard = Union[OodGuard, MahalanobisGuard]
+
+
+def _save(path: str | os.PathLike, guard: Guard, **parts) -> None:
+    references = {
+        k: np.asarray(v, np.float32)
+        for k, v in (("reference_distances", guard.reference_distances), ("reference_scores", guard.reference_scores))
+        if v is not None
+    }
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, cutoff=guard.cutoff, keep=guard.keep, **parts, **references)
+
+
+def _describe(guard: Guard, score: str) -> dict:
+    out = {
+        "file": OOD_FILE,
+        "kind": guard.kind,
+        "score": score,
+        "cutoff": guard.cutoff,
+        "cutoff_rule": f"keeps {guard.keep:.0%} of the validation split",
+        "dimensions": int(np.size(guard.coef if isinstance(guard, OodGuard) else guard.mean)),
+    }
+    if guard.reference_distances is not None:
+        out["drift_reference"] = {
+            "images": int(len(guard.reference_distances)),
+            "scores": guard.reference_scores is not None,
         }
-        if self.reference_distances is not None:
-            out["drift_reference"] = {
-                "images": int(len(self.reference_distances)),
-                "scores": self.reference_scores is not None,
-            }
-        return out
+    return out
 
 
-def fit_ood_guard(train_features: np.ndarray, val_features: np.ndarray, keep: float = KEEP) -> OodGuard:
-    """Fit on the training split's features, set the cut-off on the validation split's."""
+def load_guard(path: str | os.PathLike) -> Guard:
+    """The guard saved at ``path``: the frontal-chest head, or an older bundle's Mahalanobis guard."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            references = [z[k] if k in z.files else None for k in ("reference_distances", "reference_scores")]
+            common = (float(z["cutoff"]), float(z["keep"]), *references)
+            if "coef" in z.files:
+                return OodGuard(z["coef"], float(z["intercept"]), *common)
+            return MahalanobisGuard(z["mean"], z["vectors"], z["eigenvalues"], float(z["rest"]), *common)
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable out-of-distribution guard ({type(e).__name__})") from e
+
+
+def fit_ood_guard(films: np.ndarray, foreign: np.ndarray, cut: np.ndarray, keep: float = KEEP) -> OodGuard:
+    """The frontal-chest head fitted on ``films`` (features of the training films) against ``foreign`` (features
+    of foreign inputs made from them), its cut-off keeping ``keep`` of ``cut`` (the validation films)."""
+    from sklearn.linear_model import LogisticRegression
+
+    films, foreign = np.asarray(films, np.float64), np.asarray(foreign, np.float64)
+    if len(films) < 2 or len(foreign) < 1 or len(cut) < 1:
+        raise ModelError("the out-of-distribution guard needs 2 training films, 1 foreign input and 1 validation film")
+    x = np.concatenate([films, foreign])
+    y = np.r_[np.zeros(len(films)), np.ones(len(foreign))]
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-12] = 1.0  # a constant feature: scikit-learn's StandardScaler leaves it unscaled too
+    head = LogisticRegression(C=HEAD_C, max_iter=3000, class_weight="balanced").fit((x - mean) / scale, y)
+    coef = head.coef_[0] / scale
+    guard = OodGuard(coef, float(head.intercept_[0] - mean @ coef), cutoff=0.0, keep=keep)
+    distances = guard.distance(np.asarray(cut, np.float64))
+    return OodGuard(guard.coef, guard.intercept, float(np.quantile(distances, keep)), keep, distances)
+
+
+def fit_mahalanobis_guard(train_features: np.ndarray, val_features: np.ndarray, keep: float = 0.95) -> MahalanobisGuard:
+    """The earlier guard: fitted on the training split's features, the cut-off on the validation split's."""
     from sklearn.covariance import LedoitWolf
 
     x = np.asarray(train_features, np.float64)
@@ -129,11 +198,9 @@ def fit_ood_guard(train_features: np.ndarray, val_features: np.ndarray, keep: fl
     rest = max(shrinkage * mu, 1e-12)
     keepers = sample_eigen > 1e-10 * max(sample_eigen.max(), 1e-30)
     eigen = (1 - shrinkage) * sample_eigen[keepers] + rest
-    guard = OodGuard(mean, vt[keepers], eigen, rest, cutoff=0.0, keep=keep)
+    guard = MahalanobisGuard(mean, vt[keepers], eigen, rest, cutoff=0.0, keep=keep)
     distances = guard.distance(np.asarray(val_features, np.float64))
-    return OodGuard(
-        mean, vt[keepers], eigen, rest, float(np.quantile(distances, keep)), keep, reference_distances=distances
-    )
+    return MahalanobisGuard(mean, vt[keepers], eigen, rest, float(np.quantile(distances, keep)), keep, distances)
 
 
 #: Lung-QC flags (:mod:`ccad.models.lungs`) that make a prediction out of distribution by themselves; the others
@@ -141,7 +208,7 @@ def fit_ood_guard(train_features: np.ndarray, val_features: np.ndarray, keep: fl
 QC_OUT_OF_DISTRIBUTION = ("no_lungs",)
 
 
-def screen(guard: OodGuard | None, pooled_features: np.ndarray, lung_qc=()) -> dict:
+def screen(guard: Guard | None, pooled_features: np.ndarray, lung_qc=()) -> dict:
     """``in_distribution`` (True / False; None when the model has no guard and QC found nothing), the
     distance and cut-off, the lung-QC flags, and a ``warning`` when out of distribution."""
     flags = list(lung_qc or ())
@@ -151,7 +218,7 @@ def screen(guard: OodGuard | None, pooled_features: np.ndarray, lung_qc=()) -> d
         distance = float(guard.distance(pooled_features))
         out.update(ood_distance=round(distance, 3), ood_cutoff=round(guard.cutoff, 3))
         if distance > guard.cutoff:
-            reasons.append("image features unlike the training images")
+            reasons.append(guard.reason)
     reasons += [f"lung check: {f.replace('_', ' ')}" for f in flags if f in QC_OUT_OF_DISTRIBUTION]
     out["in_distribution"] = (not reasons) if (guard is not None or reasons) else None
     if reasons:

@@ -31,7 +31,7 @@ from ccad.io.onnx import cpu_session
 from ccad.models.card import ModelCard, ModelInfo, RunMetadata, is_bundle
 from ccad.models.classifier import classifier_kernel, load_keras_model, with_feature_map
 from ccad.models.heads import OnnxHead
-from ccad.models.ood import OodGuard
+from ccad.models.ood import Guard, load_guard
 from ccad.models.severity import SeverityHead
 from ccad.models.signing import verify_bundle
 from ccad.preprocessing.pipeline import to_model_input, view_count
@@ -61,7 +61,7 @@ class Predictor(ABC):
         info: ModelInfo,
         cam_weights: np.ndarray | None = None,
         head: OnnxHead | None = None,
-        ood: OodGuard | None = None,
+        ood: Guard | None = None,
         severity: SeverityHead | None = None,
     ):
         self.info = info
@@ -145,7 +145,7 @@ class OnnxPredictor(Predictor):
         variant: str = "float",
         cam_weights: np.ndarray | None = None,
         head: OnnxHead | None = None,
-        ood: OodGuard | None = None,
+        ood: Guard | None = None,
         severity: SeverityHead | None = None,
     ):
         super().__init__(card, cam_weights, head, ood, severity)
@@ -179,7 +179,7 @@ class OnnxPredictor(Predictor):
         severity = None
         if card.severity:
             severity = SeverityHead(json.loads(card.checked_file(bundle, card.severity["file"]).read_text()))
-        ood = OodGuard.load(card.checked_file(bundle, card.ood["file"])) if card.ood else None
+        ood = load_guard(card.checked_file(bundle, card.ood["file"])) if card.ood else None
         predictor = cls(bundle, card, session, variant, cam_weights, head, ood, severity)
         if predictor.warning:
             import logging
@@ -210,7 +210,7 @@ class KerasPredictor(Predictor):
         info: RunMetadata,
         run_dir: str | os.PathLike | None = None,
         head: OnnxHead | None = None,
-        ood: OodGuard | None = None,
+        ood: Guard | None = None,
         dual=None,
     ):
         self.model, self.run_dir = model, Path(run_dir) if run_dir is not None else None
@@ -219,7 +219,7 @@ class KerasPredictor(Predictor):
         self._dual = dual
 
     @classmethod
-    def of(cls, model, info: RunMetadata, run_dir: str | os.PathLike | None = None, ood: OodGuard | None = None):
+    def of(cls, model, info: RunMetadata, run_dir: str | os.PathLike | None = None, ood: Guard | None = None):
         """A model in memory (training): its stored head and guard are read from ``run_dir`` (None: none are),
         ``ood`` replacing the stored guard."""
         run_dir = Path(run_dir) if run_dir is not None else None
@@ -230,7 +230,7 @@ class KerasPredictor(Predictor):
                 raise ModelError(f"{path}: the model's {info.head.get('kind')} head is missing")
             head = OnnxHead.load(path)
         if ood is None and info.ood and run_dir is not None and (run_dir / info.ood["file"]).is_file():
-            ood = OodGuard.load(run_dir / info.ood["file"])
+            ood = load_guard(run_dir / info.ood["file"])
         return cls(model, info, run_dir, head, ood, with_feature_map(model))
 
     @classmethod

@@ -44,13 +44,14 @@ from ccad.models.classifier import (
     load_keras_model,
 )
 from ccad.models.decision import DecisionRule, fit_decision
-from ccad.models.ood import OOD_FILE, OodGuard, fit_ood_guard
+from ccad.models.ood import OOD_FILE, Guard
 from ccad.models.rehearsal import save_rehearsal
 from ccad.preprocessing.augmentation import get_spec
 from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images, preprocessing_views, view_count
 from ccad.scoring.predictor import KerasPredictor
 from ccad.screening import Screener
+from ccad.screening.guard import fit_guard
 from ccad.training.config import TrainConfig
 from ccad.training.distributed import cluster_from_env, fit_distributed, multi_worker_strategy
 from ccad.training.fit import fine_tune, fit_cached_views, fit_sklearn_head, fit_streaming
@@ -170,7 +171,9 @@ def _fit_decision_and_guard(model, arrays, dataset: Dataset, config: TrainConfig
     )
     start = time.perf_counter()
     train_features = predictor.pooled_features(arrays["train"][0])
-    ood = fit_ood_guard(train_features, predictor.pooled_features(arrays["val"][0]))
+    val_features = predictor.pooled_features(arrays["val"][0])
+    films = [sample.path for sample in arrays["samples"]["train"]]
+    ood = fit_guard(Screener(predictor), train_features, val_features, films, seed=config.seed or 0)
     save_rehearsal(run_dir, train_features, arrays["train"][1], dataset.classes, seed=config.seed or 0)
     positive = dataset.classes.index(positive_class)
     ood = replace(ood, reference_scores=val_probabilities[:, positive])  # the drift check's reference
@@ -307,7 +310,7 @@ def run_metadata(
     config: TrainConfig,
     decision: DecisionRule | None = None,
     head: HeadFit | None = None,
-    ood: OodGuard | None = None,
+    ood: Guard | None = None,
 ) -> RunMetadata:
     """What a loader needs to use the model, plus what it was trained on."""
     return RunMetadata(

@@ -140,7 +140,11 @@ def _observations(algorithm: Algorithm, prediction, reason: str | None) -> tuple
         )
     outside = prediction.in_distribution is False
     observation("out-of-distribution", "Outside the model's training distribution", valueBoolean=outside)
-    warning = " The image is outside what the model was trained on: do not rely on this result." if outside else ""
+    warning = (
+        " The image is not a frontal chest X-ray like those the model was built for: do not rely on this result."
+        if outside
+        else ""
+    )
     conclusion = (
         f"ccad screening result: {prediction.predicted_class} "
         f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{warning} {NOT_FOR_DIAGNOSIS}"

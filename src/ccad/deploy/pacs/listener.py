@@ -685,7 +685,7 @@ class Listener:
                 key,
                 prediction.predicted_class,
                 prediction.probabilities[prediction.predicted_class],
-                "" if prediction.in_distribution is not False else ", out of distribution",
+                "" if prediction.in_distribution is not False else ", flagged: not a frontal chest X-ray",
             )
         self._wake_senders()
 

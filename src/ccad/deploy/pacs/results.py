@@ -241,7 +241,7 @@ def _sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[l
             _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)"),
         ),
         hd.sr.QualitativeEvaluation(
-            _code("out-of-distribution", "Outside the model's training distribution"),
+            _code("out-of-distribution", "Not a frontal chest X-ray like those the model was built for"),
             no if prediction.in_distribution is not False else yes,
         ),
     ]
@@ -287,7 +287,7 @@ def banner_lines(prediction, algorithm: Algorithm | None = None, version: str = 
         )
         lines.append(f"ccad: {word} {'suspected' if suspected else 'not suspected'} - p({word}) = {p:.2f}, {rule}")
     if prediction.in_distribution is False:
-        lines.append("OUT OF DISTRIBUTION: not like the X-rays the model was built on")
+        lines.append("NOT A FRONTAL CHEST X-RAY like those the model was built for")
     return lines
 
 

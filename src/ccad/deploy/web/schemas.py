@@ -28,7 +28,8 @@ class Result(BaseModel):
     probabilities: dict[str, float] | None = Field(None, description="after the decision rule's temperature")
     lung_qc: list[str] | None = Field(None, description="lung-field check flags (none: the lungs look usable)")
     in_distribution: bool | None = Field(
-        None, description="false: unlike the training images, or no lungs found; null: the model has no guard"
+        None,
+        description="false: not a frontal chest X-ray like those the model was built for (the guard), or no lungs found; null: the model has no guard",
     )
     ood_distance: float | None = None
     ood_cutoff: float | None = None

@@ -76,7 +76,7 @@ function showResult(result, decision) {
   if (result.in_distribution === false) {
     const ood = node.querySelector(".ood");
     ood.hidden = false;
-    ood.textContent = `Out of distribution: ${result.warning}`;
+    ood.textContent = `Outside what the model is for: ${result.warning}`;
     node.classList.add("flagged");
   }
   const qc = node.querySelector(".qc");
