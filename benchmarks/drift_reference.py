@@ -24,7 +24,7 @@ import numpy as np
 
 from ccad.io.files import sha256
 from ccad.models.card import ModelCard
-from ccad.models.ood import OOD_FILE, OodGuard
+from ccad.models.ood import OOD_FILE, load_guard
 from ccad.scoring.predictor import OnnxPredictor
 from ccad.screening import Screener
 
@@ -46,7 +46,7 @@ def main() -> None:
     predictor = OnnxPredictor.load(bundle)
     scored = [p for p in list(Screener(predictor).screen(paths)) if not p.error]
     positive = predictor.classes.index(predictor.positive_class)
-    guard = OodGuard.load(bundle / OOD_FILE)
+    guard = load_guard(bundle / OOD_FILE)
     distances = np.array([p.ood_distance for p in scored])
     guard = replace(
         guard, reference_distances=distances, reference_scores=np.array([p.raw_probabilities[positive] for p in scored])

@@ -2,7 +2,7 @@
 
 A guard should flag what the model was not built for and stay quiet on chest films that are merely sick or
 from another scanner. Positives are foreign inputs, negatives chest films from a source the guard never saw
-(benchmarks/guard_inputs.py makes both, as the shipped model sees them: its pooled features of both views,
+(benchmarks/_guard_inputs.py makes both, as the shipped model sees them: its pooled features of both views,
 its probabilities, the lung segmenter's QC). The shipped backbone is ImageNet's MobileNetV2, frozen, so the
 features do not depend on what the model was trained on, and each input's features are computed once.
 
@@ -45,7 +45,9 @@ THE RULE (written before any candidate's results were seen):
 whose models differ was meaningless, 0.08, and it was replaced by the shipped model's own on its test split
 before a choice was written anywhere. The rule and the candidates did not change.)
 
-    KERAS_HOME=../shared/keras-home python benchmarks/guard.py --work runs/guard --out benchmarks/results/guard.json
+    pip install scikit-image pydicom-data    # the photos and DICOM files (not needed by ccad itself)
+    KERAS_HOME=../shared/keras-home python benchmarks/guard.py --work runs/guard --out benchmarks/results/guard.json \
+        [--compare-with OLD_BUNDLE]          # the guard's cost and size against another bundle's
 """
 
 from __future__ import annotations
@@ -60,9 +62,9 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _guard_inputs import SHARED, TRANSFORMS, build  # noqa: E402
 from _report import emit  # noqa: E402
 from generalization import rate  # noqa: E402  (a share with its Wilson interval)
-from guard_inputs import SHARED, TRANSFORMS, build  # noqa: E402
 from loso import auc_with_interval  # noqa: E402  (an AUC with its bootstrap interval)
 
 SOURCES = ("cohen", "nih", "rdb")
@@ -171,7 +173,6 @@ def evaluate(inputs: dict, test: np.ndarray, called: np.ndarray) -> dict:
 
 
 def report(chest, entry, test, called) -> dict:
-
     by_kind = {k: rate([h for kind, h in entry["foreign"] if kind == k]) for k in KINDS}
     cells = {f"{s} {c}": rate(entry["chest"][(chest["source"] == s) & (chest["cls"] == c)]) for s, c in CELLS}
     foreign_score = float(np.mean([r["value"] for r in by_kind.values() if r]))
@@ -217,11 +218,35 @@ def shipped_test_split(screener, chest) -> tuple[np.ndarray, np.ndarray]:
     return test, called
 
 
+def cost_ms(bundles: dict[str, str], features: np.ndarray) -> dict:
+    """Each bundle's guard: what it is, the milliseconds it takes an image (one at a time, the median of 5
+    rounds over 200 images) and the size of its file."""
+    from ccad.models.ood import OOD_FILE, load_guard
+
+    out = {}
+    for name, bundle in bundles.items():
+        guard = load_guard(Path(bundle) / OOD_FILE)
+        rounds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for row in features[:200]:
+                guard.distance(row)
+            rounds.append((time.perf_counter() - start) / 200 * 1000)
+        out[name] = {
+            "bundle": bundle,
+            "guard": guard.kind,
+            "ms_an_image": round(float(np.median(rounds)), 3),
+            "file_mb": round((Path(bundle) / OOD_FILE).stat().st_size / 1e6, 3),
+        }
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(Path(__file__).resolve().parents[1] / "src/ccad/models/default"))
     parser.add_argument("--work", required=True, help="where the inputs' features are cached")
     parser.add_argument("--out")
+    parser.add_argument("--compare-with", metavar="BUNDLE", help="a bundle whose guard's cost to set against --model's")
     args = parser.parse_args(argv)
     from ccad.screening import Screener
 
@@ -246,6 +271,10 @@ def main(argv=None) -> None:
                 "evaluation": round(time.perf_counter() - started - featured, 1),
             },
             "chosen": chosen,
+            "cost": cost_ms(
+                {"model": args.model} | ({"compared with": args.compare_with} if args.compare_with else {}),
+                inputs["chest"]["pooled"],
+            ),
             "candidates": results,
         },
         args.out,

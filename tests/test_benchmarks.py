@@ -20,7 +20,7 @@ def test_each_benchmark_answers_help(script):
 
 
 def test_drift_reference_completes_a_bundle_that_still_loads(run_and_bundle, tmp_path):
-    from ccad.models.ood import OodGuard
+    from ccad.models.ood import load_guard
     from ccad.scoring.predictor import OnnxPredictor
 
     run, bundle = run_and_bundle
@@ -41,6 +41,6 @@ def test_drift_reference_completes_a_bundle_that_still_loads(run_and_bundle, tmp
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    guard = OodGuard.load(copy / "ood.npz")
+    guard = load_guard(copy / "ood.npz")
     assert len(guard.reference_scores) == len(guard.reference_distances) > 0
     assert (copy / "rehearsal.npz").is_file() and OnnxPredictor.load(copy).card.sha256["rehearsal.npz"]

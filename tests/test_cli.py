@@ -12,6 +12,7 @@ import pytest
 from ccad.cli import main
 
 FAST = ["--weights", "none", "--input-size", "64", "--epochs", "2", "--feature-views", "1", "--seed", "0"]
+FAST += ["--preset", "one-view-lungs"]  # one view: the paper's 2,562 trainable parameters, fine-tuning
 
 
 @pytest.fixture(scope="module")

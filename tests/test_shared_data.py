@@ -38,18 +38,19 @@ def test_manifest_split_is_used_and_groups_stay_apart():
 
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
-    """The default recipe trained on Dataset A, in a child process: its training graphs and their memory end
-    with it, not in the test worker (which then peaks at what the tests themselves load)."""
+    """The one-view lungs recipe (``--preset one-view-lungs``, the default until issue 37; one view is what the
+    TFLite export and the Grad-CAM comparison below take) trained on Dataset A, in a child process: its training
+    graphs and their memory end with it, not in the test worker (which then peaks at what the tests load)."""
     out = tmp_path_factory.mktemp("default") / "run"
-    ccad(["train", *DATASET_A, "--out", str(out)])
+    ccad(["train", *DATASET_A, "--preset", "one-view-lungs", "--out", str(out)])
     return out
 
 
 @pytest.mark.slow
-def test_default_recipe_on_dataset_a_reaches_the_bar(default_run):
+def test_the_one_view_recipe_on_dataset_a_reaches_the_bar(default_run):
     metrics = json.loads((default_run / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["n"] >= 50
-    # The lung-only default gives up internal score for not reading the source (0.914 here; the whole-image
+    # The lung-only recipe gives up internal score for not reading the source (0.914 here; the whole-image
     # recipe scores ~0.99 on this split by reading it): docs/generalization.md
     # Accuracy is at a threshold fitted on 48 validation images: two full-suite runs of the same code gave
     # 0.914 and 0.767 (training is not bit-reproducible on CPU). AUC, which needs no threshold, is the bar.

@@ -119,7 +119,9 @@ def test_an_out_of_distribution_image_is_shown_as_such(server, browser, tmp_path
     page.click("#submit")
     page.wait_for_selector(".result .verdict")
     assert page.is_visible(".result .ood")
-    assert "do not rely on this result" in page.inner_text(".result .ood")
+    shown = page.inner_text(".result .ood")
+    assert shown.startswith("Outside what the model is for: not a frontal chest X-ray like those the model was built")
+    assert "do not rely on this result" in shown
     first = page.get_attribute(".result .xray", "src")
     page.check(".result .model-view")  # what the model saw is a toggle; the original is shown first
     assert page.get_attribute(".result .xray", "src") != first

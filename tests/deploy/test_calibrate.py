@@ -305,23 +305,26 @@ def test_the_guard_can_be_refitted_on_the_sites_own_images(bundle, site, tmp_pat
     )
     base, new = ModelCard.load(bundle), ModelCard.load(out)
     assert "site" in new.ood["cutoff_rule"]
-    # the guard is the one fitted on the site's 60 normals, 48 as the reference and 12 for the cut-off (seed 0),
-    # worked out again here from the base bundle's features of the same files
+    # the guard is the one fitted on the site's 60 normals, 48 against the foreign inputs made from them and 12
+    # for the cut-off (seed 0), worked out again here from the base bundle's features of the same files
     from ccad.io.inputs import list_inputs
-    from ccad.models.ood import fit_ood_guard
+    from ccad.screening.guard import fit_guard
 
-    scored = list(Screener.load(bundle).screen([str(p) for p in list_inputs([site / "normal"])]))
-    pooled = np.stack([s.pooled for s in scored])
+    screener = Screener.load(bundle)
+    paths = [str(p) for p in list_inputs([site / "normal"])]
+    pooled = np.stack([s.pooled for s in screener.screen(paths)])
     order = np.random.default_rng(0).permutation(60)
-    expected = fit_ood_guard(pooled[order[:48]], pooled[order[48:]])
+    expected = fit_guard(screener, pooled[order[:48]], pooled[order[48:]], [paths[i] for i in order[:48]], 0)
     assert new.ood["cutoff"] == pytest.approx(expected.cutoff, rel=1e-5) != base.ood["cutoff"]
+    assert new.ood["kind"] == "frontal-chest head"
+    assert new.ood["cutoff_rule"] == "keeps 99% of the site's held-back images"
     assert new.extra["site_calibration"]["ood"]["images"] == 60
     assert new.sha256["ood.npz"] != base.sha256["ood.npz"]
     # the base's drift reference was measured against the old guard: it goes; 12 held-back images are too few
     # to be the site's (their PSI noise alone would pass the alarm), so there is none, and the card says why
-    from ccad.models.ood import OodGuard
+    from ccad.models.ood import load_guard
 
-    guard = OodGuard.load(out / "ood.npz")
+    guard = load_guard(out / "ood.npz")
     assert guard.reference_distances is None and guard.reference_scores is None
     assert new.extra["site_calibration"]["ood"]["drift_reference"].startswith("none: 12 held-back images")
 
@@ -407,7 +410,7 @@ def test_the_sites_guard_is_fitted_on_80_percent_cut_at_the_rest_and_needs_50_im
     from helpers import fake_screener
 
     from ccad.deploy.calibrate import _refit_guard
-    from ccad.models.ood import fit_ood_guard
+    from ccad.screening.guard import fit_guard
 
     s = fake_screener()
     few = _pngs(tmp_path / "few", 49)
@@ -419,8 +422,12 @@ def test_the_sites_guard_is_fitted_on_80_percent_cut_at_the_rest_and_needs_50_im
     guard, record = _refit_guard(s, fifty, 3)
     pooled = np.array([[m, 0.25, 1 - m] for m in ((20 + (i * 37) % 211) / 255 for i in range(50))])
     order = np.random.default_rng(3).permutation(50)
-    expected = fit_ood_guard(pooled[order[:40]], pooled[order[40:]])
+    films = [str(fifty / f"{i:03d}.png") for i in order[:40]]
+    expected = fit_guard(s, pooled[order[:40]], pooled[order[40:]], films, 3)
     assert guard.cutoff == pytest.approx(expected.cutoff, rel=1e-5)
+    assert np.allclose(guard.coef, expected.coef, atol=1e-5) and guard.intercept == pytest.approx(
+        expected.intercept, abs=1e-5
+    )
     assert record == {
         "source": str(fifty),
         "images": 50,

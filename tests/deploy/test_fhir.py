@@ -138,6 +138,7 @@ def _source():
     return ds
 
 
+NOT_A_FRONTAL_CHEST_FILM = "Not a frontal chest X-ray like those the model was built for"  # the guard's flag
 DEVICE = {
     "resourceType": "Device", "id": "device",
     "identifier": [{"system": "urn:ccad:model-sha256", "value": "ab" * 32}],
@@ -169,7 +170,7 @@ def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
             _observation(1, "p-covid", "Probability of covid", valueQuantity=_quantity(0.612346)),
             _observation(2, "p-normal", "Probability of normal", valueQuantity=_quantity(0.387654)),
             _observation(3, "decision-threshold", "Decision threshold on p(covid)", valueQuantity=_quantity(0.4)),
-            _observation(4, "out-of-distribution", "Not a frontal chest X-ray like those the model was built for", valueBoolean=True),
+            _observation(4, "out-of-distribution", NOT_A_FRONTAL_CHEST_FILM, valueBoolean=True),
         ],
         "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}],
         "status": "preliminary",
@@ -198,8 +199,8 @@ def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
                 "display": "the imaging study of this X-ray",
             }
         ],
-        "conclusion": "ccad screening result: covid (p = 0.612). The image is outside what the model was trained on: "
-        "do not rely on this result. Research screening aid, not for diagnosis: read the image.",
+        "conclusion": "ccad screening result: covid (p = 0.612). The image is not a frontal chest X-ray like those the "
+        "model was built for: do not rely on this result. Research screening aid, not for diagnosis: read the image.",
     }
     inside = diagnostic_report(_source(), algorithm, Prediction("a", "normal", {"covid": 0.2, "normal": 0.8}, True))
     assert inside["contained"][-1]["valueBoolean"] is False and "outside" not in inside["conclusion"]

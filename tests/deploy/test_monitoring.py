@@ -236,7 +236,7 @@ METRICS = {  # what dashboards and alerting rules read: each family's name, type
     "ccad_images_scored": ("counter", "Images scored", ["adapter"]),
     "ccad_image_errors": ("counter", "Images that could not be scored", ["adapter"]),
     "ccad_decisions": ("counter", "Decisions by class", ["adapter", "decision"]),
-    "ccad_out_of_distribution": ("counter", "Images the guard flagged: not a frontal chest X-ray like those the model was built for", ["adapter"]),
+    "ccad_out_of_distribution": ("counter", "Images the guard flagged: not a frontal chest X-ray", ["adapter"]),
     "ccad_lung_qc_flags": ("counter", "Lung-check flags", ["adapter", "flag"]),
     "ccad_score": ("histogram", "Probability of the positive class", ["adapter"]),
     "ccad_drift": ("gauge", "1 while the drift state is 'drift'", ["adapter"]),

@@ -107,6 +107,8 @@ def test_cross_validation_scores_every_image_once_with_disjoint_patients(synth_f
                 str(out),
                 "--folds",
                 "3",
+                "--preset",
+                "one-view-lungs",
                 "--weights",
                 _weights(),
                 "--input-size",

@@ -7,7 +7,7 @@ import pytest
 
 from ccad.cli import main
 from ccad.evaluation.monitor import drift_changes, monitor, read_log
-from ccad.models.ood import OodGuard
+from ccad.models.ood import MahalanobisGuard
 
 
 def _log(path, rows):
@@ -67,7 +67,7 @@ def test_since_until_and_the_bundle_reference(tmp_path):
         {"time": ROWS[3][0], "from": "warming up", "to": "drift"},  # its first full window: already in drift
         {"time": ROWS[4][0], "from": "drift", "to": "ok"},
     ]
-    reference = OodGuard(
+    reference = MahalanobisGuard(
         np.zeros(2),
         np.eye(2),
         np.ones(2),
@@ -166,7 +166,7 @@ def test_the_periods_psi_is_the_drift_modules_psi(tmp_path):
     scores, distances = rng.beta(2, 5, 300), rng.normal(12, 1, 300).clip(0)
     log = tmp_path / "r.jsonl"
     log.write_text("".join(_line(score=float(s), ood_distance=float(d)) + "\n" for s, d in zip(scores, distances)))
-    reference = OodGuard(
+    reference = MahalanobisGuard(
         np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0,
         reference_scores=rng.beta(2, 4, 500), reference_distances=rng.normal(11, 1, 500),
     )  # fmt: skip
@@ -384,7 +384,7 @@ def test_read_log_keeps_the_days_up_to_until_and_names_an_unreadable_log(tmp_pat
 def test_each_period_is_compared_with_the_reference_from_a_full_window(tmp_path):
     from ccad.evaluation.drift import WINDOW, psi
 
-    reference = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0, reference_scores=np.linspace(0, 1, 100),
+    reference = MahalanobisGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0, reference_scores=np.linspace(0, 1, 100),
                          reference_distances=np.linspace(8, 16, 100))  # fmt: skip
     scores = [((i * 37) % 100) / 100 for i in range(WINDOW)]
     rows = [
@@ -446,7 +446,7 @@ def test_the_optional_fields_may_be_missing():
 
 
 def test_a_guard_without_drift_references_gives_no_psi(tmp_path):
-    guard = OodGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0)  # an older bundle: no reference scores
+    guard = MahalanobisGuard(np.zeros(2), np.eye(2), np.ones(2), 1.0, 5.0)  # an older bundle: no reference scores
     record = monitor(_log(tmp_path / "r.jsonl", ROWS), tmp_path / "out", reference=guard)
     assert "psi" not in record["overall"] and all("psi" not in p for p in record["periods"].values())
 

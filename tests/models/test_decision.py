@@ -57,6 +57,18 @@ def test_each_rule_gives_the_threshold_worked_out_by_hand():
     assert choose_threshold(truth, score, "0.3") == 0.3 and choose_threshold(truth, score, "argmax") is None
 
 
+def test_a_specificity_kept_only_above_every_score_gives_a_threshold_above_them():
+    """Eight negatives, the top score a negative's: any cut at or under it loses 1/8 > 10% of them, so the
+    lowest threshold keeping 90% lies above the top score: midway to 1 (or just past a top score of 1)."""
+    truth = np.array([False] * 8 + [True] * 4)
+    score = np.array([0.9, 0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    threshold = choose_threshold(truth, score, "specificity-90")
+    assert threshold == pytest.approx(0.95) and (score[~truth] < threshold).all()
+    score[0] = 1.0
+    above = choose_threshold(truth, score, "specificity-90")
+    assert above > 1.0 and above == np.nextafter(1.0, 2.0)
+
+
 def test_a_probability_equal_to_the_threshold_is_positive():
     rule = DecisionRule(positive_index=0, threshold=0.25)
     p = np.array([[0.25, 0.75], [np.nextafter(0.25, 0), 1 - np.nextafter(0.25, 0)]])

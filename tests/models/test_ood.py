@@ -117,4 +117,3 @@ def test_screen_says_what_the_flag_means_and_combines_the_lung_check(features):
     caution = screen(guard, films.mean(axis=0), ("uncertain",))
     assert caution["in_distribution"] is True and caution["lung_qc"] == ["uncertain"]
     assert screen(None, films.mean(axis=0))["in_distribution"] is None
-

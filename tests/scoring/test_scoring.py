@@ -12,7 +12,7 @@ from ccad.cli import main
 from ccad.errors import ModelError
 from ccad.models.card import BUNDLE_CARD, ModelCard, RunMetadata
 from ccad.models.decision import DecisionRule
-from ccad.models.ood import OodGuard
+from ccad.models.ood import MahalanobisGuard
 from ccad.models.severity import SeverityHead
 from ccad.preprocessing.pipeline import Prepared
 from ccad.scoring.predictor import Predictor
@@ -73,13 +73,13 @@ def test_temperature_changes_the_probabilities_it_reports():
 
 def test_the_guard_and_the_lung_check_make_a_result_out_of_distribution():
     d = 3
-    guard = OodGuard(mean=np.zeros(d), vectors=np.eye(d), eigenvalues=np.ones(d), rest=1.0, cutoff=0.5)
+    guard = MahalanobisGuard(mean=np.zeros(d), vectors=np.eye(d), eigenvalues=np.ones(d), rest=1.0, cutoff=0.5)
     predictor = FixedPredictor(card(), ood=guard)
     # pooled features: the 2x2 map's mean = 0.25 in each of 3 channels -> distance sqrt(3 x 0.25^2) = 0.433
     inside, no_lungs = Screener(predictor).score(["a", "b"], [prepared(0.5), prepared(0.5, ("no_lungs",))])
     assert inside.ood_distance == pytest.approx(0.433, abs=1e-3) and inside.in_distribution is True
     assert no_lungs.in_distribution is False and "no lungs" in no_lungs.warning and no_lungs.lung_qc == ["no_lungs"]
-    far = FixedPredictor(card(), ood=OodGuard(np.zeros(d), np.eye(d), np.ones(d), 1.0, cutoff=0.1))
+    far = FixedPredictor(card(), ood=MahalanobisGuard(np.zeros(d), np.eye(d), np.ones(d), 1.0, cutoff=0.1))
     (result,) = Screener(far).score(["a"], [prepared(0.5)])
     assert result.in_distribution is False and "unlike the training images" in result.warning
 

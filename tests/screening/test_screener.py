@@ -117,7 +117,7 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys
 
 def test_every_command_is_a_row_of_the_table():
     names = [c.name for c in COMMANDS]
-    assert len(names) == len(set(names)) == 21
+    assert len(names) == len(set(names)) == 22
     parser = build_parser()
     choices = parser._subparsers._group_actions[0].choices
     assert list(choices) == names

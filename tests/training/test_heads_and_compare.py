@@ -71,6 +71,8 @@ def test_extra_trees_with_woa_trains_exports_and_predicts_the_same(synth_folders
                 "64",
                 "--feature-views",
                 "1",
+                "--preset",
+                "one-view-lungs",  # a scikit-learn head reads one view
                 "--head",
                 "extra-trees",
                 "--feature-selection",

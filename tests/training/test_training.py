@@ -24,7 +24,8 @@ def test_presets_and_overrides():
     assert make_config(dropout=None).dropout == TrainConfig().dropout  # None: not given
     # the default is the shipped model's recipe; the earlier one-view defaults are presets
     default = make_config()
-    assert (default.preprocess, default.threshold) == ("thorax+equalize+lowpass|lungs+equalize+lowpass", "specificity-90")
+    two_views = "thorax+equalize+lowpass|lungs+equalize+lowpass"
+    assert (default.preprocess, default.threshold) == (two_views, "specificity-90")
     assert (TrainConfig.preprocess, TrainConfig.threshold) == (default.preprocess, default.threshold)
     for preset, view in (("one-view-lungs", "lungs"), ("one-view-thorax", "thorax")):
         one = make_config(preset)

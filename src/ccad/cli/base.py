@@ -55,6 +55,13 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable files and list them, instead of stopping")
 
 
+PRESET_HELP = (
+    "default: the shipped model's recipe (two views, specificity-90); one-view-lungs / one-view-thorax: one view, "
+    "Youden's threshold (faster; any head, fine-tuning); paper-a / paper-b / paper-b-10ep / paper-methods: the "
+    "paper's cases"
+)
+
+
 def add_training_args(p: argparse.ArgumentParser) -> None:
     from ..models.classifier import BACKBONES
     from ..models.decision import CALIBRATIONS
@@ -62,14 +69,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     from ..preprocessing.augmentation import PRESETS as AUGMENTATIONS
     from ..training.config import OPTIMIZERS, PRESETS
 
-    p.add_argument(
-        "--preset",
-        choices=list(PRESETS),
-        default="default",
-        help="default: the shipped model's recipe (two views, specificity-90); one-view-lungs / one-view-thorax: "
-        "one view, Youden's threshold (faster; any head, fine-tuning); paper-a / paper-b / paper-b-10ep / "
-        "paper-methods: the paper's cases",
-    )
+    p.add_argument("--preset", choices=list(PRESETS), default="default", help=PRESET_HELP)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=OPTIMIZERS)

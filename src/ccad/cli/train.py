@@ -67,6 +67,7 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", default="mobilenet_v2", help="comma-separated, e.g. mobilenet_v2,vgg16,resnet50")
     p.add_argument("--heads", default="dense", help="comma-separated from dense, logreg, svm, extra-trees")
     add_training_args(p)
+    p.set_defaults(preset="one-view-lungs")  # every head and backbone takes one view (the paper's Tables 3 and 9)
 
 
 def _run_compare(args: argparse.Namespace) -> int | None:

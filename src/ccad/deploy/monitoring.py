@@ -92,7 +92,7 @@ class Monitor:
         self.decisions = Counter("ccad_decisions", "Decisions by class", (*labels, "decision"), registry=registry)
         self.ood = Counter(
             "ccad_out_of_distribution",
-            "Images the guard flagged: not a frontal chest X-ray like those the model was built for",
+            "Images the guard flagged: not a frontal chest X-ray",
             labels,
             registry=registry,
         )

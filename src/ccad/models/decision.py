@@ -148,7 +148,11 @@ def choose_threshold(is_positive: np.ndarray, score: np.ndarray, rule: str) -> f
         best = int(np.flatnonzero(tpr >= sensitivity - 1e-12)[0])  # highest threshold reaching it
     else:
         specificity = int(rule.rsplit("-", 1)[1]) / 100
-        best = int(np.flatnonzero(1.0 - fpr >= specificity - 1e-12)[-1])  # lowest threshold keeping it
+        keeping = np.flatnonzero(1.0 - fpr >= specificity - 1e-12)
+        if not len(keeping):  # the top score is a negative's, and one is more than 1 - target of them
+            top = float(thresholds[0])  # only above it is the target kept: midway to 1, or just past it
+            return (top + 1.0) / 2 if top < 1.0 else float(np.nextafter(top, np.inf))
+        best = int(keeping[-1])  # lowest threshold keeping it
     # Midway to the next lower validation score: the same validation decisions, with a margin on both sides
     # (a threshold equal to one image's score flips on float rounding).
     lower = thresholds[best + 1] if best + 1 < len(thresholds) else thresholds[best] / 2

@@ -32,7 +32,9 @@ from ccad.io.files import atomic_path
 
 OOD_FILE = "ood.npz"
 KEEP = 0.99
-OUT_OF_DISTRIBUTION_TEXT = "not a frontal chest X-ray like those the model was built for: do not rely on this result"
+#: What the guard's flag means, in the words every output uses (the page, the API, the SR, the FHIR report).
+FLAG_MEANING = "not a frontal chest X-ray like those the model was built for"
+OUT_OF_DISTRIBUTION_TEXT = f"{FLAG_MEANING}: do not rely on this result"
 #: The logistic head's regularization (scikit-learn's C on standardized features), as benchmarks/guard.py chose it.
 HEAD_C = 0.1
 

@@ -29,7 +29,7 @@ from ccad.models.classifier import (
     imagenet_available_for,
     imagenet_original_parameters,
 )
-from ccad.training.config import TrainConfig
+from ccad.training.config import TrainConfig, make_config
 from ccad.training.run import train
 
 METRICS = ("accuracy", "sensitivity", "specificity", "f1", "auc")
@@ -53,8 +53,8 @@ def compare(
     input_size: int | None = None,
 ) -> dict[str, Any]:
     """Train and score every backbone x head on one split of ``spec``'s data; ``input_size`` None: each
-    backbone's own."""
-    base = config or TrainConfig()
+    backbone's own. ``config`` None: the one-view lungs preset (every head takes one view)."""
+    base = config or make_config("one-view-lungs")
     explicit_size = input_size or 0
     out = Path(out)
     for name in backbones:

@@ -13,7 +13,6 @@ from ccad.models.classifier import download_imagenet_weights, imagenet_weights_a
 from ccad.training.config import make_config
 from ccad.training.run import TrainResult, train
 
-
 #: One view of the lungs, Youden's threshold: faster than the default two-view recipe, for a first look.
 DEMO_PRESET = "one-view-lungs"
 

@@ -68,6 +68,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         get_spec(self.augmentation)
+        validate_head(self.head, self.feature_selection)
         if len(preprocessing_views(self.preprocess)) > 1:
             for ok, message in [
                 (self.head == "dense", "a multi-view `preprocess` trains the dense head"),
@@ -86,7 +87,6 @@ class TrainConfig:
                     one_view = " (one view: `preset` one-view-lungs, or a `preprocess` without |)"
                     raise ConfigError(f"{message}{one_view}")
         validate_settings(self.threshold, self.calibration)
-        validate_head(self.head, self.feature_selection)
         if self.distributed and self.head != "dense":
             raise ConfigError("`distributed` trains the dense head (scikit-learn heads fit on one machine)")
         if self.distributed and self.fine_tune_epochs:

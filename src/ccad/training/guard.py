@@ -42,6 +42,7 @@ def refit_guard(
     model, out = Path(model), Path(out)
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: already exists (choose another `out` or remove it)")
+    evaluation = guard_evidence(evidence) if evidence is not None else None  # bad input before any work
     screener = Screener.load(model)
     card = screener.card
     seed = int((card.training_config or {}).get("seed") or 0)
@@ -71,12 +72,15 @@ def refit_guard(
             "seed": seed,
         },
     )
-    if evidence is not None:
-        entry["evaluation"] = guard_evidence(evidence)
+    if evaluation is not None:
+        entry["evaluation"] = evaluation
+
+    # a provenance note on the drift reference describes the guard file this one replaces: it goes with it
+    provenance = {k: v for k, v in card.provenance.items() if k != "drift_reference"} if card.provenance else None
 
     def write(work: Path):
         guard.save(work / OOD_FILE)
-        return replace(card, ood=entry)
+        return replace(card, ood=entry, provenance=provenance)
 
     write_derived_bundle(model, out, [f for f in card.sha256 if f != OOD_FILE], write, sign_key)
     return entry

@@ -6,9 +6,9 @@ fhir.resources (its R4B models: R4B changed no element of these three resources)
 
 The report (``status: preliminary``, category "RAD") contains its own ``Device`` (ccad, its version, the model's
 sha256 and variant) and ``Observation`` s: the screening result (the class the decision rule gave), the
-probability of each class, and whether the image is outside the model's training distribution; for an image
-that was not scored, only why. The imaging study is referenced by its Study Instance UID
-(``urn:dicom:uid``). No patient field is copied: ``subject`` is set only when the site names an identifier
+probability of each class, and whether the guard flagged the image (not a frontal chest X-ray like those the
+model was built for); for an image that was not scored, only why. The imaging study is referenced by its Study
+Instance UID (``urn:dicom:uid``). No patient field is copied: ``subject`` is set only when the site names an identifier
 system (``patient_system``), and then holds the Patient ID the PACS already has for the study. The
 conclusion says it is a research screening aid, not a diagnosis. Resource ids are derived from the image's
 SOP Instance UID and the model, as the DICOM results' UIDs are: the same image and model, the same report.
@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ccad.deploy.pacs.results import MANUFACTURER, Algorithm
+from ccad.models.ood import FLAG_MEANING, OUT_OF_DISTRIBUTION_TEXT
 
 CODE_SYSTEM = "urn:ccad:codes"  # ccad's own concepts, as SCHEME (99CCAD) in the SR
 NOT_FOR_DIAGNOSIS = "Research screening aid, not for diagnosis: read the image."
@@ -139,12 +140,8 @@ def _observations(algorithm: Algorithm, prediction, reason: str | None) -> tuple
             valueQuantity=_quantity(algorithm.threshold),
         )
     outside = prediction.in_distribution is False
-    observation("out-of-distribution", "Outside the model's training distribution", valueBoolean=outside)
-    warning = (
-        " The image is not a frontal chest X-ray like those the model was built for: do not rely on this result."
-        if outside
-        else ""
-    )
+    observation("out-of-distribution", FLAG_MEANING[0].upper() + FLAG_MEANING[1:], valueBoolean=outside)
+    warning = f" The image is {OUT_OF_DISTRIBUTION_TEXT}." if outside else ""
     conclusion = (
         f"ccad screening result: {prediction.predicted_class} "
         f"(p = {prediction.probabilities[prediction.predicted_class]:.3f}).{warning} {NOT_FOR_DIAGNOSIS}"

@@ -35,6 +35,7 @@ from ccad.io.dicom import (  # noqa: F401  (the rule of what is scored lives wit
     RESULT_SERIES_NUMBERS,
     not_scored_reason,
 )
+from ccad.models.ood import FLAG_MEANING
 
 MANUFACTURER = RESULT_MANUFACTURER
 BANNER = "NOT FOR DIAGNOSIS - ccad {version}"
@@ -241,7 +242,7 @@ def _sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[l
             _code(f"class-{prediction.predicted_class}", f"{prediction.predicted_class} (decision rule)"),
         ),
         hd.sr.QualitativeEvaluation(
-            _code("out-of-distribution", "Not a frontal chest X-ray like those the model was built for"),
+            _code("out-of-distribution", FLAG_MEANING[0].upper() + FLAG_MEANING[1:]),
             no if prediction.in_distribution is not False else yes,
         ),
     ]

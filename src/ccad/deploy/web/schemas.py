@@ -29,7 +29,8 @@ class Result(BaseModel):
     lung_qc: list[str] | None = Field(None, description="lung-field check flags (none: the lungs look usable)")
     in_distribution: bool | None = Field(
         None,
-        description="false: not a frontal chest X-ray like those the model was built for (the guard), or no lungs found; null: the model has no guard",
+        description="false: not a frontal chest X-ray like those the model was built for (the guard), or no lungs "
+        "found; null: the model has no guard",
     )
     ood_distance: float | None = None
     ood_cutoff: float | None = None
