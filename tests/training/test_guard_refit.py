@@ -24,13 +24,13 @@ EVIDENCE = {
 
 @pytest.fixture(scope="module")
 def refitted(run_and_bundle, synth_folders, tmp_path_factory):
-    """The suite's bundle, with a provenance note on its old drift reference, refitted on the data it was
-    trained on, citing a guard report."""
+    """The suite's bundle, with a provenance of its own, refitted on the data it was trained on, citing a guard
+    report."""
     run, bundle = run_and_bundle
     root = tmp_path_factory.mktemp("guard")
     base = shutil.copytree(bundle, root / "base")
     card = json.loads((base / "ccad-model.json").read_text())
-    card["provenance"] = {"what": "a test bundle", "drift_reference": {"ood_npz_sha256": "old"}}
+    card["provenance"] = {"what": "a test bundle"}
     (base / "ccad-model.json").write_text(json.dumps(card))
     (root / "evidence.json").write_text(json.dumps(EVIDENCE))
     args = ["guard", "--model", str(base), "--data", str(synth_folders / "manifest.csv"), "--out", str(root / "new")]
@@ -68,7 +68,7 @@ def test_the_guard_is_fitted_on_the_training_split_and_cut_on_the_validation_spl
     assert card.decision == old_card.decision and card.classes == old_card.classes
 
 
-def test_the_card_cites_the_evidence_and_drops_the_old_guards_drift_note(refitted):
+def test_the_card_cites_the_evidence_and_keeps_the_rest(refitted):
     from ccad.models.card import ModelCard
 
     _, _, new, _ = refitted
@@ -81,6 +81,7 @@ def test_the_card_cites_the_evidence_and_drops_the_old_guards_drift_note(refitte
         "unseen_source_films_flagged": {"nih normal": 0.012},
     }
     assert card.provenance == {"what": "a test bundle"}
+    assert card.ood["drift_reference"] == {"images": card.ood["fitted"]["cutoff_films"], "scores": True}
 
 
 def test_the_new_bundle_screens_and_flags_an_inverted_film(refitted, synth_folders):

@@ -75,12 +75,9 @@ def refit_guard(
     if evaluation is not None:
         entry["evaluation"] = evaluation
 
-    # a provenance note on the drift reference describes the guard file this one replaces: it goes with it
-    provenance = {k: v for k, v in card.provenance.items() if k != "drift_reference"} if card.provenance else None
-
     def write(work: Path):
         guard.save(work / OOD_FILE)
-        return replace(card, ood=entry, provenance=provenance)
+        return replace(card, ood=entry)
 
     write_derived_bundle(model, out, [f for f in card.sha256 if f != OOD_FILE], write, sign_key)
     return entry
