@@ -106,7 +106,10 @@ def test_screen_says_what_the_flag_means_and_combines_the_lung_check(features):
     assert OUT_OF_DISTRIBUTION_TEXT.startswith("not a frontal chest X-ray like those the model was built for")
     near = screen(guard, films.mean(axis=0))
     assert near["in_distribution"] is True and "warning" not in near and near["lung_qc"] == []
-    assert near["ood_cutoff"] == round(guard.cutoff, 3) and near["ood_distance"] <= near["ood_cutoff"]
+    assert near["ood_cutoff"] == float(f"{guard.cutoff:.4g}") and near["ood_distance"] <= near["ood_cutoff"]
+    # to 4 significant digits, not 3 decimals (which made 87% of the shipped guard's validation films 0.000)
+    distance = guard.distance(films.mean(axis=0))
+    assert 0 < distance < 0.05 and near["ood_distance"] == float(f"{distance:.4g}") != round(distance, 3)
     far = screen(guard, foreign.mean(axis=0))
     assert far["in_distribution"] is False
     assert far["warning"] == f"{OUT_OF_DISTRIBUTION_TEXT} (image unlike a frontal chest X-ray)"

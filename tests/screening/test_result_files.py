@@ -58,7 +58,7 @@ def test_the_columns_name_each_probability_severity_score_and_bound():
 def test_a_row_writes_each_field_in_its_column_at_its_precision():
     assert result_row(scored(), CLASSES)[-2:] == ["", ""]  # no rule given, none written
     assert result_row(scored(), CLASSES, rule=RULE) == [
-        *("a.png", "covid", "0.812346", "0.187654", "false", "12.346", "no_lungs;small_fields", RULE, ""),
+        *("a.png", "covid", "0.812346", "0.187654", "false", "12.35", "no_lungs;small_fields", RULE, ""),
     ]
     row = result_row(scored(in_distribution=True, severity=SEVERITY), CLASSES, ["geographic_extent", "opacity"], RULE)
     assert row[4] == "true" and row[7:] == [
@@ -87,7 +87,7 @@ def test_the_table_aligns_its_columns_and_says_the_rule_once_below():
     assert format_results(results, s).splitlines() == [
         "file           predicted_class  p_covid   p_normal  in_distribution  ood_distance  lung_qc                "
         "error",
-        "long-name.png  covid            0.812346  0.187654  false            12.346        no_lungs;small_fields",
+        "long-name.png  covid            0.812346  0.187654  false            12.35         no_lungs;small_fields",
         "b.png                                                                                                     "
         "b.png: not an image",
         f"decision: {RULE}",
@@ -100,8 +100,8 @@ def test_csv_and_json_texts():
     assert format_results(results, s, "csv").split("\r\n") == [
         "file,predicted_class,p_covid,p_normal,in_distribution,ood_distance,lung_qc,geographic_extent,"
         "geographic_extent_low,geographic_extent_high,severity_band,decision_rule,error",
-        f'a.png,covid,0.812346,0.187654,false,12.346,no_lungs;small_fields,6.25,4.75,7.75,severe,"{RULE}",',
-        f'z.png,covid,0.812346,0.187654,false,12.346,no_lungs;small_fields,,,,,"{RULE}",',
+        f'a.png,covid,0.812346,0.187654,false,12.35,no_lungs;small_fields,6.25,4.75,7.75,severe,"{RULE}",',
+        f'z.png,covid,0.812346,0.187654,false,12.35,no_lungs;small_fields,,,,,"{RULE}",',
     ]
     text = format_results(results, s, "json")
     assert text == json.dumps([r.to_dict() for r in results], indent=2)

@@ -205,6 +205,13 @@ def fit_mahalanobis_guard(train_features: np.ndarray, val_features: np.ndarray, 
     return MahalanobisGuard(mean, vt[keepers], eigen, rest, float(np.quantile(distances, keep)), keep, distances)
 
 
+def significant(value: float) -> float:
+    """``value`` to 4 significant digits, as every output reports a guard's score: the head's scores of films
+    span 1e-7 to 0.2 (3 decimals would make 87% of the shipped bundle's validation films 0.000, and the drift
+    check's live histogram unlike its reference)."""
+    return float(f"{value:.4g}")
+
+
 #: Lung-QC flags (:mod:`ccad.models.lungs`) that make a prediction out of distribution by themselves; the others
 #: travel with it as cautions.
 QC_OUT_OF_DISTRIBUTION = ("no_lungs",)
@@ -218,7 +225,7 @@ def screen(guard: Guard | None, pooled_features: np.ndarray, lung_qc=()) -> dict
     reasons = []
     if guard is not None:
         distance = float(guard.distance(pooled_features))
-        out.update(ood_distance=round(distance, 3), ood_cutoff=round(guard.cutoff, 3))
+        out.update(ood_distance=significant(distance), ood_cutoff=significant(guard.cutoff))
         if distance > guard.cutoff:
             reasons.append(guard.reason)
     reasons += [f"lung check: {f.replace('_', ' ')}" for f in flags if f in QC_OUT_OF_DISTRIBUTION]

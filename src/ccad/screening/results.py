@@ -51,7 +51,7 @@ def result_row(
     ]
     row += [
         "" if result.in_distribution is None else str(result.in_distribution).lower(),
-        "" if result.ood_distance is None else f"{result.ood_distance:.3f}",
+        "" if result.ood_distance is None else f"{result.ood_distance:.4g}",
         ";".join(result.lung_qc or []),
     ]
     if severity_scores:

@@ -81,7 +81,7 @@ function showResult(result, decision) {
   }
   const qc = node.querySelector(".qc");
   const checks = [];
-  if (result.in_distribution === true) checks.push(`in distribution (feature distance ${result.ood_distance} ≤ ${result.ood_cutoff})`);
+  if (result.in_distribution === true) checks.push(`a frontal chest X-ray to the guard (score ${result.ood_distance} ≤ ${result.ood_cutoff})`);
   if (result.lung_qc && result.lung_qc.length) checks.push(`lung check: ${result.lung_qc.join(", ").replaceAll("_", " ")}`);
   qc.textContent = checks.join("; ");
   node.querySelector(".opacity").addEventListener("input", (e) => { heat.style.opacity = e.target.value / 100; });
