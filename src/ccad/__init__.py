@@ -27,7 +27,7 @@ _API = {
     "load_predictor": "scoring.predictor",
     "Predictor": "scoring.predictor",
     "Screener": "screening.screener",
-    "Prediction": "scoring.score",
+    "Prediction": "screening.records",
     "build_classifier": "models.classifier",
     "ModelCard": "models.card",
     "DataSpec": "data.datasets",

@@ -19,8 +19,8 @@ from ccad.deploy.pacs.fhir import diagnostic_report
 from ccad.deploy.pacs.listener import Destination, Lane, Listener, ListenerSettings
 from ccad.deploy.pacs.results import Algorithm, structured_report
 from ccad.errors import ConfigError
-from ccad.scoring.score import Prediction
 from ccad.screening import Screener
+from ccad.screening.records import Prediction
 
 needs_dicomweb = pytest.mark.skipif(
     ORTHANC is None or DICOMWEB_PLUGIN is None,

@@ -22,7 +22,7 @@ from hostile_archive import PAGE, instance, serving
 from ccad.deploy.pacs.dicomweb import client, fetch_instance, find_instances, session, stow
 from ccad.deploy.pacs.fhir import FhirPoster, diagnostic_report
 from ccad.deploy.pacs.results import Algorithm
-from ccad.scoring.score import Prediction
+from ccad.screening.records import Prediction
 
 CREDENTIAL_ENV = [f"CCAD_DICOMWEB{who}_{what}" for who in ("", "_SOURCE") for what in ("TOKEN", "USER", "PASSWORD")] + [
     "CCAD_FHIR_TOKEN"

@@ -153,7 +153,7 @@ def test_the_report_is_the_fhir_resource_a_receiving_system_reads(monkeypatch):
 
     from ccad.deploy.pacs.fhir import diagnostic_report
     from ccad.deploy.pacs.results import Algorithm
-    from ccad.scoring.score import Prediction
+    from ccad.screening.records import Prediction
 
     algorithm = Algorithm("ccad", "1.0", "ab" * 32, "int8", "specificity-90", "covid", 0.4)
     prediction = Prediction("a", "covid", {"covid": 0.6123456, "normal": 0.3876544}, in_distribution=False)
@@ -213,7 +213,7 @@ def test_the_report_id_is_the_images_and_the_models_and_its_kind():
 
     from ccad.deploy.pacs.fhir import diagnostic_report
     from ccad.deploy.pacs.results import Algorithm
-    from ccad.scoring.score import Prediction
+    from ccad.screening.records import Prediction
 
     algorithm = Algorithm("ccad", "1.0", "ab" * 32, "int8", "rule")
     prediction = Prediction("a", "covid", {"covid": 0.6, "normal": 0.4}, True)

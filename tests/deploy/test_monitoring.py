@@ -168,7 +168,7 @@ def test_each_metric_and_log_field_holds_the_value_of_what_was_observed(tmp_path
 
     from ccad.deploy.monitoring import Monitor, ResultLog, pseudonym
     from ccad.evaluation.drift import DriftCheck, psi
-    from ccad.scoring.score import Prediction
+    from ccad.screening.records import Prediction
 
     reference = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75] * 10)
     distances = np.linspace(10.0, 20.0, 80)
@@ -251,7 +251,7 @@ def test_the_metric_families_and_a_result_log_that_refuses_a_line(tmp_path, capl
 
     from ccad.deploy.monitoring import Monitor, ResultLog
     from ccad.evaluation.drift import DriftCheck
-    from ccad.scoring.score import Prediction
+    from ccad.screening.records import Prediction
 
     (tmp_path / "log").mkdir()  # a result log that is a directory: every append fails
     monitor = Monitor(CollectorRegistry(), "api", "covid", DriftCheck(None, None), ResultLog(tmp_path / "log"))
@@ -330,6 +330,6 @@ def test_a_monitor_without_a_reference_warns_once_and_logs_no_drift_state(tmp_pa
 
 
 def _scored(p, distance):
-    from ccad.scoring.score import Prediction
+    from ccad.screening.records import Prediction
 
     return Prediction("x", "covid" if p >= 0.5 else "normal", {"covid": p, "normal": 1 - p}, True, distance, 30.0)

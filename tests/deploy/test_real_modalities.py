@@ -17,7 +17,7 @@ from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
 from ccad.deploy.pacs.results import Algorithm, banner_lines
 from ccad.models.card import DEFAULT_BUNDLE
-from ccad.scoring.score import Prediction
+from ccad.screening.records import Prediction
 
 pytestmark = [
     pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run does)"),

@@ -16,7 +16,7 @@ from ccad.deploy.pacs.results import (
     result_source,
     structured_report,
 )
-from ccad.scoring.score import Pictures, Prediction
+from ccad.screening.records import Pictures, Prediction
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 MODEL = Algorithm("ccad", "0", "ab" * 32, "float", "specificity-90", "covid", 0.4)

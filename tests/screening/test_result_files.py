@@ -12,7 +12,7 @@ from PIL import Image
 
 from ccad.errors import ConfigError
 from ccad.models.severity import BAND_NOTE, SeverityHead
-from ccad.scoring.score import Pictures, Prediction
+from ccad.screening.records import Pictures, Prediction
 from ccad.screening.results import (
     check_outputs,
     format_results,

@@ -41,7 +41,7 @@ class MicroBatcher:
         return self
 
     def submit(self, name: str, prepared: Prepared, heatmap: bool = False) -> Future:
-        """A future of the image's :class:`ccad.scoring.score.Prediction`."""
+        """A future of the image's :class:`ccad.screening.records.Prediction`."""
         future: Future = Future()
         self._queue.put(_Item(name, prepared, heatmap, future))
         return future

@@ -145,7 +145,7 @@ class Monitor:
         return monitor
 
     def observe(self, prediction, identity: str | bytes | None = None) -> None:
-        """Count one scored image (a :class:`ccad.scoring.score.Prediction`), move the drift window, and append
+        """Count one scored image (a :class:`ccad.screening.records.Prediction`), move the drift window, and append
         to the result log; ``identity`` (a UID or the upload's bytes) is logged only as its pseudonym."""
         a = self.adapter
         if prediction.error is not None:

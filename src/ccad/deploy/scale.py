@@ -34,8 +34,8 @@ from ccad.io.files import write_json
 from ccad.io.inputs import input_key, list_inputs
 from ccad.models.card import is_bundle
 from ccad.preprocessing.pipeline import Prepared, view_count
-from ccad.scoring.score import Prediction
 from ccad.screening import Reader, Screener
+from ccad.screening.records import Prediction
 from ccad.screening.results import result_columns, result_row
 
 SUMMARY = "summary.json"

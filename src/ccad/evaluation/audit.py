@@ -17,7 +17,7 @@ Three checks (after DeGrave et al., Nature Machine Intelligence 2021):
    within a class that spans several sources it can.
 
 The lung fields come from the shipped segmenter (:mod:`ccad.models.lungs`); the report draws them on
-examples. Every variant is scored by :func:`ccad.scoring.score.score_batch`, as ``predict`` scores; the
+examples. Every variant is scored by :meth:`ccad.screening.Screener.score`, as ``predict`` scores; the
 AUCs use the model's own probabilities (before the decision rule's temperature). Writes ``DIR/audit.json``,
 ``DIR/report.html`` and ``DIR/figures/``.
 """

@@ -1,6 +1,6 @@
 """``ccad evaluate``: a trained model scored on one split of labelled data, with a report.
 
-Images are scored through :func:`ccad.scoring.score.score_batch`, exactly as ``ccad predict`` scores
+Images are scored through :meth:`ccad.screening.Screener.score`, exactly as ``ccad predict`` scores
 them (decision rule, out-of-distribution guard and lung check included).
 """
 
@@ -31,8 +31,8 @@ from ccad.evaluation.subgroups import breakdown, breakdown_html, subgroup_values
 from ccad.io.files import write_json, write_text
 from ccad.preprocessing.pipeline import Prepared, prepare_samples
 from ccad.scoring.predictor import run_folder
-from ccad.scoring.score import Prediction
 from ccad.screening import Screener
+from ccad.screening.records import Prediction
 
 SPLIT_CHOICES = ("test", "val", "all")
 

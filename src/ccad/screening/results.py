@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 from ccad.errors import ConfigError
 from ccad.io.inputs import input_key, iter_inputs
 from ccad.io.pictures import overlay, save_png
-from ccad.scoring.score import Prediction
+from ccad.screening.records import Prediction
 from ccad.screening.screener import Screener
 
 RESULT_COLUMNS = ("file", "predicted_class")

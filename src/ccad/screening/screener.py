@@ -15,7 +15,7 @@ the parts it is given. The work happens in named steps, each usable alone:
    out-of-distribution guard with the lung-QC flags, the severity head (images called positive) and, when
    asked, the class activation map placed back onto the X-ray;
 4. :meth:`Screener.screen`: all three over a stream of inputs, decoding on threads, results in input order;
-   an unreadable input gets a :class:`~ccad.scoring.score.Prediction` with its ``error``, and the stream goes on.
+   an unreadable input gets a :class:`~ccad.screening.records.Prediction` with its ``error``, and the stream goes on.
 
 ``ccad predict`` (both engines), ``ccad serve``, the DICOM listener, ``ccad evaluate``, ``audit``,
 ``calibrate`` and ``adapt`` all score through one :class:`Screener`: an output key, an accepted input and a
@@ -37,7 +37,7 @@ from ccad.io.images import ImageTooLargeError, read_grayscale, read_grayscale_by
 from ccad.models.ood import screen as guard_screen
 from ccad.preprocessing.pipeline import Prepared, prepare_full
 from ccad.scoring.predictor import Predictor, load_predictor
-from ccad.scoring.score import Pictures, Prediction
+from ccad.screening.records import Pictures, Prediction
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,7 @@ def _portable(prediction):
         return None
     from dataclasses import replace
 
-    from ccad.scoring.score import Pictures
+    from ccad.screening.records import Pictures
 
     pictures = prediction.pictures
     if pictures is not None:

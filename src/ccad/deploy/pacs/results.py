@@ -166,7 +166,7 @@ def _code(value: str, meaning: str):
 
 
 def structured_report(source, algorithm: Algorithm, prediction: Any = None, reason: str | None = None):
-    """The SR of ``prediction`` (a :class:`ccad.scoring.score.Prediction`) for ``source``, or, with
+    """The SR of ``prediction`` (a :class:`ccad.screening.records.Prediction`) for ``source``, or, with
     ``reason``, of an image that was not scored."""
     import highdicom as hd
     from highdicom.sr import CodedConcept

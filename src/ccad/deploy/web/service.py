@@ -13,8 +13,8 @@ from ccad.deploy.web.intake import keep
 from ccad.deploy.web.settings import ServeSettings
 from ccad.io.pictures import gray_rgb, heatmap_rgba, png_base64
 from ccad.preprocessing.pipeline import Prepared
-from ccad.scoring.score import Prediction
 from ccad.screening import Screener, Upload
+from ccad.screening.records import Prediction
 
 
 class WebScreening:
