@@ -10,8 +10,8 @@ from helpers import GRADIENT, hidden_deflate_bomb, make_dataset, make_dicom
 from PIL import Image
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from ccad.errors import ImageReadError
-from ccad.io.images import ImageTooLargeError, read_grayscale, read_grayscale_bytes
+from ccad.errors import ImageReadError, ImageTooLargeError
+from ccad.io.images import read_grayscale, read_grayscale_bytes
 
 
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):

@@ -13,8 +13,8 @@ from helpers import fake_screener, mean_png
 from PIL import Image
 
 from ccad.cli import COMMANDS, build_parser, flag_words, flags_of, main
-from ccad.errors import ConfigError, ImageReadError, ModelError
-from ccad.io.images import ImageTooLargeError, read_grayscale
+from ccad.errors import ConfigError, ImageReadError, ImageTooLargeError, ModelError
+from ccad.io.images import read_grayscale
 from ccad.io.inputs import input_key, iter_inputs
 from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT, MahalanobisGuard
 from ccad.models.severity import SeverityHead

@@ -32,8 +32,8 @@ from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 
-from ccad.errors import ImageReadError
-from ccad.io.images import ImageTooLargeError, read_grayscale, read_grayscale_bytes
+from ccad.errors import ImageReadError, ImageTooLargeError
+from ccad.io.images import read_grayscale, read_grayscale_bytes
 from ccad.models.ood import screen as guard_screen
 from ccad.preprocessing.pipeline import Prepared, prepare_full
 from ccad.scoring.predictor import Predictor, load_predictor

@@ -504,8 +504,8 @@ class Listener:
         deflated stream would inflate past the pixel limit (the bounded inflater), (0xC210) when it cannot be
         decoded, (0xA900) without a valid SOP Class, SOP Instance, Study or Series Instance UID; else SUCCESS and
         its header (no pixels). The listener's C-STORE handler and ``ccad dicom pull`` both admit through it."""
-        from ccad.errors import ImageReadError
-        from ccad.io.images import ImageTooLargeError, check_data_set
+        from ccad.errors import ImageReadError, ImageTooLargeError
+        from ccad.io.images import check_data_set
 
         size = len(data) if size is None else size
         if size > self.settings.max_dataset_bytes:

@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ccad.deploy.web.settings import ServeSettings
-from ccad.errors import ImageReadError
+from ccad.errors import ImageReadError, ImageTooLargeError
 from ccad.io.files import atomic_path
-from ccad.io.images import ImageTooLargeError, image_size
+from ccad.io.images import image_size
 from ccad.screening import Upload
 
 ALLOWED_TYPES = {

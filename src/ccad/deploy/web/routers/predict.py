@@ -14,8 +14,7 @@ from ccad.deploy.web.schemas import PredictAnswer, Problem
 from ccad.deploy.web.service import WebScreening
 from ccad.deploy.web.settings import ServeSettings
 from ccad.deploy.web.views import decision_view
-from ccad.errors import ImageReadError, NotScoredError
-from ccad.io.images import ImageTooLargeError
+from ccad.errors import ImageReadError, ImageTooLargeError, NotScoredError
 
 router = APIRouter(prefix=API_PREFIX, tags=["model"], dependencies=[Depends(api_key)])
 
