@@ -70,7 +70,10 @@ def test_the_answer_states_the_decision_rule(client, bundle):
     body = post(client, ("x.png", png_bytes(seed=4), "image/png")).json()
     decision = body["model"]["decision"]
     assert decision["threshold"] == card.decision["threshold"] and decision["positive_class"] == "covid"
-    assert decision["text"].startswith(f"covid if p(covid) >= {card.decision['threshold']:.3f}")
+    assert decision["text"].startswith(f"covid if p_covid >= {card.decision['threshold']:.3f}")
+    from ccad.screening import Screener
+
+    assert decision["text"] == Screener.load(bundle).rule_text()  # one wording: the CSV's, the SR's, the API's
     result = body["results"][0]
     assert (result["predicted_class"] == "covid") == (result["probabilities"]["covid"] >= decision["threshold"])
     assert data_names(

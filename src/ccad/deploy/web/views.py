@@ -4,25 +4,22 @@ words."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 
 def decision_view(screener) -> dict[str, Any]:
-    """How a probability becomes the class shown, in words a reader can check against the bars."""
+    """How a probability becomes the class shown, in the words every output uses (``DecisionRule.describe``),
+    without server paths."""
     rule, positive = screener.decision, screener.positive_class
-    text = (
-        f"{positive} if p({positive}) >= {rule.threshold:.3f}, else the most likely other class"
-        if rule.threshold is not None
-        else "the most likely class"
-    )
     fitted_on = _without_paths(rule.fitted_on)
     return {
         "positive_class": positive,
         "threshold": rule.threshold,
         "rule": rule.rule,
         "fitted_on": fitted_on,
-        "text": text + (f" ({rule.rule}, chosen on {fitted_on})" if fitted_on else ""),
+        "text": replace(rule, fitted_on=fitted_on).describe(positive),
     }
 
 
