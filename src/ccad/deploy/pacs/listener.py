@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,12 @@ class Destination:
 
 @dataclass
 class ListenerSettings:
+    """The model, where results go and the spool; every other setting by its name."""
+
     model: Path
     send_to: "Destination | WebDestination"
     spool: Path = Path("ccad-spool")
+    _: KW_ONLY
     ae_title: str = "CCAD"
     host: str = "127.0.0.1"
     port: int = 11112
