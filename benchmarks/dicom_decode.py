@@ -3,7 +3,7 @@ a full decode (time and the change in p(COVID), the full decode being the baseli
 codestream pixel bombs (JPEG lossless, JPEG-LS, JPEG 2000, RLE) refused with the peak memory of the process
 that reads them, against the same bomb handed straight to pydicom's decoder (the baseline: no header check).
 
-    python benchmarks/dicom_decode.py [--films 12] [--out benchmarks/results-dicom_decode.json]
+    python benchmarks/dicom_decode.py [--films 12] [--out benchmarks/results/dicom_decode.json]
 
 Needs ``../shared`` (the films are its covid-cxr X-rays, enlarged to 2,000 x 2,128 px with noise so that
 every wavelet level carries detail: real 2,000 px films have more fine structure than an enlarged one, so the

@@ -2,7 +2,8 @@
 SIGKILL part-way, run again, and counted: every study must end with exactly one SR, one capture and one FHIR
 report, none lost and none twice. Peak memory (VmHWM) of each pull process.
 
-    python benchmarks/dicomweb_pull.py [--studies 100] [--kill-after 40] [--model BUNDLE] [--out results.json]
+    python benchmarks/dicomweb_pull.py [--studies 100] [--kill-after 40] [--model BUNDLE]
+        [--out benchmarks/results/dicomweb_pull.json]
 
 Each study holds one synthetic 512 x 512 DX (the generator ccad's tests use, not a medical image), uploaded
 through Orthanc's REST API. The results are stored back into the same Orthanc with STOW-RS.

@@ -14,7 +14,8 @@ Stages (medians over ``--images`` files, after 10 warm-up images, 2 threads):
 "single image" times ``Screener.screen([path])``, all of it; "batch" times ``screen`` over the files
 (what ``ccad predict --model B FOLDER`` runs), after a warm-up.
 
-    python benchmarks/end_to_end.py --model BUNDLE --data FOLDER_OR_MANIFEST [--images 500] [--out results.json]
+    python benchmarks/end_to_end.py --model BUNDLE --data FOLDER_OR_MANIFEST [--images 500]
+        [--out benchmarks/results/end_to_end.json]
         [--baseline OTHER_BUNDLE]
 
 With ``--baseline`` both bundles are measured in the same run, the baseline first, and the report holds

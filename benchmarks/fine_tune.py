@@ -6,7 +6,7 @@ Each variant runs in its own process (TensorFlow's thread pools are fixed at sta
 many each epoch, through ccad's own loop (:func:`ccad.training.fit.fine_tune`). The first epoch (tracing,
 XLA compilation) is reported apart; images/s is training images x later epochs / their wall time.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/fine_tune.py [--out results.json]
+    KERAS_HOME=../shared/keras-home python benchmarks/fine_tune.py [--out benchmarks/results/fine_tune.json]
 
 Variants (baseline first; ratios against it, same run):
 

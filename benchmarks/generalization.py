@@ -23,7 +23,7 @@ And leave-one-source-out (``ccad cv --group-by source``) for the recipes named i
 the pooled data of three sources (Cohen's collection: covid-cxr COVID + cohen-other; NIH;
 covid-cxr-rdb), each scored by a model that never saw its source.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/generalization.py --out benchmarks/results-generalization.json
+    KERAS_HOME=../shared/keras-home python benchmarks/generalization.py --out benchmarks/results/generalization.json
 """
 
 from __future__ import annotations

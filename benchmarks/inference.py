@@ -10,7 +10,7 @@ One run, 2 threads everywhere. Trains the default recipe on Dataset A (or takes
 - file sizes;
 - peak RSS of a ``ccad predict --model BUNDLE FOLDER --out CSV`` process.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/inference.py [--run RUN] [--out results.json]
+    KERAS_HOME=../shared/keras-home python benchmarks/inference.py [--run RUN] [--out benchmarks/results/inference.json]
 """
 
 from __future__ import annotations

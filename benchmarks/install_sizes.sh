@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Size on disk and install time of each install role, each in a fresh virtualenv, plus `ccad --help`'s
 # start-up time in the plain one. Prints JSON. Run from the repository root:
-#   bash benchmarks/install_sizes.sh > benchmarks/results-install_sizes.json
+#   bash benchmarks/install_sizes.sh > benchmarks/results/install_sizes.json
 set -euo pipefail
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -3,7 +3,7 @@ run, each against the float model of the same run: share of equal decisions (und
 rule) and AUC on the run's test split, and the share of equal decisions (and COVID found) on a second
 source (covid-cxr-rdb, all COVID).
 
-    KERAS_HOME=../shared/keras-home python benchmarks/int8.py --run RUN [--out results.json]
+    KERAS_HOME=../shared/keras-home python benchmarks/int8.py --run RUN [--out benchmarks/results/int8.json]
 
 Quantization is ccad's own (``quantize_onnx``: calibration in strides of 10 images since the memory fix, so
 a rerun differs slightly from the first table in BENCHMARKS.md). Every image goes through the model's own

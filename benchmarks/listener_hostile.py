@@ -17,7 +17,8 @@ The listener runs as a subprocess (a dead destination: results wait in its spool
 The figures before the hardening (issue 22, measured on the listener of 2026-11-30): the bomb answered 0x0000
 and took peak memory from 303 to 5,108 MB; the 274 MiB data set answered 0x0000, peak 119 -> 1,224 MB.
 
-    python benchmarks/listener_hostile.py --model BUNDLE [--src OTHER/src] [--out results.json]
+    python benchmarks/listener_hostile.py --model BUNDLE [--src OTHER/src]
+        [--out benchmarks/results/listener_hostile.json]
 """
 
 from __future__ import annotations

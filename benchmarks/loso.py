@@ -23,7 +23,7 @@ THE RULE (written before the lungs and two-view results were seen; thorax's had 
 2. Within 0.01 of the best, the higher AUC inside Cohen's collection wins (the one source with both classes).
 3. Internal AUC (same-source test split) is reported and never used, neither to choose nor to exclude.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/loso.py --work runs/loso --out benchmarks/results-loso.json
+    KERAS_HOME=../shared/keras-home python benchmarks/loso.py --work runs/loso --out benchmarks/results/loso.json
 
 ``--work`` keeps each candidate input's ``ccad cv`` folder (``WORK/<input>``); one that is already there is
 read, not rerun.

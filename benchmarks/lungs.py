@@ -8,7 +8,7 @@
 - ``docs/lung-segmenter/nih-normals.png``: an overlay grid of 12 random NIH normals (no mask was drawn for
   them: judge the outline by eye), written with ``--figures``.
 
-    python benchmarks/lungs.py --out benchmarks/results-lungs.json --figures docs/lung-segmenter
+    python benchmarks/lungs.py --out benchmarks/results/lungs.json --figures docs/lung-segmenter
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Does the drift check turn when what arrives changes, and stay quiet when it does not? And what does
 /metrics cost a request?
 
-    python benchmarks/monitoring.py [--model BUNDLE] [--run RUN] [--out results-monitoring.json]
+    python benchmarks/monitoring.py [--model BUNDLE] [--run RUN] [--out benchmarks/results/monitoring.json]
 
 **Drift.** The bundle (default: the shipped one) scores each image once: the images of its run's *test*
 split (in distribution: the sources, mix and split procedure of the validation split its reference was

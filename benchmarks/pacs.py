@@ -4,7 +4,8 @@ listener with 4 concurrent senders; float and INT8. The baseline, in the same ru
 the same DICOM files in-process (``Screener.screen``, as ``ccad predict`` does, heatmaps on,
 since the listener draws one per image).
 
-    python benchmarks/pacs.py --model BUNDLE [--images 30] [--out results.json] [--screenshots docs/pacs-figures]
+    python benchmarks/pacs.py --model BUNDLE [--images 30] [--out benchmarks/results/pacs.json]
+        [--screenshots docs/pacs-figures]
 
 Without ``--model`` a small bundle is trained on synthetic X-rays first (needs the train extra). Orthanc is
 Debian's ``orthanc``; screenshots need Playwright and chromium.

@@ -5,7 +5,7 @@ baseline (single-process ``predict_to_csv``) runs in the same process first.
 Prints JSON (``--out`` also writes it).
 
     KERAS_HOME=../shared/keras-home python benchmarks/ray_predict.py --images 2000 \
-        --out benchmarks/results-ray_predict.json
+        --out benchmarks/results/ray_predict.json
 """
 
 from __future__ import annotations

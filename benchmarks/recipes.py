@@ -25,7 +25,7 @@ This is a screening harness (one feature pass per recipe, a linear head in
 place of the Keras one); the chosen recipe is then confirmed end to end with
 ``ccad cv`` and ``ccad audit``. Prints JSON (and writes it to ``--out``).
 
-    KERAS_HOME=../shared/keras-home python benchmarks/recipes.py --out benchmarks/results-recipes.json
+    KERAS_HOME=../shared/keras-home python benchmarks/recipes.py --out benchmarks/results/recipes.json
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@
 
 Each case runs on a fresh server (2 workers, API key set) on 127.0.0.1; the server's peak resident memory
 (VmHWM from /proc) is read after the case. A small bundle is trained once on synthetic data (random
-backbone: the network's weights do not change its memory). Prints JSON; results-serve_hostile.json keeps it.
+backbone: the network's weights do not change its memory). Prints JSON; ``--save benchmarks/results/serve_hostile.json
+--label after`` adds it to the results file (the later cases, slow clients and codestream bombs, are in
+benchmarks/results/hostile_peers.json).
 """
 
 from __future__ import annotations

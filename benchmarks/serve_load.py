@@ -5,7 +5,8 @@ POST /api/v1/predict requests (one chest X-ray PNG each) from ``--clients``
 concurrent clients, once without and once with heatmaps, then stops the server.
 Only 127.0.0.1 is ever contacted; the loops are bounded in count and time.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/serve_load.py [--bundle B] [--out results.json]
+    KERAS_HOME=../shared/keras-home python benchmarks/serve_load.py [--bundle B]
+        [--out benchmarks/results/serve_load.json]
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 body), server and client pinned to separate cores; against single-process ``ccad predict`` on the same
 images, bundle and core, in the same run.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/serve_wrk.py [--bundle B] [--seconds 20] [--out results.json]
+    KERAS_HOME=../shared/keras-home python benchmarks/serve_wrk.py [--bundle B] [--seconds 20]
+        [--out benchmarks/results/serve_wrk.json]
 
 Variants of the server (each a fresh process on core 0, ONNX Runtime on 1 thread, 1 decoding thread):
 

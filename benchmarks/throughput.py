@@ -4,7 +4,7 @@ this tree and a baseline tree (another commit, checked out beside it), each in i
 pinned with ``taskset``.
 
     python benchmarks/throughput.py --data ../shared/data/covid-cxr/manifest.csv [--images 300]
-        [--baseline-tree DIR] [--out benchmarks/results-throughput.json]
+        [--baseline-tree DIR] [--out benchmarks/results/throughput.json]
 
 ``--baseline-tree`` is a checkout of another commit (``git worktree add /tmp/base REV``); its ``src`` is put
 first on the child's path. The model is the bundle shipped with this tree, for both. Timings vary ~30% run

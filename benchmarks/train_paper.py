@@ -6,7 +6,7 @@ scored on its test split. Each case runs in its own process, so its peak memory
 (ru_maxrss) is its own. Prints one JSON object; ratios are against the baseline
 measured in the same run.
 
-    KERAS_HOME=../shared/keras-home python benchmarks/train_paper.py [--out results.json]
+    KERAS_HOME=../shared/keras-home python benchmarks/train_paper.py [--out benchmarks/results/train_paper.json]
 
 Baseline ("the straightforward Keras version"): in-memory arrays, the paper's
 augmentation as Keras layers inside the model graph, ``model.fit``, Adam 1e-3,

@@ -17,7 +17,7 @@ holds no ccad frame (a pool thread starting a task) is counted as a thread hand-
 Layers are pyproject.toml's import-linter layers. The model is the bundle shipped with ccad (or ``--model``);
 model loading is part of both walks, as in ``ccad predict`` and a server's start.
 
-    python benchmarks/walk.py [--model BUNDLE] [--out benchmarks/results-walk.json]
+    python benchmarks/walk.py [--model BUNDLE] [--out benchmarks/results/walk.json]
 """
 
 from __future__ import annotations
