@@ -8,7 +8,7 @@ TensorFlow lazily: ``import ccad`` is cheap.
     >>> screener = ccad.Screener.load("runs/first")                       # doctest: +SKIP
     >>> list(screener.screen(["xray.png"]))                               # doctest: +SKIP
 
-The package is layered (README, Development): io, data, models, preprocessing, scoring, screening,
+The package is layered (docs/development.md): io, data, models, preprocessing, scoring, screening,
 evaluation, training, then studies and deploy, then the CLI; a layer imports only the layers below it.
 """
 

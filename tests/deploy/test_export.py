@@ -167,7 +167,7 @@ def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_f
     rule = f.decision
     p_f, p_q = rule.calibrate(f.predict(x)[0]), rule.calibrate(q.predict(x)[0])
     assert check["decision_agreement"] == pytest.approx(np.mean(rule.predict(p_f) == rule.predict(p_q)), abs=1e-4)
-    # the documented bar, pinned here: 98% of decisions equal and AUC within 0.005 (README, "INT8")
+    # the documented bar, pinned here: 98% of decisions equal and AUC within 0.005 (docs/limitations.md, "INT8")
     ok = check["decision_agreement"] >= 0.98 and abs(check.get("auc_difference", 1)) <= 0.005
     assert check["use"] == ("decisions" if ok else "throughput only")
     # a bundle whose INT8 model failed its check warns whoever loads it, and the REST API says so

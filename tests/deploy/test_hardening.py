@@ -573,8 +573,9 @@ def _post_png(port: int, data: bytes) -> bytes:
 
 
 def test_uploads_stay_in_memory_and_nothing_reaches_the_disk(bundle, monkeypatch):
-    """Starlette spools a part to a temporary file past 1 MB by default; ccad keeps uploads in memory (README):
-    a 3 MB upload opens no temporary file (which Linux would have unlinked at once: its calls are counted)."""
+    """Starlette spools a part to a temporary file past 1 MB by default; ccad keeps uploads in memory
+    (docs/deployment.md): a 3 MB upload opens no temporary file (which Linux would have unlinked at once: its
+    calls are counted)."""
     import tempfile
 
     opened = []

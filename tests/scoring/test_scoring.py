@@ -236,7 +236,7 @@ def test_run_metadata_without_a_config_needs_the_class_names(tmp_path):
 
 def test_each_result_is_in_the_csv_as_soon_as_it_is_scored(tmp_path):
     """A crash between two images loses no row already scored: the file holds row k before image k+1 is
-    even looked at (the README's promise; the CSV used to be flushed every 64 rows)."""
+    even looked at (docs/training.md's promise; the CSV used to be flushed every 64 rows)."""
     from ccad.screening.records import Prediction
     from ccad.screening.results import predict_to_csv
 
