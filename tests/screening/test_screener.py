@@ -293,14 +293,8 @@ def test_a_reader_prepares_as_its_model_does_with_the_lung_fields_for_qc_and_the
 
 
 def test_loading_a_bundle_keeps_the_intake_variant_and_threads_and_checks_the_signature(bundle, tmp_path):
-    import sklearn.ensemble  # noqa: F401  (loads an OpenMP runtime: limiting BLAS must leave it alone)
-    from threadpoolctl import threadpool_info, threadpool_limits
-
-    threadpool_limits(2)
     intake = Intake(max_bytes=5)
     s = Screener.load(bundle, variant="int8", threads=1, intake=intake)
-    threads = {(pool["user_api"], pool["num_threads"]) for pool in threadpool_info()}
-    assert threads == {("blas", 1), ("openmp", 2)}
     assert s.intake is intake and s.reader.intake is intake and s.variant == "int8"
     assert s.predictor.session.get_session_options().intra_op_num_threads == 1
     assert Screener.load(bundle).predictor.session.get_session_options().intra_op_num_threads == 2
@@ -347,3 +341,25 @@ def test_heatmaps_come_with_every_batch_of_a_long_stream(tmp_path):
     s = guarded()
     results = list(s.screen([path] * 21, with_heatmaps=True))
     assert all(r.pictures is not None for r in results)
+
+
+def test_loading_leaves_the_process_alone_and_the_scoring_adapters_ask_for_one_blas_thread(bundle, tmp_path):
+    import sklearn.ensemble  # noqa: F401  (loads an OpenMP runtime: limiting BLAS must leave it alone)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from ccad.cli import main
+    from ccad.deploy.web import ServeSettings, create_app
+
+    def threads():
+        return {(pool["user_api"], pool["num_threads"]) for pool in threadpool_info()}
+
+    threadpool_limits(2)
+    Screener.load(bundle)
+    assert threads() == {("blas", 2), ("openmp", 2)}  # a library call changes nothing process-wide
+    image = tmp_path / "a.png"
+    image.write_bytes(mean_png(100))
+    assert main(["predict", "--model", str(bundle), str(image)]) == 0
+    assert threads() == {("blas", 1), ("openmp", 2)}
+    threadpool_limits(2)
+    create_app(ServeSettings(bundle))
+    assert threads() == {("blas", 1), ("openmp", 2)}

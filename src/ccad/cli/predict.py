@@ -124,10 +124,11 @@ def _run_audit(args: argparse.Namespace) -> int | None:
 def _predict_local(args, model: str, variant: str) -> None:
     from ..io.inputs import expand_inputs
     from ..models.ood import OUT_OF_DISTRIBUTION_TEXT
-    from ..screening import Intake, Screener
+    from ..screening import Intake, Screener, one_blas_thread
     from ..screening.results import NOT_A_DIAGNOSIS, check_outputs, format_results, predict_to_csv, save_overlays
 
     check_outputs(args.out, args.resume, args.heatmap)
+    one_blas_thread()
     screener = Screener.load(
         model,
         variant=variant,

@@ -34,7 +34,7 @@ from ccad.io.files import write_json
 from ccad.io.inputs import input_key, list_inputs
 from ccad.models.card import is_bundle
 from ccad.preprocessing.pipeline import Prepared, view_count
-from ccad.screening import Reader, Screener
+from ccad.screening import Reader, Screener, one_blas_thread
 from ccad.screening.records import Prediction
 from ccad.screening.results import result_columns, result_row
 
@@ -92,6 +92,7 @@ class Scorer:
     """Ray actor: loads the bundle once, scores decoded batches with the :class:`Screener` ``predict`` uses."""
 
     def __init__(self, bundle: str, variant: str = "float", threads: int = 1):
+        one_blas_thread()
         self.screener = Screener.load(bundle, variant=variant, threads=threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

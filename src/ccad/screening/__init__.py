@@ -10,6 +10,6 @@ the web app, the DICOM listener, Ray batch scoring and ``evaluate`` are adapters
 :mod:`ccad.scoring` and below; nothing here imports TensorFlow at module level.
 """
 
-from ccad.screening.screener import Intake, Reader, Screener, Source, Upload
+from ccad.screening.screener import Intake, Reader, Screener, Source, Upload, one_blas_thread
 
-__all__ = ["Intake", "Reader", "Screener", "Source", "Upload"]
+__all__ = ["Intake", "Reader", "Screener", "Source", "Upload", "one_blas_thread"]

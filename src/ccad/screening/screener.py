@@ -132,13 +132,8 @@ class Screener:
         intake: Intake = Intake(),
     ) -> "Screener":
         """A bundle (ONNX Runtime, no TensorFlow), a run folder or a model file (Keras), loaded and checked:
-        with ``verify_key`` only a bundle signed by that key's owner is accepted.
-
-        Loading also limits the process's BLAS (OpenBLAS, under numpy) to one thread: screening calls it only
-        for small products (the out-of-distribution distance), and its idle threads spin-wait on the cores the
-        sessions and the decoding need. On 2 cores ``predict FOLDER`` went from 41 to 49 images/s, with a
-        quarter less CPU time (BENCHMARKS.md, "Near the hardware's limit")."""
-        _one_blas_thread()
+        with ``verify_key`` only a bundle signed by that key's owner is accepted. ``threads``: the ONNX Runtime
+        session's. Loading changes nothing else in the process (see :func:`one_blas_thread`)."""
         return cls(load_predictor(model, variant=variant, verify_key=verify_key, threads=threads), intake)
 
     # -- what it is -------------------------------------------------------------------------------
@@ -308,7 +303,12 @@ class Screener:
         return Pictures(prep.picture, heat, prep.gray, prep.to_original(heat), outline)
 
 
-def _one_blas_thread() -> None:
+def one_blas_thread() -> None:
+    """Limit the process's BLAS (OpenBLAS, under numpy) to one thread: what a screening process wants, and so
+    what ccad's scoring adapters ask for (``predict``, ``serve``, ``dicom listen``, Ray's scoring actors); a
+    library user decides for their own process. Screening calls BLAS only for small products, and its idle
+    threads spin-wait on the cores the sessions and the decoding need: on 2 cores ``predict FOLDER`` went from
+    41 to 49 images/s, with a quarter less CPU time (BENCHMARKS.md, "Near the hardware's limit")."""
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")

@@ -370,8 +370,9 @@ class Listener:
     def _load_screener(self) -> None:
         """The screener (unless one was given) and the algorithm the results name."""
         if self.screener is None:
-            from ccad.screening import Intake, Screener
+            from ccad.screening import Intake, Screener, one_blas_thread
 
+            one_blas_thread()
             self.screener = Screener.load(
                 self.settings.model,
                 variant="int8" if self.settings.int8 else "float",

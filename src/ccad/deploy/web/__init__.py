@@ -61,7 +61,7 @@ from ccad.deploy.web.routers import health, model, page, predict
 from ccad.deploy.web.service import WebScreening
 from ccad.deploy.web.settings import ServeSettings
 from ccad.deploy.web.views import data_names, decision_view, model_card_view
-from ccad.screening import Intake, Screener
+from ccad.screening import Intake, Screener, one_blas_thread
 
 __all__ = ["ServeSettings", "create_app", "data_names", "decision_view", "model_card_view", "serve"]
 
@@ -84,6 +84,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """The FastAPI application for one model bundle: the bundle loaded and checked here (a bad one is an error
     now, not on the first request); the decoding pool and the batcher start with the app's lifespan."""
     settings.check()
+    one_blas_thread()
     screener = Screener.load(
         settings.bundle,
         variant=settings.variant,
