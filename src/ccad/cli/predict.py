@@ -96,7 +96,9 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace) -> int | None:
     from ..evaluation.evaluate import evaluate_model
     from ..evaluation.subgroups import format_breakdown
+    from ..screening import one_blas_thread
 
+    one_blas_thread()  # a scoring job, as predict
     metrics = evaluate_model(args.model, spec(args), args.out, split=args.split, seed=args.seed, by=args.by)
     for name, rows in metrics.get("by", {}).items():
         print("\n".join(format_breakdown(name, rows)))

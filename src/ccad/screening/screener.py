@@ -305,7 +305,7 @@ class Screener:
 
 def one_blas_thread() -> None:
     """Limit the process's BLAS (OpenBLAS, under numpy) to one thread: what a screening process wants, and so
-    what ccad's scoring adapters ask for (``predict``, ``serve``, ``dicom listen``, Ray's scoring actors); a
+    what ccad's scoring adapters ask for (``predict``, ``evaluate``, ``serve``, ``dicom listen``, Ray's actors); a
     library user decides for their own process. Screening calls BLAS only for small products, and its idle
     threads spin-wait on the cores the sessions and the decoding need: on 2 cores ``predict FOLDER`` went from
     41 to 49 images/s, with a quarter less CPU time (BENCHMARKS.md, "Near the hardware's limit")."""
