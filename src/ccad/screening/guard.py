@@ -10,7 +10,6 @@ input, and their pooled features set against the films' own.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from ccad.data.foreign import foreign_images
 from ccad.models.ood import OodGuard, fit_ood_guard
-from ccad.screening.screener import Screener, Source
+from ccad.screening.screener import Screener, Source, decode_workers
 
 #: Films the foreign inputs are made from (each gives four; a third as many screens of text are added).
 MAX_FILMS = 300
@@ -33,8 +32,7 @@ def foreign_features(screener: Screener, films: Sequence[Source], seed: int) -> 
     grays = [screener.decode(films[i]) for i in chosen]
     images = (image for _, image in foreign_images(grays, max(20, len(grays) // 3), seed))
     out = []
-    workers = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-    with ThreadPoolExecutor(workers, thread_name_prefix="ccad-guard") as pool:
+    with ThreadPoolExecutor(decode_workers(), thread_name_prefix="ccad-guard") as pool:
         while chunk := [image for _, image in zip(range(_CHUNK), images)]:
             prepared = list(pool.map(screener.prepare, chunk))
             out.append(screener.predictor.pooled_features(np.stack([p.image for p in prepared])))

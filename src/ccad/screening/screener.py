@@ -236,7 +236,7 @@ class Screener:
         (three alternating runs; BENCHMARKS.md, "Near the hardware's limit"), the extra threads only taking
         turns for the GIL with the scoring thread."""
         step = self.predictor.batch_size
-        workers = workers or max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+        workers = workers or decode_workers()
         with ThreadPoolExecutor(workers, thread_name_prefix="ccad-decode") as pool:
             pending: list = []
             for source in inputs:
@@ -301,6 +301,11 @@ class Screener:
         heat = self.predictor.heatmap(fmap, self.classes.index(heatmap_class))
         outline = prep.fields.at(*prep.gray.shape) if prep.fields is not None else None
         return Pictures(prep.picture, heat, prep.gray, prep.to_original(heat), outline)
+
+
+def decode_workers() -> int:
+    """Threads that decode and prepare images: one per core this process may use, at least two."""
+    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 
 
 def one_blas_thread() -> None:

@@ -59,14 +59,15 @@ def refit_guard(
         scores[split] = np.array([p.raw_probabilities[positive] for p in predictions])
     guard = fit_guard(screener, pooled["train"], pooled["val"], paths["train"], seed)
     guard = replace(guard, reference_scores=scores["val"])
+    fingerprint = dataset.fingerprint()
     entry = dict(
         guard.describe(),
         fitted={
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "ccad": __version__,
             "data": dataset.source,
-            "data_sha256": dataset.fingerprint(),
-            "same_data_as_the_model": dataset.fingerprint() == (card.training_data or {}).get("sha256"),
+            "data_sha256": fingerprint,
+            "same_data_as_the_model": fingerprint == (card.training_data or {}).get("sha256"),
             "films": len(paths["train"]),
             "cutoff_films": len(paths["val"]),
             "seed": seed,
