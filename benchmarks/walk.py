@@ -305,6 +305,8 @@ def cstore_walk(model: str, gray, spool: Path, timeout_s: float = 120.0) -> dict
             try:
                 with walk.paused():
                     status = c_store(ds, port)
+                    if status != 0x0000:  # e.g. 0xC211: its C-STORE handler raised (logged on stderr)
+                        raise RuntimeError(f"the listener answered the C-STORE with status 0x{status:04X}")
                     deadline = time.monotonic() + timeout_s
                     while not (listener.idle() and len(destination.received) >= 2):
                         if time.monotonic() > deadline:
@@ -314,7 +316,6 @@ def cstore_walk(model: str, gray, spool: Path, timeout_s: float = 120.0) -> dict
                 listener.stop()
     finally:
         destination.stop()
-    assert status == 0x0000, f"C-STORE status 0x{status:04X}"
     return walk.report()
 
 
@@ -323,6 +324,9 @@ def main() -> None:
     parser.add_argument("--model", help="a bundle (default: the one shipped with ccad)")
     parser.add_argument("--out")
     args = parser.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)  # the listener's warnings and errors, if any
     from ccad.data.synthetic import render_patient
     from ccad.models.card import default_bundle
 
