@@ -14,8 +14,9 @@ holds no ccad frame (a pool thread starting a task) is counted as a thread hand-
   a module the walk went down from, entered again from below), other than the adapter (the CLI, the web
   package); the aim is none;
 - ``handoffs``: thread hand-offs;
-- ``parses``: calls of ``pydicom.filereader.dcmread`` (``pydicom.dcmread``), each under the nearest ccad
-  function on its thread's stack (``callers``: ``module.function``; ``(no ccad caller)`` when there is none);
+- ``parses``: calls of ``pydicom.filereader.dcmread`` (``pydicom.dcmread``), each under the nearest two ccad
+  functions on its thread's stack (``callers``: ``module.function > module.function``, the caller last;
+  ``(no ccad caller)`` when there is none);
 - ``limit_checks``: calls of each intake limit check (:data:`LIMIT_CHECKS`), with their callers the same way.
 
 Both counts come from the same profile hook, not from patching: a call is matched on the called function's
@@ -67,9 +68,10 @@ LIMIT_CHECKS = {
     "image_size": "a web upload's size from its header (a DICOM one: check_data_set and check_codestream first)",
     "image_header": "a web upload's size from its header (image_size after the refactor; a DICOM one: parse_dicom)",
     "_admitted_dicom": "the pixel limit on a DICOM header (Rows x Columns, x frames x samples)",
-    "parse_dicom": "the pixel limit on a DICOM header (_admitted_dicom after the refactor)",
+    "check_frame_size": "the pixel limit on a DICOM header (_admitted_dicom's check after the refactor)",
     "_read_raster": "the pixel limit on a raster image's header (width x height)",
     "_checked_size": "the pixel limit on a web upload (width x height from its header)",
+    "_checked_header": "the pixel limit on a web upload (_checked_size after the refactor)",
 }
 #: The synthetic chest radiograph the C-STORE walk sends: CR, PA, MONOCHROME2, 12 bits.
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
@@ -108,7 +110,7 @@ class Walk:
         if event == "call":
             name = frame.f_code.co_qualname
             if (module, name) == DCMREAD or (name in LIMIT_CHECKS and module.startswith("ccad")):
-                caller = f"{stack[-1][1]}.{stack[-1][0].f_code.co_qualname}" if stack else "(no ccad caller)"
+                caller = " > ".join(f"{m}.{f.f_code.co_qualname}" for f, m in stack[-2:]) or "(no ccad caller)"
                 with self._lock:
                     self.watched[(f"{module}.{name}", caller)] += 1
         if not module.startswith("ccad") or frame.f_code.co_name == "<module>":
