@@ -66,7 +66,8 @@ def main() -> None:
 def measure(bundle: str, variant: str, files: list[str]) -> dict:
     from ccad.io.images import read_grayscale, resize_hw
     from ccad.models.lungs import estimate_lung_fields
-    from ccad.preprocessing.pipeline import WORK_SIDE, prepare_full
+    from ccad.preprocessing.pipeline import prepare_full
+    from ccad.preprocessing.steps import WORK_SIDE
 
     screener = Screener.load(bundle, variant=variant, threads=2)
     predictor = screener.predictor

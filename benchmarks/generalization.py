@@ -115,7 +115,7 @@ def shifted_normals(run_dir: Path) -> dict | None:
     """Share of the test split's normals kept normal when stored as another hospital might."""
     from recipes import acquisition_shift
 
-    from ccad.data.datasets import read_split_file
+    from ccad.data.splits import read_split_file
     from ccad.preprocessing.pipeline import load_images
     from ccad.scoring.predictor import load_predictor
 

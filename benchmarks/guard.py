@@ -207,7 +207,8 @@ def choose(results: dict) -> str:
 
 def shipped_test_split(screener, chest) -> tuple[np.ndarray, np.ndarray]:
     """(the films of the shipped model's test split, split as its training run split them; its positive calls)."""
-    from ccad.data.datasets import DataSpec, assign_splits
+    from ccad.data.datasets import DataSpec
+    from ccad.data.splits import assign_splits
 
     data = [str(SHARED / n / "manifest.csv") for n in ("covid-cxr", "cohen-other", "covid-cxr-rdb")]
     spec = DataSpec(data, ("covid", "normal"), relabel=("cohen-covid-chestxray:pneumonia=normal",))

@@ -122,7 +122,8 @@ def main() -> None:
 
 def _sets(classifier, run: str) -> dict:
     """The run's test split (with labels) and, when ../shared has it, covid-cxr-rdb (decisions only)."""
-    from ccad.data.datasets import DataSpec, label_indices, read_split_file
+    from ccad.data.datasets import DataSpec, label_indices
+    from ccad.data.splits import read_split_file
     from ccad.preprocessing.pipeline import load_images, to_model_input
 
     def prepared(samples):

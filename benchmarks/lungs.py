@@ -124,7 +124,7 @@ def _flag_rates(segmenter, name: str, paths) -> dict:
 def _figures(segmenter, sets, out: Path) -> None:
     """Overlay grids: only the NIH images (released without restriction) go into the docs; the Cohen-collection
     images carry their publishers' licences, some without derivatives."""
-    from ccad.training.lung_segmenter import overlay_grid
+    from ccad.training.lung_segmenter_scores import overlay_grid
 
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

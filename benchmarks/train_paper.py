@@ -38,7 +38,8 @@ def peak_mb() -> float:
 
 
 def load_split():
-    from ccad.data.datasets import assign_splits, discover, label_indices
+    from ccad.data.datasets import discover, label_indices
+    from ccad.data.splits import assign_splits
     from ccad.preprocessing.pipeline import load_images
 
     ds = assign_splits(discover(MANIFEST, **SELECT))

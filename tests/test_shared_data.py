@@ -28,7 +28,8 @@ def test_imagenet_weights_really_loaded():
 
 
 def test_manifest_split_is_used_and_groups_stay_apart():
-    from ccad.data.datasets import assign_splits, discover
+    from ccad.data.datasets import discover
+    from ccad.data.splits import assign_splits
 
     ds = assign_splits(discover(MANIFEST, ["covid", "normal"], ["paper_dataset_a=1"]))
     assert len(ds.samples) == 309

@@ -94,7 +94,8 @@ def test_shipped_lung_segmenter_keeps_its_held_out_dice():
     import tempfile
 
     from ccad.models.lungs import default_segmenter
-    from ccad.training.lung_segmenter import grouped_split, read_mask_manifest, score_segmenter
+    from ccad.training.lung_segmenter import grouped_split, read_mask_manifest
+    from ccad.training.lung_segmenter_scores import score_segmenter
 
     rows = read_mask_manifest(SHARED / "data" / "lung-masks" / "manifest.csv")
     test = [r for r, p in zip(rows, grouped_split([r["group"] for r in rows], 0)) if p == "test"]

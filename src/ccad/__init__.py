@@ -32,7 +32,7 @@ _API = {
     "ModelCard": "models.card",
     "DataSpec": "data.datasets",
     "discover": "data.datasets",
-    "assign_splits": "data.datasets",
+    "assign_splits": "data.splits",
     "read_grayscale": "io.images",
     "load_model_input": "preprocessing.pipeline",
     "generate_synthetic": ("data.synthetic", "generate"),

@@ -2,7 +2,8 @@ import shutil
 
 import pytest
 
-from ccad.data.datasets import assign_splits, discover
+from ccad.data.datasets import discover
+from ccad.data.splits import assign_splits
 from ccad.errors import DataError, ImageReadError
 from ccad.preprocessing.pipeline import load_images
 
@@ -191,7 +192,7 @@ def test_where_applies_to_the_manifests_that_have_the_column(tmp_path, synth_fol
 
 
 def test_leave_one_source_out_folds(tmp_path, synth_folders):
-    from ccad.data.datasets import cross_validation_folds
+    from ccad.data.splits import cross_validation_folds
 
     a, b = _two_source_manifests(tmp_path, synth_folders)
     ds = discover([a, b], classes=["covid", "normal"], relabel=["hospital-b:pneumonia=normal"])

@@ -6,8 +6,9 @@ import numpy as np
 from conftest import write_csv
 from PIL import Image, ImageDraw
 
-from ccad.data.datasets import assign_splits, discover
+from ccad.data.datasets import discover
 from ccad.data.duplicates import near_duplicate_groups
+from ccad.data.splits import assign_splits
 from ccad.data.synthetic import patient_anatomy, render_patient
 
 

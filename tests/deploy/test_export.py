@@ -157,7 +157,7 @@ def test_the_int8_model_is_checked_against_the_float_model_and_says_what_it_is_f
     check = json.loads((bundle / "ccad-model.json").read_text())["int8_check"]
     assert check["data"].startswith("the run's validation split") and check["n"] > 0
     # its figures are the float and INT8 models' own, recomputed here on the validation split
-    from ccad.data.datasets import read_split_file
+    from ccad.data.splits import read_split_file
     from ccad.preprocessing.pipeline import load_images, to_model_input
 
     val = [s for s in read_split_file(run / "split.csv") if s.split == "val"]

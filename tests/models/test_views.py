@@ -12,7 +12,8 @@ from ccad.models.classifier import (
     load_keras_model,
     with_feature_map,
 )
-from ccad.preprocessing.pipeline import prepare_full, preprocessing_views, to_model_input
+from ccad.preprocessing.pipeline import prepare_full, to_model_input
+from ccad.preprocessing.steps import preprocessing_views
 
 THORAX, LUNGS = "thorax+equalize+lowpass", "lungs+equalize+lowpass"
 

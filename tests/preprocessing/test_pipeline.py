@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from ccad.errors import ConfigError
-from ccad.preprocessing.pipeline import STEPS, Prepared, describe, prepare_full, preprocessing_steps
+from ccad.preprocessing.pipeline import Prepared, prepare_full
+from ccad.preprocessing.steps import STEPS, describe, preprocessing_steps
 
 
 def test_steps_run_in_the_tables_order_whatever_order_they_are_given_in():
@@ -71,7 +72,7 @@ def test_equalization_is_scikit_images_bit_for_bit(image, mask):
     trained before it see the same inputs."""
     import skimage.exposure
 
-    from ccad.preprocessing.pipeline import equalize_hist
+    from ccad.preprocessing.steps import equalize_hist
 
     expected = skimage.exposure.equalize_hist(image, nbins=256, mask=mask)
     got = equalize_hist(image, 256, mask)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from ccad.cli import main
 from ccad.screening import Screener
-from ccad.training.adapt import fit_head, softmax
+from ccad.training.adapt_heads import fit_head, softmax
 
 
 def test_the_head_fit_learns_the_signal_and_a_strong_pull_holds_the_old_weights():
@@ -46,7 +46,7 @@ def adapted(bundle, other_scanner, tmp_path_factory):
     import contextlib
     import io
 
-    from ccad.training import adapt
+    from ccad.training import adapt, adapt_heads
 
     seen = {"scored": [], "fits": [], "out_of_fold": [], "rule": [], "metrics": []}
     inside = []
@@ -81,8 +81,8 @@ def adapted(bundle, other_scanner, tmp_path_factory):
 
     original = {
         "_scored": adapt._scored,
-        "fit": adapt.HeadFit.fit,
-        "out_of_fold": adapt.HeadFit.out_of_fold,
+        "fit": adapt_heads.HeadFit.fit,
+        "out_of_fold": adapt_heads.HeadFit.out_of_fold,
         "_refit_rule": adapt._refit_rule,
         "_metrics": adapt._metrics,
     }
@@ -90,8 +90,8 @@ def adapted(bundle, other_scanner, tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setattr(adapt, "_scored", scored)
-        mp.setattr(adapt.HeadFit, "fit", fit)
-        mp.setattr(adapt.HeadFit, "out_of_fold", out_of_fold)
+        mp.setattr(adapt_heads.HeadFit, "fit", fit)
+        mp.setattr(adapt_heads.HeadFit, "out_of_fold", out_of_fold)
         mp.setattr(adapt, "_refit_rule", refit_rule)
         mp.setattr(adapt, "_metrics", metrics)
         code = main(
@@ -104,7 +104,8 @@ def adapted(bundle, other_scanner, tmp_path_factory):
 def _expected_split(site, seed):
     """(adapt, test) image paths as adapt documents its split: by patient group (near-duplicates grouped), stratified,
     a 30% holdout drawn with ``seed``."""
-    from ccad.data.datasets import DataSpec, _grouped_holdout, group_near_duplicates
+    from ccad.data.datasets import DataSpec, group_near_duplicates
+    from ccad.data.splits import _grouped_holdout
 
     samples = group_near_duplicates(DataSpec(str(site)).discover(model_classes=["covid", "normal"]).samples)
     test = _grouped_holdout(samples, range(len(samples)), 0.3, seed)
@@ -202,7 +203,7 @@ def test_forgetting_is_measured_on_the_rehearsal_images_kept_out_of_the_fit(bund
     from sklearn.metrics import roc_auc_score
 
     from ccad.models.card import ModelCard
-    from ccad.training.adapt import head_initializers
+    from ccad.training.adapt_heads import head_initializers
 
     out, seen, _ = adapted
     with np.load(bundle / "rehearsal.npz") as z:
@@ -340,7 +341,8 @@ def test_a_test_fraction_outside_a_tenth_to_a_half_is_refused(bundle, tmp_path, 
 
 
 def test_each_views_head_is_fitted_on_its_own_slice_of_the_features():
-    from ccad.training.adapt import HeadFit, _auc
+    from ccad.training.adapt import _auc
+    from ccad.training.adapt_heads import HeadFit
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 6))  # two views of 3 features
@@ -384,7 +386,7 @@ def test_rehearsal_is_read_split_by_the_seed_or_empty_without_a_file(bundle, tmp
 
 
 def test_the_out_of_fold_fits_follow_the_seed():
-    from ccad.training.adapt import HeadFit
+    from ccad.training.adapt_heads import HeadFit
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4))
@@ -404,7 +406,7 @@ def test_softmax_is_taken_row_by_row_whatever_the_scale_of_each_row():
 def test_the_dense_heads_are_found_in_view_order_and_other_products_are_left_alone():
     from onnx import TensorProto, helper, numpy_helper
 
-    from ccad.training.adapt import head_initializers
+    from ccad.training.adapt_heads import head_initializers
 
     def init(name, shape):
         return numpy_helper.from_array(np.zeros(shape, np.float32), name)

@@ -210,7 +210,8 @@ def _lungs_segment(args) -> None:
 
 
 def _lungs_train(args) -> None:
-    from ..training.lung_segmenter import describe_scores, train_segmenter
+    from ..training.lung_segmenter import train_segmenter
+    from ..training.lung_segmenter_scores import describe_scores
 
     card = train_segmenter(
         args.data,

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ccad.data.datasets import Sample, label_indices, read_split_file
+from ccad.data.datasets import Sample, label_indices
+from ccad.data.splits import read_split_file
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256, write_json
 from ccad.io.inputs import list_inputs
@@ -40,8 +41,8 @@ from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR
 from ccad.models.quantize import int8_check, quantize_onnx
 from ccad.models.rehearsal import REHEARSAL_FILE
 from ccad.models.signing import SIGNATURE_FILE, sign_bundle
-from ccad.preprocessing.pipeline import describe as describe_preprocessing
 from ccad.preprocessing.pipeline import load_images
+from ccad.preprocessing.steps import describe as describe_preprocessing
 from ccad.scoring.predictor import KerasPredictor, run_folder
 
 MIN_CALIBRATION_IMAGES = 100

@@ -33,7 +33,8 @@ from ccad.errors import ConfigError, ImageReadError, ModelError
 from ccad.io.files import write_json
 from ccad.io.inputs import input_key, list_inputs
 from ccad.models.card import is_bundle
-from ccad.preprocessing.pipeline import Prepared, view_count
+from ccad.preprocessing.pipeline import Prepared
+from ccad.preprocessing.steps import view_count
 from ccad.screening import Reader, Screener, one_blas_thread
 from ccad.screening.records import Prediction
 from ccad.screening.results import result_columns, result_row

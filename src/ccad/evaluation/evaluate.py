@@ -15,15 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ccad.data.datasets import (
-    Dataset,
-    DataSpec,
-    Sample,
-    apply_split_file,
-    assign_splits,
-    group_near_duplicates,
-    label_indices,
-)
+from ccad.data.datasets import Dataset, DataSpec, Sample, group_near_duplicates, label_indices
+from ccad.data.splits import apply_split_file, assign_splits
 from ccad.errors import DataError
 from ccad.evaluation.metrics import compute_metrics, ood_rate
 from ccad.evaluation.reports import write_figures, write_report

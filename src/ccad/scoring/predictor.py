@@ -34,7 +34,8 @@ from ccad.models.heads import OnnxHead
 from ccad.models.ood import Guard, load_guard
 from ccad.models.severity import SeverityHead
 from ccad.models.signing import verify_bundle
-from ccad.preprocessing.pipeline import to_model_input, view_count
+from ccad.preprocessing.pipeline import to_model_input
+from ccad.preprocessing.steps import view_count
 from ccad.scoring.heatmaps import class_activation_map
 
 #: Images per ONNX Runtime call. On 2 cores batch 1-4 is as fast per image as 16-32, and ONNX

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ccad.data.datasets import DataSpec, assign_splits
+from ccad.data.datasets import DataSpec
+from ccad.data.splits import assign_splits
 from ccad.evaluation.metrics import format_interval
 from ccad.io.files import write_json, write_text
 from ccad.models.classifier import (

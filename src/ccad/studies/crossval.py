@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ccad.data.datasets import DataSpec, cross_validation_folds, label_indices
+from ccad.data.datasets import DataSpec, label_indices
+from ccad.data.splits import cross_validation_folds
 from ccad.evaluation.evaluate import score_samples
 from ccad.evaluation.metrics import BINARY_METRICS, compute_metrics
 from ccad.evaluation.reports import write_figures, write_report

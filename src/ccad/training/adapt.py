@@ -11,8 +11,8 @@ unchanged); only each view's Dense softmax head moves. In order:
 3. Each head is refitted from its own weights by L-BFGS on the cross-entropy of the site's images plus the
    bundle's **rehearsal** features (a sample of its own training images' features, ``rehearsal.npz``: the
    old sources weigh as much as the site in all, so the model does not forget them), with an L2 pull towards
-   the old weights (``l2``: the "L2-SP" prior of Li et al. 2018). A bundle without rehearsal features adapts
-   with the pull alone, and says so.
+   the old weights (``l2``: the "L2-SP" prior of Li et al. 2018); :mod:`ccad.training.adapt_heads` holds the
+   fit. A bundle without rehearsal features adapts with the pull alone, and says so.
 4. The decision threshold is refitted with the bundle's own rule on out-of-fold predictions of the adapt
    split (5 folds: no image scores a head that saw it); the test split is never used to fit anything.
 5. Before and after on the held-out local test split, each with its 95% interval, and the AUC before and
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from ccad import __version__
-from ccad.data.datasets import DataSpec, _grouped_holdout, group_near_duplicates, label_indices
+from ccad.data.datasets import DataSpec, group_near_duplicates, label_indices
+from ccad.data.splits import _grouped_holdout
 from ccad.errors import ConfigError, DataError
 from ccad.evaluation.metrics import compute_metrics
 from ccad.io.files import sha256
@@ -48,69 +48,10 @@ from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision, si
 from ccad.models.ood import OOD_FILE
 from ccad.models.rehearsal import REHEARSAL_FILE, load_rehearsal
 from ccad.screening import Screener
+from ccad.training.adapt_heads import FOLDS, HeadFit, head_initializers, head_probabilities
 
-FOLDS = 5
 #: Fewer reference images than this make the drift check's PSI noise alone pass its alarm (ccad.evaluation.drift).
 MIN_DRIFT_REFERENCE = 100
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_head(
-    x: np.ndarray, y: np.ndarray, weight: np.ndarray, w0: np.ndarray, b0: np.ndarray, l2: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """A Dense softmax head (``w0`` (d, k), ``b0`` (k,)) refitted on (x, y) with per-image ``weight``: the
-    weighted mean cross-entropy + ``l2`` x the squared distance of the weights from ``w0``."""
-    from scipy.optimize import minimize
-
-    x, d, k = np.asarray(x, np.float64), w0.shape[0], w0.shape[1]
-    onehot = np.eye(k)[y]
-    weight = np.asarray(weight, np.float64) / np.sum(weight)
-
-    def loss(theta):
-        w, b = theta[: d * k].reshape(d, k), theta[d * k :]
-        p = softmax(x @ w + b)
-        value = -np.sum(weight * np.log(np.clip(np.sum(p * onehot, axis=1), 1e-12, None))) + l2 * np.sum((w - w0) ** 2)
-        residual = (p - onehot) * weight[:, None]
-        grad_w = x.T @ residual + 2 * l2 * (w - w0)
-        return value, np.concatenate([grad_w.ravel(), residual.sum(axis=0)])
-
-    theta = minimize(
-        loss, np.concatenate([w0.ravel(), b0]).astype(np.float64), jac=True, method="L-BFGS-B", options={"maxiter": 500}
-    ).x
-    return theta[: d * k].reshape(d, k).astype(np.float32), theta[d * k :].astype(np.float32)
-
-
-def head_initializers(model, classes: int) -> list[tuple[str, str]]:
-    """(weight, bias) initializer names of each Dense softmax head in an exported ONNX graph, in view order:
-    a MatMul by a (d, classes) initializer, then an Add of a (classes,) one, then a Softmax."""
-    from onnx import numpy_helper
-
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    heads = []
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in inits or inits[node.input[1]].shape[-1:] != (classes,):
-            continue
-        add = next((n for n in consumers.get(node.output[0], []) if n.op_type == "Add"), None)
-        bias = next((i for i in (add.input if add is not None else []) if i in inits), None)
-        if bias is not None and any(n.op_type == "Softmax" for n in consumers.get(add.output[0], [])):
-            heads.append((node.name, node.input[1], bias))
-
-    # in view order: Keras names a multi-view model's heads classifier_0, classifier_1, ... (numbers, not text:
-    # classifier_10 after classifier_9)
-    def view(name: str) -> tuple[int, str]:
-        match = re.search(r"classifier_(\d+)", name)
-        return (int(match.group(1)) if match else -1, name)
-
-    return [(w, b) for _, w, b in sorted(heads, key=lambda h: view(h[0]))]
 
 
 def _scored(screener: Screener, samples, skip_bad: bool):
@@ -235,39 +176,6 @@ def _rehearsal(model: Path, screener: Screener, dim: int, seed: int):
     check = np.zeros(len(r_x), bool)
     check[kept_out] = True
     return (r_x[~check], r_y[~check]), (r_x[check], r_y[check])
-
-
-def head_probabilities(heads, x: np.ndarray) -> np.ndarray:
-    """The mean over views of each view's softmax head on its slice of the pooled features."""
-    d = x.shape[1] // len(heads)
-    return np.mean([softmax(x[:, v * d : (v + 1) * d] @ w + b) for v, (w, b) in enumerate(heads)], axis=0)
-
-
-@dataclass
-class HeadFit:
-    """Refit each view's head on site features with the rehearsal features (half the weight each) and an L2 pull
-    towards ``old``."""
-
-    old: list
-    rehearsal: tuple[np.ndarray, np.ndarray]
-    l2: float
-
-    def fit(self, x_local: np.ndarray, y_local: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        r_x, r_y = self.rehearsal
-        x = np.concatenate([x_local, r_x])
-        w = np.concatenate([np.full(len(x_local), 1.0 / len(x_local)), np.full(len(r_x), 1.0 / max(len(r_x), 1))])
-        yy = np.concatenate([y_local, r_y])
-        d = x.shape[1] // len(self.old)
-        return [fit_head(x[:, v * d : (v + 1) * d], yy, w, *self.old[v], self.l2) for v in range(len(self.old))]
-
-    def out_of_fold(self, x: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
-        """Each image's probabilities from heads fitted without its patient group's fold."""
-        from sklearn.model_selection import StratifiedGroupKFold
-
-        out = np.zeros((len(x), self.old[0][0].shape[1]))
-        for fit_rows, held in StratifiedGroupKFold(FOLDS, shuffle=True, random_state=seed).split(x, y, groups):
-            out[held] = head_probabilities(self.fit(x[fit_rows], y[fit_rows]), x[held])
-        return out
 
 
 def _record(model, screener, site: SiteSet, decision, after, test_fraction, seed, l2, rehearsal, check, heads):

@@ -10,7 +10,7 @@ from ccad.models.classifier import get_backbone
 from ccad.models.decision import validate_settings
 from ccad.models.heads import validate as validate_head
 from ccad.preprocessing.augmentation import get_spec
-from ccad.preprocessing.pipeline import preprocessing_views
+from ccad.preprocessing.steps import preprocessing_views
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 #: The shipped model's recipe, the default: the leave-one-source-out protocol (benchmarks/loso.py, issue 21)

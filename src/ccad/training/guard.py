@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ccad import __version__
-from ccad.data.datasets import DataSpec, assign_splits
+from ccad.data.datasets import DataSpec
+from ccad.data.splits import assign_splits
 from ccad.errors import ConfigError, DataError
 from ccad.models.bundles import write_derived_bundle
 from ccad.models.ood import OOD_FILE

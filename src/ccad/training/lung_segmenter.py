@@ -22,7 +22,8 @@ validation Dice epoch is kept. The result is exported to ONNX, quantized to
 INT8 (ONNX Runtime static quantization: 2.4 MB instead of 7.7 MB, a quarter
 faster, the same held-out Dice to three decimals) and scored on
 the held-out patients **through the same ONNX Runtime path that ccad uses**
-(:class:`ccad.models.lungs.LungSegmenter`), at each mask's own resolution.
+(:class:`ccad.models.lungs.LungSegmenter`), at each mask's own resolution
+(:mod:`ccad.training.lung_segmenter_scores`).
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from typing import Any
 import numpy as np
 
 from ccad.errors import DataError, ModelError
-from ccad.io.files import atomic_path, sha256, write_json
+from ccad.io.files import sha256, write_json
 from ccad.io.images import read_grayscale, resize_hw
 from ccad.models.classifier import imagenet_weights_file
-from ccad.models.lungs import LungSegmenter, segmenter_input
+from ccad.models.lungs import segmenter_input
 from ccad.models.quantize import quantize_onnx
+from ccad.training.lung_segmenter_scores import read_mask, score_segmenter
 
 DEFAULT_SIZE = 192
 DEFAULT_EPOCHS = 30
@@ -81,15 +83,6 @@ def grouped_split(groups: list[str], seed: int = 0, fractions=(0.70, 0.15, 0.15)
     part.update({g: "val" for g in unique[n_train : n_train + n_val]})
     part.update({g: "test" for g in unique[n_train + n_val :]})
     return [part[g] for g in groups]
-
-
-def read_mask(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(lung, labelled) boolean arrays from a mask PNG: 255 = lung, 127 = ignore, 0 = background."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        values = np.asarray(im.convert("L"))
-    return values >= 192, np.abs(values.astype(np.int16) - 127) > 32
 
 
 def _load_arrays(rows, size: int) -> np.ndarray:
@@ -184,13 +177,6 @@ def _dice_metric(y, p):
     inter = K.sum(hard * target * weight, axis=(1, 2, 3))
     total = K.sum((hard + target) * weight, axis=(1, 2, 3))
     return (2 * inter + 1) / (total + 1)
-
-
-def dice_iou(predicted: np.ndarray, lung: np.ndarray, labelled: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of boolean masks over the labelled pixels."""
-    p, t = predicted[labelled], lung[labelled]
-    inter, union, total = np.sum(p & t), np.sum(p | t), p.sum() + t.sum()
-    return (2 * inter / total if total else 1.0), (inter / union if union else 1.0)
 
 
 def train_segmenter(
@@ -342,86 +328,3 @@ def _card(fitted, rows, by_part, size, epochs, batch_size, learning_rate, seed) 
         "sha256": {"lung-segmenter.onnx": sha256(out / "lung-segmenter.onnx")},
         "size_bytes": (out / "lung-segmenter.onnx").stat().st_size,
     }
-
-
-def describe_scores(card: dict[str, Any]) -> str:
-    """The held-out scores of a segmenter card, in one line."""
-    h = card["held_out"]
-    return (
-        f"held-out Dice {h['dice_mean']:.3f} (5th percentile {h['dice_p05']:.3f}), IoU {h['iou_mean']:.3f} on "
-        f"{h['images']} images of {h['patients']} patients"
-    )
-
-
-def score_segmenter(model_dir: str | os.PathLike, rows, out: str | os.PathLike) -> dict[str, Any]:
-    """Dice/IoU of the ONNX segmenter on ``rows`` at each mask's resolution; writes scores and overlays."""
-
-    segmenter = LungSegmenter.load(model_dir, threads=1)
-    scores = []
-    started = time.perf_counter()
-    for row in rows:
-        gray = read_grayscale(row["image"])
-        lung, labelled = read_mask(row["mask"])
-        fields = segmenter(gray)
-        predicted = fields.at(*lung.shape)
-        scores.append((row, *dice_iou(predicted, lung, labelled), fields.qc_flags))
-    per_image_ms = 1000 * (time.perf_counter() - started) / max(1, len(rows))
-    out = Path(out)
-    with open(out / "test_scores.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "group", "dice", "iou", "qc_flags"])
-        for row, d, i, flags in scores:
-            w.writerow([Path(row["image"]).name, row["group"], f"{d:.4f}", f"{i:.4f}", ";".join(flags)])
-    dice = np.array([s[1] for s in scores])
-    iou = np.array([s[2] for s in scores])
-    order = np.argsort(dice)
-    picks = [*order[:4], *order[len(order) // 2 - 2 : len(order) // 2 + 2]]
-    overlay_grid(
-        [scores[i][0] for i in picks],
-        segmenter,
-        out / "overlays.png",
-        titles=[f"Dice {dice[i]:.3f}" for i in picks],
-        heading="worst 4 (top) and median 4 (bottom) held-out patients; green = drawn, red = model",
-    )
-    return {
-        "images": len(rows),
-        "patients": len({r["group"] for r in rows}),
-        "dice_mean": float(dice.mean()),
-        "dice_p05": float(np.percentile(dice, 5)),
-        "dice_min": float(dice.min()),
-        "iou_mean": float(iou.mean()),
-        "iou_p05": float(np.percentile(iou, 5)),
-        "qc_flagged": int(sum(bool(s[3]) for s in scores)),
-        "ms_per_image_including_read": round(per_image_ms, 1),
-    }
-
-
-def overlay_grid(rows, segmenter, path: str | os.PathLike, titles=None, heading: str = "", columns: int = 4) -> None:
-    """A PNG grid: each image with the model's outline (red) and, where ``row`` has a mask, the drawn one (green)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(rows)
-    grid_rows = max(1, int(np.ceil(n / columns)))
-    fig, axes = plt.subplots(grid_rows, columns, figsize=(3 * columns, 3.2 * grid_rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, row, title in zip(axes.flat, rows, titles or [""] * n):
-        gray = read_grayscale(row["image"] if isinstance(row, dict) else row)
-        fields = segmenter(gray)
-        ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
-        ax.contour(fields.at(*gray.shape), levels=[0.5], colors="red", linewidths=1)
-        if isinstance(row, dict) and row.get("mask"):
-            lung, _ = read_mask(row["mask"])
-            ax.contour(lung, levels=[0.5], colors="lime", linewidths=1)
-        flags = ",".join(fields.qc_flags)
-        ax.set_title(f"{title} {flags}".strip(), fontsize=8)
-    if heading:
-        fig.suptitle(heading, fontsize=9)
-    fig.tight_layout()
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ccad import __version__
-from ccad.data.datasets import Dataset, DataSpec, assign_splits, label_indices, write_split
+from ccad.data.datasets import Dataset, DataSpec, label_indices
+from ccad.data.splits import assign_splits, write_split
 from ccad.errors import DataError
 from ccad.evaluation.evaluate import evaluate
 from ccad.io.files import atomic_path, write_text
@@ -47,8 +48,9 @@ from ccad.models.decision import DecisionRule, fit_decision
 from ccad.models.ood import OOD_FILE, Guard
 from ccad.models.rehearsal import save_rehearsal
 from ccad.preprocessing.augmentation import get_spec
-from ccad.preprocessing.pipeline import describe as describe_preprocessing
-from ccad.preprocessing.pipeline import load_images, preprocessing_views, view_count
+from ccad.preprocessing.pipeline import load_images
+from ccad.preprocessing.steps import describe as describe_preprocessing
+from ccad.preprocessing.steps import preprocessing_views, view_count
 from ccad.scoring.predictor import KerasPredictor
 from ccad.screening import Screener
 from ccad.screening.guard import fit_guard
