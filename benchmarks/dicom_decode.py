@@ -72,7 +72,7 @@ def reduced_decoding(paths: list[Path]) -> dict:
     rows = []
     for path in paths:
         full_s, full = timed(lambda: read_grayscale(path))  # what ccad does by default
-        reduced_s, reduced = timed(lambda: read_grayscale(path, min_side=screener.reader.min_side))
+        reduced_s, reduced = timed(lambda: read_grayscale(path, min_side=screener.intake.decode_min_side))
         box = np.asarray(Image.fromarray(full, "F").reduce(2), np.float32)  # the full decode, 2x2 averaged
         p_full, p_reduced, p_box = (
             screener.score(["x"], [screener.reader.prepare(gray)])[0].probabilities[positive]
@@ -88,7 +88,7 @@ def reduced_decoding(paths: list[Path]) -> dict:
         "film_size": f"{SIZE[1]} x {SIZE[0]} px, 12-bit, JPEG 2000 lossless (gdcmconv --j2k)",
         "decoded_size_full": list(rows[0][2]),
         "decoded_size_reduced": list(rows[0][3]),
-        "min_side": screener.reader.min_side,
+        "min_side": screener.intake.decode_min_side,
         "read_ms_full_median (baseline)": round(full_ms, 1),
         "read_ms_reduced_median": round(reduced_ms, 1),
         "speedup": round(full_ms / reduced_ms, 2),

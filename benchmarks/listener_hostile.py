@@ -202,7 +202,7 @@ def _padded(path: Path) -> Path:
     import zlib
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from ccad.io.images import file_meta
+    from ccad.io.dicomfile import file_meta
 
     data = path.read_bytes()
     _, start = file_meta(data, "x")

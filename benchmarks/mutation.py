@@ -43,7 +43,7 @@ GROUPS = {
     # `ccad adapt` once a mutant (its tests' module fixture, about 8 s with the cached bundle)
     "adapt": (["src/ccad/training/adapt.py", "src/ccad/training/adapt_heads.py"], ["tests/training/test_adapt.py"]),
     "monitoring": (
-        ["src/ccad/evaluation/drift.py", "src/ccad/evaluation/monitor.py", "src/ccad/deploy/monitoring.py"],
+        ["src/ccad/evaluation/drift.py", "src/ccad/evaluation/monitor.py", "src/ccad/deploy/live_metrics.py"],
         ["tests/evaluation/test_drift.py", "tests/evaluation/test_monitor.py", "tests/deploy/test_monitoring.py"],
     ),
     "dicomweb": (

@@ -12,9 +12,7 @@ The package is layered (docs/development.md): io, data, models, preprocessing, s
 evaluation, training, then studies and deploy, then the CLI; a layer imports only the layers below it.
 """
 
-__version__ = "0.1.0"
-#: The class sensitivity, specificity and ROC refer to unless ``--positive`` (or a model) says otherwise.
-DEFAULT_POSITIVE = "covid"
+from ccad._meta import DEFAULT_POSITIVE, __version__  # noqa: F401  (the front door names them)
 
 _API = {
     "train": "training.run",

@@ -239,9 +239,9 @@ def test_a_sender_error_of_any_kind_leaves_the_report_waiting(bundle, tmp_path):
 
     import http.client
 
-    listener._fhir = Broken()
+    listener.delivery.fhir = Broken()
     path = listener.spool.put_fhir("k", {"id": "x"})
-    listener._send([path], Lane())
+    listener.delivery.send([path], Lane())
     assert path.exists() and listener.stats.send_failures == 1
 
 

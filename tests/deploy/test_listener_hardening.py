@@ -106,7 +106,7 @@ def test_a_listener_killed_with_sigkill_leaves_no_process_behind(tmp_path):
 
 
 def test_an_existing_result_log_becomes_private_and_a_symlink_is_refused(tmp_path):
-    from ccad.deploy.monitoring import ResultLog
+    from ccad.deploy.live_metrics import ResultLog
 
     log = tmp_path / "results.jsonl"
     log.write_text("")
@@ -152,14 +152,14 @@ def test_an_image_whose_scoring_passes_its_deadline_is_set_aside_and_the_next_is
     from ccad.screening import Screener
 
     screener = Screener.load(DEFAULT_BUNDLE)
-    read, release = screener.read, threading.Event()
+    decode, release = screener.decode, threading.Event()
 
     def stuck_on_the_first(upload):  # as pydicom was on 190 MB of zeros: two minutes on one image
         if upload.name == "stuck":
             release.wait(60)
-        return read(upload)
+        return decode(upload)
 
-    screener.read = stuck_on_the_first
+    screener.decode = stuck_on_the_first
     settings = _settings(tmp_path / "spool", result_process=False, score_timeout_s=1.0)
     listener = Listener(settings, screener).start(scp=False)
     try:

@@ -180,7 +180,7 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
         if assoc.is_established:
             assoc.release()
         predictor.gate.clear()
-        wait_for(lambda: listener._queue.qsize() == 0, 30, "the truncated file to be handled")
+        wait_for(lambda: listener.queue.qsize() == 0, 30, "the truncated file to be handled")
         # a full queue: one image held by the worker, one waiting, the third answered "out of resources"
         predictor.waiting.clear()
         assert c_store(xray(tmp_path, "a", seed=1), port, "CCAD") == 0x0000
@@ -188,7 +188,7 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
         assert c_store(xray(tmp_path, "b", seed=2), port, "CCAD") == 0x0000
         assert c_store(xray(tmp_path, "c", seed=3), port, "CCAD") == 0xA700
         predictor.gate.set()
-        wait_for(lambda: listener._queue.qsize() == 0, 30, "the queue to drain")
+        wait_for(lambda: listener.queue.qsize() == 0, 30, "the queue to drain")
         # 16-bit MONOCHROME1 is scored like any other
         mono1 = xray(tmp_path, "mono1", seed=4, photometric="MONOCHROME1")
         assert c_store(mono1, port, "CCAD") == 0x0000
@@ -346,7 +346,7 @@ def test_each_result_takes_one_lane_and_an_images_objects_take_the_same_one():
 def test_result_sockets_send_at_once():
     from types import SimpleNamespace
 
-    from ccad.deploy.pacs.listener import no_delay
+    from ccad.deploy.pacs.scp import no_delay
 
     with socket.socket() as sock:
         no_delay(SimpleNamespace(assoc=SimpleNamespace(dul=SimpleNamespace(socket=SimpleNamespace(socket=sock)))))
@@ -360,7 +360,7 @@ def test_results_are_still_made_when_the_result_process_dies(bundle, tmp_path):
     settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool")
     listener = Listener(settings).start(scp=False)
     try:
-        (pid,) = listener._builder._processes  # the one result process
+        (pid,) = listener.worker.builder._processes  # the one result process
         assert listener.take("first", xray(tmp_path, "first").read_bytes()) is not None
         wait_for(lambda: listener.stats.scored == 1, 60, "the first image")
         os.kill(pid, signal.SIGKILL)
@@ -632,7 +632,7 @@ def test_the_listener_serves_its_metrics_and_logs_pseudonyms_only(bundle, tmp_pa
 
     from prometheus_client.parser import text_string_to_metric_families
 
-    from ccad.deploy.monitoring import pseudonym
+    from ccad.deploy.live_metrics import pseudonym
 
     port, metrics_port = free_port(), free_port()
     settings = ListenerSettings(

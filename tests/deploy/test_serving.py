@@ -150,17 +150,17 @@ def test_api_key(bundle):
 
 
 def test_full_pool_answers_503_with_retry_after(bundle, monkeypatch):
-    from ccad.deploy.web import service
+    from ccad.screening import ScreeningService
 
     entered, release = threading.Event(), threading.Event()
-    original = service.prepare
+    original = ScreeningService._read
 
     def slow(*args):
         entered.set()
         release.wait(10)
         return original(*args)
 
-    monkeypatch.setattr(service, "prepare", slow)
+    monkeypatch.setattr(ScreeningService, "_read", slow)
     with TestClient(create_app(ServeSettings(bundle, workers=1, queue=0))) as c:
         first = threading.Thread(target=lambda: post(c, ("a.png", png_bytes(), "image/png")))
         first.start()
@@ -231,26 +231,6 @@ def test_an_int8_model_for_throughput_only_is_flagged_in_every_answer(bundle, tm
         assert "throughput only" in model["warning"] and "90.0%" in model["warning"]
     with TestClient(create_app(ServeSettings(copy))) as c:  # the float model: no warning
         assert "warning" not in post(c, ("a.png", png_bytes(), "image/png")).json()["model"]
-
-
-def test_concurrent_images_are_scored_in_one_batch_with_the_same_results(bundle):
-    from ccad.deploy.batching import MicroBatcher
-    from ccad.io.images import read_grayscale_bytes
-
-    screener = Screener.load(bundle)
-    prepared = [screener.prepare(read_grayscale_bytes(png_bytes(seed=i))) for i in range(6)]
-    alone = [screener.score([f"{i}"], [p])[0] for i, p in enumerate(prepared)]
-    batcher = MicroBatcher(screener, max_batch=4, wait_s=2.0).start()  # a long wait: every submit below lands in time
-    try:
-        futures = [batcher.submit(f"{i}", p, heatmap=i == 1) for i, p in enumerate(prepared)]
-        together = [f.result(timeout=30) for f in futures]
-    finally:
-        batcher.close()
-    assert (batcher.batches, batcher.images) == (2, 6)  # 4 + 2: max_batch bounds a batch
-    for a, b in zip(alone, together):
-        assert a.predicted_class == b.predicted_class
-        assert np.allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
-    assert together[1].pictures is not None and together[0].pictures is None
 
 
 def test_a_dicom_outside_what_ccad_scores_is_422_with_its_reason(client):

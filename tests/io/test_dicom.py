@@ -227,13 +227,6 @@ def test_a_jpeg2000_film_decodes_a_level_down_only_when_asked(tmp_path):
     assert read_grayscale(path, min_side=600).shape == full.shape  # 550 < 600: nothing to skip
 
 
-def test_the_screener_decodes_in_full_unless_its_intake_says_otherwise():
-    from ccad.screening.screener import Intake, Reader
-
-    assert Reader(224, "none").min_side is None
-    assert Reader(224, "none", Intake(decode_min_side=512)).min_side == 512
-
-
 def test_a_12_bit_jpeg2000_codestream_decoded_a_level_down_keeps_its_stored_values(tmp_path):
     """Pillow widens 12-bit samples to 16 bits (x16); the reduced decode shifts them back, so the modality and
     VOI LUTs apply to stored values as in a full decode."""

@@ -253,7 +253,8 @@ def test_zero_padding_after_the_pixel_data_is_refused_before_pydicom_parses_it(t
 
     from helpers import make_xray_dicom
 
-    from ccad.io.images import MAX_ELEMENTS, file_meta, read_grayscale_bytes
+    from ccad.io.dicomfile import MAX_ELEMENTS, file_meta
+    from ccad.io.images import read_grayscale_bytes
 
     plain = make_xray_dicom(tmp_path / "x.dcm", np.random.default_rng(0).random((64, 64))).read_bytes()
     padded = plain + bytes(64 * 2**20)

@@ -5,6 +5,7 @@ from PIL import Image
 
 from ccad.errors import ImageReadError
 from ccad.io import images
+from ccad.io.pixels import validate_pixels
 from ccad.preprocessing.pipeline import load_model_input
 
 
@@ -117,7 +118,7 @@ def test_integer_pixels_are_windowed_as_their_float32_values_would_be(dtype):
     rng = np.random.default_rng(3)
     info = np.iinfo(dtype)
     pixels = rng.integers(max(info.min, -(2**30)), min(info.max, 2**30), size=(40, 50)).astype(dtype)
-    windowed = images.validate_pixels((pixels, True), "x")
+    windowed = validate_pixels((pixels, True), "x")
     expected = pixels.astype(np.float32)
     expected = (expected - expected.min()) / (expected.max() - expected.min())
     assert windowed.dtype == np.float32 and windowed.min() == 0.0 and windowed.max() == 1.0
@@ -127,9 +128,9 @@ def test_integer_pixels_are_windowed_as_their_float32_values_would_be(dtype):
 def test_32_bit_integers_are_windowed_and_refused_as_blank_by_their_float32_values():
     one_high = np.ones((40, 50), np.int32)
     one_high[3, 4] = 2**25 + 3  # rounds to 2**25 + 4 in float32
-    windowed = images.validate_pixels((one_high, True), "x")
+    windowed = validate_pixels((one_high, True), "x")
     assert windowed.max() == 1.0 and windowed[3, 4] == 1.0
     two_values = np.full((40, 50), 2**24, np.int32)
     two_values[0, 0] = 2**24 + 1  # the same float32 as 2**24: blank, as its float32 pixels are
     with pytest.raises(ImageReadError, match="blank image"):
-        images.validate_pixels((two_values, True), "x")
+        validate_pixels((two_values, True), "x")

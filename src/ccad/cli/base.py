@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .. import DEFAULT_POSITIVE
+from .._meta import DEFAULT_POSITIVE
+from ..options import options
 
 
 @dataclass(frozen=True)
@@ -118,68 +119,39 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_delivery_args(s) -> None:
-    s.add_argument("--model", help="a model bundle (ccad export; default: the bundle shipped with ccad)")
-    s.add_argument(
-        "--send-to",
-        required=True,
-        metavar="AET@HOST:PORT|dicomweb+URL",
-        help="where results go: "
-        "C-STORE (e.g. ORTHANC@127.0.0.1:4242) or STOW-RS (e.g. dicomweb+https://pacs/dicom-web)",
-    )
-    s.add_argument(
-        "--dicomweb-auth",
-        metavar="FILE",
-        help="DICOMweb credentials: 'bearer TOKEN' or "
-        "'USER:PASSWORD' on the first line (or CCAD_DICOMWEB_TOKEN / CCAD_DICOMWEB_USER and _PASSWORD)",
-    )
-    s.add_argument("--ca-file", metavar="PEM", help="certificate authority for https (TLS is always verified)")
-    s.add_argument(
-        "--fhir",
-        metavar="URL|DIR",
-        help="a FHIR R4 DiagnosticReport an image: PUT to this FHIR base "
-        "URL (token from CCAD_FHIR_TOKEN), or written into this folder",
-    )
-    s.add_argument(
-        "--fhir-patient-system",
-        metavar="URI",
-        help="name the patient in the FHIR report by its "
-        "Patient ID under this identifier system (default: no patient reference)",
-    )
-    s.add_argument("--spool", default="ccad-spool", help="folder where received images and unsent results wait")
-    s.add_argument("--int8", action="store_true", help="score with the bundle's INT8 model")
-    s.add_argument("--workers", type=int, default=1, help="scoring threads")
-    s.add_argument(
-        "--score-timeout",
-        type=float,
-        default=120.0,
-        metavar="S",
-        help="seconds reading and scoring one image may take; past it the image is set aside in the spool's "
-        "failed/ folder with the reason, and the next is scored",
-    )
-    s.add_argument(
-        "--queue-size",
-        type=int,
-        default=32,
-        help="images waiting to be scored before C-STORE is answered 0xA700 (out of resources), or before pull waits",
-    )
-    s.add_argument(
-        "--send-associations",
-        type=int,
-        default=2,
-        help="associations results are sent over at once to a C-STORE --send-to (a DICOMweb one takes one)",
-    )
-    s.add_argument("--retry-max-s", type=float, default=60.0, help="longest wait between delivery attempts")
+def add_settings(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """A flag for each field of the settings class ``cls`` that has one (:func:`ccad.options.option`), but those
+    in ``skip``; the flag's destination is the field's name, so that an error naming the field is said in the
+    flag's words (:func:`ccad.cli.flag_words`)."""
+    for option in options(cls):
+        if option.name in skip:
+            continue
+        if option.kind is bool:
+            action = "store_false" if option.default else "store_true"
+            p.add_argument(option.flag, dest=option.name, action=action, help=option.help)
+            continue
+        p.add_argument(
+            option.flag,
+            dest=option.name,
+            type=float if option.unit != 1 else (str if option.kind is Path else option.kind),
+            default=option.to_flag(option.default),
+            metavar=option.metavar or option.flag.lstrip("-").upper().replace("-", "_"),
+            help=option.help
+            + (
+                ""
+                if option.default is None
+                else " (default: %(default)g)"
+                if option.kind in (int, float)
+                else " (default: %(default)s)"
+            ),
+        )
 
 
-def add_monitoring_args(p) -> None:
-    p.add_argument(
-        "--result-log",
-        metavar="FILE",
-        help="append one JSON line an image scored (no patient field: "
-        "hashed UID, time, decision, score, flags, drift state); ccad monitor reads it",
-    )
-    p.add_argument("--drift-window", type=int, default=200, help="images in the drift check's rolling window")
+def settings_from(args: argparse.Namespace, cls: type, *given, **named):
+    """An instance of ``cls`` from the parsed flags :func:`add_settings` added (a field without its flag here
+    keeps its default), the other fields from ``given`` and ``named``."""
+    values = {o.name: o.from_flag(getattr(args, o.name)) for o in options(cls) if hasattr(args, o.name)}
+    return cls(*given, **{**values, **named})
 
 
 def date_arg(text: str):

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ccad import DEFAULT_POSITIVE
+from ccad._meta import DEFAULT_POSITIVE
 from ccad.data.duplicates import near_duplicate_groups
 from ccad.errors import DataError
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ccad import __version__
+from ccad._meta import __version__
 from ccad.data.datasets import DataSpec, label_indices
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256

@@ -1,6 +1,6 @@
 """``ccad evaluate``: a trained model scored on one split of labelled data, with a report.
 
-Images are scored through :meth:`ccad.screening.Screener.score`, exactly as ``ccad predict`` scores
+Images are scored through :meth:`ccad.screening.Screener.screen`, exactly as ``ccad predict`` scores
 them (decision rule, out-of-distribution guard and lung check included).
 """
 
@@ -17,12 +17,11 @@ import numpy as np
 
 from ccad.data.datasets import Dataset, DataSpec, Sample, group_near_duplicates, label_indices
 from ccad.data.splits import apply_split_file, assign_splits
-from ccad.errors import DataError
+from ccad.errors import DataError, ImageReadError
 from ccad.evaluation.metrics import compute_metrics, ood_rate
 from ccad.evaluation.reports import write_figures, write_report
 from ccad.evaluation.subgroups import breakdown, breakdown_html, subgroup_values
 from ccad.io.files import write_json, write_text
-from ccad.preprocessing.pipeline import Prepared, prepare_samples
 from ccad.scoring.predictor import run_folder
 from ccad.screening import Screener
 from ccad.screening.records import Prediction
@@ -32,11 +31,10 @@ SPLIT_CHOICES = ("test", "val", "all")
 
 @dataclass
 class ScoredSet:
-    """Labelled images scored by a model: the samples kept, their predictions and inputs, files skipped."""
+    """Labelled images scored by a model: the samples kept, their predictions, files skipped."""
 
     samples: list[Sample]
     predictions: list[Prediction]
-    prepared: list[Prepared]
     skipped: list[tuple[str, str]]
     classes: list[str]
 
@@ -59,24 +57,18 @@ class ScoredSet:
     def in_distribution(self) -> np.ndarray:
         return np.array([p.in_distribution is not False for p in self.predictions])
 
-    @property
-    def images(self) -> np.ndarray:
-        return np.stack([p.image for p in self.prepared])
-
 
 def score_samples(
-    screener: Screener,
-    samples: Sequence[Sample],
-    classes: Sequence[str],
-    skip_bad: bool = False,
-    with_heatmaps: bool = False,
-    heatmap_class: str | None = None,
+    screener: Screener, samples: Sequence[Sample], classes: Sequence[str], skip_bad: bool = False
 ) -> ScoredSet:
-    """Read, prepare and score ``samples`` with ``screener`` (unreadable files raise, or with ``skip_bad``
-    are listed)."""
-    prepared, kept, skipped = prepare_samples(samples, screener.input_size, screener.preprocess, skip_bad)
-    predictions = screener.score([str(s.path) for s in kept], prepared, with_heatmaps, heatmap_class)
-    return ScoredSet(kept, predictions, prepared, skipped, list(classes))
+    """Score ``samples`` with ``screener`` as ``ccad predict`` does (:meth:`Screener.screen`: the same intake,
+    the same service); an unreadable file raises, or with ``skip_bad`` is listed."""
+    predictions = list(screener.screen([s.path for s in samples]))
+    bad = [(s, p.error) for s, p in zip(samples, predictions) if p.error is not None]
+    if bad and not skip_bad:
+        raise ImageReadError(bad[0][1])
+    kept = [(s, p) for s, p in zip(samples, predictions) if p.error is None]
+    return ScoredSet([s for s, _ in kept], [p for _, p in kept], [(str(s.path), e) for s, e in bad], list(classes))
 
 
 def evaluate(
@@ -155,18 +147,18 @@ def _write_outputs(out: Path, screener: Screener, dataset: Dataset, scored: Scor
         metrics,
         y_true,
         probabilities,
-        scored.images,
+        None,
         dataset.classes,
         history,
         predicted=predicted,
-        originals=scored.prepared,
+        originals=scored.samples,
     )
     write_report(
         out / "report.html",
         metrics,
         figures,
         dataset,
-        screener.info.to_dict(),
+        screener.card.to_dict(),
         split,
         extra_html="".join(breakdown_html(name, rows) for name, rows in metrics.get("by", {}).items()),
     )

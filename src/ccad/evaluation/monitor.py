@@ -3,7 +3,7 @@
     ccad monitor results.jsonl --out review/ [--period week] [--since 2026-11-01] [--model BUNDLE]
 
 The log is the one ``ccad serve`` and ``ccad dicom listen`` append with ``--result-log``
-(:class:`ccad.deploy.monitoring.ResultLog`: no patient field). For each period (day, week or month, in UTC) and
+(:class:`ccad.deploy.live_metrics.ResultLog`: no patient field). For each period (day, week or month, in UTC) and
 for all of it: the images scored, the share called positive and the share the guard flagged (Wilson 95%
 intervals), the lung-check flags, the mean score, how many images were scored while the live drift state was
 ``drift`` and when it changed. With ``--model``, each period's scores and out-of-distribution distances are
@@ -59,7 +59,7 @@ def _number(value, low: float = -math.inf, high: float = math.inf) -> bool:
 
 def validate(obj: Any, rejected: Rejected) -> dict[str, Any] | None:
     """``obj`` (a parsed line) as a record with its ``_time`` (timezone-aware), or None with the reason counted
-    in ``rejected``: each field must have the type and range :class:`ccad.deploy.monitoring.ResultLog` writes
+    in ``rejected``: each field must have the type and range :class:`ccad.deploy.live_metrics.ResultLog` writes
     (a score in [0, 1], ``positive`` a boolean, a finite distance or null, ...). A time without a UTC offset is
     read as UTC and counted."""
     if not isinstance(obj, dict):

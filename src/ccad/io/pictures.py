@@ -106,3 +106,17 @@ def save_figure(fig, path: Path, dpi: int = 110) -> Path:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
     pyplot().close(fig)
     return path
+
+
+def save_decoded(gray: np.ndarray, folder: Path, name: str) -> Path:
+    """Keep what an input decoded to as a 16-bit PNG of its pixels only (no file name, no DICOM header: no
+    patient field reaches the disk), ``folder/NAME.png``, written atomically and readable by its owner only."""
+    import os
+
+    from PIL import Image
+
+    target = Path(folder) / f"{name}.png"
+    with atomic_path(target) as tmp:
+        Image.fromarray((gray * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
+        os.chmod(tmp, 0o600)
+    return target

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ccad import DEFAULT_POSITIVE, __version__
+from ccad._meta import DEFAULT_POSITIVE, __version__
 from ccad.errors import ModelError
 from ccad.io.files import sha256, write_json
 from ccad.models.decision import DecisionRule

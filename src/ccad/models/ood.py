@@ -47,7 +47,7 @@ class OodGuard:
     intercept: float
     cutoff: float
     keep: float = KEEP
-    #: What in-distribution images look like to the model, for the drift check (:mod:`ccad.deploy.monitoring`):
+    #: What in-distribution images look like to the model, for the drift check (:mod:`ccad.deploy.live_metrics`):
     #: the validation split's (or a site's) distances and positive-class probabilities; None when there is none.
     reference_distances: np.ndarray | None = None
     reference_scores: np.ndarray | None = None

@@ -56,6 +56,9 @@ class Predictor(ABC):
     """
 
     batch_size = ONNX_BATCH
+    #: Which of a bundle's models runs (``float`` or ``int8``), and why it should not be used for decisions.
+    variant: str = "float"
+    warning: str | None = None
 
     def __init__(
         self,

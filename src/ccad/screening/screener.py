@@ -1,4 +1,4 @@
-"""One screening service for every adapter: files or bytes in, typed predictions out.
+"""A model ready to screen, and its steps: files or bytes in, typed predictions out.
 
     >>> from ccad.screening import Screener
     >>> screener = Screener.load("bundle/")                      # doctest: +SKIP  (or a run folder, a .keras file)
@@ -7,107 +7,37 @@
 :meth:`Screener.load` does the loading and checking (signature, hashes, sessions); the constructor only stores
 the parts it is given. The work happens in named steps, each usable alone:
 
-1. :meth:`Screener.decode`: a file path or an :class:`Upload` (bytes) -> the grayscale image, within the intake
-   limits (:class:`Intake`: bytes and pixels, read from the header before anything is decoded);
+1. :meth:`Screener.decode`: a file path or an :class:`~ccad.screening.reader.Upload` (bytes) -> the grayscale
+   image, within the intake limits (:class:`~ccad.screening.reader.Intake`: bytes and pixels, read from the
+   header before anything is decoded);
 2. :meth:`Screener.prepare`: the model's input with the lung fields (crop, equalize, the views of a two-view
    model), :func:`ccad.preprocessing.pipeline.prepare_full`;
 3. :meth:`Screener.score`: one network call per batch, then the decision rule (temperature, threshold), the
    out-of-distribution guard with the lung-QC flags, the severity head (images called positive) and, when
    asked, the class activation map placed back onto the X-ray;
-4. :meth:`Screener.screen`: all three over a stream of inputs, decoding on threads, results in input order;
-   an unreadable input gets a :class:`~ccad.screening.records.Prediction` with its ``error``, and the stream goes on.
+4. :meth:`Screener.screen`: all three over a stream of inputs through a
+   :class:`~ccad.screening.service.ScreeningService` (decoding on threads, scoring in batches), results in
+   input order; an unreadable input gets a :class:`~ccad.screening.records.Prediction` with its ``error``, and
+   the stream goes on.
 
 ``ccad predict`` (both engines), ``ccad serve``, the DICOM listener, ``ccad evaluate``, ``audit``,
-``calibrate`` and ``adapt`` all score through one :class:`Screener`: an output key, an accepted input and a
-refusal mean the same in each.
+``calibrate`` and ``adapt`` all score through one :class:`Screener` (the first four through its service): an
+output key, an accepted input and a refusal mean the same in each.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence, Union
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ccad.errors import ImageReadError, ImageTooLargeError
-from ccad.io.images import read_grayscale, read_grayscale_bytes
 from ccad.models.ood import screen as guard_screen
-from ccad.preprocessing.pipeline import Prepared, prepare_full
+from ccad.preprocessing.pipeline import Prepared
 from ccad.scoring.predictor import Predictor, load_predictor
+from ccad.screening.reader import Intake, Reader, Source
 from ccad.screening.records import Pictures, Prediction
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One image's bytes from a client (an HTTP upload, a DICOM object received): ``name`` is how its result
-    is named, ``label`` how an error names it (``files[0]``: never the client's file name)."""
-
-    name: str
-    data: bytes
-    label: str = "upload"
-
-
-Source = Union[str, os.PathLike, Upload]
-
-
-@dataclass(frozen=True)
-class Intake:
-    """What an input may be before it is decoded: ``max_bytes`` per file and ``max_pixels`` per image (read
-    from the header first; None: no limit). A DICOM image outside what ccad scores (a CT, a lateral view,
-    :func:`ccad.io.dicom.not_scored_reason`) is refused with its reason unless ``score_anyway`` (research)."""
-
-    max_bytes: int | None = None
-    max_pixels: int | None = None
-    score_anyway: bool = False
-    #: Decode a JPEG 2000 image at a lower resolution level that keeps this many pixels a side (None: in full).
-    #: Off by default: on 2,000 px films 512 decodes 4x faster but moves p(COVID) by up to 0.06 (mean 0.02),
-    #: as a plain 2x downsampling does (BENCHMARKS.md, "DICOM decoding"): the aim was 0.01.
-    decode_min_side: int | None = None
-
-
-@dataclass(frozen=True)
-class Reader:
-    """The first two steps alone (what a Ray decode task runs without loading the model): an input ->
-    the grayscale image within ``intake`` -> the model's ``size`` x ``size`` input after ``preprocess``."""
-
-    size: int
-    preprocess: str
-    intake: Intake = Intake()
-
-    def decode(self, source: Source) -> np.ndarray:
-        """The (H, W) grayscale image in [0, 1] of a file path or an :class:`Upload`, within :attr:`intake`;
-        raises :class:`ImageReadError` (:class:`ImageTooLargeError` past a limit)."""
-        limit = self.intake.max_bytes
-        if isinstance(source, Upload):
-            if limit is not None and len(source.data) > limit:
-                raise ImageTooLargeError(f"{source.label}: over the upload limit of {limit / 2**20:g} MB")
-            return read_grayscale_bytes(
-                source.data, source.label, self.intake.max_pixels, not self.intake.score_anyway, self.min_side
-            )
-        if limit is not None:
-            try:
-                size = Path(source).stat().st_size
-            except OSError:
-                size = 0  # read_grayscale says why it cannot be read
-            if size > limit:
-                raise ImageTooLargeError(f"{source}: over the file limit of {limit / 2**20:g} MB")
-        return read_grayscale(source, self.intake.max_pixels, not self.intake.score_anyway, self.min_side)
-
-    @property
-    def min_side(self) -> int | None:
-        """The shortest side an image is decoded at when its format can decode less (None: in full)."""
-        return self.intake.decode_min_side
-
-    def prepare(self, gray: np.ndarray) -> Prepared:
-        """The model's input for a (H, W) grayscale image, with the lung fields (for QC and the outline)."""
-        return prepare_full(gray, self.size, self.preprocess, lung_fields=True)
-
-    def read(self, source: Source) -> Prepared:
-        """:meth:`decode` then :meth:`prepare`: one full-size image in memory at a time."""
-        return self.prepare(self.decode(source))
+from ccad.screening.service import ScreeningService
 
 
 class Screener:
@@ -158,17 +88,12 @@ class Screener:
     @property
     def warning(self) -> str | None:
         """Why this model should not be used for decisions (an INT8 model whose check failed), or None."""
-        return getattr(self.predictor, "warning", None)
+        return self.predictor.warning
 
     @property
     def variant(self) -> str:
         """Which of a bundle's models runs: ``float`` or ``int8``."""
-        return getattr(self.predictor, "variant", "float")
-
-    @property
-    def info(self):
-        """What the model's card says (a bundle's :class:`~ccad.models.card.ModelCard`, a run's metadata)."""
-        return self.predictor.info
+        return self.predictor.variant
 
     @property
     def input_size(self) -> int:
@@ -228,40 +153,14 @@ class Screener:
     def screen(
         self, inputs: Iterable[Source], with_heatmaps: bool = False, workers: int | None = None
     ) -> Iterator[Prediction]:
-        """A :class:`Prediction` per input, in input order: inputs decoded and prepared on ``workers`` threads
-        (default: one per core this process may use, at least two), at most four batches in flight; an
-        unreadable one gets its ``error`` and the stream goes on.
-
-        One thread per core, not more: on 2 cores, 2 threads screened 70-71 images/s against 67-70 with 4
-        (three alternating runs; BENCHMARKS.md, "Near the hardware's limit"), the extra threads only taking
-        turns for the GIL with the scoring thread."""
-        step = self.predictor.batch_size
-        workers = workers or decode_workers()
-        with ThreadPoolExecutor(workers, thread_name_prefix="ccad-decode") as pool:
-            pending: list = []
-            for source in inputs:
-                pending.append((_name(source), pool.submit(self._attempt, source)))
-                if len(pending) >= 4 * step:
-                    yield from self._score_loaded(pending[:step], with_heatmaps)
-                    pending = pending[step:]
-            while pending:
-                yield from self._score_loaded(pending[:step], with_heatmaps)
-                pending = pending[step:]
+        """A :class:`Prediction` per input, in input order, through a :class:`ScreeningService` of its own:
+        inputs decoded and prepared on ``workers`` threads (default
+        :func:`~ccad.screening.service.decode_workers`), scored in batches; an unreadable one gets its
+        ``error`` and the stream goes on."""
+        with ScreeningService(self, workers) as service:
+            yield from service.screen(inputs, with_heatmaps)
 
     # -- inside -----------------------------------------------------------------------------------
-    def _attempt(self, source: Source) -> Prepared | str:
-        try:
-            return self.read(source)
-        except ImageReadError as e:
-            return str(e)
-
-    def _score_loaded(self, chunk, with_heatmaps: bool) -> Iterator[Prediction]:
-        loaded = [(name, future.result()) for name, future in chunk]
-        good = [(name, prep) for name, prep in loaded if isinstance(prep, Prepared)]
-        scored = iter(self._score_batch([n for n, _ in good], [p for _, p in good], with_heatmaps, None))
-        for name, prep in loaded:
-            yield next(scored) if isinstance(prep, Prepared) else Prediction(name, error=prep)
-
     def _score_batch(
         self, names: Sequence[str], prepared: Sequence[Prepared], with_heatmaps: bool, heatmap_class: str | None
     ) -> list[Prediction]:
@@ -303,11 +202,6 @@ class Screener:
         return Pictures(prep.picture, heat, prep.gray, prep.to_original(heat), outline)
 
 
-def decode_workers() -> int:
-    """Threads that decode and prepare images: one per core this process may use, at least two."""
-    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-
-
 def one_blas_thread() -> None:
     """Limit the process's BLAS (OpenBLAS, under numpy) to one thread: what a screening process wants, and so
     what ccad's scoring adapters ask for (``predict``, ``evaluate``, ``serve``, ``dicom listen``, Ray's actors); a
@@ -317,7 +211,3 @@ def one_blas_thread() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1, user_api="blas")
-
-
-def _name(source: Source) -> str:
-    return source.name if isinstance(source, Upload) else str(source)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ccad import __version__
+from ccad._meta import __version__
 from ccad.data.datasets import DataSpec, group_near_duplicates, label_indices
 from ccad.data.splits import _grouped_holdout
 from ccad.errors import ConfigError, DataError

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ccad import __version__
+from ccad._meta import __version__
 from ccad.data.datasets import DataSpec
 from ccad.data.splits import assign_splits
 from ccad.errors import ConfigError, DataError

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ccad import __version__
+from ccad._meta import __version__
 from ccad.data.datasets import Dataset, DataSpec, label_indices
 from ccad.data.splits import assign_splits, write_split
 from ccad.errors import DataError

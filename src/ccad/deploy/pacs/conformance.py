@@ -1,6 +1,6 @@
 """ccad's DICOM Conformance Statement (``docs/conformance.md``), generated from the tables the code runs on:
 the transfer syntaxes and their decoders (:mod:`ccad.io.dicom`), the SOP classes the listener accepts and
-sends, its statuses and limits (:mod:`.listener`), the result objects (:mod:`.results`). A test keeps the
+sends, its statuses and limits (:mod:`.scp`, :mod:`.delivery`), the result objects (:mod:`.results`). A test keeps the
 file equal to what this module writes, so the statement cannot drift from the code.
 
     python -m ccad.deploy.pacs.conformance > docs/conformance.md
@@ -8,15 +8,15 @@ file equal to what this module writes, so the statement cannot drift from the co
 
 from __future__ import annotations
 
-from ccad import __version__
-from ccad.deploy.pacs import listener, results
+from ccad._meta import __version__
+from ccad.deploy.pacs import delivery, listener, results, scp
 from ccad.io import dicom
 
 SOP_CLASS_NAMES = {
     dicom.CR_STORAGE: "Computed Radiography Image Storage",
     dicom.DX_PRESENTATION_STORAGE: "Digital X-Ray Image Storage - For Presentation",
     dicom.SECONDARY_CAPTURE_STORAGE: "Secondary Capture Image Storage",
-    listener.COMPREHENSIVE_SR: "Comprehensive SR Storage",
+    delivery.COMPREHENSIVE_SR: "Comprehensive SR Storage",
 }
 
 
@@ -68,9 +68,9 @@ def _networking() -> list[str]:
             ["SOP class", "UID", "SCU", "SCP"],
             [[SOP_CLASS_NAMES[uid], f"`{uid}`", "no", "yes"] for uid in dicom.ACCEPTED_SOP_CLASSES]
             + [
-                [SOP_CLASS_NAMES[listener.COMPREHENSIVE_SR], f"`{listener.COMPREHENSIVE_SR}`", "yes", "no"],
-                [SOP_CLASS_NAMES[listener.SECONDARY_CAPTURE], f"`{listener.SECONDARY_CAPTURE}`", "yes", "no"],
-                ["Verification", f"`{listener.VERIFICATION}`", "no", "yes"],
+                [SOP_CLASS_NAMES[delivery.COMPREHENSIVE_SR], f"`{delivery.COMPREHENSIVE_SR}`", "yes", "no"],
+                [SOP_CLASS_NAMES[delivery.SECONDARY_CAPTURE], f"`{delivery.SECONDARY_CAPTURE}`", "yes", "no"],
+                ["Verification", f"`{scp.VERIFICATION}`", "no", "yes"],
             ],
         ),
         "",
@@ -94,14 +94,14 @@ def _syntaxes() -> list[str]:
         "",
         "### Association policies",
         "",
-        f"- Maximum PDU size received: {listener.MAX_PDU_BYTES} bytes; a received data set goes to a "
+        f"- Maximum PDU size received: {scp.MAX_PDU_BYTES} bytes; a received data set goes to a "
         "temporary file as it arrives, never whole into memory.",
         f"- A data set larger than {listener.ListenerSettings.max_dataset_bytes // 2**20} MB "
         "(`--max-dataset-mb`) is refused.",
         "- Results go out over `--send-associations` associations to `--send-to`, kept open while results "
         "keep coming; a destination that is down is retried with exponential backoff; each object leaves "
         "the spool only once the destination has answered a status meaning it has stored it "
-        f"({', '.join(f'0x{s:04X}' for s in sorted(listener.STORED))}).",
+        f"({', '.join(f'0x{s:04X}' for s in sorted(delivery.STORED))}).",
         "",
     ]
 
@@ -114,22 +114,22 @@ def _statuses() -> list[str]:
             ["Status", "Meaning"],
             [
                 [
-                    f"0x{listener.SUCCESS:04X}",
+                    f"0x{scp.SUCCESS:04X}",
                     "stored in ccad's spool: it will get a result (or stay in the spool's "
                     "`failed/` folder with its reason)",
                 ],  # fmt: skip
                 [
-                    f"0x{listener.OUT_OF_RESOURCES:04X}",
+                    f"0x{scp.OUT_OF_RESOURCES:04X}",
                     "refused: the scoring queue is full, the data set is over "
                     "the size limit, a deflated data set would inflate past the pixel limit, or a codestream "
                     "says more pixels than the header (a pixel bomb); nothing is kept, the sender may retry",
                 ],  # fmt: skip
                 [
-                    f"0x{listener.DOES_NOT_MATCH:04X}",
+                    f"0x{scp.DOES_NOT_MATCH:04X}",
                     "refused: no valid SOP Class, SOP Instance, Study or Series Instance UID",
                 ],  # fmt: skip
                 [
-                    f"0x{listener.CANNOT_UNDERSTAND:04X}",
+                    f"0x{scp.CANNOT_UNDERSTAND:04X}",
                     "refused: the data set cannot be parsed, or its compressed pixel data does not match its header",
                 ],  # fmt: skip
             ],

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ccad import __version__
+from ccad._meta import __version__
 from ccad.io.dicom import (  # noqa: F401  (the rule of what is scored lives with the decoders: re-exported)
     ACCEPTED_SOP_CLASSES,
     RESULT_MANUFACTURER,

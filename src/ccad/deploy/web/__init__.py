@@ -4,13 +4,14 @@
 created at import time, so tests make apps with their own settings. The layout is FastAPI's "bigger
 applications": :mod:`~ccad.deploy.web.settings` (one typed class), :mod:`~ccad.deploy.web.guard` (the ASGI
 middleware below), :mod:`~ccad.deploy.web.intake` (the per-file checks), :mod:`~ccad.deploy.web.service`
-(the screener, its decoding pool and micro-batcher, started by the lifespan),
-:mod:`~ccad.deploy.web.dependencies`, :mod:`~ccad.deploy.web.schemas` (pydantic answers: the OpenAPI schema
-is generated from them) and one router per resource in :mod:`~ccad.deploy.web.routers`.
+(a request's uploads through the app's :class:`~ccad.screening.service.ScreeningService`, started by the
+lifespan), :mod:`~ccad.deploy.web.dependencies` (``Annotated`` aliases for what routes take),
+:mod:`~ccad.deploy.web.schemas` (pydantic answers: the OpenAPI schema is generated from them) and one
+router per resource in :mod:`~ccad.deploy.web.routers`.
 
 Routes: ``GET /`` (the page), ``GET /static/*`` (its assets: no CDN),
 ``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus, behind the
-API key when one is set; :mod:`ccad.deploy.monitoring`), ``/openapi.json``; ``/docs`` only with ``docs=True``
+API key when one is set; :mod:`ccad.deploy.live_metrics`), ``/openapi.json``; ``/docs`` only with ``docs=True``
 (Swagger UI loads its
 scripts from a CDN).
 
@@ -31,8 +32,8 @@ in front of the routes, then the route):
    allowed format by its bytes (PNG, JPEG, TIFF, BMP, DICOM) -> 415 otherwise;
    ``max_pixels`` each and ``max_request_pixels`` in all, read from the headers
    before anything is decoded -> 413;
-6. decoding in a pool of ``workers`` threads, scoring in one micro-batcher
-   (:mod:`ccad.deploy.batching`: the images of concurrent requests in one ONNX Runtime
+6. decoding in a pool of ``workers`` threads, scoring in one thread that batches
+   (:class:`ccad.screening.service.ScreeningService`: the images of concurrent requests in one ONNX Runtime
    call, after at most ``batch_wait_ms``); a request that does not finish within
    ``timeout_s`` -> 503.
 
@@ -55,24 +56,24 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ccad.deploy.monitoring import Monitor
+from ccad.deploy.live_metrics import LiveMetrics
 from ccad.deploy.web.guard import Guard, HttpMetrics
 from ccad.deploy.web.routers import health, model, page, predict
-from ccad.deploy.web.service import WebScreening
+from ccad.deploy.web.schemas import ModelSummary
 from ccad.deploy.web.settings import ServeSettings
 from ccad.deploy.web.views import data_names, decision_view, model_card_view
-from ccad.screening import Intake, Screener, one_blas_thread
+from ccad.screening import Intake, Screener, ScreeningService, one_blas_thread
 
 __all__ = ["ServeSettings", "create_app", "data_names", "decision_view", "model_card_view", "serve"]
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI):
-    app.state.screening.start()
+    app.state.service.start()
     try:
         yield
     finally:
-        app.state.screening.close()
+        app.state.service.close()
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -92,7 +93,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         verify_key=settings.verify_key,
         intake=Intake(settings.max_upload_bytes, settings.max_pixels),
     )
-    monitor = Monitor.for_screener(screener, "api", settings.result_log, window=settings.drift_window)
+    monitor = LiveMetrics.for_screener(screener, "api", settings.result_log, window=settings.drift_window)
     app = FastAPI(
         title="ccad",
         version=(screener.card.versions or {}).get("ccad", ""),
@@ -101,8 +102,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.settings, app.state.card_view = settings, model_card_view(screener.card)
-    app.state.screening = WebScreening(screener, settings, monitor)
+    app.state.settings, app.state.monitor = settings, monitor
+    app.state.card_view, app.state.model_summary = model_card_view(screener.card), model_summary(screener)
+    app.state.service = ScreeningService(
+        screener, settings.workers, settings.max_batch, settings.batch_wait_ms / 1000, keep=settings.keep_uploads
+    )
     app.add_exception_handler(RequestValidationError, invalid)
     app.include_router(health.router)
     app.include_router(model.router)
@@ -115,6 +119,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
         Guard, settings=settings, http_metrics=HttpMetrics(monitor.registry) if settings.metrics else None
     )
     return app
+
+
+def model_summary(screener: Screener) -> ModelSummary:
+    """What every answer says of the model (built once, at start)."""
+    summary = {"classes": screener.classes, "positive_class": screener.positive_class}
+    if screener.warning:
+        summary["warning"] = screener.warning
+    return ModelSummary(**summary, decision=decision_view(screener))
 
 
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

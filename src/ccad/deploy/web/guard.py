@@ -69,7 +69,7 @@ class HttpMetrics:
     def __init__(self, registry):
         from prometheus_client import Counter, Gauge, Histogram
 
-        from ccad.deploy.monitoring import LATENCY_BUCKETS
+        from ccad.deploy.live_metrics import LATENCY_BUCKETS
 
         self.requests = Counter(
             "ccad_http_requests", "HTTP requests by route and status", ("route", "status"), registry=registry

@@ -4,12 +4,8 @@ the part (``files[0]``), never the client's file name or content type."""
 
 from __future__ import annotations
 
-import hashlib
-import os
 from contextlib import aclosing
-from pathlib import Path
 
-import numpy as np
 from fastapi import HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -18,8 +14,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from ccad.deploy.web.settings import ServeSettings
 from ccad.errors import ImageReadError, ImageTooLargeError
-from ccad.io.files import atomic_path
-from ccad.io.images import image_size
+from ccad.io.images import image_header
 from ccad.screening import Upload
 
 ALLOWED_TYPES = {
@@ -69,13 +64,13 @@ async def read_form(request: Request, settings: ServeSettings) -> tuple[list[Upl
     for i, upload in enumerate(uploads):
         part = f"files[{i}]"  # what an error answer names: never the client's file name or content type
         data = await _checked_bytes(upload, part, settings)
-        # off the event loop: a DICOM's header walk and codestream check take a parse (tens of ms, more for
-        # a hostile one), which would hold every other connection
-        width, height = await run_in_threadpool(_checked_size, data, part, settings)
+        # off the event loop: a DICOM's header walk, parse and codestream check take tens of ms (more for a
+        # hostile one), which would hold every other connection; the data set is handed on, not parsed again
+        width, height, dataset = await run_in_threadpool(_checked_header, data, part, settings)
         pixels += width * height
         if pixels > settings.max_request_pixels:
             raise HTTPException(413, f"the request's images hold over {settings.max_request_pixels:,} pixels in all")
-        files.append(Upload((upload.filename or f"file{i}")[:200], data, part))
+        files.append(Upload((upload.filename or f"file{i}")[:200], data, part, dataset))
     return files, flag in TRUE
 
 
@@ -91,24 +86,14 @@ async def _checked_bytes(upload: UploadFile, part: str, settings: ServeSettings)
     return data
 
 
-def _checked_size(data: bytes, part: str, settings: ServeSettings) -> tuple[int, int]:
+def _checked_header(data: bytes, part: str, settings: ServeSettings):
+    """(width, height, the DICOM data set or None) of one upload, within the pixel limit."""
     try:
-        width, height = image_size(data, part, settings.max_pixels)
+        width, height, dataset = image_header(data, part, settings.max_pixels)
     except ImageTooLargeError as e:
         raise HTTPException(413, str(e))
     except ImageReadError as e:  # a header that cannot be read (a corrupt deflate stream, say)
         raise HTTPException(400, str(e))
     if width * height > settings.max_pixels:
         raise HTTPException(413, f"{part}: image is {width}x{height} pixels, over the limit of {settings.max_pixels:,}")
-    return width, height
-
-
-def keep(data: bytes, gray: np.ndarray, folder: Path) -> None:
-    """Store what an upload decoded to, as a 16-bit PNG of its pixels only (no file name, no DICOM header:
-    no patient field reaches the disk), named by the upload's sha256, readable by the server's user only."""
-    from PIL import Image
-
-    target = Path(folder) / f"{hashlib.sha256(data).hexdigest()}.png"
-    with atomic_path(target) as tmp:
-        Image.fromarray((gray * 65535).round().astype(np.uint16)).save(tmp, format="PNG")
-        os.chmod(tmp, 0o600)
+    return width, height, dataset

@@ -1,39 +1,57 @@
-"""``ccad serve``'s settings: one typed class, checked at start rather than on the first request."""
+"""``ccad serve``'s settings: one typed class, its flags derived from it (:mod:`ccad.options`), checked at start
+rather than on the first request."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
+from ccad.deploy.live_metrics import check_drift_window, drift_window_option, result_log_option
 from ccad.errors import ConfigError
 from ccad.io.files import atomic_path, private_path
+from ccad.options import option
 
 
 @dataclass
 class ServeSettings:
+    """Everything ``ccad serve`` is given but the address: the fields with a help text are its flags."""
+
     bundle: Path
-    api_key: str | None = None
-    variant: str = "float"
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_request_bytes: int = 40 * 1024 * 1024
+    _: KW_ONLY
+    api_key: str | None = None  # --api-key, or CCAD_API_KEY (read by the CLI)
+    variant: str = "float"  # --int8
+    max_upload_bytes: int = option(20 * 2**20, "largest file", flag="--max-upload-mb", unit=2**20)
+    max_request_bytes: int = option(40 * 2**20, "largest request (all its files)", flag="--max-request-mb", unit=2**20)
     max_pixels: int = 50_000_000
     max_request_pixels: int = 100_000_000
-    workers: int = 2
-    queue: int = 32
+    workers: int = option(2, "decoding threads (and ONNX Runtime threads)")
+    queue: int = option(32, "requests allowed to wait before 503")
     timeout_s: float = 30.0
     body_timeout_s: float = 30.0
-    header_timeout_s: float = 10.0
-    keep_uploads: Path | None = None
+    header_timeout_s: float = option(
+        10.0,
+        "close a connection that has not sent a request's headers within this many seconds",
+        flag="--header-timeout",
+    )
+    keep_uploads: Path | None = option(
+        None,
+        "store each upload's decoded pixels here (16-bit PNG, no header, mode 0600); default: never",
+        metavar="DIR",
+    )
     #: Micro-batching: images of concurrent requests wait up to this long to be scored together.
-    batch_wait_ms: float = 5.0
-    max_batch: int = 16
-    docs: bool = False
-    verify_key: Path | None = None
+    batch_wait_ms: float = option(
+        5.0, "how long an image waits for others to be scored with it (micro-batching; 0: no waiting)"
+    )
+    max_batch: int = option(16, "most images in one model call")
+    docs: bool = option(False, "serve /docs (Swagger UI loads its scripts from a CDN)")
+    verify_key: Path | None = option(
+        None, "refuse a bundle not signed by this key's owner (PEM)", flag="--verify", metavar="PUBLIC_KEY"
+    )
     #: ``GET /metrics`` (Prometheus text format, behind the API key when one is set) and the drift window.
-    metrics: bool = True
-    drift_window: int = 200
-    #: Append one JSON line an image scored (:class:`ccad.deploy.monitoring.ResultLog`).
-    result_log: Path | None = None
+    metrics: bool = option(True, "do not serve /metrics", flag="--no-metrics")
+    drift_window: int = drift_window_option()
+    #: Append one JSON line an image scored (:class:`ccad.deploy.live_metrics.ResultLog`).
+    result_log: Path | None = result_log_option()
 
     def check(self) -> "ServeSettings":
         """Refuse settings that cannot work, at start rather than on the first request."""
@@ -43,8 +61,7 @@ class ServeSettings:
             raise ConfigError(f"`queue` must be 0 or more, got {self.queue}")
         if self.batch_wait_ms < 0 or self.max_batch < 1:
             raise ConfigError("`batch_wait_ms` must be 0 or more and `max_batch` at least 1")
-        if self.drift_window < 20:
-            raise ConfigError(f"`drift_window` must be at least 20 images, got {self.drift_window}")
+        check_drift_window(self.drift_window)
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
             raise ConfigError("`max_upload_bytes` must be positive and at most the request limit")
         if self.keep_uploads is not None:

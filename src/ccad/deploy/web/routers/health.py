@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ccad.deploy.web.dependencies import api_key
+from ccad.deploy.web.dependencies import Metrics, api_key
 from ccad.deploy.web.guard import METRICS
 from ccad.deploy.web.schemas import Health
 
@@ -22,6 +22,5 @@ def healthz() -> Health:
 @metrics_router.get(
     METRICS, response_class=PlainTextResponse, summary="Prometheus metrics: counts, scores, drift; no patient field"
 )
-def metrics(request: Request) -> PlainTextResponse:
-    registry = request.app.state.screening.monitor.registry
-    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+def metrics(monitor: Metrics) -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,13 +7,11 @@ import asyncio
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from ccad.deploy.web.dependencies import api_key, screening, settings
+from ccad.deploy.web.dependencies import Metrics, Service, Settings, Summary, api_key
 from ccad.deploy.web.guard import API_PREFIX
 from ccad.deploy.web.intake import MAX_FILES, read_form
-from ccad.deploy.web.schemas import PredictAnswer, Problem
-from ccad.deploy.web.service import WebScreening
-from ccad.deploy.web.settings import ServeSettings
-from ccad.deploy.web.views import decision_view
+from ccad.deploy.web.schemas import PredictAnswer, Problem, Result
+from ccad.deploy.web.service import screen_uploads
 from ccad.errors import ImageReadError, ImageTooLargeError, NotScoredError
 
 router = APIRouter(prefix=API_PREFIX, tags=["model"], dependencies=[Depends(api_key)])
@@ -62,11 +60,11 @@ _PROBLEMS = {
     responses=_PROBLEMS,
 )
 async def predict(
-    request: Request, service: WebScreening = Depends(screening), config: ServeSettings = Depends(settings)
-) -> dict:
+    request: Request, service: Service, monitor: Metrics, config: Settings, model: Summary
+) -> PredictAnswer:
     uploads, heatmap = await read_form(request, config)
     try:
-        results = await asyncio.wait_for(service.predict(uploads, heatmap), config.timeout_s)
+        results = await asyncio.wait_for(screen_uploads(service, monitor, uploads, heatmap), config.timeout_s)
     except asyncio.TimeoutError:
         raise HTTPException(503, "inference timed out; retry shortly", headers={"Retry-After": "5"})
     except ImageTooLargeError as e:
@@ -75,12 +73,6 @@ async def predict(
         raise HTTPException(422, str(e))
     except ImageReadError as e:
         raise HTTPException(400, str(e))
-    screener = service.screener
-    model = {
-        "classes": screener.classes,
-        "positive_class": screener.positive_class,
-        "decision": decision_view(screener),
-    }
-    if screener.warning:
-        model["warning"] = screener.warning
-    return {"results": results, "model": model, "note": "Screening aid, not a diagnosis."}
+    return PredictAnswer(
+        results=[Result(**result) for result in results], model=model, note="Screening aid, not a diagnosis."
+    )

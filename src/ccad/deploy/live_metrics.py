@@ -1,8 +1,9 @@
-"""Watching the model after go-live: Prometheus metrics, the drift state and a result log.
+"""Live metrics of a running server (``ccad serve``, ``ccad dicom listen``): Prometheus metrics, the drift state
+and a result log. The periodic report read from that log is :mod:`ccad.evaluation.monitor` (``ccad monitor``).
 
-    monitor = Monitor.for_screener(screener, adapter="api", result_log="results.jsonl")
-    monitor.observe(prediction, identity=sha256_of_upload)      # after each image is scored
-    monitor.registry                                            # what /metrics (or --metrics-port) serves
+    metrics = LiveMetrics.for_screener(screener, adapter="api", result_log="results.jsonl")
+    metrics.observe(prediction, identity=sha256_of_upload)      # after each image is scored
+    metrics.registry                                            # what /metrics (or --metrics-port) serves
 
 The metrics (prometheus-client, one registry per server, nothing process-wide):
 
@@ -37,12 +38,34 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from ccad.errors import ConfigError
 from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
 from ccad.io.files import private_path
+from ccad.options import option
 
 log = logging.getLogger("ccad.monitoring")
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (1.0,)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def result_log_option():
+    """The ``result_log`` setting of every server that scores (``serve``, ``dicom listen``)."""
+    return option(
+        None,
+        "append one JSON line an image scored (no patient field: hashed UID, time, decision, score, flags, drift "
+        "state); ccad monitor reads it",
+        metavar="FILE",
+    )
+
+
+def drift_window_option():
+    """The ``drift_window`` setting of every server that scores."""
+    return option(200, "images in the drift check's rolling window")
+
+
+def check_drift_window(window: int) -> None:
+    if window < 20:
+        raise ConfigError(f"`drift_window` must be at least 20 images, got {window}")
 
 
 def pseudonym(text: str | bytes) -> str:
@@ -72,7 +95,7 @@ class ResultLog:
                 os.close(fd)
 
 
-class Monitor:
+class LiveMetrics:
     """The metrics, drift check and result log of one adapter's model."""
 
     def __init__(
@@ -119,7 +142,7 @@ class Monitor:
         result_log: str | os.PathLike | None = None,
         window: int = 200,
         registry: CollectorRegistry | None = None,
-    ) -> "Monitor":
+    ) -> "LiveMetrics":
         """The monitor of a :class:`ccad.screening.Screener`: its guard's reference for the drift check, its
         card for ``ccad_model_info``."""
         guard = screener.ood

@@ -162,18 +162,18 @@ def _scraped_count(prometheus_port: int, timeout_s: float = 90) -> float | None:
 
 
 def test_each_metric_and_log_field_holds_the_value_of_what_was_observed(tmp_path):
-    """Monitor.observe on hand-made predictions, read back from the registry's text page: p(COVID) before the
+    """LiveMetrics.observe on hand-made predictions, read back from the registry's text page: p(COVID) before the
     rule's temperature (not the decided class's probability), the drift PSI of the drift module, the flags."""
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ccad.deploy.monitoring import Monitor, ResultLog, pseudonym
+    from ccad.deploy.live_metrics import LiveMetrics, ResultLog, pseudonym
     from ccad.evaluation.drift import DriftCheck, psi
     from ccad.screening.records import Prediction
 
     reference = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75] * 10)
     distances = np.linspace(10.0, 20.0, 80)
     log = tmp_path / "results.jsonl"
-    monitor = Monitor(
+    monitor = LiveMetrics(
         CollectorRegistry(), "listener", "covid", DriftCheck(reference, distances, window=4, bins=4), ResultLog(log)
     )
     # (decided class, raw p(covid), calibrated p(covid), in distribution, distance, lung QC)
@@ -249,12 +249,12 @@ METRICS = {  # what dashboards and alerting rules read: each family's name, type
 def test_the_metric_families_and_a_result_log_that_refuses_a_line(tmp_path, caplog):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ccad.deploy.monitoring import Monitor, ResultLog
+    from ccad.deploy.live_metrics import LiveMetrics, ResultLog
     from ccad.evaluation.drift import DriftCheck
     from ccad.screening.records import Prediction
 
     (tmp_path / "log").mkdir()  # a result log that is a directory: every append fails
-    monitor = Monitor(CollectorRegistry(), "api", "covid", DriftCheck(None, None), ResultLog(tmp_path / "log"))
+    monitor = LiveMetrics(CollectorRegistry(), "api", "covid", DriftCheck(None, None), ResultLog(tmp_path / "log"))
     monitor.model_info.labels("abc", "int8", "specificity-90").set(1)
     monitor.observe(Prediction("y", "covid", {"covid": 0.6, "normal": 0.4}, True, 11.0, 22.0, ["no_lungs"]))
     families = {f.name: f for f in monitor.registry.collect()}
@@ -278,7 +278,7 @@ def test_a_screeners_monitor_names_its_bundle_and_logs_each_drift_change(tmp_pat
     import re
     from types import SimpleNamespace
 
-    from ccad.deploy.monitoring import Monitor
+    from ccad.deploy.live_metrics import LiveMetrics
 
     card = SimpleNamespace(to_dict=lambda: {"b": 2, "a": 1})
     reference = np.array([0.05, 0.15, 0.25, 0.35, 0.45, 0.55, 0.65, 0.75] * 30)
@@ -290,9 +290,9 @@ def test_a_screeners_monitor_names_its_bundle_and_logs_each_drift_change(tmp_pat
         decision=SimpleNamespace(rule="specificity-90"),
     )
     caplog.set_level(logging.INFO, logger="ccad.monitoring")
-    monitor = Monitor.for_screener(screener, "listener", result_log=tmp_path / "r.jsonl")
+    monitor = LiveMetrics.for_screener(screener, "listener", result_log=tmp_path / "r.jsonl")
     assert monitor.drift.window == 200 and monitor.drift.available
-    assert Monitor.for_screener(screener, "api", window=50).drift.window == 50
+    assert LiveMetrics.for_screener(screener, "api", window=50).drift.window == 50
     assert monitor.drift.reference_distances is screener.ood.reference_distances
     got = samples(generate_latest(monitor.registry).decode())
     card_hash = hashlib.sha256(b'{"a": 1, "b": 2}').hexdigest()[:16]  # the card, keys sorted
@@ -314,12 +314,12 @@ def test_a_monitor_without_a_reference_warns_once_and_logs_no_drift_state(tmp_pa
     import logging
     from types import SimpleNamespace
 
-    from ccad.deploy.monitoring import Monitor
+    from ccad.deploy.live_metrics import LiveMetrics
 
     screener = SimpleNamespace(ood=None, positive_class="covid", card=None, variant="float",
                                decision=SimpleNamespace(rule=None))  # fmt: skip
     caplog.set_level(logging.INFO, logger="ccad.monitoring")
-    monitor = Monitor.for_screener(screener, "api", result_log=tmp_path / "r.jsonl")
+    monitor = LiveMetrics.for_screener(screener, "api", result_log=tmp_path / "r.jsonl")
     assert [r.getMessage() for r in caplog.records] == [
         "drift check unavailable: the model bundle has no reference distributions"
     ]
