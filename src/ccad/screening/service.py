@@ -25,7 +25,9 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
 
 from ccad.errors import ImageReadError
 from ccad.io.pictures import save_decoded
@@ -41,6 +43,19 @@ def decode_workers() -> int:
     alternating runs; BENCHMARKS.md, "Near the hardware's limit"), the extra threads only taking turns for the
     GIL with the scoring thread."""
     return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
+
+
+class Steps(Protocol):
+    """What the service needs of a :class:`~ccad.screening.screener.Screener` (which imports the service: this
+    module does not import it back)."""
+
+    predictor: object
+
+    def decode(self, source: Source) -> np.ndarray: ...
+
+    def prepare(self, gray: np.ndarray) -> Prepared: ...
+
+    def score(self, names: Sequence[str], prepared: Sequence[Prepared], with_heatmaps: bool = False) -> list: ...
 
 
 @dataclass
@@ -66,7 +81,7 @@ class ScreeningService:
 
     def __init__(
         self,
-        screener,
+        screener: Steps,
         workers: int | None = None,
         max_batch: int | None = None,
         wait_s: float = 0.005,
