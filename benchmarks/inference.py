@@ -128,8 +128,8 @@ def main() -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from ccad.bundles.export import export_bundle
     from ccad.data.datasets import DataSpec, discover
-    from ccad.deploy.export import export_bundle
     from ccad.preprocessing.pipeline import load_model_input
     from ccad.training.config import make_config
     from ccad.training.run import train

@@ -79,7 +79,7 @@ def probabilities(path: Path, images: np.ndarray) -> np.ndarray:
 def main() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from ccad.deploy.export import _calibration_images, export_model_of
+    from ccad.bundles.export import _calibration_images, export_model_of
     from ccad.scoring.predictor import KerasPredictor
 
     parser = argparse.ArgumentParser()

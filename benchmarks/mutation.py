@@ -37,29 +37,29 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.json"
 #: group -> (modules mutated, tests run)
 GROUPS = {
     "site": (
-        ["src/ccad/deploy/calibrate.py", "src/ccad/evaluation/validate.py"],
-        ["tests/deploy/test_calibrate.py", "tests/evaluation/test_validate.py"],
+        ["src/ccad/bundles/calibrate.py", "src/ccad/evaluation/validate.py"],
+        ["tests/bundles/test_calibrate.py", "tests/evaluation/test_validate.py"],
     ),
     # `ccad adapt` once a mutant (its tests' module fixture, about 8 s with the cached bundle)
-    "adapt": (["src/ccad/training/adapt.py", "src/ccad/training/adapt_heads.py"], ["tests/training/test_adapt.py"]),
+    "adapt": (["src/ccad/bundles/adapt.py", "src/ccad/bundles/adapt_heads.py"], ["tests/bundles/test_adapt.py"]),
     "monitoring": (
         ["src/ccad/evaluation/drift.py", "src/ccad/evaluation/monitor.py", "src/ccad/deploy/live_metrics.py"],
-        ["tests/evaluation/test_drift.py", "tests/evaluation/test_monitor.py", "tests/deploy/test_monitoring.py"],
+        ["tests/evaluation/test_drift.py", "tests/evaluation/test_monitor.py", "tests/deploy/test_live_metrics.py"],
     ),
     "dicomweb": (
         ["src/ccad/deploy/pacs/dicomweb.py", "src/ccad/deploy/pacs/pull.py", "src/ccad/deploy/pacs/fhir.py"],
         [
-            "tests/deploy/test_dicomweb.py",
-            "tests/deploy/test_dicomweb_trust.py",
-            "tests/deploy/test_hostile_archive.py",
-            "tests/deploy/test_fhir.py",
-            "tests/deploy/test_stow.py",
-            "tests/deploy/test_bounded_get.py",
+            "tests/deploy/pacs/test_dicomweb.py",
+            "tests/deploy/pacs/test_dicomweb_trust.py",
+            "tests/deploy/pacs/test_hostile_archive.py",
+            "tests/deploy/pacs/test_fhir.py",
+            "tests/deploy/pacs/test_stow.py",
+            "tests/deploy/pacs/test_bounded_get.py",
         ],
     ),
     "results": (
         ["src/ccad/deploy/pacs/results.py"],
-        ["tests/deploy/test_results.py"],
+        ["tests/deploy/pacs/test_results.py"],
     ),
     "screening": (
         ["src/ccad/screening/screener.py", "src/ccad/screening/results.py"],
@@ -73,9 +73,9 @@ GROUPS = {
 SLOW = {
     "dicomweb": [
         # Orthanc started, a study scored end to end: 5 to 10 s each, a mutant
-        "tests/deploy/test_dicomweb.py::test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates",
-        "tests/deploy/test_dicomweb.py::test_results_go_back_over_stow_rs_with_the_dimse_paths_content",
-        "tests/deploy/test_dicomweb.py::test_fhir_reports_are_put_with_retries",
+        "tests/deploy/pacs/test_dicomweb.py::test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates",
+        "tests/deploy/pacs/test_dicomweb.py::test_results_go_back_over_stow_rs_with_the_dimse_paths_content",
+        "tests/deploy/pacs/test_dicomweb.py::test_fhir_reports_are_put_with_retries",
     ],
 }
 

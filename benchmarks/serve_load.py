@@ -29,8 +29,8 @@ DEADLINE_S = 300
 
 
 def make_bundle(work: Path) -> Path:
+    from ccad.bundles.export import export_bundle
     from ccad.data.datasets import DataSpec
-    from ccad.deploy.export import export_bundle
     from ccad.training.config import make_config
     from ccad.training.run import train
 

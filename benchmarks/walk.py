@@ -65,16 +65,11 @@ DCMREAD = ("pydicom.filereader", "dcmread")
 LIMIT_CHECKS = {
     "check_data_set": "the deflate budget and the element walk (elements, bytes outside the pixel data)",
     "check_codestream": "a compressed codestream's own header against the data set's",
-    "image_size": "a web upload's size from its header (a DICOM one: check_data_set and check_codestream first)",
-    "image_header": "a web upload's size from its header (image_size after the refactor; a DICOM one: parse_dicom)",
-    "_admitted_dicom": "the pixel limit on a DICOM header (Rows x Columns, x frames x samples)",
-    "check_frame_size": "the pixel limit on a DICOM header (_admitted_dicom's check after the refactor)",
+    "image_header": "a web upload's size from its header (a DICOM one parsed and checked: parse_dicom)",
+    "check_frame_size": "the pixel limit on a DICOM header (Rows x Columns, x frames x samples)",
     "_read_raster": "the pixel limit on a raster image's header (width x height)",
-    "_checked_size": "the pixel limit on a web upload (width x height from its header)",
-    "_checked_header": "the pixel limit on a web upload (_checked_size after the refactor)",
+    "_checked_header": "the pixel and request limits on a web upload (width x height from its header)",
 }
-#: The synthetic chest radiograph the C-STORE walk sends: CR, PA, MONOCHROME2, 12 bits.
-CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 
 
 def layers() -> list[list[str]]:
@@ -198,58 +193,25 @@ def cli_walk(model: str, image: Path) -> dict:
     return walk.report()
 
 
-def web_walk(model: str, image: Path) -> dict:
+def web_walk(model: str, image: Path, content_type: str = "image/png") -> dict:
+    """One upload of ``image`` (a PNG, or a DICOM file with ``application/dicom``) to ``POST /api/v1/predict``."""
     from fastapi.testclient import TestClient
 
     from ccad.deploy.web import ServeSettings, create_app
 
     with Walk(("ccad.deploy.web",)) as walk:  # threads started inside are hooked: the app is made inside too
         with TestClient(create_app(ServeSettings(Path(model)))) as client:
-            answer = client.post("/api/v1/predict", files=[("files", ("x.png", image.read_bytes(), "image/png"))])
+            upload = ("files", (image.name, image.read_bytes(), content_type))
+            answer = client.post("/api/v1/predict", files=[upload])
     assert answer.status_code == 200, answer.text
     return walk.report()
 
 
-def chest_cr(gray):
-    """A frontal chest CR (PA, MONOCHROME2, 12 bits) of ``gray`` (H, W) in [0, 1], as a modality sends it."""
-    import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+def chest_cr(path: Path, gray) -> Path:
+    """A frontal chest radiograph of ``gray`` (H, W) in [0, 1] as a modality sends it (support/dicom_files.py)."""
+    from dicom_files import make_xray_dicom
 
-    pixels = np.round(np.asarray(gray, np.float64) * 4095).astype(np.uint16)
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CR_STORAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    for key, value in dict(
-        PatientName="Walk^One",
-        PatientID="WALK-1",
-        StudyInstanceUID=generate_uid(),
-        SeriesInstanceUID=generate_uid(),
-        StudyID="1",
-        AccessionNumber="WALK1",
-        StudyDate="20260101",
-        StudyTime="101500",
-        ReferringPhysicianName="",
-        SeriesNumber=1,
-        InstanceNumber=1,
-        Modality="CR",
-        BodyPartExamined="CHEST",
-        ViewPosition="PA",
-        PatientOrientation=["L", "F"],
-        Rows=pixels.shape[0],
-        Columns=pixels.shape[1],
-        BitsAllocated=16,
-        BitsStored=12,
-        HighBit=11,
-        PixelRepresentation=0,
-        SamplesPerPixel=1,
-        PhotometricInterpretation="MONOCHROME2",
-        PixelData=pixels.tobytes(),
-    ).items():
-        setattr(ds, key, value)
-    return ds
+    return make_xray_dicom(path, gray)
 
 
 class ResultSCP:
@@ -290,9 +252,11 @@ def c_store(ds, port: int) -> int:
 
 
 def cstore_walk(model: str, gray, spool: Path, timeout_s: float = 120.0) -> dict:
+    import pydicom
+
     from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
 
-    ds, destination = chest_cr(gray), ResultSCP()
+    ds, destination = pydicom.dcmread(chest_cr(spool.parent / "sent.dcm", gray)), ResultSCP()
     try:
         with Walk(("ccad.deploy.pacs",)) as walk:  # the listener's threads are started inside: all hooked
             port = free_port()
@@ -348,6 +312,8 @@ def main() -> None:
             "cli": cli_walk(model, image),
         }
         report["web"] = web_walk(model, image)
+        dicom = chest_cr(Path(tmp) / "x.dcm", render_patient(np.random.default_rng(0), "normal", 256))
+        report["web_dicom"] = web_walk(model, dicom, "application/dicom")
         report["cstore"] = cstore_walk(
             model, render_patient(np.random.default_rng(0), "normal", 256), Path(tmp) / "spool"
         )

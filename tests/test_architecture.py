@@ -109,6 +109,51 @@ def test_the_walk_of_one_image_never_climbs_back_up_or_reenters_a_module(tmp_pat
     assert report["climbs"] == [] and report["returns"] == []
 
 
+def test_a_dicom_is_parsed_once_a_side_of_the_spool_and_each_limit_checked_once(tmp_path):
+    """A DICOM upload and a C-STORE traced call by call (benchmarks/walk.py): the upload's data set is parsed once
+    (its header read for the limits is the one the service decodes); the C-STORE's once by the SCP and once by
+    the worker, which reads it back from the spool (the hand-off is bytes on disk); every intake limit checked
+    once; no climb, no re-entry."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import walk
+
+    from ccad.data.synthetic import render_patient
+    from ccad.models.card import default_bundle
+
+    gray = render_patient(np.random.default_rng(0), "normal", 128)
+    upload = walk.web_walk(str(default_bundle()), walk.chest_cr(tmp_path / "x.dcm", gray), "application/dicom")
+    cstore = walk.cstore_walk(str(default_bundle()), gray, tmp_path / "spool")
+    for report in (upload, cstore):
+        assert report["climbs"] == [] and report["returns"] == []
+        checks = report["limit_checks"]
+        assert {"ccad.io.dicomfile.check_data_set", "ccad.io.dicomfile.check_frame_size"} <= set(checks)
+        assert {name: count["calls"] for name, count in checks.items()} == {name: 1 for name in checks}
+    assert upload["parses"]["calls"] == 1
+    received = {caller: n for caller, n in cstore["parses"]["callers"].items() if ".delivery." not in caller}
+    assert (
+        sorted(received.values()) == [1, 1]
+        and any(".scp." in c for c in received)
+        and any(".worker." in c for c in received)
+    )
+
+
+def test_no_module_is_over_400_lines_and_no_class_over_250():
+    import ast
+
+    big = [
+        f"{p.relative_to(ROOT)} ({n} lines)"
+        for p in (ROOT / "src" / "ccad").rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    ]
+    for path in (ROOT / "src" / "ccad").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 250:
+                big.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert big == []
+
+
 def _functions(root: Path):
     import ast
 

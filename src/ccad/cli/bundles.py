@@ -31,7 +31,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int | None:
-    from ..deploy.export import export_bundle
+    from ..bundles.export import export_bundle
 
     provenance = None
     if args.provenance:
@@ -72,7 +72,7 @@ def _add_calibrate(p: argparse.ArgumentParser) -> None:
 
 def _run_calibrate(args: argparse.Namespace) -> int | None:
     model = model_of(args)
-    from ..deploy.calibrate import calibrate_bundle
+    from ..bundles.calibrate import calibrate_bundle
 
     record = calibrate_bundle(model, spec(args), args.target, args.out, args.unlabelled, args.sign, args.overwrite)
     ((name, value),) = record["target"].items()
@@ -120,8 +120,8 @@ def _add_adapt(p: argparse.ArgumentParser) -> None:
 
 def _run_adapt(args: argparse.Namespace) -> int | None:
     model = model_of(args)
+    from ..bundles.adapt import adapt_bundle
     from ..evaluation.metrics import format_interval
-    from ..training.adapt import adapt_bundle
 
     record = adapt_bundle(
         model, spec(args), args.out, args.test_fraction, args.l2, args.seed, args.sign, args.overwrite
@@ -159,7 +159,7 @@ def _add_guard(p: argparse.ArgumentParser) -> None:
 
 def _run_guard(args: argparse.Namespace) -> int | None:
     model = model_of(args)
-    from ..training.guard import refit_guard
+    from ..bundles.guard import refit_guard
 
     entry = refit_guard(model, spec(args), args.out, args.evidence, args.sign, args.overwrite)
     fitted = entry["fitted"]

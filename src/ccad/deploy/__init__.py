@@ -1,7 +1,9 @@
-"""Layer 8 (beside studies), deploy: a trained model put where it is used.
+"""Layer 8 (beside studies and bundles), deploy: the runtime adapters, where a bundle is used.
 
-:mod:`~ccad.deploy.export` (``ccad export``: the bundle), :mod:`~ccad.deploy.web` (``ccad serve``: web
-tool and REST API), :mod:`~ccad.deploy.scale` (``ccad predict --engine ray``). Serving, the listener and Ray
-scoring are adapters over :class:`ccad.screening.Screener` and never import TensorFlow. May import
-:mod:`ccad.training` and below; never :mod:`ccad.studies`.
+:mod:`~ccad.deploy.web` (``ccad serve``: web tool and REST API), :mod:`~ccad.deploy.pacs` (``ccad dicom
+listen|pull``: DICOM, DICOMweb, FHIR), :mod:`~ccad.deploy.scale` (``ccad predict --engine ray``),
+:mod:`~ccad.deploy.live_metrics` (what a running server exposes), :mod:`~ccad.deploy.logs`,
+:mod:`~ccad.deploy.http`. All are adapters over :class:`ccad.screening.ScreeningService` (Ray's tasks over the
+screener's reader and steps) and never import TensorFlow. Making a bundle is :mod:`ccad.bundles`. May import
+:mod:`ccad.training` and below; never :mod:`ccad.studies` or :mod:`ccad.bundles`.
 """

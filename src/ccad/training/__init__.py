@@ -4,6 +4,6 @@
 :mod:`~ccad.training.distributed` (multi-worker), :mod:`~ccad.training.heads` (scikit-learn heads, WOA),
 :mod:`~ccad.training.run` (``ccad train``: the run folder), :mod:`~ccad.training.severity` (``ccad
 severity``), :mod:`~ccad.training.lung_segmenter` (``ccad lungs train``; its scores in
-:mod:`~ccad.training.lung_segmenter_scores`), :mod:`~ccad.training.adapt` (``ccad adapt``; the heads' fit in
-:mod:`~ccad.training.adapt_heads`). May import :mod:`ccad.evaluation` and below (a run scores its own test split).
+:mod:`~ccad.training.lung_segmenter_scores`). Making bundles from a run (export, calibrate, adapt, the guard's
+refit) is :mod:`ccad.bundles`. May import :mod:`ccad.evaluation` and below (a run scores its own test split).
 """

@@ -1,4 +1,4 @@
-"""ccad calibrate: a bundle's threshold refitted on a site's own images (ccad.deploy.calibrate)."""
+"""ccad calibrate: a bundle's threshold refitted on a site's own images (ccad.bundles.calibrate)."""
 
 import datetime
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import site_manifest
 
+from ccad.bundles.calibrate import _achieved, _threshold_interval, _wilson, minimum_images, parse_target, threshold_for
 from ccad.cli import main
-from ccad.deploy.calibrate import _achieved, _threshold_interval, _wilson, minimum_images, parse_target, threshold_for
 from ccad.errors import ConfigError, DataError
 from ccad.screening import Screener
 
@@ -276,7 +276,7 @@ def test_too_few_normals_are_refused_in_one_line(bundle, site, tmp_path, capsys)
     assert len(err) == 1 and "30 non-covid images" in err[0] and "at least 50" in err[0]
     assert not (tmp_path / "x").exists()
     with pytest.raises(ConfigError):
-        from ccad.deploy.calibrate import parse_target
+        from ccad.bundles.calibrate import parse_target
 
         parse_target("specificity=90")
 
@@ -342,8 +342,8 @@ def _with_a_card_field(bundle, copy):
 def test_the_site_calibration_record_names_its_base_data_target_and_rates(bundle, site, tmp_path):
 
     from ccad import __version__
+    from ccad.bundles.calibrate import calibrate_bundle
     from ccad.data.datasets import DataSpec
-    from ccad.deploy.calibrate import calibrate_bundle
     from ccad.io.files import sha256
     from ccad.models.card import ModelCard
 
@@ -409,7 +409,7 @@ def _pngs(folder, count: int):
 def test_the_sites_guard_is_fitted_on_80_percent_cut_at_the_rest_and_needs_50_images(tmp_path):
     from helpers import fake_screener
 
-    from ccad.deploy.calibrate import _refit_guard
+    from ccad.bundles.calibrate import _refit_guard
     from ccad.screening.guard import fit_guard
 
     s = fake_screener()
@@ -442,7 +442,7 @@ def test_the_sites_guard_is_fitted_on_80_percent_cut_at_the_rest_and_needs_50_im
 def test_five_hundred_site_images_make_the_drift_reference_of_the_held_back_hundred(tmp_path):
     from helpers import fake_screener
 
-    from ccad.deploy.calibrate import _refit_guard
+    from ccad.bundles.calibrate import _refit_guard
 
     guard, record = _refit_guard(fake_screener(), _pngs(tmp_path / "many", 500), 0)
     assert (record["reference"], record["cutoff_images"], record["drift_reference"]) == (400, 100, 100)

@@ -11,7 +11,7 @@ unchanged); only each view's Dense softmax head moves. In order:
 3. Each head is refitted from its own weights by L-BFGS on the cross-entropy of the site's images plus the
    bundle's **rehearsal** features (a sample of its own training images' features, ``rehearsal.npz``: the
    old sources weigh as much as the site in all, so the model does not forget them), with an L2 pull towards
-   the old weights (``l2``: the "L2-SP" prior of Li et al. 2018); :mod:`ccad.training.adapt_heads` holds the
+   the old weights (``l2``: the "L2-SP" prior of Li et al. 2018); :mod:`ccad.bundles.adapt_heads` holds the
    fit. A bundle without rehearsal features adapts with the pull alone, and says so.
 4. The decision threshold is refitted with the bundle's own rule on out-of-fold predictions of the adapt
    split (5 folds: no image scores a head that saw it); the test split is never used to fit anything.
@@ -37,18 +37,18 @@ from typing import Any
 import numpy as np
 
 from ccad._meta import __version__
+from ccad.bundles.adapt_heads import FOLDS, HeadFit, head_initializers, head_probabilities
+from ccad.bundles.files import write_derived_bundle
 from ccad.data.datasets import DataSpec, group_near_duplicates, label_indices
 from ccad.data.splits import _grouped_holdout
 from ccad.errors import ConfigError, DataError
 from ccad.evaluation.metrics import compute_metrics
 from ccad.io.files import sha256
-from ccad.models.bundles import write_derived_bundle
 from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import THRESHOLD_RULES, DecisionRule, fit_decision, site_target, threshold_for
 from ccad.models.ood import OOD_FILE
 from ccad.models.rehearsal import REHEARSAL_FILE, load_rehearsal
 from ccad.screening import Screener
-from ccad.training.adapt_heads import FOLDS, HeadFit, head_initializers, head_probabilities
 
 #: Fewer reference images than this make the drift check's PSI noise alone pass its alarm (ccad.evaluation.drift).
 MIN_DRIFT_REFERENCE = 100

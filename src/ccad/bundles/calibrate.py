@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from ccad._meta import __version__
+from ccad.bundles.files import write_derived_bundle
 from ccad.data.datasets import DataSpec, label_indices
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256
 from ccad.io.inputs import list_inputs
-from ccad.models.bundles import write_derived_bundle
 from ccad.models.card import BUNDLE_CARD, ModelCard
 from ccad.models.decision import DecisionRule, threshold_for
 from ccad.models.ood import OOD_FILE

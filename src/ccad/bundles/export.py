@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from ccad.bundles.files import bundle_folder
 from ccad.data.datasets import Sample, label_indices
 from ccad.data.splits import read_split_file
 from ccad.errors import ConfigError, DataError
 from ccad.io.files import sha256, write_json
 from ccad.io.inputs import list_inputs
-from ccad.models.bundles import bundle_folder
 from ccad.models.card import BUNDLE_CARD, ModelCard, library_versions
 from ccad.models.classifier import classifier_kernel
 from ccad.models.lungs import CARD_FILE, PACKAGED_MODEL_DIR

@@ -11,7 +11,7 @@ from real_dicom import debian_tool
 from ccad.deploy.pacs.conformance import statement
 from ccad.io import dicom
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "conformance.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "conformance.md"
 
 
 def test_the_conformance_statement_in_docs_is_the_generated_one():

@@ -5,9 +5,9 @@ import pytest
 from helpers import site_manifest
 from PIL import Image
 
+from ccad.bundles.adapt_heads import fit_head, softmax
 from ccad.cli import main
 from ccad.screening import Screener
-from ccad.training.adapt_heads import fit_head, softmax
 
 
 def test_the_head_fit_learns_the_signal_and_a_strong_pull_holds_the_old_weights():
@@ -46,7 +46,7 @@ def adapted(bundle, other_scanner, tmp_path_factory):
     import contextlib
     import io
 
-    from ccad.training import adapt, adapt_heads
+    from ccad.bundles import adapt, adapt_heads
 
     seen = {"scored": [], "fits": [], "out_of_fold": [], "rule": [], "metrics": []}
     inside = []
@@ -202,8 +202,8 @@ def test_forgetting_is_measured_on_the_rehearsal_images_kept_out_of_the_fit(bund
     from onnx import numpy_helper
     from sklearn.metrics import roc_auc_score
 
+    from ccad.bundles.adapt_heads import head_initializers
     from ccad.models.card import ModelCard
-    from ccad.training.adapt_heads import head_initializers
 
     out, seen, _ = adapted
     with np.load(bundle / "rehearsal.npz") as z:
@@ -251,8 +251,8 @@ def test_adapt_refuses_too_few_images_in_one_line(bundle, other_scanner, tmp_pat
 
 
 def test_a_site_calibrated_rule_is_refitted_at_its_own_target():
+    from ccad.bundles.adapt import _refit_rule
     from ccad.models.decision import DecisionRule
-    from ccad.training.adapt import _refit_rule
 
     rng = np.random.default_rng(0)
     y = np.array([0] * 100 + [1] * 200)  # 0 = covid (positive), 1 = normal
@@ -314,9 +314,9 @@ def test_the_site_adaptation_record_names_its_date_version_base_split_and_figure
 
 
 def test_unreadable_site_images_are_named_in_one_line_unless_skipped(bundle, other_scanner, tmp_path):
+    from ccad.bundles.adapt import adapt_bundle
     from ccad.data.datasets import DataSpec
     from ccad.errors import DataError
-    from ccad.training.adapt import adapt_bundle
 
     manifest = site_manifest(other_scanner, tmp_path / "site", bad={"a-empty.png": b"", "b-junk.png": b"junk"})
     with pytest.raises(DataError) as raised:
@@ -331,9 +331,9 @@ def test_unreadable_site_images_are_named_in_one_line_unless_skipped(bundle, oth
 
 @pytest.mark.parametrize("fraction", [0.09, 0.51])
 def test_a_test_fraction_outside_a_tenth_to_a_half_is_refused(bundle, tmp_path, fraction):
+    from ccad.bundles.adapt import adapt_bundle
     from ccad.data.datasets import DataSpec
     from ccad.errors import ConfigError
-    from ccad.training.adapt import adapt_bundle
 
     with pytest.raises(ConfigError) as raised:
         adapt_bundle(bundle, DataSpec(str(tmp_path)), tmp_path / "out", test_fraction=fraction)
@@ -341,8 +341,8 @@ def test_a_test_fraction_outside_a_tenth_to_a_half_is_refused(bundle, tmp_path, 
 
 
 def test_each_views_head_is_fitted_on_its_own_slice_of_the_features():
-    from ccad.training.adapt import _auc
-    from ccad.training.adapt_heads import HeadFit
+    from ccad.bundles.adapt import _auc
+    from ccad.bundles.adapt_heads import HeadFit
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 6))  # two views of 3 features
@@ -361,7 +361,7 @@ def test_rehearsal_is_read_split_by_the_seed_or_empty_without_a_file(bundle, tmp
 
     from ccad.errors import ConfigError
     from ccad.models.card import ModelCard
-    from ccad.training import adapt
+    from ccad.bundles import adapt
 
     screener = Screener.load(bundle)
     (r_x, r_y), (c_x, c_y) = adapt._rehearsal(bundle, screener, 1280, 7)
@@ -386,7 +386,7 @@ def test_rehearsal_is_read_split_by_the_seed_or_empty_without_a_file(bundle, tmp
 
 
 def test_the_out_of_fold_fits_follow_the_seed():
-    from ccad.training.adapt_heads import HeadFit
+    from ccad.bundles.adapt_heads import HeadFit
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 4))
@@ -406,7 +406,7 @@ def test_softmax_is_taken_row_by_row_whatever_the_scale_of_each_row():
 def test_the_dense_heads_are_found_in_view_order_and_other_products_are_left_alone():
     from onnx import TensorProto, helper, numpy_helper
 
-    from ccad.training.adapt_heads import head_initializers
+    from ccad.bundles.adapt_heads import head_initializers
 
     def init(name, shape):
         return numpy_helper.from_array(np.zeros(shape, np.float32), name)

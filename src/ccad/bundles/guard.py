@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from ccad._meta import __version__
+from ccad.bundles.files import write_derived_bundle
 from ccad.data.datasets import DataSpec
 from ccad.data.splits import assign_splits
 from ccad.errors import ConfigError, DataError
-from ccad.models.bundles import write_derived_bundle
 from ccad.models.ood import OOD_FILE
 from ccad.screening import Screener
 from ccad.screening.guard import fit_guard
