@@ -359,9 +359,9 @@ def test_each_views_head_is_fitted_on_its_own_slice_of_the_features():
 def test_rehearsal_is_read_split_by_the_seed_or_empty_without_a_file(bundle, tmp_path, monkeypatch):
     import shutil
 
+    from ccad.bundles import adapt
     from ccad.errors import ConfigError
     from ccad.models.card import ModelCard
-    from ccad.bundles import adapt
 
     screener = Screener.load(bundle)
     (r_x, r_y), (c_x, c_y) = adapt._rehearsal(bundle, screener, 1280, 7)
