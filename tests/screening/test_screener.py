@@ -14,6 +14,7 @@ from PIL import Image
 
 from ccad.cli import COMMANDS, build_parser, flag_words, flags_of, main
 from ccad.errors import ConfigError, ImageReadError, ImageTooLargeError, ModelError
+from ccad.io import images as images_module
 from ccad.io.images import read_grayscale
 from ccad.io.inputs import input_key, iter_inputs
 from ccad.models.ood import OUT_OF_DISTRIBUTION_TEXT, MahalanobisGuard
@@ -22,7 +23,6 @@ from ccad.models.signing import make_keys
 from ccad.preprocessing.pipeline import prepare_full
 from ccad.screening import Intake, Reader, Screener, Upload
 from ccad.screening import reader as reader_module
-from ccad.screening import service as service_module
 from ccad.screening.results import check_outputs, predict_to_csv
 
 
@@ -326,9 +326,9 @@ def test_decoding_runs_on_a_thread_per_core_at_least_two_named_for_ccad(tmp_path
     meeting = MeetingPng(path, max(2, cores or 2))
     monkeypatch.setattr(reader_module, "read_grayscale", meeting)
     if cores is None:
-        monkeypatch.delattr(service_module.os, "sched_getaffinity")
+        monkeypatch.delattr(images_module.os, "sched_getaffinity")
     else:
-        monkeypatch.setattr(service_module.os, "sched_getaffinity", lambda pid: set(range(cores)))
+        monkeypatch.setattr(images_module.os, "sched_getaffinity", lambda pid: set(range(cores)))
     results = list(guarded().screen([path] * 6))
     assert [r.error for r in results] == [None] * 6 and all(
         r.pictures is None for r in results

@@ -230,7 +230,7 @@ PIXEL_DATA = 0x7FE00010
 
 def check_data_set(data: bytes, name: str, max_pixels: int) -> None:
     """The checks a DICOM file passes before pydicom parses it whole: a deflated one inflates within its budget
-    (:func:`check_inflated_size`); then a walk over its top-level elements' headers (no value converted, the
+    (:func:`_inflate_bounded`); then a walk over its top-level elements' headers (no value converted, the
     pixel data skipped by its length) refuses more than :data:`MAX_ELEMENTS` of them, or more than
     :data:`MAX_OTHER_BYTES` outside the pixel data, sequences and trailing padding included: 190 MB of zeros
     read as 31 million empty elements took pydicom two minutes, holding the only scoring worker. A deflated

@@ -210,3 +210,12 @@ def resize_hw(gray: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize (H, W) float to (height, width) with bilinear interpolation (no clipping)."""
     image = Image.fromarray(gray.astype(np.float32, copy=False), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def decode_workers() -> int:
+    """Threads that decode and prepare images: one per core this process may use, at least two.
+
+    One per core, not more: on 2 cores, 2 threads screened 70-71 images/s against 67-70 with 4 (three
+    alternating runs; BENCHMARKS.md, "Near the hardware's limit"), the extra threads only taking turns for the
+    GIL with the scoring thread."""
+    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)

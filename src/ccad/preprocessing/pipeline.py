@@ -13,8 +13,8 @@ output steps.
 A model may look at an X-ray in two (or more) ways at once: ``--preprocess`` values joined with ``|``, e.g.
 ``thorax+equalize+lowpass|lungs+equalize+lowpass`` (:func:`~ccad.preprocessing.steps.preprocessing_views`). The
 lung fields are found once; each view's image is one channel of :attr:`Prepared.image` (``(size, size, views)``),
-and :func:`to_model_input` gives each view its three channels. :func:`load_images` and :func:`prepare_samples`
-do it for many files, on threads.
+and :func:`to_model_input` gives each view its three channels. :func:`load_images` does it for many files, on
+threads (:func:`ccad.io.images.decode_workers` of them).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from ccad.data.datasets import Sample
 from ccad.errors import ImageReadError
-from ccad.io.images import read_grayscale, resize, resize_hw
+from ccad.io.images import decode_workers, read_grayscale, resize, resize_hw
 from ccad.io.pictures import to_rgb
 from ccad.models.lungs import estimate_lung_fields
 from ccad.preprocessing.steps import STEPS, WORK_SIDE, Step, _Work, preprocessing_steps, preprocessing_views, view_count
@@ -169,16 +169,6 @@ def load_images(
     return (np.stack(images) if kept else empty), kept, bad
 
 
-def prepare_samples(
-    samples: Sequence[Sample], size: int, preprocess: str = "none", skip_bad: bool = False, workers: int | None = None
-) -> tuple[list[Prepared], list[Sample], list[tuple[str, str]]]:
-    """:class:`Prepared` inputs, with lung fields, for ``samples`` (as :func:`load_images` returns arrays):
-    (prepared, samples kept, files skipped with their error)."""
-    return _load_each(
-        lambda s: prepare_full(read_grayscale(s.path), size, preprocess, lung_fields=True), samples, skip_bad, workers
-    )
-
-
 def _load_each(load, samples: Sequence[Sample], skip_bad: bool, workers: int | None):
     """(what ``load`` made of each readable sample, the samples kept, (path, error) of the others), on
     several threads; without ``skip_bad`` the first unreadable file raises."""
@@ -191,7 +181,7 @@ def _load_each(load, samples: Sequence[Sample], skip_bad: bool, workers: int | N
                 raise
             return None, str(e)
 
-    with ThreadPoolExecutor(workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+    with ThreadPoolExecutor(workers or decode_workers()) as pool:
         results = list(pool.map(attempt, samples))
     kept = [s for s, (made, _) in zip(samples, results) if made is not None]
     bad = [(str(s.path), error) for s, (made, error) in zip(samples, results) if made is None]

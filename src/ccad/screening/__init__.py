@@ -12,9 +12,10 @@ the web app, the DICOM listener, Ray batch scoring and ``evaluate`` are adapters
 :mod:`ccad.scoring` and below; nothing here imports TensorFlow at module level.
 """
 
+from ccad.io.images import decode_workers
 from ccad.screening.reader import Intake, Reader, Source, Upload
 from ccad.screening.screener import Screener, one_blas_thread
-from ccad.screening.service import ScreeningService, decode_workers
+from ccad.screening.service import ScreeningService
 
 __all__ = [
     "Intake",

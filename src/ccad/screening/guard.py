@@ -16,10 +16,10 @@ from typing import Sequence
 import numpy as np
 
 from ccad.data.foreign import foreign_images
+from ccad.io.images import decode_workers
 from ccad.models.ood import OodGuard, fit_ood_guard
 from ccad.screening.reader import Source
 from ccad.screening.screener import Screener
-from ccad.screening.service import decode_workers
 
 #: Films the foreign inputs are made from (each gives four; a third as many screens of text are added).
 MAX_FILMS = 300

@@ -155,7 +155,7 @@ class Screener:
     ) -> Iterator[Prediction]:
         """A :class:`Prediction` per input, in input order, through a :class:`ScreeningService` of its own:
         inputs decoded and prepared on ``workers`` threads (default
-        :func:`~ccad.screening.service.decode_workers`), scored in batches; an unreadable one gets its
+        :func:`~ccad.io.images.decode_workers`), scored in batches; an unreadable one gets its
         ``error`` and the stream goes on."""
         with ScreeningService(self, workers) as service:
             yield from service.screen(inputs, with_heatmaps)

@@ -7,7 +7,7 @@ thread that owns the model, gathering the images that arrive together into one n
 
 The web app, the DICOM listener (and so ``dicom pull``), ``predict`` and ``evaluate`` (through
 :meth:`Screener.screen <ccad.screening.screener.Screener.screen>`) and nothing else score through it: one
-rule for the number of decoding threads (:func:`decode_workers`), the intake limits checked in one place
+rule for the number of decoding threads (:func:`~ccad.io.images.decode_workers`), the intake limits checked in one place
 (:class:`~ccad.screening.reader.Reader`), and micro-batching: the scoring thread takes the first waiting
 image, gathers whatever else arrives within ``wait_s`` (up to ``max_batch``) and scores them together. A
 lone image waits at most ``wait_s`` more than alone; under load the model runs full batches, several times
@@ -17,7 +17,6 @@ the throughput of one image a call on a CPU. While the model is busy the next ba
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 import threading
 import time
@@ -30,19 +29,11 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from ccad.errors import ImageReadError
+from ccad.io.images import decode_workers
 from ccad.io.pictures import save_decoded
 from ccad.preprocessing.pipeline import Prepared
 from ccad.screening.reader import Source, Upload, source_name
 from ccad.screening.records import Prediction
-
-
-def decode_workers() -> int:
-    """Threads that decode and prepare images: one per core this process may use, at least two.
-
-    One per core, not more: on 2 cores, 2 threads screened 70-71 images/s against 67-70 with 4 (three
-    alternating runs; BENCHMARKS.md, "Near the hardware's limit"), the extra threads only taking turns for the
-    GIL with the scoring thread."""
-    return max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
 
 
 class Steps(Protocol):
@@ -73,9 +64,11 @@ class ScreeningService:
     Args:
         screener: the model and its steps (a :class:`~ccad.screening.screener.Screener`: its ``decode``,
             ``prepare`` and ``score``).
-        workers: decoding threads (default :func:`decode_workers`).
+        workers: decoding threads (default :func:`~ccad.io.images.decode_workers`).
         max_batch: the most images in one network call (default: the predictor's batch size).
-        wait_s: how long the first image of a batch waits for others.
+        wait_s: how long the first image of a batch waits for others (0: it takes what is waiting; while the
+            model is busy the next batch fills by itself, so a stream needs no wait; the web app waits a few
+            milliseconds for the images of concurrent requests).
         keep: a folder where each upload is kept as the pixels it decoded to (:func:`ccad.io.pictures.save_decoded`).
     """
 
@@ -84,7 +77,7 @@ class ScreeningService:
         screener: Steps,
         workers: int | None = None,
         max_batch: int | None = None,
-        wait_s: float = 0.005,
+        wait_s: float = 0.0,
         keep: Path | None = None,
     ):
         self.screener, self.workers, self.wait_s, self.keep = screener, workers or decode_workers(), wait_s, keep
