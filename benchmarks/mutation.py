@@ -62,7 +62,7 @@ GROUPS = {
         ["tests/deploy/pacs/test_results.py"],
     ),
     "screening": (
-        ["src/ccad/screening/screener.py", "src/ccad/screening/results.py"],
+        ["src/ccad/screening/screener.py", "src/ccad/screening/results.py", "src/ccad/cli/tables.py"],
         ["tests/screening/test_screener.py", "tests/screening/test_result_files.py"],
     ),
 }

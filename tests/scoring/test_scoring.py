@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ccad.cli import main
+from ccad.cli.tables import format_results
 from ccad.errors import ModelError
 from ccad.models.card import BUNDLE_CARD, ModelCard, RunMetadata
 from ccad.models.decision import DecisionRule
@@ -18,7 +19,7 @@ from ccad.preprocessing.pipeline import Prepared
 from ccad.scoring.predictor import Predictor
 from ccad.screening import Screener
 from ccad.screening.records import Prediction
-from ccad.screening.results import format_results, result_columns, result_row
+from ccad.screening.results import result_columns, result_row
 
 CLASSES = ["covid", "normal"]
 

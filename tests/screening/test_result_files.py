@@ -10,12 +10,12 @@ import pytest
 from helpers import fake_screener, mean_png
 from PIL import Image
 
+from ccad.cli.tables import format_results
 from ccad.errors import ConfigError
 from ccad.models.severity import BAND_NOTE, SeverityHead
 from ccad.screening.records import Pictures, Prediction
 from ccad.screening.results import (
     check_outputs,
-    format_results,
     predict_to_csv,
     result_columns,
     result_row,

@@ -14,6 +14,7 @@ from .base import (
     spec,
     stderr,
 )
+from .tables import FORMATS
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
         "shipped with ccad; research use)",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDERS")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--format", choices=FORMATS, default="table")
     p.add_argument("--out", help="write a CSV here, a row per image as it is scored (bundles)")
     p.add_argument("--resume", action="store_true", help="with --out: skip files already in the CSV")
     p.add_argument("--heatmap", metavar="OUTDIR", help="write each image with its heatmap overlaid (bundles)")
@@ -127,7 +128,8 @@ def _predict_local(args, model: str, variant: str) -> None:
     from ..io.inputs import expand_inputs
     from ..models.ood import OUT_OF_DISTRIBUTION_TEXT
     from ..screening import Intake, Screener, one_blas_thread
-    from ..screening.results import NOT_A_DIAGNOSIS, check_outputs, format_results, predict_to_csv, save_overlays
+    from ..screening.results import NOT_A_DIAGNOSIS, check_outputs, predict_to_csv, save_overlays
+    from .tables import format_results
 
     check_outputs(args.out, args.resume, args.heatmap)
     one_blas_thread()

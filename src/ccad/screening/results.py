@@ -1,12 +1,11 @@
-"""Predictions written down, the same for every engine: CSV rows (streamed, resumable), a table, JSON, and
-heatmap pictures. ``ccad predict`` (local and Ray) and the listener's reports use these columns.
+"""Predictions written down, the same for every engine: CSV rows (streamed, resumable) and heatmap pictures.
+``ccad predict`` (local and Ray) and the listener's reports use these columns; what ``predict`` prints (a table,
+CSV or JSON text) is :mod:`ccad.cli.tables`.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from ccad.screening.screener import Screener
 RESULT_COLUMNS = ("file", "predicted_class")
 #: Columns after the probabilities: the out-of-distribution guard and the lung check.
 SCREEN_COLUMNS = ("in_distribution", "ood_distance", "lung_qc")
-FORMATS = ("table", "json", "csv")
 NOT_A_DIAGNOSIS = "screening aid, not a diagnosis"
 
 
@@ -65,28 +63,6 @@ def result_row(
             )
         row.append(severity.get("band", ""))
     return row + ["" if result.error else rule, result.error or ""]
-
-
-def format_results(results: Sequence[Prediction], screener: Screener, fmt: str = "table") -> str:
-    """The results as ``table`` (aligned columns), ``csv`` or ``json`` text."""
-    if fmt == "json":
-        return json.dumps([r.to_dict() for r in results], indent=2)
-    if fmt not in FORMATS:
-        raise ConfigError(f"`fmt` must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    scores = screener.severity_scores
-    columns = result_columns(screener.classes, scores)
-    rule = screener.rule_text()
-    rows = [result_row(r, screener.classes, scores, rule) for r in results]
-    if fmt == "csv":
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(columns)
-        writer.writerows(rows)
-        return buffer.getvalue().rstrip("\r\n")
-    columns, rows = columns[:-2] + columns[-1:], [row[:-2] + row[-1:] for row in rows]  # the rule once, below
-    widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
-    table = "\n".join("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [columns] + rows)
-    return f"{table}\ndecision: {rule}"
 
 
 def save_overlay(result: Prediction, folder: Path) -> Path:
