@@ -7,15 +7,14 @@ import os
 import select
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import GRADIENT, free_port, make_dicom, png_bytes
+from helpers import GRADIENT, make_dicom, png_bytes
+from live_server import serving
 from PIL import Image
 
 from ccad.cli import main
@@ -49,41 +48,9 @@ def _get(port, path="/healthz", timeout=5.0) -> bytes:
 
 @pytest.fixture(scope="module")
 def live(bundle):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ccad",
-            "serve",
-            "--model",
-            str(bundle),
-            "--port",
-            str(port),
-            "--api-key",
-            KEY,
-            "--header-timeout",
-            "1",
-            "--max-request-mb",
-            "2",
-            "--max-upload-mb",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    for _ in range(120):
-        try:
-            if _get(port).startswith(b"HTTP/1.1 200"):
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("ccad serve did not start: " + proc.stderr.read().decode()[-2000:])
-    yield port, proc
-    proc.terminate()
-    proc.wait(10)
+    flags = ("--api-key", KEY, "--header-timeout", "1", "--max-request-mb", "2", "--max-upload-mb", "1")
+    with serving(bundle, *flags) as (port, proc):
+        yield port, proc
 
 
 def _peak_mb(proc) -> float:

@@ -1,52 +1,17 @@
 """schemathesis against a live ``ccad serve`` on 127.0.0.1: requests generated from the service's own OpenAPI
 schema (property-based, Hypothesis) never get a 5xx."""
 
-import subprocess
-import sys
-import time
-
 import pytest
-from helpers import free_port
 from hypothesis import HealthCheck, settings
+from live_server import serving
 
 schemathesis = pytest.importorskip("schemathesis")
 
 
 @pytest.fixture(scope="module")
 def live_server(bundle):
-    import urllib.request
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ccad",
-            "serve",
-            "--model",
-            str(bundle),
-            "--port",
-            str(port),
-            "--docs",
-            "--max-upload-mb",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if urllib.request.urlopen(f"{base}/healthz", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail("ccad serve did not start")
-    yield base
-    proc.terminate()
-    proc.wait(10)
+    with serving(bundle, "--docs", "--max-upload-mb", "1") as (port, _):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
