@@ -42,7 +42,7 @@ def main() -> None:
     if args.skip_reference:
         return
     with open(Path(args.run) / "val_predictions.csv", newline="") as f:
-        paths = [row["path"] for row in csv.DictReader(f)]
+        paths = [row["file"] for row in csv.DictReader(f)]
     predictor = OnnxPredictor.load(bundle)
     scored = [p for p in list(Screener(predictor).screen(paths)) if not p.error]
     positive = predictor.classes.index(predictor.positive_class)

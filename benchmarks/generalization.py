@@ -99,9 +99,9 @@ def cohen_rates(rows: list[dict]) -> dict:
     """Share called COVID among cohen-other's pneumonia and No Finding rows of a predictions CSV."""
     out = {}
     for kind in ("pneumonia", "normal"):
-        picked = [r for r in rows if "cohen-other" in r["path"] and f"/{kind}/" in r["path"]]
+        picked = [r for r in rows if "cohen-other" in r["file"] and f"/{kind}/" in r["file"]]
         out["cohen_pneumonia_called_covid" if kind == "pneumonia" else "cohen_no_finding_called_covid"] = rate(
-            r["predicted"] == "covid" for r in picked
+            r["predicted_class"] == "covid" for r in picked
         )
     return out
 
@@ -231,8 +231,8 @@ def loso_row(name: str, extra: list[str], tmp: Path) -> dict:
         entry = {
             "n": len(picked),
             "covid": int(labels.sum()),
-            "called_covid_of_covid": rate(r["predicted"] == "covid" for r in picked if r["label"] == "covid"),
-            "called_normal_of_normal": rate(r["predicted"] == "normal" for r in picked if r["label"] == "normal"),
+            "called_covid_of_covid": rate(r["predicted_class"] == "covid" for r in picked if r["label"] == "covid"),
+            "called_normal_of_normal": rate(r["predicted_class"] == "normal" for r in picked if r["label"] == "normal"),
         }
         if 0 < labels.sum() < len(labels):
             from sklearn.metrics import roc_auc_score

@@ -127,7 +127,7 @@ def test_cross_validation_scores_every_image_once_with_disjoint_patients(synth_f
     with open(synth_folders / "manifest.csv") as f:
         manifest = list(csv.DictReader(f))
     assert len(rows) == len(manifest) == summary["pooled"]["n"]
-    assert len({r["path"] for r in rows}) == len(rows)  # each image scored once
+    assert len({r["file"] for r in rows}) == len(rows)  # each image scored once
     fold_of_group = {}
     for r in rows:
         assert fold_of_group.setdefault(r["group"], r["fold"]) == r["fold"]  # a patient sits in one fold
@@ -136,7 +136,7 @@ def test_cross_validation_scores_every_image_once_with_disjoint_patients(synth_f
     for fold in range(1, 4):
         split = list(csv.DictReader(open(out / f"fold-{fold}" / "split.csv")))
         test_paths = {r["path"] for r in split if r["split"] == "test"}
-        assert test_paths == {r["path"] for r in rows if r["fold"] == str(fold)}
+        assert test_paths == {r["file"] for r in rows if r["fold"] == str(fold)}
         assert not (out / f"fold-{fold}" / "model.keras").exists()
         assert json.loads((out / f"fold-{fold}" / "config.json").read_text())["decision"]["rule"] == "youden"
     assert summary["pooled"]["auc"]["value"] > 0.8

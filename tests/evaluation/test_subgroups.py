@@ -72,12 +72,12 @@ def test_evaluate_by_a_manifest_column_and_by_source(bundle, synth_folders, tmp_
     scored = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv")))
     view_of = {r["path"]: r["view"] for r in rows}
     for entry in metrics["by"]["view"]:
-        mine = [r for r in scored if view_of[r["path"]] == entry["value"]]
+        mine = [r for r in scored if view_of[r["file"]] == entry["value"]]
         covid = [r for r in mine if r["label"] == "covid"]
         normal = [r for r in mine if r["label"] == "normal"]
         assert entry["n"] == len(mine) and entry["positives"] == len(covid)
-        assert entry["sensitivity"]["k"] == sum(r["predicted"] == "covid" for r in covid)
-        assert entry["specificity"]["k"] == sum(r["predicted"] == "normal" for r in normal)
+        assert entry["sensitivity"]["k"] == sum(r["predicted_class"] == "covid" for r in covid)
+        assert entry["specificity"]["k"] == sum(r["predicted_class"] == "normal" for r in normal)
     assert sorted(e["value"] for e in metrics["by"]["view"]) == ["AP", "PA"]
     assert [e["n"] for e in metrics["by"]["source"]] == [48]
     out = capsys.readouterr().out

@@ -51,7 +51,7 @@ def test_reproduce_paper_writes_the_cases_side_by_side(synth_folders, tmp_path):
         assert bounds is None or 0.0 <= bounds[0] <= bounds[1] <= 1.0, metric
     # the first batch of 32 is the first 32 rows of the case's predictions
     rows = list(csv.DictReader(open(out / "paper-a" / "predictions.csv")))[:32]
-    right = sum(r["label"] == r["predicted"] for r in rows)
+    right = sum(r["label"] == r["predicted_class"] for r in rows)
     assert a["batches_of_32"]["first"]["accuracy"] == pytest.approx(right / len(rows))
     assert sum(map(sum, a["batches_of_32"]["first_confusion_matrix"])) == len(rows)
     for case in ("paper-a", "paper-b", "paper-b-10ep"):

@@ -54,7 +54,7 @@ def test_each_view_head_is_trained_as_its_own_run_would_train_it(two_view):
     from ccad.scoring.predictor import load_predictor
 
     predictor = load_predictor(run)
-    again = list(Screener(predictor).screen([r["path"] for r in rows]))
+    again = list(Screener(predictor).screen([r["file"] for r in rows]))
     np.testing.assert_allclose([float(r["p_covid"]) for r in rows], [p.raw_probabilities[0] for p in again], atol=1e-5)
 
 

@@ -25,6 +25,7 @@ from ccad.io.files import write_json, write_text
 from ccad.scoring.predictor import run_folder
 from ccad.screening import Screener
 from ccad.screening.records import Prediction
+from ccad.screening.results import RESULT_COLUMNS, TRUTH_COLUMNS
 
 SPLIT_CHOICES = ("test", "val", "all")
 
@@ -173,16 +174,14 @@ def write_predictions(
     classes: Sequence[str],
     in_distribution: np.ndarray | None = None,
 ) -> None:
-    """One row per scored image: path, group, source, true and predicted class, probabilities, and
-    ``in_distribution`` (blank when the model has no guard)."""
+    """One row per scored image, in ``ccad predict``'s columns (file, predicted_class, a probability per
+    class, in_distribution: blank when the model has no guard), then the truth: label, group, source."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(
-        ["path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes] + ["in_distribution"]
-    )
+    writer.writerow([*RESULT_COLUMNS, *(f"p_{c}" for c in classes), "in_distribution", *TRUTH_COLUMNS])
     flags = [""] * len(samples) if in_distribution is None else [str(bool(v)).lower() for v in in_distribution]
     for s, t, p, k, flag in zip(samples, y_true, probabilities, predicted, flags):
-        writer.writerow([s.path, s.group, s.source, classes[t], classes[k]] + [f"{v:.6f}" for v in p] + [flag])
+        writer.writerow([s.path, classes[k], *(f"{v:.6f}" for v in p), flag, classes[t], s.group, s.source])
     write_text(path, buffer.getvalue())
 
 

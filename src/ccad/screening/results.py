@@ -18,6 +18,8 @@ from ccad.screening.records import Prediction
 from ccad.screening.screener import Screener
 
 RESULT_COLUMNS = ("file", "predicted_class")
+#: What a labelled set's prediction rows add after them (``evaluate``, ``cv``, a run's split predictions).
+TRUTH_COLUMNS = ("label", "group", "source")
 #: Columns after the probabilities: the out-of-distribution guard and the lung check.
 SCREEN_COLUMNS = ("in_distribution", "ood_distance", "lung_qc")
 NOT_A_DIAGNOSIS = "screening aid, not a diagnosis"

@@ -29,6 +29,7 @@ from ccad.evaluation.metrics import BINARY_METRICS, compute_metrics
 from ccad.evaluation.reports import write_figures, write_report
 from ccad.io.files import write_json, write_text
 from ccad.screening import Screener
+from ccad.screening.results import RESULT_COLUMNS, TRUTH_COLUMNS
 from ccad.training.config import TrainConfig
 from ccad.training.run import train
 
@@ -180,9 +181,9 @@ def _fold_table(per_fold: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 def _write_oof_csv(path: Path, rows, classes: Sequence[str]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["fold", "path", "group", "source", "label", "predicted"] + [f"p_{c}" for c in classes])
+    writer.writerow([*RESULT_COLUMNS, *(f"p_{c}" for c in classes), *TRUTH_COLUMNS, "fold"])
     for fold, sample, p, k in rows:
         writer.writerow(
-            [fold, sample.path, sample.group, sample.source, sample.label, classes[k]] + [f"{v:.6f}" for v in p]
+            [sample.path, classes[k], *(f"{v:.6f}" for v in p), sample.label, sample.group, sample.source, fold]
         )
     write_text(path, buffer.getvalue())

@@ -50,7 +50,7 @@ def batches_of_32(predictions_csv: Path, seed: int, positive: str = "covid") -> 
     with open(predictions_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     truth = np.array([r["label"] == positive for r in rows])
-    predicted = np.array([r["predicted"] == positive for r in rows])
+    predicted = np.array([r["predicted_class"] == positive for r in rows])
     score = np.array([float(r[f"p_{positive}"]) for r in rows])
     size = min(BATCH, len(rows))
     rng = np.random.default_rng(seed)

@@ -54,6 +54,7 @@ from ccad.preprocessing.steps import preprocessing_views, view_count
 from ccad.scoring.predictor import KerasPredictor
 from ccad.screening import Screener
 from ccad.screening.guard import fit_guard
+from ccad.screening.results import RESULT_COLUMNS, TRUTH_COLUMNS
 from ccad.training.config import TrainConfig
 from ccad.training.distributed import cluster_from_env, fit_distributed, multi_worker_strategy
 from ccad.training.fit import fine_tune, fit_cached_views, fit_sklearn_head, fit_streaming
@@ -184,13 +185,14 @@ def _fit_decision_and_guard(model, arrays, dataset: Dataset, config: TrainConfig
 
 
 def write_predictions(path: Path, samples, probabilities: np.ndarray, classes) -> None:
-    """``path,group,source,label,p_<class>...``: the model's own probabilities (before the decision rule) for
-    ``samples``; a run's ``val_predictions.csv`` is what its threshold was fitted on."""
+    """``file,p_<class>...,label,group,source``: the model's own probabilities (before the decision rule, so no
+    predicted class) for ``samples``, in ``ccad predict``'s column names; a run's ``val_predictions.csv`` is
+    what its threshold was fitted on."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["path", "group", "source", "label"] + [f"p_{c}" for c in classes])
+    writer.writerow([RESULT_COLUMNS[0], *(f"p_{c}" for c in classes), *TRUTH_COLUMNS])
     for sample, p in zip(samples, probabilities):
-        writer.writerow([sample.path, sample.group, sample.source, sample.label] + [f"{v:.6f}" for v in p])
+        writer.writerow([sample.path, *(f"{v:.6f}" for v in p), sample.label, sample.group, sample.source])
     write_text(path, buffer.getvalue())
 
 
