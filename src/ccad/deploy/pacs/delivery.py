@@ -42,8 +42,8 @@ class _Retry:
 @dataclass
 class Lane:
     """One sender thread's share of the outbox: lane ``index`` of ``count`` sends the results of the images
-    whose key falls to it (both objects of an image, in order), and lane 0 the FHIR reports; it holds its own
-    association and retry times."""
+    whose key falls to it (both objects of an image, in order), and lane 0 the FHIR reports and the HL7
+    messages; it holds its own association and retry times."""
 
     index: int = 0
     count: int = 1
@@ -52,7 +52,7 @@ class Lane:
     assoc: Any = None
 
     def owns(self, path: Path) -> bool:
-        if path.suffix == ".json":
+        if path.suffix in (".json", ".hl7"):
             return self.index == 0
         return zlib.crc32(Spool.image_key(path).encode()) % self.count == self.index
 
@@ -67,6 +67,7 @@ class Delivery:
         self.lanes: list[Lane] = []
         self.web = None  # the DICOMweb client (STOW-RS), when send_to is a DICOMweb URL
         self.fhir = None  # the FHIR poster, when --fhir is a URL
+        self.hl7 = None  # the RIS's MLLP listener, when --hl7 is set
         self._threads: list[threading.Thread] = []
 
     def start(self) -> "Delivery":
@@ -92,7 +93,7 @@ class Delivery:
             thread.join(timeout=30)
 
     def _connect(self) -> None:
-        """The DICOMweb client (STOW-RS results) and the FHIR poster, where the settings name them."""
+        """The DICOMweb client (STOW-RS results), the FHIR poster and the RIS, where the settings name them."""
         if isinstance(self.settings.send_to, WebDestination):
             from ccad.deploy.pacs.dicomweb import client, session
 
@@ -102,6 +103,10 @@ class Delivery:
             from ccad.deploy.pacs.fhir import FhirPoster
 
             self.fhir = FhirPoster(self.settings.fhir, str(self.settings.ca_file) if self.settings.ca_file else None)
+        if self.settings.hl7:
+            from ccad.deploy.pacs.oru import Hl7Destination
+
+            self.hl7 = Hl7Destination.parse(self.settings.hl7)
 
     def _send_loop(self, lane: Lane) -> None:
         """The lane's thread: send what is due, wait for more; no error ends it (what was not sent waits)."""
@@ -117,7 +122,8 @@ class Delivery:
 
     def _send_due(self, lane: Lane) -> None:
         now = time.monotonic()
-        pending = [p for p in self.spool.pending_outbox() + self.spool.pending_fhir() if lane.owns(p)]
+        waiting = self.spool.pending_outbox() + self.spool.pending_fhir() + self.spool.pending_hl7()
+        pending = [p for p in waiting if lane.owns(p)]
         due = [p for p in pending if lane.retries.get(p, _Retry()).due <= now]
         if due:
             self.send(due, lane)
@@ -150,14 +156,17 @@ class Delivery:
         lane.assoc = None
 
     def send(self, paths: list[Path], lane: Lane) -> None:
-        reports = [p for p in paths if p.suffix == ".json"]
-        if reports and self.fhir is None:  # left by a run with --fhir URL: kept until one runs again
-            for path in reports:
-                lane.retries[path] = _Retry(attempts=1, due=time.monotonic() + 3600)
-            log.warning("%d FHIR reports wait in the spool, and no --fhir URL is set to send them", len(reports))
-        elif reports:
-            self._send_fhir(reports, lane)
-        paths = [p for p in paths if p.suffix != ".json"]
+        reports = {".json": (self.fhir, self._send_fhir, "FHIR reports", "--fhir URL")}
+        reports[".hl7"] = (self.hl7, self._send_hl7, "HL7 messages", "--hl7 HOST:PORT")
+        for suffix, (target, sender, what, flag) in reports.items():
+            files = [p for p in paths if p.suffix == suffix]
+            if files and target is None:  # left by a run that had a destination: kept until one runs again
+                for path in files:
+                    lane.retries[path] = _Retry(attempts=1, due=time.monotonic() + 3600)
+                log.warning("%d %s wait in the spool, and no %s is set to send them", len(files), what, flag)
+            elif files:
+                sender(files, lane)
+        paths = [p for p in paths if p.suffix == ".dcm"]
         if not paths:
             return
         if isinstance(self.settings.send_to, WebDestination):
@@ -203,6 +212,22 @@ class Delivery:
                 self._delivered(path, lane)
             else:
                 self._failed(path, problem, lane)
+
+    def _send_hl7(self, paths: list[Path], lane: Lane) -> None:
+        """One ORU^R01 at a time over MLLP (:func:`.oru.send_oru`): delivered on ``AA``, else retried."""
+        from ccad.deploy.pacs.oru import send_oru
+
+        for path in paths:
+            if self._stop.is_set():
+                break
+            try:
+                why = send_oru(self.hl7, path.read_bytes().decode("utf-8"))
+            except Exception as e:  # a file that cannot be read, or anything the exchange raises
+                why = type(e).__name__
+            if why is None:
+                self._delivered(path, lane)
+            else:
+                self._failed(path, why, lane)
 
     def _send_dimse(self, paths: list[Path], lane: Lane) -> None:
         assoc = self._association(lane)

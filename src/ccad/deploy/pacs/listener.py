@@ -52,6 +52,7 @@ class Stats:
     sent: int = 0
     send_failures: int = 0
     fhir_failures: int = 0
+    hl7_failures: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: ``ccad_dicom_events_total{event}``, the same counts for Prometheus (set by the listener's start).
     counter: Any = field(default=None, repr=False)
@@ -117,7 +118,8 @@ class Listener:
         self.worker.start()
         if scp:
             self.scp.start()
-        self.delivery.start()
+        if not self.settings.shadow:  # a silent go-live sends nothing, not even what an earlier run left
+            self.delivery.start()
         self._resumer = threading.Thread(target=self._resume, name="ccad-dicom-resume", daemon=True)
         self._resumer.start()
         self._log_start(scp)
@@ -164,12 +166,14 @@ class Listener:
 
     def idle(self) -> bool:
         """Nothing waits to be scored or sent."""
-        fhir_sent = self.delivery.fhir is not None
+        delivery = self.delivery
         return (
             self.queue.unfinished_tasks == 0
             and not self.spool.pending_inbox()
-            and not self.spool.pending_outbox()
-            and not (fhir_sent and self.spool.pending_fhir())  # reports nobody will send: not waited for
+            and (self.settings.shadow or not self.spool.pending_outbox())  # shadow: nothing is sent
+            # reports nobody will send are not waited for
+            and not (delivery.fhir is not None and self.spool.pending_fhir())
+            and not (delivery.hl7 is not None and self.spool.pending_hl7())
         )
 
     # -- inside -----------------------------------------------------------------------------------
@@ -234,6 +238,8 @@ class Listener:
             if isinstance(destination, Destination)
             else "a DICOMweb service (STOW-RS)"
         )
+        if self.settings.shadow:
+            where = "nowhere (shadow mode: scored and logged, nothing sent)"
         log.info(
             "%s; results to %s; model %s (%s); spool %s",
             f"listening as {self.settings.ae_title} on {self.settings.host}:{self.settings.port}" if scp else "pulling",

@@ -94,6 +94,15 @@ class ListenerSettings:
         "into this folder",
         metavar="URL|DIR",
     )
+    hl7: str | None = option(
+        None,
+        "send an HL7 v2.5.1 ORU^R01 an image to the RIS's MLLP listener at HOST:PORT (the accession number, the "
+        "result, p(COVID), the threshold, the model; priority S when COVID-19 is suspected), retried until "
+        "acknowledged AA",
+        metavar="HOST:PORT",
+    )
+    #: A silent go-live: every image scored and logged (the result log, the metrics), nothing sent anywhere.
+    shadow: bool = option(False, "score and log every image, send nothing (no DICOM, HL7 or FHIR result)")
     fhir_patient_system: str | None = option(
         None,
         "name the patient in the FHIR report by its Patient ID under this identifier system (default: no patient "
@@ -117,6 +126,10 @@ class ListenerSettings:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError(f"`metrics_port` must be a port number, got {self.metrics_port}")
         check_drift_window(self.drift_window)
+        if self.hl7:
+            from ccad.deploy.pacs.oru import Hl7Destination
+
+            Hl7Destination.parse(self.hl7)
         if self.fhir and "://" in self.fhir:  # a URL (a mistyped scheme must not become a folder)
             from ccad.deploy.pacs.dicomweb import check_url
 

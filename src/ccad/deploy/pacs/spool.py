@@ -20,9 +20,10 @@ class Spool:
         self.root = Path(root)
         self.inbox, self.outbox, self.failed = self.root / "inbox", self.root / "outbox", self.root / "failed"
         self.fhir = self.root / "fhir"  # FHIR reports waiting to be sent
+        self.hl7 = self.root / "hl7"  # HL7 ORU messages waiting to be sent
 
     def create(self) -> "Spool":
-        for folder in (self.root, self.inbox, self.outbox, self.failed, self.fhir):
+        for folder in (self.root, self.inbox, self.outbox, self.failed, self.fhir, self.hl7):
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, 0o700)
         return self
@@ -70,8 +71,8 @@ class Spool:
     @staticmethod
     def image_key(path: Path) -> str:
         """The key of the image a result file belongs to: ``KEY`` of an outbox ``KEY-I.dcm`` (as
-        :meth:`put_results` names them) or of a FHIR ``KEY.json`` (:meth:`put_fhir`)."""
-        return path.stem if path.suffix == ".json" else path.stem.rsplit("-", 1)[0]
+        :meth:`put_results` names them), of a FHIR ``KEY.json`` (:meth:`put_fhir`) or an HL7 ``KEY.hl7``."""
+        return path.stem if path.suffix in (".json", ".hl7") else path.stem.rsplit("-", 1)[0]
 
     def set_aside(self, path: Path, reason: str) -> Path:
         """Move a received instance that could not be handled to ``failed/``, with ``reason`` beside it
@@ -88,6 +89,14 @@ class Spool:
         path = self.fhir / f"{key}.json"
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(report))
+            os.chmod(tmp, 0o600)
+        return path
+
+    def put_hl7(self, key: str, message: str) -> Path:
+        """Store the HL7 message of ``key`` for sending, atomically (the text as it is sent, UTF-8)."""
+        path = self.hl7 / f"{key}.hl7"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(message.encode("utf-8"))
             os.chmod(tmp, 0o600)
         return path
 
@@ -113,3 +122,6 @@ class Spool:
 
     def pending_fhir(self) -> list[Path]:
         return self._pending(self.fhir, "*.json")
+
+    def pending_hl7(self) -> list[Path]:
+        return self._pending(self.hl7, "*.hl7")

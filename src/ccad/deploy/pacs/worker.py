@@ -179,13 +179,8 @@ class ScoringWorker:
         key = path.stem
         try:
             ds, prediction, reason = self._score_in_time(key, path.read_bytes())
-            self._put_results(key, ds, prediction, reason)
-            if self.settings.fhir:
-                try:
-                    self._fhir_report(key, ds, prediction, reason)
-                except Exception as e:  # the DICOM results are in the outbox already: the image is not lost
-                    self.stats.add("fhir_failures")
-                    log.error("image %s: its FHIR report could not be made (%s)", key, type(e).__name__)
+            if not self.settings.shadow:  # a silent go-live: scored and logged, nothing built to be sent
+                self._put_outputs(key, ds, prediction, reason)
         except Exception as e:  # a bad image must never stop the listener, nor vanish
             self.stats.add("failed")
             why = str(e) if isinstance(e, ScoringTimeout) else f"no result could be made ({type(e).__name__})"
@@ -258,6 +253,26 @@ class ScoringWorker:
             except CcadError as e:
                 why = f"not readable: {intake_reason(e)}"
         return ds, prediction, why
+
+    def _put_outputs(self, key: str, ds, prediction, reason: str | None) -> None:
+        """The image's DICOM results into the outbox, then (where the settings name them) its FHIR report and
+        its HL7 message; a report that cannot be made is counted and logged, the DICOM results stay."""
+        self._put_results(key, ds, prediction, reason)
+        reports = {"fhir": self._fhir_report, "hl7": self._hl7_message}
+        for name, make in reports.items():
+            if not getattr(self.settings, name):
+                continue
+            try:
+                make(key, ds, prediction, reason)
+            except Exception as e:  # the DICOM results are in the outbox already: the image is not lost
+                self.stats.add(f"{name}_failures")
+                log.error("image %s: its %s report could not be made (%s)", key, name.upper(), type(e).__name__)
+
+    def _hl7_message(self, key: str, ds, prediction, reason: str | None) -> None:
+        """The ORU^R01 for the RIS, into the spool for sending (:mod:`.oru`)."""
+        from ccad.deploy.pacs.oru import oru_message
+
+        self.spool.put_hl7(key, oru_message(result_source(ds), self.algorithm, prediction, reason, key))
 
     def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
         """The FHIR DiagnosticReport: into the spool for sending, or into the ``fhir`` folder."""
