@@ -1,9 +1,13 @@
 """Helpers the tests share (tests/ is on the path: ``from helpers import make_dicom``). The DICOM X-ray maker
 and the free-port finder live in ``support/``, which the benchmarks share too; they are re-exported here."""
 
+import json
+import urllib.request
+
 import numpy as np
 from dicom_files import PATIENT, make_xray_dicom  # noqa: E402,F401  (re-exported)
 from net import free_port  # noqa: E402,F401  (re-exported)
+from prometheus_client.parser import text_string_to_metric_families
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -172,3 +176,17 @@ def site_manifest(site, folder, normals: int | None = None, bad: dict[str, bytes
         lines.append(f"{folder / name},normal,{name}")
     (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
     return folder / "manifest.csv"
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """{(sample name, sorted labels): value} of a Prometheus text page."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def get_json(url: str, headers=None) -> dict:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as answer:
+        return json.loads(answer.read())

@@ -14,22 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from helpers import free_port
+from helpers import free_port, samples
+from helpers import get_json as _get
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ccad.deploy.web import ServeSettings, create_app
 
 PROMETHEUS = shutil.which("prometheus")
-
-
-def samples(text: str) -> dict[tuple, float]:
-    """{(sample name, sorted labels): value} of a Prometheus text page."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_metrics_count_what_was_scored_and_name_no_file(bundle, synth_folders, tmp_path):
@@ -64,11 +55,6 @@ def test_an_unwritable_result_log_is_refused_at_start(bundle, tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="`result_log` .*cannot write there"):
         create_app(ServeSettings(bundle, result_log=tmp_path / "file" / "results.jsonl"))
-
-
-def _get(url: str, headers=None) -> dict:
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as answer:
-        return json.loads(answer.read())
 
 
 @pytest.mark.skipif(
@@ -243,6 +229,13 @@ METRICS = {  # what dashboards and alerting rules read: each family's name, type
     "ccad_drift_psi": ("gauge", "Population stability index of the last window", ["adapter", "signal"]),
     "ccad_result_log_errors": ("counter", "Result-log lines that could not be written", []),
     "ccad_model_info": ("gauge", "The model bundle in use", ["card_sha256", "rule", "variant"]),
+    "ccad_verdicts": ("counter", "Readers' verdicts on results, by outcome", ["adapter", "outcome"]),
+    "ccad_live_lower95": (
+        "gauge",
+        "Wilson 95% lower bound of the live performance the readers' verdicts give",
+        ["adapter", "measure"],
+    ),
+    "ccad_validated": ("gauge", "The level the site validated", ["adapter", "measure"]),
 }
 
 

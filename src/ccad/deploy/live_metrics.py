@@ -14,6 +14,11 @@ The metrics (prometheus-client, one registry per server, nothing process-wide):
 - ``ccad_drift{adapter}`` (1 while the state is ``drift``) and ``ccad_drift_psi{adapter,signal}`` (score,
   distance; :mod:`ccad.evaluation.drift`)
 - ``ccad_model_info``: the bundle's card sha256, variant and rule (a constant 1)
+- ``ccad_verdicts_total{adapter,outcome}``: the readers' verdicts on results (true/false positive/negative), and
+  ``ccad_live_lower95{adapter,measure}``: the Wilson 95% lower bound of the live sensitivity, specificity and
+  PPV they give (set once a measure has a verdict); ``ccad_validated{adapter,measure}``: the level the site
+  validated (:meth:`LiveMetrics.validated_levels`). ``ccad/deploy/prometheus/ccad-alerts.yml`` alerts when a live
+  lower bound falls under its validated level, or drift is on.
 - the adapters add their own: requests by status, latency, queue depth (``ccad serve``); associations and
   images received (``ccad dicom listen``).
 
@@ -33,6 +38,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,12 +46,27 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ccad.errors import ConfigError
 from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
+from ccad.evaluation.metrics import wilson_share
 from ccad.io.files import private_path
 from ccad.options import option
 
 log = logging.getLogger("ccad.monitoring")
 SCORE_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (1.0,)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+#: Results remembered for the readers' verdicts (their ids and whether each was called positive: 17 bytes of key).
+REMEMBERED = 100_000
+OUTCOMES = ("true_positive", "false_negative", "true_negative", "false_positive")
+MEASURES = ("sensitivity", "specificity", "ppv")
+
+
+def live_bounds(outcomes: dict[str, int]) -> dict[str, dict]:
+    """Sensitivity, specificity and PPV (each with its Wilson 95% interval) of verdict counts by outcome; a
+    measure without a case is left out."""
+    tp, fn, tn, fp = (outcomes.get(o, 0) for o in OUTCOMES)
+    pairs = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp)}
+    return {measure: wilson_share(k, n) for measure, (k, n) in pairs.items() if n}
 
 
 def result_log_option():
@@ -133,6 +154,23 @@ class LiveMetrics:
         self.model_info = Gauge(
             "ccad_model_info", "The model bundle in use", ("card_sha256", "variant", "rule"), registry=registry
         )
+        self.verdicts = Counter(
+            "ccad_verdicts", "Readers' verdicts on results, by outcome", (*labels, "outcome"), registry=registry
+        )
+        self.live = Gauge(
+            "ccad_live_lower95",
+            "Wilson 95% lower bound of the live performance the readers' verdicts give",
+            (*labels, "measure"),
+            registry=registry,
+        )
+        self.validated = Gauge(
+            "ccad_validated", "The level the site validated", (*labels, "measure"), registry=registry
+        )
+        self._outcomes = dict.fromkeys(OUTCOMES, 0)
+        #: result id (the pseudonym) -> whether it was called positive, for the readers' verdicts to come; the
+        #: latest :data:`REMEMBERED` results
+        self._called: OrderedDict[str, bool] = OrderedDict()
+        self.verdict_log: ResultLog | None = None
 
     @classmethod
     def for_screener(
@@ -196,6 +234,11 @@ class LiveMetrics:
         self.drift_gauge.labels(a).set(1 if state == DRIFT else 0)
         if change is not None:
             (log.warning if change == DRIFT else log.info)(self.drift.describe())
+        if identity is not None:
+            with self._lock:
+                self._called[pseudonym(identity)] = prediction.predicted_class == self.positive_class
+                while len(self._called) > REMEMBERED:
+                    self._called.popitem(last=False)
         if self.result_log is not None:
             self._append(
                 {
@@ -211,6 +254,45 @@ class LiveMetrics:
                     "drift": state,
                 }
             )
+
+    def validated_levels(self, **levels: float) -> None:
+        """The levels the site validated (``sensitivity=0.9``, ``specificity=...``, ``ppv=...``): what the alert
+        rules compare the live lower bounds with."""
+        for measure, level in levels.items():
+            if measure not in MEASURES:
+                raise ConfigError(f"`{measure}` is not one of {', '.join(MEASURES)}")
+            self.validated.labels(self.adapter, measure).set(level)
+
+    def verdict(self, called_positive: bool, truly_positive: bool) -> None:
+        """One reader's verdict on one result: the model called it positive or not, the reader found the positive
+        class or not. Updates the counts and each measure's live lower bound."""
+        outcome = ("true_" if called_positive == truly_positive else "false_") + (
+            "positive" if called_positive else "negative"
+        )
+        self.verdicts.labels(self.adapter, outcome).inc()
+        with self._lock:
+            self._outcomes[outcome] += 1
+            bounds = live_bounds(self._outcomes)
+        for measure, share in bounds.items():
+            self.live.labels(self.adapter, measure).set(share["ci95"][0])
+
+    def verdict_on(self, result_id: str, agrees: bool, finding: str | None = None) -> str | None:
+        """A reader's verdict on the result ``result_id`` (the pseudonym its answer carried): agrees with the
+        decision or not, and the reader's finding (a class; without it a disagreement means the other side of
+        the positive class). Returns the outcome (``true_positive``...), or None for a result this server does not
+        remember. The verdict log keeps the pseudonym, the verdict and the outcome: no patient field."""
+        with self._lock:
+            called = self._called.get(result_id)
+        if called is None:
+            return None
+        truly = (finding == self.positive_class) if finding is not None else (called if agrees else not called)
+        self.verdict(called_positive=called, truly_positive=truly)
+        outcome = ("true_" if called == truly else "false_") + ("positive" if called else "negative")
+        if self.verdict_log is not None:
+            time = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+            record = {"time": time, "adapter": self.adapter, "image": result_id, "agrees": agrees}
+            self.verdict_log.append({**record, "finding": finding, "outcome": outcome})
+        return outcome
 
     def _append(self, record: dict) -> None:
         """A line of the result log; a disk that refuses it is logged and counted, and the image's result

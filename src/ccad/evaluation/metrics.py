@@ -206,6 +206,14 @@ def _undefined_notes(point: dict[str, float | None], positive_class: str) -> lis
     return notes
 
 
+def wilson_share(k: int, n: int) -> dict[str, Any]:
+    """``k`` of ``n`` as a share with its Wilson 95% interval (``n`` > 0)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(method="wilson")
+    return {"k": k, "n": n, "value": k / n, "ci95": [float(ci.low), float(ci.high)]}
+
+
 def ood_rate(flagged: np.ndarray, guard) -> dict[str, Any]:
     """How many images the guard flags, with a Wilson 95% interval on the share."""
     from scipy.stats import binomtest

@@ -27,6 +27,7 @@ import numpy as np
 
 from ccad.errors import DataError
 from ccad.evaluation.drift import BINS, DRIFT, OK, WARMING_UP, WINDOW, Signal
+from ccad.evaluation.metrics import wilson_share
 from ccad.io.files import write_text
 
 PERIODS = ("day", "week", "month")
@@ -148,10 +149,7 @@ def period_of(moment: datetime, period: str) -> str:
 
 
 def _share(k: int, n: int) -> dict[str, Any]:
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(method="wilson")
-    return {"k": k, "n": n, "value": k / n, "ci95": [float(ci.low), float(ci.high)]}
+    return wilson_share(k, n)
 
 
 class Tally:

@@ -9,10 +9,10 @@ lifespan), :mod:`~ccad.deploy.web.dependencies` (``Annotated`` aliases for what 
 :mod:`~ccad.deploy.web.schemas` (pydantic answers: the OpenAPI schema is generated from them) and one
 router per resource in :mod:`~ccad.deploy.web.routers`.
 
-Routes: ``GET /`` (the page), ``GET /static/*`` (its assets: no CDN),
-``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``, ``GET /metrics`` (Prometheus, behind the
-API key when one is set; :mod:`ccad.deploy.live_metrics`), ``/openapi.json``; ``/docs`` only with ``docs=True``
-(Swagger UI loads its
+Routes: ``GET /`` (the page), ``GET /static/*`` (its assets: no CDN), ``POST /api/v1/predict``,
+``POST /api/v1/verdicts`` (a reader's verdict on a result: JSON, at most 4 KB), ``GET /api/v1/model``,
+``GET /healthz``, ``GET /metrics`` (Prometheus, behind the API key when one is set;
+:mod:`ccad.deploy.live_metrics`), ``/openapi.json``; ``/docs`` only with ``docs=True`` (Swagger UI loads its
 scripts from a CDN).
 
 Limits are enforced before work, in this order (:class:`~ccad.deploy.web.guard.Guard`, ASGI middleware
@@ -56,9 +56,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ccad.deploy.live_metrics import LiveMetrics
+from ccad.deploy.live_metrics import LiveMetrics, ResultLog
 from ccad.deploy.web.guard import Guard, HttpMetrics
-from ccad.deploy.web.routers import health, model, page, predict
+from ccad.deploy.web.routers import health, model, page, predict, verdicts
 from ccad.deploy.web.schemas import ModelSummary
 from ccad.deploy.web.settings import ServeSettings
 from ccad.deploy.web.views import data_names, decision_view, model_card_view
@@ -94,6 +94,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
         intake=Intake(settings.max_upload_bytes, settings.max_pixels),
     )
     monitor = LiveMetrics.for_screener(screener, "api", settings.result_log, window=settings.drift_window)
+    monitor.verdict_log = ResultLog(settings.verdict_log).check() if settings.verdict_log else None
+    levels = {"sensitivity": settings.validated_sensitivity, "specificity": settings.validated_specificity}
+    monitor.validated_levels(**{k: v for k, v in levels.items() if v is not None})
     app = FastAPI(
         title="ccad",
         version=(screener.card.versions or {}).get("ccad", ""),
@@ -111,6 +114,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(model.router)
     app.include_router(predict.router)
+    app.include_router(verdicts.router)
     if settings.metrics:
         app.include_router(health.metrics_router)
     app.include_router(page.router)

@@ -15,6 +15,9 @@ from ccad.deploy.web.settings import ServeSettings
 
 API_PREFIX = "/api/v1"
 PREDICT = f"{API_PREFIX}/predict"
+VERDICTS = f"{API_PREFIX}/verdicts"
+#: The largest verdict body (a few fields of JSON).
+MAX_VERDICT_BYTES = 4096
 METRICS = "/metrics"
 #: Headers on every response: the page and its assets come from this server only; nothing frames it.
 SECURITY_HEADERS = [
@@ -60,6 +63,7 @@ class HttpMetrics:
 
     ROUTES = {
         PREDICT: "predict",
+        VERDICTS: "verdicts",
         f"{API_PREFIX}/model": "model",
         "/healthz": "healthz",
         "/metrics": "metrics",
@@ -133,12 +137,16 @@ class Guard:
                 "missing or wrong API key (X-API-Key header or Authorization: Bearer)",
                 {"WWW-Authenticate": 'Bearer realm="ccad"'},
             )
-        if scope["method"] != "POST" or path != PREDICT:
+        if scope["method"] != "POST" or path not in (PREDICT, VERDICTS):
             return await self.app(scope, receive, send_with_headers)
-        if not headers.get(b"content-type", b"").startswith(b"multipart/form-data"):
-            return await _answer(send_with_headers, 415, "send the files as multipart/form-data in the field 'files'")
-        limit = self.settings.max_request_bytes
-        too_large = f"request over the limit of {limit / 2**20:g} MB"
+        kind, limit, how = (
+            (b"multipart/form-data", self.settings.max_request_bytes, "the files as multipart/form-data in 'files'")
+            if path == PREDICT
+            else (b"application/json", MAX_VERDICT_BYTES, "the verdict as application/json")
+        )
+        if not headers.get(b"content-type", b"").startswith(kind):
+            return await _answer(send_with_headers, 415, f"send {how}")
+        too_large = f"request over the limit of {limit / 2**20:g} MB" if path == PREDICT else f"over {limit} bytes"
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
             return await _answer(send_with_headers, 413, too_large)

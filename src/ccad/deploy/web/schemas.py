@@ -4,7 +4,7 @@ before (``ood_distance`` without a guard, ``severity`` for an image not called p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,9 @@ class Result(BaseModel):
     """One uploaded image's result; ``error`` is set, and nothing else, for a file that could not be read."""
 
     name: str = Field(description="the upload's file name (at most 200 characters)")
+    result_id: str | None = Field(
+        None, description="what a reader's verdict names this result by (POST /api/v1/verdicts): a pseudonym"
+    )
     predicted_class: str | None = None
     probabilities: dict[str, float] | None = Field(None, description="after the decision rule's temperature")
     lung_qc: list[str] | None = Field(None, description="lung-field check flags (none: the lungs look usable)")
@@ -74,6 +77,21 @@ class ModelCardView(BaseModel):
     classes: list[str]
     positive_class: str
     caveat: str
+
+
+class VerdictIn(BaseModel):
+    """A reader's verdict on one result: agrees with its decision or not, and (optionally) the reader's finding."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    result_id: str = Field(pattern="^[0-9a-f]{16}$", description="the result's result_id")
+    verdict: Literal["agree", "disagree"]
+    finding: str | None = Field(None, max_length=64, description="the reader's finding: one of the model's classes")
+
+
+class VerdictAnswer(BaseModel):
+    result_id: str
+    outcome: Literal["true_positive", "false_negative", "true_negative", "false_positive"]
 
 
 class Problem(BaseModel):

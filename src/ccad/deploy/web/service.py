@@ -8,7 +8,7 @@ import asyncio
 
 from starlette.concurrency import run_in_threadpool
 
-from ccad.deploy.live_metrics import LiveMetrics
+from ccad.deploy.live_metrics import LiveMetrics, pseudonym
 from ccad.io.pictures import gray_rgb, heatmap_rgba, png_base64
 from ccad.screening import ScreeningService, Upload
 from ccad.screening.records import Prediction
@@ -22,9 +22,10 @@ async def screen_uploads(
     predictions = await asyncio.gather(*(asyncio.wrap_future(service.submit(u, heatmap)) for u in uploads))
     for upload, prediction in zip(uploads, predictions):
         monitor.observe(prediction, identity=upload.data)
-    if heatmap:
-        return await run_in_threadpool(render, predictions)
-    return [prediction.to_dict(key="name") for prediction in predictions]
+    results = await run_in_threadpool(render, predictions) if heatmap else [p.to_dict(key="name") for p in predictions]
+    for upload, result in zip(uploads, results):  # what a reader's verdict names the result by
+        result["result_id"] = pseudonym(upload.data)
+    return results
 
 
 def render(predictions: list[Prediction]) -> list[dict]:

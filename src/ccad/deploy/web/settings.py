@@ -52,6 +52,17 @@ class ServeSettings:
     drift_window: int = drift_window_option()
     #: Append one JSON line an image scored (:class:`ccad.deploy.live_metrics.ResultLog`).
     result_log: Path | None = result_log_option()
+    #: The readers' verdicts (``POST /api/v1/verdicts``), one JSON line each: the result's pseudonym, the verdict,
+    #: the outcome; no patient field.
+    verdict_log: Path | None = option(
+        None, "append each reader's verdict (POST /api/v1/verdicts) here, one JSON line", metavar="FILE"
+    )
+    validated_sensitivity: float | None = option(
+        None, "the sensitivity the site validated: the alert rules compare the live lower bound with it"
+    )
+    validated_specificity: float | None = option(
+        None, "the specificity the site validated: the alert rules compare the live lower bound with it"
+    )
 
     def check(self) -> "ServeSettings":
         """Refuse settings that cannot work, at start rather than on the first request."""
@@ -62,6 +73,10 @@ class ServeSettings:
         if self.batch_wait_ms < 0 or self.max_batch < 1:
             raise ConfigError("`batch_wait_ms` must be 0 or more and `max_batch` at least 1")
         check_drift_window(self.drift_window)
+        for name in ("validated_sensitivity", "validated_specificity"):
+            level = getattr(self, name)
+            if level is not None and not 0 < level < 1:
+                raise ConfigError(f"`{name}` must be between 0 and 1, got {level}")
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
             raise ConfigError("`max_upload_bytes` must be positive and at most the request limit")
         if self.keep_uploads is not None:
