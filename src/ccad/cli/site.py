@@ -64,6 +64,13 @@ def _add_monitor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", type=date_arg, help="first day (YYYY-MM-DD, UTC)")
     p.add_argument("--until", type=date_arg, help="last day (YYYY-MM-DD, UTC)")
     p.add_argument("--model", help="also compare each period with this bundle's reference (PSI)")
+    p.add_argument(
+        "--verdicts",
+        metavar="FILE",
+        help="the readers' verdicts (ccad serve --verdict-log): each period's live sensitivity, specificity and PPV",
+    )
+    for measure in ("sensitivity", "specificity", "ppv"):
+        p.add_argument(f"--validated-{measure}", type=float, help=f"the {measure} the site validated (with --verdicts)")
 
 
 def _run_monitor(args: argparse.Namespace) -> int | None:
@@ -82,14 +89,34 @@ def _run_monitor(args: argparse.Namespace) -> int | None:
                 f"--model {args.model}: its {OOD_FILE} has no drift reference (exported before "
                 "ccad stored one; ccad calibrate --unlabelled adds a site's)"
             )
-    record = monitor(args.log, args.out, args.period, args.since, args.until, reference)
+    levels = {m: getattr(args, f"validated_{m}") for m in ("sensitivity", "specificity", "ppv")}
+    levels = {m: v for m, v in levels.items() if v is not None}
+    record = monitor(args.log, args.out, args.period, args.since, args.until, reference, args.verdicts, levels)
     overall = record["overall"]
     print(
         f"{overall['n']} images from {overall['first'][:10]} to {overall['last'][:10]}: "
         f"called positive {overall['positive']['value']:.1%}, flagged by the guard "
         f"{overall['out_of_distribution']['value']:.1%}, {len(record['drift_changes'])} drift state changes"
     )
+    if "live" in record:
+        live = record["live"]["by_period"]["all"]
+        shown = ", ".join(
+            f"{m} {live[m]['value']:.1%} [{live[m]['ci95'][0]:.1%}, {live[m]['ci95'][1]:.1%}]"
+            for m in ("sensitivity", "specificity", "ppv")
+            if m in live
+        )
+        under = [
+            f"{p} ({', '.join(s['under_validated'])})"
+            for p, s in record["live"]["by_period"].items()
+            if s["under_validated"]
+        ]
+        print(
+            f"readers' verdicts on {live['with_a_verdict']} of {live['results']} results: {shown or 'no measure yet'}"
+        )
+        print("under the validated level: " + ("; ".join(under) if under else "none"))
     print(f"report: {Path(args.out) / 'monitor.html'} (counts of what the model said, not a diagnosis)")
+    if "live" in record and any(s["under_validated"] for s in record["live"]["by_period"].values()):
+        return 1
 
 
 COMMANDS = [

@@ -46,7 +46,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ccad.errors import ConfigError
 from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
-from ccad.evaluation.metrics import wilson_share
+from ccad.evaluation.metrics import MEASURES, OUTCOMES, live_bounds
 from ccad.io.files import private_path
 from ccad.options import option
 
@@ -57,16 +57,6 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 #: Results remembered for the readers' verdicts (their ids and whether each was called positive: 17 bytes of key).
 REMEMBERED = 100_000
-OUTCOMES = ("true_positive", "false_negative", "true_negative", "false_positive")
-MEASURES = ("sensitivity", "specificity", "ppv")
-
-
-def live_bounds(outcomes: dict[str, int]) -> dict[str, dict]:
-    """Sensitivity, specificity and PPV (each with its Wilson 95% interval) of verdict counts by outcome; a
-    measure without a case is left out."""
-    tp, fn, tn, fp = (outcomes.get(o, 0) for o in OUTCOMES)
-    pairs = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp)}
-    return {measure: wilson_share(k, n) for measure, (k, n) in pairs.items() if n}
 
 
 def result_log_option():

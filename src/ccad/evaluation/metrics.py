@@ -214,6 +214,18 @@ def wilson_share(k: int, n: int) -> dict[str, Any]:
     return {"k": k, "n": n, "value": k / n, "ci95": [float(ci.low), float(ci.high)]}
 
 
+OUTCOMES = ("true_positive", "false_negative", "true_negative", "false_positive")
+MEASURES = ("sensitivity", "specificity", "ppv")
+
+
+def live_bounds(outcomes: dict[str, int]) -> dict[str, dict]:
+    """Sensitivity, specificity and PPV (each with its Wilson 95% interval) of verdict counts by outcome; a
+    measure without a case is left out."""
+    tp, fn, tn, fp = (outcomes.get(o, 0) for o in OUTCOMES)
+    pairs = {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp)}
+    return {measure: wilson_share(k, n) for measure, (k, n) in pairs.items() if n}
+
+
 def ood_rate(flagged: np.ndarray, guard) -> dict[str, Any]:
     """How many images the guard flags, with a Wilson 95% interval on the share."""
     from scipy.stats import binomtest

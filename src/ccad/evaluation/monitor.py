@@ -1,6 +1,7 @@
 """``ccad monitor``: what a result log says about a period, for the site's review meeting.
 
     ccad monitor results.jsonl --out review/ [--period week] [--since 2026-11-01] [--model BUNDLE]
+        [--verdicts verdicts.jsonl --validated-sensitivity 0.9]
 
 The log is the one ``ccad serve`` and ``ccad dicom listen`` append with ``--result-log``
 (:class:`ccad.deploy.live_metrics.ResultLog`: no patient field). For each period (day, week or month, in UTC) and
@@ -10,7 +11,9 @@ intervals), the lung-check flags, the mean score, how many images were scored wh
 compared with that bundle's reference (the population stability index, :mod:`ccad.evaluation.drift`).
 
 These are counts of what the model said, not of what the patients had: a rise in the positive rate is a
-prevalence change or a model change, and only the radiologists' reports can tell which.
+prevalence change or a model change, and only the radiologists' reports can tell which. With ``--verdicts``
+(the readers' verdicts, :mod:`ccad.evaluation.verdicts`), each period also has the live sensitivity,
+specificity and PPV, set against the levels the site validated.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ import numpy as np
 
 from ccad.errors import DataError
 from ccad.evaluation.drift import BINS, DRIFT, OK, WARMING_UP, WINDOW, Signal
-from ccad.evaluation.metrics import wilson_share
+from ccad.evaluation.metrics import MEASURES, wilson_share
+from ccad.evaluation.verdicts import LiveTally, check_levels, read_verdicts
 from ccad.io.files import write_text
 
 PERIODS = ("day", "week", "month")
@@ -239,15 +243,25 @@ def monitor(
     since: date | None = None,
     until: date | None = None,
     reference=None,
+    verdicts: str | os.PathLike | None = None,
+    validated: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """``monitor.json`` and ``monitor.html`` in ``out``; returns the JSON record. The log is read once, a line at
-    a time: memory holds one tally a period, whatever the log's size."""
+    a time: memory holds one tally a period, whatever the log's size. With ``verdicts`` (the readers' verdict
+    log, :mod:`ccad.evaluation.verdicts`), each period's live sensitivity, specificity and PPV, set against the
+    ``validated`` levels (``{"sensitivity": 0.9}``)."""
     rejected, overall, changes = Rejected(), Tally(reference), DriftChanges()
     periods: dict[str, Tally] = {}
+    truth, bad_verdicts = read_verdicts(verdicts) if verdicts else ({}, 0)
+    live = {"all": LiveTally(truth)} if verdicts else {}
     for r in iter_log(log, rejected, since, until):
         overall.add(r)
-        periods.setdefault(period_of(r["_time"], period), Tally(reference)).add(r)
+        key = period_of(r["_time"], period)
+        periods.setdefault(key, Tally(reference)).add(r)
         changes.add(r)
+        if live:
+            live["all"].add(r)
+            live.setdefault(key, LiveTally(truth)).add(r)
     if overall.n == 0:
         raise DataError(
             f"{log}: no result records{' in that period' if since or until else ''} "
@@ -264,11 +278,37 @@ def monitor(
         "periods": {key: tally.summary() for key, tally in sorted(periods.items())},
         "note": NOTE,
     }
+    if live:
+        levels = check_levels(validated or {})
+        record["live"] = {
+            "verdicts": Path(verdicts).name,
+            "unreadable_verdict_lines": bad_verdicts,
+            "validated": levels,
+            "by_period": {key: tally.summary(levels) for key, tally in sorted(live.items())},
+            "note": "From the readers' verdicts on the results that have one; Wilson 95% intervals.",
+        }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "monitor.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     write_text(out / "monitor.html", _html(record))
     return record
+
+
+def _live_html(live: dict[str, Any] | None) -> str:
+    """The readers' verdicts table: each period's live measures, marked where under the validated level."""
+    if live is None:
+        return ""
+    rows = []
+    for key, s in live["by_period"].items():
+        cells = [key, s["results"], s["with_a_verdict"]]
+        cells += [_pct(s[m]) + (" UNDER" if m in s["under_validated"] else "") if m in s else "-" for m in MEASURES]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    levels = ", ".join(f"{m} {v:.1%}" for m, v in live["validated"].items()) or "none given"
+    head = "".join(f"<th>{h}</th>" for h in ["period", "results", "with a verdict", *MEASURES])
+    return (
+        f"<h2>Readers' verdicts: live performance (95% CI)</h2><p>{html.escape(live['note'])} Validated levels: "
+        f"{html.escape(levels)}; UNDER: the lower bound is under it.</p><table><tr>{head}</tr>{''.join(rows)}</table>"
+    )
 
 
 def _pct(share: dict[str, Any]) -> str:
@@ -322,5 +362,6 @@ table{{border-collapse:collapse}}</style></head><body>
 patients).</p>
 <table><tr>{head}</tr>{"".join(rows)}</table>
 <h2>Drift state changes (live check)</h2><ul>{changes}</ul>
+{_live_html(record.get("live"))}
 </body></html>
 """
