@@ -17,7 +17,19 @@ from .base import (
 
 def _add_validate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model bundle or run (default: the bundle shipped with ccad)")
-    add_data_args(p)
+    add_data_args(p, required=False)
+    p.add_argument(
+        "--results",
+        metavar="RESULT_LOG",
+        help="instead of --data: a shadow period's result log (dicom listen --shadow --result-log), judged against "
+        "--truth",
+    )
+    p.add_argument(
+        "--truth",
+        metavar="CSV",
+        help="the readers' findings for --results: a 'finding' column and an 'accession_number' or "
+        "'study_instance_uid' one",
+    )
     p.add_argument("--criteria", required=True, metavar="TOML", help="the site's acceptance criteria")
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=["test", "val", "all"], default="all", help="default: all (a site's own set)")
@@ -31,21 +43,14 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int | None:
-    model = model_of(args)
-    from ..evaluation.evaluate import evaluate_model
     from ..evaluation.subgroups import format_breakdown
     from ..evaluation.validate import PASS, read_criteria, validate, write_validation
-    from ..io.files import sha256
-    from ..models.card import BUNDLE_CARD, is_bundle
 
     criteria = read_criteria(args.criteria)  # before anything is scored: bad criteria are bad input
+    if bool(args.results) == bool(args.data) or bool(args.results) != bool(args.truth):
+        raise ConfigError("give --data, or --results with --truth (a shadow period and the readers' findings)")
     out = Path(args.out)
-    by = list(dict.fromkeys([*criteria["by"], *args.by]))
-    metrics = evaluate_model(model, spec(args), out / "evaluation", split=args.split, by=by)
-    model = {
-        "name": Path(model).name,
-        "card_sha256": sha256(Path(model) / BUNDLE_CARD) if is_bundle(model) else None,
-    }
+    metrics, model = _shadow_metrics(args) if args.results else _site_metrics(args, criteria, out)
     record = write_validation(out, validate(metrics, criteria), criteria, metrics, model)
     for v in record["verdicts"]:
         bar = f">= {v['at_least']:.3f}" if "at_least" in v else f"<= {v['at_most']:.3f}"
@@ -55,6 +60,36 @@ def _run_validate(args: argparse.Namespace) -> int | None:
         print("\n".join(format_breakdown(name, rows)))
     print(f"{record['verdict'].upper()}: {out / 'validation.html'} (screening aid, not a diagnosis)")
     return 0 if record["verdict"] == PASS else 1
+
+
+def _site_metrics(args: argparse.Namespace, criteria: dict, out: Path) -> tuple[dict, dict]:
+    """The metrics of a model scored on the site's labelled images, and the model's identity."""
+    from ..evaluation.evaluate import evaluate_model
+    from ..io.files import sha256
+    from ..models.card import BUNDLE_CARD, is_bundle
+
+    model = model_of(args)
+    by = list(dict.fromkeys([*criteria["by"], *args.by]))
+    metrics = evaluate_model(model, spec(args), out / "evaluation", split=args.split, by=by)
+    return metrics, {
+        "name": Path(model).name,
+        "card_sha256": sha256(Path(model) / BUNDLE_CARD) if is_bundle(model) else None,
+    }
+
+
+def _shadow_metrics(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The metrics of a shadow period's results against the readers' findings (the model is the one that wrote
+    the log: its card is in the log's ccad_model_info, not here)."""
+    from ..evaluation.shadow import shadow_metrics
+
+    metrics = shadow_metrics(args.results, args.truth)
+    join = metrics["join"]
+    print(
+        f"{join['studies_joined']} studies with a result and a finding (joined on {join['on']}); "
+        f"{join['studies_without_a_finding']} without a finding, "
+        f"{join['findings_without_a_study']} findings without a study"
+    )
+    return metrics, {"name": args.model or "the model that wrote the result log", "card_sha256": None}
 
 
 def _add_monitor(p: argparse.ArgumentParser) -> None:

@@ -27,7 +27,8 @@ No metric has a patient field, a file name or a UID in a label: the labels are f
 The result log (``--result-log``) is JSON Lines, one object an image, appended and flushed: the time (UTC), the
 adapter, ``image`` (the first 16 hex digits of the sha256 of the SOP Instance UID, or of the upload's bytes), the
 decision (and whether it is the positive class), the score, the out-of-distribution flag and distance, the lung-QC
-flags and the drift state. Nothing
+flags and the drift state; from the listener also ``study`` and ``accession`` (the same pseudonyms of the Study
+Instance UID and the accession number: what ``ccad validate --results`` joins the readers' findings on). Nothing
 else: no patient field, no file name. ``ccad monitor`` reads it.
 """
 
@@ -47,7 +48,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ccad.errors import ConfigError
 from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
 from ccad.evaluation.metrics import MEASURES, OUTCOMES, live_bounds
-from ccad.io.files import private_path
+from ccad.io.files import private_path, pseudonym
 from ccad.options import option
 
 log = logging.getLogger("ccad.monitoring")
@@ -77,11 +78,6 @@ def drift_window_option():
 def check_drift_window(window: int) -> None:
     if window < 20:
         raise ConfigError(f"`drift_window` must be at least 20 images, got {window}")
-
-
-def pseudonym(text: str | bytes) -> str:
-    """What the result log calls an image: 16 hex digits of a sha256 (of a UID or of the bytes uploaded)."""
-    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()[:16]
 
 
 class ResultLog:
@@ -195,9 +191,11 @@ class LiveMetrics:
             log.warning(drift.describe())
         return monitor
 
-    def observe(self, prediction, identity: str | bytes | None = None) -> None:
+    def observe(self, prediction, identity: str | bytes | None = None, study: dict[str, str] | None = None) -> None:
         """Count one scored image (a :class:`ccad.screening.records.Prediction`), move the drift window, and append
-        to the result log; ``identity`` (a UID or the upload's bytes) is logged only as its pseudonym."""
+        to the result log; ``identity`` (a UID or the upload's bytes) is logged only as its pseudonym, and so is
+        each of ``study`` (the listener's ``{"study": StudyInstanceUID, "accession": AccessionNumber}``: what
+        ``ccad validate --results`` joins the readers' findings on)."""
         a = self.adapter
         if prediction.error is not None:
             self.errors.labels(a).inc()
@@ -242,6 +240,7 @@ class LiveMetrics:
                     "ood_distance": prediction.ood_distance,
                     "lung_qc": list(prediction.lung_qc),
                     "drift": state,
+                    **{name: pseudonym(value) for name, value in (study or {}).items() if value},
                 }
             )
 

@@ -101,3 +101,9 @@ def private_path(path: str | os.PathLike, what: str, folder: bool = False) -> Pa
     finally:
         os.close(fd)
     return path
+
+
+def pseudonym(text: str | bytes) -> str:
+    """What the result log calls an image (a study, an accession number): 16 hex digits of a sha256 (of a UID,
+    an accession number or the bytes uploaded)."""
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).hexdigest()[:16]

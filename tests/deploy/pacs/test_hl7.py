@@ -16,6 +16,7 @@ from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
 from ccad.deploy.pacs.oru import Hl7Destination, control_id, oru_message, send_oru
 from ccad.deploy.pacs.results import Algorithm
 from ccad.errors import ConfigError
+from ccad.io.files import pseudonym
 from ccad.models.card import DEFAULT_BUNDLE
 from ccad.screening.records import Prediction
 
@@ -140,3 +141,5 @@ def test_shadow_mode_scores_and_logs_and_sends_nothing(tmp_path):
     assert receiver.messages == [] and not (tmp_path / "fhir").exists()
     logged = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(logged) == 2 and PATIENT["PatientID"] not in json.dumps(logged)
+    # what ccad validate --results joins the readers' findings on: pseudonyms, never the values
+    assert {r["accession"] for r in logged} == {pseudonym("ACC-9")} and "ACC-9" not in json.dumps(logged)

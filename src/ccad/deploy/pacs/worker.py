@@ -199,7 +199,8 @@ class ScoringWorker:
         else:
             self.stats.add("scored")
             try:
-                self.monitor.observe(prediction, identity=str(ds.SOPInstanceUID))
+                study = {"study": str(ds.StudyInstanceUID), "accession": str(ds.get("AccessionNumber", "") or "")}
+                self.monitor.observe(prediction, identity=str(ds.SOPInstanceUID), study=study)
             except Exception as e:  # monitoring must never stop scoring
                 log.error("image %s: monitoring failed (%s)", key, type(e).__name__)
             log.info(
