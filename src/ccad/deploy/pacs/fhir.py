@@ -230,3 +230,20 @@ def stored_answer(body: bytes, report_id: str) -> str | None:
         severe = [i for i in issues if isinstance(i, dict) and i.get("severity") in ("error", "fatal")]
         return "FHIR server answered with an OperationOutcome error" if severe else None
     return f"FHIR server answered with a {str(kind)[:40] if kind else 'JSON body'}, not the report"
+
+
+def keep_report(fhir: str, spool, key: str, report: dict[str, Any]) -> None:
+    """The report where ``--fhir`` says: into the spool to be PUT (a URL), or written into that folder (mode 0600,
+    atomically) for an interface engine."""
+    from pathlib import Path
+
+    from ccad.io.files import atomic_path
+
+    if fhir.startswith(("http://", "https://")):
+        spool.put_fhir(key, report)
+        return
+    folder = Path(fhir)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / f"{key}.json") as tmp:  # readable by the listener's user only
+        tmp.write_text(json.dumps(report, indent=1))
+        os.chmod(tmp, 0o600)

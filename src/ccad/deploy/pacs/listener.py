@@ -31,6 +31,7 @@ from ccad.deploy.pacs.results import Algorithm
 from ccad.deploy.pacs.scp import StoreScp, instance_key, transfer_syntaxes
 from ccad.deploy.pacs.settings import Destination, ListenerSettings
 from ccad.deploy.pacs.spool import Spool
+from ccad.deploy.pacs.studies import StudyGatherer
 from ccad.deploy.pacs.worker import MAX_ABANDONED, ScoringWorker
 from ccad.screening import ScreeningService
 
@@ -53,6 +54,7 @@ class Stats:
     send_failures: int = 0
     fhir_failures: int = 0
     hl7_failures: int = 0
+    studies_answered: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: ``ccad_dicom_events_total{event}``, the same counts for Prometheus (set by the listener's start).
     counter: Any = field(default=None, repr=False)
@@ -80,6 +82,7 @@ class Listener:
         self.delivery = Delivery(settings, self.spool, self.stats, self._stop)
         self.worker: ScoringWorker | None = None
         self.service = self.monitor = self.algorithm = None  # made by start, with the screener
+        self.studies: StudyGatherer | None = None  # with study_window_s: answers each study once
         #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
         self.on_done = None
         self._spool_lock: int | None = None  # the spool's lock, held from start to stop
@@ -116,6 +119,10 @@ class Listener:
             self.delivery.wake,
         )
         self.worker.start()
+        if self.settings.study_window_s is not None and not self.settings.shadow:
+            self.studies = StudyGatherer(
+                self.settings, self.spool, self.algorithm, self.stats, self._stop, self.delivery.wake
+            ).start()
         if scp:
             self.scp.start()
         if not self.settings.shadow:  # a silent go-live sends nothing, not even what an earlier run left
@@ -129,8 +136,9 @@ class Listener:
         self._stop.set()
         self.scp.stop()
         self.delivery.stop()
-        if self.worker is not None:
-            self.worker.stop()
+        for part in (self.worker, self.studies):
+            if part is not None:
+                part.stop()
         if self._resumer is not None:
             self._resumer.join(timeout=30)
         if self.service is not None:
@@ -174,7 +182,12 @@ class Listener:
             # reports nobody will send are not waited for
             and not (delivery.fhir is not None and self.spool.pending_fhir())
             and not (delivery.hl7 is not None and self.spool.pending_hl7())
+            and not (self.studies is not None and self.studies.pending())
         )
+
+    def flush_studies(self) -> int:
+        """Answer every study that waits, without waiting for its window (``ccad dicom pull`` at its end)."""
+        return self.studies.flush() if self.studies is not None else 0
 
     # -- inside -----------------------------------------------------------------------------------
     def _load_screener(self) -> None:

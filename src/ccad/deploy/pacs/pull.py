@@ -126,7 +126,11 @@ class _Pull:
             self.record(key)
 
     def wait(self) -> bool:
-        """Until every image taken has a result sent, or the deadline; whether all were."""
+        """Until every image taken has a result sent, or the deadline; whether all were. Studies are answered
+        once the images taken are scored, without waiting for their window: nothing more of them is coming."""
+        while self.listener.queue.unfinished_tasks and time.monotonic() < self.deadline:
+            time.sleep(0.2)
+        self.listener.flush_studies()
         while not self.listener.idle() and time.monotonic() < self.deadline:
             time.sleep(0.2)
         return self.listener.idle()

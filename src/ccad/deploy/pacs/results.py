@@ -172,7 +172,7 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
     from highdicom.sr import CodedConcept
 
     source = result_source(source)
-    measurements, evaluations = _sr_content(algorithm, prediction, reason)
+    measurements, evaluations = sr_content(algorithm, prediction, reason)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=_uid(source.SOPInstanceUID, algorithm, "tracking"), identifier="ccad COVID-19 screening result"
@@ -188,7 +188,7 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         else CodedConcept("363679005", "SCT", "Imaging procedure")
     )
     report = hd.sr.MeasurementReport(
-        observation_context=_device_context(algorithm),
+        observation_context=device_context(algorithm),
         procedure_reported=procedure,
         imaging_measurements=[group],
     )
@@ -206,7 +206,7 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
     return _unicode(sr)
 
 
-def _sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[list, list]:
+def sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[list, list]:
     """(measurements, qualitative evaluations): the intended use always; then why the image was not scored,
     or the probabilities, the class by the decision rule, its threshold, the guard's verdict and severity."""
     import highdicom as hd
@@ -249,7 +249,7 @@ def _sr_content(algorithm: Algorithm, prediction, reason: str | None) -> tuple[l
     return measurements, evaluations
 
 
-def _device_context(algorithm: Algorithm):
+def device_context(algorithm: Algorithm):
     """The observation context: ccad as the observing device."""
     import highdicom as hd
     from pydicom.sr.codedict import codes

@@ -101,6 +101,14 @@ class ListenerSettings:
         "acknowledged AA",
         metavar="HOST:PORT",
     )
+    #: One result per study: its images gathered until none has arrived for this long (None: a result per image).
+    study_window_s: float | None = option(
+        None,
+        "answer per study: gather a study's images until none has arrived for this many seconds, then send one "
+        "study-level SR (and FHIR report and HL7 message) referencing every image; default: a result per image",
+        flag="--study-window",
+        metavar="S",
+    )
     #: A silent go-live: every image scored and logged (the result log, the metrics), nothing sent anywhere.
     shadow: bool = option(False, "score and log every image, send nothing (no DICOM, HL7 or FHIR result)")
     fhir_patient_system: str | None = option(
@@ -119,6 +127,8 @@ class ListenerSettings:
             )
         if self.max_dataset_bytes < 2**20:
             raise ConfigError("`max_dataset_bytes` must be at least 1 MB")
+        if self.study_window_s is not None and not 0 <= self.study_window_s <= 86400:
+            raise ConfigError(f"`study_window_s` must be 0 to 86400 seconds, got {self.study_window_s}")
         if self.score_timeout_s <= 0:
             raise ConfigError(f"`score_timeout_s` must be positive, got {self.score_timeout_s}")
         if not 0 <= self.port < 65536:  # 0: any free port

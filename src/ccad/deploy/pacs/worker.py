@@ -29,6 +29,7 @@ from ccad.deploy.pacs.results import (
 from ccad.deploy.pacs.scp import reason as intake_reason
 from ccad.deploy.pacs.settings import ListenerSettings
 from ccad.deploy.pacs.spool import Spool
+from ccad.deploy.pacs.studies import StudyBook
 from ccad.io.images import MAX_PIXELS as DEFAULT_MAX_PIXELS
 from ccad.screening import ScreeningService, Upload
 
@@ -130,6 +131,8 @@ class ScoringWorker:
         self.service, self.monitor, self.algorithm = service, monitor, algorithm
         self._stop, self.done, self.wake = stopping, done, wake
         self.builder = None  # the result-building process pool (started by start)
+        #: With ``study_window_s``: where each image's outcome waits for its study's answer (:mod:`.studies`).
+        self.studies = StudyBook(spool.root / "studies") if settings.study_window_s is not None else None
         self._abandoned: list[threading.Thread] = []  # scoring threads past their deadline, still running
         self._threads: list[threading.Thread] = []
 
@@ -258,6 +261,9 @@ class ScoringWorker:
     def _put_outputs(self, key: str, ds, prediction, reason: str | None) -> None:
         """The image's DICOM results into the outbox, then (where the settings name them) its FHIR report and
         its HL7 message; a report that cannot be made is counted and logged, the DICOM results stay."""
+        if self.studies is not None:  # a result per study: the image waits for its study's answer
+            self.studies.stage(key, ds, prediction, reason)
+            return
         self._put_results(key, ds, prediction, reason)
         reports = {"fhir": self._fhir_report, "hl7": self._hl7_message}
         for name, make in reports.items():
@@ -277,21 +283,11 @@ class ScoringWorker:
 
     def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
         """The FHIR DiagnosticReport: into the spool for sending, or into the ``fhir`` folder."""
-        import json
 
-        from ccad.deploy.pacs.fhir import diagnostic_report
+        from ccad.deploy.pacs.fhir import diagnostic_report, keep_report
 
         report = diagnostic_report(ds, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
-        if self.settings.fhir.startswith(("http://", "https://")):
-            self.spool.put_fhir(key, report)
-        else:
-            from ccad.io.files import atomic_path
-
-            folder = Path(self.settings.fhir)
-            folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(folder / f"{key}.json") as tmp:  # readable by the listener's user only
-                tmp.write_text(json.dumps(report, indent=1))
-                os.chmod(tmp, 0o600)
+        keep_report(self.settings.fhir, self.spool, key, report)
 
     def _put_results(self, key: str, ds, prediction, reason: str | None) -> None:
         """The image's results into the outbox: built by the result process, or here when there is none (or it

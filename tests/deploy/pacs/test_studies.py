@@ -1,0 +1,105 @@
+"""One result per study, against a real Orthanc and a real MLLP receiver: a study of three images (a PA, a
+lateral, a repeat of the PA) gives one study-level SR that references all three, one HL7 message and one FHIR
+report; sent again, nothing new; a late fourth image gives a new version that names its predecessor."""
+
+import json
+
+import hl7
+import numpy as np
+import pydicom
+import pytest
+from helpers import PATIENT, make_xray_dicom
+from mllp import MllpReceiver
+from orthanc import ORTHANC, Orthanc, c_store, free_port, wait_for
+from real_dicom import DCIODVFY, dciodvfy_errors
+
+from ccad.data.synthetic import render_patient
+from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
+from ccad.deploy.pacs.studies import study_answer
+from ccad.models.card import DEFAULT_BUNDLE
+
+
+def test_the_study_is_answered_by_its_highest_scored_image_and_not_by_one_not_scored():
+    outcomes = [
+        {"key": "a", "probabilities": {"covid": 0.2, "normal": 0.8}},
+        {"key": "b", "reason": "a lateral view"},
+        {"key": "c", "probabilities": {"covid": 0.7, "normal": 0.3}},
+    ]
+    assert study_answer(outcomes, "covid")["key"] == "c"
+    assert study_answer([{"key": "b", "reason": "a lateral view"}], "covid") is None
+
+
+def _image(tmp_path, name, study, seed, **fields):
+    return make_xray_dicom(
+        tmp_path / f"{name}.dcm",
+        render_patient(np.random.default_rng(seed), "covid", 128),
+        study_uid=study,
+        AccessionNumber="ACC-42",
+        **fields,
+    )
+
+
+@pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run installs it)")
+def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_new_version(tmp_path):
+    orthanc, receiver, port = Orthanc(tmp_path / "orthanc", None).start(), MllpReceiver("AA").start(), free_port()
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE,
+        Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),
+        tmp_path / "spool",
+        port=port,
+        study_window_s=1.0,
+        hl7=f"127.0.0.1:{receiver.port}",
+        fhir=str(tmp_path / "fhir"),
+        result_process=False,
+        retry_max_s=1.0,
+    )
+    study = pydicom.uid.generate_uid()
+    images = [
+        _image(tmp_path, "pa", study, 0),
+        _image(tmp_path, "lateral", study, 1, ViewPosition="LL"),
+        _image(tmp_path, "repeat", study, 2),
+    ]
+    listener = Listener(settings).start()
+
+    def reports():
+        return [ds for ds in orthanc.study_instances(study) if ds.Modality == "SR"]
+
+    try:
+        for path in images:
+            assert c_store(path, port, "CCAD") == 0x0000
+        (first,) = wait_for(lambda: reports() or None, 120, "the study's SR in Orthanc")
+        wait_for(lambda: receiver.messages and listener.idle(), 60, "the HL7 message acknowledged")
+        for path in images:  # the same study again
+            assert c_store(path, port, "CCAD") == 0x0000
+        wait_for(lambda: listener.idle() and listener.stats.received == 6, 60, "the resent images handled")
+        wait_for(lambda: listener.studies.book.due(0.0) == [], 10, "the study settled")
+        assert len(reports()) == 1 and len(receiver.messages) == 1 and listener.stats.studies_answered == 1
+        assert c_store(_image(tmp_path, "late", study, 3), port, "CCAD") == 0x0000  # a late fourth image
+        wait_for(lambda: len(reports()) == 2 or None, 120, "the study's second version")
+        wait_for(lambda: len(receiver.messages) == 2 and listener.idle(), 60, "its HL7 message")
+        (second,) = [ds for ds in reports() if ds.SOPInstanceUID != first.SOPInstanceUID]
+    finally:
+        listener.stop()
+        receiver.stop()
+        orthanc.stop()
+    first_refs = _referenced(first)
+    assert first_refs == {pydicom.dcmread(p).SOPInstanceUID for p in images}  # one SR, every image referenced
+    assert _referenced(second) == first_refs | {pydicom.dcmread(tmp_path / "late.dcm").SOPInstanceUID}
+    predecessor = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
+    ids = [str(hl7.parse(m).segment("MSH")[10]) for m in receiver.messages]
+    assert len(set(ids)) == 2  # a new version is a new message; a resend sent none
+    (report,) = (tmp_path / "fhir").glob("*.json")  # one FHIR report for the study, replaced by the new version
+    assert json.loads(report.read_text())["identifier"][0]["value"] == f"urn:oid:{study}"
+    assert PATIENT["PatientID"] not in " ".join(receiver.messages)
+    if DCIODVFY is not None:  # what ccad writes passes dicom3tools' validator
+        second.save_as(tmp_path / "study-sr.dcm", enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / "study-sr.dcm") == []
+
+
+def _referenced(sr) -> set[str]:
+    return {
+        item.ReferencedSOPInstanceUID
+        for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
