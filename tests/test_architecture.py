@@ -139,6 +139,13 @@ def test_a_dicom_is_parsed_once_a_side_of_the_spool_and_each_limit_checked_once(
     )
 
 
+def test_every_test_file_has_its_own_name():
+    """The test folders have no ``__init__.py`` (pytest's rootdir imports): two test files of one name in two
+    folders make the second fail to import, in whichever run collects both."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
 def test_no_module_is_over_400_lines_and_no_class_over_250():
     import ast
 
