@@ -95,6 +95,30 @@ def test_upload_shows_result_heatmap_and_model_card(server, server_bundle, brows
     page.close()
 
 
+def test_a_reader_records_a_verdict_from_the_page(server, browser, synth_folders):
+    """Agree / Disagree under a result: the verdict reaches the server's live measures (/metrics)."""
+    import urllib.request
+
+    from helpers import samples
+
+    page = browser.new_page()
+    page.goto(server)
+    page.wait_for_selector("#model-card table")
+    page.set_input_files("#files", str(sorted((synth_folders / "normal").glob("*.png"))[0]))
+    page.click("#submit")
+    page.wait_for_selector(".result .reader:not([hidden])")
+    called = page.inner_text(".result .verdict").removeprefix("Model output: ")
+    page.click(".result .reader .disagree")
+    page.wait_for_function("document.querySelector('.result .reader-status').textContent.length > 0")
+    expected = "false positive" if called == "covid" else "false negative"
+    assert page.inner_text(".result .reader-status") == f"Recorded ({expected})."
+    page.close()
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as answer:
+        got = samples(answer.read().decode())
+    outcome = expected.replace(" ", "_")
+    assert got[("ccad_verdicts_total", (("adapter", "api"), ("outcome", outcome)))] >= 1
+
+
 def test_a_failed_upload_says_why_in_the_page(server, browser, tmp_path):
     page = browser.new_page()
     page.goto(server)

@@ -130,7 +130,27 @@ function showResult(result, decision) {
       `${extent.interval95[0]}–${extent.interval95[1]}, scale 0–8), opacity ${opacity.value} ` +
       `(${opacity.interval95[0]}–${opacity.interval95[1]}, scale 0–6). ${s.note}.`;
   }
+  if (result.result_id) readerVerdict(node.querySelector(".reader"), result.result_id);
   $("results").prepend(node);
+}
+
+function readerVerdict(box, resultId) {
+  // a reader's verdict on this result: counted into the live sensitivity and specificity (/metrics)
+  box.hidden = false;
+  const status = box.querySelector(".reader-status");
+  for (const verdict of ["agree", "disagree"]) {
+    box.querySelector(`.${verdict}`).addEventListener("click", async () => {
+      const response = await fetch("/api/v1/verdicts", {
+        method: "POST",
+        headers: { ...headers(), "Content-Type": "application/json" },
+        body: JSON.stringify({ result_id: resultId, verdict }),
+      });
+      const body = await response.json().catch(() => ({}));
+      status.textContent = response.ok
+        ? `Recorded (${body.outcome.replace("_", " ")}).`
+        : `Not recorded (${response.status}).`;
+    });
+  }
 }
 
 async function analyse(files) {
