@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ccad.deploy.pacs.reports import put_reports
 from ccad.deploy.pacs.results import (
     SR_SERIES_NUMBER,
     Algorithm,
@@ -149,6 +150,11 @@ def study_report(folder: Path, book: StudyBook, algorithm: Algorithm, digest: st
     return sr, answer
 
 
+def _prediction(outcome: dict[str, Any]) -> Prediction:
+    """A scored image's result, as its outcome kept it."""
+    return Prediction(outcome["key"], outcome["predicted_class"], outcome["probabilities"], outcome["in_distribution"])
+
+
 def _evidence(source, outcome: dict[str, Any]):
     """A data set standing for one image of the study (its UIDs and the study's attributes), as SR evidence."""
     image = copy.deepcopy(source)  # a shallow copy shares its elements: setting a UID would set it in all
@@ -160,11 +166,7 @@ def _evidence(source, outcome: dict[str, Any]):
 def _image_group(source, outcome: dict[str, Any], algorithm: Algorithm, answers: bool):
     import highdicom as hd
 
-    prediction = (
-        Prediction(outcome["key"], outcome["predicted_class"], outcome["probabilities"], outcome["in_distribution"])
-        if outcome.get("probabilities")
-        else None
-    )
+    prediction = _prediction(outcome) if outcome.get("probabilities") else None
     measurements, evaluations = sr_content(algorithm, prediction, None if prediction else outcome["reason"])
     if answers:
         evaluations.append(
@@ -206,6 +208,7 @@ class StudyGatherer:
         self.book = StudyBook(spool.root / "studies")
         self._stop, self.wake = stopping, wake
         self._lock = threading.Lock()
+        self._failing: dict[str, str] = {}  # study -> the error it last failed with (logged once)
         self._thread: threading.Thread | None = None
 
     def start(self) -> "StudyGatherer":
@@ -236,7 +239,12 @@ class StudyGatherer:
         with self._lock:
             due = self.book.due(window_s)
             for folder in due:
-                self._answer_one(folder)
+                try:
+                    self._answer_one(folder)
+                except Exception as e:  # this study waits (tried again every half second); the others go on
+                    if self._failing.get(folder.name) != type(e).__name__:  # said once, not twice a second
+                        log.error("study %s could not be answered (%s); trying again", folder.name, type(e).__name__)
+                    self._failing[folder.name] = type(e).__name__
         if due:
             self.wake()
         return len(due)
@@ -246,24 +254,24 @@ class StudyGatherer:
         digest = self.book.digest(folder)
         sr, answer = study_report(folder, self.book, self.algorithm, digest)
         self.spool.put_results(folder.name, [sr])
-        prediction = (
-            Prediction(answer["key"], answer["predicted_class"], answer["probabilities"], answer["in_distribution"])
-            if answer
-            else None
-        )
+        prediction = _prediction(answer) if answer else None
         reason = None if answer else "no image of the study was scored"
         source = study_source(folder)
-        if self.settings.fhir:
+
+        def fhir() -> None:
             from ccad.deploy.pacs.fhir import diagnostic_report, keep_report
 
             report = diagnostic_report(source, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
             keep_report(self.settings.fhir, self.spool, folder.name, report)
-        if self.settings.hl7:
+
+        def hl7() -> None:  # a new version is a new message (its own control ID); the same answer, none
             from ccad.deploy.pacs.oru import oru_message
 
-            self.spool.put_hl7(
-                folder.name, oru_message(source, self.algorithm, prediction, reason, f"{folder.name}-{digest[:12]}")
-            )
+            message = oru_message(source, self.algorithm, prediction, reason, f"{folder.name}-{digest[:12]}")
+            self.spool.put_hl7(folder.name, message)
+
+        put_reports(self.settings, self.stats, f"study {folder.name}", {"fhir": fhir, "hl7": hl7})
         self.book.publish(folder, digest, sr)
+        self._failing.pop(folder.name, None)
         self.stats.add("studies_answered")
         log.info("study %s answered (%d images)", folder.name, len(self.book.outcomes(folder)))

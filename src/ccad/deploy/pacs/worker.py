@@ -16,9 +16,11 @@ import logging
 import os
 import queue
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
+from ccad.deploy.pacs.reports import put_reports
 from ccad.deploy.pacs.results import (
     Algorithm,
     heatmap_capture,
@@ -133,6 +135,7 @@ class ScoringWorker:
         self.builder = None  # the result-building process pool (started by start)
         #: With ``study_window_s``: where each image's outcome waits for its study's answer (:mod:`.studies`).
         self.studies = StudyBook(spool.root / "studies") if settings.study_window_s is not None else None
+        self._reports = {"fhir": self._fhir_report, "hl7": self._hl7_message}
         self._abandoned: list[threading.Thread] = []  # scoring threads past their deadline, still running
         self._threads: list[threading.Thread] = []
 
@@ -150,10 +153,17 @@ class ScoringWorker:
         if self.builder is not None:
             self.builder.shutdown()
 
+    @property
+    def _sends_images(self) -> bool:
+        """Each image gets its own results (an SR and a heatmap capture): not in shadow mode (nothing is sent)
+        nor per study (the study's SR is built by :mod:`.studies`), where neither the heatmap nor the result
+        process would be used."""
+        return not self.settings.shadow and self.studies is None
+
     def _start_builder(self) -> None:
         """The process that builds results (spawned, not forked: the listener has threads), warmed up so the
         first image does not wait for its imports."""
-        if not self.settings.result_process:
+        if not self.settings.result_process or not self._sends_images:
             return
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -253,7 +263,8 @@ class ScoringWorker:
         if why is None:
             try:
                 check_frame_size(ds, "the image", self.settings.max_pixels or DEFAULT_MAX_PIXELS)
-                prediction = self.service.submit(Upload(key, data, "the image", ds), heatmap=True).result()
+                upload = Upload(key, data, "the image", ds)
+                prediction = self.service.submit(upload, heatmap=self._sends_images).result()
             except CcadError as e:
                 why = f"not readable: {intake_reason(e)}"
         return ds, prediction, why
@@ -265,15 +276,8 @@ class ScoringWorker:
             self.studies.stage(key, ds, prediction, reason)
             return
         self._put_results(key, ds, prediction, reason)
-        reports = {"fhir": self._fhir_report, "hl7": self._hl7_message}
-        for name, make in reports.items():
-            if not getattr(self.settings, name):
-                continue
-            try:
-                make(key, ds, prediction, reason)
-            except Exception as e:  # the DICOM results are in the outbox already: the image is not lost
-                self.stats.add(f"{name}_failures")
-                log.error("image %s: its %s report could not be made (%s)", key, name.upper(), type(e).__name__)
+        makers = {name: partial(make, key, ds, prediction, reason) for name, make in self._reports.items()}
+        put_reports(self.settings, self.stats, f"image {key}", makers)
 
     def _hl7_message(self, key: str, ds, prediction, reason: str | None) -> None:
         """The ORU^R01 for the RIS, into the spool for sending (:mod:`.oru`)."""
@@ -283,7 +287,6 @@ class ScoringWorker:
 
     def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
         """The FHIR DiagnosticReport: into the spool for sending, or into the ``fhir`` folder."""
-
         from ccad.deploy.pacs.fhir import diagnostic_report, keep_report
 
         report = diagnostic_report(ds, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
