@@ -47,7 +47,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ccad.errors import ConfigError
 from ccad.evaluation.drift import DRIFT, SIGNALS, DriftCheck
-from ccad.evaluation.metrics import MEASURES, OUTCOMES, live_bounds
+from ccad.evaluation.metrics import MEASURES, OUTCOMES, live_bounds, outcome_of
 from ccad.io.files import private_path, pseudonym
 from ccad.options import option
 
@@ -252,18 +252,17 @@ class LiveMetrics:
                 raise ConfigError(f"`{measure}` is not one of {', '.join(MEASURES)}")
             self.validated.labels(self.adapter, measure).set(level)
 
-    def verdict(self, called_positive: bool, truly_positive: bool) -> None:
+    def verdict(self, called_positive: bool, truly_positive: bool) -> str:
         """One reader's verdict on one result: the model called it positive or not, the reader found the positive
-        class or not. Updates the counts and each measure's live lower bound."""
-        outcome = ("true_" if called_positive == truly_positive else "false_") + (
-            "positive" if called_positive else "negative"
-        )
+        class or not. Updates the counts and each measure's live lower bound; returns the outcome."""
+        outcome = outcome_of(called_positive, truly_positive)
         self.verdicts.labels(self.adapter, outcome).inc()
         with self._lock:
             self._outcomes[outcome] += 1
             bounds = live_bounds(self._outcomes)
         for measure, share in bounds.items():
             self.live.labels(self.adapter, measure).set(share["ci95"][0])
+        return outcome
 
     def verdict_on(self, result_id: str, agrees: bool, finding: str | None = None) -> str | None:
         """A reader's verdict on the result ``result_id`` (the pseudonym its answer carried): agrees with the
@@ -275,8 +274,7 @@ class LiveMetrics:
         if called is None:
             return None
         truly = (finding == self.positive_class) if finding is not None else (called if agrees else not called)
-        self.verdict(called_positive=called, truly_positive=truly)
-        outcome = ("true_" if called == truly else "false_") + ("positive" if called else "negative")
+        outcome = self.verdict(called_positive=called, truly_positive=truly)
         if self.verdict_log is not None:
             time = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
             record = {"time": time, "adapter": self.adapter, "image": result_id, "agrees": agrees}

@@ -218,6 +218,13 @@ OUTCOMES = ("true_positive", "false_negative", "true_negative", "false_positive"
 MEASURES = ("sensitivity", "specificity", "ppv")
 
 
+def outcome_of(called_positive: bool, truly_positive: bool) -> str:
+    """One of :data:`OUTCOMES`: the model's call against the reader's finding."""
+    return ("true_" if called_positive == truly_positive else "false_") + (
+        "positive" if called_positive else "negative"
+    )
+
+
 def live_bounds(outcomes: dict[str, int]) -> dict[str, dict]:
     """Sensitivity, specificity and PPV (each with its Wilson 95% interval) of verdict counts by outcome; a
     measure without a case is left out."""

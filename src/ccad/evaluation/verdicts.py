@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ccad.errors import DataError
-from ccad.evaluation.metrics import MEASURES, OUTCOMES, live_bounds
+from ccad.evaluation.metrics import MEASURES, OUTCOMES, live_bounds, outcome_of
 
 #: The longest verdict line read (a verdict is a few fields); a longer one is skipped.
 MAX_LINE = 4096
@@ -58,8 +58,7 @@ class LiveTally:
         truly = self.truth.get(record.get("image") or "")
         if truly is None:
             return
-        called = bool(record["positive"])
-        self.outcomes[("true_" if called == truly else "false_") + ("positive" if called else "negative")] += 1
+        self.outcomes[outcome_of(bool(record["positive"]), truly)] += 1
 
     def summary(self, validated: dict[str, float]) -> dict[str, Any]:
         measures = live_bounds(self.outcomes)
