@@ -98,15 +98,17 @@ def test_fhir_reports_are_put_with_retries(bundle, tmp_path):
     listener = Listener(settings).start()
     try:
         assert c_store(xray(tmp_path, "a"), port, "CCAD") == 0x0000
-        wait_for(lambda: len(_Recorder.received) >= 2, 60, "the report to be PUT, refused once, then again")
-        wait_for(lambda: not listener.spool.pending_fhir(), 30, "the delivered report to leave the spool")
+        wait_for(lambda: len(_Recorder.received) >= 3, 60, "the report to be PUT, refused once, then again")
+        wait_for(lambda: not listener.spool.pending_fhir(), 30, "the delivered report and task to leave the spool")
     finally:
         listener.stop()
         server.shutdown()
-    (first_path, kind, first), (second_path, _, second) = _Recorder.received[:2]
+    (first_path, kind, first), (second_path, _, second) = [r for r in _Recorder.received if "/Task/" not in r[0]]
     report = DiagnosticReport.model_validate_json(second)
     assert first == second and first_path == second_path == f"/fhir/DiagnosticReport/{report.id}"
     assert kind == "application/fhir+json" and report.status == "preliminary"
+    ((task_path, _, task),) = [r for r in _Recorder.received if "/Task/" in r[0]]  # stored at its first PUT
+    assert json.loads(task)["focus"]["reference"] == f"DiagnosticReport/{report.id}"
 
 
 @needs_dicomweb
@@ -187,8 +189,9 @@ def test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates(bun
         assert (counts["scored"], counts["not_scored"]) == (3, 1)
         held = orthanc.study_instances(study)
         assert sorted(d.Modality for d in held) == ["DX"] * 4 + ["OT"] * 3 + ["SR"] * 4
-        reports = sorted((tmp_path / "fhir").glob("*.json"))
+        reports = sorted(p for p in (tmp_path / "fhir").glob("*.json") if not p.name.endswith(".task.json"))
         assert len(reports) == 4 and all(DiagnosticReport.model_validate_json(p.read_text()) for p in reports)
+        assert len(list((tmp_path / "fhir").glob("*.task.json"))) == 4  # and each its worklist task
         # again: nothing new; then as after a kill -9 between a result and its record: fetched again, no copy
         assert pull(settings, orthanc.dicomweb, study=study, timeout_s=60)["already_done"] == 4
         done = tmp_path / "spool" / DONE_FILE

@@ -249,3 +249,46 @@ def test_a_missing_or_blank_patient_id_names_no_subject():
             ds.PatientID = patient_id
         report = diagnostic_report(ds, Algorithm("ccad", "1", "ab", "float", "r"), None, "x", patient_system="urn:x")
         assert "subject" not in report
+
+
+def test_the_worklist_task_asks_for_the_reading_stat_when_covid_is_suspected_and_names_the_order():
+    """The Task a worklist reads: the priority (stat when suspected, routine else), the report it is about, the
+    order by its accession number, and a patient only where the report names one."""
+    from fhir.resources.R4B.task import Task
+
+    from ccad.deploy.pacs.fhir import diagnostic_report, worklist_task
+    from ccad.deploy.pacs.results import Algorithm
+    from ccad.screening.records import Prediction
+
+    algorithm = Algorithm("ccad", "1.0", "ab" * 32, "int8", "rule", "covid", 0.4)
+    source = _source()
+    source.AccessionNumber = "ACC-Ж7"  # kept character for character
+    suspected = Prediction("a", "covid", {"covid": 0.6, "normal": 0.4}, True)
+    report = diagnostic_report(source, algorithm, suspected)
+    task = worklist_task(report, source, algorithm, suspected)
+    Task.model_validate(task)
+    order = [{"identifier": {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+              "code": "ACSN"}]}, "value": "ACC-Ж7"}, "display": "the imaging order"}]  # fmt: skip
+    assert report["basedOn"] == task["basedOn"] == order
+    assert (task["status"], task["intent"], task["priority"]) == ("requested", "proposal", "stat")
+    assert task["focus"] == {"reference": f"DiagnosticReport/{report['id']}"} and "for" not in task
+    assert "read this study first" in task["description"] and "not for diagnosis" in task["description"]
+    routine = worklist_task(report, source, algorithm, Prediction("a", "normal", {"covid": 0.3, "normal": 0.7}))
+    assert routine["priority"] == "routine" and routine["id"] == task["id"]  # a new answer replaces the task
+    assert worklist_task(report, source, algorithm, None)["priority"] == "routine"  # not scored: no triage
+    named = diagnostic_report(source, algorithm, suspected, patient_system="urn:x")
+    assert worklist_task(named, source, algorithm, suspected)["for"] == named["subject"]
+    del source.AccessionNumber
+    assert "basedOn" not in diagnostic_report(source, algorithm, suspected)
+
+
+def test_a_task_is_put_under_its_own_type_and_its_echo_counts_as_stored():
+    task = {"resourceType": "Task", "id": "t1"}
+    handler = _recording()
+    with serving(handler) as base:
+        assert FhirPoster(base).put(task) is None
+    assert handler.requests[0][0] == "/Task/t1"
+    assert stored_answer(json.dumps(task).encode(), "t1", "Task") is None
+    assert stored_answer(json.dumps(REPORT).encode(), "t1", "Task") == (
+        "FHIR server answered with a DiagnosticReport, not the report"
+    )

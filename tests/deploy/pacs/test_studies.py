@@ -89,8 +89,14 @@ def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_n
     assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
     ids = [str(hl7.parse(m).segment("MSH")[10]) for m in receiver.messages]
     assert len(set(ids)) == 2  # a new version is a new message; a resend sent none
-    (report,) = (tmp_path / "fhir").glob("*.json")  # one FHIR report for the study, replaced by the new version
-    assert json.loads(report.read_text())["identifier"][0]["value"] == f"urn:oid:{study}"
+    # one FHIR report for the study and one worklist task, each replaced by the new version
+    task_path, report_path = sorted((tmp_path / "fhir").glob("*.json"), key=lambda p: not p.name.endswith("task.json"))
+    report, task = json.loads(report_path.read_text()), json.loads(task_path.read_text())
+    assert report["identifier"][0]["value"] == f"urn:oid:{study}"
+    assert task["focus"]["reference"] == f"DiagnosticReport/{report['id']}"
+    assert report["basedOn"][0]["identifier"]["value"] == task["basedOn"][0]["identifier"]["value"] == "ACC-42"
+    suspected = "COVID-19" in report["conclusion"].split("(p =")[0]
+    assert task["priority"] == ("stat" if suspected else "routine")
     assert PATIENT["PatientID"] not in " ".join(receiver.messages)
     if DCIODVFY is not None:  # what ccad writes passes dicom3tools' validator
         second.save_as(tmp_path / "study-sr.dcm", enforce_file_format=True)

@@ -1,7 +1,9 @@
-"""A FHIR R4 result for the hospital record: one ``DiagnosticReport`` an image, built and validated with
-fhir.resources (its R4B models: R4B changed no element of these three resources).
+"""A FHIR R4 result for the hospital record: a ``DiagnosticReport`` an image (or a study), and the ``Task`` a
+worklist reads for the reading's priority, built and validated with fhir.resources (its R4B models: R4B changed
+no element of these resources).
 
     report = diagnostic_report(source, algorithm, prediction)       # a dict that validates
+    task = worklist_task(report, source, algorithm, prediction)      # priority "stat" when COVID-19 is suspected
     FhirPoster("https://fhir.example.org/r4").put(report)            # PUT [base]/DiagnosticReport/{id}
 
 The report (``status: preliminary``, category "RAD") contains its own ``Device`` (ccad, its version, the model's
@@ -12,6 +14,15 @@ Instance UID (``urn:dicom:uid``). No patient field is copied: ``subject`` is set
 system (``patient_system``), and then holds the Patient ID the PACS already has for the study. The
 conclusion says it is a research screening aid, not a diagnosis. Resource ids are derived from the image's
 SOP Instance UID and the model, as the DICOM results' UIDs are: the same image and model, the same report.
+Both resources name the order by its accession number (``basedOn``, an identifier of type ``ACSN``).
+
+Why a ``Task`` for the priority: FHIR R4 gives a ``DiagnosticReport`` no priority element, and its ``category``
+classifies the service (radiology), not the urgency; a ``Flag`` must name its subject, a patient, which ccad
+does not copy. A ``Task`` is R4's resource for work waiting to be done: its ``priority`` (``stat`` when COVID-19
+is suspected, the same as the HL7 message's OBR-5 ``S``; else ``routine``) is the request-priority a worklist
+filters on, its ``focus`` is the report, ``basedOn`` the order, and ``for`` (the patient) is optional. Its intent
+is ``proposal``: a screening aid proposes a reading order, the RIS decides. Its id is the report's with
+``task``: a new version of a study's answer replaces the Task as it replaces the report.
 """
 
 from __future__ import annotations
@@ -83,10 +94,51 @@ def diagnostic_report(
         "result": [{"reference": f"#{o['id']}"} for o in observations],
         "conclusion": conclusion,
     }
+    if _order(source):
+        report["basedOn"] = _order(source)
     patient_id = str(source.get("PatientID", "") or "").strip()
     if patient_system and patient_id:
         report["subject"] = {"identifier": {"system": patient_system, "value": patient_id}}
     return json.loads(DiagnosticReport.model_validate(report).model_dump_json(exclude_none=True))
+
+
+def worklist_task(
+    report: dict[str, Any], source, algorithm: Algorithm, prediction: Any = None, patient_system: str | None = None
+) -> dict[str, Any]:
+    """The ``Task`` (a dict, validated) that asks for the reading of ``report``'s study with its priority."""
+    from fhir.resources.R4B.task import Task
+
+    suspected = prediction is not None and prediction.predicted_class == algorithm.positive_class
+    why = (
+        f"ccad suspects {algorithm.positive_class}: read this study first"
+        if suspected
+        else f"ccad does not suspect {algorithm.positive_class}: routine reading"
+    )
+    task = {
+        "resourceType": "Task",
+        "id": str(uuid.uuid5(_NAMESPACE, f"{report['id']}\ntask")),
+        "status": "requested",
+        "intent": "proposal",
+        "priority": "stat" if suspected else "routine",
+        "code": _concept("reading-priority", "Reading priority proposed by a screening aid"),
+        "description": f"{why}. {NOT_FOR_DIAGNOSIS}",
+        "focus": {"reference": f"DiagnosticReport/{report['id']}"},
+        "authoredOn": report["issued"],
+    }
+    if "basedOn" in report:
+        task["basedOn"] = report["basedOn"]
+    if "subject" in report:
+        task["for"] = report["subject"]
+    return json.loads(Task.model_validate(task).model_dump_json(exclude_none=True))
+
+
+def _order(source) -> list[dict[str, Any]]:
+    """``basedOn``: the order by its accession number (none without one)."""
+    accession = str(source.get("AccessionNumber", "") or "").strip()
+    if not accession:
+        return []
+    kind = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]}
+    return [{"identifier": {"type": kind, "value": accession}, "display": "the imaging order"}]
 
 
 def _device(algorithm: Algorithm) -> dict[str, Any]:
@@ -150,8 +202,9 @@ def _observations(algorithm: Algorithm, prediction, reason: str | None) -> tuple
 
 
 class FhirPoster:
-    """Sends reports to a FHIR server as ``PUT [base]/DiagnosticReport/{id}`` (update as create, with the id
-    derived from the image and model: a resent report replaces itself, where a POST would add a duplicate).
+    """Sends reports (and tasks) to a FHIR server as ``PUT [base]/DiagnosticReport/{id}`` (``Task/{id}``: update as
+    create, with the id derived from the image and model: a resent report replaces itself, where a POST would add a
+    duplicate).
     Authentication from the environment:
     ``CCAD_FHIR_TOKEN`` (bearer); TLS verification on (``ca_file`` for a site's own authority)."""
 
@@ -159,7 +212,7 @@ class FhirPoster:
         self.base, self.ca_file, self.timeout_s = base.rstrip("/"), ca_file, timeout_s
 
     def put(self, report: dict[str, Any]) -> str | None:
-        """``PUT [base]/DiagnosticReport/{id}`` (update-as-create): None when the server stored it, else why not
+        """``PUT [base]/{resourceType}/{id}`` (update-as-create): None when the server stored it, else why not
         (its HTTP status, a redirect, which is never followed, or an answer that is not the report sent back nor
         an OperationOutcome: a 200 from something that is not a FHIR server). Raises OSError when the server
         cannot be reached. The answer is read up to :data:`MAX_ANSWER_BYTES`."""
@@ -172,7 +225,7 @@ class FhirPoster:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(
-            f"{self.base}/DiagnosticReport/{report['id']}",
+            f"{self.base}/{report['resourceType']}/{report['id']}",
             method="PUT",
             data=json.dumps(report).encode(),
             headers=headers,
@@ -188,7 +241,7 @@ class FhirPoster:
             return f"FHIR server's answer took longer than {self.timeout_s:g} s"
         if status not in (200, 201):
             return f"FHIR server answered HTTP {status}"
-        return stored_answer(body, report["id"])
+        return stored_answer(body, report["id"], report["resourceType"])
 
 
 #: The most of a FHIR server's answer that is read (a report's echo is a few KB).
@@ -211,9 +264,9 @@ def _read_by(answer, deadline: float) -> bytes | None:
     return b"".join(chunks)
 
 
-def stored_answer(body: bytes, report_id: str) -> str | None:
-    """None when a 200/201 answer's body says the report was stored: empty (``Prefer: return=minimal``), the
-    DiagnosticReport sent back with its id, or an OperationOutcome without an error; else why it does not."""
+def stored_answer(body: bytes, report_id: str, kind_sent: str = "DiagnosticReport") -> str | None:
+    """None when a 200/201 answer's body says the resource was stored: empty (``Prefer: return=minimal``), the
+    resource sent back with its id, or an OperationOutcome without an error; else why it does not."""
     if not body.strip():
         return None
     if len(body) > MAX_ANSWER_BYTES:
@@ -223,7 +276,7 @@ def stored_answer(body: bytes, report_id: str) -> str | None:
     except ValueError:
         return "FHIR server answered with a body that is not JSON"
     kind = answer.get("resourceType") if isinstance(answer, dict) else None
-    if kind == "DiagnosticReport" and answer.get("id") == report_id:
+    if kind == kind_sent and answer.get("id") == report_id:
         return None
     if kind == "OperationOutcome":
         issues = answer.get("issue") or []
@@ -232,18 +285,24 @@ def stored_answer(body: bytes, report_id: str) -> str | None:
     return f"FHIR server answered with a {str(kind)[:40] if kind else 'JSON body'}, not the report"
 
 
-def keep_report(fhir: str, spool, key: str, report: dict[str, Any]) -> None:
-    """The report where ``--fhir`` says: into the spool to be PUT (a URL), or written into that folder (mode 0600,
-    atomically) for an interface engine."""
+def keep_report(
+    fhir: str, spool, key: str, source, algorithm: Algorithm, prediction, reason: str | None, patient: str | None
+) -> None:
+    """The report (``KEY.json``) and its worklist task (``KEY.task.json``, after it: the task names the report)
+    where ``--fhir`` says: into the spool to be PUT (a URL), or written into that folder (mode 0600, atomically)
+    for an interface engine."""
     from pathlib import Path
 
     from ccad.io.files import atomic_path
 
-    if fhir.startswith(("http://", "https://")):
-        spool.put_fhir(key, report)
-        return
-    folder = Path(fhir)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / f"{key}.json") as tmp:  # readable by the listener's user only
-        tmp.write_text(json.dumps(report, indent=1))
-        os.chmod(tmp, 0o600)
+    report = diagnostic_report(source, algorithm, prediction, reason, patient)
+    resources = {key: report, f"{key}.task": worklist_task(report, source, algorithm, prediction, patient)}
+    for name, resource in resources.items():
+        if fhir.startswith(("http://", "https://")):
+            spool.put_fhir(name, resource)
+            continue
+        folder = Path(fhir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / f"{name}.json") as tmp:  # readable by the listener's user only
+            tmp.write_text(json.dumps(resource, indent=1))
+            os.chmod(tmp, 0o600)

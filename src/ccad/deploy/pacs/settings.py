@@ -86,12 +86,12 @@ class ListenerSettings:
         metavar="FILE",
     )
     ca_file: Path | None = option(None, "certificate authority for https (TLS is always verified)", metavar="PEM")
-    #: A FHIR DiagnosticReport an image (:mod:`.fhir`): PUT to this base URL (with the spool's retries), or
-    #: written into this folder; None: none.
+    #: A FHIR DiagnosticReport an image or study, and its worklist Task (:mod:`.fhir`): PUT to this base URL (with
+    #: the spool's retries), or written into this folder; None: none.
     fhir: str | None = option(
         None,
-        "a FHIR R4 DiagnosticReport an image: PUT to this FHIR base URL (token from CCAD_FHIR_TOKEN), or written "
-        "into this folder",
+        "a FHIR R4 DiagnosticReport an image (or study) and a Task with its reading priority (stat when COVID-19 "
+        "is suspected): PUT to this FHIR base URL (token from CCAD_FHIR_TOKEN), or written into this folder",
         metavar="URL|DIR",
     )
     hl7: str | None = option(

@@ -259,10 +259,10 @@ class StudyGatherer:
         source = study_source(folder)
 
         def fhir() -> None:
-            from ccad.deploy.pacs.fhir import diagnostic_report, keep_report
+            from ccad.deploy.pacs.fhir import keep_report
 
-            report = diagnostic_report(source, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
-            keep_report(self.settings.fhir, self.spool, folder.name, report)
+            fhir, patient = self.settings.fhir, self.settings.fhir_patient_system
+            keep_report(fhir, self.spool, folder.name, source, self.algorithm, prediction, reason, patient)
 
         def hl7() -> None:  # a new version is a new message (its own control ID); the same answer, none
             from ccad.deploy.pacs.oru import oru_message

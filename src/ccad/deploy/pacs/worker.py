@@ -286,11 +286,12 @@ class ScoringWorker:
         self.spool.put_hl7(key, oru_message(result_source(ds), self.algorithm, prediction, reason, key))
 
     def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
-        """The FHIR DiagnosticReport: into the spool for sending, or into the ``fhir`` folder."""
-        from ccad.deploy.pacs.fhir import diagnostic_report, keep_report
+        """The FHIR DiagnosticReport and its worklist Task: into the spool for sending, or into the ``fhir``
+        folder."""
+        from ccad.deploy.pacs.fhir import keep_report
 
-        report = diagnostic_report(ds, self.algorithm, prediction, reason, self.settings.fhir_patient_system)
-        keep_report(self.settings.fhir, self.spool, key, report)
+        patient = self.settings.fhir_patient_system
+        keep_report(self.settings.fhir, self.spool, key, ds, self.algorithm, prediction, reason, patient)
 
     def _put_results(self, key: str, ds, prediction, reason: str | None) -> None:
         """The image's results into the outbox: built by the result process, or here when there is none (or it
