@@ -266,6 +266,7 @@ def cstore_walk(model: str, gray, spool: Path, timeout_s: float = 120.0) -> dict
                 spool,
                 port=port,
                 result_process=False,
+                study_window_s=0.0,  # the default, a result per study, answered as soon as its image is scored
             )
             listener = Listener(settings).start()
             try:

@@ -112,8 +112,9 @@ def test_the_walk_of_one_image_never_climbs_back_up_or_reenters_a_module(tmp_pat
 def test_a_dicom_is_parsed_once_a_side_of_the_spool_and_each_limit_checked_once(tmp_path):
     """A DICOM upload and a C-STORE traced call by call (benchmarks/walk.py): the upload's data set is parsed once
     (its header read for the limits is the one the service decodes); the C-STORE's once by the SCP and once by
-    the worker, which reads it back from the spool (the hand-off is bytes on disk); every intake limit checked
-    once; no climb, no re-entry."""
+    the worker, which reads it back from the spool (the hand-off is bytes on disk), and the study's copied
+    attributes (no pixel) once when the study is answered; every intake limit checked once; no climb, no
+    re-entry."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -132,11 +133,12 @@ def test_a_dicom_is_parsed_once_a_side_of_the_spool_and_each_limit_checked_once(
         assert {name: count["calls"] for name, count in checks.items()} == {name: 1 for name in checks}
     assert upload["parses"]["calls"] == 1
     received = {caller: n for caller, n in cstore["parses"]["callers"].items() if ".delivery." not in caller}
-    assert (
-        sorted(received.values()) == [1, 1]
-        and any(".scp." in c for c in received)
-        and any(".worker." in c for c in received)
-    )
+    assert sorted(received.values()) == [1, 1, 1]
+    assert {next(side for side in (".scp.", ".worker.", ".studies.") if side in c) for c in received} == {
+        ".scp.",
+        ".worker.",
+        ".studies.",
+    }
 
 
 def test_every_test_file_has_its_own_name():

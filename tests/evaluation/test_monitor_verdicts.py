@@ -106,3 +106,62 @@ def test_a_later_verdict_on_a_result_replaces_the_earlier(tmp_path):
         "".join(json.dumps(x) + "\n" for x in lines) + json.dumps({"image": "x", "outcome": "true_positive"}) + "\n"
     )
     assert read_verdicts(path) == ({"0" * 16: False}, 1)
+
+
+#: The listener's studies: (day, accession number, truly COVID-19, what each of its images was called)
+STUDIES = [
+    ("2026-12-01", "A1", True, [True, False]),  # a PA called positive, its repeat not: the study is positive
+    ("2026-12-01", "A2", True, [False]),  # missed
+    ("2026-12-01", "A3", False, [False, False]),
+    ("2026-12-01", "A4", False, [True]),  # a false alarm
+    ("2026-12-02", "A5", True, [True]),
+    ("2026-12-02", "A6", False, [False]),
+    ("2026-12-02", "A7", None, [True]),  # no final report: not counted
+]
+
+
+def _oru(accession: str, code: str, status: str = "F") -> str:
+    """A reader's final report as a RIS sends it: the patient in PID (never read), the finding coded in OBX."""
+    return (
+        "\r".join(
+            [
+                f"MSH|^~\\&|RIS|H|X|H|20261203||ORU^R01|{accession}|P|2.5.1",
+                "PID|1||P-1||Иванов^Пётр",
+                "|".join(["OBR", "1", "", accession, "CXR^Chest X-ray", *[""] * 13, accession, *[""] * 6, status]),
+                f"OBX|1|CWE|59776-5^Findings^LN||{code}^finding^SCT||||||{status}",
+            ]
+        )
+        + "\r"
+    )
+
+
+def test_the_listeners_results_are_judged_by_study_against_the_readers_final_reports(tmp_path, capsys):
+    from ccad.io.files import pseudonym
+
+    records, reports = [], []
+    for i, (day, accession, truly, calls) in enumerate(STUDIES):
+        for j, called in enumerate(calls):
+            records.append(
+                {"time": f"{day}T10:0{j}:00+00:00", "adapter": "dicom", "image": f"{i:08x}{j:08x}",
+                 "decision": "covid" if called else "normal", "positive": called, "score": 0.9 if called else 0.1,
+                 "in_distribution": True, "ood_distance": 1.0, "lung_qc": [], "drift": "ok",
+                 "study": pseudonym(f"1.2.3.{i}"), "accession": pseudonym(accession)}
+            )  # fmt: skip
+        reports.append(_oru(accession, "840539006" if truly else "260385009", "F" if truly is not None else "P"))
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "reports.hl7").write_text("\n".join(reports))
+    record = monitor(tmp_path / "results.jsonl", tmp_path / "r", findings=tmp_path / "reports.hl7")
+    live = record["live"]
+    assert live["unit"] == "study" and live["unreadable_verdict_lines"] == 1  # the preliminary report
+    everything = live["by_period"]["all"]
+    assert everything["outcomes"] == {"true_positive": 2, "false_negative": 1, "true_negative": 2,
+                                      "false_positive": 1}  # fmt: skip
+    assert (everything["sensitivity"]["k"], everything["sensitivity"]["n"]) == (2, 3)
+    assert (everything["ppv"]["k"], everything["ppv"]["n"]) == (2, 3) and everything["results"] == 9
+    day_two = live["by_period"]["2026-12-02"]
+    assert (day_two["sensitivity"]["k"], day_two["sensitivity"]["n"], day_two["with_a_verdict"]) == (1, 1, 2)
+    args = ["monitor", str(tmp_path / "results.jsonl"), "--out", str(tmp_path / "o")]
+    assert main(args + ["--truth", str(tmp_path / "reports.hl7"), "--validated-sensitivity", "0.5"]) == 1
+    out = capsys.readouterr().out
+    assert "readers' findings on 6 studies (9 results): sensitivity 66.7%" in out and "Иванов" not in out
+    assert main(args + ["--truth", str(tmp_path / "reports.hl7"), "--verdicts", str(tmp_path / "reports.hl7")]) == 2

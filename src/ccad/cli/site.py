@@ -26,9 +26,18 @@ def _add_validate(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--truth",
-        metavar="CSV",
-        help="the readers' findings for --results: a 'finding' column and an 'accession_number' or "
-        "'study_instance_uid' one",
+        metavar="FILE",
+        help="the readers' findings for --results, told by content: a CSV (a 'finding' column and an "
+        "'accession_number' or 'study_instance_uid' one), HL7 v2 ORU^R01 messages (MLLP-framed or not) or FHIR "
+        "DiagnosticReports (one, a Bundle, or NDJSON); of reports only final or corrected ones with a coded finding "
+        "count, keyed on the accession number or the Study Instance UID, whichever more of them carry, a later "
+        "report replacing an earlier one",
+    )
+    p.add_argument(
+        "--truth-codes",
+        metavar="CODE,CODE",
+        help="the codes that mean COVID-19 in --truth's reports (default: 840539006, U07.1, U07.2, COVID-19 and the "
+        "positive class's name)",
     )
     p.add_argument("--criteria", required=True, metavar="TOML", help="the site's acceptance criteria")
     p.add_argument("--out", required=True)
@@ -82,13 +91,21 @@ def _shadow_metrics(args: argparse.Namespace) -> tuple[dict, dict]:
     the log: its card is in the log's ccad_model_info, not here)."""
     from ..evaluation.shadow import shadow_metrics
 
-    metrics = shadow_metrics(args.results, args.truth)
+    codes = None
+    if args.truth_codes is not None:
+        codes = [c.strip() for c in args.truth_codes.split(",") if c.strip()]
+        if not codes:
+            raise ConfigError("--truth-codes must name at least one code (CODE,CODE)")
+    metrics = shadow_metrics(args.results, args.truth, codes=codes)
     join = metrics["join"]
     print(
         f"{join['studies_joined']} studies with a result and a finding (joined on {join['on']}); "
         f"{join['studies_without_a_finding']} without a finding, "
         f"{join['findings_without_a_study']} findings without a study"
     )
+    skipped = {why: n for why, n in join.get("reports_skipped", {}).items() if n}
+    if skipped:
+        print("reports left out: " + ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in skipped.items()))
     return metrics, {"name": args.model or "the model that wrote the result log", "card_sha256": None}
 
 
@@ -104,8 +121,16 @@ def _add_monitor(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the readers' verdicts (ccad serve --verdict-log): each period's live sensitivity, specificity and PPV",
     )
+    p.add_argument(
+        "--truth",
+        metavar="FILE",
+        help="instead of --verdicts, for the listener's results: the readers' findings as ccad validate reads them "
+        "(a CSV, or their final HL7 ORU^R01 or FHIR reports): each period's live measures by study",
+    )
     for measure in ("sensitivity", "specificity", "ppv"):
-        p.add_argument(f"--validated-{measure}", type=float, help=f"the {measure} the site validated (with --verdicts)")
+        p.add_argument(
+            f"--validated-{measure}", type=float, help=f"the {measure} the site validated (with --verdicts or --truth)"
+        )
 
 
 def _run_monitor(args: argparse.Namespace) -> int | None:
@@ -126,7 +151,9 @@ def _run_monitor(args: argparse.Namespace) -> int | None:
             )
     levels = {m: getattr(args, f"validated_{m}") for m in ("sensitivity", "specificity", "ppv")}
     levels = {m: v for m, v in levels.items() if v is not None}
-    record = monitor(args.log, args.out, args.period, args.since, args.until, reference, args.verdicts, levels)
+    record = monitor(
+        args.log, args.out, args.period, args.since, args.until, reference, args.verdicts, levels, args.truth
+    )
     overall = record["overall"]
     print(
         f"{overall['n']} images from {overall['first'][:10]} to {overall['last'][:10]}: "
@@ -145,9 +172,10 @@ def _run_monitor(args: argparse.Namespace) -> int | None:
             for p, s in record["live"]["by_period"].items()
             if s["under_validated"]
         ]
-        print(
-            f"readers' verdicts on {live['with_a_verdict']} of {live['results']} results: {shown or 'no measure yet'}"
-        )
+        n, results = live["with_a_verdict"], live["results"]
+        by_study = record["live"]["unit"] == "study"
+        judged = f"{n} studies ({results} results)" if by_study else f"{n} of {results} results"
+        print(f"readers' {'verdicts' if args.verdicts else 'findings'} on {judged}: {shown or 'no measure yet'}")
         print("under the validated level: " + ("; ".join(under) if under else "none"))
     print(f"report: {Path(args.out) / 'monitor.html'} (counts of what the model said, not a diagnosis)")
     if "live" in record and any(s["under_validated"] for s in record["live"]["by_period"].values()):

@@ -1,7 +1,7 @@
 """``ccad monitor``: what a result log says about a period, for the site's review meeting.
 
     ccad monitor results.jsonl --out review/ [--period week] [--since 2026-11-01] [--model BUNDLE]
-        [--verdicts verdicts.jsonl --validated-sensitivity 0.9]
+        [--verdicts verdicts.jsonl | --truth readers-reports.hl7] [--validated-sensitivity 0.9]
 
 The log is the one ``ccad serve`` and ``ccad dicom listen`` append with ``--result-log``
 (:class:`ccad.deploy.live_metrics.ResultLog`: no patient field). For each period (day, week or month, in UTC) and
@@ -13,7 +13,8 @@ compared with that bundle's reference (the population stability index, :mod:`cca
 These are counts of what the model said, not of what the patients had: a rise in the positive rate is a
 prevalence change or a model change, and only the radiologists' reports can tell which. With ``--verdicts``
 (the readers' verdicts, :mod:`ccad.evaluation.verdicts`), each period also has the live sensitivity,
-specificity and PPV, set against the levels the site validated.
+specificity and PPV, set against the levels the site validated; with ``--truth`` (the readers' findings: a CSV,
+their final HL7 or FHIR reports), the same by study, for the listener's results.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from ccad._meta import DEFAULT_POSITIVE
 from ccad.errors import DataError
 from ccad.evaluation.drift import BINS, DRIFT, OK, WARMING_UP, WINDOW, Signal
 from ccad.evaluation.metrics import MEASURES, wilson_share
-from ccad.evaluation.verdicts import LiveTally, check_levels, read_verdicts
+from ccad.evaluation.verdicts import LiveTally, check_levels, readers_truth
 from ccad.io.files import write_text
 
 PERIODS = ("day", "week", "month")
@@ -245,15 +247,16 @@ def monitor(
     reference=None,
     verdicts: str | os.PathLike | None = None,
     validated: dict[str, float] | None = None,
+    findings: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """``monitor.json`` and ``monitor.html`` in ``out``; returns the JSON record. The log is read once, a line at
     a time: memory holds one tally a period, whatever the log's size. With ``verdicts`` (the readers' verdict
-    log, :mod:`ccad.evaluation.verdicts`), each period's live sensitivity, specificity and PPV, set against the
-    ``validated`` levels (``{"sensitivity": 0.9}``)."""
+    log, :mod:`ccad.evaluation.verdicts`) or ``findings`` (their findings by study), each period's live
+    sensitivity, specificity and PPV, set against the ``validated`` levels (``{"sensitivity": 0.9}``)."""
     rejected, overall, changes = Rejected(), Tally(reference), DriftChanges()
     periods: dict[str, Tally] = {}
-    truth, bad_verdicts = read_verdicts(verdicts) if verdicts else ({}, 0)
-    live = {"all": LiveTally(truth)} if verdicts else {}
+    truth, field, left_out = readers_truth(verdicts, findings, DEFAULT_POSITIVE)
+    live = {"all": LiveTally(truth, field)} if verdicts or findings else {}
     for r in iter_log(log, rejected, since, until):
         overall.add(r)
         key = period_of(r["_time"], period)
@@ -261,7 +264,7 @@ def monitor(
         changes.add(r)
         if live:
             live["all"].add(r)
-            live.setdefault(key, LiveTally(truth)).add(r)
+            live.setdefault(key, LiveTally(truth, field)).add(r)
     if overall.n == 0:
         raise DataError(
             f"{log}: no result records{' in that period' if since or until else ''} "
@@ -280,12 +283,15 @@ def monitor(
     }
     if live:
         levels = check_levels(validated or {})
+        judged = "results" if field == "image" else f"studies (by {field})"
         record["live"] = {
-            "verdicts": Path(verdicts).name,
-            "unreadable_verdict_lines": bad_verdicts,
+            "verdicts": Path(verdicts or findings).name,
+            "unit": "result" if field == "image" else "study",
+            "unreadable_verdict_lines": left_out,
             "validated": levels,
             "by_period": {key: tally.summary(levels) for key, tally in sorted(live.items())},
-            "note": "From the readers' verdicts on the results that have one; Wilson 95% intervals.",
+            "note": f"From the readers' {'verdicts' if verdicts else 'findings'} on the {judged} that have one; "
+            "Wilson 95% intervals.",
         }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

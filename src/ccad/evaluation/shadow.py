@@ -1,21 +1,21 @@
-"""``ccad validate --results LOG --truth CSV``: a silent go-live (``dicom listen --shadow``) judged against the
+"""``ccad validate --results LOG --truth FILE``: a silent go-live (``dicom listen --shadow``) judged against the
 readers' findings, by the criteria written before the period (:mod:`ccad.evaluation.validate`).
 
 The results are the result log the listener wrote (:class:`ccad.deploy.live_metrics.ResultLog`): one record a
 scored image, with the pseudonyms of its study and accession number, no patient field. The truth is the
-readers' findings, a CSV with a ``finding`` column (a class name) and an ``accession_number`` or
-``study_instance_uid`` column; each key is hashed the way the log's is, so the join needs no patient data
-in the log. One answer a study, by a documented rule: the study's score is the highest score among its scored
-images, and it is called positive when any of them was. A study in the log without a finding, or a finding
-without a study in the log, is counted and left out; the metrics (with their 95% intervals) are of the
-studies that have both.
+readers' findings (:mod:`ccad.evaluation.findings`): a CSV with a ``finding`` column (a class name) and an
+``accession_number`` or ``study_instance_uid`` column, or the readers' final reports as HL7 v2 ``ORU^R01``
+messages or FHIR ``DiagnosticReport`` s (keyed on the field more of them carry; the reports left out are counted
+under ``"join"``). Each key is hashed the way the log's is, so the join needs no patient data in the log. One
+answer a study, by a documented rule: the study's score is the highest score among its scored images, and it is
+called positive when any of them was. A study in the log without a finding, or a finding without a study in the
+log, is counted and left out; the metrics (with their 95% intervals) are of the studies that have both.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +23,9 @@ import numpy as np
 
 from ccad._meta import DEFAULT_POSITIVE
 from ccad.errors import DataError
+from ccad.evaluation.findings import read_truth
 from ccad.evaluation.metrics import compute_metrics, wilson_share
 from ccad.evaluation.monitor import Rejected, iter_log
-from ccad.io.files import pseudonym
-
-#: The truth file's key columns, and the result log's field each is joined on.
-KEYS = {"accession_number": "accession", "study_instance_uid": "study"}
-#: The largest truth file read (a CSV of findings: tens of bytes a study).
-MAX_TRUTH_BYTES = 64 * 2**20
-
-
-def read_truth(path: str | os.PathLike, positive: str) -> tuple[str, dict[str, bool]]:
-    """(the result log's field the truth is keyed on, pseudonym of each key -> whether the reader found
-    ``positive``)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_TRUTH_BYTES + 1)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the readers' findings ({e.strerror})") from None
-    if len(data) > MAX_TRUTH_BYTES:
-        raise DataError(f"{path}: over {MAX_TRUTH_BYTES // 2**20} MB; not a CSV of findings")
-    rows = csv.DictReader(io.StringIO(data.decode("utf-8-sig", errors="replace")))
-    key = next((k for k in KEYS if k in (rows.fieldnames or [])), None)
-    if key is None or "finding" not in (rows.fieldnames or []):
-        raise DataError(f"{path}: needs a 'finding' column and an 'accession_number' or 'study_instance_uid' one")
-    truth = {pseudonym(r[key].strip()): r["finding"].strip() == positive for r in rows if (r.get(key) or "").strip()}
-    if not truth:
-        raise DataError(f"{path}: no findings")
-    return KEYS[key], truth
 
 
 def study_results(log: str | os.PathLike, field: str) -> tuple[dict[str, dict[str, Any]], int]:
@@ -70,10 +44,16 @@ def study_results(log: str | os.PathLike, field: str) -> tuple[dict[str, dict[st
     return studies, sum(rejected.values())
 
 
-def shadow_metrics(log: str | os.PathLike, truth_path: str | os.PathLike, positive: str = DEFAULT_POSITIVE) -> dict:
+def shadow_metrics(
+    log: str | os.PathLike,
+    truth_path: str | os.PathLike,
+    positive: str = DEFAULT_POSITIVE,
+    codes: Collection[str] | None = None,
+) -> dict:
     """The metrics :func:`ccad.evaluation.validate.validate` judges, of the studies with both a result and a
-    finding; with the join's counts under ``"join"``."""
-    field, truth = read_truth(truth_path, positive)
+    finding; with the join's counts under ``"join"``. ``codes``: those of COVID-19 in HL7 or FHIR reports
+    (default: :data:`ccad.evaluation.findings.COVID_CODES` and ``positive``)."""
+    field, truth, skipped = read_truth(truth_path, positive, codes)
     studies, rejected = study_results(log, field)
     joined = [(truth[k], s) for k, s in studies.items() if k in truth]
     if not joined:
@@ -91,7 +71,11 @@ def shadow_metrics(log: str | os.PathLike, truth_path: str | os.PathLike, positi
     flagged = sum(s["flagged"] for _, s in joined)
     metrics["out_of_distribution"] = {**wilson_share(flagged, len(joined)), "rate": flagged / len(joined)}
     metrics["decision"] = {"positive_index": 1, "text": f"a study is {positive} when any of its images was called so"}
-    metrics["data"], metrics["split"] = f"{Path(log).name} joined with {Path(truth_path).name}", "shadow period"
+    data = f"{Path(log).name} joined with {Path(truth_path).name} on {field}"
+    if skipped is not None:
+        left_out = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in skipped.items() if n) or "none"
+        data += f" (reports left out: {left_out})"
+    metrics["data"], metrics["split"] = data, "shadow period"
     metrics["join"] = {
         "on": field,
         "studies_in_log": len(studies),
@@ -101,4 +85,6 @@ def shadow_metrics(log: str | os.PathLike, truth_path: str | os.PathLike, positi
         "findings_without_a_study": len(truth) - len(joined),
         "unreadable_log_lines": rejected,
     }
+    if skipped is not None:
+        metrics["join"]["reports_skipped"] = skipped
     return metrics

@@ -1,5 +1,5 @@
-"""Readers' verdicts joined with the result log: whether ccad was right, per period, for ``ccad monitor
---verdicts``.
+"""Readers' verdicts (or findings) joined with the result log: whether ccad was right, per period, for ``ccad
+monitor --verdicts`` (``--truth``).
 
 The verdicts are the log ``ccad serve --verdict-log`` appends (one JSON object a line: the result's pseudonym
 ``image``, the reader's ``outcome`` of it). Each result record of the log with a verdict counts as a true or
@@ -7,6 +7,11 @@ false positive or negative in the period of the result; the live sensitivity, sp
 are those counts' shares with Wilson 95% intervals, set against the levels the site validated: a period whose
 lower bound is under its level is marked. A result with no verdict is not counted (the readers' coverage is
 reported); a later verdict on the same result replaces an earlier one.
+
+The listener's results are judged by study instead: ``--truth`` takes the readers' findings as ``ccad validate``
+does (a CSV, or their final HL7 ``ORU^R01`` or FHIR reports: :mod:`ccad.evaluation.findings`), keyed on the
+study's accession number or UID, and each study with a finding counts once in each period it has an image in,
+called positive when any of its images was (the listener's study rule).
 """
 
 from __future__ import annotations
@@ -48,29 +53,53 @@ def read_verdicts(path: str | os.PathLike) -> tuple[dict[str, bool], int]:
 
 
 class LiveTally:
-    """One period's verdict outcomes, a result record at a time."""
+    """One period's outcomes, a result record at a time: each result (``field`` ``"image"``: a verdict a result)
+    or each study (``"accession"`` or ``"study"``: a finding a study) with a truth counted once, called positive
+    when any of its records was."""
 
-    def __init__(self, truth: dict[str, bool]):
-        self.truth, self.results, self.outcomes = truth, 0, dict.fromkeys(OUTCOMES, 0)
+    def __init__(self, truth: dict[str, bool], field: str = "image"):
+        self.truth, self.field, self.results = truth, field, 0
+        self.called: dict[str, bool] = {}  # each judged result's (or study's) key -> called positive
 
     def add(self, record: dict[str, Any]) -> None:
         self.results += 1
-        truly = self.truth.get(record.get("image") or "")
-        if truly is None:
-            return
-        self.outcomes[outcome_of(bool(record["positive"]), truly)] += 1
+        key = record.get(self.field)
+        if isinstance(key, str) and key in self.truth:
+            self.called[key] = self.called.get(key, False) or bool(record["positive"])
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for key, called in self.called.items():
+            counts[outcome_of(called, self.truth[key])] += 1
+        return counts
 
     def summary(self, validated: dict[str, float]) -> dict[str, Any]:
-        measures = live_bounds(self.outcomes)
+        outcomes = self.outcomes
+        measures = live_bounds(outcomes)
         return {
             "results": self.results,
-            "with_a_verdict": sum(self.outcomes.values()),
-            "outcomes": dict(self.outcomes),
+            "with_a_verdict": sum(outcomes.values()),
+            "outcomes": outcomes,
             **measures,
             "under_validated": sorted(
                 m for m, level in validated.items() if m in measures and measures[m]["ci95"][0] < level
             ),
         }
+
+
+def readers_truth(verdicts: str | os.PathLike | None, findings: str | os.PathLike | None, positive: str):
+    """(key -> whether the readers found ``positive``, the result log's field it is keyed on, what was left out
+    of the file) from the verdict log or the readers' findings (at most one of them)."""
+    if verdicts and findings:
+        raise DataError("give the readers' verdicts or their findings, not both")
+    if findings:
+        from ccad.evaluation.findings import read_truth
+
+        field, truth, skipped = read_truth(findings, positive)
+        return truth, field, sum((skipped or {}).values())
+    truth, rejected = read_verdicts(verdicts) if verdicts else ({}, 0)
+    return truth, "image", rejected
 
 
 def check_levels(validated: dict[str, float]) -> dict[str, float]:

@@ -94,6 +94,7 @@ def test_fhir_reports_are_put_with_retries(bundle, tmp_path):
         port=port,
         retry_max_s=0.5,
         fhir=f"http://127.0.0.1:{server.server_port}/fhir",
+        per_image=True,
     )
     listener = Listener(settings).start()
     try:
@@ -117,7 +118,12 @@ def test_results_go_back_over_stow_rs_with_the_dimse_paths_content(bundle, tmp_p
     orthanc = Orthanc(tmp_path / "orthanc", None, dicomweb=True).start()
     port = free_port()
     settings = ListenerSettings(
-        bundle, Destination.parse(f"dicomweb+{orthanc.dicomweb}"), tmp_path / "spool", port=port, retry_max_s=0.5
+        bundle,
+        Destination.parse(f"dicomweb+{orthanc.dicomweb}"),
+        tmp_path / "spool",
+        port=port,
+        retry_max_s=0.5,
+        per_image=True,
     )
     listener = Listener(settings).start()
     try:
@@ -183,6 +189,7 @@ def test_pull_scores_a_study_from_the_archive_and_resumes_without_duplicates(bun
             retry_max_s=0.5,
             queue_size=2,
             fhir=str(tmp_path / "fhir"),
+            per_image=True,
         )
         counts = pull(settings, orthanc.dicomweb, study=study, timeout_s=180)
         assert counts["found"] == 4 and counts["fetched"] == 4 and counts["complete"], counts

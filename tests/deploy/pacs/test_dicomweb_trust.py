@@ -28,6 +28,8 @@ CREDENTIAL_ENV = [f"CCAD_DICOMWEB{who}_{what}" for who in ("", "_SOURCE") for wh
     "CCAD_FHIR_TOKEN"
 ]
 
+A_REPORT = {"resourceType": "DiagnosticReport", "id": "abc"}  # what a poster PUTs, as little as it takes
+
 
 @pytest.fixture(autouse=True)
 def no_credentials_from_the_machine(monkeypatch):
@@ -201,6 +203,7 @@ def _pull_settings(tmp_path, destination: str, fhir: str, **fields):
         result_process=False,
         fhir=f"{fhir}/fhir",
         **fields,
+        per_image=True,
     )
 
 
@@ -224,8 +227,10 @@ def test_pull_gives_the_source_the_destination_and_the_fhir_server_each_its_own_
     assert authorizations(source) == {"Bearer source-token"}
     assert authorizations(destination) == {basic("dest-user", "dest-password")}
     assert authorizations(fhir) == {"Bearer fhir-token"}
-    first, again = fhir.puts  # refused, then sent again, the same report; once stored, not sent a third time
-    assert first == again and json.loads(first)["resourceType"] == "DiagnosticReport"
+    kinds = [json.loads(body)["resourceType"] for body in fhir.puts]
+    # the report refused, then sent again, the same; once stored, not sent a third time; its task stored at once
+    first, again = [body for body, kind in zip(fhir.puts, kinds) if kind == "DiagnosticReport"]
+    assert first == again and kinds.count("Task") == 1 and len(kinds) == 3
 
 
 # --- TLS: verified, against the site's own authority when it has one --------------------------------------------
@@ -341,7 +346,7 @@ def test_https_is_refused_without_the_authority_that_signed_the_servers_certific
         texts = [
             _refused(lambda: list(find_instances(session(ca_file=ca_file), base))),
             _refused(lambda: fetch_instance(session(ca_file=ca_file), base, "1", "2", "3", max_bytes=2**20)),
-            _refused(lambda: FhirPoster(f"{base}/fhir", ca_file=ca_file, timeout_s=10).put({"id": "abc"})),
+            _refused(lambda: FhirPoster(f"{base}/fhir", ca_file=ca_file, timeout_s=10).put(A_REPORT)),
         ]
         why = stow(client(base, session(ca_file=ca_file, redirects=False)), pydicom.dcmread(io.BytesIO(xray)))
     assert all("certificate verify failed" in text for text in texts), texts
@@ -369,7 +374,7 @@ def test_a_certificate_for_another_host_is_refused_even_from_the_sites_authority
     with serving(recorder, pki.elsewhere) as base:
         texts = [
             _refused(lambda: list(find_instances(session(ca_file=pki.ca), base))),
-            _refused(lambda: FhirPoster(f"{base}/fhir", ca_file=str(pki.ca), timeout_s=10).put({"id": "abc"})),
+            _refused(lambda: FhirPoster(f"{base}/fhir", ca_file=str(pki.ca), timeout_s=10).put(A_REPORT)),
         ]
     assert all("certificate verify failed" in text and "mismatch" in text for text in texts), texts
     assert recorder.seen == []
@@ -413,7 +418,7 @@ def test_ccad_dicom_pull_over_https_with_ca_file_sends_each_server_its_own_crede
     assert code == 0
     assert authorizations(source) == {"Bearer source-token"} and len(source.seen) == 3  # QIDO-RS x2, WADO-RS
     assert authorizations(destination) == {basic("dest-user", "dest-password")} and len(destination.seen) == 2
-    assert authorizations(fhir) == {"Bearer fhir-token"} and len(fhir.seen) == 1
+    assert authorizations(fhir) == {"Bearer fhir-token"} and len(fhir.seen) == 2  # the report and its task
 
 
 # --- FHIR report ids: one a model and image --------------------------------------------------------------------

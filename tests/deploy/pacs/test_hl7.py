@@ -99,6 +99,7 @@ def test_the_listener_retries_an_unacknowledged_message_with_the_same_control_id
         hl7=f"127.0.0.1:{receiver.port}",
         result_process=False,
         retry_max_s=1.0,
+        per_image=True,
     )
     listener = Listener(settings).start(scp=False)
     try:
@@ -127,6 +128,7 @@ def test_shadow_mode_scores_and_logs_and_sends_nothing(tmp_path):
         result_log=tmp_path / "results.jsonl",
         shadow=True,
         result_process=False,
+        per_image=True,
     )
     listener = Listener(settings).start(scp=False)
     try:

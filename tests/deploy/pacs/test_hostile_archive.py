@@ -80,7 +80,11 @@ def test_a_pull_against_an_endless_archive_stops_at_max_instances_and_says_so(tm
     from ccad.models.card import DEFAULT_BUNDLE
 
     settings = ListenerSettings(
-        DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", result_process=False
+        DEFAULT_BUNDLE,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        result_process=False,
+        per_image=True,
     )
     with servers() as (base, _):
         counts = pull(settings, f"{base}/endless", since="20260101", timeout_s=60, max_instances=150)
@@ -101,7 +105,11 @@ def test_a_pull_against_an_endless_archive_stops_at_its_timeout_and_says_so(tmp_
     from ccad.models.card import DEFAULT_BUNDLE
 
     settings = ListenerSettings(
-        DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", result_process=False
+        DEFAULT_BUNDLE,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        result_process=False,
+        per_image=True,
     )
     with servers() as (base, _):
         # 10 s: time to load the model and search under load, then the endless pages until the deadline

@@ -140,7 +140,12 @@ def test_the_api_never_answers_5xx(bundle, files):
 def test_the_listener_refuses_or_answers_every_acknowledged_image(bundle, files, tmp_path):
     port = free_port()
     settings = ListenerSettings(
-        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", port=port, retry_max_s=0.5
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        port=port,
+        retry_max_s=0.5,
+        per_image=True,
     )
     listener = Listener(settings).start()
     statuses = {}

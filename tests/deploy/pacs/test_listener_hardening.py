@@ -18,6 +18,8 @@ from ccad.models.card import DEFAULT_BUNDLE
 
 
 def _settings(spool: Path, **kwargs) -> ListenerSettings:
+    """A listener's settings, a result per image unless the test says otherwise."""
+    kwargs.setdefault("per_image", True)
     return ListenerSettings(DEFAULT_BUNDLE, Destination("NOBODY", "127.0.0.1", free_port()), spool, **kwargs)
 
 

@@ -48,6 +48,7 @@ def start_listener(bundle, port, destination_port, spool, log_path, *extra) -> s
             str(spool),
             "--retry-max-s",
             "1",
+            "--per-image",
             *extra,
         ],
         stdout=log,
@@ -157,6 +158,7 @@ def test_bad_input_a_full_queue_and_an_aborted_association_never_stop_the_listen
         port=port,
         queue_size=1,
         retry_max_s=0.5,
+        per_image=True,
     )
     listener = Listener(settings, predictor).start()
     try:
@@ -357,7 +359,9 @@ def test_results_are_still_made_when_the_result_process_dies(bundle, tmp_path):
     import os
     import signal
 
-    settings = ListenerSettings(bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool")
+    settings = ListenerSettings(
+        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", per_image=True
+    )
     listener = Listener(settings).start(scp=False)
     try:
         (pid,) = listener.worker.builder._processes  # the one result process
@@ -444,7 +448,12 @@ def odd_datasets(tmp_path, study):
 def test_a_data_set_without_a_series_uid_is_refused_not_acknowledged(bundle, tmp_path):
     port = free_port()
     settings = ListenerSettings(
-        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", port=port, retry_max_s=0.5
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        port=port,
+        retry_max_s=0.5,
+        per_image=True,
     )
     listener = Listener(settings).start()
     try:
@@ -563,6 +572,7 @@ def test_a_deflate_bomb_or_an_oversized_data_set_is_refused_without_the_memory(b
         tmp_path / "spool2",
         port=free_port(),
         max_dataset_bytes=2**20,
+        per_image=True,
     )
     listener = Listener(settings).start()
     try:
@@ -614,7 +624,12 @@ def test_a_jpeg_2000_xray_is_accepted_and_scored_like_its_uncompressed_copy(bund
     compressed, plain = jpeg2000_xray(tmp_path, "j2k", seed=7), xray(tmp_path, "plain", seed=7)
     port = free_port()
     settings = ListenerSettings(
-        bundle, Destination("NOBODY", "127.0.0.1", free_port()), tmp_path / "spool", port=port, retry_max_s=0.5
+        bundle,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        port=port,
+        retry_max_s=0.5,
+        per_image=True,
     )
     listener = Listener(settings).start()
     try:
@@ -643,6 +658,7 @@ def test_the_listener_serves_its_metrics_and_logs_pseudonyms_only(bundle, tmp_pa
         retry_max_s=0.5,
         metrics_port=metrics_port,
         result_log=tmp_path / "results.jsonl",
+        per_image=True,
     )
     listener = Listener(settings).start()
     try:

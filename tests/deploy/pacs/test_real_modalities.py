@@ -61,6 +61,7 @@ def sent(tmp_path_factory):
         root / "spool",
         port=port,
         retry_max_s=1,
+        study_window_s=1.0,  # the default mode, a result per study (each file here is a study of its own)
     )
     listener = Listener(settings).start()
     try:

@@ -15,7 +15,8 @@ from real_dicom import DCIODVFY, dciodvfy_errors
 
 from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
-from ccad.deploy.pacs.studies import study_answer
+from ccad.deploy.pacs.results import Algorithm
+from ccad.deploy.pacs.studies import PUBLISHED, StudyBook, study_answer, study_report
 from ccad.models.card import DEFAULT_BUNDLE
 
 
@@ -27,6 +28,36 @@ def test_the_study_is_answered_by_its_highest_scored_image_and_not_by_one_not_sc
     ]
     assert study_answer(outcomes, "covid")["key"] == "c"
     assert study_answer([{"key": "b", "reason": "a lateral view"}], "covid") is None
+
+
+def test_per_study_is_the_default_and_per_image_a_flag():
+    settings = ListenerSettings(DEFAULT_BUNDLE, Destination("A", "127.0.0.1", 104))
+    assert (settings.per_image, settings.study_window_s, settings.study_keep_days) == (False, 30.0, 7.0)
+    from ccad.cli import build_parser
+
+    args = build_parser().parse_args(["dicom", "listen", "--send-to", "A@127.0.0.1:104", "--per-image"])
+    assert args.per_image is True and args.study_window_s == 30.0
+
+
+def test_a_study_answered_long_ago_leaves_the_spool_and_one_waiting_or_recent_stays(tmp_path):
+    import os
+    import time
+
+    book, study = StudyBook(tmp_path / "studies"), pydicom.uid.generate_uid()
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule", "covid", 0.5)
+    first = pydicom.dcmread(_image(tmp_path, "a", study, 0))
+    folder = book.stage("a", first, None, "a lateral view")
+    later = time.time() + 8 * 86400
+    assert book.prune(7 * 86400, now=later) == 0  # not answered yet: it waits for its answer
+    digest = book.digest(folder)
+    book.publish(folder, digest, study_report(folder, book, algorithm, digest)[0])
+    assert book.prune(7 * 86400) == 0 and folder.is_dir()  # answered just now
+    book.stage("b", pydicom.dcmread(_image(tmp_path, "b", study, 1)), None, "a lateral view")
+    os.utime(folder / PUBLISHED, (time.time() - 60, time.time() - 60))
+    assert book.prune(7 * 86400, now=later) == 0  # a newer image waits for the study's new answer
+    os.utime(folder / PUBLISHED)
+    assert book.prune(7 * 86400, now=later) == 1 and not folder.exists()  # patient attributes gone with it
+    assert book.prune(7 * 86400, now=later) == 0
 
 
 def _image(tmp_path, name, study, seed, **fields):
@@ -78,6 +109,9 @@ def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_n
         wait_for(lambda: len(reports()) == 2 or None, 120, "the study's second version")
         wait_for(lambda: len(receiver.messages) == 2 and listener.idle(), 60, "its HL7 message")
         (second,) = [ds for ds in reports() if ds.SOPInstanceUID != first.SOPInstanceUID]
+        # each scored image's heatmap capture (not the lateral's), once however often the study was sent
+        captures = [ds for ds in orthanc.study_instances(study) if ds.Modality == "OT"]
+        assert len(captures) == 3 and {ds.SeriesNumber for ds in captures} == {9902}
     finally:
         listener.stop()
         receiver.stop()
@@ -89,18 +123,22 @@ def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_n
     assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
     ids = [str(hl7.parse(m).segment("MSH")[10]) for m in receiver.messages]
     assert len(set(ids)) == 2  # a new version is a new message; a resend sent none
-    # one FHIR report for the study and one worklist task, each replaced by the new version
-    task_path, report_path = sorted((tmp_path / "fhir").glob("*.json"), key=lambda p: not p.name.endswith("task.json"))
+    _one_report_and_task(tmp_path / "fhir", study)
+    assert PATIENT["PatientID"] not in " ".join(receiver.messages)
+    if DCIODVFY is not None:  # what ccad writes passes dicom3tools' validator
+        second.save_as(tmp_path / "study-sr.dcm", enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / "study-sr.dcm") == []
+
+
+def _one_report_and_task(folder, study):
+    """One FHIR report for the study and one worklist task, each replaced by the new version."""
+    task_path, report_path = sorted(folder.glob("*.json"), key=lambda p: not p.name.endswith("task.json"))
     report, task = json.loads(report_path.read_text()), json.loads(task_path.read_text())
     assert report["identifier"][0]["value"] == f"urn:oid:{study}"
     assert task["focus"]["reference"] == f"DiagnosticReport/{report['id']}"
     assert report["basedOn"][0]["identifier"]["value"] == task["basedOn"][0]["identifier"]["value"] == "ACC-42"
     suspected = "COVID-19" in report["conclusion"].split("(p =")[0]
     assert task["priority"] == ("stat" if suspected else "routine")
-    assert PATIENT["PatientID"] not in " ".join(receiver.messages)
-    if DCIODVFY is not None:  # what ccad writes passes dicom3tools' validator
-        second.save_as(tmp_path / "study-sr.dcm", enforce_file_format=True)
-        assert dciodvfy_errors(tmp_path / "study-sr.dcm") == []
 
 
 def _referenced(sr) -> set[str]:

@@ -162,12 +162,16 @@ def _objects() -> list[str]:
         "probability of each class, the decision threshold, the decision, severity scores, the "
         'out-of-distribution flag, "research screening aid, not for diagnosis"; the source image as its '
         'evidence and the measurement group\'s source. Procedure reported: "Plain chest X-ray" for a '
-        'scored image, "Imaging procedure" for one not scored.',
+        'scored image, "Imaging procedure" for one not scored. By default the SR is one a study (`--per-image`: '
+        "one an image): a measurement group per image (its result, or why it was not scored), the study's "
+        "answer (its image with the highest p(COVID-19)) marked, every image as evidence; its UID is derived "
+        "from the study, the model and the images' results, and a new version (a late image) names the one "
+        'before in the Predecessor Documents Sequence; "Plain chest X-ray" when any image was scored.',
         f"- **Secondary Capture** (RGB), series number {results.SC_SERIES_NUMBER}: the X-ray with its "
         'heatmap and lung outline, a burned-in banner ("NOT FOR DIAGNOSIS", "COVID-19 suspected" or '
         '"not suspected" with p(COVID-19) and the threshold, the out-of-distribution flag); '
         "BurnedInAnnotation YES; the source in SourceImageSequence and ReferencedImageSequence; "
-        "Laterality copied from the X-ray (empty when it has none).",
+        "Laterality copied from the X-ray (empty when it has none). One a scored image, per study as per image.",
         "- Both copy the patient and study (Type 2 attributes empty when the source lacks them or holds a "
         "value its VR does not allow) and have UIDs derived from the source instance and the model, so a "
         "resend gives the same objects. Both are checked with dicom3tools' `dciodvfy` in the tests.",

@@ -82,7 +82,7 @@ class Listener:
         self.delivery = Delivery(settings, self.spool, self.stats, self._stop)
         self.worker: ScoringWorker | None = None
         self.service = self.monitor = self.algorithm = None  # made by start, with the screener
-        self.studies: StudyGatherer | None = None  # with study_window_s: answers each study once
+        self.studies: StudyGatherer | None = None  # per study (not per_image): answers each study once
         #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
         self.on_done = None
         self._spool_lock: int | None = None  # the spool's lock, held from start to stop
@@ -119,9 +119,15 @@ class Listener:
             self.delivery.wake,
         )
         self.worker.start()
-        if self.settings.study_window_s is not None and not self.settings.shadow:
+        if not self.settings.per_image and not self.settings.shadow:
             self.studies = StudyGatherer(
-                self.settings, self.spool, self.algorithm, self.stats, self._stop, self.delivery.wake
+                self.settings,
+                self.spool,
+                self.worker.studies,
+                self.algorithm,
+                self.stats,
+                self._stop,
+                self.delivery.wake,
             ).start()
         if scp:
             self.scp.start()

@@ -159,6 +159,16 @@ def _unicode(dataset):
     return dataset
 
 
+def procedure_reported(scored: bool):
+    """The SR's procedure reported: a chest X-ray only when an image was scored (one that was not may not be a
+    chest X-ray at all: it is not said to be one)."""
+    from highdicom.sr import CodedConcept
+
+    if scored:
+        return CodedConcept("399208008", "SCT", "Plain chest X-ray")
+    return CodedConcept("363679005", "SCT", "Imaging procedure")
+
+
 def _code(value: str, meaning: str):
     from highdicom.sr import CodedConcept
 
@@ -169,7 +179,6 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
     """The SR of ``prediction`` (a :class:`ccad.screening.records.Prediction`) for ``source``, or, with
     ``reason``, of an image that was not scored."""
     import highdicom as hd
-    from highdicom.sr import CodedConcept
 
     source = result_source(source)
     measurements, evaluations = sr_content(algorithm, prediction, reason)
@@ -182,11 +191,7 @@ def structured_report(source, algorithm: Algorithm, prediction: Any = None, reas
         measurements=measurements or None,
         qualitative_evaluations=evaluations,
     )
-    procedure = (  # an image not scored may not be a chest X-ray at all: it is not said to be one
-        CodedConcept("399208008", "SCT", "Plain chest X-ray")
-        if reason is None
-        else CodedConcept("363679005", "SCT", "Imaging procedure")
-    )
+    procedure = procedure_reported(reason is None)
     report = hd.sr.MeasurementReport(
         observation_context=device_context(algorithm),
         procedure_reported=procedure,

@@ -101,13 +101,22 @@ class ListenerSettings:
         "acknowledged AA",
         metavar="HOST:PORT",
     )
-    #: One result per study: its images gathered until none has arrived for this long (None: a result per image).
-    study_window_s: float | None = option(
-        None,
+    #: One result per study (the default): its images gathered until none has arrived for this long.
+    study_window_s: float = option(
+        30.0,
         "answer per study: gather a study's images until none has arrived for this many seconds, then send one "
-        "study-level SR (and FHIR report and HL7 message) referencing every image; default: a result per image",
+        "study-level SR (and FHIR report and HL7 message) referencing every image (default: 30)",
         flag="--study-window",
         metavar="S",
+    )
+    #: A result per image instead: an SR, a FHIR report and an HL7 message each.
+    per_image: bool = option(False, "answer per image (an SR, FHIR report and HL7 message an image), not per study")
+    #: How long an answered study's outcomes stay in the spool (``studies/``) for a late image to re-open it.
+    study_keep_days: float = option(
+        7.0,
+        "keep an answered study's outcomes and copied attributes in the spool this long, so that a late image "
+        "re-opens it (default: 7)",
+        metavar="DAYS",
     )
     #: A silent go-live: every image scored and logged (the result log, the metrics), nothing sent anywhere.
     shadow: bool = option(False, "score and log every image, send nothing (no DICOM, HL7 or FHIR result)")
@@ -127,8 +136,10 @@ class ListenerSettings:
             )
         if self.max_dataset_bytes < 2**20:
             raise ConfigError("`max_dataset_bytes` must be at least 1 MB")
-        if self.study_window_s is not None and not 0 <= self.study_window_s <= 86400:
+        if not 0 <= self.study_window_s <= 86400:
             raise ConfigError(f"`study_window_s` must be 0 to 86400 seconds, got {self.study_window_s}")
+        if not 0 < self.study_keep_days <= 3650:
+            raise ConfigError(f"`study_keep_days` must be over 0 and at most 3650, got {self.study_keep_days}")
         if self.score_timeout_s <= 0:
             raise ConfigError(f"`score_timeout_s` must be positive, got {self.score_timeout_s}")
         if not 0 <= self.port < 65536:  # 0: any free port

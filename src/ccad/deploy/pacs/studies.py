@@ -30,6 +30,7 @@ from ccad.deploy.pacs.results import (
     _code,
     _uid,
     device_context,
+    procedure_reported,
     result_source,
     sr_content,
 )
@@ -38,6 +39,8 @@ from ccad.io.files import atomic_path, write_text
 from ccad.screening.records import Prediction
 
 SOURCE, PUBLISHED = "source.dcm", "published.json"
+#: How often the gatherer looks for studies to prune (seconds); and once when it starts.
+PRUNE_EVERY_S = 600.0
 
 
 def outcome_of(key: str, ds, prediction: Prediction | None, reason: str | None) -> dict[str, Any]:
@@ -66,18 +69,43 @@ def study_answer(outcomes: list[dict[str, Any]], positive: str) -> dict[str, Any
 
 class StudyBook:
     """The spool's ``studies/`` folder. The constructor stores; :meth:`stage` keeps an image's outcome,
-    :meth:`due` lists the studies to answer, :meth:`publish` records an answer sent."""
+    :meth:`due` lists the studies to answer, :meth:`publish` records an answer sent, :meth:`prune` forgets the
+    studies answered long ago. One book is shared by the scoring threads and the gatherer: its lock keeps a
+    study from being pruned while an image is staged into it."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._lock = threading.Lock()
 
     def stage(self, key: str, ds, prediction: Prediction | None, reason: str | None) -> Path:
         folder = self.root / instance_key(str(ds.StudyInstanceUID))
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not (folder / SOURCE).exists():
-            with atomic_path(folder / SOURCE) as tmp:
-                result_source(ds).save_as(tmp, implicit_vr=False, little_endian=True)
-        write_text(folder / f"{key}.json", json.dumps(outcome_of(key, ds, prediction, reason)))
+        with self._lock:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not (folder / SOURCE).exists():
+                with atomic_path(folder / SOURCE) as tmp:
+                    result_source(ds).save_as(tmp, implicit_vr=False, little_endian=True)
+            write_text(folder / f"{key}.json", json.dumps(outcome_of(key, ds, prediction, reason)))
+        return folder
+
+    def prune(self, keep_s: float, now: float | None = None) -> int:
+        """Remove each study answered (its answer the one sent) whose files are all older than ``keep_s``: its
+        outcomes and the copied attributes (a patient's name among them) leave the spool. A later image of it
+        starts the study afresh, answered from that image alone. How many were removed."""
+        import shutil
+
+        now = time.time() if now is None else now
+        removed = 0
+        for folder in sorted(p for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []:
+            with self._lock:
+                times = [p.stat().st_mtime for p in folder.iterdir()]
+                answered = folder / PUBLISHED
+                staged = [p.stat().st_mtime for p in folder.glob("*.json") if p.name != PUBLISHED]
+                if not answered.exists() or (staged and max(staged) > answered.stat().st_mtime):
+                    continue  # not answered yet, or a newer image waits
+                if times and now - max(times) >= keep_s:
+                    shutil.rmtree(folder)
+                    removed += 1
+        return removed
         return folder
 
     def outcomes(self, folder: Path) -> list[dict[str, Any]]:
@@ -117,13 +145,14 @@ class StudyBook:
         write_text(folder / PUBLISHED, json.dumps({"digest": digest, "sr_uid": str(sr.SOPInstanceUID)}))
 
 
-def study_report(folder: Path, book: StudyBook, algorithm: Algorithm, digest: str):
+def study_report(folder: Path, book: StudyBook, algorithm: Algorithm, digest: str, source=None):
     """The study-level SR of the study in ``folder``: a group per image (its result, or why it was not scored),
-    the study's answer first; the previous version, if any, as its predecessor."""
+    the study's answer first; the previous version, if any, as its predecessor. ``source``: the study's copied
+    attributes (:func:`read_source`), read here when not given."""
     import highdicom as hd
     import pydicom
 
-    source = pydicom.dcmread(folder / SOURCE, force=True)
+    source = read_source(folder) if source is None else source
     outcomes = book.outcomes(folder)
     answer = study_answer(outcomes, algorithm.positive_class)
     groups = [_image_group(source, o, algorithm, o is answer) for o in sorted(outcomes, key=lambda o: o is not answer)]
@@ -134,7 +163,7 @@ def study_report(folder: Path, book: StudyBook, algorithm: Algorithm, digest: st
         evidence=evidence,
         content=hd.sr.MeasurementReport(
             observation_context=device_context(algorithm),
-            procedure_reported=hd.sr.CodedConcept("399208008", "SCT", "Plain chest X-ray"),
+            procedure_reported=procedure_reported(answer is not None),
             imaging_measurements=groups,
         ),
         series_instance_uid=_uid(study, algorithm, "study-sr-series"),
@@ -186,14 +215,19 @@ def _image_group(source, outcome: dict[str, Any], algorithm: Algorithm, answers:
     )
 
 
-def study_source(folder: Path):
-    """The study's copied attributes with the study's UID as the instance UID: the FHIR report's id and the HL7
-    message then name the study, the same for every version (a new version replaces the report)."""
+def read_source(folder: Path):
+    """The study's copied attributes (those of its first image, no pixel), as :meth:`StudyBook.stage` kept them."""
     import pydicom
 
-    source = pydicom.dcmread(folder / SOURCE, force=True)
-    source.SOPInstanceUID = str(source.StudyInstanceUID)
-    return source
+    return pydicom.dcmread(folder / SOURCE, force=True)
+
+
+def study_source(source):
+    """A copy of the study's copied attributes with the study's UID as the instance UID: the FHIR report's id and
+    the HL7 message then name the study, the same for every version (a new version replaces the report)."""
+    named = copy.deepcopy(source)
+    named.SOPInstanceUID = str(source.StudyInstanceUID)
+    return named
 
 
 log = logging.getLogger("ccad.dicom")
@@ -203,9 +237,10 @@ class StudyGatherer:
     """The thread that answers the studies that are due (every half second). The constructor stores;
     :meth:`start` starts it, ``stopping`` (the listener's) ends it; :meth:`flush` answers every study now."""
 
-    def __init__(self, settings, spool, algorithm: Algorithm, stats, stopping: threading.Event, wake: Callable):
-        self.settings, self.spool, self.algorithm, self.stats = settings, spool, algorithm, stats
-        self.book = StudyBook(spool.root / "studies")
+    def __init__(
+        self, settings, spool, book: StudyBook, algorithm: Algorithm, stats, stopping: threading.Event, wake: Callable
+    ):
+        self.settings, self.spool, self.book, self.algorithm, self.stats = settings, spool, book, algorithm, stats
         self._stop, self.wake = stopping, wake
         self._lock = threading.Lock()
         self._failing: dict[str, str] = {}  # study -> the error it last failed with (logged once)
@@ -229,11 +264,20 @@ class StudyGatherer:
         return self._answer(0.0)
 
     def _run(self) -> None:
+        pruned_at = None
         while not self._stop.wait(0.5):
             try:
                 self._answer(self.settings.study_window_s)
+                if pruned_at is None or time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                    pruned_at = time.monotonic()
+                    self._prune()
             except Exception as e:  # a spool folder unreadable for a moment: tried again
                 log.error("studies: %s; trying again", type(e).__name__)
+
+    def _prune(self) -> None:
+        days = self.settings.study_keep_days
+        if removed := self.book.prune(days * 86400):
+            log.info("studies: %d answered over %g days ago removed from the spool", removed, days)
 
     def _answer(self, window_s: float) -> int:
         with self._lock:
@@ -252,11 +296,12 @@ class StudyGatherer:
     def _answer_one(self, folder: Path) -> None:
         """The study's SR into the outbox, then its FHIR report and HL7 message where the settings name them."""
         digest = self.book.digest(folder)
-        sr, answer = study_report(folder, self.book, self.algorithm, digest)
+        copied = read_source(folder)
+        sr, answer = study_report(folder, self.book, self.algorithm, digest, copied)
         self.spool.put_results(folder.name, [sr])
         prediction = _prediction(answer) if answer else None
         reason = None if answer else "no image of the study was scored"
-        source = study_source(folder)
+        source = study_source(copied)
 
         def fhir() -> None:
             from ccad.deploy.pacs.fhir import keep_report

@@ -86,9 +86,18 @@ def _portable(prediction):
     return replace(prediction, pictures=pictures, pooled=None, raw_probabilities=None)
 
 
-def result_objects(key: str, source, algorithm: Algorithm, prediction, reason: str | None) -> list:
+def result_objects(
+    key: str, source, algorithm: Algorithm, prediction, reason: str | None, capture_only: bool = False
+) -> list:
     """The SR (and, for a scored image, the capture) of ``source`` (:func:`.results.result_source`); when they
-    cannot be built, an SR saying so."""
+    cannot be built, an SR saying so. ``capture_only`` (per study, where the study's SR says the result): the
+    capture of a scored image alone, or nothing when it cannot be drawn."""
+    if capture_only:
+        try:
+            return [heatmap_capture(source, algorithm, prediction)]
+        except Exception as e:
+            log.warning("image %s: its heatmap capture could not be built (%s)", key, type(e).__name__)
+            return []
     try:
         objects = [structured_report(source, algorithm, prediction, reason)]
         if prediction is not None:
@@ -105,9 +114,11 @@ def result_objects(key: str, source, algorithm: Algorithm, prediction, reason: s
         ]
 
 
-def build_results(spool: Path, key: str, source, algorithm: Algorithm, prediction, reason: str | None) -> list[Path]:
+def build_results(
+    spool: Path, key: str, source, algorithm: Algorithm, prediction, reason: str | None, capture_only: bool = False
+) -> list[Path]:
     """Build the results of one image and write them into the outbox of ``spool`` (in the result process)."""
-    return Spool(spool).put_results(key, result_objects(key, source, algorithm, prediction, reason))
+    return Spool(spool).put_results(key, result_objects(key, source, algorithm, prediction, reason, capture_only))
 
 
 class ScoringWorker:
@@ -133,8 +144,8 @@ class ScoringWorker:
         self.service, self.monitor, self.algorithm = service, monitor, algorithm
         self._stop, self.done, self.wake = stopping, done, wake
         self.builder = None  # the result-building process pool (started by start)
-        #: With ``study_window_s``: where each image's outcome waits for its study's answer (:mod:`.studies`).
-        self.studies = StudyBook(spool.root / "studies") if settings.study_window_s is not None else None
+        #: Per study (the default): where each image's outcome waits for its study's answer (:mod:`.studies`).
+        self.studies = None if settings.per_image else StudyBook(spool.root / "studies")
         self._reports = {"fhir": self._fhir_report, "hl7": self._hl7_message}
         self._abandoned: list[threading.Thread] = []  # scoring threads past their deadline, still running
         self._threads: list[threading.Thread] = []
@@ -155,10 +166,10 @@ class ScoringWorker:
 
     @property
     def _sends_images(self) -> bool:
-        """Each image gets its own results (an SR and a heatmap capture): not in shadow mode (nothing is sent)
-        nor per study (the study's SR is built by :mod:`.studies`), where neither the heatmap nor the result
+        """Each scored image gets its heatmap capture (per image, its SR too; per study, the study's SR is built
+        by :mod:`.studies`): not in shadow mode, where nothing is sent and neither the heatmap nor the result
         process would be used."""
-        return not self.settings.shadow and self.studies is None
+        return not self.settings.shadow
 
     def _start_builder(self) -> None:
         """The process that builds results (spawned, not forked: the listener has threads), warmed up so the
@@ -272,7 +283,9 @@ class ScoringWorker:
     def _put_outputs(self, key: str, ds, prediction, reason: str | None) -> None:
         """The image's DICOM results into the outbox, then (where the settings name them) its FHIR report and
         its HL7 message; a report that cannot be made is counted and logged, the DICOM results stay."""
-        if self.studies is not None:  # a result per study: the image waits for its study's answer
+        if self.studies is not None:  # per study: the image's capture now; its outcome waits for the study's answer
+            if prediction is not None:
+                self._put_results(key, ds, prediction, reason, capture_only=True)
             self.studies.stage(key, ds, prediction, reason)
             return
         self._put_results(key, ds, prediction, reason)
@@ -293,19 +306,26 @@ class ScoringWorker:
         patient = self.settings.fhir_patient_system
         keep_report(self.settings.fhir, self.spool, key, ds, self.algorithm, prediction, reason, patient)
 
-    def _put_results(self, key: str, ds, prediction, reason: str | None) -> None:
-        """The image's results into the outbox: built by the result process, or here when there is none (or it
-        died: then here from now on)."""
+    def _put_results(self, key: str, ds, prediction, reason: str | None, capture_only: bool = False) -> None:
+        """The image's results (or its capture alone) into the outbox: built by the result process, or here when
+        there is none (or it died: then here from now on)."""
         source = result_source(ds)
         if self.builder is not None:
             from concurrent.futures.process import BrokenProcessPool
 
             try:
                 self.builder.submit(
-                    build_results, self.spool.root, key, source, self.algorithm, _portable(prediction), reason
+                    build_results,
+                    self.spool.root,
+                    key,
+                    source,
+                    self.algorithm,
+                    _portable(prediction),
+                    reason,
+                    capture_only,
                 ).result()
                 return
             except BrokenProcessPool:
                 log.error("the result process ended; results are built in the worker threads from now on")
                 self.builder = None
-        build_results(self.spool.root, key, source, self.algorithm, prediction, reason)
+        build_results(self.spool.root, key, source, self.algorithm, prediction, reason, capture_only)
