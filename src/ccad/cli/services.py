@@ -80,9 +80,18 @@ def _add_dicom(p: argparse.ArgumentParser) -> None:
         "CCAD_DICOMWEB_SOURCE_TOKEN / _USER and _PASSWORD); the destination's are never sent to it",
     )
     _add_listener(s, skip=("ae_title", "host", "port", "metrics_port", "result_log", "drift_window"))
+    s = actions.add_parser(
+        "flush",
+        help="answer the studies that wait in a listener's spool now, without waiting for their --study-window "
+        "(e.g. from Orthanc's OnStableStudy, or when a modality says the study is complete)",
+    )
+    s.add_argument("--spool", default="ccad-spool", help="the listener's spool")
+    s.add_argument("--study", action="append", metavar="UID", help="only this study (again for more; default: all)")
 
 
 def _run_dicom(args: argparse.Namespace) -> int | None:
+    if args.dicom_command == "flush":
+        return _flush(args)
     model = model_of(args)
     from ..deploy.logs import configure_logging
     from ..deploy.pacs.listener import Destination, Listener, ListenerSettings
@@ -113,6 +122,22 @@ def _run_dicom(args: argparse.Namespace) -> int | None:
         )
         return 0 if counts["complete"] and not counts["fetch_failures"] and "search_ended" not in counts else 1
     Listener(settings).serve_forever()
+
+
+def _flush(args: argparse.Namespace) -> int:
+    """Ask the listener on ``--spool`` to answer its waiting studies now: 1 when a ``--study`` named waits not."""
+    from ..deploy.pacs.spool import Spool
+    from ..deploy.pacs.studies import StudyBook
+
+    spool = Spool(Path(args.spool))
+    if not spool.root.is_dir():
+        raise ConfigError(f"--spool {args.spool}: no such spool (the listener's --spool)")
+    asked = StudyBook(spool.root / "studies").request_flush(args.study)
+    print(
+        f"{asked} waiting {'study' if asked == 1 else 'studies'} to be answered now (by the running listener "
+        "within a second, or by the next to start on this spool)"
+    )
+    return 1 if args.study and asked < len(args.study) else 0
 
 
 COMMANDS = [

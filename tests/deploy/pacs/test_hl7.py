@@ -128,7 +128,6 @@ def test_shadow_mode_scores_and_logs_and_sends_nothing(tmp_path):
         result_log=tmp_path / "results.jsonl",
         shadow=True,
         result_process=False,
-        per_image=True,
     )
     listener = Listener(settings).start(scp=False)
     try:

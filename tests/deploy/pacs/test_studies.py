@@ -3,6 +3,7 @@ lateral, a repeat of the PA) gives one study-level SR that references all three,
 report; sent again, nothing new; a late fourth image gives a new version that names its predecessor."""
 
 import json
+import time
 
 import hl7
 import numpy as np
@@ -128,6 +129,68 @@ def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_n
     if DCIODVFY is not None:  # what ccad writes passes dicom3tools' validator
         second.save_as(tmp_path / "study-sr.dcm", enforce_file_format=True)
         assert dciodvfy_errors(tmp_path / "study-sr.dcm") == []
+
+
+@pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run installs it)")
+def test_in_shadow_mode_a_study_reaches_neither_orthanc_nor_the_ris_nor_fhir(tmp_path):
+    orthanc, receiver, port = Orthanc(tmp_path / "orthanc", None).start(), MllpReceiver("AA").start(), free_port()
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE,
+        Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),
+        tmp_path / "spool",
+        port=port,
+        study_window_s=0.0,
+        hl7=f"127.0.0.1:{receiver.port}",
+        fhir=str(tmp_path / "fhir"),
+        result_log=tmp_path / "results.jsonl",
+        shadow=True,
+    )
+    study = pydicom.uid.generate_uid()
+    listener = Listener(settings).start()
+    try:
+        for i, name in enumerate(("pa", "lateral", "repeat")):
+            fields = {"ViewPosition": "LL"} if name == "lateral" else {}
+            assert c_store(_image(tmp_path, name, study, i, **fields), port, "CCAD") == 0x0000
+        wait_for(lambda: listener.stats.received == 3 and listener.idle(), 120, "the study scored")
+        time.sleep(2.0)  # what would have been sent has had its chance: a sender looks once a second
+        assert orthanc.study_instances(study) == [] and receiver.messages == []
+    finally:
+        listener.stop()
+        receiver.stop()
+        orthanc.stop()
+    assert not (tmp_path / "fhir").exists() and (listener.stats.scored, listener.stats.not_scored) == (2, 1)
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2  # each scored image logged
+
+
+def test_ccad_dicom_flush_answers_a_waiting_study_without_its_window(tmp_path, capsys):
+    from ccad.cli import main
+
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE,
+        Destination("NOBODY", "127.0.0.1", free_port()),  # the SR waits in the outbox: this test is about when
+        tmp_path / "spool",
+        study_window_s=3600.0,
+        result_process=False,
+    )
+    study, other = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    listener = Listener(settings).start(scp=False)
+    try:
+        for name, uid in (("a", study), ("b", study), ("c", other)):
+            assert listener.take(name, _image(tmp_path, name, uid, 0).read_bytes())
+        wait_for(lambda: listener.stats.received == 3 and listener.queue.unfinished_tasks == 0, 60, "images scored")
+        time.sleep(1.0)
+        assert listener.stats.studies_answered == 0  # an hour's window
+        assert main(["dicom", "flush", "--spool", str(tmp_path / "spool"), "--study", study]) == 0
+        assert "1 waiting study to be answered now" in capsys.readouterr().out
+        wait_for(lambda: listener.stats.studies_answered == 1, 10, "the flushed study answered")
+        time.sleep(1.0)
+        assert listener.stats.studies_answered == 1  # the other study still waits for its window
+        assert main(["dicom", "flush", "--spool", str(tmp_path / "spool"), "--study", study]) == 1  # answered
+        assert main(["dicom", "flush", "--spool", str(tmp_path / "spool")]) == 0
+        wait_for(lambda: listener.stats.studies_answered == 2, 10, "every waiting study answered")
+    finally:
+        listener.stop()
+    assert main(["dicom", "flush", "--spool", str(tmp_path / "nowhere")]) == 2
 
 
 def _one_report_and_task(folder, study):

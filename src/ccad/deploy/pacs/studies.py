@@ -39,6 +39,8 @@ from ccad.io.files import atomic_path, write_text
 from ccad.screening.records import Prediction
 
 SOURCE, PUBLISHED = "source.dcm", "published.json"
+#: A study's flush request (:meth:`StudyBook.request_flush`, ``ccad dicom flush``): answered without its window.
+FLUSH = "flush-requested"
 #: How often the gatherer looks for studies to prune (seconds); and once when it starts.
 PRUNE_EVERY_S = 600.0
 
@@ -97,16 +99,12 @@ class StudyBook:
         removed = 0
         for folder in sorted(p for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []:
             with self._lock:
-                times = [p.stat().st_mtime for p in folder.iterdir()]
-                answered = folder / PUBLISHED
-                staged = [p.stat().st_mtime for p in folder.glob("*.json") if p.name != PUBLISHED]
-                if not answered.exists() or (staged and max(staged) > answered.stat().st_mtime):
+                if not (folder / PUBLISHED).exists() or self._waiting(folder):
                     continue  # not answered yet, or a newer image waits
-                if times and now - max(times) >= keep_s:
+                if now - max(p.stat().st_mtime for p in folder.iterdir()) >= keep_s:
                     shutil.rmtree(folder)
                     removed += 1
         return removed
-        return folder
 
     def outcomes(self, folder: Path) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != PUBLISHED]
@@ -128,12 +126,13 @@ class StudyBook:
         for folder in sorted(p for p in self.root.glob("*") if p.is_dir()) if self.root.is_dir() else []:
             staged = [p.stat().st_mtime for p in folder.glob("*.json") if p.name != PUBLISHED]
             answered = folder / PUBLISHED
-            if not staged or now - max(staged) < window_s:
+            if not staged or (now - max(staged) < window_s and not (folder / FLUSH).exists()):
                 continue
             if answered.exists() and answered.stat().st_mtime >= max(staged):
                 continue
             if (self.published(folder) or {}).get("digest") == self.digest(folder):
                 os.utime(answered)  # the same answer: nothing new to send
+                (folder / FLUSH).unlink(missing_ok=True)
                 continue
             out.append(folder)
         return out
@@ -143,6 +142,30 @@ class StudyBook:
         with atomic_path(folder / "published.dcm") as tmp:
             sr.save_as(tmp, enforce_file_format=True)
         write_text(folder / PUBLISHED, json.dumps({"digest": digest, "sr_uid": str(sr.SOPInstanceUID)}))
+        (folder / FLUSH).unlink(missing_ok=True)
+
+    def request_flush(self, study_uids: list[str] | None = None) -> int:
+        """Ask for the studies (``study_uids``; None: every study) that wait for their answer to be answered
+        without waiting for their window: the running listener's gatherer does so within a second, or the
+        next one to start. Another process may ask (``ccad dicom flush``): the request is a file. How many
+        studies wait and were asked for."""
+        if study_uids is None:
+            folders = [p for p in self.root.glob("*") if p.is_dir()] if self.root.is_dir() else []
+        else:
+            folders = [self.root / instance_key(uid.strip()) for uid in study_uids]
+        asked = 0
+        for folder in folders:
+            if folder.is_dir() and self._waiting(folder):
+                write_text(folder / FLUSH, "")
+                asked += 1
+        return asked
+
+    @staticmethod
+    def _waiting(folder: Path) -> bool:
+        """The study has an image newer than its answer (or no answer yet)."""
+        staged = [p.stat().st_mtime for p in folder.glob("*.json") if p.name != PUBLISHED]
+        answered = folder / PUBLISHED
+        return bool(staged) and (not answered.exists() or answered.stat().st_mtime < max(staged))
 
 
 def study_report(folder: Path, book: StudyBook, algorithm: Algorithm, digest: str, source=None):
