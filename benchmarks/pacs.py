@@ -1,8 +1,9 @@
 """The DICOM listener with a real Orthanc: time from the C-STORE of an image to Orthanc to its SR arriving
-back in Orthanc (routed by Orthanc's Lua script, scored, sent back), and instances per second through the
-listener with 4 concurrent senders; float and INT8. The baseline, in the same run: the same bundle scoring
-the same DICOM files in-process (``Screener.screen``, as ``ccad predict`` does, heatmaps on,
-since the listener draws one per image).
+back in Orthanc (routed by Orthanc's Lua script, scored, sent back; ``--per-image``), and instances per second
+through the listener with 4 concurrent senders; float and INT8. The baseline, in the same run: the same bundle
+scoring the same DICOM files in-process (``Screener.screen``, as ``ccad predict`` does, heatmaps on,
+since the listener draws one per image). And, in the default mode (a result per study, ``--study-window 1``):
+the time from the C-STORE of a study's last image (of 3) to Orthanc to the study's SR in Orthanc.
 
     python benchmarks/pacs.py --model BUNDLE [--images 30] [--out benchmarks/results/pacs.json]
         [--screenshots docs/pacs-figures]
@@ -77,6 +78,7 @@ def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, sende
         "2",
         "--queue-size",
         "64",
+        "--per-image",
     ] + (["--int8"] if variant == "int8" else [])
     log = open(work / f"listener-{variant}.log", "wb")
     listener = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -94,6 +96,52 @@ def run_variant(bundle: Path, variant: str, files: list[Path], work: Path, sende
         listener.terminate()
         listener.wait(30)
         orthanc.stop()
+
+
+def study_latency(bundle: Path, work: Path, studies: int = 5, window_s: float = 1.0) -> dict:
+    """The default mode: ``studies`` studies of 3 images each C-STOREd to Orthanc (routed to the listener) one
+    after the other; seconds from the last image's C-STORE to the study's SR in Orthanc."""
+    import pydicom
+
+    listener_port = free_port()
+    orthanc = Orthanc(work / "orthanc-studies", listener_port).start()
+    command = [sys.executable, "-m", "ccad", "dicom", "listen", "--model", str(bundle), "--port", str(listener_port)]
+    command += ["--send-to", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}", "--spool", str(work / "spool-studies")]
+    log = open(work / "listener-studies.log", "wb")
+    listener = subprocess.Popen(command + ["--study-window", str(window_s)], stdout=log, stderr=subprocess.STDOUT)
+    times = []
+    try:
+        wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", listener_port)) == 0, 60, "listener")
+        for i in range(studies + 1):  # the first warms the listener up
+            study = pydicom.uid.generate_uid()
+            files = xrays(work / f"study-{i}", 3, study)
+            for path in files:
+                assert c_store(path, orthanc.dicom_port, "ORTHANC") == 0
+            start = time.perf_counter()
+            wait_for(lambda: any(s["MainDicomTags"].get("Modality") == "SR" for s in _series(orthanc, study)), 120,
+                     "the study's SR", 0.01)  # fmt: skip
+            times.append(time.perf_counter() - start)
+    finally:
+        listener.terminate()
+        listener.wait(30)
+        orthanc.stop()
+    seconds = times[1:]
+    return {"studies": len(seconds), "images_a_study": 3, "window_s": window_s,
+            "last_image_to_study_sr_s": {"median": round(float(np.median(seconds)), 2),
+                                         "max": round(max(seconds), 2)}}  # fmt: skip
+
+
+def _series(orthanc, study: str) -> list[dict]:
+    """The series Orthanc holds of ``study``, with their main tags."""
+    import json
+    import urllib.request
+
+    query = {"Level": "Series", "Query": {"StudyInstanceUID": study}, "Expand": True}
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{orthanc.http_port}/tools/find", method="POST", data=json.dumps(query).encode()
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def _latencies(orthanc, files: list[Path]) -> list[float]:
@@ -233,6 +281,7 @@ def main() -> None:
             "in_process_baseline": in_process(bundle, variant, files[1:]),
             **run_variant(bundle, variant, files, work, args.senders),
         }
+    report["per_study"] = study_latency(bundle, work)
     if args.screenshots:
         report["screenshots"] = screenshots(bundle, work, Path(args.screenshots))
     emit(report, args.out)
