@@ -152,7 +152,7 @@ def test_the_listeners_results_are_judged_by_study_against_the_readers_final_rep
     (tmp_path / "reports.hl7").write_text("\n".join(reports))
     record = monitor(tmp_path / "results.jsonl", tmp_path / "r", findings=tmp_path / "reports.hl7")
     live = record["live"]
-    assert live["unit"] == "study" and live["unreadable_verdict_lines"] == 1  # the preliminary report
+    assert live["unit"] == "study" and live["reports_left_out"] == 1  # the preliminary report
     everything = live["by_period"]["all"]
     assert everything["outcomes"] == {"true_positive": 2, "false_negative": 1, "true_negative": 2,
                                       "false_positive": 1}  # fmt: skip

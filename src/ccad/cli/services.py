@@ -127,7 +127,7 @@ def _run_dicom(args: argparse.Namespace) -> int | None:
 def _flush(args: argparse.Namespace) -> int:
     """Ask the listener on ``--spool`` to answer its waiting studies now: 1 when a ``--study`` named waits not."""
     from ..deploy.pacs.spool import Spool
-    from ..deploy.pacs.studies import StudyBook
+    from ..deploy.pacs.study_book import StudyBook
 
     spool = Spool(Path(args.spool))
     if not spool.root.is_dir():

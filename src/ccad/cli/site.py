@@ -91,22 +91,28 @@ def _shadow_metrics(args: argparse.Namespace) -> tuple[dict, dict]:
     the log: its card is in the log's ccad_model_info, not here)."""
     from ..evaluation.shadow import shadow_metrics
 
-    codes = None
-    if args.truth_codes is not None:
-        codes = [c.strip() for c in args.truth_codes.split(",") if c.strip()]
-        if not codes:
-            raise ConfigError("--truth-codes must name at least one code (CODE,CODE)")
-    metrics = shadow_metrics(args.results, args.truth, codes=codes)
+    metrics = shadow_metrics(args.results, args.truth, codes=_truth_codes(args))
     join = metrics["join"]
     print(
         f"{join['studies_joined']} studies with a result and a finding (joined on {join['on']}); "
         f"{join['studies_without_a_finding']} without a finding, "
         f"{join['findings_without_a_study']} findings without a study"
     )
-    skipped = {why: n for why, n in join.get("reports_skipped", {}).items() if n}
-    if skipped:
-        print("reports left out: " + ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in skipped.items()))
+    if "reports_skipped" in join:
+        from ..evaluation.findings import left_out
+
+        print(f"reports left out: {left_out(join['reports_skipped'])}")
     return metrics, {"name": args.model or "the model that wrote the result log", "card_sha256": None}
+
+
+def _truth_codes(args: argparse.Namespace) -> list[str] | None:
+    """``--truth-codes CODE,CODE`` as a list (None: the default codes)."""
+    if args.truth_codes is None:
+        return None
+    codes = [c.strip() for c in args.truth_codes.split(",") if c.strip()]
+    if not codes:
+        raise ConfigError("--truth-codes must name at least one code (CODE,CODE)")
+    return codes
 
 
 def _add_monitor(p: argparse.ArgumentParser) -> None:
@@ -127,6 +133,7 @@ def _add_monitor(p: argparse.ArgumentParser) -> None:
         help="instead of --verdicts, for the listener's results: the readers' findings as ccad validate reads them "
         "(a CSV, or their final HL7 ORU^R01 or FHIR reports): each period's live measures by study",
     )
+    p.add_argument("--truth-codes", metavar="CODE,CODE", help="as ccad validate's: the codes of COVID-19 in --truth")
     for measure in ("sensitivity", "specificity", "ppv"):
         p.add_argument(
             f"--validated-{measure}", type=float, help=f"the {measure} the site validated (with --verdicts or --truth)"
@@ -152,7 +159,16 @@ def _run_monitor(args: argparse.Namespace) -> int | None:
     levels = {m: getattr(args, f"validated_{m}") for m in ("sensitivity", "specificity", "ppv")}
     levels = {m: v for m, v in levels.items() if v is not None}
     record = monitor(
-        args.log, args.out, args.period, args.since, args.until, reference, args.verdicts, levels, args.truth
+        args.log,
+        args.out,
+        args.period,
+        args.since,
+        args.until,
+        reference,
+        args.verdicts,
+        levels,
+        args.truth,
+        _truth_codes(args),
     )
     overall = record["overall"]
     print(

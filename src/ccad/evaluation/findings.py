@@ -144,9 +144,13 @@ def keyed(path: Path, outcomes: Iterable[Report | str]) -> Truth:
     skipped["replaced"] = carried[field] - len(findings)
     counts = {why: skipped[why] for why in SKIPS}
     if not findings:
-        left_out = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in counts.items() if n) or "none"
-        raise DataError(f"{path}: no final report with a coded finding and a key (left out: {left_out})")
+        raise DataError(f"{path}: no final report with a coded finding and a key (left out: {left_out(counts)})")
     return Truth(field, findings, counts)
+
+
+def left_out(skipped: dict[str, int]) -> str:
+    """The reports left out, in words: "2 not final, 1 no key" ("none")."""
+    return ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in skipped.items() if n) or "none"
 
 
 def folded(codes: Collection[str]) -> frozenset[str]:

@@ -248,6 +248,7 @@ def monitor(
     verdicts: str | os.PathLike | None = None,
     validated: dict[str, float] | None = None,
     findings: str | os.PathLike | None = None,
+    codes: list[str] | None = None,
 ) -> dict[str, Any]:
     """``monitor.json`` and ``monitor.html`` in ``out``; returns the JSON record. The log is read once, a line at
     a time: memory holds one tally a period, whatever the log's size. With ``verdicts`` (the readers' verdict
@@ -255,7 +256,7 @@ def monitor(
     sensitivity, specificity and PPV, set against the ``validated`` levels (``{"sensitivity": 0.9}``)."""
     rejected, overall, changes = Rejected(), Tally(reference), DriftChanges()
     periods: dict[str, Tally] = {}
-    truth, field, left_out = readers_truth(verdicts, findings, DEFAULT_POSITIVE)
+    truth, field, left_out = readers_truth(verdicts, findings, DEFAULT_POSITIVE, codes)
     live = {"all": LiveTally(truth, field)} if verdicts or findings else {}
     for r in iter_log(log, rejected, since, until):
         overall.add(r)
@@ -282,22 +283,27 @@ def monitor(
         "note": NOTE,
     }
     if live:
-        levels = check_levels(validated or {})
-        judged = "results" if field == "image" else f"studies (by {field})"
-        record["live"] = {
-            "verdicts": Path(verdicts or findings).name,
-            "unit": "result" if field == "image" else "study",
-            "unreadable_verdict_lines": left_out,
-            "validated": levels,
-            "by_period": {key: tally.summary(levels) for key, tally in sorted(live.items())},
-            "note": f"From the readers' {'verdicts' if verdicts else 'findings'} on the {judged} that have one; "
-            "Wilson 95% intervals.",
-        }
+        record["live"] = _live_record(live, verdicts or findings, field, left_out, check_levels(validated or {}))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "monitor.json", json.dumps(record, indent=2, allow_nan=False) + "\n")
     write_text(out / "monitor.html", _html(record))
     return record
+
+
+def _live_record(live: dict[str, LiveTally], source, field: str, left_out: int, levels: dict[str, float]) -> dict:
+    """The readers' part of the record: each period's live measures from ``source`` (their verdicts, or their
+    findings by study when ``field`` is a study's)."""
+    verdicts = field == "image"
+    return {
+        "verdicts": Path(source).name,
+        "unit": "result" if verdicts else "study",
+        "unreadable_verdict_lines" if verdicts else "reports_left_out": left_out,
+        "validated": levels,
+        "by_period": {key: tally.summary(levels) for key, tally in sorted(live.items())},
+        "note": f"From the readers' {'verdicts' if verdicts else 'findings'} on the "
+        f"{'results' if verdicts else f'studies (by {field})'} that have one; Wilson 95% intervals.",
+    }
 
 
 def _live_html(live: dict[str, Any] | None) -> str:

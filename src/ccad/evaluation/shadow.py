@@ -23,7 +23,7 @@ import numpy as np
 
 from ccad._meta import DEFAULT_POSITIVE
 from ccad.errors import DataError
-from ccad.evaluation.findings import read_truth
+from ccad.evaluation.findings import left_out, read_truth
 from ccad.evaluation.metrics import compute_metrics, wilson_share
 from ccad.evaluation.monitor import Rejected, iter_log
 
@@ -73,8 +73,7 @@ def shadow_metrics(
     metrics["decision"] = {"positive_index": 1, "text": f"a study is {positive} when any of its images was called so"}
     data = f"{Path(log).name} joined with {Path(truth_path).name} on {field}"
     if skipped is not None:
-        left_out = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in skipped.items() if n) or "none"
-        data += f" (reports left out: {left_out})"
+        data += f" (reports left out: {left_out(skipped)})"
     metrics["data"], metrics["split"] = data, "shadow period"
     metrics["join"] = {
         "on": field,

@@ -88,15 +88,18 @@ class LiveTally:
         }
 
 
-def readers_truth(verdicts: str | os.PathLike | None, findings: str | os.PathLike | None, positive: str):
-    """(key -> whether the readers found ``positive``, the result log's field it is keyed on, what was left out
-    of the file) from the verdict log or the readers' findings (at most one of them)."""
+def readers_truth(
+    verdicts: str | os.PathLike | None, findings: str | os.PathLike | None, positive: str, codes=None
+) -> tuple[dict[str, bool], str, int]:
+    """(key -> whether the readers found ``positive``, the result log's field it is keyed on, how much of the
+    file was left out) from the verdict log or the readers' findings (at most one of them; ``codes``: of
+    COVID-19 in their reports, :func:`ccad.evaluation.findings.read_truth`)."""
     if verdicts and findings:
         raise DataError("give the readers' verdicts or their findings, not both")
     if findings:
         from ccad.evaluation.findings import read_truth
 
-        field, truth, skipped = read_truth(findings, positive)
+        field, truth, skipped = read_truth(findings, positive, codes)
         return truth, field, sum((skipped or {}).values())
     truth, rejected = read_verdicts(verdicts) if verdicts else ({}, 0)
     return truth, "image", rejected

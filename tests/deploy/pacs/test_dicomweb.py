@@ -110,6 +110,7 @@ def test_fhir_reports_are_put_with_retries(bundle, tmp_path):
     assert kind == "application/fhir+json" and report.status == "preliminary"
     ((task_path, _, task),) = [r for r in _Recorder.received if "/Task/" in r[0]]  # stored at its first PUT
     assert json.loads(task)["focus"]["reference"] == f"DiagnosticReport/{report.id}"
+    assert [r[0] for r in _Recorder.received].index(task_path) == 2  # only once its report was stored
 
 
 @needs_dicomweb

@@ -265,7 +265,7 @@ def test_the_worklist_task_asks_for_the_reading_stat_when_covid_is_suspected_and
     source.AccessionNumber = "ACC-Ж7"  # kept character for character
     suspected = Prediction("a", "covid", {"covid": 0.6, "normal": 0.4}, True)
     report = diagnostic_report(source, algorithm, suspected)
-    task = worklist_task(report, source, algorithm, suspected)
+    task = worklist_task(report, algorithm, suspected)
     Task.model_validate(task)
     order = [{"identifier": {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203",
               "code": "ACSN"}]}, "value": "ACC-Ж7"}, "display": "the imaging order"}]  # fmt: skip
@@ -273,11 +273,12 @@ def test_the_worklist_task_asks_for_the_reading_stat_when_covid_is_suspected_and
     assert (task["status"], task["intent"], task["priority"]) == ("requested", "proposal", "stat")
     assert task["focus"] == {"reference": f"DiagnosticReport/{report['id']}"} and "for" not in task
     assert "read this study first" in task["description"] and "not for diagnosis" in task["description"]
-    routine = worklist_task(report, source, algorithm, Prediction("a", "normal", {"covid": 0.3, "normal": 0.7}))
+    routine = worklist_task(report, algorithm, Prediction("a", "normal", {"covid": 0.3, "normal": 0.7}))
     assert routine["priority"] == "routine" and routine["id"] == task["id"]  # a new answer replaces the task
-    assert worklist_task(report, source, algorithm, None)["priority"] == "routine"  # not scored: no triage
+    unscored = worklist_task(report, algorithm, None)  # not scored: no triage
+    assert unscored["priority"] == "routine" and "scored no image" in unscored["description"]
     named = diagnostic_report(source, algorithm, suspected, patient_system="urn:x")
-    assert worklist_task(named, source, algorithm, suspected)["for"] == named["subject"]
+    assert worklist_task(named, algorithm, suspected)["for"] == named["subject"]
     del source.AccessionNumber
     assert "basedOn" not in diagnostic_report(source, algorithm, suspected)
 

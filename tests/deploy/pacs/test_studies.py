@@ -17,15 +17,16 @@ from real_dicom import DCIODVFY, dciodvfy_errors
 from ccad.data.synthetic import render_patient
 from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
 from ccad.deploy.pacs.results import Algorithm
-from ccad.deploy.pacs.studies import PUBLISHED, StudyBook, study_answer, study_report
+from ccad.deploy.pacs.studies import study_answer, study_report
+from ccad.deploy.pacs.study_book import PUBLISHED, SOURCE, StudyBook
 from ccad.models.card import DEFAULT_BUNDLE
 
 
 def test_the_study_is_answered_by_its_highest_scored_image_and_not_by_one_not_scored():
     outcomes = [
-        {"key": "a", "probabilities": {"covid": 0.2, "normal": 0.8}},
+        {"key": "a", "predicted_class": "normal", "probabilities": {"covid": 0.2, "normal": 0.8}},
         {"key": "b", "reason": "a lateral view"},
-        {"key": "c", "probabilities": {"covid": 0.7, "normal": 0.3}},
+        {"key": "c", "predicted_class": "normal", "probabilities": {"covid": 0.4, "normal": 0.6}},
     ]
     assert study_answer(outcomes, "covid")["key"] == "c"
     assert study_answer([{"key": "b", "reason": "a lateral view"}], "covid") is None
@@ -40,25 +41,50 @@ def test_per_study_is_the_default_and_per_image_a_flag():
     assert args.per_image is True and args.study_window_s == 30.0
 
 
-def test_a_study_answered_long_ago_leaves_the_spool_and_one_waiting_or_recent_stays(tmp_path):
-    import os
-    import time
+def _publish(book, folder):
+    """Answer the study in ``folder`` as the gatherer does: a snapshot, its SR, the record."""
+    outcomes, newest = book.snapshot(folder)
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule", "covid", 0.5)
+    book.publish(folder, outcomes, newest, study_report(folder, book, algorithm, outcomes)[0])
+
+
+def test_an_image_staged_while_its_study_is_answered_reopens_it(tmp_path):
+    book, study = StudyBook(tmp_path / "studies"), pydicom.uid.generate_uid()
+    folder = book.stage("a", pydicom.dcmread(_image(tmp_path, "a", study, 0)), None, "a lateral view")
+    outcomes, newest = book.snapshot(folder)  # the gatherer starts answering...
+    book.stage("b", pydicom.dcmread(_image(tmp_path, "b", study, 1)), None, "a lateral view")  # ...an image arrives
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule", "covid", 0.5)
+    book.publish(folder, outcomes, newest, study_report(folder, book, algorithm, outcomes)[0])
+    assert book.due(0.0) == [folder]  # the second image is answered, in a new version
+    _publish(book, folder)
+    assert book.due(0.0) == [] and json.loads((folder / PUBLISHED).read_text())["keys"] == ["a", "b"]
+
+
+def test_an_image_called_positive_answers_the_study_whatever_the_rule():
+    outcomes = [  # an argmax rule over three classes: b has the higher p(covid), a was called covid
+        {"key": "a", "predicted_class": "covid", "probabilities": {"covid": 0.40, "normal": 0.30, "other": 0.30}},
+        {"key": "b", "predicted_class": "other", "probabilities": {"covid": 0.45, "normal": 0.05, "other": 0.50}},
+    ]
+    assert study_answer(outcomes, "covid")["key"] == "a"
+
+
+def test_a_study_answered_long_ago_forgets_its_patient_and_one_waiting_or_recent_does_not(tmp_path):
 
     book, study = StudyBook(tmp_path / "studies"), pydicom.uid.generate_uid()
-    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule", "covid", 0.5)
-    first = pydicom.dcmread(_image(tmp_path, "a", study, 0))
-    folder = book.stage("a", first, None, "a lateral view")
+    folder = book.stage("a", pydicom.dcmread(_image(tmp_path, "a", study, 0)), None, "a lateral view")
     later = time.time() + 8 * 86400
     assert book.prune(7 * 86400, now=later) == 0  # not answered yet: it waits for its answer
-    digest = book.digest(folder)
-    book.publish(folder, digest, study_report(folder, book, algorithm, digest)[0])
-    assert book.prune(7 * 86400) == 0 and folder.is_dir()  # answered just now
+    _publish(book, folder)
+    assert book.prune(7 * 86400) == 0 and (folder / SOURCE).exists()  # answered just now
     book.stage("b", pydicom.dcmread(_image(tmp_path, "b", study, 1)), None, "a lateral view")
-    os.utime(folder / PUBLISHED, (time.time() - 60, time.time() - 60))
     assert book.prune(7 * 86400, now=later) == 0  # a newer image waits for the study's new answer
-    os.utime(folder / PUBLISHED)
-    assert book.prune(7 * 86400, now=later) == 1 and not folder.exists()  # patient attributes gone with it
+    _publish(book, folder)
+    assert book.prune(7 * 86400, now=later) == 1 and not (folder / SOURCE).exists()  # the patient's attributes
+    assert PATIENT["PatientName"] not in " ".join(p.read_text() for p in folder.glob("*.json"))
     assert book.prune(7 * 86400, now=later) == 0
+    late = book.stage("c", pydicom.dcmread(_image(tmp_path, "c", study, 2)), None, "a lateral view")
+    assert late == folder and (folder / SOURCE).exists() and book.due(0.0) == [folder]  # all three answered
+    assert [o["key"] for o in book.snapshot(folder)[0]] == ["a", "b", "c"]
 
 
 def _image(tmp_path, name, study, seed, **fields):
@@ -124,7 +150,8 @@ def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_n
     assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID
     ids = [str(hl7.parse(m).segment("MSH")[10]) for m in receiver.messages]
     assert len(set(ids)) == 2  # a new version is a new message; a resend sent none
-    _one_report_and_task(tmp_path / "fhir", study)
+    priority = _one_report_and_task(tmp_path / "fhir", study)  # as the HL7 message's (made apart from it)
+    assert {"stat": "S", "routine": "R"}[priority] == str(hl7.parse(receiver.messages[-1]).segment("OBR")[5])
     assert PATIENT["PatientID"] not in " ".join(receiver.messages)
     if DCIODVFY is not None:  # what ccad writes passes dicom3tools' validator
         second.save_as(tmp_path / "study-sr.dcm", enforce_file_format=True)
@@ -193,15 +220,15 @@ def test_ccad_dicom_flush_answers_a_waiting_study_without_its_window(tmp_path, c
     assert main(["dicom", "flush", "--spool", str(tmp_path / "nowhere")]) == 2
 
 
-def _one_report_and_task(folder, study):
-    """One FHIR report for the study and one worklist task, each replaced by the new version."""
+def _one_report_and_task(folder, study) -> str:
+    """One FHIR report for the study and one worklist task, each replaced by the new version; the task's
+    priority."""
     task_path, report_path = sorted(folder.glob("*.json"), key=lambda p: not p.name.endswith("task.json"))
     report, task = json.loads(report_path.read_text()), json.loads(task_path.read_text())
     assert report["identifier"][0]["value"] == f"urn:oid:{study}"
     assert task["focus"]["reference"] == f"DiagnosticReport/{report['id']}"
     assert report["basedOn"][0]["identifier"]["value"] == task["basedOn"][0]["identifier"]["value"] == "ACC-42"
-    suspected = "COVID-19" in report["conclusion"].split("(p =")[0]
-    assert task["priority"] == ("stat" if suspected else "routine")
+    return task["priority"]
 
 
 def _referenced(sr) -> set[str]:

@@ -193,7 +193,8 @@ def _characters_and_security() -> list[str]:
         "",
         "No patient or study value is ever logged: logs name an image by a hash of its SOP Instance UID. "
         "The spool is readable by the listener's user only, and an image leaves it once its results are "
-        "delivered. DICOM associations are not encrypted: run the listener on a trusted network or behind "
+        "delivered; a study's copied attributes (no pixel) stay until `--study-keep-days` (7) after its "
+        "answer. DICOM associations are not encrypted: run the listener on a trusted network or behind "
         "a TLS tunnel; DICOMweb destinations use HTTPS with certificate verification.",
         "",
     ]

@@ -57,6 +57,12 @@ class Lane:
         return zlib.crc32(Spool.image_key(path).encode()) % self.count == self.index
 
 
+def _waits_for_its_report(path: Path) -> bool:
+    """A FHIR Task (``KEY.task.json``) is sent once its report (``KEY.json``, which it names) has left the spool:
+    a server that checks references would refuse it before."""
+    return path.name.endswith(".task.json") and path.with_name(path.name.removesuffix(".task.json") + ".json").exists()
+
+
 class Delivery:
     """The senders of one spool's outbox. The constructor stores; :meth:`start` connects the DICOMweb client
     and the FHIR poster where the settings name them and starts a thread a lane; ``stopping`` (the listener's)
@@ -123,7 +129,7 @@ class Delivery:
     def _send_due(self, lane: Lane) -> None:
         now = time.monotonic()
         waiting = self.spool.pending_outbox() + self.spool.pending_fhir() + self.spool.pending_hl7()
-        pending = [p for p in waiting if lane.owns(p)]
+        pending = [p for p in waiting if lane.owns(p) and not _waits_for_its_report(p)]
         due = [p for p in pending if lane.retries.get(p, _Retry()).due <= now]
         if due:
             self.send(due, lane)

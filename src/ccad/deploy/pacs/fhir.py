@@ -3,7 +3,7 @@ worklist reads for the reading's priority, built and validated with fhir.resourc
 no element of these resources).
 
     report = diagnostic_report(source, algorithm, prediction)       # a dict that validates
-    task = worklist_task(report, source, algorithm, prediction)      # priority "stat" when COVID-19 is suspected
+    task = worklist_task(report, algorithm, prediction)              # priority "stat" when COVID-19 is suspected
     FhirPoster("https://fhir.example.org/r4").put(report)            # PUT [base]/DiagnosticReport/{id}
 
 The report (``status: preliminary``, category "RAD") contains its own ``Device`` (ccad, its version, the model's
@@ -102,18 +102,18 @@ def diagnostic_report(
     return json.loads(DiagnosticReport.model_validate(report).model_dump_json(exclude_none=True))
 
 
-def worklist_task(
-    report: dict[str, Any], source, algorithm: Algorithm, prediction: Any = None, patient_system: str | None = None
-) -> dict[str, Any]:
-    """The ``Task`` (a dict, validated) that asks for the reading of ``report``'s study with its priority."""
+def worklist_task(report: dict[str, Any], algorithm: Algorithm, prediction: Any = None) -> dict[str, Any]:
+    """The ``Task`` (a dict, validated) that asks for the reading of ``report``'s study with its priority; its
+    patient (``for``) is the report's ``subject``, when it names one."""
     from fhir.resources.R4B.task import Task
 
     suspected = prediction is not None and prediction.predicted_class == algorithm.positive_class
-    why = (
-        f"ccad suspects {algorithm.positive_class}: read this study first"
-        if suspected
-        else f"ccad does not suspect {algorithm.positive_class}: routine reading"
-    )
+    if prediction is None:
+        why = "ccad scored no image of this study: routine reading"
+    elif suspected:
+        why = f"ccad suspects {algorithm.positive_class}: read this study first"
+    else:
+        why = f"ccad does not suspect {algorithm.positive_class}: routine reading"
     task = {
         "resourceType": "Task",
         "id": str(uuid.uuid5(_NAMESPACE, f"{report['id']}\ntask")),
@@ -296,7 +296,7 @@ def keep_report(
     from ccad.io.files import atomic_path
 
     report = diagnostic_report(source, algorithm, prediction, reason, patient)
-    resources = {key: report, f"{key}.task": worklist_task(report, source, algorithm, prediction, patient)}
+    resources = {key: report, f"{key}.task": worklist_task(report, algorithm, prediction)}
     for name, resource in resources.items():
         if fhir.startswith(("http://", "https://")):
             spool.put_fhir(name, resource)

@@ -1,8 +1,9 @@
 """The listener's spool: received images wait in ``inbox/`` until scored, results in ``outbox/`` until the
-PACS has them. Every file is written atomically (a crash leaves the old state or the new, never half a
-file) and readable by its owner only; each is removed once it has been handled, so nothing of a patient
-stays on disk longer than it takes to score and deliver. A restarted listener finds what was left and
-carries on."""
+PACS has them (FHIR resources in ``fhir/``, HL7 messages in ``hl7/``). Every file is written atomically (a crash
+leaves the old state or the new, never half a file) and readable by its owner only; each is removed once it
+has been handled, so nothing of a patient stays on disk longer than it takes to score and deliver, but for the
+study folders (``studies/``, :mod:`.study_book`), whose copied attributes stay until ``--study-keep-days``
+after the study's answer. A restarted listener finds what was left and carries on."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from ccad.deploy.pacs.results import (
 from ccad.deploy.pacs.scp import reason as intake_reason
 from ccad.deploy.pacs.settings import ListenerSettings
 from ccad.deploy.pacs.spool import Spool
-from ccad.deploy.pacs.studies import StudyBook
+from ccad.deploy.pacs.study_book import StudyBook
 from ccad.io.images import MAX_PIXELS as DEFAULT_MAX_PIXELS
 from ccad.screening import ScreeningService, Upload
 
@@ -304,7 +304,8 @@ class ScoringWorker:
         from ccad.deploy.pacs.fhir import keep_report
 
         patient = self.settings.fhir_patient_system
-        keep_report(self.settings.fhir, self.spool, key, ds, self.algorithm, prediction, reason, patient)
+        source = result_source(ds)  # values as the results copy them: each valid for its VR
+        keep_report(self.settings.fhir, self.spool, key, source, self.algorithm, prediction, reason, patient)
 
     def _put_results(self, key: str, ds, prediction, reason: str | None, capture_only: bool = False) -> None:
         """The image's results (or its capture alone) into the outbox: built by the result process, or here when
