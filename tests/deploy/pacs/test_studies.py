@@ -237,3 +237,28 @@ def _referenced(sr) -> set[str]:
         for series in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
         for item in series.ReferencedSOPSequence
     }
+
+
+def test_a_study_that_cannot_be_answered_keeps_its_reason_and_does_not_hold_the_listener_busy(tmp_path):
+    import threading
+
+    from ccad.deploy.pacs.listener import Stats
+    from ccad.deploy.pacs.spool import Spool
+    from ccad.deploy.pacs.studies import NOT_ANSWERED, StudyGatherer
+
+    spool = Spool(tmp_path / "spool")
+    spool.create()
+    book = StudyBook(spool.root / "studies")
+    settings = ListenerSettings(DEFAULT_BUNDLE, Destination("A", "127.0.0.1", 104), spool.root, study_window_s=0.0)
+    algorithm = Algorithm("ccad", "0", "ab" * 32, "float", "rule", "covid", 0.5)
+    gatherer = StudyGatherer(settings, spool, book, algorithm, Stats(), threading.Event(), lambda: None)
+    ds = pydicom.dcmread(_image(tmp_path, "a", pydicom.uid.generate_uid(), 0))
+    folder = book.stage("a", ds, None, "a lateral view")
+    (folder / SOURCE).write_bytes(b"not DICOM")  # a disk that failed under the spool
+    gatherer.flush()
+    assert (folder / NOT_ANSWERED).read_text().startswith("could not be answered (")
+    assert book.due(0.0) == [folder] and not gatherer.pending()  # waits, tried again, with its reason
+    (folder / SOURCE).unlink()
+    book.stage("a", ds, None, "a lateral view")
+    assert gatherer.flush() == 1 and not (folder / NOT_ANSWERED).exists() and not book.due(0.0)
+    assert [p.name for p in spool.outbox.iterdir()] == [f"{folder.name}-0.dcm"]  # its SR

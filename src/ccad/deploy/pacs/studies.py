@@ -33,8 +33,11 @@ from ccad.deploy.pacs.results import (
     sr_content,
 )
 from ccad.deploy.pacs.study_book import SOURCE, StudyBook, digest
+from ccad.io.files import write_text
 from ccad.screening.records import Prediction
 
+#: Why a study could not be answered (a person looks; it is tried again every half second).
+NOT_ANSWERED = "not-answered.txt"
 #: How often the gatherer looks for studies to prune (seconds); and once when it starts.
 PRUNE_EVERY_S = 600.0
 
@@ -172,8 +175,8 @@ class StudyGatherer:
             self._thread.join(timeout=30)
 
     def pending(self) -> bool:
-        """A study waits for its answer."""
-        return bool(self.book.due(0.0))
+        """A study waits for its answer (not one that fails to be answered: it keeps its reason, tried again)."""
+        return any(folder.name not in self._failing for folder in self.book.due(0.0))
 
     def flush(self) -> int:
         """Answer every study whose answer is not the one sent, now; how many."""
@@ -204,6 +207,7 @@ class StudyGatherer:
                 except Exception as e:  # this study waits (tried again every half second); the others go on
                     if self._failing.get(folder.name) != type(e).__name__:  # said once, not twice a second
                         log.error("study %s could not be answered (%s); trying again", folder.name, type(e).__name__)
+                        write_text(folder / NOT_ANSWERED, f"could not be answered ({type(e).__name__}); tried again\n")
                     self._failing[folder.name] = type(e).__name__
         if due:
             self.wake()
@@ -235,5 +239,6 @@ class StudyGatherer:
         put_reports(self.settings, self.stats, f"study {folder.name}", {"fhir": fhir, "hl7": hl7})
         self.book.publish(folder, outcomes, newest, sr)
         self._failing.pop(folder.name, None)
+        (folder / NOT_ANSWERED).unlink(missing_ok=True)
         self.stats.add("studies_answered")
         log.info("study %s answered (%d images)", folder.name, len(outcomes))
