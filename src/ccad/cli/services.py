@@ -79,7 +79,8 @@ def _add_dicom(p: argparse.ArgumentParser) -> None:
         help="the archive's credentials, as --dicomweb-auth (or "
         "CCAD_DICOMWEB_SOURCE_TOKEN / _USER and _PASSWORD); the destination's are never sent to it",
     )
-    _add_listener(s, skip=("ae_title", "host", "port", "metrics_port", "result_log", "drift_window"))
+    skip = ("ae_title", "host", "port", "metrics_port", "result_log", "drift_window", "findings_port")
+    _add_listener(s, skip=(*skip, "validated_sensitivity", "validated_specificity"))
     s = actions.add_parser(
         "flush",
         help="answer the studies that wait in a listener's spool now, without waiting for their --study-window "

@@ -156,6 +156,10 @@ class LiveMetrics:
         #: result id (the pseudonym) -> whether it was called positive, for the readers' verdicts to come; the
         #: latest :data:`REMEMBERED` results
         self._called: OrderedDict[str, bool] = OrderedDict()
+        #: a study's key (the pseudonym of its accession number, and of its UID) -> whether any of its images was
+        #: called positive, for the readers' findings to come (the listener); the outcome each finding gave
+        self._studies: OrderedDict[str, bool] = OrderedDict()
+        self._judged: OrderedDict[str, str] = OrderedDict()
         self.verdict_log: ResultLog | None = None
 
     @classmethod
@@ -222,11 +226,14 @@ class LiveMetrics:
         self.drift_gauge.labels(a).set(1 if state == DRIFT else 0)
         if change is not None:
             (log.warning if change == DRIFT else log.info)(self.drift.describe())
-        if identity is not None:
-            with self._lock:
-                self._called[pseudonym(identity)] = prediction.predicted_class == self.positive_class
-                while len(self._called) > REMEMBERED:
-                    self._called.popitem(last=False)
+        called = prediction.predicted_class == self.positive_class
+        with self._lock:
+            if identity is not None:
+                _remember(self._called, pseudonym(identity), called)
+            for value in (study or {}).values():
+                if value:
+                    key = pseudonym(value)
+                    _remember(self._studies, key, called or self._studies.get(key, False))
         if self.result_log is not None:
             self._append(
                 {
@@ -252,12 +259,15 @@ class LiveMetrics:
                 raise ConfigError(f"`{measure}` is not one of {', '.join(MEASURES)}")
             self.validated.labels(self.adapter, measure).set(level)
 
-    def verdict(self, called_positive: bool, truly_positive: bool) -> str:
+    def verdict(self, called_positive: bool, truly_positive: bool, replaces: str | None = None) -> str:
         """One reader's verdict on one result: the model called it positive or not, the reader found the positive
-        class or not. Updates the counts and each measure's live lower bound; returns the outcome."""
+        class or not (``replaces``: the outcome an earlier verdict on it gave). Updates the counts and each
+        measure's live lower bound; returns the outcome."""
         outcome = outcome_of(called_positive, truly_positive)
         self.verdicts.labels(self.adapter, outcome).inc()
         with self._lock:
+            if replaces is not None:
+                self._outcomes[replaces] -= 1
             self._outcomes[outcome] += 1
             bounds = live_bounds(self._outcomes)
         for measure, share in bounds.items():
@@ -281,6 +291,20 @@ class LiveMetrics:
             self.verdict_log.append({**record, "finding": finding, "outcome": outcome})
         return outcome
 
+    def finding_on(self, keys: list[str], truly_positive: bool) -> str | None:
+        """The readers' finding on a study, by its keys (the pseudonyms of its accession number and of its UID):
+        the study was called positive when any of its images was. Returns the outcome, or None for a study not
+        remembered; a later finding (a corrected report) replaces the study's earlier outcome."""
+        with self._lock:
+            key = next((k for k in keys if k in self._studies), None)
+            if key is None:
+                return None
+            called, before = self._studies[key], self._judged.get(key)
+        outcome = self.verdict(called, truly_positive, replaces=before)
+        with self._lock:
+            _remember(self._judged, key, outcome)
+        return outcome
+
     def _append(self, record: dict) -> None:
         """A line of the result log; a disk that refuses it is logged and counted, and the image's result
         still goes out."""
@@ -289,3 +313,11 @@ class LiveMetrics:
         except OSError as e:
             self.log_errors.inc()
             log.error("result log %s: cannot append (%s)", self.result_log.path, e.strerror)
+
+
+def _remember(memory: OrderedDict, key: str, value) -> None:
+    """``memory[key] = value``, the newest last, the oldest forgotten past :data:`REMEMBERED`."""
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > REMEMBERED:
+        memory.popitem(last=False)

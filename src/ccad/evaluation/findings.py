@@ -195,7 +195,7 @@ def hl7_reports(text: str, codes: Collection[str] = COVID_CODES) -> Iterator[Rep
         except Exception:  # python-hl7 raises what its splitting meets: an unreadable message is one left out
             yield "invalid"
             continue
-        yield _hl7_report(message, codes)
+        yield hl7_report(message, codes)
 
 
 def _segments(message: Any, name: str) -> list:
@@ -217,8 +217,9 @@ def _repetitions(segment: Any, field: int) -> int:
     return len(segment(field)) if field < len(segment) else 0
 
 
-def _hl7_report(message: Any, codes: Collection[str]) -> Report | str:
-    """The :class:`Report` of one parsed ``ORU^R01`` (its first OBR), or why it is left out."""
+def hl7_report(message: Any, codes: Collection[str]) -> Report | str:
+    """The :class:`Report` of one parsed ``ORU^R01`` (its first OBR), or why it is left out; ``codes``: those of
+    COVID-19, as :func:`folded` gives them."""
     obr = next(iter(_segments(message, "OBR")), None)
     if obr is None:
         return "not_a_report"

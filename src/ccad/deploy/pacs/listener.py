@@ -27,6 +27,7 @@ from typing import Any
 
 from ccad._meta import __version__
 from ccad.deploy.pacs.delivery import Delivery, Lane
+from ccad.deploy.pacs.readers import FindingsReceiver
 from ccad.deploy.pacs.results import Algorithm
 from ccad.deploy.pacs.scp import StoreScp, instance_key, transfer_syntaxes
 from ccad.deploy.pacs.settings import Destination, ListenerSettings
@@ -55,6 +56,10 @@ class Stats:
     fhir_failures: int = 0
     hl7_failures: int = 0
     studies_answered: int = 0
+    findings_joined: int = 0
+    findings_unmatched: int = 0
+    findings_left_out: int = 0
+    findings_refused: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: ``ccad_dicom_events_total{event}``, the same counts for Prometheus (set by the listener's start).
     counter: Any = field(default=None, repr=False)
@@ -83,6 +88,7 @@ class Listener:
         self.worker: ScoringWorker | None = None
         self.service = self.monitor = self.algorithm = None  # made by start, with the screener
         self.studies: StudyGatherer | None = None  # per study (not per_image): answers each study once
+        self.findings: FindingsReceiver | None = None  # with findings_port: the readers' reports, live
         #: Called with an image's key once it has its results (or is set aside): ``ccad dicom pull`` records it.
         self.on_done = None
         self._spool_lock: int | None = None  # the spool's lock, held from start to stop
@@ -149,6 +155,8 @@ class Listener:
             self._resumer.join(timeout=30)
         if self.service is not None:
             self.service.close()
+        if self.findings is not None:
+            self.findings.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -238,6 +246,12 @@ class Listener:
         Gauge("ccad_queue_depth", "Received images waiting to be scored", registry=registry).set_function(
             self.queue.qsize
         )
+        levels = {m: getattr(self.settings, f"validated_{m}") for m in ("sensitivity", "specificity")}
+        self.monitor.validated_levels(**{m: v for m, v in levels.items() if v is not None})
+        if self.settings.findings_port is not None:
+            self.findings = FindingsReceiver(
+                self.settings.host, self.settings.findings_port, self.monitor, self.stats
+            ).start()
         if self.settings.metrics_port is not None:
             self._metrics_server, _ = start_http_server(
                 self.settings.metrics_port, self.settings.host, registry=registry

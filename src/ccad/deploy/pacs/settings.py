@@ -120,6 +120,19 @@ class ListenerSettings:
     )
     #: A silent go-live: every image scored and logged (the result log, the metrics), nothing sent anywhere.
     shadow: bool = option(False, "score and log every image, send nothing (no DICOM, HL7 or FHIR result)")
+    #: The readers' final reports (HL7 v2 ORU^R01 over MLLP) on this port: the live measures in /metrics.
+    findings_port: int | None = option(
+        None,
+        "take the readers' final reports (HL7 v2 ORU^R01 over MLLP, from the RIS) on this port: each study's "
+        "finding joined with ccad's answer gives the live sensitivity, specificity and PPV in the metrics",
+        metavar="PORT",
+    )
+    validated_sensitivity: float | None = option(
+        None, "the sensitivity the site validated: the alert rules compare the live lower bound with it"
+    )
+    validated_specificity: float | None = option(
+        None, "the specificity the site validated: the alert rules compare the live lower bound with it"
+    )
     fhir_patient_system: str | None = option(
         None,
         "name the patient in the FHIR report by its Patient ID under this identifier system (default: no patient "
@@ -144,8 +157,14 @@ class ListenerSettings:
             raise ConfigError(f"`score_timeout_s` must be positive, got {self.score_timeout_s}")
         if not 0 <= self.port < 65536:  # 0: any free port
             raise ConfigError(f"`port` must be a port number, got {self.port}")
-        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
-            raise ConfigError(f"`metrics_port` must be a port number, got {self.metrics_port}")
+        for name in ("metrics_port", "findings_port"):
+            port = getattr(self, name)
+            if port is not None and not 0 <= port < 65536:  # 0: any free port
+                raise ConfigError(f"`{name}` must be a port number, got {port}")
+        for name in ("validated_sensitivity", "validated_specificity"):
+            level = getattr(self, name)
+            if level is not None and not 0 < level < 1:
+                raise ConfigError(f"`{name}` must be between 0 and 1, got {level}")
         check_drift_window(self.drift_window)
         if self.hl7:
             from ccad.deploy.pacs.oru import Hl7Destination

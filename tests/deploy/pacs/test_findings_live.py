@@ -1,0 +1,115 @@
+"""The readers' findings, live (dicom listen --findings-port): the RIS sends the radiologists' final reports as
+HL7 ORU^R01 over MLLP (python-hl7's client, as ccad's own ORU sender); each study's finding joined with the answer
+ccad gave it; /metrics (a real HTTP scrape) has the live lower bounds of the hand count."""
+
+import json
+import logging
+import socket
+import urllib.request
+
+import numpy as np
+from helpers import make_xray_dicom
+from orthanc import free_port, wait_for
+
+from ccad.data.synthetic import render_patient
+from ccad.deploy.pacs.listener import Destination, Listener, ListenerSettings
+from ccad.deploy.pacs.oru import Hl7Destination, send_oru
+from ccad.evaluation.metrics import live_bounds, outcome_of
+from ccad.io.files import pseudonym
+from ccad.models.card import DEFAULT_BUNDLE
+
+PATIENT_NAME = "Иванова^Мария"
+
+
+def _oru(control: str, accession: str, finding: str, status: str = "F") -> str:
+    """A radiologist's report as a RIS sends it: the patient in PID (never read), the finding coded in OBX."""
+    obr = ["OBR", "1", "", accession, "CXR^Chest X-ray", *[""] * 13, accession, *[""] * 6, status]
+    return (
+        "\r".join(
+            [
+                f"MSH|^~\\&|RIS|H|CCAD|H|20261207120000||ORU^R01^ORU_R01|{control}|P|2.5.1",
+                f"PID|1||P-77||{PATIENT_NAME}",
+                "|".join(obr),
+                f"OBX|1|CWE|59776-5^Findings^LN||{finding}^finding^SCT||||||{status}",
+            ]
+        )
+        + "\r"
+    )
+
+
+def _metric(text: str, name: str, measure: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'measure="{measure}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_the_readers_final_reports_give_the_live_measures_of_the_hand_count(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    metrics_port = free_port()
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE,
+        Destination("NOBODY", "127.0.0.1", free_port()),
+        tmp_path / "spool",
+        host="127.0.0.1",
+        findings_port=0,
+        metrics_port=metrics_port,
+        result_log=tmp_path / "results.jsonl",
+        validated_sensitivity=0.9,
+        shadow=True,
+    )
+    listener = Listener(settings).start(scp=False)
+    try:
+        for i, accession in enumerate(("A1", "A2")):
+            gray = render_patient(np.random.default_rng(i), "covid", 128)
+            data = make_xray_dicom(tmp_path / f"{i}.dcm", gray, AccessionNumber=accession).read_bytes()
+            assert listener.take(f"k{i}", data)
+        wait_for(lambda: listener.stats.scored == 2 and listener.idle(), 60, "both studies scored")
+        logged = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+        called = {a: next(r["positive"] for r in logged if r["accession"] == pseudonym(a)) for a in ("A1", "A2")}
+        ris = Hl7Destination("127.0.0.1", listener.findings.port)
+        code = {True: "840539006", False: "260385009"}  # SNOMED CT: COVID-19; Negative
+        assert send_oru(ris, _oru("M1", "A1", code[called["A1"]])) is None  # the reader agrees: acknowledged AA
+        assert send_oru(ris, _oru("M2", "A2", code[not called["A2"]])) is None  # the reader disagrees
+        assert send_oru(ris, _oru("M3", "A1", code[True], status="P")) is None  # preliminary: not counted
+        assert send_oru(ris, _oru("M4", "A9", code[True])) is None  # a study ccad never saw
+        with socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10) as peer:
+            peer.sendall(b"\x0bnot an HL7 message\x1c\r")
+            assert b"MSA|AR|" in peer.recv(4096)
+        stats = listener.stats
+        assert (stats.findings_joined, stats.findings_unmatched, stats.findings_left_out) == (2, 1, 1)
+        assert stats.findings_refused == 1
+        hand = dict.fromkeys(("true_positive", "false_negative", "true_negative", "false_positive"), 0)
+        hand[outcome_of(called["A1"], called["A1"])] += 1
+        hand[outcome_of(called["A2"], not called["A2"])] += 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+            metrics = answer.read().decode()
+        for measure, share in live_bounds(hand).items():
+            assert _metric(metrics, "ccad_live_lower95", measure) == share["ci95"][0]
+        assert _metric(metrics, "ccad_validated", "sensitivity") == 0.9
+        # the reader corrects A2's report: it now agrees, and replaces the earlier outcome
+        assert send_oru(ris, _oru("M5", "A2", code[called["A2"]], status="C")) is None
+        hand[outcome_of(called["A2"], not called["A2"])] -= 1
+        hand[outcome_of(called["A2"], called["A2"])] += 1
+        assert listener.monitor._outcomes == hand
+    finally:
+        listener.stop()
+    assert PATIENT_NAME not in caplog.text and "P-77" not in caplog.text
+
+
+def test_a_findings_port_in_use_is_refused_at_start(tmp_path):
+    import pytest
+
+    from ccad.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = ListenerSettings(
+            DEFAULT_BUNDLE, Destination("A", "127.0.0.1", 104), tmp_path / "s", host="127.0.0.1",
+            findings_port=taken.getsockname()[1],
+        )  # fmt: skip
+        with pytest.raises((OSError, ConfigError)):
+            Listener(settings).start(scp=False)
+    with pytest.raises(ConfigError):
+        ListenerSettings(DEFAULT_BUNDLE, Destination("A", "127.0.0.1", 104), validated_sensitivity=1.5).check()
