@@ -113,3 +113,26 @@ def test_a_findings_port_in_use_is_refused_at_start(tmp_path):
             Listener(settings).start(scp=False)
     with pytest.raises(ConfigError):
         ListenerSettings(DEFAULT_BUNDLE, Destination("A", "127.0.0.1", 104), validated_sensitivity=1.5).check()
+
+
+def test_a_message_over_the_limit_ends_its_connection_and_the_next_peer_is_served(tmp_path):
+    from ccad.deploy.pacs.readers import MAX_REPORT_BYTES
+
+    settings = ListenerSettings(
+        DEFAULT_BUNDLE, Destination("A", "127.0.0.1", 104), tmp_path / "s", host="127.0.0.1", findings_port=0,
+        shadow=True,
+    )  # fmt: skip
+    listener = Listener(settings).start(scp=False)
+    try:
+        with socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10) as peer:
+            try:
+                peer.sendall(b"\x0b" + b"OBX|" * (MAX_REPORT_BYTES // 4 + 1024))
+                closed = peer.recv(4096) == b""
+            except ConnectionResetError:
+                closed = True
+        assert closed  # no acknowledgement: the connection is ended, nothing of it kept
+        ris = Hl7Destination("127.0.0.1", listener.findings.port)
+        assert send_oru(ris, _oru("M1", "A1", "840539006")) is None  # unmatched, acknowledged AA
+        assert (listener.stats.findings_unmatched, listener.stats.findings_refused) == (1, 0)
+    finally:
+        listener.stop()
