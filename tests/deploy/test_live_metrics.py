@@ -326,3 +326,22 @@ def _scored(p, distance):
     from ccad.screening.records import Prediction
 
     return Prediction("x", "covid" if p >= 0.5 else "normal", {"covid": p, "normal": 1 - p}, True, distance, 30.0)
+
+
+def test_a_study_is_judged_once_whichever_of_its_keys_its_reports_carry():
+    """The readers' finding on a study (the listener): called positive when any image was; a corrected report
+    replaces the outcome even when it names the study by its UID and the first by its accession number."""
+    from prometheus_client import CollectorRegistry
+
+    from ccad.deploy.live_metrics import LiveMetrics, pseudonym
+    from ccad.evaluation.drift import DriftCheck
+
+    monitor = LiveMetrics(CollectorRegistry(), "dicom", "covid", DriftCheck(None, None))
+    study = {"study": "1.2.3", "accession": "A1"}
+    monitor.observe(_scored(0.2, 10.0), identity="i1", study=study)
+    monitor.observe(_scored(0.8, 10.0), identity="i2", study=study)  # its repeat, called positive
+    assert monitor.finding_on([pseudonym("A9")], True) is None  # a study never seen
+    assert monitor.finding_on([pseudonym("A1")], False) == "false_positive"
+    assert monitor.finding_on([pseudonym("1.2.3")], True) == "true_positive"  # the correction, by the UID
+    assert monitor._outcomes == {"true_positive": 1, "false_negative": 0, "true_negative": 0, "false_positive": 0}
+    assert monitor.live.labels("dicom", "sensitivity")._value.get() > 0 and monitor._shown == {"sensitivity", "ppv"}

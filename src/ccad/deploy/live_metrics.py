@@ -156,11 +156,11 @@ class LiveMetrics:
         #: result id (the pseudonym) -> whether it was called positive, for the readers' verdicts to come; the
         #: latest :data:`REMEMBERED` results
         self._called: OrderedDict[str, bool] = OrderedDict()
-        #: a study's key (the pseudonym of its accession number, and of its UID) -> whether any of its images was
-        #: called positive, for the readers' findings to come (the listener); the outcome each finding gave
-        self._studies: OrderedDict[str, bool] = OrderedDict()
-        self._judged: OrderedDict[str, str] = OrderedDict()
+        #: a study's keys (the pseudonyms of its accession number and of its UID) -> its record, one for both:
+        #: whether any of its images was called positive, and the outcome the readers' finding gave (the listener)
+        self._studies: OrderedDict[str, dict] = OrderedDict()
         self.verdict_log: ResultLog | None = None
+        self._shown: set[str] = set()  # the measures ``ccad_live_lower95`` has
 
     @classmethod
     def for_screener(
@@ -230,10 +230,11 @@ class LiveMetrics:
         with self._lock:
             if identity is not None:
                 _remember(self._called, pseudonym(identity), called)
-            for value in (study or {}).values():
-                if value:
-                    key = pseudonym(value)
-                    _remember(self._studies, key, called or self._studies.get(key, False))
+            keys = [pseudonym(value) for value in (study or {}).values() if value]
+            record = next((self._studies[k] for k in keys if k in self._studies), {"called": False, "outcome": None})
+            record["called"] = record["called"] or called
+            for key in keys:
+                _remember(self._studies, key, record, 2 * REMEMBERED)
         if self.result_log is not None:
             self._append(
                 {
@@ -264,15 +265,27 @@ class LiveMetrics:
         class or not (``replaces``: the outcome an earlier verdict on it gave). Updates the counts and each
         measure's live lower bound; returns the outcome."""
         outcome = outcome_of(called_positive, truly_positive)
-        self.verdicts.labels(self.adapter, outcome).inc()
         with self._lock:
-            if replaces is not None:
-                self._outcomes[replaces] -= 1
-            self._outcomes[outcome] += 1
-            bounds = live_bounds(self._outcomes)
-        for measure, share in bounds.items():
-            self.live.labels(self.adapter, measure).set(share["ci95"][0])
+            bounds = self._count(outcome, replaces)
+        self._show(outcome, bounds)
         return outcome
+
+    def _count(self, outcome: str, replaces: str | None) -> dict:
+        """Count ``outcome`` (instead of ``replaces``), under the lock; the live measures now."""
+        if replaces is not None:
+            self._outcomes[replaces] -= 1
+        self._outcomes[outcome] += 1
+        return live_bounds(self._outcomes)
+
+    def _show(self, outcome: str, bounds: dict) -> None:
+        """The metrics of one more verdict (``ccad_verdicts_total`` counts verdicts given, corrections too)."""
+        self.verdicts.labels(self.adapter, outcome).inc()
+        for measure in MEASURES:
+            if measure in bounds:
+                self.live.labels(self.adapter, measure).set(bounds[measure]["ci95"][0])
+            elif measure in self._shown:  # a correction left it without a case
+                self.live.remove(self.adapter, measure)
+        self._shown = set(bounds)
 
     def verdict_on(self, result_id: str, agrees: bool, finding: str | None = None) -> str | None:
         """A reader's verdict on the result ``result_id`` (the pseudonym its answer carried): agrees with the
@@ -296,13 +309,13 @@ class LiveMetrics:
         the study was called positive when any of its images was. Returns the outcome, or None for a study not
         remembered; a later finding (a corrected report) replaces the study's earlier outcome."""
         with self._lock:
-            key = next((k for k in keys if k in self._studies), None)
-            if key is None:
+            study = next((self._studies[k] for k in keys if k in self._studies), None)
+            if study is None:
                 return None
-            called, before = self._studies[key], self._judged.get(key)
-        outcome = self.verdict(called, truly_positive, replaces=before)
-        with self._lock:
-            _remember(self._judged, key, outcome)
+            outcome = outcome_of(study["called"], truly_positive)
+            bounds = self._count(outcome, study["outcome"])
+            study["outcome"] = outcome
+        self._show(outcome, bounds)
         return outcome
 
     def _append(self, record: dict) -> None:
@@ -315,9 +328,9 @@ class LiveMetrics:
             log.error("result log %s: cannot append (%s)", self.result_log.path, e.strerror)
 
 
-def _remember(memory: OrderedDict, key: str, value) -> None:
-    """``memory[key] = value``, the newest last, the oldest forgotten past :data:`REMEMBERED`."""
+def _remember(memory: OrderedDict, key: str, value, most: int = REMEMBERED) -> None:
+    """``memory[key] = value``, the newest last, the oldest forgotten past ``most``."""
     memory[key] = value
     memory.move_to_end(key)
-    while len(memory) > REMEMBERED:
+    while len(memory) > most:
         memory.popitem(last=False)

@@ -124,15 +124,28 @@ def test_a_message_over_the_limit_ends_its_connection_and_the_next_peer_is_serve
     )  # fmt: skip
     listener = Listener(settings).start(scp=False)
     try:
+        answer = b""
         with socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10) as peer:
             try:
                 peer.sendall(b"\x0b" + b"OBX|" * (MAX_REPORT_BYTES // 4 + 1024))
-                closed = peer.recv(4096) == b""
-            except ConnectionResetError:
-                closed = True
-        assert closed  # no acknowledgement: the connection is ended, nothing of it kept
+                while chunk := peer.recv(4096):  # until the listener closes the connection
+                    answer += chunk
+            except ConnectionResetError:  # closed while this side was still sending
+                pass
+        assert b"MSA|AA" not in answer and listener.stats.findings_refused == 1  # refused, nothing of it kept
         ris = Hl7Destination("127.0.0.1", listener.findings.port)
         assert send_oru(ris, _oru("M1", "A1", "840539006")) is None  # unmatched, acknowledged AA
-        assert (listener.stats.findings_unmatched, listener.stats.findings_refused) == (1, 0)
+        with socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10) as peer:
+            peer.sendall(b"\x0bMSH|^~\\&|A\x1c\r")  # an MSH too short to answer: rejected, not dropped
+            assert b"MSA|AR|" in peer.recv(4096)
+        assert (listener.stats.findings_unmatched, listener.stats.findings_refused) == (1, 2)
+        idle = socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10)  # open at stop
     finally:
         listener.stop()
+    try:
+        assert idle.recv(4096) == b""  # closed by the listener's stop
+    except ConnectionResetError:
+        pass
+    finally:
+        idle.close()
+    assert not listener.findings._thread.is_alive()  # its event loop ended, no task left behind

@@ -60,6 +60,14 @@ def test_an_image_staged_while_its_study_is_answered_reopens_it(tmp_path):
     assert book.due(0.0) == [] and json.loads((folder / PUBLISHED).read_text())["keys"] == ["a", "b"]
 
 
+def test_a_damaged_study_folder_is_passed_over_and_the_others_are_answered(tmp_path):
+    book = StudyBook(tmp_path / "studies")
+    damaged = book.stage("a", pydicom.dcmread(_image(tmp_path, "a", pydicom.uid.generate_uid(), 0)), None, "x")
+    whole = book.stage("b", pydicom.dcmread(_image(tmp_path, "b", pydicom.uid.generate_uid(), 1)), None, "x")
+    (damaged / PUBLISHED).write_text("")  # a record a power cut left empty
+    assert book.due(0.0) == [whole] and book.prune(0.0) == 0
+
+
 def test_an_image_called_positive_answers_the_study_whatever_the_rule():
     outcomes = [  # an argmax rule over three classes: b has the higher p(covid), a was called covid
         {"key": "a", "predicted_class": "covid", "probabilities": {"covid": 0.40, "normal": 0.30, "other": 0.30}},

@@ -249,9 +249,7 @@ class Listener:
         levels = {m: getattr(self.settings, f"validated_{m}") for m in ("sensitivity", "specificity")}
         self.monitor.validated_levels(**{m: v for m, v in levels.items() if v is not None})
         if self.settings.findings_port is not None:
-            self.findings = FindingsReceiver(
-                self.settings.host, self.settings.findings_port, self.monitor, self.stats
-            ).start()
+            self._start_findings()
         if self.settings.metrics_port is not None:
             self._metrics_server, _ = start_http_server(
                 self.settings.metrics_port, self.settings.host, registry=registry
@@ -263,6 +261,19 @@ class Listener:
                     self.settings.host,
                     self.settings.metrics_port,
                 )
+
+    def _start_findings(self) -> None:
+        """The readers' findings port (:mod:`.readers`), said in the log with the port it got."""
+        host = self.settings.host
+        self.findings = FindingsReceiver(host, self.settings.findings_port, self.monitor, self.stats).start()
+        log.info("readers' final reports (HL7 ORU^R01 over MLLP) taken on %s:%d", host, self.findings.port)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "the findings port on %s:%d takes reports from anyone who can reach it: forged ones would move the "
+                "live measures; let only the RIS reach it (a firewall rule)",
+                host,
+                self.findings.port,
+            )
 
     def _log_start(self, scp: bool) -> None:
         destination = self.settings.send_to

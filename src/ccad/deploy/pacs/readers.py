@@ -7,9 +7,10 @@ A report is read as ``ccad validate --truth`` reads one (:mod:`ccad.evaluation.f
 and ZDS are kept, PID and every other segment dropped unparsed; final or corrected, with a coded finding; the
 accession number or Study Instance UID). Each message is acknowledged ``AA`` once read, whether it counts or not
 (a preliminary report, a study ccad did not answer: counted in ``ccad_dicom_events_total``); a block that is not
-HL7 gets ``AR``. A corrected report replaces the study's earlier outcome. Each message is at most
-:data:`MAX_REPORT_BYTES`, a connection that says nothing for :data:`IDLE_TIMEOUT_S` is closed, and at most
-:data:`MAX_CONNECTIONS` are served at once. Nothing of a report is logged or kept: the join is on pseudonyms.
+HL7 (or is over :data:`MAX_REPORT_BYTES`, or not MLLP-framed) gets ``AR`` and its connection is closed. A
+corrected report replaces the study's earlier outcome. A connection that says nothing for :data:`IDLE_TIMEOUT_S`
+is closed, and at most :data:`MAX_CONNECTIONS` are served at once (one more is closed at once, counted as
+refused). Nothing of a report is logged or kept: the join is on pseudonyms.
 """
 
 from __future__ import annotations
@@ -44,62 +45,88 @@ class FindingsReceiver:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
-        self._connections = 0
+        self._server = None
+        self._writers: set = set()  # the open connections, closed by :meth:`stop`
 
     def start(self) -> "FindingsReceiver":
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._serve, name="ccad-findings", daemon=True)
         self._thread.start()
-        self._started.wait(30)
+        if not self._started.wait(30):
+            raise TimeoutError("the readers' findings port did not open within 30 s")
         if self._error is not None:
             raise self._error
         return self
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+        """Close the server and every connection, end the tasks, then the loop (no task left pending)."""
+        if self._loop is None or self._thread is None or not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        except Exception as e:  # the loop is stopped below whatever happened
+            log.warning("findings: stopping (%s)", type(e).__name__)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _shutdown(self) -> None:
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _serve(self) -> None:
         from hl7.mllp import start_hl7_server
 
         asyncio.set_event_loop(self._loop)
         try:
-            server = self._loop.run_until_complete(
+            self._server = self._loop.run_until_complete(
                 start_hl7_server(self._client, self.host, self.port, limit=MAX_REPORT_BYTES)
             )
-        except OSError as e:
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as e:  # a port in use: said by start
             self._error = e
-            self._started.set()
+            self._loop.close()
             return
-        self.port = server.sockets[0].getsockname()[1]
-        self._started.set()
+        finally:
+            self._started.set()
         try:
             self._loop.run_forever()
         finally:
-            server.close()
-            self._loop.run_until_complete(server.wait_closed())
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     async def _client(self, reader, writer) -> None:
-        """One connection: a message, its acknowledgement, until the peer stops (or misbehaves)."""
-        if self._connections >= MAX_CONNECTIONS:
-            writer.close()
+        """One connection: a message, its acknowledgement, until the peer stops (or misbehaves). A block over
+        the limit or not MLLP-framed is answered AR (an engine does not resend a rejected message) and the
+        connection closed; silence or a peer that does not read its acknowledgements ends it."""
+        from hl7.mllp import InvalidBlockError
+
+        if len(self._writers) >= MAX_CONNECTIONS:
+            self.stats.add("findings_refused")
+            writer.transport.abort()
             return
-        self._connections += 1
+        self._writers.add(writer)
         try:
             while True:
                 try:
                     block = await asyncio.wait_for(reader.readblock(), IDLE_TIMEOUT_S)
-                except Exception:  # silence, a dropped connection, a block over the limit or not MLLP-framed
-                    return
-                writer.writeblock(self.take(block).encode("utf-8"))
+                    answer = self.take(block)
+                except (ValueError, InvalidBlockError):  # InvalidBlockError: not a ValueError in every version
+                    self.stats.add("findings_refused")
+                    answer = REJECTED
+                writer.writeblock(answer.encode("utf-8"))
                 await asyncio.wait_for(writer.drain(), IDLE_TIMEOUT_S)
-        except Exception as e:  # a peer that stops reading: the connection ends, the listener goes on
-            log.warning("findings: a connection ended (%s)", type(e).__name__)
+                if answer is REJECTED:
+                    return
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.CancelledError, OSError):
+            return  # silence, a dropped connection, a peer that does not read, the listener stopping
         finally:
-            self._connections -= 1
-            writer.close()
+            self._writers.discard(writer)
+            writer.transport.abort()
 
     def take(self, block: bytes) -> str:
         """The acknowledgement of one message (``\\r``-separated): ``AA`` once read, the outcome counted when it is
@@ -109,12 +136,13 @@ class FindingsReceiver:
         messages = list(hl7_messages(block.decode("utf-8", errors="replace")))
         try:
             message = hl7.parse(messages[0]) if len(messages) == 1 else None
-        except Exception:  # python-hl7 raises what its splitting meets
-            message = None
-        if message is None or not str(message.segment("MSH")(10)).strip():
+            control = str(message.segment("MSH")(10)).strip() if message is not None else ""
+            report = hl7_report(message, self.codes) if control else None
+        except Exception:  # python-hl7 raises what its splitting meets; an MSH too short
+            report = None
+        if report is None:
             self.stats.add("findings_refused")
             return REJECTED
-        report = hl7_report(message, self.codes)
         if not isinstance(report, Report):
             self.stats.add("findings_left_out")  # not final, no coded finding, not a report
         else:

@@ -157,10 +157,10 @@ class ListenerSettings:
             raise ConfigError(f"`score_timeout_s` must be positive, got {self.score_timeout_s}")
         if not 0 <= self.port < 65536:  # 0: any free port
             raise ConfigError(f"`port` must be a port number, got {self.port}")
-        for name in ("metrics_port", "findings_port"):
-            port = getattr(self, name)
-            if port is not None and not 0 <= port < 65536:  # 0: any free port
-                raise ConfigError(f"`{name}` must be a port number, got {port}")
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError(f"`metrics_port` must be a port number, got {self.metrics_port}")
+        if self.findings_port is not None and not 0 <= self.findings_port < 65536:  # 0: any free port (logged)
+            raise ConfigError(f"`findings_port` must be a port number, got {self.findings_port}")
         for name in ("validated_sensitivity", "validated_specificity"):
             level = getattr(self, name)
             if level is not None and not 0 < level < 1:

@@ -176,7 +176,8 @@ class StudyGatherer:
 
     def pending(self) -> bool:
         """A study waits for its answer (not one that fails to be answered: it keeps its reason, tried again)."""
-        return any(folder.name not in self._failing for folder in self.book.due(0.0))
+        with self._lock:  # not while the gatherer answers: the two would record the same answer
+            return any(folder.name not in self._failing for folder in self.book.due(0.0))
 
     def flush(self) -> int:
         """Answer every study whose answer is not the one sent, now; how many."""
@@ -207,7 +208,10 @@ class StudyGatherer:
                 except Exception as e:  # this study waits (tried again every half second); the others go on
                     if self._failing.get(folder.name) != type(e).__name__:  # said once, not twice a second
                         log.error("study %s could not be answered (%s); trying again", folder.name, type(e).__name__)
-                        write_text(folder / NOT_ANSWERED, f"could not be answered ({type(e).__name__}); tried again\n")
+                        try:
+                            write_text(folder / NOT_ANSWERED, f"could not be answered ({type(e).__name__})\n")
+                        except OSError:  # a disk that refuses this too: the log said it
+                            pass
                     self._failing[folder.name] = type(e).__name__
         if due:
             self.wake()

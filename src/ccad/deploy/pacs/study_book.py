@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,11 @@ SOURCE, PUBLISHED = "source.dcm", "published.json"
 FLUSH = "flush-requested"
 #: What the record of an answer keeps of its SR: what a later version's Predecessor Documents Sequence names.
 SR_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+#: A study folder unchanged for this long is passed over until it changes (a change within the file system's
+#: time grain, here 1 s or finer, would not show in its time).
+SETTLED_AFTER_S = 2.0
+
+log = logging.getLogger("ccad.dicom")
 
 
 def outcome_of(key: str, ds, prediction: Prediction | None, reason: str | None) -> dict[str, Any]:
@@ -80,6 +86,7 @@ class StudyBook:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._settled: dict[str, int] = {}  # study folder -> its mtime (ns) when last found answered
+        self._unreadable: set[str] = set()  # study folders that could not be read (said once)
 
     def stage(self, key: str, ds, prediction: Prediction | None, reason: str | None) -> Path:
         folder = self.root / instance_key(str(ds.StudyInstanceUID))
@@ -111,19 +118,29 @@ class StudyBook:
         now = time.time() if now is None else now
         out = []
         for folder in self.folders():
-            changed = folder.stat().st_mtime_ns
-            if self._settled.get(folder.name) == changed:
-                continue
-            staged = [p.stat().st_mtime for p in _staged(folder)]
-            if not staged or (now - max(staged) < window_s and not (folder / FLUSH).exists()):
-                continue
-            if not self._waiting(folder) or self._same_answer(folder):
-                (folder / FLUSH).unlink(missing_ok=True)  # nothing to answer: a request made too late
-                if now - changed / 1e9 > 1.0:  # a change within the clock's grain would not show: not cached
-                    self._settled[folder.name] = changed
-                continue
-            out.append(folder)
+            try:
+                if self._due(folder, window_s, now):
+                    out.append(folder)
+            except (OSError, ValueError) as e:  # damaged or removed under the spool: the others are answered
+                if folder.name not in self._unreadable:
+                    log.error("study %s: its folder cannot be read (%s); passed over", folder.name, type(e).__name__)
+                self._unreadable.add(folder.name)
         return out
+
+    def _due(self, folder: Path, window_s: float, now: float) -> bool:
+        changed = folder.stat().st_mtime_ns
+        if self._settled.get(folder.name) == changed:
+            return False
+        staged = [p.stat().st_mtime for p in _staged(folder)]
+        if not staged or (now - max(staged) < window_s and not (folder / FLUSH).exists()):
+            return False
+        if not self._waiting(folder) or self._same_answer(folder):
+            (folder / FLUSH).unlink(missing_ok=True)  # nothing to answer: a request made too late
+            if now - changed / 1e9 > SETTLED_AFTER_S:  # a change within the clock's grain would not show
+                self._settled[folder.name] = changed
+            return False
+        self._unreadable.discard(folder.name)
+        return True
 
     def _same_answer(self, folder: Path) -> bool:
         """The outcomes give the answer sent (an image sent again): recorded as answered with them."""
@@ -173,12 +190,15 @@ class StudyBook:
         pruned = 0
         for folder in self.folders():
             with self._lock:
-                if not (folder / SOURCE).exists() or not (folder / PUBLISHED).exists() or self._waiting(folder):
-                    continue  # pruned already, not answered yet, or a newer image waits
-                if now - max(p.stat().st_mtime for p in folder.iterdir()) >= keep_s:
-                    (folder / SOURCE).unlink()
-                    (folder / "published.dcm").unlink(missing_ok=True)  # kept by ccad before 2026-12-07
-                    pruned += 1
+                try:
+                    if not (folder / SOURCE).exists() or not (folder / PUBLISHED).exists() or self._waiting(folder):
+                        continue  # pruned already, not answered yet, or a newer image waits
+                    if now - max(p.stat().st_mtime for p in folder.iterdir()) >= keep_s:
+                        (folder / SOURCE).unlink()
+                        (folder / "published.dcm").unlink(missing_ok=True)  # kept by ccad before 2026-12-07
+                        pruned += 1
+                except (OSError, ValueError):  # damaged, or a file going as it was looked at: next time
+                    continue
         return pruned
 
     def _waiting(self, folder: Path) -> bool:
