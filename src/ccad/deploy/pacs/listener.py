@@ -189,14 +189,14 @@ class Listener:
     def idle(self) -> bool:
         """Nothing waits to be scored or sent."""
         delivery = self.delivery
-        return (
+        return (  # each stage before the next: what moves on while one is looked at is seen in the next
             self.queue.unfinished_tasks == 0
             and not self.spool.pending_inbox()
+            and not (self.studies is not None and self.studies.pending())
             and (self.settings.shadow or not self.spool.pending_outbox())  # shadow: nothing is sent
             # reports nobody will send are not waited for
             and not (delivery.fhir is not None and self.spool.pending_fhir())
             and not (delivery.hl7 is not None and self.spool.pending_hl7())
-            and not (self.studies is not None and self.studies.pending())
         )
 
     def flush_studies(self) -> int:
