@@ -134,3 +134,32 @@ def test_32_bit_integers_are_windowed_and_refused_as_blank_by_their_float32_valu
     two_values[0, 0] = 2**24 + 1  # the same float32 as 2**24: blank, as its float32 pixels are
     with pytest.raises(ImageReadError, match="blank image"):
         validate_pixels((two_values, True), "x")
+
+
+def _header_only(columns_value: bytes) -> bytes:
+    """A DICOM file with no pixel data whose last element, Columns (US), holds ``columns_value`` as it is."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    ds = FileDataset("x", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.Rows, ds.Columns = "DX", 64, 64
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    head = b"\x28\x00\x11\x00US\x02\x00\x40\x00"
+    assert data.endswith(head)  # Columns is the last element
+    return data[: -len(head)] + b"\x28\x00\x11\x00US" + len(columns_value).to_bytes(2, "little") + columns_value
+
+
+@pytest.mark.parametrize("columns", [b"\x40\x00\x40\x00", b"\x40\x00\x01"], ids=["two values", "an odd length"])
+def test_a_dicom_header_whose_columns_is_not_one_number_is_a_read_error_not_a_crash(columns):
+    with pytest.raises(ImageReadError, match="Rows or Columns is not one number"):
+        images.image_header(_header_only(columns), "x.dcm")
+    assert images.image_header(_header_only(b"\x40\x00"), "x.dcm")[:2] == (64, 64)

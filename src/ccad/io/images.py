@@ -149,7 +149,10 @@ def image_header(data: bytes, name: str = "upload", max_pixels: int | None = Non
         from ccad.io.dicomfile import parse_dicom
 
         ds = parse_dicom(data, name, max_pixels or MAX_PIXELS)
-        return int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), ds
+        try:  # parse_dicom checked them only with pixel data to size
+            return int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0), ds
+        except Exception as e:  # pydicom raises many types: a value of the wrong length, several values
+            raise ImageReadError(f"{name}: not a readable DICOM file (its Rows or Columns is not one number)") from e
     try:
         with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as im:
             return *im.size, None
