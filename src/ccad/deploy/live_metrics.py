@@ -80,6 +80,26 @@ def check_drift_window(window: int) -> None:
         raise ConfigError(f"`drift_window` must be at least 20 images, got {window}")
 
 
+#: The live measures a site sets its validated level of, as the settings name them (``validated_sensitivity``).
+VALIDATED = ("sensitivity", "specificity")
+
+
+def validated_option(measure: str):
+    """The ``validated_<measure>`` setting of every server that takes readers' verdicts (``serve``, ``dicom
+    listen``)."""
+    return option(None, f"the {measure} the site validated: the alert rules compare the live lower bound with it")
+
+
+def validated_of(settings) -> dict[str, float]:
+    """The levels ``settings`` give (``{"sensitivity": 0.9}``), each checked to be between 0 and 1: what
+    :meth:`LiveMetrics.validated_levels` takes."""
+    levels = {m: getattr(settings, f"validated_{m}") for m in VALIDATED}
+    for measure, level in levels.items():
+        if level is not None and not 0 < level < 1:
+            raise ConfigError(f"`validated_{measure}` must be between 0 and 1, got {level}")
+    return {m: v for m, v in levels.items() if v is not None}
+
+
 class ResultLog:
     """Appends one JSON line an image to ``path`` (created, mode 0600, on the first line)."""
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from ccad._meta import __version__
 from ccad.deploy.pacs.delivery import Delivery, Lane
+from ccad.deploy.pacs.dicomweb import LOOPBACK
 from ccad.deploy.pacs.readers import FindingsReceiver
 from ccad.deploy.pacs.results import Algorithm
 from ccad.deploy.pacs.scp import StoreScp, instance_key, transfer_syntaxes
@@ -231,7 +232,7 @@ class Listener:
         """The monitor (metrics, drift, result log) and, with ``metrics_port``, its HTTP endpoint."""
         from prometheus_client import Counter, Gauge, start_http_server
 
-        from ccad.deploy.live_metrics import LiveMetrics
+        from ccad.deploy.live_metrics import LiveMetrics, validated_of
 
         self.monitor = LiveMetrics.for_screener(
             self.screener, "dicom", self.settings.result_log, window=self.settings.drift_window
@@ -246,15 +247,14 @@ class Listener:
         Gauge("ccad_queue_depth", "Received images waiting to be scored", registry=registry).set_function(
             self.queue.qsize
         )
-        levels = {m: getattr(self.settings, f"validated_{m}") for m in ("sensitivity", "specificity")}
-        self.monitor.validated_levels(**{m: v for m, v in levels.items() if v is not None})
+        self.monitor.validated_levels(**validated_of(self.settings))
         if self.settings.findings_port is not None:
             self._start_findings()
         if self.settings.metrics_port is not None:
             self._metrics_server, _ = start_http_server(
                 self.settings.metrics_port, self.settings.host, registry=registry
             )
-            if self.settings.host not in ("127.0.0.1", "localhost", "::1"):
+            if self.settings.host not in LOOPBACK:
                 log.warning(
                     "metrics on %s:%d answer anyone who can reach that address, without a key (counts, scores "
                     "and drift, no patient data); to restrict them, listen on 127.0.0.1 and scrape through a proxy",
@@ -267,7 +267,7 @@ class Listener:
         host = self.settings.host
         self.findings = FindingsReceiver(host, self.settings.findings_port, self.monitor, self.stats).start()
         log.info("readers' final reports (HL7 ORU^R01 over MLLP) taken on %s:%d", host, self.findings.port)
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in LOOPBACK:
             log.warning(
                 "the findings port on %s:%d takes reports from anyone who can reach it: forged ones would move the "
                 "live measures; let only the RIS reach it (a firewall rule)",

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
-from ccad.deploy.live_metrics import check_drift_window, drift_window_option, result_log_option
+from ccad.deploy.live_metrics import (
+    check_drift_window,
+    drift_window_option,
+    result_log_option,
+    validated_of,
+    validated_option,
+)
 from ccad.deploy.pacs.dicomweb import PREFIX as WEB_PREFIX
 from ccad.deploy.pacs.dicomweb import WebDestination
 from ccad.errors import ConfigError
@@ -127,12 +133,8 @@ class ListenerSettings:
         "finding joined with ccad's answer gives the live sensitivity, specificity and PPV in the metrics",
         metavar="PORT",
     )
-    validated_sensitivity: float | None = option(
-        None, "the sensitivity the site validated: the alert rules compare the live lower bound with it"
-    )
-    validated_specificity: float | None = option(
-        None, "the specificity the site validated: the alert rules compare the live lower bound with it"
-    )
+    validated_sensitivity: float | None = validated_option("sensitivity")
+    validated_specificity: float | None = validated_option("specificity")
     fhir_patient_system: str | None = option(
         None,
         "name the patient in the FHIR report by its Patient ID under this identifier system (default: no patient "
@@ -161,10 +163,7 @@ class ListenerSettings:
             raise ConfigError(f"`metrics_port` must be a port number, got {self.metrics_port}")
         if self.findings_port is not None and not 0 <= self.findings_port < 65536:  # 0: any free port (logged)
             raise ConfigError(f"`findings_port` must be a port number, got {self.findings_port}")
-        for name in ("validated_sensitivity", "validated_specificity"):
-            level = getattr(self, name)
-            if level is not None and not 0 < level < 1:
-                raise ConfigError(f"`{name}` must be between 0 and 1, got {level}")
+        validated_of(self)
         check_drift_window(self.drift_window)
         if self.hl7:
             from ccad.deploy.pacs.oru import Hl7Destination

@@ -131,10 +131,11 @@ class StudyBook:
         changed = folder.stat().st_mtime_ns
         if self._settled.get(folder.name) == changed:
             return False
-        staged = [p.stat().st_mtime for p in _staged(folder)]
-        if not staged or (now - max(staged) < window_s and not (folder / FLUSH).exists()):
+        staged = _staged(folder)
+        newest = max((p.stat().st_mtime for p in staged), default=None)
+        if newest is None or (now - newest < window_s and not (folder / FLUSH).exists()):
             return False
-        if not self._waiting(folder) or self._same_answer(folder):
+        if not self._waiting(folder, staged) or self._same_answer(folder):
             (folder / FLUSH).unlink(missing_ok=True)  # nothing to answer: a request made too late
             if now - changed / 1e9 > SETTLED_AFTER_S:  # a change within the clock's grain would not show
                 self._settled[folder.name] = changed
@@ -201,9 +202,10 @@ class StudyBook:
                     continue
         return pruned
 
-    def _waiting(self, folder: Path) -> bool:
-        """The study has an image its answer was not made of, or an outcome written again since (or no answer)."""
-        staged = _staged(folder)
+    def _waiting(self, folder: Path, staged: list[Path] | None = None) -> bool:
+        """The study has an image its answer was not made of, or an outcome written again since (or no answer);
+        ``staged``: its outcomes' files, when the caller has listed them."""
+        staged = _staged(folder) if staged is None else staged
         record = self.published(folder)
         if not staged or record is None:
             return bool(staged)

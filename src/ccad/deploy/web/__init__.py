@@ -56,7 +56,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from ccad.deploy.live_metrics import LiveMetrics, ResultLog
+from ccad.deploy.live_metrics import LiveMetrics, ResultLog, validated_of
 from ccad.deploy.web.guard import Guard, HttpMetrics
 from ccad.deploy.web.routers import health, model, page, predict, verdicts
 from ccad.deploy.web.schemas import ModelSummary
@@ -95,8 +95,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     )
     monitor = LiveMetrics.for_screener(screener, "api", settings.result_log, window=settings.drift_window)
     monitor.verdict_log = ResultLog(settings.verdict_log).check() if settings.verdict_log else None
-    levels = {"sensitivity": settings.validated_sensitivity, "specificity": settings.validated_specificity}
-    monitor.validated_levels(**{k: v for k, v in levels.items() if v is not None})
+    monitor.validated_levels(**validated_of(settings))
     app = FastAPI(
         title="ccad",
         version=(screener.card.versions or {}).get("ccad", ""),

@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 
-from ccad.deploy.live_metrics import check_drift_window, drift_window_option, result_log_option
+from ccad.deploy.live_metrics import (
+    check_drift_window,
+    drift_window_option,
+    result_log_option,
+    validated_of,
+    validated_option,
+)
 from ccad.errors import ConfigError
 from ccad.io.files import atomic_path, private_path
 from ccad.options import option
@@ -57,12 +63,8 @@ class ServeSettings:
     verdict_log: Path | None = option(
         None, "append each reader's verdict (POST /api/v1/verdicts) here, one JSON line", metavar="FILE"
     )
-    validated_sensitivity: float | None = option(
-        None, "the sensitivity the site validated: the alert rules compare the live lower bound with it"
-    )
-    validated_specificity: float | None = option(
-        None, "the specificity the site validated: the alert rules compare the live lower bound with it"
-    )
+    validated_sensitivity: float | None = validated_option("sensitivity")
+    validated_specificity: float | None = validated_option("specificity")
 
     def check(self) -> "ServeSettings":
         """Refuse settings that cannot work, at start rather than on the first request."""
@@ -73,10 +75,7 @@ class ServeSettings:
         if self.batch_wait_ms < 0 or self.max_batch < 1:
             raise ConfigError("`batch_wait_ms` must be 0 or more and `max_batch` at least 1")
         check_drift_window(self.drift_window)
-        for name in ("validated_sensitivity", "validated_specificity"):
-            level = getattr(self, name)
-            if level is not None and not 0 < level < 1:
-                raise ConfigError(f"`{name}` must be between 0 and 1, got {level}")
+        validated_of(self)
         if self.max_upload_bytes < 1 or self.max_request_bytes < self.max_upload_bytes:
             raise ConfigError("`max_upload_bytes` must be positive and at most the request limit")
         if self.keep_uploads is not None:
