@@ -190,3 +190,40 @@ def samples(text: str) -> dict[tuple, float]:
 def get_json(url: str, headers=None) -> dict:
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as answer:
         return json.loads(answer.read())
+
+
+#: The patient a reader's report names in its PID segment, which ccad never reads.
+REPORT_PATIENT = "Иванова^Мария"
+#: SNOMED CT codes a reader's report may carry in OBX: COVID-19, and "Negative".
+COVID_19, NEGATIVE = "840539006", "260385009"
+
+
+def readers_oru(control: str, accession: str, finding: str, status: str = "F") -> str:
+    """A radiologist's report as a RIS sends it (HL7 v2 ORU^R01, segments ended by ``\\r``): the patient in PID,
+    the accession number in OBR-18 and OBR-3, the result status in OBR-25, the finding coded in OBX."""
+    obr = ["OBR", "1", "", accession, "CXR^Chest X-ray", *[""] * 13, accession, *[""] * 6, status]
+    segments = [
+        f"MSH|^~\\&|RIS|H|CCAD|H|20261207120000||ORU^R01^ORU_R01|{control}|P|2.5.1",
+        f"PID|1||P-77||{REPORT_PATIENT}",
+        "|".join(obr),
+        f"OBX|1|CWE|59776-5^Findings^LN||{finding}^finding^SCT||||||{status}",
+    ]
+    return "\r".join(segments) + "\r"
+
+
+def result_record(positive: bool, score: float, **fields) -> dict:
+    """One line of a result log (``ccad.deploy.live_metrics.ResultLog``) of a scored image, no patient field;
+    ``fields`` set or add others (``time``, ``image``, ``study``, ``accession``...)."""
+    return {
+        "time": "2026-12-01T10:00:00+00:00",
+        "adapter": "dicom",
+        "image": "0" * 16,
+        "decision": "covid" if positive else "normal",
+        "positive": positive,
+        "score": score,
+        "in_distribution": True,
+        "ood_distance": 1.0,
+        "lung_qc": [],
+        "drift": "ok",
+        **fields,
+    }

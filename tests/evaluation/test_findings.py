@@ -7,6 +7,7 @@ import json
 
 import hl7
 import pytest
+from helpers import result_record
 
 from ccad.cli import main
 from ccad.errors import DataError
@@ -213,20 +214,9 @@ def test_a_file_over_the_bound_is_refused(tmp_path, monkeypatch):
 def _shadow_log(tmp_path, studies):
     """A shadow period's result log: for each (n, called positive, score) one scored image of study n."""
     lines = [
-        {
-            "time": "2026-12-01T10:00:00+00:00",
-            "adapter": "dicom",
-            "image": "0" * 16,
-            "decision": "x",
-            "positive": called,
-            "score": score,
-            "in_distribution": True,
-            "ood_distance": 1.0,
-            "lung_qc": [],
-            "drift": "ok",
-            "study": pseudonym(f"1.2.826.0.1.3680043.2.1125.{n}"),
-            "accession": pseudonym(f"ACC-{n:04d}"),
-        }
+        result_record(
+            called, score, study=pseudonym(f"1.2.826.0.1.3680043.2.1125.{n}"), accession=pseudonym(f"ACC-{n:04d}")
+        )
         for n, called, score in studies
     ]
     (tmp_path / "shadow.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))

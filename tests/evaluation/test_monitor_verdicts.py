@@ -5,6 +5,7 @@ lower bound falls under the validated level is marked (and the command exits 1).
 import json
 
 import pytest
+from helpers import COVID_19, NEGATIVE, readers_oru, result_record
 from scipy.stats import binomtest
 
 from ccad.cli import main
@@ -32,18 +33,7 @@ def _write(tmp_path, unjudged: int = 5):
             image = f"{i:016x}"
             i += 1
             results.append(
-                {
-                    "time": f"{day}T10:00:00+00:00",
-                    "adapter": "api",
-                    "image": image,
-                    "decision": "covid" if called else "normal",
-                    "positive": called,
-                    "score": 0.9 if called else 0.1,
-                    "in_distribution": True,
-                    "ood_distance": 1.0,
-                    "lung_qc": [],
-                    "drift": "ok",
-                }
+                result_record(called, 0.9 if called else 0.1, time=f"{day}T10:00:00+00:00", adapter="api", image=image)
             )
             if truly is not None:
                 outcome = ("true_" if called == truly else "false_") + ("positive" if called else "negative")
@@ -120,34 +110,19 @@ STUDIES = [
 ]
 
 
-def _oru(accession: str, code: str, status: str = "F") -> str:
-    """A reader's final report as a RIS sends it: the patient in PID (never read), the finding coded in OBX."""
-    return (
-        "\r".join(
-            [
-                f"MSH|^~\\&|RIS|H|X|H|20261203||ORU^R01|{accession}|P|2.5.1",
-                "PID|1||P-1||Иванов^Пётр",
-                "|".join(["OBR", "1", "", accession, "CXR^Chest X-ray", *[""] * 13, accession, *[""] * 6, status]),
-                f"OBX|1|CWE|59776-5^Findings^LN||{code}^finding^SCT||||||{status}",
-            ]
-        )
-        + "\r"
-    )
-
-
 def test_the_listeners_results_are_judged_by_study_against_the_readers_final_reports(tmp_path, capsys):
     from ccad.io.files import pseudonym
 
     records, reports = [], []
     for i, (day, accession, truly, calls) in enumerate(STUDIES):
         for j, called in enumerate(calls):
+            keys = {"study": pseudonym(f"1.2.3.{i}"), "accession": pseudonym(accession)}
             records.append(
-                {"time": f"{day}T10:0{j}:00+00:00", "adapter": "dicom", "image": f"{i:08x}{j:08x}",
-                 "decision": "covid" if called else "normal", "positive": called, "score": 0.9 if called else 0.1,
-                 "in_distribution": True, "ood_distance": 1.0, "lung_qc": [], "drift": "ok",
-                 "study": pseudonym(f"1.2.3.{i}"), "accession": pseudonym(accession)}
+                result_record(called, 0.9 if called else 0.1, time=f"{day}T10:0{j}:00+00:00", image=f"{i:08x}{j:08x}",
+                              **keys)
             )  # fmt: skip
-        reports.append(_oru(accession, "840539006" if truly else "260385009", "F" if truly is not None else "P"))
+        finding = COVID_19 if truly else NEGATIVE
+        reports.append(readers_oru(accession, accession, finding, "F" if truly is not None else "P"))
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (tmp_path / "reports.hl7").write_text("\n".join(reports))
     record = monitor(tmp_path / "results.jsonl", tmp_path / "r", findings=tmp_path / "reports.hl7")

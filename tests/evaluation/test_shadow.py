@@ -5,6 +5,7 @@ was), judged against the criteria written before the period, the counts equal to
 import json
 
 import pytest
+from helpers import result_record
 
 from ccad.cli import main
 from ccad.errors import DataError
@@ -24,22 +25,8 @@ def _write(tmp_path):
     lines, truth = [], ["accession_number,finding"]
     for accession, finding, images in STUDIES:
         for called, score in images:
-            lines.append(
-                {
-                    "time": "2026-12-01T10:00:00+00:00",
-                    "adapter": "dicom",
-                    "image": "0" * 16,
-                    "decision": "x",
-                    "positive": called,
-                    "score": score,
-                    "in_distribution": True,
-                    "ood_distance": 1.0,
-                    "lung_qc": [],
-                    "drift": "ok",
-                    "study": pseudonym(f"1.2.{accession}"),
-                    "accession": pseudonym(accession),
-                }
-            )
+            keys = {"study": pseudonym(f"1.2.{accession}"), "accession": pseudonym(accession)}
+            lines.append(result_record(called, score, **keys))
         truth.append(f"{accession},{finding}")
     lines.append({**lines[0], "accession": pseudonym("ACC-not-read")})  # a study the readers did not report
     truth.append("ACC-not-scored,normal")  # a finding for a study ccad never scored

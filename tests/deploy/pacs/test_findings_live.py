@@ -8,7 +8,7 @@ import socket
 import urllib.request
 
 import numpy as np
-from helpers import make_xray_dicom
+from helpers import COVID_19, NEGATIVE, REPORT_PATIENT, make_xray_dicom, readers_oru
 from orthanc import free_port, wait_for
 
 from ccad.data.synthetic import render_patient
@@ -17,24 +17,6 @@ from ccad.deploy.pacs.oru import Hl7Destination, send_oru
 from ccad.evaluation.metrics import live_bounds, outcome_of
 from ccad.io.files import pseudonym
 from ccad.models.card import DEFAULT_BUNDLE
-
-PATIENT_NAME = "Иванова^Мария"
-
-
-def _oru(control: str, accession: str, finding: str, status: str = "F") -> str:
-    """A radiologist's report as a RIS sends it: the patient in PID (never read), the finding coded in OBX."""
-    obr = ["OBR", "1", "", accession, "CXR^Chest X-ray", *[""] * 13, accession, *[""] * 6, status]
-    return (
-        "\r".join(
-            [
-                f"MSH|^~\\&|RIS|H|CCAD|H|20261207120000||ORU^R01^ORU_R01|{control}|P|2.5.1",
-                f"PID|1||P-77||{PATIENT_NAME}",
-                "|".join(obr),
-                f"OBX|1|CWE|59776-5^Findings^LN||{finding}^finding^SCT||||||{status}",
-            ]
-        )
-        + "\r"
-    )
 
 
 def _metric(text: str, name: str, measure: str) -> float | None:
@@ -68,11 +50,11 @@ def test_the_readers_final_reports_give_the_live_measures_of_the_hand_count(tmp_
         logged = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
         called = {a: next(r["positive"] for r in logged if r["accession"] == pseudonym(a)) for a in ("A1", "A2")}
         ris = Hl7Destination("127.0.0.1", listener.findings.port)
-        code = {True: "840539006", False: "260385009"}  # SNOMED CT: COVID-19; Negative
-        assert send_oru(ris, _oru("M1", "A1", code[called["A1"]])) is None  # the reader agrees: acknowledged AA
-        assert send_oru(ris, _oru("M2", "A2", code[not called["A2"]])) is None  # the reader disagrees
-        assert send_oru(ris, _oru("M3", "A1", code[True], status="P")) is None  # preliminary: not counted
-        assert send_oru(ris, _oru("M4", "A9", code[True])) is None  # a study ccad never saw
+        code = {True: COVID_19, False: NEGATIVE}
+        assert send_oru(ris, readers_oru("M1", "A1", code[called["A1"]])) is None  # the reader agrees: acknowledged AA
+        assert send_oru(ris, readers_oru("M2", "A2", code[not called["A2"]])) is None  # the reader disagrees
+        assert send_oru(ris, readers_oru("M3", "A1", code[True], status="P")) is None  # preliminary: not counted
+        assert send_oru(ris, readers_oru("M4", "A9", code[True])) is None  # a study ccad never saw
         with socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10) as peer:
             peer.sendall(b"\x0bnot an HL7 message\x1c\r")
             assert b"MSA|AR|" in peer.recv(4096)
@@ -88,13 +70,13 @@ def test_the_readers_final_reports_give_the_live_measures_of_the_hand_count(tmp_
             assert _metric(metrics, "ccad_live_lower95", measure) == share["ci95"][0]
         assert _metric(metrics, "ccad_validated", "sensitivity") == 0.9
         # the reader corrects A2's report: it now agrees, and replaces the earlier outcome
-        assert send_oru(ris, _oru("M5", "A2", code[called["A2"]], status="C")) is None
+        assert send_oru(ris, readers_oru("M5", "A2", code[called["A2"]], status="C")) is None
         hand[outcome_of(called["A2"], not called["A2"])] -= 1
         hand[outcome_of(called["A2"], called["A2"])] += 1
         assert listener.monitor._outcomes == hand
     finally:
         listener.stop()
-    assert PATIENT_NAME not in caplog.text and "P-77" not in caplog.text
+    assert REPORT_PATIENT not in caplog.text and "P-77" not in caplog.text
 
 
 def test_a_findings_port_in_use_is_refused_at_start(tmp_path):
@@ -134,7 +116,7 @@ def test_a_message_over_the_limit_ends_its_connection_and_the_next_peer_is_serve
                 pass
         assert b"MSA|AA" not in answer and listener.stats.findings_refused == 1  # refused, nothing of it kept
         ris = Hl7Destination("127.0.0.1", listener.findings.port)
-        assert send_oru(ris, _oru("M1", "A1", "840539006")) is None  # unmatched, acknowledged AA
+        assert send_oru(ris, readers_oru("M1", "A1", COVID_19)) is None  # unmatched, acknowledged AA
         with socket.create_connection(("127.0.0.1", listener.findings.port), timeout=10) as peer:
             peer.sendall(b"\x0bMSH|^~\\&|A\x1c\r")  # an MSH too short to answer: rejected, not dropped
             assert b"MSA|AR|" in peer.recv(4096)

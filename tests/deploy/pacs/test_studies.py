@@ -108,17 +108,7 @@ def _image(tmp_path, name, study, seed, **fields):
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run installs it)")
 def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_new_version(tmp_path):
     orthanc, receiver, port = Orthanc(tmp_path / "orthanc", None).start(), MllpReceiver("AA").start(), free_port()
-    settings = ListenerSettings(
-        DEFAULT_BUNDLE,
-        Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),
-        tmp_path / "spool",
-        port=port,
-        study_window_s=1.0,
-        hl7=f"127.0.0.1:{receiver.port}",
-        fhir=str(tmp_path / "fhir"),
-        result_process=False,
-        retry_max_s=1.0,
-    )
+    settings = _to_orthanc_and_ris(tmp_path, orthanc, receiver, port, study_window_s=1.0, result_process=False)
     study = pydicom.uid.generate_uid()
     images = [
         _image(tmp_path, "pa", study, 0),
@@ -169,16 +159,8 @@ def test_a_study_of_three_gives_one_answer_a_resend_nothing_and_a_late_image_a_n
 @pytest.mark.skipif(ORTHANC is None, reason="Orthanc is not installed (apt-get install orthanc; .ci/run installs it)")
 def test_in_shadow_mode_a_study_reaches_neither_orthanc_nor_the_ris_nor_fhir(tmp_path):
     orthanc, receiver, port = Orthanc(tmp_path / "orthanc", None).start(), MllpReceiver("AA").start(), free_port()
-    settings = ListenerSettings(
-        DEFAULT_BUNDLE,
-        Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),
-        tmp_path / "spool",
-        port=port,
-        study_window_s=0.0,
-        hl7=f"127.0.0.1:{receiver.port}",
-        fhir=str(tmp_path / "fhir"),
-        result_log=tmp_path / "results.jsonl",
-        shadow=True,
+    settings = _to_orthanc_and_ris(
+        tmp_path, orthanc, receiver, port, study_window_s=0.0, result_log=tmp_path / "results.jsonl", shadow=True
     )
     study = pydicom.uid.generate_uid()
     listener = Listener(settings).start()
@@ -226,6 +208,21 @@ def test_ccad_dicom_flush_answers_a_waiting_study_without_its_window(tmp_path, c
     finally:
         listener.stop()
     assert main(["dicom", "flush", "--spool", str(tmp_path / "nowhere")]) == 2
+
+
+def _to_orthanc_and_ris(tmp_path, orthanc, receiver, port: int, **settings) -> ListenerSettings:
+    """A listener on ``port`` whose results go to ``orthanc``, its HL7 messages to ``receiver`` and its FHIR
+    resources into ``tmp_path/fhir``."""
+    return ListenerSettings(
+        DEFAULT_BUNDLE,
+        Destination("ORTHANC", "127.0.0.1", orthanc.dicom_port),
+        tmp_path / "spool",
+        port=port,
+        hl7=f"127.0.0.1:{receiver.port}",
+        fhir=str(tmp_path / "fhir"),
+        retry_max_s=1.0,
+        **settings,
+    )
 
 
 def _one_report_and_task(folder, study) -> str:
