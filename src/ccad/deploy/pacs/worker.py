@@ -283,34 +283,33 @@ class ScoringWorker:
     def _put_outputs(self, key: str, ds, prediction, reason: str | None) -> None:
         """The image's DICOM results into the outbox, then (where the settings name them) its FHIR report and
         its HL7 message; a report that cannot be made is counted and logged, the DICOM results stay."""
+        source = result_source(ds)  # what every result copies of the image, each value valid for its VR
         if self.studies is not None:  # per study: the image's capture now; its outcome waits for the study's answer
             if prediction is not None:
-                self._put_results(key, ds, prediction, reason, capture_only=True)
+                self._put_results(key, source, prediction, reason, capture_only=True)
             self.studies.stage(key, ds, prediction, reason)
             return
-        self._put_results(key, ds, prediction, reason)
-        makers = {name: partial(make, key, ds, prediction, reason) for name, make in self._reports.items()}
+        self._put_results(key, source, prediction, reason)
+        makers = {name: partial(make, key, source, prediction, reason) for name, make in self._reports.items()}
         put_reports(self.settings, self.stats, f"image {key}", makers)
 
-    def _hl7_message(self, key: str, ds, prediction, reason: str | None) -> None:
+    def _hl7_message(self, key: str, source, prediction, reason: str | None) -> None:
         """The ORU^R01 for the RIS, into the spool for sending (:mod:`.oru`)."""
         from ccad.deploy.pacs.oru import oru_message
 
-        self.spool.put_hl7(key, oru_message(result_source(ds), self.algorithm, prediction, reason, key))
+        self.spool.put_hl7(key, oru_message(source, self.algorithm, prediction, reason, key))
 
-    def _fhir_report(self, key: str, ds, prediction, reason: str | None) -> None:
+    def _fhir_report(self, key: str, source, prediction, reason: str | None) -> None:
         """The FHIR DiagnosticReport and its worklist Task: into the spool for sending, or into the ``fhir``
         folder."""
         from ccad.deploy.pacs.fhir import keep_report
 
         patient = self.settings.fhir_patient_system
-        source = result_source(ds)  # values as the results copy them: each valid for its VR
         keep_report(self.settings.fhir, self.spool, key, source, self.algorithm, prediction, reason, patient)
 
-    def _put_results(self, key: str, ds, prediction, reason: str | None, capture_only: bool = False) -> None:
-        """The image's results (or its capture alone) into the outbox: built by the result process, or here when
-        there is none (or it died: then here from now on)."""
-        source = result_source(ds)
+    def _put_results(self, key: str, source, prediction, reason: str | None, capture_only: bool = False) -> None:
+        """The image's results (or its capture alone) into the outbox, from ``source`` (:func:`result_source`):
+        built by the result process, or here when there is none (or it died: then here from now on)."""
         if self.builder is not None:
             from concurrent.futures.process import BrokenProcessPool
 
